@@ -1,0 +1,4 @@
+#[weir_sdk::processor(name = "x")]
+struct Process;
+
+fn main() {}
