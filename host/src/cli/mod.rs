@@ -1,0 +1,153 @@
+//! Argument parsing, logging set-up and the mapping of outcomes to exit codes.
+
+mod logging;
+mod plugins;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// How a command ended, mapped onto the documented exit codes.
+pub(crate) enum Outcome {
+    /// Exit 0.
+    Ok,
+    /// Exit 1: the processor or workflow failed; its result is on stdout.
+    Failed,
+}
+
+/// A command's error: exit 2 (usage, configuration, input) or 3 (infrastructure).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Something the user can fix: one line saying what.
+    Usage(String),
+    /// Something the environment must fix.
+    Infrastructure(String),
+}
+
+impl From<weir::Error> for Failure {
+    fn from(err: weir::Error) -> Self {
+        match err {
+            weir::Error::Engine(_) => Failure::Infrastructure(err.to_string()),
+            _ => Failure::Usage(err.to_string()),
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Run processors compiled to WebAssembly components"
+)]
+struct Cli {
+    #[command(flatten)]
+    logging: logging::LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one processor on one input state and print the result document.
+    Run(run::RunArgs),
+    /// List or inspect the plugins of a folder.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
+}
+
+/// Options shared by every command that loads plugins.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct PluginArgs {
+    /// The plugins folder: every `NAME.wasm` in it is the processor NAME.
+    #[arg(
+        long,
+        env = "WEIR_PLUGINS",
+        default_value = "plugins",
+        value_name = "DIR"
+    )]
+    pub plugins: PathBuf,
+    /// Where compiled components are cached [default: ~/.cache/weir/compiled].
+    #[arg(long, env = "WEIR_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile every plugin afresh and cache nothing.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+}
+
+impl PluginArgs {
+    pub(crate) async fn runtime(&self) -> Result<weir::Runtime, Failure> {
+        if !self.plugins.is_dir() {
+            return Err(Failure::Usage(format!(
+                "the plugins folder {} does not exist (pass --plugins DIR or set WEIR_PLUGINS)",
+                self.plugins.display()
+            )));
+        }
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(weir::CompileCache::default_dir)
+        };
+        Ok(weir::Runtime::builder()
+            .plugins_dir(&self.plugins)
+            .cache_dir(cache_dir)
+            .build()
+            .await?)
+    }
+}
+
+/// Parses the command line, runs the command and returns its exit code.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(message) = logging::init(&cli.logging) {
+        eprintln!("weir: {message}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("weir: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Plugins(command) => plugins::run(command).await,
+        }
+    });
+    match outcome {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(Failure::Usage(message)) => {
+            eprintln!("weir: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Infrastructure(message)) => {
+            eprintln!("weir: {message}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// Writes a JSON document to stdout: pretty for a terminal, one line for a pipe.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
+    use std::io::{IsTerminal, Write};
+    let stdout = std::io::stdout();
+    let text = if stdout.is_terminal() {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string(value)
+    }
+    .map_err(|e| Failure::Infrastructure(format!("cannot encode the output: {e}")))?;
+    let mut lock = stdout.lock();
+    writeln!(lock, "{text}")
+        .and_then(|_| lock.flush())
+        .map_err(|e| Failure::Infrastructure(format!("cannot write to stdout: {e}")))
+}

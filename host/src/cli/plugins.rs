@@ -1,0 +1,120 @@
+//! `weir plugins list|inspect`: what is in a plugins folder, what each plugin declares and is
+//! granted, and why any file was rejected.
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::{Failure, Outcome, PluginArgs, print_json};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PluginsCommand {
+    /// One line per plugin file: name, version, digest, status.
+    List(ListArgs),
+    /// Everything about one plugin: version, digest, world, limits, manifest, rejection.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    plugins: PluginArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct InspectArgs {
+    /// The plugin's name (its file stem).
+    name: String,
+    #[command(flatten)]
+    plugins: PluginArgs,
+}
+
+pub(crate) async fn run(command: PluginsCommand) -> Result<Outcome, Failure> {
+    match command {
+        PluginsCommand::List(args) => list(args).await,
+        PluginsCommand::Inspect(args) => inspect(args).await,
+    }
+}
+
+async fn list(args: ListArgs) -> Result<Outcome, Failure> {
+    let runtime = args.plugins.runtime().await?;
+    let catalog = runtime.catalog();
+    let mut rows: Vec<Value> = catalog.plugins.values().map(|p| summary(p)).collect();
+    rows.extend(catalog.rejected.values().map(|r| {
+        json!({
+            "name": r.name,
+            "status": "rejected",
+            "path": r.path,
+            "reason": r.reason,
+        })
+    }));
+    rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    if args.json {
+        print_json(&rows)?;
+        return Ok(Outcome::Ok);
+    }
+    println!("{:<20} {:<10} {:<14} STATUS", "NAME", "VERSION", "DIGEST");
+    for row in &rows {
+        let name = row["name"].as_str().unwrap_or_default();
+        if row["status"] == "rejected" {
+            let reason = row["reason"].as_str().unwrap_or_default();
+            println!("{name:<20} {:<10} {:<14} rejected: {reason}", "-", "-");
+        } else {
+            let version = row["version"].as_str().unwrap_or_default();
+            let digest = row["digest"].as_str().unwrap_or_default();
+            println!(
+                "{name:<20} {version:<10} {:<14} loaded",
+                &digest[..12.min(digest.len())]
+            );
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+async fn inspect(args: InspectArgs) -> Result<Outcome, Failure> {
+    let runtime = args.plugins.runtime().await?;
+    let catalog = runtime.catalog();
+    if let Some(plugin) = catalog.plugins.get(&args.name) {
+        let mut doc = summary(plugin);
+        let d = plugin.description();
+        doc["description"] = json!(d.description);
+        doc["path"] = json!(plugin.path());
+        doc["sizeBytes"] = json!(plugin.size_bytes());
+        doc["world"] = json!(plugin.world());
+        doc["limits"] = json!(plugin.limits());
+        doc["declared"] = json!({ "limits": d.limits, "retry": d.retry, "queue": d.queue });
+        doc["retry"] = json!(plugin.retry());
+        doc["manifest"] = json!(plugin.manifest());
+        doc["compile"] = json!({
+            "fromCache": plugin.compiled_from_cache(),
+            "ms": plugin.compile_time().as_secs_f64() * 1000.0,
+        });
+        print_json(&doc)?;
+        return Ok(Outcome::Ok);
+    }
+    if let Some(rejected) = catalog.rejected.get(&args.name) {
+        print_json(&json!({
+            "name": rejected.name,
+            "status": "rejected",
+            "path": rejected.path,
+            "reason": rejected.reason,
+        }))?;
+        return Ok(Outcome::Ok);
+    }
+    Err(Failure::Usage(format!(
+        "no plugin named `{}` in {} (see `weir plugins list`)",
+        args.name,
+        args.plugins.plugins.display()
+    )))
+}
+
+fn summary(plugin: &weir::Plugin) -> Value {
+    json!({
+        "name": plugin.name(),
+        "status": "loaded",
+        "version": plugin.version(),
+        "digest": plugin.digest(),
+    })
+}

@@ -1,0 +1,119 @@
+//! `weir run NAME`: one execution of one processor, its result document on stdout.
+
+use std::io::Read;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+use super::{Failure, Outcome, PluginArgs, print_json};
+
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// The processor to run (its plugin file is `NAME.wasm`).
+    name: String,
+    #[command(flatten)]
+    plugins: PluginArgs,
+    /// The input state: JSON text, `@FILE` to read a file, or `-` for stdin [default: {}].
+    #[arg(long, short, value_name = "JSON|@FILE|-")]
+    input: Option<String>,
+    /// Run in this session.
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
+    /// Lower the processor's timeout to this many milliseconds.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: Option<u64>,
+}
+
+pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
+    let input = read_input(args.input.as_deref())?;
+    let runtime = args.plugins.runtime().await?;
+    let catalog = runtime.catalog();
+    if !catalog.plugins.contains_key(&args.name) {
+        return Err(Failure::Usage(match catalog.rejected.get(&args.name) {
+            Some(rejected) => format!(
+                "the plugin `{}` ({}) was rejected: {}",
+                args.name,
+                rejected.path.display(),
+                rejected.reason
+            ),
+            None => {
+                let names = catalog.names();
+                let available = if names.is_empty() {
+                    "it has no loadable plugins".to_string()
+                } else {
+                    format!("available: {}", names.join(", "))
+                };
+                format!(
+                    "no processor named `{}` in {} ({available})",
+                    args.name,
+                    args.plugins.plugins.display()
+                )
+            }
+        }));
+    }
+    let mut request = weir::ExecutionRequest::new(&args.name, input);
+    if let Some(session) = args.session {
+        request = request.session(session);
+    }
+    if let Some(ms) = args.timeout_ms {
+        request = request.timeout(Duration::from_millis(ms));
+    }
+    // Ctrl-C cancels the execution: the guest is asked to stop, then stopped.
+    let cancel = request.cancel.clone();
+    let interrupt = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("interrupted: cancelling the execution");
+            cancel.cancel();
+        }
+    });
+    let result = runtime.execute(request).await;
+    interrupt.abort();
+    print_json(&result)?;
+    Ok(if result.ok {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// Reads `--input`: inline JSON, `@file`, or `-` for stdin. The state must be an object.
+fn read_input(arg: Option<&str>) -> Result<Value, Failure> {
+    let (text, source) = match arg {
+        None => return Ok(Value::Object(Default::default())),
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| Failure::Usage(format!("cannot read the input from stdin: {e}")))?;
+            (text, "stdin".to_string())
+        }
+        Some(arg) if arg.starts_with('@') => {
+            let path = &arg[1..];
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::Usage(format!("cannot read the input file {path}: {e}")))?;
+            (text, path.to_string())
+        }
+        Some(arg) => (arg.to_string(), "--input".to_string()),
+    };
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Failure::Usage(format!("the input from {source} is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Failure::Usage(format!(
+            "the input from {source} must be a JSON object (a state), not {}",
+            json_type(&value)
+        )));
+    }
+    Ok(value)
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,61 @@
+//! weir runs processors compiled to WebAssembly components.
+//!
+//! A processor is a sandboxed function `state -> result<state, error>` built against the WIT
+//! contract in `wit/` (in Rust with `weir-sdk`, or any language that emits a component).
+//! weir loads processors from a folder, and runs every execution in a fresh sandbox with a
+//! wall-clock timeout that really stops the guest, a fuel budget, a memory cap and an output
+//! cap. Every execution returns the same [`ExecutionResult`] document, whatever happened.
+//!
+//! ```no_run
+//! use serde_json::json;
+//!
+//! # async fn demo() -> Result<(), weir::Error> {
+//! let runtime = weir::Runtime::builder().plugins_dir("plugins/dist").build().await?;
+//! let result = runtime.run("hello", json!({ "user": "Ada" })).await;
+//! assert!(result.ok);
+//! assert_eq!(result.state["greeting"], "Hello Ada!");
+//! # Ok(()) }
+//! ```
+//!
+//! The core concepts, by lifetime:
+//! - an [`Engine`] lives as long as the process: the wasmtime configuration (pooling
+//!   allocator, epochs, fuel), its epoch ticker and the on-disk compile cache;
+//! - a [`Plugin`] lives until its file changes: compiled, validated and pre-instantiated
+//!   once, with its metadata, operator [`Manifest`] and resolved [`Limits`];
+//! - a sandbox lives for one attempt of one execution: a fresh instance and store, dropped
+//!   at the end, so nothing leaks between executions or tenants;
+//! - a [`Runtime`] ties them together and runs [`ExecutionRequest`]s.
+
+mod bindings;
+mod cache;
+mod cancel;
+mod engine;
+mod error;
+mod executor;
+mod guest_log;
+mod limits;
+mod manifest;
+mod plugin;
+mod registry;
+mod result;
+mod retry;
+mod runtime;
+mod sandbox;
+mod sessions;
+mod state;
+
+pub use bindings::WORLD;
+pub use cache::CompileCache;
+pub use cancel::{CancelHandle, CancelReason};
+pub use engine::{Engine, EngineConfig};
+pub use error::{Error, ErrorKind, ExecutionError, LoadError, codes};
+pub use guest_log::LogRate;
+pub use limits::{LimitOverrides, Limits};
+pub use manifest::{Capabilities, DirGrant, Manifest, NetworkGrant};
+pub use plugin::{Description, Plugin, QueueSettings, is_valid_name};
+pub use registry::{Catalog, Registry, Rejection};
+pub use result::{ExecutionInfo, ExecutionResult};
+pub use retry::{Backoff, RetryPolicy};
+pub use runtime::{ExecutionRequest, HostConfig, Runtime, RuntimeBuilder};
+pub use sessions::SessionQuota;
+pub use state::StateMetadata;

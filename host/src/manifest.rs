@@ -1,0 +1,350 @@
+//! The operator manifest: an optional `<name>.toml` beside `<name>.wasm` that sets a plugin's
+//! limits, retry policy, configuration values and capabilities. Capabilities come only from
+//! here: a plugin cannot grant itself anything.
+//!
+//! ```toml
+//! [limits]            # override the plugin's defaults (still clamped by the host ceilings)
+//! timeout_ms = 5000
+//! memory_bytes = 134217728
+//! fuel = 1000000000
+//! output_bytes = 1048576
+//!
+//! [retry]
+//! max_attempts = 3
+//! backoff = "exponential"   # or "fixed"
+//! backoff_ms = 100
+//! max_backoff_ms = 5000
+//! jitter = true
+//! retry_on = ["execution"]
+//!
+//! [config]            # read by the plugin through the `config` import
+//! greeting = "Hi"
+//!
+//! [capabilities]      # everything is denied unless granted here
+//! env = { API_REGION = "eu" }
+//! files = [{ host = "/srv/data", guest = "/data", writable = false }]
+//! network = ["127.0.0.1:8080", "10.0.0.7:*"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorKind;
+use crate::limits::LimitOverrides;
+use crate::retry::{Backoff, RetryPolicy};
+
+/// A parsed, validated operator manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// Where it was read from (none when the plugin has no manifest).
+    pub path: Option<PathBuf>,
+    /// Limit overrides.
+    pub limits: LimitOverrides,
+    /// Retry policy override.
+    pub retry: Option<RetryPolicy>,
+    /// Configuration values, by key.
+    pub config: BTreeMap<String, String>,
+    /// Granted capabilities.
+    pub capabilities: Capabilities,
+}
+
+/// What a plugin may touch beyond its own memory: nothing unless granted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// Environment variables the guest sees.
+    pub env: BTreeMap<String, String>,
+    /// Host directories the guest may open.
+    pub files: Vec<DirGrant>,
+    /// Addresses the guest may open TCP/UDP sockets to.
+    pub network: Vec<NetworkGrant>,
+}
+
+/// A host directory made visible to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the guest sees it.
+    pub guest: String,
+    /// Whether the guest may create, change and delete files in it.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// An address the guest may connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NetworkGrant {
+    /// The IP address.
+    pub ip: IpAddr,
+    /// The port, or none for any port.
+    pub port: Option<u16>,
+}
+
+impl NetworkGrant {
+    /// Whether this grant allows `addr`.
+    pub fn allows(&self, addr: &SocketAddr) -> bool {
+        self.ip == addr.ip() && self.port.is_none_or(|p| p == addr.port())
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("network grant `{text}` must be `IP:PORT` or `IP:*`"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = host.parse().map_err(|_| {
+            format!(
+                "network grant `{text}`: `{host}` is not an IP address (grants name addresses; \
+                 host names are not resolved)"
+            )
+        })?;
+        let port = match port {
+            "*" => None,
+            p => Some(
+                p.parse()
+                    .map_err(|_| format!("network grant `{text}`: `{p}` is not a port"))?,
+            ),
+        };
+        Ok(NetworkGrant { ip, port })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    limits: LimitOverrides,
+    retry: Option<RawRetry>,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    capabilities: RawCapabilities,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: u32,
+    #[serde(default)]
+    backoff: RawBackoff,
+    backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    #[serde(default = "yes")]
+    jitter: bool,
+    #[serde(default)]
+    retry_on: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+enum RawBackoff {
+    Fixed,
+    #[default]
+    Exponential,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCapabilities {
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    files: Vec<DirGrant>,
+    #[serde(default)]
+    network: Vec<String>,
+}
+
+impl Manifest {
+    /// The manifest path for a plugin file: `dir/name.wasm` → `dir/name.toml`.
+    pub fn path_for(plugin: &Path) -> PathBuf {
+        plugin.with_extension("toml")
+    }
+
+    /// Reads the manifest beside `plugin`, or the empty manifest if there is none.
+    pub fn load_for(plugin: &Path) -> Result<Manifest, (PathBuf, String)> {
+        let path = Manifest::path_for(plugin);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Manifest::parse(&text)
+                .map(|m| Manifest {
+                    path: Some(path.clone()),
+                    ..m
+                })
+                .map_err(|reason| (path, reason)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
+            Err(err) => Err((path, format!("cannot read it: {err}"))),
+        }
+    }
+
+    /// Parses and validates manifest text. The error says what to fix and where.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        raw.limits
+            .validate()
+            .map_err(|e| format!("[limits]: {e}"))?;
+        let retry = raw.retry.map(RawRetry::into_policy).transpose()?;
+        let mut config = BTreeMap::new();
+        for (key, value) in raw.config {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Datetime(d) => d.to_string(),
+                toml::Value::Array(_) | toml::Value::Table(_) => {
+                    return Err(format!(
+                        "[config]: `{key}` must be a string, number or boolean (plugins read \
+                         settings as text)"
+                    ));
+                }
+            };
+            config.insert(key, text);
+        }
+        for grant in &raw.capabilities.files {
+            if !grant.host.is_absolute() {
+                return Err(format!(
+                    "[capabilities] files: host path `{}` must be absolute",
+                    grant.host.display()
+                ));
+            }
+        }
+        let network = raw
+            .capabilities
+            .network
+            .iter()
+            .map(|g| NetworkGrant::parse(g))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("[capabilities] {e}"))?;
+        Ok(Manifest {
+            path: None,
+            limits: raw.limits,
+            retry,
+            config,
+            capabilities: Capabilities {
+                env: raw.capabilities.env,
+                files: raw.capabilities.files,
+                network,
+            },
+        })
+    }
+}
+
+impl RawRetry {
+    fn into_policy(self) -> Result<RetryPolicy, String> {
+        let initial_ms = self.backoff_ms.unwrap_or(100);
+        let backoff = match self.backoff {
+            RawBackoff::Fixed => Backoff::Fixed {
+                delay_ms: initial_ms,
+            },
+            RawBackoff::Exponential => Backoff::Exponential {
+                initial_ms,
+                max_ms: self.max_backoff_ms.unwrap_or(30_000),
+            },
+        };
+        let retry_on = self
+            .retry_on
+            .iter()
+            .map(|name| {
+                ErrorKind::parse(name).ok_or_else(|| {
+                    let all: Vec<_> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+                    format!(
+                        "[retry] retry_on: unknown kind `{name}`; expected one of {}",
+                        all.join(", ")
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let policy = RetryPolicy {
+            max_attempts: self.max_attempts,
+            backoff,
+            jitter: self.jitter,
+            retry_on,
+        };
+        policy.validate().map_err(|e| format!("[retry]: {e}"))?;
+        Ok(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_manifest_parses() {
+        let m = Manifest::parse(
+            r#"
+            [limits]
+            timeout_ms = 5000
+            fuel = 1000
+
+            [retry]
+            max_attempts = 3
+            backoff = "fixed"
+            backoff_ms = 10
+            retry_on = ["execution"]
+
+            [config]
+            greeting = "Hi"
+            times = 3
+
+            [capabilities]
+            env = { REGION = "eu" }
+            files = [{ host = "/srv/data", guest = "/data" }]
+            network = ["127.0.0.1:8080", "[::1]:*"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.limits.timeout_ms, Some(5000));
+        assert_eq!(m.limits.fuel, Some(1000));
+        let retry = m.retry.unwrap();
+        assert_eq!(retry.max_attempts, 3);
+        assert_eq!(retry.backoff, Backoff::Fixed { delay_ms: 10 });
+        assert_eq!(retry.retry_on, vec![ErrorKind::Execution]);
+        assert_eq!(m.config["times"], "3");
+        assert_eq!(m.capabilities.env["REGION"], "eu");
+        assert!(!m.capabilities.files[0].writable);
+        assert!(m.capabilities.network[0].allows(&"127.0.0.1:8080".parse().unwrap()));
+        assert!(!m.capabilities.network[0].allows(&"127.0.0.1:8081".parse().unwrap()));
+        assert!(m.capabilities.network[1].allows(&"[::1]:9".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let err = Manifest::parse("[limits]\ntimeout_ms = 5\ntimeout = 3\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn zero_limits_and_bad_grants_are_rejected() {
+        assert!(
+            Manifest::parse("[limits]\nfuel = 0\n")
+                .unwrap_err()
+                .contains("fuel")
+        );
+        assert!(
+            Manifest::parse("[capabilities]\nnetwork = [\"example.com:80\"]\n")
+                .unwrap_err()
+                .contains("not an IP address")
+        );
+        assert!(
+            Manifest::parse("[capabilities]\nfiles = [{ host = \"rel\", guest = \"/d\" }]\n")
+                .unwrap_err()
+                .contains("absolute")
+        );
+        assert!(
+            Manifest::parse("[retry]\nmax_attempts = 2\nretry_on = [\"nope\"]\n")
+                .unwrap_err()
+                .contains("unknown kind")
+        );
+    }
+}

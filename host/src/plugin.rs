@@ -1,0 +1,371 @@
+//! A plugin: the bytes of one `.wasm` file turned into a validated, pre-instantiated
+//! processor with its metadata, resolved limits and operator manifest.
+//!
+//! Loading checks, in order: the file stem is a valid processor name; the operator manifest
+//! (if any) parses; the bytes compile (through the compile cache); the component's imports
+//! are all things weir provides and it exports the `handler` interface (the right world);
+//! `describe` runs in a sandbox and names the processor as the file does, with a semver
+//! version. Anything else is a [`LoadError`] saying what to fix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+
+use crate::bindings::{HANDLER_EXPORT, ProcessorPre, WORLD, wit};
+use crate::cancel::CancelHandle;
+use crate::engine::Engine;
+use crate::error::LoadError;
+use crate::guest_log::GuestLog;
+use crate::limits::{LimitOverrides, Limits};
+use crate::manifest::Manifest;
+use crate::retry::RetryPolicy;
+use crate::runtime::HostConfig;
+use crate::sandbox::{Sandbox, SandboxSpec};
+
+/// Queue defaults a processor declares (used by the distributed runtime).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSettings {
+    /// Executions one worker runs at once.
+    pub concurrency: Option<u32>,
+    /// Job priority (lower runs first).
+    pub priority: Option<u32>,
+    /// At most `max` executions per `per_ms` milliseconds.
+    pub rate_limit: Option<(u32, u64)>,
+}
+
+/// What a processor says about itself through `describe`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Description {
+    /// The declared semver version.
+    pub version: String,
+    /// One sentence.
+    pub description: String,
+    /// The limits it asks for.
+    pub limits: LimitOverrides,
+    /// Its retry policy, if it declares one.
+    pub retry: Option<RetryPolicy>,
+    /// Its queue defaults, if it declares them.
+    pub queue: Option<QueueSettings>,
+}
+
+/// A loaded, validated processor, ready to run.
+pub struct Plugin {
+    name: String,
+    path: PathBuf,
+    digest: String,
+    size_bytes: u64,
+    description: Description,
+    manifest: Manifest,
+    limits: Limits,
+    retry: RetryPolicy,
+    config: Arc<BTreeMap<String, String>>,
+    compiled_from_cache: bool,
+    compile_time: Duration,
+    pub(crate) pre: ProcessorPre<Sandbox>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("version", &self.description.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// The processor name (the file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// SHA-256 of the component bytes, hex: what "which code ran" means.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Size of the component file.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// The declared version (semver).
+    pub fn version(&self) -> &str {
+        &self.description.version
+    }
+
+    /// Everything `describe` said.
+    pub fn description(&self) -> &Description {
+        &self.description
+    }
+
+    /// The operator manifest (empty if there is none).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The limits an execution gets before the caller lowers them.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The retry policy in force: the manifest's, else the processor's, else one attempt.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// The operator's configuration values.
+    pub fn config(&self) -> &Arc<BTreeMap<String, String>> {
+        &self.config
+    }
+
+    /// The world it was built for.
+    pub fn world(&self) -> &'static str {
+        WORLD
+    }
+
+    /// Whether its native code came from the compile cache.
+    pub fn compiled_from_cache(&self) -> bool {
+        self.compiled_from_cache
+    }
+
+    /// How long compiling (or loading from the cache) took.
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// Loads and validates the plugin at `path`.
+    pub(crate) async fn load(
+        engine: &Engine,
+        linker: &Linker<Sandbox>,
+        path: &Path,
+        host: &HostConfig,
+    ) -> Result<Plugin, LoadError> {
+        let name = name_from_path(path)?;
+        let manifest = Manifest::load_for(path)
+            .map_err(|(path, reason)| LoadError::Manifest { path, reason })?;
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let size_bytes = bytes.len() as u64;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let compiled = engine.compile(Arc::new(bytes), &digest).await?;
+        let pre = prepare(engine, linker, &compiled.component)?;
+
+        // `describe` runs under the host's defaults, except memory: an interpreter that
+        // needs more to start is granted it by the same manifest line as its executions.
+        let describe_limits = Limits::resolve(
+            &LimitOverrides {
+                memory_bytes: manifest.limits.memory_bytes,
+                ..LimitOverrides::default()
+            },
+            &LimitOverrides::default(),
+            &host.defaults,
+            &host.ceilings,
+        );
+        let meta = describe(engine, &pre, &manifest, &describe_limits, host).await?;
+        let description = validate_description(&name, meta)?;
+        let limits = Limits::resolve(
+            &manifest.limits,
+            &description.limits,
+            &host.defaults,
+            &host.ceilings,
+        );
+        let retry = manifest
+            .retry
+            .clone()
+            .or_else(|| description.retry.clone())
+            .unwrap_or_default();
+        Ok(Plugin {
+            name,
+            path: path.to_path_buf(),
+            digest,
+            size_bytes,
+            config: Arc::new(manifest.config.clone()),
+            description,
+            manifest,
+            limits,
+            retry,
+            compiled_from_cache: compiled.from_cache,
+            compile_time: compiled.elapsed,
+            pre,
+        })
+    }
+}
+
+/// Whether `name` is a valid processor name: lowercase letters, digits and `-`, starting
+/// with a letter, at most 64 characters.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn name_from_path(path: &Path) -> Result<String, LoadError> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if is_valid_name(&stem) {
+        Ok(stem)
+    } else {
+        Err(LoadError::BadFileName { stem })
+    }
+}
+
+fn prepare(
+    engine: &Engine,
+    linker: &Linker<Sandbox>,
+    component: &Component,
+) -> Result<ProcessorPre<Sandbox>, LoadError> {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine.wasmtime())
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if !exports.iter().any(|e| e == HANDLER_EXPORT) {
+        let found = if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        };
+        return Err(LoadError::WrongWorld {
+            reason: format!("it does not export `{HANDLER_EXPORT}` (it exports {found})"),
+        });
+    }
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| LoadError::WrongWorld {
+            reason: format!("it needs an import weir does not provide: {e:#}"),
+        })?;
+    ProcessorPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+        reason: format!("its `{HANDLER_EXPORT}` export does not match the contract: {e:#}"),
+    })
+}
+
+async fn describe(
+    engine: &Engine,
+    pre: &ProcessorPre<Sandbox>,
+    manifest: &Manifest,
+    limits: &Limits,
+    host: &HostConfig,
+) -> Result<wit::ProcessorMetadata, LoadError> {
+    let timeout = host.describe_timeout.min(limits.timeout());
+    let deadline = Instant::now() + timeout;
+    let log = GuestLog::new(host.log_rate);
+    let describe_error = |reason: String| LoadError::Describe { reason };
+    let mut store = Sandbox::store(
+        engine,
+        SandboxSpec {
+            memory_bytes: limits.memory_bytes,
+            fuel: limits.fuel,
+            deadline,
+            cancel: CancelHandle::new(),
+            log: log.clone(),
+            capabilities: &manifest.capabilities,
+            config: Arc::new(manifest.config.clone()),
+            scope: None,
+        },
+    )
+    .map_err(|e| describe_error(e.message))?;
+    let run = async {
+        let processor = pre.instantiate_async(&mut store).await?;
+        processor
+            .weir_processor_handler()
+            .call_describe(&mut store)
+            .await
+    };
+    let outcome = tokio::time::timeout(timeout, run).await;
+    log.finish();
+    match outcome {
+        Ok(Ok(meta)) => Ok(meta),
+        Ok(Err(e)) => Err(describe_error(match log.panic_message() {
+            Some(panic) => format!("it trapped: {panic}"),
+            None => format!("it trapped: {e:#}"),
+        })),
+        Err(_) => Err(describe_error(format!(
+            "it did not answer within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+fn validate_description(
+    stem: &str,
+    meta: wit::ProcessorMetadata,
+) -> Result<Description, LoadError> {
+    if meta.name != stem {
+        return Err(LoadError::NameMismatch {
+            stem: stem.to_string(),
+            declared: meta.name,
+        });
+    }
+    let bad = |reason: String| LoadError::Describe { reason };
+    semver::Version::parse(&meta.version).map_err(|e| {
+        bad(format!(
+            "its version `{}` is not semver ({e}); use e.g. `1.2.0`",
+            meta.version
+        ))
+    })?;
+    let limits = LimitOverrides {
+        timeout_ms: meta.limits.timeout_ms,
+        memory_bytes: meta.limits.memory_bytes,
+        fuel: meta.limits.fuel,
+        output_bytes: meta.limits.output_bytes,
+    };
+    limits
+        .validate()
+        .map_err(|e| bad(format!("its limits are invalid: {e}")))?;
+    let retry = meta.retry.as_ref().map(RetryPolicy::from_wit);
+    if let Some(policy) = &retry {
+        policy
+            .validate()
+            .map_err(|e| bad(format!("its retry policy is invalid: {e}")))?;
+    }
+    let queue = meta.queue.map(|q| QueueSettings {
+        concurrency: q.concurrency,
+        priority: q.priority,
+        rate_limit: q.rate_limit.map(|r| (r.max, r.per_ms)),
+    });
+    Ok(Description {
+        version: meta.version,
+        description: meta.description,
+        limits,
+        retry,
+        queue,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processor_names_follow_the_file_naming_rule() {
+        for good in ["hello", "add-ten", "a1", "x"] {
+            assert!(is_valid_name(good), "{good}");
+        }
+        for bad in ["", "Hello", "add_ten", "1abc", "-x", "a b", &"a".repeat(65)] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The result document: what every execution returns, in every runtime and on every surface
+//! (library, CLI stdout, HTTP, job return values). Its JSON Schema is
+//! `schema/result.schema.json`; tests hold the two together.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ExecutionError;
+
+/// The outcome of one execution of a processor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionResult {
+    /// True when the processor succeeded.
+    pub ok: bool,
+    /// The new state on success; on failure, the last good state (the input, with its
+    /// host-owned metadata).
+    pub state: Value,
+    /// Why it failed; `null` on success.
+    pub error: Option<ExecutionError>,
+    /// What ran, for whom, and what it cost.
+    pub execution: ExecutionInfo,
+}
+
+/// Facts about an execution: identity, provenance and cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionInfo {
+    /// The execution id (shared by all its attempts).
+    pub id: String,
+    /// The processor name that was asked for.
+    pub processor: String,
+    /// SHA-256 of the component that ran; `null` if nothing ran (e.g. unknown processor).
+    pub digest: Option<String>,
+    /// The processor's declared version; `null` if nothing ran.
+    pub version: Option<String>,
+    /// The tenant the execution belongs to.
+    pub tenant: String,
+    /// The session, if any.
+    pub session: Option<String>,
+    /// Attempts made (0 if nothing ran).
+    pub attempts: u32,
+    /// Wall-clock time from request to result, in microseconds.
+    pub duration_us: u64,
+    /// Fuel consumed over all attempts.
+    pub fuel_consumed: u64,
+    /// The largest linear memory any attempt reached, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+impl ExecutionResult {
+    /// The error, if the execution failed.
+    pub fn error(&self) -> Option<&ExecutionError> {
+        self.error.as_ref()
+    }
+
+    /// The result as pretty JSON.
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| {
+            format!(r#"{{"ok":false,"error":{{"kind":"execution","message":"{e}"}}}}"#)
+        })
+    }
+}

@@ -1,0 +1,363 @@
+//! One execution's sandbox: the store data of a fresh instance. It holds the limits (memory
+//! cap, fuel, deadline), the WASI context built from the operator's grants only (by default:
+//! clocks and random, no files, environment, arguments or network), the guest's log sink,
+//! and the host side of every weir import (`log`, `emit`, `progress`, `call`, `cancelled`,
+//! `config`, the session store).
+//!
+//! A store is cheap and short-lived: created for one attempt and dropped after it, so
+//! nothing a guest does survives into the next execution.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::{Processor, weir::processor as imports, wit};
+use crate::cancel::CancelHandle;
+use crate::engine::Engine;
+use crate::error::{Error, ErrorKind, ExecutionError, codes};
+use crate::guest_log::{GuestLog, GuestStream, Level};
+use crate::manifest::Capabilities;
+use crate::runtime::Shared;
+
+/// Errors the host raises inside a running guest to stop it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HostTrap {
+    /// The attempt's deadline passed while the guest was running.
+    #[error("the execution's deadline passed")]
+    Deadline,
+    /// The guest tried to grow its memory past the cap.
+    #[error("memory limit of {limit} bytes exceeded (the guest asked for {requested} bytes)")]
+    MemoryLimit { limit: u64, requested: u64 },
+}
+
+/// Tracks and caps the linear memory of one instance (all its memories together).
+pub(crate) struct MemoryLimiter {
+    cap: u64,
+    current: u64,
+    pub(crate) peak: u64,
+    pub(crate) hit: bool,
+}
+
+impl MemoryLimiter {
+    fn new(cap: u64) -> Self {
+        MemoryLimiter {
+            cap,
+            current: 0,
+            peak: 0,
+            hit: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let next = self.current - (current as u64).min(self.current) + desired as u64;
+        if next > self.cap {
+            self.hit = true;
+            return Err(wasmtime::Error::new(HostTrap::MemoryLimit {
+                limit: self.cap,
+                requested: next,
+            }));
+        }
+        self.current = next;
+        self.peak = self.peak.max(next);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Who is running, for nested calls and the session store. Absent while a plugin is being
+/// described at load time.
+#[derive(Clone)]
+pub(crate) struct CallScope {
+    pub shared: Arc<Shared>,
+    pub tenant: Arc<str>,
+    pub session: Option<Arc<str>>,
+    pub depth: u32,
+}
+
+/// The data of one execution's store.
+pub(crate) struct Sandbox {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) log: Arc<GuestLog>,
+    pub(crate) deadline: Instant,
+    pub(crate) cancel: CancelHandle,
+    config: Arc<BTreeMap<String, String>>,
+    scope: Option<CallScope>,
+}
+
+/// Everything needed to set up a sandbox.
+pub(crate) struct SandboxSpec<'a> {
+    pub memory_bytes: u64,
+    pub fuel: u64,
+    pub deadline: Instant,
+    pub cancel: CancelHandle,
+    pub log: Arc<GuestLog>,
+    pub capabilities: &'a Capabilities,
+    pub config: Arc<BTreeMap<String, String>>,
+    pub scope: Option<CallScope>,
+}
+
+impl Sandbox {
+    /// A fresh store for one attempt, with its limits armed.
+    pub(crate) fn store(
+        engine: &Engine,
+        spec: SandboxSpec<'_>,
+    ) -> Result<Store<Sandbox>, ExecutionError> {
+        let wasi = wasi_context(spec.capabilities, &spec.log)?;
+        let sandbox = Sandbox {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(spec.memory_bytes),
+            log: spec.log,
+            deadline: spec.deadline,
+            cancel: spec.cancel,
+            config: spec.config,
+            scope: spec.scope,
+        };
+        let mut store = Store::new(engine.wasmtime(), sandbox);
+        store.limiter(|s| &mut s.limiter);
+        store.set_fuel(spec.fuel).map_err(|e| {
+            ExecutionError::host(
+                ErrorKind::Execution,
+                codes::TRAP,
+                format!("cannot set fuel: {e}"),
+            )
+        })?;
+        // On every epoch tick: stop the guest if its deadline has passed, otherwise yield to
+        // the async runtime so that timers, cancellation and other tasks make progress.
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(wasmtime::Error::new(HostTrap::Deadline))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        Ok(store)
+    }
+}
+
+fn wasi_context(caps: &Capabilities, log: &Arc<GuestLog>) -> Result<WasiCtx, ExecutionError> {
+    let mut b = WasiCtxBuilder::new();
+    b.stdout(GuestStream::stdout(log))
+        .stderr(GuestStream::stderr(log))
+        .allow_ip_name_lookup(false);
+    for (key, value) in &caps.env {
+        b.env(key, value);
+    }
+    for grant in &caps.files {
+        let perms = if grant.writable {
+            wasmtime_wasi::FsPerms::ReadWrite
+        } else {
+            wasmtime_wasi::FsPerms::ReadOnly
+        };
+        b.preopened_dir(&grant.host, &grant.guest, perms)
+            .map_err(|e| {
+                ExecutionError::host(
+                    ErrorKind::Configuration,
+                    codes::CAPABILITY_DENIED,
+                    format!(
+                        "the granted directory {} cannot be opened: {e}",
+                        grant.host.display()
+                    ),
+                )
+            })?;
+    }
+    if caps.network.is_empty() {
+        b.allow_tcp(false).allow_udp(false);
+    } else {
+        let grants = Arc::new(caps.network.clone());
+        b.socket_addr_check(move |addr, _use| {
+            let allowed = grants.iter().any(|g| g.allows(&addr));
+            Box::pin(async move { allowed })
+        });
+    }
+    Ok(b.build())
+}
+
+/// The linker every processor is instantiated with: WASI plus weir's imports.
+pub(crate) fn linker(engine: &Engine) -> Result<Linker<Sandbox>, Error> {
+    let mut linker = Linker::new(engine.wasmtime());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| Error::Engine(format!("cannot link WASI: {e}")))?;
+    Processor::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)
+        .map_err(|e| Error::Engine(format!("cannot link weir's imports: {e}")))?;
+    Ok(linker)
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn not_available(what: &str) -> wit::ProcessorError {
+    wit::ProcessorError {
+        kind: wit::ErrorKind::Configuration,
+        code: Some(codes::NOT_AVAILABLE.to_string()),
+        message: format!("{what} is not available while a plugin is being described"),
+        retryable: false,
+        details: None,
+    }
+}
+
+impl Sandbox {
+    fn scope(&self, what: &str) -> Result<&CallScope, wit::ProcessorError> {
+        self.scope.as_ref().ok_or_else(|| not_available(what))
+    }
+
+    fn session_key(&self) -> Result<(&CallScope, &Arc<str>), wit::ProcessorError> {
+        let scope = self.scope("the session store")?;
+        let session = scope.session.as_ref().ok_or_else(|| wit::ProcessorError {
+            kind: wit::ErrorKind::Configuration,
+            code: Some("no-session".to_string()),
+            message: "the session store needs a session: run the execution with a session id"
+                .to_string(),
+            retryable: false,
+            details: None,
+        })?;
+        Ok((scope, session))
+    }
+}
+
+impl imports::types::Host for Sandbox {}
+
+impl imports::logging::Host for Sandbox {
+    fn log(&mut self, level: imports::logging::Level, message: String, fields: Option<String>) {
+        use imports::logging::Level as L;
+        let level = match level {
+            L::Trace => Level::Trace,
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Error => Level::Error,
+        };
+        self.log.log(level, &message, fields.as_deref());
+    }
+}
+
+impl imports::events::Host for Sandbox {
+    fn emit(&mut self, name: String, data: String) -> Result<(), wit::ProcessorError> {
+        if serde_json::from_str::<serde_json::Value>(&data).is_err() {
+            return Err(wit::ProcessorError {
+                kind: wit::ErrorKind::Validation,
+                code: Some(codes::INVALID_INPUT.to_string()),
+                message: format!("event `{name}`: data is not valid JSON"),
+                retryable: false,
+                details: None,
+            });
+        }
+        tracing::info!(target: "weir::events", event = %name, data = %data, "custom event");
+        Ok(())
+    }
+
+    fn progress(&mut self, percent: u8, message: String) -> Result<(), wit::ProcessorError> {
+        let percent = percent.min(100);
+        tracing::info!(target: "weir::events", percent, "progress: {message}");
+        Ok(())
+    }
+}
+
+impl imports::invoke::Host for Sandbox {
+    async fn call(&mut self, name: String, state: String) -> Result<String, wit::ProcessorError> {
+        let scope = self.scope("`call`")?.clone();
+        let parent_deadline = self.deadline;
+        let cancel = self.cancel.child();
+        crate::executor::call_nested(scope, name, state, parent_deadline, cancel)
+            .await
+            .map_err(to_wit_error)
+    }
+}
+
+impl imports::cancellation::Host for Sandbox {
+    fn cancelled(&mut self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+impl imports::config::Host for Sandbox {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+
+    fn get_all(&mut self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl imports::session_store::Host for Sandbox {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, wit::ProcessorError> {
+        let (scope, session) = self.session_key()?;
+        Ok(scope.shared.sessions.get(&scope.tenant, session, &key))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), wit::ProcessorError> {
+        let (scope, session) = self.session_key()?;
+        scope
+            .shared
+            .sessions
+            .set(&scope.tenant, session, key, value)
+            .map_err(to_wit_error)
+    }
+
+    fn delete(&mut self, key: String) -> Result<(), wit::ProcessorError> {
+        let (scope, session) = self.session_key()?;
+        scope.shared.sessions.delete(&scope.tenant, session, &key);
+        Ok(())
+    }
+
+    fn list_keys(&mut self) -> Result<Vec<String>, wit::ProcessorError> {
+        let (scope, session) = self.session_key()?;
+        Ok(scope.shared.sessions.keys(&scope.tenant, session))
+    }
+}
+
+/// A host-side error as the guest sees it.
+pub(crate) fn to_wit_error(e: ExecutionError) -> wit::ProcessorError {
+    wit::ProcessorError {
+        kind: e.kind.into(),
+        code: e.code,
+        message: e.message,
+        retryable: e.retryable,
+        details: e.details.map(|d| d.to_string()),
+    }
+}
+
+/// A guest's error as the host reports it.
+pub(crate) fn from_wit_error(e: wit::ProcessorError) -> ExecutionError {
+    ExecutionError {
+        kind: e.kind.into(),
+        code: e.code,
+        message: e.message,
+        retryable: e.retryable,
+        details: e
+            .details
+            .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))),
+    }
+}

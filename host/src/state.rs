@@ -1,0 +1,186 @@
+//! The state document and its host-owned `metadata`.
+//!
+//! A state is a JSON object. Its `metadata` member belongs to the host: `version` (the
+//! state's revision, bumped by each successful step), `sessionId`, `createdAt` and
+//! `lastUpdated` (RFC 3339, UTC). A caller may pass metadata from an earlier result; it is
+//! checked, and anything a processor returns there is discarded and rewritten.
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{ErrorKind, ExecutionError, codes};
+
+/// The host-owned metadata of a state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateMetadata {
+    /// The state's revision: 0 for a new state, +1 per successful step.
+    pub version: u64,
+    /// The session the state belongs to.
+    pub session_id: Option<String>,
+    /// When the state was first created (RFC 3339).
+    pub created_at: String,
+    /// When the state last changed (RFC 3339).
+    pub last_updated: String,
+}
+
+impl StateMetadata {
+    /// Metadata for a brand-new state.
+    pub fn new(session_id: Option<String>) -> Self {
+        let now = now_rfc3339();
+        StateMetadata {
+            version: 0,
+            session_id,
+            created_at: now.clone(),
+            last_updated: now,
+        }
+    }
+
+    /// The metadata after one more successful step.
+    pub fn bumped(&self) -> Self {
+        StateMetadata {
+            version: self.version + 1,
+            session_id: self.session_id.clone(),
+            created_at: self.created_at.clone(),
+            last_updated: now_rfc3339(),
+        }
+    }
+
+    /// The metadata as the JSON object stored under `metadata`.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::with_capacity(4);
+        m.insert("version".into(), Value::from(self.version));
+        m.insert(
+            "sessionId".into(),
+            self.session_id.clone().map_or(Value::Null, Value::String),
+        );
+        m.insert("createdAt".into(), Value::String(self.created_at.clone()));
+        m.insert(
+            "lastUpdated".into(),
+            Value::String(self.last_updated.clone()),
+        );
+        Value::Object(m)
+    }
+}
+
+/// Checks an input state and splits out its metadata.
+///
+/// The input must be a JSON object. If it carries `metadata` (from an earlier result), that
+/// must be an object whose `version` is a non-negative integer and whose timestamps are
+/// strings; the revision and creation time are kept and the session is set to `session`.
+pub fn prepare_input(
+    input: Value,
+    session: Option<&str>,
+) -> Result<(Map<String, Value>, StateMetadata), ExecutionError> {
+    let Value::Object(mut state) = input else {
+        return Err(invalid_input(format!(
+            "the state must be a JSON object, not {}",
+            json_type(&input)
+        )));
+    };
+    let session = session.map(str::to_string);
+    let metadata = match state.remove("metadata") {
+        None | Some(Value::Null) => StateMetadata::new(session),
+        Some(Value::Object(m)) => {
+            let version = match m.get("version") {
+                None | Some(Value::Null) => 0,
+                Some(v) => v.as_u64().ok_or_else(|| {
+                    invalid_input("`metadata.version` must be a non-negative integer")
+                })?,
+            };
+            let now = now_rfc3339();
+            let text = |key: &str| -> Result<String, ExecutionError> {
+                match m.get(key) {
+                    None | Some(Value::Null) => Ok(now.clone()),
+                    Some(Value::String(s)) => Ok(s.clone()),
+                    Some(_) => Err(invalid_input(format!(
+                        "`metadata.{key}` must be an RFC 3339 timestamp string"
+                    ))),
+                }
+            };
+            StateMetadata {
+                version,
+                session_id: session,
+                created_at: text("createdAt")?,
+                last_updated: text("lastUpdated")?,
+            }
+        }
+        Some(other) => {
+            return Err(invalid_input(format!(
+                "`metadata` belongs to weir and must be an object, not {}",
+                json_type(&other)
+            )));
+        }
+    };
+    Ok((state, metadata))
+}
+
+/// The state with `metadata` set (replacing whatever was there).
+pub fn with_metadata(mut state: Map<String, Value>, metadata: &StateMetadata) -> Value {
+    state.insert("metadata".into(), metadata.to_json());
+    Value::Object(state)
+}
+
+fn invalid_input(message: impl Into<String>) -> ExecutionError {
+    ExecutionError::host(ErrorKind::Validation, codes::INVALID_INPUT, message)
+}
+
+/// "a number", "an array", … for messages.
+pub(crate) fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_new_state_starts_at_version_zero_in_its_session() {
+        let (state, meta) = prepare_input(json!({"count": 1}), Some("s1")).unwrap();
+        assert_eq!(state["count"], 1);
+        assert_eq!(meta.version, 0);
+        assert_eq!(meta.session_id.as_deref(), Some("s1"));
+        assert_eq!(meta.bumped().version, 1);
+    }
+
+    #[test]
+    fn earlier_metadata_keeps_its_revision_and_creation_time() {
+        let input = json!({"metadata": {"version": 4, "createdAt": "2020-01-01T00:00:00Z"}});
+        let (_, meta) = prepare_input(input, None).unwrap();
+        assert_eq!(meta.version, 4);
+        assert_eq!(meta.created_at, "2020-01-01T00:00:00Z");
+        let out = with_metadata(Map::new(), &meta.bumped());
+        assert_eq!(out["metadata"]["version"], 5);
+        assert_eq!(out["metadata"]["createdAt"], "2020-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn non_objects_and_malformed_metadata_are_validation_errors() {
+        for bad in [
+            json!([1, 2]),
+            json!("text"),
+            json!(null),
+            json!({"metadata": 3}),
+            json!({"metadata": {"version": -1}}),
+            json!({"metadata": {"createdAt": 5}}),
+        ] {
+            let err = prepare_input(bad.clone(), None).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Validation, "{bad}");
+            assert!(err.has_code(codes::INVALID_INPUT));
+        }
+    }
+}
