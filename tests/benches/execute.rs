@@ -1,0 +1,267 @@
+//! One execution of `increment`, three ways, measured in the same run so the ratios hold on
+//! a noisy machine:
+//!
+//! 1. **weir**: `Runtime::execute` through the public API (result document included);
+//! 2. **raw, weir's engine**: wasmtime by hand on the same engine (pooling allocator, fuel,
+//!    epochs): `InstancePre` + a fresh `Store` + `process`, the floor weir builds on;
+//! 3. **raw, default engine**: the same by hand on wasmtime's default configuration, for
+//!    reference.
+//!
+//! The three are interleaved sample by sample, so a burst of load hits all of them alike.
+//! Run with `cargo xtask bench` (or `cargo bench -p weir-tests --bench execute`);
+//! `WEIR_BENCH_SAMPLES` sets the sample count (default 3000).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "processor",
+        path: "../wit",
+        imports: { "weir:processor/invoke.call": async },
+        exports: { default: async },
+    });
+}
+
+use bindings::weir::processor as wit;
+use bindings::{Processor, ProcessorPre};
+use wit::types::{ExecutionContext, ProcessorError};
+
+/// The baseline's store data: a WASI context and no-op weir imports.
+struct Raw {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Raw {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn unavailable() -> ProcessorError {
+    ProcessorError {
+        kind: wit::types::ErrorKind::Configuration,
+        code: None,
+        message: "not available in the benchmark".into(),
+        retryable: false,
+        details: None,
+    }
+}
+
+impl wit::types::Host for Raw {}
+impl wit::logging::Host for Raw {
+    fn log(&mut self, _: wit::logging::Level, _: String, _: Option<String>) {}
+}
+impl wit::events::Host for Raw {
+    fn emit(&mut self, _: String, _: String) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+    fn progress(&mut self, _: u8, _: String) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+}
+impl wit::invoke::Host for Raw {
+    async fn call(&mut self, _: String, _: String) -> Result<String, ProcessorError> {
+        Err(unavailable())
+    }
+}
+impl wit::cancellation::Host for Raw {
+    fn cancelled(&mut self) -> bool {
+        false
+    }
+}
+impl wit::config::Host for Raw {
+    fn get(&mut self, _: String) -> Option<String> {
+        None
+    }
+    fn get_all(&mut self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+impl wit::session_store::Host for Raw {
+    fn get(&mut self, _: String) -> Result<Option<Vec<u8>>, ProcessorError> {
+        Err(unavailable())
+    }
+    fn set(&mut self, _: String, _: Vec<u8>) -> Result<(), ProcessorError> {
+        Err(unavailable())
+    }
+    fn delete(&mut self, _: String) -> Result<(), ProcessorError> {
+        Err(unavailable())
+    }
+    fn list_keys(&mut self) -> Result<Vec<String>, ProcessorError> {
+        Err(unavailable())
+    }
+}
+
+/// wasmtime by hand: InstancePre once, then a fresh store and instance per call.
+struct Baseline {
+    engine: Engine,
+    pre: ProcessorPre<Raw>,
+    limited: bool,
+}
+
+impl Baseline {
+    fn new(engine: Engine, wasm: &[u8], limited: bool) -> Baseline {
+        let component = Component::new(&engine, wasm).expect("increment compiles");
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("WASI links");
+        Processor::add_to_linker::<Raw, HasSelf<Raw>>(&mut linker, |s| s).expect("imports link");
+        let pre = ProcessorPre::new(linker.instantiate_pre(&component).expect("instantiable"))
+            .expect("a processor");
+        Baseline {
+            engine,
+            pre,
+            limited,
+        }
+    }
+
+    async fn call(&self, input: &String, ctx: &ExecutionContext) -> String {
+        let mut store = Store::new(
+            &self.engine,
+            Raw {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            },
+        );
+        if self.limited {
+            // weir's engine consumes fuel and checks epochs: a store must be armed for both.
+            store.set_fuel(u64::MAX / 2).expect("fuel is enabled");
+            store.set_epoch_deadline(1_000_000);
+        }
+        let processor = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiates");
+        processor
+            .weir_processor_handler()
+            .call_process(&mut store, input, ctx)
+            .await
+            .expect("no trap")
+            .expect("increment succeeds")
+    }
+}
+
+struct Samples {
+    name: &'static str,
+    micros: Vec<f64>,
+}
+
+impl Samples {
+    fn new(name: &'static str) -> Self {
+        Samples {
+            name,
+            micros: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, elapsed: Duration) {
+        self.micros.push(elapsed.as_secs_f64() * 1e6);
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let mut sorted = self.micros.clone();
+        sorted.sort_by(f64::total_cmp);
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[index]
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported, so ignore args.
+    let samples: usize = std::env::var("WEIR_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(bench(samples));
+}
+
+async fn bench(samples: usize) {
+    let folder = weir_tests::PluginFolder::with(&["increment"]);
+    let weir = ::weir::Runtime::builder()
+        .plugins_dir(folder.path())
+        .cache_dir(Some(weir_tests::cache_dir()))
+        .build()
+        .await
+        .expect("weir starts");
+    let wasm = weir_tests::plugin_bytes("increment");
+    let same_engine = Baseline::new(weir.engine().wasmtime().clone(), &wasm, true);
+    let default_engine = Baseline::new(Engine::default(), &wasm, false);
+
+    let input = json!({"count": 1});
+    let raw_input = json!({"count": 1, "metadata": {"version": 0, "sessionId": null,
+        "createdAt": "2026-01-01T00:00:00Z", "lastUpdated": "2026-01-01T00:00:00Z"}})
+    .to_string();
+    let ctx = ExecutionContext {
+        execution_id: "bench".into(),
+        tenant: "default".into(),
+        session_id: None,
+        processor: "increment".into(),
+        attempt: 1,
+        call_depth: 0,
+        deadline_unix_ms: u64::MAX,
+    };
+
+    let mut weir_samples = Samples::new("weir (public API)");
+    let mut same_samples = Samples::new("raw wasmtime, weir's engine config");
+    let mut default_samples = Samples::new("raw wasmtime, default config");
+    let warmup = samples / 10 + 10;
+    for i in 0..warmup + samples {
+        let record = i >= warmup;
+        let started = Instant::now();
+        let result = weir.run("increment", input.clone()).await;
+        let elapsed = started.elapsed();
+        assert!(result.ok, "{:?}", result.error);
+        if record {
+            weir_samples.record(elapsed);
+        }
+        let started = Instant::now();
+        std::hint::black_box(same_engine.call(&raw_input, &ctx).await);
+        if record {
+            same_samples.record(started.elapsed());
+        }
+        let started = Instant::now();
+        std::hint::black_box(default_engine.call(&raw_input, &ctx).await);
+        if record {
+            default_samples.record(started.elapsed());
+        }
+    }
+
+    let baseline = same_samples.percentile(0.5);
+    println!(
+        "one execution of `increment`, {samples} samples each (interleaved), pooling allocator: {}",
+        weir.engine().is_pooling()
+    );
+    println!();
+    println!("| case | p50 µs | p99 µs | p50 ÷ raw (weir's engine) |");
+    println!("|---|---:|---:|---:|");
+    for s in [&weir_samples, &same_samples, &default_samples] {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2}× |",
+            s.name,
+            s.percentile(0.5),
+            s.percentile(0.99),
+            s.percentile(0.5) / baseline
+        );
+    }
+    println!();
+    println!(
+        "weir ÷ raw with the same engine: {:.2}× (goal ≤ 1.3×); weir ÷ raw default engine: {:.2}×",
+        weir_samples.percentile(0.5) / baseline,
+        weir_samples.percentile(0.5) / default_samples.percentile(0.5)
+    );
+}

@@ -1,0 +1,50 @@
+//! Builds every plugin from `plugins/` before the tests compile, through the same path as
+//! `cargo xtask plugins`, and tells the tests where they are.
+
+use std::path::{Path, PathBuf};
+
+fn main() {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out: share one wasm build per target dir.
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| out_dir.clone());
+    let plugins_out = out_dir.join("plugins");
+    std::fs::create_dir_all(&plugins_out).expect("OUT_DIR is writable");
+    let built = match xtask::build_plugins(&target_dir.join("wasm-plugins"), &plugins_out) {
+        Ok(built) => built,
+        Err(message) => panic!("cannot build the test plugins: {message}"),
+    };
+    println!(
+        "cargo:rustc-env=WEIR_TEST_PLUGINS={}",
+        built.plugins_dir.display()
+    );
+    println!(
+        "cargo:rustc-env=WEIR_TEST_FIXTURES={}",
+        built.fixtures_dir.display()
+    );
+    println!(
+        "cargo:rustc-env=WEIR_TEST_CACHE={}",
+        target_dir.join("weir-test-cache").display()
+    );
+    let root = xtask::repo_root();
+    for path in [
+        "wit",
+        "guest-sdk",
+        "plugins/Cargo.toml",
+        "plugins/Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
+    }
+    // Each plugin's sources, but not plugins/dist (written by `cargo xtask plugins`).
+    if let Ok(entries) = std::fs::read_dir(root.join("plugins")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if entry.path().is_dir() && name != "dist" && name != "target" {
+                println!("cargo:rerun-if-changed={}", entry.path().display());
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The `weir` command line: result documents on stdout, exit codes 0/1/2 as documented, one
+//! line on stderr saying what to fix, and no panic on any input.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use weir_tests::{PluginFolder, cache_dir, fixtures_dir, plugin_bytes, weir_bin};
+
+fn weir(dir: &Path, args: &[&str]) -> Output {
+    weir_with_stdin(dir, args, None)
+}
+
+fn weir_with_stdin(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(weir_bin())
+        .args(args)
+        .env("WEIR_PLUGINS", dir)
+        .env("WEIR_CACHE_DIR", cache_dir())
+        .env_remove("WEIR_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir starts");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).expect("weir reads stdin");
+    }
+    drop(pipe);
+    child.wait_with_output().expect("weir finishes")
+}
+
+fn stdout_json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// Exit 2: nothing on stdout, and the last stderr line says what to fix.
+fn assert_usage_error(output: &Output, needle: &str) {
+    assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(output));
+    assert!(
+        output.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let stderr = stderr(output);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("weir: "), "{stderr}");
+    assert!(last.contains(needle), "expected `{needle}` in: {last}");
+}
+
+#[test]
+fn a_successful_run_prints_the_result_and_exits_0() {
+    let folder = PluginFolder::with(&["hello"]);
+    let output = weir(
+        folder.path(),
+        &["run", "hello", "--input", r#"{"user":"Ada"}"#],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let doc = stdout_json(&output);
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["state"]["greeting"], "Hello Ada!");
+}
+
+#[test]
+fn a_failed_processor_prints_the_result_and_exits_1() {
+    let folder = PluginFolder::with(&["validate-email"]);
+    let output = weir(
+        folder.path(),
+        &["run", "validate-email", "--input", r#"{"email":"x"}"#],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let doc = stdout_json(&output);
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["error"]["kind"], "validation");
+}
+
+#[test]
+fn input_comes_from_a_file_or_stdin() {
+    let folder = PluginFolder::with(&["increment"]);
+    let file = folder.path().join("input.json");
+    std::fs::write(&file, r#"{"count": 9}"#).unwrap();
+    let from_file = weir(
+        folder.path(),
+        &[
+            "run",
+            "increment",
+            "--input",
+            &format!("@{}", file.display()),
+        ],
+    );
+    assert_eq!(stdout_json(&from_file)["state"]["count"], 10);
+    let from_stdin = weir_with_stdin(
+        folder.path(),
+        &["run", "increment", "--input", "-"],
+        Some(r#"{"count": 41}"#),
+    );
+    assert_eq!(stdout_json(&from_stdin)["state"]["count"], 42);
+}
+
+#[test]
+fn a_session_is_recorded_in_the_result_and_the_state() {
+    let folder = PluginFolder::with(&["increment"]);
+    let output = weir(folder.path(), &["run", "increment", "--session", "s-42"]);
+    let doc = stdout_json(&output);
+    assert_eq!(doc["execution"]["session"], "s-42");
+    assert_eq!(doc["state"]["metadata"]["sessionId"], "s-42");
+}
+
+#[test]
+fn timeout_ms_lowers_the_timeout() {
+    let folder = PluginFolder::with(&["spin"]);
+    let output = weir(folder.path(), &["run", "spin", "--timeout-ms", "50"]);
+    assert_eq!(output.status.code(), Some(1));
+    let doc = stdout_json(&output);
+    assert_eq!(doc["error"]["code"], "deadline-exceeded");
+    assert!(doc["error"]["message"].as_str().unwrap().contains("50 ms"));
+}
+
+#[test]
+fn malformed_json_input_is_a_usage_error() {
+    let folder = PluginFolder::with(&["hello"]);
+    let output = weir(folder.path(), &["run", "hello", "--input", "{not json"]);
+    assert_usage_error(&output, "not valid JSON");
+}
+
+#[test]
+fn a_state_that_is_not_an_object_is_a_usage_error() {
+    let folder = PluginFolder::with(&["hello"]);
+    let output = weir(folder.path(), &["run", "hello", "--input", "[1,2]"]);
+    assert_usage_error(&output, "must be a JSON object");
+}
+
+#[test]
+fn an_unreadable_input_file_is_a_usage_error() {
+    let folder = PluginFolder::with(&["hello"]);
+    let output = weir(
+        folder.path(),
+        &["run", "hello", "--input", "@/no/such/file.json"],
+    );
+    assert_usage_error(&output, "cannot read the input file");
+}
+
+#[test]
+fn an_unknown_processor_is_a_usage_error_listing_what_exists() {
+    let folder = PluginFolder::with(&["hello", "increment"]);
+    let output = weir(folder.path(), &["run", "nope"]);
+    assert_usage_error(&output, "available: hello, increment");
+}
+
+#[test]
+fn a_truncated_plugin_file_is_a_usage_error_with_the_reason() {
+    let folder = PluginFolder::new();
+    let bytes = plugin_bytes("hello");
+    folder.write("hello.wasm", &bytes[..100]);
+    let output = weir(folder.path(), &["run", "hello"]);
+    assert_usage_error(&output, "was rejected: not a valid WebAssembly component");
+}
+
+#[test]
+fn a_component_of_another_world_is_a_usage_error() {
+    let folder = PluginFolder::new();
+    let other = std::fs::read(fixtures_dir().join("other-world.wasm")).unwrap();
+    folder.write("other-world.wasm", &other);
+    let output = weir(folder.path(), &["run", "other-world"]);
+    assert_usage_error(&output, "built for another world");
+}
+
+#[test]
+fn a_describe_name_that_differs_from_the_file_stem_is_a_usage_error() {
+    let folder = PluginFolder::new();
+    folder.write("greeter.wasm", &plugin_bytes("hello"));
+    let output = weir(folder.path(), &["run", "greeter"]);
+    assert_usage_error(&output, "rename the file to `hello.wasm`");
+}
+
+#[test]
+fn a_broken_file_elsewhere_is_only_a_warning() {
+    let folder = PluginFolder::with(&["hello"]);
+    folder.write("broken.wasm", b"\0asm garbage");
+    let output = weir(folder.path(), &["run", "hello"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("broken.wasm"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_missing_plugins_folder_is_a_usage_error() {
+    let output = weir(Path::new("/no/such/folder"), &["run", "hello"]);
+    assert_usage_error(&output, "does not exist");
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let folder = PluginFolder::with(&["hello"]);
+    let missing_name = weir(folder.path(), &["run"]);
+    assert_eq!(missing_name.status.code(), Some(2));
+    let zero_timeout = weir(folder.path(), &["run", "hello", "--timeout-ms", "0"]);
+    assert_eq!(zero_timeout.status.code(), Some(2));
+    let bad_filter = weir(folder.path(), &["run", "hello", "--log-level", "[[["]);
+    assert_usage_error(&bad_filter, "not a valid filter");
+}
+
+#[test]
+fn a_log_flood_is_rate_limited() {
+    let folder = PluginFolder::with(&["log-flood"]);
+    let output = weir(
+        folder.path(),
+        &[
+            "run",
+            "log-flood",
+            "--log-format",
+            "json",
+            "--input",
+            r#"{"lines":5000}"#,
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // The guest wrote 15,000 lines (log, stdout, stderr); the default bucket lets about 200
+    // through at once plus 100 a second.
+    let lines = stderr(&output).lines().count();
+    assert!(lines < 2000, "{lines} log lines got through");
+    assert!(stderr(&output).contains("dropped guest log lines"));
+}
+
+#[test]
+fn plugins_list_shows_loaded_and_rejected_files() {
+    let folder = PluginFolder::with(&["hello", "increment"]);
+    folder.write("broken.wasm", b"nope");
+    let output = weir(folder.path(), &["plugins", "list", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let rows = stdout_json(&output);
+    let names: Vec<_> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, ["broken", "hello", "increment"]);
+    assert_eq!(rows[0]["status"], "rejected");
+    assert!(rows[0]["reason"].as_str().unwrap().contains("not a valid"));
+    assert_eq!(rows[1]["version"], "1.0.0");
+    let table = weir(folder.path(), &["plugins", "list"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("rejected: not a valid"), "{table}");
+}
+
+#[test]
+fn plugins_inspect_shows_limits_world_and_digest() {
+    let folder = PluginFolder::with(&["spin"]);
+    folder.manifest("spin", "[limits]\nfuel = 1000\n[config]\nmode = \"fast\"\n");
+    let output = weir(folder.path(), &["plugins", "inspect", "spin"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let doc = stdout_json(&output);
+    assert_eq!(doc["world"], "weir:processor/processor@0.1.0");
+    assert_eq!(doc["digest"].as_str().unwrap().len(), 64);
+    assert_eq!(doc["limits"]["timeoutMs"], 500, "declared by spin");
+    assert_eq!(doc["limits"]["fuel"], 1000, "granted by the manifest");
+    assert_eq!(doc["manifest"]["config"]["mode"], "fast");
+    let unknown = weir(folder.path(), &["plugins", "inspect", "nope"]);
+    assert_usage_error(&unknown, "no plugin named `nope`");
+}

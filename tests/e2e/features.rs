@@ -1,0 +1,228 @@
+//! Host features a processor uses: retries, nested calls, the session store, operator
+//! configuration and cancellation.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing_subscriber::layer::SubscriberExt;
+use weir::{CancelHandle, ErrorKind, ExecutionRequest, codes};
+use weir_tests::{PluginFolder, runtime};
+
+#[tokio::test]
+async fn a_retryable_failure_is_retried_until_it_succeeds() {
+    let folder = PluginFolder::with(&["flaky"]);
+    let result = runtime(folder.path())
+        .await
+        .run("flaky", json!({"succeedOn": 3}))
+        .await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["succeededOn"], 3);
+    assert_eq!(result.execution.attempts, 3);
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_policys_maximum_with_the_last_error() {
+    let folder = PluginFolder::with(&["flaky"]);
+    let result = runtime(folder.path())
+        .await
+        .run("flaky", json!({"succeedOn": 99}))
+        .await;
+    let error = result.error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::Network);
+    assert!(error.message.contains("attempt 5"), "{}", error.message);
+    assert_eq!(result.execution.attempts, 5);
+}
+
+#[tokio::test]
+async fn the_operator_manifest_overrides_the_retry_policy() {
+    let folder = PluginFolder::with(&["flaky"]);
+    folder.manifest(
+        "flaky",
+        "[retry]\nmax_attempts = 2\nbackoff = \"fixed\"\nbackoff_ms = 1\n",
+    );
+    let result = runtime(folder.path())
+        .await
+        .run("flaky", json!({"succeedOn": 3}))
+        .await;
+    assert!(!result.ok);
+    assert_eq!(result.execution.attempts, 2);
+}
+
+#[tokio::test]
+async fn a_non_retryable_failure_is_not_retried() {
+    let folder = PluginFolder::with(&["flaky"]);
+    // flaky declares five attempts, but a validation error is never worth another.
+    let result = runtime(folder.path())
+        .await
+        .run("flaky", json!({"succeedOn": "soon"}))
+        .await;
+    assert_eq!(result.error.expect("an error").kind, ErrorKind::Validation);
+    assert_eq!(result.execution.attempts, 1);
+}
+
+#[tokio::test]
+async fn a_guest_can_call_another_processor() {
+    let folder = PluginFolder::with(&["relay", "increment"]);
+    let result = runtime(folder.path())
+        .await
+        .run("relay", json!({"target": "increment", "count": 1}))
+        .await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 2);
+    assert_eq!(result.state["relayedAt"], 0);
+}
+
+#[tokio::test]
+async fn nested_calls_count_depth_and_stop_past_the_maximum() {
+    let folder = PluginFolder::with(&["relay", "increment"]);
+    let rt = runtime(folder.path()).await;
+    let chain = |relays: usize| {
+        let mut forward = vec![json!("relay"); relays];
+        forward.push(json!("increment"));
+        json!({"target": "relay", "forward": forward, "count": 0})
+    };
+    // 1 + 8 relays: the innermost call is 9 deep, within the default maximum of 10.
+    let ok = rt.run("relay", chain(8)).await;
+    assert!(ok.ok, "{:?}", ok.error);
+    assert_eq!(ok.state["count"], 1);
+    // 1 + 10 relays: the call to increment would be 11 deep.
+    let too_deep = rt.run("relay", chain(10)).await;
+    let error = too_deep.error.expect("an error");
+    assert_eq!(
+        error.code.as_deref(),
+        Some(codes::CALL_DEPTH_EXCEEDED),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn calling_an_unknown_processor_fails_with_not_found() {
+    let folder = PluginFolder::with(&["relay"]);
+    let result = runtime(folder.path())
+        .await
+        .run("relay", json!({"target": "ghost"}))
+        .await;
+    let error = result.error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::NotFound);
+    assert_eq!(error.code.as_deref(), Some(codes::PROCESSOR_NOT_FOUND));
+}
+
+#[tokio::test]
+async fn session_data_persists_within_a_session_and_nowhere_else() {
+    let folder = PluginFolder::with(&["tally"]);
+    let rt = runtime(folder.path()).await;
+    let tally = |tenant: &str, session: &str| {
+        let request = ExecutionRequest::new("tally", json!({}))
+            .tenant(tenant)
+            .session(session);
+        let rt = rt.clone();
+        async move { rt.execute(request).await.state["tally"].clone() }
+    };
+    assert_eq!(tally("acme", "s1").await, 1);
+    assert_eq!(tally("acme", "s1").await, 2);
+    assert_eq!(tally("acme", "s2").await, 1);
+    assert_eq!(
+        tally("globex", "s1").await,
+        1,
+        "another tenant's s1 is another session"
+    );
+    assert_eq!(tally("acme", "s1").await, 3);
+}
+
+#[tokio::test]
+async fn the_session_store_needs_a_session() {
+    let folder = PluginFolder::with(&["tally"]);
+    let result = runtime(folder.path()).await.run("tally", json!({})).await;
+    let error = result.error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::Configuration);
+    assert_eq!(error.code.as_deref(), Some("no-session"));
+}
+
+#[tokio::test]
+async fn a_plugin_reads_the_operators_configuration() {
+    let folder = PluginFolder::with(&["hello"]);
+    folder.manifest("hello", "[config]\ngreeting = \"Hi\"\n");
+    let result = runtime(folder.path())
+        .await
+        .run("hello", json!({"user": "Ada"}))
+        .await;
+    assert_eq!(result.state["greeting"], "Hi Ada!");
+}
+
+/// Forwards the guest's progress reports (host events on `weir::events`) to a channel, so a
+/// test can wait until a guest is demonstrably running.
+struct ProgressProbe(mpsc::UnboundedSender<()>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ProgressProbe {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() == "weir::events"
+            && event.metadata().fields().field("percent").is_some()
+        {
+            let _ = self.0.send(());
+        }
+    }
+}
+
+/// Runs `cooperative` until it reports progress, cancels it, and returns the result and how
+/// long the cancellation took to end it.
+async fn cancel_cooperative(input: serde_json::Value) -> (weir::ExecutionResult, Duration) {
+    let (tx, mut progress) = mpsc::unbounded_channel();
+    // A current-thread runtime runs the guest on this thread, where the probe is installed.
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(ProgressProbe(tx)));
+    let folder = PluginFolder::with(&["cooperative"]);
+    let rt = runtime(folder.path()).await;
+    let cancel = CancelHandle::new();
+    let request = ExecutionRequest::new("cooperative", input).cancel_handle(cancel.clone());
+    let execution = rt.execute(request);
+    tokio::pin!(execution);
+    tokio::select! {
+        _ = progress.recv() => {}
+        result = &mut execution => panic!("finished before it was cancelled: {result:?}"),
+    }
+    let cancelled_at = Instant::now();
+    cancel.cancel();
+    let result = execution.await;
+    (result, cancelled_at.elapsed())
+}
+
+#[tokio::test]
+async fn cancellation_reaches_a_cooperative_guest_softly() {
+    let (result, took) = cancel_cooperative(json!({})).await;
+    let error = result.error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::Cancelled);
+    assert_eq!(error.code.as_deref(), Some(codes::CANCELLED_BY_REQUEST));
+    // The guest's own message: it noticed and stopped itself.
+    assert!(
+        error.message.contains("the guest stopped itself"),
+        "{}",
+        error.message
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_guest_that_ignores_cancellation_is_stopped_after_the_grace_period() {
+    let (result, took) = cancel_cooperative(json!({"stubborn": true})).await;
+    let error = result.error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::Cancelled);
+    assert_eq!(error.code.as_deref(), Some(codes::CANCELLED_BY_REQUEST));
+    assert!(error.message.contains("grace period"), "{}", error.message);
+    // The default grace period is 100 ms; the guest's own timeout is 10 s.
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test]
+async fn an_execution_cancelled_before_it_starts_never_runs() {
+    let folder = PluginFolder::with(&["increment"]);
+    let rt = runtime(folder.path()).await;
+    let cancel = CancelHandle::new();
+    cancel.cancel();
+    let result = rt
+        .execute(ExecutionRequest::new("increment", json!({})).cancel_handle(cancel))
+        .await;
+    assert_eq!(result.error.expect("an error").kind, ErrorKind::Cancelled);
+    assert_eq!(result.execution.attempts, 0);
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the weir host, library and CLI, against the real compiled plugins
+//! (built from `plugins/` by this crate's build script). One test binary with submodules
+//! keeps link time down.
+
+// Test code may unwrap: a panic here is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod examples;
+mod features;
+mod hostile;
+mod loading;
+mod schema;

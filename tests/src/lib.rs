@@ -1,0 +1,131 @@
+//! Helpers shared by weir's end-to-end tests and benchmarks: where the compiled plugins are
+//! (built from `plugins/` by this crate's build script), scratch plugin folders, runtimes
+//! sized for tests, and the `weir` binary for command-line tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// The folder holding every built example and hostile plugin.
+pub fn plugins_dir() -> &'static Path {
+    Path::new(env!("WEIR_TEST_PLUGINS"))
+}
+
+/// The folder holding components that are deliberately not processors.
+pub fn fixtures_dir() -> &'static Path {
+    Path::new(env!("WEIR_TEST_FIXTURES"))
+}
+
+/// A compile cache shared by every test run (safe for concurrent use).
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("WEIR_TEST_CACHE"))
+}
+
+/// The built component of plugin `name`.
+pub fn plugin_path(name: &str) -> PathBuf {
+    plugins_dir().join(format!("{name}.wasm"))
+}
+
+/// The bytes of plugin `name`.
+pub fn plugin_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(plugin_path(name)).unwrap_or_else(|e| panic!("plugin {name} was not built: {e}"))
+}
+
+/// A scratch plugins folder, removed when dropped.
+pub struct PluginFolder {
+    dir: tempfile::TempDir,
+}
+
+impl PluginFolder {
+    /// An empty folder.
+    pub fn new() -> Self {
+        PluginFolder {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
+    /// A folder holding copies of the named plugins.
+    pub fn with(names: &[&str]) -> Self {
+        let folder = PluginFolder::new();
+        for name in names {
+            folder.add(name);
+        }
+        folder
+    }
+
+    /// The folder's path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies plugin `name` in as `name.wasm`.
+    pub fn add(&self, name: &str) -> &Self {
+        self.write(&format!("{name}.wasm"), &plugin_bytes(name))
+    }
+
+    /// Writes `bytes` as `file`.
+    pub fn write(&self, file: &str, bytes: &[u8]) -> &Self {
+        std::fs::write(self.dir.path().join(file), bytes).expect("writable temp dir");
+        self
+    }
+
+    /// Writes the operator manifest of plugin `name`.
+    pub fn manifest(&self, name: &str, toml: &str) -> &Self {
+        self.write(&format!("{name}.toml"), toml.as_bytes())
+    }
+}
+
+impl Default for PluginFolder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An engine configuration for tests: a small pool (many engines live at once in a test
+/// run) and the shared compile cache.
+pub fn engine_config() -> weir::EngineConfig {
+    weir::EngineConfig {
+        max_instances: 64,
+        cache_dir: Some(cache_dir()),
+        ..Default::default()
+    }
+}
+
+/// A runtime over `dir` configured for tests.
+pub async fn runtime(dir: &Path) -> weir::Runtime {
+    weir::Runtime::builder()
+        .plugins_dir(dir)
+        .engine_config(engine_config())
+        .build()
+        .await
+        .expect("the runtime builds")
+}
+
+/// A runtime over every built plugin.
+pub async fn runtime_with_all_plugins() -> weir::Runtime {
+    runtime(plugins_dir()).await
+}
+
+/// The `weir` binary, built from the current sources on first use.
+pub fn weir_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ is inside the repository");
+        let output = Command::new(env!("CARGO"))
+            .args(["build", "--locked", "-p", "weir", "--bin", "weir"])
+            .arg("--message-format=json-render-diagnostics")
+            .current_dir(root)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cargo runs");
+        assert!(output.status.success(), "building the weir binary failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .next_back()
+            .expect("cargo reported the weir executable")
+    })
+}

@@ -1,0 +1,206 @@
+//! Builds the plugins workspace for `wasm32-wasip2` and collects every component into one
+//! folder, each named after its package (`add-ten.wasm`, not Cargo's `add_ten.wasm`).
+//!
+//! This is the one controlled path by which guests are built: the `xtask` commands use it,
+//! and so does the test crate's build script, so tests always run against plugins built from
+//! the current sources.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The wasm target every plugin is built for.
+pub const TARGET: &str = "wasm32-wasip2";
+
+/// The repository root (the parent of `xtask/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where the built plugins went.
+#[derive(Debug)]
+pub struct Built {
+    /// Every processor component, named `<package>.wasm`.
+    pub plugins_dir: PathBuf,
+    /// Components that are deliberately not processors (under `plugins/fixtures/`).
+    pub fixtures_dir: PathBuf,
+    /// Names of the processors built.
+    pub plugins: Vec<String>,
+}
+
+/// Builds `plugins/` in release mode into `target_dir` and copies the components into
+/// `out_dir` (processors) and `out_dir/fixtures` (fixtures).
+pub fn build_plugins(target_dir: &Path, out_dir: &Path) -> Result<Built, String> {
+    let root = repo_root();
+    let manifest = root.join("plugins").join("Cargo.toml");
+    ensure_target()?;
+    let packages = package_names(&manifest)?;
+
+    let mut cmd = cargo();
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--locked")
+        .args(["--target", TARGET])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run cargo to build the plugins: {e}"))?;
+    let stdout = child.stdout.take().ok_or("cargo's stdout is missing")?;
+    let mut artifacts = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| format!("cannot read cargo's output: {e}"))?;
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(id) = message["package_id"].as_str() else {
+            continue;
+        };
+        let Some((name, dir)) = packages.get(id) else {
+            continue;
+        };
+        let wasm = message["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str())
+            .find(|f| f.ends_with(".wasm"));
+        if let Some(wasm) = wasm {
+            artifacts.push((name.clone(), dir.clone(), PathBuf::from(wasm)));
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("cargo did not finish: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building the plugins failed ({status}); see the errors above"
+        ));
+    }
+
+    let fixtures_dir = out_dir.join("fixtures");
+    std::fs::create_dir_all(&fixtures_dir)
+        .map_err(|e| format!("cannot create {}: {e}", fixtures_dir.display()))?;
+    let fixtures_root = root.join("plugins").join("fixtures");
+    let mut plugins = Vec::new();
+    for (name, dir, wasm) in artifacts {
+        let dest = if dir.starts_with(&fixtures_root) {
+            fixtures_dir.join(format!("{name}.wasm"))
+        } else {
+            plugins.push(name.clone());
+            out_dir.join(format!("{name}.wasm"))
+        };
+        copy_if_changed(&wasm, &dest)?;
+    }
+    plugins.sort();
+    Ok(Built {
+        plugins_dir: out_dir.to_path_buf(),
+        fixtures_dir,
+        plugins,
+    })
+}
+
+/// Copies `from` to `to` unless `to` already has the same bytes, so that a watcher of the
+/// destination sees changes only for plugins that changed.
+fn copy_if_changed(from: &Path, to: &Path) -> Result<(), String> {
+    let new = std::fs::read(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    if std::fs::read(to).is_ok_and(|old| old == new) {
+        return Ok(());
+    }
+    // Write beside the destination and rename, so a reader never sees half a file.
+    let tmp = to.with_extension("wasm.tmp");
+    std::fs::write(&tmp, &new).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, to).map_err(|e| format!("cannot write {}: {e}", to.display()))
+}
+
+/// Package id → (package name, package directory) for every member of the plugins workspace.
+fn package_names(manifest: &Path) -> Result<HashMap<String, (String, PathBuf)>, String> {
+    let output = cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1", "--locked"])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo metadata: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("cargo metadata failed for {}", manifest.display()));
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("cargo metadata printed invalid JSON: {e}"))?;
+    let mut names = HashMap::new();
+    for package in metadata["packages"].as_array().into_iter().flatten() {
+        let (Some(id), Some(name), Some(path)) = (
+            package["id"].as_str(),
+            package["name"].as_str(),
+            package["manifest_path"].as_str(),
+        ) else {
+            continue;
+        };
+        let dir = Path::new(path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        names.insert(id.to_string(), (name.to_string(), dir));
+    }
+    Ok(names)
+}
+
+/// Makes sure the wasm target is installed for the pinned toolchain.
+fn ensure_target() -> Result<(), String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .current_dir(repo_root())
+        .output()
+        .map_err(|e| format!("cannot run {rustc}: {e}"))?;
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
+    if Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(TARGET)
+        .is_dir()
+    {
+        return Ok(());
+    }
+    let status = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .current_dir(repo_root())
+        .status()
+        .map_err(|e| format!("the {TARGET} target is missing and rustup could not run: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`rustup target add {TARGET}` failed"))
+    }
+}
+
+/// A `cargo` command run from the repository root, with the outer build's flags removed so
+/// that a nested build (from a build script) does not inherit host-only settings. Callers
+/// that build the plugins pass `--target-dir` explicitly.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(repo_root());
+    cmd
+}

@@ -1,0 +1,204 @@
+//! `cargo xtask <task>`: the project's tasks, in Rust so they run the same everywhere.
+//!
+//! - `plugins`: build every example and test plugin into `plugins/dist/`;
+//! - `demo`: build everything, then run the example plugins through `weir run`;
+//! - `test`: formatting, lints and the whole test suite (what CI runs);
+//! - `bench`: the execution benchmark (release build).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use xtask::{build_plugins, cargo, repo_root};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("plugins") => plugins().map(|_| ()),
+        Some("demo") => demo(),
+        Some("test") => test(),
+        Some("bench") => bench(&args[1..]),
+        _ => Err("usage: cargo xtask <plugins|demo|test|bench>".to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The root workspace's target directory (honours `CARGO_TARGET_DIR`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+fn dist_dir() -> PathBuf {
+    repo_root().join("plugins").join("dist")
+}
+
+fn plugins() -> Result<PathBuf, String> {
+    let out = dist_dir();
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let built = build_plugins(&target_dir().join("wasm-plugins"), &out)?;
+    eprintln!(
+        "built {} plugins into {}: {}",
+        built.plugins.len(),
+        out.display(),
+        built.plugins.join(", ")
+    );
+    Ok(out)
+}
+
+/// Runs a command; fails unless it exits with one of `expected`.
+fn run(cmd: &mut Command, expected: &[i32]) -> Result<(), String> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    match status.code() {
+        Some(code) if expected.contains(&code) => Ok(()),
+        _ => Err(format!("{cmd:?} ended with {status}")),
+    }
+}
+
+fn demo() -> Result<(), String> {
+    let dist = plugins()?;
+    run(cargo().args(["build", "--locked", "-p", "weir"]), &[0])?;
+    let weir = target_dir().join("debug").join("weir");
+    let dist = relative(&dist);
+    let show = |args: &[&str], expected: i32| -> Result<String, String> {
+        println!("\n$ weir {}", args.join(" "));
+        let output = Command::new(&weir)
+            .args(args)
+            .current_dir(repo_root())
+            .env("WEIR_PLUGINS", &dist)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", weir.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let pretty = serde_json::from_str::<serde_json::Value>(&stdout)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_else(|_| stdout.clone());
+        println!("{}", pretty.trim_end());
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        println!("(exit {})", output.status.code().unwrap_or(-1));
+        if output.status.code() != Some(expected) {
+            return Err(format!("`weir {}` should exit {expected}", args.join(" ")));
+        }
+        Ok(stdout)
+    };
+    println!(
+        "The example plugins live in {}; every command below uses WEIR_PLUGINS={}.",
+        dist, dist
+    );
+    show(&["plugins", "list"], 0)?;
+    show(&["run", "hello", "--input", r#"{"user":"Ada"}"#], 0)?;
+    // A chain by hand: each step's result state is the next step's input.
+    let mut state = r#"{"count":1}"#.to_string();
+    for step in ["increment", "double", "add-ten"] {
+        let out = show(&["run", step, "--log-format", "off", "--input", &state], 0)?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| format!("{step} printed invalid JSON: {e}"))?;
+        state = doc["state"].to_string();
+    }
+    show(
+        &[
+            "run",
+            "word-count",
+            "--input",
+            r#"{"text":"the quick brown fox"}"#,
+        ],
+        0,
+    )?;
+    show(
+        &[
+            "run",
+            "validate-email",
+            "--input",
+            r#"{"email":"not-an-email"}"#,
+        ],
+        1,
+    )?;
+    show(&["run", "spin"], 1)?;
+    show(&["run", "escape"], 0)?;
+    println!("\nDemo finished: every command ended as expected.");
+    Ok(())
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(repo_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+fn test() -> Result<(), String> {
+    let plugins_manifest = repo_root().join("plugins").join("Cargo.toml");
+    let plugins_manifest = plugins_manifest.to_string_lossy().to_string();
+    let wasm_target = target_dir().join("wasm-plugins");
+    let wasm_target = wasm_target.to_string_lossy().to_string();
+    eprintln!("== formatting");
+    run(cargo().args(["fmt", "--all", "--check"]), &[0])?;
+    run(
+        cargo().args([
+            "fmt",
+            "--all",
+            "--check",
+            "--manifest-path",
+            &plugins_manifest,
+        ]),
+        &[0],
+    )?;
+    eprintln!("== lints");
+    run(
+        cargo().args([
+            "clippy",
+            "--locked",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        &[0],
+    )?;
+    run(
+        cargo().args([
+            "clippy",
+            "--locked",
+            "--release",
+            "--target",
+            xtask::TARGET,
+            "--manifest-path",
+            &plugins_manifest,
+            "--target-dir",
+            &wasm_target,
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        &[0],
+    )?;
+    eprintln!("== tests");
+    run(cargo().args(["test", "--locked", "--workspace"]), &[0])?;
+    eprintln!("all checks passed");
+    Ok(())
+}
+
+fn bench(extra: &[String]) -> Result<(), String> {
+    run(
+        cargo()
+            .args([
+                "bench",
+                "--locked",
+                "-p",
+                "weir-tests",
+                "--bench",
+                "execute",
+                "--",
+            ])
+            .args(extra),
+        &[0],
+    )
+}
