@@ -272,6 +272,8 @@ async fn attempt(
     // parent's, and waiting here could deadlock a full host.
     let _permit = if nested {
         None
+    } else if let Ok(permit) = shared.slots.try_acquire() {
+        Some(permit)
     } else {
         match tokio::time::timeout_at(deadline.into(), shared.slots.acquire()).await {
             Ok(Ok(permit)) => Some(permit),
@@ -321,9 +323,13 @@ async fn attempt(
                 .call_process(&mut store, input, &context)
                 .await
         };
+        // Biased: the guest is polled first, so a call that finishes in one poll (most of
+        // them) never registers the timer or the cancellation waiter at all.
         tokio::select! {
+            biased;
             result = run => Raw::Finished(result),
-            _ = tokio::time::sleep_until(deadline.into()) => Raw::Deadline,
+            // Lazy (an async block): the timer is only created if the guest is still running.
+            _ = async { tokio::time::sleep_until(deadline.into()).await } => Raw::Deadline,
             _ = hard_cancel(cancel, grace) => Raw::Cancelled,
         }
     };

@@ -58,4 +58,4 @@ pub use result::{ExecutionInfo, ExecutionResult};
 pub use retry::{Backoff, RetryPolicy};
 pub use runtime::{ExecutionRequest, HostConfig, Runtime, RuntimeBuilder};
 pub use sessions::SessionQuota;
-pub use state::StateMetadata;
+pub use state::{StateMetadata, validate_input};

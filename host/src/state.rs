@@ -115,6 +115,12 @@ pub fn prepare_input(
     Ok((state, metadata))
 }
 
+/// Checks that `input` is a valid input state (a JSON object whose `metadata`, if any, is
+/// well-formed) without running anything: the same rule every execution applies.
+pub fn validate_input(input: &Value) -> Result<(), ExecutionError> {
+    prepare_input(input.clone(), None).map(drop)
+}
+
 /// The state with `metadata` set (replacing whatever was there).
 pub fn with_metadata(mut state: Map<String, Value>, metadata: &StateMetadata) -> Value {
     state.insert("metadata".into(), metadata.to_json());

@@ -9,7 +9,9 @@
 //!
 //! The three are interleaved sample by sample, so a burst of load hits all of them alike.
 //! Run with `cargo xtask bench` (or `cargo bench -p weir-tests --bench execute`);
-//! `WEIR_BENCH_SAMPLES` sets the sample count (default 3000).
+//! `WEIR_BENCH_SAMPLES` sets the sample count (default 3000); `WEIR_BENCH_ONLY=weir|raw|default`
+//! runs one case alone, e.g. to count its instructions under
+//! `valgrind --tool=callgrind` (steadier than time on a noisy machine).
 
 #![allow(clippy::unwrap_used)]
 
@@ -219,26 +221,47 @@ async fn bench(samples: usize) {
     let mut weir_samples = Samples::new("weir (public API)");
     let mut same_samples = Samples::new("raw wasmtime, weir's engine config");
     let mut default_samples = Samples::new("raw wasmtime, default config");
+    let only = std::env::var("WEIR_BENCH_ONLY").ok();
+    let runs = |case: &str| only.as_deref().is_none_or(|o| o == case);
     let warmup = samples / 10 + 10;
     for i in 0..warmup + samples {
         let record = i >= warmup;
-        let started = Instant::now();
-        let result = weir.run("increment", input.clone()).await;
-        let elapsed = started.elapsed();
-        assert!(result.ok, "{:?}", result.error);
-        if record {
-            weir_samples.record(elapsed);
+        if runs("weir") {
+            let started = Instant::now();
+            let result = weir.run("increment", input.clone()).await;
+            let elapsed = started.elapsed();
+            assert!(result.ok, "{:?}", result.error);
+            if record {
+                weir_samples.record(elapsed);
+            }
         }
-        let started = Instant::now();
-        std::hint::black_box(same_engine.call(&raw_input, &ctx).await);
-        if record {
-            same_samples.record(started.elapsed());
+        if runs("raw") {
+            let started = Instant::now();
+            std::hint::black_box(same_engine.call(&raw_input, &ctx).await);
+            if record {
+                same_samples.record(started.elapsed());
+            }
         }
-        let started = Instant::now();
-        std::hint::black_box(default_engine.call(&raw_input, &ctx).await);
-        if record {
-            default_samples.record(started.elapsed());
+        if runs("default") {
+            let started = Instant::now();
+            std::hint::black_box(default_engine.call(&raw_input, &ctx).await);
+            if record {
+                default_samples.record(started.elapsed());
+            }
         }
+    }
+    if only.is_some() {
+        for s in [&weir_samples, &same_samples, &default_samples] {
+            if !s.micros.is_empty() {
+                println!(
+                    "{}: p50 {:.1} µs, p99 {:.1} µs",
+                    s.name,
+                    s.percentile(0.5),
+                    s.percentile(0.99)
+                );
+            }
+        }
+        return;
     }
 
     let baseline = same_samples.percentile(0.5);

@@ -141,6 +141,16 @@ fn a_state_that_is_not_an_object_is_a_usage_error() {
 }
 
 #[test]
+fn malformed_host_metadata_in_the_input_is_a_usage_error() {
+    let folder = PluginFolder::with(&["hello"]);
+    let output = weir(
+        folder.path(),
+        &["run", "hello", "--input", r#"{"metadata": 5}"#],
+    );
+    assert_usage_error(&output, "`metadata` belongs to weir");
+}
+
+#[test]
 fn an_unreadable_input_file_is_a_usage_error() {
     let folder = PluginFolder::with(&["hello"]);
     let output = weir(
@@ -271,4 +281,27 @@ fn plugins_inspect_shows_limits_world_and_digest() {
     assert_eq!(doc["manifest"]["config"]["mode"], "fast");
     let unknown = weir(folder.path(), &["plugins", "inspect", "nope"]);
     assert_usage_error(&unknown, "no plugin named `nope`");
+}
+
+#[test]
+fn without_room_for_the_pool_weir_falls_back_to_on_demand_allocation() {
+    let folder = PluginFolder::with(&["hello"]);
+    // 8 GB of address space: far less than the pool reserves, enough for one sandbox.
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -v 8000000 && exec "$0" "$@""#)
+        .arg(weir_bin())
+        .args(["run", "hello", "--input", r#"{"user":"Ada"}"#])
+        .env("WEIR_PLUGINS", folder.path())
+        .env("WEIR_CACHE_DIR", cache_dir())
+        .env_remove("WEIR_LOG")
+        .output()
+        .expect("sh runs");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("falling back to on-demand"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(stdout_json(&output)["state"]["greeting"], "Hello Ada!");
 }

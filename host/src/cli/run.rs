@@ -98,22 +98,11 @@ fn read_input(arg: Option<&str>) -> Result<Value, Failure> {
     };
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| Failure::Usage(format!("the input from {source} is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(Failure::Usage(format!(
-            "the input from {source} must be a JSON object (a state), not {}",
-            json_type(&value)
-        )));
-    }
+    weir::validate_input(&value).map_err(|e| {
+        Failure::Usage(format!(
+            "the input from {source} is not a valid state: {}",
+            e.message
+        ))
+    })?;
     Ok(value)
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
