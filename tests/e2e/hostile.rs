@@ -42,6 +42,30 @@ async fn an_infinite_loop_is_stopped_at_its_timeout() {
 }
 
 #[tokio::test]
+async fn a_guest_blocked_in_a_host_call_is_stopped_at_its_timeout() {
+    // No WebAssembly runs while the guest waits on a WASI clock, so epochs cannot stop it:
+    // the host-side timer does.
+    let started = Instant::now();
+    let result = run("sleep", json!({"ms": 60000})).await;
+    let elapsed = started.elapsed();
+    assert_contained(&result, ErrorKind::Timeout, codes::DEADLINE_EXCEEDED);
+    assert!(
+        error_of(&result).message.contains("host call"),
+        "{:?}",
+        result.error
+    );
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(300) + MARGIN, "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_short_sleep_within_the_timeout_completes() {
+    let result = run("sleep", json!({"ms": 10})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["slept_ms"], 10);
+}
+
+#[tokio::test]
 async fn a_caller_can_lower_the_timeout() {
     let folder = PluginFolder::with(&["spin"]);
     let rt = runtime(folder.path()).await;
