@@ -1,7 +1,8 @@
-//! One execution, start to finish: check the input, find the plugin, resolve limits, run
-//! attempts in fresh sandboxes under a deadline, fuel and a memory cap, retry as the policy
-//! says, classify every failure into the contract's kinds and codes, and stamp the host-owned
-//! metadata. Nested `call`s from guests come back in here one level deeper.
+//! One execution, start to finish: check the input, resolve the name to a processor or a
+//! workflow, resolve limits, run attempts in fresh sandboxes under a deadline, fuel and a
+//! memory cap, retry as the policy says, classify every failure into the contract's kinds
+//! and codes, and stamp the host-owned metadata. Workflows hand their steps back in here
+//! (see [`crate::compose`]); guests' nested `call`s come back in one level deeper.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,35 +15,71 @@ use crate::bindings::wit;
 use crate::cancel::CancelHandle;
 use crate::error::{ErrorKind, ExecutionError, codes};
 use crate::guest_log::GuestLog;
-use crate::limits::Limits;
+use crate::limits::{LimitOverrides, Limits};
 use crate::plugin::Plugin;
+use crate::registry::Unit;
 use crate::result::{ExecutionInfo, ExecutionResult};
 use crate::runtime::{ExecutionRequest, Shared};
-use crate::sandbox::{CallScope, HostTrap, Sandbox, SandboxSpec, from_wit_error};
+use crate::sandbox::{HostTrap, Sandbox, SandboxSpec, from_wit_error};
 use crate::state;
 
-/// Where a nested execution sits: its depth and the time its parent has left.
-struct Nesting {
-    depth: u32,
-    deadline: Instant,
+/// Who an execution runs for and within what bounds. A workflow passes its own scope to its
+/// steps (same depth, its deadline); a guest's `call` passes one a level deeper.
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    pub tenant: Arc<str>,
+    pub session: Option<Arc<str>>,
+    /// Guest `call`s that led here (0 at the top).
+    pub depth: u32,
+    /// When everything must be done by, if a parent or workflow set a bound.
+    pub deadline: Option<Instant>,
+    pub cancel: CancelHandle,
+    /// What the caller asked for: limits can only go down.
+    pub limits: LimitOverrides,
+}
+
+impl Scope {
+    /// The scope of a step inside this one: same caller, cancelled with it, and bounded by
+    /// `timeout` from now if given.
+    pub(crate) fn step(&self, timeout: Option<Duration>, cancel: CancelHandle) -> Scope {
+        let own = timeout.map(|t| Instant::now() + t);
+        let deadline = match (self.deadline, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Scope {
+            deadline,
+            cancel,
+            ..self.clone()
+        }
+    }
 }
 
 /// Runs a top-level execution.
 pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> ExecutionResult {
-    run(shared, request, None).await
+    let scope = Scope {
+        tenant: Arc::from(request.tenant.as_deref().unwrap_or("default")),
+        session: request.session.as_deref().map(Arc::from),
+        depth: 0,
+        deadline: None,
+        cancel: request.cancel,
+        limits: request.limits,
+    };
+    run(shared, &request.processor, request.input, scope, request.id).await
 }
 
-/// Runs a guest's nested `call`: one level deeper, within the parent's deadline, cancelled
-/// with the parent. Fails before anything runs when the depth would pass the maximum.
+/// Runs a guest's nested `call`: one level deeper, within the caller's deadline, cancelled
+/// with the caller. Fails before anything runs when the depth would pass the maximum.
 pub(crate) async fn call_nested(
-    scope: CallScope,
+    shared: &Arc<Shared>,
+    caller: &Scope,
     name: String,
     state: String,
-    parent_deadline: Instant,
+    deadline: Instant,
     cancel: CancelHandle,
 ) -> Result<String, ExecutionError> {
-    let depth = scope.depth + 1;
-    let max = scope.shared.config.max_call_depth;
+    let depth = caller.depth + 1;
+    let max = shared.config.max_call_depth;
     if depth > max {
         return Err(ExecutionError::host(
             ErrorKind::Execution,
@@ -57,47 +94,44 @@ pub(crate) async fn call_nested(
             format!("the state passed to `{name}` is not valid JSON: {e}"),
         )
     })?;
-    let request = ExecutionRequest {
-        processor: name,
-        input,
-        tenant: Some(scope.tenant.to_string()),
-        session: scope.session.as_deref().map(str::to_string),
-        limits: Default::default(),
-        cancel,
-        id: None,
-    };
-    let nesting = Nesting {
+    let scope = Scope {
         depth,
-        deadline: parent_deadline,
+        deadline: Some(deadline),
+        cancel,
+        ..caller.clone()
     };
-    // Boxed: an execution can contain itself through guest calls.
-    let result = Box::pin(run(&scope.shared, request, Some(nesting))).await;
+    let result = run_boxed(shared, &name, input, scope).await;
     match result.error {
         None => Ok(result.state.to_string()),
         Some(error) => Err(error),
     }
 }
 
+/// Runs a step of a workflow or a nested call. Boxed: an execution can contain itself.
+pub(crate) fn run_boxed<'a>(
+    shared: &'a Arc<Shared>,
+    name: &'a str,
+    input: Value,
+    scope: Scope,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ExecutionResult> + Send + 'a>> {
+    Box::pin(run(shared, name, input, scope, None))
+}
+
 async fn run(
     shared: &Arc<Shared>,
-    request: ExecutionRequest,
-    nesting: Option<Nesting>,
+    name: &str,
+    input: Value,
+    scope: Scope,
+    id: Option<String>,
 ) -> ExecutionResult {
     let started = Instant::now();
-    let depth = nesting.as_ref().map_or(0, |n| n.depth);
     let info = ExecutionInfo {
-        id: request
-            .id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-        processor: request.processor.clone(),
+        id: id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        processor: name.to_string(),
         digest: None,
         version: None,
-        tenant: request
-            .tenant
-            .clone()
-            .unwrap_or_else(|| "default".to_string()),
-        session: request.session.clone(),
+        tenant: scope.tenant.to_string(),
+        session: scope.session.as_deref().map(str::to_string),
         attempts: 0,
         duration_us: 0,
         fuel_consumed: 0,
@@ -112,9 +146,9 @@ async fn run(
         processor = %info.processor,
         tenant = %info.tenant,
         session = info.session.as_deref(),
-        depth,
+        depth = scope.depth,
     );
-    let mut result = run_in_span(shared, request, nesting, info)
+    let mut result = run_in_span(shared, input, scope, info)
         .instrument(span)
         .await;
     result.execution.duration_us = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
@@ -123,54 +157,49 @@ async fn run(
 
 async fn run_in_span(
     shared: &Arc<Shared>,
-    request: ExecutionRequest,
-    nesting: Option<Nesting>,
+    input: Value,
+    scope: Scope,
     mut info: ExecutionInfo,
 ) -> ExecutionResult {
-    let (input, metadata) = match state::prepare_input(request.input, request.session.as_deref()) {
+    let (input, metadata) = match state::prepare_input(input, scope.session.as_deref()) {
         Ok(prepared) => prepared,
         Err(error) => return failed(Value::Null, error, info),
     };
-    let Some(plugin) = shared.registry.get(&request.processor) else {
-        let known = shared.registry.catalog();
-        let names = known.names();
-        let hint = if names.is_empty() {
-            "no processors are loaded".to_string()
-        } else {
-            format!("loaded: {}", names.join(", "))
-        };
-        let error = ExecutionError::host(
-            ErrorKind::NotFound,
-            codes::PROCESSOR_NOT_FOUND,
-            format!("no processor named `{}` ({hint})", request.processor),
-        );
-        return failed(state::with_metadata(input, &metadata), error, info);
+    let plugin = match shared.registry.resolve(&info.processor) {
+        Some(Unit::Processor(plugin)) => plugin,
+        Some(Unit::Workflow(workflow)) => {
+            info.digest = Some(workflow.digest().to_string());
+            let input_state = state::with_metadata(input, &metadata);
+            return crate::compose::run(shared, &workflow, input_state, metadata, scope, info)
+                .await;
+        }
+        None => {
+            let error = not_found(shared, &info.processor);
+            return failed(state::with_metadata(input, &metadata), error, info);
+        }
     };
     info.digest = Some(plugin.digest().to_string());
     info.version = Some(plugin.version().to_string());
 
-    let limits = plugin.limits().lowered_by(&request.limits);
+    let limits = plugin.limits().lowered_by(&scope.limits);
     let input_state = state::with_metadata(input, &metadata);
     let input_text = input_state.to_string();
-    let scope = CallScope {
-        shared: shared.clone(),
-        tenant: Arc::from(info.tenant.as_str()),
-        session: info.session.as_deref().map(Arc::from),
-        depth: nesting.as_ref().map_or(0, |n| n.depth),
-    };
-    let overall_deadline = nesting.as_ref().map(|n| n.deadline);
     let policy = plugin.retry();
-    let cancel = request.cancel;
+    let cancel = scope.cancel.clone();
 
     loop {
         if cancel.is_cancelled() {
             let error = cancelled_error(&cancel, "before it started");
             return failed(input_state, error, info);
         }
+        if scope.deadline.is_some_and(|d| Instant::now() >= d) {
+            let error = out_of_time(&info.processor);
+            return failed(input_state, error, info);
+        }
         info.attempts += 1;
         let attempt_deadline = {
             let own = Instant::now() + limits.timeout();
-            overall_deadline.map_or(own, |d| d.min(own))
+            scope.deadline.map_or(own, |d| d.min(own))
         };
         let outcome = attempt(
             shared,
@@ -179,9 +208,7 @@ async fn run_in_span(
             &info,
             &limits,
             attempt_deadline,
-            &cancel,
-            scope.clone(),
-            nesting.is_some(),
+            &scope,
         )
         .await;
         info.fuel_consumed = info.fuel_consumed.saturating_add(outcome.fuel);
@@ -205,7 +232,7 @@ async fn run_in_span(
             return failed(input_state, error, info);
         }
         let delay = policy.delay_before(info.attempts + 1);
-        if overall_deadline.is_some_and(|d| Instant::now() + delay >= d) {
+        if scope.deadline.is_some_and(|d| Instant::now() + delay >= d) {
             return failed(input_state, error, info);
         }
         tracing::info!(
@@ -224,7 +251,25 @@ async fn run_in_span(
     }
 }
 
-fn failed(state: Value, error: ExecutionError, info: ExecutionInfo) -> ExecutionResult {
+fn not_found(shared: &Shared, name: &str) -> ExecutionError {
+    ExecutionError::host(
+        ErrorKind::NotFound,
+        codes::PROCESSOR_NOT_FOUND,
+        shared.registry.catalog().why_unavailable(name),
+    )
+}
+
+fn out_of_time(name: &str) -> ExecutionError {
+    ExecutionError::host(
+        ErrorKind::Timeout,
+        codes::DEADLINE_EXCEEDED,
+        format!("no time was left to start `{name}`: the enclosing deadline had passed"),
+    )
+    .retryable(true)
+}
+
+/// A failed result carrying `state` as the last good state.
+pub(crate) fn failed(state: Value, error: ExecutionError, info: ExecutionInfo) -> ExecutionResult {
     tracing::debug!(error = %error, "execution failed");
     ExecutionResult {
         ok: false,
@@ -256,7 +301,6 @@ enum Raw {
     Cancelled,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn attempt(
     shared: &Arc<Shared>,
     plugin: &Arc<Plugin>,
@@ -264,13 +308,11 @@ async fn attempt(
     info: &ExecutionInfo,
     limits: &Limits,
     deadline: Instant,
-    cancel: &CancelHandle,
-    scope: CallScope,
-    nested: bool,
+    scope: &Scope,
 ) -> AttemptOutcome {
-    // Top-level executions wait for a sandbox slot; nested calls already hold their
-    // parent's, and waiting here could deadlock a full host.
-    let _permit = if nested {
+    // Top-level work waits for a sandbox slot; a guest's nested call already holds its
+    // caller's, and waiting here could deadlock a full host.
+    let _permit = if scope.depth > 0 {
         None
     } else if let Ok(permit) = shared.slots.try_acquire() {
         Some(permit)
@@ -289,8 +331,8 @@ async fn attempt(
             }
         }
     };
+    let cancel = &scope.cancel;
     let log = GuestLog::new(shared.config.log_rate);
-    let call_depth = scope.depth;
     let spec = SandboxSpec {
         memory_bytes: limits.memory_bytes,
         fuel: limits.fuel,
@@ -299,7 +341,7 @@ async fn attempt(
         log: log.clone(),
         capabilities: &plugin.manifest().capabilities,
         config: plugin.config().clone(),
-        scope: Some(scope),
+        caller: Some((shared.clone(), scope.clone())),
     };
     let mut store = match Sandbox::store(&shared.engine, spec) {
         Ok(store) => store,
@@ -311,7 +353,7 @@ async fn attempt(
         session_id: info.session.clone(),
         processor: info.processor.clone(),
         attempt: info.attempts,
-        call_depth,
+        call_depth: scope.depth,
         deadline_unix_ms: unix_ms(deadline),
     };
     let grace = shared.config.cancel_grace;
@@ -349,25 +391,25 @@ async fn attempt(
             "and did not stop within its grace period",
         )),
     };
-    // Whatever the guest made of a cancellation, the result says it was cancelled.
-    let result = match result {
-        Err(error) if cancel.is_cancelled() && error.kind != ErrorKind::Cancelled => {
-            Err(ExecutionError {
-                kind: ErrorKind::Cancelled,
-                code: cancel.reason().map(|r| r.code().to_string()),
-                ..error
-            })
-        }
-        Err(mut error) if error.kind == ErrorKind::Cancelled && cancel.is_cancelled() => {
+    AttemptOutcome {
+        result: mark_cancelled(result, cancel),
+        fuel,
+        peak_memory,
+    }
+}
+
+/// Whatever a guest made of a cancellation, the result says it was cancelled, and why.
+fn mark_cancelled<T>(
+    result: Result<T, ExecutionError>,
+    cancel: &CancelHandle,
+) -> Result<T, ExecutionError> {
+    match result {
+        Err(mut error) if cancel.is_cancelled() => {
+            error.kind = ErrorKind::Cancelled;
             error.code = cancel.reason().map(|r| r.code().to_string());
             Err(error)
         }
         other => other,
-    };
-    AttemptOutcome {
-        result,
-        fuel,
-        peak_memory,
     }
 }
 
@@ -428,7 +470,7 @@ fn deadline_error(limits: &Limits, when: &str) -> ExecutionError {
     .retryable(true)
 }
 
-fn cancelled_error(cancel: &CancelHandle, how: &str) -> ExecutionError {
+pub(crate) fn cancelled_error(cancel: &CancelHandle, how: &str) -> ExecutionError {
     let reason = cancel
         .reason()
         .unwrap_or(crate::cancel::CancelReason::Request);

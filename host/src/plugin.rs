@@ -283,7 +283,7 @@ async fn describe(
             log: log.clone(),
             capabilities: &manifest.capabilities,
             config: Arc::new(manifest.config.clone()),
-            scope: None,
+            caller: None,
         },
     )
     .map_err(|e| describe_error(e.message))?;

@@ -1,11 +1,11 @@
-//! The registry: processor name → the plugin version currently serving it, plus the files
-//! that were rejected and why. Readers take a snapshot with one atomic load (no lock on the
-//! execution path); a change publishes a whole new catalog, so an execution that already
-//! holds a plugin keeps it until it finishes.
+//! The registry: name → the plugin version or workflow currently serving it, plus the files
+//! and definitions that were rejected and why. Readers take a snapshot with one atomic load
+//! (no lock on the execution path); a change publishes a whole new catalog, so an execution
+//! that already holds a plugin keeps it until it finishes. Writers are serialised.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use wasmtime::component::Linker;
@@ -15,6 +15,8 @@ use crate::error::{Error, LoadError};
 use crate::plugin::Plugin;
 use crate::runtime::HostConfig;
 use crate::sandbox::Sandbox;
+use crate::workflow::{self, InvalidWorkflow, Workflow};
+use crate::workflow_file;
 
 /// A plugin file that was not loaded.
 #[derive(Debug, Clone)]
@@ -27,13 +29,24 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// One consistent view of every plugin and every rejected file.
+/// One consistent view of every plugin, workflow, rejected file and invalid definition.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     /// Loaded plugins by name.
     pub plugins: BTreeMap<String, Arc<Plugin>>,
     /// Rejected files by stem.
     pub rejected: BTreeMap<String, Rejection>,
+    /// Workflows that serve, by name.
+    pub workflows: BTreeMap<String, Arc<Workflow>>,
+    /// Workflows that do not serve, by name, with the reason.
+    pub invalid_workflows: BTreeMap<String, InvalidWorkflow>,
+    /// Why `workflows.toml` as a whole could not be read, if it could not.
+    pub workflows_file_error: Option<String>,
+    /// Every definition (from the file and registered), re-checked when plugins change.
+    definitions: Vec<Workflow>,
+    /// Definitions from the file that could not even be read: (name, reason).
+    unreadable: Vec<(String, String)>,
+    max_nesting: usize,
 }
 
 impl Catalog {
@@ -41,18 +54,91 @@ impl Catalog {
     pub fn names(&self) -> Vec<&str> {
         self.plugins.keys().map(String::as_str).collect()
     }
+
+    /// Why `name` cannot run: its plugin file was rejected, its workflow is invalid, or
+    /// nothing has that name (listing what does).
+    pub fn why_unavailable(&self, name: &str) -> String {
+        if let Some(rejected) = self.rejected.get(name) {
+            return format!(
+                "the plugin `{name}` ({}) was rejected: {}",
+                rejected.path.display(),
+                rejected.reason
+            );
+        }
+        if let Some(invalid) = self.invalid_workflows.get(name) {
+            return format!("the workflow `{name}` is invalid: {}", invalid.reason);
+        }
+        let mut names = self.names();
+        names.extend(self.workflows.keys().map(String::as_str));
+        names.sort_unstable();
+        if names.is_empty() {
+            format!("no processor or workflow named `{name}` (nothing is loaded)")
+        } else {
+            format!(
+                "no processor or workflow named `{name}` (available: {})",
+                names.join(", ")
+            )
+        }
+    }
+
+    /// Re-checks every workflow definition against the loaded plugins.
+    fn recheck(&mut self) {
+        let processors: BTreeSet<String> = self.plugins.keys().cloned().collect();
+        let checked = workflow::check(self.definitions.clone(), &processors, self.max_nesting);
+        self.workflows = checked.valid;
+        self.invalid_workflows = checked.invalid;
+        for (name, reason) in &self.unreadable {
+            self.invalid_workflows.insert(
+                name.clone(),
+                InvalidWorkflow {
+                    name: name.clone(),
+                    reason: reason.clone(),
+                },
+            );
+        }
+    }
 }
 
-/// The live set of plugins.
+/// What a name resolves to.
+#[derive(Debug, Clone)]
+pub(crate) enum Unit {
+    Processor(Arc<Plugin>),
+    Workflow(Arc<Workflow>),
+}
+
+/// The live set of plugins and workflows.
 #[derive(Debug, Default)]
 pub struct Registry {
     current: ArcSwap<Catalog>,
+    writer: Mutex<()>,
 }
 
 impl Registry {
+    pub(crate) fn new(max_nesting: usize) -> Self {
+        Registry {
+            current: ArcSwap::from_pointee(Catalog {
+                max_nesting,
+                ..Catalog::default()
+            }),
+            writer: Mutex::new(()),
+        }
+    }
+
     /// The plugin serving `name` right now.
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
         self.current.load().plugins.get(name).cloned()
+    }
+
+    /// The processor or workflow serving `name` right now.
+    pub(crate) fn resolve(&self, name: &str) -> Option<Unit> {
+        let catalog = self.current.load();
+        if let Some(plugin) = catalog.plugins.get(name) {
+            return Some(Unit::Processor(plugin.clone()));
+        }
+        catalog
+            .workflows
+            .get(name)
+            .map(|w| Unit::Workflow(w.clone()))
     }
 
     /// A snapshot of everything loaded and rejected.
@@ -60,29 +146,55 @@ impl Registry {
         self.current.load_full()
     }
 
-    /// Replaces the whole catalog at once.
-    pub(crate) fn publish(&self, catalog: Catalog) {
-        self.current.store(Arc::new(catalog));
+    /// Applies `change` to a copy of the catalog, re-checks the workflows and publishes the
+    /// result. Writers take turns, so no update is lost.
+    pub(crate) fn update<R>(&self, change: impl FnOnce(&mut Catalog) -> R) -> R {
+        let _turn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Catalog::clone(&self.current.load());
+        let result = change(&mut next);
+        next.recheck();
+        self.current.store(Arc::new(next));
+        result
     }
 
-    /// Applies `change` to a copy of the catalog and publishes it. Concurrent updates are
-    /// retried on the newest catalog, so none is lost.
-    pub(crate) fn update(&self, change: impl Fn(&mut Catalog)) {
-        self.current.rcu(|current| {
-            let mut next = Catalog::clone(current);
-            change(&mut next);
-            next
-        });
+    /// Registers (or replaces) a workflow. Fails, changing nothing, if the definition does
+    /// not check out against what is loaded now.
+    pub(crate) fn register(&self, workflow: Workflow) -> Result<Arc<Workflow>, InvalidWorkflow> {
+        let _turn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Catalog::clone(&self.current.load());
+        let name = workflow.name().to_string();
+        next.definitions.retain(|w| w.name() != name);
+        next.unreadable.retain(|(n, _)| n != &name);
+        next.definitions.push(workflow);
+        next.recheck();
+        if let Some(invalid) = next.invalid_workflows.get(&name) {
+            return Err(invalid.clone());
+        }
+        let registered = next.workflows[&name].clone();
+        self.current.store(Arc::new(next));
+        Ok(registered)
     }
 
-    /// Loads every `*.wasm` file directly inside `dir`. A file that fails is recorded as
-    /// rejected (and logged); only an unreadable folder is an error.
+    /// Removes a workflow definition; returns whether there was one.
+    pub(crate) fn unregister(&self, name: &str) -> bool {
+        self.update(|catalog| {
+            let before = catalog.definitions.len() + catalog.unreadable.len();
+            catalog.definitions.retain(|w| w.name() != name);
+            catalog.unreadable.retain(|(n, _)| n != name);
+            before != catalog.definitions.len() + catalog.unreadable.len()
+        })
+    }
+
+    /// Loads every `*.wasm` file directly inside `dir` and the workflows of its
+    /// `workflows.toml`, and publishes them. A file or definition that fails is recorded
+    /// (and logged) with its reason; only an unreadable folder is an error.
     pub(crate) async fn load_dir(
+        &self,
         engine: &Engine,
         linker: &Linker<Sandbox>,
         dir: &Path,
         host: &HostConfig,
-    ) -> Result<Catalog, Error> {
+    ) -> Result<(), Error> {
         let fail = |source| Error::PluginsDir {
             path: dir.to_path_buf(),
             source,
@@ -97,7 +209,8 @@ impl Registry {
             }
         }
         files.sort();
-        let mut catalog = Catalog::default();
+        let mut plugins = BTreeMap::new();
+        let mut rejected = BTreeMap::new();
         for path in files {
             match Plugin::load(engine, linker, &path, host).await {
                 Ok(plugin) => {
@@ -109,9 +222,7 @@ impl Registry {
                         compile_ms = plugin.compile_time().as_millis() as u64,
                         "plugin loaded"
                     );
-                    catalog
-                        .plugins
-                        .insert(plugin.name().to_string(), Arc::new(plugin));
+                    plugins.insert(plugin.name().to_string(), Arc::new(plugin));
                 }
                 Err(err) => {
                     let rejection = rejection(&path, &err);
@@ -120,11 +231,29 @@ impl Registry {
                         reason = %rejection.reason,
                         "plugin rejected"
                     );
-                    catalog.rejected.insert(rejection.name.clone(), rejection);
+                    rejected.insert(rejection.name.clone(), rejection);
                 }
             }
         }
-        Ok(catalog)
+        let (definitions, unreadable, file_error) = match workflow_file::load(dir) {
+            Ok(Some(parsed)) => (parsed.workflows, parsed.broken, None),
+            Ok(None) => (Vec::new(), Vec::new(), None),
+            Err(error) => {
+                tracing::warn!(%error, "workflows file rejected");
+                (Vec::new(), Vec::new(), Some(error))
+            }
+        };
+        self.update(|catalog| {
+            catalog.plugins = plugins;
+            catalog.rejected = rejected;
+            catalog.definitions = definitions;
+            catalog.unreadable = unreadable;
+            catalog.workflows_file_error = file_error;
+        });
+        for invalid in self.catalog().invalid_workflows.values() {
+            tracing::warn!(workflow = %invalid.name, reason = %invalid.reason, "workflow invalid");
+        }
+        Ok(())
     }
 }
 

@@ -19,6 +19,7 @@ use crate::registry::{Catalog, Registry};
 use crate::result::ExecutionResult;
 use crate::sandbox::Sandbox;
 use crate::sessions::{SessionQuota, SessionStore};
+use crate::workflow::{InvalidWorkflow, Workflow};
 
 /// The host's policies: default limits, ceilings and guest-facing bounds.
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct HostConfig {
     pub describe_timeout: Duration,
     /// Bounds of the session store.
     pub session_quota: SessionQuota,
+    /// Deepest static nesting of workflows inside workflows.
+    pub max_nesting: usize,
 }
 
 impl Default for HostConfig {
@@ -49,6 +52,7 @@ impl Default for HostConfig {
             cancel_grace: Duration::from_millis(100),
             describe_timeout: Duration::from_secs(5),
             session_quota: SessionQuota::default(),
+            max_nesting: crate::workflow::MAX_NESTING,
         }
     }
 }
@@ -200,6 +204,24 @@ impl Runtime {
         Ok(plugin)
     }
 
+    /// Registers (or replaces) a workflow. It is checked against what is loaded now: every
+    /// name must resolve, it may not contain itself, and nesting is bounded. On failure
+    /// nothing changes and the error says why.
+    pub fn register(&self, workflow: Workflow) -> Result<Arc<Workflow>, InvalidWorkflow> {
+        self.shared.registry.register(workflow)
+    }
+
+    /// Removes a workflow; returns whether it existed. Workflows that used it become
+    /// invalid, with the reason.
+    pub fn unregister(&self, name: &str) -> bool {
+        self.shared.registry.unregister(name)
+    }
+
+    /// The workflow serving `name` right now.
+    pub fn workflow(&self, name: &str) -> Option<Arc<Workflow>> {
+        self.shared.registry.catalog().workflows.get(name).cloned()
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
@@ -252,10 +274,9 @@ impl RuntimeBuilder {
         }
         let engine = Engine::new(self.engine)?;
         let linker = crate::sandbox::linker(&engine)?;
-        let registry = Registry::default();
+        let registry = Registry::new(self.host.max_nesting);
         if let Some(dir) = &self.plugins_dir {
-            let catalog = Registry::load_dir(&engine, &linker, dir, &self.host).await?;
-            registry.publish(catalog);
+            registry.load_dir(&engine, &linker, dir, &self.host).await?;
         }
         let slots = Semaphore::new(engine.config().max_instances as usize);
         let sessions = SessionStore::new(self.host.session_quota);

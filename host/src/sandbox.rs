@@ -19,9 +19,11 @@ use crate::bindings::{Processor, weir::processor as imports, wit};
 use crate::cancel::CancelHandle;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
+use crate::executor::Scope;
 use crate::guest_log::{GuestLog, GuestStream, Level};
 use crate::manifest::Capabilities;
 use crate::runtime::Shared;
+use crate::sessions::SessionStore;
 
 /// Errors the host raises inside a running guest to stop it.
 #[derive(Debug, thiserror::Error)]
@@ -83,16 +85,6 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Who is running, for nested calls and the session store. Absent while a plugin is being
-/// described at load time.
-#[derive(Clone)]
-pub(crate) struct CallScope {
-    pub shared: Arc<Shared>,
-    pub tenant: Arc<str>,
-    pub session: Option<Arc<str>>,
-    pub depth: u32,
-}
-
 /// The data of one execution's store.
 pub(crate) struct Sandbox {
     wasi: WasiCtx,
@@ -102,7 +94,9 @@ pub(crate) struct Sandbox {
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancelHandle,
     config: Arc<BTreeMap<String, String>>,
-    scope: Option<CallScope>,
+    /// Who is running, for nested calls and the session store; absent while a plugin is
+    /// being described at load time.
+    caller: Option<(Arc<Shared>, Scope)>,
 }
 
 /// Everything needed to set up a sandbox.
@@ -114,7 +108,7 @@ pub(crate) struct SandboxSpec<'a> {
     pub log: Arc<GuestLog>,
     pub capabilities: &'a Capabilities,
     pub config: Arc<BTreeMap<String, String>>,
-    pub scope: Option<CallScope>,
+    pub caller: Option<(Arc<Shared>, Scope)>,
 }
 
 impl Sandbox {
@@ -132,7 +126,7 @@ impl Sandbox {
             deadline: spec.deadline,
             cancel: spec.cancel,
             config: spec.config,
-            scope: spec.scope,
+            caller: spec.caller,
         };
         let mut store = Store::new(engine.wasmtime(), sandbox);
         store.limiter(|s| &mut s.limiter);
@@ -225,12 +219,13 @@ fn not_available(what: &str) -> wit::ProcessorError {
 }
 
 impl Sandbox {
-    fn scope(&self, what: &str) -> Result<&CallScope, wit::ProcessorError> {
-        self.scope.as_ref().ok_or_else(|| not_available(what))
+    fn caller(&self, what: &str) -> Result<&(Arc<Shared>, Scope), wit::ProcessorError> {
+        self.caller.as_ref().ok_or_else(|| not_available(what))
     }
 
-    fn session_key(&self) -> Result<(&CallScope, &Arc<str>), wit::ProcessorError> {
-        let scope = self.scope("the session store")?;
+    /// The session store and this execution's (tenant, session) key in it.
+    fn session_key(&self) -> Result<(&SessionStore, &str, &str), wit::ProcessorError> {
+        let (shared, scope) = self.caller("the session store")?;
         let session = scope.session.as_ref().ok_or_else(|| wit::ProcessorError {
             kind: wit::ErrorKind::Configuration,
             code: Some("no-session".to_string()),
@@ -239,7 +234,7 @@ impl Sandbox {
             retryable: false,
             details: None,
         })?;
-        Ok((scope, session))
+        Ok((&shared.sessions, &scope.tenant, session))
     }
 }
 
@@ -283,10 +278,9 @@ impl imports::events::Host for Sandbox {
 
 impl imports::invoke::Host for Sandbox {
     async fn call(&mut self, name: String, state: String) -> Result<String, wit::ProcessorError> {
-        let scope = self.scope("`call`")?.clone();
-        let parent_deadline = self.deadline;
+        let (shared, scope) = self.caller("`call`")?.clone();
         let cancel = self.cancel.child();
-        crate::executor::call_nested(scope, name, state, parent_deadline, cancel)
+        crate::executor::call_nested(&shared, &scope, name, state, self.deadline, cancel)
             .await
             .map_err(to_wit_error)
     }
@@ -313,28 +307,24 @@ impl imports::config::Host for Sandbox {
 
 impl imports::session_store::Host for Sandbox {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, wit::ProcessorError> {
-        let (scope, session) = self.session_key()?;
-        Ok(scope.shared.sessions.get(&scope.tenant, session, &key))
+        let (store, tenant, session) = self.session_key()?;
+        Ok(store.get(tenant, session, &key))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), wit::ProcessorError> {
-        let (scope, session) = self.session_key()?;
-        scope
-            .shared
-            .sessions
-            .set(&scope.tenant, session, key, value)
-            .map_err(to_wit_error)
+        let (store, tenant, session) = self.session_key()?;
+        store.set(tenant, session, key, value).map_err(to_wit_error)
     }
 
     fn delete(&mut self, key: String) -> Result<(), wit::ProcessorError> {
-        let (scope, session) = self.session_key()?;
-        scope.shared.sessions.delete(&scope.tenant, session, &key);
+        let (store, tenant, session) = self.session_key()?;
+        store.delete(tenant, session, &key);
         Ok(())
     }
 
     fn list_keys(&mut self) -> Result<Vec<String>, wit::ProcessorError> {
-        let (scope, session) = self.session_key()?;
-        Ok(scope.shared.sessions.keys(&scope.tenant, session))
+        let (store, tenant, session) = self.session_key()?;
+        Ok(store.keys(tenant, session))
     }
 }
 

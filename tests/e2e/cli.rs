@@ -305,3 +305,57 @@ fn without_room_for_the_pool_weir_falls_back_to_on_demand_allocation() {
     );
     assert_eq!(stdout_json(&output)["state"]["greeting"], "Hello Ada!");
 }
+
+#[test]
+fn weir_run_runs_workflows_too() {
+    let folder = PluginFolder::with(&["increment", "double", "add-ten"]);
+    folder.write(
+        "workflows.toml",
+        b"[workflow.calc]\nchain = [\"increment\", \"double\", \"add-ten\"]\n",
+    );
+    let output = weir(folder.path(), &["run", "calc", "--input", r#"{"count":5}"#]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout_json(&output)["state"]["count"], 22);
+}
+
+#[test]
+fn workflows_check_passes_a_valid_file_and_points_at_each_problem() {
+    let folder = PluginFolder::with(&["increment"]);
+    folder.write("workflows.toml", b"[workflow.a]\nchain = [\"increment\"]\n");
+    let ok = weir(folder.path(), &["workflows", "check"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("1 workflows are valid"));
+
+    folder.write(
+        "workflows.toml",
+        b"[workflow.a]\nchain = [\"increment\"]\n\n[workflow.b]\nchain = [\"nope\"]\n\n[workflow.c]\nchain = [\"c\"]\n",
+    );
+    let bad = weir(folder.path(), &["workflows", "check"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = stderr(&bad);
+    assert!(
+        stderr.contains("workflow `b`: ")
+            && stderr.contains("workflows.toml:5: step 1 refers to `nope`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("workflow `c`: ")
+            && stderr.contains("workflows.toml:7: it contains itself: c → c"),
+        "{stderr}"
+    );
+
+    let list = weir(folder.path(), &["workflows", "list", "--json"]);
+    let rows = stdout_json(&list);
+    assert_eq!(rows[0]["name"], "a");
+    assert_eq!(rows[0]["status"], "valid");
+    assert_eq!(rows[0]["definition"]["kind"], "chain");
+    assert_eq!(rows[1]["status"], "invalid");
+}
+
+#[test]
+fn running_an_invalid_workflow_is_a_usage_error_with_the_reason() {
+    let folder = PluginFolder::with(&["increment"]);
+    folder.write("workflows.toml", b"[workflow.b]\nchain = [\"nope\"]\n");
+    let output = weir(folder.path(), &["run", "b"]);
+    assert_usage_error(&output, "the workflow `b` is invalid");
+}

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod compose;
 mod examples;
 mod features;
 mod hostile;

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's tasks, in Rust so they run the same everywhere.
 //!
-//! - `plugins`: build every example and test plugin into `plugins/dist/`;
+//! - `plugins`: build every example and test plugin into `plugins/dist/` (with the example
+//!   `workflows.toml`);
 //! - `demo`: build everything, then run the example plugins through `weir run`;
 //! - `test`: formatting, lints and the whole test suite (what CI runs);
 //! - `bench`: the execution benchmark (release build).
@@ -43,6 +44,9 @@ fn plugins() -> Result<PathBuf, String> {
     let out = dist_dir();
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let built = build_plugins(&target_dir().join("wasm-plugins"), &out)?;
+    let workflows = repo_root().join("plugins").join("workflows.toml");
+    std::fs::copy(&workflows, out.join("workflows.toml"))
+        .map_err(|e| format!("cannot copy {}: {e}", workflows.display()))?;
     eprintln!(
         "built {} plugins into {}: {}",
         built.plugins.len(),
@@ -108,6 +112,23 @@ fn demo() -> Result<(), String> {
             "word-count",
             "--input",
             r#"{"text":"the quick brown fox"}"#,
+        ],
+        0,
+    )?;
+    // The same chain as a workflow from plugins/dist/workflows.toml, then the others.
+    show(&["workflows", "list"], 0)?;
+    show(&["run", "calc", "--input", r#"{"count":1}"#], 0)?;
+    show(&["run", "fan", "--input", r#"{"count":1,"user":"Ada"}"#], 0)?;
+    show(
+        &["run", "pick", "--input", r#"{"kind":"greet","user":"Ada"}"#],
+        0,
+    )?;
+    show(
+        &[
+            "run",
+            "sum-then-greet",
+            "--input",
+            r#"{"count":3,"user":"Ada"}"#,
         ],
         0,
     )?;

@@ -3,6 +3,7 @@
 mod logging;
 mod plugins;
 mod run;
+mod workflows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,9 @@ enum Command {
     /// List or inspect the plugins of a folder.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
+    /// List or check the workflows of a folder (its workflows.toml).
+    #[command(subcommand)]
+    Workflows(workflows::WorkflowsCommand),
 }
 
 /// Options shared by every command that loads plugins.
@@ -74,6 +78,16 @@ pub(crate) struct PluginArgs {
     /// Compile every plugin afresh and cache nothing.
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
+}
+
+/// Arguments of the `list` commands.
+#[derive(Args, Debug)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    pub plugins: PluginArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl PluginArgs {
@@ -120,6 +134,7 @@ pub(crate) fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Plugins(command) => plugins::run(command).await,
+            Command::Workflows(command) => workflows::run(command).await,
         }
     });
     match outcome {

@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{Failure, Outcome, PluginArgs, print_json};
+use super::{Failure, ListArgs, Outcome, PluginArgs, print_json};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum PluginsCommand {
@@ -12,15 +12,6 @@ pub(crate) enum PluginsCommand {
     List(ListArgs),
     /// Everything about one plugin: version, digest, world, limits, manifest, rejection.
     Inspect(InspectArgs),
-}
-
-#[derive(Args, Debug)]
-pub(crate) struct ListArgs {
-    #[command(flatten)]
-    plugins: PluginArgs,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Debug)]

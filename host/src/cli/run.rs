@@ -29,28 +29,14 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     let input = read_input(args.input.as_deref())?;
     let runtime = args.plugins.runtime().await?;
     let catalog = runtime.catalog();
-    if !catalog.plugins.contains_key(&args.name) {
-        return Err(Failure::Usage(match catalog.rejected.get(&args.name) {
-            Some(rejected) => format!(
-                "the plugin `{}` ({}) was rejected: {}",
-                args.name,
-                rejected.path.display(),
-                rejected.reason
-            ),
-            None => {
-                let names = catalog.names();
-                let available = if names.is_empty() {
-                    "it has no loadable plugins".to_string()
-                } else {
-                    format!("available: {}", names.join(", "))
-                };
-                format!(
-                    "no processor named `{}` in {} ({available})",
-                    args.name,
-                    args.plugins.plugins.display()
-                )
-            }
-        }));
+    let known =
+        catalog.plugins.contains_key(&args.name) || catalog.workflows.contains_key(&args.name);
+    if !known {
+        return Err(Failure::Usage(format!(
+            "{} in {}",
+            catalog.why_unavailable(&args.name),
+            args.plugins.plugins.display()
+        )));
     }
     let mut request = weir::ExecutionRequest::new(&args.name, input);
     if let Some(session) = args.session {

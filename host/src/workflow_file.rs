@@ -1,0 +1,303 @@
+//! `workflows.toml`: workflow definitions as data, in the plugins folder beside the plugins.
+//! Every mistake is reported with the line it is on.
+//!
+//! ```toml
+//! [workflow.add-three]
+//! chain = ["increment", "increment", "increment"]
+//! timeout_ms = 5000                       # optional, for any kind: the whole run's budget
+//!
+//! [workflow.fan]
+//! parallel = ["increment", "hello"]
+//! merge = "combine"                       # optional: a processor given {input, results}
+//!
+//! [workflow.pick]
+//! route = "/kind"                         # a JSON pointer into the state, or instead:
+//! # selector = "classify"                 # a processor whose output's `route` is the key
+//! routes = { inc = "increment", greet = "hello" }
+//! fallback = "double"                     # optional
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::workflow::{Source, Workflow};
+
+/// The file name weir reads workflow definitions from, inside the plugins folder.
+pub const FILE_NAME: &str = "workflows.toml";
+
+/// The definitions of one file. A definition that cannot even be read is listed in
+/// `broken` with its line; the rest are returned for checking.
+#[derive(Debug, Default)]
+pub(crate) struct Parsed {
+    pub workflows: Vec<Workflow>,
+    pub broken: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    chain: Option<Vec<Spanned<String>>>,
+    parallel: Option<Vec<Spanned<String>>>,
+    merge: Option<Spanned<String>>,
+    route: Option<Spanned<String>>,
+    selector: Option<Spanned<String>>,
+    routes: Option<BTreeMap<String, Spanned<String>>>,
+    fallback: Option<Spanned<String>>,
+    timeout_ms: Option<u64>,
+    description: Option<String>,
+}
+
+/// Parses workflow definitions. `Err` means the file as a whole is unreadable (a TOML
+/// syntax error, an unknown top-level key), with its line.
+pub(crate) fn parse(text: &str, file: &Path) -> Result<Parsed, String> {
+    let at = |offset: Option<usize>| match offset {
+        Some(offset) => format!("{}:{}: ", file.display(), line_of(text, offset)),
+        None => format!("{}: ", file.display()),
+    };
+    let root = DeTable::parse(text).map_err(|e| {
+        format!(
+            "{}{}",
+            at(e.span().map(|s| s.start)),
+            first_line(&e.to_string())
+        )
+    })?;
+    let mut parsed = Parsed::default();
+    for (key, value) in root.get_ref().iter() {
+        if key.get_ref().as_ref() != "workflow" {
+            return Err(format!(
+                "{}unknown key `{}`: definitions go under `[workflow.NAME]`",
+                at(Some(key.span().start)),
+                key.get_ref()
+            ));
+        }
+        let DeValue::Table(workflows) = value.get_ref() else {
+            return Err(format!(
+                "{}`workflow` must be a table of definitions, e.g. `[workflow.NAME]`",
+                at(Some(key.span().start))
+            ));
+        };
+        for (name, definition) in workflows.iter() {
+            let line = line_of(text, name.span().start);
+            let here = format!("{}:{line}: ", file.display());
+            let name = name.get_ref().to_string();
+            let raw = RawWorkflow::deserialize(ValueDeserializer::from(definition.clone()));
+            let raw = match raw {
+                Ok(raw) => raw,
+                Err(e) => {
+                    let where_ = e.span().map_or(here.clone(), |s| at(Some(s.start)));
+                    parsed
+                        .broken
+                        .push((name, format!("{where_}{}", first_line(&e.to_string()))));
+                    continue;
+                }
+            };
+            match build(&name, raw, text, file, line) {
+                Ok(workflow) => parsed.workflows.push(workflow),
+                Err(reason) => parsed.broken.push((name, format!("{here}{reason}"))),
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// Reads `dir/workflows.toml` if it exists.
+pub(crate) fn load(dir: &Path) -> Result<Option<Parsed>, String> {
+    let path = dir.join(FILE_NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&text, &path).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: cannot read it: {e}", path.display())),
+    }
+}
+
+fn build(
+    name: &str,
+    raw: RawWorkflow,
+    text: &str,
+    file: &Path,
+    line: usize,
+) -> Result<Workflow, String> {
+    let mut refs: HashMap<String, usize> = HashMap::new();
+    let mut note = |s: &Spanned<String>| {
+        refs.entry(s.get_ref().clone())
+            .or_insert_with(|| line_of(text, s.span().start));
+        s.get_ref().clone()
+    };
+    let kinds: Vec<&str> = [
+        ("chain", raw.chain.is_some()),
+        ("parallel", raw.parallel.is_some()),
+        ("route", raw.route.is_some() || raw.selector.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, present)| present.then_some(kind))
+    .collect();
+    let only_for = |key: &str, present: bool, kind: &str| {
+        if present {
+            Err(format!("`{key}` applies only to {kind} workflows"))
+        } else {
+            Ok(())
+        }
+    };
+    let mut workflow = match kinds.as_slice() {
+        ["chain"] => {
+            only_for("merge", raw.merge.is_some(), "parallel")?;
+            only_for("routes", raw.routes.is_some(), "route")?;
+            only_for("fallback", raw.fallback.is_some(), "route")?;
+            let steps: Vec<String> = raw.chain.iter().flatten().map(&mut note).collect();
+            Workflow::chain(name, steps)
+        }
+        ["parallel"] => {
+            only_for("routes", raw.routes.is_some(), "route")?;
+            only_for("fallback", raw.fallback.is_some(), "route")?;
+            let branches: Vec<String> = raw.parallel.iter().flatten().map(&mut note).collect();
+            let workflow = Workflow::parallel(name, branches);
+            match &raw.merge {
+                Some(merge) => workflow.merge(note(merge)),
+                None => workflow,
+            }
+        }
+        ["route"] => {
+            only_for("merge", raw.merge.is_some(), "parallel")?;
+            let mut workflow = match (&raw.route, &raw.selector) {
+                (Some(pointer), None) => Workflow::route_by_pointer(name, pointer.get_ref()),
+                (None, Some(selector)) => Workflow::route_by_processor(name, note(selector)),
+                _ => {
+                    return Err(
+                        "give either `route` (a JSON pointer) or `selector` (a processor), \
+                         not both"
+                            .into(),
+                    );
+                }
+            };
+            for (key, target) in raw.routes.iter().flatten() {
+                workflow = workflow.route(key, note(target));
+            }
+            match &raw.fallback {
+                Some(fallback) => workflow.fallback(note(fallback)),
+                None => workflow,
+            }
+        }
+        [] => {
+            return Err(
+                "say what the workflow does: `chain`, `parallel` or `route` (with `routes`)".into(),
+            );
+        }
+        several => {
+            return Err(format!(
+                "a workflow is one kind, but this one says {}",
+                several.join(" and ")
+            ));
+        }
+    };
+    let _ = raw.description;
+    workflow.set_timeout_ms(raw.timeout_ms);
+    Ok(workflow.with_source(Source {
+        file: PathBuf::from(file),
+        line,
+        refs,
+    }))
+}
+
+/// The 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn first_line(message: &str) -> String {
+    // toml's messages carry a source excerpt after the first lines; the line number is
+    // already in our prefix, so keep only the explanation.
+    message
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.contains('|') && !l.starts_with("TOML parse error"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::{Composition, Selector};
+
+    fn parse_ok(text: &str) -> Parsed {
+        parse(text, Path::new("workflows.toml")).unwrap()
+    }
+
+    #[test]
+    fn the_documented_forms_parse() {
+        let parsed = parse_ok(
+            r#"
+[workflow.add-three]
+chain = ["increment", "increment", "increment"]
+
+[workflow.fan]
+parallel = ["increment", "hello"]
+timeout_ms = 1000
+
+[workflow.pick]
+route = "/kind"
+routes = { inc = "increment", greet = "hello" }
+fallback = "double"
+"#,
+        );
+        assert!(parsed.broken.is_empty(), "{:?}", parsed.broken);
+        let by_name: BTreeMap<_, _> = parsed
+            .workflows
+            .iter()
+            .map(|w| (w.name().to_string(), w))
+            .collect();
+        assert!(matches!(
+            by_name["add-three"].composition(),
+            Composition::Chain { steps } if steps.len() == 3
+        ));
+        assert_eq!(by_name["fan"].timeout_ms(), Some(1000));
+        match by_name["pick"].composition() {
+            Composition::Route {
+                selector,
+                routes,
+                fallback,
+            } => {
+                assert_eq!(selector, &Selector::Pointer("/kind".into()));
+                assert_eq!(routes["greet"], "hello");
+                assert_eq!(fallback.as_deref(), Some("double"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(by_name["pick"].location().unwrap(), "workflows.toml:9");
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line() {
+        let err = parse("[workflow.a]\nchain = [\"x\"\n", Path::new("w.toml")).unwrap_err();
+        assert!(err.starts_with("w.toml:2: "), "{err}");
+    }
+
+    #[test]
+    fn a_broken_definition_names_its_line_and_spares_the_others() {
+        let parsed = parse_ok(
+            "[workflow.good]\nchain = [\"a\"]\n\n[workflow.bad]\nchian = [\"a\"]\n\n[workflow.both]\nchain = [\"a\"]\nparallel = [\"b\"]\n",
+        );
+        assert_eq!(parsed.workflows.len(), 1);
+        let broken: BTreeMap<_, _> = parsed.broken.into_iter().collect();
+        // The line of the offending key, not just of the table.
+        assert!(
+            broken["bad"].starts_with("workflows.toml:5: "),
+            "{}",
+            broken["bad"]
+        );
+        assert!(broken["bad"].contains("chian"), "{}", broken["bad"]);
+        assert!(
+            broken["both"].contains("chain and parallel"),
+            "{}",
+            broken["both"]
+        );
+    }
+}

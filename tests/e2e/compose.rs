@@ -1,0 +1,314 @@
+//! Workflows: chain, parallel, route, nesting and deadlines, defined in Rust or in
+//! `workflows.toml`, run like processors.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use weir::{ErrorKind, Workflow, codes};
+use weir_tests::{PluginFolder, runtime};
+
+/// A folder with `plugins` and a `workflows.toml` holding `workflows`.
+async fn with_workflows(plugins: &[&str], workflows: &str) -> (PluginFolder, weir::Runtime) {
+    let folder = PluginFolder::with(plugins);
+    folder.write("workflows.toml", workflows.as_bytes());
+    let rt = runtime(folder.path()).await;
+    (folder, rt)
+}
+
+fn invalid_reason(rt: &weir::Runtime, name: &str) -> String {
+    let catalog = rt.catalog();
+    match catalog.invalid_workflows.get(name) {
+        Some(invalid) => invalid.reason.clone(),
+        None => panic!(
+            "`{name}` should be invalid; catalog: {:?}",
+            catalog.invalid_workflows
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_chain_passes_each_output_to_the_next_step() {
+    let (_f, rt) = with_workflows(
+        &["increment", "double", "add-ten"],
+        "[workflow.calc]\nchain = [\"increment\", \"double\", \"add-ten\"]\n",
+    )
+    .await;
+    let result = rt.run("calc", json!({"count": 5})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 22);
+    assert_eq!(
+        result.state["metadata"]["version"], 3,
+        "one revision per step"
+    );
+    assert_eq!(result.execution.processor, "calc");
+    assert_eq!(result.execution.digest.as_ref().map(String::len), Some(64));
+    assert!(result.execution.fuel_consumed > 0);
+}
+
+#[tokio::test]
+async fn a_failing_chain_names_the_step_and_keeps_the_last_good_state() {
+    let (_f, rt) = with_workflows(
+        &["increment", "validate-email", "double"],
+        "[workflow.signup]\nchain = [\"increment\", \"validate-email\", \"double\"]\n",
+    )
+    .await;
+    let result = rt.run("signup", json!({"count": 1, "email": "nope"})).await;
+    let error = result.error.expect("the chain fails");
+    assert_eq!(error.kind, ErrorKind::Validation, "the step's kind is kept");
+    assert_eq!(error.code.as_deref(), Some("invalid-email"));
+    assert!(
+        error
+            .message
+            .contains("step 2 (`validate-email`) of `signup`"),
+        "{}",
+        error.message
+    );
+    let details = error.details.expect("details");
+    assert_eq!(details["failed"]["index"], 1);
+    assert_eq!(details["failed"]["name"], "validate-email");
+    // The state after step 1: incremented once, never doubled.
+    assert_eq!(result.state["count"], 2);
+    assert_eq!(result.state["metadata"]["version"], 1);
+}
+
+#[tokio::test]
+async fn parallel_branches_that_each_append_keep_every_item() {
+    let rt = runtime(PluginFolder::with(&["stamp"]).path()).await;
+    rt.register(Workflow::parallel("stamps", ["stamp", "stamp", "stamp"]))
+        .expect("valid");
+    let result = rt.run("stamps", json!({"items": ["original"]})).await;
+    assert!(result.ok, "{:?}", result.error);
+    let items = result.state["items"].as_array().expect("items");
+    assert_eq!(items.len(), 4, "{items:?}");
+    assert_eq!(items[0], "original");
+    let mut stamped: Vec<&Value> = items[1..].iter().collect();
+    stamped.sort_by_key(|v| v.as_str());
+    stamped.dedup();
+    assert_eq!(stamped.len(), 3, "three distinct items: {items:?}");
+    assert_eq!(result.state["metadata"]["version"], 1);
+}
+
+#[tokio::test]
+async fn parallel_results_merge_across_fields() {
+    let (_f, rt) = with_workflows(
+        &["increment", "hello"],
+        "[workflow.fan]\nparallel = [\"increment\", \"hello\"]\n",
+    )
+    .await;
+    let result = rt.run("fan", json!({"count": 5, "user": "Ada"})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 6);
+    assert_eq!(result.state["greeting"], "Hello Ada!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_branch_stops_a_sibling_that_loops_forever() {
+    let folder = PluginFolder::with(&["validate-email", "spin"]);
+    // Give the looping sibling a long timeout: only cancellation can stop it in time.
+    folder.manifest("spin", "[limits]\ntimeout_ms = 60000\n");
+    let rt = runtime(folder.path()).await;
+    rt.register(Workflow::parallel("race", ["spin", "validate-email"]))
+        .expect("valid");
+    let started = Instant::now();
+    let result = rt.run("race", json!({"email": "nope"})).await;
+    let elapsed = started.elapsed();
+    let error = result.error.expect("the parallel fails");
+    assert!(
+        error.message.contains("branch 2 (`validate-email`)"),
+        "{}",
+        error.message
+    );
+    let branches = &error.details.as_ref().expect("details")["branches"];
+    assert_eq!(branches[0]["branch"], "spin");
+    assert_eq!(branches[0]["kind"], "cancelled");
+    assert_eq!(branches[0]["code"], codes::CANCELLED_BY_SIBLING);
+    // The sibling was interrupted (its result is in), not abandoned, and long before its
+    // own timeout.
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(
+        result.state["email"], "nope",
+        "the last good state is the input"
+    );
+}
+
+#[tokio::test]
+async fn a_custom_merge_receives_the_input_and_every_result() {
+    let folder = PluginFolder::with(&["increment", "double", "sum-counts"]);
+    let rt = runtime(folder.path()).await;
+    rt.register(Workflow::parallel("both", ["increment", "double"]).merge("sum-counts"))
+        .expect("valid");
+    let result = rt.run("both", json!({"count": 3, "note": "kept"})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 4 + 6);
+    assert_eq!(result.state["branches"], json!(["increment", "double"]));
+    assert_eq!(result.state["note"], "kept");
+    assert_eq!(
+        result.state["metadata"]["version"], 1,
+        "the host owns metadata"
+    );
+}
+
+#[tokio::test]
+async fn a_route_picks_its_target_by_pointer_with_and_without_fallback() {
+    let (_f, rt) = with_workflows(
+        &["increment", "hello", "double"],
+        r#"
+[workflow.pick]
+route = "/kind"
+routes = { inc = "increment", greet = "hello" }
+fallback = "double"
+
+[workflow.strict]
+route = "/kind"
+routes = { inc = "increment" }
+"#,
+    )
+    .await;
+    let inc = rt.run("pick", json!({"kind": "inc", "count": 1})).await;
+    assert_eq!(inc.state["count"], 2);
+    let greet = rt
+        .run("pick", json!({"kind": "greet", "user": "Ada"}))
+        .await;
+    assert_eq!(greet.state["greeting"], "Hello Ada!");
+    let other = rt.run("pick", json!({"kind": "other", "count": 4})).await;
+    assert_eq!(other.state["count"], 8, "the fallback doubles");
+    let missing = rt.run("strict", json!({"kind": "other"})).await;
+    let error = missing.error.expect("no route");
+    assert_eq!(error.kind, ErrorKind::NotFound);
+    assert_eq!(error.code.as_deref(), Some(codes::NO_ROUTE));
+    assert!(
+        error.message.contains("`other`") && error.message.contains("`strict`"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test]
+async fn a_route_can_ask_a_selector_processor_for_its_key() {
+    let folder = PluginFolder::with(&["classify", "increment", "double"]);
+    let rt = runtime(folder.path()).await;
+    rt.register(
+        Workflow::route_by_processor("size", "classify")
+            .route("small", "increment")
+            .route("big", "double"),
+    )
+    .expect("valid");
+    assert_eq!(rt.run("size", json!({"count": 3})).await.state["count"], 4);
+    assert_eq!(
+        rt.run("size", json!({"count": 30})).await.state["count"],
+        60
+    );
+}
+
+#[tokio::test]
+async fn workflows_nest_and_guests_can_call_them() {
+    let folder = PluginFolder::with(&["increment", "double", "relay"]);
+    let rt = runtime(folder.path()).await;
+    rt.register(Workflow::chain("inc-twice", ["increment", "increment"]))
+        .expect("valid");
+    rt.register(Workflow::chain("outer", ["inc-twice", "double"]))
+        .expect("valid");
+    assert_eq!(rt.run("outer", json!({"count": 1})).await.state["count"], 6);
+    let called = rt
+        .run("relay", json!({"target": "outer", "count": 1}))
+        .await;
+    assert!(called.ok, "{:?}", called.error);
+    assert_eq!(called.state["count"], 6);
+}
+
+#[tokio::test]
+async fn a_workflow_timeout_bounds_its_steps() {
+    let folder = PluginFolder::with(&["increment", "spin"]);
+    folder.manifest("spin", "[limits]\ntimeout_ms = 60000\n");
+    let rt = runtime(folder.path()).await;
+    rt.register(Workflow::chain("slow", ["increment", "spin"]).timeout(Duration::from_millis(300)))
+        .expect("valid");
+    let started = Instant::now();
+    let result = rt.run("slow", json!({"count": 0})).await;
+    let error = result.error.expect("it times out");
+    assert_eq!(error.kind, ErrorKind::Timeout);
+    assert!(
+        error.message.contains("step 2 (`spin`)"),
+        "{}",
+        error.message
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(result.state["count"], 1);
+}
+
+#[tokio::test]
+async fn an_unknown_name_in_the_file_is_rejected_with_its_line() {
+    let (_f, rt) = with_workflows(
+        &["increment"],
+        "[workflow.good]\nchain = [\"increment\"]\n\n[workflow.typo]\nchain = [\n  \"increment\",\n  \"incremnt\",\n]\n",
+    )
+    .await;
+    let reason = invalid_reason(&rt, "typo");
+    assert!(
+        reason.contains("workflows.toml:7: step 2 refers to `incremnt`"),
+        "{reason}"
+    );
+    assert!(reason.contains("did you mean `increment`?"), "{reason}");
+    assert!(
+        rt.run("good", json!({})).await.ok,
+        "the others keep serving"
+    );
+    let result = rt.run("typo", json!({})).await;
+    assert!(
+        result
+            .error
+            .expect("not runnable")
+            .message
+            .contains("invalid")
+    );
+}
+
+#[tokio::test]
+async fn a_cycle_in_the_file_is_rejected_with_its_line() {
+    let (_f, rt) = with_workflows(
+        &["increment"],
+        "[workflow.a]\nchain = [\"b\"]\n\n[workflow.b]\nchain = [\"increment\", \"a\"]\n",
+    )
+    .await;
+    assert!(invalid_reason(&rt, "a").contains("workflows.toml:1: it contains itself: a → b → a"));
+    assert!(invalid_reason(&rt, "b").contains("workflows.toml:4: it contains itself"));
+}
+
+#[tokio::test]
+async fn an_unreadable_workflows_file_leaves_the_processors_serving() {
+    let (_f, rt) = with_workflows(&["increment"], "[workflow.a\nchain = 3\n").await;
+    let error = rt
+        .catalog()
+        .workflows_file_error
+        .clone()
+        .expect("a file error");
+    assert!(error.contains("workflows.toml:1:"), "{error}");
+    assert!(rt.run("increment", json!({})).await.ok);
+}
+
+#[tokio::test]
+async fn registering_checks_the_definition_and_unregistering_invalidates_users() {
+    let rt = runtime(PluginFolder::with(&["increment"]).path()).await;
+    let err = rt.register(Workflow::chain("bad", ["nope"])).unwrap_err();
+    assert!(err.reason.contains("refers to `nope`"), "{}", err.reason);
+    assert!(
+        rt.workflow("bad").is_none(),
+        "a failed registration changes nothing"
+    );
+    rt.register(Workflow::chain("base", ["increment"]))
+        .expect("valid");
+    rt.register(Workflow::chain("user", ["base"]))
+        .expect("valid");
+    assert!(rt.unregister("base"));
+    assert!(invalid_reason(&rt, "user").contains("refers to `base`"));
+    rt.register(Workflow::chain("base", ["increment"]))
+        .expect("valid again");
+    assert!(
+        rt.workflow("user").is_some(),
+        "users come back when the name resolves"
+    );
+}
