@@ -19,7 +19,7 @@ use crate::merge::merge_branches;
 use crate::result::{ExecutionInfo, ExecutionResult};
 use crate::runtime::Shared;
 use crate::state::{StateMetadata, with_metadata};
-use crate::workflow::{Composition, Selector, Workflow};
+use crate::workflow::{BatchPolicy, Composition, GraphNode, Selector, Workflow};
 
 /// What the steps of one workflow run cost.
 #[derive(Default)]
@@ -51,6 +51,7 @@ pub(crate) async fn run(
     let timeout = workflow.timeout_ms().map(Duration::from_millis);
     let scope = scope.step(timeout, scope.cancel.clone());
     let mut cost = Cost::default();
+    let mut items = None;
     let outcome = match workflow.composition() {
         Composition::Chain { steps } => {
             chain(shared, workflow, steps, input, &scope, &mut cost).await
@@ -80,18 +81,40 @@ pub(crate) async fn run(
             };
             route.run(shared, workflow, input, &scope, &mut cost).await
         }
+        Composition::Batch {
+            processor,
+            concurrency,
+            policy,
+        } => {
+            let batch = Batch {
+                processor,
+                concurrency: *concurrency,
+                policy: *policy,
+            };
+            let (outcome, results) = batch
+                .run(shared, workflow, input, &metadata, &scope, &mut cost)
+                .await;
+            items = results;
+            outcome
+        }
+        Composition::Graph { nodes } => {
+            graph(shared, workflow, nodes, input, &metadata, &scope, &mut cost).await
+        }
     };
     info.fuel_consumed = cost.fuel;
     info.peak_memory_bytes = cost.peak_memory;
-    match outcome {
+    let mut result = match outcome {
         Ok(state) => ExecutionResult {
             ok: true,
             state,
             error: None,
             execution: info,
+            items: None,
         },
         Err((state, error)) => failed(state, error, info),
-    }
+    };
+    result.items = items;
+    result
 }
 
 /// An error of a step, reworded to say which step of which workflow it was.
@@ -350,4 +373,246 @@ fn key_of(value: &Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
+}
+
+struct Batch<'a> {
+    processor: &'a str,
+    concurrency: usize,
+    policy: BatchPolicy,
+}
+
+impl Batch<'_> {
+    /// Runs the batch; returns the outcome and, when the input was a batch at all, one
+    /// result per item.
+    async fn run(
+        &self,
+        shared: &Arc<Shared>,
+        workflow: &Workflow,
+        input: Value,
+        metadata: &StateMetadata,
+        scope: &Scope,
+        cost: &mut Cost,
+    ) -> (Result<Value, Failure>, Option<Vec<ExecutionResult>>) {
+        let Some(Value::Array(items)) = input.get("items") else {
+            let error = ExecutionError::host(
+                ErrorKind::Validation,
+                codes::INVALID_INPUT,
+                format!(
+                    "batch `{}` takes {{\"items\": [state, ...]}}; the input has no `items` array",
+                    workflow.name()
+                ),
+            );
+            return (Err((input, error)), None);
+        };
+        let items = items.clone();
+        let count = items.len();
+        // Cancelled when an all-or-nothing batch loses an item: running items stop, waiting
+        // ones never start.
+        let siblings = scope.cancel.child();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let shared = shared.clone();
+            let processor = self.processor.to_string();
+            let step = scope.step(None, siblings.child());
+            let slots = slots.clone();
+            let stop_others = (self.policy == BatchPolicy::AllOrNothing).then(|| siblings.clone());
+            tasks.spawn(
+                async move {
+                    // The semaphore is never closed, so acquiring only waits.
+                    let slot = slots.acquire_owned().await.ok();
+                    let result = run_boxed(&shared, &processor, item, step).await;
+                    // Cancel before giving up the slot, so no later item starts after a
+                    // failure that dooms the batch.
+                    if let Some(siblings) = stop_others
+                        && !result.ok
+                    {
+                        siblings.cancel_with(CancelReason::Sibling);
+                    }
+                    drop(slot);
+                    (index, result)
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
+        let mut results: Vec<Option<ExecutionResult>> = vec![None; count];
+        let mut first_failure: Option<(usize, ExecutionError)> = None;
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((index, result)) = joined else {
+                continue;
+            };
+            cost.absorb(&result);
+            if let Some(error) = &result.error
+                && first_failure.is_none()
+            {
+                first_failure = Some((index, error.clone()));
+                if self.policy == BatchPolicy::AllOrNothing {
+                    siblings.cancel_with(CancelReason::Sibling);
+                }
+            }
+            results[index] = Some(result);
+        }
+        let results: Vec<ExecutionResult> = results.into_iter().flatten().collect();
+        let states: Vec<Value> = results.iter().map(|r| r.state.clone()).collect();
+        let mut state = Map::new();
+        state.insert("items".into(), Value::Array(states));
+        let outcome = match (self.policy, first_failure) {
+            (BatchPolicy::AllOrNothing, Some((index, error))) => Err((
+                input,
+                step_failed(workflow, "item", self.processor, Some(index), error),
+            )),
+            _ => Ok(with_metadata(state, &metadata.bumped())),
+        };
+        (outcome, Some(results))
+    }
+}
+
+/// Whether a JSON value counts as true for a graph condition.
+fn truthy(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum NodeState {
+    Waiting,
+    Running,
+    Done,
+    Skipped,
+}
+
+async fn graph(
+    shared: &Arc<Shared>,
+    workflow: &Workflow,
+    nodes: &[GraphNode],
+    input: Value,
+    metadata: &StateMetadata,
+    scope: &Scope,
+    cost: &mut Cost,
+) -> Result<Value, Failure> {
+    let index: std::collections::HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        for dep in &node.after {
+            if let Some(&d) = index.get(dep.as_str()) {
+                dependents[d].push(i);
+            }
+        }
+    }
+    let mut waiting_on: Vec<usize> = nodes.iter().map(|n| n.after.len()).collect();
+    let mut states = vec![NodeState::Waiting; nodes.len()];
+    let mut outputs: Vec<Option<Value>> = vec![None; nodes.len()];
+    let siblings = scope.cancel.child();
+    let mut tasks = JoinSet::new();
+    let mut first_failure: Option<(usize, ExecutionError)> = None;
+    let empty = Map::new();
+    let base = input.as_object().unwrap_or(&empty);
+
+    // Nodes whose dependencies are all settled: start them, or skip them (and settle
+    // their dependents in turn).
+    let mut settled: Vec<usize> = (0..nodes.len()).filter(|&i| waiting_on[i] == 0).collect();
+    loop {
+        while let Some(i) = settled.pop() {
+            let node = &nodes[i];
+            let deps: Vec<usize> = node
+                .after
+                .iter()
+                .filter_map(|d| index.get(d.as_str()).copied())
+                .collect();
+            let failed_before = first_failure.is_some();
+            // Every settled dependency has an output: its result, or for a skipped node
+            // its input passed through unchanged, so the work before a skip is kept.
+            let dep_outputs: Vec<&Map<String, Value>> = deps
+                .iter()
+                .filter_map(|&d| outputs[d].as_ref().and_then(Value::as_object))
+                .collect();
+            let node_input = Value::Object(if dep_outputs.is_empty() {
+                base.clone()
+            } else {
+                merge_branches(base, dep_outputs)
+            });
+            let skip_reason = if failed_before {
+                Some("an earlier node failed")
+            } else if deps.iter().any(|&d| states[d] == NodeState::Skipped) {
+                Some("a node it runs after was skipped")
+            } else if node
+                .condition
+                .as_ref()
+                .is_some_and(|pointer| !truthy(node_input.pointer(pointer)))
+            {
+                Some("its condition is false")
+            } else {
+                None
+            };
+            match skip_reason {
+                None => {
+                    states[i] = NodeState::Running;
+                    let shared = shared.clone();
+                    let run = node.run.clone();
+                    let step = scope.step(None, siblings.child());
+                    tasks.spawn(
+                        async move { (i, run_boxed(&shared, &run, node_input, step).await) }
+                            .instrument(tracing::Span::current()),
+                    );
+                }
+                Some(reason) => {
+                    tracing::debug!(node = %node.name, reason, "graph node skipped");
+                    states[i] = NodeState::Skipped;
+                    outputs[i] = Some(node_input);
+                    for &e in &dependents[i] {
+                        waiting_on[e] -= 1;
+                        if waiting_on[e] == 0 {
+                            settled.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let Ok((i, result)) = joined else {
+            continue;
+        };
+        cost.absorb(&result);
+        states[i] = NodeState::Done;
+        match result.error {
+            Some(error) => {
+                if first_failure.is_none() {
+                    first_failure = Some((i, error));
+                    siblings.cancel_with(CancelReason::Sibling);
+                }
+            }
+            None => outputs[i] = Some(result.state),
+        }
+        for &e in &dependents[i] {
+            waiting_on[e] -= 1;
+            if waiting_on[e] == 0 {
+                settled.push(e);
+            }
+        }
+    }
+    if let Some((i, error)) = first_failure {
+        return Err((
+            input,
+            step_failed(workflow, "node", &nodes[i].name, None, error),
+        ));
+    }
+    // Sinks, in declared order; a skipped sink contributes what reached it.
+    let sinks: Vec<&Map<String, Value>> = (0..nodes.len())
+        .filter(|&i| dependents[i].is_empty())
+        .filter_map(|i| outputs[i].as_ref().and_then(Value::as_object))
+        .collect();
+    Ok(with_metadata(
+        merge_branches(base, sinks),
+        &metadata.bumped(),
+    ))
 }

@@ -221,6 +221,7 @@ async fn run_in_span(
                     state,
                     error: None,
                     execution: info,
+                    items: None,
                 };
             }
             Err(error) => error,
@@ -276,6 +277,7 @@ pub(crate) fn failed(state: Value, error: ExecutionError, info: ExecutionInfo) -
         state,
         error: Some(error),
         execution: info,
+        items: None,
     }
 }
 

@@ -59,10 +59,13 @@ pub use manifest::{Capabilities, DirGrant, Manifest, NetworkGrant};
 pub use merge::merge_branches;
 pub use plugin::{Description, Plugin, QueueSettings, is_valid_name};
 pub use registry::{Catalog, Registry, Rejection};
-pub use result::{ExecutionInfo, ExecutionResult};
+pub use result::{ExecutionInfo, ExecutionResult, ResultDocument};
 pub use retry::{Backoff, RetryPolicy};
 pub use runtime::{ExecutionRequest, HostConfig, Runtime, RuntimeBuilder};
 pub use sessions::SessionQuota;
 pub use state::{StateMetadata, validate_input};
-pub use workflow::{Composition, InvalidWorkflow, MAX_NESTING, Selector, Workflow};
+pub use workflow::{
+    BatchPolicy, Composition, DEFAULT_BATCH_CONCURRENCY, GraphNode, InvalidWorkflow, MAX_NESTING,
+    Selector, Workflow,
+};
 pub use workflow_file::FILE_NAME as WORKFLOWS_FILE;

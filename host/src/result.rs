@@ -20,6 +20,26 @@ pub struct ExecutionResult {
     pub error: Option<ExecutionError>,
     /// What ran, for whom, and what it cost.
     pub execution: ExecutionInfo,
+    /// For a batch: one result per item, in input order. Not part of the single-result
+    /// document; [`ExecutionResult::document`] shows a batch as `{ok, items}`.
+    #[serde(skip)]
+    pub items: Option<Vec<ExecutionResult>>,
+}
+
+/// The document surfaces print (CLI stdout, HTTP bodies, job return values): a result, or
+/// for a batch `{ok, items: [result, …]}`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ResultDocument<'a> {
+    /// One execution.
+    Single(&'a ExecutionResult),
+    /// A batch: whether it succeeded, and every item's result.
+    Batch {
+        /// False when the batch's policy says it failed.
+        ok: bool,
+        /// One result per input item.
+        items: &'a [ExecutionResult],
+    },
 }
 
 /// Facts about an execution: identity, provenance and cost.
@@ -49,6 +69,14 @@ pub struct ExecutionInfo {
 }
 
 impl ExecutionResult {
+    /// The document to show: `{ok, items}` for a batch, the result itself otherwise.
+    pub fn document(&self) -> ResultDocument<'_> {
+        match &self.items {
+            Some(items) => ResultDocument::Batch { ok: self.ok, items },
+            None => ResultDocument::Single(self),
+        }
+    }
+
     /// The error, if the execution failed.
     pub fn error(&self) -> Option<&ExecutionError> {
         self.error.as_ref()
@@ -56,7 +84,7 @@ impl ExecutionResult {
 
     /// The result as pretty JSON.
     pub fn to_json_pretty(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| {
+        serde_json::to_string_pretty(&self.document()).unwrap_or_else(|e| {
             format!(r#"{{"ok":false,"error":{{"kind":"execution","message":"{e}"}}}}"#)
         })
     }

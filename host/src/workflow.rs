@@ -60,7 +60,61 @@ pub enum Composition {
         /// The target when no key matches.
         fallback: Option<String>,
     },
+    /// One processor (or workflow) over every state of `{items: [...]}`.
+    Batch {
+        /// What runs on each item.
+        processor: String,
+        /// Items in flight at once.
+        concurrency: usize,
+        /// When the batch as a whole fails.
+        policy: BatchPolicy,
+    },
+    /// Named nodes that run as soon as the nodes they depend on are done.
+    Graph {
+        /// The nodes, in declared order.
+        nodes: Vec<GraphNode>,
+    },
 }
+
+/// When a batch fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchPolicy {
+    /// Every item runs; the batch succeeds and each item reports its own outcome.
+    #[default]
+    Collect,
+    /// The first failing item fails the batch: items not yet started are skipped and running
+    /// ones cancelled.
+    AllOrNothing,
+}
+
+impl BatchPolicy {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "collect" => Some(BatchPolicy::Collect),
+            "all-or-nothing" => Some(BatchPolicy::AllOrNothing),
+            _ => None,
+        }
+    }
+}
+
+/// One node of a dependency graph.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphNode {
+    /// The node's name, unique in its graph.
+    pub name: String,
+    /// The processor or workflow it runs (by default, the one named like the node).
+    pub run: String,
+    /// Nodes that must finish first; the node gets the merge of their outputs.
+    pub after: Vec<String>,
+    /// A JSON pointer into the node's input: the node (and everything after it) is skipped
+    /// unless the value there is truthy (not absent, null, false, 0 or "").
+    pub condition: Option<String>,
+}
+
+/// Default items in flight for a batch.
+pub const DEFAULT_BATCH_CONCURRENCY: usize = 4;
 
 /// Where a route's key comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -145,6 +199,82 @@ impl Workflow {
         )
     }
 
+    /// A batch: `processor` over every state of the input's `items`.
+    pub fn batch(name: impl Into<String>, processor: impl Into<String>) -> Self {
+        Self::new(
+            name,
+            Composition::Batch {
+                processor: processor.into(),
+                concurrency: DEFAULT_BATCH_CONCURRENCY,
+                policy: BatchPolicy::default(),
+            },
+        )
+    }
+
+    /// Sets how many items run at once (batch workflows only).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        match &mut self.composition {
+            Composition::Batch { concurrency, .. } => *concurrency = n,
+            _ => self.misuse("`concurrency` applies only to batch workflows"),
+        }
+        self
+    }
+
+    /// Sets when the batch fails (batch workflows only).
+    pub fn policy(mut self, p: BatchPolicy) -> Self {
+        match &mut self.composition {
+            Composition::Batch { policy, .. } => *policy = p,
+            _ => self.misuse("`policy` applies only to batch workflows"),
+        }
+        self
+    }
+
+    /// An empty dependency graph; add nodes with [`Workflow::node`] and friends.
+    pub fn graph(name: impl Into<String>) -> Self {
+        Self::new(name, Composition::Graph { nodes: Vec::new() })
+    }
+
+    /// Adds node `name` (running the unit of the same name) after `after`.
+    pub fn node<S: Into<String>>(
+        self,
+        name: impl Into<String>,
+        after: impl IntoIterator<Item = S>,
+    ) -> Self {
+        let name = name.into();
+        self.add_node(GraphNode {
+            run: name.clone(),
+            name,
+            after: after.into_iter().map(Into::into).collect(),
+            condition: None,
+        })
+    }
+
+    /// Adds node `name` after `after`, run only if the value at `condition` (a JSON pointer
+    /// into its input) is truthy.
+    pub fn node_if<S: Into<String>>(
+        self,
+        name: impl Into<String>,
+        after: impl IntoIterator<Item = S>,
+        condition: impl Into<String>,
+    ) -> Self {
+        let name = name.into();
+        self.add_node(GraphNode {
+            run: name.clone(),
+            name,
+            after: after.into_iter().map(Into::into).collect(),
+            condition: Some(condition.into()),
+        })
+    }
+
+    /// Adds any node (e.g. one whose name differs from the unit it runs).
+    pub fn add_node(mut self, node: GraphNode) -> Self {
+        match &mut self.composition {
+            Composition::Graph { nodes } => nodes.push(node),
+            _ => self.misuse("nodes apply only to graph workflows"),
+        }
+        self
+    }
+
     /// Adds a route (route workflows only).
     pub fn route(mut self, key: impl Into<String>, target: impl Into<String>) -> Self {
         match &mut self.composition {
@@ -221,12 +351,14 @@ impl Workflow {
             .map(|s| format!("{}:{}", s.file.display(), s.line))
     }
 
-    /// The kind as a word: `chain`, `parallel`, `route`.
+    /// The kind as a word: `chain`, `parallel`, `route`, `batch`, `graph`.
     pub fn kind(&self) -> &'static str {
         match self.composition {
             Composition::Chain { .. } => "chain",
             Composition::Parallel { .. } => "parallel",
             Composition::Route { .. } => "route",
+            Composition::Batch { .. } => "batch",
+            Composition::Graph { .. } => "graph",
         }
     }
 
@@ -260,6 +392,14 @@ impl Workflow {
                 }
                 if let Some(f) = fallback {
                     refs.push(("fallback".to_string(), f.as_str()));
+                }
+            }
+            Composition::Batch { processor, .. } => {
+                refs.push(("batch".to_string(), processor.as_str()));
+            }
+            Composition::Graph { nodes } => {
+                for node in nodes {
+                    refs.push((format!("node `{}`", node.name), node.run.as_str()));
                 }
             }
         }
@@ -299,6 +439,10 @@ impl Workflow {
                 }
                 Ok(())
             }
+            Composition::Batch { concurrency, .. } if *concurrency == 0 => {
+                Err("`concurrency` must be at least 1".into())
+            }
+            Composition::Graph { nodes } => check_graph(nodes),
             _ => Ok(()),
         }
     }
@@ -316,6 +460,72 @@ impl Workflow {
             (Some(source), None) => format!("{}:{}: ", source.file.display(), source.line),
             _ => String::new(),
         }
+    }
+}
+
+/// Checks a graph's own shape: nodes exist, are unique, depend on known nodes, and form no
+/// cycle.
+fn check_graph(nodes: &[GraphNode]) -> Result<(), String> {
+    if nodes.is_empty() {
+        return Err("a graph needs at least one node".into());
+    }
+    let mut seen = BTreeSet::new();
+    for node in nodes {
+        if !seen.insert(node.name.as_str()) {
+            return Err(format!("node `{}` is defined twice", node.name));
+        }
+    }
+    for node in nodes {
+        for dep in &node.after {
+            if !seen.contains(dep.as_str()) {
+                return Err(format!(
+                    "node `{}` runs after `{dep}`, which is not a node of this graph",
+                    node.name
+                ));
+            }
+        }
+        if let Some(condition) = &node.condition {
+            check_pointer(condition).map_err(|e| format!("node `{}`: {e}", node.name))?;
+        }
+    }
+    // Kahn's algorithm: whatever cannot be ordered sits on a cycle.
+    let mut remaining: BTreeMap<&str, BTreeSet<&str>> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.as_str(),
+                n.after.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    loop {
+        let ready: Vec<&str> = remaining
+            .iter()
+            .filter(|(_, deps)| deps.is_empty())
+            .map(|(name, _)| *name)
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        for name in ready {
+            remaining.remove(name);
+            for deps in remaining.values_mut() {
+                deps.remove(name);
+            }
+        }
+    }
+    if remaining.is_empty() {
+        Ok(())
+    } else {
+        let stuck: Vec<&str> = remaining.keys().copied().collect();
+        Err(format!(
+            "the graph has a cycle through {}",
+            stuck
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     }
 }
 
@@ -677,6 +887,33 @@ mod tests {
                 .contains("not a JSON pointer")
         );
         assert!(checked.invalid["misused"].reason.contains("only to route"));
+    }
+
+    #[test]
+    fn graphs_with_unknown_dependencies_or_cycles_are_invalid() {
+        let p = processors(&["a", "b", "c"]);
+        let unknown = Workflow::graph("g")
+            .node("a", Vec::<String>::new())
+            .node("b", ["z"]);
+        let cycle = Workflow::graph("h")
+            .node("a", ["c"])
+            .node("b", ["a"])
+            .node("c", ["b"]);
+        let fine = Workflow::graph("ok")
+            .node("a", Vec::<String>::new())
+            .node_if("b", ["a"], "/go");
+        let checked = check(vec![unknown, cycle, fine], &p, MAX_NESTING);
+        assert!(
+            checked.invalid["g"]
+                .reason
+                .contains("after `z`, which is not a node")
+        );
+        assert!(
+            checked.invalid["h"]
+                .reason
+                .contains("cycle through `a`, `b`, `c`")
+        );
+        assert!(checked.valid.contains_key("ok"));
     }
 
     #[test]

@@ -15,6 +15,15 @@
 //! # selector = "classify"                 # a processor whose output's `route` is the key
 //! routes = { inc = "increment", greet = "hello" }
 //! fallback = "double"                     # optional
+//!
+//! [workflow.many]
+//! batch = "increment"                     # input: {"items": [state, ...]}
+//! concurrency = 4                         # optional, default 4
+//! policy = "collect"                      # or "all-or-nothing" (default: collect)
+//!
+//! [workflow.pipeline]                     # nodes run as soon as their dependencies are done
+//! graph = { fetch = [], parse = ["fetch"], store = ["parse"], review = { after = ["parse"], if = "/needsReview" } }
+//! # a node runs the processor or workflow of its name, or `run = "other"`
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,7 +33,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use crate::workflow::{Source, Workflow};
+use crate::workflow::{BatchPolicy, GraphNode, Source, Workflow};
 
 /// The file name weir reads workflow definitions from, inside the plugins folder.
 pub const FILE_NAME: &str = "workflows.toml";
@@ -47,8 +56,56 @@ struct RawWorkflow {
     selector: Option<Spanned<String>>,
     routes: Option<BTreeMap<String, Spanned<String>>>,
     fallback: Option<Spanned<String>>,
+    batch: Option<Spanned<String>>,
+    concurrency: Option<usize>,
+    policy: Option<String>,
+    graph: Option<Ordered<RawNode>>,
     timeout_ms: Option<u64>,
     description: Option<String>,
+}
+
+/// A graph node: `name = ["dep", ...]` or `name = { after = [...], if = "/ptr", run = "x" }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawNode {
+    After(Vec<String>),
+    Full(FullNode),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FullNode {
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(rename = "if")]
+    condition: Option<String>,
+    run: Option<String>,
+}
+
+/// A table whose entries keep the order they are written in.
+struct Ordered<T>(Vec<(String, T)>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Ordered<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, T>()? {
+                    entries.push(entry);
+                }
+                Ok(Ordered(entries))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 /// Parses workflow definitions. `Err` means the file as a whole is unreadable (a TOML
@@ -131,28 +188,46 @@ fn build(
         ("chain", raw.chain.is_some()),
         ("parallel", raw.parallel.is_some()),
         ("route", raw.route.is_some() || raw.selector.is_some()),
+        ("batch", raw.batch.is_some()),
+        ("graph", raw.graph.is_some()),
     ]
     .into_iter()
     .filter_map(|(kind, present)| present.then_some(kind))
     .collect();
-    let only_for = |key: &str, present: bool, kind: &str| {
-        if present {
-            Err(format!("`{key}` applies only to {kind} workflows"))
-        } else {
-            Ok(())
+    let kind = match kinds.as_slice() {
+        [kind] => *kind,
+        [] => {
+            return Err(
+                "say what the workflow does: `chain`, `parallel`, `route` (with `routes`), \
+                 `batch` or `graph`"
+                    .into(),
+            );
+        }
+        several => {
+            return Err(format!(
+                "a workflow is one kind, but this one says {}",
+                several.join(" and ")
+            ));
         }
     };
-    let mut workflow = match kinds.as_slice() {
-        ["chain"] => {
-            only_for("merge", raw.merge.is_some(), "parallel")?;
-            only_for("routes", raw.routes.is_some(), "route")?;
-            only_for("fallback", raw.fallback.is_some(), "route")?;
+    // Keys that belong to another kind are mistakes, not silently ignored settings.
+    for (key, present, owner) in [
+        ("merge", raw.merge.is_some(), "parallel"),
+        ("routes", raw.routes.is_some(), "route"),
+        ("fallback", raw.fallback.is_some(), "route"),
+        ("concurrency", raw.concurrency.is_some(), "batch"),
+        ("policy", raw.policy.is_some(), "batch"),
+    ] {
+        if present && owner != kind {
+            return Err(format!("`{key}` applies only to {owner} workflows"));
+        }
+    }
+    let mut workflow = match kind {
+        "chain" => {
             let steps: Vec<String> = raw.chain.iter().flatten().map(&mut note).collect();
             Workflow::chain(name, steps)
         }
-        ["parallel"] => {
-            only_for("routes", raw.routes.is_some(), "route")?;
-            only_for("fallback", raw.fallback.is_some(), "route")?;
+        "parallel" => {
             let branches: Vec<String> = raw.parallel.iter().flatten().map(&mut note).collect();
             let workflow = Workflow::parallel(name, branches);
             match &raw.merge {
@@ -160,8 +235,7 @@ fn build(
                 None => workflow,
             }
         }
-        ["route"] => {
-            only_for("merge", raw.merge.is_some(), "parallel")?;
+        "route" => {
             let mut workflow = match (&raw.route, &raw.selector) {
                 (Some(pointer), None) => Workflow::route_by_pointer(name, pointer.get_ref()),
                 (None, Some(selector)) => Workflow::route_by_processor(name, note(selector)),
@@ -181,16 +255,37 @@ fn build(
                 None => workflow,
             }
         }
-        [] => {
-            return Err(
-                "say what the workflow does: `chain`, `parallel` or `route` (with `routes`)".into(),
-            );
+        "batch" => {
+            let processor = raw.batch.as_ref().map(&mut note).unwrap_or_default();
+            let mut workflow = Workflow::batch(name, processor);
+            if let Some(concurrency) = raw.concurrency {
+                workflow = workflow.concurrency(concurrency);
+            }
+            if let Some(policy) = &raw.policy {
+                let policy = BatchPolicy::parse(policy).ok_or_else(|| {
+                    format!("`policy` is \"{policy}\"; use \"collect\" or \"all-or-nothing\"")
+                })?;
+                workflow = workflow.policy(policy);
+            }
+            workflow
         }
-        several => {
-            return Err(format!(
-                "a workflow is one kind, but this one says {}",
-                several.join(" and ")
-            ));
+        _ => {
+            let mut workflow = Workflow::graph(name);
+            for (node, raw_node) in raw.graph.map(|g| g.0).unwrap_or_default() {
+                let (after, condition, run) = match raw_node {
+                    RawNode::After(after) => (after, None, None),
+                    RawNode::Full(full) => (full.after, full.condition, full.run),
+                };
+                let run = run.unwrap_or_else(|| node.clone());
+                refs.entry(run.clone()).or_insert(line);
+                workflow = workflow.add_node(GraphNode {
+                    name: node,
+                    run,
+                    after,
+                    condition,
+                });
+            }
+            workflow
         }
     };
     let _ = raw.description;
@@ -246,6 +341,14 @@ timeout_ms = 1000
 route = "/kind"
 routes = { inc = "increment", greet = "hello" }
 fallback = "double"
+
+[workflow.many]
+batch = "increment"
+concurrency = 4
+policy = "collect"
+
+[workflow.pipeline]
+graph = { fetch = [], parse = ["fetch"], store = ["parse"], review = { after = ["parse"], if = "/needsReview" } }
 "#,
         );
         assert!(parsed.broken.is_empty(), "{:?}", parsed.broken);
@@ -272,6 +375,33 @@ fallback = "double"
             other => panic!("{other:?}"),
         }
         assert_eq!(by_name["pick"].location().unwrap(), "workflows.toml:9");
+        assert!(matches!(
+            by_name["many"].composition(),
+            Composition::Batch { processor, concurrency: 4, policy: BatchPolicy::Collect }
+                if processor == "increment"
+        ));
+        let Composition::Graph { nodes } = by_name["pipeline"].composition() else {
+            panic!("a graph");
+        };
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["fetch", "parse", "store", "review"],
+            "declared order"
+        );
+        assert_eq!(nodes[3].after, ["parse"]);
+        assert_eq!(nodes[3].condition.as_deref(), Some("/needsReview"));
+        assert_eq!(nodes[3].run, "review");
+    }
+
+    #[test]
+    fn a_bad_batch_policy_is_explained() {
+        let parsed = parse_ok("[workflow.b]\nbatch = \"x\"\npolicy = \"some\"\n");
+        assert!(
+            parsed.broken[0]
+                .1
+                .contains("use \"collect\" or \"all-or-nothing\"")
+        );
     }
 
     #[test]

@@ -359,3 +359,28 @@ fn running_an_invalid_workflow_is_a_usage_error_with_the_reason() {
     let output = weir(folder.path(), &["run", "b"]);
     assert_usage_error(&output, "the workflow `b` is invalid");
 }
+
+#[test]
+fn a_batch_takes_a_bare_array_and_prints_ok_and_items() {
+    let folder = PluginFolder::with(&["increment"]);
+    folder.write(
+        "workflows.toml",
+        b"[workflow.many]\nbatch = \"increment\"\n",
+    );
+    let output = weir(
+        folder.path(),
+        &[
+            "run",
+            "many",
+            "--input",
+            r#"[{"count":1},{"count":2},"not a state"]"#,
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let doc = stdout_json(&output);
+    assert_eq!(doc["ok"], true);
+    let items = doc["items"].as_array().unwrap();
+    assert_eq!(items[0]["state"]["count"], 2);
+    assert_eq!(items[1]["state"]["count"], 3);
+    assert_eq!(items[2]["error"]["code"], "invalid-input");
+}

@@ -312,3 +312,171 @@ async fn registering_checks_the_definition_and_unregistering_invalidates_users()
         "users come back when the name resolves"
     );
 }
+
+fn emails(bad: &[usize]) -> Value {
+    let items: Vec<Value> = (0..10)
+        .map(|i| {
+            if bad.contains(&i) {
+                json!({ "email": format!("broken-{i}") })
+            } else {
+                json!({ "email": format!("user{i}@example.com") })
+            }
+        })
+        .collect();
+    json!({ "items": items })
+}
+
+#[tokio::test]
+async fn a_batch_reports_every_failure_under_collect() {
+    let (_f, rt) = with_workflows(
+        &["validate-email"],
+        "[workflow.check-all]\nbatch = \"validate-email\"\nconcurrency = 3\npolicy = \"collect\"\n",
+    )
+    .await;
+    let result = rt.run("check-all", emails(&[2, 5, 9])).await;
+    assert!(result.ok, "collect: the batch itself succeeds");
+    let items = result.items.as_ref().expect("per-item results");
+    assert_eq!(items.len(), 10);
+    let failed: Vec<usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.ok)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(failed, [2, 5, 9], "all three failures, in input order");
+    for i in failed {
+        assert_eq!(
+            items[i].error.as_ref().unwrap().code.as_deref(),
+            Some("invalid-email")
+        );
+    }
+    assert_eq!(items[0].state["emailValid"], true);
+    // The document is {ok, items}; the state (for a chain to continue with) is the items.
+    let document = serde_json::to_value(result.document()).unwrap();
+    assert_eq!(document["ok"], true);
+    assert_eq!(document["items"].as_array().map(Vec::len), Some(10));
+    assert!(document.get("state").is_none());
+    assert_eq!(result.state["items"][0]["emailValid"], true);
+}
+
+#[tokio::test]
+async fn an_all_or_nothing_batch_fails_with_its_first_failure() {
+    let rt = runtime(PluginFolder::with(&["validate-email"]).path()).await;
+    rt.register(
+        Workflow::batch("strict", "validate-email")
+            .concurrency(1)
+            .policy(weir::BatchPolicy::AllOrNothing),
+    )
+    .expect("valid");
+    let result = rt.run("strict", emails(&[3])).await;
+    assert!(!result.ok);
+    let error = result.error.as_ref().expect("an error");
+    assert!(
+        error.message.contains("item 4 (`validate-email`)"),
+        "{}",
+        error.message
+    );
+    let items = result.items.as_ref().expect("per-item results");
+    assert!(items[..3].iter().all(|r| r.ok));
+    // With one item at a time, nothing after the failure ever ran.
+    for later in &items[4..] {
+        assert_eq!(
+            later.error.as_ref().map(|e| e.kind),
+            Some(ErrorKind::Cancelled)
+        );
+        assert_eq!(later.execution.attempts, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_batch_without_items_is_a_validation_error() {
+    let rt = runtime(PluginFolder::with(&["increment"]).path()).await;
+    rt.register(Workflow::batch("many", "increment"))
+        .expect("valid");
+    let error = rt
+        .run("many", json!({"count": 1}))
+        .await
+        .error
+        .expect("an error");
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(
+        error.message.contains("{\"items\": [state, ...]}"),
+        "{}",
+        error.message
+    );
+}
+
+const PIPELINE: &str = r#"
+[workflow.pipeline]
+graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "double" }, review = { after = ["parse"], if = "/needsReview", run = "hello" }, store = { after = ["parse"], run = "add-ten" } }
+"#;
+
+#[tokio::test]
+async fn a_graph_runs_nodes_after_their_dependencies_and_merges_its_sinks() {
+    let (_f, rt) = with_workflows(&["increment", "double", "hello", "add-ten"], PIPELINE).await;
+    let reviewed = rt
+        .run(
+            "pipeline",
+            json!({"count": 1, "needsReview": true, "user": "Ada"}),
+        )
+        .await;
+    assert!(reviewed.ok, "{:?}", reviewed.error);
+    // fetch: 2, parse: 4, then review (greets) and store (14) both after parse.
+    assert_eq!(reviewed.state["count"], 14);
+    assert_eq!(reviewed.state["greeting"], "Hello Ada!");
+    assert_eq!(reviewed.state["metadata"]["version"], 1);
+}
+
+#[tokio::test]
+async fn a_graph_node_whose_condition_is_false_is_skipped() {
+    let (_f, rt) = with_workflows(&["increment", "double", "hello", "add-ten"], PIPELINE).await;
+    let skipped = rt
+        .run(
+            "pipeline",
+            json!({"count": 1, "needsReview": false, "user": "Ada"}),
+        )
+        .await;
+    assert!(skipped.ok, "{:?}", skipped.error);
+    assert_eq!(skipped.state["count"], 14);
+    assert!(
+        skipped.state.get("greeting").is_none(),
+        "review was skipped"
+    );
+}
+
+#[tokio::test]
+async fn a_graph_skips_the_dependents_of_a_skipped_node_and_names_a_failed_one() {
+    let rt = runtime(PluginFolder::with(&["increment", "hello", "validate-email"]).path()).await;
+    rt.register(
+        Workflow::graph("gated")
+            .node("increment", Vec::<String>::new())
+            .node_if("hello", ["increment"], "/go")
+            .node("validate-email", ["hello"]),
+    )
+    .expect("valid");
+    // `hello` is skipped, so `validate-email` (which would fail) never runs.
+    let result = rt.run("gated", json!({"count": 0, "go": false})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 1);
+    let failing = rt.run("gated", json!({"count": 0, "go": true})).await;
+    let error = failing.error.expect("validate-email fails");
+    assert!(
+        error.message.contains("node `validate-email` of `gated`"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test]
+async fn a_graph_cycle_is_rejected_with_its_line() {
+    let (_f, rt) = with_workflows(
+        &["increment"],
+        "[workflow.ok]\nchain = [\"increment\"]\n\n[workflow.loop]\ngraph = { a = [\"b\"], b = [\"a\"] }\n",
+    )
+    .await;
+    let reason = invalid_reason(&rt, "loop");
+    assert!(
+        reason.contains("workflows.toml:4: the graph has a cycle through `a`, `b`"),
+        "{reason}"
+    );
+}

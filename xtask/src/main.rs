@@ -92,10 +92,7 @@ fn demo() -> Result<(), String> {
         }
         Ok(stdout)
     };
-    println!(
-        "The example plugins live in {}; every command below uses WEIR_PLUGINS={}.",
-        dist, dist
-    );
+    println!("The example plugins live in {dist}; every command below uses WEIR_PLUGINS={dist}.");
     show(&["plugins", "list"], 0)?;
     show(&["run", "hello", "--input", r#"{"user":"Ada"}"#], 0)?;
     // A chain by hand: each step's result state is the next step's input.
@@ -106,43 +103,32 @@ fn demo() -> Result<(), String> {
             serde_json::from_str(&out).map_err(|e| format!("{step} printed invalid JSON: {e}"))?;
         state = doc["state"].to_string();
     }
-    show(
-        &[
-            "run",
-            "word-count",
-            "--input",
-            r#"{"text":"the quick brown fox"}"#,
-        ],
-        0,
-    )?;
-    // The same chain as a workflow from plugins/dist/workflows.toml, then the others.
+    // The same chain as a workflow (plugins/dist/workflows.toml), the other workflow kinds,
+    // then failures the host contains.
+    let runs: &[(&str, &str, i32)] = &[
+        ("word-count", r#"{"text":"the quick brown fox"}"#, 0),
+        ("calc", r#"{"count":1}"#, 0),
+        ("fan", r#"{"count":1,"user":"Ada"}"#, 0),
+        ("pick", r#"{"kind":"greet","user":"Ada"}"#, 0),
+        ("sum-then-greet", r#"{"count":3,"user":"Ada"}"#, 0),
+        (
+            "check-emails",
+            r#"[{"email":"ada@example.com"},{"email":"nope"}]"#,
+            0,
+        ),
+        (
+            "pipeline",
+            r#"{"count":1,"needsReview":true,"user":"Ada"}"#,
+            0,
+        ),
+        ("validate-email", r#"{"email":"not-an-email"}"#, 1),
+        ("spin", "{}", 1),
+        ("escape", "{}", 0),
+    ];
     show(&["workflows", "list"], 0)?;
-    show(&["run", "calc", "--input", r#"{"count":1}"#], 0)?;
-    show(&["run", "fan", "--input", r#"{"count":1,"user":"Ada"}"#], 0)?;
-    show(
-        &["run", "pick", "--input", r#"{"kind":"greet","user":"Ada"}"#],
-        0,
-    )?;
-    show(
-        &[
-            "run",
-            "sum-then-greet",
-            "--input",
-            r#"{"count":3,"user":"Ada"}"#,
-        ],
-        0,
-    )?;
-    show(
-        &[
-            "run",
-            "validate-email",
-            "--input",
-            r#"{"email":"not-an-email"}"#,
-        ],
-        1,
-    )?;
-    show(&["run", "spin"], 1)?;
-    show(&["run", "escape"], 0)?;
+    for (name, input, expected) in runs {
+        show(&["run", name, "--input", input], *expected)?;
+    }
     println!("\nDemo finished: every command ended as expected.");
     Ok(())
 }

@@ -15,6 +15,7 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     plugins: PluginArgs,
     /// The input state: JSON text, `@FILE` to read a file, or `-` for stdin [default: {}].
+    /// A batch workflow also takes a bare array of states.
     #[arg(long, short, value_name = "JSON|@FILE|-")]
     input: Option<String>,
     /// Run in this session.
@@ -38,6 +39,17 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
             args.plugins.plugins.display()
         )));
     }
+    // A batch also takes a bare array of states.
+    let is_batch = catalog
+        .workflows
+        .get(&args.name)
+        .is_some_and(|w| matches!(w.composition(), weir::Composition::Batch { .. }));
+    let input = match input {
+        Value::Array(items) if is_batch => serde_json::json!({ "items": items }),
+        other => other,
+    };
+    weir::validate_input(&input)
+        .map_err(|e| Failure::Usage(format!("the input is not a valid state: {}", e.message)))?;
     let mut request = weir::ExecutionRequest::new(&args.name, input);
     if let Some(session) = args.session {
         request = request.session(session);
@@ -55,7 +67,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     });
     let result = runtime.execute(request).await;
     interrupt.abort();
-    print_json(&result)?;
+    print_json(&result.document())?;
     Ok(if result.ok {
         Outcome::Ok
     } else {
@@ -63,7 +75,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     })
 }
 
-/// Reads `--input`: inline JSON, `@file`, or `-` for stdin. The state must be an object.
+/// Reads `--input`: inline JSON, `@file`, or `-` for stdin.
 fn read_input(arg: Option<&str>) -> Result<Value, Failure> {
     let (text, source) = match arg {
         None => return Ok(Value::Object(Default::default())),
@@ -82,13 +94,6 @@ fn read_input(arg: Option<&str>) -> Result<Value, Failure> {
         }
         Some(arg) => (arg.to_string(), "--input".to_string()),
     };
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| Failure::Usage(format!("the input from {source} is not valid JSON: {e}")))?;
-    weir::validate_input(&value).map_err(|e| {
-        Failure::Usage(format!(
-            "the input from {source} is not a valid state: {}",
-            e.message
-        ))
-    })?;
-    Ok(value)
+    serde_json::from_str(&text)
+        .map_err(|e| Failure::Usage(format!("the input from {source} is not valid JSON: {e}")))
 }
