@@ -240,13 +240,7 @@ impl Workflow {
         name: impl Into<String>,
         after: impl IntoIterator<Item = S>,
     ) -> Self {
-        let name = name.into();
-        self.add_node(GraphNode {
-            run: name.clone(),
-            name,
-            after: after.into_iter().map(Into::into).collect(),
-            condition: None,
-        })
+        self.named_node(name.into(), after, None)
     }
 
     /// Adds node `name` after `after`, run only if the value at `condition` (a JSON pointer
@@ -257,12 +251,20 @@ impl Workflow {
         after: impl IntoIterator<Item = S>,
         condition: impl Into<String>,
     ) -> Self {
-        let name = name.into();
+        self.named_node(name.into(), after, Some(condition.into()))
+    }
+
+    fn named_node<S: Into<String>>(
+        self,
+        name: String,
+        after: impl IntoIterator<Item = S>,
+        condition: Option<String>,
+    ) -> Self {
         self.add_node(GraphNode {
             run: name.clone(),
             name,
             after: after.into_iter().map(Into::into).collect(),
-            condition: Some(condition.into()),
+            condition,
         })
     }
 
