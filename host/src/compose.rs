@@ -49,7 +49,11 @@ pub(crate) async fn run(
 ) -> ExecutionResult {
     info.attempts = 1;
     let timeout = workflow.timeout_ms().map(Duration::from_millis);
-    let scope = scope.step(timeout, scope.cancel.clone());
+    // Steps are children of this workflow's execution.
+    let scope = Scope {
+        parent: Some(Arc::from(info.id.as_str())),
+        ..scope.step(timeout, scope.cancel.clone())
+    };
     let mut cost = Cost::default();
     let mut items = None;
     let outcome = match workflow.composition() {

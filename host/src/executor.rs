@@ -14,6 +14,7 @@ use wasmtime::Trap;
 use crate::bindings::wit;
 use crate::cancel::CancelHandle;
 use crate::error::{ErrorKind, ExecutionError, codes};
+use crate::events::{Event, EventKind};
 use crate::guest_log::GuestLog;
 use crate::limits::{LimitOverrides, Limits};
 use crate::plugin::Plugin;
@@ -36,6 +37,8 @@ pub(crate) struct Scope {
     pub cancel: CancelHandle,
     /// What the caller asked for: limits can only go down.
     pub limits: LimitOverrides,
+    /// The execution that started this one (a workflow or a guest's `call`).
+    pub parent: Option<Arc<str>>,
 }
 
 impl Scope {
@@ -64,6 +67,7 @@ pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> 
         deadline: None,
         cancel: request.cancel,
         limits: request.limits,
+        parent: None,
     };
     run(shared, &request.processor, request.input, scope, request.id).await
 }
@@ -148,11 +152,49 @@ async fn run(
         session = info.session.as_deref(),
         depth = scope.depth,
     );
+    let events = &shared.events;
+    let parent = scope.parent.clone();
+    let depth = scope.depth;
+    if events.active() {
+        events.publish(execution_event(
+            EventKind::ProcessorStarted,
+            &info,
+            parent.as_deref(),
+            depth,
+        ));
+    }
     let mut result = run_in_span(shared, input, scope, info)
         .instrument(span)
         .await;
     result.execution.duration_us = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+    if events.active() {
+        let kind = if result.ok {
+            EventKind::ProcessorCompleted
+        } else {
+            EventKind::ProcessorFailed
+        };
+        let mut event = execution_event(kind, &result.execution, parent.as_deref(), depth);
+        event.attempts = Some(result.execution.attempts);
+        event.duration_us = Some(result.execution.duration_us);
+        event.error = result.error.clone();
+        events.publish(event);
+    }
     result
+}
+
+/// An event about the execution `info` describes.
+pub(crate) fn execution_event(
+    kind: EventKind,
+    info: &ExecutionInfo,
+    parent: Option<&str>,
+    depth: u32,
+) -> Event {
+    let mut event = Event::new(kind, &info.tenant, info.session.as_deref());
+    event.execution_id = Some(info.id.clone());
+    event.processor = Some(info.processor.clone());
+    event.parent_id = parent.map(str::to_string);
+    event.depth = Some(depth);
+    event
 }
 
 async fn run_in_span(
@@ -242,6 +284,18 @@ async fn run_in_span(
             error = %error,
             "retrying"
         );
+        if shared.events.active() {
+            let mut event = execution_event(
+                EventKind::ProcessorRetrying,
+                &info,
+                scope.parent.as_deref(),
+                scope.depth,
+            );
+            event.attempt = Some(info.attempts);
+            event.error = Some(error.clone());
+            event.data = Some(serde_json::json!({ "delayMs": delay.as_millis() as u64 }));
+            shared.events.publish(event);
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => {
@@ -340,10 +394,18 @@ async fn attempt(
         fuel: limits.fuel,
         deadline,
         cancel: cancel.clone(),
+        processor: Arc::from(info.processor.as_str()),
         log: log.clone(),
         capabilities: &plugin.manifest().capabilities,
         config: plugin.config().clone(),
-        caller: Some((shared.clone(), scope.clone())),
+        // Nested calls from this attempt are children of this execution.
+        caller: Some((
+            shared.clone(),
+            Scope {
+                parent: Some(Arc::from(info.id.as_str())),
+                ..scope.clone()
+            },
+        )),
     };
     let mut store = match Sandbox::store(&shared.engine, spec) {
         Ok(store) => store,

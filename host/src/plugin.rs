@@ -179,7 +179,7 @@ impl Plugin {
             &host.defaults,
             &host.ceilings,
         );
-        let meta = describe(engine, &pre, &manifest, &describe_limits, host).await?;
+        let meta = describe(&name, engine, &pre, &manifest, &describe_limits, host).await?;
         let description = validate_description(&name, meta)?;
         let limits = Limits::resolve(
             &manifest.limits,
@@ -263,6 +263,7 @@ fn prepare(
 }
 
 async fn describe(
+    name: &str,
     engine: &Engine,
     pre: &ProcessorPre<Sandbox>,
     manifest: &Manifest,
@@ -280,6 +281,7 @@ async fn describe(
             fuel: limits.fuel,
             deadline,
             cancel: CancelHandle::new(),
+            processor: Arc::from(name),
             log: log.clone(),
             capabilities: &manifest.capabilities,
             config: Arc::new(manifest.config.clone()),

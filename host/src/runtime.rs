@@ -12,6 +12,7 @@ use wasmtime::component::Linker;
 use crate::cancel::CancelHandle;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, LoadError};
+use crate::events::{EventBus, Subscription};
 use crate::guest_log::LogRate;
 use crate::limits::{LimitOverrides, Limits};
 use crate::plugin::Plugin;
@@ -40,6 +41,8 @@ pub struct HostConfig {
     pub session_quota: SessionQuota,
     /// Deepest static nesting of workflows inside workflows.
     pub max_nesting: usize,
+    /// Events kept for a slow subscriber before it is told it lagged.
+    pub event_capacity: usize,
 }
 
 impl Default for HostConfig {
@@ -53,6 +56,7 @@ impl Default for HostConfig {
             describe_timeout: Duration::from_secs(5),
             session_quota: SessionQuota::default(),
             max_nesting: crate::workflow::MAX_NESTING,
+            event_capacity: 4096,
         }
     }
 }
@@ -129,6 +133,7 @@ pub(crate) struct Shared {
     pub config: HostConfig,
     pub slots: Semaphore,
     pub sessions: SessionStore,
+    pub events: EventBus,
 }
 
 /// The in-process runtime. Cheap to clone; all clones share plugins and limits.
@@ -169,6 +174,11 @@ impl Runtime {
     /// anything a plugin or the input does: every failure is in the result.
     pub async fn execute(&self, request: ExecutionRequest) -> ExecutionResult {
         crate::executor::execute(&self.shared, request).await
+    }
+
+    /// Subscribes to this runtime's events (see [`crate::Event`] for the payloads).
+    pub fn subscribe(&self) -> Subscription {
+        self.shared.events.subscribe()
     }
 
     /// The plugin serving `name` right now.
@@ -280,6 +290,7 @@ impl RuntimeBuilder {
         }
         let slots = Semaphore::new(engine.config().max_instances as usize);
         let sessions = SessionStore::new(self.host.session_quota);
+        let events = EventBus::new(self.host.event_capacity);
         Ok(Runtime {
             shared: Arc::new(Shared {
                 engine,
@@ -288,6 +299,7 @@ impl RuntimeBuilder {
                 config: self.host,
                 slots,
                 sessions,
+                events,
             }),
         })
     }

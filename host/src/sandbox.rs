@@ -19,6 +19,7 @@ use crate::bindings::{Processor, weir::processor as imports, wit};
 use crate::cancel::CancelHandle;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
+use crate::events::{Event, EventKind};
 use crate::executor::Scope;
 use crate::guest_log::{GuestLog, GuestStream, Level};
 use crate::manifest::Capabilities;
@@ -93,6 +94,7 @@ pub(crate) struct Sandbox {
     pub(crate) log: Arc<GuestLog>,
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancelHandle,
+    processor: Arc<str>,
     config: Arc<BTreeMap<String, String>>,
     /// Who is running, for nested calls and the session store; absent while a plugin is
     /// being described at load time.
@@ -105,6 +107,7 @@ pub(crate) struct SandboxSpec<'a> {
     pub fuel: u64,
     pub deadline: Instant,
     pub cancel: CancelHandle,
+    pub processor: Arc<str>,
     pub log: Arc<GuestLog>,
     pub capabilities: &'a Capabilities,
     pub config: Arc<BTreeMap<String, String>>,
@@ -125,6 +128,7 @@ impl Sandbox {
             log: spec.log,
             deadline: spec.deadline,
             cancel: spec.cancel,
+            processor: spec.processor,
             config: spec.config,
             caller: spec.caller,
         };
@@ -254,9 +258,26 @@ impl imports::logging::Host for Sandbox {
     }
 }
 
+impl Sandbox {
+    /// An event about this execution, ready to fill in and publish; `None` when no one
+    /// listens (or while describing).
+    fn event(&self, kind: EventKind) -> Option<(&Arc<Shared>, Event)> {
+        let (shared, scope) = self.caller.as_ref()?;
+        if !shared.events.active() {
+            return None;
+        }
+        let mut event = Event::new(kind, &scope.tenant, scope.session.as_deref());
+        // The caller scope is the one this execution's nested calls get: its parent is this
+        // execution.
+        event.execution_id = scope.parent.as_deref().map(str::to_string);
+        event.processor = Some(self.processor.to_string());
+        Some((shared, event))
+    }
+}
+
 impl imports::events::Host for Sandbox {
     fn emit(&mut self, name: String, data: String) -> Result<(), wit::ProcessorError> {
-        if serde_json::from_str::<serde_json::Value>(&data).is_err() {
+        let Ok(data) = serde_json::from_str::<serde_json::Value>(&data) else {
             return Err(wit::ProcessorError {
                 kind: wit::ErrorKind::Validation,
                 code: Some(codes::INVALID_INPUT.to_string()),
@@ -264,14 +285,23 @@ impl imports::events::Host for Sandbox {
                 retryable: false,
                 details: None,
             });
+        };
+        tracing::debug!(target: "weir::events", event = %name, "custom event");
+        if let Some((shared, mut event)) = self.event(EventKind::Custom) {
+            event.name = Some(name);
+            event.data = Some(data);
+            shared.events.publish(event);
         }
-        tracing::info!(target: "weir::events", event = %name, data = %data, "custom event");
         Ok(())
     }
 
     fn progress(&mut self, percent: u8, message: String) -> Result<(), wit::ProcessorError> {
         let percent = percent.min(100);
-        tracing::info!(target: "weir::events", percent, "progress: {message}");
+        tracing::debug!(target: "weir::events", percent, "progress: {message}");
+        if let Some((shared, mut event)) = self.event(EventKind::Progress) {
+            event.data = Some(serde_json::json!({ "percent": percent, "message": message }));
+            shared.events.publish(event);
+        }
         Ok(())
     }
 }

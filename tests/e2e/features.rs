@@ -4,8 +4,6 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::sync::mpsc;
-use tracing_subscriber::layer::SubscriberExt;
 use weir::{CancelHandle, ErrorKind, ExecutionRequest, codes};
 use weir_tests::{PluginFolder, runtime};
 
@@ -150,35 +148,27 @@ async fn a_plugin_reads_the_operators_configuration() {
     assert_eq!(result.state["greeting"], "Hi Ada!");
 }
 
-/// Forwards the guest's progress reports (host events on `weir::events`) to a channel, so a
-/// test can wait until a guest is demonstrably running.
-struct ProgressProbe(mpsc::UnboundedSender<()>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ProgressProbe {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() == "weir::events"
-            && event.metadata().fields().field("percent").is_some()
-        {
-            let _ = self.0.send(());
-        }
-    }
-}
-
-/// Runs `cooperative` until it reports progress, cancels it, and returns the result and how
-/// long the cancellation took to end it.
+/// Runs `cooperative` until it reports progress (so it is demonstrably running), cancels
+/// it, and returns the result and how long the cancellation took to end it.
 async fn cancel_cooperative(input: serde_json::Value) -> (weir::ExecutionResult, Duration) {
-    let (tx, mut progress) = mpsc::unbounded_channel();
-    // A current-thread runtime runs the guest on this thread, where the probe is installed.
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(ProgressProbe(tx)));
     let folder = PluginFolder::with(&["cooperative"]);
     let rt = runtime(folder.path()).await;
+    let mut events = rt.subscribe();
     let cancel = CancelHandle::new();
     let request = ExecutionRequest::new("cooperative", input).cancel_handle(cancel.clone());
     let execution = rt.execute(request);
     tokio::pin!(execution);
+    let progressed = async {
+        while let Some(notice) = events.recv().await {
+            if let weir::Notice::Event(e) = notice
+                && e.event == weir::EventKind::Progress
+            {
+                return;
+            }
+        }
+    };
     tokio::select! {
-        _ = progress.recv() => {}
+        _ = progressed => {}
         result = &mut execution => panic!("finished before it was cancelled: {result:?}"),
     }
     let cancelled_at = Instant::now();

@@ -7,6 +7,7 @@
 
 mod cli;
 mod compose;
+mod events;
 mod examples;
 mod features;
 mod hostile;

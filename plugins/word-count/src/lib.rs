@@ -1,7 +1,8 @@
-//! `word-count`: sets `words` to the number of whitespace-separated words in `text`.
+//! `word-count`: sets `words` to the number of whitespace-separated words in `text`, and
+//! emits a custom `counted` event with the count.
 
 use serde::{Deserialize, Serialize};
-use weir_sdk::Error;
+use weir_sdk::{Context, Error};
 
 #[derive(Deserialize)]
 struct Input {
@@ -15,8 +16,8 @@ struct Output {
 
 /// Counts the words of `text`.
 #[weir_sdk::processor(name = "word-count", timeout_ms = 1000)]
-fn process(input: Input) -> Result<Output, Error> {
-    Ok(Output {
-        words: input.text.split_whitespace().count(),
-    })
+fn process(input: Input, ctx: &Context) -> Result<Output, Error> {
+    let words = input.text.split_whitespace().count();
+    ctx.emit("counted", &weir_sdk::json!({ "words": words }))?;
+    Ok(Output { words })
 }

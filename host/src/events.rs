@@ -1,0 +1,272 @@
+//! Events: what happens in the runtime, as a bounded broadcast any number of subscribers can
+//! follow. Publishing never waits: a subscriber that falls behind loses the oldest events and
+//! is told how many it missed (an explicit `Lagged` notice) instead of slowing execution; a
+//! subscriber that panics or goes away affects no one else. Events of one execution arrive
+//! in the order they happened.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::error::ExecutionError;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    /// An execution (of a processor or a workflow) began.
+    #[serde(rename = "processor:started")]
+    ProcessorStarted,
+    /// An execution finished successfully.
+    #[serde(rename = "processor:completed")]
+    ProcessorCompleted,
+    /// An execution finished with an error (after its last attempt).
+    #[serde(rename = "processor:failed")]
+    ProcessorFailed,
+    /// An attempt failed and another will follow after a delay.
+    #[serde(rename = "processor:retrying")]
+    ProcessorRetrying,
+    /// A session received its first execution.
+    #[serde(rename = "session:created")]
+    SessionCreated,
+    /// A session was stopped: its running work cancelled, its state removed.
+    #[serde(rename = "session:stopped")]
+    SessionStopped,
+    /// A running processor reported progress.
+    #[serde(rename = "progress")]
+    Progress,
+    /// A running processor emitted a custom event.
+    #[serde(rename = "custom")]
+    Custom,
+}
+
+impl EventKind {
+    /// The kind's name, e.g. `processor:started`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ProcessorStarted => "processor:started",
+            EventKind::ProcessorCompleted => "processor:completed",
+            EventKind::ProcessorFailed => "processor:failed",
+            EventKind::ProcessorRetrying => "processor:retrying",
+            EventKind::SessionCreated => "session:created",
+            EventKind::SessionStopped => "session:stopped",
+            EventKind::Progress => "progress",
+            EventKind::Custom => "custom",
+        }
+    }
+}
+
+/// One event. Fields that do not apply to a kind are absent (`null` in JSON):
+///
+/// | kind | payload beyond `event`, `sequence`, `timestampMs`, `tenant`, `session` |
+/// |---|---|
+/// | `processor:started` | `executionId`, `processor`, `parentId`, `depth` |
+/// | `processor:completed` | … plus `attempts`, `durationUs` |
+/// | `processor:failed` | … plus `attempts`, `durationUs`, `error` |
+/// | `processor:retrying` | … plus `attempt` (the one that failed), `error`, `data: {delayMs}` |
+/// | `progress` | `executionId`, `processor`, `data: {percent, message}` |
+/// | `custom` | `executionId`, `processor`, `name`, `data` (the guest's JSON) |
+/// | `session:created`, `session:stopped` | `data: {cancelled}` on stop |
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// What happened.
+    pub event: EventKind,
+    /// Position in this runtime's event stream (starts at 1, no gaps at the source).
+    pub sequence: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The tenant concerned.
+    pub tenant: String,
+    /// The session concerned, if any.
+    pub session: Option<String>,
+    /// The execution concerned, if any.
+    pub execution_id: Option<String>,
+    /// The execution that started this one (a workflow or a guest's `call`), if any.
+    pub parent_id: Option<String>,
+    /// The processor or workflow name, if any.
+    pub processor: Option<String>,
+    /// Guest `call`s above this execution.
+    pub depth: Option<u32>,
+    /// The attempt concerned (`processor:retrying`).
+    pub attempt: Option<u32>,
+    /// Attempts made (`processor:completed|failed`).
+    pub attempts: Option<u32>,
+    /// Wall-clock duration (`processor:completed|failed`).
+    pub duration_us: Option<u64>,
+    /// The error (`processor:failed|retrying`).
+    pub error: Option<ExecutionError>,
+    /// A custom event's name.
+    pub name: Option<String>,
+    /// Kind-specific data (see the table above).
+    pub data: Option<Value>,
+}
+
+impl Event {
+    /// An event of `kind` for `tenant`, with every optional field empty. The bus fills in
+    /// `sequence` and `timestamp_ms`.
+    pub(crate) fn new(kind: EventKind, tenant: &str, session: Option<&str>) -> Self {
+        Event {
+            event: kind,
+            sequence: 0,
+            timestamp_ms: 0,
+            tenant: tenant.to_string(),
+            session: session.map(str::to_string),
+            execution_id: None,
+            parent_id: None,
+            processor: None,
+            depth: None,
+            attempt: None,
+            attempts: None,
+            duration_us: None,
+            error: None,
+            name: None,
+            data: None,
+        }
+    }
+}
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// The next event.
+    Event(Arc<Event>),
+    /// This subscriber fell behind and `missed` events were dropped for it.
+    Lagged {
+        /// How many events it will never see.
+        missed: u64,
+    },
+}
+
+/// A subscription to a runtime's events. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    receiver: broadcast::Receiver<Arc<Event>>,
+}
+
+impl Subscription {
+    /// The next event or lag notice; `None` once the runtime is gone.
+    pub async fn recv(&mut self) -> Option<Notice> {
+        match self.receiver.recv().await {
+            Ok(event) => Some(Notice::Event(event)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Notice::Lagged { missed }),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next event or lag notice if one is waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<Notice> {
+        match self.receiver.try_recv() {
+            Ok(event) => Some(Notice::Event(event)),
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => Some(Notice::Lagged { missed }),
+            Err(_) => None,
+        }
+    }
+}
+
+/// The runtime's event bus.
+#[derive(Debug)]
+pub(crate) struct EventBus {
+    sender: broadcast::Sender<Arc<Event>>,
+    sequence: AtomicU64,
+}
+
+impl EventBus {
+    /// A bus that keeps up to `capacity` events for a slow subscriber.
+    pub(crate) fn new(capacity: usize) -> Self {
+        EventBus {
+            sender: broadcast::channel(capacity.max(1)).0,
+            sequence: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether anyone listens. Callers skip building events when no one does.
+    pub(crate) fn active(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
+    /// Publishes an event. Never waits.
+    pub(crate) fn publish(&self, mut event: Event) {
+        if !self.active() {
+            return;
+        }
+        event.sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        event.timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX));
+        // An error only means every subscriber left in the meantime.
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    pub(crate) fn subscribe(&self) -> Subscription {
+        Subscription {
+            receiver: self.sender.subscribe(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u32) -> Event {
+        let mut e = Event::new(EventKind::Custom, "t", None);
+        e.attempt = Some(n);
+        e
+    }
+
+    #[tokio::test]
+    async fn subscribers_receive_events_in_order() {
+        let bus = EventBus::new(16);
+        let mut sub = bus.subscribe();
+        for n in 0..3 {
+            bus.publish(event(n));
+        }
+        for n in 0..3 {
+            match sub.recv().await {
+                Some(Notice::Event(e)) => {
+                    assert_eq!(e.attempt, Some(n));
+                    assert_eq!(e.sequence, u64::from(n) + 1);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_how_much_it_missed() {
+        let bus = EventBus::new(4);
+        let mut slow = bus.subscribe();
+        for n in 0..10 {
+            bus.publish(event(n));
+        }
+        match slow.recv().await {
+            Some(Notice::Lagged { missed }) => assert_eq!(missed, 6),
+            other => panic!("{other:?}"),
+        }
+        match slow.recv().await {
+            Some(Notice::Event(e)) => assert_eq!(e.attempt, Some(6)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn events_serialize_with_their_documented_names() {
+        let json = serde_json::to_value(event(1)).unwrap();
+        assert_eq!(json["event"], "custom");
+        assert_eq!(json["executionId"], Value::Null);
+        assert_eq!(json["tenant"], "t");
+    }
+
+    #[test]
+    fn publishing_without_subscribers_costs_nothing_and_numbers_nothing() {
+        let bus = EventBus::new(4);
+        bus.publish(event(1));
+        let mut sub = bus.subscribe();
+        bus.publish(event(2));
+        assert!(matches!(sub.try_recv(), Some(Notice::Event(e)) if e.sequence == 1));
+    }
+}
