@@ -5,7 +5,7 @@
 //! in the order they happened.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -145,6 +145,13 @@ pub enum Notice {
 #[derive(Debug)]
 pub struct Subscription {
     receiver: broadcast::Receiver<Arc<Event>>,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.subscribers.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl Subscription {
@@ -172,6 +179,9 @@ impl Subscription {
 pub(crate) struct EventBus {
     sender: broadcast::Sender<Arc<Event>>,
     sequence: AtomicU64,
+    /// Live subscriptions, kept here because the channel's own count takes a lock and the
+    /// execution path asks on every execution.
+    subscribers: Arc<AtomicUsize>,
 }
 
 impl EventBus {
@@ -180,12 +190,13 @@ impl EventBus {
         EventBus {
             sender: broadcast::channel(capacity.max(1)).0,
             sequence: AtomicU64::new(0),
+            subscribers: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// Whether anyone listens. Callers skip building events when no one does.
     pub(crate) fn active(&self) -> bool {
-        self.sender.receiver_count() > 0
+        self.subscribers.load(Ordering::Acquire) > 0
     }
 
     /// Publishes an event. Never waits.
@@ -202,8 +213,10 @@ impl EventBus {
     }
 
     pub(crate) fn subscribe(&self) -> Subscription {
+        self.subscribers.fetch_add(1, Ordering::AcqRel);
         Subscription {
             receiver: self.sender.subscribe(),
+            subscribers: self.subscribers.clone(),
         }
     }
 }
@@ -266,7 +279,10 @@ mod tests {
         let bus = EventBus::new(4);
         bus.publish(event(1));
         let mut sub = bus.subscribe();
+        assert!(bus.active());
         bus.publish(event(2));
         assert!(matches!(sub.try_recv(), Some(Notice::Event(e)) if e.sequence == 1));
+        drop(sub);
+        assert!(!bus.active());
     }
 }

@@ -5,7 +5,10 @@
 //! 2. **raw, weir's engine**: wasmtime by hand on the same engine (pooling allocator, fuel,
 //!    epochs): `InstancePre` + a fresh `Store` + `process`, the floor weir builds on;
 //! 3. **raw, default engine**: the same by hand on wasmtime's default configuration, for
-//!    reference.
+//!    reference;
+//!
+//! and, in a second phase, two workflows of the same processor as ratios to one weir
+//! execution: a **chain of 10** and a **parallel of 3**.
 //!
 //! The three are interleaved sample by sample, so a burst of load hits all of them alike.
 //! Run with `cargo xtask bench` (or `cargo bench -p weir-tests --bench execute`);
@@ -185,14 +188,25 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3000);
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Single executions and chains run on a current-thread runtime (the lowest latency);
+    // parallel workflows on a two-worker runtime, so that branches can use both cores.
+    let current = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    runtime.block_on(bench(samples));
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    bench(samples, &current, &multi);
 }
 
-async fn bench(samples: usize) {
+fn bench(samples: usize, current: &tokio::runtime::Runtime, multi: &tokio::runtime::Runtime) {
+    current.block_on(measure(samples, multi));
+}
+
+async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
     let folder = weir_tests::PluginFolder::with(&["increment"]);
     let weir = ::weir::Runtime::builder()
         .plugins_dir(folder.path())
@@ -200,6 +214,10 @@ async fn bench(samples: usize) {
         .build()
         .await
         .expect("weir starts");
+    weir.register(::weir::Workflow::chain("chain-10", ["increment"; 10]))
+        .expect("a valid chain");
+    weir.register(::weir::Workflow::parallel("parallel-3", ["increment"; 3]))
+        .expect("a valid parallel");
     let wasm = weir_tests::plugin_bytes("increment");
     let same_engine = Baseline::new(weir.engine().wasmtime().clone(), &wasm, true);
     let default_engine = Baseline::new(Engine::default(), &wasm, false);
@@ -221,6 +239,8 @@ async fn bench(samples: usize) {
     let mut weir_samples = Samples::new("weir (public API)");
     let mut same_samples = Samples::new("raw wasmtime, weir's engine config");
     let mut default_samples = Samples::new("raw wasmtime, default config");
+    let mut chain_samples = Samples::new("weir chain of 10");
+    let mut parallel_samples = Samples::new("weir parallel of 3");
     let only = std::env::var("WEIR_BENCH_ONLY").ok();
     let runs = |case: &str| only.as_deref().is_none_or(|o| o == case);
     let warmup = samples / 10 + 10;
@@ -250,8 +270,46 @@ async fn bench(samples: usize) {
             }
         }
     }
+    // Workflows in a phase of their own: a parallel sample leaves worker threads spinning
+    // for a moment, which would tax whichever single execution came next.
+    let rounds = samples / 5 + 1;
+    for i in 0..rounds + rounds / 10 {
+        let record = i >= rounds / 10;
+        if runs("chain") {
+            let started = Instant::now();
+            let result = weir.run("chain-10", input.clone()).await;
+            let elapsed = started.elapsed();
+            assert!(result.ok, "{:?}", result.error);
+            if record {
+                chain_samples.record(elapsed);
+            }
+        }
+        if runs("parallel") {
+            // Timed on a worker of the multi-threaded runtime, from start to result.
+            let weir = weir.clone();
+            let input = input.clone();
+            let elapsed = multi
+                .spawn(async move {
+                    let started = Instant::now();
+                    let result = weir.run("parallel-3", input).await;
+                    assert!(result.ok, "{:?}", result.error);
+                    started.elapsed()
+                })
+                .await
+                .expect("the parallel sample ran");
+            if record {
+                parallel_samples.record(elapsed);
+            }
+        }
+    }
     if only.is_some() {
-        for s in [&weir_samples, &same_samples, &default_samples] {
+        for s in [
+            &weir_samples,
+            &same_samples,
+            &default_samples,
+            &chain_samples,
+            &parallel_samples,
+        ] {
             if !s.micros.is_empty() {
                 println!(
                     "{}: p50 {:.1} µs, p99 {:.1} µs",
@@ -287,4 +345,17 @@ async fn bench(samples: usize) {
         weir_samples.percentile(0.5) / baseline,
         weir_samples.percentile(0.5) / default_samples.percentile(0.5)
     );
+    println!();
+    let single = weir_samples.percentile(0.5);
+    println!("| workflow | p50 µs | p99 µs | p50 ÷ one weir execution | goal |");
+    println!("|---|---:|---:|---:|---:|");
+    for (s, goal) in [(&chain_samples, "≤ 12×"), (&parallel_samples, "≤ 4×")] {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2}× | {goal} |",
+            s.name,
+            s.percentile(0.5),
+            s.percentile(0.99),
+            s.percentile(0.5) / single
+        );
+    }
 }
