@@ -7,6 +7,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     imports: {
         "weir:processor/invoke.call": async,
+        "weir:processor/session-store": async,
     },
     exports: {
         default: async,

@@ -15,6 +15,10 @@ pub enum CancelReason {
     Request,
     /// A sibling branch of a parallel composition failed.
     Sibling,
+    /// The execution's session was stopped.
+    SessionStopped,
+    /// The runtime was stopped and the execution did not finish within the grace period.
+    Shutdown,
 }
 
 impl CancelReason {
@@ -23,6 +27,8 @@ impl CancelReason {
         match self {
             CancelReason::Request => codes::CANCELLED_BY_REQUEST,
             CancelReason::Sibling => codes::CANCELLED_BY_SIBLING,
+            CancelReason::SessionStopped => codes::SESSION_STOPPED,
+            CancelReason::Shutdown => codes::RUNTIME_STOPPED,
         }
     }
 }

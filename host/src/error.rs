@@ -105,6 +105,10 @@ pub mod codes {
     pub const CANCELLED_BY_REQUEST: &str = "cancelled-by-request";
     /// Cancelled because a parallel sibling failed.
     pub const CANCELLED_BY_SIBLING: &str = "cancelled-by-sibling";
+    /// Cancelled because its session was stopped.
+    pub const SESSION_STOPPED: &str = "session-stopped";
+    /// Cancelled because the runtime stopped before it finished.
+    pub const RUNTIME_STOPPED: &str = "runtime-stopped";
     /// The processor used a capability the operator did not grant.
     pub const CAPABILITY_DENIED: &str = "capability-denied";
     /// The input state is not a JSON object or its host-owned `metadata` is malformed.
@@ -227,6 +231,25 @@ pub enum LoadError {
         /// The manifest file.
         path: PathBuf,
         /// What is wrong, with the line where possible.
+        reason: String,
+    },
+}
+
+/// Why the runtime refused an execution (the execution itself never started).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// `start` has not been called yet.
+    #[error("the runtime has not been started: call start() before executing")]
+    NotStarted,
+    /// `stop` was called; the runtime accepts no new work.
+    #[error("the runtime is stopping or stopped: it accepts no new executions")]
+    Stopped,
+    /// No processor or workflow has that name.
+    #[error("{reason}")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+        /// Why it cannot run, and what exists instead.
         reason: String,
     },
 }

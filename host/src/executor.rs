@@ -23,6 +23,7 @@ use crate::result::{ExecutionInfo, ExecutionResult};
 use crate::runtime::{ExecutionRequest, Shared};
 use crate::sandbox::{HostTrap, Sandbox, SandboxSpec, from_wit_error};
 use crate::state;
+use crate::store::SessionKey;
 
 /// Who an execution runs for and within what bounds. A workflow passes its own scope to its
 /// steps (same depth, its deadline); a guest's `call` passes one a level deeper.
@@ -70,6 +71,25 @@ pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> 
         parent: None,
     };
     run(shared, &request.processor, request.input, scope, request.id).await
+}
+
+/// The result of a request that could not even start (nothing ran).
+pub(crate) fn refused(request: ExecutionRequest, error: ExecutionError) -> ExecutionResult {
+    let info = ExecutionInfo {
+        id: request
+            .id
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        processor: request.processor,
+        digest: None,
+        version: None,
+        tenant: request.tenant.unwrap_or_else(|| "default".to_string()),
+        session: request.session,
+        attempts: 0,
+        duration_us: 0,
+        fuel_consumed: 0,
+        peak_memory_bytes: 0,
+    };
+    failed(request.input, error, info)
 }
 
 /// Runs a guest's nested `call`: one level deeper, within the caller's deadline, cancelled
@@ -155,7 +175,21 @@ async fn run(
     let events = &shared.events;
     let parent = scope.parent.clone();
     let depth = scope.depth;
+    let session_key = scope
+        .session
+        .as_ref()
+        .map(|session| SessionKey::new(&*scope.tenant, &**session));
+    let began = shared
+        .activity
+        .begin(&info.id, &info.processor, session_key, &scope.cancel);
     if events.active() {
+        if began.new_session {
+            events.publish(Event::new(
+                EventKind::SessionCreated,
+                &info.tenant,
+                info.session.as_deref(),
+            ));
+        }
         events.publish(execution_event(
             EventKind::ProcessorStarted,
             &info,
@@ -166,7 +200,14 @@ async fn run(
     let mut result = run_in_span(shared, input, scope, info)
         .instrument(span)
         .await;
-    result.execution.duration_us = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+    let elapsed = started.elapsed();
+    result.execution.duration_us = elapsed.as_micros().try_into().unwrap_or(u64::MAX);
+    shared.activity.end(
+        &result.execution.id,
+        &result.execution.processor,
+        result.ok,
+        elapsed,
+    );
     if events.active() {
         let kind = if result.ok {
             EventKind::ProcessorCompleted

@@ -9,11 +9,13 @@
 //! ```no_run
 //! use serde_json::json;
 //!
-//! # async fn demo() -> Result<(), weir::Error> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let runtime = weir::Runtime::builder().plugins_dir("plugins/dist").build().await?;
-//! let result = runtime.run("hello", json!({ "user": "Ada" })).await;
+//! runtime.start();
+//! let result = runtime.run("hello", json!({ "user": "Ada" })).await?;
 //! assert!(result.ok);
 //! assert_eq!(result.state["greeting"], "Hello Ada!");
+//! runtime.stop(std::time::Duration::from_secs(5)).await;
 //! # Ok(()) }
 //! ```
 //!
@@ -24,8 +26,12 @@
 //!   once, with its metadata, operator [`Manifest`] and resolved [`Limits`];
 //! - a sandbox lives for one attempt of one execution: a fresh instance and store, dropped
 //!   at the end, so nothing leaks between executions or tenants;
-//! - a [`Runtime`] ties them together and runs [`ExecutionRequest`]s.
+//! - a [`Runtime`] lives as long as the application: it ties them together, runs
+//!   [`ExecutionRequest`]s between [`Runtime::start`] and [`Runtime::stop`], composes them
+//!   into [`Workflow`]s, keeps sessions' state in a [`StateStore`] and publishes
+//!   [`Event`]s.
 
+mod activity;
 mod bindings;
 mod cache;
 mod cancel;
@@ -44,16 +50,17 @@ mod result;
 mod retry;
 mod runtime;
 mod sandbox;
-mod sessions;
 mod state;
+mod store;
 mod workflow;
 mod workflow_file;
 
+pub use activity::{ProcessorStats, SessionStats};
 pub use bindings::WORLD;
 pub use cache::CompileCache;
 pub use cancel::{CancelHandle, CancelReason};
 pub use engine::{Engine, EngineConfig};
-pub use error::{Error, ErrorKind, ExecutionError, LoadError, codes};
+pub use error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
 pub use events::{Event, EventKind, Notice, Subscription};
 pub use guest_log::LogRate;
 pub use limits::{LimitOverrides, Limits};
@@ -63,9 +70,12 @@ pub use plugin::{Description, Plugin, QueueSettings, is_valid_name};
 pub use registry::{Catalog, Registry, Rejection};
 pub use result::{ExecutionInfo, ExecutionResult, ResultDocument};
 pub use retry::{Backoff, RetryPolicy};
-pub use runtime::{ExecutionRequest, HostConfig, Runtime, RuntimeBuilder};
-pub use sessions::SessionQuota;
+pub use runtime::{
+    ExecutionRequest, HostConfig, Runtime, RuntimeBuilder, RuntimeState, RuntimeStats,
+    SessionStopReport, StopReport,
+};
 pub use state::{StateMetadata, validate_input};
+pub use store::{CasOutcome, MemoryStateStore, SessionKey, SessionQuota, StateStore, StoredState};
 pub use workflow::{
     BatchPolicy, Composition, DEFAULT_BATCH_CONCURRENCY, GraphNode, InvalidWorkflow, MAX_NESTING,
     Selector, Workflow,

@@ -1,25 +1,34 @@
 //! The local runtime: the in-process entry point that owns the engine, the registry of
-//! plugins and the host's policies, and runs executions on the caller's tokio runtime.
+//! plugins and workflows, the state store and the host's policies, and runs executions on
+//! the caller's tokio runtime. It has a lifecycle: built, started (accepting work), stopped
+//! (in-flight work finished or cancelled within a grace period).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
 
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
 
-use crate::cancel::CancelHandle;
+use crate::activity::{Activity, ProcessorStats, SessionStats};
+use crate::cancel::{CancelHandle, CancelReason};
 use crate::engine::{Engine, EngineConfig};
-use crate::error::{Error, LoadError};
-use crate::events::{EventBus, Subscription};
+use crate::error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
+use crate::events::{Event, EventBus, EventKind, Subscription};
 use crate::guest_log::LogRate;
 use crate::limits::{LimitOverrides, Limits};
 use crate::plugin::Plugin;
 use crate::registry::{Catalog, Registry};
 use crate::result::ExecutionResult;
 use crate::sandbox::Sandbox;
-use crate::sessions::{SessionQuota, SessionStore};
+use crate::store::{
+    CasOutcome, MemoryStateStore, SessionKey, SessionQuota, StateStore, StoredState,
+};
 use crate::workflow::{InvalidWorkflow, Workflow};
 
 /// The host's policies: default limits, ceilings and guest-facing bounds.
@@ -132,16 +141,72 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub config: HostConfig,
     pub slots: Semaphore,
-    pub sessions: SessionStore,
+    pub store: Arc<dyn StateStore>,
     pub events: EventBus,
+    pub activity: Activity,
+    lifecycle: AtomicU8,
+}
+
+const CREATED: u8 = 0;
+const RUNNING: u8 = 1;
+const STOPPING: u8 = 2;
+const STOPPED: u8 = 3;
+
+/// Where a runtime is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeState {
+    /// Built, not started: executions are refused.
+    Created,
+    /// Accepting executions.
+    Running,
+    /// Finishing in-flight work; new executions are refused.
+    Stopping,
+    /// Stopped; `start` may run it again.
+    Stopped,
+}
+
+/// A snapshot of what a runtime has done.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeStats {
+    /// Where the runtime is in its life.
+    pub state: RuntimeState,
+    /// Time since the runtime was built, in milliseconds.
+    pub uptime_ms: u64,
+    /// Executions in flight now (workflow steps and nested calls included).
+    pub running: usize,
+    /// Sessions that have seen work and not been stopped.
+    pub sessions: usize,
+    /// Counters per processor and workflow.
+    pub processors: BTreeMap<String, ProcessorStats>,
+}
+
+/// What stopping did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopReport {
+    /// Executions that finished on their own within the grace period... or were cancelled.
+    pub cancelled: usize,
+}
+
+/// What stopping a session did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStopReport {
+    /// Executions of the session that were running or waiting, and were cancelled.
+    pub cancelled: usize,
+    /// Whether the session had stored state or data, now removed.
+    pub removed_state: bool,
 }
 
 /// The in-process runtime. Cheap to clone; all clones share plugins and limits.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), weir::Error> {
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let runtime = weir::Runtime::builder().plugins_dir("plugins/dist").build().await?;
-/// let result = runtime.run("increment", serde_json::json!({ "count": 1 })).await;
+/// runtime.start();
+/// let result = runtime.run("increment", serde_json::json!({ "count": 1 })).await?;
 /// assert_eq!(result.state["count"], 2);
 /// # Ok(()) }
 /// ```
@@ -165,15 +230,247 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
-    /// Runs `processor` on `input` with default options.
-    pub async fn run(&self, processor: &str, input: Value) -> ExecutionResult {
+    /// Starts accepting executions. Starting a running runtime is a no-op; a stopped one
+    /// starts again.
+    pub fn start(&self) {
+        let lifecycle = &self.shared.lifecycle;
+        let _ = lifecycle.compare_exchange(CREATED, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+        let _ = lifecycle.compare_exchange(STOPPED, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Stops accepting executions, lets in-flight work finish for up to `grace`, then
+    /// cancels what is left (softly, then for real) and waits for it to end.
+    pub async fn stop(&self, grace: Duration) -> StopReport {
+        let shared = &self.shared;
+        shared.lifecycle.store(STOPPING, Ordering::Release);
+        let mut cancelled = 0;
+        if !shared.activity.idle(Instant::now() + grace).await {
+            cancelled = shared.activity.cancel_all(CancelReason::Shutdown);
+            // Cancelled guests stop within the cancellation grace period; allow for a loaded
+            // machine, then move on regardless.
+            let hard = shared.config.cancel_grace * 10 + Duration::from_secs(1);
+            shared.activity.idle(Instant::now() + hard).await;
+        }
+        shared.lifecycle.store(STOPPED, Ordering::Release);
+        StopReport { cancelled }
+    }
+
+    /// Where the runtime is in its life.
+    pub fn state(&self) -> RuntimeState {
+        match self.shared.lifecycle.load(Ordering::Acquire) {
+            CREATED => RuntimeState::Created,
+            RUNNING => RuntimeState::Running,
+            STOPPING => RuntimeState::Stopping,
+            _ => RuntimeState::Stopped,
+        }
+    }
+
+    /// Runs `processor` (or a workflow) on `input` with default options.
+    pub async fn run(
+        &self,
+        processor: &str,
+        input: Value,
+    ) -> Result<ExecutionResult, RuntimeError> {
         self.execute(ExecutionRequest::new(processor, input)).await
     }
 
-    /// Runs one execution to its end and returns its result document. Never panics on
-    /// anything a plugin or the input does: every failure is in the result.
-    pub async fn execute(&self, request: ExecutionRequest) -> ExecutionResult {
-        crate::executor::execute(&self.shared, request).await
+    /// Runs `processor` (or a workflow) on `input` in `session`.
+    pub async fn execute_in_session(
+        &self,
+        session: impl Into<String>,
+        processor: &str,
+        input: Value,
+    ) -> Result<ExecutionResult, RuntimeError> {
+        self.execute(ExecutionRequest::new(processor, input).session(session))
+            .await
+    }
+
+    /// Runs one execution to its end and returns its result document.
+    ///
+    /// Refused (an `Err`) only when the runtime is not running or nothing has the name;
+    /// everything a plugin or the input does is in the result. In a session, a successful
+    /// result becomes the session's state, written with compare-and-set: if the session's
+    /// state moved while this ran, the result is a `conflict` / `state-conflict` failure
+    /// instead of a silent overwrite. An input without `metadata` continues from the
+    /// session's stored state revision.
+    pub async fn execute(
+        &self,
+        mut request: ExecutionRequest,
+    ) -> Result<ExecutionResult, RuntimeError> {
+        let shared = &self.shared;
+        match shared.lifecycle.load(Ordering::Acquire) {
+            RUNNING => {}
+            CREATED => return Err(RuntimeError::NotStarted),
+            _ => return Err(RuntimeError::Stopped),
+        }
+        if shared.registry.resolve(&request.processor).is_none() {
+            return Err(RuntimeError::NotFound {
+                reason: shared
+                    .registry
+                    .catalog()
+                    .why_unavailable(&request.processor),
+                name: request.processor,
+            });
+        }
+        let Some(session) = request.session.clone() else {
+            return Ok(crate::executor::execute(shared, request).await);
+        };
+        let key = SessionKey::new(request.tenant.as_deref().unwrap_or("default"), session);
+        let expected = match self.base_revision(&key, &mut request.input).await {
+            Ok(expected) => expected,
+            Err(error) => return Ok(crate::executor::refused(request, error)),
+        };
+        let mut result = crate::executor::execute(shared, request).await;
+        if result.ok {
+            self.persist(&key, expected, &mut result).await;
+        }
+        Ok(result)
+    }
+
+    /// The revision a session execution starts from. An input without `metadata` takes
+    /// the session's stored metadata (so revisions continue).
+    async fn base_revision(
+        &self,
+        key: &SessionKey,
+        input: &mut Value,
+    ) -> Result<Option<u64>, ExecutionError> {
+        let has_metadata = input.get("metadata").is_some_and(|m| !m.is_null());
+        if has_metadata {
+            let version = input["metadata"]["version"].as_u64().unwrap_or(0);
+            return Ok((version > 0).then_some(version));
+        }
+        let stored = self.shared.store.get(key).await?;
+        if let (Some(stored), Some(state)) = (&stored, input.as_object_mut())
+            && let Some(metadata) = stored.state.get("metadata")
+        {
+            state.insert("metadata".into(), metadata.clone());
+        }
+        Ok(stored.map(|s| s.version))
+    }
+
+    /// Stores a successful session result as the session's state, or turns it into a
+    /// conflict if the state moved meanwhile.
+    async fn persist(&self, key: &SessionKey, expected: Option<u64>, result: &mut ExecutionResult) {
+        let version = result.state["metadata"]["version"].as_u64().unwrap_or(0);
+        let stored = StoredState {
+            version,
+            state: result.state.clone(),
+        };
+        let error = match self
+            .shared
+            .store
+            .compare_and_set(key, expected, stored)
+            .await
+        {
+            Ok(CasOutcome::Stored) => return,
+            Ok(CasOutcome::Conflict { current }) => ExecutionError::host(
+                ErrorKind::Conflict,
+                codes::STATE_CONFLICT,
+                format!(
+                    "session `{}` moved to revision {} while this execution ran from revision \
+                     {}; run it again on the session's current state",
+                    key.session,
+                    current.map_or("none".to_string(), |v| v.to_string()),
+                    expected.map_or("none".to_string(), |v| v.to_string()),
+                ),
+            )
+            .retryable(true)
+            .with_details(serde_json::json!({ "expected": expected, "current": current })),
+            Err(error) => error,
+        };
+        result.ok = false;
+        result.error = Some(error);
+    }
+
+    /// Runs many executions concurrently; results come back in request order.
+    pub async fn execute_many(
+        &self,
+        requests: Vec<ExecutionRequest>,
+    ) -> Vec<Result<ExecutionResult, RuntimeError>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            let runtime = self.clone();
+            tasks.spawn(async move { (index, runtime.execute(request).await) });
+        }
+        let mut results: Vec<Option<Result<ExecutionResult, RuntimeError>>> = Vec::new();
+        results.resize_with(tasks.len(), || None);
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((index, result)) = joined {
+                results[index] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(RuntimeError::Stopped)))
+            .collect()
+    }
+
+    /// Cancels a running execution (and everything it started) by id: softly, then for
+    /// real after the grace period. False if nothing with that id is running.
+    pub fn cancel(&self, execution_id: &str) -> bool {
+        self.shared
+            .activity
+            .cancel(execution_id, CancelReason::Request)
+    }
+
+    /// Stops a session: cancels its running and waiting work (softly, then for real), waits
+    /// for it to end, and removes the session's state and key-value data.
+    pub async fn stop_session(&self, tenant: &str, session: &str) -> SessionStopReport {
+        let shared = &self.shared;
+        let key = SessionKey::new(tenant, session);
+        let cancelled = shared.activity.cancel_session(&key);
+        let hard = shared.config.cancel_grace * 10 + Duration::from_secs(1);
+        shared
+            .activity
+            .session_idle(&key, Instant::now() + hard)
+            .await;
+        let removed_state = shared.store.delete(&key).await.unwrap_or(false);
+        shared.activity.forget_session(&key);
+        if shared.events.active() {
+            let mut event = Event::new(EventKind::SessionStopped, tenant, Some(session));
+            event.data = Some(serde_json::json!({ "cancelled": cancelled }));
+            shared.events.publish(event);
+        }
+        SessionStopReport {
+            cancelled,
+            removed_state,
+        }
+    }
+
+    /// The session's stored state, if it has one.
+    pub async fn session_state(&self, tenant: &str, session: &str) -> Option<Value> {
+        let key = SessionKey::new(tenant, session);
+        self.shared
+            .store
+            .get(&key)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.state)
+    }
+
+    /// What the runtime has done so far.
+    pub fn stats(&self) -> RuntimeStats {
+        let activity = &self.shared.activity;
+        RuntimeStats {
+            state: self.state(),
+            uptime_ms: activity.uptime().as_millis().try_into().unwrap_or(u64::MAX),
+            running: activity.running(),
+            sessions: activity.sessions().len(),
+            processors: activity.processor_stats(),
+        }
+    }
+
+    /// One session's counters, if it has seen work and not been stopped.
+    pub fn session_stats(&self, tenant: &str, session: &str) -> Option<SessionStats> {
+        self.shared
+            .activity
+            .session_stats(&SessionKey::new(tenant, session))
+    }
+
+    /// Every session that has seen work and not been stopped.
+    pub fn active_sessions(&self) -> Vec<SessionStats> {
+        self.shared.activity.sessions()
     }
 
     /// Subscribes to this runtime's events (see [`crate::Event`] for the payloads).
@@ -249,6 +546,7 @@ pub struct RuntimeBuilder {
     plugins_dir: Option<PathBuf>,
     engine: EngineConfig,
     host: HostConfig,
+    store: Option<Arc<dyn StateStore>>,
 }
 
 impl RuntimeBuilder {
@@ -270,13 +568,20 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Keeps sessions' state and data in `store` (by default, in memory).
+    pub fn state_store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// Sets the compile cache directory (`None` disables the cache).
     pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.engine.cache_dir = dir;
         self
     }
 
-    /// Builds the engine and loads the plugins. Broken plugin files are rejected (see
+    /// Builds the engine and loads the plugins and workflows; the runtime accepts work once
+    /// [`Runtime::start`] is called. Broken plugin files are rejected (see
     /// [`Runtime::catalog`]), not errors; a missing plugins folder is.
     pub async fn build(mut self) -> Result<Runtime, Error> {
         if self.host.ceilings.memory_bytes > self.engine.max_memory_bytes {
@@ -289,7 +594,9 @@ impl RuntimeBuilder {
             registry.load_dir(&engine, &linker, dir, &self.host).await?;
         }
         let slots = Semaphore::new(engine.config().max_instances as usize);
-        let sessions = SessionStore::new(self.host.session_quota);
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStateStore::new(self.host.session_quota)));
         let events = EventBus::new(self.host.event_capacity);
         Ok(Runtime {
             shared: Arc::new(Shared {
@@ -298,8 +605,10 @@ impl RuntimeBuilder {
                 registry,
                 config: self.host,
                 slots,
-                sessions,
+                store,
                 events,
+                activity: Activity::new(),
+                lifecycle: AtomicU8::new(CREATED),
             }),
         })
     }

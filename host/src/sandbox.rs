@@ -24,7 +24,7 @@ use crate::executor::Scope;
 use crate::guest_log::{GuestLog, GuestStream, Level};
 use crate::manifest::Capabilities;
 use crate::runtime::Shared;
-use crate::sessions::SessionStore;
+use crate::store::{SessionKey, StateStore};
 
 /// Errors the host raises inside a running guest to stop it.
 #[derive(Debug, thiserror::Error)]
@@ -227,8 +227,8 @@ impl Sandbox {
         self.caller.as_ref().ok_or_else(|| not_available(what))
     }
 
-    /// The session store and this execution's (tenant, session) key in it.
-    fn session_key(&self) -> Result<(&SessionStore, &str, &str), wit::ProcessorError> {
+    /// The state store and this execution's (tenant, session) key in it.
+    fn session_key(&self) -> Result<(Arc<dyn StateStore>, SessionKey), wit::ProcessorError> {
         let (shared, scope) = self.caller("the session store")?;
         let session = scope.session.as_ref().ok_or_else(|| wit::ProcessorError {
             kind: wit::ErrorKind::Configuration,
@@ -238,7 +238,10 @@ impl Sandbox {
             retryable: false,
             details: None,
         })?;
-        Ok((&shared.sessions, &scope.tenant, session))
+        Ok((
+            shared.store.clone(),
+            SessionKey::new(&*scope.tenant, &**session),
+        ))
     }
 }
 
@@ -336,25 +339,27 @@ impl imports::config::Host for Sandbox {
 }
 
 impl imports::session_store::Host for Sandbox {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, wit::ProcessorError> {
-        let (store, tenant, session) = self.session_key()?;
-        Ok(store.get(tenant, session, &key))
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, wit::ProcessorError> {
+        let (store, session) = self.session_key()?;
+        store.kv_get(&session, &key).await.map_err(to_wit_error)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), wit::ProcessorError> {
-        let (store, tenant, session) = self.session_key()?;
-        store.set(tenant, session, key, value).map_err(to_wit_error)
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), wit::ProcessorError> {
+        let (store, session) = self.session_key()?;
+        store
+            .kv_set(&session, key, value)
+            .await
+            .map_err(to_wit_error)
     }
 
-    fn delete(&mut self, key: String) -> Result<(), wit::ProcessorError> {
-        let (store, tenant, session) = self.session_key()?;
-        store.delete(tenant, session, &key);
-        Ok(())
+    async fn delete(&mut self, key: String) -> Result<(), wit::ProcessorError> {
+        let (store, session) = self.session_key()?;
+        store.kv_delete(&session, &key).await.map_err(to_wit_error)
     }
 
-    fn list_keys(&mut self) -> Result<Vec<String>, wit::ProcessorError> {
-        let (store, tenant, session) = self.session_key()?;
-        Ok(store.keys(tenant, session))
+    async fn list_keys(&mut self) -> Result<Vec<String>, wit::ProcessorError> {
+        let (store, session) = self.session_key()?;
+        store.kv_keys(&session).await.map_err(to_wit_error)
     }
 }
 

@@ -213,7 +213,8 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
         .cache_dir(Some(weir_tests::cache_dir()))
         .build()
         .await
-        .expect("weir starts");
+        .expect("weir builds");
+    weir.start();
     weir.register(::weir::Workflow::chain("chain-10", ["increment"; 10]))
         .expect("a valid chain");
     weir.register(::weir::Workflow::parallel("parallel-3", ["increment"; 3]))
@@ -248,7 +249,7 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
         let record = i >= warmup;
         if runs("weir") {
             let started = Instant::now();
-            let result = weir.run("increment", input.clone()).await;
+            let result = weir.run("increment", input.clone()).await.unwrap();
             let elapsed = started.elapsed();
             assert!(result.ok, "{:?}", result.error);
             if record {
@@ -277,7 +278,7 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
         let record = i >= rounds / 10;
         if runs("chain") {
             let started = Instant::now();
-            let result = weir.run("chain-10", input.clone()).await;
+            let result = weir.run("chain-10", input.clone()).await.unwrap();
             let elapsed = started.elapsed();
             assert!(result.ok, "{:?}", result.error);
             if record {
@@ -291,7 +292,7 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
             let elapsed = multi
                 .spawn(async move {
                     let started = Instant::now();
-                    let result = weir.run("parallel-3", input).await;
+                    let result = weir.run("parallel-3", input).await.unwrap();
                     assert!(result.ok, "{:?}", result.error);
                     started.elapsed()
                 })

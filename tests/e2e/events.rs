@@ -24,7 +24,7 @@ async fn a_chain_announces_itself_and_each_step_in_order() {
         .unwrap();
     let mut sub = rt.subscribe();
     let request = weir::ExecutionRequest::new("calc", json!({"count": 1})).session("s1");
-    let result = rt.execute(request).await;
+    let result = rt.execute(request).await.unwrap();
     assert!(result.ok);
     let events = drain(&mut sub);
     let seen: Vec<(EventKind, &str)> = events
@@ -34,6 +34,7 @@ async fn a_chain_announces_itself_and_each_step_in_order() {
     assert_eq!(
         seen,
         [
+            (EventKind::SessionCreated, ""),
             (EventKind::ProcessorStarted, "calc"),
             (EventKind::ProcessorStarted, "increment"),
             (EventKind::ProcessorCompleted, "increment"),
@@ -44,10 +45,15 @@ async fn a_chain_announces_itself_and_each_step_in_order() {
     );
     let workflow_id = result.execution.id.clone();
     assert_eq!(
-        events[0].execution_id.as_deref(),
+        events[0].session.as_deref(),
+        Some("s1"),
+        "the session opened first"
+    );
+    assert_eq!(
+        events[1].execution_id.as_deref(),
         Some(workflow_id.as_str())
     );
-    assert_eq!(events[1].parent_id.as_deref(), Some(workflow_id.as_str()));
+    assert_eq!(events[2].parent_id.as_deref(), Some(workflow_id.as_str()));
     assert!(events.windows(2).all(|w| w[0].sequence < w[1].sequence));
     let done = events.last().unwrap();
     assert_eq!(done.attempts, Some(1));
@@ -63,7 +69,7 @@ async fn a_chain_announces_itself_and_each_step_in_order() {
 async fn failures_and_retries_carry_their_errors() {
     let rt = runtime(PluginFolder::with(&["flaky"]).path()).await;
     let mut sub = rt.subscribe();
-    let result = rt.run("flaky", json!({"succeedOn": 3})).await;
+    let result = rt.run("flaky", json!({"succeedOn": 3})).await.unwrap();
     assert!(result.ok);
     let events = drain(&mut sub);
     let retries: Vec<_> = events
@@ -80,7 +86,7 @@ async fn failures_and_retries_carry_their_errors() {
     assert!(retries[0].data.as_ref().unwrap()["delayMs"].is_u64());
     assert_eq!(events.last().unwrap().attempts, Some(3));
 
-    let failed = rt.run("flaky", json!({"succeedOn": 99})).await;
+    let failed = rt.run("flaky", json!({"succeedOn": 99})).await.unwrap();
     let last = drain(&mut sub).pop().unwrap();
     assert_eq!(last.event, EventKind::ProcessorFailed);
     assert_eq!(last.error, failed.error);
@@ -90,7 +96,10 @@ async fn failures_and_retries_carry_their_errors() {
 async fn guests_custom_events_arrive_with_their_data() {
     let rt = runtime(PluginFolder::with(&["word-count"]).path()).await;
     let mut sub = rt.subscribe();
-    let result = rt.run("word-count", json!({"text": "a b c"})).await;
+    let result = rt
+        .run("word-count", json!({"text": "a b c"}))
+        .await
+        .unwrap();
     let custom: Vec<_> = drain(&mut sub)
         .into_iter()
         .filter(|e| e.event == EventKind::Custom)
@@ -118,9 +127,10 @@ async fn a_subscriber_that_falls_behind_is_told_and_slows_nothing() {
         .build()
         .await
         .unwrap();
+    rt.start();
     let mut slow = rt.subscribe();
     for i in 0..20 {
-        assert!(rt.run("increment", json!({"count": i})).await.ok);
+        assert!(rt.run("increment", json!({"count": i})).await.unwrap().ok);
     }
     // 20 executions made 40 events; only the last 8 were kept for this subscriber.
     match slow.try_recv() {

@@ -6,7 +6,7 @@ use weir_tests::{PluginFolder, runtime};
 
 async fn run(name: &str, input: Value) -> weir::ExecutionResult {
     let folder = PluginFolder::with(&[name]);
-    runtime(folder.path()).await.run(name, input).await
+    runtime(folder.path()).await.run(name, input).await.unwrap()
 }
 
 #[tokio::test]
@@ -89,8 +89,8 @@ async fn word_count_counts_words() {
 async fn each_step_bumps_the_revision_and_keeps_the_creation_time() {
     let folder = PluginFolder::with(&["increment", "double"]);
     let rt = runtime(folder.path()).await;
-    let first = rt.run("increment", json!({"count": 1})).await;
-    let second = rt.run("double", first.state.clone()).await;
+    let first = rt.run("increment", json!({"count": 1})).await.unwrap();
+    let second = rt.run("double", first.state.clone()).await.unwrap();
     assert!(second.ok, "{second:?}");
     assert_eq!(second.state["count"], 4);
     assert_eq!(second.state["metadata"]["version"], 2);

@@ -13,7 +13,8 @@ async fn a_retryable_failure_is_retried_until_it_succeeds() {
     let result = runtime(folder.path())
         .await
         .run("flaky", json!({"succeedOn": 3}))
-        .await;
+        .await
+        .unwrap();
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["succeededOn"], 3);
     assert_eq!(result.execution.attempts, 3);
@@ -25,7 +26,8 @@ async fn retries_stop_at_the_policys_maximum_with_the_last_error() {
     let result = runtime(folder.path())
         .await
         .run("flaky", json!({"succeedOn": 99}))
-        .await;
+        .await
+        .unwrap();
     let error = result.error.expect("an error");
     assert_eq!(error.kind, ErrorKind::Network);
     assert!(error.message.contains("attempt 5"), "{}", error.message);
@@ -42,7 +44,8 @@ async fn the_operator_manifest_overrides_the_retry_policy() {
     let result = runtime(folder.path())
         .await
         .run("flaky", json!({"succeedOn": 3}))
-        .await;
+        .await
+        .unwrap();
     assert!(!result.ok);
     assert_eq!(result.execution.attempts, 2);
 }
@@ -54,7 +57,8 @@ async fn a_non_retryable_failure_is_not_retried() {
     let result = runtime(folder.path())
         .await
         .run("flaky", json!({"succeedOn": "soon"}))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(result.error.expect("an error").kind, ErrorKind::Validation);
     assert_eq!(result.execution.attempts, 1);
 }
@@ -65,7 +69,8 @@ async fn a_guest_can_call_another_processor() {
     let result = runtime(folder.path())
         .await
         .run("relay", json!({"target": "increment", "count": 1}))
-        .await;
+        .await
+        .unwrap();
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["count"], 2);
     assert_eq!(result.state["relayedAt"], 0);
@@ -81,11 +86,11 @@ async fn nested_calls_count_depth_and_stop_past_the_maximum() {
         json!({"target": "relay", "forward": forward, "count": 0})
     };
     // 1 + 8 relays: the innermost call is 9 deep, within the default maximum of 10.
-    let ok = rt.run("relay", chain(8)).await;
+    let ok = rt.run("relay", chain(8)).await.unwrap();
     assert!(ok.ok, "{:?}", ok.error);
     assert_eq!(ok.state["count"], 1);
     // 1 + 10 relays: the call to increment would be 11 deep.
-    let too_deep = rt.run("relay", chain(10)).await;
+    let too_deep = rt.run("relay", chain(10)).await.unwrap();
     let error = too_deep.error.expect("an error");
     assert_eq!(
         error.code.as_deref(),
@@ -100,7 +105,8 @@ async fn calling_an_unknown_processor_fails_with_not_found() {
     let result = runtime(folder.path())
         .await
         .run("relay", json!({"target": "ghost"}))
-        .await;
+        .await
+        .unwrap();
     let error = result.error.expect("an error");
     assert_eq!(error.kind, ErrorKind::NotFound);
     assert_eq!(error.code.as_deref(), Some(codes::PROCESSOR_NOT_FOUND));
@@ -115,7 +121,7 @@ async fn session_data_persists_within_a_session_and_nowhere_else() {
             .tenant(tenant)
             .session(session);
         let rt = rt.clone();
-        async move { rt.execute(request).await.state["tally"].clone() }
+        async move { rt.execute(request).await.unwrap().state["tally"].clone() }
     };
     assert_eq!(tally("acme", "s1").await, 1);
     assert_eq!(tally("acme", "s1").await, 2);
@@ -131,7 +137,11 @@ async fn session_data_persists_within_a_session_and_nowhere_else() {
 #[tokio::test]
 async fn the_session_store_needs_a_session() {
     let folder = PluginFolder::with(&["tally"]);
-    let result = runtime(folder.path()).await.run("tally", json!({})).await;
+    let result = runtime(folder.path())
+        .await
+        .run("tally", json!({}))
+        .await
+        .unwrap();
     let error = result.error.expect("an error");
     assert_eq!(error.kind, ErrorKind::Configuration);
     assert_eq!(error.code.as_deref(), Some("no-session"));
@@ -144,7 +154,8 @@ async fn a_plugin_reads_the_operators_configuration() {
     let result = runtime(folder.path())
         .await
         .run("hello", json!({"user": "Ada"}))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(result.state["greeting"], "Hi Ada!");
 }
 
@@ -174,7 +185,7 @@ async fn cancel_cooperative(input: serde_json::Value) -> (weir::ExecutionResult,
     let cancelled_at = Instant::now();
     cancel.cancel();
     let result = execution.await;
-    (result, cancelled_at.elapsed())
+    (result.unwrap(), cancelled_at.elapsed())
 }
 
 #[tokio::test]
@@ -212,7 +223,8 @@ async fn an_execution_cancelled_before_it_starts_never_runs() {
     cancel.cancel();
     let result = rt
         .execute(ExecutionRequest::new("increment", json!({})).cancel_handle(cancel))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(result.error.expect("an error").kind, ErrorKind::Cancelled);
     assert_eq!(result.execution.attempts, 0);
 }

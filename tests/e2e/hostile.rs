@@ -12,7 +12,7 @@ const MARGIN: Duration = Duration::from_secs(3);
 
 async fn run(name: &str, input: Value) -> ExecutionResult {
     let folder = PluginFolder::with(&[name]);
-    runtime(folder.path()).await.run(name, input).await
+    runtime(folder.path()).await.run(name, input).await.unwrap()
 }
 
 fn error_of(result: &ExecutionResult) -> &weir::ExecutionError {
@@ -71,7 +71,7 @@ async fn a_caller_can_lower_the_timeout() {
     let rt = runtime(folder.path()).await;
     let started = Instant::now();
     let request = ExecutionRequest::new("spin", json!({})).timeout(Duration::from_millis(100));
-    let result = rt.execute(request).await;
+    let result = rt.execute(request).await.unwrap();
     assert_contained(&result, ErrorKind::Timeout, codes::DEADLINE_EXCEEDED);
     assert!(error_of(&result).message.contains("100 ms"));
     assert!(started.elapsed() < Duration::from_millis(100) + MARGIN);
@@ -92,7 +92,8 @@ async fn the_operator_can_lower_the_memory_cap() {
     let result = runtime(folder.path())
         .await
         .run("memory-bomb", json!({}))
-        .await;
+        .await
+        .unwrap();
     assert_contained(&result, ErrorKind::Resource, codes::MEMORY_LIMIT);
     assert!(result.execution.peak_memory_bytes <= 8 << 20);
     assert!(error_of(&result).message.contains("8.0 MiB"));
@@ -102,7 +103,11 @@ async fn the_operator_can_lower_the_memory_cap() {
 async fn the_fuel_budget_stops_a_busy_guest() {
     let folder = PluginFolder::with(&["spin"]);
     folder.manifest("spin", "[limits]\nfuel = 5000000\n");
-    let result = runtime(folder.path()).await.run("spin", json!({})).await;
+    let result = runtime(folder.path())
+        .await
+        .run("spin", json!({}))
+        .await
+        .unwrap();
     assert_contained(&result, ErrorKind::Resource, codes::FUEL_EXHAUSTED);
     assert_eq!(result.execution.fuel_consumed, 5_000_000);
 }
@@ -139,7 +144,8 @@ async fn the_operator_can_raise_the_output_cap() {
     let result = runtime(folder.path())
         .await
         .run("huge-output", json!({}))
-        .await;
+        .await
+        .unwrap();
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["blob"].as_str().map(str::len), Some(5 << 20));
 }
@@ -162,7 +168,7 @@ async fn forged_metadata_is_overwritten() {
     let folder = PluginFolder::with(&["forge-metadata"]);
     let rt = runtime(folder.path()).await;
     let request = ExecutionRequest::new("forge-metadata", json!({"x": 1})).session("mine");
-    let result = rt.execute(request).await;
+    let result = rt.execute(request).await.unwrap();
     assert!(result.ok, "{:?}", result.error);
     let metadata = &result.state["metadata"];
     assert_eq!(metadata["version"], 1);
@@ -204,7 +210,11 @@ async fn granted_capabilities_are_visible_and_nothing_more() {
             data.path().display()
         ),
     );
-    let result = runtime(folder.path()).await.run("escape", json!({})).await;
+    let result = runtime(folder.path())
+        .await
+        .run("escape", json!({}))
+        .await
+        .unwrap();
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["env"], json!([["REGION", "eu"]]));
     assert_eq!(result.state["file"]["Ok"], "granted-file");
@@ -224,13 +234,13 @@ async fn hostile_plugins_are_contained_while_other_executions_keep_succeeding() 
     for (name, kind, code) in hostile {
         let rt = rt.clone();
         attacks.push(tokio::spawn(async move {
-            let result = rt.run(name, json!({})).await;
+            let result = rt.run(name, json!({})).await.unwrap();
             (name, kind, code, result)
         }));
     }
     let flood = {
         let rt = rt.clone();
-        tokio::spawn(async move { rt.run("log-flood", json!({"lines": 5000})).await })
+        tokio::spawn(async move { rt.run("log-flood", json!({"lines": 5000})).await.unwrap() })
     };
     // Meanwhile, ordinary work goes on and every execution of it succeeds.
     let workers: Vec<_> = (0..4)
@@ -238,7 +248,7 @@ async fn hostile_plugins_are_contained_while_other_executions_keep_succeeding() 
             let rt = rt.clone();
             tokio::spawn(async move {
                 for i in 0..25 {
-                    let result = rt.run("increment", json!({ "count": i })).await;
+                    let result = rt.run("increment", json!({ "count": i })).await.unwrap();
                     assert!(result.ok, "worker {worker}: {:?}", result.error);
                     assert_eq!(result.state["count"], i + 1);
                 }

@@ -15,7 +15,7 @@ fn reason(rt: &weir::Runtime, name: &str) -> String {
 
 /// Asserts `hello` still serves beside whatever was rejected.
 async fn assert_hello_serves(rt: &weir::Runtime) {
-    let result = rt.run("hello", json!({"user": "Ada"})).await;
+    let result = rt.run("hello", json!({"user": "Ada"})).await.unwrap();
     assert!(result.ok, "{:?}", result.error);
 }
 
@@ -109,31 +109,29 @@ async fn a_restart_loads_compiled_code_from_the_cache() {
     let first = build().await.unwrap();
     assert!(!first.plugin("hello").unwrap().compiled_from_cache());
     let second = build().await.unwrap();
+    second.start();
     assert!(second.plugin("hello").unwrap().compiled_from_cache());
     assert_hello_serves(&second).await;
 }
 
 #[tokio::test]
-async fn an_unknown_processor_is_a_not_found_result_naming_what_exists() {
+async fn an_unknown_name_is_a_typed_error_naming_what_exists() {
     let folder = PluginFolder::with(&["hello"]);
     let rt = runtime(folder.path()).await;
-    let result = rt.run("nope", json!({})).await;
-    let error = result.error.expect("an error");
-    assert_eq!(error.kind, weir::ErrorKind::NotFound);
-    assert_eq!(
-        error.code.as_deref(),
-        Some(weir::codes::PROCESSOR_NOT_FOUND)
-    );
-    assert!(error.message.contains("hello"), "{}", error.message);
-    assert_eq!(result.execution.attempts, 0);
-    assert_eq!(result.execution.digest, None);
+    match rt.run("nope", json!({})).await {
+        Err(weir::RuntimeError::NotFound { name, reason }) => {
+            assert_eq!(name, "nope");
+            assert!(reason.contains("available: hello"), "{reason}");
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
 }
 
 #[tokio::test]
 async fn a_state_that_is_not_an_object_is_a_validation_error() {
     let folder = PluginFolder::with(&["hello"]);
     let rt = runtime(folder.path()).await;
-    let result = rt.run("hello", json!([1, 2])).await;
+    let result = rt.run("hello", json!([1, 2])).await.unwrap();
     let error = result.error.expect("an error");
     assert_eq!(error.kind, weir::ErrorKind::Validation);
     assert_eq!(error.code.as_deref(), Some(weir::codes::INVALID_INPUT));
@@ -151,6 +149,6 @@ async fn load_plugin_adds_a_plugin_to_a_running_runtime() {
         .await
         .unwrap();
     assert_eq!(plugin.name(), "increment");
-    let result = rt.run("increment", json!({"count": 1})).await;
+    let result = rt.run("increment", json!({"count": 1})).await.unwrap();
     assert_eq!(result.state["count"], 2);
 }

@@ -12,4 +12,5 @@ mod examples;
 mod features;
 mod hostile;
 mod loading;
+mod runtime;
 mod schema;

@@ -16,15 +16,18 @@ fn validator() -> jsonschema::Validator {
 
 #[tokio::test]
 async fn every_kind_of_result_matches_the_schema() {
-    let folder = PluginFolder::with(&["hello", "validate-email", "panic", "huge-output"]);
+    let folder = PluginFolder::with(&["hello", "validate-email", "panic", "huge-output", "relay"]);
     let rt = runtime(folder.path()).await;
     let results = [
-        rt.run("hello", json!({"user": "Ada"})).await,
-        rt.run("validate-email", json!({"email": "x"})).await,
-        rt.run("panic", json!({})).await,
-        rt.run("huge-output", json!({})).await,
-        rt.run("missing", json!({})).await,
-        rt.run("hello", json!("not an object")).await,
+        rt.run("hello", json!({"user": "Ada"})).await.unwrap(),
+        rt.run("validate-email", json!({"email": "x"}))
+            .await
+            .unwrap(),
+        rt.run("panic", json!({})).await.unwrap(),
+        rt.run("huge-output", json!({})).await.unwrap(),
+        // A nested call to a missing processor: a not-found result document.
+        rt.run("relay", json!({"target": "missing"})).await.unwrap(),
+        rt.run("hello", json!("not an object")).await.unwrap(),
     ];
     let validator = validator();
     for result in results {

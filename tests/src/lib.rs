@@ -91,14 +91,16 @@ pub fn engine_config() -> weir::EngineConfig {
     }
 }
 
-/// A runtime over `dir` configured for tests.
+/// A started runtime over `dir`, configured for tests.
 pub async fn runtime(dir: &Path) -> weir::Runtime {
-    weir::Runtime::builder()
+    let runtime = weir::Runtime::builder()
         .plugins_dir(dir)
         .engine_config(engine_config())
         .build()
         .await
-        .expect("the runtime builds")
+        .expect("the runtime builds");
+    runtime.start();
+    runtime
 }
 
 /// A runtime over every built plugin.

@@ -105,11 +105,13 @@ impl PluginArgs {
                 .clone()
                 .or_else(weir::CompileCache::default_dir)
         };
-        Ok(weir::Runtime::builder()
+        let runtime = weir::Runtime::builder()
             .plugins_dir(&self.plugins)
             .cache_dir(cache_dir)
             .build()
-            .await?)
+            .await?;
+        runtime.start();
+        Ok(runtime)
     }
 }
 

@@ -67,6 +67,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     });
     let result = runtime.execute(request).await;
     interrupt.abort();
+    let result = result.map_err(|e| Failure::Usage(e.to_string()))?;
     print_json(&result.document())?;
     Ok(if result.ok {
         Outcome::Ok

@@ -1,0 +1,325 @@
+//! What is running and what has run: every execution in flight (so it can be cancelled by
+//! id, by session or at shutdown), the sessions that have seen work, and per-processor
+//! counters. One short mutex section when an execution starts and one when it ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::cancel::{CancelHandle, CancelReason};
+use crate::store::SessionKey;
+
+/// Counters of one processor or workflow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessorStats {
+    /// Executions started.
+    pub started: u64,
+    /// Executions that succeeded.
+    pub completed: u64,
+    /// Executions that failed.
+    pub failed: u64,
+    /// Executions running (or waiting to run) now.
+    pub running: u64,
+    /// Total wall-clock time of finished executions, in microseconds.
+    pub total_duration_us: u64,
+}
+
+/// Counters of one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStats {
+    /// The tenant.
+    pub tenant: String,
+    /// The session id.
+    pub session: String,
+    /// When the session saw its first execution (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it last started or finished one.
+    pub last_activity_ms: u64,
+    /// Executions started in it (workflow steps included).
+    pub executions: u64,
+    /// Executions running in it now.
+    pub running: u64,
+    /// Executions that failed in it.
+    pub failed: u64,
+}
+
+/// An execution in flight.
+#[derive(Debug)]
+struct Running {
+    session: Option<SessionKey>,
+    cancel: CancelHandle,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    running: HashMap<String, Running>,
+    sessions: HashMap<SessionKey, SessionStats>,
+    processors: BTreeMap<String, ProcessorStats>,
+}
+
+/// The runtime's record of activity.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    inner: Mutex<Inner>,
+    /// How many executions are in flight; waited on by `stop`.
+    in_flight: watch::Sender<usize>,
+    started: Instant,
+}
+
+/// What `begin` learned.
+pub(crate) struct Began {
+    /// This execution opened a session that had seen no work before.
+    pub new_session: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Activity {
+            inner: Mutex::default(),
+            in_flight: watch::channel(0).0,
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that execution `id` of `processor` started.
+    pub(crate) fn begin(
+        &self,
+        id: &str,
+        processor: &str,
+        session: Option<SessionKey>,
+        cancel: &CancelHandle,
+    ) -> Began {
+        let now = now_ms();
+        let mut inner = self.lock();
+        let stats = inner.processors.entry(processor.to_string()).or_default();
+        stats.started += 1;
+        stats.running += 1;
+        let mut new_session = false;
+        if let Some(key) = &session {
+            let entry = inner.sessions.entry(key.clone()).or_insert_with(|| {
+                new_session = true;
+                SessionStats {
+                    tenant: key.tenant.clone(),
+                    session: key.session.clone(),
+                    created_at_ms: now,
+                    last_activity_ms: now,
+                    executions: 0,
+                    running: 0,
+                    failed: 0,
+                }
+            });
+            entry.executions += 1;
+            entry.running += 1;
+            entry.last_activity_ms = now;
+        }
+        inner.running.insert(
+            id.to_string(),
+            Running {
+                session,
+                cancel: cancel.clone(),
+            },
+        );
+        let count = inner.running.len();
+        drop(inner);
+        self.in_flight.send_replace(count);
+        Began { new_session }
+    }
+
+    /// Records that execution `id` finished.
+    pub(crate) fn end(&self, id: &str, processor: &str, ok: bool, duration: Duration) {
+        let mut inner = self.lock();
+        if let Some(stats) = inner.processors.get_mut(processor) {
+            stats.running = stats.running.saturating_sub(1);
+            if ok {
+                stats.completed += 1;
+            } else {
+                stats.failed += 1;
+            }
+            stats.total_duration_us = stats
+                .total_duration_us
+                .saturating_add(duration.as_micros().try_into().unwrap_or(u64::MAX));
+        }
+        if let Some(running) = inner.running.remove(id)
+            && let Some(key) = running.session
+            && let Some(session) = inner.sessions.get_mut(&key)
+        {
+            session.running = session.running.saturating_sub(1);
+            session.last_activity_ms = now_ms();
+            if !ok {
+                session.failed += 1;
+            }
+        }
+        let count = inner.running.len();
+        drop(inner);
+        self.in_flight.send_replace(count);
+    }
+
+    /// Cancels execution `id` (and everything it started); false if it is not running.
+    pub(crate) fn cancel(&self, id: &str, reason: CancelReason) -> bool {
+        let inner = self.lock();
+        match inner.running.get(id) {
+            Some(running) => {
+                running.cancel.cancel_with(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels everything running in `session`; returns how many executions it reached.
+    pub(crate) fn cancel_session(&self, key: &SessionKey) -> usize {
+        let inner = self.lock();
+        let mut reached = 0;
+        for running in inner.running.values() {
+            if running.session.as_ref() == Some(key) {
+                running.cancel.cancel_with(CancelReason::SessionStopped);
+                reached += 1;
+            }
+        }
+        reached
+    }
+
+    /// Cancels everything running.
+    pub(crate) fn cancel_all(&self, reason: CancelReason) -> usize {
+        let inner = self.lock();
+        for running in inner.running.values() {
+            running.cancel.cancel_with(reason);
+        }
+        inner.running.len()
+    }
+
+    /// Waits until nothing runs in `session`, or until `deadline`.
+    pub(crate) async fn session_idle(&self, key: &SessionKey, deadline: Instant) -> bool {
+        let mut changes = self.in_flight.subscribe();
+        loop {
+            let busy = self
+                .lock()
+                .running
+                .values()
+                .any(|r| r.session.as_ref() == Some(key));
+            if !busy {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline.into(), changes.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Waits until nothing runs, or until `deadline`. True if idle.
+    pub(crate) async fn idle(&self, deadline: Instant) -> bool {
+        let mut changes = self.in_flight.subscribe();
+        tokio::time::timeout_at(deadline.into(), changes.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+    }
+
+    /// Forgets a stopped session's counters.
+    pub(crate) fn forget_session(&self, key: &SessionKey) {
+        self.lock().sessions.remove(key);
+    }
+
+    pub(crate) fn processor_stats(&self) -> BTreeMap<String, ProcessorStats> {
+        self.lock().processors.clone()
+    }
+
+    pub(crate) fn session_stats(&self, key: &SessionKey) -> Option<SessionStats> {
+        self.lock().sessions.get(key).cloned()
+    }
+
+    pub(crate) fn sessions(&self) -> Vec<SessionStats> {
+        let mut sessions: Vec<SessionStats> = self.lock().sessions.values().cloned().collect();
+        sessions.sort_by(|a, b| (&a.tenant, &a.session).cmp(&(&b.tenant, &b.session)));
+        sessions
+    }
+
+    pub(crate) fn running(&self) -> usize {
+        self.lock().running.len()
+    }
+
+    pub(crate) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_follow_executions_and_sessions() {
+        let activity = Activity::new();
+        let key = SessionKey::new("t", "s");
+        let cancel = CancelHandle::new();
+        assert!(
+            activity
+                .begin("1", "p", Some(key.clone()), &cancel)
+                .new_session
+        );
+        assert!(
+            !activity
+                .begin("2", "p", Some(key.clone()), &cancel)
+                .new_session
+        );
+        assert_eq!(activity.running(), 2);
+        activity.end("1", "p", true, Duration::from_micros(5));
+        activity.end("2", "p", false, Duration::from_micros(7));
+        let stats = &activity.processor_stats()["p"];
+        assert_eq!(
+            (stats.started, stats.completed, stats.failed, stats.running),
+            (2, 1, 1, 0)
+        );
+        assert_eq!(stats.total_duration_us, 12);
+        let session = activity.session_stats(&key).unwrap();
+        assert_eq!(
+            (session.executions, session.running, session.failed),
+            (2, 0, 1)
+        );
+    }
+
+    #[test]
+    fn cancelling_a_session_reaches_only_its_executions() {
+        let activity = Activity::new();
+        let mine = CancelHandle::new();
+        let other = CancelHandle::new();
+        activity.begin("1", "p", Some(SessionKey::new("t", "a")), &mine);
+        activity.begin("2", "p", Some(SessionKey::new("t", "b")), &other);
+        assert_eq!(activity.cancel_session(&SessionKey::new("t", "a")), 1);
+        assert!(mine.is_cancelled());
+        assert!(!other.is_cancelled());
+        assert!(activity.cancel("2", CancelReason::Request));
+        assert!(!activity.cancel("3", CancelReason::Request));
+    }
+
+    #[tokio::test]
+    async fn idle_resolves_when_the_last_execution_ends() {
+        let activity = std::sync::Arc::new(Activity::new());
+        activity.begin("1", "p", None, &CancelHandle::new());
+        let waiter = {
+            let activity = activity.clone();
+            tokio::spawn(
+                async move { activity.idle(Instant::now() + Duration::from_secs(5)).await },
+            )
+        };
+        activity.end("1", "p", true, Duration::ZERO);
+        assert!(waiter.await.unwrap());
+    }
+}

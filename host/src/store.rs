@@ -1,0 +1,320 @@
+//! The state store: each session's state document and key-value data, keyed by (tenant,
+//! session) so that a session id chosen by one tenant never reaches another tenant's data.
+//!
+//! [`StateStore`] is the seam the distributed runtime implements over Redis; the local
+//! runtime uses [`MemoryStateStore`]. A session's state is written with compare-and-set on
+//! its `metadata.version`, so two writers never silently overwrite each other: the second
+//! learns that the state moved and gets a `conflict`. Key-value data is bounded per session
+//! so that one guest cannot exhaust the host's memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use crate::error::{ErrorKind, ExecutionError, codes};
+
+/// Which session: a tenant and the session id it chose.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    /// The tenant.
+    pub tenant: String,
+    /// The session id within the tenant.
+    pub session: String,
+}
+
+impl SessionKey {
+    /// The key of `session` in `tenant`.
+    pub fn new(tenant: impl Into<String>, session: impl Into<String>) -> Self {
+        SessionKey {
+            tenant: tenant.into(),
+            session: session.into(),
+        }
+    }
+}
+
+/// A session's stored state and its revision (`metadata.version`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredState {
+    /// The revision; compare-and-set compares it.
+    pub version: u64,
+    /// The state document (with its `metadata`).
+    pub state: Value,
+}
+
+/// Bounds on what one session may store in its key-value data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionQuota {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Total bytes of keys and values per session.
+    pub max_session_bytes: usize,
+}
+
+impl Default for SessionQuota {
+    /// 1 KiB keys, 1 MiB values, 16 MiB per session.
+    fn default() -> Self {
+        SessionQuota {
+            max_key_bytes: 1 << 10,
+            max_value_bytes: 1 << 20,
+            max_session_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Where sessions' state and key-value data live. Implementations must keep tenants apart
+/// and make `compare_and_set` atomic. Async, so that remote stores (Redis) fit.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The session's state, if it has one.
+    async fn get(&self, key: &SessionKey) -> Result<Option<StoredState>, ExecutionError>;
+
+    /// Stores `state` if the stored revision is `expected` (`None`: no state yet).
+    async fn compare_and_set(
+        &self,
+        key: &SessionKey,
+        expected: Option<u64>,
+        state: StoredState,
+    ) -> Result<CasOutcome, ExecutionError>;
+
+    /// Removes the session: its state and all its key-value data. Returns whether it had any.
+    async fn delete(&self, key: &SessionKey) -> Result<bool, ExecutionError>;
+
+    /// A key-value entry of the session.
+    async fn kv_get(&self, key: &SessionKey, name: &str)
+    -> Result<Option<Vec<u8>>, ExecutionError>;
+
+    /// Stores a key-value entry; fails with a `resource` / `quota-exceeded` error past the
+    /// session's quota.
+    async fn kv_set(
+        &self,
+        key: &SessionKey,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), ExecutionError>;
+
+    /// Removes a key-value entry (a missing one is not an error).
+    async fn kv_delete(&self, key: &SessionKey, name: &str) -> Result<(), ExecutionError>;
+
+    /// Every key-value key of the session, sorted.
+    async fn kv_keys(&self, key: &SessionKey) -> Result<Vec<String>, ExecutionError>;
+}
+
+/// What a compare-and-set did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The state was stored.
+    Stored,
+    /// Someone else moved the state first; it is at `current` (`None`: no state).
+    Conflict {
+        /// The revision actually stored.
+        current: Option<u64>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct SessionData {
+    state: Option<StoredState>,
+    kv: BTreeMap<String, Vec<u8>>,
+    kv_bytes: usize,
+}
+
+/// The in-process [`StateStore`]: everything in memory, gone with the process.
+#[derive(Debug, Default)]
+pub struct MemoryStateStore {
+    quota: SessionQuota,
+    data: Mutex<HashMap<SessionKey, SessionData>>,
+}
+
+impl MemoryStateStore {
+    /// An empty store enforcing `quota` on key-value data.
+    pub fn new(quota: SessionQuota) -> Self {
+        MemoryStateStore {
+            quota,
+            data: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, SessionData>> {
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for MemoryStateStore {
+    async fn get(&self, key: &SessionKey) -> Result<Option<StoredState>, ExecutionError> {
+        Ok(self.lock().get(key).and_then(|s| s.state.clone()))
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &SessionKey,
+        expected: Option<u64>,
+        state: StoredState,
+    ) -> Result<CasOutcome, ExecutionError> {
+        let mut data = self.lock();
+        let session = data.entry(key.clone()).or_default();
+        let current = session.state.as_ref().map(|s| s.version);
+        if current != expected {
+            return Ok(CasOutcome::Conflict { current });
+        }
+        session.state = Some(state);
+        Ok(CasOutcome::Stored)
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<bool, ExecutionError> {
+        Ok(self.lock().remove(key).is_some())
+    }
+
+    async fn kv_get(
+        &self,
+        key: &SessionKey,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, ExecutionError> {
+        Ok(self.lock().get(key).and_then(|s| s.kv.get(name).cloned()))
+    }
+
+    async fn kv_set(
+        &self,
+        key: &SessionKey,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), ExecutionError> {
+        let quota = |message: String| {
+            ExecutionError::host(ErrorKind::Resource, codes::QUOTA_EXCEEDED, message)
+        };
+        if name.len() > self.quota.max_key_bytes {
+            return Err(quota(format!(
+                "session store keys are at most {} bytes",
+                self.quota.max_key_bytes
+            )));
+        }
+        if value.len() > self.quota.max_value_bytes {
+            return Err(quota(format!(
+                "session store values are at most {} bytes",
+                self.quota.max_value_bytes
+            )));
+        }
+        let mut data = self.lock();
+        let session = data.entry(key.clone()).or_default();
+        let old = session.kv.get(&name).map_or(0, |v| v.len() + name.len());
+        let total = session.kv_bytes - old + name.len() + value.len();
+        if total > self.quota.max_session_bytes {
+            return Err(quota(format!(
+                "this session's store would hold {total} bytes; the limit is {}",
+                self.quota.max_session_bytes
+            )));
+        }
+        session.kv_bytes = total;
+        session.kv.insert(name, value);
+        Ok(())
+    }
+
+    async fn kv_delete(&self, key: &SessionKey, name: &str) -> Result<(), ExecutionError> {
+        let mut data = self.lock();
+        if let Some(session) = data.get_mut(key)
+            && let Some(v) = session.kv.remove(name)
+        {
+            session.kv_bytes -= v.len() + name.len();
+        }
+        Ok(())
+    }
+
+    async fn kv_keys(&self, key: &SessionKey) -> Result<Vec<String>, ExecutionError> {
+        Ok(self
+            .lock()
+            .get(key)
+            .map(|s| s.kv.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(tenant: &str, session: &str) -> SessionKey {
+        SessionKey::new(tenant, session)
+    }
+
+    #[tokio::test]
+    async fn tenants_never_see_each_others_sessions() {
+        let store = MemoryStateStore::default();
+        let (a, b) = (key("a", "s"), key("b", "s"));
+        store.kv_set(&a, "k".into(), b"1".to_vec()).await.unwrap();
+        assert_eq!(store.kv_get(&a, "k").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.kv_get(&b, "k").await.unwrap(), None);
+        assert!(store.kv_keys(&b).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_refuses_a_stale_writer() {
+        let store = MemoryStateStore::default();
+        let k = key("t", "s");
+        let v1 = StoredState {
+            version: 1,
+            state: json!({"n": 1}),
+        };
+        let v2 = StoredState {
+            version: 2,
+            state: json!({"n": 2}),
+        };
+        assert_eq!(
+            store.compare_and_set(&k, None, v1.clone()).await.unwrap(),
+            CasOutcome::Stored
+        );
+        assert_eq!(
+            store.compare_and_set(&k, None, v1.clone()).await.unwrap(),
+            CasOutcome::Conflict { current: Some(1) }
+        );
+        assert_eq!(
+            store
+                .compare_and_set(&k, Some(1), v2.clone())
+                .await
+                .unwrap(),
+            CasOutcome::Stored
+        );
+        assert_eq!(
+            store.compare_and_set(&k, Some(1), v1).await.unwrap(),
+            CasOutcome::Conflict { current: Some(2) }
+        );
+        assert_eq!(store.get(&k).await.unwrap(), Some(v2));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_session_removes_its_state_and_data() {
+        let store = MemoryStateStore::default();
+        let k = key("t", "s");
+        store.kv_set(&k, "a".into(), vec![1]).await.unwrap();
+        let state = StoredState {
+            version: 1,
+            state: json!({}),
+        };
+        store.compare_and_set(&k, None, state).await.unwrap();
+        assert!(store.delete(&k).await.unwrap());
+        assert_eq!(store.get(&k).await.unwrap(), None);
+        assert_eq!(store.kv_get(&k, "a").await.unwrap(), None);
+        assert!(!store.delete(&k).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn quotas_are_enforced_and_freed_space_is_reusable() {
+        let store = MemoryStateStore::new(SessionQuota {
+            max_key_bytes: 4,
+            max_value_bytes: 8,
+            max_session_bytes: 12,
+        });
+        let k = key("t", "s");
+        assert!(store.kv_set(&k, "long-key".into(), vec![]).await.is_err());
+        assert!(store.kv_set(&k, "k".into(), vec![0; 9]).await.is_err());
+        store.kv_set(&k, "k1".into(), vec![0; 8]).await.unwrap();
+        let err = store.kv_set(&k, "k2".into(), vec![0; 8]).await.unwrap_err();
+        assert!(err.has_code(codes::QUOTA_EXCEEDED));
+        store.kv_delete(&k, "k1").await.unwrap();
+        store.kv_set(&k, "k2".into(), vec![0; 8]).await.unwrap();
+        assert_eq!(store.kv_keys(&k).await.unwrap(), vec!["k2".to_string()]);
+    }
+}
