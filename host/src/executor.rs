@@ -22,6 +22,7 @@ use crate::registry::Unit;
 use crate::result::{ExecutionInfo, ExecutionResult};
 use crate::runtime::{ExecutionRequest, Shared};
 use crate::sandbox::{HostTrap, Sandbox, SandboxSpec, from_wit_error};
+use crate::scheduler::Refused;
 use crate::state;
 use crate::store::SessionKey;
 
@@ -40,6 +41,10 @@ pub(crate) struct Scope {
     pub limits: LimitOverrides,
     /// The execution that started this one (a workflow or a guest's `call`).
     pub parent: Option<Arc<str>>,
+    /// The caller's priority for queued work (the processor's default when `None`).
+    pub priority: Option<u32>,
+    /// The caller's cap on attempts (lowers, never raises, a retry policy).
+    pub max_attempts: Option<u32>,
 }
 
 impl Scope {
@@ -69,7 +74,17 @@ pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> 
         cancel: request.cancel,
         limits: request.limits,
         parent: None,
+        priority: request.priority,
+        max_attempts: request.max_attempts,
     };
+    if let Some(delay) = request.delay {
+        // A delayed execution is cancellable while it waits; it then starts normally (and
+        // refuses to, if it was cancelled).
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = scope.cancel.cancelled() => {}
+        }
+    }
     run(shared, &request.processor, request.input, scope, request.id).await
 }
 
@@ -182,6 +197,14 @@ async fn run(
     let began = shared
         .activity
         .begin(&info.id, &info.processor, session_key, &scope.cancel);
+    // Ends the record even if this future is dropped before it finishes.
+    let mut record = Recorded {
+        activity: &shared.activity,
+        id: info.id.clone(),
+        processor: info.processor.clone(),
+        started,
+        done: false,
+    };
     if events.active() {
         if began.new_session {
             events.publish(Event::new(
@@ -202,12 +225,7 @@ async fn run(
         .await;
     let elapsed = started.elapsed();
     result.execution.duration_us = elapsed.as_micros().try_into().unwrap_or(u64::MAX);
-    shared.activity.end(
-        &result.execution.id,
-        &result.execution.processor,
-        result.ok,
-        elapsed,
-    );
+    record.finish(result.ok, elapsed);
     if events.active() {
         let kind = if result.ok {
             EventKind::ProcessorCompleted
@@ -221,6 +239,32 @@ async fn run(
         events.publish(event);
     }
     result
+}
+
+/// The activity record of one execution, ended exactly once: by `finish`, or as a failure if
+/// the execution's future is dropped first.
+struct Recorded<'a> {
+    activity: &'a crate::activity::Activity,
+    id: String,
+    processor: String,
+    started: Instant,
+    done: bool,
+}
+
+impl Recorded<'_> {
+    fn finish(&mut self, ok: bool, elapsed: Duration) {
+        self.done = true;
+        self.activity.end(&self.id, &self.processor, ok, elapsed);
+    }
+}
+
+impl Drop for Recorded<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.activity
+                .end(&self.id, &self.processor, false, self.started.elapsed());
+        }
+    }
 }
 
 /// An event about the execution `info` describes.
@@ -268,6 +312,9 @@ async fn run_in_span(
     let input_state = state::with_metadata(input, &metadata);
     let input_text = input_state.to_string();
     let policy = plugin.retry();
+    let max_attempts = scope
+        .max_attempts
+        .map_or(policy.max_attempts, |cap| cap.min(policy.max_attempts));
     let cancel = scope.cancel.clone();
 
     loop {
@@ -279,6 +326,42 @@ async fn run_in_span(
             let error = out_of_time(&info.processor);
             return failed(input_state, error, info);
         }
+        // Wait for this processor's queue: a concurrency slot, a rate token, our turn.
+        let queue = plugin.queue();
+        let priority = scope.priority.unwrap_or(queue.priority);
+        let queue_deadline = scope
+            .deadline
+            .unwrap_or_else(|| Instant::now() + limits.timeout());
+        let _admission = match shared
+            .scheduler
+            .admit(
+                &info.processor,
+                queue,
+                priority,
+                scope.depth > 0,
+                queue_deadline,
+                &cancel,
+            )
+            .await
+        {
+            Ok(admission) => admission,
+            Err(Refused::Cancelled) => {
+                let error = cancelled_error(&cancel, "while it waited in its queue");
+                return failed(input_state, error, info);
+            }
+            Err(Refused::Deadline) => {
+                let error = ExecutionError::host(
+                    ErrorKind::Timeout,
+                    codes::DEADLINE_EXCEEDED,
+                    format!(
+                        "`{}` waited in its queue until its deadline passed",
+                        info.processor
+                    ),
+                )
+                .retryable(true);
+                return failed(input_state, error, info);
+            }
+        };
         info.attempts += 1;
         let attempt_deadline = {
             let own = Instant::now() + limits.timeout();
@@ -309,10 +392,7 @@ async fn run_in_span(
             }
             Err(error) => error,
         };
-        if info.attempts >= policy.max_attempts
-            || cancel.is_cancelled()
-            || !policy.should_retry(&error)
-        {
+        if info.attempts >= max_attempts || cancel.is_cancelled() || !policy.should_retry(&error) {
             return failed(input_state, error, info);
         }
         let delay = policy.delay_before(info.attempts + 1);

@@ -50,6 +50,7 @@ mod result;
 mod retry;
 mod runtime;
 mod sandbox;
+mod scheduler;
 mod state;
 mod store;
 mod workflow;
@@ -64,6 +65,7 @@ pub use error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes
 pub use events::{Event, EventKind, Notice, Subscription};
 pub use guest_log::LogRate;
 pub use limits::{LimitOverrides, Limits};
+pub use manifest::QueueOverrides;
 pub use manifest::{Capabilities, DirGrant, Manifest, NetworkGrant};
 pub use merge::merge_branches;
 pub use plugin::{Description, Plugin, QueueSettings, is_valid_name};
@@ -74,6 +76,7 @@ pub use runtime::{
     ExecutionRequest, HostConfig, Runtime, RuntimeBuilder, RuntimeState, RuntimeStats,
     SessionStopReport, StopReport,
 };
+pub use scheduler::{QueuePolicy, RateLimit};
 pub use state::{StateMetadata, validate_input};
 pub use store::{CasOutcome, MemoryStateStore, SessionKey, SessionQuota, StateStore, StoredState};
 pub use workflow::{

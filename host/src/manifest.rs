@@ -17,6 +17,11 @@
 //! jitter = true
 //! retry_on = ["execution"]
 //!
+//! [queue]             # admission: attempts at once, priority (lower first), rate
+//! concurrency = 2
+//! priority = 10
+//! rate_limit_per_minute = 60   # or rate_limit = { max = 5, per_ms = 1000 }
+//!
 //! [config]            # read by the plugin through the `config` import
 //! greeting = "Hi"
 //!
@@ -29,12 +34,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
 use crate::limits::LimitOverrides;
 use crate::retry::{Backoff, RetryPolicy};
+use crate::scheduler::RateLimit;
 
 /// A parsed, validated operator manifest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -46,6 +53,8 @@ pub struct Manifest {
     pub limits: LimitOverrides,
     /// Retry policy override.
     pub retry: Option<RetryPolicy>,
+    /// Queue settings overrides (each field overrides the plugin's own).
+    pub queue: QueueOverrides,
     /// Configuration values, by key.
     pub config: BTreeMap<String, String>,
     /// Granted capabilities.
@@ -114,12 +123,77 @@ impl NetworkGrant {
     }
 }
 
+/// What an operator says about a plugin's queue; absent fields keep the plugin's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueOverrides {
+    /// Attempts running at once.
+    pub concurrency: Option<u32>,
+    /// Default priority (lower runs first).
+    pub priority: Option<u32>,
+    /// Throughput cap.
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    concurrency: Option<u32>,
+    priority: Option<u32>,
+    rate_limit_per_minute: Option<u32>,
+    rate_limit: Option<RawRate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    max: u32,
+    per_ms: u64,
+}
+
+impl RawQueue {
+    fn into_overrides(self) -> Result<QueueOverrides, String> {
+        if self.concurrency == Some(0) {
+            return Err("[queue]: `concurrency` must be at least 1".into());
+        }
+        let rate_limit = match (self.rate_limit_per_minute, self.rate_limit) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "[queue]: give `rate_limit_per_minute` or `rate_limit`, not both".into(),
+                );
+            }
+            (Some(0), None) => {
+                return Err("[queue]: `rate_limit_per_minute` must be at least 1".into());
+            }
+            (Some(n), None) => Some(RateLimit {
+                max: n,
+                per: Duration::from_secs(60),
+            }),
+            (None, Some(r)) if r.max == 0 || r.per_ms == 0 => {
+                return Err("[queue]: `rate_limit` needs `max` and `per_ms` above zero".into());
+            }
+            (None, Some(r)) => Some(RateLimit {
+                max: r.max,
+                per: Duration::from_millis(r.per_ms),
+            }),
+            (None, None) => None,
+        };
+        Ok(QueueOverrides {
+            concurrency: self.concurrency,
+            priority: self.priority,
+            rate_limit,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     #[serde(default)]
     limits: LimitOverrides,
     retry: Option<RawRetry>,
+    #[serde(default)]
+    queue: RawQueue,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -192,6 +266,7 @@ impl Manifest {
             .validate()
             .map_err(|e| format!("[limits]: {e}"))?;
         let retry = raw.retry.map(RawRetry::into_policy).transpose()?;
+        let queue = raw.queue.into_overrides()?;
         let mut config = BTreeMap::new();
         for (key, value) in raw.config {
             let text = match value {
@@ -228,6 +303,7 @@ impl Manifest {
             path: None,
             limits: raw.limits,
             retry,
+            queue,
             config,
             capabilities: Capabilities {
                 env: raw.capabilities.env,
@@ -315,6 +391,25 @@ mod tests {
         assert!(m.capabilities.network[0].allows(&"127.0.0.1:8080".parse().unwrap()));
         assert!(!m.capabilities.network[0].allows(&"127.0.0.1:8081".parse().unwrap()));
         assert!(m.capabilities.network[1].allows(&"[::1]:9".parse().unwrap()));
+    }
+
+    #[test]
+    fn queue_settings_parse_and_are_checked() {
+        let m =
+            Manifest::parse("[queue]\nconcurrency = 2\npriority = 7\nrate_limit_per_minute = 60\n")
+                .unwrap();
+        assert_eq!(m.queue.concurrency, Some(2));
+        assert_eq!(m.queue.priority, Some(7));
+        assert_eq!(
+            m.queue.rate_limit,
+            Some(RateLimit {
+                max: 60,
+                per: Duration::from_secs(60)
+            })
+        );
+        let both = "[queue]\nrate_limit_per_minute = 1\nrate_limit = { max = 1, per_ms = 5 }\n";
+        assert!(Manifest::parse(both).unwrap_err().contains("not both"));
+        assert!(Manifest::parse("[queue]\nconcurrency = 0\n").is_err());
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::manifest::Manifest;
 use crate::retry::RetryPolicy;
 use crate::runtime::HostConfig;
 use crate::sandbox::{Sandbox, SandboxSpec};
+use crate::scheduler::{QueuePolicy, RateLimit};
 
 /// Queue defaults a processor declares (used by the distributed runtime).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -65,6 +66,7 @@ pub struct Plugin {
     manifest: Manifest,
     limits: Limits,
     retry: RetryPolicy,
+    queue: QueuePolicy,
     config: Arc<BTreeMap<String, String>>,
     compiled_from_cache: bool,
     compile_time: Duration,
@@ -125,6 +127,11 @@ impl Plugin {
     /// The retry policy in force: the manifest's, else the processor's, else one attempt.
     pub fn retry(&self) -> &RetryPolicy {
         &self.retry
+    }
+
+    /// How its executions are admitted: the manifest's `[queue]`, else what it declares.
+    pub fn queue(&self) -> &QueuePolicy {
+        &self.queue
     }
 
     /// The operator's configuration values.
@@ -192,6 +199,18 @@ impl Plugin {
             .clone()
             .or_else(|| description.retry.clone())
             .unwrap_or_default();
+        let declared = description.queue.clone().unwrap_or_default();
+        let queue = QueuePolicy {
+            concurrency: manifest.queue.concurrency.or(declared.concurrency),
+            priority: manifest.queue.priority.or(declared.priority).unwrap_or(0),
+            rate_limit: manifest
+                .queue
+                .rate_limit
+                .or(declared.rate_limit.map(|(max, per_ms)| RateLimit {
+                    max,
+                    per: Duration::from_millis(per_ms),
+                })),
+        };
         Ok(Plugin {
             name,
             path: path.to_path_buf(),
@@ -202,6 +221,7 @@ impl Plugin {
             manifest,
             limits,
             retry,
+            queue,
             compiled_from_cache: compiled.from_cache,
             compile_time: compiled.elapsed,
             pre,
@@ -342,6 +362,16 @@ fn validate_description(
         policy
             .validate()
             .map_err(|e| bad(format!("its retry policy is invalid: {e}")))?;
+    }
+    if let Some(q) = &meta.queue {
+        if q.concurrency == Some(0) {
+            return Err(bad("its queue concurrency must be at least 1".into()));
+        }
+        if q.rate_limit.is_some_and(|r| r.max == 0 || r.per_ms == 0) {
+            return Err(bad(
+                "its rate limit needs `max` and `per-ms` above zero".into()
+            ));
+        }
     }
     let queue = meta.queue.map(|q| QueueSettings {
         concurrency: q.concurrency,

@@ -26,6 +26,7 @@ use crate::plugin::Plugin;
 use crate::registry::{Catalog, Registry};
 use crate::result::ExecutionResult;
 use crate::sandbox::Sandbox;
+use crate::scheduler::Scheduler;
 use crate::store::{
     CasOutcome, MemoryStateStore, SessionKey, SessionQuota, StateStore, StoredState,
 };
@@ -87,6 +88,12 @@ pub struct ExecutionRequest {
     pub cancel: CancelHandle,
     /// A caller-chosen execution id (a fresh UUIDv7 when `None`).
     pub id: Option<String>,
+    /// Priority among queued work (lower runs first); the processor's default when `None`.
+    pub priority: Option<u32>,
+    /// Wait this long before starting.
+    pub delay: Option<Duration>,
+    /// At most this many attempts (can only lower the processor's retry policy).
+    pub max_attempts: Option<u32>,
 }
 
 impl ExecutionRequest {
@@ -100,7 +107,28 @@ impl ExecutionRequest {
             limits: LimitOverrides::default(),
             cancel: CancelHandle::new(),
             id: None,
+            priority: None,
+            delay: None,
+            max_attempts: None,
         }
+    }
+
+    /// Makes at most `attempts` attempts (never more than the processor's policy allows).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts.max(1));
+        self
+    }
+
+    /// Runs with this priority among queued work (lower runs first).
+    pub fn priority(mut self, priority: u32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Starts after `delay` (cancellable while it waits).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
     }
 
     /// Runs in `session`.
@@ -144,6 +172,7 @@ pub(crate) struct Shared {
     pub store: Arc<dyn StateStore>,
     pub events: EventBus,
     pub activity: Activity,
+    pub scheduler: Scheduler,
     lifecycle: AtomicU8,
 }
 
@@ -608,6 +637,7 @@ impl RuntimeBuilder {
                 store,
                 events,
                 activity: Activity::new(),
+                scheduler: Scheduler::default(),
                 lifecycle: AtomicU8::new(CREATED),
             }),
         })

@@ -21,6 +21,42 @@ async fn a_retryable_failure_is_retried_until_it_succeeds() {
 }
 
 #[tokio::test]
+async fn retries_wait_the_backoff_between_attempts() {
+    let folder = PluginFolder::with(&["flaky"]);
+    folder.manifest(
+        "flaky",
+        "[retry]\nmax_attempts = 3\nbackoff = \"fixed\"\nbackoff_ms = 100\njitter = false\n",
+    );
+    let rt = runtime(folder.path()).await;
+    let started = Instant::now();
+    let result = rt.run("flaky", json!({"succeedOn": 3})).await.unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.execution.attempts, 3);
+    // Two waits of 100 ms between three attempts.
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_caller_can_lower_but_not_raise_the_attempts() {
+    let rt = runtime(PluginFolder::with(&["flaky"]).path()).await;
+    let lowered = rt
+        .execute(ExecutionRequest::new("flaky", json!({"succeedOn": 3})).max_attempts(2))
+        .await
+        .unwrap();
+    assert_eq!(lowered.execution.attempts, 2);
+    assert!(!lowered.ok);
+    let raised = rt
+        .execute(ExecutionRequest::new("flaky", json!({"succeedOn": 99})).max_attempts(50))
+        .await
+        .unwrap();
+    assert_eq!(raised.execution.attempts, 5, "flaky declares five");
+}
+
+#[tokio::test]
 async fn retries_stop_at_the_policys_maximum_with_the_last_error() {
     let folder = PluginFolder::with(&["flaky"]);
     let result = runtime(folder.path())
@@ -85,12 +121,13 @@ async fn nested_calls_count_depth_and_stop_past_the_maximum() {
         forward.push(json!("increment"));
         json!({"target": "relay", "forward": forward, "count": 0})
     };
-    // 1 + 8 relays: the innermost call is 9 deep, within the default maximum of 10.
+    // The top relay calls a relay (depth 1), which calls the eight forwarded relays (depths
+    // 2 to 9), the last of which calls increment at depth 10: exactly the default maximum.
     let ok = rt.run("relay", chain(8)).await.unwrap();
     assert!(ok.ok, "{:?}", ok.error);
     assert_eq!(ok.state["count"], 1);
-    // 1 + 10 relays: the call to increment would be 11 deep.
-    let too_deep = rt.run("relay", chain(10)).await.unwrap();
+    // One more relay: the call to increment would be 11 deep, and fails before it runs.
+    let too_deep = rt.run("relay", chain(9)).await.unwrap();
     let error = too_deep.error.expect("an error");
     assert_eq!(
         error.code.as_deref(),

@@ -12,5 +12,6 @@ mod examples;
 mod features;
 mod hostile;
 mod loading;
+mod queues;
 mod runtime;
 mod schema;
