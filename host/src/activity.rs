@@ -104,13 +104,16 @@ impl Activity {
         session: Option<SessionKey>,
         cancel: &CancelHandle,
     ) -> Began {
-        let now = now_ms();
         let mut inner = self.lock();
-        let stats = inner.processors.entry(processor.to_string()).or_default();
+        let stats = match inner.processors.get_mut(processor) {
+            Some(stats) => stats,
+            None => inner.processors.entry(processor.to_string()).or_default(),
+        };
         stats.started += 1;
         stats.running += 1;
         let mut new_session = false;
         if let Some(key) = &session {
+            let now = now_ms();
             let entry = inner.sessions.entry(key.clone()).or_insert_with(|| {
                 new_session = true;
                 SessionStats {

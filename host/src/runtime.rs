@@ -259,6 +259,12 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
+    /// Starts configuring the local (embedded, in-process) runtime: the default, needing no
+    /// server. The same as [`Runtime::builder`].
+    pub fn local() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
     /// Starts accepting executions. Starting a running runtime is a no-op; a stopped one
     /// starts again.
     pub fn start(&self) {
