@@ -5,6 +5,7 @@
 //! peak memory maximised; on failure the error names the step, branch or route that failed
 //! and the state is the last good one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,6 +122,67 @@ pub(crate) async fn run(
     result
 }
 
+/// Steps running as tasks, each known by its index, so that a step whose task died (which
+/// only a bug in the host can cause) is still reported against the right step instead of
+/// vanishing from the results.
+struct Steps {
+    tasks: JoinSet<ExecutionResult>,
+    index_of: HashMap<tokio::task::Id, usize>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Steps {
+            tasks: JoinSet::new(),
+            index_of: HashMap::new(),
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        index: usize,
+        step: impl std::future::Future<Output = ExecutionResult> + Send + 'static,
+    ) {
+        let handle = self.tasks.spawn(step.instrument(tracing::Span::current()));
+        self.index_of.insert(handle.id(), index);
+    }
+
+    /// The next step to finish: its index, and its result or why its task died.
+    async fn next(&mut self) -> Option<(usize, Result<ExecutionResult, String>)> {
+        loop {
+            let (id, outcome) = match self.tasks.join_next_with_id().await? {
+                Ok((id, result)) => (id, Ok(result)),
+                Err(error) => (error.id(), Err(error.to_string())),
+            };
+            if let Some(index) = self.index_of.remove(&id) {
+                return Some((index, outcome));
+            }
+        }
+    }
+}
+
+/// The result of a step whose task died.
+fn abnormal(scope: &Scope, name: &str, why: String) -> ExecutionResult {
+    let info = ExecutionInfo {
+        id: uuid::Uuid::now_v7().to_string(),
+        processor: name.to_string(),
+        digest: None,
+        version: None,
+        tenant: scope.tenant.to_string(),
+        session: scope.session.as_deref().map(str::to_string),
+        attempts: 0,
+        duration_us: 0,
+        fuel_consumed: 0,
+        peak_memory_bytes: 0,
+    };
+    let error = ExecutionError::host(
+        ErrorKind::Execution,
+        codes::TRAP,
+        format!("the step `{name}` stopped abnormally: {why}"),
+    );
+    failed(Value::Null, error, info)
+}
+
 /// An error of a step, reworded to say which step of which workflow it was.
 fn step_failed(
     workflow: &Workflow,
@@ -188,40 +250,20 @@ async fn parallel(
     // Every branch runs as its own task, so branches use every core; cancelling `siblings`
     // stops them all (softly, then for real after the grace period).
     let siblings = scope.cancel.child();
-    let mut tasks = JoinSet::new();
+    let mut steps = Steps::new();
     for (index, branch) in branches.iter().enumerate() {
         let shared = shared.clone();
         let branch = branch.clone();
         let input = input.clone();
         let step = scope.step(None, siblings.child());
-        tasks.spawn(
-            async move {
-                let result = run_boxed(&shared, &branch, input, step).await;
-                (index, result)
-            }
-            .instrument(tracing::Span::current()),
-        );
+        steps.spawn(index, async move {
+            run_boxed(&shared, &branch, input, step).await
+        });
     }
     let mut results: Vec<Option<ExecutionResult>> = vec![None; branches.len()];
     let mut first_failure: Option<(usize, ExecutionError)> = None;
-    while let Some(joined) = tasks.join_next().await {
-        let (index, result) = match joined {
-            Ok(done) => done,
-            Err(join_error) => {
-                // A branch task cannot panic unless the host has a bug; report, don't hide.
-                let error = ExecutionError::host(
-                    ErrorKind::Execution,
-                    codes::TRAP,
-                    format!(
-                        "a branch of `{}` stopped abnormally: {join_error}",
-                        workflow.name()
-                    ),
-                );
-                first_failure.get_or_insert((0, error));
-                siblings.cancel_with(CancelReason::Sibling);
-                continue;
-            }
-        };
+    while let Some((index, outcome)) = steps.next().await {
+        let result = outcome.unwrap_or_else(|why| abnormal(scope, &branches[index], why));
         cost.absorb(&result);
         if let Some(error) = &result.error
             && first_failure.is_none()
@@ -414,37 +456,32 @@ impl Batch<'_> {
         // ones never start.
         let siblings = scope.cancel.child();
         let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
-        let mut tasks = JoinSet::new();
+        let mut steps = Steps::new();
         for (index, item) in items.into_iter().enumerate() {
             let shared = shared.clone();
             let processor = self.processor.to_string();
             let step = scope.step(None, siblings.child());
             let slots = slots.clone();
             let stop_others = (self.policy == BatchPolicy::AllOrNothing).then(|| siblings.clone());
-            tasks.spawn(
-                async move {
-                    // The semaphore is never closed, so acquiring only waits.
-                    let slot = slots.acquire_owned().await.ok();
-                    let result = run_boxed(&shared, &processor, item, step).await;
-                    // Cancel before giving up the slot, so no later item starts after a
-                    // failure that dooms the batch.
-                    if let Some(siblings) = stop_others
-                        && !result.ok
-                    {
-                        siblings.cancel_with(CancelReason::Sibling);
-                    }
-                    drop(slot);
-                    (index, result)
+            steps.spawn(index, async move {
+                // The semaphore is never closed, so acquiring only waits.
+                let slot = slots.acquire_owned().await.ok();
+                let result = run_boxed(&shared, &processor, item, step).await;
+                // Cancel before giving up the slot, so no later item starts after a
+                // failure that dooms the batch.
+                if let Some(siblings) = stop_others
+                    && !result.ok
+                {
+                    siblings.cancel_with(CancelReason::Sibling);
                 }
-                .instrument(tracing::Span::current()),
-            );
+                drop(slot);
+                result
+            });
         }
         let mut results: Vec<Option<ExecutionResult>> = vec![None; count];
         let mut first_failure: Option<(usize, ExecutionError)> = None;
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((index, result)) = joined else {
-                continue;
-            };
+        while let Some((index, outcome)) = steps.next().await {
+            let result = outcome.unwrap_or_else(|why| abnormal(scope, self.processor, why));
             cost.absorb(&result);
             if let Some(error) = &result.error
                 && first_failure.is_none()
@@ -515,7 +552,7 @@ async fn graph(
     let mut states = vec![NodeState::Waiting; nodes.len()];
     let mut outputs: Vec<Option<Value>> = vec![None; nodes.len()];
     let siblings = scope.cancel.child();
-    let mut tasks = JoinSet::new();
+    let mut steps = Steps::new();
     let mut first_failure: Option<(usize, ExecutionError)> = None;
     let empty = Map::new();
     let base = input.as_object().unwrap_or(&empty);
@@ -562,10 +599,9 @@ async fn graph(
                     let shared = shared.clone();
                     let run = node.run.clone();
                     let step = scope.step(None, siblings.child());
-                    tasks.spawn(
-                        async move { (i, run_boxed(&shared, &run, node_input, step).await) }
-                            .instrument(tracing::Span::current()),
-                    );
+                    steps.spawn(i, async move {
+                        run_boxed(&shared, &run, node_input, step).await
+                    });
                 }
                 Some(reason) => {
                     tracing::debug!(node = %node.name, reason, "graph node skipped");
@@ -580,12 +616,10 @@ async fn graph(
                 }
             }
         }
-        let Some(joined) = tasks.join_next().await else {
+        let Some((i, outcome)) = steps.next().await else {
             break;
         };
-        let Ok((i, result)) = joined else {
-            continue;
-        };
+        let result = outcome.unwrap_or_else(|why| abnormal(scope, &nodes[i].run, why));
         cost.absorb(&result);
         states[i] = NodeState::Done;
         match result.error {
