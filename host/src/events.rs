@@ -41,6 +41,21 @@ pub enum EventKind {
     /// A running processor emitted a custom event.
     #[serde(rename = "custom")]
     Custom,
+    /// A plugin file appeared and now serves.
+    #[serde(rename = "plugin:loaded")]
+    PluginLoaded,
+    /// A plugin file changed and its new version now serves.
+    #[serde(rename = "plugin:reloaded")]
+    PluginReloaded,
+    /// A plugin file was refused; the previous version, if any, keeps serving.
+    #[serde(rename = "plugin:rejected")]
+    PluginRejected,
+    /// A plugin file was removed; its processor takes no new executions.
+    #[serde(rename = "plugin:removed")]
+    PluginRemoved,
+    /// The workflows file was re-read and every workflow re-checked.
+    #[serde(rename = "workflows:reloaded")]
+    WorkflowsReloaded,
 }
 
 impl EventKind {
@@ -55,6 +70,11 @@ impl EventKind {
             EventKind::SessionStopped => "session:stopped",
             EventKind::Progress => "progress",
             EventKind::Custom => "custom",
+            EventKind::PluginLoaded => "plugin:loaded",
+            EventKind::PluginReloaded => "plugin:reloaded",
+            EventKind::PluginRejected => "plugin:rejected",
+            EventKind::PluginRemoved => "plugin:removed",
+            EventKind::WorkflowsReloaded => "workflows:reloaded",
         }
     }
 }
@@ -70,6 +90,10 @@ impl EventKind {
 /// | `progress` | `executionId`, `processor`, `data: {percent, message}` |
 /// | `custom` | `executionId`, `processor`, `name`, `data` (the guest's JSON) |
 /// | `session:created`, `session:stopped` | `data: {cancelled}` on stop |
+/// | `plugin:loaded`, `plugin:reloaded` | `processor`, `data: {digest, oldDigest, version, oldVersion, fromCache, compileMs, swapUs, path}` |
+/// | `plugin:rejected` | `processor`, `data: {reason, servingDigest, path}` |
+/// | `plugin:removed` | `processor`, `data: {oldDigest, path}` |
+/// | `workflows:reloaded` | `data: {valid: [names], invalid: {name: reason}, fileError}` |
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {

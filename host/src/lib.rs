@@ -46,6 +46,7 @@ mod manifest;
 mod merge;
 mod plugin;
 mod registry;
+mod reload;
 mod result;
 mod retry;
 mod runtime;
@@ -70,6 +71,7 @@ pub use manifest::{Capabilities, DirGrant, Manifest, NetworkGrant};
 pub use merge::merge_branches;
 pub use plugin::{Description, Plugin, QueueSettings, is_valid_name};
 pub use registry::{Catalog, Registry, Rejection};
+pub use reload::{DEFAULT_DEBOUNCE, Watcher};
 pub use result::{ExecutionInfo, ExecutionResult, ResultDocument};
 pub use retry::{Backoff, RetryPolicy};
 pub use runtime::{

@@ -81,6 +81,17 @@ impl Catalog {
         }
     }
 
+    /// Replaces the definitions that came from the workflows file, keeping registered ones.
+    pub(crate) fn set_file_workflows(
+        &mut self,
+        definitions: Vec<Workflow>,
+        unreadable: Vec<(String, String)>,
+    ) {
+        self.definitions.retain(|w| !w.is_from_file());
+        self.definitions.extend(definitions);
+        self.unreadable = unreadable;
+    }
+
     /// Re-checks every workflow definition against the loaded plugins.
     fn recheck(&mut self) {
         let processors: BTreeSet<String> = self.plugins.keys().cloned().collect();
@@ -246,8 +257,7 @@ impl Registry {
         self.update(|catalog| {
             catalog.plugins = plugins;
             catalog.rejected = rejected;
-            catalog.definitions = definitions;
-            catalog.unreadable = unreadable;
+            catalog.set_file_workflows(definitions, unreadable);
             catalog.workflows_file_error = file_error;
         });
         for invalid in self.catalog().invalid_workflows.values() {

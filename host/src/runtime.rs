@@ -24,6 +24,7 @@ use crate::guest_log::LogRate;
 use crate::limits::{LimitOverrides, Limits};
 use crate::plugin::Plugin;
 use crate::registry::{Catalog, Registry};
+use crate::reload::Watcher;
 use crate::result::ExecutionResult;
 use crate::sandbox::Sandbox;
 use crate::scheduler::Scheduler;
@@ -544,6 +545,13 @@ impl Runtime {
                 .insert(plugin.name().to_string(), plugin.clone());
         });
         Ok(plugin)
+    }
+
+    /// Watches `dir` and applies every change to its plugins, manifests and workflows file
+    /// while the runtime serves (see [`crate::Watcher`]): changes apply once the folder has
+    /// been quiet for `debounce`. Watching stops when the returned watcher is dropped.
+    pub fn watch(&self, dir: impl AsRef<Path>, debounce: Duration) -> Result<Watcher, Error> {
+        crate::reload::watch(self.shared.clone(), dir.as_ref(), debounce)
     }
 
     /// Registers (or replaces) a workflow. It is checked against what is loaded now: every

@@ -346,6 +346,11 @@ impl Workflow {
         self.timeout_ms
     }
 
+    /// Whether it was defined in a file (rather than registered from code).
+    pub(crate) fn is_from_file(&self) -> bool {
+        self.source.is_some()
+    }
+
     /// `file:line` of its definition, if it came from a file.
     pub fn location(&self) -> Option<String> {
         self.source

@@ -384,3 +384,72 @@ fn a_batch_takes_a_bare_array_and_prints_ok_and_items() {
     assert_eq!(items[1]["state"]["count"], 3);
     assert_eq!(items[2]["error"]["code"], "invalid-input");
 }
+
+/// Lines of a child's output stream, readable with a timeout.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// The first line that satisfies `wanted`, within a generous timeout.
+fn wait_for_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("the awaited line never came: {e}"),
+        }
+    }
+}
+
+#[test]
+fn serve_applies_folder_changes_and_prints_events_as_json_lines() {
+    let folder = PluginFolder::with(&["hello"]);
+    let mut child = Command::new(weir_bin())
+        .args(["serve", "--events", "json", "--grace-ms", "1000"])
+        .env("WEIR_PLUGINS", folder.path())
+        .env("WEIR_CACHE_DIR", cache_dir())
+        .env_remove("WEIR_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir serve starts");
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
+    wait_for_line(&stderr, |l| l.contains("serving"));
+
+    folder.add("increment");
+    let loaded = wait_for_line(&stdout, |l| l.contains("plugin:loaded"));
+    let event: Value = serde_json::from_str(&loaded).expect("one JSON object per line");
+    assert_eq!(event["event"], "plugin:loaded");
+    assert_eq!(event["processor"], "increment");
+    assert_eq!(event["data"]["version"], "1.0.0");
+
+    std::fs::remove_file(folder.path().join("hello.wasm")).unwrap();
+    let removed = wait_for_line(&stdout, |l| l.contains("plugin:removed"));
+    assert!(removed.contains("\"processor\":\"hello\""), "{removed}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM stops it cleanly");
+}

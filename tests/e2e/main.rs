@@ -13,5 +13,6 @@ mod features;
 mod hostile;
 mod loading;
 mod queues;
+mod reload;
 mod runtime;
 mod schema;

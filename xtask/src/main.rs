@@ -4,7 +4,7 @@
 //!   `workflows.toml`);
 //! - `demo`: build everything, then run the example plugins through `weir run`;
 //! - `test`: formatting, lints and the whole test suite (what CI runs);
-//! - `bench`: the execution benchmark (release build).
+//! - `bench [execute|reload]`: the benchmarks (release build).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -193,19 +193,15 @@ fn test() -> Result<(), String> {
     Ok(())
 }
 
-fn bench(extra: &[String]) -> Result<(), String> {
-    run(
-        cargo()
-            .args([
-                "bench",
-                "--locked",
-                "-p",
-                "weir-tests",
-                "--bench",
-                "execute",
-                "--",
-            ])
-            .args(extra),
-        &[0],
-    )
+/// `cargo xtask bench [execute|reload]` (both by default).
+fn bench(which: &[String]) -> Result<(), String> {
+    let all = ["execute".to_string(), "reload".to_string()];
+    let benches = if which.is_empty() { &all[..] } else { which };
+    for name in benches {
+        run(
+            cargo().args(["bench", "--locked", "-p", "weir-tests", "--bench", name]),
+            &[0],
+        )?;
+    }
+    Ok(())
 }

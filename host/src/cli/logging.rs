@@ -5,14 +5,14 @@ use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 /// The default filter: the host's warnings, and what guests log at info and above.
-const DEFAULT_FILTER: &str = "warn,weir::execution=info,weir::guest=info";
+const DEFAULT_FILTER: &str = "warn,weir::execution=info,weir::guest=info,weir::reload=info";
 
 #[derive(Args, Debug)]
 pub(crate) struct LogArgs {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
-    /// Log filter, e.g. `info` or `warn,weir::guest=debug` [default: warn,weir::execution=info,weir::guest=info].
+    /// Log filter, e.g. `info` or `warn,weir::guest=debug` [default: warn,weir::execution=info,weir::guest=info,weir::reload=info].
     #[arg(long, global = true, env = "WEIR_LOG", value_name = "FILTER")]
     log_level: Option<String>,
 }

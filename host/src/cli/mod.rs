@@ -3,6 +3,7 @@
 mod logging;
 mod plugins;
 mod run;
+mod serve;
 mod workflows;
 
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ struct Cli {
 enum Command {
     /// Run one processor on one input state and print the result document.
     Run(run::RunArgs),
+    /// Keep serving a plugins folder, applying changes to it without a restart.
+    Serve(serve::ServeArgs),
     /// List or inspect the plugins of a folder.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -135,6 +138,7 @@ pub(crate) fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
             Command::Plugins(command) => plugins::run(command).await,
             Command::Workflows(command) => workflows::run(command).await,
         }
