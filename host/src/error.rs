@@ -109,6 +109,10 @@ pub mod codes {
     pub const SESSION_STOPPED: &str = "session-stopped";
     /// Cancelled because the runtime stopped before it finished.
     pub const RUNTIME_STOPPED: &str = "runtime-stopped";
+    /// The state store could not be reached or failed a command.
+    pub const STORE_UNAVAILABLE: &str = "store-unavailable";
+    /// A stored state failed its integrity check (changed outside weir).
+    pub const STATE_CORRUPTED: &str = "state-corrupted";
     /// The processor used a capability the operator did not grant.
     pub const CAPABILITY_DENIED: &str = "capability-denied";
     /// The input state is not a JSON object or its host-owned `metadata` is malformed.
@@ -279,4 +283,12 @@ pub enum Error {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Redis could not be reached.
+    #[error("cannot reach Redis at {url}: {reason} (is redis-server running there?)")]
+    Redis {
+        /// The server's URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
 }

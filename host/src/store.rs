@@ -64,6 +64,37 @@ impl Default for SessionQuota {
     }
 }
 
+impl SessionQuota {
+    /// Checks one entry against the per-entry bounds.
+    pub(crate) fn check_entry(&self, name: &str, value: &[u8]) -> Result<(), ExecutionError> {
+        if name.len() > self.max_key_bytes {
+            return Err(quota_error(format!(
+                "session store keys are at most {} bytes",
+                self.max_key_bytes
+            )));
+        }
+        if value.len() > self.max_value_bytes {
+            return Err(quota_error(format!(
+                "session store values are at most {} bytes",
+                self.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The error for a session whose entries would reach `total` bytes.
+    pub(crate) fn over_session(&self, total: u64) -> ExecutionError {
+        quota_error(format!(
+            "this session's store would hold {total} bytes; the limit is {}",
+            self.max_session_bytes
+        ))
+    }
+}
+
+fn quota_error(message: String) -> ExecutionError {
+    ExecutionError::host(ErrorKind::Resource, codes::QUOTA_EXCEEDED, message)
+}
+
 /// Where sessions' state and key-value data live. Implementations must keep tenants apart
 /// and make `compare_and_set` atomic. Async, so that remote stores (Redis) fit.
 #[async_trait::async_trait]
@@ -182,30 +213,13 @@ impl StateStore for MemoryStateStore {
         name: String,
         value: Vec<u8>,
     ) -> Result<(), ExecutionError> {
-        let quota = |message: String| {
-            ExecutionError::host(ErrorKind::Resource, codes::QUOTA_EXCEEDED, message)
-        };
-        if name.len() > self.quota.max_key_bytes {
-            return Err(quota(format!(
-                "session store keys are at most {} bytes",
-                self.quota.max_key_bytes
-            )));
-        }
-        if value.len() > self.quota.max_value_bytes {
-            return Err(quota(format!(
-                "session store values are at most {} bytes",
-                self.quota.max_value_bytes
-            )));
-        }
+        self.quota.check_entry(&name, &value)?;
         let mut data = self.lock();
         let session = data.entry(key.clone()).or_default();
         let old = session.kv.get(&name).map_or(0, |v| v.len() + name.len());
         let total = session.kv_bytes - old + name.len() + value.len();
         if total > self.quota.max_session_bytes {
-            return Err(quota(format!(
-                "this session's store would hold {total} bytes; the limit is {}",
-                self.quota.max_session_bytes
-            )));
+            return Err(self.quota.over_session(total as u64));
         }
         session.kv_bytes = total;
         session.kv.insert(name, value);

@@ -13,6 +13,7 @@ mod features;
 mod hostile;
 mod loading;
 mod queues;
+mod redis_store;
 mod reload;
 mod runtime;
 mod schema;

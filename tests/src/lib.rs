@@ -131,3 +131,66 @@ pub fn weir_bin() -> &'static Path {
             .expect("cargo reported the weir executable")
     })
 }
+
+/// A private `redis-server` on a free loopback port, stopped (and its data removed) when
+/// dropped. Needs `redis-server` on the PATH (Debian: `apt-get install redis-server`; CI
+/// installs it).
+pub struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> RedisServer {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // Ask the OS for a free port, then hand it to Redis.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (install it: apt-get install redis-server)");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (ready, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("Ready to accept connections") {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("redis-server became ready");
+        RedisServer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

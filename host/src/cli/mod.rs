@@ -31,7 +31,9 @@ pub(crate) enum Failure {
 impl From<weir::Error> for Failure {
     fn from(err: weir::Error) -> Self {
         match err {
-            weir::Error::Engine(_) => Failure::Infrastructure(err.to_string()),
+            weir::Error::Engine(_) | weir::Error::Redis { .. } => {
+                Failure::Infrastructure(err.to_string())
+            }
             _ => Failure::Usage(err.to_string()),
         }
     }

@@ -1,0 +1,16 @@
+-- Compare-and-set a session's state.
+-- KEYS[1]  the session's state hash (fields: version, sha256, state)
+-- ARGV[1]  the expected version, or "" when the session should have no state yet
+-- ARGV[2]  the new version
+-- ARGV[3]  SHA-256 (hex) of the new state's RFC 8785 canonical JSON
+-- ARGV[4]  the new state (JSON)
+-- Returns {1} when stored, {0, current version or ""} when the state had moved.
+local current = redis.call('HGET', KEYS[1], 'version')
+if not current then
+  current = ''
+end
+if current ~= ARGV[1] then
+  return {0, current}
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'sha256', ARGV[3], 'state', ARGV[4])
+return {1}
