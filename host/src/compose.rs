@@ -163,18 +163,12 @@ impl Steps {
 
 /// The result of a step whose task died.
 fn abnormal(scope: &Scope, name: &str, why: String) -> ExecutionResult {
-    let info = ExecutionInfo {
-        id: uuid::Uuid::now_v7().to_string(),
-        processor: name.to_string(),
-        digest: None,
-        version: None,
-        tenant: scope.tenant.to_string(),
-        session: scope.session.as_deref().map(str::to_string),
-        attempts: 0,
-        duration_us: 0,
-        fuel_consumed: 0,
-        peak_memory_bytes: 0,
-    };
+    let info = ExecutionInfo::new(
+        None,
+        name,
+        &*scope.tenant,
+        scope.session.as_deref().map(str::to_string),
+    );
     let error = ExecutionError::host(
         ErrorKind::Execution,
         codes::TRAP,

@@ -90,20 +90,8 @@ pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> 
 
 /// The result of a request that could not even start (nothing ran).
 pub(crate) fn refused(request: ExecutionRequest, error: ExecutionError) -> ExecutionResult {
-    let info = ExecutionInfo {
-        id: request
-            .id
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-        processor: request.processor,
-        digest: None,
-        version: None,
-        tenant: request.tenant.unwrap_or_else(|| "default".to_string()),
-        session: request.session,
-        attempts: 0,
-        duration_us: 0,
-        fuel_consumed: 0,
-        peak_memory_bytes: 0,
-    };
+    let tenant = request.tenant.unwrap_or_else(|| "default".to_string());
+    let info = ExecutionInfo::new(request.id, request.processor, tenant, request.session);
     failed(request.input, error, info)
 }
 
@@ -164,18 +152,12 @@ async fn run(
     id: Option<String>,
 ) -> ExecutionResult {
     let started = Instant::now();
-    let info = ExecutionInfo {
-        id: id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-        processor: name.to_string(),
-        digest: None,
-        version: None,
-        tenant: scope.tenant.to_string(),
-        session: scope.session.as_deref().map(str::to_string),
-        attempts: 0,
-        duration_us: 0,
-        fuel_consumed: 0,
-        peak_memory_bytes: 0,
-    };
+    let info = ExecutionInfo::new(
+        id,
+        name,
+        &*scope.tenant,
+        scope.session.as_deref().map(str::to_string),
+    );
     // The span's own target lets operators see guest lines with their execution's fields
     // without enabling the host's info logs.
     let span = tracing::info_span!(

@@ -68,6 +68,30 @@ pub struct ExecutionInfo {
     pub peak_memory_bytes: u64,
 }
 
+impl ExecutionInfo {
+    /// The facts of an execution that has not run anything yet: a fresh UUIDv7 id unless
+    /// one is given, no digest or version, no cost.
+    pub fn new(
+        id: Option<String>,
+        processor: impl Into<String>,
+        tenant: impl Into<String>,
+        session: Option<String>,
+    ) -> Self {
+        ExecutionInfo {
+            id: id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            processor: processor.into(),
+            digest: None,
+            version: None,
+            tenant: tenant.into(),
+            session,
+            attempts: 0,
+            duration_us: 0,
+            fuel_consumed: 0,
+            peak_memory_bytes: 0,
+        }
+    }
+}
+
 impl ExecutionResult {
     /// The document to show: `{ok, items}` for a batch, the result itself otherwise.
     pub fn document(&self) -> ResultDocument<'_> {
