@@ -512,6 +512,17 @@ fn truthy(value: Option<&Value>) -> bool {
     }
 }
 
+/// A node settled: each of its dependents waits for one node fewer, and those waiting for
+/// none are ready to settle in turn.
+fn release(dependents: &[usize], waiting_on: &mut [usize], settled: &mut Vec<usize>) {
+    for &e in dependents {
+        waiting_on[e] -= 1;
+        if waiting_on[e] == 0 {
+            settled.push(e);
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum NodeState {
     Waiting,
@@ -601,12 +612,7 @@ async fn graph(
                     tracing::debug!(node = %node.name, reason, "graph node skipped");
                     states[i] = NodeState::Skipped;
                     outputs[i] = Some(node_input);
-                    for &e in &dependents[i] {
-                        waiting_on[e] -= 1;
-                        if waiting_on[e] == 0 {
-                            settled.push(e);
-                        }
-                    }
+                    release(&dependents[i], &mut waiting_on, &mut settled);
                 }
             }
         }
@@ -625,12 +631,7 @@ async fn graph(
             }
             None => outputs[i] = Some(result.state),
         }
-        for &e in &dependents[i] {
-            waiting_on[e] -= 1;
-            if waiting_on[e] == 0 {
-                settled.push(e);
-            }
-        }
+        release(&dependents[i], &mut waiting_on, &mut settled);
     }
     if let Some((i, error)) = first_failure {
         return Err((
