@@ -3,7 +3,7 @@
 
 use serde_json::json;
 use weir::{EventKind, Notice, Workflow};
-use weir_tests::{PluginFolder, engine_config, runtime};
+use weir_tests::{PluginFolder, builder, runtime};
 
 /// Every event already published, in order.
 fn drain(sub: &mut weir::Subscription) -> Vec<weir::Event> {
@@ -117,9 +117,7 @@ async fn guests_custom_events_arrive_with_their_data() {
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_is_told_and_slows_nothing() {
     let folder = PluginFolder::with(&["increment"]);
-    let rt = weir::Runtime::builder()
-        .plugins_dir(folder.path())
-        .engine_config(engine_config())
+    let rt = builder(folder.path())
         .host_config(weir::HostConfig {
             event_capacity: 8,
             ..Default::default()

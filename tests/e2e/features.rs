@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weir::{CancelHandle, ErrorKind, ExecutionRequest, codes};
-use weir_tests::{PluginFolder, runtime};
+use weir_tests::{PluginFolder, next_event, runtime};
 
 #[tokio::test]
 async fn a_retryable_failure_is_retried_until_it_succeeds() {
@@ -206,15 +206,7 @@ async fn cancel_cooperative(input: serde_json::Value) -> (weir::ExecutionResult,
     let request = ExecutionRequest::new("cooperative", input).cancel_handle(cancel.clone());
     let execution = rt.execute(request);
     tokio::pin!(execution);
-    let progressed = async {
-        while let Some(notice) = events.recv().await {
-            if let weir::Notice::Event(e) = notice
-                && e.event == weir::EventKind::Progress
-            {
-                return;
-            }
-        }
-    };
+    let progressed = next_event(&mut events, |e| e.event == weir::EventKind::Progress);
     tokio::select! {
         _ = progressed => {}
         result = &mut execution => panic!("finished before it was cancelled: {result:?}"),

@@ -2,7 +2,7 @@
 //! rest of the folder keeps working.
 
 use serde_json::json;
-use weir_tests::{PluginFolder, engine_config, fixtures_dir, plugin_bytes, runtime};
+use weir_tests::{PluginFolder, builder, engine_config, fixtures_dir, plugin_bytes, runtime};
 
 fn reason(rt: &weir::Runtime, name: &str) -> String {
     let catalog = rt.catalog();
@@ -84,12 +84,7 @@ async fn files_that_are_not_wasm_are_ignored() {
 #[tokio::test]
 async fn a_missing_plugins_folder_is_an_error() {
     let missing = tempfile::tempdir().unwrap().path().join("nope");
-    let err = weir::Runtime::builder()
-        .plugins_dir(&missing)
-        .engine_config(engine_config())
-        .build()
-        .await
-        .unwrap_err();
+    let err = builder(&missing).build().await.unwrap_err();
     assert!(matches!(err, weir::Error::PluginsDir { .. }), "{err}");
 }
 

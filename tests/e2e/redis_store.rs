@@ -10,7 +10,7 @@ use weir::{
     CasOutcome, ErrorKind, RedisConfig, RedisStateStore, SessionKey, SessionQuota, StateStore,
     StoredState, codes,
 };
-use weir_tests::{PluginFolder, RedisServer, engine_config};
+use weir_tests::{PluginFolder, RedisServer, builder};
 
 async fn store(server: &RedisServer) -> RedisStateStore {
     RedisStateStore::connect(&RedisConfig::new(server.url()), SessionQuota::default())
@@ -139,9 +139,7 @@ async fn a_state_changed_behind_weirs_back_fails_its_integrity_check() {
 
 /// A started runtime over `folder` keeping session state in `store`.
 async fn runtime_on(folder: &PluginFolder, store: Arc<RedisStateStore>) -> weir::Runtime {
-    let runtime = weir::Runtime::builder()
-        .plugins_dir(folder.path())
-        .engine_config(engine_config())
+    let runtime = builder(folder.path())
         .state_store(store)
         .build()
         .await

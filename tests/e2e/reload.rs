@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use weir::{EventKind, Notice, RuntimeError};
-use weir_tests::{PluginFolder, fixtures_dir, plugin_bytes, runtime};
+use weir::{EventKind, RuntimeError};
+use weir_tests::{PluginFolder, fixtures_dir, next_event, plugin_bytes, runtime};
 
 const DEBOUNCE: Duration = Duration::from_millis(30);
 
@@ -16,28 +16,16 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(fixtures_dir().join(format!("{name}.wasm"))).expect("fixtures are built")
 }
 
-/// The next `kind` event about `name`, or a panic after a generous timeout.
-async fn next_event(
+/// The next `kind` event about `name`.
+async fn next_plugin_event(
     events: &mut weir::Subscription,
     kind: EventKind,
     name: &str,
 ) -> Arc<weir::Event> {
-    let wait = async {
-        loop {
-            match events.recv().await {
-                Some(Notice::Event(e))
-                    if e.event == kind && e.processor.as_deref() == Some(name) =>
-                {
-                    return e;
-                }
-                Some(_) => {}
-                None => panic!("the event stream closed"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .unwrap_or_else(|_| panic!("no {} event for `{name}`", kind.as_str()))
+    next_event(events, |e| {
+        e.event == kind && e.processor.as_deref() == Some(name)
+    })
+    .await
 }
 
 /// Replaces `path`'s contents the way a deploy tool might: `how` 0 renames a finished file
@@ -113,7 +101,8 @@ async fn replacing_a_plugin_under_load_fails_no_execution() {
             // A broken deploy: half a file. It is rejected and the current version serves on.
             let written = Instant::now();
             replace(&path, &one[..one.len() / 3], 2);
-            let rejected = next_event(&mut events, EventKind::PluginRejected, "counter").await;
+            let rejected =
+                next_plugin_event(&mut events, EventKind::PluginRejected, "counter").await;
             assert!(
                 rejected.data.as_ref().unwrap()["reason"]
                     .as_str()
@@ -129,7 +118,7 @@ async fn replacing_a_plugin_under_load_fails_no_execution() {
         };
         let written = Instant::now();
         replace(&path, bytes, i);
-        let event = next_event(&mut events, EventKind::PluginReloaded, "counter").await;
+        let event = next_plugin_event(&mut events, EventKind::PluginReloaded, "counter").await;
         assert_eq!(event.data.as_ref().unwrap()["version"], version);
         swaps.lock().unwrap().push(Swap {
             written,
@@ -199,7 +188,7 @@ async fn every_kind_of_broken_file_is_rejected_and_the_old_version_serves_on() {
     ];
     for (what, bytes, reason) in broken {
         std::fs::write(&path, &bytes).unwrap();
-        let event = next_event(&mut events, EventKind::PluginRejected, "counter").await;
+        let event = next_plugin_event(&mut events, EventKind::PluginRejected, "counter").await;
         let data = event.data.as_ref().unwrap();
         assert!(
             data["reason"].as_str().unwrap().contains(reason),
@@ -218,7 +207,7 @@ async fn every_kind_of_broken_file_is_rejected_and_the_old_version_serves_on() {
     }
     // A good file again clears the rejection.
     std::fs::write(&path, fixture("counter-two")).unwrap();
-    next_event(&mut events, EventKind::PluginReloaded, "counter").await;
+    next_plugin_event(&mut events, EventKind::PluginReloaded, "counter").await;
     assert!(!rt.catalog().rejected.contains_key("counter"));
 }
 
@@ -232,9 +221,9 @@ async fn a_removed_plugin_refuses_new_work_while_running_work_finishes() {
         let rt = rt.clone();
         tokio::spawn(async move { rt.run("sleep", json!({"ms": 250})).await })
     };
-    next_event(&mut events, EventKind::ProcessorStarted, "sleep").await;
+    next_plugin_event(&mut events, EventKind::ProcessorStarted, "sleep").await;
     std::fs::remove_file(folder.path().join("sleep.wasm")).unwrap();
-    let removed = next_event(&mut events, EventKind::PluginRemoved, "sleep").await;
+    let removed = next_plugin_event(&mut events, EventKind::PluginRemoved, "sleep").await;
     assert!(removed.data.as_ref().unwrap()["oldDigest"].is_string());
     assert!(matches!(
         rt.run("sleep", json!({})).await,
@@ -254,7 +243,7 @@ async fn new_plugins_and_manifest_changes_apply_without_a_restart() {
     let mut events = rt.subscribe();
     let _watcher = rt.watch(folder.path(), DEBOUNCE).unwrap();
     folder.add("hello");
-    let loaded = next_event(&mut events, EventKind::PluginLoaded, "hello").await;
+    let loaded = next_plugin_event(&mut events, EventKind::PluginLoaded, "hello").await;
     let data = loaded.data.as_ref().unwrap();
     assert_eq!(data["version"], "1.0.0");
     assert!(data["oldDigest"].is_null());
@@ -265,7 +254,7 @@ async fn new_plugins_and_manifest_changes_apply_without_a_restart() {
     );
     // An operator changes the plugin's settings: the same code, a new manifest.
     folder.manifest("hello", "[config]\ngreeting = \"Hi\"\n");
-    let reloaded = next_event(&mut events, EventKind::PluginReloaded, "hello").await;
+    let reloaded = next_plugin_event(&mut events, EventKind::PluginReloaded, "hello").await;
     let data = reloaded.data.as_ref().unwrap();
     assert_eq!(
         data["digest"], data["oldDigest"],
@@ -287,22 +276,17 @@ async fn workflows_are_rechecked_when_the_file_or_their_processors_change() {
         "workflows.toml",
         b"[workflow.calc]\nchain = [\"increment\", \"double\"]\n\n[workflow.inc]\nchain = [\"increment\"]\n",
     );
-    // The workflows file carries no event of its own; wait until it has been applied.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rt.workflow("calc").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "workflows.toml was never applied"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let reloaded = next_event(&mut events, |e| e.event == EventKind::WorkflowsReloaded).await;
+    assert_eq!(
+        reloaded.data.as_ref().unwrap()["valid"],
+        json!(["calc", "inc"])
+    );
     assert_eq!(
         rt.run("calc", json!({"count": 1})).await.unwrap().state["count"],
         4
     );
     std::fs::remove_file(folder.path().join("double.wasm")).unwrap();
-    next_event(&mut events, EventKind::PluginRemoved, "double").await;
+    next_plugin_event(&mut events, EventKind::PluginRemoved, "double").await;
     let reason = rt.catalog().invalid_workflows["calc"].reason.clone();
     assert!(reason.contains("refers to `double`"), "{reason}");
     assert!(

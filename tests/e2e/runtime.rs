@@ -5,28 +5,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weir::{ErrorKind, EventKind, ExecutionRequest, Notice, RuntimeError, RuntimeState, codes};
-use weir_tests::{PluginFolder, engine_config, runtime};
+use weir_tests::{PluginFolder, builder, next_event, runtime};
 
 /// Waits for the first progress event: proof a guest is running.
 async fn until_progress(events: &mut weir::Subscription) {
-    while let Some(notice) = events.recv().await {
-        if let Notice::Event(e) = notice
-            && e.event == EventKind::Progress
-        {
-            return;
-        }
-    }
+    next_event(events, |e| e.event == EventKind::Progress).await;
 }
 
 #[tokio::test]
 async fn executing_before_start_or_after_stop_is_refused() {
     let folder = PluginFolder::with(&["increment"]);
-    let rt = weir::Runtime::builder()
-        .plugins_dir(folder.path())
-        .engine_config(engine_config())
-        .build()
-        .await
-        .unwrap();
+    let rt = builder(folder.path()).build().await.unwrap();
     assert_eq!(rt.state(), RuntimeState::Created);
     assert_eq!(
         rt.run("increment", json!({})).await.unwrap_err(),

@@ -91,16 +91,38 @@ pub fn engine_config() -> weir::EngineConfig {
     }
 }
 
-/// A started runtime over `dir`, configured for tests.
-pub async fn runtime(dir: &Path) -> weir::Runtime {
-    let runtime = weir::Runtime::builder()
+/// A runtime builder over `dir` with the test engine configuration.
+pub fn builder(dir: &Path) -> weir::RuntimeBuilder {
+    weir::Runtime::builder()
         .plugins_dir(dir)
         .engine_config(engine_config())
-        .build()
-        .await
-        .expect("the runtime builds");
+}
+
+/// A started runtime over `dir`, configured for tests.
+pub async fn runtime(dir: &Path) -> weir::Runtime {
+    let runtime = builder(dir).build().await.expect("the runtime builds");
     runtime.start();
     runtime
+}
+
+/// The first event that satisfies `wanted`, or a panic after a generous timeout. Tests
+/// wait on events like this instead of sleeping.
+pub async fn next_event(
+    events: &mut weir::Subscription,
+    wanted: impl Fn(&weir::Event) -> bool,
+) -> std::sync::Arc<weir::Event> {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Some(weir::Notice::Event(event)) if wanted(&event) => return event,
+                Some(_) => {}
+                None => panic!("the event stream closed"),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+        .await
+        .expect("the awaited event came within 30 s")
 }
 
 /// A runtime over every built plugin.
