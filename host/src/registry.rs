@@ -140,6 +140,12 @@ impl Registry {
         self.current.load().plugins.get(name).cloned()
     }
 
+    /// Whether a processor or workflow serves `name` right now (cheaper than `resolve`).
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        let catalog = self.current.load();
+        catalog.plugins.contains_key(name) || catalog.workflows.contains_key(name)
+    }
+
     /// The processor or workflow serving `name` right now.
     pub(crate) fn resolve(&self, name: &str) -> Option<Unit> {
         let catalog = self.current.load();

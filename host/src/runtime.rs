@@ -339,7 +339,7 @@ impl Runtime {
             CREATED => return Err(RuntimeError::NotStarted),
             _ => return Err(RuntimeError::Stopped),
         }
-        if shared.registry.resolve(&request.processor).is_none() {
+        if !shared.registry.contains(&request.processor) {
             return Err(RuntimeError::NotFound {
                 reason: shared
                     .registry
