@@ -178,7 +178,7 @@ fn abnormal(scope: &Scope, name: &str, why: String) -> ExecutionResult {
 }
 
 /// An error of a step, reworded to say which step of which workflow it was.
-fn step_failed(
+pub(crate) fn step_failed(
     workflow: &Workflow,
     what: &str,
     name: &str,
@@ -347,7 +347,7 @@ impl Route<'_> {
         let (key, missing) = match self.selector {
             Selector::Pointer(pointer) => (
                 input.pointer(pointer).and_then(key_of),
-                format!("the state has no string, number or boolean at `{pointer}`"),
+                missing_key(self.selector),
             ),
             Selector::Processor(selector) => {
                 let result = run_boxed(shared, selector, input.clone(), scope.clone()).await;
@@ -360,53 +360,87 @@ impl Route<'_> {
                 }
                 (
                     result.state.get("route").and_then(key_of),
-                    format!("the selector `{selector}` returned no `route` key"),
+                    missing_key(self.selector),
                 )
             }
         };
-        let target = key
-            .as_ref()
-            .and_then(|k| self.routes.get(k))
-            .map(String::as_str)
-            .or(self.fallback);
-        let Some(target) = target else {
-            let known: Vec<&str> = self.routes.keys().map(String::as_str).collect();
-            let why = match &key {
-                Some(key) => format!("no route for key `{key}`"),
-                None => missing,
-            };
-            let error = ExecutionError::host(
-                ErrorKind::NotFound,
-                codes::NO_ROUTE,
-                format!(
-                    "route `{}`: {why} (routes: {}) and no fallback",
-                    workflow.name(),
-                    known.join(", ")
-                ),
-            )
-            .with_details(json!({ "workflow": workflow.name(), "key": key, "routes": known }));
-            return Err((input, error));
+        let target = match choose_route(workflow, self.routes, self.fallback, &key, missing) {
+            Ok(target) => target,
+            Err(error) => return Err((input, error)),
         };
         let result = run_boxed(shared, target, input, scope.clone()).await;
         cost.absorb(&result);
         match result.error {
             None => Ok(result.state),
-            Some(error) => {
-                let role = match &key {
-                    Some(key) if self.routes.contains_key(key) => format!("route `{key}` →"),
-                    _ => "fallback".to_string(),
-                };
-                Err((
-                    result.state,
-                    step_failed(workflow, &role, target, None, error),
-                ))
-            }
+            Some(error) => Err((
+                result.state,
+                route_failed(workflow, self.routes, &key, target, error),
+            )),
+        }
+    }
+}
+
+/// The target a route's `key` picks (or its fallback); `missing` says why there is no key.
+pub(crate) fn choose_route<'a>(
+    workflow: &Workflow,
+    routes: &'a std::collections::BTreeMap<String, String>,
+    fallback: Option<&'a str>,
+    key: &Option<String>,
+    missing: String,
+) -> Result<&'a str, ExecutionError> {
+    let target = key
+        .as_ref()
+        .and_then(|k| routes.get(k))
+        .map(String::as_str)
+        .or(fallback);
+    target.ok_or_else(|| {
+        let known: Vec<&str> = routes.keys().map(String::as_str).collect();
+        let why = match key {
+            Some(key) => format!("no route for key `{key}`"),
+            None => missing,
+        };
+        ExecutionError::host(
+            ErrorKind::NotFound,
+            codes::NO_ROUTE,
+            format!(
+                "route `{}`: {why} (routes: {}) and no fallback",
+                workflow.name(),
+                known.join(", ")
+            ),
+        )
+        .with_details(json!({ "workflow": workflow.name(), "key": key, "routes": known }))
+    })
+}
+
+/// The error of a route whose chosen `target` failed.
+pub(crate) fn route_failed(
+    workflow: &Workflow,
+    routes: &std::collections::BTreeMap<String, String>,
+    key: &Option<String>,
+    target: &str,
+    error: ExecutionError,
+) -> ExecutionError {
+    let role = match key {
+        Some(key) if routes.contains_key(key) => format!("route `{key}` →"),
+        _ => "fallback".to_string(),
+    };
+    step_failed(workflow, &role, target, None, error)
+}
+
+/// Why a route's selector gave no key.
+pub(crate) fn missing_key(selector: &Selector) -> String {
+    match selector {
+        Selector::Pointer(pointer) => {
+            format!("the state has no string, number or boolean at `{pointer}`")
+        }
+        Selector::Processor(selector) => {
+            format!("the selector `{selector}` returned no `route` key")
         }
     }
 }
 
 /// A route key from a JSON value: strings as they are, numbers and booleans as text.
-fn key_of(value: &Value) -> Option<String> {
+pub(crate) fn key_of(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

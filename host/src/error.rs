@@ -256,6 +256,9 @@ pub enum RuntimeError {
         /// Why it cannot run, and what exists instead.
         reason: String,
     },
+    /// The distributed runtime could not reach Redis.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Errors of the weir library at its boundary.

@@ -85,7 +85,35 @@ pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> 
             _ = scope.cancel.cancelled() => {}
         }
     }
-    run(shared, &request.processor, request.input, scope, request.id).await
+    run(
+        shared,
+        &request.processor,
+        request.input,
+        scope,
+        request.id,
+        None,
+    )
+    .await
+}
+
+/// A processor fixed in advance and the number of the one attempt to make: how a worker of
+/// the distributed runtime runs a job, where the queue (not the executor) makes retries.
+pub(crate) struct Pinned {
+    pub plugin: Arc<Plugin>,
+    pub attempt: u32,
+}
+
+/// Runs one attempt of a pinned processor as a top-level execution: same checks, limits,
+/// events and metadata as any execution, no retries.
+pub(crate) async fn execute_pinned(
+    shared: &Arc<Shared>,
+    pinned: Pinned,
+    input: Value,
+    scope: Scope,
+    id: Option<String>,
+) -> ExecutionResult {
+    let name = pinned.plugin.name().to_string();
+    run(shared, &name, input, scope, id, Some(pinned)).await
 }
 
 /// The result of a request that could not even start (nothing ran).
@@ -141,7 +169,7 @@ pub(crate) fn run_boxed<'a>(
     input: Value,
     scope: Scope,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ExecutionResult> + Send + 'a>> {
-    Box::pin(run(shared, name, input, scope, None))
+    Box::pin(run(shared, name, input, scope, None, None))
 }
 
 async fn run(
@@ -150,6 +178,7 @@ async fn run(
     input: Value,
     scope: Scope,
     id: Option<String>,
+    pinned: Option<Pinned>,
 ) -> ExecutionResult {
     let started = Instant::now();
     let info = ExecutionInfo::new(
@@ -202,7 +231,7 @@ async fn run(
             depth,
         ));
     }
-    let mut result = run_in_span(shared, input, scope, info)
+    let mut result = run_in_span(shared, input, scope, info, pinned)
         .instrument(span)
         .await;
     let elapsed = started.elapsed();
@@ -269,12 +298,17 @@ async fn run_in_span(
     input: Value,
     scope: Scope,
     mut info: ExecutionInfo,
+    pinned: Option<Pinned>,
 ) -> ExecutionResult {
     let (input, metadata) = match state::prepare_input(input, scope.session.as_deref()) {
         Ok(prepared) => prepared,
         Err(error) => return failed(Value::Null, error, info),
     };
-    let plugin = match shared.registry.resolve(&info.processor) {
+    let resolved = match &pinned {
+        Some(pinned) => Some(Unit::Processor(pinned.plugin.clone())),
+        None => shared.registry.resolve(&info.processor),
+    };
+    let plugin = match resolved {
         Some(Unit::Processor(plugin)) => plugin,
         Some(Unit::Workflow(workflow)) => {
             info.digest = Some(workflow.digest().to_string());
@@ -294,9 +328,14 @@ async fn run_in_span(
     let input_state = state::with_metadata(input, &metadata);
     let input_text = input_state.to_string();
     let policy = plugin.retry();
-    let max_attempts = scope
-        .max_attempts
-        .map_or(policy.max_attempts, |cap| cap.min(policy.max_attempts));
+    let max_attempts = match &pinned {
+        // Exactly the one attempt asked for.
+        Some(pinned) => {
+            info.attempts = pinned.attempt.saturating_sub(1);
+            pinned.attempt
+        }
+        None => policy.attempts_allowed(scope.max_attempts),
+    };
     let cancel = scope.cancel.clone();
 
     loop {
@@ -374,13 +413,11 @@ async fn run_in_span(
             }
             Err(error) => error,
         };
-        if info.attempts >= max_attempts || cancel.is_cancelled() || !policy.should_retry(&error) {
+        let retry =
+            policy.retry_after(info.attempts, max_attempts, &error, &cancel, scope.deadline);
+        let Some(delay) = retry else {
             return failed(input_state, error, info);
-        }
-        let delay = policy.delay_before(info.attempts + 1);
-        if scope.deadline.is_some_and(|d| Instant::now() + delay >= d) {
-            return failed(input_state, error, info);
-        }
+        };
         tracing::info!(
             attempt = info.attempts,
             delay_ms = delay.as_millis() as u64,

@@ -170,6 +170,20 @@ impl Plugin {
                 path: path.to_path_buf(),
                 source,
             })?;
+        Plugin::from_bytes(engine, linker, name, path, bytes, manifest, host).await
+    }
+
+    /// Loads and validates the component `bytes` as the processor `name`, under the operator
+    /// `manifest`; `path` is where the bytes came from (shown in listings and messages).
+    pub(crate) async fn from_bytes(
+        engine: &Engine,
+        linker: &Linker<Sandbox>,
+        name: String,
+        path: &Path,
+        bytes: Vec<u8>,
+        manifest: Manifest,
+        host: &HostConfig,
+    ) -> Result<Plugin, LoadError> {
         let size_bytes = bytes.len() as u64;
         let digest = hex::encode(Sha256::digest(&bytes));
         let compiled = engine.compile(Arc::new(bytes), &digest).await?;

@@ -2,11 +2,12 @@
 //! that points at the same server — the state store of the distributed runtime, usable on
 //! its own by a local runtime too.
 //!
-//! Layout (all keys under a configurable prefix, `weir:` by default; tenant and session are
-//! length-prefixed so that no choice of names can make two sessions share a key):
-//! - `{prefix}state:{len}:{tenant}:{session}` — a hash: `version`, `sha256`, `state`;
-//! - `{prefix}kv:{len}:{tenant}:{session}` — a hash of the key-value entries;
-//! - `{prefix}kvbytes:{len}:{tenant}:{session}` — the bytes those entries hold.
+//! Layout (all keys under weir's own namespace `{prefix}:_:`, `weir:_:` by default; tenant
+//! and session are length-prefixed so that no choice of names can make two sessions share a
+//! key):
+//! - `weir:_:state:{len}:{tenant}:{session}` — a hash: `version`, `sha256`, `state`;
+//! - `weir:_:kv:{len}:{tenant}:{session}` — a hash of the key-value entries;
+//! - `weir:_:kvbytes:{len}:{tenant}:{session}` — the bytes those entries hold.
 //!
 //! Writes of the state are compare-and-set on its version, done atomically by a Lua script
 //! (`lua/state_cas.lua`): a writer that started from a stale revision is told so and never
@@ -14,40 +15,14 @@
 //! whose bytes no longer match it (edited or corrupted behind weir's back) is reported as an
 //! error, not returned. A Redis that cannot be reached is a retryable `network` error.
 
-use std::time::Duration;
-
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::distributed::{Keys, RedisConfig, connect};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::store::{CasOutcome, SessionKey, SessionQuota, StateStore, StoredState};
-
-/// How to reach Redis.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// The server, e.g. `redis://127.0.0.1:6379/0`.
-    pub url: String,
-    /// Prefix of every key weir writes.
-    pub prefix: String,
-    /// How long connecting may take before the server counts as unreachable.
-    pub connect_timeout: Duration,
-    /// How long one command may take.
-    pub response_timeout: Duration,
-}
-
-impl RedisConfig {
-    /// The defaults for `url`: prefix `weir:`, 5 s to connect, 5 s per command.
-    pub fn new(url: impl Into<String>) -> Self {
-        RedisConfig {
-            url: url.into(),
-            prefix: "weir:".into(),
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(5),
-        }
-    }
-}
 
 /// Sessions' state and key-value data in Redis. Cheap to clone (one multiplexed connection
 /// that reconnects by itself).
@@ -73,30 +48,10 @@ impl RedisStateStore {
     /// Connects to Redis. Fails with [`Error::Redis`] when the server cannot be reached
     /// within the connect timeout.
     pub async fn connect(config: &RedisConfig, quota: SessionQuota) -> Result<Self, Error> {
-        let unreachable = |e: redis::RedisError| Error::Redis {
-            url: config.url.clone(),
-            reason: e.to_string(),
-        };
-        let client = redis::Client::open(config.url.as_str()).map_err(unreachable)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(1);
-        let connect = client.get_connection_manager_with_config(manager_config);
-        // The connection manager retries on its own; bound the whole attempt as well.
-        let connection = tokio::time::timeout(config.connect_timeout * 2, connect)
-            .await
-            .map_err(|_| Error::Redis {
-                url: config.url.clone(),
-                reason: format!(
-                    "no answer within {} ms",
-                    (config.connect_timeout * 2).as_millis()
-                ),
-            })?
-            .map_err(unreachable)?;
+        let connection = connect(config).await?;
         Ok(RedisStateStore {
             connection,
-            prefix: config.prefix.clone(),
+            prefix: Keys::new(&config.prefix).own(""),
             quota,
             cas: redis::Script::new(include_str!("lua/state_cas.lua")),
             kv_set: redis::Script::new(include_str!("lua/kv_set.lua")),

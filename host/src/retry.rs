@@ -90,6 +90,32 @@ impl RetryPolicy {
             || self.retry_on.contains(&error.kind)
     }
 
+    /// How many attempts an execution gets: the policy's, lowered by the caller's cap.
+    pub(crate) fn attempts_allowed(&self, cap: Option<u32>) -> u32 {
+        cap.map_or(self.max_attempts, |cap| cap.min(self.max_attempts))
+    }
+
+    /// Whether, after `attempts` attempts of at most `max_attempts` ended in `error`, another
+    /// is due, and after what wait: not when the error is not retried, the attempts are used
+    /// up, the execution was cancelled, or the wait would end past `deadline`.
+    pub(crate) fn retry_after(
+        &self,
+        attempts: u32,
+        max_attempts: u32,
+        error: &ExecutionError,
+        cancel: &crate::cancel::CancelHandle,
+        deadline: Option<std::time::Instant>,
+    ) -> Option<Duration> {
+        if attempts >= max_attempts || cancel.is_cancelled() || !self.should_retry(error) {
+            return None;
+        }
+        let delay = self.delay_before(attempts + 1);
+        if deadline.is_some_and(|d| std::time::Instant::now() + delay >= d) {
+            return None;
+        }
+        Some(delay)
+    }
+
     /// The wait before attempt `next_attempt` (2 for the first retry).
     pub fn delay_before(&self, next_attempt: u32) -> Duration {
         let retries_so_far = next_attempt.saturating_sub(2);

@@ -17,12 +17,14 @@ use wasmtime::component::Linker;
 
 use crate::activity::{Activity, ProcessorStats, SessionStats};
 use crate::cancel::{CancelHandle, CancelReason};
+use crate::distributed::{Distributed, RedisConfig, RunStatus, WorkerConfig, WorkerHandle};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
 use crate::events::{Event, EventBus, EventKind, Subscription};
 use crate::guest_log::LogRate;
 use crate::limits::{LimitOverrides, Limits};
 use crate::plugin::Plugin;
+use crate::redis_store::RedisStateStore;
 use crate::registry::{Catalog, Registry};
 use crate::reload::Watcher;
 use crate::result::ExecutionResult;
@@ -243,6 +245,9 @@ pub struct SessionStopReport {
 #[derive(Clone)]
 pub struct Runtime {
     shared: Arc<Shared>,
+    /// Set when the runtime runs work through Redis ([`Runtime::redis`]).
+    distributed: Option<Arc<Distributed>>,
+    plugins_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -264,6 +269,115 @@ impl Runtime {
     /// server. The same as [`Runtime::builder`].
     pub fn local() -> RuntimeBuilder {
         RuntimeBuilder::default()
+    }
+
+    /// Starts configuring the distributed runtime on the Redis at `url`: the same API, with
+    /// every execution run as jobs by `weir worker` processes (see [`Runtime::serve`]).
+    /// The plugins and workflows this runtime loads are published to Redis, so any worker
+    /// can run them; sessions' state is kept in Redis.
+    pub fn redis(url: impl Into<String>) -> RuntimeBuilder {
+        RuntimeBuilder::default().redis_config(RedisConfig::new(url))
+    }
+
+    /// Whether executions run through Redis.
+    pub fn is_distributed(&self) -> bool {
+        self.distributed.is_some()
+    }
+
+    fn distributed(&self) -> Result<&Arc<Distributed>, RuntimeError> {
+        self.distributed.as_ref().ok_or_else(|| {
+            RuntimeError::Unavailable(
+                "this runtime is local: build it with Runtime::redis(url) to use runs in Redis"
+                    .into(),
+            )
+        })
+    }
+
+    /// Submits an execution to the distributed runtime and returns its run id at once; the
+    /// run continues without this process. Read it with [`Runtime::run_status`] or wait for
+    /// it with [`Runtime::wait_run`].
+    pub async fn submit(&self, request: ExecutionRequest) -> Result<String, RuntimeError> {
+        self.accepting()?;
+        let distributed = self.distributed()?;
+        match distributed.submit(request).await {
+            Ok(Ok(run)) => Ok(run),
+            Ok(Err(refused)) => Err(not_published(refused)),
+            Err(error) => Err(RuntimeError::Unavailable(error.to_string())),
+        }
+    }
+
+    /// A run of the distributed runtime as Redis knows it; `None` if there is no such run
+    /// (or its record has expired).
+    pub async fn run_status(&self, id: &str) -> Result<Option<RunStatus>, RuntimeError> {
+        self.distributed()?
+            .status(id)
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))
+    }
+
+    /// Waits for the outcome of the run `id` of the distributed runtime.
+    pub async fn wait_run(&self, id: &str) -> Result<ExecutionResult, RuntimeError> {
+        self.distributed()?
+            .wait(id)
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))
+    }
+
+    /// Serves the distributed runtime's queues from this process: runs the jobs of every
+    /// processor published to Redis until the returned handle is closed.
+    pub async fn serve(&self, config: WorkerConfig) -> Result<WorkerHandle, Error> {
+        let distributed = self.distributed.clone().ok_or_else(|| {
+            Error::Config("only a runtime built with Runtime::redis(url) can serve queues".into())
+        })?;
+        WorkerHandle::start(
+            self.shared.clone(),
+            distributed,
+            self.plugins_dir.clone(),
+            config,
+        )
+        .await
+    }
+
+    /// Publishes the component in `path` to Redis as the processor named by its file stem,
+    /// so that workers can run it without having the file; returns its digest. The
+    /// component is loaded and validated here first.
+    pub async fn push_plugin(&self, path: impl AsRef<Path>) -> Result<String, Error> {
+        let distributed = self.distributed.clone().ok_or_else(|| {
+            Error::Config("only a runtime built with Runtime::redis(url) can push plugins".into())
+        })?;
+        let path = path.as_ref();
+        let shared = &self.shared;
+        let plugin = Plugin::load(&shared.engine, &shared.linker, path, &shared.config)
+            .await
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        distributed.push_plugin(plugin.name(), &bytes).await
+    }
+
+    fn accepting(&self) -> Result<(), RuntimeError> {
+        match self.shared.lifecycle.load(Ordering::Acquire) {
+            RUNNING => Ok(()),
+            CREATED => Err(RuntimeError::NotStarted),
+            _ => Err(RuntimeError::Stopped),
+        }
+    }
+
+    /// Runs `request` here, or through Redis and waits for its outcome.
+    async fn run_request(
+        &self,
+        request: ExecutionRequest,
+    ) -> Result<ExecutionResult, RuntimeError> {
+        let Some(distributed) = &self.distributed else {
+            return Ok(crate::executor::execute(&self.shared, request).await);
+        };
+        let unavailable = |e: Error| RuntimeError::Unavailable(e.to_string());
+        let run = match distributed.submit(request).await.map_err(unavailable)? {
+            Ok(run) => run,
+            Err(refused) => return Err(not_published(refused)),
+        };
+        distributed.wait(&run).await.map_err(unavailable)
     }
 
     /// Starts accepting executions. Starting a running runtime is a no-op; a stopped one
@@ -334,12 +448,8 @@ impl Runtime {
         mut request: ExecutionRequest,
     ) -> Result<ExecutionResult, RuntimeError> {
         let shared = &self.shared;
-        match shared.lifecycle.load(Ordering::Acquire) {
-            RUNNING => {}
-            CREATED => return Err(RuntimeError::NotStarted),
-            _ => return Err(RuntimeError::Stopped),
-        }
-        if !shared.registry.contains(&request.processor) {
+        self.accepting()?;
+        if self.distributed.is_none() && !shared.registry.contains(&request.processor) {
             return Err(RuntimeError::NotFound {
                 reason: shared
                     .registry
@@ -349,14 +459,14 @@ impl Runtime {
             });
         }
         let Some(session) = request.session.clone() else {
-            return Ok(crate::executor::execute(shared, request).await);
+            return self.run_request(request).await;
         };
         let key = SessionKey::new(request.tenant.as_deref().unwrap_or("default"), session);
         let expected = match self.base_revision(&key, &mut request.input).await {
             Ok(expected) => expected,
             Err(error) => return Ok(crate::executor::refused(request, error)),
         };
-        let mut result = crate::executor::execute(shared, request).await;
+        let mut result = self.run_request(request).await?;
         if result.ok {
             self.persist(&key, expected, &mut result).await;
         }
@@ -590,6 +700,7 @@ pub struct RuntimeBuilder {
     engine: EngineConfig,
     host: HostConfig,
     store: Option<Arc<dyn StateStore>>,
+    redis: Option<RedisConfig>,
 }
 
 impl RuntimeBuilder {
@@ -617,6 +728,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Runs work through the Redis `config` describes (see [`Runtime::redis`]).
+    pub fn redis_config(mut self, config: RedisConfig) -> Self {
+        self.redis = Some(config);
+        self
+    }
+
     /// Sets the compile cache directory (`None` disables the cache).
     pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.engine.cache_dir = dir;
@@ -637,6 +754,18 @@ impl RuntimeBuilder {
             registry.load_dir(&engine, &linker, dir, &self.host).await?;
         }
         let slots = Semaphore::new(engine.config().max_instances as usize);
+        let distributed = match &self.redis {
+            Some(config) => {
+                let distributed = Distributed::connect(config.clone()).await?;
+                distributed.publish(&registry.catalog()).await?;
+                if self.store.is_none() {
+                    let store = RedisStateStore::connect(config, self.host.session_quota).await?;
+                    self.store = Some(Arc::new(store));
+                }
+                Some(distributed)
+            }
+            None => None,
+        };
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(MemoryStateStore::new(self.host.session_quota)));
@@ -654,6 +783,19 @@ impl RuntimeBuilder {
                 scheduler: Scheduler::default(),
                 lifecycle: AtomicU8::new(CREATED),
             }),
+            distributed,
+            plugins_dir: self.plugins_dir,
         })
+    }
+}
+
+/// The refusal of a run whose name nothing published.
+fn not_published(refused: ExecutionResult) -> RuntimeError {
+    RuntimeError::NotFound {
+        reason: refused
+            .error
+            .map(|e| e.message)
+            .unwrap_or_else(|| format!("`{}` is not published", refused.execution.processor)),
+        name: refused.execution.processor,
     }
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::plugin::is_valid_name;
@@ -20,7 +20,7 @@ use crate::plugin::is_valid_name;
 pub const MAX_NESTING: usize = 32;
 
 /// A named composition, run and reported exactly like a processor.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Workflow {
     name: String,
@@ -36,7 +36,7 @@ pub struct Workflow {
 }
 
 /// What a workflow does with its steps.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Composition {
     /// Steps in order, each on the previous step's output; stops at the first failure.
@@ -77,7 +77,7 @@ pub enum Composition {
 }
 
 /// When a batch fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum BatchPolicy {
     /// Every item runs; the batch succeeds and each item reports its own outcome.
@@ -99,7 +99,7 @@ impl BatchPolicy {
 }
 
 /// One node of a dependency graph.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GraphNode {
     /// The node's name, unique in its graph.
@@ -117,7 +117,7 @@ pub struct GraphNode {
 pub const DEFAULT_BATCH_CONCURRENCY: usize = 4;
 
 /// Where a route's key comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Selector {
     /// A JSON pointer into the input state (RFC 6901); its string, number or boolean value
@@ -339,6 +339,32 @@ impl Workflow {
     /// component ran. Empty until the workflow is registered.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The definition as published for other processes (JSON): what [`Workflow::digest`]
+    /// is the SHA-256 of.
+    pub(crate) fn definition(&self) -> Vec<u8> {
+        // Serialising plain data into memory cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn definition_digest(&self) -> String {
+        hex::encode(Sha256::digest(self.definition()))
+    }
+
+    /// Reads a definition another process published under `digest`, checking that the bytes
+    /// are what the digest says.
+    pub(crate) fn from_definition(bytes: &[u8], digest: &str) -> Result<Workflow, String> {
+        let mut workflow: Workflow = serde_json::from_slice(bytes)
+            .map_err(|e| format!("the published workflow {digest} is unreadable: {e}"))?;
+        let actual = workflow.definition_digest();
+        if actual != digest {
+            return Err(format!(
+                "the published workflow {digest} does not match its digest (it hashes to {actual})"
+            ));
+        }
+        workflow.digest = actual;
+        Ok(workflow)
     }
 
     /// Its overall timeout, if set.
@@ -620,8 +646,7 @@ pub(crate) fn check(
         match depths.remove(&name) {
             Some(Ok(_)) => {
                 let mut workflow = workflow;
-                let definition = serde_json::to_vec(&workflow).unwrap_or_default();
-                workflow.digest = hex::encode(Sha256::digest(&definition));
+                workflow.digest = workflow.definition_digest();
                 checked.valid.insert(name, Arc::new(workflow));
             }
             Some(Err(problem)) => {

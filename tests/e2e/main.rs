@@ -7,6 +7,7 @@
 
 mod cli;
 mod compose;
+mod distributed;
 mod events;
 mod examples;
 mod features;

@@ -126,7 +126,7 @@ async fn a_state_changed_behind_weirs_back_fails_its_integrity_check() {
     let client = redis::Client::open(server.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("HSET")
-        .arg("weir:state:1:t:s")
+        .arg("weir:_:state:1:t:s")
         .arg("state")
         .arg(r#"{"n":1000,"metadata":{"version":1}}"#)
         .query_async(&mut connection)

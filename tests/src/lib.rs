@@ -216,3 +216,106 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+impl RedisServer {
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// A `weir worker` process serving the distributed runtime, killed when dropped. Its log
+/// lines (stderr) are collected so that tests can wait for what it says.
+pub struct WorkerProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl WorkerProcess {
+    /// Starts `weir worker --redis URL --plugins DIR` with `extra` arguments and waits until
+    /// it serves its queues.
+    pub fn start(redis_url: &str, plugins: &Path, extra: &[&str]) -> WorkerProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(weir_bin())
+            .args(["worker", "--redis", redis_url])
+            .arg("--plugins")
+            .arg(plugins)
+            .arg("--cache-dir")
+            .arg(cache_dir())
+            .args(["--log-level", "warn,weir=info"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the weir binary runs");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut worker = WorkerProcess {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        worker.wait_for("worker serving");
+        worker
+    }
+
+    /// Waits (up to 60 s) for a log line containing `needle`; returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "the worker did not log `{needle}` within 60 s; it logged:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the worker at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the worker to stop (SIGTERM) and waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        self.child.wait().expect("the worker exits")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -34,6 +34,8 @@ pub(crate) fn init(args: &LogArgs) -> Result<(), String> {
         .map_err(|e| format!("--log-level `{filter}` is not a valid filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours for a terminal only: a log file or pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match args.log_format {
         LogFormat::Pretty => builder.try_init(),

@@ -3,7 +3,9 @@
 mod logging;
 mod plugins;
 mod run;
+mod runs;
 mod serve;
+mod worker;
 mod workflows;
 
 use std::path::PathBuf;
@@ -64,6 +66,12 @@ enum Command {
     /// List or check the workflows of a folder (its workflows.toml).
     #[command(subcommand)]
     Workflows(workflows::WorkflowsCommand),
+    /// Serve the distributed runtime's queues: run the jobs of every processor published
+    /// to Redis until SIGTERM.
+    Worker(worker::WorkerArgs),
+    /// Read runs of the distributed runtime.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
 }
 
 /// Options shared by every command that loads plugins.
@@ -95,9 +103,76 @@ pub(crate) struct ListArgs {
     pub json: bool,
 }
 
+/// Where the distributed runtime's Redis is.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RedisArgs {
+    /// Run through the Redis at this URL (the distributed runtime), e.g.
+    /// `redis://127.0.0.1:6379`.
+    #[arg(long, env = "WEIR_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+    /// First segment of every key weir writes in Redis.
+    #[arg(
+        long,
+        env = "WEIR_REDIS_PREFIX",
+        default_value = "weir",
+        value_name = "PREFIX"
+    )]
+    pub redis_prefix: String,
+    /// How long connecting to Redis may take before it counts as unreachable (exit 3).
+    #[arg(long, default_value_t = 5_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    /// The Redis configuration, if `--redis` was given.
+    pub(crate) fn config(&self) -> Option<weir::RedisConfig> {
+        let url = self.redis.as_ref()?;
+        let mut config = weir::RedisConfig::new(url.clone());
+        config.prefix = self.redis_prefix.clone();
+        config.connect_timeout = std::time::Duration::from_millis(self.connect_timeout_ms);
+        Some(config)
+    }
+
+    /// The Redis configuration, required.
+    pub(crate) fn required(&self, command: &str) -> Result<weir::RedisConfig, Failure> {
+        self.config().ok_or_else(|| {
+            Failure::Usage(format!(
+                "`weir {command}` needs Redis: pass --redis URL or set WEIR_REDIS"
+            ))
+        })
+    }
+}
+
 impl PluginArgs {
     pub(crate) async fn runtime(&self) -> Result<weir::Runtime, Failure> {
-        if !self.plugins.is_dir() {
+        self.runtime_on(None).await
+    }
+
+    /// A started runtime on this folder; through `redis` if given (then the folder may be
+    /// absent: everything can come from Redis).
+    pub(crate) async fn runtime_on(
+        &self,
+        redis: Option<weir::RedisConfig>,
+    ) -> Result<weir::Runtime, Failure> {
+        self.build(redis, true).await
+    }
+
+    /// A started runtime on Redis that loads no folder (and so publishes nothing).
+    pub(crate) async fn bare_runtime(
+        &self,
+        redis: weir::RedisConfig,
+    ) -> Result<weir::Runtime, Failure> {
+        self.build(Some(redis), false).await
+    }
+
+    async fn build(
+        &self,
+        redis: Option<weir::RedisConfig>,
+        load_folder: bool,
+    ) -> Result<weir::Runtime, Failure> {
+        let has_folder = load_folder && self.plugins.is_dir();
+        if !has_folder && redis.is_none() {
             return Err(Failure::Usage(format!(
                 "the plugins folder {} does not exist (pass --plugins DIR or set WEIR_PLUGINS)",
                 self.plugins.display()
@@ -110,13 +185,25 @@ impl PluginArgs {
                 .clone()
                 .or_else(weir::CompileCache::default_dir)
         };
-        let runtime = weir::Runtime::builder()
-            .plugins_dir(&self.plugins)
-            .cache_dir(cache_dir)
-            .build()
-            .await?;
+        let mut builder = weir::Runtime::builder().cache_dir(cache_dir);
+        if has_folder {
+            builder = builder.plugins_dir(&self.plugins);
+        }
+        if let Some(redis) = redis {
+            builder = builder.redis_config(redis);
+        }
+        let runtime = builder.build().await?;
         runtime.start();
         Ok(runtime)
+    }
+}
+
+impl From<weir::RuntimeError> for Failure {
+    fn from(err: weir::RuntimeError) -> Self {
+        match err {
+            weir::RuntimeError::Unavailable(_) => Failure::Infrastructure(err.to_string()),
+            _ => Failure::Usage(err.to_string()),
+        }
     }
 }
 
@@ -143,6 +230,8 @@ pub(crate) fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Plugins(command) => plugins::run(command).await,
             Command::Workflows(command) => workflows::run(command).await,
+            Command::Worker(args) => worker::run(args).await,
+            Command::Runs(command) => runs::run(command).await,
         }
     });
     match outcome {

@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{Failure, ListArgs, Outcome, PluginArgs, print_json};
+use super::{Failure, ListArgs, Outcome, PluginArgs, RedisArgs, print_json};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum PluginsCommand {
@@ -12,6 +12,20 @@ pub(crate) enum PluginsCommand {
     List(ListArgs),
     /// Everything about one plugin: version, digest, world, limits, manifest, rejection.
     Inspect(InspectArgs),
+    /// Publish components to the distributed runtime's Redis (validated here first), so
+    /// that workers run them without having the files. Prints `{name, digest}` per file.
+    Push(PushArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PushArgs {
+    /// The component files (`NAME.wasm`: the stem is the processor's name).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    plugins: PluginArgs,
 }
 
 #[derive(Args, Debug)]
@@ -26,7 +40,24 @@ pub(crate) async fn run(command: PluginsCommand) -> Result<Outcome, Failure> {
     match command {
         PluginsCommand::List(args) => list(args).await,
         PluginsCommand::Inspect(args) => inspect(args).await,
+        PluginsCommand::Push(args) => push(args).await,
     }
+}
+
+async fn push(args: PushArgs) -> Result<Outcome, Failure> {
+    let redis = args.redis.required("plugins push")?;
+    let runtime = args.plugins.bare_runtime(redis).await?;
+    let mut pushed = Vec::new();
+    for file in &args.files {
+        let digest = runtime.push_plugin(file).await?;
+        let name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        pushed.push(json!({ "name": name, "digest": digest }));
+    }
+    print_json(&pushed)?;
+    Ok(Outcome::Ok)
 }
 
 async fn list(args: ListArgs) -> Result<Outcome, Failure> {

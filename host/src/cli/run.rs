@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::Value;
 
-use super::{Failure, Outcome, PluginArgs, print_json};
+use super::{Failure, Outcome, PluginArgs, RedisArgs, print_json};
 
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
@@ -14,6 +14,12 @@ pub(crate) struct RunArgs {
     name: String,
     #[command(flatten)]
     plugins: PluginArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// With --redis: submit the run, print `{"run": ID}` and exit without waiting (read it
+    /// later with `weir runs get ID`).
+    #[arg(long, requires = "redis")]
+    detach: bool,
     /// The input state: JSON text, `@FILE` to read a file, or `-` for stdin [default: {}].
     /// A batch workflow also takes a bare array of states.
     #[arg(long, short, value_name = "JSON|@FILE|-")]
@@ -28,11 +34,12 @@ pub(crate) struct RunArgs {
 
 pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     let input = read_input(args.input.as_deref())?;
-    let runtime = args.plugins.runtime().await?;
+    let runtime = args.plugins.runtime_on(args.redis.config()).await?;
     let catalog = runtime.catalog();
     let known =
         catalog.plugins.contains_key(&args.name) || catalog.workflows.contains_key(&args.name);
-    if !known {
+    // The distributed runtime knows what is published in Redis; it says if the name is not.
+    if !known && !runtime.is_distributed() {
         return Err(Failure::Usage(format!(
             "{} in {}",
             catalog.why_unavailable(&args.name),
@@ -57,6 +64,11 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     if let Some(ms) = args.timeout_ms {
         request = request.timeout(Duration::from_millis(ms));
     }
+    if args.detach {
+        let run = runtime.submit(request).await?;
+        print_json(&serde_json::json!({ "run": run }))?;
+        return Ok(Outcome::Ok);
+    }
     // Ctrl-C cancels the execution: the guest is asked to stop, then stopped.
     let cancel = request.cancel.clone();
     let interrupt = tokio::spawn(async move {
@@ -67,7 +79,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     });
     let result = runtime.execute(request).await;
     interrupt.abort();
-    let result = result.map_err(|e| Failure::Usage(e.to_string()))?;
+    let result = result?;
     print_json(&result.document())?;
     Ok(if result.ok {
         Outcome::Ok

@@ -1,0 +1,62 @@
+//! `weir worker --redis URL`: serves the distributed runtime's queues — the jobs of every
+//! processor published to Redis (this folder's plugins are published at start) — until
+//! Ctrl-C or SIGTERM, then stops taking jobs and lets the ones in flight finish.
+
+use std::time::Duration;
+
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{Failure, Outcome, PluginArgs, RedisArgs};
+
+#[derive(Args, Debug)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    plugins: PluginArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Jobs of one queue this process runs at once.
+    #[arg(long, default_value_t = 8, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    concurrency: u64,
+    /// How long a job's lock lasts: a worker that dies holding a job loses it after this
+    /// long, and another worker runs it.
+    #[arg(long, default_value_t = 30_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(100..))]
+    lock_ms: u64,
+    /// How often to look for jobs whose worker died.
+    #[arg(long, default_value_t = 30_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(100..))]
+    stalled_interval_ms: u64,
+    /// On shutdown, how long jobs in flight may finish before they are cancelled.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    grace_ms: u64,
+}
+
+pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
+    let redis = args.redis.required("worker")?;
+    let runtime = args.plugins.runtime_on(Some(redis)).await?;
+    let config = weir::WorkerConfig {
+        concurrency: usize::try_from(args.concurrency).unwrap_or(usize::MAX),
+        lock_duration: Duration::from_millis(args.lock_ms),
+        stalled_interval: Duration::from_millis(args.stalled_interval_ms),
+        ..weir::WorkerConfig::default()
+    };
+    let worker = runtime.serve(config).await?;
+    tracing::warn!(
+        queues = worker.queues().await.len(),
+        concurrency = args.concurrency,
+        "worker serving; stop it with SIGTERM"
+    );
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|e| Failure::Infrastructure(format!("cannot listen for SIGTERM: {e}")))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::warn!("stopping: finishing the jobs in flight");
+    worker.close(Duration::from_millis(args.grace_ms)).await;
+    runtime.stop(Duration::from_millis(args.grace_ms)).await;
+    tracing::warn!("worker stopped");
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,520 @@
+//! The Redis side of one process: submitting runs (pinning every name they may reach),
+//! enqueueing steps, publishing and fetching components and workflow definitions, writing a
+//! run's outcome once, and one reader of the event stream that hands outcomes to the many
+//! callers waiting for them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bullmq::types::{BackoffStrategy, KeepJobs, RemoveOnFinish};
+use bullmq::{JobOptions, Queue, QueueOptions};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use tokio::sync::oneshot;
+
+use super::content;
+use super::flow::{Cursor, Next};
+use super::wire::{Binding, StepJob, WireScope, now_ms};
+use super::{Keys, RedisConfig, Retention, bullmq_connection, connect, unreachable};
+use crate::error::{Error, ErrorKind, ExecutionError, codes};
+use crate::executor::failed;
+use crate::registry::Catalog;
+use crate::result::{ExecutionInfo, ExecutionResult};
+use crate::runtime::ExecutionRequest;
+use crate::workflow::Workflow;
+
+/// BullMQ's attempt ceiling for weir's jobs. A retry policy allows at most 100 attempts, so
+/// the worker's own decision (from the processor's policy) always comes first.
+const JOB_ATTEMPTS: u32 = 101;
+
+/// The name of weir's backoff strategy: the worker computes each wait from the policy.
+const BACKOFF: &str = "weir";
+
+/// How many entries the event stream keeps (approximately).
+const EVENTS_KEPT: usize = 10_000;
+
+/// A run as any process can read it from Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunStatus {
+    /// The run's id (also the id of its top-level execution).
+    pub id: String,
+    /// The processor or workflow it runs.
+    pub target: String,
+    /// Who it runs for.
+    pub tenant: String,
+    /// Its session, if any.
+    pub session: Option<String>,
+    /// When it was submitted (Unix milliseconds).
+    pub submitted_ms: u64,
+    /// Its outcome, once it has one.
+    pub result: Option<ExecutionResult>,
+}
+
+/// One process's connection to the distributed runtime.
+pub(crate) struct Distributed {
+    pub(crate) config: RedisConfig,
+    pub(crate) keys: Keys,
+    conn: ConnectionManager,
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    workflows: Mutex<HashMap<String, Arc<Workflow>>>,
+    waiters: Arc<Waiters>,
+    finish: redis::Script,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Distributed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distributed")
+            .field("url", &self.config.url)
+            .field("prefix", &self.config.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Distributed {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Distributed {
+    /// Connects, and starts reading the event stream from its current end.
+    pub(crate) async fn connect(config: RedisConfig) -> Result<Arc<Self>, Error> {
+        let mut conn = connect(&config).await?;
+        let keys = Keys::new(&config.prefix);
+        let start = stream_end(&mut conn, &keys.events())
+            .await
+            .map_err(|e| unreachable(&config, e))?;
+        let waiters = Arc::new(Waiters::default());
+        let reader = tokio::spawn(read_events(
+            config.clone(),
+            keys.clone(),
+            conn.clone(),
+            start,
+            waiters.clone(),
+        ));
+        Ok(Arc::new(Distributed {
+            config,
+            keys,
+            conn,
+            queues: Mutex::new(HashMap::new()),
+            workflows: Mutex::new(HashMap::new()),
+            waiters,
+            finish: redis::Script::new(include_str!("../lua/finish_run.lua")),
+            reader,
+        }))
+    }
+
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn redis_error(&self, error: impl std::fmt::Display) -> Error {
+        unreachable(&self.config, error)
+    }
+
+    /// BullMQ's options for weir's queues.
+    pub(crate) fn queue_options(&self) -> QueueOptions {
+        QueueOptions::new()
+            .connection(bullmq_connection(&self.config))
+            .prefix(self.config.prefix.clone())
+            .skip_version_check()
+    }
+
+    /// The queue of processor `name` (opened once per process).
+    pub(crate) async fn queue(&self, name: &str) -> Result<Arc<Queue>, Error> {
+        if let Some(queue) = lock_map(&self.queues).get(name) {
+            return Ok(queue.clone());
+        }
+        let queue = Queue::with_options(name, self.queue_options())
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        let queue = Arc::new(queue);
+        lock_map(&self.queues)
+            .entry(name.to_string())
+            .or_insert(queue.clone());
+        Ok(queue)
+    }
+
+    /// Adds a step's job to its processor's queue. Adding a job whose id exists already
+    /// does nothing, which makes re-running a step harmless.
+    pub(crate) async fn enqueue(&self, job: &StepJob) -> Result<(), Error> {
+        let queue = self.queue(&job.processor).await?;
+        let mut options = JobOptions::new()
+            .attempts(JOB_ATTEMPTS)
+            .backoff(BackoffStrategy::Custom(BACKOFF.to_string()))
+            .remove_on_complete(keep(self.config.keep_completed))
+            .remove_on_fail(keep(self.config.keep_failed));
+        options.job_id = Some(job.job_id());
+        if let Some(priority) = job.scope.priority {
+            options.priority = Some(priority);
+        }
+        queue
+            .add(&job.processor, job)
+            .options(options)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(())
+    }
+
+    /// The workflow published under `digest` (fetched once per process): `Err` with the
+    /// reason when it is missing or does not match its digest.
+    pub(crate) async fn workflow(
+        &self,
+        digest: &str,
+    ) -> Result<Result<Arc<Workflow>, String>, Error> {
+        if let Some(workflow) = lock_map(&self.workflows).get(digest) {
+            return Ok(Ok(workflow.clone()));
+        }
+        let mut conn = self.conn();
+        let fetched = content::fetch_workflow(&mut conn, &self.keys, digest)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(fetched.map(|workflow| {
+            let workflow = Arc::new(workflow);
+            lock_map(&self.workflows).insert(digest.to_string(), workflow.clone());
+            workflow
+        }))
+    }
+
+    /// Writes the run's outcome (only the first write counts) and announces it.
+    pub(crate) async fn finish_run(
+        &self,
+        run: &str,
+        result: &ExecutionResult,
+    ) -> Result<(), Error> {
+        let document = serde_json::to_string(&result.document()).unwrap_or_default();
+        let status = if result.ok { "ok" } else { "failed" };
+        let mut conn = self.conn();
+        let _: i64 = self
+            .finish
+            .key(self.keys.run(run))
+            .key(self.keys.events())
+            .arg(document)
+            .arg(status)
+            .arg(self.config.run_retention.as_secs().max(1))
+            .arg(EVENTS_KEPT)
+            .arg(run)
+            .arg(now_ms())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(())
+    }
+
+    /// Publishes every plugin and workflow of `catalog`, so that other processes can run
+    /// exactly them. A plugin whose file changed since it loaded is skipped (the reload
+    /// will publish the new bytes).
+    pub(crate) async fn publish(&self, catalog: &Catalog) -> Result<(), Error> {
+        let mut conn = self.conn();
+        for plugin in catalog.plugins.values() {
+            let bytes = match tokio::fs::read(plugin.path()).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::warn!(plugin = plugin.name(), %error, "cannot publish the plugin");
+                    continue;
+                }
+            };
+            let digest = content::publish_plugin(&mut conn, &self.keys, plugin.name(), &bytes)
+                .await
+                .map_err(|e| self.redis_error(e))?;
+            if digest != plugin.digest() {
+                tracing::warn!(
+                    plugin = plugin.name(),
+                    "the plugin's file changed since it loaded; published the file's bytes"
+                );
+            }
+        }
+        for workflow in catalog.workflows.values() {
+            content::publish_workflow(&mut conn, &self.keys, workflow)
+                .await
+                .map_err(|e| self.redis_error(e))?;
+            lock_map(&self.workflows).insert(workflow.digest().to_string(), workflow.clone());
+        }
+        Ok(())
+    }
+
+    /// Publishes one component as processor `name`; returns its digest.
+    pub(crate) async fn push_plugin(&self, name: &str, bytes: &[u8]) -> Result<String, Error> {
+        let mut conn = self.conn();
+        content::publish_plugin(&mut conn, &self.keys, name, bytes)
+            .await
+            .map_err(|e| self.redis_error(e))
+    }
+
+    /// Submits a run of `request`; returns its id, or the result of a run that could not
+    /// start (an unknown name).
+    pub(crate) async fn submit(
+        &self,
+        request: ExecutionRequest,
+    ) -> Result<Result<String, ExecutionResult>, Error> {
+        let run = request
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let bindings = self.bindings(&request.processor).await?;
+        let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
+        if !bindings.contains_key(&request.processor) {
+            let info = ExecutionInfo::new(
+                Some(run),
+                request.processor.clone(),
+                tenant,
+                request.session.clone(),
+            );
+            let error = ExecutionError::host(
+                ErrorKind::NotFound,
+                codes::PROCESSOR_NOT_FOUND,
+                format!(
+                    "no processor or workflow named `{}` is published to Redis (start a worker \
+                     that has its plugin, or `weir plugins push` it)",
+                    request.processor
+                ),
+            );
+            return Ok(Err(failed(request.input, error, info)));
+        }
+        let deadline_ms = request
+            .limits
+            .timeout_ms
+            .map(|t| now_ms().saturating_add(t));
+        let scope = WireScope {
+            tenant: tenant.clone(),
+            session: request.session.clone(),
+            deadline_ms,
+            max_attempts: request.max_attempts,
+            priority: request.priority,
+            limits: request.limits.into(),
+            parent: None,
+        };
+        let mut conn = self.conn();
+        let mut record = vec![
+            ("target", request.processor.clone()),
+            ("tenant", tenant),
+            ("submitted", now_ms().to_string()),
+            ("status", "running".to_string()),
+        ];
+        if let Some(session) = &request.session {
+            record.push(("session", session.clone()));
+        }
+        let _: () = conn
+            .hset_multiple(self.keys.run(&run), &record)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        let cursor = Cursor {
+            run: run.clone(),
+            scope,
+            bindings,
+            frames: Vec::new(),
+        };
+        let next = Next::Enter {
+            name: request.processor,
+            state: request.input,
+            path: "0".into(),
+        };
+        self.proceed(cursor, next).await?;
+        Ok(Ok(run))
+    }
+
+    /// What `target` and everything it may reach mean now.
+    async fn bindings(&self, target: &str) -> Result<BTreeMap<String, Binding>, Error> {
+        let mut bindings = BTreeMap::new();
+        let mut pending: VecDeque<String> = VecDeque::from([target.to_string()]);
+        let mut conn = self.conn();
+        while !pending.is_empty() {
+            let names: Vec<String> = pending.drain(..).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let found = content::lookup(&mut conn, &self.keys, &refs)
+                .await
+                .map_err(|e| self.redis_error(e))?;
+            for (name, binding) in names.iter().zip(found) {
+                let Some(binding) = binding else { continue };
+                if let Binding::Workflow { digest } = &binding
+                    && let Ok(workflow) = self.workflow(digest).await?
+                {
+                    for (_, reference) in workflow.references() {
+                        if !bindings.contains_key(reference) && reference != name {
+                            pending.push_back(reference.to_string());
+                        }
+                    }
+                }
+                bindings.insert(name.clone(), binding);
+            }
+            pending.retain(|n| !bindings.contains_key(n));
+        }
+        Ok(bindings)
+    }
+
+    /// Waits for the outcome of `run`.
+    pub(crate) async fn wait(&self, run: &str) -> Result<ExecutionResult, Error> {
+        let receiver = self.waiters.register(run);
+        // The outcome may have been written before we started listening.
+        if let Some(result) = self.status(run).await?.and_then(|s| s.result) {
+            self.waiters.deliver(run, result.clone());
+            return Ok(result);
+        }
+        receiver.await.map_err(|_| Error::Redis {
+            url: self.config.url.clone(),
+            reason: "the event reader stopped".into(),
+        })
+    }
+
+    /// The run `id` as Redis knows it (`None` if it never existed or has expired).
+    pub(crate) async fn status(&self, id: &str) -> Result<Option<RunStatus>, Error> {
+        let mut conn = self.conn();
+        let fields: HashMap<String, String> = conn
+            .hgetall(self.keys.run(id))
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(run_status(id, fields))
+    }
+}
+
+fn run_status(id: &str, mut fields: HashMap<String, String>) -> Option<RunStatus> {
+    let target = fields.remove("target")?;
+    Some(RunStatus {
+        id: id.to_string(),
+        target,
+        tenant: fields.remove("tenant").unwrap_or_else(|| "default".into()),
+        session: fields.remove("session"),
+        submitted_ms: fields
+            .get("submitted")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        result: fields.get("result").and_then(|text| parse_document(text)),
+    })
+}
+
+/// A result document read back.
+fn parse_document(text: &str) -> Option<ExecutionResult> {
+    serde_json::from_str(text).ok()
+}
+
+fn keep(retention: Retention) -> RemoveOnFinish {
+    RemoveOnFinish::Options(KeepJobs {
+        age: Some(retention.age.as_secs().max(1)),
+        count: Some(retention.count),
+        limit: None,
+    })
+}
+
+/// Locks `mutex`, whose data stays consistent even if a holder panicked.
+pub(super) fn lock_map<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Callers waiting for runs' outcomes.
+#[derive(Default)]
+struct Waiters {
+    pending: Mutex<HashMap<String, Vec<oneshot::Sender<ExecutionResult>>>>,
+}
+
+impl Waiters {
+    fn register(&self, run: &str) -> oneshot::Receiver<ExecutionResult> {
+        let (sender, receiver) = oneshot::channel();
+        lock_map(&self.pending)
+            .entry(run.to_string())
+            .or_default()
+            .push(sender);
+        receiver
+    }
+
+    /// Hands `result` to everyone waiting for `run`.
+    fn deliver(&self, run: &str, result: ExecutionResult) {
+        let senders = lock_map(&self.pending).remove(run).unwrap_or_default();
+        for sender in senders {
+            let _ = sender.send(result.clone());
+        }
+    }
+
+    fn runs(&self) -> Vec<String> {
+        lock_map(&self.pending).keys().cloned().collect()
+    }
+}
+
+/// The id of the stream's newest entry (`0-0` when it is empty or absent).
+async fn stream_end(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<String> {
+    let newest: redis::streams::StreamRangeReply = conn.xrevrange_count(key, "+", "-", 1).await?;
+    Ok(newest
+        .ids
+        .first()
+        .map_or_else(|| "0-0".to_string(), |entry| entry.id.clone()))
+}
+
+/// Reads the event stream for as long as the process lives, handing run outcomes to their
+/// waiters. After losing Redis it reconnects, resumes where it stopped, and reads the
+/// records of the runs still awaited (in case the stream itself was lost).
+async fn read_events(
+    config: RedisConfig,
+    keys: Keys,
+    mut records: ConnectionManager,
+    mut last: String,
+    waiters: Arc<Waiters>,
+) {
+    let stream = keys.events();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut conn = match blocking_connection(&config).await {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::debug!(%error, "event reader cannot connect; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        // Catch up on what may have been missed while disconnected.
+        for run in waiters.runs() {
+            let fields: redis::RedisResult<HashMap<String, String>> =
+                records.hgetall(keys.run(&run)).await;
+            if let Some(result) = fields.ok().and_then(|f| run_status(&run, f)?.result) {
+                waiters.deliver(&run, result);
+            }
+        }
+        backoff = Duration::from_millis(50);
+        let options = redis::streams::StreamReadOptions::default()
+            .block(5_000)
+            .count(512);
+        loop {
+            let reply: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
+                conn.xread_options(&[&stream], &[&last], &options).await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(error) => {
+                    tracing::debug!(%error, "event reader lost Redis; reconnecting");
+                    break;
+                }
+            };
+            for key in reply.map(|r| r.keys).unwrap_or_default() {
+                for entry in key.ids {
+                    last = entry.id.clone();
+                    let kind: Option<String> = entry.get("type");
+                    if kind.as_deref() != Some("run") {
+                        continue;
+                    }
+                    let run: Option<String> = entry.get("run");
+                    let result: Option<String> = entry.get("result");
+                    if let (Some(run), Some(result)) = (run, result)
+                        && let Some(result) = parse_document(&result)
+                    {
+                        waiters.deliver(&run, result);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A connection of its own for blocking reads (no response timeout).
+async fn blocking_connection(
+    config: &RedisConfig,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(config.url.as_str())?;
+    let options = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(None);
+    client
+        .get_multiplexed_async_connection_with_config(&options)
+        .await
+}

@@ -1,0 +1,180 @@
+//! The distributed runtime: the same processors and workflows run by any number of
+//! `weir worker` processes through Redis, speaking BullMQ's protocol (through its official
+//! Rust port), with the same semantics and result documents as the local runtime.
+//!
+//! How a run advances (DESIGN.md, "Distributed runtime"): every step is a job on its
+//! processor's queue; the worker that finishes a step enqueues the continuation (the next
+//! chain step, the chosen route) or, at the end, writes the run's outcome. The continuation
+//! travels in the job (a stack of [`wire::Frame`]s), so no process holds anything while a
+//! run waits, and the submitter may exit. Jobs have deterministic ids (`{run}-{path}`), so a
+//! step that runs twice (a worker killed after enqueuing its continuation) enqueues nothing
+//! twice, and a run's outcome is written once.
+//!
+//! Redis layout, with the default prefix `weir`:
+//! - BullMQ's keys for the queue of processor `p`: `weir:p:*` (BullMQ prefix `weir`);
+//! - weir's own keys under `weir:_:` (`_` is never a processor name, so never a queue):
+//!   `blob:{digest}` component bytes, `plugins` name → digest of the newest published
+//!   component, `wf:{digest}` workflow definitions, `workflows` name → digest, `run:{id}`
+//!   a run's record, `events` the stream of events every process reads, plus the state
+//!   store's keys (see [`crate::RedisStateStore`]).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::error::Error;
+
+mod client;
+mod content;
+mod flow;
+mod wire;
+mod worker;
+
+pub(crate) use client::Distributed;
+pub use client::RunStatus;
+pub use worker::{WorkerConfig, WorkerHandle};
+
+/// How to reach Redis, and how long to keep what the distributed runtime writes there.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The server, e.g. `redis://127.0.0.1:6379/0`.
+    pub url: String,
+    /// First segment of every key weir writes (BullMQ's prefix for weir's queues): letters,
+    /// digits, `-` and `_`, no `:`.
+    pub prefix: String,
+    /// How long connecting may take before the server counts as unreachable.
+    pub connect_timeout: Duration,
+    /// How long one command may take.
+    pub response_timeout: Duration,
+    /// Completed jobs kept per queue (for inspection, and so that a re-run step cannot
+    /// enqueue a continuation twice): the newest `count`, none older than `age`.
+    pub keep_completed: Retention,
+    /// Failed jobs kept per queue (the dead-letter set): the newest `count`, none older
+    /// than `age`.
+    pub keep_failed: Retention,
+    /// How long a finished run's record (and outcome) stays readable.
+    pub run_retention: Duration,
+}
+
+/// How many finished jobs to keep, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// At most this many.
+    pub count: usize,
+    /// None older than this.
+    pub age: Duration,
+}
+
+impl RedisConfig {
+    /// The defaults for `url`: prefix `weir`, 5 s to connect, 5 s per command; completed
+    /// jobs kept 1 h (at most 10,000 per queue), failed jobs 7 days (at most 100,000), run
+    /// outcomes 24 h.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            prefix: "weir".into(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            keep_completed: Retention {
+                count: 10_000,
+                age: Duration::from_secs(3600),
+            },
+            keep_failed: Retention {
+                count: 100_000,
+                age: Duration::from_secs(7 * 24 * 3600),
+            },
+            run_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// Checks the prefix (BullMQ refuses `:` in it).
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let ok = !self.prefix.is_empty()
+            && self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "the Redis key prefix `{}` is invalid: use letters, digits, `-` and `_` (no `:`)",
+                self.prefix
+            )))
+        }
+    }
+}
+
+/// Names of the keys weir owns.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    own: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Keys {
+            own: format!("{prefix}:_:"),
+        }
+    }
+
+    /// `{prefix}:_:{name}`.
+    pub(crate) fn own(&self, name: &str) -> String {
+        format!("{}{name}", self.own)
+    }
+
+    pub(crate) fn blob(&self, digest: &str) -> String {
+        self.own(&format!("blob:{digest}"))
+    }
+
+    pub(crate) fn plugins(&self) -> String {
+        self.own("plugins")
+    }
+
+    pub(crate) fn workflow(&self, digest: &str) -> String {
+        self.own(&format!("wf:{digest}"))
+    }
+
+    pub(crate) fn workflows(&self) -> String {
+        self.own("workflows")
+    }
+
+    pub(crate) fn run(&self, id: &str) -> String {
+        self.own(&format!("run:{id}"))
+    }
+
+    pub(crate) fn events(&self) -> String {
+        self.own("events")
+    }
+}
+
+/// The error for a Redis that did not answer or refused.
+pub(crate) fn unreachable(config: &RedisConfig, reason: impl std::fmt::Display) -> Error {
+    Error::Redis {
+        url: config.url.clone(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A multiplexed connection that reconnects by itself. Fails with [`Error::Redis`] when the
+/// server cannot be reached within the connect timeout.
+pub(crate) async fn connect(config: &RedisConfig) -> Result<ConnectionManager, Error> {
+    config.validate()?;
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| unreachable(config, e))?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout))
+        .set_number_of_retries(1);
+    let connect = client.get_connection_manager_with_config(manager_config);
+    // The connection manager retries on its own; bound the whole attempt as well.
+    let limit = config.connect_timeout * 2;
+    tokio::time::timeout(limit, connect)
+        .await
+        .map_err(|_| unreachable(config, format!("no answer within {} ms", limit.as_millis())))?
+        .map_err(|e| unreachable(config, e))
+}
+
+/// BullMQ's connection settings for `config`.
+pub(crate) fn bullmq_connection(config: &RedisConfig) -> bullmq::options::RedisConnectionOptions {
+    bullmq::options::RedisConnectionOptions::new().url(config.url.clone())
+}

@@ -1,0 +1,238 @@
+//! What travels between processes: a step job's payload (the state, who it runs for, the
+//! pinned code, and the continuation of its run). The format is documented in the README
+//! ("Job format"); `weir` is its version.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::limits::LimitOverrides;
+
+/// The version of the job format this build writes and reads.
+pub(crate) const FORMAT: u32 = 1;
+
+/// A step of a run, as a job on its processor's queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StepJob {
+    /// The format version (always [`FORMAT`]); its presence marks a weir job.
+    pub weir: u32,
+    /// The run this step belongs to.
+    pub run: String,
+    /// The step's place in the run (`0`, `0.2`, `0.1.s`): with the run, the job's id.
+    pub path: String,
+    /// The id of this step's execution (the run's id for a run of one processor).
+    pub execution: String,
+    /// The processor to run.
+    pub processor: String,
+    /// The exact component the submitter meant.
+    pub digest: String,
+    /// The input state.
+    pub state: Value,
+    /// Who it runs for and within what bounds.
+    pub scope: WireScope,
+    /// Every name the run may reach, resolved when it was submitted.
+    pub bindings: BTreeMap<String, Binding>,
+    /// What happens after this step, innermost last.
+    pub frames: Vec<Frame>,
+}
+
+impl StepJob {
+    /// The job's id: stable across retries and re-runs of the same step.
+    pub(crate) fn job_id(&self) -> String {
+        job_id(&self.run, &self.path)
+    }
+}
+
+/// The id of the job at `path` in `run`.
+pub(crate) fn job_id(run: &str, path: &str) -> String {
+    format!("{run}-{path}")
+}
+
+/// The scope of an execution, as data.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WireScope {
+    pub tenant: String,
+    pub session: Option<String>,
+    /// When everything must be done by (Unix milliseconds).
+    pub deadline_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub priority: Option<u32>,
+    pub limits: WireLimits,
+    /// The execution that started this one (its workflow).
+    pub parent: Option<String>,
+}
+
+/// A caller's limit overrides, as data.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WireLimits {
+    pub timeout_ms: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub fuel: Option<u64>,
+    pub output_bytes: Option<u64>,
+}
+
+impl From<LimitOverrides> for WireLimits {
+    fn from(l: LimitOverrides) -> Self {
+        WireLimits {
+            timeout_ms: l.timeout_ms,
+            memory_bytes: l.memory_bytes,
+            fuel: l.fuel,
+            output_bytes: l.output_bytes,
+        }
+    }
+}
+
+impl From<WireLimits> for LimitOverrides {
+    fn from(l: WireLimits) -> Self {
+        LimitOverrides {
+            timeout_ms: l.timeout_ms,
+            memory_bytes: l.memory_bytes,
+            fuel: l.fuel,
+            output_bytes: l.output_bytes,
+        }
+    }
+}
+
+/// What a name meant when the run was submitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub(crate) enum Binding {
+    /// A processor: this exact component.
+    Processor { digest: String },
+    /// A workflow: this exact definition.
+    Workflow { digest: String },
+}
+
+/// A workflow in progress around the current step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Frame {
+    /// The workflow's name and definition digest.
+    pub workflow: String,
+    pub digest: String,
+    /// The workflow's own execution id, and where it sits in the run.
+    pub execution: String,
+    pub path: String,
+    /// When it started (Unix microseconds) and what its steps have cost so far.
+    pub started_us: u64,
+    pub fuel: u64,
+    pub peak_memory: u64,
+    /// The deadline and parent outside the workflow, restored when it ends.
+    pub outer_deadline_ms: Option<u64>,
+    pub outer_parent: Option<String>,
+    /// Where in the workflow the current step is.
+    pub at: At,
+}
+
+/// The position inside a workflow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub(crate) enum At {
+    /// Running step `index` of a chain.
+    Chain { index: usize },
+    /// Running a route's selector processor on `input`.
+    Selector { input: Value },
+    /// Running the target a route chose.
+    Route { key: Option<String>, target: String },
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// Now, in Unix microseconds.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros().try_into().unwrap_or(u64::MAX))
+}
+
+/// A Unix-milliseconds deadline as an instant of this process's clock.
+pub(crate) fn instant_of(deadline_ms: u64) -> Instant {
+    let now = now_ms();
+    let now_instant = Instant::now();
+    if deadline_ms >= now {
+        now_instant + Duration::from_millis(deadline_ms - now)
+    } else {
+        now_instant
+            .checked_sub(Duration::from_millis(now - deadline_ms))
+            .unwrap_or(now_instant)
+    }
+}
+
+/// The earlier of two optional deadlines.
+pub(crate) fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_job_round_trips_through_json() {
+        let job = StepJob {
+            weir: FORMAT,
+            run: "r1".into(),
+            path: "0.1".into(),
+            execution: "e1".into(),
+            processor: "double".into(),
+            digest: "ab".repeat(32),
+            state: serde_json::json!({"value": 2}),
+            scope: WireScope {
+                tenant: "acme".into(),
+                deadline_ms: Some(5),
+                limits: WireLimits {
+                    fuel: Some(9),
+                    ..WireLimits::default()
+                },
+                ..WireScope::default()
+            },
+            bindings: BTreeMap::from([(
+                "double".to_string(),
+                Binding::Processor {
+                    digest: "ab".repeat(32),
+                },
+            )]),
+            frames: vec![Frame {
+                workflow: "w".into(),
+                digest: "cd".repeat(32),
+                execution: "e0".into(),
+                path: "0".into(),
+                started_us: 1,
+                fuel: 2,
+                peak_memory: 3,
+                outer_deadline_ms: None,
+                outer_parent: None,
+                at: At::Chain { index: 1 },
+            }],
+        };
+        let text = serde_json::to_string(&job).expect("serialises");
+        let back: StepJob = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back.job_id(), "r1-0.1");
+        assert_eq!(back.scope.limits.fuel, Some(9));
+        assert!(matches!(back.frames[0].at, At::Chain { index: 1 }));
+        assert_eq!(serde_json::to_string(&back).expect("serialises"), text);
+    }
+
+    #[test]
+    fn deadlines_convert_between_clocks() {
+        let soon = now_ms() + 10_000;
+        let left = instant_of(soon).saturating_duration_since(Instant::now());
+        assert!(left > Duration::from_secs(9) && left <= Duration::from_secs(10));
+        assert!(instant_of(0) <= Instant::now());
+        assert_eq!(earliest(Some(3), Some(2)), Some(2));
+        assert_eq!(earliest(None, Some(2)), Some(2));
+    }
+}

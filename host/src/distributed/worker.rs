@@ -1,0 +1,557 @@
+//! A worker: serves the queue of every published processor through BullMQ, runs each job's
+//! step in a fresh sandbox with the exact component the job names (fetching it by digest
+//! when this process lacks it), decides retries from the processor's policy, and carries
+//! the job's run on. Jobs that Node BullMQ (or any producer) adds without weir's envelope
+//! are run too: their data is the input state and their return value the result document.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bullmq::worker::{CancellationToken, ProcessorFn};
+use bullmq::{Job, Worker, WorkerOptions};
+use serde_json::Value;
+
+use super::bullmq_connection;
+use super::client::Distributed;
+use super::content;
+use super::flow::{Cursor, Next};
+use super::wire::{FORMAT, StepJob, instant_of, job_id};
+use crate::cancel::{CancelHandle, CancelReason};
+use crate::error::{Error, ErrorKind, ExecutionError, codes};
+use crate::events::EventKind;
+use crate::executor::{Pinned, Scope, execute_pinned, execution_event, failed};
+use crate::manifest::Manifest;
+use crate::plugin::Plugin;
+use crate::result::{ExecutionInfo, ExecutionResult};
+use crate::runtime::Shared;
+
+/// How a worker serves its queues.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs one queue runs at once in this process (sandboxes are bounded separately by
+    /// the engine's instance pool).
+    pub concurrency: usize,
+    /// How long a job's lock lasts without renewal: a worker that dies holding a job
+    /// loses it after this long, and another worker takes the job over.
+    pub lock_duration: Duration,
+    /// How often this worker looks for jobs whose worker died.
+    pub stalled_interval: Duration,
+    /// How often it looks for newly published processors to serve.
+    pub catalog_poll: Duration,
+    /// How long it waits before trying Redis again after losing it.
+    pub reconnect_delay: Duration,
+}
+
+impl Default for WorkerConfig {
+    /// 8 jobs per queue, 30 s locks checked every 30 s (BullMQ's defaults), the catalog
+    /// polled every second, Redis retried after 500 ms.
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 8,
+            lock_duration: Duration::from_secs(30),
+            stalled_interval: Duration::from_secs(30),
+            catalog_poll: Duration::from_secs(1),
+            reconnect_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Fetched components kept per process, by digest.
+const FETCHED_KEPT: usize = 64;
+
+/// A running worker. Dropping it leaves its queues' BullMQ workers running until the
+/// process ends; call [`WorkerHandle::close`] to stop cleanly.
+pub struct WorkerHandle {
+    inner: Arc<Inner>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    dist: Arc<Distributed>,
+    config: WorkerConfig,
+    plugins_dir: Option<PathBuf>,
+    fetched: Mutex<HashMap<String, Arc<Plugin>>>,
+    fetching: tokio::sync::Mutex<()>,
+    workers: tokio::sync::Mutex<HashMap<String, Arc<Worker>>>,
+    /// Waits before the next attempt, decided when an attempt failed, keyed by job id;
+    /// BullMQ asks for them through weir's backoff strategy.
+    delays: Mutex<HashMap<String, u64>>,
+}
+
+impl WorkerHandle {
+    /// Starts serving the queue of every processor published to Redis (and, as they are
+    /// published, new ones).
+    pub(crate) async fn start(
+        shared: Arc<Shared>,
+        dist: Arc<Distributed>,
+        plugins_dir: Option<PathBuf>,
+        config: WorkerConfig,
+    ) -> Result<WorkerHandle, Error> {
+        if config.concurrency == 0 {
+            return Err(Error::Config(
+                "worker concurrency must be at least 1".into(),
+            ));
+        }
+        let inner = Arc::new(Inner {
+            shared,
+            dist,
+            config,
+            plugins_dir,
+            fetched: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
+            workers: tokio::sync::Mutex::new(HashMap::new()),
+            delays: Mutex::new(HashMap::new()),
+        });
+        inner.serve_published().await?;
+        let poller = tokio::spawn(poll_catalog(Arc::downgrade(&inner)));
+        Ok(WorkerHandle { inner, poller })
+    }
+
+    /// The processors whose queues this worker serves.
+    pub async fn queues(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.workers.lock().await.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Stops taking jobs, lets the ones in flight finish for up to `grace`, then cancels
+    /// what is left; a job whose step did not finish goes back to its queue when its lock
+    /// expires, for another worker.
+    pub async fn close(self, grace: Duration) {
+        self.poller.abort();
+        let workers: Vec<Arc<Worker>> = self.inner.workers.lock().await.values().cloned().collect();
+        for worker in &workers {
+            worker.pause();
+        }
+        let inner = self.inner.clone();
+        let closing = async {
+            let closes = workers
+                .iter()
+                .map(|worker| worker.close(grace.as_millis().try_into().unwrap_or(u64::MAX)));
+            for close in closes {
+                let _ = close.await;
+            }
+        };
+        let hard = grace + inner.shared.config.cancel_grace * 10 + Duration::from_secs(1);
+        if tokio::time::timeout(hard, closing).await.is_err() {
+            inner.shared.activity.cancel_all(CancelReason::Shutdown);
+        }
+    }
+}
+
+/// Looks for newly published processors until the worker is closed.
+async fn poll_catalog(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let every = strong.config.catalog_poll;
+        if let Err(error) = strong.serve_published().await {
+            tracing::debug!(%error, "cannot read the published processors; trying again");
+        }
+        drop(strong);
+        tokio::time::sleep(every).await;
+    }
+}
+
+impl Inner {
+    /// Starts a BullMQ worker on the queue of every published processor not served yet.
+    async fn serve_published(self: &Arc<Self>) -> Result<(), Error> {
+        let mut conn = self.dist.conn();
+        let published = content::published_plugins(&mut conn, &self.dist.keys)
+            .await
+            .map_err(|e| super::unreachable(&self.dist.config, e))?;
+        let mut workers = self.workers.lock().await;
+        for name in published.keys() {
+            if workers.contains_key(name) {
+                continue;
+            }
+            let worker = self.start_queue(name).await?;
+            tracing::info!(target: "weir::worker", queue = %name, "serving queue");
+            workers.insert(name.clone(), worker);
+        }
+        Ok(())
+    }
+
+    async fn start_queue(self: &Arc<Self>, name: &str) -> Result<Arc<Worker>, Error> {
+        let inner = Arc::downgrade(self);
+        let queue = name.to_string();
+        let processor: ProcessorFn = Arc::new(move |job: Job, _token: CancellationToken| {
+            let inner = inner.clone();
+            let queue = queue.clone();
+            Box::pin(async move {
+                match inner.upgrade() {
+                    Some(inner) => inner.handle(queue, job).await,
+                    None => Err(bullmq::Error::WorkerClosed),
+                }
+            })
+        });
+        let delays = Arc::downgrade(self);
+        let backoff: bullmq::BackoffStrategyFn = Arc::new(move |_, _, _, data: &Value| {
+            let delay = delays.upgrade().and_then(|inner| {
+                let run = data.get("run")?.as_str()?;
+                let path = data.get("path")?.as_str()?;
+                super::client::lock_map(&inner.delays).remove(&job_id(run, path))
+            });
+            // Unknown (not weir's decision): retry at once, as BullMQ would without backoff.
+            let delay = delay.map_or(0, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
+            Box::pin(async move { delay })
+        });
+        let options = WorkerOptions::new()
+            .connection(bullmq_connection(&self.dist.config))
+            .prefix(self.dist.config.prefix.clone())
+            .name("weir")
+            .concurrency(self.config.concurrency)
+            .lock_duration(self.config.lock_duration)
+            .stalled_interval(self.config.stalled_interval)
+            .run_retry_delay(self.config.reconnect_delay)
+            .skip_version_check()
+            .backoff_strategy(backoff);
+        let worker = Worker::with_options(name, processor, options)
+            .await
+            .map_err(|e| super::unreachable(&self.dist.config, e))?;
+        let worker = Arc::new(worker);
+        // BullMQ's event channel is unbounded: drain it for as long as the worker lives.
+        let events = worker.clone();
+        let queue = name.to_string();
+        tokio::spawn(async move {
+            while let Some(event) = events.next_event().await {
+                match event {
+                    bullmq::worker::WorkerEvent::Error(error) => {
+                        tracing::warn!(target: "weir::worker", %queue, %error, "queue error");
+                    }
+                    bullmq::worker::WorkerEvent::Stalled { job_id } => {
+                        tracing::warn!(
+                            target: "weir::worker",
+                            %queue,
+                            job = %job_id,
+                            "a job's worker stopped holding it; it runs again"
+                        );
+                    }
+                    bullmq::worker::WorkerEvent::Closed => break,
+                    _ => {}
+                }
+            }
+        });
+        Ok(worker)
+    }
+
+    /// Runs one job. Whatever happens inside, the job ends (a panic in the host is caught
+    /// and reported as the step's failure, never left `active`).
+    async fn handle(self: Arc<Self>, queue: String, job: Job) -> Result<Value, bullmq::Error> {
+        let attempt = job.attempts_made().saturating_add(1);
+        let data = job.data().clone();
+        let step = match serde_json::from_value::<StepJob>(data.clone()) {
+            Ok(step) if step.weir == FORMAT => step,
+            Ok(step) => {
+                return Err(bullmq::Error::Unrecoverable(format!(
+                    "the job is in weir's job format {}, this worker reads format {FORMAT}",
+                    step.weir
+                )));
+            }
+            Err(_) => return self.handle_foreign(queue, data, attempt).await,
+        };
+        let inner = self.clone();
+        let running = step.clone();
+        let task = tokio::spawn(async move { inner.run_step(running, attempt).await });
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let error = ExecutionError::host(
+                    ErrorKind::Execution,
+                    codes::TRAP,
+                    format!("the worker failed while running this step: {panic}"),
+                );
+                let info = step_info(&step, attempt);
+                let result = failed(step.state.clone(), error, info);
+                self.carry_on(step, &result).await?;
+                Err(bullmq::Error::Unrecoverable(message_of(&result)))
+            }
+        }
+    }
+
+    /// One attempt of a weir step, then the run carried on (or a retry asked for).
+    async fn run_step(
+        self: Arc<Self>,
+        step: StepJob,
+        attempt: u32,
+    ) -> Result<Value, bullmq::Error> {
+        let plugin = match self.plugin(&step.processor, &step.digest).await {
+            Ok(plugin) => plugin,
+            Err(Unavailable::Redis(error)) => {
+                return Err(bullmq::Error::ProcessingError(error.to_string()));
+            }
+            Err(Unavailable::Missing(why)) => {
+                let error =
+                    ExecutionError::host(ErrorKind::NotFound, codes::PROCESSOR_NOT_FOUND, why);
+                let result = failed(step.state.clone(), error, step_info(&step, attempt));
+                self.carry_on(step, &result).await?;
+                return Err(bullmq::Error::Unrecoverable(message_of(&result)));
+            }
+        };
+        let cancel = CancelHandle::new();
+        let deadline = step.scope.deadline_ms.map(instant_of);
+        let scope = Scope {
+            tenant: Arc::from(step.scope.tenant.as_str()),
+            session: step.scope.session.as_deref().map(Arc::from),
+            depth: 0,
+            deadline,
+            cancel: cancel.clone(),
+            limits: step.scope.limits.into(),
+            parent: step.scope.parent.as_deref().map(Arc::from),
+            priority: step.scope.priority,
+            max_attempts: step.scope.max_attempts,
+        };
+        let pinned = Pinned {
+            plugin: plugin.clone(),
+            attempt,
+        };
+        let result = execute_pinned(
+            &self.shared,
+            pinned,
+            step.state.clone(),
+            scope,
+            Some(step.execution.clone()),
+        )
+        .await;
+        if let Some(error) = &result.error {
+            let policy = plugin.retry();
+            let allowed = policy.attempts_allowed(step.scope.max_attempts);
+            if let Some(delay) = policy.retry_after(attempt, allowed, error, &cancel, deadline) {
+                self.retrying(&step, &result, error, delay);
+                return Err(bullmq::Error::ProcessingError(error.message.clone()));
+            }
+        }
+        self.carry_on(step, &result).await?;
+        if result.ok {
+            Ok(document(&result))
+        } else {
+            Err(bullmq::Error::Unrecoverable(message_of(&result)))
+        }
+    }
+
+    /// Notes the wait before the next attempt (for the backoff strategy) and says so.
+    fn retrying(
+        &self,
+        step: &StepJob,
+        result: &ExecutionResult,
+        error: &ExecutionError,
+        delay: Duration,
+    ) {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        super::client::lock_map(&self.delays).insert(step.job_id(), delay_ms);
+        tracing::info!(
+            target: "weir::execution",
+            id = %step.execution,
+            processor = %step.processor,
+            attempt = result.execution.attempts,
+            delay_ms,
+            error = %error,
+            "retrying"
+        );
+        let events = &self.shared.events;
+        if events.active() {
+            let mut event = execution_event(
+                EventKind::ProcessorRetrying,
+                &result.execution,
+                step.scope.parent.as_deref(),
+                0,
+            );
+            event.attempt = Some(result.execution.attempts);
+            event.error = Some(error.clone());
+            event.data = Some(serde_json::json!({ "delayMs": delay_ms }));
+            events.publish(event);
+        }
+    }
+
+    /// Takes the step's result through its run: the next step is enqueued, or the run's
+    /// outcome written. If Redis fails here, the job fails retryably and the step runs
+    /// again (every write of the move is idempotent).
+    async fn carry_on(&self, step: StepJob, result: &ExecutionResult) -> Result<(), bullmq::Error> {
+        let cursor = Cursor {
+            run: step.run,
+            scope: step.scope,
+            bindings: step.bindings,
+            frames: step.frames,
+        };
+        self.dist
+            .proceed(cursor, Next::Done(Box::new(result.clone())))
+            .await
+            .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))
+    }
+
+    /// A job another producer added: its data is the input of the queue's processor, its
+    /// return value the result document, and BullMQ's own attempts decide retries.
+    async fn handle_foreign(
+        &self,
+        queue: String,
+        input: Value,
+        attempt: u32,
+    ) -> Result<Value, bullmq::Error> {
+        let plugin = match self.shared.registry.get(&queue) {
+            Some(plugin) => plugin,
+            None => {
+                let mut conn = self.dist.conn();
+                let published = content::published_plugins(&mut conn, &self.dist.keys)
+                    .await
+                    .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
+                let Some(digest) = published.get(&queue) else {
+                    return Err(bullmq::Error::Unrecoverable(format!(
+                        "no processor named `{queue}` is published"
+                    )));
+                };
+                match self.plugin(&queue, digest).await {
+                    Ok(plugin) => plugin,
+                    Err(Unavailable::Redis(e)) => {
+                        return Err(bullmq::Error::ProcessingError(e.to_string()));
+                    }
+                    Err(Unavailable::Missing(why)) => {
+                        return Err(bullmq::Error::Unrecoverable(why));
+                    }
+                }
+            }
+        };
+        let scope = Scope {
+            tenant: Arc::from("default"),
+            session: None,
+            depth: 0,
+            deadline: None,
+            cancel: CancelHandle::new(),
+            limits: Default::default(),
+            parent: None,
+            priority: None,
+            max_attempts: None,
+        };
+        let result =
+            execute_pinned(&self.shared, Pinned { plugin, attempt }, input, scope, None).await;
+        match &result.error {
+            None => Ok(document(&result)),
+            Some(error)
+                if error.retryable
+                    || matches!(error.kind, ErrorKind::Timeout | ErrorKind::Network) =>
+            {
+                Err(bullmq::Error::ProcessingError(message_of(&result)))
+            }
+            Some(_) => Err(bullmq::Error::Unrecoverable(message_of(&result))),
+        }
+    }
+
+    /// The component `digest` as processor `name`: the loaded one if it is that exact
+    /// component, else one fetched from Redis before, else fetched now.
+    async fn plugin(&self, name: &str, digest: &str) -> Result<Arc<Plugin>, Unavailable> {
+        if let Some(plugin) = self.shared.registry.get(name)
+            && plugin.digest() == digest
+        {
+            return Ok(plugin);
+        }
+        if let Some(plugin) = super::client::lock_map(&self.fetched).get(digest) {
+            return Ok(plugin.clone());
+        }
+        // One fetch at a time: concurrent jobs of a new component compile it once.
+        let _fetching = self.fetching.lock().await;
+        if let Some(plugin) = super::client::lock_map(&self.fetched).get(digest) {
+            return Ok(plugin.clone());
+        }
+        let mut conn = self.dist.conn();
+        let bytes = content::fetch_plugin(&mut conn, &self.dist.keys, digest)
+            .await
+            .map_err(Unavailable::Redis)?
+            .map_err(Unavailable::Missing)?;
+        let manifest = self.manifest_for(name).map_err(Unavailable::Missing)?;
+        let origin = PathBuf::from(format!("redis:{digest}"));
+        let shared = &self.shared;
+        let plugin = Plugin::from_bytes(
+            &shared.engine,
+            &shared.linker,
+            name.to_string(),
+            &origin,
+            bytes,
+            manifest,
+            &shared.config,
+        )
+        .await
+        .map_err(|e| {
+            Unavailable::Missing(format!(
+                "the published `{name}` ({digest}) cannot load: {e}"
+            ))
+        })?;
+        tracing::info!(
+            target: "weir::worker",
+            plugin = name,
+            digest = &digest[..12.min(digest.len())],
+            "fetched a published component"
+        );
+        let plugin = Arc::new(plugin);
+        let mut fetched = super::client::lock_map(&self.fetched);
+        if fetched.len() >= FETCHED_KEPT {
+            fetched.clear();
+        }
+        fetched.insert(digest.to_string(), plugin.clone());
+        Ok(plugin)
+    }
+
+    /// This operator's manifest for `name` (limits, capabilities): the one beside where
+    /// its file would be in this worker's plugins folder, if any.
+    fn manifest_for(&self, name: &str) -> Result<Manifest, String> {
+        let Some(dir) = &self.plugins_dir else {
+            return Ok(Manifest::default());
+        };
+        Manifest::load_for(&dir.join(format!("{name}.wasm"))).map_err(|(path, reason)| {
+            format!("the manifest {} is invalid: {reason}", path.display())
+        })
+    }
+}
+
+/// Why a job's component cannot be had.
+enum Unavailable {
+    /// Redis failed: try the job again later.
+    Redis(redis::RedisError),
+    /// It is not there or does not load: the step fails.
+    Missing(String),
+}
+
+fn step_info(step: &StepJob, attempt: u32) -> ExecutionInfo {
+    let mut info = ExecutionInfo::new(
+        Some(step.execution.clone()),
+        step.processor.clone(),
+        step.scope.tenant.clone(),
+        step.scope.session.clone(),
+    );
+    info.digest = Some(step.digest.clone());
+    info.attempts = attempt;
+    info
+}
+
+/// The result document as a job's return value.
+fn document(result: &ExecutionResult) -> Value {
+    serde_json::to_value(result.document()).unwrap_or(Value::Null)
+}
+
+/// A failed result as a job's failure reason: the error's kind, code and message.
+fn message_of(result: &ExecutionResult) -> String {
+    match &result.error {
+        Some(error) => match &error.code {
+            Some(code) => format!("{} ({code}): {}", kind_word(error.kind), error.message),
+            None => format!("{}: {}", kind_word(error.kind), error.message),
+        },
+        None => String::new(),
+    }
+}
+
+fn kind_word(kind: ErrorKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}

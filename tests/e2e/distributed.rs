@@ -1,0 +1,318 @@
+//! The distributed runtime: real `weir worker` processes and a real `redis-server`. The
+//! same requests give the same result documents as on the local runtime; a worker that
+//! lacks a component fetches it by digest; runs outlive their submitter; a job whose
+//! worker is killed is recovered by another; Redis out of reach is exit code 3.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use weir_tests::{
+    PluginFolder, RedisServer, WorkerProcess, cache_dir, engine_config, plugin_path, weir_bin,
+};
+
+const PLUGINS: &[&str] = &[
+    "increment",
+    "double",
+    "add-ten",
+    "hello",
+    "validate-email",
+    "classify",
+    "flaky",
+    "spin",
+    "sleep",
+    "relay",
+];
+
+const WORKFLOWS: &str = r#"
+[workflow.calc]
+chain = ["increment", "double", "add-ten"]
+
+[workflow.signup]
+chain = ["increment", "validate-email", "double"]
+
+[workflow.pick]
+route = "/kind"
+routes = { inc = "increment", greet = "hello" }
+fallback = "double"
+
+[workflow.strict]
+route = "/kind"
+routes = { inc = "increment" }
+
+[workflow.size]
+selector = "classify"
+routes = { small = "increment", big = "double" }
+
+[workflow.nested]
+chain = ["calc", "pick"]
+
+[workflow.bounded]
+chain = ["increment", "sleep"]
+timeout_ms = 200
+"#;
+
+/// A folder with the test plugins and workflows.
+fn folder() -> PluginFolder {
+    let folder = PluginFolder::with(PLUGINS);
+    folder.write("workflows.toml", WORKFLOWS.as_bytes());
+    folder
+}
+
+/// A runtime that submits to the Redis at `url`, publishing `dir`'s plugins and workflows.
+async fn submitter(url: &str, dir: &std::path::Path) -> weir::Runtime {
+    let runtime = weir::Runtime::redis(url)
+        .plugins_dir(dir)
+        .engine_config(engine_config())
+        .build()
+        .await
+        .expect("the distributed runtime connects");
+    runtime.start();
+    runtime
+}
+
+/// A result document without what differs from run to run (ids, times, costs).
+fn comparable(result: &weir::ExecutionResult) -> Value {
+    let mut document = serde_json::to_value(result.document()).unwrap();
+    for field in ["id", "durationUs", "fuelConsumed", "peakMemoryBytes"] {
+        document["execution"].as_object_mut().unwrap().remove(field);
+    }
+    if let Some(metadata) = document["state"]["metadata"].as_object_mut() {
+        metadata.remove("createdAt");
+        metadata.remove("lastUpdated");
+    }
+    document
+}
+
+#[tokio::test]
+async fn the_distributed_runtime_gives_the_local_runtimes_results() {
+    let redis = RedisServer::start();
+    let folder = folder();
+    let _workers = [
+        WorkerProcess::start(&redis.url(), folder.path(), &[]),
+        WorkerProcess::start(&redis.url(), folder.path(), &[]),
+    ];
+    let distributed = submitter(&redis.url(), folder.path()).await;
+    let local = weir_tests::runtime(folder.path()).await;
+    let cases = [
+        ("increment", json!({"count": 1})),
+        ("validate-email", json!({"email": "nope"})),
+        ("calc", json!({"count": 5})),
+        ("signup", json!({"count": 1, "email": "nope"})),
+        ("pick", json!({"kind": "inc", "count": 1})),
+        ("pick", json!({"kind": "zzz", "count": 1})),
+        ("strict", json!({"kind": "zzz"})),
+        ("strict", json!({})),
+        ("size", json!({"count": 1})),
+        ("size", json!({"count": 1000})),
+        ("nested", json!({"count": 1, "kind": "greet"})),
+        ("flaky", json!({"succeedOn": 3})),
+        ("flaky", json!({"succeedOn": 9})),
+        ("spin", json!({})),
+        ("relay", json!({"target": "increment", "count": 1})),
+        ("bounded", json!({"ms": 1000})),
+    ];
+    for (name, input) in cases {
+        let here = local.run(name, input.clone()).await.unwrap();
+        let there = distributed.run(name, input.clone()).await.unwrap();
+        assert_eq!(
+            comparable(&there),
+            comparable(&here),
+            "`{name}` on {input} differs between the runtimes"
+        );
+    }
+    // A name nothing has is refused the same way.
+    let refused = distributed.run("nope", json!({})).await.unwrap_err();
+    assert!(
+        matches!(refused, weir::RuntimeError::NotFound { .. }),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_without_the_plugin_fetches_it_by_digest() {
+    let redis = RedisServer::start();
+    let empty = PluginFolder::new();
+    let mut worker = WorkerProcess::start(&redis.url(), empty.path(), &[]);
+    // The submitter publishes `double`; only the worker can run it.
+    let folder = PluginFolder::with(&["double"]);
+    let runtime = submitter(&redis.url(), folder.path()).await;
+    let result = runtime.run("double", json!({"count": 21})).await.unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 42);
+    let digest = runtime.plugin("double").unwrap().digest().to_string();
+    assert_eq!(result.execution.digest.as_deref(), Some(digest.as_str()));
+    worker.wait_for("fetched a published component");
+}
+
+#[tokio::test]
+async fn a_pushed_plugin_runs_from_the_command_line_without_any_file_on_the_worker() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let empty = PluginFolder::new();
+    let _worker = WorkerProcess::start(&url, empty.path(), &[]);
+    let push = Command::new(weir_bin())
+        .args(["plugins", "push", "--redis", &url])
+        .arg(plugin_path("add-ten"))
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let pushed: Value = serde_json::from_slice(&push.stdout).unwrap();
+    assert_eq!(pushed[0]["name"], "add-ten");
+    let run = Command::new(weir_bin())
+        .args([
+            "run",
+            "add-ten",
+            "--redis",
+            &url,
+            "--input",
+            r#"{"count": 1}"#,
+        ])
+        .arg("--plugins")
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let result: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(result["state"]["count"], 11);
+    assert_eq!(result["execution"]["digest"], pushed[0]["digest"]);
+}
+
+#[tokio::test]
+async fn a_detached_run_completes_without_its_submitter_and_any_process_reads_it() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = folder();
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let submit = Command::new(weir_bin())
+        .args([
+            "run",
+            "calc",
+            "--detach",
+            "--redis",
+            &url,
+            "--input",
+            r#"{"count": 5}"#,
+        ])
+        .arg("--plugins")
+        .arg(folder.path())
+        .output()
+        .unwrap();
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    let submitted: Value = serde_json::from_slice(&submit.stdout).unwrap();
+    let id = submitted["run"].as_str().unwrap().to_string();
+    // The submitter has exited; another process waits for the outcome.
+    let get = Command::new(weir_bin())
+        .args(["runs", "get", &id, "--wait", "--redis", &url])
+        .output()
+        .unwrap();
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    let run: Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(run["status"], "ok");
+    assert_eq!(run["target"], "calc");
+    assert_eq!(run["result"]["state"]["count"], 22);
+    assert_eq!(run["result"]["execution"]["id"], id.as_str());
+    // Unknown runs are a usage error.
+    let missing = Command::new(weir_bin())
+        .args(["runs", "get", "no-such-run", "--redis", &url])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_is_killed_is_recovered_by_another_and_completes_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["sleep"]);
+    folder.manifest("sleep", "[limits]\ntimeout_ms = 20000\n");
+    let fast_recovery = ["--lock-ms", "1000", "--stalled-interval-ms", "500"];
+    let mut first = WorkerProcess::start(&url, folder.path(), &fast_recovery);
+    let runtime = submitter(&url, folder.path()).await;
+    let id = runtime
+        .submit(weir::ExecutionRequest::new("sleep", json!({"ms": 1500})))
+        .await
+        .unwrap();
+    // Wait until the first worker holds the job, then kill it mid-job.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: u64 = redis::cmd("LLEN")
+            .arg("weir:sleep:active")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if active == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never became active");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.kill();
+    let _second = WorkerProcess::start(&url, folder.path(), &fast_recovery);
+    let result = tokio::time::timeout(Duration::from_secs(60), runtime.wait_run(&id))
+        .await
+        .expect("the run finished after recovery")
+        .unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["slept_ms"], 1500);
+    // Exactly one outcome was recorded and announced.
+    let announced: u64 = redis::cmd("XLEN")
+        .arg("weir:_:events")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(announced, 1);
+}
+
+#[tokio::test]
+async fn redis_out_of_reach_is_exit_code_3_within_the_connect_timeout() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let folder = PluginFolder::with(&["hello"]);
+    for command in [&["run", "hello"][..], &["worker"][..]] {
+        let started = Instant::now();
+        let output = Command::new(weir_bin())
+            .args(command)
+            .args(["--redis", &url, "--connect-timeout-ms", "300"])
+            .arg("--plugins")
+            .arg(folder.path())
+            .arg("--cache-dir")
+            .arg(cache_dir())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(3), "{command:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+        assert!(output.stdout.is_empty());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{command:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
