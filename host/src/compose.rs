@@ -537,7 +537,7 @@ impl Batch<'_> {
 }
 
 /// Whether a JSON value counts as true for a graph condition.
-fn truthy(value: Option<&Value>) -> bool {
+pub(crate) fn truthy(value: Option<&Value>) -> bool {
     match value {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
         Some(Value::Number(n)) => n.as_f64() != Some(0.0),

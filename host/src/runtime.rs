@@ -353,7 +353,9 @@ impl Runtime {
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        distributed.push_plugin(plugin.name(), &bytes).await
+        distributed
+            .push_plugin(plugin.name(), plugin.version(), &bytes)
+            .await
     }
 
     fn accepting(&self) -> Result<(), RuntimeError> {

@@ -395,6 +395,14 @@ impl Workflow {
         }
     }
 
+    /// Whether its steps run side by side (parallel, batch, graph).
+    pub(crate) fn is_fan_out(&self) -> bool {
+        matches!(
+            self.composition,
+            Composition::Parallel { .. } | Composition::Batch { .. } | Composition::Graph { .. }
+        )
+    }
+
     /// Every unit name this workflow refers to, with the role it plays.
     pub fn references(&self) -> Vec<(String, &str)> {
         let mut refs = Vec::new();

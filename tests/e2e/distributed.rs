@@ -22,6 +22,7 @@ const PLUGINS: &[&str] = &[
     "spin",
     "sleep",
     "relay",
+    "sum-counts",
 ];
 
 const WORKFLOWS: &str = r#"
@@ -50,6 +51,40 @@ chain = ["calc", "pick"]
 [workflow.bounded]
 chain = ["increment", "sleep"]
 timeout_ms = 200
+
+[workflow.fan]
+parallel = ["increment", "hello"]
+
+[workflow.fan-fail]
+parallel = ["increment", "validate-email"]
+
+[workflow.sum-both]
+parallel = ["increment", "double"]
+merge = "sum-counts"
+
+[workflow.sum-then-greet]
+chain = ["sum-both", "hello"]
+
+[workflow.fan-of-chains]
+parallel = ["calc", "pick", "fan"]
+
+[workflow.each]
+batch = "increment"
+concurrency = 2
+
+[workflow.each-strict]
+batch = "validate-email"
+policy = "all-or-nothing"
+concurrency = 1
+
+[workflow.each-fan]
+batch = "fan"
+
+[workflow.pipeline]
+graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "double" }, review = { after = ["parse"], if = "/needsReview", run = "hello" }, store = { after = ["parse"], run = "add-ten" } }
+
+[workflow.broken-graph]
+graph = { a = { run = "increment" }, b = { after = ["a"], run = "validate-email" }, c = { after = ["b"], run = "double" }, d = { run = "add-ten" } }
 "#;
 
 /// A folder with the test plugins and workflows.
@@ -71,17 +106,30 @@ async fn submitter(url: &str, dir: &std::path::Path) -> weir::Runtime {
     runtime
 }
 
-/// A result document without what differs from run to run (ids, times, costs).
+/// A result without what differs from run to run (ids, times, costs); a batch's items are
+/// compared apart.
 fn comparable(result: &weir::ExecutionResult) -> Value {
-    let mut document = serde_json::to_value(result.document()).unwrap();
+    let mut document = serde_json::to_value(result).unwrap();
     for field in ["id", "durationUs", "fuelConsumed", "peakMemoryBytes"] {
         document["execution"].as_object_mut().unwrap().remove(field);
     }
-    if let Some(metadata) = document["state"]["metadata"].as_object_mut() {
-        metadata.remove("createdAt");
-        metadata.remove("lastUpdated");
-    }
+    forget_times(&mut document);
     document
+}
+
+/// Removes every state's timestamps, however deep.
+fn forget_times(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(metadata)) = map.get_mut("metadata") {
+                metadata.remove("createdAt");
+                metadata.remove("lastUpdated");
+            }
+            map.values_mut().for_each(forget_times);
+        }
+        Value::Array(items) => items.iter_mut().for_each(forget_times),
+        _ => {}
+    }
 }
 
 #[tokio::test]
@@ -111,6 +159,25 @@ async fn the_distributed_runtime_gives_the_local_runtimes_results() {
         ("spin", json!({})),
         ("relay", json!({"target": "increment", "count": 1})),
         ("bounded", json!({"ms": 1000})),
+        ("fan", json!({"count": 1})),
+        ("fan-fail", json!({"count": 1, "email": "nope"})),
+        ("sum-both", json!({"count": 3})),
+        ("sum-then-greet", json!({"count": 3})),
+        ("fan-of-chains", json!({"count": 5, "kind": "inc"})),
+        (
+            "each",
+            json!({"items": [{"count": 1}, {"count": 2}, {"count": 3}]}),
+        ),
+        ("each", json!({"items": []})),
+        ("each", json!({"count": 1})),
+        (
+            "each-strict",
+            json!({"items": [{"email": "a@b.c"}, {"email": "nope"}, {"email": "x@y.z"}]}),
+        ),
+        ("each-fan", json!({"items": [{"count": 1}, {"count": 2}]})),
+        ("pipeline", json!({"count": 1})),
+        ("pipeline", json!({"count": 1, "needsReview": true})),
+        ("broken-graph", json!({"count": 1, "email": "nope"})),
     ];
     for (name, input) in cases {
         let here = local.run(name, input.clone()).await.unwrap();
@@ -120,6 +187,12 @@ async fn the_distributed_runtime_gives_the_local_runtimes_results() {
             comparable(&here),
             "`{name}` on {input} differs between the runtimes"
         );
+        let items = |r: &weir::ExecutionResult| {
+            r.items
+                .as_ref()
+                .map(|items| items.iter().map(comparable).collect::<Vec<_>>())
+        };
+        assert_eq!(items(&there), items(&here), "`{name}`'s items differ");
     }
     // A name nothing has is refused the same way.
     let refused = distributed.run("nope", json!({})).await.unwrap_err();

@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bullmq::types::{BackoffStrategy, KeepJobs, RemoveOnFinish};
-use bullmq::{JobOptions, Queue, QueueOptions};
+use bullmq::{FlowProducer, FlowProducerOptions, JobOptions, ParentOptions, Queue, QueueOptions};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::content;
-use super::flow::{Cursor, Next};
-use super::wire::{Binding, StepJob, WireScope, now_ms};
+use super::fanout::JOIN_QUEUE;
+use super::flow::{Cursor, Next, Plan};
+use super::wire::{Binding, StepJob, WireScope, enclosing_join, now_ms};
 use super::{Keys, RedisConfig, Retention, bullmq_connection, connect, unreachable};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::executor::failed;
@@ -60,6 +62,8 @@ pub(crate) struct Distributed {
     workflows: Mutex<HashMap<String, Arc<Workflow>>>,
     waiters: Arc<Waiters>,
     finish: redis::Script,
+    pub(super) join_cas: redis::Script,
+    flows: tokio::sync::OnceCell<FlowProducer>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -102,6 +106,8 @@ impl Distributed {
             workflows: Mutex::new(HashMap::new()),
             waiters,
             finish: redis::Script::new(include_str!("../lua/finish_run.lua")),
+            join_cas: redis::Script::new(include_str!("../lua/join_cas.lua")),
+            flows: tokio::sync::OnceCell::new(),
             reader,
         }))
     }
@@ -110,8 +116,70 @@ impl Distributed {
         self.conn.clone()
     }
 
-    fn redis_error(&self, error: impl std::fmt::Display) -> Error {
+    pub(super) fn redis_error(&self, error: impl std::fmt::Display) -> Error {
         unreachable(&self.config, error)
+    }
+
+    /// How long records of runs and fan-outs are kept, in seconds.
+    pub(super) fn retention_secs(&self) -> i64 {
+        i64::try_from(self.config.run_retention.as_secs().max(1)).unwrap_or(i64::MAX)
+    }
+
+    /// BullMQ's options for the job `id` of a step: weir decides retries (BullMQ's attempt
+    /// ceiling is above any policy's), finished jobs are kept as configured, and a job in a
+    /// fan-out's branch is a child of its join (whose wait a failure does not block).
+    pub(super) fn step_options(
+        &self,
+        id: &str,
+        priority: Option<u32>,
+        join: Option<&str>,
+    ) -> JobOptions {
+        let mut options = JobOptions::new()
+            .attempts(JOB_ATTEMPTS)
+            .backoff(BackoffStrategy::Custom(BACKOFF.to_string()))
+            .remove_on_complete(keep(self.config.keep_completed))
+            .remove_on_fail(keep(self.config.keep_failed));
+        options.job_id = Some(id.to_string());
+        options.priority = priority;
+        if let Some(join) = join {
+            options.parent = Some(ParentOptions {
+                queue: JOIN_QUEUE.to_string(),
+                id: join.to_string(),
+                wait_children: None,
+            });
+            options.ignore_dependency_on_failure = Some(true);
+        }
+        options
+    }
+
+    /// BullMQ's options for the join job `id` (a child of `parent` when the fan-out is in
+    /// another's branch). Joins only fail when Redis does: they retry every half second.
+    pub(super) fn join_options(&self, id: &str, parent: Option<&str>) -> JobOptions {
+        let mut options = self.step_options(id, None, parent);
+        options.backoff = Some(BackoffStrategy::Fixed(500));
+        options
+    }
+
+    /// Adds a planned job (or flow) to Redis.
+    pub(super) async fn add(&self, plan: Plan) -> Result<(), Error> {
+        match plan {
+            Plan::Step(job) => self.enqueue(&job).await,
+            Plan::Flow(flow) => {
+                let producer = self
+                    .flows
+                    .get_or_try_init(|| async {
+                        let options = FlowProducerOptions {
+                            connection: bullmq_connection(&self.config),
+                            prefix: Some(self.config.prefix.clone()),
+                        };
+                        FlowProducer::with_options(options).await
+                    })
+                    .await
+                    .map_err(|e| self.redis_error(e))?;
+                producer.add(*flow).await.map_err(|e| self.redis_error(e))?;
+                Ok(())
+            }
+        }
     }
 
     /// BullMQ's options for weir's queues.
@@ -141,21 +209,36 @@ impl Distributed {
     /// does nothing, which makes re-running a step harmless.
     pub(crate) async fn enqueue(&self, job: &StepJob) -> Result<(), Error> {
         let queue = self.queue(&job.processor).await?;
-        let mut options = JobOptions::new()
-            .attempts(JOB_ATTEMPTS)
-            .backoff(BackoffStrategy::Custom(BACKOFF.to_string()))
-            .remove_on_complete(keep(self.config.keep_completed))
-            .remove_on_fail(keep(self.config.keep_failed));
-        options.job_id = Some(job.job_id());
-        if let Some(priority) = job.scope.priority {
-            options.priority = Some(priority);
-        }
+        let options = self.step_options(
+            &job.job_id(),
+            job.scope.priority,
+            enclosing_join(&job.frames),
+        );
         queue
             .add(&job.processor, job)
             .options(options)
             .await
             .map_err(|e| self.redis_error(e))?;
         Ok(())
+    }
+
+    /// What ran (digest and declared version) when `name` runs in a run with `bindings`.
+    pub(super) async fn identity(
+        &self,
+        bindings: &BTreeMap<String, Binding>,
+        name: &str,
+    ) -> Result<(Option<String>, Option<String>), Error> {
+        match bindings.get(name) {
+            Some(Binding::Processor { digest }) => {
+                let mut conn = self.conn();
+                let version = content::version_of(&mut conn, &self.keys, digest)
+                    .await
+                    .map_err(|e| self.redis_error(e))?;
+                Ok((Some(digest.clone()), version))
+            }
+            Some(Binding::Workflow { digest }) => Ok((Some(digest.clone()), None)),
+            None => Ok((None, None)),
+        }
     }
 
     /// The workflow published under `digest` (fetched once per process): `Err` with the
@@ -184,7 +267,11 @@ impl Distributed {
         run: &str,
         result: &ExecutionResult,
     ) -> Result<(), Error> {
-        let document = serde_json::to_string(&result.document()).unwrap_or_default();
+        let stored = Stored {
+            result: result.clone(),
+            items: result.items.clone(),
+        };
+        let document = serde_json::to_string(&stored).unwrap_or_default();
         let status = if result.ok { "ok" } else { "failed" };
         let mut conn = self.conn();
         let _: i64 = self
@@ -193,7 +280,7 @@ impl Distributed {
             .key(self.keys.events())
             .arg(document)
             .arg(status)
-            .arg(self.config.run_retention.as_secs().max(1))
+            .arg(self.retention_secs())
             .arg(EVENTS_KEPT)
             .arg(run)
             .arg(now_ms())
@@ -216,9 +303,11 @@ impl Distributed {
                     continue;
                 }
             };
-            let digest = content::publish_plugin(&mut conn, &self.keys, plugin.name(), &bytes)
-                .await
-                .map_err(|e| self.redis_error(e))?;
+            let name = plugin.name();
+            let digest =
+                content::publish_plugin(&mut conn, &self.keys, name, plugin.version(), &bytes)
+                    .await
+                    .map_err(|e| self.redis_error(e))?;
             if digest != plugin.digest() {
                 tracing::warn!(
                     plugin = plugin.name(),
@@ -236,9 +325,14 @@ impl Distributed {
     }
 
     /// Publishes one component as processor `name`; returns its digest.
-    pub(crate) async fn push_plugin(&self, name: &str, bytes: &[u8]) -> Result<String, Error> {
+    pub(crate) async fn push_plugin(
+        &self,
+        name: &str,
+        version: &str,
+        bytes: &[u8],
+    ) -> Result<String, Error> {
         let mut conn = self.conn();
-        content::publish_plugin(&mut conn, &self.keys, name, bytes)
+        content::publish_plugin(&mut conn, &self.keys, name, version, bytes)
             .await
             .map_err(|e| self.redis_error(e))
     }
@@ -384,9 +478,21 @@ fn run_status(id: &str, mut fields: HashMap<String, String>) -> Option<RunStatus
     })
 }
 
-/// A result document read back.
+/// A run's outcome as stored: the whole result, with a batch's items.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    result: ExecutionResult,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    items: Option<Vec<ExecutionResult>>,
+}
+
+/// A stored outcome read back.
 fn parse_document(text: &str) -> Option<ExecutionResult> {
-    serde_json::from_str(text).ok()
+    let stored: Stored = serde_json::from_str(text).ok()?;
+    let mut result = stored.result;
+    result.items = stored.items;
+    Some(result)
 }
 
 fn keep(retention: Retention) -> RemoveOnFinish {

@@ -12,11 +12,13 @@ use super::Keys;
 use super::wire::Binding;
 use crate::workflow::Workflow;
 
-/// Publishes a component's bytes under their digest (once) and makes `name` mean them.
+/// Publishes a component's bytes under their digest (once), with its declared `version`,
+/// and makes `name` mean them.
 pub(crate) async fn publish_plugin(
     conn: &mut ConnectionManager,
     keys: &Keys,
     name: &str,
+    version: &str,
     bytes: &[u8],
 ) -> redis::RedisResult<String> {
     let digest = hex::encode(Sha256::digest(bytes));
@@ -26,8 +28,23 @@ pub(crate) async fn publish_plugin(
     if !present {
         let _: () = conn.set(&blob, bytes).await?;
     }
-    let _: () = conn.hset(keys.plugins(), name, &digest).await?;
+    let _: () = redis::pipe()
+        .hset(keys.versions(), &digest, version)
+        .ignore()
+        .hset(keys.plugins(), name, &digest)
+        .ignore()
+        .query_async(conn)
+        .await?;
     Ok(digest)
+}
+
+/// The declared version of the published component `digest`.
+pub(crate) async fn version_of(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    digest: &str,
+) -> redis::RedisResult<Option<String>> {
+    conn.hget(keys.versions(), digest).await
 }
 
 /// The component stored under `digest`, if any, checked against it.

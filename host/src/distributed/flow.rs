@@ -8,6 +8,8 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 use super::client::Distributed;
+use bullmq::FlowJob;
+
 use super::wire::{At, Binding, FORMAT, Frame, StepJob, WireScope, earliest, now_ms, now_us};
 use crate::compose::{choose_route, key_of, missing_key, route_failed, step_failed};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
@@ -39,41 +41,92 @@ pub(crate) enum Next {
 }
 
 /// The workflow of `frame` ended: with its output, or with the last good state and why.
-type Outcome = Result<Value, (Value, ExecutionError)>;
+pub(crate) type Outcome = Result<Value, (Value, ExecutionError)>;
+
+/// A job to add: one step, or a fan-out's join with its first branches.
+pub(crate) enum Plan {
+    Step(Box<StepJob>),
+    Flow(Box<FlowJob>),
+}
+
+/// Where moving a run on stopped.
+pub(crate) enum Settled {
+    /// It needs this job.
+    Plan(Plan),
+    /// A fan-out's branch ended (`frame` is its bottom).
+    Branch {
+        frame: Box<Frame>,
+        result: Box<ExecutionResult>,
+    },
+    /// The run ended.
+    Run(Box<ExecutionResult>),
+}
+
+/// What entering a name gave.
+pub(crate) enum Entered {
+    Plan(Plan),
+    Next(Next),
+}
 
 impl Distributed {
-    /// Carries the run on from `next` until it waits on a queued step or is finished.
-    /// Fails only when Redis does (the caller retries the whole move; every write in it is
-    /// idempotent).
-    pub(crate) async fn proceed(&self, mut cursor: Cursor, mut next: Next) -> Result<(), Error> {
-        loop {
-            next = match next {
-                Next::Enter { name, state, path } => {
-                    match self.enter(&mut cursor, name, state, path).await? {
-                        Some(next) => next,
-                        None => return Ok(()),
-                    }
+    /// Carries the run on from `next` until it waits on queued jobs or is finished: adds
+    /// the jobs it needs, records branches' ends (starting the branches that became
+    /// ready), and writes the run's outcome. Fails only when Redis does (the caller
+    /// retries the whole move; every write in it is idempotent).
+    pub(crate) async fn proceed(&self, cursor: Cursor, next: Next) -> Result<(), Error> {
+        let mut work = vec![(cursor, next)];
+        while let Some((mut cursor, next)) = work.pop() {
+            match self.settle(&mut cursor, next).await? {
+                Settled::Plan(plan) => self.add(plan).await?,
+                Settled::Run(result) => self.finish_run(&cursor.run, &result).await?,
+                Settled::Branch { frame, result } => {
+                    work.extend(self.branch_done(&cursor, &frame, *result).await?);
                 }
-                Next::Done(result) => match cursor.frames.pop() {
-                    None => {
-                        self.finish_run(&cursor.run, &result).await?;
-                        return Ok(());
-                    }
-                    Some(frame) => self.step_done(&mut cursor, frame, *result).await?,
-                },
-            };
+            }
         }
+        Ok(())
     }
 
-    /// Enqueues the step for a processor (returns `None`), or opens a workflow and says what
-    /// runs first in it.
+    /// Moves the run on until it needs a job, reaches the end of a fan-out's branch, or
+    /// ends. Boxed: opening a fan-out settles its branches, which may open fan-outs.
+    pub(crate) fn settle<'a>(
+        &'a self,
+        cursor: &'a mut Cursor,
+        mut next: Next,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Settled, Error>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            loop {
+                next = match next {
+                    Next::Enter { name, state, path } => {
+                        match self.enter(cursor, name, state, path).await? {
+                            Entered::Plan(plan) => return Ok(Settled::Plan(plan)),
+                            Entered::Next(next) => next,
+                        }
+                    }
+                    Next::Done(result) => match cursor.frames.pop() {
+                        None => return Ok(Settled::Run(result)),
+                        Some(frame) if matches!(frame.at, At::Branch { .. }) => {
+                            return Ok(Settled::Branch {
+                                frame: Box::new(frame),
+                                result,
+                            });
+                        }
+                        Some(frame) => self.step_done(cursor, frame, *result).await?,
+                    },
+                };
+            }
+        })
+    }
+
+    /// The job for a processor, or a workflow opened (and what runs first in it).
     async fn enter(
         &self,
         cursor: &mut Cursor,
         name: String,
         state: Value,
         path: String,
-    ) -> Result<Option<Next>, Error> {
+    ) -> Result<Entered, Error> {
         let top = cursor.frames.is_empty() && path == "0";
         let execution = if top {
             cursor.run.clone()
@@ -94,8 +147,7 @@ impl Distributed {
                     bindings: cursor.bindings.clone(),
                     frames: cursor.frames.clone(),
                 };
-                self.enqueue(&job).await?;
-                Ok(None)
+                Ok(Entered::Plan(Plan::Step(Box::new(job))))
             }
             Some(Binding::Workflow { digest }) => {
                 let info = self.info_for(cursor, &execution, &name);
@@ -107,14 +159,16 @@ impl Distributed {
                             codes::NOT_AVAILABLE,
                             why,
                         );
-                        return Ok(Some(Next::Done(Box::new(failed(state, error, info)))));
+                        return Ok(Entered::Next(Next::Done(Box::new(failed(
+                            state, error, info,
+                        )))));
                     }
                 };
                 let (input, metadata) =
                     match state::prepare_input(state, cursor.scope.session.as_deref()) {
                         Ok(prepared) => prepared,
                         Err(error) => {
-                            return Ok(Some(Next::Done(Box::new(failed(
+                            return Ok(Entered::Next(Next::Done(Box::new(failed(
                                 Value::Null,
                                 error,
                                 info,
@@ -139,7 +193,12 @@ impl Distributed {
                     workflow.timeout_ms().map(|t| now_ms().saturating_add(t)),
                 );
                 cursor.scope.parent = Some(execution);
-                Ok(Some(self.open(cursor, &workflow, &mut frame, state)))
+                if workflow.is_fan_out() {
+                    return self.open_fan_out(cursor, &workflow, frame, state).await;
+                }
+                Ok(Entered::Next(
+                    self.open(cursor, &workflow, &mut frame, state),
+                ))
             }
             None => {
                 let info = self.info_for(cursor, &execution, &name);
@@ -152,7 +211,9 @@ impl Distributed {
                          plugins push` it)"
                     ),
                 );
-                Ok(Some(Next::Done(Box::new(failed(state, error, info)))))
+                Ok(Entered::Next(Next::Done(Box::new(failed(
+                    state, error, info,
+                )))))
             }
         }
     }
@@ -214,18 +275,14 @@ impl Distributed {
                     path: format!("{path}.s"),
                 }
             }
+            // Fan-outs open as flows (`open_fan_out`), never here.
             Composition::Parallel { .. }
             | Composition::Batch { .. }
             | Composition::Graph { .. } => {
                 let error = ExecutionError::host(
                     ErrorKind::Configuration,
                     codes::NOT_AVAILABLE,
-                    format!(
-                        "`{}` is a {} workflow; the distributed runtime runs chains and routes \
-                         so far (fan-out flows are being built): run it on the local runtime",
-                        workflow.name(),
-                        workflow.kind()
-                    ),
+                    format!("`{}` is a fan-out opened as a step", workflow.name()),
                 );
                 self.close(cursor, frame.clone(), Err((state, error)))
             }
@@ -304,6 +361,31 @@ impl Distributed {
                     Err(error) => self.close(cursor, frame, Err((input, error))),
                 }
             }
+            (
+                At::Merge { input },
+                Composition::Parallel {
+                    merge: Some(merger),
+                    ..
+                },
+            ) => {
+                if let Some(error) = result.error {
+                    let error = step_failed(&workflow, "merge", merger, None, error);
+                    return Ok(self.close(cursor, frame, Err((input, error))));
+                }
+                let metadata = state::prepare_input(input.clone(), None)
+                    .map(|(_, metadata)| metadata)
+                    .unwrap_or_else(|_| state::StateMetadata::new(None));
+                let metadata = state::StateMetadata {
+                    session_id: cursor.scope.session.clone(),
+                    ..metadata
+                };
+                let merged = match result.state {
+                    Value::Object(merged) => merged,
+                    _ => serde_json::Map::new(),
+                };
+                let state = state::with_metadata(merged, &metadata.bumped());
+                self.close(cursor, frame, Ok(state))
+            }
             (At::Route { key, target }, Composition::Route { routes, .. }) => match result.error {
                 Some(error) => {
                     let error = route_failed(&workflow, routes, &key, &target, error);
@@ -330,7 +412,18 @@ impl Distributed {
 
     /// Ends the workflow of `frame` with `outcome`: its result, reported to whatever
     /// encloses it.
-    fn close(&self, cursor: &mut Cursor, frame: Frame, outcome: Outcome) -> Next {
+    pub(crate) fn close(&self, cursor: &mut Cursor, frame: Frame, outcome: Outcome) -> Next {
+        self.close_with_items(cursor, frame, outcome, None)
+    }
+
+    /// [`Distributed::close`] for a batch, whose result carries every item's.
+    pub(crate) fn close_with_items(
+        &self,
+        cursor: &mut Cursor,
+        frame: Frame,
+        outcome: Outcome,
+        items: Option<Vec<ExecutionResult>>,
+    ) -> Next {
         cursor.scope.deadline_ms = frame.outer_deadline_ms;
         cursor.scope.parent = frame.outer_parent.clone();
         let mut info = self.info_for(cursor, &frame.execution, &frame.workflow);
@@ -339,7 +432,7 @@ impl Distributed {
         info.duration_us = now_us().saturating_sub(frame.started_us);
         info.fuel_consumed = frame.fuel;
         info.peak_memory_bytes = frame.peak_memory;
-        Next::Done(Box::new(match outcome {
+        let mut result = match outcome {
             Ok(state) => ExecutionResult {
                 ok: true,
                 state,
@@ -348,10 +441,12 @@ impl Distributed {
                 items: None,
             },
             Err((state, error)) => failed(state, error, info),
-        }))
+        };
+        result.items = items;
+        Next::Done(Box::new(result))
     }
 
-    fn info_for(&self, cursor: &Cursor, execution: &str, name: &str) -> ExecutionInfo {
+    pub(crate) fn info_for(&self, cursor: &Cursor, execution: &str, name: &str) -> ExecutionInfo {
         ExecutionInfo::new(
             Some(execution.to_string()),
             name,

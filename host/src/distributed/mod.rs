@@ -13,8 +13,8 @@
 //! Redis layout, with the default prefix `weir`:
 //! - BullMQ's keys for the queue of processor `p`: `weir:p:*` (BullMQ prefix `weir`);
 //! - weir's own keys under `weir:_:` (`_` is never a processor name, so never a queue):
-//!   `blob:{digest}` component bytes, `plugins` name → digest of the newest published
-//!   component, `wf:{digest}` workflow definitions, `workflows` name → digest, `run:{id}`
+//!   `blob:{digest}` component bytes, `versions` digest → declared version, `plugins`
+//!   name → digest of the newest published component, `wf:{digest}` workflow definitions, `workflows` name → digest, `run:{id}`
 //!   a run's record, `events` the stream of events every process reads, plus the state
 //!   store's keys (see [`crate::RedisStateStore`]).
 
@@ -26,6 +26,7 @@ use crate::error::Error;
 
 mod client;
 mod content;
+mod fanout;
 mod flow;
 mod wire;
 mod worker;
@@ -131,6 +132,10 @@ impl Keys {
         self.own("plugins")
     }
 
+    pub(crate) fn versions(&self) -> String {
+        self.own("versions")
+    }
+
     pub(crate) fn workflow(&self, digest: &str) -> String {
         self.own(&format!("wf:{digest}"))
     }
@@ -141,6 +146,10 @@ impl Keys {
 
     pub(crate) fn run(&self, id: &str) -> String {
         self.own(&format!("run:{id}"))
+    }
+
+    pub(crate) fn join(&self, id: &str) -> String {
+        self.own(&format!("join:{id}"))
     }
 
     pub(crate) fn events(&self) -> String {

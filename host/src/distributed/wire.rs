@@ -139,6 +139,38 @@ pub(crate) enum At {
     Selector { input: Value },
     /// Running the target a route chose.
     Route { key: Option<String>, target: String },
+    /// The bottom of a fan-out's branch: its end is recorded for the join `join`.
+    Branch { join: String, node: usize },
+    /// A fan-out whose branches are running (in its join job).
+    Join,
+    /// Running a parallel's custom merge on the results; `input` is the parallel's.
+    Merge { input: Value },
+}
+
+/// A fan-out's join job: runs once every branch has ended, then carries the run on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct JoinJob {
+    /// The format version (always [`FORMAT`]).
+    pub weir: u32,
+    /// The join's job id (also the key of its record).
+    pub join: String,
+    pub run: String,
+    /// The fan-out workflow's frame.
+    pub frame: Frame,
+    /// The scope inside the fan-out.
+    pub scope: WireScope,
+    pub bindings: BTreeMap<String, Binding>,
+    /// What encloses the fan-out, innermost last.
+    pub frames: Vec<Frame>,
+}
+
+/// The join whose branch these frames are in (the innermost), if any.
+pub(crate) fn enclosing_join(frames: &[Frame]) -> Option<&str> {
+    frames.iter().rev().find_map(|frame| match &frame.at {
+        At::Branch { join, .. } => Some(join.as_str()),
+        _ => None,
+    })
 }
 
 /// Now, in Unix milliseconds.

@@ -16,8 +16,9 @@ use serde_json::Value;
 use super::bullmq_connection;
 use super::client::Distributed;
 use super::content;
+use super::fanout::JOIN_QUEUE;
 use super::flow::{Cursor, Next};
-use super::wire::{FORMAT, StepJob, instant_of, job_id};
+use super::wire::{FORMAT, JoinJob, StepJob, instant_of, job_id};
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::events::EventKind;
@@ -173,13 +174,14 @@ impl Inner {
             .await
             .map_err(|e| super::unreachable(&self.dist.config, e))?;
         let mut workers = self.workers.lock().await;
-        for name in published.keys() {
+        let names = std::iter::once(JOIN_QUEUE).chain(published.keys().map(String::as_str));
+        for name in names {
             if workers.contains_key(name) {
                 continue;
             }
             let worker = self.start_queue(name).await?;
             tracing::info!(target: "weir::worker", queue = %name, "serving queue");
-            workers.insert(name.clone(), worker);
+            workers.insert(name.to_string(), worker);
         }
         Ok(())
     }
@@ -252,6 +254,9 @@ impl Inner {
     async fn handle(self: Arc<Self>, queue: String, job: Job) -> Result<Value, bullmq::Error> {
         let attempt = job.attempts_made().saturating_add(1);
         let data = job.data().clone();
+        if queue == JOIN_QUEUE {
+            return self.handle_join(data).await;
+        }
         let step = match serde_json::from_value::<StepJob>(data.clone()) {
             Ok(step) if step.weir == FORMAT => step,
             Ok(step) => {
@@ -278,6 +283,22 @@ impl Inner {
                 self.carry_on(step, &result).await?;
                 Err(bullmq::Error::Unrecoverable(message_of(&result)))
             }
+        }
+    }
+
+    /// A fan-out's join: every branch has ended; the workflow's result carries the run on.
+    async fn handle_join(self: Arc<Self>, data: Value) -> Result<Value, bullmq::Error> {
+        let join: JoinJob = serde_json::from_value(data).map_err(|e| {
+            bullmq::Error::Unrecoverable(format!("the join job is not in weir's format: {e}"))
+        })?;
+        let id = join.join.clone();
+        let dist = self.dist.clone();
+        match tokio::spawn(async move { dist.run_join(join).await }).await {
+            Ok(Ok(())) => Ok(serde_json::json!({ "join": id })),
+            Ok(Err(error)) => Err(bullmq::Error::ProcessingError(error.to_string())),
+            Err(panic) => Err(bullmq::Error::Unrecoverable(format!(
+                "the worker failed while joining: {panic}"
+            ))),
         }
     }
 

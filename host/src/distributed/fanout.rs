@@ -1,0 +1,724 @@
+//! Fan-outs across workers: a parallel, batch or graph runs as a BullMQ flow whose parent
+//! is a join job (on weir's own `_join` queue) and whose children are its branches' jobs.
+//! What has finished, what runs, and what may start next live in one record in Redis,
+//! updated with compare-and-set by whichever worker finishes a branch; that worker starts
+//! the branches that became ready (as further children of the join) before its own job
+//! completes, so the join runs only once every branch has ended. The join then computes the
+//! workflow's result with the same rules as [`crate::compose`] and carries the run on.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bullmq::FlowJob;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::client::Distributed;
+use super::flow::{Cursor, Entered, Next, Plan, Settled};
+use super::wire::{At, FORMAT, Frame, JoinJob, enclosing_join, job_id};
+use crate::cancel::{CancelHandle, CancelReason};
+use crate::compose::{step_failed, truthy};
+use crate::error::Error;
+use crate::error::{ErrorKind, ExecutionError, codes};
+use crate::executor::{cancelled_error, failed};
+use crate::merge::merge_branches;
+use crate::result::{ExecutionInfo, ExecutionResult};
+use crate::state::{self, with_metadata};
+use crate::workflow::{BatchPolicy, Composition, GraphNode, Workflow};
+
+/// The name of weir's queue of join jobs (never a processor's: names start with a letter).
+pub(crate) const JOIN_QUEUE: &str = "_join";
+
+/// Where a fan-out stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct JoinState {
+    /// The fan-out's input, with its metadata.
+    pub input: Value,
+    /// One per branch, item or node, in declared order.
+    pub nodes: Vec<NodeState>,
+    /// The first branch to fail, and how.
+    pub first_failure: Option<(usize, ExecutionError)>,
+    /// A batch's next item to start.
+    pub next_item: usize,
+    /// What the finished branches cost.
+    pub fuel: u64,
+    pub peak_memory: u64,
+}
+
+/// One branch, item or node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct NodeState {
+    pub status: Status,
+    /// Its result, once done.
+    pub result: Option<ExecutionResult>,
+    /// A graph node's output (for a skipped node: what reached it).
+    pub output: Option<Value>,
+    /// The node whose completion started it (`None`: started with the fan-out).
+    pub started_by: Option<usize>,
+}
+
+/// Where a branch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Status {
+    Waiting,
+    Running,
+    Done,
+    Skipped,
+}
+
+/// A branch to start: which, what it runs, on what.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Start {
+    pub node: usize,
+    pub name: String,
+    pub input: Value,
+}
+
+/// A processor's digest and declared version.
+pub(crate) type Identity = (Option<String>, Option<String>);
+
+/// How a fan-out ended, once every branch has.
+pub(crate) enum Ending {
+    /// The workflow's outcome (and, for a batch, every item's result).
+    Outcome(
+        Result<Value, (Value, ExecutionError)>,
+        Option<Vec<ExecutionResult>>,
+    ),
+    /// A parallel's custom merge must run on this input first.
+    Merge { merger: String, input: Value },
+}
+
+impl JoinState {
+    /// The state of a fan-out of `workflow` on `input` (with metadata), and the branches
+    /// that start at once; `Err` when the input does not fit (a batch without items).
+    pub(crate) fn open(
+        workflow: &Workflow,
+        input: Value,
+    ) -> Result<(JoinState, Vec<Start>), ExecutionError> {
+        let count = match workflow.composition() {
+            Composition::Parallel { branches, .. } => branches.len(),
+            Composition::Batch { .. } => match input.get("items") {
+                Some(Value::Array(items)) => items.len(),
+                _ => {
+                    return Err(ExecutionError::host(
+                        ErrorKind::Validation,
+                        codes::INVALID_INPUT,
+                        format!(
+                            "batch `{}` takes {{\"items\": [state, ...]}}; the input has no \
+                             `items` array",
+                            workflow.name()
+                        ),
+                    ));
+                }
+            },
+            Composition::Graph { nodes } => nodes.len(),
+            _ => 0,
+        };
+        let mut state = JoinState {
+            input,
+            nodes: vec![
+                NodeState {
+                    status: Status::Waiting,
+                    result: None,
+                    output: None,
+                    started_by: None,
+                };
+                count
+            ],
+            first_failure: None,
+            next_item: 0,
+            fuel: 0,
+            peak_memory: 0,
+        };
+        let starts = match workflow.composition() {
+            Composition::Parallel { branches, .. } => (0..branches.len())
+                .map(|i| state.start(i, &branches[i], state.input.clone(), None))
+                .collect(),
+            Composition::Batch {
+                processor,
+                concurrency,
+                ..
+            } => {
+                let first = (*concurrency).max(1).min(count);
+                (0..first)
+                    .filter_map(|_| state.next_batch_item(processor, None))
+                    .collect()
+            }
+            Composition::Graph { nodes } => {
+                let ready = (0..nodes.len())
+                    .filter(|&i| nodes[i].after.is_empty())
+                    .collect();
+                state.settle(nodes, ready, None)
+            }
+            _ => Vec::new(),
+        };
+        Ok((state, starts))
+    }
+
+    /// Records that `node` finished with `result`; returns the branches that start now.
+    /// A node already recorded (its job ran twice) changes nothing: the branches it started
+    /// then are returned again, to be enqueued again (harmlessly).
+    pub(crate) fn complete(
+        &mut self,
+        workflow: &Workflow,
+        node: usize,
+        result: ExecutionResult,
+    ) -> Vec<Start> {
+        if node >= self.nodes.len() {
+            return Vec::new();
+        }
+        if self.nodes[node].status == Status::Done {
+            return self.started_by(workflow, node);
+        }
+        self.fuel = self.fuel.saturating_add(result.execution.fuel_consumed);
+        self.peak_memory = self.peak_memory.max(result.execution.peak_memory_bytes);
+        let failed = result.error.clone();
+        let entry = &mut self.nodes[node];
+        entry.status = Status::Done;
+        if failed.is_none() {
+            entry.output = Some(result.state.clone());
+        }
+        entry.result = Some(result);
+        let stops_others = match workflow.composition() {
+            Composition::Batch { policy, .. } => *policy == BatchPolicy::AllOrNothing,
+            _ => true,
+        };
+        if let Some(error) = failed
+            && self.first_failure.is_none()
+            && stops_others
+        {
+            self.first_failure = Some((node, error));
+        }
+        match workflow.composition() {
+            Composition::Batch { processor, .. } => self
+                .next_batch_item(processor, Some(node))
+                .into_iter()
+                .collect(),
+            Composition::Graph { nodes } => {
+                let ready = self.released(nodes, node);
+                self.settle(nodes, ready, Some(node))
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the workflow should stop its running branches (the first failure dooms it).
+    pub(crate) fn doomed(&self) -> bool {
+        self.first_failure.is_some()
+    }
+
+    /// How the fan-out ended. Call once every started branch is done.
+    /// `item` is what a batch's processor is (digest and version), for items that never
+    /// started.
+    pub(crate) fn ending(&self, workflow: &Workflow, tenant: &str, item: &Identity) -> Ending {
+        let metadata = match state::prepare_input(self.input.clone(), None) {
+            Ok((_, metadata)) => metadata,
+            Err(error) => return Ending::Outcome(Err((self.input.clone(), error)), None),
+        };
+        let session_metadata = state::StateMetadata {
+            session_id: self.input["metadata"]["sessionId"]
+                .as_str()
+                .map(str::to_string),
+            ..metadata
+        };
+        let base = self.input.as_object().cloned().unwrap_or_default();
+        match workflow.composition() {
+            Composition::Parallel { branches, merge } => {
+                if let Some((index, error)) = &self.first_failure {
+                    let mut error = step_failed(
+                        workflow,
+                        "branch",
+                        &branches[*index],
+                        Some(*index),
+                        error.clone(),
+                    );
+                    let outcomes: Vec<Value> = branches
+                        .iter()
+                        .zip(&self.nodes)
+                        .map(|(branch, node)| match &node.result {
+                            Some(r) => json!({
+                                "branch": branch,
+                                "ok": r.ok,
+                                "kind": r.error.as_ref().map(|e| e.kind),
+                                "code": r.error.as_ref().and_then(|e| e.code.clone()),
+                            }),
+                            None => json!({ "branch": branch, "ok": false }),
+                        })
+                        .collect();
+                    if let Some(Value::Object(details)) = &mut error.details {
+                        details.insert("branches".into(), Value::Array(outcomes));
+                    }
+                    return Ending::Outcome(Err((self.input.clone(), error)), None);
+                }
+                let states: Vec<Value> = self
+                    .nodes
+                    .iter()
+                    .map(|n| n.result.as_ref().map_or(Value::Null, |r| r.state.clone()))
+                    .collect();
+                match merge {
+                    None => {
+                        let objects = states.iter().filter_map(Value::as_object);
+                        let merged = merge_branches(&base, objects);
+                        Ending::Outcome(Ok(with_metadata(merged, &session_metadata.bumped())), None)
+                    }
+                    Some(merger) => Ending::Merge {
+                        merger: merger.clone(),
+                        input: json!({
+                            "input": self.input,
+                            "results": branches
+                                .iter()
+                                .zip(&states)
+                                .map(|(branch, state)| json!({ "branch": branch, "state": state }))
+                                .collect::<Vec<_>>(),
+                        }),
+                    },
+                }
+            }
+            Composition::Batch {
+                processor, policy, ..
+            } => {
+                let results: Vec<ExecutionResult> = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| match &n.result {
+                        Some(result) => result.clone(),
+                        None => self.never_started(processor, i, tenant, item),
+                    })
+                    .collect();
+                let states: Vec<Value> = results.iter().map(|r| r.state.clone()).collect();
+                let mut state = Map::new();
+                state.insert("items".into(), Value::Array(states));
+                let outcome = match (policy, &self.first_failure) {
+                    (BatchPolicy::AllOrNothing, Some((index, error))) => Err((
+                        self.input.clone(),
+                        step_failed(workflow, "item", processor, Some(*index), error.clone()),
+                    )),
+                    _ => Ok(with_metadata(state, &session_metadata.bumped())),
+                };
+                Ending::Outcome(outcome, Some(results))
+            }
+            Composition::Graph { nodes } => {
+                if let Some((i, error)) = &self.first_failure {
+                    let error = step_failed(workflow, "node", &nodes[*i].name, None, error.clone());
+                    return Ending::Outcome(Err((self.input.clone(), error)), None);
+                }
+                let dependents = dependents(nodes);
+                let sinks = (0..nodes.len())
+                    .filter(|&i| dependents[i].is_empty())
+                    .filter_map(|i| self.nodes[i].output.as_ref().and_then(Value::as_object));
+                let merged = merge_branches(&base, sinks);
+                Ending::Outcome(Ok(with_metadata(merged, &session_metadata.bumped())), None)
+            }
+            _ => Ending::Outcome(Ok(self.input.clone()), None),
+        }
+    }
+
+    /// The result of a batch item that never started because the batch was doomed.
+    fn never_started(
+        &self,
+        processor: &str,
+        index: usize,
+        tenant: &str,
+        identity: &Identity,
+    ) -> ExecutionResult {
+        let item = self.input["items"][index].clone();
+        let session = self.input["metadata"]["sessionId"].as_str();
+        let state = match state::prepare_input(item.clone(), session) {
+            Ok((input, metadata)) => with_metadata(input, &metadata),
+            Err(_) => item,
+        };
+        let cancel = CancelHandle::new();
+        cancel.cancel_with(CancelReason::Sibling);
+        let mut info = ExecutionInfo::new(None, processor, tenant, session.map(str::to_string));
+        info.digest.clone_from(&identity.0);
+        info.version.clone_from(&identity.1);
+        failed(state, cancelled_error(&cancel, "before it started"), info)
+    }
+
+    fn start(&mut self, node: usize, name: &str, input: Value, by: Option<usize>) -> Start {
+        self.nodes[node].status = Status::Running;
+        self.nodes[node].started_by = by;
+        Start {
+            node,
+            name: name.to_string(),
+            input,
+        }
+    }
+
+    /// The next batch item, unless the batch is doomed or has started them all.
+    fn next_batch_item(&mut self, processor: &str, by: Option<usize>) -> Option<Start> {
+        if self.doomed() || self.next_item >= self.nodes.len() {
+            return None;
+        }
+        let index = self.next_item;
+        self.next_item += 1;
+        let item = self.input["items"][index].clone();
+        Some(self.start(index, processor, item, by))
+    }
+
+    /// Branches `node`'s completion started, as they were started.
+    fn started_by(&self, workflow: &Workflow, node: usize) -> Vec<Start> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].started_by == Some(node))
+            .filter(|&i| self.nodes[i].status == Status::Running)
+            .filter_map(|i| {
+                let (name, input) = match workflow.composition() {
+                    Composition::Batch { processor, .. } => {
+                        (processor.clone(), self.input["items"][i].clone())
+                    }
+                    Composition::Graph { nodes } => {
+                        (nodes[i].run.clone(), self.node_input(nodes, i))
+                    }
+                    _ => return None,
+                };
+                Some(Start {
+                    node: i,
+                    name,
+                    input,
+                })
+            })
+            .collect()
+    }
+
+    /// The graph nodes whose every dependency has settled, now that `node` has.
+    fn released(&self, nodes: &[GraphNode], node: usize) -> Vec<usize> {
+        let dependents = dependents(nodes);
+        dependents[node]
+            .iter()
+            .copied()
+            .filter(|&e| self.nodes[e].status == Status::Waiting && self.deps_settled(nodes, e))
+            .collect()
+    }
+
+    fn deps_settled(&self, nodes: &[GraphNode], node: usize) -> bool {
+        dependencies(nodes, node)
+            .iter()
+            .all(|&d| matches!(self.nodes[d].status, Status::Done | Status::Skipped))
+    }
+
+    /// A graph node's input: the merge of its dependencies' outputs onto the graph's input.
+    fn node_input(&self, nodes: &[GraphNode], node: usize) -> Value {
+        let base = self.input.as_object().cloned().unwrap_or_default();
+        let outputs: Vec<&Map<String, Value>> = dependencies(nodes, node)
+            .iter()
+            .filter_map(|&d| self.nodes[d].output.as_ref().and_then(Value::as_object))
+            .collect();
+        Value::Object(if outputs.is_empty() {
+            base
+        } else {
+            merge_branches(&base, outputs)
+        })
+    }
+
+    /// Starts or skips the `ready` graph nodes (and, for skips, what they release in turn).
+    fn settle(
+        &mut self,
+        nodes: &[GraphNode],
+        mut ready: Vec<usize>,
+        by: Option<usize>,
+    ) -> Vec<Start> {
+        let mut starts = Vec::new();
+        while let Some(i) = ready.pop() {
+            let node = &nodes[i];
+            let deps = dependencies(nodes, i);
+            let input = self.node_input(nodes, i);
+            let skip = self.doomed()
+                || deps
+                    .iter()
+                    .any(|&d| self.nodes[d].status == Status::Skipped)
+                || node
+                    .condition
+                    .as_ref()
+                    .is_some_and(|pointer| !truthy(input.pointer(pointer)));
+            if skip {
+                self.nodes[i].status = Status::Skipped;
+                self.nodes[i].output = Some(input);
+                ready.extend(self.released(nodes, i));
+            } else {
+                starts.push(self.start(i, &node.run, input, by));
+            }
+        }
+        starts
+    }
+}
+
+/// Each graph node's dependents, by index.
+fn dependents(nodes: &[GraphNode]) -> Vec<Vec<usize>> {
+    let index: BTreeMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    let mut dependents = vec![Vec::new(); nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        for dep in &node.after {
+            if let Some(&d) = index.get(dep.as_str()) {
+                dependents[d].push(i);
+            }
+        }
+    }
+    dependents
+}
+
+/// A graph node's dependencies, by index, in declared order.
+fn dependencies(nodes: &[GraphNode], node: usize) -> Vec<usize> {
+    nodes[node]
+        .after
+        .iter()
+        .filter_map(|d| nodes.iter().position(|n| &n.name == d))
+        .collect()
+}
+
+impl Distributed {
+    /// Opens a fan-out: records it and settles its first branches into the children of its
+    /// join job (a branch that ends at once is recorded at once, and may start others).
+    pub(super) async fn open_fan_out(
+        &self,
+        cursor: &mut Cursor,
+        workflow: &Workflow,
+        mut frame: Frame,
+        input: Value,
+    ) -> Result<Entered, Error> {
+        let join = job_id(&cursor.run, &format!("{}.j", frame.path));
+        let (mut state, starts) = match JoinState::open(workflow, input.clone()) {
+            Ok(opened) => opened,
+            Err(error) => {
+                return Ok(Entered::Next(self.close(
+                    cursor,
+                    frame,
+                    Err((input, error)),
+                )));
+            }
+        };
+        frame.at = At::Join;
+        let mut children = Vec::new();
+        let mut pending: VecDeque<Start> = starts.into();
+        while let Some(start) = pending.pop_front() {
+            let (mut branch, next) = self.branch(cursor, &frame, &join, start);
+            match self.settle(&mut branch, next).await? {
+                Settled::Plan(plan) => children.push(self.child(plan)?),
+                Settled::Branch { frame, result } => {
+                    if let At::Branch { node, .. } = frame.at {
+                        pending.extend(state.complete(workflow, node, *result));
+                    }
+                }
+                // A branch's bottom frame is its own: it never reaches the run's end.
+                Settled::Run(_) => {}
+            }
+        }
+        self.create_join(&join, &state).await?;
+        let data = JoinJob {
+            weir: FORMAT,
+            join: join.clone(),
+            run: cursor.run.clone(),
+            frame,
+            scope: cursor.scope.clone(),
+            bindings: cursor.bindings.clone(),
+            frames: cursor.frames.clone(),
+        };
+        let mut root = FlowJob::new("join", JOIN_QUEUE, &data).map_err(|e| self.redis_error(e))?;
+        root.opts = Some(self.join_options(&join, enclosing_join(&cursor.frames)));
+        if !children.is_empty() {
+            root.children = Some(children);
+        }
+        Ok(Entered::Plan(Plan::Flow(Box::new(root))))
+    }
+
+    /// The cursor and first move of branch `start` of the fan-out of `frame`.
+    fn branch(&self, cursor: &Cursor, frame: &Frame, join: &str, start: Start) -> (Cursor, Next) {
+        let mut bottom = frame.clone();
+        bottom.at = At::Branch {
+            join: join.to_string(),
+            node: start.node,
+        };
+        let branch = Cursor {
+            run: cursor.run.clone(),
+            scope: cursor.scope.clone(),
+            bindings: cursor.bindings.clone(),
+            frames: vec![bottom],
+        };
+        let next = Next::Enter {
+            name: start.name,
+            state: start.input,
+            path: format!("{}.{}", frame.path, start.node),
+        };
+        (branch, next)
+    }
+
+    /// A plan as a child in a flow (BullMQ links it to its parent).
+    fn child(&self, plan: Plan) -> Result<FlowJob, Error> {
+        match plan {
+            Plan::Step(job) => {
+                let mut child = FlowJob::new(job.processor.as_str(), job.processor.as_str(), &*job)
+                    .map_err(|e| self.redis_error(e))?;
+                let mut options = self.step_options(&job.job_id(), job.scope.priority, None);
+                options.ignore_dependency_on_failure = Some(true);
+                child.opts = Some(options);
+                Ok(child)
+            }
+            Plan::Flow(flow) => {
+                let mut flow = *flow;
+                if let Some(options) = &mut flow.opts {
+                    options.parent = None;
+                    options.ignore_dependency_on_failure = Some(true);
+                }
+                Ok(flow)
+            }
+        }
+    }
+
+    /// Records that a branch ended (the bottom `frame` of its stack) with `result`, and
+    /// says which branches start now.
+    pub(super) async fn branch_done(
+        &self,
+        cursor: &Cursor,
+        frame: &Frame,
+        result: ExecutionResult,
+    ) -> Result<Vec<(Cursor, Next)>, Error> {
+        let At::Branch { join, node } = &frame.at else {
+            return Ok(Vec::new());
+        };
+        let workflow = match self.workflow(&frame.digest).await? {
+            Ok(workflow) => workflow,
+            Err(why) => {
+                tracing::warn!(join = %join, %why, "a branch ended for a fan-out whose definition is gone");
+                return Ok(Vec::new());
+            }
+        };
+        let starts = loop {
+            let Some((revision, mut state)) = self.load_join(join).await? else {
+                tracing::warn!(join = %join, "a branch ended for a fan-out whose record has expired");
+                return Ok(Vec::new());
+            };
+            let starts = state.complete(&workflow, *node, result.clone());
+            if self.store_join(join, revision, &state).await? {
+                break starts;
+            }
+        };
+        Ok(starts
+            .into_iter()
+            .map(|start| self.branch(cursor, frame, join, start))
+            .collect())
+    }
+
+    /// Runs a fan-out's join: its branches have all ended.
+    pub(crate) async fn run_join(&self, job: JoinJob) -> Result<(), Error> {
+        let mut cursor = Cursor {
+            run: job.run,
+            scope: job.scope,
+            bindings: job.bindings,
+            frames: job.frames,
+        };
+        let mut frame = job.frame;
+        let workflow = match self.workflow(&frame.digest).await? {
+            Ok(workflow) => workflow,
+            Err(why) => {
+                let error =
+                    ExecutionError::host(ErrorKind::Configuration, codes::NOT_AVAILABLE, why);
+                let next = self.close(&mut cursor, frame, Err((Value::Null, error)));
+                return self.proceed(cursor, next).await;
+            }
+        };
+        let Some((_, state)) = self.load_join(&job.join).await? else {
+            let error = ExecutionError::host(
+                ErrorKind::Execution,
+                codes::NOT_AVAILABLE,
+                format!(
+                    "the record of `{}`'s branches has expired before they all ended (raise the \
+                     run retention)",
+                    workflow.name()
+                ),
+            );
+            let next = self.close(&mut cursor, frame, Err((Value::Null, error)));
+            return self.proceed(cursor, next).await;
+        };
+        frame.fuel = frame.fuel.saturating_add(state.fuel);
+        frame.peak_memory = frame.peak_memory.max(state.peak_memory);
+        let identity = match workflow.composition() {
+            Composition::Batch { processor, .. } => {
+                self.identity(&cursor.bindings, processor).await?
+            }
+            _ => (None, None),
+        };
+        let next = match state.ending(&workflow, &cursor.scope.tenant, &identity) {
+            Ending::Outcome(outcome, items) => {
+                self.close_with_items(&mut cursor, frame, outcome, items)
+            }
+            Ending::Merge { merger, input } => {
+                let path = format!("{}.m", frame.path);
+                frame.at = At::Merge {
+                    input: state.input.clone(),
+                };
+                cursor.frames.push(frame);
+                Next::Enter {
+                    name: merger,
+                    state: input,
+                    path,
+                }
+            }
+        };
+        self.proceed(cursor, next).await
+    }
+
+    /// Writes a fan-out's first record, unless a run of the same step wrote it already.
+    async fn create_join(&self, join: &str, state: &JoinState) -> Result<(), Error> {
+        let key = self.keys.join(join);
+        let text = serde_json::to_string(state).map_err(|e| self.redis_error(e))?;
+        let mut conn = self.conn();
+        let _: () = redis::pipe()
+            .hset_nx(&key, "state", text)
+            .ignore()
+            .hset_nx(&key, "rev", 1)
+            .ignore()
+            .expire(&key, self.retention_secs())
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(())
+    }
+
+    /// A fan-out's record and its revision.
+    async fn load_join(&self, join: &str) -> Result<Option<(u64, JoinState)>, Error> {
+        let mut conn = self.conn();
+        let (revision, text): (Option<u64>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.join(join))
+            .arg("rev")
+            .arg("state")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        let (Some(revision), Some(text)) = (revision, text) else {
+            return Ok(None);
+        };
+        let state = serde_json::from_str(&text).map_err(|e| {
+            self.redis_error(format!("the record of fan-out {join} is unreadable: {e}"))
+        })?;
+        Ok(Some((revision, state)))
+    }
+
+    /// Replaces a fan-out's record if it is still at `revision`; false if another worker
+    /// changed it first (read it again and redo the change).
+    async fn store_join(
+        &self,
+        join: &str,
+        revision: u64,
+        state: &JoinState,
+    ) -> Result<bool, Error> {
+        let text = serde_json::to_string(state).map_err(|e| self.redis_error(e))?;
+        let mut conn = self.conn();
+        let stored: i64 = self
+            .join_cas
+            .key(self.keys.join(join))
+            .arg(revision)
+            .arg(text)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(stored == 1)
+    }
+}
