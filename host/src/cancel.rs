@@ -31,6 +31,18 @@ impl CancelReason {
             CancelReason::Shutdown => codes::RUNTIME_STOPPED,
         }
     }
+
+    /// The reason a code reports (the inverse of [`CancelReason::code`]).
+    pub fn from_code(code: &str) -> Option<Self> {
+        [
+            CancelReason::Request,
+            CancelReason::Sibling,
+            CancelReason::SessionStopped,
+            CancelReason::Shutdown,
+        ]
+        .into_iter()
+        .find(|reason| reason.code() == code)
+    }
 }
 
 /// A handle that cancels an execution (and everything it called). Cheap to clone.

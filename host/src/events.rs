@@ -127,6 +127,10 @@ pub struct Event {
     pub name: Option<String>,
     /// Kind-specific data (see the table above).
     pub data: Option<Value>,
+    /// In the distributed runtime, the process the event came from (its id); absent for
+    /// events of this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl Event {
@@ -149,6 +153,7 @@ impl Event {
             error: None,
             name: None,
             data: None,
+            origin: None,
         }
     }
 }
@@ -233,6 +238,15 @@ impl EventBus {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX));
         // An error only means every subscriber left in the meantime.
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    /// Publishes an event another process published (keeping its time). Never waits.
+    pub(crate) fn publish_remote(&self, mut event: Event) {
+        if !self.active() {
+            return;
+        }
+        event.sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         let _ = self.sender.send(Arc::new(event));
     }
 

@@ -306,6 +306,28 @@ impl Runtime {
         }
     }
 
+    /// Cancels the run `id` of the distributed runtime wherever its jobs are: running steps
+    /// are interrupted (softly, then for real), steps not started yet are cancelled when
+    /// they start. The run ends with a `cancelled` result. False if there is no such run
+    /// or it has ended.
+    pub async fn cancel_run(&self, id: &str) -> Result<bool, RuntimeError> {
+        let distributed = self.distributed()?;
+        let unavailable = |e: Error| RuntimeError::Unavailable(e.to_string());
+        let running = distributed
+            .status(id)
+            .await
+            .map_err(unavailable)?
+            .is_some_and(|status| status.result.is_none());
+        if running {
+            let target = crate::distributed::CancelTarget::Run { id: id.to_string() };
+            distributed
+                .cancel(target, CancelReason::Request)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(running)
+    }
+
     /// A run of the distributed runtime as Redis knows it; `None` if there is no such run
     /// (or its record has expired).
     pub async fn run_status(&self, id: &str) -> Result<Option<RunStatus>, RuntimeError> {
@@ -566,7 +588,15 @@ impl Runtime {
     pub async fn stop_session(&self, tenant: &str, session: &str) -> SessionStopReport {
         let shared = &self.shared;
         let key = SessionKey::new(tenant, session);
-        let cancelled = shared.activity.cancel_session(&key);
+        let mut cancelled = shared.activity.cancel_session(&key);
+        if let Some(distributed) = &self.distributed {
+            // Everywhere: running jobs are interrupted by their workers, waiting ones
+            // removed (and counted), later-starting ones cancelled.
+            match distributed.stop_session(tenant, session).await {
+                Ok(removed) => cancelled += removed,
+                Err(error) => tracing::warn!(%error, "cannot reach the session's remote work"),
+            }
+        }
         let hard = shared.config.cancel_grace * 10 + Duration::from_secs(1);
         shared
             .activity
@@ -760,6 +790,7 @@ impl RuntimeBuilder {
             Some(config) => {
                 let distributed = Distributed::connect(config.clone()).await?;
                 distributed.publish(&registry.catalog()).await?;
+                // Events are shared once the runtime exists (below).
                 if self.store.is_none() {
                     let store = RedisStateStore::connect(config, self.host.session_quota).await?;
                     self.store = Some(Arc::new(store));
@@ -772,19 +803,23 @@ impl RuntimeBuilder {
             .store
             .unwrap_or_else(|| Arc::new(MemoryStateStore::new(self.host.session_quota)));
         let events = EventBus::new(self.host.event_capacity);
+        let shared = Arc::new(Shared {
+            engine,
+            linker,
+            registry,
+            config: self.host,
+            slots,
+            store,
+            events,
+            activity: Activity::new(),
+            scheduler: Scheduler::default(),
+            lifecycle: AtomicU8::new(CREATED),
+        });
+        if let Some(distributed) = &distributed {
+            distributed.share_events(&shared);
+        }
         Ok(Runtime {
-            shared: Arc::new(Shared {
-                engine,
-                linker,
-                registry,
-                config: self.host,
-                slots,
-                store,
-                events,
-                activity: Activity::new(),
-                scheduler: Scheduler::default(),
-                lifecycle: AtomicU8::new(CREATED),
-            }),
+            shared,
             distributed,
             plugins_dir: self.plugins_dir,
         })

@@ -350,12 +350,18 @@ async fn a_job_whose_worker_is_killed_is_recovered_by_another_and_completes_once
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["slept_ms"], 1500);
     // Exactly one outcome was recorded and announced.
-    let announced: u64 = redis::cmd("XLEN")
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg("weir:_:events")
+        .arg("-")
+        .arg("+")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(announced, 1);
+    let outcomes = entries
+        .iter()
+        .filter(|(_, fields)| fields.windows(2).any(|w| w[0] == "type" && w[1] == "run"))
+        .count();
+    assert_eq!(outcomes, 1);
 }
 
 #[tokio::test]
@@ -388,4 +394,147 @@ async fn redis_out_of_reach_is_exit_code_3_within_the_connect_timeout() {
             started.elapsed()
         );
     }
+}
+
+/// The first event (from any process) that satisfies `wanted`.
+async fn event_where(
+    events: &mut weir::Subscription,
+    wanted: impl Fn(&weir::Event) -> bool,
+) -> std::sync::Arc<weir::Event> {
+    weir_tests::next_event(events, wanted).await
+}
+
+#[tokio::test]
+async fn stopping_a_session_stops_its_guests_on_remote_workers_and_drops_its_waiting_jobs() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["spin"]);
+    folder.manifest("spin", "[limits]\ntimeout_ms = 30000\n");
+    // One job at a time: the second execution waits in the queue.
+    let _worker = WorkerProcess::start(&url, folder.path(), &["--concurrency", "1"]);
+    let runtime = submitter(&url, folder.path()).await;
+    let mut events = runtime.subscribe();
+    let request = || weir::ExecutionRequest::new("spin", json!({})).session("s1");
+    let first = tokio::spawn({
+        let runtime = runtime.clone();
+        let request = request();
+        async move { runtime.execute(request).await }
+    });
+    // The worker's event reaches this process: the guest is spinning over there.
+    let started = event_where(&mut events, |e| {
+        e.event == weir::EventKind::ProcessorStarted && e.processor.as_deref() == Some("spin")
+    })
+    .await;
+    assert!(started.origin.is_some(), "the event came from the worker");
+    let second = tokio::spawn({
+        let runtime = runtime.clone();
+        let request = request();
+        async move { runtime.execute(request).await }
+    });
+    // Let the second job reach its queue before stopping.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: u64 = redis::cmd("LLEN")
+            .arg("weir:spin:wait")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second job never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopped_at = Instant::now();
+    let report = runtime.stop_session("default", "s1").await;
+    assert_eq!(report.cancelled, 1, "the waiting job was removed");
+    for handle in [first, second] {
+        let result = tokio::time::timeout(Duration::from_secs(20), handle)
+            .await
+            .expect("the execution ended after the stop")
+            .unwrap()
+            .unwrap();
+        let error = result.error.expect("a stopped session's work fails");
+        assert_eq!(error.kind, weir::ErrorKind::Cancelled, "{error:?}");
+        assert_eq!(error.code.as_deref(), Some(weir::codes::SESSION_STOPPED));
+    }
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(10),
+        "the looping guest stopped promptly ({:?})",
+        stopped_at.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_run_stops_wherever_it_runs() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["spin"]);
+    folder.manifest("spin", "[limits]\ntimeout_ms = 30000\n");
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    let mut events = runtime.subscribe();
+    let id = runtime
+        .submit(weir::ExecutionRequest::new("spin", json!({})))
+        .await
+        .unwrap();
+    event_where(&mut events, |e| {
+        e.event == weir::EventKind::ProcessorStarted && e.execution_id.as_deref() == Some(&id)
+    })
+    .await;
+    assert!(runtime.cancel_run(&id).await.unwrap());
+    let result = tokio::time::timeout(Duration::from_secs(20), runtime.wait_run(&id))
+        .await
+        .expect("the cancelled run ended")
+        .unwrap();
+    let error = result.error.expect("a cancelled run fails");
+    assert_eq!(error.kind, weir::ErrorKind::Cancelled);
+    assert_eq!(
+        error.code.as_deref(),
+        Some(weir::codes::CANCELLED_BY_REQUEST)
+    );
+    // A finished run cannot be cancelled again.
+    assert!(!runtime.cancel_run(&id).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_failing_branch_cancels_its_siblings_on_other_workers() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["spin", "validate-email", "increment"]);
+    folder.manifest("spin", "[limits]\ntimeout_ms = 30000\n");
+    folder.write(
+        "workflows.toml",
+        b"[workflow.doomed]\nparallel = [\"spin\", \"validate-email\", \"increment\"]\n",
+    );
+    let _workers = [
+        WorkerProcess::start(&url, folder.path(), &[]),
+        WorkerProcess::start(&url, folder.path(), &[]),
+    ];
+    let runtime = submitter(&url, folder.path()).await;
+    let started = Instant::now();
+    let result = runtime
+        .run("doomed", json!({"email": "nope", "count": 1}))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the spinning sibling was stopped ({:?})",
+        started.elapsed()
+    );
+    let error = result.error.expect("the parallel fails");
+    assert_eq!(error.kind, weir::ErrorKind::Validation);
+    assert!(
+        error.message.contains("branch 2 (`validate-email`)"),
+        "{}",
+        error.message
+    );
+    let branches = &error.details.as_ref().unwrap()["branches"];
+    assert_eq!(branches[0]["kind"], "cancelled", "{branches}");
+    assert_eq!(branches[0]["code"], weir::codes::CANCELLED_BY_SIBLING);
 }

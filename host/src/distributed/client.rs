@@ -4,11 +4,13 @@
 //! callers waiting for them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bullmq::types::{BackoffStrategy, KeepJobs, RemoveOnFinish};
-use bullmq::{FlowProducer, FlowProducerOptions, JobOptions, ParentOptions, Queue, QueueOptions};
+use bullmq::{
+    FlowJob, FlowProducer, FlowProducerOptions, JobOptions, ParentOptions, Queue, QueueOptions,
+};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,7 @@ use super::flow::{Cursor, Next, Plan};
 use super::wire::{Binding, StepJob, WireScope, enclosing_join, now_ms};
 use super::{Keys, RedisConfig, Retention, bullmq_connection, connect, unreachable};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
+use crate::events::Event;
 use crate::executor::failed;
 use crate::registry::Catalog;
 use crate::result::{ExecutionInfo, ExecutionResult};
@@ -64,8 +67,14 @@ pub(crate) struct Distributed {
     finish: redis::Script,
     pub(super) join_cas: redis::Script,
     flows: tokio::sync::OnceCell<FlowProducer>,
+    /// This process's id among the processes sharing events.
+    origin: String,
+    events: Arc<OnceLock<EventSink>>,
     reader: tokio::task::JoinHandle<()>,
 }
+
+/// Where events of other processes go (this process's subscribers).
+pub(super) type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
 
 impl std::fmt::Debug for Distributed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,12 +100,18 @@ impl Distributed {
             .await
             .map_err(|e| unreachable(&config, e))?;
         let waiters = Arc::new(Waiters::default());
+        let origin = uuid::Uuid::now_v7().to_string();
+        let events: Arc<OnceLock<EventSink>> = Arc::new(OnceLock::new());
         let reader = tokio::spawn(read_events(
-            config.clone(),
-            keys.clone(),
-            conn.clone(),
+            Reader {
+                config: config.clone(),
+                keys: keys.clone(),
+                records: conn.clone(),
+                waiters: waiters.clone(),
+                origin: origin.clone(),
+                events: events.clone(),
+            },
             start,
-            waiters.clone(),
         ));
         Ok(Arc::new(Distributed {
             config,
@@ -108,12 +123,49 @@ impl Distributed {
             finish: redis::Script::new(include_str!("../lua/finish_run.lua")),
             join_cas: redis::Script::new(include_str!("../lua/join_cas.lua")),
             flows: tokio::sync::OnceCell::new(),
+            origin,
+            events,
             reader,
         }))
     }
 
     pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Sends other processes' events to `sink` from now on.
+    pub(super) fn set_event_sink(&self, sink: EventSink) {
+        let _ = self.events.set(sink);
+    }
+
+    /// Shares `events` of this process with the others.
+    pub(super) async fn publish_events(
+        &self,
+        events: &[std::sync::Arc<Event>],
+    ) -> Result<(), Error> {
+        let mut pipe = redis::pipe();
+        for event in events {
+            let text = serde_json::to_string(event.as_ref()).map_err(|e| self.redis_error(e))?;
+            pipe.cmd("XADD")
+                .arg(self.keys.events())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(EVENTS_KEPT)
+                .arg("*")
+                .arg("type")
+                .arg("event")
+                .arg("origin")
+                .arg(&self.origin)
+                .arg("event")
+                .arg(text)
+                .ignore();
+        }
+        let mut conn = self.conn();
+        let _: () = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(())
     }
 
     pub(super) fn redis_error(&self, error: impl std::fmt::Display) -> Error {
@@ -176,7 +228,12 @@ impl Distributed {
                     })
                     .await
                     .map_err(|e| self.redis_error(e))?;
+                let mut session_jobs = Vec::new();
+                collect_session_jobs(&flow, &mut session_jobs);
                 producer.add(*flow).await.map_err(|e| self.redis_error(e))?;
+                for (scope, queue, id) in session_jobs {
+                    self.index_session_job(&scope, &queue, &id).await?;
+                }
                 Ok(())
             }
         }
@@ -219,7 +276,8 @@ impl Distributed {
             .options(options)
             .await
             .map_err(|e| self.redis_error(e))?;
-        Ok(())
+        self.index_session_job(&job.scope, &job.processor, &job.job_id())
+            .await
     }
 
     /// What ran (digest and declared version) when `name` runs in a run with `bindings`.
@@ -379,6 +437,7 @@ impl Distributed {
             priority: request.priority,
             limits: request.limits.into(),
             parent: None,
+            submitted_ms: now_ms(),
         };
         let mut conn = self.conn();
         let mut record = vec![
@@ -539,6 +598,19 @@ impl Waiters {
     }
 }
 
+/// The steps of a session in a flow: (scope, queue, job id).
+fn collect_session_jobs(flow: &FlowJob, into: &mut Vec<(WireScope, String, String)>) {
+    if let Ok(step) = serde_json::from_value::<StepJob>(flow.data.clone())
+        && step.scope.session.is_some()
+    {
+        let id = step.job_id();
+        into.push((step.scope, flow.queue_name.clone(), id));
+    }
+    for child in flow.children.iter().flatten() {
+        collect_session_jobs(child, into);
+    }
+}
+
 /// The id of the stream's newest entry (`0-0` when it is empty or absent).
 async fn stream_end(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<String> {
     let newest: redis::streams::StreamRangeReply = conn.xrevrange_count(key, "+", "-", 1).await?;
@@ -551,13 +623,25 @@ async fn stream_end(conn: &mut ConnectionManager, key: &str) -> redis::RedisResu
 /// Reads the event stream for as long as the process lives, handing run outcomes to their
 /// waiters. After losing Redis it reconnects, resumes where it stopped, and reads the
 /// records of the runs still awaited (in case the stream itself was lost).
-async fn read_events(
+/// What the event stream's reader needs.
+struct Reader {
     config: RedisConfig,
     keys: Keys,
-    mut records: ConnectionManager,
-    mut last: String,
+    records: ConnectionManager,
     waiters: Arc<Waiters>,
-) {
+    origin: String,
+    events: Arc<OnceLock<EventSink>>,
+}
+
+async fn read_events(reader: Reader, mut last: String) {
+    let Reader {
+        config,
+        keys,
+        mut records,
+        waiters,
+        origin,
+        events,
+    } = reader;
     let stream = keys.events();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -596,6 +680,17 @@ async fn read_events(
                 for entry in key.ids {
                     last = entry.id.clone();
                     let kind: Option<String> = entry.get("type");
+                    if kind.as_deref() == Some("event") {
+                        let from: Option<String> = entry.get("origin");
+                        let text: Option<String> = entry.get("event");
+                        if let (Some(from), Some(text), Some(sink)) = (from, text, events.get())
+                            && from != origin
+                            && let Some(event) = super::control::remote_event(&from, &text)
+                        {
+                            sink(event);
+                        }
+                        continue;
+                    }
                     if kind.as_deref() != Some("run") {
                         continue;
                     }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::client::Distributed;
+use super::control::Target;
 use super::flow::{Cursor, Entered, Next, Plan, Settled};
 use super::wire::{At, FORMAT, Frame, JoinJob, enclosing_join, job_id};
 use crate::cancel::{CancelHandle, CancelReason};
@@ -589,16 +590,22 @@ impl Distributed {
                 return Ok(Vec::new());
             }
         };
-        let starts = loop {
+        let (starts, doomed_now) = loop {
             let Some((revision, mut state)) = self.load_join(join).await? else {
                 tracing::warn!(join = %join, "a branch ended for a fan-out whose record has expired");
                 return Ok(Vec::new());
             };
+            let was_doomed = state.doomed();
             let starts = state.complete(&workflow, *node, result.clone());
             if self.store_join(join, revision, &state).await? {
-                break starts;
+                break (starts, !was_doomed && state.doomed());
             }
         };
+        if doomed_now {
+            // The first failure dooms the fan-out: its other branches stop.
+            let target = Target::Join { id: join.clone() };
+            self.cancel(target, CancelReason::Sibling).await?;
+        }
         Ok(starts
             .into_iter()
             .map(|start| self.branch(cursor, frame, join, start))

@@ -26,6 +26,7 @@ use crate::error::Error;
 
 mod client;
 mod content;
+mod control;
 mod fanout;
 mod flow;
 mod wire;
@@ -33,6 +34,7 @@ mod worker;
 
 pub(crate) use client::Distributed;
 pub use client::RunStatus;
+pub(crate) use control::Target as CancelTarget;
 pub use worker::{WorkerConfig, WorkerHandle};
 
 /// How to reach Redis, and how long to keep what the distributed runtime writes there.
@@ -150,6 +152,26 @@ impl Keys {
 
     pub(crate) fn join(&self, id: &str) -> String {
         self.own(&format!("join:{id}"))
+    }
+
+    /// The marker that cancels `id` (a run or a fan-out) before its jobs start.
+    pub(crate) fn cancelled(&self, kind: &str, id: &str) -> String {
+        self.own(&format!("cancelled:{kind}:{id}"))
+    }
+
+    /// When the session was last stopped (Unix ms): runs submitted before are cancelled.
+    pub(crate) fn stopped(&self, tenant: &str, session: &str) -> String {
+        self.own(&format!("stopped:{}:{tenant}:{session}", tenant.len()))
+    }
+
+    /// The jobs of a session (`{queue}/{job id}`), so that stopping it can reach them.
+    pub(crate) fn session_jobs(&self, tenant: &str, session: &str) -> String {
+        self.own(&format!("sessionjobs:{}:{tenant}:{session}", tenant.len()))
+    }
+
+    /// The channel that tells every worker what to cancel.
+    pub(crate) fn cancel_channel(&self) -> String {
+        self.own("cancel")
     }
 
     pub(crate) fn events(&self) -> String {

@@ -64,6 +64,10 @@ pub(crate) struct WireScope {
     pub limits: WireLimits,
     /// The execution that started this one (its workflow).
     pub parent: Option<String>,
+    /// When the run was submitted (Unix milliseconds): a session stopped after it cancels
+    /// it.
+    #[serde(default)]
+    pub submitted_ms: u64,
 }
 
 /// A caller's limit overrides, as data.

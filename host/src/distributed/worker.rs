@@ -15,14 +15,16 @@ use serde_json::Value;
 
 use super::bullmq_connection;
 use super::client::Distributed;
+use super::client::lock_map;
 use super::content;
+use super::control::{CancelMessage, joins_of, listen_for_cancels};
 use super::fanout::JOIN_QUEUE;
 use super::flow::{Cursor, Next};
-use super::wire::{FORMAT, JoinJob, StepJob, instant_of, job_id};
+use super::wire::{FORMAT, JoinJob, StepJob, WireScope, instant_of, job_id};
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::events::EventKind;
-use crate::executor::{Pinned, Scope, execute_pinned, execution_event, failed};
+use crate::executor::{Pinned, Scope, cancelled_error, execute_pinned, execution_event, failed};
 use crate::manifest::Manifest;
 use crate::plugin::Plugin;
 use crate::result::{ExecutionInfo, ExecutionResult};
@@ -67,6 +69,9 @@ const FETCHED_KEPT: usize = 64;
 pub struct WorkerHandle {
     inner: Arc<Inner>,
     poller: tokio::task::JoinHandle<()>,
+    listener: tokio::task::JoinHandle<()>,
+    /// Alive as long as the worker: the cancel listener holds it weakly.
+    _on_cancel: Arc<dyn Fn(CancelMessage) + Send + Sync>,
 }
 
 impl std::fmt::Debug for WorkerHandle {
@@ -88,6 +93,28 @@ struct Inner {
     /// Waits before the next attempt, decided when an attempt failed, keyed by job id;
     /// BullMQ asks for them through weir's backoff strategy.
     delays: Mutex<HashMap<String, u64>>,
+    /// The steps running here, by job id, so that a cancellation can reach them.
+    active: Mutex<HashMap<String, Active>>,
+}
+
+/// A step running in this worker.
+struct Active {
+    run: String,
+    joins: Vec<String>,
+    scope: WireScope,
+    cancel: CancelHandle,
+}
+
+/// Forgets a running step when it ends, however it ends.
+struct Running<'a> {
+    inner: &'a Inner,
+    id: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        lock_map(&self.inner.active).remove(&self.id);
+    }
 }
 
 impl WorkerHandle {
@@ -113,10 +140,28 @@ impl WorkerHandle {
             fetching: tokio::sync::Mutex::new(()),
             workers: tokio::sync::Mutex::new(HashMap::new()),
             delays: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
         });
+        let weak = Arc::downgrade(&inner);
+        let on_cancel: Arc<dyn Fn(CancelMessage) + Send + Sync> = Arc::new(move |message| {
+            if let Some(inner) = weak.upgrade() {
+                inner.cancel_matching(&message);
+            }
+        });
+        let listener = tokio::spawn(listen_for_cancels(
+            inner.dist.config.clone(),
+            inner.dist.keys.clone(),
+            Arc::downgrade(&on_cancel),
+            inner.config.reconnect_delay,
+        ));
         inner.serve_published().await?;
         let poller = tokio::spawn(poll_catalog(Arc::downgrade(&inner)));
-        Ok(WorkerHandle { inner, poller })
+        Ok(WorkerHandle {
+            inner,
+            poller,
+            listener,
+            _on_cancel: on_cancel,
+        })
     }
 
     /// The processors whose queues this worker serves.
@@ -131,6 +176,7 @@ impl WorkerHandle {
     /// expires, for another worker.
     pub async fn close(self, grace: Duration) {
         self.poller.abort();
+        self.listener.abort();
         let workers: Vec<Arc<Worker>> = self.inner.workers.lock().await.values().cloned().collect();
         for worker in &workers {
             worker.pause();
@@ -204,7 +250,7 @@ impl Inner {
             let delay = delays.upgrade().and_then(|inner| {
                 let run = data.get("run")?.as_str()?;
                 let path = data.get("path")?.as_str()?;
-                super::client::lock_map(&inner.delays).remove(&job_id(run, path))
+                lock_map(&inner.delays).remove(&job_id(run, path))
             });
             // Unknown (not weir's decision): retry at once, as BullMQ would without backoff.
             let delay = delay.map_or(0, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
@@ -321,7 +367,36 @@ impl Inner {
                 return Err(bullmq::Error::Unrecoverable(message_of(&result)));
             }
         };
+        let reason = self
+            .dist
+            .cancelled_before_start(&step)
+            .await
+            .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
+        if let Some(reason) = reason {
+            let handle = CancelHandle::new();
+            handle.cancel_with(reason);
+            let mut info = step_info(&step, attempt);
+            info.attempts = attempt.saturating_sub(1);
+            let error = cancelled_error(&handle, "before it started");
+            let result = failed(step.state.clone(), error, info);
+            self.carry_on(step, &result).await?;
+            return Err(bullmq::Error::Unrecoverable(message_of(&result)));
+        }
         let cancel = CancelHandle::new();
+        let job_id = step.job_id();
+        lock_map(&self.active).insert(
+            job_id.clone(),
+            Active {
+                run: step.run.clone(),
+                joins: joins_of(&step.frames),
+                scope: step.scope.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        let _running = Running {
+            inner: &self,
+            id: job_id,
+        };
         let deadline = step.scope.deadline_ms.map(instant_of);
         let scope = Scope {
             tenant: Arc::from(step.scope.tenant.as_str()),
@@ -362,6 +437,16 @@ impl Inner {
         }
     }
 
+    /// Cancels the steps running here that `message` reaches.
+    fn cancel_matching(&self, message: &CancelMessage) {
+        let reason = message.reason();
+        for active in lock_map(&self.active).values() {
+            if message.reaches(&active.run, &active.joins, &active.scope) {
+                active.cancel.cancel_with(reason);
+            }
+        }
+    }
+
     /// Notes the wait before the next attempt (for the backoff strategy) and says so.
     fn retrying(
         &self,
@@ -371,7 +456,7 @@ impl Inner {
         delay: Duration,
     ) {
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        super::client::lock_map(&self.delays).insert(step.job_id(), delay_ms);
+        lock_map(&self.delays).insert(step.job_id(), delay_ms);
         tracing::info!(
             target: "weir::execution",
             id = %step.execution,
@@ -476,12 +561,12 @@ impl Inner {
         {
             return Ok(plugin);
         }
-        if let Some(plugin) = super::client::lock_map(&self.fetched).get(digest) {
+        if let Some(plugin) = lock_map(&self.fetched).get(digest) {
             return Ok(plugin.clone());
         }
         // One fetch at a time: concurrent jobs of a new component compile it once.
         let _fetching = self.fetching.lock().await;
-        if let Some(plugin) = super::client::lock_map(&self.fetched).get(digest) {
+        if let Some(plugin) = lock_map(&self.fetched).get(digest) {
             return Ok(plugin.clone());
         }
         let mut conn = self.dist.conn();
@@ -514,7 +599,7 @@ impl Inner {
             "fetched a published component"
         );
         let plugin = Arc::new(plugin);
-        let mut fetched = super::client::lock_map(&self.fetched);
+        let mut fetched = lock_map(&self.fetched);
         if fetched.len() >= FETCHED_KEPT {
             fetched.clear();
         }

@@ -1,0 +1,352 @@
+//! Reaching work in other processes: cancelling runs, a doomed fan-out's siblings and
+//! stopped sessions through a cancel channel in Redis (pub/sub to every worker, plus a
+//! marker each job checks when it starts), and sharing events between processes through
+//! the event stream.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::client::Distributed;
+use super::flow::{Cursor, Next};
+use super::wire::{At, Frame, StepJob, WireScope, now_ms};
+use super::{Keys, RedisConfig};
+use crate::cancel::{CancelHandle, CancelReason};
+use crate::error::Error;
+use crate::events::{Event, EventKind, Notice};
+use crate::executor::{cancelled_error, failed};
+use crate::result::ExecutionInfo;
+use crate::runtime::Shared;
+
+/// What a cancellation reaches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub(crate) enum Target {
+    /// Every job of a run.
+    Run { id: String },
+    /// Every job in the branches of a fan-out.
+    Join { id: String },
+    /// Every job of a session's runs submitted before `before_ms`.
+    Session {
+        tenant: String,
+        session: String,
+        before_ms: u64,
+    },
+}
+
+/// A message on the cancel channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CancelMessage {
+    pub target: Target,
+    /// The cancellation's code (see [`CancelReason::code`]).
+    pub reason: String,
+}
+
+impl CancelMessage {
+    /// Whether it reaches a job of `run`, inside the fan-outs `joins`, with `scope`.
+    pub(crate) fn reaches(&self, run: &str, joins: &[String], scope: &WireScope) -> bool {
+        match &self.target {
+            Target::Run { id } => id == run,
+            Target::Join { id } => joins.iter().any(|j| j == id),
+            Target::Session {
+                tenant,
+                session,
+                before_ms,
+            } => {
+                *tenant == scope.tenant
+                    && scope.session.as_deref() == Some(session.as_str())
+                    && scope.submitted_ms <= *before_ms
+            }
+        }
+    }
+
+    pub(crate) fn reason(&self) -> CancelReason {
+        CancelReason::from_code(&self.reason).unwrap_or(CancelReason::Request)
+    }
+}
+
+/// The fan-outs whose branches `frames` are in.
+pub(crate) fn joins_of(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|frame| match &frame.at {
+            At::Branch { join, .. } => Some(join.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The kinds of event every process sees (plugin and workflow events stay with the
+/// process whose folder they are about).
+fn shared_kind(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::ProcessorStarted
+            | EventKind::ProcessorCompleted
+            | EventKind::ProcessorFailed
+            | EventKind::ProcessorRetrying
+            | EventKind::SessionCreated
+            | EventKind::SessionStopped
+            | EventKind::Progress
+            | EventKind::Custom
+    )
+}
+
+impl Distributed {
+    /// Cancels `target` everywhere: jobs running now are interrupted by their worker, jobs
+    /// not started yet are cancelled when they start.
+    pub(crate) async fn cancel(&self, target: Target, reason: CancelReason) -> Result<(), Error> {
+        let message = CancelMessage {
+            target,
+            reason: reason.code().to_string(),
+        };
+        let text = serde_json::to_string(&message).map_err(|e| self.redis_error(e))?;
+        let (key, value) = match &message.target {
+            Target::Run { id } => (self.keys.cancelled("run", id), message.reason.clone()),
+            Target::Join { id } => (self.keys.cancelled("join", id), message.reason.clone()),
+            Target::Session {
+                tenant,
+                session,
+                before_ms,
+            } => (self.keys.stopped(tenant, session), before_ms.to_string()),
+        };
+        let mut conn = self.conn();
+        let _: () = redis::pipe()
+            .set_ex(
+                &key,
+                value,
+                self.retention_secs().try_into().unwrap_or(u64::MAX),
+            )
+            .ignore()
+            .publish(self.keys.cancel_channel(), text)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(())
+    }
+
+    /// Why a step about to start is cancelled already, if it is: its run was cancelled, a
+    /// fan-out it is in was doomed, or its session was stopped after the run was submitted.
+    pub(crate) async fn cancelled_before_start(
+        &self,
+        step: &StepJob,
+    ) -> Result<Option<CancelReason>, Error> {
+        let joins = joins_of(&step.frames);
+        let mut keys = vec![self.keys.cancelled("run", &step.run)];
+        keys.extend(joins.iter().map(|j| self.keys.cancelled("join", j)));
+        if let Some(session) = &step.scope.session {
+            keys.push(self.keys.stopped(&step.scope.tenant, session));
+        }
+        let mut conn = self.conn();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        let session_marker = step.scope.session.is_some().then(|| values.len() - 1);
+        for (i, value) in values.into_iter().enumerate() {
+            let Some(value) = value else { continue };
+            if Some(i) == session_marker {
+                let stopped_at: u64 = value.parse().unwrap_or(0);
+                if step.scope.submitted_ms <= stopped_at {
+                    return Ok(Some(CancelReason::SessionStopped));
+                }
+            } else {
+                return Ok(Some(
+                    CancelReason::from_code(&value).unwrap_or(CancelReason::Request),
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Remembers that a session's job exists, so that stopping the session reaches it.
+    pub(crate) async fn index_session_job(
+        &self,
+        scope: &WireScope,
+        queue: &str,
+        id: &str,
+    ) -> Result<(), Error> {
+        let Some(session) = &scope.session else {
+            return Ok(());
+        };
+        let key = self.keys.session_jobs(&scope.tenant, session);
+        let mut conn = self.conn();
+        let _: () = redis::pipe()
+            .sadd(&key, format!("{queue}/{id}"))
+            .ignore()
+            .expire(&key, self.retention_secs())
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(())
+    }
+
+    /// Stops a session's work everywhere: running jobs are interrupted, waiting ones
+    /// removed (their runs end as cancelled), and jobs of its earlier runs that start later
+    /// are cancelled. Returns how many waiting jobs were removed.
+    pub(crate) async fn stop_session(&self, tenant: &str, session: &str) -> Result<usize, Error> {
+        let target = Target::Session {
+            tenant: tenant.to_string(),
+            session: session.to_string(),
+            before_ms: now_ms(),
+        };
+        self.cancel(target, CancelReason::SessionStopped).await?;
+        let index = self.keys.session_jobs(tenant, session);
+        let mut conn = self.conn();
+        let entries: Vec<String> = conn
+            .smembers(&index)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        let mut removed = 0;
+        for entry in entries {
+            let Some((queue, id)) = entry.split_once('/') else {
+                continue;
+            };
+            if self.drop_waiting(queue, id).await? {
+                removed += 1;
+            }
+        }
+        let _: () = conn.del(&index).await.map_err(|e| self.redis_error(e))?;
+        Ok(removed)
+    }
+
+    /// Removes the job `id` if it is still waiting, ending its step as cancelled first (so
+    /// its run, or its fan-out, records the end before BullMQ lets anything move on).
+    async fn drop_waiting(&self, queue: &str, id: &str) -> Result<bool, Error> {
+        let queue = self.queue(queue).await?;
+        let job = queue.get_job(id).await.map_err(|e| self.redis_error(e))?;
+        let Some(job) = job else { return Ok(false) };
+        let state = job.get_state().await.map_err(|e| self.redis_error(e))?;
+        let waiting = matches!(
+            state.as_str(),
+            "waiting" | "wait" | "delayed" | "prioritized" | "paused"
+        );
+        if !waiting {
+            return Ok(false);
+        }
+        let Ok(step) = serde_json::from_value::<StepJob>(job.data().clone()) else {
+            return Ok(false);
+        };
+        let handle = CancelHandle::new();
+        handle.cancel_with(CancelReason::SessionStopped);
+        let mut info = ExecutionInfo::new(
+            Some(step.execution.clone()),
+            step.processor.clone(),
+            step.scope.tenant.clone(),
+            step.scope.session.clone(),
+        );
+        info.digest = Some(step.digest.clone());
+        let result = failed(
+            step.state.clone(),
+            cancelled_error(&handle, "before it started"),
+            info,
+        );
+        let cursor = Cursor {
+            run: step.run.clone(),
+            scope: step.scope.clone(),
+            bindings: step.bindings.clone(),
+            frames: step.frames.clone(),
+        };
+        self.proceed(cursor, Next::Done(Box::new(result))).await?;
+        queue.remove(id).await.map_err(|e| self.redis_error(e))
+    }
+
+    /// Shares this process's events with every other process (through the event stream)
+    /// and hands theirs to `shared`'s subscribers. Runs until the runtime is gone.
+    pub(crate) fn share_events(self: &Arc<Self>, shared: &Arc<Shared>) {
+        let weak: Weak<Shared> = Arc::downgrade(shared);
+        let sink: super::client::EventSink = Arc::new(move |event: Event| {
+            if let Some(shared) = weak.upgrade() {
+                shared.events.publish_remote(event);
+            }
+        });
+        self.set_event_sink(sink);
+        let mut subscription = shared.events.subscribe();
+        let dist = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(notice) = subscription.recv().await {
+                let Some(dist) = dist.upgrade() else { return };
+                let mut batch = Vec::new();
+                let mut take = |notice: Notice| match notice {
+                    Notice::Event(event) if event.origin.is_none() && shared_kind(event.event) => {
+                        batch.push(event);
+                    }
+                    Notice::Event(_) => {}
+                    Notice::Lagged { missed } => {
+                        tracing::warn!(missed, "events were lost before reaching other processes");
+                    }
+                };
+                take(notice);
+                while let Some(notice) = subscription.try_recv() {
+                    take(notice);
+                }
+                if !batch.is_empty()
+                    && let Err(error) = dist.publish_events(&batch).await
+                {
+                    tracing::debug!(%error, "cannot share events; they are lost to other processes");
+                }
+            }
+        });
+    }
+}
+
+/// Listens on the cancel channel for as long as `handle` lives, passing every message to it;
+/// reconnects after losing Redis.
+pub(crate) async fn listen_for_cancels(
+    config: RedisConfig,
+    keys: Keys,
+    handle: Weak<dyn Fn(CancelMessage) + Send + Sync>,
+    reconnect: Duration,
+) {
+    loop {
+        let subscribed = async {
+            let client = redis::Client::open(config.url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(keys.cancel_channel()).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let mut pubsub = match subscribed.await {
+            Ok(pubsub) => pubsub,
+            Err(error) => {
+                tracing::debug!(%error, "cannot listen for cancellations; retrying");
+                tokio::time::sleep(reconnect).await;
+                if handle.upgrade().is_none() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let Some(handle) = handle.upgrade() else {
+                return;
+            };
+            let Ok(text) = message.get_payload::<String>() else {
+                continue;
+            };
+            match serde_json::from_str::<CancelMessage>(&text) {
+                Ok(message) => handle(message),
+                Err(error) => tracing::warn!(%error, "unreadable message on the cancel channel"),
+            }
+        }
+        // The connection dropped: listen again (markers cover what was said meanwhile).
+        if handle.upgrade().is_none() {
+            return;
+        }
+        tokio::time::sleep(reconnect).await;
+    }
+}
+
+/// An event shared by another process, as read from the stream.
+pub(crate) fn remote_event(origin: &str, text: &str) -> Option<Event> {
+    let mut event: Event = serde_json::from_str(text).ok()?;
+    event.origin = Some(origin.to_string());
+    Some(event)
+}
