@@ -538,3 +538,116 @@ async fn a_failing_branch_cancels_its_siblings_on_other_workers() {
     assert_eq!(branches[0]["kind"], "cancelled", "{branches}");
     assert_eq!(branches[0]["code"], weir::codes::CANCELLED_BY_SIBLING);
 }
+
+#[tokio::test]
+async fn work_resumes_within_two_seconds_of_a_redis_restart_and_no_waiting_job_is_lost() {
+    let mut redis = RedisServer::start_persistent();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment"]);
+    let mut worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    assert!(
+        runtime
+            .run("increment", json!({"count": 1}))
+            .await
+            .unwrap()
+            .ok
+    );
+
+    // Redis restarts while the worker idles: the next run goes through within 2 s.
+    redis.stop();
+    redis.start_again();
+    let restarted = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        runtime.run("increment", json!({"count": 2})),
+    )
+    .await
+    .expect("a run after the restart finished")
+    .unwrap();
+    let resumed = restarted.elapsed();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 3);
+    assert!(
+        resumed < Duration::from_secs(2),
+        "work resumed after {resumed:?}"
+    );
+
+    // Jobs waiting (no worker running) when Redis restarts are all still there after.
+    worker.terminate();
+    let mut ids = Vec::new();
+    for count in 0..5 {
+        let request = weir::ExecutionRequest::new("increment", json!({ "count": count }));
+        ids.push(runtime.submit(request).await.unwrap());
+    }
+    redis.stop();
+    redis.start_again();
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    for (count, id) in ids.iter().enumerate() {
+        let result = tokio::time::timeout(Duration::from_secs(20), runtime.wait_run(id))
+            .await
+            .expect("every waiting run finished after the restart")
+            .unwrap();
+        assert!(result.ok, "{:?}", result.error);
+        assert_eq!(result.state["count"], count + 1);
+    }
+}
+
+#[tokio::test]
+async fn a_worker_asked_to_stop_finishes_its_jobs_in_flight_first() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["sleep"]);
+    folder.manifest("sleep", "[limits]\ntimeout_ms = 20000\n");
+    let mut worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    let mut events = runtime.subscribe();
+    let id = runtime
+        .submit(weir::ExecutionRequest::new("sleep", json!({"ms": 1000})))
+        .await
+        .unwrap();
+    event_where(&mut events, |e| {
+        e.event == weir::EventKind::ProcessorStarted && e.execution_id.as_deref() == Some(&id)
+    })
+    .await;
+    let status = worker.terminate();
+    assert!(status.success(), "the worker exits cleanly: {status:?}");
+    let result = tokio::time::timeout(Duration::from_secs(5), runtime.wait_run(&id))
+        .await
+        .expect("the job finished before the worker left")
+        .unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["slept_ms"], 1000);
+}
+
+#[tokio::test]
+async fn two_writers_racing_on_one_session_state_get_one_success_and_one_conflict() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["sleep"]);
+    let _workers = [
+        WorkerProcess::start(&url, folder.path(), &[]),
+        WorkerProcess::start(&url, folder.path(), &[]),
+    ];
+    let first = submitter(&url, folder.path()).await;
+    let second = submitter(&url, folder.path()).await;
+    // Both start from the session's (empty) state and take a while.
+    let input = json!({"ms": 200});
+    let (a, b) = tokio::join!(
+        first.execute_in_session("race", "sleep", input.clone()),
+        second.execute_in_session("race", "sleep", input.clone()),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(
+        a.ok != b.ok,
+        "exactly one wins: {:?} / {:?}",
+        a.error,
+        b.error
+    );
+    let loser = if a.ok { &b } else { &a };
+    let error = loser.error.as_ref().unwrap();
+    assert_eq!(error.kind, weir::ErrorKind::Conflict);
+    assert_eq!(error.code.as_deref(), Some(weir::codes::STATE_CONFLICT));
+    let stored = first.session_state("default", "race").await.unwrap();
+    assert_eq!(stored["metadata"]["version"], 1);
+}

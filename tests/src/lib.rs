@@ -158,26 +158,62 @@ pub fn weir_bin() -> &'static Path {
 /// dropped. Needs `redis-server` on the PATH (Debian: `apt-get install redis-server`; CI
 /// installs it).
 pub struct RedisServer {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     port: u16,
-    _dir: tempfile::TempDir,
+    persistent: bool,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
-    /// Starts a server and waits until it accepts connections.
+    /// Starts a server without persistence and waits until it accepts connections.
     pub fn start() -> RedisServer {
-        use std::io::BufRead;
+        Self::start_with(false)
+    }
+
+    /// Starts a server that keeps an append-only file (fsync on every write), as
+    /// production would run it, so that it can be restarted without losing data.
+    pub fn start_persistent() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("a temporary directory");
         // Ask the OS for a free port, then hand it to Redis.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            persistent,
+            dir,
+        };
+        server.start_again();
+        server
+    }
+
+    /// Starts the server again (same port, same data directory) after [`RedisServer::stop`].
+    pub fn start_again(&mut self) {
+        use std::io::BufRead;
+        let persistence: &[&str] = if self.persistent {
+            &[
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ]
+        } else {
+            &["--save", "", "--appendonly", "no"]
+        };
         let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(persistence)
+            .args(["--logfile", ""])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -197,10 +233,17 @@ impl RedisServer {
         ready_rx
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("redis-server became ready");
-        RedisServer {
-            child,
-            port,
-            _dir: dir,
+        self.child = Some(child);
+    }
+
+    /// Shuts the server down cleanly (SIGTERM: it flushes its append-only file) and waits
+    /// for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let _ = child.wait();
         }
     }
 
@@ -212,8 +255,10 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

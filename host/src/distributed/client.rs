@@ -399,12 +399,24 @@ impl Distributed {
     /// start (an unknown name).
     pub(crate) async fn submit(
         &self,
-        request: ExecutionRequest,
+        mut request: ExecutionRequest,
     ) -> Result<Result<String, ExecutionResult>, Error> {
+        // One id for every try: a try that failed half-way is completed by the next.
         let run = request
             .id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
+            .clone();
+        let input = std::mem::take(&mut request.input);
+        super::flow::retrying(|| self.submit_once(&request, &run, input.clone())).await
+    }
+
+    async fn submit_once(
+        &self,
+        request: &ExecutionRequest,
+        run: &str,
+        input: serde_json::Value,
+    ) -> Result<Result<String, ExecutionResult>, Error> {
+        let run = run.to_string();
         let bindings = self.bindings(&request.processor).await?;
         let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
         if !bindings.contains_key(&request.processor) {
@@ -423,7 +435,7 @@ impl Distributed {
                     request.processor
                 ),
             );
-            return Ok(Err(failed(request.input, error, info)));
+            return Ok(Err(failed(input, error, info)));
         }
         let deadline_ms = request
             .limits
@@ -460,8 +472,8 @@ impl Distributed {
             frames: Vec::new(),
         };
         let next = Next::Enter {
-            name: request.processor,
-            state: request.input,
+            name: request.processor.clone(),
+            state: input,
             path: "0".into(),
         };
         self.proceed(cursor, next).await?;
@@ -513,11 +525,12 @@ impl Distributed {
 
     /// The run `id` as Redis knows it (`None` if it never existed or has expired).
     pub(crate) async fn status(&self, id: &str) -> Result<Option<RunStatus>, Error> {
-        let mut conn = self.conn();
-        let fields: HashMap<String, String> = conn
-            .hgetall(self.keys.run(id))
-            .await
-            .map_err(|e| self.redis_error(e))?;
+        let key = self.keys.run(id);
+        let fields: HashMap<String, String> = super::flow::retrying(|| async {
+            let mut conn = self.conn();
+            conn.hgetall(&key).await.map_err(|e| self.redis_error(e))
+        })
+        .await?;
         Ok(run_status(id, fields))
     }
 }

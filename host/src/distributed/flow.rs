@@ -29,6 +29,7 @@ pub(crate) struct Cursor {
 }
 
 /// What a run does next.
+#[derive(Clone)]
 pub(crate) enum Next {
     /// Start `name` on `state`, as the step at `path`.
     Enter {
@@ -42,6 +43,34 @@ pub(crate) enum Next {
 
 /// The workflow of `frame` ended: with its output, or with the last good state and why.
 pub(crate) type Outcome = Result<Value, (Value, ExecutionError)>;
+
+/// How many times a move through Redis is tried, and the first wait between tries (it
+/// doubles): about 1.5 s in all, enough for a restarted Redis to be reconnected to.
+const TRIES: u32 = 5;
+const FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs `attempt` until it succeeds or has failed [`TRIES`] times. Only for idempotent
+/// moves: a connection that broke (Redis restarted) usually works again on the next try.
+pub(crate) async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut wait = FIRST_WAIT;
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if tries < TRIES && matches!(error, Error::Redis { .. }) => {
+                tracing::debug!(%error, tries, "Redis failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                tries += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
 
 /// A job to add: one step, or a fan-out's join with its first branches.
 pub(crate) enum Plan {
@@ -74,6 +103,10 @@ impl Distributed {
     /// ready), and writes the run's outcome. Fails only when Redis does (the caller
     /// retries the whole move; every write in it is idempotent).
     pub(crate) async fn proceed(&self, cursor: Cursor, next: Next) -> Result<(), Error> {
+        retrying(|| self.proceed_once(cursor.clone(), next.clone())).await
+    }
+
+    async fn proceed_once(&self, cursor: Cursor, next: Next) -> Result<(), Error> {
         let mut work = vec![(cursor, next)];
         while let Some((mut cursor, next)) = work.pop() {
             match self.settle(&mut cursor, next).await? {

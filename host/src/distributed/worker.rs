@@ -182,14 +182,11 @@ impl WorkerHandle {
             worker.pause();
         }
         let inner = self.inner.clone();
-        let closing = async {
-            let closes = workers
-                .iter()
-                .map(|worker| worker.close(grace.as_millis().try_into().unwrap_or(u64::MAX)));
-            for close in closes {
-                let _ = close.await;
-            }
-        };
+        // All queues at once: each close waits for its jobs in flight (up to `grace`) and
+        // for its blocking fetch to return.
+        let grace_ms = grace.as_millis().try_into().unwrap_or(u64::MAX);
+        let closing =
+            futures_util::future::join_all(workers.iter().map(|worker| worker.close(grace_ms)));
         let hard = grace + inner.shared.config.cancel_grace * 10 + Duration::from_secs(1);
         if tokio::time::timeout(hard, closing).await.is_err() {
             inner.shared.activity.cancel_all(CancelReason::Shutdown);
@@ -264,6 +261,8 @@ impl Inner {
             .lock_duration(self.config.lock_duration)
             .stalled_interval(self.config.stalled_interval)
             .run_retry_delay(self.config.reconnect_delay)
+            // An idle queue's blocking fetch returns every second, so closing is quick.
+            .drain_delay(Duration::from_secs(1))
             .skip_version_check()
             .backoff_strategy(backoff);
         let worker = Worker::with_options(name, processor, options)
