@@ -63,7 +63,7 @@ pub use activity::{ProcessorStats, SessionStats};
 pub use bindings::WORLD;
 pub use cache::CompileCache;
 pub use cancel::{CancelHandle, CancelReason};
-pub use distributed::{RedisConfig, Retention, RunStatus, WorkerConfig, WorkerHandle};
+pub use distributed::{DeadJob, RedisConfig, Retention, RunStatus, WorkerConfig, WorkerHandle};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
 pub use events::{Event, EventKind, Notice, Subscription};

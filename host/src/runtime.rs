@@ -17,7 +17,9 @@ use wasmtime::component::Linker;
 
 use crate::activity::{Activity, ProcessorStats, SessionStats};
 use crate::cancel::{CancelHandle, CancelReason};
-use crate::distributed::{Distributed, RedisConfig, RunStatus, WorkerConfig, WorkerHandle};
+use crate::distributed::{
+    DeadJob, Distributed, RedisConfig, RunStatus, WorkerConfig, WorkerHandle,
+};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
 use crate::events::{Event, EventBus, EventKind, Subscription};
@@ -326,6 +328,28 @@ impl Runtime {
                 .map_err(unavailable)?;
         }
         Ok(running)
+    }
+
+    /// The dead-letter set of the distributed runtime: the newest `limit` jobs that failed
+    /// for good, in `queue` or in every published processor's queue.
+    pub async fn dead_jobs(
+        &self,
+        queue: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, RuntimeError> {
+        self.distributed()?
+            .dead_jobs(queue, limit)
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))
+    }
+
+    /// Redrives the dead job `id` of `queue`: it runs again with fresh attempts, and its
+    /// run carries on from it to a new outcome.
+    pub async fn redrive(&self, queue: &str, id: &str) -> Result<(), Error> {
+        let distributed = self.distributed.as_ref().ok_or_else(|| {
+            Error::Config("only a runtime built with Runtime::redis(url) has dead jobs".into())
+        })?;
+        distributed.redrive(queue, id).await
     }
 
     /// A run of the distributed runtime as Redis knows it; `None` if there is no such run

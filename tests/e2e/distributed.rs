@@ -651,3 +651,70 @@ async fn two_writers_racing_on_one_session_state_get_one_success_and_one_conflic
     let stored = first.session_state("default", "race").await.unwrap();
     assert_eq!(stored["metadata"]["version"], 1);
 }
+
+/// Runs `weir` with `args`; returns its stdout, failing the test on a non-zero exit.
+fn weir_ok(args: &[&str]) -> Vec<u8> {
+    let output = Command::new(weir_bin()).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "weir {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+#[tokio::test]
+async fn a_job_that_exhausted_its_attempts_is_listed_dead_and_redriven_to_a_new_outcome() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["flaky"]);
+    let mut worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    // flaky allows 5 attempts; this input needs 7.
+    let id = runtime
+        .submit(weir::ExecutionRequest::new(
+            "flaky",
+            json!({"succeedOn": 7}),
+        ))
+        .await
+        .unwrap();
+    let failed = runtime.wait_run(&id).await.unwrap();
+    assert_eq!(failed.execution.attempts, 5);
+    let listed: Value =
+        serde_json::from_slice(&weir_ok(&["dlq", "list", "--json", "--redis", &url])).unwrap();
+    let dead = listed.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{listed}");
+    assert_eq!(dead[0]["queue"], "flaky");
+    assert_eq!(dead[0]["run"], id.as_str());
+    assert_eq!(dead[0]["attempts"], 5);
+    assert!(
+        dead[0]["reason"].as_str().unwrap().starts_with("network"),
+        "{listed}"
+    );
+    assert_eq!(dead[0]["input"]["succeedOn"], 7);
+
+    // The operator allows more attempts, then redrives the job.
+    worker.terminate();
+    folder.manifest(
+        "flaky",
+        "[retry]\nmax_attempts = 10\nbackoff = \"fixed\"\nbackoff_ms = 1\n",
+    );
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let job = format!("flaky/{}", dead[0]["id"].as_str().unwrap());
+    weir_ok(&["dlq", "retry", &job, "--redis", &url]);
+    let result = tokio::time::timeout(Duration::from_secs(20), runtime.wait_run(&id))
+        .await
+        .expect("the redriven run finished")
+        .unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["succeededOn"], 7);
+    let listed: Value =
+        serde_json::from_slice(&weir_ok(&["dlq", "list", "--json", "--redis", &url])).unwrap();
+    assert_eq!(listed, json!([]), "nothing is dead any more");
+    // Redriving what is not dead is refused.
+    let again = Command::new(weir_bin())
+        .args(["dlq", "retry", &job, "--redis", &url])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+}

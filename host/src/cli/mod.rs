@@ -1,5 +1,6 @@
 //! Argument parsing, logging set-up and the mapping of outcomes to exit codes.
 
+mod dlq;
 mod logging;
 mod plugins;
 mod run;
@@ -72,6 +73,9 @@ enum Command {
     /// Read runs of the distributed runtime.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// Inspect and redrive the distributed runtime's dead jobs (failed for good).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
 }
 
 /// Options shared by every command that loads plugins.
@@ -232,6 +236,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Workflows(command) => workflows::run(command).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Runs(command) => runs::run(command).await,
+            Command::Dlq(command) => dlq::run(command).await,
         }
     });
     match outcome {

@@ -27,6 +27,7 @@ use crate::error::Error;
 mod client;
 mod content;
 mod control;
+mod dlq;
 mod fanout;
 mod flow;
 mod wire;
@@ -35,6 +36,7 @@ mod worker;
 pub(crate) use client::Distributed;
 pub use client::RunStatus;
 pub(crate) use control::Target as CancelTarget;
+pub use dlq::DeadJob;
 pub use worker::{WorkerConfig, WorkerHandle};
 
 /// How to reach Redis, and how long to keep what the distributed runtime writes there.
