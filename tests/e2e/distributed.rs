@@ -718,3 +718,52 @@ async fn a_job_that_exhausted_its_attempts_is_listed_dead_and_redriven_to_a_new_
         .unwrap();
     assert_eq!(again.status.code(), Some(2));
 }
+
+/// `tests/node` with its pinned packages installed (`.ci/run` installs them; so does the
+/// first test that needs them).
+fn node_project() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    if !dir.join("node_modules/bullmq").is_dir() {
+        let status = Command::new("npm")
+            .args(["install", "--no-save", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm runs (install Node.js: apt-get install nodejs npm)");
+        assert!(status.success(), "npm install in tests/node failed");
+    }
+    dir
+}
+
+#[tokio::test]
+async fn a_node_bullmq_producer_runs_a_weir_processor_and_reads_its_result() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment", "validate-email"]);
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let node = node_project();
+    let script = tokio::process::Command::new("node")
+        .arg(node.join("interop.mjs"))
+        .arg(&url)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), script)
+        .await
+        .expect("the Node script finished within 60 s")
+        .expect("node runs (install Node.js: apt-get install nodejs npm)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // The return value is weir's result document.
+    assert_eq!(answer["ok"]["ok"], true, "{answer}");
+    assert_eq!(answer["ok"]["state"]["count"], 42);
+    assert_eq!(answer["ok"]["execution"]["processor"], "increment");
+    assert_eq!(answer["ok"]["execution"]["attempts"], 1);
+    // A failure is the job's failure, with the error's kind, code and message.
+    assert_eq!(
+        answer["failed"],
+        "validation (invalid-email): `nope` is not a valid email address"
+    );
+}
