@@ -301,6 +301,10 @@ impl Runtime {
     pub async fn submit(&self, request: ExecutionRequest) -> Result<String, RuntimeError> {
         self.accepting()?;
         let distributed = self.distributed()?;
+        distributed
+            .publish_if_changed(&self.shared.registry)
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
         match distributed.submit(request).await {
             Ok(Ok(run)) => Ok(run),
             Ok(Err(refused)) => Err(not_published(refused)),
@@ -421,6 +425,10 @@ impl Runtime {
             return Ok(crate::executor::execute(&self.shared, request).await);
         };
         let unavailable = |e: Error| RuntimeError::Unavailable(e.to_string());
+        distributed
+            .publish_if_changed(&self.shared.registry)
+            .await
+            .map_err(unavailable)?;
         let run = match distributed.submit(request).await.map_err(unavailable)? {
             Ok(run) => run,
             Err(refused) => return Err(not_published(refused)),
@@ -716,14 +724,26 @@ impl Runtime {
     /// Watches `dir` and applies every change to its plugins, manifests and workflows file
     /// while the runtime serves (see [`crate::Watcher`]): changes apply once the folder has
     /// been quiet for `debounce`. Watching stops when the returned watcher is dropped.
+    ///
+    /// On the distributed runtime, every plugin and workflow that (re)loads is published to
+    /// Redis at once, so new runs pin the new version.
     pub fn watch(&self, dir: impl AsRef<Path>, debounce: Duration) -> Result<Watcher, Error> {
+        if let Some(distributed) = &self.distributed {
+            distributed.publish_reloads(&self.shared);
+        }
         crate::reload::watch(self.shared.clone(), dir.as_ref(), debounce)
     }
 
     /// Registers (or replaces) a workflow. It is checked against what is loaded now: every
     /// name must resolve, it may not contain itself, and nesting is bounded. On failure
     /// nothing changes and the error says why.
+    ///
+    /// On the distributed runtime, the definition is published to Redis before this
+    /// runtime's next submission.
     pub fn register(&self, workflow: Workflow) -> Result<Arc<Workflow>, InvalidWorkflow> {
+        if let Some(distributed) = &self.distributed {
+            distributed.definitions_changed();
+        }
         self.shared.registry.register(workflow)
     }
 

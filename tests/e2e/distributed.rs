@@ -767,3 +767,39 @@ async fn a_node_bullmq_producer_runs_a_weir_processor_and_reads_its_result() {
         "validation (invalid-email): `nope` is not a valid email address"
     );
 }
+
+#[tokio::test]
+async fn a_plugin_dropped_into_a_workers_folder_is_published_and_runs_everywhere() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::new();
+    let mut worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let empty = PluginFolder::new();
+    let runtime = submitter(&url, empty.path()).await;
+    let refused = runtime
+        .run("double", json!({"count": 2}))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, weir::RuntimeError::NotFound { .. }));
+    folder.add("double");
+    worker.wait_for("published to Redis");
+    let result = runtime.run("double", json!({"count": 2})).await.unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 4);
+}
+
+#[tokio::test]
+async fn a_workflow_registered_from_code_is_published_and_runs_on_workers() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["double"]);
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    runtime
+        .register(weir::Workflow::chain("quadruple", ["double", "double"]))
+        .unwrap();
+    let result = runtime.run("quadruple", json!({"count": 3})).await.unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 12);
+    assert_eq!(result.execution.processor, "quadruple");
+}

@@ -133,25 +133,37 @@ pub async fn runtime_with_all_plugins() -> weir::Runtime {
 /// The `weir` binary, built from the current sources on first use.
 pub fn weir_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ is inside the repository");
-        let output = Command::new(env!("CARGO"))
-            .args(["build", "--locked", "-p", "weir", "--bin", "weir"])
-            .arg("--message-format=json-render-diagnostics")
-            .current_dir(root)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("cargo runs");
-        assert!(output.status.success(), "building the weir binary failed");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .next_back()
-            .expect("cargo reported the weir executable")
-    })
+    BIN.get_or_init(|| build_weir(false))
+}
+
+/// The `weir` binary built with optimisations (for benchmarks), on first use.
+pub fn weir_release_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_weir(true))
+}
+
+fn build_weir(release: bool) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["build", "--locked", "-p", "weir", "--bin", "weir"]);
+    if release {
+        cargo.arg("--release");
+    }
+    let output = cargo
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo runs");
+    assert!(output.status.success(), "building the weir binary failed");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .next_back()
+        .expect("cargo reported the weir executable")
 }
 
 /// A private `redis-server` on a free loopback port, stopped (and its data removed) when
@@ -281,8 +293,18 @@ impl WorkerProcess {
     /// Starts `weir worker --redis URL --plugins DIR` with `extra` arguments and waits until
     /// it serves its queues.
     pub fn start(redis_url: &str, plugins: &Path, extra: &[&str]) -> WorkerProcess {
+        Self::start_binary(weir_bin(), redis_url, plugins, extra)
+    }
+
+    /// [`WorkerProcess::start`] with the given `weir` binary.
+    pub fn start_binary(
+        binary: &Path,
+        redis_url: &str,
+        plugins: &Path,
+        extra: &[&str],
+    ) -> WorkerProcess {
         use std::io::BufRead;
-        let mut child = Command::new(weir_bin())
+        let mut child = Command::new(binary)
             .args(["worker", "--redis", redis_url])
             .arg("--plugins")
             .arg(plugins)

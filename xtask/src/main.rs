@@ -4,7 +4,7 @@
 //!   `workflows.toml`);
 //! - `demo`: build everything, then run the example plugins through `weir run`;
 //! - `test`: formatting, lints and the whole test suite (what CI runs);
-//! - `bench [execute|reload]`: the benchmarks (release build).
+//! - `bench [execute|reload|queue]`: the benchmarks (release build).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -193,9 +193,13 @@ fn test() -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask bench [execute|reload]` (both by default).
+/// `cargo xtask bench [execute|reload|queue]` (all by default).
 fn bench(which: &[String]) -> Result<(), String> {
-    let all = ["execute".to_string(), "reload".to_string()];
+    let all = [
+        "execute".to_string(),
+        "reload".to_string(),
+        "queue".to_string(),
+    ];
     let benches = if which.is_empty() { &all[..] } else { which };
     for name in benches {
         run(

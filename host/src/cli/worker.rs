@@ -1,6 +1,7 @@
 //! `weir worker --redis URL`: serves the distributed runtime's queues — the jobs of every
-//! processor published to Redis (this folder's plugins are published at start) — until
-//! Ctrl-C or SIGTERM, then stops taking jobs and lets the ones in flight finish.
+//! processor published to Redis (this folder's plugins are published at start, and again
+//! whenever a file in it changes) — until Ctrl-C or SIGTERM, then stops taking jobs and lets
+//! the ones in flight finish.
 
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub(crate) struct WorkerArgs {
     #[arg(long, default_value_t = 30_000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(100..))]
     stalled_interval_ms: u64,
+    /// How long a change to the plugins folder must settle before it is applied.
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    debounce_ms: u64,
     /// On shutdown, how long jobs in flight may finish before they are cancelled.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     grace_ms: u64,
@@ -41,6 +45,17 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
         lock_duration: Duration::from_millis(args.lock_ms),
         stalled_interval: Duration::from_millis(args.stalled_interval_ms),
         ..weir::WorkerConfig::default()
+    };
+    // The folder stays live: files dropped in, replaced or removed are loaded and published.
+    let _watcher = if args.plugins.plugins.is_dir() {
+        let debounce = Duration::from_millis(args.debounce_ms);
+        Some(
+            runtime
+                .watch(&args.plugins.plugins, debounce)
+                .map_err(|e| Failure::Usage(e.to_string()))?,
+        )
+    } else {
+        None
     };
     let worker = runtime.serve(config).await?;
     tracing::warn!(

@@ -67,6 +67,8 @@ pub(crate) struct Distributed {
     finish: redis::Script,
     pub(super) join_cas: redis::Script,
     flows: tokio::sync::OnceCell<FlowProducer>,
+    /// Set when workflows were registered from code and are not published yet.
+    unpublished: std::sync::atomic::AtomicBool,
     /// This process's id among the processes sharing events.
     origin: String,
     events: Arc<OnceLock<EventSink>>,
@@ -123,6 +125,7 @@ impl Distributed {
             finish: redis::Script::new(include_str!("../lua/finish_run.lua")),
             join_cas: redis::Script::new(include_str!("../lua/join_cas.lua")),
             flows: tokio::sync::OnceCell::new(),
+            unpublished: std::sync::atomic::AtomicBool::new(false),
             origin,
             events,
             reader,
@@ -380,6 +383,87 @@ impl Distributed {
             lock_map(&self.workflows).insert(workflow.digest().to_string(), workflow.clone());
         }
         Ok(())
+    }
+
+    /// Notes that workflow definitions changed here (published before the next submission).
+    pub(crate) fn definitions_changed(&self) {
+        self.unpublished
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Publishes the workflows of `registry` if some were registered since the last time.
+    pub(crate) async fn publish_if_changed(
+        &self,
+        registry: &crate::registry::Registry,
+    ) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        if !self.unpublished.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let catalog = registry.catalog();
+        let mut conn = self.conn();
+        for workflow in catalog.workflows.values() {
+            if let Err(error) = content::publish_workflow(&mut conn, &self.keys, workflow).await {
+                self.unpublished.store(true, Ordering::Release);
+                return Err(self.redis_error(error));
+            }
+            lock_map(&self.workflows).insert(workflow.digest().to_string(), workflow.clone());
+        }
+        Ok(())
+    }
+
+    /// Publishes every plugin and workflow that (re)loads in `shared` from now on, for as
+    /// long as both live.
+    pub(crate) fn publish_reloads(self: &Arc<Self>, shared: &Arc<crate::runtime::Shared>) {
+        use crate::events::{EventKind, Notice};
+        let mut events = shared.events.subscribe();
+        let weak_shared = Arc::downgrade(shared);
+        let weak_self = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(notice) = events.recv().await {
+                let (Some(dist), Some(shared)) = (weak_self.upgrade(), weak_shared.upgrade())
+                else {
+                    return;
+                };
+                let Notice::Event(event) = notice else {
+                    continue;
+                };
+                let plugin = match event.event {
+                    EventKind::PluginLoaded | EventKind::PluginReloaded => event
+                        .processor
+                        .as_deref()
+                        .and_then(|name| shared.registry.get(name)),
+                    EventKind::WorkflowsReloaded => {
+                        dist.definitions_changed();
+                        None
+                    }
+                    _ => continue,
+                };
+                let outcome = match plugin {
+                    Some(plugin) => match tokio::fs::read(plugin.path()).await {
+                        Ok(bytes) => dist
+                            .push_plugin(plugin.name(), plugin.version(), &bytes)
+                            .await
+                            .map(drop),
+                        Err(error) => Err(dist.redis_error(format!(
+                            "cannot read {}: {error}",
+                            plugin.path().display()
+                        ))),
+                    },
+                    None => dist.publish_if_changed(&shared.registry).await,
+                };
+                match outcome {
+                    Ok(()) => tracing::info!(
+                        target: "weir::reload",
+                        name = event.processor.as_deref().unwrap_or("workflows"),
+                        "published to Redis"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot publish a reloaded plugin or workflow");
+                    }
+                }
+            }
+        });
     }
 
     /// Publishes one component as processor `name`; returns its digest.

@@ -1,0 +1,279 @@
+//! The distributed runtime's queue costs, beside two baselines on the same Redis in the same
+//! run: raw bullmq-official running a trivial Rust closure, and Node BullMQ (6.5.1) running
+//! a trivial JS job. For each: the round trip of one job (added, processed, its completion
+//! seen by the producer) one at a time, p50 and p99; and jobs completed per second with 50
+//! in flight, with 1 and with 2 workers (8 jobs at a time each). weir's workers are `weir
+//! worker` processes (release build) running the `increment` plugin in a fresh sandbox per
+//! job; the baselines' workers run in their producer's process. On a 2-core machine two
+//! workers measure contention, not scaling.
+//!
+//! Run with `cargo xtask bench queue` (or `cargo bench -p weir-tests --bench queue`).
+//! `WEIR_BENCH_JOBS` (default 2000) and `WEIR_BENCH_ROUND_TRIPS` (default 300) set the sizes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bullmq::options::RedisConnectionOptions;
+use bullmq::types::RemoveOnFinish;
+use bullmq::{
+    JobOptions, Queue, QueueEvent, QueueEvents, QueueEventsOptions, QueueOptions, Worker,
+    WorkerOptions,
+};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const IN_FLIGHT: usize = 50;
+const WARM_UP: usize = 30;
+
+fn size(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One system's figures.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    per_second: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((p / 100.0) * sorted.len() as f64) as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// Times `once` sequentially, then with [`IN_FLIGHT`] at a time.
+async fn measure<F, Fut>(once: F, round_trips: usize, jobs: usize) -> Figures
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    for _ in 0..WARM_UP {
+        once().await;
+    }
+    let mut times = Vec::with_capacity(round_trips);
+    for _ in 0..round_trips {
+        let started = Instant::now();
+        once().await;
+        times.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let once = once.clone();
+        let next = next.clone();
+        tasks.spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < jobs {
+                once().await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Figures {
+        p50_us: percentile(&times, 50.0),
+        p99_us: percentile(&times, 99.0),
+        per_second: jobs as f64 / started.elapsed().as_secs_f64(),
+    }
+}
+
+/// bullmq-official alone: a closure returning `{}`, completions read from the queue's
+/// event stream by one reader that hands them to waiters.
+async fn raw(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
+    let connection = RedisConnectionOptions::new().url(url);
+    let prefix = format!("rawbench{workers}");
+    let queue = Arc::new(
+        Queue::with_options(
+            "trivial",
+            QueueOptions::new()
+                .connection(connection.clone())
+                .prefix(prefix.clone()),
+        )
+        .await
+        .unwrap(),
+    );
+    let events = QueueEvents::with_options(
+        "trivial",
+        QueueEventsOptions {
+            connection: connection.clone(),
+            prefix: prefix.clone(),
+            ..QueueEventsOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let waiters: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
+    let dispatch = waiters.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(entry) = events.next_event().await {
+            if let QueueEvent::Completed { job_id, .. } = entry.event
+                && let Some(waiter) = dispatch.lock().unwrap().remove(&job_id)
+            {
+                let _ = waiter.send(());
+            }
+        }
+    });
+    let mut running = Vec::new();
+    for _ in 0..workers {
+        let options = WorkerOptions::new()
+            .connection(connection.clone())
+            .prefix(prefix.clone())
+            .concurrency(8);
+        let worker = Worker::with_options(
+            "trivial",
+            |_job, _token| async { Ok::<Value, bullmq::Error>(json!({})) },
+            options,
+        )
+        .await
+        .unwrap();
+        let worker = Arc::new(worker);
+        // A worker's event channel is unbounded: drain it, as any user of the crate must.
+        let events = worker.clone();
+        tokio::spawn(async move { while events.next_event().await.is_some() {} });
+        running.push(worker);
+    }
+    let once = {
+        let queue = queue.clone();
+        move || {
+            let queue = queue.clone();
+            let waiters = waiters.clone();
+            async move {
+                let id = uuid_like();
+                let (done, wait) = oneshot::channel();
+                waiters.lock().unwrap().insert(id.clone(), done);
+                let mut options = JobOptions::new().remove_on_complete(RemoveOnFinish::Count(1000));
+                options.job_id = Some(id);
+                queue.add("t", json!({})).options(options).await.unwrap();
+                tokio::time::timeout(Duration::from_secs(30), wait)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+    };
+    let figures = measure(once, round_trips, jobs).await;
+    for worker in &running {
+        worker.close(1_000).await.unwrap();
+    }
+    reader.abort();
+    figures
+}
+
+fn uuid_like() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "j-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// Node BullMQ, through `tests/node/bench.mjs`.
+fn node(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    if !dir.join("node_modules/bullmq").is_dir() {
+        let status = std::process::Command::new("npm")
+            .args(["install", "--no-save", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm runs");
+        assert!(status.success());
+    }
+    let output = std::process::Command::new("node")
+        .arg(dir.join("bench.mjs"))
+        .arg(url)
+        .args([workers, round_trips, jobs, IN_FLIGHT].map(|n| n.to_string()))
+        .output()
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
+    Figures {
+        p50_us: figures["p50Us"].as_f64().unwrap(),
+        p99_us: figures["p99Us"].as_f64().unwrap(),
+        per_second: figures["perSecond"].as_f64().unwrap(),
+    }
+}
+
+/// weir: `weir worker` processes running `increment`, a runtime submitting and waiting.
+async fn weir(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
+    let folder = weir_tests::PluginFolder::with(&["increment"]);
+    let binary = weir_tests::weir_release_bin();
+    let _workers: Vec<_> = (0..workers)
+        .map(|_| weir_tests::WorkerProcess::start_binary(binary, url, folder.path(), &[]))
+        .collect();
+    let runtime = weir::Runtime::redis(url)
+        .plugins_dir(folder.path())
+        .cache_dir(Some(weir_tests::cache_dir()))
+        .build()
+        .await
+        .unwrap();
+    runtime.start();
+    let once = move || {
+        let runtime = runtime.clone();
+        async move {
+            let result = runtime.run("increment", json!({"count": 1})).await.unwrap();
+            assert!(result.ok, "{:?}", result.error);
+        }
+    };
+    measure(once, round_trips, jobs).await
+}
+
+fn row(name: &str, f: Figures) {
+    println!(
+        "{name:<34} {:>9.0} {:>9.0} {:>10.0}",
+        f.p50_us, f.p99_us, f.per_second
+    );
+}
+
+fn main() {
+    let jobs = size("WEIR_BENCH_JOBS", 2000);
+    let round_trips = size("WEIR_BENCH_ROUND_TRIPS", 300);
+    let redis = weir_tests::RedisServer::start();
+    let url = redis.url();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "queue round trip (one at a time) and throughput ({IN_FLIGHT} in flight), {jobs} jobs"
+    );
+    println!(
+        "{:<34} {:>9} {:>9} {:>10}",
+        "", "p50 µs", "p99 µs", "jobs/s"
+    );
+    let mut all = HashMap::new();
+    for workers in [1, 2] {
+        let raw = runtime.block_on(raw(&url, workers, round_trips, jobs));
+        row(&format!("bullmq-official, {workers} worker(s)"), raw);
+        let node = node(&url, workers, round_trips, jobs);
+        row(&format!("Node BullMQ 6.5.1, {workers} worker(s)"), node);
+        let weir = runtime.block_on(weir(&url, workers, round_trips, jobs));
+        row(&format!("weir (fresh sandbox), {workers} worker(s)"), weir);
+        all.insert(workers, (raw, node, weir));
+    }
+    println!();
+    for (workers, (raw, node, weir)) in {
+        let mut v: Vec<_> = all.into_iter().collect();
+        v.sort_by_key(|(w, _)| *w);
+        v
+    } {
+        println!(
+            "{workers} worker(s): weir p50 {:.2} ms (goal ≤ 1 ms); throughput {:.2}× Node \
+             BullMQ (goal ≥ 1.5×), {:.2}× raw bullmq-official (goal ≥ 0.67×)",
+            weir.p50_us / 1000.0,
+            weir.per_second / node.per_second,
+            weir.per_second / raw.per_second,
+        );
+    }
+}
