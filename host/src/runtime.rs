@@ -429,11 +429,26 @@ impl Runtime {
             .publish_if_changed(&self.shared.registry)
             .await
             .map_err(unavailable)?;
+        let cancel = request.cancel.clone();
         let run = match distributed.submit(request).await.map_err(unavailable)? {
             Ok(run) => run,
             Err(refused) => return Err(not_published(refused)),
         };
-        distributed.wait(&run).await.map_err(unavailable)
+        // The caller's cancel handle (e.g. Ctrl-C on `weir run`) cancels the run wherever
+        // it is; its outcome (cancelled) still comes back.
+        let wait = distributed.wait(&run);
+        tokio::pin!(wait);
+        tokio::select! {
+            result = &mut wait => return result.map_err(unavailable),
+            _ = cancel.cancelled() => {}
+        }
+        let reason = cancel.reason().unwrap_or(CancelReason::Request);
+        let target = crate::distributed::CancelTarget::Run { id: run.clone() };
+        distributed
+            .cancel(target, reason)
+            .await
+            .map_err(unavailable)?;
+        wait.await.map_err(unavailable)
     }
 
     /// Starts accepting executions. Starting a running runtime is a no-op; a stopped one

@@ -803,3 +803,46 @@ async fn a_workflow_registered_from_code_is_published_and_runs_on_workers() {
     assert_eq!(result.state["count"], 12);
     assert_eq!(result.execution.processor, "quadruple");
 }
+
+#[tokio::test]
+async fn a_requests_delay_and_cancel_handle_work_as_on_the_local_runtime() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment", "spin"]);
+    folder.manifest("spin", "[limits]\ntimeout_ms = 30000\n");
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    let started = Instant::now();
+    let request = weir::ExecutionRequest::new("increment", json!({"count": 1}))
+        .delay(Duration::from_millis(300));
+    let result = runtime.execute(request).await.unwrap();
+    assert!(result.ok);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mut events = runtime.subscribe();
+    let cancel = weir::CancelHandle::new();
+    let request = weir::ExecutionRequest::new("spin", json!({})).cancel_handle(cancel.clone());
+    let running = tokio::spawn({
+        let runtime = runtime.clone();
+        async move { runtime.execute(request).await }
+    });
+    event_where(&mut events, |e| {
+        e.event == weir::EventKind::ProcessorStarted && e.processor.as_deref() == Some("spin")
+    })
+    .await;
+    cancel.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the cancelled execution ended")
+        .unwrap()
+        .unwrap();
+    let error = result.error.expect("it was cancelled");
+    assert_eq!(
+        error.code.as_deref(),
+        Some(weir::codes::CANCELLED_BY_REQUEST)
+    );
+}

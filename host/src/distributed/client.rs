@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::content;
 use super::fanout::JOIN_QUEUE;
-use super::flow::{Cursor, Next, Plan};
+use super::flow::{Cursor, Next, Plan, Settled};
 use super::wire::{Binding, StepJob, WireScope, enclosing_join, now_ms};
 use super::{Keys, RedisConfig, Retention, bullmq_connection, connect, unreachable};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
@@ -269,11 +269,12 @@ impl Distributed {
     /// does nothing, which makes re-running a step harmless.
     pub(crate) async fn enqueue(&self, job: &StepJob) -> Result<(), Error> {
         let queue = self.queue(&job.processor).await?;
-        let options = self.step_options(
+        let mut options = self.step_options(
             &job.job_id(),
             job.scope.priority,
             enclosing_join(&job.frames),
         );
+        options.delay = job.delay_ms;
         queue
             .add(&job.processor, job)
             .options(options)
@@ -521,10 +522,9 @@ impl Distributed {
             );
             return Ok(Err(failed(input, error, info)));
         }
-        let deadline_ms = request
-            .limits
-            .timeout_ms
-            .map(|t| now_ms().saturating_add(t));
+        // A request's timeout lowers each attempt's limit (in `limits`), as locally; a run
+        // has no overall deadline unless a workflow sets one.
+        let deadline_ms = None;
         let scope = WireScope {
             tenant: tenant.clone(),
             session: request.session.clone(),
@@ -560,7 +560,14 @@ impl Distributed {
             state: input,
             path: "0".into(),
         };
-        self.proceed(cursor, next).await?;
+        // The first job waits out the request's delay in BullMQ's delayed set.
+        let mut cursor = cursor;
+        match self.settle(&mut cursor, next).await? {
+            Settled::Plan(plan) => self.add(delayed(plan, request.delay)).await?,
+            Settled::Run(result) => self.finish_run(&cursor.run, &result).await?,
+            // A run's bottom frame is never a branch's.
+            Settled::Branch { .. } => {}
+        }
         Ok(Ok(run))
     }
 
@@ -692,6 +699,24 @@ impl Waiters {
 
     fn runs(&self) -> Vec<String> {
         lock_map(&self.pending).keys().cloned().collect()
+    }
+}
+
+/// `plan` made to wait `delay` before it can run.
+fn delayed(plan: Plan, delay: Option<std::time::Duration>) -> Plan {
+    let Some(delay) = delay else { return plan };
+    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    match plan {
+        Plan::Step(mut job) => {
+            job.delay_ms = Some(ms);
+            Plan::Step(job)
+        }
+        Plan::Flow(mut flow) => {
+            if let Some(options) = &mut flow.opts {
+                options.delay = Some(ms);
+            }
+            Plan::Flow(flow)
+        }
     }
 }
 

@@ -179,6 +179,7 @@ impl Distributed {
                     scope: cursor.scope.clone(),
                     bindings: cursor.bindings.clone(),
                     frames: cursor.frames.clone(),
+                    delay_ms: None,
                 };
                 Ok(Entered::Plan(Plan::Step(Box::new(job))))
             }

@@ -37,6 +37,9 @@ pub(crate) struct StepJob {
     pub bindings: BTreeMap<String, Binding>,
     /// What happens after this step, innermost last.
     pub frames: Vec<Frame>,
+    /// How long the job waits before it can run (the request's delay; first step only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
 }
 
 impl StepJob {
@@ -253,6 +256,7 @@ mod tests {
                 outer_parent: None,
                 at: At::Chain { index: 1 },
             }],
+            delay_ms: None,
         };
         let text = serde_json::to_string(&job).expect("serialises");
         let back: StepJob = serde_json::from_str(&text).expect("parses");
