@@ -259,6 +259,9 @@ pub enum RuntimeError {
     /// The distributed runtime could not reach Redis.
     #[error("{0}")]
     Unavailable(String),
+    /// The request cannot be run as it is (e.g. its id names a run that exists already).
+    #[error("{0}")]
+    InvalidRequest(String),
 }
 
 /// Errors of the weir library at its boundary.

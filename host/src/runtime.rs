@@ -304,11 +304,11 @@ impl Runtime {
         distributed
             .publish_if_changed(&self.shared.registry)
             .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+            .map_err(refusal)?;
         match distributed.submit(request).await {
             Ok(Ok(run)) => Ok(run),
             Ok(Err(refused)) => Err(not_published(refused)),
-            Err(error) => Err(RuntimeError::Unavailable(error.to_string())),
+            Err(error) => Err(refusal(error)),
         }
     }
 
@@ -318,7 +318,7 @@ impl Runtime {
     /// or it has ended.
     pub async fn cancel_run(&self, id: &str) -> Result<bool, RuntimeError> {
         let distributed = self.distributed()?;
-        let unavailable = |e: Error| RuntimeError::Unavailable(e.to_string());
+        let unavailable = refusal;
         let running = distributed
             .status(id)
             .await
@@ -344,7 +344,7 @@ impl Runtime {
         self.distributed()?
             .dead_jobs(queue, limit)
             .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))
+            .map_err(refusal)
     }
 
     /// Redrives the dead job `id` of `queue`: it runs again with fresh attempts, and its
@@ -359,18 +359,12 @@ impl Runtime {
     /// A run of the distributed runtime as Redis knows it; `None` if there is no such run
     /// (or its record has expired).
     pub async fn run_status(&self, id: &str) -> Result<Option<RunStatus>, RuntimeError> {
-        self.distributed()?
-            .status(id)
-            .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))
+        self.distributed()?.status(id).await.map_err(refusal)
     }
 
     /// Waits for the outcome of the run `id` of the distributed runtime.
     pub async fn wait_run(&self, id: &str) -> Result<ExecutionResult, RuntimeError> {
-        self.distributed()?
-            .wait(id)
-            .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))
+        self.distributed()?.wait(id).await.map_err(refusal)
     }
 
     /// Serves the distributed runtime's queues from this process: runs the jobs of every
@@ -424,7 +418,7 @@ impl Runtime {
         let Some(distributed) = &self.distributed else {
             return Ok(crate::executor::execute(&self.shared, request).await);
         };
-        let unavailable = |e: Error| RuntimeError::Unavailable(e.to_string());
+        let unavailable = refusal;
         distributed
             .publish_if_changed(&self.shared.registry)
             .await
@@ -893,5 +887,13 @@ fn not_published(refused: ExecutionResult) -> RuntimeError {
             .map(|e| e.message)
             .unwrap_or_else(|| format!("`{}` is not published", refused.execution.processor)),
         name: refused.execution.processor,
+    }
+}
+
+/// A distributed runtime's error as the caller sees it: the request's fault, or Redis's.
+fn refusal(error: Error) -> RuntimeError {
+    match error {
+        Error::Config(message) => RuntimeError::InvalidRequest(message),
+        other => RuntimeError::Unavailable(other.to_string()),
     }
 }

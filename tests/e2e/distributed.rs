@@ -846,3 +846,35 @@ async fn a_requests_delay_and_cancel_handle_work_as_on_the_local_runtime() {
         Some(weir::codes::CANCELLED_BY_REQUEST)
     );
 }
+
+#[tokio::test]
+async fn run_ids_are_checked_and_never_reused() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment"]);
+    let runtime = submitter(&url, folder.path()).await;
+    let with_id = |id: &str| {
+        let mut request = weir::ExecutionRequest::new("increment", json!({"count": 1}));
+        request.id = Some(id.to_string());
+        request
+    };
+    runtime.submit(with_id("order-17")).await.unwrap();
+    let reused = runtime.submit(with_id("order-17")).await.unwrap_err();
+    assert!(
+        matches!(reused, weir::RuntimeError::InvalidRequest(_)),
+        "{reused}"
+    );
+    assert!(reused.to_string().contains("exists already"), "{reused}");
+    for bad in ["a:b", "1234", ""] {
+        let refused = runtime.submit(with_id(bad)).await.unwrap_err();
+        assert!(
+            matches!(refused, weir::RuntimeError::InvalidRequest(_)),
+            "{bad}: {refused}"
+        );
+    }
+    let unknown = runtime.wait_run("no-such-run").await.unwrap_err();
+    assert!(
+        matches!(unknown, weir::RuntimeError::InvalidRequest(_)),
+        "{unknown}"
+    );
+}

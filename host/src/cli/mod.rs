@@ -206,6 +206,7 @@ impl From<weir::RuntimeError> for Failure {
     fn from(err: weir::RuntimeError) -> Self {
         match err {
             weir::RuntimeError::Unavailable(_) => Failure::Infrastructure(err.to_string()),
+            weir::RuntimeError::InvalidRequest(_) => Failure::Usage(err.to_string()),
             _ => Failure::Usage(err.to_string()),
         }
     }

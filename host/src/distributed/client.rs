@@ -14,6 +14,7 @@ use bullmq::{
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::content;
@@ -365,17 +366,18 @@ impl Distributed {
                     continue;
                 }
             };
-            let name = plugin.name();
-            let digest =
-                content::publish_plugin(&mut conn, &self.keys, name, plugin.version(), &bytes)
-                    .await
-                    .map_err(|e| self.redis_error(e))?;
-            if digest != plugin.digest() {
+            if hex::encode(Sha256::digest(&bytes)) != plugin.digest() {
+                // Publish only what was validated; the reload will publish the new bytes.
                 tracing::warn!(
                     plugin = plugin.name(),
-                    "the plugin's file changed since it loaded; published the file's bytes"
+                    "the plugin's file changed since it loaded; not published"
                 );
+                continue;
             }
+            let (name, version) = (plugin.name(), plugin.version());
+            content::publish_plugin(&mut conn, &self.keys, name, version, &bytes)
+                .await
+                .map_err(|e| self.redis_error(e))?;
         }
         for workflow in catalog.workflows.values() {
             content::publish_workflow(&mut conn, &self.keys, workflow)
@@ -491,14 +493,18 @@ impl Distributed {
             .id
             .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
             .clone();
+        check_run_id(&run)?;
+        // Marks this submission's record, so a retry recognises it and another is refused.
+        let token = uuid::Uuid::now_v7().to_string();
         let input = std::mem::take(&mut request.input);
-        super::flow::retrying(|| self.submit_once(&request, &run, input.clone())).await
+        super::flow::retrying(|| self.submit_once(&request, &run, &token, input.clone())).await
     }
 
     async fn submit_once(
         &self,
         request: &ExecutionRequest,
         run: &str,
+        token: &str,
         input: serde_json::Value,
     ) -> Result<Result<String, ExecutionResult>, Error> {
         let run = run.to_string();
@@ -545,8 +551,26 @@ impl Distributed {
         if let Some(session) = &request.session {
             record.push(("session", session.clone()));
         }
-        let _: () = conn
-            .hset_multiple(self.keys.run(&run), &record)
+        let key = self.keys.run(&run);
+        let (_, owner): (bool, String) = redis::pipe()
+            .hset_nx(&key, "token", token)
+            .hget(&key, "token")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        if owner != token {
+            return Err(Error::Config(format!(
+                "a run with the id `{run}` exists already: give each execution its own id"
+            )));
+        }
+        // Unfinished runs are kept long (a finished one for the run retention).
+        let unfinished = self.retention_secs().max(7 * 24 * 3600);
+        let _: () = redis::pipe()
+            .hset_multiple(&key, &record)
+            .ignore()
+            .expire(&key, unfinished)
+            .ignore()
+            .query_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
         let cursor = Cursor {
@@ -604,9 +628,21 @@ impl Distributed {
     pub(crate) async fn wait(&self, run: &str) -> Result<ExecutionResult, Error> {
         let receiver = self.waiters.register(run);
         // The outcome may have been written before we started listening.
-        if let Some(result) = self.status(run).await?.and_then(|s| s.result) {
-            self.waiters.deliver(run, result.clone());
-            return Ok(result);
+        match self.status(run).await? {
+            None => {
+                self.waiters.forget(run);
+                return Err(Error::Config(format!(
+                    "there is no run `{run}` (never submitted, or its record expired)"
+                )));
+            }
+            Some(RunStatus {
+                result: Some(result),
+                ..
+            }) => {
+                self.waiters.deliver(run, result.clone());
+                return Ok(result);
+            }
+            Some(_) => {}
         }
         receiver.await.map_err(|_| Error::Redis {
             url: self.config.url.clone(),
@@ -682,11 +718,22 @@ struct Waiters {
 impl Waiters {
     fn register(&self, run: &str) -> oneshot::Receiver<ExecutionResult> {
         let (sender, receiver) = oneshot::channel();
-        lock_map(&self.pending)
-            .entry(run.to_string())
-            .or_default()
-            .push(sender);
+        let mut pending = lock_map(&self.pending);
+        // Callers that stopped waiting (their futures dropped) leave closed senders.
+        pending.retain(|_, senders| {
+            senders.retain(|s| !s.is_closed());
+            !senders.is_empty()
+        });
+        pending.entry(run.to_string()).or_default().push(sender);
         receiver
+    }
+
+    /// Drops the senders of `run` nobody waits on any more.
+    fn forget(&self, run: &str) {
+        let mut pending = lock_map(&self.pending);
+        if let Some(senders) = pending.get_mut(run) {
+            senders.retain(|s| !s.is_closed());
+        }
     }
 
     /// Hands `result` to everyone waiting for `run`.
@@ -712,11 +759,37 @@ fn delayed(plan: Plan, delay: Option<std::time::Duration>) -> Plan {
             Plan::Step(job)
         }
         Plan::Flow(mut flow) => {
-            if let Some(options) = &mut flow.opts {
-                options.delay = Some(ms);
-            }
+            delay_flow(&mut flow, ms);
             Plan::Flow(flow)
         }
+    }
+}
+
+/// Delays every job of a flow (its first branches would otherwise start at once).
+fn delay_flow(flow: &mut FlowJob, ms: u64) {
+    if let Some(options) = &mut flow.opts {
+        options.delay = Some(ms);
+    }
+    for child in flow.children.iter_mut().flatten() {
+        delay_flow(child, ms);
+    }
+}
+
+/// Checks a caller-chosen run id: it names BullMQ jobs and Redis keys.
+fn check_run_id(id: &str) -> Result<(), Error> {
+    let fine = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.chars().all(|c| c.is_ascii_digit());
+    if fine {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "the execution id `{id}` cannot name a run: use up to 128 letters, digits, `-`, \
+             `_` and `.`, not only digits"
+        )))
     }
 }
 
@@ -777,18 +850,19 @@ async fn read_events(reader: Reader, mut last: String) {
             }
         };
         // Catch up on what may have been missed while disconnected.
-        for run in waiters.runs() {
-            let fields: redis::RedisResult<HashMap<String, String>> =
-                records.hgetall(keys.run(&run)).await;
-            if let Some(result) = fields.ok().and_then(|f| run_status(&run, f)?.result) {
-                waiters.deliver(&run, result);
-            }
-        }
+        catch_up(&mut records, &keys, &waiters).await;
         backoff = Duration::from_millis(50);
         let options = redis::streams::StreamReadOptions::default()
             .block(5_000)
             .count(512);
+        let mut checked = std::time::Instant::now();
         loop {
+            // Now and then, read the records of the runs still awaited: an outcome whose
+            // stream entry was trimmed before this reader got to it is still found.
+            if checked.elapsed() >= Duration::from_secs(5) {
+                checked = std::time::Instant::now();
+                catch_up(&mut records, &keys, &waiters).await;
+            }
             let reply: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
                 conn.xread_options(&[&stream], &[&last], &options).await;
             let reply = match reply {
@@ -825,6 +899,17 @@ async fn read_events(reader: Reader, mut last: String) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Hands the outcomes of awaited runs that are recorded to their waiters.
+async fn catch_up(records: &mut ConnectionManager, keys: &Keys, waiters: &Waiters) {
+    for run in waiters.runs() {
+        let fields: redis::RedisResult<HashMap<String, String>> =
+            records.hgetall(keys.run(&run)).await;
+        if let Some(result) = fields.ok().and_then(|f| run_status(&run, f)?.result) {
+            waiters.deliver(&run, result);
         }
     }
 }

@@ -112,6 +112,9 @@ impl Distributed {
             let _: () = redis::pipe()
                 .hdel(&key, &["result", "finished"])
                 .ignore()
+                // A cancellation of the run is over: the redriven step runs.
+                .del(self.keys.cancelled("run", &step.run))
+                .ignore()
                 .hset(&key, "status", "running")
                 .ignore()
                 .query_async(&mut conn)

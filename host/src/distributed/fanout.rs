@@ -206,6 +206,35 @@ impl JoinState {
         }
     }
 
+    /// Ends, as failed, branches that never reported (their job failed before its step
+    /// could: its worker died more often than BullMQ allows). Called by the join, which
+    /// runs only once every job of the fan-out has ended.
+    pub(crate) fn lose_unfinished(&mut self, workflow: &Workflow, tenant: &str) {
+        let lost: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].status == Status::Running)
+            .collect();
+        for node in lost {
+            let name = match workflow.composition() {
+                Composition::Parallel { branches, .. } => branches[node].clone(),
+                Composition::Batch { processor, .. } => processor.clone(),
+                Composition::Graph { nodes } => nodes[node].run.clone(),
+                _ => continue,
+            };
+            let error = ExecutionError::host(
+                ErrorKind::Execution,
+                codes::TRAP,
+                format!(
+                    "`{name}`'s job ended without a result (its worker stopped while running it \
+                     more often than allowed); see `weir dlq list`"
+                ),
+            );
+            let info = ExecutionInfo::new(None, name, tenant, None);
+            let input = self.input.clone();
+            // What it would start is moot: the join is computing the end.
+            let _ = self.complete(workflow, node, failed(input, error, info));
+        }
+    }
+
     /// Whether the workflow should stop its running branches (the first failure dooms it).
     pub(crate) fn doomed(&self) -> bool {
         self.first_failure.is_some()
@@ -590,19 +619,19 @@ impl Distributed {
                 return Ok(Vec::new());
             }
         };
-        let (starts, doomed_now) = loop {
+        let (starts, doomed) = loop {
             let Some((revision, mut state)) = self.load_join(join).await? else {
                 tracing::warn!(join = %join, "a branch ended for a fan-out whose record has expired");
                 return Ok(Vec::new());
             };
-            let was_doomed = state.doomed();
             let starts = state.complete(&workflow, *node, result.clone());
             if self.store_join(join, revision, &state).await? {
-                break (starts, !was_doomed && state.doomed());
+                break (starts, state.doomed());
             }
         };
-        if doomed_now {
-            // The first failure dooms the fan-out: its other branches stop.
+        if doomed {
+            // The first failure dooms the fan-out: its other branches stop. (Said again on
+            // every later branch end: a worker that died before saying it is covered.)
             let target = Target::Join { id: join.clone() };
             self.cancel(target, CancelReason::Sibling).await?;
         }
@@ -643,6 +672,8 @@ impl Distributed {
             let next = self.close(&mut cursor, frame, Err((Value::Null, error)));
             return self.proceed(cursor, next).await;
         };
+        let mut state = state;
+        state.lose_unfinished(&workflow, &cursor.scope.tenant);
         frame.fuel = frame.fuel.saturating_add(state.fuel);
         frame.peak_memory = frame.peak_memory.max(state.peak_memory);
         let identity = match workflow.composition() {

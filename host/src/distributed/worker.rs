@@ -61,6 +61,9 @@ impl Default for WorkerConfig {
     }
 }
 
+/// How long a step whose run could not be carried on (Redis failed) waits to run again.
+const REDIS_RETRY_MS: u64 = 1_000;
+
 /// Fetched components kept per process, by digest.
 const FETCHED_KEPT: usize = 64;
 
@@ -260,6 +263,8 @@ impl Inner {
             .concurrency(self.config.concurrency)
             .lock_duration(self.config.lock_duration)
             .stalled_interval(self.config.stalled_interval)
+            // A job whose worker died is run again up to three times before it fails.
+            .max_stalled_count(3)
             .run_retry_delay(self.config.reconnect_delay)
             // An idle queue's blocking fetch returns every second, so closing is quick.
             .drain_delay(Duration::from_secs(1))
@@ -308,6 +313,11 @@ impl Inner {
                 return Err(bullmq::Error::Unrecoverable(format!(
                     "the job is in weir's job format {}, this worker reads format {FORMAT}",
                     step.weir
+                )));
+            }
+            Err(error) if data.get("weir").is_some() => {
+                return Err(bullmq::Error::Unrecoverable(format!(
+                    "the job claims weir's format but is unreadable: {error}"
                 )));
             }
             Err(_) => return self.handle_foreign(queue, data, attempt).await,
@@ -366,21 +376,8 @@ impl Inner {
                 return Err(bullmq::Error::Unrecoverable(message_of(&result)));
             }
         };
-        let reason = self
-            .dist
-            .cancelled_before_start(&step)
-            .await
-            .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
-        if let Some(reason) = reason {
-            let handle = CancelHandle::new();
-            handle.cancel_with(reason);
-            let mut info = step_info(&step, attempt);
-            info.attempts = attempt.saturating_sub(1);
-            let error = cancelled_error(&handle, "before it started");
-            let result = failed(step.state.clone(), error, info);
-            self.carry_on(step, &result).await?;
-            return Err(bullmq::Error::Unrecoverable(message_of(&result)));
-        }
+        // Reachable by cancellations first, then checked for earlier ones: a cancellation
+        // published in between reaches the step either way.
         let cancel = CancelHandle::new();
         let job_id = step.job_id();
         lock_map(&self.active).insert(
@@ -396,6 +393,21 @@ impl Inner {
             inner: &self,
             id: job_id,
         };
+        let reason = self
+            .dist
+            .cancelled_before_start(&step)
+            .await
+            .map_err(|e| self.retry_later(&step, e))?;
+        if let Some(reason) = reason.or_else(|| cancel.reason()) {
+            let handle = CancelHandle::new();
+            handle.cancel_with(reason);
+            let mut info = step_info(&step, attempt);
+            info.attempts = attempt.saturating_sub(1);
+            let error = cancelled_error(&handle, "before it started");
+            let result = failed(step.state.clone(), error, info);
+            self.carry_on(step, &result).await?;
+            return Err(bullmq::Error::Unrecoverable(message_of(&result)));
+        }
         let deadline = step.scope.deadline_ms.map(instant_of);
         let scope = Scope {
             tenant: Arc::from(step.scope.tenant.as_str()),
@@ -420,6 +432,11 @@ impl Inner {
             Some(step.execution.clone()),
         )
         .await;
+        if cancel.reason() == Some(CancelReason::Shutdown) {
+            // This worker is leaving: the job is not done. Its lock lapses and another
+            // worker runs it; its run does not see a cancellation.
+            return Err(bullmq::Error::WorkerClosed);
+        }
         if let Some(error) = &result.error {
             let policy = plugin.retry();
             let allowed = policy.attempts_allowed(step.scope.max_attempts);
@@ -485,15 +502,23 @@ impl Inner {
     /// again (every write of the move is idempotent).
     async fn carry_on(&self, step: StepJob, result: &ExecutionResult) -> Result<(), bullmq::Error> {
         let cursor = Cursor {
-            run: step.run,
-            scope: step.scope,
-            bindings: step.bindings,
-            frames: step.frames,
+            run: step.run.clone(),
+            scope: step.scope.clone(),
+            bindings: step.bindings.clone(),
+            frames: step.frames.clone(),
         };
         self.dist
             .proceed(cursor, Next::Done(Box::new(result.clone())))
             .await
-            .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))
+            .map_err(|e| self.retry_later(&step, e))
+    }
+
+    /// A step that could not reach Redis: BullMQ runs it again after a while (the next
+    /// attempt finds Redis back, or fails the same way until the attempts run out).
+    fn retry_later(&self, step: &StepJob, error: Error) -> bullmq::Error {
+        tracing::warn!(target: "weir::worker", job = %step.job_id(), %error, "Redis failed; the step runs again in 1 s");
+        lock_map(&self.delays).insert(step.job_id(), REDIS_RETRY_MS);
+        bullmq::Error::ProcessingError(error.to_string())
     }
 
     /// A job another producer added: its data is the input of the queue's processor, its
