@@ -424,13 +424,27 @@ impl Runtime {
             .await
             .map_err(unavailable)?;
         let cancel = request.cancel.clone();
-        let run = match distributed.submit(request).await.map_err(unavailable)? {
-            Ok(run) => run,
-            Err(refused) => return Err(not_published(refused)),
+        let mut request = request;
+        let id = request
+            .id
+            .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
+            .clone();
+        // Listening before submitting: the outcome cannot come first.
+        let receiver = distributed.expect(&id);
+        let run = match distributed.submit(request).await {
+            Ok(Ok(run)) => run,
+            Ok(Err(refused)) => {
+                distributed.unexpect(&id);
+                return Err(not_published(refused));
+            }
+            Err(error) => {
+                distributed.unexpect(&id);
+                return Err(unavailable(error));
+            }
         };
         // The caller's cancel handle (e.g. Ctrl-C on `weir run`) cancels the run wherever
         // it is; its outcome (cancelled) still comes back.
-        let wait = distributed.wait(&run);
+        let wait = distributed.outcome(receiver);
         tokio::pin!(wait);
         tokio::select! {
             result = &mut wait => return result.map_err(unavailable),

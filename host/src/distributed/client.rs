@@ -37,6 +37,9 @@ const JOB_ATTEMPTS: u32 = 101;
 /// The name of weir's backoff strategy: the worker computes each wait from the policy.
 const BACKOFF: &str = "weir";
 
+/// Opens a run's record (see the script).
+const OPEN_RUN: &str = include_str!("../lua/open_run.lua");
+
 /// How many entries the event stream keeps (approximately).
 const EVENTS_KEPT: usize = 10_000;
 
@@ -508,9 +511,43 @@ impl Distributed {
         input: serde_json::Value,
     ) -> Result<Result<String, ExecutionResult>, Error> {
         let run = run.to_string();
-        let bindings = self.bindings(&request.processor).await?;
         let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
+        let key = self.keys.run(&run);
+        // One round trip: what the name means now, and the run's record opened.
+        let mut record = vec![
+            ("target", request.processor.clone()),
+            ("tenant", tenant.clone()),
+            ("submitted", now_ms().to_string()),
+            ("status", "running".to_string()),
+        ];
+        if let Some(session) = &request.session {
+            record.push(("session", session.clone()));
+        }
+        // Unfinished runs are kept long (a finished one for the run retention).
+        let unfinished = self.retention_secs().max(7 * 24 * 3600);
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        content::add_lookup(&mut pipe, &self.keys, &[request.processor.as_str()]);
+        // EVAL, not EVALSHA: a pipeline cannot load a script Redis has forgotten (restart).
+        let open = pipe.cmd("EVAL").arg(OPEN_RUN).arg(1).arg(&key);
+        open.arg(token).arg(unfinished);
+        for (field, value) in &record {
+            open.arg(*field).arg(value);
+        }
+        let (plugins, workflows, owned): (Vec<Option<String>>, Vec<Option<String>>, i64) = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        if owned != 1 {
+            return Err(Error::Config(format!(
+                "a run with the id `{run}` exists already: give each execution its own id"
+            )));
+        }
+        let first = content::bindings_of(plugins, workflows).pop().flatten();
+        let bindings = self.bindings(&request.processor, first).await?;
         if !bindings.contains_key(&request.processor) {
+            // Nothing runs: the record goes.
+            let _: redis::RedisResult<()> = conn.del(&key).await;
             let info = ExecutionInfo::new(
                 Some(run),
                 request.processor.clone(),
@@ -541,38 +578,6 @@ impl Distributed {
             parent: None,
             submitted_ms: now_ms(),
         };
-        let mut conn = self.conn();
-        let mut record = vec![
-            ("target", request.processor.clone()),
-            ("tenant", tenant),
-            ("submitted", now_ms().to_string()),
-            ("status", "running".to_string()),
-        ];
-        if let Some(session) = &request.session {
-            record.push(("session", session.clone()));
-        }
-        let key = self.keys.run(&run);
-        let (_, owner): (bool, String) = redis::pipe()
-            .hset_nx(&key, "token", token)
-            .hget(&key, "token")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.redis_error(e))?;
-        if owner != token {
-            return Err(Error::Config(format!(
-                "a run with the id `{run}` exists already: give each execution its own id"
-            )));
-        }
-        // Unfinished runs are kept long (a finished one for the run retention).
-        let unfinished = self.retention_secs().max(7 * 24 * 3600);
-        let _: () = redis::pipe()
-            .hset_multiple(&key, &record)
-            .ignore()
-            .expire(&key, unfinished)
-            .ignore()
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.redis_error(e))?;
         let cursor = Cursor {
             run: run.clone(),
             scope,
@@ -596,16 +601,18 @@ impl Distributed {
     }
 
     /// What `target` and everything it may reach mean now.
-    async fn bindings(&self, target: &str) -> Result<BTreeMap<String, Binding>, Error> {
+    /// `target` (which means `first` now) and everything it may reach, resolved.
+    async fn bindings(
+        &self,
+        target: &str,
+        first: Option<Binding>,
+    ) -> Result<BTreeMap<String, Binding>, Error> {
         let mut bindings = BTreeMap::new();
-        let mut pending: VecDeque<String> = VecDeque::from([target.to_string()]);
+        let mut pending: VecDeque<String> = VecDeque::new();
+        let mut found = vec![first];
+        let mut names = vec![target.to_string()];
         let mut conn = self.conn();
-        while !pending.is_empty() {
-            let names: Vec<String> = pending.drain(..).collect();
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let found = content::lookup(&mut conn, &self.keys, &refs)
-                .await
-                .map_err(|e| self.redis_error(e))?;
+        loop {
             for (name, binding) in names.iter().zip(found) {
                 let Some(binding) = binding else { continue };
                 if let Binding::Workflow { digest } = &binding
@@ -620,8 +627,37 @@ impl Distributed {
                 bindings.insert(name.clone(), binding);
             }
             pending.retain(|n| !bindings.contains_key(n));
+            if pending.is_empty() {
+                return Ok(bindings);
+            }
+            names = pending.drain(..).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            found = content::lookup(&mut conn, &self.keys, &refs)
+                .await
+                .map_err(|e| self.redis_error(e))?;
         }
-        Ok(bindings)
+    }
+
+    /// Starts listening for the outcome of `run` (before submitting it: then no outcome
+    /// can come before the listener).
+    pub(crate) fn expect(&self, run: &str) -> oneshot::Receiver<ExecutionResult> {
+        self.waiters.register(run)
+    }
+
+    /// Stops listening for `run` (it was refused).
+    pub(crate) fn unexpect(&self, run: &str) {
+        self.waiters.forget(run);
+    }
+
+    /// The outcome a listener from [`Distributed::expect`] receives.
+    pub(crate) async fn outcome(
+        &self,
+        receiver: oneshot::Receiver<ExecutionResult>,
+    ) -> Result<ExecutionResult, Error> {
+        receiver.await.map_err(|_| Error::Redis {
+            url: self.config.url.clone(),
+            reason: "the event reader stopped".into(),
+        })
     }
 
     /// Waits for the outcome of `run`.

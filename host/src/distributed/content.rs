@@ -110,16 +110,29 @@ pub(crate) async fn lookup(
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let (plugins, workflows): (Vec<Option<String>>, Vec<Option<String>>) = redis::pipe()
-        .cmd("HMGET")
+    let mut pipe = redis::pipe();
+    add_lookup(&mut pipe, keys, names);
+    let (plugins, workflows): (Vec<Option<String>>, Vec<Option<String>>) =
+        pipe.query_async(conn).await?;
+    Ok(bindings_of(plugins, workflows))
+}
+
+/// Adds the two reads of a lookup of `names` to `pipe` (read back with [`bindings_of`]).
+pub(crate) fn add_lookup(pipe: &mut redis::Pipeline, keys: &Keys, names: &[&str]) {
+    pipe.cmd("HMGET")
         .arg(keys.plugins())
         .arg(names)
         .cmd("HMGET")
         .arg(keys.workflows())
-        .arg(names)
-        .query_async(conn)
-        .await?;
-    Ok(plugins
+        .arg(names);
+}
+
+/// The bindings a lookup read: a processor's digest first, else a workflow's.
+pub(crate) fn bindings_of(
+    plugins: Vec<Option<String>>,
+    workflows: Vec<Option<String>>,
+) -> Vec<Option<Binding>> {
+    plugins
         .into_iter()
         .zip(workflows)
         .map(|(plugin, workflow)| match (plugin, workflow) {
@@ -127,7 +140,7 @@ pub(crate) async fn lookup(
             (None, Some(digest)) => Some(Binding::Workflow { digest }),
             (None, None) => None,
         })
-        .collect())
+        .collect()
 }
 
 /// Every published processor name and the digest it means.
