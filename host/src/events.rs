@@ -241,6 +241,11 @@ impl EventBus {
         let _ = self.sender.send(Arc::new(event));
     }
 
+    /// How many subscriptions are open.
+    pub(crate) fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Acquire)
+    }
+
     /// Publishes an event another process published (keeping its time). Never waits.
     pub(crate) fn publish_remote(&self, mut event: Event) {
         if !self.active() {

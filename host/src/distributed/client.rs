@@ -75,12 +75,15 @@ pub(crate) struct Distributed {
     unpublished: std::sync::atomic::AtomicBool,
     /// This process's id among the processes sharing events.
     origin: String,
+    /// Subscriptions weir itself holds on this process's event bus (not users').
+    pub(super) internal_subscriptions: Arc<std::sync::atomic::AtomicUsize>,
     events: Arc<OnceLock<EventSink>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
-/// Where events of other processes go (this process's subscribers).
-pub(super) type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+/// Where events of other processes go (this process's subscribers), as read from the
+/// stream: the process they came from, and their JSON (parsed only if someone listens).
+pub(super) type EventSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl std::fmt::Debug for Distributed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,6 +134,7 @@ impl Distributed {
             flows: tokio::sync::OnceCell::new(),
             unpublished: std::sync::atomic::AtomicBool::new(false),
             origin,
+            internal_subscriptions: Arc::default(),
             events,
             reader,
         }))
@@ -423,6 +427,8 @@ impl Distributed {
     pub(crate) fn publish_reloads(self: &Arc<Self>, shared: &Arc<crate::runtime::Shared>) {
         use crate::events::{EventKind, Notice};
         let mut events = shared.events.subscribe();
+        self.internal_subscriptions
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let weak_shared = Arc::downgrade(shared);
         let weak_self = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -783,6 +789,10 @@ impl Waiters {
     fn runs(&self) -> Vec<String> {
         lock_map(&self.pending).keys().cloned().collect()
     }
+
+    fn awaits(&self, run: &str) -> bool {
+        lock_map(&self.pending).contains_key(run)
+    }
 }
 
 /// `plan` made to wait `delay` before it can run.
@@ -917,18 +927,19 @@ async fn read_events(reader: Reader, mut last: String) {
                         let text: Option<String> = entry.get("event");
                         if let (Some(from), Some(text), Some(sink)) = (from, text, events.get())
                             && from != origin
-                            && let Some(event) = super::control::remote_event(&from, &text)
                         {
-                            sink(event);
+                            sink(&from, &text);
                         }
                         continue;
                     }
                     if kind.as_deref() != Some("run") {
                         continue;
                     }
+                    // Parsed only for a run someone here waits for.
                     let run: Option<String> = entry.get("run");
-                    let result: Option<String> = entry.get("result");
-                    if let (Some(run), Some(result)) = (run, result)
+                    if let Some(run) = run
+                        && waiters.awaits(&run)
+                        && let Some(result) = entry.get::<String>("result")
                         && let Some(result) = parse_document(&result)
                     {
                         waiters.deliver(&run, result);

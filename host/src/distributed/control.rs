@@ -3,6 +3,7 @@
 //! marker each job checks when it starts), and sharing events between processes through
 //! the event stream.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -262,13 +263,19 @@ impl Distributed {
     /// and hands theirs to `shared`'s subscribers. Runs until the runtime is gone.
     pub(crate) fn share_events(self: &Arc<Self>, shared: &Arc<Shared>) {
         let weak: Weak<Shared> = Arc::downgrade(shared);
-        let sink: super::client::EventSink = Arc::new(move |event: Event| {
-            if let Some(shared) = weak.upgrade() {
+        let internal = self.internal_subscriptions.clone();
+        let sink: super::client::EventSink = Arc::new(move |origin: &str, text: &str| {
+            // Only users' subscriptions want other processes' events.
+            if let Some(shared) = weak.upgrade()
+                && shared.events.subscribers() > internal.load(Ordering::Acquire)
+                && let Some(event) = remote_event(origin, text)
+            {
                 shared.events.publish_remote(event);
             }
         });
         self.set_event_sink(sink);
         let mut subscription = shared.events.subscribe();
+        self.internal_subscriptions.fetch_add(1, Ordering::AcqRel);
         let dist = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Some(notice) = subscription.recv().await {
