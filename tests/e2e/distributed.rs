@@ -878,3 +878,31 @@ async fn run_ids_are_checked_and_never_reused() {
         "{unknown}"
     );
 }
+
+#[tokio::test]
+async fn a_run_cancelled_before_any_worker_started_is_cancelled_when_one_does() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment"]);
+    let runtime = submitter(&url, folder.path()).await;
+    let id = runtime
+        .submit(weir::ExecutionRequest::new(
+            "increment",
+            json!({"count": 1}),
+        ))
+        .await
+        .unwrap();
+    assert!(runtime.cancel_run(&id).await.unwrap());
+    // The worker learns the cancellation from its marker when it subscribes.
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let result = tokio::time::timeout(Duration::from_secs(20), runtime.wait_run(&id))
+        .await
+        .expect("the run ended")
+        .unwrap();
+    let error = result.error.expect("it was cancelled before it started");
+    assert_eq!(
+        error.code.as_deref(),
+        Some(weir::codes::CANCELLED_BY_REQUEST)
+    );
+    assert_eq!(result.execution.attempts, 0, "nothing ran");
+}

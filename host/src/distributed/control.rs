@@ -309,7 +309,7 @@ impl Distributed {
 pub(crate) async fn listen_for_cancels(
     config: RedisConfig,
     keys: Keys,
-    handle: Weak<dyn Fn(CancelMessage) + Send + Sync>,
+    handle: Weak<dyn Fn(Heard) + Send + Sync>,
     reconnect: Duration,
 ) {
     loop {
@@ -317,10 +317,19 @@ pub(crate) async fn listen_for_cancels(
             let client = redis::Client::open(config.url.as_str())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(keys.cancel_channel()).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            // Subscribed first, then the markers: nothing said in between is missed.
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let markers = read_markers(&mut conn, &keys).await?;
+            Ok::<_, redis::RedisError>((pubsub, markers))
         };
         let mut pubsub = match subscribed.await {
-            Ok(pubsub) => pubsub,
+            Ok((pubsub, markers)) => {
+                let Some(handle) = handle.upgrade() else {
+                    return;
+                };
+                handle(Heard::Everything(markers));
+                pubsub
+            }
             Err(error) => {
                 tracing::debug!(%error, "cannot listen for cancellations; retrying");
                 tokio::time::sleep(reconnect).await;
@@ -339,16 +348,65 @@ pub(crate) async fn listen_for_cancels(
                 continue;
             };
             match serde_json::from_str::<CancelMessage>(&text) {
-                Ok(message) => handle(message),
+                Ok(message) => handle(Heard::One(message)),
                 Err(error) => tracing::warn!(%error, "unreadable message on the cancel channel"),
             }
         }
         // The connection dropped: listen again (markers cover what was said meanwhile).
-        if handle.upgrade().is_none() {
+        let Some(handle) = handle.upgrade() else {
             return;
-        }
+        };
+        handle(Heard::Deaf);
+        drop(handle);
         tokio::time::sleep(reconnect).await;
     }
+}
+
+/// What the cancel listener tells its worker.
+pub(crate) enum Heard {
+    /// Every cancellation in force (read from the markers once subscribed).
+    Everything(Vec<CancelMessage>),
+    /// A cancellation just said.
+    One(CancelMessage),
+    /// The listener lost Redis: until it hears everything again, check the markers.
+    Deaf,
+}
+
+/// The cancellations in force, read from their markers.
+async fn read_markers(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+) -> redis::RedisResult<Vec<CancelMessage>> {
+    let mut messages = Vec::new();
+    for pattern in [keys.cancelled("*", "*"), keys.stopped_pattern()] {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await?;
+            if !found.is_empty() {
+                let values: Vec<Option<String>> =
+                    redis::cmd("MGET").arg(&found).query_async(conn).await?;
+                for (key, value) in found.iter().zip(values) {
+                    if let Some(value) = value
+                        && let Some(message) = keys.marker_message(key, &value)
+                    {
+                        messages.push(message);
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(messages)
 }
 
 /// An event shared by another process, as read from the stream.

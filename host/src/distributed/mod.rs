@@ -166,6 +166,43 @@ impl Keys {
         self.own(&format!("stopped:{}:{tenant}:{session}", tenant.len()))
     }
 
+    /// A pattern matching every session's stop marker.
+    pub(crate) fn stopped_pattern(&self) -> String {
+        self.own("stopped:*")
+    }
+
+    /// The cancellation a marker (`key` holding `value`) stands for.
+    pub(crate) fn marker_message(&self, key: &str, value: &str) -> Option<control::CancelMessage> {
+        use control::{CancelMessage, Target};
+        let rest = key.strip_prefix(&self.own)?;
+        let target = if let Some(id) = rest.strip_prefix("cancelled:run:") {
+            Target::Run { id: id.to_string() }
+        } else if let Some(id) = rest.strip_prefix("cancelled:join:") {
+            Target::Join { id: id.to_string() }
+        } else {
+            // stopped:{len}:{tenant}:{session}
+            let rest = rest.strip_prefix("stopped:")?;
+            let (len, rest) = rest.split_once(':')?;
+            let len: usize = len.parse().ok()?;
+            let tenant = rest.get(..len)?;
+            let session = rest.get(len..)?.strip_prefix(':')?;
+            return Some(CancelMessage {
+                target: Target::Session {
+                    tenant: tenant.to_string(),
+                    session: session.to_string(),
+                    before_ms: value.parse().ok()?,
+                },
+                reason: crate::cancel::CancelReason::SessionStopped
+                    .code()
+                    .to_string(),
+            });
+        };
+        Some(CancelMessage {
+            target,
+            reason: value.to_string(),
+        })
+    }
+
     /// The jobs of a session (`{queue}/{job id}`), so that stopping it can reach them.
     pub(crate) fn session_jobs(&self, tenant: &str, session: &str) -> String {
         self.own(&format!("sessionjobs:{}:{tenant}:{session}", tenant.len()))
@@ -210,4 +247,44 @@ pub(crate) async fn connect(config: &RedisConfig) -> Result<ConnectionManager, E
 /// BullMQ's connection settings for `config`.
 pub(crate) fn bullmq_connection(config: &RedisConfig) -> bullmq::options::RedisConnectionOptions {
     bullmq::options::RedisConnectionOptions::new().url(config.url.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use control::Target;
+
+    #[test]
+    fn markers_read_back_as_the_cancellations_they_stand_for() {
+        let keys = Keys::new("weir");
+        let run = keys.marker_message(&keys.cancelled("run", "r-1"), "cancelled-by-request");
+        assert_eq!(
+            run.map(|m| m.target),
+            Some(Target::Run { id: "r-1".into() })
+        );
+        let join = keys.marker_message(&keys.cancelled("join", "r-1-0.j"), "cancelled-by-sibling");
+        let join = join.expect("a join marker");
+        assert_eq!(
+            join.target,
+            Target::Join {
+                id: "r-1-0.j".into()
+            }
+        );
+        assert_eq!(join.reason(), crate::cancel::CancelReason::Sibling);
+        // Tenants and sessions may hold `:`; the length prefix keeps them apart.
+        let stopped = keys.marker_message(&keys.stopped("a:b", "c:d"), "42");
+        assert_eq!(
+            stopped.map(|m| m.target),
+            Some(Target::Session {
+                tenant: "a:b".into(),
+                session: "c:d".into(),
+                before_ms: 42
+            })
+        );
+        assert!(keys.marker_message("weir:_:other:x", "1").is_none());
+        assert!(
+            keys.marker_message(&keys.stopped("t", "s"), "not a time")
+                .is_none()
+        );
+    }
 }

@@ -17,7 +17,7 @@ use super::bullmq_connection;
 use super::client::Distributed;
 use super::client::lock_map;
 use super::content;
-use super::control::{CancelMessage, joins_of, listen_for_cancels};
+use super::control::{CancelMessage, Heard, joins_of, listen_for_cancels};
 use super::fanout::JOIN_QUEUE;
 use super::flow::{Cursor, Next};
 use super::wire::{FORMAT, JoinJob, StepJob, WireScope, instant_of, job_id};
@@ -74,7 +74,7 @@ pub struct WorkerHandle {
     poller: tokio::task::JoinHandle<()>,
     listener: tokio::task::JoinHandle<()>,
     /// Alive as long as the worker: the cancel listener holds it weakly.
-    _on_cancel: Arc<dyn Fn(CancelMessage) + Send + Sync>,
+    _on_cancel: Arc<dyn Fn(Heard) + Send + Sync>,
 }
 
 impl std::fmt::Debug for WorkerHandle {
@@ -98,7 +98,13 @@ struct Inner {
     delays: Mutex<HashMap<String, u64>>,
     /// The steps running here, by job id, so that a cancellation can reach them.
     active: Mutex<HashMap<String, Active>>,
+    /// Every cancellation in force, as heard on the cancel channel (`None` while the
+    /// listener is not subscribed: then jobs read the markers in Redis).
+    heard: Mutex<Option<Vec<CancelMessage>>>,
 }
+
+/// Cancellations remembered at most (the oldest are forgotten first; their markers stay).
+const HEARD_KEPT: usize = 10_000;
 
 /// A step running in this worker.
 struct Active {
@@ -144,11 +150,12 @@ impl WorkerHandle {
             workers: tokio::sync::Mutex::new(HashMap::new()),
             delays: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            heard: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
-        let on_cancel: Arc<dyn Fn(CancelMessage) + Send + Sync> = Arc::new(move |message| {
+        let on_cancel: Arc<dyn Fn(Heard) + Send + Sync> = Arc::new(move |heard| {
             if let Some(inner) = weak.upgrade() {
-                inner.cancel_matching(&message);
+                inner.hear(heard);
             }
         });
         let listener = tokio::spawn(listen_for_cancels(
@@ -393,11 +400,14 @@ impl Inner {
             inner: &self,
             id: job_id,
         };
-        let reason = self
-            .dist
-            .cancelled_before_start(&step)
-            .await
-            .map_err(|e| self.retry_later(&step, e))?;
+        let reason = match self.cancelled_as_heard(&step) {
+            Some(reason) => reason,
+            None => self
+                .dist
+                .cancelled_before_start(&step)
+                .await
+                .map_err(|e| self.retry_later(&step, e))?,
+        };
         if let Some(reason) = reason.or_else(|| cancel.reason()) {
             let handle = CancelHandle::new();
             handle.cancel_with(reason);
@@ -451,6 +461,43 @@ impl Inner {
         } else {
             Err(bullmq::Error::Unrecoverable(message_of(&result)))
         }
+    }
+
+    /// Takes in what the cancel listener heard.
+    fn hear(&self, heard: Heard) {
+        match heard {
+            Heard::Everything(messages) => {
+                for message in &messages {
+                    self.cancel_matching(message);
+                }
+                *lock_map(&self.heard) = Some(messages);
+            }
+            Heard::One(message) => {
+                self.cancel_matching(&message);
+                if let Some(messages) = lock_map(&self.heard).as_mut() {
+                    if messages.len() >= HEARD_KEPT {
+                        messages.drain(..HEARD_KEPT / 2);
+                    }
+                    messages.push(message);
+                }
+            }
+            Heard::Deaf => *lock_map(&self.heard) = None,
+        }
+    }
+
+    /// Whether a step is cancelled, by what this worker heard: `None` when it cannot say
+    /// (the listener is not subscribed), `Some(None)` when the step may run.
+    fn cancelled_as_heard(&self, step: &StepJob) -> Option<Option<CancelReason>> {
+        let heard = lock_map(&self.heard);
+        let messages = heard.as_ref()?;
+        let joins = joins_of(&step.frames);
+        Some(
+            messages
+                .iter()
+                .rev()
+                .find(|m| m.reaches(&step.run, &joins, &step.scope))
+                .map(CancelMessage::reason),
+        )
     }
 
     /// Cancels the steps running here that `message` reaches.
