@@ -82,7 +82,8 @@ pub(crate) struct Distributed {
 }
 
 /// Where events of other processes go (this process's subscribers), as read from the
-/// stream: the process they came from, and their JSON (parsed only if someone listens).
+/// stream: the process they came from, and a batch of them as a JSON array (parsed only if
+/// someone listens).
 pub(super) type EventSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl std::fmt::Debug for Distributed {
@@ -154,25 +155,23 @@ impl Distributed {
         &self,
         events: &[std::sync::Arc<Event>],
     ) -> Result<(), Error> {
-        let mut pipe = redis::pipe();
-        for event in events {
-            let text = serde_json::to_string(event.as_ref()).map_err(|e| self.redis_error(e))?;
-            pipe.cmd("XADD")
-                .arg(self.keys.events())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(EVENTS_KEPT)
-                .arg("*")
-                .arg("type")
-                .arg("event")
-                .arg("origin")
-                .arg(&self.origin)
-                .arg("event")
-                .arg(text)
-                .ignore();
-        }
+        // One stream entry for the whole batch: fewer entries for Redis to keep and for
+        // every process to read.
+        let batch: Vec<&Event> = events.iter().map(AsRef::as_ref).collect();
+        let text = serde_json::to_string(&batch).map_err(|e| self.redis_error(e))?;
         let mut conn = self.conn();
-        let _: () = pipe
+        let _: () = redis::cmd("XADD")
+            .arg(self.keys.events())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(EVENTS_KEPT)
+            .arg("*")
+            .arg("type")
+            .arg("events")
+            .arg("origin")
+            .arg(&self.origin)
+            .arg("events")
+            .arg(text)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
@@ -922,9 +921,9 @@ async fn read_events(reader: Reader, mut last: String) {
                 for entry in key.ids {
                     last = entry.id.clone();
                     let kind: Option<String> = entry.get("type");
-                    if kind.as_deref() == Some("event") {
+                    if kind.as_deref() == Some("events") {
                         let from: Option<String> = entry.get("origin");
-                        let text: Option<String> = entry.get("event");
+                        let text: Option<String> = entry.get("events");
                         if let (Some(from), Some(text), Some(sink)) = (from, text, events.get())
                             && from != origin
                         {

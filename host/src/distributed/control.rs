@@ -268,9 +268,10 @@ impl Distributed {
             // Only users' subscriptions want other processes' events.
             if let Some(shared) = weak.upgrade()
                 && shared.events.subscribers() > internal.load(Ordering::Acquire)
-                && let Some(event) = remote_event(origin, text)
             {
-                shared.events.publish_remote(event);
+                for event in remote_events(origin, text) {
+                    shared.events.publish_remote(event);
+                }
             }
         });
         self.set_event_sink(sink);
@@ -409,9 +410,11 @@ async fn read_markers(
     Ok(messages)
 }
 
-/// An event shared by another process, as read from the stream.
-pub(crate) fn remote_event(origin: &str, text: &str) -> Option<Event> {
-    let mut event: Event = serde_json::from_str(text).ok()?;
-    event.origin = Some(origin.to_string());
-    Some(event)
+/// The events another process shared, as read from the stream (a JSON array).
+pub(crate) fn remote_events(origin: &str, text: &str) -> Vec<Event> {
+    let mut events: Vec<Event> = serde_json::from_str(text).unwrap_or_default();
+    for event in &mut events {
+        event.origin = Some(origin.to_string());
+    }
+    events
 }
