@@ -362,6 +362,12 @@ impl Runtime {
         self.distributed()?.status(id).await.map_err(refusal)
     }
 
+    /// Whether any `weir worker` is connected to the distributed runtime's Redis (each says
+    /// so every few seconds).
+    pub async fn workers_alive(&self) -> Result<bool, RuntimeError> {
+        self.distributed()?.any_worker().await.map_err(refusal)
+    }
+
     /// Waits for the outcome of the run `id` of the distributed runtime.
     pub async fn wait_run(&self, id: &str) -> Result<ExecutionResult, RuntimeError> {
         self.distributed()?.wait(id).await.map_err(refusal)

@@ -906,3 +906,33 @@ async fn a_run_cancelled_before_any_worker_started_is_cancelled_when_one_does() 
     );
     assert_eq!(result.execution.attempts, 0, "nothing ran");
 }
+
+#[tokio::test]
+async fn a_run_with_no_worker_anywhere_says_so() {
+    use tokio::io::AsyncBufReadExt;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["hello"]);
+    let mut run = tokio::process::Command::new(weir_bin())
+        .args(["run", "hello", "--redis", &url, "--cache-dir"])
+        .arg(cache_dir())
+        .arg("--plugins")
+        .arg(folder.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(run.stderr.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("no weir worker is connected") {
+                return line;
+            }
+        }
+        panic!("weir run ended without saying that no worker runs it");
+    })
+    .await
+    .expect("weir run said so within 30 s");
+    assert!(said.contains("weir worker --redis"), "{said}");
+}

@@ -77,8 +77,24 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
             cancel.cancel();
         }
     });
+    // Through Redis: say so when nothing will ever run it.
+    let hint = runtime.is_distributed().then(|| {
+        let runtime = runtime.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            if let Ok(false) = runtime.workers_alive().await {
+                tracing::warn!(
+                    "no weir worker is connected to this Redis: the run waits until one is \
+                     (start one with `weir worker --redis URL --plugins DIR`)"
+                );
+            }
+        })
+    });
     let result = runtime.execute(request).await;
     interrupt.abort();
+    if let Some(hint) = hint {
+        hint.abort();
+    }
     let result = result?;
     print_json(&result.document())?;
     Ok(if result.ok {

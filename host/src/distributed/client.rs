@@ -145,6 +145,36 @@ impl Distributed {
         self.conn.clone()
     }
 
+    /// Says this process is a live worker, for `ttl`.
+    pub(super) async fn heartbeat(&self, ttl: Duration) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.worker(&self.origin))
+            .arg(now_ms())
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(())
+    }
+
+    /// Whether any worker said it was alive lately.
+    pub(crate) async fn any_worker(&self) -> Result<bool, Error> {
+        let mut conn = self.conn();
+        let (_, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg(self.keys.worker("*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(!found.is_empty())
+    }
+
     /// Sends other processes' events to `sink` from now on.
     pub(super) fn set_event_sink(&self, sink: EventSink) {
         let _ = self.events.set(sink);

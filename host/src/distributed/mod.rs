@@ -166,6 +166,11 @@ impl Keys {
         self.own(&format!("stopped:{}:{tenant}:{session}", tenant.len()))
     }
 
+    /// The liveness key of the worker `origin`.
+    pub(crate) fn worker(&self, origin: &str) -> String {
+        self.own(&format!("worker:{origin}"))
+    }
+
     /// A pattern matching every session's stop marker.
     pub(crate) fn stopped_pattern(&self) -> String {
         self.own("stopped:*")

@@ -214,6 +214,11 @@ async fn poll_catalog(inner: std::sync::Weak<Inner>) {
         if let Err(error) = strong.serve_published().await {
             tracing::debug!(%error, "cannot read the published processors; trying again");
         }
+        // Say this worker is alive (submitters tell their users when none is).
+        let alive = every.max(Duration::from_secs(1)) * 5;
+        if let Err(error) = strong.dist.heartbeat(alive).await {
+            tracing::debug!(%error, "cannot say this worker is alive");
+        }
         drop(strong);
         tokio::time::sleep(every).await;
     }
