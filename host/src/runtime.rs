@@ -305,6 +305,8 @@ impl Runtime {
             .publish_if_changed(&self.shared.registry)
             .await
             .map_err(refusal)?;
+        // Events of the run reach this process's subscribers from the start.
+        distributed.ensure_reader().await.map_err(refusal)?;
         match distributed.submit(request).await {
             Ok(Ok(run)) => Ok(run),
             Ok(Err(refused)) => Err(not_published(refused)),
@@ -436,7 +438,7 @@ impl Runtime {
             .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
             .clone();
         // Listening before submitting: the outcome cannot come first.
-        let receiver = distributed.expect(&id);
+        let receiver = distributed.expect(&id).await.map_err(unavailable)?;
         let run = match distributed.submit(request).await {
             Ok(Ok(run)) => run,
             Ok(Err(refused)) => {
@@ -713,7 +715,20 @@ impl Runtime {
     }
 
     /// Subscribes to this runtime's events (see [`crate::Event`] for the payloads).
+    ///
+    /// On the distributed runtime, events of every process arrive too (from the moment
+    /// this process starts reading them; its first submission waits for that).
     pub fn subscribe(&self) -> Subscription {
+        if let Some(distributed) = &self.distributed
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let distributed = distributed.clone();
+            handle.spawn(async move {
+                if let Err(error) = distributed.ensure_reader().await {
+                    tracing::warn!(%error, "cannot read other processes' events");
+                }
+            });
+        }
         self.shared.events.subscribe()
     }
 

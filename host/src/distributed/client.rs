@@ -78,7 +78,9 @@ pub(crate) struct Distributed {
     /// Subscriptions weir itself holds on this process's event bus (not users').
     pub(super) internal_subscriptions: Arc<std::sync::atomic::AtomicUsize>,
     events: Arc<OnceLock<EventSink>>,
-    reader: tokio::task::JoinHandle<()>,
+    /// The event stream's reader, started when this process first waits for a run or
+    /// subscribes to events (a worker that does neither never reads the stream).
+    reader: tokio::sync::OnceCell<tokio::task::JoinHandle<()>>,
 }
 
 /// Where events of other processes go (this process's subscribers), as read from the
@@ -97,32 +99,20 @@ impl std::fmt::Debug for Distributed {
 
 impl Drop for Distributed {
     fn drop(&mut self) {
-        self.reader.abort();
+        if let Some(reader) = self.reader.get() {
+            reader.abort();
+        }
     }
 }
 
 impl Distributed {
-    /// Connects, and starts reading the event stream from its current end.
+    /// Connects.
     pub(crate) async fn connect(config: RedisConfig) -> Result<Arc<Self>, Error> {
-        let mut conn = connect(&config).await?;
+        let conn = connect(&config).await?;
         let keys = Keys::new(&config.prefix);
-        let start = stream_end(&mut conn, &keys.events())
-            .await
-            .map_err(|e| unreachable(&config, e))?;
         let waiters = Arc::new(Waiters::default());
         let origin = uuid::Uuid::now_v7().to_string();
         let events: Arc<OnceLock<EventSink>> = Arc::new(OnceLock::new());
-        let reader = tokio::spawn(read_events(
-            Reader {
-                config: config.clone(),
-                keys: keys.clone(),
-                records: conn.clone(),
-                waiters: waiters.clone(),
-                origin: origin.clone(),
-                events: events.clone(),
-            },
-            start,
-        ));
         Ok(Arc::new(Distributed {
             config,
             keys,
@@ -137,8 +127,30 @@ impl Distributed {
             origin,
             internal_subscriptions: Arc::default(),
             events,
-            reader,
+            reader: tokio::sync::OnceCell::new(),
         }))
+    }
+
+    /// Starts reading the event stream from its current end, once.
+    pub(crate) async fn ensure_reader(&self) -> Result<(), Error> {
+        self.reader
+            .get_or_try_init(|| async {
+                let mut conn = self.conn();
+                let start = stream_end(&mut conn, &self.keys.events())
+                    .await
+                    .map_err(|e| self.redis_error(e))?;
+                let reader = Reader {
+                    config: self.config.clone(),
+                    keys: self.keys.clone(),
+                    records: conn,
+                    waiters: self.waiters.clone(),
+                    origin: self.origin.clone(),
+                    events: self.events.clone(),
+                };
+                Ok::<_, Error>(tokio::spawn(read_events(reader, start)))
+            })
+            .await
+            .map(drop)
     }
 
     pub(crate) fn conn(&self) -> ConnectionManager {
@@ -675,8 +687,12 @@ impl Distributed {
 
     /// Starts listening for the outcome of `run` (before submitting it: then no outcome
     /// can come before the listener).
-    pub(crate) fn expect(&self, run: &str) -> oneshot::Receiver<ExecutionResult> {
-        self.waiters.register(run)
+    pub(crate) async fn expect(
+        &self,
+        run: &str,
+    ) -> Result<oneshot::Receiver<ExecutionResult>, Error> {
+        self.ensure_reader().await?;
+        Ok(self.waiters.register(run))
     }
 
     /// Stops listening for `run` (it was refused).
@@ -697,6 +713,7 @@ impl Distributed {
 
     /// Waits for the outcome of `run`.
     pub(crate) async fn wait(&self, run: &str) -> Result<ExecutionResult, Error> {
+        self.ensure_reader().await?;
         let receiver = self.waiters.register(run);
         // The outcome may have been written before we started listening.
         match self.status(run).await? {
