@@ -64,6 +64,8 @@ pub(crate) fn watch(shared: Arc<Shared>, dir: &Path, debounce: Duration) -> Resu
     let (sender, receiver) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match event {
+            // Something only reading the folder (another weir loading it) changes nothing.
+            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
             // A send only fails once the watcher task is gone, when nothing needs to know.
             Ok(event) => {
                 let _ = sender.send(event.paths);
