@@ -37,7 +37,7 @@ impl Cost {
 }
 
 /// A failed workflow: the last good state and the error.
-type Failure = (Value, ExecutionError);
+pub(crate) type Failure = (Value, ExecutionError);
 
 /// Runs `workflow` on `input` (a state carrying `metadata`).
 pub(crate) async fn run(
@@ -108,6 +108,16 @@ pub(crate) async fn run(
     };
     info.fuel_consumed = cost.fuel;
     info.peak_memory_bytes = cost.peak_memory;
+    workflow_result(outcome, info, items)
+}
+
+/// A workflow's result: its output (or last good state and error), what ran, and for a
+/// batch every item's result.
+pub(crate) fn workflow_result(
+    outcome: Result<Value, Failure>,
+    info: ExecutionInfo,
+    items: Option<Vec<ExecutionResult>>,
+) -> ExecutionResult {
     let mut result = match outcome {
         Ok(state) => ExecutionResult {
             ok: true,
@@ -120,6 +130,90 @@ pub(crate) async fn run(
     };
     result.items = items;
     result
+}
+
+/// A parallel's error: the first failing branch's (`index`), reworded, with how every branch
+/// ended (its result, or `None` if it has none).
+pub(crate) fn parallel_failed<'a>(
+    workflow: &Workflow,
+    branches: &[String],
+    results: impl IntoIterator<Item = Option<&'a ExecutionResult>>,
+    index: usize,
+    error: ExecutionError,
+) -> ExecutionError {
+    let mut error = step_failed(workflow, "branch", &branches[index], Some(index), error);
+    let outcomes: Vec<Value> = branches
+        .iter()
+        .zip(results)
+        .map(|(branch, result)| match result {
+            Some(r) => json!({
+                "branch": branch,
+                "ok": r.ok,
+                "kind": r.error.as_ref().map(|e| e.kind),
+                "code": r.error.as_ref().and_then(|e| e.code.clone()),
+            }),
+            None => json!({ "branch": branch, "ok": false }),
+        })
+        .collect();
+    if let Some(Value::Object(details)) = &mut error.details {
+        details.insert("branches".into(), Value::Array(outcomes));
+    }
+    error
+}
+
+/// What a parallel's custom merge processor receives: `{input, results: [{branch, state}]}`.
+pub(crate) fn merge_input(input: &Value, branches: &[String], states: &[Value]) -> Value {
+    json!({
+        "input": input,
+        "results": branches
+            .iter()
+            .zip(states)
+            .map(|(branch, state)| json!({ "branch": branch, "state": state }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// A batch's outcome from every item's result: `{items: [state, …]}`, or for an
+/// all-or-nothing batch with a failed item, the first failure.
+pub(crate) fn batch_outcome(
+    workflow: &Workflow,
+    processor: &str,
+    policy: BatchPolicy,
+    input: Value,
+    results: &[ExecutionResult],
+    first_failure: Option<(usize, ExecutionError)>,
+    metadata: &StateMetadata,
+) -> Result<Value, Failure> {
+    let states: Vec<Value> = results.iter().map(|r| r.state.clone()).collect();
+    let mut state = Map::new();
+    state.insert("items".into(), Value::Array(states));
+    match (policy, first_failure) {
+        (BatchPolicy::AllOrNothing, Some((index, error))) => Err((
+            input,
+            step_failed(workflow, "item", processor, Some(index), error),
+        )),
+        _ => Ok(with_metadata(state, &metadata.bumped())),
+    }
+}
+
+/// Each graph node's dependents, by index.
+pub(crate) fn graph_dependents(nodes: &[GraphNode]) -> Vec<Vec<usize>> {
+    let mut dependents = vec![Vec::new(); nodes.len()];
+    for i in 0..nodes.len() {
+        for d in graph_dependencies(nodes, i) {
+            dependents[d].push(i);
+        }
+    }
+    dependents
+}
+
+/// A graph node's dependencies, by index, in declared order.
+pub(crate) fn graph_dependencies(nodes: &[GraphNode], node: usize) -> Vec<usize> {
+    nodes[node]
+        .after
+        .iter()
+        .filter_map(|d| nodes.iter().position(|n| &n.name == d))
+        .collect()
 }
 
 /// Steps running as tasks, each known by its index, so that a step whose task died (which
@@ -268,25 +362,14 @@ async fn parallel(
         results[index] = Some(result);
     }
     if let Some((index, error)) = first_failure {
-        let name = &branches[index];
-        let mut error = step_failed(workflow, "branch", name, Some(index), error);
         // How every branch ended: the failure, and the siblings it cancelled.
-        let outcomes: Vec<Value> = branches
-            .iter()
-            .zip(&results)
-            .map(|(branch, result)| match result {
-                Some(r) => json!({
-                    "branch": branch,
-                    "ok": r.ok,
-                    "kind": r.error.as_ref().map(|e| e.kind),
-                    "code": r.error.as_ref().and_then(|e| e.code.clone()),
-                }),
-                None => json!({ "branch": branch, "ok": false }),
-            })
-            .collect();
-        if let Some(Value::Object(details)) = &mut error.details {
-            details.insert("branches".into(), Value::Array(outcomes));
-        }
+        let error = parallel_failed(
+            workflow,
+            branches,
+            results.iter().map(Option::as_ref),
+            index,
+            error,
+        );
         return Err((input, error));
     }
     let states: Vec<Value> = results
@@ -300,14 +383,7 @@ async fn parallel(
             merge_branches(as_object(&input), objects)
         }
         Some(merger) => {
-            let merge_input = json!({
-                "input": input,
-                "results": branches
-                    .iter()
-                    .zip(&states)
-                    .map(|(branch, state)| json!({ "branch": branch, "state": state }))
-                    .collect::<Vec<_>>(),
-            });
+            let merge_input = merge_input(&input, branches, &states);
             let result = run_boxed(shared, merger, merge_input, scope.clone()).await;
             cost.absorb(&result);
             if let Some(error) = result.error {
@@ -522,16 +598,15 @@ impl Batch<'_> {
             results[index] = Some(result);
         }
         let results: Vec<ExecutionResult> = results.into_iter().flatten().collect();
-        let states: Vec<Value> = results.iter().map(|r| r.state.clone()).collect();
-        let mut state = Map::new();
-        state.insert("items".into(), Value::Array(states));
-        let outcome = match (self.policy, first_failure) {
-            (BatchPolicy::AllOrNothing, Some((index, error))) => Err((
-                input,
-                step_failed(workflow, "item", self.processor, Some(index), error),
-            )),
-            _ => Ok(with_metadata(state, &metadata.bumped())),
-        };
+        let outcome = batch_outcome(
+            workflow,
+            self.processor,
+            self.policy,
+            input,
+            &results,
+            first_failure,
+            metadata,
+        );
         (outcome, Some(results))
     }
 }
@@ -574,19 +649,7 @@ async fn graph(
     scope: &Scope,
     cost: &mut Cost,
 ) -> Result<Value, Failure> {
-    let index: std::collections::HashMap<&str, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.as_str(), i))
-        .collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
-    for (i, node) in nodes.iter().enumerate() {
-        for dep in &node.after {
-            if let Some(&d) = index.get(dep.as_str()) {
-                dependents[d].push(i);
-            }
-        }
-    }
+    let dependents = graph_dependents(nodes);
     let mut waiting_on: Vec<usize> = nodes.iter().map(|n| n.after.len()).collect();
     let mut states = vec![NodeState::Waiting; nodes.len()];
     let mut outputs: Vec<Option<Value>> = vec![None; nodes.len()];
@@ -602,11 +665,7 @@ async fn graph(
     loop {
         while let Some(i) = settled.pop() {
             let node = &nodes[i];
-            let deps: Vec<usize> = node
-                .after
-                .iter()
-                .filter_map(|d| index.get(d.as_str()).copied())
-                .collect();
+            let deps = graph_dependencies(nodes, i);
             let failed_before = first_failure.is_some();
             // Every settled dependency has an output: its result, or for a skipped node
             // its input passed through unchanged, so the work before a skip is kept.

@@ -6,19 +6,22 @@
 //! completes, so the join runs only once every branch has ended. The join then computes the
 //! workflow's result with the same rules as [`crate::compose`] and carries the run on.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use bullmq::FlowJob;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::client::Distributed;
 use super::control::Target;
 use super::flow::{Cursor, Entered, Next, Plan, Settled};
 use super::wire::{At, FORMAT, Frame, JoinJob, enclosing_join, job_id};
 use crate::cancel::{CancelHandle, CancelReason};
-use crate::compose::{step_failed, truthy};
+use crate::compose::{
+    batch_outcome, graph_dependencies, graph_dependents, merge_input, parallel_failed, step_failed,
+    truthy,
+};
 use crate::error::Error;
 use crate::error::{ErrorKind, ExecutionError, codes};
 use crate::executor::{cancelled_error, failed};
@@ -258,29 +261,8 @@ impl JoinState {
         match workflow.composition() {
             Composition::Parallel { branches, merge } => {
                 if let Some((index, error)) = &self.first_failure {
-                    let mut error = step_failed(
-                        workflow,
-                        "branch",
-                        &branches[*index],
-                        Some(*index),
-                        error.clone(),
-                    );
-                    let outcomes: Vec<Value> = branches
-                        .iter()
-                        .zip(&self.nodes)
-                        .map(|(branch, node)| match &node.result {
-                            Some(r) => json!({
-                                "branch": branch,
-                                "ok": r.ok,
-                                "kind": r.error.as_ref().map(|e| e.kind),
-                                "code": r.error.as_ref().and_then(|e| e.code.clone()),
-                            }),
-                            None => json!({ "branch": branch, "ok": false }),
-                        })
-                        .collect();
-                    if let Some(Value::Object(details)) = &mut error.details {
-                        details.insert("branches".into(), Value::Array(outcomes));
-                    }
+                    let results = self.nodes.iter().map(|n| n.result.as_ref());
+                    let error = parallel_failed(workflow, branches, results, *index, error.clone());
                     return Ending::Outcome(Err((self.input.clone(), error)), None);
                 }
                 let states: Vec<Value> = self
@@ -296,14 +278,7 @@ impl JoinState {
                     }
                     Some(merger) => Ending::Merge {
                         merger: merger.clone(),
-                        input: json!({
-                            "input": self.input,
-                            "results": branches
-                                .iter()
-                                .zip(&states)
-                                .map(|(branch, state)| json!({ "branch": branch, "state": state }))
-                                .collect::<Vec<_>>(),
-                        }),
+                        input: merge_input(&self.input, branches, &states),
                     },
                 }
             }
@@ -319,16 +294,15 @@ impl JoinState {
                         None => self.never_started(processor, i, tenant, item),
                     })
                     .collect();
-                let states: Vec<Value> = results.iter().map(|r| r.state.clone()).collect();
-                let mut state = Map::new();
-                state.insert("items".into(), Value::Array(states));
-                let outcome = match (policy, &self.first_failure) {
-                    (BatchPolicy::AllOrNothing, Some((index, error))) => Err((
-                        self.input.clone(),
-                        step_failed(workflow, "item", processor, Some(*index), error.clone()),
-                    )),
-                    _ => Ok(with_metadata(state, &session_metadata.bumped())),
-                };
+                let outcome = batch_outcome(
+                    workflow,
+                    processor,
+                    *policy,
+                    self.input.clone(),
+                    &results,
+                    self.first_failure.clone(),
+                    &session_metadata,
+                );
                 Ending::Outcome(outcome, Some(results))
             }
             Composition::Graph { nodes } => {
@@ -336,7 +310,7 @@ impl JoinState {
                     let error = step_failed(workflow, "node", &nodes[*i].name, None, error.clone());
                     return Ending::Outcome(Err((self.input.clone(), error)), None);
                 }
-                let dependents = dependents(nodes);
+                let dependents = graph_dependents(nodes);
                 let sinks = (0..nodes.len())
                     .filter(|&i| dependents[i].is_empty())
                     .filter_map(|i| self.nodes[i].output.as_ref().and_then(Value::as_object));
@@ -416,7 +390,7 @@ impl JoinState {
 
     /// The graph nodes whose every dependency has settled, now that `node` has.
     fn released(&self, nodes: &[GraphNode], node: usize) -> Vec<usize> {
-        let dependents = dependents(nodes);
+        let dependents = graph_dependents(nodes);
         dependents[node]
             .iter()
             .copied()
@@ -425,7 +399,7 @@ impl JoinState {
     }
 
     fn deps_settled(&self, nodes: &[GraphNode], node: usize) -> bool {
-        dependencies(nodes, node)
+        graph_dependencies(nodes, node)
             .iter()
             .all(|&d| matches!(self.nodes[d].status, Status::Done | Status::Skipped))
     }
@@ -433,7 +407,7 @@ impl JoinState {
     /// A graph node's input: the merge of its dependencies' outputs onto the graph's input.
     fn node_input(&self, nodes: &[GraphNode], node: usize) -> Value {
         let base = self.input.as_object().cloned().unwrap_or_default();
-        let outputs: Vec<&Map<String, Value>> = dependencies(nodes, node)
+        let outputs: Vec<&Map<String, Value>> = graph_dependencies(nodes, node)
             .iter()
             .filter_map(|&d| self.nodes[d].output.as_ref().and_then(Value::as_object))
             .collect();
@@ -454,7 +428,7 @@ impl JoinState {
         let mut starts = Vec::new();
         while let Some(i) = ready.pop() {
             let node = &nodes[i];
-            let deps = dependencies(nodes, i);
+            let deps = graph_dependencies(nodes, i);
             let input = self.node_input(nodes, i);
             let skip = self.doomed()
                 || deps
@@ -474,33 +448,6 @@ impl JoinState {
         }
         starts
     }
-}
-
-/// Each graph node's dependents, by index.
-fn dependents(nodes: &[GraphNode]) -> Vec<Vec<usize>> {
-    let index: BTreeMap<&str, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.as_str(), i))
-        .collect();
-    let mut dependents = vec![Vec::new(); nodes.len()];
-    for (i, node) in nodes.iter().enumerate() {
-        for dep in &node.after {
-            if let Some(&d) = index.get(dep.as_str()) {
-                dependents[d].push(i);
-            }
-        }
-    }
-    dependents
-}
-
-/// A graph node's dependencies, by index, in declared order.
-fn dependencies(nodes: &[GraphNode], node: usize) -> Vec<usize> {
-    nodes[node]
-        .after
-        .iter()
-        .filter_map(|d| nodes.iter().position(|n| &n.name == d))
-        .collect()
 }
 
 impl Distributed {

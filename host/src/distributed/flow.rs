@@ -11,7 +11,9 @@ use super::client::Distributed;
 use bullmq::FlowJob;
 
 use super::wire::{At, Binding, FORMAT, Frame, StepJob, WireScope, earliest, now_ms, now_us};
-use crate::compose::{choose_route, key_of, missing_key, route_failed, step_failed};
+use crate::compose::{
+    Failure, choose_route, key_of, missing_key, route_failed, step_failed, workflow_result,
+};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::executor::failed;
 use crate::result::{ExecutionInfo, ExecutionResult};
@@ -42,7 +44,7 @@ pub(crate) enum Next {
 }
 
 /// The workflow of `frame` ended: with its output, or with the last good state and why.
-pub(crate) type Outcome = Result<Value, (Value, ExecutionError)>;
+pub(crate) type Outcome = Result<Value, Failure>;
 
 /// How many times a move through Redis is tried, and the first wait between tries (it
 /// doubles): about 1.5 s in all, enough for a restarted Redis to be reconnected to.
@@ -466,18 +468,7 @@ impl Distributed {
         info.duration_us = now_us().saturating_sub(frame.started_us);
         info.fuel_consumed = frame.fuel;
         info.peak_memory_bytes = frame.peak_memory;
-        let mut result = match outcome {
-            Ok(state) => ExecutionResult {
-                ok: true,
-                state,
-                error: None,
-                execution: info,
-                items: None,
-            },
-            Err((state, error)) => failed(state, error, info),
-        };
-        result.items = items;
-        Next::Done(Box::new(result))
+        Next::Done(Box::new(workflow_result(outcome, info, items)))
     }
 
     pub(crate) fn info_for(&self, cursor: &Cursor, execution: &str, name: &str) -> ExecutionInfo {
