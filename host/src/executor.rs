@@ -674,6 +674,18 @@ fn deadline_error(limits: &Limits, when: &str) -> ExecutionError {
     .retryable(true)
 }
 
+/// The result of an execution cancelled (for `reason`) before anything ran: `state` stays
+/// the last good state.
+pub(crate) fn cancelled_unstarted(
+    state: Value,
+    reason: crate::cancel::CancelReason,
+    info: ExecutionInfo,
+) -> ExecutionResult {
+    let cancel = CancelHandle::new();
+    cancel.cancel_with(reason);
+    failed(state, cancelled_error(&cancel, "before it started"), info)
+}
+
 pub(crate) fn cancelled_error(cancel: &CancelHandle, how: &str) -> ExecutionError {
     let reason = cancel
         .reason()

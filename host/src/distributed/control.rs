@@ -12,14 +12,13 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::client::Distributed;
-use super::flow::{Cursor, Next};
+use super::flow::Next;
 use super::wire::{At, Frame, StepJob, WireScope, now_ms};
 use super::{Keys, RedisConfig};
-use crate::cancel::{CancelHandle, CancelReason};
+use crate::cancel::CancelReason;
 use crate::error::Error;
 use crate::events::{Event, EventKind, Notice};
-use crate::executor::{cancelled_error, failed};
-use crate::result::ExecutionInfo;
+use crate::executor::cancelled_unstarted;
 use crate::runtime::Shared;
 
 /// What a cancellation reaches.
@@ -235,27 +234,13 @@ impl Distributed {
         let Ok(step) = serde_json::from_value::<StepJob>(job.data().clone()) else {
             return Ok(false);
         };
-        let handle = CancelHandle::new();
-        handle.cancel_with(CancelReason::SessionStopped);
-        let mut info = ExecutionInfo::new(
-            Some(step.execution.clone()),
-            step.processor.clone(),
-            step.scope.tenant.clone(),
-            step.scope.session.clone(),
-        );
-        info.digest = Some(step.digest.clone());
-        let result = failed(
+        let result = cancelled_unstarted(
             step.state.clone(),
-            cancelled_error(&handle, "before it started"),
-            info,
+            CancelReason::SessionStopped,
+            step.info(0),
         );
-        let cursor = Cursor {
-            run: step.run.clone(),
-            scope: step.scope.clone(),
-            bindings: step.bindings.clone(),
-            frames: step.frames.clone(),
-        };
-        self.proceed(cursor, Next::Done(Box::new(result))).await?;
+        self.proceed(step.cursor(), Next::Done(Box::new(result)))
+            .await?;
         queue.remove(id).await.map_err(|e| self.redis_error(e))
     }
 

@@ -17,14 +17,14 @@ use super::client::Distributed;
 use super::control::Target;
 use super::flow::{Cursor, Entered, Next, Plan, Settled};
 use super::wire::{At, FORMAT, Frame, JoinJob, enclosing_join, job_id};
-use crate::cancel::{CancelHandle, CancelReason};
+use crate::cancel::CancelReason;
 use crate::compose::{
     batch_outcome, graph_dependencies, graph_dependents, merge_input, parallel_failed, step_failed,
     truthy,
 };
 use crate::error::Error;
 use crate::error::{ErrorKind, ExecutionError, codes};
-use crate::executor::{cancelled_error, failed};
+use crate::executor::{cancelled_unstarted, failed};
 use crate::merge::merge_branches;
 use crate::result::{ExecutionInfo, ExecutionResult};
 use crate::state::{self, with_metadata};
@@ -335,12 +335,10 @@ impl JoinState {
             Ok((input, metadata)) => with_metadata(input, &metadata),
             Err(_) => item,
         };
-        let cancel = CancelHandle::new();
-        cancel.cancel_with(CancelReason::Sibling);
         let mut info = ExecutionInfo::new(None, processor, tenant, session.map(str::to_string));
         info.digest.clone_from(&identity.0);
         info.version.clone_from(&identity.1);
-        failed(state, cancelled_error(&cancel, "before it started"), info)
+        cancelled_unstarted(state, CancelReason::Sibling, info)
     }
 
     fn start(&mut self, node: usize, name: &str, input: Value, by: Option<usize>) -> Start {

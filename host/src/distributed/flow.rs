@@ -30,6 +30,18 @@ pub(crate) struct Cursor {
     pub frames: Vec<Frame>,
 }
 
+impl StepJob {
+    /// Where its run stands, to carry it on from this step.
+    pub(crate) fn cursor(&self) -> Cursor {
+        Cursor {
+            run: self.run.clone(),
+            scope: self.scope.clone(),
+            bindings: self.bindings.clone(),
+            frames: self.frames.clone(),
+        }
+    }
+}
+
 /// What a run does next.
 #[derive(Clone)]
 pub(crate) enum Next {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::limits::LimitOverrides;
+use crate::result::ExecutionInfo;
 
 /// The version of the job format this build writes and reads.
 pub(crate) const FORMAT: u32 = 1;
@@ -46,6 +47,19 @@ impl StepJob {
     /// The job's id: stable across retries and re-runs of the same step.
     pub(crate) fn job_id(&self) -> String {
         job_id(&self.run, &self.path)
+    }
+
+    /// The facts of this step's execution after `attempts` attempts.
+    pub(crate) fn info(&self, attempts: u32) -> ExecutionInfo {
+        let mut info = ExecutionInfo::new(
+            Some(self.execution.clone()),
+            self.processor.clone(),
+            self.scope.tenant.clone(),
+            self.scope.session.clone(),
+        );
+        info.digest = Some(self.digest.clone());
+        info.attempts = attempts;
+        info
     }
 }
 

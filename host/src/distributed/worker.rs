@@ -19,15 +19,17 @@ use super::client::lock_map;
 use super::content;
 use super::control::{CancelMessage, Heard, joins_of, listen_for_cancels};
 use super::fanout::JOIN_QUEUE;
-use super::flow::{Cursor, Next};
+use super::flow::Next;
 use super::wire::{FORMAT, JoinJob, StepJob, WireScope, instant_of, job_id};
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::events::EventKind;
-use crate::executor::{Pinned, Scope, cancelled_error, execute_pinned, execution_event, failed};
+use crate::executor::{
+    Pinned, Scope, cancelled_unstarted, execute_pinned, execution_event, failed,
+};
 use crate::manifest::Manifest;
 use crate::plugin::Plugin;
-use crate::result::{ExecutionInfo, ExecutionResult};
+use crate::result::ExecutionResult;
 use crate::runtime::Shared;
 
 /// How a worker serves its queues.
@@ -345,7 +347,7 @@ impl Inner {
                     codes::TRAP,
                     format!("the worker failed while running this step: {panic}"),
                 );
-                let info = step_info(&step, attempt);
+                let info = step.info(attempt);
                 let result = failed(step.state.clone(), error, info);
                 self.carry_on(step, &result).await?;
                 Err(bullmq::Error::Unrecoverable(message_of(&result)))
@@ -383,7 +385,7 @@ impl Inner {
             Err(Unavailable::Missing(why)) => {
                 let error =
                     ExecutionError::host(ErrorKind::NotFound, codes::PROCESSOR_NOT_FOUND, why);
-                let result = failed(step.state.clone(), error, step_info(&step, attempt));
+                let result = failed(step.state.clone(), error, step.info(attempt));
                 self.carry_on(step, &result).await?;
                 return Err(bullmq::Error::Unrecoverable(message_of(&result)));
             }
@@ -414,12 +416,8 @@ impl Inner {
                 .map_err(|e| self.retry_later(&step, e))?,
         };
         if let Some(reason) = reason.or_else(|| cancel.reason()) {
-            let handle = CancelHandle::new();
-            handle.cancel_with(reason);
-            let mut info = step_info(&step, attempt);
-            info.attempts = attempt.saturating_sub(1);
-            let error = cancelled_error(&handle, "before it started");
-            let result = failed(step.state.clone(), error, info);
+            let info = step.info(attempt.saturating_sub(1));
+            let result = cancelled_unstarted(step.state.clone(), reason, info);
             self.carry_on(step, &result).await?;
             return Err(bullmq::Error::Unrecoverable(message_of(&result)));
         }
@@ -553,14 +551,8 @@ impl Inner {
     /// outcome written. If Redis fails here, the job fails retryably and the step runs
     /// again (every write of the move is idempotent).
     async fn carry_on(&self, step: StepJob, result: &ExecutionResult) -> Result<(), bullmq::Error> {
-        let cursor = Cursor {
-            run: step.run.clone(),
-            scope: step.scope.clone(),
-            bindings: step.bindings.clone(),
-            frames: step.frames.clone(),
-        };
         self.dist
-            .proceed(cursor, Next::Done(Box::new(result.clone())))
+            .proceed(step.cursor(), Next::Done(Box::new(result.clone())))
             .await
             .map_err(|e| self.retry_later(&step, e))
     }
@@ -701,18 +693,6 @@ enum Unavailable {
     Redis(redis::RedisError),
     /// It is not there or does not load: the step fails.
     Missing(String),
-}
-
-fn step_info(step: &StepJob, attempt: u32) -> ExecutionInfo {
-    let mut info = ExecutionInfo::new(
-        Some(step.execution.clone()),
-        step.processor.clone(),
-        step.scope.tenant.clone(),
-        step.scope.session.clone(),
-    );
-    info.digest = Some(step.digest.clone());
-    info.attempts = attempt;
-    info
 }
 
 /// The result document as a job's return value.
