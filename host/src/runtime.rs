@@ -720,6 +720,7 @@ impl Runtime {
     /// this process starts reading them; its first submission waits for that).
     pub fn subscribe(&self) -> Subscription {
         if let Some(distributed) = &self.distributed
+            && !distributed.reading()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             let distributed = distributed.clone();

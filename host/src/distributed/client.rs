@@ -131,6 +131,11 @@ impl Distributed {
         }))
     }
 
+    /// Whether the event stream's reader has started.
+    pub(crate) fn reading(&self) -> bool {
+        self.reader.initialized()
+    }
+
     /// Starts reading the event stream from its current end, once.
     pub(crate) async fn ensure_reader(&self) -> Result<(), Error> {
         self.reader
@@ -806,14 +811,20 @@ struct Waiters {
 impl Waiters {
     fn register(&self, run: &str) -> oneshot::Receiver<ExecutionResult> {
         let (sender, receiver) = oneshot::channel();
-        let mut pending = lock_map(&self.pending);
-        // Callers that stopped waiting (their futures dropped) leave closed senders.
-        pending.retain(|_, senders| {
+        lock_map(&self.pending)
+            .entry(run.to_string())
+            .or_default()
+            .push(sender);
+        receiver
+    }
+
+    /// Drops the senders of callers that stopped waiting (their futures dropped). Done
+    /// now and then by the reader, not on every submission.
+    fn prune(&self) {
+        lock_map(&self.pending).retain(|_, senders| {
             senders.retain(|s| !s.is_closed());
             !senders.is_empty()
         });
-        pending.entry(run.to_string()).or_default().push(sender);
-        receiver
     }
 
     /// Drops the senders of `run` nobody waits on any more.
@@ -998,6 +1009,7 @@ async fn read_events(reader: Reader, mut last: String) {
 
 /// Hands the outcomes of awaited runs that are recorded to their waiters.
 async fn catch_up(records: &mut ConnectionManager, keys: &Keys, waiters: &Waiters) {
+    waiters.prune();
     for run in waiters.runs() {
         let fields: redis::RedisResult<HashMap<String, String>> =
             records.hgetall(keys.run(&run)).await;

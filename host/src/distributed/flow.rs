@@ -117,7 +117,20 @@ impl Distributed {
     /// ready), and writes the run's outcome. Fails only when Redis does (the caller
     /// retries the whole move; every write in it is idempotent).
     pub(crate) async fn proceed(&self, cursor: Cursor, next: Next) -> Result<(), Error> {
-        retrying(|| self.proceed_once(cursor.clone(), next.clone())).await
+        self.proceed_from(|| (cursor.clone(), next.clone())).await
+    }
+
+    /// [`Distributed::proceed`] from what `start` makes for each try: a caller holding
+    /// the pieces elsewhere (a step's job, its result) builds them once per try, not twice.
+    pub(crate) async fn proceed_from(
+        &self,
+        start: impl Fn() -> (Cursor, Next),
+    ) -> Result<(), Error> {
+        retrying(|| {
+            let (cursor, next) = start();
+            self.proceed_once(cursor, next)
+        })
+        .await
     }
 
     async fn proceed_once(&self, cursor: Cursor, next: Next) -> Result<(), Error> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bullmq::worker::{CancellationToken, ProcessorFn};
 use bullmq::{Job, Worker, WorkerOptions};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::bullmq_connection;
@@ -317,11 +318,12 @@ impl Inner {
     /// and reported as the step's failure, never left `active`).
     async fn handle(self: Arc<Self>, queue: String, job: Job) -> Result<Value, bullmq::Error> {
         let attempt = job.attempts_made().saturating_add(1);
-        let data = job.data().clone();
+        let data = job.data();
         if queue == JOIN_QUEUE {
             return self.handle_join(data).await;
         }
-        let step = match serde_json::from_value::<StepJob>(data.clone()) {
+        // Read from the job's data in place; only a foreign job's data is copied.
+        let step = match StepJob::deserialize(data) {
             Ok(step) if step.weir == FORMAT => step,
             Ok(step) => {
                 return Err(bullmq::Error::Unrecoverable(format!(
@@ -334,11 +336,13 @@ impl Inner {
                     "the job claims weir's format but is unreadable: {error}"
                 )));
             }
-            Err(_) => return self.handle_foreign(queue, data, attempt).await,
+            Err(_) => return self.handle_foreign(queue, data.clone(), attempt).await,
         };
+        // Shared with the task, so a panic in it still has the step to report.
+        let step = Arc::new(step);
         let inner = self.clone();
         let running = step.clone();
-        let task = tokio::spawn(async move { inner.run_step(running, attempt).await });
+        let task = tokio::spawn(async move { inner.run_step(&running, attempt).await });
         match task.await {
             Ok(outcome) => outcome,
             Err(panic) => {
@@ -349,15 +353,15 @@ impl Inner {
                 );
                 let info = step.info(attempt);
                 let result = failed(step.state.clone(), error, info);
-                self.carry_on(step, &result).await?;
+                self.carry_on(&step, &result).await?;
                 Err(bullmq::Error::Unrecoverable(message_of(&result)))
             }
         }
     }
 
     /// A fan-out's join: every branch has ended; the workflow's result carries the run on.
-    async fn handle_join(self: Arc<Self>, data: Value) -> Result<Value, bullmq::Error> {
-        let join: JoinJob = serde_json::from_value(data).map_err(|e| {
+    async fn handle_join(self: Arc<Self>, data: &Value) -> Result<Value, bullmq::Error> {
+        let join = JoinJob::deserialize(data).map_err(|e| {
             bullmq::Error::Unrecoverable(format!("the join job is not in weir's format: {e}"))
         })?;
         let id = join.join.clone();
@@ -374,7 +378,7 @@ impl Inner {
     /// One attempt of a weir step, then the run carried on (or a retry asked for).
     async fn run_step(
         self: Arc<Self>,
-        step: StepJob,
+        step: &StepJob,
         attempt: u32,
     ) -> Result<Value, bullmq::Error> {
         let plugin = match self.plugin(&step.processor, &step.digest).await {
@@ -394,11 +398,12 @@ impl Inner {
         // published in between reaches the step either way.
         let cancel = CancelHandle::new();
         let job_id = step.job_id();
+        let joins = joins_of(&step.frames);
         lock_map(&self.active).insert(
             job_id.clone(),
             Active {
                 run: step.run.clone(),
-                joins: joins_of(&step.frames),
+                joins: joins.clone(),
                 scope: step.scope.clone(),
                 cancel: cancel.clone(),
             },
@@ -407,13 +412,13 @@ impl Inner {
             inner: &self,
             id: job_id,
         };
-        let reason = match self.cancelled_as_heard(&step) {
+        let reason = match self.cancelled_as_heard(step, &joins) {
             Some(reason) => reason,
             None => self
                 .dist
-                .cancelled_before_start(&step)
+                .cancelled_before_start(step)
                 .await
-                .map_err(|e| self.retry_later(&step, e))?,
+                .map_err(|e| self.retry_later(step, e))?,
         };
         if let Some(reason) = reason.or_else(|| cancel.reason()) {
             let info = step.info(attempt.saturating_sub(1));
@@ -454,7 +459,7 @@ impl Inner {
             let policy = plugin.retry();
             let allowed = policy.attempts_allowed(step.scope.max_attempts);
             if let Some(delay) = policy.retry_after(attempt, allowed, error, &cancel, deadline) {
-                self.retrying(&step, &result, error, delay);
+                self.retrying(step, &result, error, delay);
                 return Err(bullmq::Error::ProcessingError(error.message.clone()));
             }
         }
@@ -490,15 +495,15 @@ impl Inner {
 
     /// Whether a step is cancelled, by what this worker heard: `None` when it cannot say
     /// (the listener is not subscribed), `Some(None)` when the step may run.
-    fn cancelled_as_heard(&self, step: &StepJob) -> Option<Option<CancelReason>> {
+    /// `joins` are the fan-outs the step is in.
+    fn cancelled_as_heard(&self, step: &StepJob, joins: &[String]) -> Option<Option<CancelReason>> {
         let heard = lock_map(&self.heard);
         let messages = heard.as_ref()?;
-        let joins = joins_of(&step.frames);
         Some(
             messages
                 .iter()
                 .rev()
-                .find(|m| m.reaches(&step.run, &joins, &step.scope))
+                .find(|m| m.reaches(&step.run, joins, &step.scope))
                 .map(CancelMessage::reason),
         )
     }
@@ -550,11 +555,15 @@ impl Inner {
     /// Takes the step's result through its run: the next step is enqueued, or the run's
     /// outcome written. If Redis fails here, the job fails retryably and the step runs
     /// again (every write of the move is idempotent).
-    async fn carry_on(&self, step: StepJob, result: &ExecutionResult) -> Result<(), bullmq::Error> {
+    async fn carry_on(
+        &self,
+        step: &StepJob,
+        result: &ExecutionResult,
+    ) -> Result<(), bullmq::Error> {
         self.dist
-            .proceed(step.cursor(), Next::Done(Box::new(result.clone())))
+            .proceed_from(|| (step.cursor(), Next::Done(Box::new(result.clone()))))
             .await
-            .map_err(|e| self.retry_later(&step, e))
+            .map_err(|e| self.retry_later(step, e))
     }
 
     /// A step that could not reach Redis: BullMQ runs it again after a while (the next
