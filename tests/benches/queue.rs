@@ -177,15 +177,7 @@ fn uuid_like() -> String {
 
 /// Node BullMQ, through `tests/node/bench.mjs`.
 fn node(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
-    if !dir.join("node_modules/bullmq").is_dir() {
-        let status = std::process::Command::new("npm")
-            .args(["install", "--no-save", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm runs");
-        assert!(status.success());
-    }
+    let dir = weir_tests::node_project();
     let output = std::process::Command::new("node")
         .arg(dir.join("bench.mjs"))
         .arg(url)

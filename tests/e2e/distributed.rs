@@ -132,6 +132,29 @@ fn forget_times(value: &mut Value) {
     }
 }
 
+/// A connection to the Redis at `url`, to look at what weir wrote.
+async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Waits (up to 30 s, else fails with `never`) until the BullMQ list `key` holds one job.
+/// Redis tells nothing when a list changes, so this looks every 10 ms.
+async fn until_listed(conn: &mut redis::aio::MultiplexedConnection, key: &str, never: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed: u64 = redis::cmd("LLEN").arg(key).query_async(conn).await.unwrap();
+        if listed == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_distributed_runtime_gives_the_local_runtimes_results() {
     let redis = RedisServer::start();
@@ -323,30 +346,22 @@ async fn a_job_whose_worker_is_killed_is_recovered_by_another_and_completes_once
         .await
         .unwrap();
     // Wait until the first worker holds the job, then kill it mid-job.
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let active: u64 = redis::cmd("LLEN")
-            .arg("weir:sleep:active")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if active == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the job never became active");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut conn = connection(&url).await;
+    until_listed(
+        &mut conn,
+        "weir:sleep:active",
+        "the job never became active",
+    )
+    .await;
     first.kill();
     let _second = WorkerProcess::start(&url, folder.path(), &fast_recovery);
-    let result = tokio::time::timeout(Duration::from_secs(60), runtime.wait_run(&id))
-        .await
-        .expect("the run finished after recovery")
-        .unwrap();
+    let result = finished(
+        &runtime,
+        &id,
+        Duration::from_secs(60),
+        "the run finished after recovery",
+    )
+    .await;
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["slept_ms"], 1500);
     // Exactly one outcome was recorded and announced.
@@ -396,12 +411,39 @@ async fn redis_out_of_reach_is_exit_code_3_within_the_connect_timeout() {
     }
 }
 
-/// The first event (from any process) that satisfies `wanted`.
-async fn event_where(
+/// The `processor:started` event (from any process) of the processor `name`.
+async fn started_processor(
     events: &mut weir::Subscription,
-    wanted: impl Fn(&weir::Event) -> bool,
+    name: &str,
 ) -> std::sync::Arc<weir::Event> {
-    weir_tests::next_event(events, wanted).await
+    weir_tests::next_event(events, |e| {
+        e.event == weir::EventKind::ProcessorStarted && e.processor.as_deref() == Some(name)
+    })
+    .await
+}
+
+/// The `processor:started` event (from any process) of the execution `id`.
+async fn started_execution(
+    events: &mut weir::Subscription,
+    id: &str,
+) -> std::sync::Arc<weir::Event> {
+    weir_tests::next_event(events, |e| {
+        e.event == weir::EventKind::ProcessorStarted && e.execution_id.as_deref() == Some(id)
+    })
+    .await
+}
+
+/// The outcome of the run `id`, which must come `within` (else the test fails: `never`).
+async fn finished(
+    runtime: &weir::Runtime,
+    id: &str,
+    within: Duration,
+    never: &str,
+) -> weir::ExecutionResult {
+    tokio::time::timeout(within, runtime.wait_run(id))
+        .await
+        .expect(never)
+        .unwrap()
 }
 
 #[tokio::test]
@@ -421,10 +463,7 @@ async fn stopping_a_session_stops_its_guests_on_remote_workers_and_drops_its_wai
         async move { runtime.execute(request).await }
     });
     // The worker's event reaches this process: the guest is spinning over there.
-    let started = event_where(&mut events, |e| {
-        e.event == weir::EventKind::ProcessorStarted && e.processor.as_deref() == Some("spin")
-    })
-    .await;
+    let started = started_processor(&mut events, "spin").await;
     assert!(started.origin.is_some(), "the event came from the worker");
     let second = tokio::spawn({
         let runtime = runtime.clone();
@@ -432,24 +471,8 @@ async fn stopping_a_session_stops_its_guests_on_remote_workers_and_drops_its_wai
         async move { runtime.execute(request).await }
     });
     // Let the second job reach its queue before stopping.
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let waiting: u64 = redis::cmd("LLEN")
-            .arg("weir:spin:wait")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if waiting == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the second job never waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut conn = connection(&url).await;
+    until_listed(&mut conn, "weir:spin:wait", "the second job never waited").await;
     let stopped_at = Instant::now();
     let report = runtime.stop_session("default", "s1").await;
     assert_eq!(report.cancelled, 1, "the waiting job was removed");
@@ -483,15 +506,15 @@ async fn a_cancelled_run_stops_wherever_it_runs() {
         .submit(weir::ExecutionRequest::new("spin", json!({})))
         .await
         .unwrap();
-    event_where(&mut events, |e| {
-        e.event == weir::EventKind::ProcessorStarted && e.execution_id.as_deref() == Some(&id)
-    })
-    .await;
+    started_execution(&mut events, &id).await;
     assert!(runtime.cancel_run(&id).await.unwrap());
-    let result = tokio::time::timeout(Duration::from_secs(20), runtime.wait_run(&id))
-        .await
-        .expect("the cancelled run ended")
-        .unwrap();
+    let result = finished(
+        &runtime,
+        &id,
+        Duration::from_secs(20),
+        "the cancelled run ended",
+    )
+    .await;
     let error = result.error.expect("a cancelled run fails");
     assert_eq!(error.kind, weir::ErrorKind::Cancelled);
     assert_eq!(
@@ -584,10 +607,13 @@ async fn work_resumes_within_two_seconds_of_a_redis_restart_and_no_waiting_job_i
     redis.start_again();
     let _worker = WorkerProcess::start(&url, folder.path(), &[]);
     for (count, id) in ids.iter().enumerate() {
-        let result = tokio::time::timeout(Duration::from_secs(20), runtime.wait_run(id))
-            .await
-            .expect("every waiting run finished after the restart")
-            .unwrap();
+        let result = finished(
+            &runtime,
+            id,
+            Duration::from_secs(20),
+            "every waiting run finished after the restart",
+        )
+        .await;
         assert!(result.ok, "{:?}", result.error);
         assert_eq!(result.state["count"], count + 1);
     }
@@ -606,16 +632,16 @@ async fn a_worker_asked_to_stop_finishes_its_jobs_in_flight_first() {
         .submit(weir::ExecutionRequest::new("sleep", json!({"ms": 1000})))
         .await
         .unwrap();
-    event_where(&mut events, |e| {
-        e.event == weir::EventKind::ProcessorStarted && e.execution_id.as_deref() == Some(&id)
-    })
-    .await;
+    started_execution(&mut events, &id).await;
     let status = worker.terminate();
     assert!(status.success(), "the worker exits cleanly: {status:?}");
-    let result = tokio::time::timeout(Duration::from_secs(5), runtime.wait_run(&id))
-        .await
-        .expect("the job finished before the worker left")
-        .unwrap();
+    let result = finished(
+        &runtime,
+        &id,
+        Duration::from_secs(5),
+        "the job finished before the worker left",
+    )
+    .await;
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["slept_ms"], 1000);
 }
@@ -702,10 +728,13 @@ async fn a_job_that_exhausted_its_attempts_is_listed_dead_and_redriven_to_a_new_
     let _worker = WorkerProcess::start(&url, folder.path(), &[]);
     let job = format!("flaky/{}", dead[0]["id"].as_str().unwrap());
     weir_ok(&["dlq", "retry", &job, "--redis", &url]);
-    let result = tokio::time::timeout(Duration::from_secs(20), runtime.wait_run(&id))
-        .await
-        .expect("the redriven run finished")
-        .unwrap();
+    let result = finished(
+        &runtime,
+        &id,
+        Duration::from_secs(20),
+        "the redriven run finished",
+    )
+    .await;
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["succeededOn"], 7);
     let listed: Value =
@@ -719,28 +748,13 @@ async fn a_job_that_exhausted_its_attempts_is_listed_dead_and_redriven_to_a_new_
     assert_eq!(again.status.code(), Some(2));
 }
 
-/// `tests/node` with its pinned packages installed (`.ci/run` installs them; so does the
-/// first test that needs them).
-fn node_project() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
-    if !dir.join("node_modules/bullmq").is_dir() {
-        let status = Command::new("npm")
-            .args(["install", "--no-save", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm runs (install Node.js: apt-get install nodejs npm)");
-        assert!(status.success(), "npm install in tests/node failed");
-    }
-    dir
-}
-
 #[tokio::test]
 async fn a_node_bullmq_producer_runs_a_weir_processor_and_reads_its_result() {
     let redis = RedisServer::start();
     let url = redis.url();
     let folder = PluginFolder::with(&["increment", "validate-email"]);
     let _worker = WorkerProcess::start(&url, folder.path(), &[]);
-    let node = node_project();
+    let node = weir_tests::node_project();
     let script = tokio::process::Command::new("node")
         .arg(node.join("interop.mjs"))
         .arg(&url)
@@ -830,10 +844,7 @@ async fn a_requests_delay_and_cancel_handle_work_as_on_the_local_runtime() {
         let runtime = runtime.clone();
         async move { runtime.execute(request).await }
     });
-    event_where(&mut events, |e| {
-        e.event == weir::EventKind::ProcessorStarted && e.processor.as_deref() == Some("spin")
-    })
-    .await;
+    started_processor(&mut events, "spin").await;
     cancel.cancel();
     let result = tokio::time::timeout(Duration::from_secs(20), running)
         .await
@@ -895,10 +906,7 @@ async fn a_run_cancelled_before_any_worker_started_is_cancelled_when_one_does() 
     assert!(runtime.cancel_run(&id).await.unwrap());
     // The worker learns the cancellation from its marker when it subscribes.
     let _worker = WorkerProcess::start(&url, folder.path(), &[]);
-    let result = tokio::time::timeout(Duration::from_secs(20), runtime.wait_run(&id))
-        .await
-        .expect("the run ended")
-        .unwrap();
+    let result = finished(&runtime, &id, Duration::from_secs(20), "the run ended").await;
     let error = result.error.expect("it was cancelled before it started");
     assert_eq!(
         error.code.as_deref(),

@@ -386,3 +386,18 @@ impl Drop for WorkerProcess {
         self.kill();
     }
 }
+
+/// `tests/node` (Node BullMQ, pinned) with its packages installed: `.ci/run` installs them;
+/// so does the first test or benchmark that needs them.
+pub fn node_project() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    if !dir.join("node_modules/bullmq").is_dir() {
+        let status = Command::new("npm")
+            .args(["install", "--no-save", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm runs (install Node.js: apt-get install nodejs npm)");
+        assert!(status.success(), "npm install in tests/node failed");
+    }
+    dir
+}
