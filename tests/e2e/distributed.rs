@@ -132,6 +132,27 @@ fn forget_times(value: &mut Value) {
     }
 }
 
+/// Runs `weir` with `args`; returns its stdout, failing the test on a non-zero exit.
+fn weir_ok(args: &[&str]) -> Vec<u8> {
+    let output = Command::new(weir_bin()).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "weir {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// A path as a command-line argument (test paths are UTF-8).
+fn path_str(path: &std::path::Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Runs `weir` with `args` (which must succeed) and reads its stdout as JSON.
+fn weir_json(args: &[&str]) -> Value {
+    serde_json::from_slice(&weir_ok(args)).unwrap()
+}
+
 /// A connection to the Redis at `url`, to look at what weir wrote.
 async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
@@ -247,37 +268,19 @@ async fn a_pushed_plugin_runs_from_the_command_line_without_any_file_on_the_work
     let url = redis.url();
     let empty = PluginFolder::new();
     let _worker = WorkerProcess::start(&url, empty.path(), &[]);
-    let push = Command::new(weir_bin())
-        .args(["plugins", "push", "--redis", &url])
-        .arg(plugin_path("add-ten"))
-        .output()
-        .unwrap();
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
-    let pushed: Value = serde_json::from_slice(&push.stdout).unwrap();
+    let component = plugin_path("add-ten");
+    let pushed = weir_json(&["plugins", "push", "--redis", &url, path_str(&component)]);
     assert_eq!(pushed[0]["name"], "add-ten");
-    let run = Command::new(weir_bin())
-        .args([
-            "run",
-            "add-ten",
-            "--redis",
-            &url,
-            "--input",
-            r#"{"count": 1}"#,
-        ])
-        .arg("--plugins")
-        .arg(empty.path())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let result: Value = serde_json::from_slice(&run.stdout).unwrap();
+    let result = weir_json(&[
+        "run",
+        "add-ten",
+        "--redis",
+        &url,
+        "--input",
+        r#"{"count": 1}"#,
+        "--plugins",
+        path_str(empty.path()),
+    ]);
     assert_eq!(result["state"]["count"], 11);
     assert_eq!(result["execution"]["digest"], pushed[0]["digest"]);
 }
@@ -288,38 +291,20 @@ async fn a_detached_run_completes_without_its_submitter_and_any_process_reads_it
     let url = redis.url();
     let folder = folder();
     let _worker = WorkerProcess::start(&url, folder.path(), &[]);
-    let submit = Command::new(weir_bin())
-        .args([
-            "run",
-            "calc",
-            "--detach",
-            "--redis",
-            &url,
-            "--input",
-            r#"{"count": 5}"#,
-        ])
-        .arg("--plugins")
-        .arg(folder.path())
-        .output()
-        .unwrap();
-    assert!(
-        submit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&submit.stderr)
-    );
-    let submitted: Value = serde_json::from_slice(&submit.stdout).unwrap();
+    let submitted = weir_json(&[
+        "run",
+        "calc",
+        "--detach",
+        "--redis",
+        &url,
+        "--input",
+        r#"{"count": 5}"#,
+        "--plugins",
+        path_str(folder.path()),
+    ]);
     let id = submitted["run"].as_str().unwrap().to_string();
     // The submitter has exited; another process waits for the outcome.
-    let get = Command::new(weir_bin())
-        .args(["runs", "get", &id, "--wait", "--redis", &url])
-        .output()
-        .unwrap();
-    assert!(
-        get.status.success(),
-        "{}",
-        String::from_utf8_lossy(&get.stderr)
-    );
-    let run: Value = serde_json::from_slice(&get.stdout).unwrap();
+    let run = weir_json(&["runs", "get", &id, "--wait", "--redis", &url]);
     assert_eq!(run["status"], "ok");
     assert_eq!(run["target"], "calc");
     assert_eq!(run["result"]["state"]["count"], 22);
@@ -678,17 +663,6 @@ async fn two_writers_racing_on_one_session_state_get_one_success_and_one_conflic
     assert_eq!(stored["metadata"]["version"], 1);
 }
 
-/// Runs `weir` with `args`; returns its stdout, failing the test on a non-zero exit.
-fn weir_ok(args: &[&str]) -> Vec<u8> {
-    let output = Command::new(weir_bin()).args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "weir {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
-
 #[tokio::test]
 async fn a_job_that_exhausted_its_attempts_is_listed_dead_and_redriven_to_a_new_outcome() {
     let redis = RedisServer::start();
@@ -706,8 +680,7 @@ async fn a_job_that_exhausted_its_attempts_is_listed_dead_and_redriven_to_a_new_
         .unwrap();
     let failed = runtime.wait_run(&id).await.unwrap();
     assert_eq!(failed.execution.attempts, 5);
-    let listed: Value =
-        serde_json::from_slice(&weir_ok(&["dlq", "list", "--json", "--redis", &url])).unwrap();
+    let listed = weir_json(&["dlq", "list", "--json", "--redis", &url]);
     let dead = listed.as_array().unwrap();
     assert_eq!(dead.len(), 1, "{listed}");
     assert_eq!(dead[0]["queue"], "flaky");
@@ -737,8 +710,7 @@ async fn a_job_that_exhausted_its_attempts_is_listed_dead_and_redriven_to_a_new_
     .await;
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["succeededOn"], 7);
-    let listed: Value =
-        serde_json::from_slice(&weir_ok(&["dlq", "list", "--json", "--redis", &url])).unwrap();
+    let listed = weir_json(&["dlq", "list", "--json", "--redis", &url]);
     assert_eq!(listed, json!([]), "nothing is dead any more");
     // Redriving what is not dead is refused.
     let again = Command::new(weir_bin())
