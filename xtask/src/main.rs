@@ -1,7 +1,9 @@
 //! `cargo xtask <task>`: the project's tasks, in Rust so they run the same everywhere.
 //!
-//! - `plugins`: build every example and test plugin into `plugins/dist/` (with the example
-//!   `workflows.toml`);
+//! - `tools`: install the pinned compilers of the Python, JavaScript, C and Go plugins
+//!   (componentize-py, componentize-js, zig, Go) into `~/.cache/weir/tools`;
+//! - `plugins`: build every example and test plugin, in every language, into `plugins/dist/`
+//!   (with the example `workflows.toml`);
 //! - `demo`: build everything, then run the example plugins through `weir run`;
 //! - `test`: formatting, lints and the whole test suite (what CI runs);
 //! - `bench [execute|reload|queue]`: the benchmarks (release build).
@@ -9,16 +11,17 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use xtask::{build_plugins, cargo, repo_root};
+use xtask::{build_language_plugins, build_plugins, cargo, install_tools, repo_root};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("tools") => install_tools(),
         Some("plugins") => plugins().map(|_| ()),
         Some("demo") => demo(),
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: cargo xtask <plugins|demo|test|bench>".to_string()),
+        _ => Err("usage: cargo xtask <tools|plugins|demo|test|bench>".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,14 +47,17 @@ fn plugins() -> Result<PathBuf, String> {
     let out = dist_dir();
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let built = build_plugins(&target_dir().join("wasm-plugins"), &out)?;
+    install_tools()?;
+    let others = build_language_plugins(&target_dir().join("lang-plugins"), &out)?;
     let workflows = repo_root().join("plugins").join("workflows.toml");
     std::fs::copy(&workflows, out.join("workflows.toml"))
         .map_err(|e| format!("cannot copy {}: {e}", workflows.display()))?;
     eprintln!(
-        "built {} plugins into {}: {}",
-        built.plugins.len(),
+        "built {} plugins into {}: {} (Rust); {} (other languages)",
+        built.plugins.len() + others.len(),
         out.display(),
-        built.plugins.join(", ")
+        built.plugins.join(", "),
+        others.join(", ")
     );
     Ok(out)
 }
@@ -145,6 +151,8 @@ fn test() -> Result<(), String> {
     let plugins_manifest = plugins_manifest.to_string_lossy().to_string();
     let wasm_target = target_dir().join("wasm-plugins");
     let wasm_target = wasm_target.to_string_lossy().to_string();
+    eprintln!("== plugin toolchains");
+    install_tools()?;
     eprintln!("== formatting");
     run(cargo().args(["fmt", "--all", "--check"]), &[0])?;
     run(

@@ -1,7 +1,9 @@
 //! Argument parsing, logging set-up and the mapping of outcomes to exit codes.
 
+mod build;
 mod dlq;
 mod logging;
+mod new;
 mod plugins;
 mod run;
 mod runs;
@@ -76,6 +78,10 @@ enum Command {
     /// Inspect and redrive the distributed runtime's dead jobs (failed for good).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Create a plugin project in any supported language (rust, python, js, c, go).
+    New(new::NewArgs),
+    /// Build plugin projects into components and install them into a plugins folder.
+    Build(build::BuildArgs),
 }
 
 /// Options shared by every command that loads plugins.
@@ -238,6 +244,8 @@ pub(crate) fn main() -> ExitCode {
             Command::Worker(args) => worker::run(args).await,
             Command::Runs(command) => runs::run(command).await,
             Command::Dlq(command) => dlq::run(command).await,
+            Command::New(args) => new::run(args),
+            Command::Build(args) => build::run(args).await,
         }
     });
     match outcome {
