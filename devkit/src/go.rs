@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use crate::componentize::component_from_module;
-use crate::lang::{require_any, run, write_files, write_if_changed};
+use crate::lang::{require_any, run, stage, write_files, write_if_changed};
 use crate::tools::Tools;
 use crate::{BuildError, Project};
 
@@ -58,10 +58,16 @@ pub(crate) fn build(
         PKG_GO_MOD.as_bytes(),
     )?;
     write_if_changed(&module_dir.join("go.mod"), GO_MOD.as_bytes())?;
-    for (dir, text) in [("weir", SDK), ("export_weir_processor_handler", HANDLER)] {
-        let dir = module_dir.join(dir);
-        std::fs::create_dir_all(&dir).map_err(BuildError::io("cannot create", &dir))?;
-        write_if_changed(&dir.join(format!("{}.go", dir_stem(&dir))), text.as_bytes())?;
+    // The SDK packages are written afresh, so no file of an older weir lingers in them.
+    for (package, file, text) in [
+        ("weir", "weir.go", SDK),
+        ("export_weir_processor_handler", "handler.go", HANDLER),
+    ] {
+        let dir = module_dir.join(package);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(BuildError::io("cannot clear", &dir))?;
+        }
+        stage(&dir, file, text)?;
     }
     // The project's files, in the module's root package (`main`). Stale copies of files the
     // project no longer has are removed so they cannot linger in the build.
@@ -105,12 +111,6 @@ pub(crate) fn build(
     let bytes = std::fs::read(&module).map_err(BuildError::io("cannot read", &module))?;
     let component = component_from_module(&project.name, bytes, true)?;
     write_if_changed(staged, &component)
-}
-
-fn dir_stem(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// Writes the contract's Go bindings into `dir` (the module root).

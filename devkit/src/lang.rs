@@ -89,6 +89,12 @@ pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), BuildErr
     std::fs::rename(&tmp, path).map_err(BuildError::io("cannot write", path))
 }
 
+/// Writes `text` as `dir/file`, creating `dir`.
+pub(crate) fn stage(dir: &Path, file: &str, text: &str) -> Result<(), BuildError> {
+    std::fs::create_dir_all(dir).map_err(BuildError::io("cannot create", dir))?;
+    write_if_changed(&dir.join(file), text.as_bytes())
+}
+
 /// Runs `cmd`, all its output going to the caller's stderr (stdout is for results); fails
 /// with the command line.
 pub(crate) fn run(mut cmd: Command) -> Result<(), BuildError> {
@@ -211,8 +217,7 @@ fn build_python(
     let wit_dir = work_dir.join("wit");
     crate::wit::write(&wit_dir)?;
     let sdk_dir = work_dir.join("sdk");
-    std::fs::create_dir_all(&sdk_dir).map_err(BuildError::io("cannot create", &sdk_dir))?;
-    write_if_changed(&sdk_dir.join("weir.py"), PYTHON_SDK.as_bytes())?;
+    stage(&sdk_dir, "weir.py", PYTHON_SDK)?;
     // Staged, so that the bytecode componentize-py compiles lands here, not in the project.
     let src = work_dir.join("py");
     copy_sources(&project.dir, &src, &["py"])?;
@@ -291,8 +296,7 @@ fn build_c(
     let gen_dir = work_dir.join("gen");
     generate_c(&project.name, &gen_dir)?;
     let sdk_dir = work_dir.join("sdk");
-    std::fs::create_dir_all(&sdk_dir).map_err(BuildError::io("cannot create", &sdk_dir))?;
-    write_if_changed(&sdk_dir.join("weir.h"), C_SDK.as_bytes())?;
+    stage(&sdk_dir, "weir.h", C_SDK)?;
     let module = work_dir.join("module.wasm");
     let mut cmd = cc.command();
     cmd.args([

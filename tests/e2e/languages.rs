@@ -255,6 +255,32 @@ async fn a_failing_step_in_another_language_stops_the_chain_with_its_typed_error
 }
 
 #[tokio::test]
+async fn a_python_guest_gets_no_files_environment_or_network_but_has_clocks_and_randomness() {
+    let result = run("escape-py", json!({})).await;
+    assert!(result.ok, "{result:?}");
+    let report = &result.state;
+    for (path, outcome) in report["files"].as_object().unwrap() {
+        assert!(
+            outcome.get("error").is_some(),
+            "{path} was readable: {outcome}"
+        );
+    }
+    assert!(
+        report["rootListing"].get("error").is_some(),
+        "{}",
+        report["rootListing"]
+    );
+    assert_eq!(report["env"], json!({}), "no environment is granted");
+    assert!(
+        report["network"].get("error").is_some(),
+        "{}",
+        report["network"]
+    );
+    assert_eq!(report["clock"], true);
+    assert_eq!(report["random"], true);
+}
+
+#[tokio::test]
 async fn plugins_of_every_language_load_from_the_compile_cache_on_the_second_start() {
     let names = ["text-stats", "validate-json", "checksum", "pick-route"];
     let folder = PluginFolder::with(&names);

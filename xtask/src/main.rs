@@ -6,7 +6,7 @@
 //!   (with the example `workflows.toml`);
 //! - `demo`: build everything, then run the example plugins through `weir run`;
 //! - `test`: formatting, lints and the whole test suite (what CI runs);
-//! - `bench [execute|reload|queue]`: the benchmarks (release build).
+//! - `bench [execute|reload|queue|languages]`: the benchmarks (release build).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -127,6 +127,14 @@ fn demo() -> Result<(), String> {
             r#"{"count":1,"needsReview":true,"user":"Ada"}"#,
             0,
         ),
+        // Plugins written in Python, JavaScript, C and Go, alone and in one chain.
+        ("text-stats", r#"{"text":"the quick brown fox\njumps"}"#, 0),
+        (
+            "polyglot",
+            r#"{"text":"the quick brown fox","amount":20,"country":"DE","schema":{"type":"object","required":["sku"]},"document":{"sku":"A-1"}}"#,
+            0,
+        ),
+        ("text-stats", r#"{"text":"x","fail":"on purpose"}"#, 1),
         ("validate-email", r#"{"email":"not-an-email"}"#, 1),
         ("spin", "{}", 1),
         ("escape", "{}", 0),
@@ -201,12 +209,13 @@ fn test() -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask bench [execute|reload|queue]` (all by default).
+/// `cargo xtask bench [execute|reload|queue|languages]` (all by default).
 fn bench(which: &[String]) -> Result<(), String> {
     let all = [
         "execute".to_string(),
         "reload".to_string(),
         "queue".to_string(),
+        "languages".to_string(),
     ];
     let benches = if which.is_empty() { &all[..] } else { which };
     for name in benches {

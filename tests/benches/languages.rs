@@ -1,0 +1,180 @@
+//! What each plugin language costs, measured in one run: component size, build time (a
+//! fresh `weir build` work folder; the compilers' own caches as they are), first-load
+//! compile time (no compile cache), cached load time (a second start on a warm cache), and
+//! the p50 of one execution of the language's example plugin — with the Rust `word-count`
+//! plugin as the baseline of the same run. Then the start of one runtime holding every
+//! language's plugin on a warm cache (the goal: ≤ 1 s).
+//!
+//! Run with `cargo xtask bench languages` (or `cargo bench -p weir-tests --bench languages`);
+//! `WEIR_BENCH_SAMPLES` sets the executions per plugin (default 300).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Case {
+    lang: &'static str,
+    plugin: &'static str,
+    /// The project folder under `plugins/`, when `weir build` builds it.
+    project: Option<&'static str>,
+    input: Value,
+}
+
+fn cases() -> Vec<Case> {
+    let text = "the quick brown fox jumps over the lazy dog\nand then it rests";
+    vec![
+        Case {
+            lang: "Rust",
+            plugin: "word-count",
+            project: None,
+            input: json!({"text": text}),
+        },
+        Case {
+            lang: "Python",
+            plugin: "text-stats",
+            project: Some("text-stats"),
+            input: json!({"text": text}),
+        },
+        Case {
+            lang: "JavaScript",
+            plugin: "validate-json",
+            project: Some("validate-json"),
+            input: json!({
+                "schema": {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}},
+                "document": {"id": 7}
+            }),
+        },
+        Case {
+            lang: "C",
+            plugin: "checksum",
+            project: Some("checksum"),
+            input: json!({"text": text}),
+        },
+        Case {
+            lang: "Go",
+            plugin: "pick-route",
+            project: Some("pick-route"),
+            input: json!({"amount": 20, "country": "DE"}),
+        },
+    ]
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Builds the project in a fresh work folder; returns the build time.
+fn build_time(project: &str) -> Duration {
+    let dir = repo_root().join("plugins").join(project);
+    let project = weir_devkit::Project::open(&dir).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let tools =
+        weir_devkit::Tools::with_paths(std::env::split_paths(env!("WEIR_TEST_TOOLS")).collect());
+    weir_devkit::build(&project, work.path(), &tools)
+        .unwrap()
+        .duration
+}
+
+/// Starts a runtime over `folder` with `cache` and returns it with the time the start took.
+async fn start(folder: &Path, cache: Option<PathBuf>) -> (weir::Runtime, Duration) {
+    let started = Instant::now();
+    let rt = weir::Runtime::builder()
+        .plugins_dir(folder)
+        .cache_dir(cache)
+        .build()
+        .await
+        .unwrap();
+    rt.start();
+    let took = started.elapsed();
+    (rt, took)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+#[tokio::main]
+async fn main() {
+    let samples: usize = std::env::var("WEIR_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let cache = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    let mut baseline_p50 = None;
+    for case in cases() {
+        let component = weir_tests::plugin_path(case.plugin);
+        let size = std::fs::metadata(&component).unwrap().len();
+        let build = case.project.map(build_time);
+        let folder = weir_tests::PluginFolder::with(&[case.plugin]);
+        // First load: nothing cached, the component is compiled.
+        let (rt, _) = start(folder.path(), None).await;
+        let compile = rt.plugin(case.plugin).unwrap().compile_time();
+        drop(rt);
+        // Fill the cache, then time a start that reads it.
+        drop(start(folder.path(), Some(cache.path().to_path_buf())).await);
+        let (rt, cached_start) = start(folder.path(), Some(cache.path().to_path_buf())).await;
+        assert!(rt.plugin(case.plugin).unwrap().compiled_from_cache());
+        let mut times = Vec::with_capacity(samples);
+        for _ in 0..samples.div_ceil(10) {
+            // Warm-up, so the first executions' page faults are not counted.
+            assert!(rt.run(case.plugin, case.input.clone()).await.unwrap().ok);
+        }
+        for _ in 0..samples {
+            let started = Instant::now();
+            let result = rt.run(case.plugin, case.input.clone()).await.unwrap();
+            times.push(started.elapsed());
+            assert!(result.ok, "{}: {result:?}", case.plugin);
+        }
+        times.sort();
+        let p50 = percentile(&times, 0.5);
+        let baseline = *baseline_p50.get_or_insert(p50);
+        rows.push(format!(
+            "| {} (`{}`) | {:.2} MiB | {} | {} | {} | {} ({:.1}×) | {} |",
+            case.lang,
+            case.plugin,
+            size as f64 / (1024.0 * 1024.0),
+            build.map_or_else(
+                || "cargo".to_string(),
+                |d| format!("{:.1} s", d.as_secs_f64())
+            ),
+            ms(compile),
+            ms(cached_start),
+            us(p50),
+            p50.as_secs_f64() / baseline.as_secs_f64(),
+            us(percentile(&times, 0.99)),
+        ));
+    }
+    let all = weir_tests::PluginFolder::with(&cases().iter().map(|c| c.plugin).collect::<Vec<_>>());
+    drop(start(all.path(), Some(cache.path().to_path_buf())).await);
+    let (_, all_start) = start(all.path(), Some(cache.path().to_path_buf())).await;
+
+    println!(
+        "{samples} executions per plugin after warm-up; p50 ratio against Rust in this run.\n"
+    );
+    println!(
+        "| language (plugin) | component | build | first load (compile) | cached start | execution p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!(
+        "\nStart of one runtime with all five plugins, compile cache warm: {}",
+        ms(all_start)
+    );
+}
