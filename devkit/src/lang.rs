@@ -172,7 +172,8 @@ fn build_rust(project: &Project, staged: &Path, tools: &Tools) -> Result<(), Bui
             output: String::new(),
         });
     }
-    // The last `.wasm` artifact of the package in this folder is the plugin.
+    // The last `.wasm` artifact of the package in this folder is the plugin. Cargo may
+    // spell the manifest's path differently (symbolic links): compare canonical paths.
     let manifest = std::fs::canonicalize(&manifest).unwrap_or(manifest);
     let wasm = String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -197,7 +198,9 @@ fn artifact_wasm(line: &str, manifest: &Path) -> Option<PathBuf> {
         filenames: Vec<PathBuf>,
     }
     let message: Message = serde_json::from_str(line).ok()?;
-    if message.reason != "compiler-artifact" || message.manifest_path.as_deref() != Some(manifest) {
+    let reported = message.manifest_path?;
+    let reported = std::fs::canonicalize(&reported).unwrap_or(reported);
+    if message.reason != "compiler-artifact" || reported != manifest {
         return None;
     }
     message
@@ -220,7 +223,7 @@ fn build_python(
     stage(&sdk_dir, "weir.py", PYTHON_SDK)?;
     // Staged, so that the bytecode componentize-py compiles lands here, not in the project.
     let src = work_dir.join("py");
-    copy_sources(&project.dir, &src, &["py"])?;
+    copy_sources(&project.dir, &src, &["py"], work_dir)?;
     let mut cmd = tool.command();
     cmd.arg("-d")
         .arg(&wit_dir)
@@ -245,7 +248,7 @@ fn build_js(
     crate::wit::write(&wit_dir)?;
     // componentize-js resolves `./weir.js` beside the entry file: stage both together.
     let src = work_dir.join("js");
-    copy_sources(&project.dir, &src, &["js", "mjs", "json"])?;
+    copy_sources(&project.dir, &src, &["js", "mjs", "json"], work_dir)?;
     write_if_changed(&src.join("weir.js"), JS_SDK.as_bytes())?;
     let mut cmd = tool.command();
     cmd.arg(src.join("app.js"))
@@ -259,9 +262,27 @@ fn build_js(
     run(cmd)
 }
 
-/// Copies the files with one of `extensions` from `from` into `to`, recursively, skipping
-/// dependency and build folders.
-fn copy_sources(from: &Path, to: &Path, extensions: &[&str]) -> Result<(), BuildError> {
+/// Copies the files with one of `extensions` from `from` into a fresh `to` (so no file the
+/// project no longer has lingers), recursively, skipping hidden, dependency and build
+/// folders, symbolic links and `work_dir`.
+fn copy_sources(
+    from: &Path,
+    to: &Path,
+    extensions: &[&str],
+    work_dir: &Path,
+) -> Result<(), BuildError> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(BuildError::io("cannot clear", to))?;
+    }
+    copy_tree(from, to, extensions, work_dir)
+}
+
+fn copy_tree(
+    from: &Path,
+    to: &Path,
+    extensions: &[&str],
+    work_dir: &Path,
+) -> Result<(), BuildError> {
     std::fs::create_dir_all(to).map_err(BuildError::io("cannot create", to))?;
     let entries = std::fs::read_dir(from).map_err(BuildError::io("cannot read", from))?;
     for entry in entries {
@@ -269,11 +290,18 @@ fn copy_sources(from: &Path, to: &Path, extensions: &[&str]) -> Result<(), Build
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || name == "node_modules" || name == "target" {
+        let kind = entry
+            .file_type()
+            .map_err(BuildError::io("cannot read", &path))?;
+        let skipped = name.starts_with('.')
+            || ["node_modules", "target", "__pycache__"].contains(&&*name)
+            || kind.is_symlink()
+            || path == work_dir;
+        if skipped {
             continue;
         }
-        if path.is_dir() {
-            copy_sources(&path, &to.join(&*name), extensions)?;
+        if kind.is_dir() {
+            copy_tree(&path, &to.join(&*name), extensions, work_dir)?;
         } else if path
             .extension()
             .is_some_and(|e| extensions.iter().any(|x| e == *x))

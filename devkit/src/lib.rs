@@ -5,7 +5,7 @@
 //! project from a template (`weir new`); [`build`] turns a project into one component file,
 //! `<name>.wasm`, in an output folder such as `plugins/` (`weir build`):
 //!
-//! | language | compiler (found on `PATH` or through an environment variable) | how |
+//! | language | compiler (its environment variable, else `--tools` folders, else `PATH`) | how |
 //! |---|---|---|
 //! | Rust | `cargo` with the `wasm32-wasip2` target | `weir-sdk`, a `cdylib` |
 //! | Python | `componentize-py` (`WEIR_COMPONENTIZE_PY`) | the `weir` module, bundled in |

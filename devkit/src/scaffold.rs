@@ -76,7 +76,12 @@ pub fn scaffold(
         });
     }
     let sdk = match &options.rust_sdk_path {
-        Some(path) => format!("{{ path = {:?} }}", path.display().to_string()),
+        // Cargo reads a relative path from the new project's folder: make it absolute.
+        Some(path) => {
+            let path = std::path::absolute(path).map_err(BuildError::io("cannot resolve", path))?;
+            let quoted = toml::Value::String(path.display().to_string()).to_string();
+            format!("{{ path = {quoted} }}")
+        }
         None => "\"0.1\"".to_string(),
     };
     let mut written = Vec::new();

@@ -6,8 +6,9 @@ use std::process::Command;
 
 use crate::BuildError;
 
-/// Where to look for tools. The default reads the environment; tests and `cargo xtask` add
-/// the folder their pinned tools were installed into.
+/// Where to look for tools: each tool's environment variable (e.g. `WEIR_GO`), then the
+/// extra folders (`weir build --tools DIR`; `cargo xtask` adds the pinned tools' folders),
+/// then `PATH`.
 #[derive(Clone, Debug, Default)]
 pub struct Tools {
     /// Extra folders searched before `PATH`, in order.
@@ -15,7 +16,7 @@ pub struct Tools {
 }
 
 /// A program found, with the leading arguments that make it the wanted tool
-/// (`zig` + `cc`, `python3` + `-m ziglang` + `cc`).
+/// (`zig` + `cc`, `python-zig` + `cc`).
 #[derive(Clone, Debug)]
 pub(crate) struct Tool {
     pub program: PathBuf,
@@ -32,9 +33,12 @@ impl Tool {
 }
 
 impl Tools {
-    /// Tools from `extra_paths`, then `PATH`.
+    /// Tools from `extra_paths`, then `PATH`. Relative folders are taken from the current
+    /// directory (tools run in folders of their own, so every path is made absolute).
     pub fn with_paths(extra_paths: Vec<PathBuf>) -> Tools {
-        Tools { extra_paths }
+        Tools {
+            extra_paths: extra_paths.into_iter().map(absolute).collect(),
+        }
     }
 
     /// The first executable called `name` in the extra folders, then on `PATH`.
@@ -54,15 +58,21 @@ impl Tools {
         if let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) {
             let value = value.to_string_lossy().into_owned();
             let mut words = value.split_whitespace();
-            let program = words.next()?;
+            let program = PathBuf::from(words.next()?);
+            // A bare name is looked up on PATH; a relative path is made absolute.
+            let program = if program.components().count() > 1 {
+                absolute(program)
+            } else {
+                program
+            };
             return Some(Tool {
-                program: PathBuf::from(program),
+                program,
                 args: words.map(OsString::from).collect(),
             });
         }
         names.iter().find_map(|name| {
             self.which(name).map(|program| Tool {
-                program,
+                program: absolute(program),
                 args: Vec::new(),
             })
         })
@@ -97,7 +107,7 @@ impl Tools {
                 args: vec!["cc".into()],
             });
         }
-        // `pip install ziglang` ships zig inside the Python package, run as `python -m ziglang`.
+        // `pip install ziglang` ships zig inside the Python package, with a `python-zig` script.
         if let Some(python_zig) = self.which("python-zig") {
             return Ok(Tool {
                 program: python_zig,
@@ -128,6 +138,10 @@ impl Tools {
             args: Vec::new(),
         }
     }
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -17,7 +17,9 @@
  *
  * The state is JSON text. `weir_json_get_string` reads a top-level string field and
  * `weir_state_with` returns the input object with one top-level field set (replacing it
- * if present), so a processor never has to parse or print JSON itself.
+ * if present), so a processor never has to parse or print JSON itself. Both expect the
+ * valid JSON the host sends and field names without escapes. A value given to
+ * `weir_state_with` must itself be valid JSON: escape what you embed in a string.
  */
 #ifndef WEIR_H
 #define WEIR_H
@@ -134,7 +136,8 @@ static inline bool weir__find(const weir_json_t *json, const char *key, size_t *
         size_t member = i;
         size_t kend = weir__skip_string(s, n, i);
         if (kend == 0) return false;
-        /* Keys with escapes never match: field names in weir states are plain. */
+        /* A key written with escapes never matches (weir_state_with would then add the
+         * field again): use plain ASCII names for the fields you read and set. */
         bool match = kend - i - 2 == klen && memcmp(s + i + 1, key, klen) == 0;
         i = weir__ws(s, n, kend);
         if (i >= n || s[i] != ':') return false;
@@ -150,6 +153,12 @@ static inline bool weir__find(const weir_json_t *json, const char *key, size_t *
         i = weir__ws(s, n, vend);
         if (i < n && s[i] == ',') i++;
     }
+}
+
+/* Whether the object `json` has the top-level field `key` (of any type, null included). */
+static inline bool weir_json_has(const weir_json_t *json, const char *key) {
+    size_t start, end;
+    return weir__find(json, key, &start, &end, NULL);
 }
 
 static inline void weir__utf8(char *out, size_t *o, uint32_t c) {
@@ -217,6 +226,8 @@ static inline char *weir_json_get_string(const weir_json_t *json, const char *ke
                     i += 6;
                 }
             }
+            /* A surrogate without its pair is not a character: U+FFFD stands for it. */
+            if (c >= 0xD800 && c < 0xE000) c = 0xFFFD;
             weir__utf8(out, &o, c);
             break;
         }

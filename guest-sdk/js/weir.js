@@ -15,7 +15,10 @@
 //
 // By default the returned object is merged into the input state (each top-level key
 // replaces the input's); pass `output: 'replace'` to make it the whole new state. The host
-// owns the state's `metadata` and overwrites it.
+// owns the state's `metadata` and overwrites it. The state goes through JSON.parse, so, as
+// anywhere in JavaScript, integers beyond 2^53 lose precision (even in fields the
+// processor does not touch); keep such values in strings. The processor must be
+// synchronous: a returned Promise is an error.
 //
 // Errors: throw `new ProcessorError(kind, message, { code, retryable, details })` for a typed
 // failure (`validation`, `business` and `notFound` build the common ones). Anything else
@@ -54,12 +57,18 @@ export class ProcessorError extends Error {
 
   /** The contract's `processor-error` record. */
   toWit() {
+    let details;
+    try {
+      details = this.details === undefined ? undefined : JSON.stringify(this.details);
+    } catch (e) {
+      details = JSON.stringify({ unserialisable: String(e) });
+    }
     return {
       kind: this.kind,
       code: this.code,
-      message: this.message,
-      retryable: this.retryable,
-      details: this.details === undefined ? undefined : JSON.stringify(this.details),
+      message: String(this.message),
+      retryable: Boolean(this.retryable),
+      details,
     };
   }
 }
@@ -102,7 +111,8 @@ export class Context {
     this.processor = wit.processor;
     this.attempt = wit.attempt;
     this.callDepth = wit.callDepth;
-    this.deadlineUnixMs = wit.deadlineUnixMs;
+    // A u64 arrives as a BigInt; milliseconds since 1970 fit a Number exactly.
+    this.deadlineUnixMs = Number(wit.deadlineUnixMs);
   }
 
   /** Writes a log line; `level` is one of trace, debug, info, warn, error. */
@@ -154,8 +164,8 @@ export class Context {
 }
 
 function executionError(e) {
-  const name = e && e.name ? e.name : typeof e;
-  const text = e && e.message !== undefined ? e.message : String(e);
+  const name = e && e.name ? String(e.name) : typeof e;
+  const text = e && e.message !== undefined ? String(e.message) : String(e);
   return {
     kind: Kind.EXECUTION,
     code: 'js-exception',
@@ -163,6 +173,10 @@ function executionError(e) {
     retryable: false,
     details: JSON.stringify({ exception: name, stack: e && e.stack ? String(e.stack) : undefined }),
   };
+}
+
+function invalidOutput(message) {
+  return new ProcessorError(Kind.EXECUTION, message, { code: 'invalid-output' }).toWit();
 }
 
 /**
@@ -209,11 +223,16 @@ export function processor(meta, fn) {
         throw e instanceof ProcessorError ? e.toWit() : executionError(e);
       }
       if (result === null || typeof result !== 'object' || Array.isArray(result)) {
-        throw new ProcessorError(Kind.EXECUTION, 'the processor returned something other than an object', {
-          code: 'invalid-output',
-        }).toWit();
+        throw invalidOutput('the processor returned something other than an object');
       }
-      return JSON.stringify(output === 'merge' ? Object.assign(state, result) : result);
+      if (typeof result.then === 'function') {
+        throw invalidOutput('the processor returned a Promise: processors must be synchronous');
+      }
+      try {
+        return JSON.stringify(output === 'merge' ? Object.assign(state, result) : result);
+      } catch (e) {
+        throw invalidOutput(`the output cannot be encoded as JSON: ${e.message}`);
+      }
     },
   };
 }

@@ -55,8 +55,9 @@ class ProcessorError(Exception):
         self.details = details
 
     def to_wit(self):
-        details = None if self.details is None else json.dumps(self.details)
-        return types.ProcessorError(self.kind, self.code, self.message, self.retryable, details)
+        details = None if self.details is None else json.dumps(self.details, allow_nan=False)
+        code = None if self.code is None else str(self.code)
+        return types.ProcessorError(self.kind, code, str(self.message), bool(self.retryable), details)
 
 
 def validation(message, code=None, details=None):
@@ -175,6 +176,17 @@ def processor(name, version="0.1.0", description="", timeout_ms=None, memory_byt
     return register
 
 
+def _typed_error(exc):
+    """The contract's record for a ProcessorError; one that cannot be encoded (a kind that is
+    not an ErrorKind, details that are not JSON) becomes an execution error saying so."""
+    try:
+        if not isinstance(exc.kind, types.ErrorKind):
+            raise TypeError(f"kind must be a weir error kind (e.g. weir.VALIDATION), not {exc.kind!r}")
+        return exc.to_wit()
+    except Exception as bad:
+        return _execution_error(bad)
+
+
 def _execution_error(exc):
     message = f"{type(exc).__name__}: {exc}"
     details = json.dumps({"exception": type(exc).__name__, "traceback": traceback.format_exc()})
@@ -208,8 +220,14 @@ class Handler(exports.Handler):
             if output == "merge":
                 data.update(result)
                 result = data
-            return json.dumps(result)
+            try:
+                return json.dumps(result, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ProcessorError(
+                    EXECUTION, f"the output cannot be encoded as JSON: {exc}", code="invalid-output"
+                ) from None
         except ProcessorError as exc:
-            raise Err(exc.to_wit()) from None
+            error = _typed_error(exc)
         except Exception as exc:  # any other failure is the processor's bug: report it typed
-            raise Err(_execution_error(exc)) from None
+            error = _execution_error(exc)
+        raise Err(error)

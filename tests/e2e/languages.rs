@@ -108,7 +108,25 @@ async fn javascript_validate_json_lists_every_violation() {
 }
 
 #[tokio::test]
-async fn a_javascript_typed_error_and_a_thrown_exception_are_typed() {
+async fn a_javascript_exception_is_an_execution_error_with_its_name_and_message() {
+    // `required` that is not a list makes the plugin's own code throw a TypeError.
+    let result = run(
+        "validate-json",
+        json!({"schema": {"required": 5}, "document": {}}),
+    )
+    .await;
+    let error = result.error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::Execution);
+    assert_eq!(error.code.as_deref(), Some("js-exception"));
+    assert!(
+        error.message.starts_with("TypeError: "),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test]
+async fn a_javascript_typed_error_keeps_its_kind_and_code() {
     let result = run(
         "validate-json",
         json!({"schema": {"type": "objet"}, "document": 1}),
@@ -143,6 +161,21 @@ async fn c_checksum_computes_the_crc32_of_the_text() {
         assert_eq!(result.state["text"], text);
         assert_eq!(result.state["n"], 1);
     }
+    // The field is found at the top level only, and replaced wherever it sits (the host
+    // sends keys sorted: here `crc32` is a middle member), with decoys nested and in strings.
+    let input = json!({
+        "a": {"text": "nested decoy", "crc32": "nested"},
+        "b": "\"text\":\"in a string\",\"crc32\":1",
+        "crc32": "old",
+        "list": [{"text": "in a list"}],
+        "text": "real"
+    });
+    let result = run("checksum", input.clone()).await;
+    assert!(result.ok, "{result:?}");
+    assert_eq!(result.state["crc32"], crc32(b"real"));
+    for key in ["a", "b", "list", "text"] {
+        assert_eq!(result.state[key], input[key], "{key} is kept as it was");
+    }
     let result = run("checksum", json!({"nope": true})).await;
     let error = result.error.expect("an error");
     assert_eq!(error.kind, ErrorKind::Validation);
@@ -161,6 +194,13 @@ async fn go_pick_route_chooses_a_route_and_reads_its_operator_setting() {
         assert!(result.ok, "{result:?}");
         assert_eq!(result.state["route"], route, "{input}");
     }
+    // Fields the Go processor does not touch keep their exact JSON, beyond float64 too.
+    let result = run(
+        "pick-route",
+        json!({"amount": 1, "big": 9_007_199_254_740_993_u64}),
+    )
+    .await;
+    assert_eq!(result.state["big"], 9_007_199_254_740_993_u64, "{result:?}");
     let result = run("pick-route", json!({"amount": "lots"})).await;
     assert_eq!(
         result.error.expect("an error").code.as_deref(),
@@ -364,6 +404,17 @@ fn weir_new_then_weir_build_makes_a_working_plugin_in_every_language() {
         );
         let doc: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(doc["state"]["greeting"], "Hello, Ada!", "{lang}: {doc}");
+        // Every template refuses a blank name with the same typed error.
+        let output = Command::new(weir_bin())
+            .current_dir(dir.path())
+            .args(["run", &name, "--plugins", "plugins", "--log-format", "off"])
+            .args(["--input", r#"{"name":"  "}"#])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{lang}");
+        let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(doc["error"]["kind"], "validation", "{lang}: {doc}");
+        assert_eq!(doc["error"]["code"], "blank-name", "{lang}: {doc}");
     }
 }
 

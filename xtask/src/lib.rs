@@ -246,9 +246,17 @@ fn tools_pins() -> String {
         .collect()
 }
 
-/// Whether the tools folder holds exactly the pinned tools.
+/// Whether the tools folder holds exactly the pinned tools, and they are all there.
 pub fn tools_installed() -> bool {
+    let dir = tools_dir();
+    let executables = [
+        dir.join("py/bin/componentize-py"),
+        dir.join("py/bin/python-zig"),
+        dir.join("py/bin/go"),
+        dir.join("js/node_modules/.bin/componentize-js"),
+    ];
     std::fs::read_to_string(tools_stamp()).is_ok_and(|s| s == tools_pins())
+        && executables.iter().all(|e| e.is_file())
 }
 
 /// Installs the pinned tools into [`tools_dir`] unless they are there already: a Python
@@ -276,7 +284,9 @@ pub fn install_tools() -> Result<(), String> {
         }
     };
     status(
-        Command::new(&python).args(["-m", "venv"]).arg(&venv),
+        Command::new(&python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
         &format!("`{python} -m venv` (install python3 with its venv module)"),
     )?;
     status(

@@ -20,9 +20,13 @@ func limit(value uint64) witTypes.Option[uint64] {
 // Describe returns the registered processor's metadata.
 func Describe() ProcessorMetadata {
 	meta, _ := weir.Registered()
+	version := meta.Version
+	if version == "" {
+		version = "0.1.0"
+	}
 	return ProcessorMetadata{
 		Name:        meta.Name,
-		Version:     meta.Version,
+		Version:     version,
 		Description: meta.Description,
 		Limits: Limits{
 			TimeoutMs:   limit(meta.TimeoutMs),
@@ -54,6 +58,12 @@ func Process(state string, context ExecutionContext) (result witTypes.Result[str
 	if err := json.Unmarshal([]byte(state), &input); err != nil {
 		return fail(weir.Validation("invalid-json", "the state is not a JSON object: "+err.Error()))
 	}
+	// The merge works on the input's own JSON text, so fields the processor leaves alone
+	// keep their exact value (a float64 round trip would round integers above 2^53).
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(state), &raw); err != nil {
+		return fail(weir.Validation("invalid-json", "the state is not a JSON object: "+err.Error()))
+	}
 	ctx := &weir.Context{
 		ExecutionID:    context.ExecutionId,
 		Tenant:         context.Tenant,
@@ -67,16 +77,26 @@ func Process(state string, context ExecutionContext) (result witTypes.Result[str
 	if err != nil {
 		return fail(err)
 	}
-	if output == nil {
-		output = weir.State{}
-	}
-	if !meta.Replace {
+	var text []byte
+	switch {
+	case output == nil:
+		// No changes: the input as it came.
+		text = []byte(state)
+	case meta.Replace:
+		text, err = json.Marshal(output)
+	default:
 		for key, value := range output {
-			input[key] = value
+			encoded, encodeErr := json.Marshal(value)
+			if encodeErr != nil {
+				err = encodeErr
+				break
+			}
+			raw[key] = encoded
 		}
-		output = input
+		if err == nil {
+			text, err = json.Marshal(raw)
+		}
 	}
-	text, err := json.Marshal(output)
 	if err != nil {
 		return fail(&weir.Error{Kind: weir.KindExecution, Code: "invalid-output", Message: "the output cannot be encoded as JSON: " + err.Error()})
 	}

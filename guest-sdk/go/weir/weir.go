@@ -19,7 +19,9 @@
 //	}
 //
 // By default the returned state is merged into the input (each top-level key replaces the
-// input's); set Meta.Replace to make it the whole new state. The host owns `metadata`.
+// input's; the other fields keep their exact JSON); set Meta.Replace to make it the whole
+// new state. Returning a nil state keeps the input unchanged. The host owns `metadata`.
+// Numbers arrive as float64, as encoding/json decodes them.
 //
 // Errors: return a *weir.Error for a typed failure (Validation, Business and NotFound build
 // the common ones). Any other error becomes an `execution` error with its text, and a panic
@@ -28,6 +30,7 @@ package weir
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
@@ -89,7 +92,8 @@ func NotFound(code, message string) *Error {
 // Meta is what the processor says about itself.
 type Meta struct {
 	// Name must equal the plugin's file stem.
-	Name        string
+	Name string
+	// Version is the processor's semver; empty means "0.1.0".
 	Version     string
 	Description string
 	// Default limits; zero means "the host's default".
@@ -217,12 +221,15 @@ func FromWit(e weir_processor_types.ProcessorError) *Error {
 	return out
 }
 
-// ToWit turns any error into the contract's processor-error: an *Error keeps its kind,
-// anything else is an execution error with its text.
+// ToWit turns any error into the contract's processor-error: an *Error (also when
+// wrapped, as errors.As finds it) keeps its kind; anything else is an execution error
+// with its text.
 func ToWit(err error) weir_processor_types.ProcessorError {
-	e, ok := err.(*Error)
-	if !ok {
+	var e *Error
+	if !errors.As(err, &e) {
 		e = &Error{Kind: KindExecution, Code: "go-error", Message: err.Error()}
+	} else if e == nil {
+		e = &Error{Kind: KindExecution, Code: "go-error", Message: "the processor returned a nil *weir.Error"}
 	}
 	out := weir_processor_types.ProcessorError{
 		Kind:      e.Kind,
