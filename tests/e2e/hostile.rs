@@ -269,3 +269,38 @@ async fn hostile_plugins_are_contained_while_other_executions_keep_succeeding() 
     }
     assert!(flood.await.expect("the flood finished").ok);
 }
+
+#[tokio::test]
+async fn a_fresh_sandbox_never_sees_what_an_earlier_execution_left_in_its_memory() {
+    let folder = PluginFolder::with(&["secret-keeper"]);
+    let rt = runtime(folder.path()).await;
+    // Many executions, some at once, so pool slots are reused while others are in use.
+    for round in 0..10 {
+        let mut runs = tokio::task::JoinSet::new();
+        for i in 0..4 {
+            let rt = rt.clone();
+            runs.spawn(async move {
+                let secret = format!("s{round:03}x{i:03}");
+                let result = rt
+                    .run("secret-keeper", json!({ "secret": secret }))
+                    .await
+                    .unwrap();
+                assert!(result.ok, "{result:?}");
+                result.state
+            });
+        }
+        for report in runs.join_all().await {
+            assert_eq!(
+                report["foundOwn"], true,
+                "the scan must see this execution's own secret"
+            );
+            assert_eq!(
+                report["found"],
+                json!([]),
+                "a secret of another execution survived"
+            );
+            assert_eq!(report["staticWasSet"], false, "a static survived");
+            assert!(report["scannedBytes"].as_u64().unwrap() >= 1 << 20);
+        }
+    }
+}
