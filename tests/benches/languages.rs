@@ -2,7 +2,10 @@
 //! fresh `weir build` work folder; the compilers' own caches as they are), first-load
 //! compile time (no compile cache), cached load time (a second start on a warm cache), and
 //! the p50 of one execution of the language's example plugin — with the Rust `word-count`
-//! plugin as the baseline of the same run. Then the start of one runtime holding every
+//! plugin as the baseline of the same run — and the resident memory a loaded plugin adds
+//! (the growth of this process's RSS across a cached start that loads it: compiled code
+//! mapped in, the pre-instantiated component; an approximation, as the allocator may keep
+//! freed memory). Then the start of one runtime holding every
 //! language's plugin on a warm cache (the goal: ≤ 1 s).
 //!
 //! Run with `cargo xtask bench languages` (or `cargo bench -p weir-tests --bench languages`);
@@ -95,6 +98,17 @@ async fn start(folder: &Path, cache: Option<PathBuf>) -> (weir::Runtime, Duratio
     (rt, took)
 }
 
+/// This process's resident set size, in bytes (Linux).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -127,7 +141,9 @@ async fn main() {
         drop(rt);
         // Fill the cache, then time a start that reads it.
         drop(start(folder.path(), Some(cache.path().to_path_buf())).await);
+        let rss_before = rss_bytes();
         let (rt, cached_start) = start(folder.path(), Some(cache.path().to_path_buf())).await;
+        let rss_loaded = rss_bytes().saturating_sub(rss_before);
         assert!(rt.plugin(case.plugin).unwrap().compiled_from_cache());
         let mut times = Vec::with_capacity(samples);
         for _ in 0..samples.div_ceil(10) {
@@ -144,7 +160,7 @@ async fn main() {
         let p50 = percentile(&times, 0.5);
         let baseline = *baseline_p50.get_or_insert(p50);
         rows.push(format!(
-            "| {} (`{}`) | {:.2} MiB | {} | {} | {} | {} ({:.1}×) | {} |",
+            "| {} (`{}`) | {:.2} MiB | {} | {} | {} | {:.1} MiB | {} ({:.1}×) | {} |",
             case.lang,
             case.plugin,
             size as f64 / (1024.0 * 1024.0),
@@ -154,6 +170,7 @@ async fn main() {
             ),
             ms(compile),
             ms(cached_start),
+            rss_loaded as f64 / (1024.0 * 1024.0),
             us(p50),
             p50.as_secs_f64() / baseline.as_secs_f64(),
             us(percentile(&times, 0.99)),
@@ -167,9 +184,9 @@ async fn main() {
         "{samples} executions per plugin after warm-up; p50 ratio against Rust in this run.\n"
     );
     println!(
-        "| language (plugin) | component | build | first load (compile) | cached start | execution p50 | p99 |"
+        "| language (plugin) | component | build | first load (compile) | cached start | RSS loaded | execution p50 | p99 |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }
