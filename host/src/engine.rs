@@ -6,6 +6,9 @@
 //!   the reservation (a low `ulimit -v`, a container without overcommit), the engine falls
 //!   back to on-demand allocation and says so in a warning; behaviour is the same, only
 //!   slower.
+//! - **Keep-resident memory**: the first bytes of each pooled memory are zeroed in place
+//!   between sandboxes rather than unmapped, which keeps concurrent executions from
+//!   interrupting each other's cores (see [`EngineConfig::keep_resident_bytes`]).
 //! - **Epoch interruption** with a ticker thread (stopped when the engine drops) so a
 //!   CPU-bound guest is stopped at its deadline and yields to the async runtime on every
 //!   tick; **fuel** as a deterministic compute budget on top.
@@ -37,6 +40,14 @@ pub struct EngineConfig {
     pub max_wasm_stack: usize,
     /// Where compiled components are cached; `None` disables the cache.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Bytes at the start of each pooled linear memory that stay mapped between sandboxes
+    /// and are zeroed with `memset` instead of being handed back to the kernel (`madvise`).
+    /// Isolation is the same either way (the next sandbox sees zeroes); what changes is
+    /// cost: `madvise` on one thread interrupts every other core running a guest to flush
+    /// its TLB, and the next guest page-faults its memory back in. The default covers a
+    /// small guest's stack and first heap pages; each pool slot that has been used keeps up
+    /// to this much resident memory. 0 turns it off.
+    pub keep_resident_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +59,7 @@ impl Default for EngineConfig {
             epoch_tick: Duration::from_millis(10),
             max_wasm_stack: 512 << 10,
             cache_dir: CompileCache::default_dir(),
+            keep_resident_bytes: KEEP_RESIDENT_BYTES,
         }
     }
 }
@@ -199,6 +211,8 @@ fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
             .max_memories_per_component(8)
             .max_tables_per_component(32)
             .max_memory_size(config.max_memory_bytes as usize)
+            .linear_memory_keep_resident(config.keep_resident_bytes)
+            .table_keep_resident(config.keep_resident_bytes.min(64 << 10))
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(4 << 20)
             .table_elements(100_000);
@@ -206,6 +220,12 @@ fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
     }
     c
 }
+
+/// The default of [`EngineConfig::keep_resident_bytes`]: 2.25 MiB, just past a Rust
+/// guest's 1 MiB stack, its data and its first heap pages. Measured with `cargo xtask bench
+/// execute`: 64 executions in flight on 2 cores went from 0.5× to 1.9× the throughput of 1
+/// in flight.
+const KEEP_RESIDENT_BYTES: usize = (2 << 20) + (256 << 10);
 
 /// A thread that advances the engine's epoch every tick until it is dropped.
 struct EpochTicker {

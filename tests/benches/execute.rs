@@ -8,7 +8,8 @@
 //!    reference;
 //!
 //! and, in a second phase, two workflows of the same processor as ratios to one weir
-//! execution: a **chain of 10** and a **parallel of 3**.
+//! execution: a **chain of 10** and a **parallel of 3**; in a third, **throughput** on the
+//! two-worker runtime with 64 executions in flight against 1 in flight.
 //!
 //! The three are interleaved sample by sample, so a burst of load hits all of them alike.
 //! Run with `cargo xtask bench` (or `cargo bench -p weir-tests --bench execute`);
@@ -303,7 +304,24 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
             }
         }
     }
+    // Throughput: the same number of executions with 1 and with 64 in flight, alternated
+    // twice so a burst of load hits both alike.
+    let total = samples.max(640);
+    let mut rates = [0.0f64; 2];
+    if runs("throughput") {
+        for _ in 0..2 {
+            for (slot, in_flight) in [(0, 1), (1, 64)] {
+                rates[slot] += throughput(&weir, multi, in_flight, total, &input).await / 2.0;
+            }
+        }
+    }
     if only.is_some() {
+        if rates[0] > 0.0 {
+            println!(
+                "throughput: {:.0}/s with 1 in flight, {:.0}/s with 64",
+                rates[0], rates[1]
+            );
+        }
         for s in [
             &weir_samples,
             &same_samples,
@@ -359,4 +377,43 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
             s.percentile(0.5) / single
         );
     }
+    println!();
+    println!("| executions in flight (2 worker threads) | executions/s | ÷ 1 in flight |");
+    println!("|---|---:|---:|");
+    for (in_flight, rate) in [(1, rates[0]), (64, rates[1])] {
+        println!("| {in_flight} | {rate:.0} | {:.2}× |", rate / rates[0]);
+    }
+}
+
+/// Executions per second of `increment` with `in_flight` running at once on `multi`
+/// (`total` executions in all).
+async fn throughput(
+    weir: &::weir::Runtime,
+    multi: &tokio::runtime::Runtime,
+    in_flight: usize,
+    total: usize,
+    input: &serde_json::Value,
+) -> f64 {
+    let weir = weir.clone();
+    let input = input.clone();
+    multi
+        .spawn(async move {
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for task in 0..in_flight {
+                let weir = weir.clone();
+                let input = input.clone();
+                let runs = total / in_flight + usize::from(task < total % in_flight);
+                tasks.spawn(async move {
+                    for _ in 0..runs {
+                        let result = weir.run("increment", input.clone()).await.unwrap();
+                        assert!(result.ok, "{:?}", result.error);
+                    }
+                });
+            }
+            tasks.join_all().await;
+            total as f64 / started.elapsed().as_secs_f64()
+        })
+        .await
+        .expect("the throughput run ran")
 }

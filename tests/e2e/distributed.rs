@@ -114,7 +114,26 @@ fn comparable(result: &weir::ExecutionResult) -> Value {
         document["execution"].as_object_mut().unwrap().remove(field);
     }
     forget_times(&mut document);
+    forget_sibling_races(&mut document);
     document
+}
+
+/// When a parallel branch fails, whether each sibling finished first or was cancelled by the
+/// failure is a race in either runtime: both outcomes compare equal.
+fn forget_sibling_races(document: &mut Value) {
+    let Some(branches) = document
+        .pointer_mut("/error/details/branches")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for branch in branches {
+        let raced = branch["ok"] == true || branch["code"] == "cancelled-by-sibling";
+        if raced {
+            *branch =
+                json!({ "branch": branch["branch"].clone(), "outcome": "finished-or-cancelled" });
+        }
+    }
 }
 
 /// Removes every state's timestamps, however deep.
