@@ -46,7 +46,9 @@ pub struct EngineConfig {
     /// cost: `madvise` on one thread interrupts every other core running a guest to flush
     /// its TLB, and the next guest page-faults its memory back in. The default covers a
     /// small guest's stack and first heap pages; each pool slot that has been used keeps up
-    /// to this much resident memory. 0 turns it off.
+    /// to this much resident memory for good (measured: 1.33 MiB per sandbox, 1.3 GiB after
+    /// 1000 sandboxes were alive at once), so RSS is bounded by `max_instances` times this.
+    /// 0 turns it off (measured: 0.04 MiB per sandbox waiting in a host call).
     pub keep_resident_bytes: usize,
 }
 
