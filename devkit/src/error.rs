@@ -23,15 +23,13 @@ pub enum BuildError {
         /// How to install it, or which environment variable points at it.
         hint: &'static str,
     },
-    /// A tool ran and failed; its own output was shown above.
-    #[error("{command} failed ({status}){output}")]
+    /// A tool ran and failed; its own output was shown above (on stderr).
+    #[error("{command} failed ({status})")]
     ToolFailed {
         /// The command line that failed.
         command: String,
         /// How it ended.
         status: String,
-        /// Its captured output, when it was captured (prefixed with a newline).
-        output: String,
     },
     /// Generating bindings or packaging the component failed.
     #[error("cannot package {name}: {reason}")]

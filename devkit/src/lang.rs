@@ -78,7 +78,7 @@ pub fn install(built: &Built, out_dir: &Path) -> Result<PathBuf, BuildError> {
 
 /// Writes `bytes` to `path` unless it already holds them, through a rename so that a reader
 /// (a watching weir) never sees half a file.
-pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
@@ -97,25 +97,30 @@ pub(crate) fn stage(dir: &Path, file: &str, text: &str) -> Result<(), BuildError
 
 /// Runs `cmd`, all its output going to the caller's stderr (stdout is for results); fails
 /// with the command line.
-pub(crate) fn run(mut cmd: Command) -> Result<(), BuildError> {
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(std::io::stderr())
-        .status()
-        .map_err(|e| BuildError::ToolFailed {
-            command: describe(&cmd),
-            status: format!("it could not start: {e}"),
-            output: String::new(),
-        })?;
-    if status.success() {
-        Ok(())
+pub(crate) fn run(cmd: Command) -> Result<(), BuildError> {
+    run_for_output(cmd, false).map(drop)
+}
+
+/// Runs `cmd` with its stderr going to the caller's; returns its stdout when `capture`,
+/// else sends that to stderr too. Fails with the command line.
+fn run_for_output(mut cmd: Command, capture: bool) -> Result<Vec<u8>, BuildError> {
+    cmd.stdin(Stdio::null()).stderr(Stdio::inherit());
+    if capture {
+        cmd.stdout(Stdio::piped());
     } else {
-        Err(BuildError::ToolFailed {
-            command: describe(&cmd),
-            status: status.to_string(),
-            output: String::new(),
-        })
+        cmd.stdout(std::io::stderr());
     }
+    let failed = |cmd: &Command, status: String| BuildError::ToolFailed {
+        command: describe(cmd),
+        status,
+    };
+    let output = cmd
+        .output()
+        .map_err(|e| failed(&cmd, format!("it could not start: {e}")))?;
+    if !output.status.success() {
+        return Err(failed(&cmd, output.status.to_string()));
+    }
+    Ok(output.stdout)
 }
 
 fn describe(cmd: &Command) -> String {
@@ -148,9 +153,7 @@ fn build_rust(project: &Project, staged: &Path, tools: &Tools) -> Result<(), Bui
     cmd.args(["build", "--release", "--target", "wasm32-wasip2"])
         .arg("--manifest-path")
         .arg(&manifest)
-        .arg("--message-format=json-render-diagnostics")
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null());
+        .arg("--message-format=json-render-diagnostics");
     // A build script's cargo settings would leak into the nested build.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
@@ -160,22 +163,11 @@ fn build_rust(project: &Project, staged: &Path, tools: &Tools) -> Result<(), Bui
     ] {
         cmd.env_remove(var);
     }
-    let output = cmd.output().map_err(|e| BuildError::ToolFailed {
-        command: describe(&cmd),
-        status: format!("it could not start: {e}"),
-        output: String::new(),
-    })?;
-    if !output.status.success() {
-        return Err(BuildError::ToolFailed {
-            command: describe(&cmd),
-            status: output.status.to_string(),
-            output: String::new(),
-        });
-    }
+    let stdout = run_for_output(cmd, true)?;
     // The last `.wasm` artifact of the package in this folder is the plugin. Cargo may
     // spell the manifest's path differently (symbolic links): compare canonical paths.
     let manifest = std::fs::canonicalize(&manifest).unwrap_or(manifest);
-    let wasm = String::from_utf8_lossy(&output.stdout)
+    let wasm = String::from_utf8_lossy(&stdout)
         .lines()
         .filter_map(|line| artifact_wasm(line, &manifest))
         .next_back()

@@ -27,7 +27,7 @@ mod tools;
 mod wit;
 
 pub use error::BuildError;
-pub use lang::{Built, build, install};
+pub use lang::{Built, build, install, write_if_changed};
 pub use project::{Lang, PROJECT_FILE, Project};
 pub use scaffold::{ScaffoldOptions, scaffold};
 pub use tools::Tools;

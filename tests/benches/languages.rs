@@ -98,17 +98,6 @@ async fn start(folder: &Path, cache: Option<PathBuf>) -> (weir::Runtime, Duratio
     (rt, took)
 }
 
-/// This process's resident set size, in bytes (Linux).
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -141,9 +130,9 @@ async fn main() {
         drop(rt);
         // Fill the cache, then time a start that reads it.
         drop(start(folder.path(), Some(cache.path().to_path_buf())).await);
-        let rss_before = rss_bytes();
+        let rss_before = weir_tests::rss_bytes();
         let (rt, cached_start) = start(folder.path(), Some(cache.path().to_path_buf())).await;
-        let rss_loaded = rss_bytes().saturating_sub(rss_before);
+        let rss_loaded = weir_tests::rss_bytes().saturating_sub(rss_before);
         assert!(rt.plugin(case.plugin).unwrap().compiled_from_cache());
         let mut times = Vec::with_capacity(samples);
         for _ in 0..samples.div_ceil(10) {

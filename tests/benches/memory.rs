@@ -12,15 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-/// This process's resident set size, in MiB (Linux).
+/// This process's resident set size, in MiB.
 fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0.0);
-    pages * 4096.0 / (1024.0 * 1024.0)
+    weir_tests::rss_bytes() as f64 / (1024.0 * 1024.0)
 }
 
 struct Figures {

@@ -1,13 +1,8 @@
 //! Each example plugin gives its expected state.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use weir::ErrorKind;
-use weir_tests::{PluginFolder, runtime};
-
-async fn run(name: &str, input: Value) -> weir::ExecutionResult {
-    let folder = PluginFolder::with(&[name]);
-    runtime(folder.path()).await.run(name, input).await.unwrap()
-}
+use weir_tests::{PluginFolder, run_alone as run, runtime};
 
 #[tokio::test]
 async fn hello_greets_the_user_and_keeps_the_rest_of_the_state() {

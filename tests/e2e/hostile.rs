@@ -3,17 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use weir::{ErrorKind, ExecutionRequest, ExecutionResult, Limits, codes};
-use weir_tests::{PluginFolder, runtime, runtime_with_all_plugins};
+use weir_tests::{PluginFolder, run_alone as run, runtime, runtime_with_all_plugins};
 
 /// Generous slack for a loaded 2-core machine: the tight figures belong in the benchmark.
 const MARGIN: Duration = Duration::from_secs(3);
-
-async fn run(name: &str, input: Value) -> ExecutionResult {
-    let folder = PluginFolder::with(&[name]);
-    runtime(folder.path()).await.run(name, input).await.unwrap()
-}
 
 fn error_of(result: &ExecutionResult) -> &weir::ExecutionError {
     result

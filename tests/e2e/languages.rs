@@ -7,12 +7,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use weir::{ErrorKind, Workflow};
-use weir_tests::{PluginFolder, runtime, weir_bin};
-
-async fn run(name: &str, input: Value) -> weir::ExecutionResult {
-    let folder = PluginFolder::with(&[name]);
-    runtime(folder.path()).await.run(name, input).await.unwrap()
-}
+use weir_tests::{PluginFolder, run_alone as run, runtime, weir_bin};
 
 /// CRC-32 (IEEE, as zlib computes it), to check the C plugin against.
 fn crc32(bytes: &[u8]) -> String {

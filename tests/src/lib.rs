@@ -125,6 +125,27 @@ pub async fn next_event(
         .expect("the awaited event came within 30 s")
 }
 
+/// Runs processor `name` once on `input`, on a runtime over a folder holding only it.
+pub async fn run_alone(name: &str, input: serde_json::Value) -> weir::ExecutionResult {
+    let folder = PluginFolder::with(&[name]);
+    runtime(folder.path())
+        .await
+        .run(name, input)
+        .await
+        .expect("the runtime accepts the request")
+}
+
+/// This process's resident set size in bytes (Linux; 0 where `/proc` is missing).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
 /// A runtime over every built plugin.
 pub async fn runtime_with_all_plugins() -> weir::Runtime {
     runtime(plugins_dir()).await

@@ -112,16 +112,10 @@ pub fn build_plugins(target_dir: &Path, out_dir: &Path) -> Result<Built, String>
 }
 
 /// Copies `from` to `to` unless `to` already has the same bytes, so that a watcher of the
-/// destination sees changes only for plugins that changed.
+/// destination sees changes only for plugins that changed (atomically, as `weir build` does).
 fn copy_if_changed(from: &Path, to: &Path) -> Result<(), String> {
-    let new = std::fs::read(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-    if std::fs::read(to).is_ok_and(|old| old == new) {
-        return Ok(());
-    }
-    // Write beside the destination and rename, so a reader never sees half a file.
-    let tmp = to.with_extension("wasm.tmp");
-    std::fs::write(&tmp, &new).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, to).map_err(|e| format!("cannot write {}: {e}", to.display()))
+    let bytes = std::fs::read(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    weir_devkit::write_if_changed(to, &bytes).map_err(|e| e.to_string())
 }
 
 /// Package id → (package name, package directory) for every member of the plugins workspace.
