@@ -139,7 +139,11 @@ impl Activity {
         );
         let count = inner.running.len();
         drop(inner);
-        self.in_flight.send_replace(count);
+        // Waiters wait for work to end, never for it to start: update without waking them.
+        self.in_flight.send_if_modified(|n| {
+            *n = count;
+            false
+        });
         Began { new_session }
     }
 
@@ -169,7 +173,13 @@ impl Activity {
         }
         let count = inner.running.len();
         drop(inner);
-        self.in_flight.send_replace(count);
+        // Wake waiters only if there are any (the common case has none). One subscribing
+        // right now still sees the new count: waiters check the current state first.
+        let waiters = self.in_flight.receiver_count() > 0;
+        self.in_flight.send_if_modified(|n| {
+            *n = count;
+            waiters
+        });
     }
 
     /// Cancels execution `id` (and everything it started); false if it is not running.

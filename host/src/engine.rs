@@ -24,6 +24,7 @@ use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig, component::C
 
 use crate::cache::CompileCache;
 use crate::error::{Error, LoadError};
+use crate::warm::WarmBudget;
 
 /// How the engine is set up. The defaults suit a server; tests lower the pool size.
 #[derive(Debug, Clone)]
@@ -50,6 +51,11 @@ pub struct EngineConfig {
     /// 1000 sandboxes were alive at once), so RSS is bounded by `max_instances` times this.
     /// 0 turns it off (measured: 0.04 MiB per sandbox waiting in a host call).
     pub keep_resident_bytes: usize,
+    /// Most idle warm instances kept across all plugins and tenants (see [`crate::Manifest`]'s
+    /// `[warm]`). They take pool slots of their own, beyond `max_instances`, so warm
+    /// instances never starve fresh sandboxes; each keeps its linear memory, so this also
+    /// bounds their memory. 0 disables warm instances everywhere.
+    pub max_warm_instances: u32,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +68,7 @@ impl Default for EngineConfig {
             max_wasm_stack: 512 << 10,
             cache_dir: CompileCache::default_dir(),
             keep_resident_bytes: KEEP_RESIDENT_BYTES,
+            max_warm_instances: 64,
         }
     }
 }
@@ -77,6 +84,7 @@ struct EngineInner {
     config: EngineConfig,
     pooling: bool,
     cache: Option<CompileCache>,
+    warm: Arc<WarmBudget>,
     _ticker: EpochTicker,
 }
 
@@ -120,12 +128,14 @@ impl Engine {
             None => None,
         };
         let ticker = EpochTicker::start(wasmtime.clone(), config.epoch_tick)?;
+        let warm = WarmBudget::new(config.max_warm_instances as usize);
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 wasmtime,
                 config,
                 pooling,
                 cache,
+                warm,
                 _ticker: ticker,
             }),
         })
@@ -144,6 +154,11 @@ impl Engine {
     /// Whether the pooling allocator is in use (false after a fallback).
     pub fn is_pooling(&self) -> bool {
         self.inner.pooling
+    }
+
+    /// The engine-wide allowance of idle warm instances.
+    pub(crate) fn warm_budget(&self) -> &Arc<WarmBudget> {
+        &self.inner.warm
     }
 
     /// The compile cache, if enabled.
@@ -200,7 +215,11 @@ fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
         .async_stack_size(config.max_wasm_stack + (1 << 20))
         .parallel_compilation(true);
     if pooling {
-        let n = config.max_instances.max(1);
+        // Idle warm instances hold slots of their own (see `max_warm_instances`).
+        let n = config
+            .max_instances
+            .max(1)
+            .saturating_add(config.max_warm_instances);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(n)
             // Components hold several core instances (the guest plus adapter shims), and

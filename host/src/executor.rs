@@ -25,6 +25,7 @@ use crate::sandbox::{HostTrap, Sandbox, SandboxSpec, from_wit_error};
 use crate::scheduler::Refused;
 use crate::state;
 use crate::store::SessionKey;
+use crate::warm::WarmInstance;
 
 /// Who an execution runs for and within what bounds. A workflow passes its own scope to its
 /// steps (same depth, its deadline); a guest's `call` passes one a level deeper.
@@ -157,7 +158,7 @@ pub(crate) async fn call_nested(
     };
     let result = run_boxed(shared, &name, input, scope).await;
     match result.error {
-        None => Ok(result.state.to_string()),
+        None => Ok(json_text(&result.state)),
         Some(error) => Err(error),
     }
 }
@@ -325,8 +326,9 @@ async fn run_in_span(
     info.version = Some(plugin.version().to_string());
 
     let limits = plugin.limits().lowered_by(&scope.limits);
-    let input_state = state::with_metadata(input, &metadata);
-    let input_text = input_state.to_string();
+    // The stamped input is only built as a document if it has to be returned (as the last
+    // good state of a failure); the guest gets text written straight from the parts.
+    let input_text = state::text_with_metadata(&input, &metadata);
     let policy = plugin.retry();
     let max_attempts = match &pinned {
         // Exactly the one attempt asked for.
@@ -341,11 +343,11 @@ async fn run_in_span(
     loop {
         if cancel.is_cancelled() {
             let error = cancelled_error(&cancel, "before it started");
-            return failed(input_state, error, info);
+            return failed(state::with_metadata(input, &metadata), error, info);
         }
         if scope.deadline.is_some_and(|d| Instant::now() >= d) {
             let error = out_of_time(&info.processor);
-            return failed(input_state, error, info);
+            return failed(state::with_metadata(input, &metadata), error, info);
         }
         // Wait for this processor's queue: a concurrency slot, a rate token, our turn.
         let queue = plugin.queue();
@@ -368,7 +370,7 @@ async fn run_in_span(
             Ok(admission) => admission,
             Err(Refused::Cancelled) => {
                 let error = cancelled_error(&cancel, "while it waited in its queue");
-                return failed(input_state, error, info);
+                return failed(state::with_metadata(input, &metadata), error, info);
             }
             Err(Refused::Deadline) => {
                 let error = ExecutionError::host(
@@ -380,7 +382,7 @@ async fn run_in_span(
                     ),
                 )
                 .retryable(true);
-                return failed(input_state, error, info);
+                return failed(state::with_metadata(input, &metadata), error, info);
             }
         };
         info.attempts += 1;
@@ -416,7 +418,7 @@ async fn run_in_span(
         let retry =
             policy.retry_after(info.attempts, max_attempts, &error, &cancel, scope.deadline);
         let Some(delay) = retry else {
-            return failed(input_state, error, info);
+            return failed(state::with_metadata(input, &metadata), error, info);
         };
         tracing::info!(
             attempt = info.attempts,
@@ -440,7 +442,7 @@ async fn run_in_span(
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => {
                 let error = cancelled_error(&cancel, "while waiting to retry");
-                return failed(input_state, error, info);
+                return failed(state::with_metadata(input, &metadata), error, info);
             }
         }
     }
@@ -528,13 +530,26 @@ async fn attempt(
         }
     };
     let cancel = &scope.cancel;
-    let log = GuestLog::new(shared.config.log_rate);
+    // A warm plugin reuses an idle instance of this tenant's when one is there and may hold
+    // the memory this execution is capped at; otherwise the sandbox is fresh.
+    let warm = plugin.warm();
+    let reused = warm
+        .and_then(|pool| pool.take(&scope.tenant))
+        .filter(|w| w.store.data().limiter.current <= limits.memory_bytes);
+    let log = match &reused {
+        Some(w) => {
+            let log = w.store.data().log.clone();
+            log.reset();
+            log
+        }
+        None => GuestLog::new(shared.config.log_rate),
+    };
     let spec = SandboxSpec {
         memory_bytes: limits.memory_bytes,
         fuel: limits.fuel,
         deadline,
         cancel: cancel.clone(),
-        processor: Arc::from(info.processor.as_str()),
+        processor: plugin.name_shared().clone(),
         log: log.clone(),
         capabilities: &plugin.manifest().capabilities,
         config: plugin.config().clone(),
@@ -547,9 +562,15 @@ async fn attempt(
             },
         )),
     };
-    let mut store = match Sandbox::store(&shared.engine, spec) {
-        Ok(store) => store,
-        Err(error) => return AttemptOutcome::early(error),
+    let (mut store, mut instance, uses) = match reused {
+        Some(mut w) => match Sandbox::rearm(&mut w.store, spec) {
+            Ok(()) => (w.store, Some(w.processor), w.uses),
+            Err(error) => return AttemptOutcome::early(error),
+        },
+        None => match Sandbox::store(&shared.engine, spec) {
+            Ok(store) => (store, None, 0),
+            Err(error) => return AttemptOutcome::early(error),
+        },
     };
     let context = wit::ExecutionContext {
         execution_id: info.id.clone(),
@@ -563,7 +584,10 @@ async fn attempt(
     let grace = shared.config.cancel_grace;
     let raw = {
         let run = async {
-            let processor = plugin.pre.instantiate_async(&mut store).await?;
+            let processor = match &instance {
+                Some(processor) => processor,
+                None => instance.insert(plugin.pre.instantiate_async(&mut store).await?),
+            };
             processor
                 .weir_processor_handler()
                 .call_process(&mut store, input, &context)
@@ -582,8 +606,23 @@ async fn attempt(
     let fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     let peak_memory = store.data().limiter.peak;
     let memory_hit = store.data().limiter.hit;
-    drop(store);
     log.finish();
+    // Only an instance that returned normally, within every limit and uncancelled, is kept;
+    // the rest are dropped here (a fresh store always is).
+    match (warm, instance) {
+        (Some(pool), Some(processor))
+            if matches!(raw, Raw::Finished(Ok(_))) && !memory_hit && !cancel.is_cancelled() =>
+        {
+            store.data_mut().release();
+            let instance = WarmInstance {
+                store,
+                processor,
+                uses: uses + 1,
+            };
+            pool.put(&scope.tenant, instance);
+        }
+        _ => drop(store),
+    }
 
     let result = match raw {
         Raw::Finished(Ok(Ok(text))) => parse_output(&text, limits),
@@ -620,6 +659,12 @@ fn mark_cancelled<T>(
 async fn hard_cancel(cancel: &CancelHandle, grace: Duration) {
     cancel.cancelled().await;
     tokio::time::sleep(grace).await;
+}
+
+/// `value` as JSON text. Serializing a `Value` cannot fail: its keys are strings and its
+/// numbers finite.
+fn json_text(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
 }
 
 fn unix_ms(deadline: Instant) -> u64 {

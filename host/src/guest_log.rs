@@ -92,6 +92,19 @@ impl GuestLog {
         emit(level, "log", message, fields);
     }
 
+    /// Starts the log over for the next execution of a reused instance: a full rate
+    /// allowance and no stderr tail, so one execution's panic text never reaches another's
+    /// error. Call after [`GuestLog::finish`].
+    pub(crate) fn reset(&self) {
+        let mut state = self.lock();
+        state.tokens = f64::from(state.rate.burst);
+        state.refilled = Instant::now();
+        state.dropped = 0;
+        state.stdout.clear();
+        state.stderr.clear();
+        state.stderr_tail.clear();
+    }
+
     /// Flushes partial lines and reports dropped lines. Called when the execution ends.
     pub(crate) fn finish(&self) {
         let mut state = self.lock();

@@ -56,6 +56,7 @@ mod sandbox;
 mod scheduler;
 mod state;
 mod store;
+mod warm;
 mod workflow;
 mod workflow_file;
 
@@ -70,7 +71,7 @@ pub use events::{Event, EventKind, Notice, Subscription};
 pub use guest_log::LogRate;
 pub use limits::{LimitOverrides, Limits};
 pub use manifest::QueueOverrides;
-pub use manifest::{Capabilities, DirGrant, Manifest, NetworkGrant};
+pub use manifest::{Capabilities, DirGrant, Manifest, NetworkGrant, WarmPolicy};
 pub use merge::merge_branches;
 pub use plugin::{Description, Plugin, QueueSettings, is_valid_name};
 pub use redis_store::RedisStateStore;

@@ -25,6 +25,11 @@
 //! [config]            # read by the plugin through the `config` import
 //! greeting = "Hi"
 //!
+//! [warm]              # opt in to reused instances (trusted plugins only)
+//! max_executions = 100 # executions one instance serves before it is discarded
+//! max_idle = 2         # idle instances kept per tenant
+//! idle_timeout_ms = 60000
+//!
 //! [capabilities]      # everything is denied unless granted here
 //! env = { API_REGION = "eu" }
 //! files = [{ host = "/srv/data", guest = "/data", writable = false }]
@@ -59,6 +64,68 @@ pub struct Manifest {
     pub config: BTreeMap<String, String>,
     /// Granted capabilities.
     pub capabilities: Capabilities,
+    /// Warm instances, if the operator opted this plugin in (fresh instances otherwise).
+    pub warm: Option<WarmPolicy>,
+}
+
+/// How a plugin's instances are reused when the operator grants `[warm]`: an instance serves
+/// executions of one tenant only, at most `max_executions` of them, and is discarded after
+/// any trap, limit hit, timeout or cancellation. See [`crate::warm`] for what a reused
+/// instance can and cannot carry from one execution to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all(serialize = "camelCase"))]
+pub struct WarmPolicy {
+    /// Executions one instance serves before it is discarded (1 to 1,000,000; default 100).
+    #[serde(default = "WarmPolicy::default_max_executions")]
+    pub max_executions: u32,
+    /// Idle instances kept per tenant (1 to 64; default 2).
+    #[serde(default = "WarmPolicy::default_max_idle")]
+    pub max_idle: u32,
+    /// Milliseconds an instance may sit idle before it is discarded (default 60,000).
+    #[serde(default = "WarmPolicy::default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for WarmPolicy {
+    fn default() -> Self {
+        WarmPolicy {
+            max_executions: Self::default_max_executions(),
+            max_idle: Self::default_max_idle(),
+            idle_timeout_ms: Self::default_idle_timeout_ms(),
+        }
+    }
+}
+
+impl WarmPolicy {
+    fn default_max_executions() -> u32 {
+        100
+    }
+
+    fn default_max_idle() -> u32 {
+        2
+    }
+
+    fn default_idle_timeout_ms() -> u64 {
+        60_000
+    }
+
+    /// How long an idle instance is kept.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=1_000_000).contains(&self.max_executions) {
+            return Err("[warm]: `max_executions` must be between 1 and 1000000".into());
+        }
+        if !(1..=64).contains(&self.max_idle) {
+            return Err("[warm]: `max_idle` must be between 1 and 64".into());
+        }
+        if self.idle_timeout_ms == 0 {
+            return Err("[warm]: `idle_timeout_ms` must be above zero".into());
+        }
+        Ok(())
+    }
 }
 
 /// What a plugin may touch beyond its own memory: nothing unless granted.
@@ -198,6 +265,7 @@ struct RawManifest {
     config: BTreeMap<String, toml::Value>,
     #[serde(default)]
     capabilities: RawCapabilities,
+    warm: Option<WarmPolicy>,
 }
 
 #[derive(Deserialize)]
@@ -267,6 +335,9 @@ impl Manifest {
             .map_err(|e| format!("[limits]: {e}"))?;
         let retry = raw.retry.map(RawRetry::into_policy).transpose()?;
         let queue = raw.queue.into_overrides()?;
+        if let Some(warm) = &raw.warm {
+            warm.validate()?;
+        }
         let mut config = BTreeMap::new();
         for (key, value) in raw.config {
             let text = match value {
@@ -310,6 +381,7 @@ impl Manifest {
                 files: raw.capabilities.files,
                 network,
             },
+            warm: raw.warm,
         })
     }
 }
@@ -410,6 +482,30 @@ mod tests {
         let both = "[queue]\nrate_limit_per_minute = 1\nrate_limit = { max = 1, per_ms = 5 }\n";
         assert!(Manifest::parse(both).unwrap_err().contains("not both"));
         assert!(Manifest::parse("[queue]\nconcurrency = 0\n").is_err());
+    }
+
+    #[test]
+    fn warm_instances_are_off_unless_granted_and_checked() {
+        assert_eq!(Manifest::parse("").unwrap().warm, None);
+        assert_eq!(
+            Manifest::parse("[warm]\n").unwrap().warm,
+            Some(WarmPolicy::default())
+        );
+        let m = Manifest::parse("[warm]\nmax_executions = 5\nmax_idle = 3\n").unwrap();
+        let warm = m.warm.unwrap();
+        assert_eq!((warm.max_executions, warm.max_idle), (5, 3));
+        assert_eq!(warm.idle_timeout(), Duration::from_secs(60));
+        for bad in [
+            "max_executions = 0",
+            "max_idle = 0",
+            "max_idle = 65",
+            "idle_timeout_ms = 0",
+        ] {
+            let err = Manifest::parse(&format!("[warm]\n{bad}\n")).unwrap_err();
+            assert!(err.contains("[warm]"), "{bad}: {err}");
+        }
+        let err = Manifest::parse("[warm]\nmax_uses = 5\n").unwrap_err();
+        assert!(err.contains("max_uses"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `describe` runs in a sandbox and names the processor as the file does, with a semver
 //! version. Anything else is a [`LoadError`] saying what to fix.
 
+use crate::warm::WarmPool;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,7 +59,7 @@ pub struct Description {
 
 /// A loaded, validated processor, ready to run.
 pub struct Plugin {
-    name: String,
+    name: Arc<str>,
     path: PathBuf,
     digest: String,
     size_bytes: u64,
@@ -71,6 +72,8 @@ pub struct Plugin {
     compiled_from_cache: bool,
     compile_time: Duration,
     pub(crate) pre: ProcessorPre<Sandbox>,
+    /// Idle instances to reuse, when the manifest grants `[warm]`.
+    warm: Option<WarmPool>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -154,6 +157,16 @@ impl Plugin {
         self.compile_time
     }
 
+    /// The processor name, shared (sandboxes carry it for their log and events).
+    pub(crate) fn name_shared(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Its idle warm instances, if the operator opted it into reuse.
+    pub(crate) fn warm(&self) -> Option<&WarmPool> {
+        self.warm.as_ref()
+    }
+
     /// Loads and validates the plugin at `path`.
     pub(crate) async fn load(
         engine: &Engine,
@@ -225,8 +238,13 @@ impl Plugin {
                     per: Duration::from_millis(per_ms),
                 })),
         };
+        let warm = manifest
+            .warm
+            .filter(|_| engine.config().max_warm_instances > 0)
+            .map(|policy| WarmPool::new(policy, engine.warm_budget().clone()));
         Ok(Plugin {
-            name,
+            warm,
+            name: Arc::from(name),
             path: path.to_path_buf(),
             digest,
             size_bytes,

@@ -40,7 +40,7 @@ pub(crate) enum HostTrap {
 /// Tracks and caps the linear memory of one instance (all its memories together).
 pub(crate) struct MemoryLimiter {
     cap: u64,
-    current: u64,
+    pub(crate) current: u64,
     pub(crate) peak: u64,
     pub(crate) hit: bool,
 }
@@ -93,7 +93,8 @@ pub(crate) struct Sandbox {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) log: Arc<GuestLog>,
     pub(crate) deadline: Instant,
-    pub(crate) cancel: CancelHandle,
+    /// The running execution's cancellation; none while a warm instance waits idle.
+    cancel: Option<CancelHandle>,
     processor: Arc<str>,
     config: Arc<BTreeMap<String, String>>,
     /// Who is running, for nested calls and the session store; absent while a plugin is
@@ -127,20 +128,14 @@ impl Sandbox {
             limiter: MemoryLimiter::new(spec.memory_bytes),
             log: spec.log,
             deadline: spec.deadline,
-            cancel: spec.cancel,
+            cancel: Some(spec.cancel),
             processor: spec.processor,
             config: spec.config,
             caller: spec.caller,
         };
         let mut store = Store::new(engine.wasmtime(), sandbox);
         store.limiter(|s| &mut s.limiter);
-        store.set_fuel(spec.fuel).map_err(|e| {
-            ExecutionError::host(
-                ErrorKind::Execution,
-                codes::TRAP,
-                format!("cannot set fuel: {e}"),
-            )
-        })?;
+        set_fuel(&mut store, spec.fuel)?;
         // On every epoch tick: stop the guest if its deadline has passed, otherwise yield to
         // the async runtime so that timers, cancellation and other tasks make progress.
         store.epoch_deadline_callback(|ctx| {
@@ -153,6 +148,45 @@ impl Sandbox {
         store.set_epoch_deadline(1);
         Ok(store)
     }
+
+    /// Arms a reused (warm) store for its next execution, as [`Sandbox::store`] arms a new
+    /// one: memory cap (peak restarts from the memory the instance already holds), fuel,
+    /// deadline, cancellation, log and caller. The WASI context, the processor name and the
+    /// configuration stay: they belong to the plugin, not the execution. Its log must be
+    /// `spec.log`, reset.
+    pub(crate) fn rearm(
+        store: &mut Store<Sandbox>,
+        spec: SandboxSpec<'_>,
+    ) -> Result<(), ExecutionError> {
+        let sandbox = store.data_mut();
+        debug_assert!(Arc::ptr_eq(&sandbox.log, &spec.log));
+        sandbox.limiter.cap = spec.memory_bytes;
+        sandbox.limiter.peak = sandbox.limiter.current;
+        sandbox.limiter.hit = false;
+        sandbox.deadline = spec.deadline;
+        sandbox.cancel = Some(spec.cancel);
+        sandbox.caller = spec.caller;
+        set_fuel(store, spec.fuel)?;
+        store.set_epoch_deadline(1);
+        Ok(())
+    }
+
+    /// Lets go of everything that belongs to the execution that just ended (its caller's
+    /// runtime handle and scope, its cancellation), before the store waits idle.
+    pub(crate) fn release(&mut self) {
+        self.caller = None;
+        self.cancel = None;
+    }
+}
+
+fn set_fuel(store: &mut Store<Sandbox>, fuel: u64) -> Result<(), ExecutionError> {
+    store.set_fuel(fuel).map_err(|e| {
+        ExecutionError::host(
+            ErrorKind::Execution,
+            codes::TRAP,
+            format!("cannot set fuel: {e}"),
+        )
+    })
 }
 
 fn wasi_context(caps: &Capabilities, log: &Arc<GuestLog>) -> Result<WasiCtx, ExecutionError> {
@@ -312,7 +346,10 @@ impl imports::events::Host for Sandbox {
 impl imports::invoke::Host for Sandbox {
     async fn call(&mut self, name: String, state: String) -> Result<String, wit::ProcessorError> {
         let (shared, scope) = self.caller("`call`")?.clone();
-        let cancel = self.cancel.child();
+        let cancel = self
+            .cancel
+            .as_ref()
+            .map_or_else(CancelHandle::new, CancelHandle::child);
         crate::executor::call_nested(&shared, &scope, name, state, self.deadline, cancel)
             .await
             .map_err(to_wit_error)
@@ -321,7 +358,7 @@ impl imports::invoke::Host for Sandbox {
 
 impl imports::cancellation::Host for Sandbox {
     fn cancelled(&mut self) -> bool {
-        self.cancel.is_cancelled()
+        self.cancel.as_ref().is_some_and(CancelHandle::is_cancelled)
     }
 }
 

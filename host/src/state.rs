@@ -46,6 +46,31 @@ impl StateMetadata {
         }
     }
 
+    /// Overwrites the four host fields of an existing `metadata` object, reusing its
+    /// strings' buffers.
+    fn write_into(&self, m: &mut Map<String, Value>) {
+        fn set_text(slot: Option<&mut Value>, text: &str) {
+            match slot {
+                Some(Value::String(s)) => {
+                    s.clear();
+                    s.push_str(text);
+                }
+                Some(other) => *other = Value::String(text.to_string()),
+                None => {}
+            }
+        }
+        if let Some(v) = m.get_mut("version") {
+            *v = Value::from(self.version);
+        }
+        match (m.get_mut("sessionId"), &self.session_id) {
+            (Some(slot), Some(id)) => set_text(Some(slot), id),
+            (Some(slot), None) => *slot = Value::Null,
+            (None, _) => {}
+        }
+        set_text(m.get_mut("createdAt"), &self.created_at);
+        set_text(m.get_mut("lastUpdated"), &self.last_updated);
+    }
+
     /// The metadata as the JSON object stored under `metadata`.
     pub fn to_json(&self) -> Value {
         let mut m = Map::with_capacity(4);
@@ -122,9 +147,66 @@ pub fn validate_input(input: &Value) -> Result<(), ExecutionError> {
 }
 
 /// The state with `metadata` set (replacing whatever was there).
+///
+/// A `metadata` object that already has exactly the four host fields (as a processor's
+/// output usually does: the SDKs hand the input's metadata back) is rewritten in place,
+/// which spares the hot path building a new one.
 pub fn with_metadata(mut state: Map<String, Value>, metadata: &StateMetadata) -> Value {
-    state.insert("metadata".into(), metadata.to_json());
+    match state.get_mut("metadata") {
+        Some(Value::Object(existing)) if has_exactly_host_fields(existing) => {
+            metadata.write_into(existing);
+        }
+        _ => {
+            state.insert("metadata".into(), metadata.to_json());
+        }
+    }
     Value::Object(state)
+}
+
+const HOST_FIELDS: [&str; 4] = ["version", "sessionId", "createdAt", "lastUpdated"];
+
+fn has_exactly_host_fields(m: &Map<String, Value>) -> bool {
+    m.len() == HOST_FIELDS.len() && HOST_FIELDS.iter().all(|k| m.contains_key(*k))
+}
+
+/// `state` with `metadata` as JSON text, written straight from the parts (the combined
+/// document is never built). Any `metadata` member of `state` is left out.
+pub(crate) fn text_with_metadata(state: &Map<String, Value>, metadata: &StateMetadata) -> String {
+    let stamped = Stamped { state, metadata };
+    // Serializing maps of strings and `Value`s cannot fail.
+    serde_json::to_string(&stamped)
+        .unwrap_or_else(|_| with_metadata(state.clone(), metadata).to_string())
+}
+
+struct Stamped<'a> {
+    state: &'a Map<String, Value>,
+    metadata: &'a StateMetadata,
+}
+
+impl serde::Serialize for Stamped<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.state {
+            if key != "metadata" {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.serialize_entry("metadata", self.metadata)?;
+        map.end()
+    }
+}
+
+impl serde::Serialize for StateMetadata {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("version", &self.version)?;
+        map.serialize_entry("sessionId", &self.session_id)?;
+        map.serialize_entry("createdAt", &self.created_at)?;
+        map.serialize_entry("lastUpdated", &self.last_updated)?;
+        map.end()
+    }
 }
 
 fn invalid_input(message: impl Into<String>) -> ExecutionError {
@@ -153,6 +235,65 @@ fn now_rfc3339() -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn metadata() -> StateMetadata {
+        StateMetadata {
+            version: 7,
+            session_id: Some("s1".into()),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            last_updated: "2026-02-02T00:00:00Z".into(),
+        }
+    }
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn forged_metadata_with_the_host_fields_is_overwritten_in_place() {
+        let forged = object(json!({"a": 1, "metadata": {
+            "version": 999, "sessionId": null, "createdAt": 5, "lastUpdated": "1999"}}));
+        let stamped = with_metadata(forged, &metadata());
+        assert_eq!(stamped["metadata"], metadata().to_json());
+        assert_eq!(stamped["a"], 1);
+    }
+
+    #[test]
+    fn metadata_with_other_fields_is_replaced_whole() {
+        for forged in [
+            json!({"metadata": {"version": 1, "sessionId": null, "createdAt": "x",
+                "lastUpdated": "y", "admin": true}}),
+            json!({"metadata": {"version": 1}}),
+            json!({"metadata": "v1"}),
+            json!({}),
+        ] {
+            let stamped = with_metadata(object(forged.clone()), &metadata());
+            assert_eq!(stamped["metadata"], metadata().to_json(), "{forged}");
+        }
+        let none = StateMetadata {
+            session_id: None,
+            ..metadata()
+        };
+        let stamped = with_metadata(
+            object(
+                json!({"metadata": {"version": 1, "sessionId": "s9", "createdAt": "x",
+                "lastUpdated": "y"}}),
+            ),
+            &none,
+        );
+        assert_eq!(stamped["metadata"]["sessionId"], Value::Null);
+    }
+
+    #[test]
+    fn text_with_metadata_is_the_stamped_document() {
+        let state = object(json!({"b": [1, 2], "a": {"x": "y"}, "metadata": {"stale": 1}}));
+        let text = text_with_metadata(&state, &metadata());
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, with_metadata(state, &metadata()));
+    }
 
     #[test]
     fn a_new_state_starts_at_version_zero_in_its_session() {

@@ -7,14 +7,22 @@
 //! 3. **raw, default engine**: the same by hand on wasmtime's default configuration, for
 //!    reference;
 //!
-//! and, in a second phase, two workflows of the same processor as ratios to one weir
-//! execution: a **chain of 10** and a **parallel of 3**; in a third, **throughput** on the
-//! two-worker runtime with 64 executions in flight against 1 in flight.
+//! and, in a phase of their own, in **warm mode** (a second runtime whose `increment` has
+//! `[warm]` in its manifest):
+//!
+//! 4. **weir, warm**: `Runtime::execute` reusing an idle instance of the tenant;
+//! 5. **raw, reused instance**: `process` called again on one instance kept by hand, the
+//!    floor warm mode builds on;
+//!
+//! then, in a second phase, two workflows of the same processor as ratios to one weir
+//! execution of the same mode: a **chain of 10** and a **parallel of 3**, fresh and warm;
+//! in a third, **throughput** on the two-worker runtime with 64 executions in flight against
+//! 1 in flight.
 //!
 //! The three are interleaved sample by sample, so a burst of load hits all of them alike.
 //! Run with `cargo xtask bench` (or `cargo bench -p weir-tests --bench execute`);
-//! `WEIR_BENCH_SAMPLES` sets the sample count (default 3000); `WEIR_BENCH_ONLY=weir|raw|default`
-//! runs one case alone, e.g. to count its instructions under
+//! `WEIR_BENCH_SAMPLES` sets the sample count (default 3000);
+//! `WEIR_BENCH_ONLY=weir|raw|default|warm|reused|chain|parallel|throughput` runs one case alone, e.g. to count its instructions under
 //! `valgrind --tool=callgrind` (steadier than time on a noisy machine).
 
 #![allow(clippy::unwrap_used)]
@@ -131,7 +139,7 @@ impl Baseline {
         }
     }
 
-    async fn call(&self, input: &String, ctx: &ExecutionContext) -> String {
+    fn store(&self) -> Store<Raw> {
         let mut store = Store::new(
             &self.engine,
             Raw {
@@ -144,6 +152,11 @@ impl Baseline {
             store.set_fuel(u64::MAX / 2).expect("fuel is enabled");
             store.set_epoch_deadline(1_000_000);
         }
+        store
+    }
+
+    async fn call(&self, input: &String, ctx: &ExecutionContext) -> String {
+        let mut store = self.store();
         let processor = self
             .pre
             .instantiate_async(&mut store)
@@ -152,6 +165,34 @@ impl Baseline {
         processor
             .weir_processor_handler()
             .call_process(&mut store, input, ctx)
+            .await
+            .expect("no trap")
+            .expect("increment succeeds")
+    }
+}
+
+/// wasmtime by hand: one instance, instantiated once, called again and again.
+struct Reused {
+    store: Store<Raw>,
+    processor: Processor,
+}
+
+impl Reused {
+    async fn new(engine: &Engine, wasm: &[u8]) -> Reused {
+        let baseline = Baseline::new(engine.clone(), wasm, true);
+        let mut store = baseline.store();
+        let processor = baseline
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiates");
+        Reused { store, processor }
+    }
+
+    async fn call(&mut self, input: &String, ctx: &ExecutionContext) -> String {
+        self.processor
+            .weir_processor_handler()
+            .call_process(&mut self.store, input, ctx)
             .await
             .expect("no trap")
             .expect("increment succeeds")
@@ -173,6 +214,13 @@ impl Samples {
 
     fn record(&mut self, elapsed: Duration) {
         self.micros.push(elapsed.as_secs_f64() * 1e6);
+    }
+
+    /// Records `elapsed` unless the sample is a warm-up (`record` false).
+    fn record_if(&mut self, record: bool, elapsed: Duration) {
+        if record {
+            self.record(elapsed);
+        }
     }
 
     fn percentile(&self, p: f64) -> f64 {
@@ -207,20 +255,35 @@ fn bench(samples: usize, current: &tokio::runtime::Runtime, multi: &tokio::runti
     current.block_on(measure(samples, multi));
 }
 
-async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
+/// A runtime over a folder holding `increment` (with `manifest` beside it, if given) and
+/// two workflows of it: `chain-10` and `parallel-3`.
+async fn increment_runtime(manifest: Option<&str>) -> (weir_tests::PluginFolder, ::weir::Runtime) {
     let folder = weir_tests::PluginFolder::with(&["increment"]);
-    let weir = ::weir::Runtime::builder()
+    if let Some(manifest) = manifest {
+        folder.manifest("increment", manifest);
+    }
+    let runtime = ::weir::Runtime::builder()
         .plugins_dir(folder.path())
         .cache_dir(Some(weir_tests::cache_dir()))
         .build()
         .await
         .expect("weir builds");
-    weir.start();
-    weir.register(::weir::Workflow::chain("chain-10", ["increment"; 10]))
+    runtime.start();
+    runtime
+        .register(::weir::Workflow::chain("chain-10", ["increment"; 10]))
         .expect("a valid chain");
-    weir.register(::weir::Workflow::parallel("parallel-3", ["increment"; 3]))
+    runtime
+        .register(::weir::Workflow::parallel("parallel-3", ["increment"; 3]))
         .expect("a valid parallel");
+    (folder, runtime)
+}
+
+async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
+    let (_folder, weir) = increment_runtime(None).await;
+    // The same plugin, opted into warm instances by its manifest, on a runtime of its own.
+    let (_warm_folder, warm) = increment_runtime(Some("[warm]\nmax_executions = 1000000\n")).await;
     let wasm = weir_tests::plugin_bytes("increment");
+    let mut reused = Reused::new(weir.engine().wasmtime(), &wasm).await;
     let same_engine = Baseline::new(weir.engine().wasmtime().clone(), &wasm, true);
     let default_engine = Baseline::new(Engine::default(), &wasm, false);
 
@@ -241,35 +304,44 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
     let mut weir_samples = Samples::new("weir (public API)");
     let mut same_samples = Samples::new("raw wasmtime, weir's engine config");
     let mut default_samples = Samples::new("raw wasmtime, default config");
+    let mut warm_samples = Samples::new("weir, warm instance (public API)");
+    let mut reused_samples = Samples::new("raw wasmtime, reused instance");
     let mut chain_samples = Samples::new("weir chain of 10");
     let mut parallel_samples = Samples::new("weir parallel of 3");
+    let mut warm_chain_samples = Samples::new("weir chain of 10, warm");
+    let mut warm_parallel_samples = Samples::new("weir parallel of 3, warm");
     let only = std::env::var("WEIR_BENCH_ONLY").ok();
     let runs = |case: &str| only.as_deref().is_none_or(|o| o == case);
     let warmup = samples / 10 + 10;
     for i in 0..warmup + samples {
         let record = i >= warmup;
         if runs("weir") {
-            let started = Instant::now();
-            let result = weir.run("increment", input.clone()).await.unwrap();
-            let elapsed = started.elapsed();
-            assert!(result.ok, "{:?}", result.error);
-            if record {
-                weir_samples.record(elapsed);
-            }
+            let elapsed = timed_run(&weir, "increment", &input).await;
+            weir_samples.record_if(record, elapsed);
         }
         if runs("raw") {
             let started = Instant::now();
             std::hint::black_box(same_engine.call(&raw_input, &ctx).await);
-            if record {
-                same_samples.record(started.elapsed());
-            }
+            same_samples.record_if(record, started.elapsed());
         }
         if runs("default") {
             let started = Instant::now();
             std::hint::black_box(default_engine.call(&raw_input, &ctx).await);
-            if record {
-                default_samples.record(started.elapsed());
-            }
+            default_samples.record_if(record, started.elapsed());
+        }
+    }
+    // Warm mode in a phase of its own, interleaved with its own baseline: a fresh
+    // instantiation between two warm samples would evict the caches both warm cases rely on.
+    for i in 0..warmup + samples {
+        let record = i >= warmup;
+        if runs("warm") {
+            let elapsed = timed_run(&warm, "increment", &input).await;
+            warm_samples.record_if(record, elapsed);
+        }
+        if runs("reused") {
+            let started = Instant::now();
+            std::hint::black_box(reused.call(&raw_input, &ctx).await);
+            reused_samples.record_if(record, started.elapsed());
         }
     }
     // Workflows in a phase of their own: a parallel sample leaves worker threads spinning
@@ -277,30 +349,28 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
     let rounds = samples / 5 + 1;
     for i in 0..rounds + rounds / 10 {
         let record = i >= rounds / 10;
-        if runs("chain") {
-            let started = Instant::now();
-            let result = weir.run("chain-10", input.clone()).await.unwrap();
-            let elapsed = started.elapsed();
-            assert!(result.ok, "{:?}", result.error);
-            if record {
-                chain_samples.record(elapsed);
+        for (runtime, chains, parallels) in [
+            (&weir, &mut chain_samples, &mut parallel_samples),
+            (&warm, &mut warm_chain_samples, &mut warm_parallel_samples),
+        ] {
+            if runs("chain") {
+                let elapsed = timed_run(runtime, "chain-10", &input).await;
+                chains.record_if(record, elapsed);
             }
-        }
-        if runs("parallel") {
-            // Timed on a worker of the multi-threaded runtime, from start to result.
-            let weir = weir.clone();
-            let input = input.clone();
-            let elapsed = multi
-                .spawn(async move {
-                    let started = Instant::now();
-                    let result = weir.run("parallel-3", input).await.unwrap();
-                    assert!(result.ok, "{:?}", result.error);
-                    started.elapsed()
-                })
-                .await
-                .expect("the parallel sample ran");
-            if record {
-                parallel_samples.record(elapsed);
+            if runs("parallel") {
+                // Timed on a worker of the multi-threaded runtime, from start to result.
+                let runtime = runtime.clone();
+                let input = input.clone();
+                let elapsed = multi
+                    .spawn(async move {
+                        let started = Instant::now();
+                        let result = runtime.run("parallel-3", input).await.unwrap();
+                        assert!(result.ok, "{:?}", result.error);
+                        started.elapsed()
+                    })
+                    .await
+                    .expect("the parallel sample ran");
+                parallels.record_if(record, elapsed);
             }
         }
     }
@@ -326,8 +396,12 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
             &weir_samples,
             &same_samples,
             &default_samples,
+            &warm_samples,
+            &reused_samples,
             &chain_samples,
             &parallel_samples,
+            &warm_chain_samples,
+            &warm_parallel_samples,
         ] {
             if !s.micros.is_empty() {
                 println!(
@@ -349,7 +423,13 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
     println!();
     println!("| case | p50 µs | p99 µs | p50 ÷ raw (weir's engine) |");
     println!("|---|---:|---:|---:|");
-    for s in [&weir_samples, &same_samples, &default_samples] {
+    for s in [
+        &weir_samples,
+        &same_samples,
+        &default_samples,
+        &warm_samples,
+        &reused_samples,
+    ] {
         println!(
             "| {} | {:.1} | {:.1} | {:.2}× |",
             s.name,
@@ -360,15 +440,27 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
     }
     println!();
     println!(
-        "weir ÷ raw with the same engine: {:.2}× (goal ≤ 1.3×); weir ÷ raw default engine: {:.2}×",
+        "fresh: weir ÷ raw with the same engine: {:.2}× (goal ≤ 1.3×); weir ÷ raw default \
+         engine: {:.2}× (goal ≤ 0.3×)",
         weir_samples.percentile(0.5) / baseline,
         weir_samples.percentile(0.5) / default_samples.percentile(0.5)
     );
+    println!(
+        "warm: weir ÷ raw reused instance: {:.2}× (goal ≤ 1.3×); warm ÷ fresh: {:.2}×",
+        warm_samples.percentile(0.5) / reused_samples.percentile(0.5),
+        warm_samples.percentile(0.5) / weir_samples.percentile(0.5)
+    );
     println!();
-    let single = weir_samples.percentile(0.5);
-    println!("| workflow | p50 µs | p99 µs | p50 ÷ one weir execution | goal |");
+    println!("| workflow | p50 µs | p99 µs | p50 ÷ one weir execution of the same mode | goal |");
     println!("|---|---:|---:|---:|---:|");
-    for (s, goal) in [(&chain_samples, "≤ 12×"), (&parallel_samples, "≤ 4×")] {
+    let fresh = weir_samples.percentile(0.5);
+    let warm = warm_samples.percentile(0.5);
+    for (s, single, goal) in [
+        (&chain_samples, fresh, "≤ 12×"),
+        (&parallel_samples, fresh, "≤ 4×"),
+        (&warm_chain_samples, warm, "≤ 12×"),
+        (&warm_parallel_samples, warm, "≤ 4×"),
+    ] {
         println!(
             "| {} | {:.1} | {:.1} | {:.2}× | {goal} |",
             s.name,
@@ -383,6 +475,15 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
     for (in_flight, rate) in [(1, rates[0]), (64, rates[1])] {
         println!("| {in_flight} | {rate:.0} | {:.2}× |", rate / rates[0]);
     }
+}
+
+/// How long one successful run of `name` takes through the public API.
+async fn timed_run(runtime: &::weir::Runtime, name: &str, input: &serde_json::Value) -> Duration {
+    let started = Instant::now();
+    let result = runtime.run(name, input.clone()).await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(result.ok, "{:?}", result.error);
+    elapsed
 }
 
 /// Executions per second of `increment` with `in_flight` running at once on `multi`

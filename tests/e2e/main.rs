@@ -19,3 +19,4 @@ mod redis_store;
 mod reload;
 mod runtime;
 mod schema;
+mod warm;

@@ -86,6 +86,7 @@ impl Default for PluginFolder {
 pub fn engine_config() -> weir::EngineConfig {
     weir::EngineConfig {
         max_instances: 64,
+        max_warm_instances: 8,
         cache_dir: Some(cache_dir()),
         ..Default::default()
     }
