@@ -26,6 +26,45 @@ pub struct ProcessorStats {
     pub running: u64,
     /// Total wall-clock time of finished executions, in microseconds.
     pub total_duration_us: u64,
+    /// Finished executions by duration: `duration_buckets[i]` counts those that took at
+    /// most [`DURATION_BUCKETS_US`]`[i]` µs (and more than the bound before); the last
+    /// counts the rest.
+    pub duration_buckets: [u64; DURATION_BUCKETS_US.len() + 1],
+}
+
+/// Upper bounds, in microseconds, of the duration buckets of [`ProcessorStats`]: from 50 µs
+/// (a warm execution) to a minute.
+pub const DURATION_BUCKETS_US: [u64; 18] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 60_000_000,
+];
+
+impl ProcessorStats {
+    /// The duration (µs) under which a fraction `q` (0–1) of finished executions fell,
+    /// estimated as the upper bound of the bucket holding that rank; `None` when nothing
+    /// has finished, or when the rank falls past the last bound.
+    pub fn duration_quantile_us(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.duration_buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, count) in self.duration_buckets.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return DURATION_BUCKETS_US.get(i).copied();
+            }
+        }
+        None
+    }
+
+    fn observe(&mut self, duration: Duration) {
+        let us: u64 = duration.as_micros().try_into().unwrap_or(u64::MAX);
+        self.total_duration_us = self.total_duration_us.saturating_add(us);
+        let bucket = DURATION_BUCKETS_US.partition_point(|&bound| bound < us);
+        self.duration_buckets[bucket] += 1;
+    }
 }
 
 /// Counters of one session.
@@ -157,9 +196,7 @@ impl Activity {
             } else {
                 stats.failed += 1;
             }
-            stats.total_duration_us = stats
-                .total_duration_us
-                .saturating_add(duration.as_micros().try_into().unwrap_or(u64::MAX));
+            stats.observe(duration);
         }
         if let Some(running) = inner.running.remove(id)
             && let Some(key) = running.session
@@ -276,6 +313,37 @@ impl Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_land_in_their_buckets_and_give_quantiles() {
+        let mut stats = ProcessorStats::default();
+        assert_eq!(stats.duration_quantile_us(0.5), None);
+        for us in [40, 50, 51, 900, 900, 900, 900, 900, 3_000, 90_000_000] {
+            stats.observe(Duration::from_micros(us));
+        }
+        assert_eq!(
+            stats.duration_buckets[0], 2,
+            "40 and 50 µs are within 50 µs"
+        );
+        assert_eq!(stats.duration_buckets[1], 1, "51 µs is within 100 µs");
+        assert_eq!(
+            stats.duration_buckets[DURATION_BUCKETS_US.len()],
+            1,
+            "past a minute"
+        );
+        assert_eq!(stats.duration_quantile_us(0.5), Some(1_000));
+        assert_eq!(stats.duration_quantile_us(0.9), Some(5_000));
+        assert_eq!(
+            stats.duration_quantile_us(1.0),
+            None,
+            "the slowest is past the last bound"
+        );
+        assert_eq!(stats.duration_quantile_us(0.0), Some(50));
+        assert_eq!(
+            stats.total_duration_us,
+            40 + 50 + 51 + 4_500 + 3_000 + 90_000_000
+        );
+    }
 
     #[test]
     fn counters_follow_executions_and_sessions() {

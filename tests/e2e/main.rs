@@ -19,4 +19,5 @@ mod redis_store;
 mod reload;
 mod runtime;
 mod schema;
+mod server;
 mod warm;

@@ -303,15 +303,18 @@ impl RedisServer {
     }
 }
 
-/// A `weir worker` process serving the distributed runtime, killed when dropped. Its log
-/// lines (stderr) are collected so that tests can wait for what it says.
-pub struct WorkerProcess {
+/// A long-running `weir` process (`weir worker`, `weir serve`), killed when dropped. Its
+/// log lines (stderr) are collected so that tests can wait for what it says.
+pub struct WeirProcess {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
-impl WorkerProcess {
+/// A `weir worker` process serving the distributed runtime.
+pub type WorkerProcess = WeirProcess;
+
+impl WeirProcess {
     /// Starts `weir worker --redis URL --plugins DIR` with `extra` arguments and waits until
     /// it serves its queues.
     pub fn start(redis_url: &str, plugins: &Path, extra: &[&str]) -> WorkerProcess {
@@ -325,15 +328,42 @@ impl WorkerProcess {
         plugins: &Path,
         extra: &[&str],
     ) -> WorkerProcess {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["worker".as_ref(), "--redis".as_ref()];
+        args.push(redis_url.as_ref());
+        args.push("--plugins".as_ref());
+        args.push(plugins.as_os_str());
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        Self::spawn(binary, &args, "worker serving")
+    }
+
+    /// Starts `weir serve --plugins DIR --listen 127.0.0.1:0` with `extra` arguments, waits
+    /// until its HTTP API listens, and returns it with the API's base URL
+    /// (`http://127.0.0.1:PORT`).
+    pub fn serve(plugins: &Path, extra: &[&str]) -> (WeirProcess, String) {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["serve".as_ref(), "--plugins".as_ref()];
+        args.push(plugins.as_os_str());
+        args.extend(["--listen", "127.0.0.1:0"].iter().map(std::ffi::OsStr::new));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let mut process = Self::spawn(weir_bin(), &args, "HTTP API listening");
+        let line = process.wait_for("HTTP API listening");
+        let url = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("url="))
+            .unwrap_or_else(|| panic!("no url= in `{line}`"))
+            .trim_matches('"')
+            .to_string();
+        (process, url)
+    }
+
+    /// Starts `binary` with `args` (plus the shared compile cache and info logs) and waits
+    /// for a log line containing `ready`.
+    pub fn spawn(binary: &Path, args: &[&std::ffi::OsStr], ready: &str) -> WeirProcess {
         use std::io::BufRead;
         let mut child = Command::new(binary)
-            .args(["worker", "--redis", redis_url])
-            .arg("--plugins")
-            .arg(plugins)
+            .args(args)
             .arg("--cache-dir")
             .arg(cache_dir())
             .args(["--log-level", "warn,weir=info"])
-            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -350,13 +380,13 @@ impl WorkerProcess {
                 }
             }
         });
-        let mut worker = WorkerProcess {
+        let mut process = WeirProcess {
             child,
             lines,
             seen: Vec::new(),
         };
-        worker.wait_for("worker serving");
-        worker
+        process.wait_for(ready);
+        process
     }
 
     /// Waits (up to 60 s) for a log line containing `needle`; returns it.
@@ -375,35 +405,54 @@ impl WorkerProcess {
                     }
                 }
                 Err(_) => panic!(
-                    "the worker did not log `{needle}` within 60 s; it logged:\n{}",
+                    "weir did not log `{needle}` within 60 s; it logged:\n{}",
                     self.seen.join("\n")
                 ),
             }
         }
     }
 
-    /// The worker's process id.
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Kills the worker at once (SIGKILL), as a crash would.
+    /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// Asks the worker to stop (SIGTERM) and waits for it to exit.
+    /// Asks the process to stop (SIGTERM) and waits up to `timeout` for it to exit; returns
+    /// its exit code, or `None` if it did not exit in time (or died of a signal).
+    pub fn terminate_within(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
+        let pid = Pid::from_raw(self.child.id() as i32)?;
+        let _ = kill_process(pid, Signal::TERM);
+        let (send, exited) = std::sync::mpsc::channel();
+        // `waitpid` blocks: wait on a thread, and give up on it after the timeout (the
+        // process is then killed when this handle drops).
+        std::thread::spawn(move || {
+            let status = waitpid(Some(pid), WaitOptions::empty());
+            let _ = send.send(status);
+        });
+        match exited.recv_timeout(timeout) {
+            Ok(Ok(Some((_, status)))) => status.exit_status(),
+            _ => None,
+        }
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32);
         if let Some(pid) = pid {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
-        self.child.wait().expect("the worker exits")
+        self.child.wait().expect("the process exits")
     }
 }
 
-impl Drop for WorkerProcess {
+impl Drop for WeirProcess {
     fn drop(&mut self) {
         self.kill();
     }

@@ -13,6 +13,7 @@ mod workflows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -263,6 +264,19 @@ pub(crate) fn main() -> ExitCode {
 }
 
 /// Writes a JSON document to stdout: pretty for a terminal, one line for a pipe.
+/// SIGINT and SIGTERM as streams, registered now: a long-running command calls this before
+/// it announces that it serves, so that a signal arriving after the announcement stops it
+/// gracefully instead of killing it.
+pub(crate) fn stop_signals() -> Result<(Signal, Signal), Failure> {
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| Failure::Infrastructure(format!("cannot listen for {name}: {e}")))
+    };
+    Ok((
+        listen(SignalKind::interrupt(), "SIGINT")?,
+        listen(SignalKind::terminate(), "SIGTERM")?,
+    ))
+}
+
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
     use std::io::{IsTerminal, Write};
     let stdout = std::io::stdout();

@@ -2,7 +2,7 @@
 //! granted, and why any file was rejected.
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{Failure, ListArgs, Outcome, PluginArgs, RedisArgs, print_json};
 
@@ -62,17 +62,7 @@ async fn push(args: PushArgs) -> Result<Outcome, Failure> {
 
 async fn list(args: ListArgs) -> Result<Outcome, Failure> {
     let runtime = args.plugins.runtime().await?;
-    let catalog = runtime.catalog();
-    let mut rows: Vec<Value> = catalog.plugins.values().map(|p| summary(p)).collect();
-    rows.extend(catalog.rejected.values().map(|r| {
-        json!({
-            "name": r.name,
-            "status": "rejected",
-            "path": r.path,
-            "reason": r.reason,
-        })
-    }));
-    rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let rows = runtime.catalog().plugin_listing();
     if args.json {
         print_json(&rows)?;
         return Ok(Outcome::Ok);
@@ -99,30 +89,11 @@ async fn inspect(args: InspectArgs) -> Result<Outcome, Failure> {
     let runtime = args.plugins.runtime().await?;
     let catalog = runtime.catalog();
     if let Some(plugin) = catalog.plugins.get(&args.name) {
-        let mut doc = summary(plugin);
-        let d = plugin.description();
-        doc["description"] = json!(d.description);
-        doc["path"] = json!(plugin.path());
-        doc["sizeBytes"] = json!(plugin.size_bytes());
-        doc["world"] = json!(plugin.world());
-        doc["limits"] = json!(plugin.limits());
-        doc["declared"] = json!({ "limits": d.limits, "retry": d.retry, "queue": d.queue });
-        doc["retry"] = json!(plugin.retry());
-        doc["manifest"] = json!(plugin.manifest());
-        doc["compile"] = json!({
-            "fromCache": plugin.compiled_from_cache(),
-            "ms": plugin.compile_time().as_secs_f64() * 1000.0,
-        });
-        print_json(&doc)?;
+        print_json(&plugin.detail_json())?;
         return Ok(Outcome::Ok);
     }
     if let Some(rejected) = catalog.rejected.get(&args.name) {
-        print_json(&json!({
-            "name": rejected.name,
-            "status": "rejected",
-            "path": rejected.path,
-            "reason": rejected.reason,
-        }))?;
+        print_json(&rejected.to_json())?;
         return Ok(Outcome::Ok);
     }
     Err(Failure::Usage(format!(
@@ -130,13 +101,4 @@ async fn inspect(args: InspectArgs) -> Result<Outcome, Failure> {
         args.name,
         args.plugins.plugins.display()
     )))
-}
-
-fn summary(plugin: &weir::Plugin) -> Value {
-    json!({
-        "name": plugin.name(),
-        "status": "loaded",
-        "version": plugin.version(),
-        "digest": plugin.digest(),
-    })
 }

@@ -1,13 +1,15 @@
 //! `weir serve`: a long-running host that keeps the plugins folder live — files dropped in,
-//! replaced or removed take effect without a restart — and, with `--events json`, writes
-//! every event as one JSON line on stdout for operators to pipe. Stops gracefully on Ctrl-C
-//! or SIGTERM. (The HTTP API arrives in a later version.)
+//! replaced or removed take effect without a restart — with `--listen ADDR`, serves the HTTP
+//! API there (see [`weir::server`]), and with `--events json`, writes every event as one
+//! JSON line on stdout for operators to pipe. Stops gracefully on Ctrl-C or SIGTERM.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use clap::{Args, ValueEnum};
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{Failure, Outcome, PluginArgs};
 
@@ -24,6 +26,13 @@ pub(crate) struct ServeArgs {
     /// On shutdown, how long running work may finish before it is cancelled.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     grace_ms: u64,
+    /// Serve the HTTP API on this address, e.g. 127.0.0.1:8080 (port 0 picks a free port;
+    /// the address is logged).
+    #[arg(long, env = "WEIR_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Largest HTTP request body accepted, in bytes; larger ones get 413.
+    #[arg(long, default_value_t = weir::server::ServerConfig::default().max_body_bytes, value_name = "BYTES")]
+    max_body_bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -33,6 +42,9 @@ enum EventFormat {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
+    // Before anything is announced: a signal that arrives once the API is up must stop it
+    // gracefully, not kill the process.
+    let (mut interrupt, mut terminate) = super::stop_signals()?;
     let runtime = args.plugins.runtime().await?;
     let mut events = runtime.subscribe();
     let _watcher = runtime
@@ -41,6 +53,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
             Duration::from_millis(args.debounce_ms),
         )
         .map_err(|e| Failure::Usage(e.to_string()))?;
+    let shutdown = CancellationToken::new();
+    let server = match args.listen {
+        Some(address) => Some(listen(&runtime, address, &args, &shutdown).await?),
+        None => None,
+    };
     let catalog = runtime.catalog();
     tracing::warn!(
         plugins = catalog.plugins.len(),
@@ -49,8 +66,6 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
         folder = %args.plugins.plugins.display(),
         "serving; changes to the folder apply without a restart"
     );
-    let mut terminate = signal(SignalKind::terminate())
-        .map_err(|e| Failure::Infrastructure(format!("cannot listen for SIGTERM: {e}")))?;
     loop {
         tokio::select! {
             notice = events.recv() => {
@@ -59,13 +74,51 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
                     print_notice(&notice)?;
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
     }
+    // Stop taking requests and end event streams; requests in progress finish, or are
+    // cancelled with the rest of the running work after the grace period.
+    shutdown.cancel();
     let report = runtime.stop(Duration::from_millis(args.grace_ms)).await;
+    if let Some(server) = server {
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the HTTP API stopped with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "the HTTP API task failed"),
+            Err(_) => tracing::warn!("the HTTP API did not finish its requests within 5 s"),
+        }
+    }
     tracing::warn!(cancelled = report.cancelled, "stopped");
     Ok(Outcome::Ok)
+}
+
+/// Binds `address` and serves the HTTP API there until `shutdown`.
+async fn listen(
+    runtime: &weir::Runtime,
+    address: SocketAddr,
+    args: &ServeArgs,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Failure> {
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        Failure::Usage(format!(
+            "cannot listen on {address}: {e} (pick another address with --listen)"
+        ))
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Failure::Infrastructure(format!("cannot read the bound address: {e}")))?;
+    let config = weir::server::ServerConfig {
+        max_body_bytes: args.max_body_bytes,
+    };
+    tracing::warn!(url = %format!("http://{bound}"), "HTTP API listening");
+    Ok(tokio::spawn(weir::server::serve(
+        listener,
+        runtime.clone(),
+        config,
+        shutdown.clone(),
+    )))
 }
 
 fn print_notice(notice: &weir::Notice) -> Result<(), Failure> {

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{Failure, Outcome, PluginArgs, RedisArgs};
 
@@ -57,16 +56,17 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
     } else {
         None
     };
+    // Before the worker announces itself: a signal that arrives once it serves must stop it
+    // gracefully, not kill the process.
+    let (mut interrupt, mut terminate) = super::stop_signals()?;
     let worker = runtime.serve(config).await?;
     tracing::warn!(
         queues = worker.queues().await.len(),
         concurrency = args.concurrency,
         "worker serving; stop it with SIGTERM"
     );
-    let mut terminate = signal(SignalKind::terminate())
-        .map_err(|e| Failure::Infrastructure(format!("cannot listen for SIGTERM: {e}")))?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
     tracing::warn!("stopping: finishing the jobs in flight");

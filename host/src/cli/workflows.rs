@@ -2,7 +2,6 @@
 //! what each composes, and why any of them cannot serve.
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
 
 use super::{Failure, ListArgs, Outcome, PluginArgs, print_json};
 
@@ -27,38 +26,13 @@ pub(crate) async fn run(command: WorkflowsCommand) -> Result<Outcome, Failure> {
     }
 }
 
-fn rows(catalog: &weir::Catalog) -> Vec<Value> {
-    let mut rows: Vec<Value> = catalog
-        .workflows
-        .values()
-        .map(|w| {
-            json!({
-                "name": w.name(),
-                "status": "valid",
-                "kind": w.kind(),
-                "definition": w.as_ref(),
-                "digest": w.digest(),
-                "location": w.location(),
-            })
-        })
-        .collect();
-    rows.extend(
-        catalog
-            .invalid_workflows
-            .values()
-            .map(|w| json!({ "name": w.name, "status": "invalid", "reason": w.reason })),
-    );
-    rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    rows
-}
-
 async fn list(args: ListArgs) -> Result<Outcome, Failure> {
     let runtime = args.plugins.runtime().await?;
     let catalog = runtime.catalog();
     if let Some(error) = &catalog.workflows_file_error {
         return Err(Failure::Usage(error.clone()));
     }
-    let rows = rows(&catalog);
+    let rows = catalog.workflow_listing();
     if args.json {
         print_json(&rows)?;
         return Ok(Outcome::Ok);

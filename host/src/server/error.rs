@@ -1,0 +1,119 @@
+//! The HTTP API's errors: a status and a JSON body `{"error": {kind, code, message, …}}`
+//! that says what went wrong and what to do, for every request the API refuses.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// A refused request: nothing ran.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    message: String,
+    extra: Map<String, Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+        ApiError {
+            status,
+            kind,
+            code,
+            message,
+            extra: Map::new(),
+        }
+    }
+
+    /// 400: the request itself is malformed.
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "validation", code, message.into())
+    }
+
+    /// 404: nothing by that name.
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", code, message.into())
+    }
+
+    /// 405: the path exists, not with this method.
+    pub(crate) fn method_not_allowed(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "method-not-allowed",
+            message.into(),
+        )
+    }
+
+    /// 413: the body is over the server's limit.
+    pub(crate) fn too_large(limit: usize) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "validation",
+            "body-too-large",
+            format!(
+                "the request body is over the server's limit of {limit} bytes (an operator can \
+                 raise it with `weir serve --max-body-bytes`)"
+            ),
+        )
+    }
+
+    /// 503: the runtime is not accepting work (starting or stopping) or its backend is
+    /// unreachable.
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "unavailable",
+            message.into(),
+        )
+    }
+
+    /// Adds a member beside `kind`, `code` and `message` (e.g. `available`).
+    pub(crate) fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
+    }
+
+    /// The HTTP status.
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("kind".into(), json!(self.kind));
+        body.insert("code".into(), json!(self.code));
+        body.insert("message".into(), json!(self.message));
+        body.extend(self.extra);
+        (self.status, Json(json!({ "error": body }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_answers_with_its_status_and_a_json_body() {
+        let error = ApiError::not_found("plugin-not-found", "no plugin named `x`")
+            .with("available", json!(["a"]));
+        assert_eq!(error.status(), StatusCode::NOT_FOUND);
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "errors are JSON"
+        );
+        assert_eq!(
+            ApiError::too_large(10).status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

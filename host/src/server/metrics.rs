@@ -1,0 +1,164 @@
+//! `/metrics`: the runtime's counters in the Prometheus text exposition format (version
+//! 0.0.4): executions by processor and outcome, a duration histogram per processor, what
+//! is running, and what is loaded.
+
+use std::fmt::Write;
+
+use crate::activity::{DURATION_BUCKETS_US, ProcessorStats};
+use crate::runtime::{Runtime, RuntimeState};
+
+/// The `Content-Type` of the exposition format.
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders every metric. Built per scrape from one snapshot of the counters.
+pub(crate) fn render(runtime: &Runtime) -> String {
+    let stats = runtime.stats();
+    let catalog = runtime.catalog();
+    let mut out = String::with_capacity(4096 + stats.processors.len() * 2048);
+    let up = u64::from(stats.state == RuntimeState::Running);
+    for (name, help, value) in [
+        ("weir_up", "1 while the runtime accepts work.", up),
+        (
+            "weir_uptime_seconds",
+            "Seconds since the runtime was built.",
+            stats.uptime_ms / 1000,
+        ),
+        (
+            "weir_executions_in_flight",
+            "Executions running now, workflow steps and nested calls included.",
+            stats.running as u64,
+        ),
+        (
+            "weir_sessions_active",
+            "Sessions that have seen work and not been stopped.",
+            stats.sessions as u64,
+        ),
+        (
+            "weir_plugins_loaded",
+            "Plugins loaded and serving.",
+            catalog.plugins.len() as u64,
+        ),
+        (
+            "weir_plugins_rejected",
+            "Plugin files rejected (GET /v1/plugins says why).",
+            catalog.rejected.len() as u64,
+        ),
+        (
+            "weir_workflows",
+            "Valid workflows.",
+            catalog.workflows.len() as u64,
+        ),
+    ] {
+        header(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+
+    header(
+        &mut out,
+        "weir_executions_total",
+        "counter",
+        "Finished executions by processor (or workflow) and outcome.",
+    );
+    for (processor, s) in &stats.processors {
+        let p = escape(processor);
+        let _ = writeln!(
+            out,
+            "weir_executions_total{{processor=\"{p}\",outcome=\"ok\"}} {}",
+            s.completed
+        );
+        let _ = writeln!(
+            out,
+            "weir_executions_total{{processor=\"{p}\",outcome=\"failed\"}} {}",
+            s.failed
+        );
+    }
+    let per_processor: [Family; 2] = [
+        (
+            "weir_executions_started_total",
+            "counter",
+            "Executions started by processor (or workflow).",
+            |s| s.started,
+        ),
+        (
+            "weir_executions_running",
+            "gauge",
+            "Executions running (or waiting to run) now, by processor (or workflow).",
+            |s| s.running,
+        ),
+    ];
+    for (name, kind, help, value) in per_processor {
+        header(&mut out, name, kind, help);
+        for (processor, s) in &stats.processors {
+            let _ = writeln!(
+                out,
+                "{name}{{processor=\"{}\"}} {}",
+                escape(processor),
+                value(s)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "weir_execution_duration_seconds",
+        "histogram",
+        "Wall-clock time of finished executions, by processor (or workflow).",
+    );
+    for (processor, s) in &stats.processors {
+        let p = escape(processor);
+        let mut cumulative = 0;
+        for (bound, count) in DURATION_BUCKETS_US.iter().zip(&s.duration_buckets) {
+            cumulative += count;
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "weir_execution_duration_seconds_bucket{{processor=\"{p}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count: u64 = s.duration_buckets.iter().sum();
+        let _ = writeln!(
+            out,
+            "weir_execution_duration_seconds_bucket{{processor=\"{p}\",le=\"+Inf\"}} {count}"
+        );
+        let sum = s.total_duration_us as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "weir_execution_duration_seconds_sum{{processor=\"{p}\"}} {sum}"
+        );
+        let _ = writeln!(
+            out,
+            "weir_execution_duration_seconds_count{{processor=\"{p}\"}} {count}"
+        );
+    }
+    out
+}
+
+/// A per-processor metric family: name, type, help, and the counter it reports.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ProcessorStats) -> u64,
+);
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(escape("plain-name"), "plain-name");
+    }
+}

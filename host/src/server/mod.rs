@@ -1,0 +1,131 @@
+//! The HTTP API that `weir serve --listen ADDR` serves: JSON over HTTP/1.1, versioned under
+//! `/v1`, plus health and readiness probes, Prometheus metrics and the runtime's events as
+//! Server-Sent Events. [`ROUTES`] lists every route; the OpenAPI document served at
+//! `/v1/openapi.json` describes exactly those (a test checks both ways).
+//!
+//! Conventions:
+//! - a request the API refuses (nothing ran) gets a 4xx/5xx status and
+//!   `{"error": {"kind", "code", "message", …}}`;
+//! - an execution that ran gets `200` and its result document (the same document as
+//!   `weir run` prints), whether it succeeded or failed: `ok` says which, and the
+//!   `weir-execution-id` header carries its id;
+//! - bodies over [`ServerConfig::max_body_bytes`] get `413`;
+//! - a client that disconnects before its execution finishes cancels it.
+//!
+//! Every execution runs for the tenant `default`; tenants with their own tokens, quotas and
+//! isolation arrive with authentication.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = weir::Runtime::builder().plugins_dir("plugins/dist").build().await?;
+//! runtime.start();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! weir::server::serve(listener, runtime, weir::server::ServerConfig::default(), shutdown).await?;
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod error;
+mod events;
+mod metrics;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::Runtime;
+
+/// How the HTTP API behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Largest request body accepted, in bytes (default 4 MiB, the default output cap);
+    /// larger ones get `413`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Every route of the API as (method, path), paths in OpenAPI's `{param}` syntax.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/openapi.json"),
+    ("POST", "/v1/run/{name}"),
+    ("GET", "/v1/plugins"),
+    ("GET", "/v1/plugins/{name}"),
+    ("GET", "/v1/workflows"),
+    ("GET", "/v1/stats"),
+    ("GET", "/v1/sessions"),
+    ("GET", "/v1/sessions/{id}"),
+    ("DELETE", "/v1/sessions/{id}"),
+    ("GET", "/v1/events"),
+];
+
+/// The OpenAPI 3.1 document describing [`ROUTES`].
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What every handler shares.
+#[derive(Clone)]
+struct AppState {
+    runtime: Runtime,
+    config: Arc<ServerConfig>,
+    /// Cancelled when the server shuts down: ends the event streams, which would otherwise
+    /// hold graceful shutdown open forever.
+    shutdown: CancellationToken,
+}
+
+/// The API's routes over `runtime`, for embedding in an application's own axum server.
+/// Event streams end when `shutdown` is cancelled.
+pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToken) -> Router {
+    let limit = config.max_body_bytes;
+    let state = AppState {
+        runtime,
+        config: Arc::new(config),
+        shutdown,
+    };
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/v1/openapi.json", get(api::openapi))
+        .route("/v1/run/{name}", post(api::run))
+        .route("/v1/plugins", get(api::plugins))
+        .route("/v1/plugins/{name}", get(api::plugin))
+        .route("/v1/workflows", get(api::workflows))
+        .route("/v1/stats", get(api::stats))
+        .route("/v1/sessions", get(api::sessions))
+        .route(
+            "/v1/sessions/{id}",
+            get(api::session).delete(api::stop_session),
+        )
+        .route("/v1/events", get(events::stream))
+        .fallback(api::no_route)
+        .method_not_allowed_fallback(api::wrong_method)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then lets requests in
+/// progress finish (executions are not cancelled: stop the runtime for that).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    runtime: Runtime,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(runtime, config, shutdown.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
