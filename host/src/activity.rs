@@ -3,7 +3,7 @@
 //! counters. One short mutex section when an execution starts and one when it ends.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -59,6 +59,24 @@ impl ProcessorStats {
         None
     }
 
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ProcessorStats) {
+        self.started += other.started;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.running += other.running;
+        self.total_duration_us = self
+            .total_duration_us
+            .saturating_add(other.total_duration_us);
+        for (mine, theirs) in self
+            .duration_buckets
+            .iter_mut()
+            .zip(&other.duration_buckets)
+        {
+            *mine += theirs;
+        }
+    }
+
     fn observe(&mut self, duration: Duration) {
         let us: u64 = duration.as_micros().try_into().unwrap_or(u64::MAX);
         self.total_duration_us = self.total_duration_us.saturating_add(us);
@@ -98,7 +116,8 @@ struct Running {
 struct Inner {
     running: HashMap<String, Running>,
     sessions: HashMap<SessionKey, SessionStats>,
-    processors: BTreeMap<String, ProcessorStats>,
+    /// Counters by tenant, then processor.
+    tenants: HashMap<Arc<str>, BTreeMap<String, ProcessorStats>>,
 }
 
 /// The runtime's record of activity.
@@ -139,14 +158,19 @@ impl Activity {
     pub(crate) fn begin(
         &self,
         id: &str,
+        tenant: &Arc<str>,
         processor: &str,
         session: Option<SessionKey>,
         cancel: &CancelHandle,
     ) -> Began {
         let mut inner = self.lock();
-        let stats = match inner.processors.get_mut(processor) {
+        let processors = match inner.tenants.get_mut(&**tenant) {
+            Some(processors) => processors,
+            None => inner.tenants.entry(tenant.clone()).or_default(),
+        };
+        let stats = match processors.get_mut(processor) {
             Some(stats) => stats,
-            None => inner.processors.entry(processor.to_string()).or_default(),
+            None => processors.entry(processor.to_string()).or_default(),
         };
         stats.started += 1;
         stats.running += 1;
@@ -187,9 +211,20 @@ impl Activity {
     }
 
     /// Records that execution `id` finished.
-    pub(crate) fn end(&self, id: &str, processor: &str, ok: bool, duration: Duration) {
+    pub(crate) fn end(
+        &self,
+        id: &str,
+        tenant: &str,
+        processor: &str,
+        ok: bool,
+        duration: Duration,
+    ) {
         let mut inner = self.lock();
-        if let Some(stats) = inner.processors.get_mut(processor) {
+        if let Some(stats) = inner
+            .tenants
+            .get_mut(tenant)
+            .and_then(|processors| processors.get_mut(processor))
+        {
             stats.running = stats.running.saturating_sub(1);
             if ok {
                 stats.completed += 1;
@@ -287,8 +322,25 @@ impl Activity {
         self.lock().sessions.remove(key);
     }
 
+    /// Counters per processor, summed over tenants.
     pub(crate) fn processor_stats(&self) -> BTreeMap<String, ProcessorStats> {
-        self.lock().processors.clone()
+        let inner = self.lock();
+        let mut total: BTreeMap<String, ProcessorStats> = BTreeMap::new();
+        for processors in inner.tenants.values() {
+            for (name, stats) in processors {
+                total.entry(name.clone()).or_default().add(stats);
+            }
+        }
+        total
+    }
+
+    /// Counters per tenant, then processor.
+    pub(crate) fn tenant_stats(&self) -> BTreeMap<String, BTreeMap<String, ProcessorStats>> {
+        self.lock()
+            .tenants
+            .iter()
+            .map(|(tenant, processors)| (tenant.to_string(), processors.clone()))
+            .collect()
     }
 
     pub(crate) fn session_stats(&self, key: &SessionKey) -> Option<SessionStats> {
@@ -352,17 +404,17 @@ mod tests {
         let cancel = CancelHandle::new();
         assert!(
             activity
-                .begin("1", "p", Some(key.clone()), &cancel)
+                .begin("1", &Arc::from("t"), "p", Some(key.clone()), &cancel)
                 .new_session
         );
         assert!(
             !activity
-                .begin("2", "p", Some(key.clone()), &cancel)
+                .begin("2", &Arc::from("t"), "p", Some(key.clone()), &cancel)
                 .new_session
         );
         assert_eq!(activity.running(), 2);
-        activity.end("1", "p", true, Duration::from_micros(5));
-        activity.end("2", "p", false, Duration::from_micros(7));
+        activity.end("1", "t", "p", true, Duration::from_micros(5));
+        activity.end("2", "t", "p", false, Duration::from_micros(7));
         let stats = &activity.processor_stats()["p"];
         assert_eq!(
             (stats.started, stats.completed, stats.failed, stats.running),
@@ -381,8 +433,20 @@ mod tests {
         let activity = Activity::new();
         let mine = CancelHandle::new();
         let other = CancelHandle::new();
-        activity.begin("1", "p", Some(SessionKey::new("t", "a")), &mine);
-        activity.begin("2", "p", Some(SessionKey::new("t", "b")), &other);
+        activity.begin(
+            "1",
+            &Arc::from("t"),
+            "p",
+            Some(SessionKey::new("t", "a")),
+            &mine,
+        );
+        activity.begin(
+            "2",
+            &Arc::from("t"),
+            "p",
+            Some(SessionKey::new("t", "b")),
+            &other,
+        );
         assert_eq!(activity.cancel_session(&SessionKey::new("t", "a")), 1);
         assert!(mine.is_cancelled());
         assert!(!other.is_cancelled());
@@ -393,14 +457,14 @@ mod tests {
     #[tokio::test]
     async fn idle_resolves_when_the_last_execution_ends() {
         let activity = std::sync::Arc::new(Activity::new());
-        activity.begin("1", "p", None, &CancelHandle::new());
+        activity.begin("1", &Arc::from("t"), "p", None, &CancelHandle::new());
         let waiter = {
             let activity = activity.clone();
             tokio::spawn(
                 async move { activity.idle(Instant::now() + Duration::from_secs(5)).await },
             )
         };
-        activity.end("1", "p", true, Duration::ZERO);
+        activity.end("1", "t", "p", true, Duration::ZERO);
         assert!(waiter.await.unwrap());
     }
 }

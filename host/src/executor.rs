@@ -133,23 +133,28 @@ pub(crate) async fn call_nested(
     state: String,
     deadline: Instant,
     cancel: CancelHandle,
-) -> Result<String, ExecutionError> {
+) -> (Result<String, ExecutionError>, u64) {
     let depth = caller.depth + 1;
     let max = shared.config.max_call_depth;
     if depth > max {
-        return Err(ExecutionError::host(
+        let error = ExecutionError::host(
             ErrorKind::Execution,
             codes::CALL_DEPTH_EXCEEDED,
             format!("calling `{name}` would nest {depth} calls deep; the maximum is {max}"),
-        ));
+        );
+        return (Err(error), 0);
     }
-    let input: Value = serde_json::from_str(&state).map_err(|e| {
-        ExecutionError::host(
-            ErrorKind::Validation,
-            codes::INVALID_INPUT,
-            format!("the state passed to `{name}` is not valid JSON: {e}"),
-        )
-    })?;
+    let input: Value = match serde_json::from_str(&state) {
+        Ok(input) => input,
+        Err(e) => {
+            let error = ExecutionError::host(
+                ErrorKind::Validation,
+                codes::INVALID_INPUT,
+                format!("the state passed to `{name}` is not valid JSON: {e}"),
+            );
+            return (Err(error), 0);
+        }
+    };
     let scope = Scope {
         depth,
         deadline: Some(deadline),
@@ -157,10 +162,12 @@ pub(crate) async fn call_nested(
         ..caller.clone()
     };
     let result = run_boxed(shared, &name, input, scope).await;
-    match result.error {
+    let fuel = result.execution.fuel_consumed;
+    let outcome = match result.error {
         None => Ok(json_text(&result.state)),
         Some(error) => Err(error),
-    }
+    };
+    (outcome, fuel)
 }
 
 /// Runs a step of a workflow or a nested call. Boxed: an execution can contain itself.
@@ -206,13 +213,18 @@ async fn run(
         .session
         .as_ref()
         .map(|session| SessionKey::new(&*scope.tenant, &**session));
-    let began = shared
-        .activity
-        .begin(&info.id, &info.processor, session_key, &scope.cancel);
+    let began = shared.activity.begin(
+        &info.id,
+        &scope.tenant,
+        &info.processor,
+        session_key,
+        &scope.cancel,
+    );
     // Ends the record even if this future is dropped before it finishes.
     let mut record = Recorded {
         activity: &shared.activity,
         id: info.id.clone(),
+        tenant: scope.tenant.clone(),
         processor: info.processor.clone(),
         started,
         done: false,
@@ -258,6 +270,7 @@ async fn run(
 struct Recorded<'a> {
     activity: &'a crate::activity::Activity,
     id: String,
+    tenant: Arc<str>,
     processor: String,
     started: Instant,
     done: bool,
@@ -266,15 +279,21 @@ struct Recorded<'a> {
 impl Recorded<'_> {
     fn finish(&mut self, ok: bool, elapsed: Duration) {
         self.done = true;
-        self.activity.end(&self.id, &self.processor, ok, elapsed);
+        self.activity
+            .end(&self.id, &self.tenant, &self.processor, ok, elapsed);
     }
 }
 
 impl Drop for Recorded<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.activity
-                .end(&self.id, &self.processor, false, self.started.elapsed());
+            self.activity.end(
+                &self.id,
+                &self.tenant,
+                &self.processor,
+                false,
+                self.started.elapsed(),
+            );
         }
     }
 }
@@ -318,7 +337,17 @@ async fn run_in_span(
                 .await;
         }
         None => {
-            let error = not_found(shared, &info.processor);
+            let error = if scope.depth == 0 {
+                not_found(shared, &info.processor)
+            } else {
+                // A guest's `call`: its output reaches the caller, so it learns nothing about
+                // what else is loaded or why files were rejected.
+                ExecutionError::host(
+                    ErrorKind::NotFound,
+                    codes::PROCESSOR_NOT_FOUND,
+                    format!("no processor or workflow named `{}`", info.processor),
+                )
+            };
             return failed(state::with_metadata(input, &metadata), error, info);
         }
     };
@@ -603,7 +632,11 @@ async fn attempt(
             _ = hard_cancel(cancel, grace) => Raw::Cancelled,
         }
     };
-    let fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    // The guest's own fuel, and what its nested `call`s burnt.
+    let fuel = limits
+        .fuel
+        .saturating_sub(store.get_fuel().unwrap_or(0))
+        .saturating_add(store.data().nested_fuel);
     let peak_memory = store.data().limiter.peak;
     let memory_hit = store.data().limiter.hit;
     log.finish();
@@ -611,7 +644,10 @@ async fn attempt(
     // the rest are dropped here (a fresh store always is).
     match (warm, instance) {
         (Some(pool), Some(processor))
-            if matches!(raw, Raw::Finished(Ok(_))) && !memory_hit && !cancel.is_cancelled() =>
+            if matches!(raw, Raw::Finished(Ok(_)))
+                && !memory_hit
+                && !cancel.is_cancelled()
+                && Instant::now() < deadline =>
         {
             store.data_mut().release();
             let instance = WarmInstance {

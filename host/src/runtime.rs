@@ -212,8 +212,10 @@ pub struct RuntimeStats {
     pub running: usize,
     /// Sessions that have seen work and not been stopped.
     pub sessions: usize,
-    /// Counters per processor and workflow.
+    /// Counters per processor and workflow, over all tenants.
     pub processors: BTreeMap<String, ProcessorStats>,
+    /// The same counters per tenant.
+    pub tenants: BTreeMap<String, BTreeMap<String, ProcessorStats>>,
 }
 
 /// What stopping did.
@@ -699,6 +701,7 @@ impl Runtime {
             running: activity.running(),
             sessions: activity.sessions().len(),
             processors: activity.processor_stats(),
+            tenants: activity.tenant_stats(),
         }
     }
 

@@ -95,6 +95,8 @@ pub(crate) struct Sandbox {
     pub(crate) deadline: Instant,
     /// The running execution's cancellation; none while a warm instance waits idle.
     cancel: Option<CancelHandle>,
+    /// Fuel burnt by this execution's nested `call`s (each in a sandbox of its own).
+    pub(crate) nested_fuel: u64,
     processor: Arc<str>,
     config: Arc<BTreeMap<String, String>>,
     /// Who is running, for nested calls and the session store; absent while a plugin is
@@ -129,6 +131,7 @@ impl Sandbox {
             log: spec.log,
             deadline: spec.deadline,
             cancel: Some(spec.cancel),
+            nested_fuel: 0,
             processor: spec.processor,
             config: spec.config,
             caller: spec.caller,
@@ -165,6 +168,7 @@ impl Sandbox {
         sandbox.limiter.hit = false;
         sandbox.deadline = spec.deadline;
         sandbox.cancel = Some(spec.cancel);
+        sandbox.nested_fuel = 0;
         sandbox.caller = spec.caller;
         set_fuel(store, spec.fuel)?;
         store.set_epoch_deadline(1);
@@ -350,9 +354,10 @@ impl imports::invoke::Host for Sandbox {
             .cancel
             .as_ref()
             .map_or_else(CancelHandle::new, CancelHandle::child);
-        crate::executor::call_nested(&shared, &scope, name, state, self.deadline, cancel)
-            .await
-            .map_err(to_wit_error)
+        let (outcome, fuel) =
+            crate::executor::call_nested(&shared, &scope, name, state, self.deadline, cancel).await;
+        self.nested_fuel = self.nested_fuel.saturating_add(fuel);
+        outcome.map_err(to_wit_error)
     }
 }
 

@@ -19,7 +19,11 @@
 //!
 //! An instance is discarded after `max_executions` executions or `idle_timeout_ms` idle;
 //! a tenant keeps at most `max_idle` idle instances of a plugin, and the engine at most
-//! [`crate::EngineConfig::max_warm_instances`] in all.
+//! [`crate::EngineConfig::max_warm_instances`] in all. Idle instances are dropped lazily:
+//! an expired one goes when its tenant next takes or returns one, or when the engine's
+//! allowance is spent and its plugin's pool sheds every expired instance. There is no timer,
+//! so an instance of a plugin nobody runs again stays (within the allowance) until the
+//! plugin is replaced or removed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -142,11 +146,20 @@ impl WarmPool {
         if instance.uses >= self.policy.max_executions {
             return;
         }
-        let Some(ticket) = self.budget.try_take() else {
-            return;
-        };
         let timeout = self.policy.idle_timeout();
         let now = Instant::now();
+        let ticket = match self.budget.try_take() {
+            Some(ticket) => ticket,
+            None => {
+                // The allowance is spent: free what this pool holds past its idle timeout,
+                // whichever tenant it was kept for, and try once more.
+                self.shed_expired(now);
+                match self.budget.try_take() {
+                    Some(ticket) => ticket,
+                    None => return,
+                }
+            }
+        };
         let entry = Idle {
             instance,
             since: now,
@@ -173,6 +186,25 @@ impl WarmPool {
         }
         drop(idle);
         drop(dropped);
+    }
+}
+
+impl WarmPool {
+    /// Drops every idle instance of any tenant that has waited past the idle timeout.
+    fn shed_expired(&self, now: Instant) {
+        let timeout = self.policy.idle_timeout();
+        let mut expired = Vec::new();
+        {
+            let mut idle = self.lock();
+            for stack in idle.values_mut() {
+                let keep_from = stack
+                    .iter()
+                    .position(|e| now.duration_since(e.since) <= timeout)
+                    .unwrap_or(stack.len());
+                expired.extend(stack.drain(..keep_from));
+            }
+        }
+        drop(expired);
     }
 }
 

@@ -6,7 +6,9 @@
 //! (the growth of this process's RSS across a cached start that loads it: compiled code
 //! mapped in, the pre-instantiated component; an approximation, as the allocator may keep
 //! freed memory). Then the start of one runtime holding every
-//! language's plugin on a warm cache (the goal: ≤ 1 s).
+//! language's plugin on a warm cache (the goal: ≤ 1 s). Each plugin is measured again with
+//! `[warm]` granted in its manifest: executions reuse an instance of the tenant's instead of
+//! starting afresh, which spares an interpreter its start-up.
 //!
 //! Run with `cargo xtask bench languages` (or `cargo bench -p weir-tests --bench languages`);
 //! `WEIR_BENCH_SAMPLES` sets the executions per plugin (default 300).
@@ -110,6 +112,23 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
+/// `samples` execution times of the case's plugin on `rt`, sorted, after a warm-up so the
+/// first executions' page faults are not counted.
+async fn sample(rt: &weir::Runtime, case: &Case, samples: usize) -> Vec<Duration> {
+    for _ in 0..samples.div_ceil(10) {
+        assert!(rt.run(case.plugin, case.input.clone()).await.unwrap().ok);
+    }
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        let result = rt.run(case.plugin, case.input.clone()).await.unwrap();
+        times.push(started.elapsed());
+        assert!(result.ok, "{}: {result:?}", case.plugin);
+    }
+    times.sort();
+    times
+}
+
 #[tokio::main]
 async fn main() {
     let samples: usize = std::env::var("WEIR_BENCH_SAMPLES")
@@ -134,22 +153,19 @@ async fn main() {
         let (rt, cached_start) = start(folder.path(), Some(cache.path().to_path_buf())).await;
         let rss_loaded = weir_tests::rss_bytes().saturating_sub(rss_before);
         assert!(rt.plugin(case.plugin).unwrap().compiled_from_cache());
-        let mut times = Vec::with_capacity(samples);
-        for _ in 0..samples.div_ceil(10) {
-            // Warm-up, so the first executions' page faults are not counted.
-            assert!(rt.run(case.plugin, case.input.clone()).await.unwrap().ok);
-        }
-        for _ in 0..samples {
-            let started = Instant::now();
-            let result = rt.run(case.plugin, case.input.clone()).await.unwrap();
-            times.push(started.elapsed());
-            assert!(result.ok, "{}: {result:?}", case.plugin);
-        }
-        times.sort();
+        let times = sample(&rt, &case, samples).await;
+        drop(rt);
+        // The same plugin with warm instances granted: each execution reuses the last one's
+        // instance instead of starting the interpreter afresh.
+        folder.manifest(case.plugin, "[warm]\nmax_executions = 1000000\n");
+        let (warm, _) = start(folder.path(), Some(cache.path().to_path_buf())).await;
+        let warm_times = sample(&warm, &case, samples).await;
+        drop(warm);
         let p50 = percentile(&times, 0.5);
+        let warm_p50 = percentile(&warm_times, 0.5);
         let baseline = *baseline_p50.get_or_insert(p50);
         rows.push(format!(
-            "| {} (`{}`) | {:.2} MiB | {} | {} | {} | {:.1} MiB | {} ({:.1}×) | {} |",
+            "| {} (`{}`) | {:.2} MiB | {} | {} | {} | {:.1} MiB | {} ({:.1}×) | {} | {} ({:.2}× fresh) |",
             case.lang,
             case.plugin,
             size as f64 / (1024.0 * 1024.0),
@@ -163,6 +179,8 @@ async fn main() {
             us(p50),
             p50.as_secs_f64() / baseline.as_secs_f64(),
             us(percentile(&times, 0.99)),
+            us(warm_p50),
+            warm_p50.as_secs_f64() / p50.as_secs_f64(),
         ));
     }
     let all = weir_tests::PluginFolder::with(&cases().iter().map(|c| c.plugin).collect::<Vec<_>>());
@@ -173,9 +191,9 @@ async fn main() {
         "{samples} executions per plugin after warm-up; p50 ratio against Rust in this run.\n"
     );
     println!(
-        "| language (plugin) | component | build | first load (compile) | cached start | RSS loaded | execution p50 | p99 |"
+        "| language (plugin) | component | build | first load (compile) | cached start | RSS loaded | execution p50 | p99 | warm instance p50 |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }

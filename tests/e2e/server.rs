@@ -9,6 +9,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use weir_tests::{PluginFolder, WeirProcess};
 
+use crate::http::answer;
+
 /// A `weir serve` over `plugins` (plus a file that is not a component and a workflow),
 /// with `extra` arguments, and a client for it.
 struct Api {
@@ -58,13 +60,6 @@ impl Api {
             .unwrap();
         answer(response).await
     }
-}
-
-async fn answer(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-    (status, body)
 }
 
 fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
@@ -290,10 +285,10 @@ async fn metrics_count_executions_in_the_prometheus_text_format() {
         "weir_up 1",
         "weir_plugins_loaded 2",
         "weir_plugins_rejected 1",
-        "weir_executions_total{processor=\"hello\",outcome=\"ok\"} 3",
-        "weir_executions_total{processor=\"panic\",outcome=\"failed\"} 1",
-        "weir_execution_duration_seconds_count{processor=\"hello\"} 3",
-        "weir_execution_duration_seconds_bucket{processor=\"hello\",le=\"+Inf\"} 3",
+        "weir_executions_total{tenant=\"default\",processor=\"hello\",outcome=\"ok\"} 3",
+        "weir_executions_total{tenant=\"default\",processor=\"panic\",outcome=\"failed\"} 1",
+        "weir_execution_duration_seconds_count{tenant=\"default\",processor=\"hello\"} 3",
+        "weir_execution_duration_seconds_bucket{tenant=\"default\",processor=\"hello\",le=\"+Inf\"} 3",
     ] {
         assert!(
             text.lines().any(|l| l == expected),

@@ -340,11 +340,16 @@ impl WeirProcess {
     /// until its HTTP API listens, and returns it with the API's base URL
     /// (`http://127.0.0.1:PORT`).
     pub fn serve(plugins: &Path, extra: &[&str]) -> (WeirProcess, String) {
+        Self::serve_binary(weir_bin(), plugins, extra)
+    }
+
+    /// [`WeirProcess::serve`] with the given `weir` binary.
+    pub fn serve_binary(binary: &Path, plugins: &Path, extra: &[&str]) -> (WeirProcess, String) {
         let mut args: Vec<&std::ffi::OsStr> = vec!["serve".as_ref(), "--plugins".as_ref()];
         args.push(plugins.as_os_str());
         args.extend(["--listen", "127.0.0.1:0"].iter().map(std::ffi::OsStr::new));
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        let mut process = Self::spawn(weir_bin(), &args, "HTTP API listening");
+        let mut process = Self::spawn(binary, &args, "HTTP API listening");
         let line = process.wait_for("HTTP API listening");
         let url = line
             .split_whitespace()

@@ -6,7 +6,7 @@
 //!   (with the example `workflows.toml`);
 //! - `demo`: build everything, then run the example plugins through `weir run`;
 //! - `test`: formatting, lints and the whole test suite (what CI runs);
-//! - `bench [execute|reload|queue|languages|memory]`: the benchmarks (release build).
+//! - `bench [execute|reload|queue|languages|memory|serve]`: the benchmarks (release build).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -209,7 +209,7 @@ fn test() -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask bench [execute|reload|queue|languages|memory]` (all by default).
+/// `cargo xtask bench [execute|reload|queue|languages|memory|serve]` (all by default).
 fn bench(which: &[String]) -> Result<(), String> {
     let all = [
         "execute".to_string(),
@@ -217,6 +217,7 @@ fn bench(which: &[String]) -> Result<(), String> {
         "queue".to_string(),
         "languages".to_string(),
         "memory".to_string(),
+        "serve".to_string(),
     ];
     let benches = if which.is_empty() { &all[..] } else { which };
     for name in benches {

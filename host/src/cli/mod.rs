@@ -8,6 +8,7 @@ mod plugins;
 mod run;
 mod runs;
 mod serve;
+mod token;
 mod worker;
 mod workflows;
 
@@ -62,8 +63,11 @@ struct Cli {
 enum Command {
     /// Run one processor on one input state and print the result document.
     Run(run::RunArgs),
-    /// Keep serving a plugins folder, applying changes to it without a restart.
+    /// Keep serving a plugins folder, applying changes to it without a restart; with
+    /// `--listen`, serve the HTTP API too.
     Serve(serve::ServeArgs),
+    /// Make a new API token and print it with the SHA-256 digest that `weir.toml` stores.
+    Token,
     /// List or inspect the plugins of a folder.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -240,6 +244,7 @@ pub(crate) fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Token => token::run(),
             Command::Plugins(command) => plugins::run(command).await,
             Command::Workflows(command) => workflows::run(command).await,
             Command::Worker(args) => worker::run(args).await,

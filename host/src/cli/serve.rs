@@ -30,9 +30,15 @@ pub(crate) struct ServeArgs {
     /// the address is logged).
     #[arg(long, env = "WEIR_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Largest HTTP request body accepted, in bytes; larger ones get 413.
-    #[arg(long, default_value_t = weir::server::ServerConfig::default().max_body_bytes, value_name = "BYTES")]
-    max_body_bytes: usize,
+    /// Largest HTTP request body accepted, in bytes; larger ones get 413 [default: the
+    /// config file's `[server] max_body_bytes`, else 4 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
+    /// The server's configuration: tenants, their tokens and quotas, the operator's token
+    /// (see `weir::server::ServerFile`). Without it the HTTP API is open to anyone who can
+    /// reach it, and everything runs as the tenant `default`.
+    #[arg(long, env = "WEIR_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -109,8 +115,22 @@ async fn listen(
     let bound = listener
         .local_addr()
         .map_err(|e| Failure::Infrastructure(format!("cannot read the bound address: {e}")))?;
+    let file = match &args.config {
+        Some(path) => weir::server::ServerFile::load(path).map_err(Failure::Usage)?,
+        None => weir::server::ServerFile::default(),
+    };
+    if !file.access.is_configured() {
+        tracing::warn!(
+            "no tenants or operator token configured (--config): the HTTP API is open to \
+             anyone who can reach it, and everything runs as the tenant `default`"
+        );
+    }
     let config = weir::server::ServerConfig {
-        max_body_bytes: args.max_body_bytes,
+        max_body_bytes: args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(weir::server::ServerConfig::default().max_body_bytes),
+        access: file.access,
     };
     tracing::warn!(url = %format!("http://{bound}"), "HTTP API listening");
     Ok(tokio::spawn(weir::server::serve(

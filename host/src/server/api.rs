@@ -1,7 +1,9 @@
 //! The request handlers of the JSON API: each turns one request into one call on the
 //! [`Runtime`](crate::Runtime) and its answer into JSON.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,15 +12,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
+use super::access::{Caller, Tenant};
 use super::error::ApiError;
 use super::{AppState, OPENAPI, metrics};
+use crate::activity::ProcessorStats;
+use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::RuntimeError;
 use crate::runtime::{ExecutionRequest, RuntimeState};
-
-/// The tenant every execution runs for until authentication names one.
-pub(super) const TENANT: &str = "default";
 
 /// `GET /healthz`: the process is up and answering.
 pub(super) async fn healthz() -> Json<Value> {
@@ -45,17 +47,21 @@ pub(super) async fn readyz(State(app): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `GET /metrics`: Prometheus text.
-pub(super) async fn metrics(State(app): State<AppState>) -> Response {
-    (
+/// `GET /metrics`: Prometheus text (the operator's).
+pub(super) async fn metrics(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require_operator("`/metrics`")?;
+    Ok((
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         metrics::render(&app.runtime),
     )
-        .into_response()
+        .into_response())
 }
 
 /// `GET /v1/openapi.json`: the API's description.
-pub(super) async fn openapi() -> Response {
+pub(super) async fn openapi(_caller: Caller) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
@@ -71,18 +77,26 @@ pub(super) struct RunQuery {
 }
 
 /// `POST /v1/run/{name}`: runs a processor or workflow on the body (a JSON object; empty
-/// means `{}`) and answers with its result document.
+/// means `{}`) for the caller's tenant, within its quotas, and answers with its result
+/// document.
 pub(super) async fn run(
     State(app): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     query: Result<Query<RunQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let (tenant, account) = caller.tenant()?;
+    if !caller.may_run(&name) {
+        // Exactly what a name that does not exist gets: nothing tells the caller whether
+        // another tenant's processor has that name.
+        return Err(not_found_for(&app, &caller, &name));
+    }
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
     let input = parse_body(&app, body)?;
     crate::state::validate_input(&input)
         .map_err(|e| ApiError::bad_request("invalid-input", e.message))?;
-    let mut request = ExecutionRequest::new(name, input).tenant(TENANT);
+    let mut request = ExecutionRequest::new(name, input).tenant(tenant);
     if let Some(session) = query.session {
         if session.is_empty() {
             return Err(ApiError::bad_request(
@@ -92,22 +106,86 @@ pub(super) async fn run(
         }
         request = request.session(session);
     }
-    if let Some(ms) = query.timeout_ms {
-        if ms == 0 {
-            return Err(ApiError::bad_request(
-                "invalid-query",
-                "`timeoutMs` must be above zero",
-            ));
-        }
-        request = request.timeout(Duration::from_millis(ms));
+    if query.timeout_ms == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "`timeoutMs` must be above zero",
+        ));
     }
-    let result = app
-        .runtime
-        .execute(request)
-        .await
-        .map_err(|e| runtime_error(&app, e))?;
+    // The tenant's ceilings, lowered further by the caller's own timeout.
+    let mut limits = account.map(|a| a.quota.ceilings()).unwrap_or_default();
+    if let Some(ms) = query.timeout_ms {
+        limits.timeout_ms = Some(limits.timeout_ms.map_or(ms, |ceiling| ceiling.min(ms)));
+    }
+    // The tenant's quotas: a place among its concurrent executions and its per-minute
+    // allowances, held until the execution has ended (whatever happens to this request).
+    let admitted = match account {
+        Some(account) => {
+            if let Err(over) = account.quota.admit(Instant::now()) {
+                return Err(ApiError::over_quota(
+                    format!(
+                        "tenant `{tenant}` is over its quota `{} = {}`; retry after {} s",
+                        over.quota,
+                        over.limit,
+                        over.retry_after.as_secs().max(1)
+                    ),
+                    over.retry_after,
+                )
+                .with("quota", json!(over.quota)));
+            }
+            Some(Admitted {
+                tenant: account.clone(),
+                fuel: 0,
+            })
+        }
+        None => None,
+    };
+    // The execution runs in a task of its own that holds the quota place and charges the
+    // fuel burnt; if the client goes away, the guard below cancels the execution, and the
+    // task still settles the account when it has stopped.
+    let cancel = CancelHandle::new();
+    let request = request.limits(limits).cancel_handle(cancel.clone());
+    let runtime = app.runtime.clone();
+    let execution = tokio::spawn(async move {
+        let mut admitted = admitted;
+        let outcome = runtime.execute(request).await;
+        if let (Some(admitted), Ok(result)) = (&mut admitted, &outcome) {
+            admitted.fuel = result.execution.fuel_consumed;
+        }
+        outcome
+    });
+    let mut guard = CancelOnDrop(Some(cancel));
+    let outcome = execution.await;
+    guard.0 = None;
+    let result = outcome
+        .map_err(|e| ApiError::unavailable(format!("the execution's task failed: {e}")))?
+        .map_err(|e| runtime_error(&app, &caller, e))?;
     let id = result.execution.id.clone();
     Ok(([("weir-execution-id", id)], Json(result.document())).into_response())
+}
+
+/// Cancels an execution whose client went away before it finished.
+struct CancelOnDrop(Option<CancelHandle>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            cancel.cancel_with(CancelReason::Request);
+        }
+    }
+}
+
+/// A place in a tenant's quotas, given back (with the fuel burnt) when the execution has
+/// ended.
+struct Admitted {
+    tenant: Arc<Tenant>,
+    fuel: u64,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.tenant.quota.release(self.fuel, Instant::now());
+    }
 }
 
 /// The request body as JSON: empty is `{}`; over the limit is 413.
@@ -130,11 +208,9 @@ fn parse_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Val
     })
 }
 
-fn runtime_error(app: &AppState, error: RuntimeError) -> ApiError {
+fn runtime_error(app: &AppState, caller: &Caller, error: RuntimeError) -> ApiError {
     match error {
-        RuntimeError::NotFound { reason, .. } => {
-            ApiError::not_found("processor-not-found", reason).with("available", available(app))
-        }
+        RuntimeError::NotFound { name, .. } => not_found_for(app, caller, &name),
         RuntimeError::InvalidRequest(message) => ApiError::bad_request("invalid-request", message),
         other @ (RuntimeError::NotStarted
         | RuntimeError::Stopped
@@ -142,97 +218,209 @@ fn runtime_error(app: &AppState, error: RuntimeError) -> ApiError {
     }
 }
 
-/// Names that can run: plugins and valid workflows, sorted.
-fn available(app: &AppState) -> Value {
+/// 404 for a name this caller cannot run, listing only the names it can.
+fn not_found_for(app: &AppState, caller: &Caller, name: &str) -> ApiError {
+    ApiError::not_found(
+        "processor-not-found",
+        format!("no processor or workflow named `{name}` is available to you"),
+    )
+    .with("available", available(app, caller))
+}
+
+/// Names this caller can run: plugins and valid workflows, sorted.
+fn available(app: &AppState, caller: &Caller) -> Value {
     let catalog = app.runtime.catalog();
     let mut names: Vec<&str> = catalog
         .plugins
         .keys()
         .chain(catalog.workflows.keys())
         .map(String::as_str)
+        .filter(|name| caller.may_run(name))
         .collect();
     names.sort_unstable();
     json!(names)
 }
 
-/// `GET /v1/plugins`: every plugin and rejected file.
-pub(super) async fn plugins(State(app): State<AppState>) -> Json<Value> {
-    Json(json!({ "plugins": app.runtime.catalog().plugin_listing() }))
+/// `GET /v1/plugins`: the plugins this caller may run; the operator also sees rejected files.
+pub(super) async fn plugins(State(app): State<AppState>, caller: Caller) -> Json<Value> {
+    let rows: Vec<Value> = app
+        .runtime
+        .catalog()
+        .plugin_listing()
+        .into_iter()
+        .filter(|row| visible(&caller, row))
+        .collect();
+    Json(json!({ "plugins": rows }))
 }
 
-/// `GET /v1/plugins/{name}`: one plugin in detail, or why its file was rejected.
+/// Whether a listing row is for this caller's eyes: names it may run, and rejections (which
+/// name files and say why) for the operator only.
+fn visible(caller: &Caller, row: &Value) -> bool {
+    let name = row["name"].as_str().unwrap_or_default();
+    let fleet_only = row["status"] == "rejected";
+    caller.may_run(name) && (!fleet_only || caller.is_fleet())
+}
+
+/// `GET /v1/plugins/{name}`: one plugin in detail, or (for the operator) why its file was
+/// rejected.
 pub(super) async fn plugin(
     State(app): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = app.runtime.catalog();
-    if let Some(plugin) = catalog.plugins.get(&name) {
-        return Ok(Json(plugin.detail_json()));
+    if caller.may_run(&name) {
+        if let Some(plugin) = catalog.plugins.get(&name) {
+            let mut detail = plugin.detail_json();
+            if !caller.is_fleet()
+                && let Some(detail) = detail.as_object_mut()
+            {
+                // The operator's manifest (configuration values, granted environment, host
+                // paths and addresses) and the file's path are not the tenant's to read.
+                detail.remove("manifest");
+                detail.remove("path");
+            }
+            return Ok(Json(detail));
+        }
+        if caller.is_fleet()
+            && let Some(rejected) = catalog.rejected.get(&name)
+        {
+            return Ok(Json(rejected.to_json()));
+        }
     }
-    if let Some(rejected) = catalog.rejected.get(&name) {
-        return Ok(Json(rejected.to_json()));
-    }
-    Err(
-        ApiError::not_found("plugin-not-found", format!("no plugin named `{name}`"))
-            .with("available", json!(catalog.names())),
-    )
-}
-
-/// `GET /v1/workflows`: every workflow, valid or not.
-pub(super) async fn workflows(State(app): State<AppState>) -> Json<Value> {
-    let catalog = app.runtime.catalog();
-    Json(json!({
-        "workflows": catalog.workflow_listing(),
-        "fileError": catalog.workflows_file_error,
-    }))
-}
-
-/// `GET /v1/stats`: runtime counters, with p50/p99 per processor.
-pub(super) async fn stats(State(app): State<AppState>) -> Json<Value> {
-    let stats = app.runtime.stats();
-    let processors: serde_json::Map<String, Value> = stats
-        .processors
-        .iter()
-        .map(|(name, s)| {
-            let finished = s.completed + s.failed;
-            let mut row = json!(s);
-            row["p50Us"] = json!(s.duration_quantile_us(0.5));
-            row["p99Us"] = json!(s.duration_quantile_us(0.99));
-            row["failureRate"] = json!(if finished == 0 {
-                0.0
-            } else {
-                s.failed as f64 / finished as f64
-            });
-            (name.clone(), row)
-        })
+    let names: Vec<&str> = catalog
+        .names()
+        .into_iter()
+        .filter(|n| caller.may_run(n))
         .collect();
-    Json(json!({
-        "state": stats.state,
-        "uptimeMs": stats.uptime_ms,
-        "running": stats.running,
-        "sessions": stats.sessions,
-        "processors": processors,
-    }))
+    Err(ApiError::not_found(
+        "plugin-not-found",
+        format!("no plugin named `{name}` is available to you"),
+    )
+    .with("available", json!(names)))
 }
 
-/// `GET /v1/sessions`: the tenant's sessions that have seen work.
-pub(super) async fn sessions(State(app): State<AppState>) -> Json<Value> {
+/// `GET /v1/workflows`: the workflows this caller may run, valid or not.
+pub(super) async fn workflows(State(app): State<AppState>, caller: Caller) -> Json<Value> {
+    let catalog = app.runtime.catalog();
+    let rows: Vec<Value> = catalog
+        .workflow_listing()
+        .into_iter()
+        .filter(|row| caller.may_run(row["name"].as_str().unwrap_or_default()))
+        .collect();
+    let file_error = if caller.is_fleet() {
+        catalog.workflows_file_error.clone()
+    } else {
+        None
+    };
+    Json(json!({ "workflows": rows, "fileError": file_error }))
+}
+
+/// `GET /v1/stats`: counters with p50/p99 and failure rate per processor: a tenant's own;
+/// for the operator, every tenant's and their sum.
+pub(super) async fn stats(State(app): State<AppState>, caller: Caller) -> Json<Value> {
+    let stats = app.runtime.stats();
+    let rows = |processors: &BTreeMap<String, ProcessorStats>| {
+        processors
+            .iter()
+            .map(|(name, s)| (name.clone(), stats_row(s)))
+            .collect::<Map<String, Value>>()
+    };
+    match &caller {
+        Caller::Tenant(tenant) => {
+            let own = stats
+                .tenants
+                .get(tenant.name())
+                .map(rows)
+                .unwrap_or_default();
+            Json(json!({
+                "state": stats.state,
+                "tenant": tenant.name(),
+                "processors": own,
+            }))
+        }
+        Caller::Operator | Caller::Open => {
+            let tenants: Map<String, Value> = stats
+                .tenants
+                .iter()
+                .map(|(tenant, processors)| (tenant.clone(), Value::Object(rows(processors))))
+                .collect();
+            Json(json!({
+                "state": stats.state,
+                "uptimeMs": stats.uptime_ms,
+                "running": stats.running,
+                "sessions": stats.sessions,
+                "processors": rows(&stats.processors),
+                "tenants": tenants,
+            }))
+        }
+    }
+}
+
+fn stats_row(s: &ProcessorStats) -> Value {
+    let finished = s.completed + s.failed;
+    let mut row = json!(s);
+    row["p50Us"] = json!(s.duration_quantile_us(0.5));
+    row["p99Us"] = json!(s.duration_quantile_us(0.99));
+    row["failureRate"] = json!(if finished == 0 {
+        0.0
+    } else {
+        s.failed as f64 / finished as f64
+    });
+    row
+}
+
+/// Which tenant's sessions a request means (`?tenant=`, for the operator).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TenantQuery {
+    tenant: Option<String>,
+}
+
+fn tenant_query(
+    query: Result<Query<TenantQuery>, QueryRejection>,
+) -> Result<Option<String>, ApiError> {
+    query
+        .map(|Query(q)| q.tenant)
+        .map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))
+}
+
+/// `GET /v1/sessions`: sessions that have seen work: a tenant's own; every tenant's for the
+/// operator (or one tenant's with `?tenant=`).
+pub(super) async fn sessions(
+    State(app): State<AppState>,
+    caller: Caller,
+    query: Result<Query<TenantQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let asked = tenant_query(query)?;
+    if let Some(asked) = &asked
+        && !caller.sees_tenant(asked)
+    {
+        return Err(ApiError::forbidden(
+            "a tenant's token reaches its own tenant only",
+        ));
+    }
     let sessions: Vec<_> = app
         .runtime
         .active_sessions()
         .into_iter()
-        .filter(|s| s.tenant == TENANT)
+        .filter(|s| caller.sees_tenant(&s.tenant))
+        .filter(|s| asked.as_deref().is_none_or(|t| s.tenant == t))
         .collect();
-    Json(json!({ "sessions": sessions }))
+    Ok(Json(json!({ "sessions": sessions })))
 }
 
 /// `GET /v1/sessions/{id}`: one session's counters and stored state.
 pub(super) async fn session(
     State(app): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
+    query: Result<Query<TenantQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let stats = app.runtime.session_stats(TENANT, &id);
-    let state = app.runtime.session_state(TENANT, &id).await;
+    let asked = tenant_query(query)?;
+    let tenant = caller.data_tenant(asked.as_deref())?;
+    let stats = app.runtime.session_stats(tenant, &id);
+    let state = app.runtime.session_state(tenant, &id).await;
     if stats.is_none() && state.is_none() {
         return Err(ApiError::not_found(
             "session-not-found",
@@ -240,19 +428,26 @@ pub(super) async fn session(
         ));
     }
     Ok(Json(
-        json!({ "session": id, "stats": stats, "state": state }),
+        json!({ "session": id, "tenant": tenant, "stats": stats, "state": state }),
     ))
 }
 
 /// `DELETE /v1/sessions/{id}`: stops the session: cancels its work, removes its state.
 pub(super) async fn stop_session(
     State(app): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
-) -> Json<Value> {
-    let report = app.runtime.stop_session(TENANT, &id).await;
-    Json(
-        json!({ "session": id, "cancelled": report.cancelled, "removedState": report.removed_state }),
-    )
+    query: Result<Query<TenantQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let asked = tenant_query(query)?;
+    let tenant = caller.data_tenant(asked.as_deref())?;
+    let report = app.runtime.stop_session(tenant, &id).await;
+    Ok(Json(json!({
+        "session": id,
+        "tenant": tenant,
+        "cancelled": report.cancelled,
+        "removedState": report.removed_state,
+    })))
 }
 
 /// A known path with the wrong method: 405 with the methods it has.

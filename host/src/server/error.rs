@@ -1,8 +1,10 @@
 //! The HTTP API's errors: a status and a JSON body `{"error": {kind, code, message, …}}`
 //! that says what went wrong and what to do, for every request the API refuses.
 
+use std::time::Duration;
+
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
@@ -14,6 +16,10 @@ pub(crate) struct ApiError {
     code: &'static str,
     message: String,
     extra: Map<String, Value>,
+    /// `Retry-After`, in seconds (429).
+    retry_after: Option<u64>,
+    /// Answer with `WWW-Authenticate: Bearer` (401).
+    challenge: bool,
 }
 
 impl ApiError {
@@ -24,6 +30,44 @@ impl ApiError {
             code,
             message,
             extra: Map::new(),
+            retry_after: None,
+            challenge: false,
+        }
+    }
+
+    /// 401: no token, or one that belongs to nobody.
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError {
+            challenge: true,
+            ..ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unauthorized",
+                message.into(),
+            )
+        }
+    }
+
+    /// 403: a known caller asking for something its token does not cover.
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "forbidden",
+            message.into(),
+        )
+    }
+
+    /// 429: a quota is spent; `retry_after` says when to try again.
+    pub(crate) fn over_quota(message: impl Into<String>, retry_after: Duration) -> Self {
+        ApiError {
+            retry_after: Some(retry_after.as_secs().max(1)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource",
+                "quota-exceeded",
+                message.into(),
+            )
         }
     }
 
@@ -91,7 +135,19 @@ impl IntoResponse for ApiError {
         body.insert("code".into(), json!(self.code));
         body.insert("message".into(), json!(self.message));
         body.extend(self.extra);
-        (self.status, Json(json!({ "error": body }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": body }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"weir\""),
+            );
+        }
+        response
     }
 }
 

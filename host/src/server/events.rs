@@ -1,7 +1,8 @@
 //! `GET /v1/events`: the runtime's events as Server-Sent Events, one `event:` per event kind
 //! (`processor:completed`, `session:stopped`, …) with the event as JSON `data:`, a `lagged`
 //! event when this client fell behind and missed some, and a keep-alive comment every 15 s.
-//! Optional filters: `?processor=NAME`, `?session=ID`.
+//! A tenant sees its own events only; the operator every tenant's. Optional filters:
+//! `?processor=NAME`, `?session=ID`, and `?tenant=NAME`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
+use super::access::Caller;
 use super::error::ApiError;
 use crate::events::{Event, Notice};
 
@@ -24,12 +26,14 @@ use crate::events::{Event, Notice};
 pub(super) struct Filter {
     processor: Option<String>,
     session: Option<String>,
+    /// The operator's choice of one tenant.
+    tenant: Option<String>,
 }
 
 impl Filter {
-    fn wants(&self, event: &Event) -> bool {
-        // Until tenants authenticate, the API serves the `default` tenant's events only.
-        event.tenant == super::api::TENANT
+    fn wants(&self, caller: &Caller, event: &Event) -> bool {
+        caller.sees_tenant(&event.tenant)
+            && self.tenant.as_deref().is_none_or(|t| event.tenant == t)
             && self
                 .processor
                 .as_deref()
@@ -44,10 +48,20 @@ impl Filter {
 /// The stream; it ends when the server shuts down.
 pub(super) async fn stream(
     State(app): State<AppState>,
+    caller: Caller,
     filter: Result<Query<Filter>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(filter) =
         filter.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    if let Some(asked) = &filter.tenant
+        && !caller.sees_tenant(asked)
+    {
+        return Err(ApiError::forbidden(
+            "a tenant's token reaches its own tenant's events only",
+        ));
+    }
+    // How many events a slow client missed counts every tenant's: the fleet's to know.
+    let fleet = caller.is_fleet();
     let subscription = app.runtime.subscribe();
     let events = stream::unfold(subscription, |mut subscription| async move {
         let notice = subscription.recv().await?;
@@ -55,7 +69,7 @@ pub(super) async fn stream(
     })
     .filter_map(move |notice| {
         let event = match notice {
-            Notice::Event(event) if filter.wants(&event) => Some(
+            Notice::Event(event) if filter.wants(&caller, &event) => Some(
                 SseEvent::default()
                     .event(event.event.as_str())
                     .json_data(&*event)
@@ -65,7 +79,7 @@ pub(super) async fn stream(
             Notice::Lagged { missed } => Some(
                 SseEvent::default()
                     .event("lagged")
-                    .data(json!({ "missed": missed }).to_string()),
+                    .data(json!({ "missed": fleet.then_some(missed) }).to_string()),
             ),
         };
         std::future::ready(event.map(Ok))

@@ -53,22 +53,36 @@ pub(crate) fn render(runtime: &Runtime) -> String {
         let _ = writeln!(out, "{name} {value}");
     }
 
+    // Every per-processor family is labelled with the tenant and the processor.
+    let rows: Vec<(String, &ProcessorStats)> = stats
+        .tenants
+        .iter()
+        .flat_map(|(tenant, processors)| {
+            processors.iter().map(move |(processor, s)| {
+                let labels = format!(
+                    "tenant=\"{}\",processor=\"{}\"",
+                    escape(tenant),
+                    escape(processor)
+                );
+                (labels, s)
+            })
+        })
+        .collect();
     header(
         &mut out,
         "weir_executions_total",
         "counter",
-        "Finished executions by processor (or workflow) and outcome.",
+        "Finished executions by tenant, processor (or workflow) and outcome.",
     );
-    for (processor, s) in &stats.processors {
-        let p = escape(processor);
+    for (labels, s) in &rows {
         let _ = writeln!(
             out,
-            "weir_executions_total{{processor=\"{p}\",outcome=\"ok\"}} {}",
+            "weir_executions_total{{{labels},outcome=\"ok\"}} {}",
             s.completed
         );
         let _ = writeln!(
             out,
-            "weir_executions_total{{processor=\"{p}\",outcome=\"failed\"}} {}",
+            "weir_executions_total{{{labels},outcome=\"failed\"}} {}",
             s.failed
         );
     }
@@ -76,57 +90,48 @@ pub(crate) fn render(runtime: &Runtime) -> String {
         (
             "weir_executions_started_total",
             "counter",
-            "Executions started by processor (or workflow).",
+            "Executions started by tenant and processor (or workflow).",
             |s| s.started,
         ),
         (
             "weir_executions_running",
             "gauge",
-            "Executions running (or waiting to run) now, by processor (or workflow).",
+            "Executions running (or waiting to run) now, by tenant and processor (or workflow).",
             |s| s.running,
         ),
     ];
     for (name, kind, help, value) in per_processor {
         header(&mut out, name, kind, help);
-        for (processor, s) in &stats.processors {
-            let _ = writeln!(
-                out,
-                "{name}{{processor=\"{}\"}} {}",
-                escape(processor),
-                value(s)
-            );
+        for (labels, s) in &rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {}", value(s));
         }
     }
     header(
         &mut out,
         "weir_execution_duration_seconds",
         "histogram",
-        "Wall-clock time of finished executions, by processor (or workflow).",
+        "Wall-clock time of finished executions, by tenant and processor (or workflow).",
     );
-    for (processor, s) in &stats.processors {
-        let p = escape(processor);
+    for (labels, s) in &rows {
         let mut cumulative = 0;
         for (bound, count) in DURATION_BUCKETS_US.iter().zip(&s.duration_buckets) {
             cumulative += count;
             let le = *bound as f64 / 1e6;
             let _ = writeln!(
                 out,
-                "weir_execution_duration_seconds_bucket{{processor=\"{p}\",le=\"{le}\"}} {cumulative}"
+                "weir_execution_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
             );
         }
         let count: u64 = s.duration_buckets.iter().sum();
         let _ = writeln!(
             out,
-            "weir_execution_duration_seconds_bucket{{processor=\"{p}\",le=\"+Inf\"}} {count}"
+            "weir_execution_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
         );
         let sum = s.total_duration_us as f64 / 1e6;
+        let _ = writeln!(out, "weir_execution_duration_seconds_sum{{{labels}}} {sum}");
         let _ = writeln!(
             out,
-            "weir_execution_duration_seconds_sum{{processor=\"{p}\"}} {sum}"
-        );
-        let _ = writeln!(
-            out,
-            "weir_execution_duration_seconds_count{{processor=\"{p}\"}} {count}"
+            "weir_execution_duration_seconds_count{{{labels}}} {count}"
         );
     }
     out

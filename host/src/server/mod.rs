@@ -12,8 +12,13 @@
 //! - bodies over [`ServerConfig::max_body_bytes`] get `413`;
 //! - a client that disconnects before its execution finishes cancels it.
 //!
-//! Every execution runs for the tenant `default`; tenants with their own tokens, quotas and
-//! isolation arrive with authentication.
+//! Callers authenticate with `Authorization: Bearer TOKEN` once tenants or an operator token
+//! are configured ([`ServerFile`], from `weir.toml`): a tenant sees and runs only what its
+//! patterns allow, only its own sessions and events, within its quotas (`429` with
+//! `Retry-After` past one); the operator's token opens the fleet-wide views (`/metrics`,
+//! every tenant's sessions and events, rejected files). With no tenants configured the API
+//! is open and everything runs as the tenant `default`. `/healthz` and `/readyz` are always
+//! open.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,10 +30,15 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod api;
 mod error;
 mod events;
 mod metrics;
+mod quota;
+
+pub use access::{Access, ServerFile, Tenant, digest};
+pub use quota::Quotas;
 
 use std::sync::Arc;
 
@@ -40,17 +50,20 @@ use tokio_util::sync::CancellationToken;
 use crate::runtime::Runtime;
 
 /// How the HTTP API behaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Largest request body accepted, in bytes (default 4 MiB, the default output cap);
     /// larger ones get `413`.
     pub max_body_bytes: usize,
+    /// Who may call (default: nobody configured, so the API is open).
+    pub access: Access,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_body_bytes: 4 << 20,
+            access: Access::default(),
         }
     }
 }
@@ -80,6 +93,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 struct AppState {
     runtime: Runtime,
     config: Arc<ServerConfig>,
+    access: Arc<Access>,
     /// Cancelled when the server shuts down: ends the event streams, which would otherwise
     /// hold graceful shutdown open forever.
     shutdown: CancellationToken,
@@ -91,6 +105,7 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
     let limit = config.max_body_bytes;
     let state = AppState {
         runtime,
+        access: Arc::new(config.access.clone()),
         config: Arc::new(config),
         shutdown,
     };

@@ -1,0 +1,455 @@
+//! Who may call the HTTP API and what each caller may do: the operator and the tenants
+//! defined in `weir.toml`, their API tokens (stored as SHA-256 digests, never in clear),
+//! the processors and workflows each tenant may run (names or `*` globs), and each tenant's
+//! quotas.
+//!
+//! ```toml
+//! [server]
+//! operator_token_sha256 = ["<hex digest of the operator's token>"]
+//!
+//! [tenants.acme]
+//! token_sha256 = ["<hex digest>"]       # `weir token` makes a token and its digest
+//! processors = ["hello", "billing-*"]   # default: everything
+//! concurrent = 4                        # executions at once
+//! executions_per_minute = 600
+//! fuel_per_minute = 50000000000
+//! memory_bytes = 67108864               # ceilings on every execution of the tenant
+//! timeout_ms = 5000
+//! ```
+//!
+//! Environment overrides, for secrets kept out of files: `WEIR_OPERATOR_TOKEN` adds an
+//! operator token, and `WEIR_TENANT_<NAME>_TOKEN` (the tenant's name in upper case, `-` as
+//! `_`) adds a token to a tenant the file defines. Both take the token itself, hashed on
+//! load.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+
+use super::AppState;
+use super::error::ApiError;
+use super::quota::{Quotas, TenantQuota};
+
+/// The callers of the API: the operator's tokens and the tenants.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    operator: Vec<[u8; 32]>,
+    tenants: BTreeMap<String, Arc<Tenant>>,
+}
+
+/// One tenant: its tokens, what it may run, its quotas.
+#[derive(Debug)]
+pub struct Tenant {
+    name: String,
+    tokens: Vec<[u8; 32]>,
+    processors: Vec<String>,
+    pub(crate) quota: TenantQuota,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub(crate) enum Caller {
+    /// Fleet-wide views: metrics, every tenant's sessions and events, rejected plugins.
+    Operator,
+    /// One tenant: its own work only.
+    Tenant(Arc<Tenant>),
+    /// No tenants are configured: one implicit tenant, `default`, with every right.
+    Open,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawTenant>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default)]
+    operator_token_sha256: Vec<String>,
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    #[serde(default)]
+    token_sha256: Vec<String>,
+    #[serde(default = "everything")]
+    processors: Vec<String>,
+    concurrent: Option<u32>,
+    executions_per_minute: Option<u32>,
+    fuel_per_minute: Option<u64>,
+    memory_bytes: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+/// What `weir.toml` says about serving.
+#[derive(Debug, Clone, Default)]
+pub struct ServerFile {
+    /// The callers.
+    pub access: Access,
+    /// `[server] max_body_bytes`, if set.
+    pub max_body_bytes: Option<usize>,
+}
+
+impl ServerFile {
+    /// Reads `path` and applies the environment overrides. The error says what to fix and
+    /// where.
+    pub fn load(path: &Path) -> Result<ServerFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        ServerFile::parse(&text, &env).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses the file's text with `env` as the environment.
+    pub fn parse(text: &str, env: &[(String, String)]) -> Result<ServerFile, String> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        let mut operator = raw
+            .server
+            .operator_token_sha256
+            .iter()
+            .map(|h| parse_digest(h).map_err(|e| format!("[server] operator_token_sha256: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tenants = BTreeMap::new();
+        for (name, tenant) in raw.tenants {
+            if name == OPEN_TENANT {
+                return Err(format!(
+                    "[tenants.{name}]: `{OPEN_TENANT}` is reserved (the open API's tenant, and \
+                     the one plugin and workflow events are published under); pick another name"
+                ));
+            }
+            if !crate::plugin::is_valid_name(&name) {
+                return Err(format!(
+                    "[tenants.{name}]: a tenant's name must be lowercase letters, digits and \
+                     `-`, starting with a letter"
+                ));
+            }
+            let mut tokens = tenant
+                .token_sha256
+                .iter()
+                .map(|h| parse_digest(h).map_err(|e| format!("[tenants.{name}] token_sha256: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let variable = format!(
+                "WEIR_TENANT_{}_TOKEN",
+                name.to_uppercase().replace('-', "_")
+            );
+            tokens.extend(lookup(env, &variable).map(digest));
+            if tenant.processors.iter().any(|p| p.is_empty()) {
+                return Err(format!(
+                    "[tenants.{name}] processors: a name cannot be empty"
+                ));
+            }
+            let quotas = Quotas {
+                concurrent: tenant.concurrent,
+                executions_per_minute: tenant.executions_per_minute,
+                fuel_per_minute: tenant.fuel_per_minute,
+                memory_bytes: tenant.memory_bytes,
+                timeout_ms: tenant.timeout_ms,
+            };
+            quotas
+                .validate()
+                .map_err(|e| format!("[tenants.{name}]: {e}"))?;
+            let quota = TenantQuota::new(quotas);
+            tenants.insert(
+                name.clone(),
+                Arc::new(Tenant {
+                    name,
+                    tokens,
+                    processors: tenant.processors,
+                    quota,
+                }),
+            );
+        }
+        operator.extend(lookup(env, "WEIR_OPERATOR_TOKEN").map(digest));
+        if !tenants.is_empty() && operator.is_empty() {
+            tracing::warn!(
+                "tenants are configured but no operator token: fleet-wide views (/metrics, \
+                 other tenants' work) are closed to everyone"
+            );
+        }
+        for tenant in tenants.values() {
+            if tenant.tokens.is_empty() {
+                tracing::warn!(tenant = %tenant.name, "the tenant has no token: nobody can act for it");
+            }
+        }
+        Ok(ServerFile {
+            access: Access { operator, tenants },
+            max_body_bytes: raw.server.max_body_bytes,
+        })
+    }
+}
+
+fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|(key, value)| key == name && !value.is_empty())
+        .map(|(_, value)| value.as_str())
+}
+
+fn parse_digest(hex_text: &str) -> Result<[u8; 32], String> {
+    let bytes = hex::decode(hex_text.trim()).map_err(|_| {
+        format!("`{hex_text}` is not a hex SHA-256 digest (make one with `weir token`)")
+    })?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("`{hex_text}` is not 32 bytes (a SHA-256 digest is 64 hex digits)"))
+}
+
+/// The SHA-256 of a token.
+pub fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Equal in constant time (for equal lengths), so a comparison leaks no prefix.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Access {
+    /// Whether any tenant is configured (otherwise the API is open).
+    pub fn is_configured(&self) -> bool {
+        !self.tenants.is_empty() || !self.operator.is_empty()
+    }
+
+    /// The caller a bearer token belongs to, if any.
+    pub(crate) fn identify(&self, token: &str) -> Option<Caller> {
+        let presented = digest(token);
+        // Check every candidate, so that timing does not tell which kind matched.
+        let operator = self
+            .operator
+            .iter()
+            .fold(false, |m, d| m | same(d, &presented));
+        let mut found = None;
+        for tenant in self.tenants.values() {
+            if tenant
+                .tokens
+                .iter()
+                .fold(false, |m, d| m | same(d, &presented))
+            {
+                found = Some(tenant.clone());
+            }
+        }
+        match (operator, found) {
+            (true, _) => Some(Caller::Operator),
+            (false, Some(tenant)) => Some(Caller::Tenant(tenant)),
+            (false, None) => None,
+        }
+    }
+}
+
+impl Tenant {
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the tenant may run (and see) `name`.
+    pub fn may_run(&self, name: &str) -> bool {
+        self.processors
+            .iter()
+            .any(|pattern| glob_matches(pattern, name))
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No `*`: the whole name must be the pattern.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// The tenant `Caller::Open` acts as.
+pub(crate) const OPEN_TENANT: &str = "default";
+
+impl Caller {
+    /// The tenant this caller acts for, and its quotas (none when the API is open). The
+    /// operator acts for no tenant: its token is for fleet-wide views.
+    pub(crate) fn tenant(&self) -> Result<(&str, Option<&Arc<Tenant>>), ApiError> {
+        match self {
+            Caller::Tenant(tenant) => Ok((tenant.name(), Some(tenant))),
+            Caller::Open => Ok((OPEN_TENANT, None)),
+            Caller::Operator => Err(ApiError::forbidden(
+                "the operator token is for fleet-wide views; run work with a tenant's token",
+            )),
+        }
+    }
+
+    /// The tenant whose data a request names: a tenant's own; the operator names one with
+    /// `?tenant=` (required); the open API's `default` unless `?tenant=` says otherwise.
+    pub(crate) fn data_tenant<'a>(&'a self, asked: Option<&'a str>) -> Result<&'a str, ApiError> {
+        match (self, asked) {
+            (Caller::Tenant(tenant), None) => Ok(tenant.name()),
+            (Caller::Tenant(tenant), Some(asked)) if asked == tenant.name() => Ok(tenant.name()),
+            (Caller::Tenant(_), Some(_)) => Err(ApiError::forbidden(
+                "a tenant's token reaches its own tenant only",
+            )),
+            (Caller::Operator | Caller::Open, Some(asked)) => Ok(asked),
+            (Caller::Open, None) => Ok(OPEN_TENANT),
+            (Caller::Operator, None) => Err(ApiError::bad_request(
+                "invalid-query",
+                "the operator must name the tenant: add `?tenant=NAME`",
+            )),
+        }
+    }
+
+    /// Fleet-wide views need the operator (or an open API).
+    pub(crate) fn require_operator(&self, what: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Operator | Caller::Open => Ok(()),
+            Caller::Tenant(_) => Err(ApiError::forbidden(format!(
+                "{what} is for the operator's token"
+            ))),
+        }
+    }
+
+    /// Whether this caller may see and run the processor or workflow `name`.
+    pub(crate) fn may_run(&self, name: &str) -> bool {
+        match self {
+            Caller::Tenant(tenant) => tenant.may_run(name),
+            Caller::Operator | Caller::Open => true,
+        }
+    }
+
+    /// Whether this caller may see the work and data of `tenant`.
+    pub(crate) fn sees_tenant(&self, tenant: &str) -> bool {
+        match self {
+            Caller::Tenant(own) => own.name() == tenant,
+            Caller::Operator | Caller::Open => true,
+        }
+    }
+
+    /// Whether this caller sees fleet-wide facts (rejected files, every tenant).
+    pub(crate) fn is_fleet(&self) -> bool {
+        matches!(self, Caller::Operator | Caller::Open)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !state.access.is_configured() {
+            return Ok(Caller::Open);
+        }
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::unauthorized(
+                "this API needs a token: send `Authorization: Bearer TOKEN`",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`")
+            })?;
+        state
+            .access
+            .identify(token)
+            .ok_or_else(|| ApiError::unauthorized("the token is not valid"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex_digest(token: &str) -> String {
+        hex::encode(digest(token))
+    }
+
+    #[test]
+    fn globs_match_names() {
+        assert!(glob_matches("*", "anything"));
+        assert!(glob_matches("hello", "hello"));
+        assert!(!glob_matches("hello", "hello-2"));
+        assert!(glob_matches("billing-*", "billing-eu"));
+        assert!(!glob_matches("billing-*", "bill"));
+        assert!(glob_matches("*-eu", "billing-eu"));
+        assert!(glob_matches("a*b*c", "axxbyyc"));
+        assert!(!glob_matches("a*b*c", "axxcyyb"));
+        assert!(
+            !glob_matches("ab*ba", "aba"),
+            "the prefix and suffix cannot overlap"
+        );
+    }
+
+    #[test]
+    fn tokens_identify_their_caller_by_digest() {
+        let text = format!(
+            "[server]\noperator_token_sha256 = [\"{}\"]\n\n[tenants.acme]\ntoken_sha256 = [\"{}\"]\nprocessors = [\"hello\"]\n",
+            hex_digest("op-secret"),
+            hex_digest("acme-secret")
+        );
+        let env = vec![("WEIR_TENANT_ACME_TOKEN".to_string(), "from-env".to_string())];
+        let file = ServerFile::parse(&text, &env).unwrap();
+        assert!(matches!(
+            file.access.identify("op-secret"),
+            Some(Caller::Operator)
+        ));
+        let Some(Caller::Tenant(acme)) = file.access.identify("acme-secret") else {
+            panic!("acme's token");
+        };
+        assert_eq!(acme.name(), "acme");
+        assert!(acme.may_run("hello") && !acme.may_run("other"));
+        assert!(matches!(
+            file.access.identify("from-env"),
+            Some(Caller::Tenant(_))
+        ));
+        assert!(file.access.identify("wrong").is_none());
+        assert!(file.access.identify("").is_none());
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_place_to_fix() {
+        let env = Vec::new();
+        for (text, wanted) in [
+            ("[tenants.acme]\ntoken_sha256 = [\"zz\"]\n", "token_sha256"),
+            ("[tenants.acme]\ntoken_sha256 = [\"abcd\"]\n", "32 bytes"),
+            ("[tenants.Acme]\n", "lowercase"),
+            ("[tenants.default]\n", "reserved"),
+            ("[tenants.acme]\nconcurrent = 0\n", "concurrent"),
+            ("[tenants.acme]\nprocessors = [\"\"]\n", "empty"),
+            ("[tenants.acme]\nmystery = 1\n", "mystery"),
+            (
+                "[server]\noperator_token_sha256 = [\"x\"]\n",
+                "operator_token_sha256",
+            ),
+        ] {
+            let err = ServerFile::parse(text, &env).unwrap_err();
+            assert!(err.contains(wanted), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! Tenants on the HTTP API, against the real `weir serve` with a `weir.toml`: tokens
+//! (stored as digests), what each tenant may run and see, the operator's fleet-wide views,
+//! and quotas (`429` with `Retry-After`) that keep one tenant from starving another.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use weir_tests::{PluginFolder, WeirProcess};
+
+use crate::http::{answer, wait_for_text};
+
+const OPERATOR: &str = "operator-secret";
+const ACME: &str = "acme-secret";
+const GLOBEX: &str = "globex-secret";
+const INITECH: &str = "initech-secret";
+
+fn sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+struct Fleet {
+    _folder: PluginFolder,
+    _process: WeirProcess,
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Fleet {
+    /// A server with three tenants and an operator:
+    /// - acme runs hello, increment and sleep, one execution at a time;
+    /// - globex runs hello and increment, three executions a minute;
+    /// - initech runs sleep with a 300 ms ceiling on every execution.
+    fn start() -> Fleet {
+        let folder = PluginFolder::with(&["hello", "increment", "sleep"]);
+        folder.write("broken.wasm", b"not a component");
+        let config = format!(
+            r#"
+[server]
+operator_token_sha256 = ["{operator}"]
+
+[tenants.acme]
+token_sha256 = ["{acme}"]
+processors = ["hello", "increment", "sle*"]
+concurrent = 1
+
+[tenants.globex]
+token_sha256 = ["{globex}"]
+processors = ["hello", "increment"]
+executions_per_minute = 3
+
+[tenants.initech]
+token_sha256 = ["{initech}"]
+processors = ["sleep"]
+timeout_ms = 300
+"#,
+            operator = sha256(OPERATOR),
+            acme = sha256(ACME),
+            globex = sha256(GLOBEX),
+            initech = sha256(INITECH),
+        );
+        let config_file = folder.path().join("weir.toml");
+        std::fs::write(&config_file, config).unwrap();
+        let config_arg = config_file.to_string_lossy().into_owned();
+        let (process, url) = WeirProcess::serve(folder.path(), &["--config", &config_arg]);
+        Fleet {
+            _folder: folder,
+            _process: process,
+            url,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self.client.request(method, format!("{}{path}", self.url));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// The event stream `path` (with its query) as `token` sees it.
+    async fn events(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> impl futures_util::Stream<Item = reqwest::Result<impl AsRef<[u8]>>> + Unpin {
+        let response = self
+            .request(reqwest::Method::GET, path, Some(token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.bytes_stream()
+    }
+
+    /// Runs `name` as `token`, expecting a refusal over quota: its `Retry-After` and body.
+    async fn refused(&self, name: &str, token: &str) -> (u64, Value) {
+        let response = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/run/{name}"),
+                Some(token),
+            )
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 429);
+        let retry_after = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (_, body) = answer(response).await;
+        assert_eq!(body["error"]["code"], "quota-exceeded", "{body}");
+        (retry_after, body)
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        answer(
+            self.request(reqwest::Method::GET, path, Some(token))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn run(&self, name: &str, body: Value, token: &str) -> (u16, Value) {
+        let response = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/run/{name}"),
+                Some(token),
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        answer(response).await
+    }
+}
+
+/// The names in a `/v1/plugins` answer.
+fn names(body: &Value) -> Vec<String> {
+    body["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn calls_without_a_valid_token_get_401_and_health_stays_open() {
+    let fleet = Fleet::start();
+    for token in [None, Some("wrong"), Some("")] {
+        let response = fleet
+            .request(reqwest::Method::GET, "/v1/plugins", token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{token:?}");
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        let (_, body) = answer(response).await;
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    let basic = fleet
+        .client
+        .get(format!("{}/v1/plugins", fleet.url))
+        .basic_auth("acme", Some(ACME))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status().as_u16(), 401);
+    let (status, _) = answer(
+        fleet
+            .request(reqwest::Method::POST, "/v1/run/hello", None)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401, "running needs a token too");
+    for open in ["/healthz", "/readyz"] {
+        let response = fleet
+            .request(reqwest::Method::GET, open, None)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{open}");
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_sees_and_runs_only_what_it_is_granted() {
+    let fleet = Fleet::start();
+    let (status, globex) = fleet.get("/v1/plugins", GLOBEX).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        names(&globex),
+        ["hello", "increment"],
+        "no sleep, no rejected file"
+    );
+    let (_, acme) = fleet.get("/v1/plugins", ACME).await;
+    assert_eq!(names(&acme), ["hello", "increment", "sleep"]);
+
+    // A processor that exists but is not granted looks exactly like one that does not
+    // exist: same status, same code, same list of what the tenant can run.
+    let (hidden_status, hidden) = fleet.run("sleep", json!({ "ms": 1 }), GLOBEX).await;
+    let (missing_status, missing) = fleet.run("nope", json!({}), GLOBEX).await;
+    assert_eq!((hidden_status, missing_status), (404, 404));
+    assert_eq!(hidden["error"]["code"], missing["error"]["code"]);
+    assert_eq!(hidden["error"]["available"], json!(["hello", "increment"]));
+    assert_eq!(hidden["error"]["available"], missing["error"]["available"]);
+    let (status, _) = fleet.get("/v1/plugins/sleep", GLOBEX).await;
+    assert_eq!(status, 404);
+    let (status, _) = fleet.get("/v1/plugins/broken", ACME).await;
+    assert_eq!(status, 404, "rejected files are the operator's to see");
+
+    let (status, done) = fleet.run("sleep", json!({ "ms": 1 }), ACME).await;
+    assert_eq!((status, &done["ok"]), (200, &json!(true)), "{done}");
+    assert_eq!(done["execution"]["tenant"], "acme");
+
+    // A tenant reads a plugin's limits, not the operator's manifest or the file's path.
+    let (status, hello) = fleet.get("/v1/plugins/hello", ACME).await;
+    assert_eq!(status, 200);
+    assert!(
+        hello.get("manifest").is_none() && hello.get("path").is_none(),
+        "{hello}"
+    );
+    assert!(hello["limits"].is_object());
+    let (_, hello) = fleet.get("/v1/plugins/hello", OPERATOR).await;
+    assert!(hello["manifest"].is_object(), "{hello}");
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_others_sessions_or_events() {
+    let fleet = Fleet::start();
+    let response = fleet
+        .request(reqwest::Method::GET, "/v1/events", Some(GLOBEX))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut events = response.bytes_stream();
+
+    let response = fleet
+        .request(
+            reqwest::Method::POST,
+            "/v1/run/increment?session=s1",
+            Some(ACME),
+        )
+        .json(&json!({ "count": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(response).await.0, 200);
+
+    let (_, listed) = fleet.get("/v1/sessions", GLOBEX).await;
+    assert_eq!(
+        listed["sessions"],
+        json!([]),
+        "globex sees none of acme's sessions"
+    );
+    let (status, _) = fleet.get("/v1/sessions/s1", GLOBEX).await;
+    assert_eq!(status, 404);
+    let (status, _) = fleet.get("/v1/sessions/s1?tenant=acme", GLOBEX).await;
+    assert_eq!(status, 403);
+    // Stopping "s1" as globex stops globex's own (empty) session, never acme's.
+    let response = fleet
+        .request(reqwest::Method::DELETE, "/v1/sessions/s1", Some(GLOBEX))
+        .send()
+        .await
+        .unwrap();
+    let (_, stopped) = answer(response).await;
+    assert_eq!(stopped["removedState"], false);
+    let (status, session) = fleet.get("/v1/sessions/s1", ACME).await;
+    assert_eq!((status, &session["state"]["count"]), (200, &json!(2)));
+
+    // globex's stream carries its own events only: acme's run above and this one of
+    // acme's never show; globex's own run does.
+    fleet.run("hello", json!({}), ACME).await;
+    let (_, own) = fleet
+        .run("hello", json!({ "user": "globex" }), GLOBEX)
+        .await;
+    let own_id = own["execution"]["id"].as_str().unwrap().to_string();
+    // Every event on globex's stream is globex's (its session stop above, then its run),
+    // up to its own execution's.
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let chunk = events.next().await.expect("the stream stays open").unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let frame: String = text.drain(..end + 2).collect();
+                let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                    continue;
+                };
+                let event: Value = serde_json::from_str(data).unwrap();
+                assert_eq!(event["tenant"], "globex", "{event}");
+                if event["executionId"] == own_id.as_str() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("globex's own event arrived");
+}
+
+#[tokio::test]
+async fn the_operator_token_opens_fleet_views_that_tenants_cannot_reach() {
+    let fleet = Fleet::start();
+    fleet.run("hello", json!({}), ACME).await;
+    let response = fleet
+        .request(
+            reqwest::Method::POST,
+            "/v1/run/increment?session=cart",
+            Some(GLOBEX),
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(response).await.0, 200);
+
+    let (status, body) = fleet.get("/metrics", ACME).await;
+    assert_eq!(status, 403, "{body}");
+    let metrics = fleet
+        .request(reqwest::Method::GET, "/metrics", Some(OPERATOR))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "weir_executions_total{tenant=\"acme\",processor=\"hello\",outcome=\"ok\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tenant=\"globex\",processor=\"increment\""));
+
+    let (status, body) = fleet.run("hello", json!({}), OPERATOR).await;
+    assert_eq!(status, 403, "the operator runs nothing itself: {body}");
+    let (_, plugins) = fleet.get("/v1/plugins", OPERATOR).await;
+    assert!(names(&plugins).contains(&"broken".to_string()));
+    let (_, sessions) = fleet.get("/v1/sessions", OPERATOR).await;
+    assert_eq!(sessions["sessions"][0]["tenant"], "globex", "{sessions}");
+    let (status, _) = fleet.get("/v1/sessions/cart", OPERATOR).await;
+    assert_eq!(status, 400, "the operator must say whose session");
+    let (status, session) = fleet.get("/v1/sessions/cart?tenant=globex", OPERATOR).await;
+    assert_eq!((status, &session["tenant"]), (200, &json!("globex")));
+
+    // Stats: a tenant gets its own counters; the operator every tenant's.
+    let (_, acme) = fleet.get("/v1/stats", ACME).await;
+    assert_eq!(acme["tenant"], "acme");
+    assert!(acme["processors"].get("increment").is_none(), "{acme}");
+    let (_, all) = fleet.get("/v1/stats", OPERATOR).await;
+    assert_eq!(
+        all["tenants"]["globex"]["increment"]["completed"], 1,
+        "{all}"
+    );
+}
+
+#[tokio::test]
+async fn over_quota_is_429_with_retry_after_and_other_tenants_are_unaffected() {
+    let fleet = Fleet::start();
+    // acme may run one execution at a time: hold its place with a long sleep in a
+    // session, and wait until it runs.
+    let mut events = fleet.events("/v1/events?processor=sleep", ACME).await;
+    let holder = {
+        let request = fleet
+            .request(
+                reqwest::Method::POST,
+                "/v1/run/sleep?session=long",
+                Some(ACME),
+            )
+            .json(&json!({ "ms": 30_000 }));
+        tokio::spawn(async move { answer(request.send().await.unwrap()).await })
+    };
+    wait_for_text(&mut events, &mut String::new(), "event: processor:started").await;
+
+    let (retry_after, body) = fleet.refused("hello", ACME).await;
+    assert!(retry_after >= 1);
+    assert_eq!(body["error"]["quota"], "concurrent");
+
+    // Another tenant is not held back by acme's flood.
+    let (status, _) = fleet.run("hello", json!({}), GLOBEX).await;
+    assert_eq!(status, 200);
+
+    // Stopping the session ends the sleep and frees acme's place.
+    let response = fleet
+        .request(reqwest::Method::DELETE, "/v1/sessions/long", Some(ACME))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(response).await.1["cancelled"], 1);
+    let (status, held) = holder.await.unwrap();
+    assert_eq!(
+        (status, &held["error"]["kind"]),
+        (200, &json!("cancelled")),
+        "{held}"
+    );
+    let (status, _) = fleet.run("hello", json!({}), ACME).await;
+    assert_eq!(status, 200, "the place came back");
+
+    // globex may start three executions a minute (one was used above).
+    for _ in 0..2 {
+        assert_eq!(fleet.run("hello", json!({}), GLOBEX).await.0, 200);
+    }
+    let (retry_after, body) = fleet.refused("hello", GLOBEX).await;
+    assert!(
+        (1..=20).contains(&retry_after),
+        "one comes back every 20 s: {retry_after}"
+    );
+    assert_eq!(body["error"]["quota"], "executions_per_minute");
+}
+
+#[tokio::test]
+async fn a_tenant_ceiling_bounds_every_execution_and_callers_may_go_lower() {
+    let fleet = Fleet::start();
+    let (status, done) = fleet.run("sleep", json!({ "ms": 10_000 }), INITECH).await;
+    assert_eq!(status, 200);
+    assert_eq!(done["ok"], false);
+    assert_eq!(done["error"]["kind"], "timeout", "{done}");
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("300 ms"),
+        "{done}"
+    );
+    // The caller's own timeout lowers the ceiling further (never raises it).
+    for (asked, expected) in [(100, "100 ms"), (60_000, "300 ms")] {
+        let response = fleet
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/run/sleep?timeoutMs={asked}"),
+                Some(INITECH),
+            )
+            .json(&json!({ "ms": 10_000 }))
+            .send()
+            .await
+            .unwrap();
+        let (_, done) = answer(response).await;
+        let message = done["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{asked}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_its_execution_and_frees_its_place() {
+    let fleet = Fleet::start();
+    let mut events = fleet.events("/v1/events?processor=sleep", ACME).await;
+    let request = fleet
+        .request(reqwest::Method::POST, "/v1/run/sleep", Some(ACME))
+        .json(&json!({ "ms": 60_000 }));
+    let client = tokio::spawn(async move { request.send().await });
+    let mut text = String::new();
+    wait_for_text(&mut events, &mut text, "event: processor:started").await;
+    // acme's one place is taken...
+    assert_eq!(fleet.run("hello", json!({}), ACME).await.0, 429);
+    // ...until the client goes away: the execution is cancelled and the place comes back.
+    client.abort();
+    wait_for_text(&mut events, &mut text, "event: processor:failed").await;
+    assert!(text.contains("cancelled-by-request"), "{text}");
+    let (status, body) = fleet.run("hello", json!({}), ACME).await;
+    assert_eq!(status, 200, "{body}");
+}
