@@ -373,3 +373,70 @@ async fn sigterm_stops_the_server_even_with_an_event_stream_open() {
     assert_eq!(code, Some(0), "weir serve did not exit cleanly within 30 s");
     drop(response);
 }
+
+#[tokio::test]
+async fn jobs_run_in_the_background_and_are_read_listed_and_cancelled() {
+    let api = Api::start(&["hello", "sleep"], &[]);
+    let submit = |body: Value| {
+        let request = api.client.post(format!("{}/v1/jobs", api.url)).json(&body);
+        async move { answer(request.send().await.unwrap()).await }
+    };
+    let (status, job) = submit(json!({ "processor": "hello", "input": { "user": "Job" } })).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let mut events = api
+        .send(reqwest::Method::GET, "/v1/events?processor=sleep")
+        .await
+        .bytes_stream();
+    // `waitMs` answers as soon as the job has finished.
+    let (_, finished) = api.get(&format!("/v1/jobs/{id}?waitMs=30000")).await;
+    assert_eq!(finished["status"], "completed", "{finished}");
+    assert_eq!(finished["result"]["state"]["greeting"], "Hello Job!");
+    assert_eq!(finished["result"]["execution"]["id"], id.as_str());
+
+    // A long job, cancelled while it runs.
+    let (_, long) = submit(json!({ "processor": "sleep", "input": { "ms": 60_000 } })).await;
+    let long_id = long["id"].as_str().unwrap().to_string();
+    let mut text = String::new();
+    crate::http::wait_for_text(&mut events, &mut text, "event: processor:started").await;
+    let response = api
+        .send(reqwest::Method::DELETE, &format!("/v1/jobs/{long_id}"))
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    let (_, cancelled) = api.get(&format!("/v1/jobs/{long_id}?waitMs=30000")).await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    // Cancelling a finished job changes nothing.
+    let response = api
+        .send(reqwest::Method::DELETE, &format!("/v1/jobs/{id}"))
+        .await;
+    let (status, body) = answer(response).await;
+    assert_eq!((status, &body["cancelled"]), (200, &json!(false)));
+
+    // Lists: newest first, filtered, in pages.
+    let (_, all) = api.get("/v1/jobs").await;
+    let ids: Vec<&str> = all["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [long_id.as_str(), id.as_str()]);
+    let (_, hello) = api.get("/v1/jobs?processor=hello&status=completed").await;
+    assert_eq!(hello["jobs"].as_array().unwrap().len(), 1);
+    let (_, page) = api.get("/v1/jobs?limit=1").await;
+    assert_eq!(page["jobs"][0]["id"], long_id.as_str());
+    let next = page["next"].as_str().unwrap();
+    let (_, page) = api.get(&format!("/v1/jobs?limit=1&before={next}")).await;
+    assert_eq!(page["jobs"][0]["id"], id.as_str());
+    assert_eq!(page["next"], Value::Null);
+
+    // Refusals: unknown processor, malformed body, unknown job, bad filter.
+    let (status, body) = submit(json!({ "processor": "nope" })).await;
+    assert_error(status, &body, 404, "processor-not-found");
+    let (status, body) = submit(json!({ "processor": "hello", "extra": 1 })).await;
+    assert_error(status, &body, 400, "invalid-input");
+    let (status, body) = api.get("/v1/jobs/not-a-job").await;
+    assert_error(status, &body, 404, "job-not-found");
+    let (status, body) = api.get("/v1/jobs?status=lost").await;
+    assert_error(status, &body, 400, "invalid-query");
+}

@@ -290,6 +290,30 @@ async fn tenants_never_see_each_others_sessions_or_events() {
     let (status, session) = fleet.get("/v1/sessions/s1", ACME).await;
     assert_eq!((status, &session["state"]["count"]), (200, &json!(2)));
 
+    // Jobs, too, are the tenant's own.
+    let response = fleet
+        .request(reqwest::Method::POST, "/v1/jobs", Some(ACME))
+        .json(&json!({ "processor": "hello" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, job) = answer(response).await;
+    assert_eq!(status, 202, "{job}");
+    let job_path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+    assert_eq!(fleet.get(&job_path, GLOBEX).await.0, 404);
+    let (_, listed) = fleet.get("/v1/jobs", GLOBEX).await;
+    assert_eq!(listed["jobs"], json!([]));
+    assert_eq!(fleet.get("/v1/jobs?tenant=acme", GLOBEX).await.0, 403);
+    let response = fleet
+        .request(reqwest::Method::DELETE, &job_path, Some(GLOBEX))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(fleet.get(&job_path, ACME).await.0, 200);
+    let (_, everyone) = fleet.get("/v1/jobs", OPERATOR).await;
+    assert_eq!(everyone["jobs"][0]["tenant"], "acme");
+
     // globex's stream carries its own events only: acme's run above and this one of
     // acme's never show; globex's own run does.
     fleet.run("hello", json!({}), ACME).await;

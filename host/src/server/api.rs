@@ -20,6 +20,7 @@ use super::{AppState, OPENAPI, metrics};
 use crate::activity::ProcessorStats;
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::RuntimeError;
+use crate::result::ExecutionResult;
 use crate::runtime::{ExecutionRequest, RuntimeState};
 
 /// `GET /healthz`: the process is up and answering.
@@ -86,18 +87,44 @@ pub(super) async fn run(
     query: Result<Query<RunQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    let input = parse_body(&app, body)?;
+    let (request, admitted) = prepare(&app, &caller, name, input, query.session, query.timeout_ms)?;
+    // If the client goes away, the guard cancels the execution; its task still settles the
+    // tenant's account once it has stopped.
+    let cancel = request.cancel.clone();
+    let execution = spawn_execution(&app, request, admitted, |_| {});
+    let mut guard = CancelOnDrop(Some(cancel));
+    let outcome = execution.await;
+    guard.0 = None;
+    let result = outcome
+        .map_err(|e| ApiError::unavailable(format!("the execution's task failed: {e}")))?
+        .map_err(|e| runtime_error(&app, &caller, e))?;
+    let id = result.execution.id.clone();
+    Ok(([("weir-execution-id", id)], Json(result.document())).into_response())
+}
+
+/// Checks that `caller` may run `name` on `input`, applies its tenant's ceilings (lowered
+/// further by `timeout_ms`) and takes a place in its quotas: the request to execute, and
+/// the place to give back when it has ended.
+pub(super) fn prepare(
+    app: &AppState,
+    caller: &Caller,
+    name: String,
+    input: Value,
+    session: Option<String>,
+    timeout_ms: Option<u64>,
+) -> Result<(ExecutionRequest, Option<Admitted>), ApiError> {
     let (tenant, account) = caller.tenant()?;
     if !caller.may_run(&name) {
         // Exactly what a name that does not exist gets: nothing tells the caller whether
         // another tenant's processor has that name.
-        return Err(not_found_for(&app, &caller, &name));
+        return Err(not_found_for(app, caller, &name));
     }
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
-    let input = parse_body(&app, body)?;
     crate::state::validate_input(&input)
         .map_err(|e| ApiError::bad_request("invalid-input", e.message))?;
     let mut request = ExecutionRequest::new(name, input).tenant(tenant);
-    if let Some(session) = query.session {
+    if let Some(session) = session {
         if session.is_empty() {
             return Err(ApiError::bad_request(
                 "invalid-query",
@@ -106,19 +133,16 @@ pub(super) async fn run(
         }
         request = request.session(session);
     }
-    if query.timeout_ms == Some(0) {
+    if timeout_ms == Some(0) {
         return Err(ApiError::bad_request(
             "invalid-query",
             "`timeoutMs` must be above zero",
         ));
     }
-    // The tenant's ceilings, lowered further by the caller's own timeout.
     let mut limits = account.map(|a| a.quota.ceilings()).unwrap_or_default();
-    if let Some(ms) = query.timeout_ms {
+    if let Some(ms) = timeout_ms {
         limits.timeout_ms = Some(limits.timeout_ms.map_or(ms, |ceiling| ceiling.min(ms)));
     }
-    // The tenant's quotas: a place among its concurrent executions and its per-minute
-    // allowances, held until the execution has ended (whatever happens to this request).
     let admitted = match account {
         Some(account) => {
             if let Err(over) = account.quota.admit(Instant::now()) {
@@ -140,28 +164,28 @@ pub(super) async fn run(
         }
         None => None,
     };
-    // The execution runs in a task of its own that holds the quota place and charges the
-    // fuel burnt; if the client goes away, the guard below cancels the execution, and the
-    // task still settles the account when it has stopped.
-    let cancel = CancelHandle::new();
-    let request = request.limits(limits).cancel_handle(cancel.clone());
+    Ok((request.limits(limits), admitted))
+}
+
+/// Runs `request` in a task of its own that holds the quota place and charges the fuel
+/// burnt, whatever happens to the HTTP request; `done` sees the outcome first.
+pub(super) fn spawn_execution(
+    app: &AppState,
+    request: ExecutionRequest,
+    admitted: Option<Admitted>,
+    done: impl FnOnce(&Result<ExecutionResult, RuntimeError>) + Send + 'static,
+) -> tokio::task::JoinHandle<Result<ExecutionResult, RuntimeError>> {
     let runtime = app.runtime.clone();
-    let execution = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut admitted = admitted;
         let outcome = runtime.execute(request).await;
         if let (Some(admitted), Ok(result)) = (&mut admitted, &outcome) {
             admitted.fuel = result.execution.fuel_consumed;
         }
+        drop(admitted);
+        done(&outcome);
         outcome
-    });
-    let mut guard = CancelOnDrop(Some(cancel));
-    let outcome = execution.await;
-    guard.0 = None;
-    let result = outcome
-        .map_err(|e| ApiError::unavailable(format!("the execution's task failed: {e}")))?
-        .map_err(|e| runtime_error(&app, &caller, e))?;
-    let id = result.execution.id.clone();
-    Ok(([("weir-execution-id", id)], Json(result.document())).into_response())
+    })
 }
 
 /// Cancels an execution whose client went away before it finished.
@@ -177,7 +201,7 @@ impl Drop for CancelOnDrop {
 
 /// A place in a tenant's quotas, given back (with the fuel burnt) when the execution has
 /// ended.
-struct Admitted {
+pub(super) struct Admitted {
     tenant: Arc<Tenant>,
     fuel: u64,
 }
@@ -189,7 +213,10 @@ impl Drop for Admitted {
 }
 
 /// The request body as JSON: empty is `{}`; over the limit is 413.
-fn parse_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+pub(super) fn parse_body(
+    app: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(app.config.max_body_bytes)
@@ -208,7 +235,7 @@ fn parse_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Val
     })
 }
 
-fn runtime_error(app: &AppState, caller: &Caller, error: RuntimeError) -> ApiError {
+pub(super) fn runtime_error(app: &AppState, caller: &Caller, error: RuntimeError) -> ApiError {
     match error {
         RuntimeError::NotFound { name, .. } => not_found_for(app, caller, &name),
         RuntimeError::InvalidRequest(message) => ApiError::bad_request("invalid-request", message),
@@ -219,7 +246,7 @@ fn runtime_error(app: &AppState, caller: &Caller, error: RuntimeError) -> ApiErr
 }
 
 /// 404 for a name this caller cannot run, listing only the names it can.
-fn not_found_for(app: &AppState, caller: &Caller, name: &str) -> ApiError {
+pub(super) fn not_found_for(app: &AppState, caller: &Caller, name: &str) -> ApiError {
     ApiError::not_found(
         "processor-not-found",
         format!("no processor or workflow named `{name}` is available to you"),

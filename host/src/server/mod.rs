@@ -34,6 +34,7 @@ mod access;
 mod api;
 mod error;
 mod events;
+mod jobs;
 mod metrics;
 mod quota;
 
@@ -75,6 +76,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/run/{name}"),
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/{id}"),
+    ("DELETE", "/v1/jobs/{id}"),
     ("GET", "/v1/plugins"),
     ("GET", "/v1/plugins/{name}"),
     ("GET", "/v1/workflows"),
@@ -94,6 +99,7 @@ struct AppState {
     runtime: Runtime,
     config: Arc<ServerConfig>,
     access: Arc<Access>,
+    jobs: Arc<jobs::Jobs>,
     /// Cancelled when the server shuts down: ends the event streams, which would otherwise
     /// hold graceful shutdown open forever.
     shutdown: CancellationToken,
@@ -106,6 +112,7 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
     let state = AppState {
         runtime,
         access: Arc::new(config.access.clone()),
+        jobs: Arc::default(),
         config: Arc::new(config),
         shutdown,
     };
@@ -115,6 +122,8 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
         .route("/metrics", get(api::metrics))
         .route("/v1/openapi.json", get(api::openapi))
         .route("/v1/run/{name}", post(api::run))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/plugins", get(api::plugins))
         .route("/v1/plugins/{name}", get(api::plugin))
         .route("/v1/workflows", get(api::workflows))

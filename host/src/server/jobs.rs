@@ -1,0 +1,372 @@
+//! Jobs: executions submitted with `POST /v1/jobs` that run in the background while the
+//! client goes on, read back with `GET /v1/jobs/{id}`, listed with filters and pages, and
+//! cancelled with `DELETE /v1/jobs/{id}`. Each job is one execution (its id is the
+//! execution's id) of the caller's tenant, under the same grants and quotas as
+//! `POST /v1/run`. The table lives in this server's memory: every running job and the
+//! newest [`KEPT_FINISHED`] finished ones.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::access::Caller;
+use super::api::{parse_body, prepare, spawn_execution};
+use super::error::ApiError;
+use crate::cancel::{CancelHandle, CancelReason};
+use crate::error::ErrorKind;
+
+/// Finished jobs kept for reading; older ones are forgotten.
+pub const KEPT_FINISHED: usize = 10_000;
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Status {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+struct Job {
+    id: String,
+    tenant: String,
+    processor: String,
+    session: Option<String>,
+    submitted_ms: u64,
+    cancel: CancelHandle,
+    outcome: Mutex<Outcome>,
+    /// Becomes true when the job has finished: what `?waitMs=` waits on.
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+struct Outcome {
+    status: Status,
+    finished_ms: Option<u64>,
+    /// The result document, once finished.
+    result: Option<Value>,
+}
+
+impl Job {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outcome> {
+        self.outcome.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn to_json(&self) -> Value {
+        let outcome = self.lock();
+        json!({
+            "id": self.id,
+            "tenant": self.tenant,
+            "processor": self.processor,
+            "session": self.session,
+            "status": outcome.status.as_str(),
+            "submittedAtMs": self.submitted_ms,
+            "finishedAtMs": outcome.finished_ms,
+            "result": outcome.result,
+        })
+    }
+}
+
+/// Every job this server knows.
+#[derive(Default)]
+pub(super) struct Jobs {
+    inner: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<String, Arc<Job>>,
+    /// Finished jobs, oldest first: the ones to forget first.
+    finished: VecDeque<String>,
+}
+
+impl Jobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, job: Arc<Job>) {
+        self.lock().by_id.insert(job.id.clone(), job);
+    }
+
+    fn finish(&self, id: &str) {
+        let mut table = self.lock();
+        table.finished.push_back(id.to_string());
+        while table.finished.len() > KEPT_FINISHED {
+            if let Some(old) = table.finished.pop_front() {
+                table.by_id.remove(&old);
+            }
+        }
+    }
+
+    /// The job `id` if `caller` may see it.
+    fn get(&self, caller: &Caller, id: &str) -> Option<Arc<Job>> {
+        self.lock()
+            .by_id
+            .get(id)
+            .filter(|job| caller.sees_tenant(&job.tenant))
+            .cloned()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// The body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Submission {
+    /// The processor or workflow to run.
+    processor: String,
+    /// Its input state (default `{}`).
+    #[serde(default = "empty_object")]
+    input: Value,
+    /// Run in this session.
+    session: Option<String>,
+    /// Lower the timeout.
+    timeout_ms: Option<u64>,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+/// `POST /v1/jobs`: starts an execution and answers `202` with its job at once.
+pub(super) async fn submit(
+    State(app): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = parse_body(&app, body)?;
+    let submission: Submission = serde_json::from_value(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid-input",
+            format!("a job is `{{\"processor\", \"input\", \"session\", \"timeoutMs\"}}`: {e}"),
+        )
+    })?;
+    // A job must name something that runs now: say so at once, not in a failed job.
+    let catalog = app.runtime.catalog();
+    let known = catalog.plugins.contains_key(&submission.processor)
+        || catalog.workflows.contains_key(&submission.processor);
+    if !known || !caller.may_run(&submission.processor) {
+        return Err(super::api::not_found_for(
+            &app,
+            &caller,
+            &submission.processor,
+        ));
+    }
+    let (request, admitted) = prepare(
+        &app,
+        &caller,
+        submission.processor,
+        submission.input,
+        submission.session,
+        submission.timeout_ms,
+    )?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let job = Arc::new(Job {
+        id: id.clone(),
+        tenant: request.tenant.clone().unwrap_or_default(),
+        processor: request.processor.clone(),
+        session: request.session.clone(),
+        submitted_ms: now_ms(),
+        cancel: request.cancel.clone(),
+        outcome: Mutex::new(Outcome {
+            status: Status::Running,
+            finished_ms: None,
+            result: None,
+        }),
+        done: tokio::sync::watch::channel(false).0,
+    });
+    app.jobs.insert(job.clone());
+    let jobs = app.jobs.clone();
+    let mut request = request;
+    request.id = Some(id.clone());
+    let finished = job.clone();
+    drop(spawn_execution(&app, request, admitted, move |outcome| {
+        let (status, result) = match outcome {
+            Ok(result) if result.ok => (Status::Completed, json!(result.document())),
+            Ok(result) => {
+                let cancelled = result
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.kind == ErrorKind::Cancelled);
+                let status = if cancelled {
+                    Status::Cancelled
+                } else {
+                    Status::Failed
+                };
+                (status, json!(result.document()))
+            }
+            Err(error) => (
+                Status::Failed,
+                json!({ "ok": false, "error": { "kind": "unavailable", "message": error.to_string() } }),
+            ),
+        };
+        {
+            let mut outcome = finished.lock();
+            outcome.status = status;
+            outcome.finished_ms = Some(now_ms());
+            outcome.result = Some(result);
+        }
+        finished.done.send_replace(true);
+        jobs.finish(&finished.id);
+    }));
+    Ok((StatusCode::ACCEPTED, Json(job.to_json())).into_response())
+}
+
+/// Options of `GET /v1/jobs/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct GetQuery {
+    /// Wait up to this long (at most a minute) for a running job to finish.
+    wait_ms: Option<u64>,
+}
+
+/// The longest `?waitMs=` honoured.
+const MAX_WAIT_MS: u64 = 60_000;
+
+/// `GET /v1/jobs/{id}`: the job, with its result document once it has finished;
+/// `?waitMs=N` answers as soon as it finishes, or after N ms with it still running.
+pub(super) async fn get(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<GetQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    let job = app
+        .jobs
+        .get(&caller, &id)
+        .ok_or_else(|| job_not_found(&id))?;
+    if let Some(ms) = query.wait_ms {
+        let mut done = job.done.subscribe();
+        let wait = std::time::Duration::from_millis(ms.min(MAX_WAIT_MS));
+        // Timing out is an answer too: the job, still running.
+        let _ = tokio::time::timeout(wait, done.wait_for(|finished| *finished)).await;
+    }
+    Ok(Json(job.to_json()))
+}
+
+fn job_not_found(id: &str) -> ApiError {
+    ApiError::not_found(
+        "job-not-found",
+        format!(
+            "no job `{id}` (finished jobs are kept for the newest {KEPT_FINISHED} on this server)"
+        ),
+    )
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a running job; a finished one is left as it is.
+pub(super) async fn cancel(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = app
+        .jobs
+        .get(&caller, &id)
+        .ok_or_else(|| job_not_found(&id))?;
+    let running = job.lock().status == Status::Running;
+    if running {
+        job.cancel.cancel_with(CancelReason::Request);
+    }
+    let status = if running {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "id": id, "cancelled": running }))).into_response())
+}
+
+/// Filters and page of `GET /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct ListQuery {
+    status: Option<Status>,
+    processor: Option<String>,
+    session: Option<String>,
+    /// The operator's choice of one tenant.
+    tenant: Option<String>,
+    /// Submitted at or after (ms since the Unix epoch).
+    since_ms: Option<u64>,
+    /// Submitted before (ms since the Unix epoch).
+    until_ms: Option<u64>,
+    /// Jobs older than this one (the previous page's `next`).
+    before: Option<String>,
+    /// Page size: default 50, at most 500.
+    limit: Option<usize>,
+}
+
+/// `GET /v1/jobs`: the caller's jobs, newest first, filtered, a page at a time.
+pub(super) async fn list(
+    State(app): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    if let Some(asked) = &q.tenant
+        && !caller.sees_tenant(asked)
+    {
+        return Err(ApiError::forbidden(
+            "a tenant's token reaches its own tenant's jobs only",
+        ));
+    }
+    let limit = match q.limit {
+        Some(0) | Some(501..) => {
+            return Err(ApiError::bad_request(
+                "invalid-query",
+                "`limit` must be between 1 and 500",
+            ));
+        }
+        Some(n) => n,
+        None => 50,
+    };
+    let mut jobs: Vec<Arc<Job>> = app
+        .jobs
+        .lock()
+        .by_id
+        .values()
+        .filter(|job| caller.sees_tenant(&job.tenant))
+        .filter(|job| q.tenant.as_deref().is_none_or(|t| job.tenant == t))
+        .filter(|job| q.processor.as_deref().is_none_or(|p| job.processor == p))
+        .filter(|job| q.session.is_none() || job.session == q.session)
+        .filter(|job| q.since_ms.is_none_or(|t| job.submitted_ms >= t))
+        .filter(|job| q.until_ms.is_none_or(|t| job.submitted_ms < t))
+        .filter(|job| q.before.as_deref().is_none_or(|b| job.id.as_str() < b))
+        .cloned()
+        .collect();
+    if let Some(status) = q.status {
+        jobs.retain(|job| job.lock().status == status);
+    }
+    // Ids are UUIDv7: ordered by submission time.
+    jobs.sort_by(|a, b| b.id.cmp(&a.id));
+    let next = (jobs.len() > limit).then(|| jobs[limit - 1].id.clone());
+    jobs.truncate(limit);
+    let rows: Vec<Value> = jobs.iter().map(|job| job.to_json()).collect();
+    Ok(Json(json!({ "jobs": rows, "next": next })))
+}
