@@ -7,6 +7,7 @@
 
 mod cli;
 mod compose;
+mod dashboard;
 mod distributed;
 mod events;
 mod examples;

@@ -440,3 +440,32 @@ async fn jobs_run_in_the_background_and_are_read_listed_and_cancelled() {
     let (status, body) = api.get("/v1/jobs?status=lost").await;
     assert_error(status, &body, 400, "invalid-query");
 }
+
+#[tokio::test]
+async fn a_job_shows_the_progress_its_guest_reports() {
+    let api = Api::start(&["cooperative"], &[]);
+    let mut events = api
+        .send(reqwest::Method::GET, "/v1/events?processor=cooperative")
+        .await
+        .bytes_stream();
+    let (status, job) = api
+        .post("/v1/jobs", r#"{"processor": "cooperative"}"#)
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+    // The guest reports progress as it loops. Once a second report has reached this
+    // stream, the server's progress tracker (another subscriber of the same events) has long
+    // seen the first.
+    let mut text = String::new();
+    crate::http::wait_for_text(&mut events, &mut text, "event: progress").await;
+    text.clear();
+    crate::http::wait_for_text(&mut events, &mut text, "event: progress").await;
+    let (_, running) = api.get(&path).await;
+    let progress = &running["progress"];
+    assert_eq!(progress["message"], "still working", "{running}");
+    assert!(progress["percent"].as_u64().unwrap() <= 100);
+    let response = api.send(reqwest::Method::DELETE, &path).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let (_, done) = api.get(&format!("{path}?waitMs=30000")).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+}

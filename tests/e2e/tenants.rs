@@ -194,7 +194,7 @@ async fn calls_without_a_valid_token_get_401_and_health_stays_open() {
     )
     .await;
     assert_eq!(status, 401, "running needs a token too");
-    for open in ["/healthz", "/readyz"] {
+    for open in ["/", "/healthz", "/readyz"] {
         let response = fleet
             .request(reqwest::Method::GET, open, None)
             .send()

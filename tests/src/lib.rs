@@ -467,7 +467,10 @@ impl Drop for WeirProcess {
 /// so does the first test or benchmark that needs them.
 pub fn node_project() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
-    if !dir.join("node_modules/bullmq").is_dir() {
+    let installed = ["bullmq", "ioredis", "playwright-core"]
+        .iter()
+        .all(|package| dir.join("node_modules").join(package).is_dir());
+    if !installed {
         let status = Command::new("npm")
             .args(["install", "--no-save", "--no-audit", "--no-fund"])
             .current_dir(&dir)

@@ -23,6 +23,16 @@ use crate::error::RuntimeError;
 use crate::result::ExecutionResult;
 use crate::runtime::{ExecutionRequest, RuntimeState};
 
+/// `GET /`: the dashboard (a static page; the data it shows comes from the API, with the
+/// token typed into it).
+pub(super) async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        super::DASHBOARD,
+    )
+        .into_response()
+}
+
 /// `GET /healthz`: the process is up and answering.
 pub(super) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))

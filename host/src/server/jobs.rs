@@ -2,8 +2,9 @@
 //! client goes on, read back with `GET /v1/jobs/{id}`, listed with filters and pages, and
 //! cancelled with `DELETE /v1/jobs/{id}`. Each job is one execution (its id is the
 //! execution's id) of the caller's tenant, under the same grants and quotas as
-//! `POST /v1/run`. The table lives in this server's memory: every running job and the
-//! newest [`KEPT_FINISHED`] finished ones.
+//! `POST /v1/run`, and shows the latest progress its guest reported (one task per server
+//! follows the `progress` events). The table lives in this server's memory: every running
+//! job and the newest [`KEPT_FINISHED`] finished ones.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use super::api::{parse_body, prepare, spawn_execution};
 use super::error::ApiError;
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::ErrorKind;
+use crate::events::{Event, EventKind, Notice};
 
 /// Finished jobs kept for reading; older ones are forgotten.
 pub const KEPT_FINISHED: usize = 10_000;
@@ -63,6 +65,8 @@ struct Job {
 
 struct Outcome {
     status: Status,
+    /// The latest progress the guest reported: percent and message.
+    progress: Option<(u8, String)>,
     finished_ms: Option<u64>,
     /// The result document, once finished.
     result: Option<Value>,
@@ -81,6 +85,9 @@ impl Job {
             "processor": self.processor,
             "session": self.session,
             "status": outcome.status.as_str(),
+            "progress": outcome.progress.as_ref().map(|(percent, message)| {
+                json!({ "percent": percent, "message": message })
+            }),
             "submittedAtMs": self.submitted_ms,
             "finishedAtMs": outcome.finished_ms,
             "result": outcome.result,
@@ -118,6 +125,56 @@ impl Jobs {
                 table.by_id.remove(&old);
             }
         }
+    }
+
+    /// Records a `progress` event against the job whose execution reported it.
+    fn progress(&self, event: &Event) {
+        let Some(id) = event.execution_id.as_deref() else {
+            return;
+        };
+        let Some(job) = self.lock().by_id.get(id).cloned() else {
+            return;
+        };
+        let data = event.data.as_ref();
+        let percent = data
+            .and_then(|d| d["percent"].as_u64())
+            .map_or(0, |p| p.min(100) as u8);
+        let message = data
+            .and_then(|d| d["message"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut outcome = job.lock();
+        if outcome.status == Status::Running {
+            outcome.progress = Some((percent, message));
+        }
+    }
+
+    /// Follows the runtime's `progress` events into the jobs they belong to, until
+    /// `shutdown`.
+    pub(super) fn track_progress(
+        self: &Arc<Self>,
+        runtime: &crate::Runtime,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let jobs = self.clone();
+        let mut events = runtime.subscribe();
+        handle.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    notice = events.recv() => match notice {
+                        None => break,
+                        Some(Notice::Event(event)) if event.event == EventKind::Progress => {
+                            jobs.progress(&event);
+                        }
+                        Some(_) => {}
+                    },
+                }
+            }
+        });
     }
 
     /// The job `id` if `caller` may see it.
@@ -197,6 +254,7 @@ pub(super) async fn submit(
         cancel: request.cancel.clone(),
         outcome: Mutex::new(Outcome {
             status: Status::Running,
+            progress: None,
             finished_ms: None,
             result: None,
         }),

@@ -71,6 +71,7 @@ impl Default for ServerConfig {
 
 /// Every route of the API as (method, path), paths in OpenAPI's `{param}` syntax.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -93,6 +94,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// The OpenAPI 3.1 document describing [`ROUTES`].
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// The dashboard page served at `/`: static HTML and JavaScript that read the API with the
+/// token typed into it, so a tenant's token shows that tenant's view only.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
 /// What every handler shares.
 #[derive(Clone)]
 struct AppState {
@@ -109,14 +114,17 @@ struct AppState {
 /// Event streams end when `shutdown` is cancelled.
 pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToken) -> Router {
     let limit = config.max_body_bytes;
+    let jobs: Arc<jobs::Jobs> = Arc::default();
+    jobs.track_progress(&runtime, shutdown.clone());
     let state = AppState {
         runtime,
         access: Arc::new(config.access.clone()),
-        jobs: Arc::default(),
+        jobs,
         config: Arc::new(config),
         shutdown,
     };
     Router::new()
+        .route("/", get(api::dashboard))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

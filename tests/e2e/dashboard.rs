@@ -1,0 +1,50 @@
+//! The dashboard at `/`, in headless Chromium: it shows the plugins, runs one with its own
+//! button, and shows the execution completing live. The screenshot is kept in
+//! `target/screenshots/dashboard.png` (a CI artifact). Needs Debian's `chromium` (CI
+//! installs it; `WEIR_CHROMIUM` names another) and the Node packages of `tests/node`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use weir_tests::{PluginFolder, WeirProcess};
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("WEIR_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "no Chromium at {} (Debian: apt-get install chromium; or set WEIR_CHROMIUM)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_dashboard_shows_plugins_and_an_execution_completing_live() {
+    let browser = chromium();
+    let folder = PluginFolder::with(&["hello", "increment"]);
+    let (_server, url) = WeirProcess::serve(folder.path(), &[]);
+    let node = weir_tests::node_project();
+    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let screenshot = screenshots.join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let output = Command::new("node")
+        .arg(node.join("dashboard.mjs"))
+        .arg(format!("{url}/"))
+        .arg(&screenshot)
+        .env("CHROMIUM", &browser)
+        .current_dir(&node)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("dashboard ok"),
+        "the browser test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        std::fs::metadata(&screenshot).unwrap().len() > 10_000,
+        "no screenshot"
+    );
+}
