@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weir_tests::{
-    PluginFolder, RedisServer, WorkerProcess, cache_dir, engine_config, plugin_path, weir_bin,
+    PluginFolder, RedisServer, WeirProcess, WorkerProcess, cache_dir, engine_config, plugin_path,
+    weir_bin,
 };
 
 const PLUGINS: &[&str] = &[
@@ -934,4 +935,69 @@ async fn a_run_with_no_worker_anywhere_says_so() {
     .await
     .expect("weir run said so within 30 s");
     assert!(said.contains("weir worker --redis"), "{said}");
+}
+
+#[tokio::test]
+async fn serve_over_redis_runs_through_workers_and_redrives_dead_jobs_over_http() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["flaky", "hello"]);
+    let mut worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let (_server, api) = WeirProcess::serve(folder.path(), &["--redis", &url]);
+    let client = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        let request = client.post(format!("{api}{path}")).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let get = |path: &'static str| {
+        let request = client.get(format!("{api}{path}"));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+
+    // A run through the API reaches a worker over Redis.
+    let (status, done) = post("/v1/run/hello".into(), json!({ "user": "Redis" })).await;
+    assert_eq!(
+        (status, &done["state"]["greeting"]),
+        (200, &json!("Hello Redis!")),
+        "{done}"
+    );
+
+    // flaky allows 5 attempts; this input needs 7: the job ends in the dead-letter queue.
+    let (status, failed) = post("/v1/run/flaky".into(), json!({ "succeedOn": 7 })).await;
+    assert_eq!((status, &failed["ok"]), (200, &json!(false)), "{failed}");
+    let listed = get("/v1/dlq").await;
+    let dead = listed["dead"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{listed}");
+    assert_eq!(dead[0]["queue"], "flaky");
+    let job = dead[0]["id"].as_str().unwrap().to_string();
+    let run = dead[0]["run"].as_str().unwrap().to_string();
+
+    // The operator allows more attempts, then redrives it from the API.
+    worker.terminate();
+    folder.manifest(
+        "flaky",
+        "[retry]\nmax_attempts = 10\nbackoff = \"fixed\"\nbackoff_ms = 1\n",
+    );
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let (status, body) = post(format!("/v1/dlq/flaky/{job}/retry"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let runtime = submitter(&url, folder.path()).await;
+    let result = finished(
+        &runtime,
+        &run,
+        Duration::from_secs(20),
+        "the redriven run finished",
+    )
+    .await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(get("/v1/dlq").await["dead"], json!([]));
+    let (status, body) = post(format!("/v1/dlq/flaky/{job}/retry"), json!({})).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("dead-job-not-found"))
+    );
 }

@@ -11,12 +11,16 @@ use tokio_util::sync::CancellationToken;
 
 use clap::{Args, ValueEnum};
 
-use super::{Failure, Outcome, PluginArgs};
+use super::{Failure, Outcome, PluginArgs, RedisArgs};
 
 #[derive(Args, Debug)]
 pub(crate) struct ServeArgs {
     #[command(flatten)]
     plugins: PluginArgs,
+    /// Run executions through Redis (the distributed runtime, served by `weir worker`s)
+    /// instead of in this process.
+    #[command(flatten)]
+    redis: RedisArgs,
     /// Write every event to stdout in this format (one per line).
     #[arg(long, value_enum, value_name = "FORMAT")]
     events: Option<EventFormat>,
@@ -51,7 +55,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
     // Before anything is announced: a signal that arrives once the API is up must stop it
     // gracefully, not kill the process.
     let (mut interrupt, mut terminate) = super::stop_signals()?;
-    let runtime = args.plugins.runtime().await?;
+    let runtime = args.plugins.runtime_on(args.redis.config()).await?;
     let mut events = runtime.subscribe();
     let _watcher = runtime
         .watch(

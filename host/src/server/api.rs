@@ -487,6 +487,62 @@ pub(super) async fn stop_session(
     })))
 }
 
+/// How many dead jobs `GET /v1/dlq` lists, and from which queue.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeadQuery {
+    queue: Option<String>,
+    /// Default 50, at most 1000.
+    limit: Option<usize>,
+}
+
+/// `GET /v1/dlq`: the distributed runtime's dead jobs, newest first (the operator's).
+pub(super) async fn dead_jobs(
+    State(app): State<AppState>,
+    caller: Caller,
+    query: Result<Query<DeadQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_operator("the dead-letter queue")?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "`limit` must be between 1 and 1000",
+        ));
+    }
+    let dead = app
+        .runtime
+        .dead_jobs(query.queue.as_deref(), limit)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(json!({ "dead": dead })))
+}
+
+/// `POST /v1/dlq/{queue}/{id}/retry`: runs a dead job again with fresh attempts (the
+/// operator's).
+pub(super) async fn redrive(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((queue, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_operator("the dead-letter queue")?;
+    if !app.runtime.is_distributed() {
+        return Err(ApiError::unavailable(
+            "this server's runtime is local: it has no queues (start it with --redis URL)",
+        ));
+    }
+    app.runtime
+        .redrive(&queue, &id)
+        .await
+        .map_err(|e| match e {
+            // Not dead (or no such job): say what the job is, as the CLI does.
+            crate::Error::Config(message) => ApiError::not_found("dead-job-not-found", message),
+            other => ApiError::unavailable(other.to_string()),
+        })?;
+    Ok(Json(json!({ "queue": queue, "id": id, "redriven": true })))
+}
+
 /// A known path with the wrong method: 405 with the methods it has.
 pub(super) async fn wrong_method(method: axum::http::Method, uri: Uri) -> ApiError {
     let path = uri.path();

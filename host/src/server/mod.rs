@@ -89,6 +89,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sessions/{id}"),
     ("DELETE", "/v1/sessions/{id}"),
     ("GET", "/v1/events"),
+    ("GET", "/v1/dlq"),
+    ("POST", "/v1/dlq/{queue}/{id}/retry"),
 ];
 
 /// The OpenAPI 3.1 document describing [`ROUTES`].
@@ -142,6 +144,8 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
             get(api::session).delete(api::stop_session),
         )
         .route("/v1/events", get(events::stream))
+        .route("/v1/dlq", get(api::dead_jobs))
+        .route("/v1/dlq/{queue}/{id}/retry", post(api::redrive))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(limit))
