@@ -97,7 +97,7 @@ pub(super) async fn run(
     query: Result<Query<RunQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    let Query(query) = query.map_err(ApiError::bad_query)?;
     let input = parse_body(&app, body)?;
     let (request, admitted) = prepare(&app, &caller, name, input, query.session, query.timeout_ms)?;
     // If the client goes away, the guard cancels the execution; its task still settles the
@@ -417,9 +417,7 @@ pub(super) struct TenantQuery {
 fn tenant_query(
     query: Result<Query<TenantQuery>, QueryRejection>,
 ) -> Result<Option<String>, ApiError> {
-    query
-        .map(|Query(q)| q.tenant)
-        .map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))
+    query.map(|Query(q)| q.tenant).map_err(ApiError::bad_query)
 }
 
 /// `GET /v1/sessions`: sessions that have seen work: a tenant's own; every tenant's for the
@@ -503,7 +501,7 @@ pub(super) async fn dead_jobs(
     query: Result<Query<DeadQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_operator("the dead-letter queue")?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    let Query(query) = query.map_err(ApiError::bad_query)?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(

@@ -76,6 +76,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "validation", code, message.into())
     }
 
+    /// 400 for a query string that does not parse, with axum's reason.
+    pub(crate) fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::bad_request("invalid-query", rejection.body_text())
+    }
+
     /// 404: nothing by that name.
     pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not-found", code, message.into())

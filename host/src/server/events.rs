@@ -51,8 +51,7 @@ pub(super) async fn stream(
     caller: Caller,
     filter: Result<Query<Filter>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let Query(filter) =
-        filter.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    let Query(filter) = filter.map_err(ApiError::bad_query)?;
     if let Some(asked) = &filter.tenant
         && !caller.sees_tenant(asked)
     {

@@ -316,7 +316,7 @@ pub(super) async fn get(
     Path(id): Path<String>,
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    let Query(query) = query.map_err(ApiError::bad_query)?;
     let job = app
         .jobs
         .get(&caller, &id)
@@ -386,7 +386,7 @@ pub(super) async fn list(
     caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    let Query(q) = query.map_err(ApiError::bad_query)?;
     if let Some(asked) = &q.tenant
         && !caller.sees_tenant(asked)
     {
