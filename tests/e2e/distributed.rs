@@ -969,7 +969,22 @@ async fn serve_over_redis_runs_through_workers_and_redrives_dead_jobs_over_http(
     // flaky allows 5 attempts; this input needs 7: the job ends in the dead-letter queue.
     let (status, failed) = post("/v1/run/flaky".into(), json!({ "succeedOn": 7 })).await;
     assert_eq!((status, &failed["ok"]), (200, &json!(false)), "{failed}");
-    let listed = get("/v1/dlq").await;
+    // The run's outcome is announced before BullMQ files the job as failed: look until it
+    // is there (a bounded wait; each look is a round trip to Redis).
+    let listed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let listed = get("/v1/dlq").await;
+            if listed["dead"]
+                .as_array()
+                .is_some_and(|dead| !dead.is_empty())
+            {
+                return listed;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the job was filed dead");
     let dead = listed["dead"].as_array().unwrap();
     assert_eq!(dead.len(), 1, "{listed}");
     assert_eq!(dead[0]["queue"], "flaky");

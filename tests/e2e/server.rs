@@ -453,14 +453,24 @@ async fn a_job_shows_the_progress_its_guest_reports() {
         .await;
     assert_eq!(status, 202, "{job}");
     let path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
-    // The guest reports progress as it loops. Once a second report has reached this
-    // stream, the server's progress tracker (another subscriber of the same events) has long
-    // seen the first.
+    // The guest reports progress as it loops. The server's tracker is another subscriber of
+    // the same events, so once a report has reached this stream, read the job until the
+    // tracker has recorded one too (a bounded wait: the reports keep coming).
     let mut text = String::new();
     crate::http::wait_for_text(&mut events, &mut text, "event: progress").await;
-    text.clear();
-    crate::http::wait_for_text(&mut events, &mut text, "event: progress").await;
-    let (_, running) = api.get(&path).await;
+    let running = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (_, job) = api.get(&path).await;
+            if !job["progress"].is_null() {
+                return job;
+            }
+            // The next report, then look again.
+            text.clear();
+            crate::http::wait_for_text(&mut events, &mut text, "event: progress").await;
+        }
+    })
+    .await
+    .expect("the job recorded its progress");
     let progress = &running["progress"];
     assert_eq!(progress["message"], "still working", "{running}");
     assert!(progress["percent"].as_u64().unwrap() <= 100);

@@ -57,12 +57,17 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
     let (mut interrupt, mut terminate) = super::stop_signals()?;
     let runtime = args.plugins.runtime_on(args.redis.config()).await?;
     let mut events = runtime.subscribe();
-    let _watcher = runtime
-        .watch(
-            &args.plugins.plugins,
-            Duration::from_millis(args.debounce_ms),
+    // On Redis the folder is optional (workers may hold the plugins); watch it if it is there.
+    let _watcher = if args.redis.redis.is_none() || args.plugins.plugins.is_dir() {
+        let debounce = Duration::from_millis(args.debounce_ms);
+        Some(
+            runtime
+                .watch(&args.plugins.plugins, debounce)
+                .map_err(|e| Failure::Usage(e.to_string()))?,
         )
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    } else {
+        None
+    };
     let shutdown = CancellationToken::new();
     let server = match args.listen {
         Some(address) => Some(listen(&runtime, address, &args, &shutdown).await?),

@@ -11,6 +11,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -97,9 +98,20 @@ pub(super) async fn run(
     query: Result<Query<RunQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // Who may run what comes first: the operator, or a tenant naming what it may not run,
+    // learns nothing from how its body would have been judged.
+    caller.tenant()?;
+    if !caller.may_run(&name) {
+        return Err(not_found_for(&app, &caller, &name));
+    }
     let Query(query) = query.map_err(ApiError::bad_query)?;
     let input = parse_body(&app, body)?;
-    let (request, admitted) = prepare(&app, &caller, name, input, query.session, query.timeout_ms)?;
+    let options = Options {
+        session: query.session,
+        timeout_ms: query.timeout_ms,
+        code: "invalid-query",
+    };
+    let (request, admitted) = prepare(&app, &caller, name, input, options)?;
     // If the client goes away, the guard cancels the execution; its task still settles the
     // tenant's account once it has stopped.
     let cancel = request.cancel.clone();
@@ -114,6 +126,14 @@ pub(super) async fn run(
     Ok(([("weir-execution-id", id)], Json(result.document())).into_response())
 }
 
+/// A request's options, and the error code for bad ones (`invalid-query` when they came
+/// in the query string, `invalid-input` in a body).
+pub(super) struct Options {
+    pub session: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub code: &'static str,
+}
+
 /// Checks that `caller` may run `name` on `input`, applies its tenant's ceilings (lowered
 /// further by `timeout_ms`) and takes a place in its quotas: the request to execute, and
 /// the place to give back when it has ended.
@@ -122,9 +142,13 @@ pub(super) fn prepare(
     caller: &Caller,
     name: String,
     input: Value,
-    session: Option<String>,
-    timeout_ms: Option<u64>,
+    options: Options,
 ) -> Result<(ExecutionRequest, Option<Admitted>), ApiError> {
+    let Options {
+        session,
+        timeout_ms,
+        code,
+    } = options;
     let (tenant, account) = caller.tenant()?;
     if !caller.may_run(&name) {
         // Exactly what a name that does not exist gets: nothing tells the caller whether
@@ -136,16 +160,13 @@ pub(super) fn prepare(
     let mut request = ExecutionRequest::new(name, input).tenant(tenant);
     if let Some(session) = session {
         if session.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid-query",
-                "`session` must not be empty",
-            ));
+            return Err(ApiError::bad_request(code, "`session` must not be empty"));
         }
         request = request.session(session);
     }
     if timeout_ms == Some(0) {
         return Err(ApiError::bad_request(
-            "invalid-query",
+            code,
             "`timeoutMs` must be above zero",
         ));
     }
@@ -188,7 +209,16 @@ pub(super) fn spawn_execution(
     let runtime = app.runtime.clone();
     tokio::spawn(async move {
         let mut admitted = admitted;
-        let outcome = runtime.execute(request).await;
+        // A panic in the host's execution path must still settle the account and tell
+        // `done` (a job would otherwise stay running for ever).
+        let outcome = std::panic::AssertUnwindSafe(runtime.execute(request))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(RuntimeError::Unavailable(
+                    "the execution failed inside the host (a bug: see the server's log)".into(),
+                ))
+            });
         if let (Some(admitted), Ok(result)) = (&mut admitted, &outcome) {
             admitted.fuel = result.execution.fuel_consumed;
         }

@@ -4,7 +4,9 @@
 //! execution's id) of the caller's tenant, under the same grants and quotas as
 //! `POST /v1/run`, and shows the latest progress its guest reported (one task per server
 //! follows the `progress` events). The table lives in this server's memory: every running
-//! job and the newest [`KEPT_FINISHED`] finished ones.
+//! job and each tenant's newest [`KEPT_FINISHED`] finished ones. Progress is matched by
+//! execution id: a job that runs a workflow shows its steps' progress in the event stream,
+//! not in the job.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -21,14 +23,18 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::access::Caller;
-use super::api::{parse_body, prepare, spawn_execution};
+use super::api::{Options, parse_body, prepare, spawn_execution};
 use super::error::ApiError;
 use crate::cancel::{CancelHandle, CancelReason};
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, RuntimeError};
 use crate::events::{Event, EventKind, Notice};
 
-/// Finished jobs kept for reading; older ones are forgotten.
+/// Finished jobs kept for reading, per tenant; older ones are forgotten.
 pub const KEPT_FINISHED: usize = 10_000;
+
+/// Jobs one server runs at once, over all tenants; more get `429` (a tenant's own
+/// `concurrent` quota usually says no well before).
+pub const MAX_RUNNING: usize = 10_000;
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -104,8 +110,11 @@ pub(super) struct Jobs {
 #[derive(Default)]
 struct Table {
     by_id: HashMap<String, Arc<Job>>,
-    /// Finished jobs, oldest first: the ones to forget first.
-    finished: VecDeque<String>,
+    /// Each tenant's finished jobs, oldest first: the ones to forget first. One ring per
+    /// tenant, so that one tenant's many jobs never push out another's results.
+    finished: HashMap<String, VecDeque<String>>,
+    /// Jobs still running, over all tenants.
+    running: usize,
 }
 
 impl Jobs {
@@ -113,17 +122,33 @@ impl Jobs {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(&self, job: Arc<Job>) {
-        self.lock().by_id.insert(job.id.clone(), job);
+    /// Adds a running job, unless [`MAX_RUNNING`] already run.
+    fn insert(&self, job: Arc<Job>) -> Result<(), ApiError> {
+        let mut table = self.lock();
+        if table.running >= MAX_RUNNING {
+            return Err(ApiError::over_quota(
+                format!("this server already runs {MAX_RUNNING} jobs; retry later"),
+                std::time::Duration::from_secs(1),
+            )
+            .with("quota", json!("server_jobs")));
+        }
+        table.running += 1;
+        table.by_id.insert(job.id.clone(), job);
+        Ok(())
     }
 
-    fn finish(&self, id: &str) {
+    fn finish(&self, job: &Job) {
         let mut table = self.lock();
-        table.finished.push_back(id.to_string());
-        while table.finished.len() > KEPT_FINISHED {
-            if let Some(old) = table.finished.pop_front() {
-                table.by_id.remove(&old);
-            }
+        table.running = table.running.saturating_sub(1);
+        let ring = table.finished.entry(job.tenant.clone()).or_default();
+        ring.push_back(job.id.clone());
+        let forgotten: Vec<String> = if ring.len() > KEPT_FINISHED {
+            ring.drain(..ring.len() - KEPT_FINISHED).collect()
+        } else {
+            Vec::new()
+        };
+        for old in forgotten {
+            table.by_id.remove(&old);
         }
     }
 
@@ -225,9 +250,11 @@ pub(super) async fn submit(
             format!("a job is `{{\"processor\", \"input\", \"session\", \"timeoutMs\"}}`: {e}"),
         )
     })?;
-    // A job must name something that runs now: say so at once, not in a failed job.
+    // A job must name something that runs now: say so at once, not in a failed job. (On
+    // the distributed runtime, a processor may exist only in Redis: the run says.)
     let catalog = app.runtime.catalog();
-    let known = catalog.plugins.contains_key(&submission.processor)
+    let known = app.runtime.is_distributed()
+        || catalog.plugins.contains_key(&submission.processor)
         || catalog.workflows.contains_key(&submission.processor);
     if !known || !caller.may_run(&submission.processor) {
         return Err(super::api::not_found_for(
@@ -236,13 +263,17 @@ pub(super) async fn submit(
             &submission.processor,
         ));
     }
+    let options = Options {
+        session: submission.session,
+        timeout_ms: submission.timeout_ms,
+        code: "invalid-input",
+    };
     let (request, admitted) = prepare(
         &app,
         &caller,
         submission.processor,
         submission.input,
-        submission.session,
-        submission.timeout_ms,
+        options,
     )?;
     let id = uuid::Uuid::now_v7().to_string();
     let job = Arc::new(Job {
@@ -260,7 +291,8 @@ pub(super) async fn submit(
         }),
         done: tokio::sync::watch::channel(false).0,
     });
-    app.jobs.insert(job.clone());
+    // Refused (and the quota place given back) if the server runs too many jobs already.
+    app.jobs.insert(job.clone())?;
     let jobs = app.jobs.clone();
     let mut request = request;
     request.id = Some(id.clone());
@@ -280,10 +312,19 @@ pub(super) async fn submit(
                 };
                 (status, json!(result.document()))
             }
-            Err(error) => (
-                Status::Failed,
-                json!({ "ok": false, "error": { "kind": "unavailable", "message": error.to_string() } }),
-            ),
+            // It could not even start: the reason, in the shape of a result's error.
+            Err(error) => {
+                let (kind, code) = match error {
+                    RuntimeError::NotFound { .. } => ("not-found", "processor-not-found"),
+                    RuntimeError::InvalidRequest(_) => ("validation", "invalid-request"),
+                    _ => ("unavailable", "unavailable"),
+                };
+                let message = error.to_string();
+                (
+                    Status::Failed,
+                    json!({ "ok": false, "error": { "kind": kind, "code": code, "message": message } }),
+                )
+            }
         };
         {
             let mut outcome = finished.lock();
@@ -292,7 +333,7 @@ pub(super) async fn submit(
             outcome.result = Some(result);
         }
         finished.done.send_replace(true);
-        jobs.finish(&finished.id);
+        jobs.finish(&finished);
     }));
     Ok((StatusCode::ACCEPTED, Json(job.to_json())).into_response())
 }
@@ -324,8 +365,12 @@ pub(super) async fn get(
     if let Some(ms) = query.wait_ms {
         let mut done = job.done.subscribe();
         let wait = std::time::Duration::from_millis(ms.min(MAX_WAIT_MS));
-        // Timing out is an answer too: the job, still running.
-        let _ = tokio::time::timeout(wait, done.wait_for(|finished| *finished)).await;
+        // Timing out is an answer too (the job, still running), and so is the server
+        // shutting down, which must not wait for this.
+        tokio::select! {
+            _ = tokio::time::timeout(wait, done.wait_for(|finished| *finished)) => {}
+            _ = app.shutdown.cancelled() => {}
+        }
     }
     Ok(Json(job.to_json()))
 }
@@ -334,7 +379,8 @@ fn job_not_found(id: &str) -> ApiError {
     ApiError::not_found(
         "job-not-found",
         format!(
-            "no job `{id}` (finished jobs are kept for the newest {KEPT_FINISHED} on this server)"
+            "no job `{id}` (each tenant's newest {KEPT_FINISHED} finished jobs are kept on this \
+             server)"
         ),
     )
 }
