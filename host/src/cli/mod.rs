@@ -160,6 +160,23 @@ impl RedisArgs {
 }
 
 impl PluginArgs {
+    /// Keeps the folder live on `runtime`. A folder that is not there is an error when
+    /// `required`, else (on Redis, where workers may hold the plugins) nothing to watch.
+    pub(crate) fn watch(
+        &self,
+        runtime: &weir::Runtime,
+        required: bool,
+        debounce: std::time::Duration,
+    ) -> Result<Option<weir::Watcher>, Failure> {
+        if !required && !self.plugins.is_dir() {
+            return Ok(None);
+        }
+        runtime
+            .watch(&self.plugins, debounce)
+            .map(Some)
+            .map_err(|e| Failure::Usage(e.to_string()))
+    }
+
     pub(crate) async fn runtime(&self) -> Result<weir::Runtime, Failure> {
         self.runtime_on(None).await
     }

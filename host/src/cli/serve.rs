@@ -58,16 +58,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
     let runtime = args.plugins.runtime_on(args.redis.config()).await?;
     let mut events = runtime.subscribe();
     // On Redis the folder is optional (workers may hold the plugins); watch it if it is there.
-    let _watcher = if args.redis.redis.is_none() || args.plugins.plugins.is_dir() {
-        let debounce = Duration::from_millis(args.debounce_ms);
-        Some(
-            runtime
-                .watch(&args.plugins.plugins, debounce)
-                .map_err(|e| Failure::Usage(e.to_string()))?,
-        )
-    } else {
-        None
-    };
+    let required = args.redis.redis.is_none();
+    let _watcher =
+        args.plugins
+            .watch(&runtime, required, Duration::from_millis(args.debounce_ms))?;
     let shutdown = CancellationToken::new();
     let server = match args.listen {
         Some(address) => Some(listen(&runtime, address, &args, &shutdown).await?),

@@ -46,16 +46,9 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
         ..weir::WorkerConfig::default()
     };
     // The folder stays live: files dropped in, replaced or removed are loaded and published.
-    let _watcher = if args.plugins.plugins.is_dir() {
-        let debounce = Duration::from_millis(args.debounce_ms);
-        Some(
-            runtime
-                .watch(&args.plugins.plugins, debounce)
-                .map_err(|e| Failure::Usage(e.to_string()))?,
-        )
-    } else {
-        None
-    };
+    let _watcher = args
+        .plugins
+        .watch(&runtime, false, Duration::from_millis(args.debounce_ms))?;
     // Before the worker announces itself: a signal that arrives once it serves must stop it
     // gracefully, not kill the process.
     let (mut interrupt, mut terminate) = super::stop_signals()?;
