@@ -1016,3 +1016,67 @@ async fn serve_over_redis_runs_through_workers_and_redrives_dead_jobs_over_http(
         (404, &json!("dead-job-not-found"))
     );
 }
+
+#[tokio::test]
+async fn bull_board_shows_weirs_queues_and_their_jobs() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["hello"]);
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    let done = runtime
+        .run("hello", json!({ "user": "board" }))
+        .await
+        .unwrap();
+    assert!(done.ok, "{:?}", done.error);
+
+    let example = weir_tests::bull_board_example();
+    let mut board = Command::new("node")
+        .arg("server.mjs")
+        .current_dir(&example)
+        .env("REDIS_URL", &url)
+        .env("PORT", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let stdout = board.stdout.take().unwrap();
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("Bull Board said where it listens");
+    let base = line
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in `{line}`"))
+        .to_string();
+    let queues: Value = reqwest::get(format!("{base}api/queues"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _ = board.kill();
+    let _ = board.wait();
+    let hello = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "hello")
+        .unwrap_or_else(|| panic!("no `hello` queue on the board: {queues}"));
+    assert!(
+        hello["counts"]["completed"].as_u64().unwrap() >= 1,
+        "{hello}"
+    );
+}

@@ -463,6 +463,24 @@ impl Drop for WeirProcess {
     }
 }
 
+/// `examples/bull-board` (Bull Board over weir's queues) with its pinned packages
+/// installed: `.ci/run` installs them; so does the first test that needs them.
+pub fn bull_board_example() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bull-board");
+    if !dir.join("node_modules/@bull-board/express").is_dir() {
+        let status = Command::new("npm")
+            .args(["install", "--no-save", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm runs (install Node.js: apt-get install nodejs npm)");
+        assert!(
+            status.success(),
+            "npm install in examples/bull-board failed"
+        );
+    }
+    dir
+}
+
 /// `tests/node` (Node BullMQ, pinned) with its packages installed: `.ci/run` installs them;
 /// so does the first test or benchmark that needs them.
 pub fn node_project() -> PathBuf {
