@@ -173,12 +173,8 @@ impl WarmPool {
             Some(stack) => stack,
             None => idle.entry(tenant.clone()).or_default(),
         };
-        // The oldest sit at the bottom: shed the expired ones and any beyond `max_idle`.
-        let keep_from = stack
-            .iter()
-            .position(|e| now.duration_since(e.since) <= timeout)
-            .unwrap_or(stack.len());
-        let mut dropped: Vec<Idle> = stack.drain(..keep_from).collect();
+        // Shed the expired ones, and keep at most `max_idle`.
+        let mut dropped: Vec<Idle> = drain_expired(stack, now, timeout).collect();
         if stack.len() >= self.policy.max_idle as usize {
             dropped.push(entry);
         } else {
@@ -187,9 +183,7 @@ impl WarmPool {
         drop(idle);
         drop(dropped);
     }
-}
 
-impl WarmPool {
     /// Drops every idle instance of any tenant that has waited past the idle timeout.
     fn shed_expired(&self, now: Instant) {
         let timeout = self.policy.idle_timeout();
@@ -197,15 +191,24 @@ impl WarmPool {
         {
             let mut idle = self.lock();
             for stack in idle.values_mut() {
-                let keep_from = stack
-                    .iter()
-                    .position(|e| now.duration_since(e.since) <= timeout)
-                    .unwrap_or(stack.len());
-                expired.extend(stack.drain(..keep_from));
+                expired.extend(drain_expired(stack, now, timeout));
             }
         }
         drop(expired);
     }
+}
+
+/// Takes out of `stack` the instances idle past `timeout`: the oldest, at the bottom.
+fn drain_expired(
+    stack: &mut Vec<Idle>,
+    now: Instant,
+    timeout: std::time::Duration,
+) -> std::vec::Drain<'_, Idle> {
+    let keep_from = stack
+        .iter()
+        .position(|e| now.duration_since(e.since) <= timeout)
+        .unwrap_or(stack.len());
+    stack.drain(..keep_from)
 }
 
 #[cfg(test)]

@@ -385,23 +385,6 @@ fn a_batch_takes_a_bare_array_and_prints_ok_and_items() {
     assert_eq!(items[2]["error"]["code"], "invalid-input");
 }
 
-/// Lines of a child's output stream, readable with a timeout.
-fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stream)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
 /// The first line that satisfies `wanted`, within a generous timeout.
 fn wait_for_line(
     lines: &std::sync::mpsc::Receiver<String>,
@@ -430,8 +413,8 @@ fn serve_applies_folder_changes_and_prints_events_as_json_lines() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("weir serve starts");
-    let stdout = lines_of(child.stdout.take().unwrap());
-    let stderr = lines_of(child.stderr.take().unwrap());
+    let stdout = weir_tests::lines_of(child.stdout.take().unwrap());
+    let stderr = weir_tests::lines_of(child.stderr.take().unwrap());
     wait_for_line(&stderr, |l| l.contains("serving"));
 
     folder.add("increment");

@@ -1040,19 +1040,7 @@ async fn bull_board_shows_weirs_queues_and_their_jobs() {
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("node runs");
-    let stdout = board.stdout.take().unwrap();
-    let (send, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = weir_tests::lines_of(board.stdout.take().unwrap());
     let line = lines
         .recv_timeout(Duration::from_secs(60))
         .expect("Bull Board said where it listens");

@@ -303,6 +303,24 @@ impl RedisServer {
     }
 }
 
+/// Lines of a child's output stream, read on a thread, so a test can wait for one with a
+/// timeout.
+pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
 /// A long-running `weir` process (`weir worker`, `weir serve`), killed when dropped. Its
 /// log lines (stderr) are collected so that tests can wait for what it says.
 pub struct WeirProcess {
@@ -363,7 +381,6 @@ impl WeirProcess {
     /// Starts `binary` with `args` (plus the shared compile cache and info logs) and waits
     /// for a log line containing `ready`.
     pub fn spawn(binary: &Path, args: &[&std::ffi::OsStr], ready: &str) -> WeirProcess {
-        use std::io::BufRead;
         let mut child = Command::new(binary)
             .args(args)
             .arg("--cache-dir")
@@ -373,18 +390,7 @@ impl WeirProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the weir binary runs");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stderr.take().expect("stderr is piped"));
         let mut process = WeirProcess {
             child,
             lines,

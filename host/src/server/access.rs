@@ -308,17 +308,26 @@ impl Caller {
     /// `?tenant=` (required); the open API's `default` unless `?tenant=` says otherwise.
     pub(crate) fn data_tenant<'a>(&'a self, asked: Option<&'a str>) -> Result<&'a str, ApiError> {
         match (self, asked) {
-            (Caller::Tenant(tenant), None) => Ok(tenant.name()),
-            (Caller::Tenant(tenant), Some(asked)) if asked == tenant.name() => Ok(tenant.name()),
-            (Caller::Tenant(_), Some(_)) => Err(ApiError::forbidden(
-                "a tenant's token reaches its own tenant only",
-            )),
+            (Caller::Tenant(tenant), asked) => {
+                self.may_ask_for(asked)?;
+                Ok(tenant.name())
+            }
             (Caller::Operator | Caller::Open, Some(asked)) => Ok(asked),
             (Caller::Open, None) => Ok(OPEN_TENANT),
             (Caller::Operator, None) => Err(ApiError::bad_request(
                 "invalid-query",
                 "the operator must name the tenant: add `?tenant=NAME`",
             )),
+        }
+    }
+
+    /// Refuses a `?tenant=` naming a tenant whose data this caller may not see.
+    pub(crate) fn may_ask_for(&self, asked: Option<&str>) -> Result<(), ApiError> {
+        match asked {
+            Some(asked) if !self.sees_tenant(asked) => Err(ApiError::forbidden(
+                "a tenant's token reaches its own tenant only",
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -433,13 +433,7 @@ pub(super) async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(ApiError::bad_query)?;
-    if let Some(asked) = &q.tenant
-        && !caller.sees_tenant(asked)
-    {
-        return Err(ApiError::forbidden(
-            "a tenant's token reaches its own tenant's jobs only",
-        ));
-    }
+    caller.may_ask_for(q.tenant.as_deref())?;
     let limit = match q.limit {
         Some(0) | Some(501..) => {
             return Err(ApiError::bad_request(
