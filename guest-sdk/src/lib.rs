@@ -63,6 +63,44 @@
 //! The function takes the input by value and, optionally, a `&Context` second; it returns
 //! `Result<Out, Error>` where `Out: Serialize`. Any `std::error::Error` converts into an
 //! [`ErrorKind::Execution`] error with `?`.
+//!
+//! # Outbound HTTP
+//!
+//! With the `http` feature, `weir_sdk::http` sends HTTP requests through the host's `wasi:http`
+//! (a plugin built without it does not even import `wasi:http`):
+//!
+//! ```toml
+//! [dependencies]
+//! weir-sdk = { version = "0.1", features = ["http"] }
+//! ```
+//!
+//! ```ignore
+//! let body = weir_sdk::http::get("https://api.example.com/rates")?.text()?;
+//! let reply = weir_sdk::http::Request::post("http://127.0.0.1:8080/orders")
+//!     .json(&order)?
+//!     .send()?;
+//! ```
+//!
+//! Every request is denied unless the operator grants its origin (and, optionally, its
+//! methods) in the plugin's manifest, `NAME.toml` beside `NAME.wasm`:
+//!
+//! ```toml
+//! [capabilities.http]
+//! allow = ["https://api.example.com", { origin = "http://127.0.0.1:8080", methods = ["GET", "POST"] }]
+//! timeout_ms = 10000            # the whole request: connect, response and body
+//! max_response_bytes = 1048576
+//! ```
+//!
+//! Any HTTP status is an `Ok` response; a request that gets none fails with a typed
+//! [`Error`] that `?` passes to the host unchanged:
+//!
+//! | code | kind | retryable | when |
+//! |---|---|---|---|
+//! | `invalid-url`, `invalid-method`, `invalid-header`, `forbidden-header` | validation | no | the request is malformed, or sets a header only the host may set |
+//! | `capability-denied` | configuration | no | the manifest does not allow the origin and method |
+//! | `http-timeout` | timeout | yes | connecting or the response took longer than the timeout |
+//! | `http-response-too-large` | resource | no | the body is larger than `max_response_bytes` |
+//! | `http-error` | network | yes | anything else: DNS, refused or reset connections, TLS, protocol errors |
 
 pub use weir_sdk_macros::processor;
 
@@ -70,6 +108,8 @@ extern crate self as weir_sdk;
 
 mod context;
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 mod run;
 
 pub use context::{Context, Level, SessionStore};

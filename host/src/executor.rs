@@ -646,6 +646,7 @@ async fn attempt(
         (Some(pool), Some(processor))
             if matches!(raw, Raw::Finished(Ok(_)))
                 && !memory_hit
+                && store.data().outbound_idle()
                 && !cancel.is_cancelled()
                 && Instant::now() < deadline =>
         {

@@ -34,17 +34,24 @@
 //! env = { API_REGION = "eu" }
 //! files = [{ host = "/srv/data", guest = "/data", writable = false }]
 //! network = ["127.0.0.1:8080", "10.0.0.7:*"]
+//!
+//! [capabilities.http] # outbound `wasi:http` requests (see crate::outbound)
+//! allow = ["https://api.example.com", { origin = "http://127.0.0.1:8080", methods = ["GET"] }]
+//! timeout_ms = 10000
+//! max_response_bytes = 1048576
 //! ```
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
 use crate::limits::LimitOverrides;
+use crate::outbound::HttpGrant;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::scheduler::RateLimit;
 
@@ -138,6 +145,8 @@ pub struct Capabilities {
     pub files: Vec<DirGrant>,
     /// Addresses the guest may open TCP/UDP sockets to.
     pub network: Vec<NetworkGrant>,
+    /// Outbound HTTP requests through `wasi:http`; none means every request is denied.
+    pub http: Option<Arc<HttpGrant>>,
 }
 
 /// A host directory made visible to the guest.
@@ -303,6 +312,7 @@ struct RawCapabilities {
     files: Vec<DirGrant>,
     #[serde(default)]
     network: Vec<String>,
+    http: Option<toml::Table>,
 }
 
 impl Manifest {
@@ -370,6 +380,14 @@ impl Manifest {
             .map(|g| NetworkGrant::parse(g))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("[capabilities] {e}"))?;
+        let http = raw
+            .capabilities
+            .http
+            .as_ref()
+            .map(HttpGrant::from_toml)
+            .transpose()
+            .map_err(|e| format!("[capabilities.http]: {e}"))?
+            .map(Arc::new);
         Ok(Manifest {
             path: None,
             limits: raw.limits,
@@ -380,6 +398,7 @@ impl Manifest {
                 env: raw.capabilities.env,
                 files: raw.capabilities.files,
                 network,
+                http,
             },
             warm: raw.warm,
         })

@@ -1,8 +1,9 @@
 //! One execution's sandbox: the store data of a fresh instance. It holds the limits (memory
 //! cap, fuel, deadline), the WASI context built from the operator's grants only (by default:
 //! clocks and random, no files, environment, arguments or network), the guest's log sink,
-//! and the host side of every weir import (`log`, `emit`, `progress`, `call`, `cancelled`,
-//! `config`, the session store).
+//! the `wasi:http` hooks that hold outbound requests to the operator's grant (see
+//! [`crate::outbound`]), and the host side of every weir import (`log`, `emit`, `progress`,
+//! `call`, `cancelled`, `config`, the session store).
 //!
 //! A store is cheap and short-lived: created for one attempt and dropped after it, so
 //! nothing a guest does survives into the next execution.
@@ -14,6 +15,7 @@ use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{Processor, weir::processor as imports, wit};
 use crate::cancel::CancelHandle;
@@ -23,6 +25,7 @@ use crate::events::{Event, EventKind};
 use crate::executor::Scope;
 use crate::guest_log::{GuestLog, GuestStream, Level};
 use crate::manifest::Capabilities;
+use crate::outbound::OutboundHttp;
 use crate::runtime::Shared;
 use crate::store::{SessionKey, StateStore};
 
@@ -90,6 +93,8 @@ impl ResourceLimiter for MemoryLimiter {
 pub(crate) struct Sandbox {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    outbound: OutboundHttp,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) log: Arc<GuestLog>,
     pub(crate) deadline: Instant,
@@ -124,9 +129,12 @@ impl Sandbox {
         spec: SandboxSpec<'_>,
     ) -> Result<Store<Sandbox>, ExecutionError> {
         let wasi = wasi_context(spec.capabilities, &spec.log)?;
+        let outbound = OutboundHttp::new(spec.capabilities.http.clone(), spec.processor.clone());
         let sandbox = Sandbox {
             wasi,
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            outbound,
             limiter: MemoryLimiter::new(spec.memory_bytes),
             log: spec.log,
             deadline: spec.deadline,
@@ -173,6 +181,12 @@ impl Sandbox {
         set_fuel(store, spec.fuel)?;
         store.set_epoch_deadline(1);
         Ok(())
+    }
+
+    /// Whether no outbound HTTP request is in flight or holding an unread response: a warm
+    /// instance is only kept idle when none is.
+    pub(crate) fn outbound_idle(&self) -> bool {
+        self.outbound.idle()
     }
 
     /// Lets go of everything that belongs to the execution that just ended (its caller's
@@ -231,11 +245,14 @@ fn wasi_context(caps: &Capabilities, log: &Arc<GuestLog>) -> Result<WasiCtx, Exe
     Ok(b.build())
 }
 
-/// The linker every processor is instantiated with: WASI plus weir's imports.
+/// The linker every processor is instantiated with: WASI (with `wasi:http`'s outgoing
+/// requests, denied unless granted) plus weir's imports.
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<Sandbox>, Error> {
     let mut linker = Linker::new(engine.wasmtime());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| Error::Engine(format!("cannot link WASI: {e}")))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(|e| Error::Engine(format!("cannot link wasi:http: {e}")))?;
     Processor::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)
         .map_err(|e| Error::Engine(format!("cannot link weir's imports: {e}")))?;
     Ok(linker)
@@ -246,6 +263,16 @@ impl WasiView for Sandbox {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Sandbox {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
         }
     }
 }

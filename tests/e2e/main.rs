@@ -16,6 +16,7 @@ mod hostile;
 mod http;
 mod languages;
 mod loading;
+mod outbound;
 mod queues;
 mod redis_store;
 mod reload;
