@@ -46,7 +46,13 @@ pub(crate) struct Scope {
     pub priority: Option<u32>,
     /// The caller's cap on attempts (lowers, never raises, a retry policy).
     pub max_attempts: Option<u32>,
+    /// Where the guest's progress reports go besides the event stream: in a distributed
+    /// worker, the BullMQ job the execution runs for. Nested calls do not inherit it.
+    pub progress: Option<ProgressSink>,
 }
+
+/// The latest progress (percent, message) a running guest reported, for whoever follows it.
+pub(crate) type ProgressSink = Arc<tokio::sync::watch::Sender<Option<(u8, String)>>>;
 
 impl Scope {
     /// The scope of a step inside this one: same caller, cancelled with it, and bounded by
@@ -77,6 +83,7 @@ pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> 
         parent: None,
         priority: request.priority,
         max_attempts: request.max_attempts,
+        progress: None,
     };
     if let Some(delay) = request.delay {
         // A delayed execution is cancellable while it waits; it then starts normally (and
@@ -159,6 +166,7 @@ pub(crate) async fn call_nested(
         depth,
         deadline: Some(deadline),
         cancel,
+        progress: None,
         ..caller.clone()
     };
     let result = run_boxed(shared, &name, input, scope).await;

@@ -365,7 +365,13 @@ impl imports::events::Host for Sandbox {
 
     fn progress(&mut self, percent: u8, message: String) -> Result<(), wit::ProcessorError> {
         let percent = percent.min(100);
+        let message = clip(message, MAX_PROGRESS_MESSAGE);
         tracing::debug!(target: "weir::events", percent, "progress: {message}");
+        if let Some((_, scope)) = &self.caller
+            && let Some(sink) = &scope.progress
+        {
+            sink.send_replace(Some((percent, message.clone())));
+        }
         if let Some((shared, mut event)) = self.event(EventKind::Progress) {
             event.data = Some(serde_json::json!({ "percent": percent, "message": message }));
             shared.events.publish(event);
@@ -430,6 +436,22 @@ impl imports::session_store::Host for Sandbox {
         let (store, session) = self.session_key()?;
         store.kv_keys(&session).await.map_err(to_wit_error)
     }
+}
+
+/// The longest progress message kept, in bytes; longer ones are cut (at a character).
+const MAX_PROGRESS_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `max` bytes, at a character boundary, marked with `…` when cut.
+fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// A host-side error as the guest sees it.

@@ -531,6 +531,56 @@ async fn a_cancelled_run_stops_wherever_it_runs() {
 }
 
 #[tokio::test]
+async fn a_guests_progress_becomes_its_bullmq_jobs_progress() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["cooperative"]);
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    let id = runtime
+        .submit(weir::ExecutionRequest::new("cooperative", json!({})))
+        .await
+        .unwrap();
+    // BullMQ announces progress on the queue's event stream, as Node's `QueueEvents` reads it.
+    let mut conn = connection(&url).await;
+    let options = redis::streams::StreamReadOptions::default().block(20_000);
+    let mut last = "0".to_string();
+    let (job, data) = 'heard: loop {
+        let reply: Option<redis::streams::StreamReadReply> = redis::AsyncCommands::xread_options(
+            &mut conn,
+            &["weir:cooperative:events"],
+            &[&last],
+            &options,
+        )
+        .await
+        .unwrap();
+        let reply = reply.expect("a progress event within 20 s");
+        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+            last = entry.id.clone();
+            if entry.get::<String>("event").as_deref() == Some("progress") {
+                let job: String = entry.get("jobId").unwrap();
+                let data: String = entry.get("data").unwrap();
+                break 'heard (job, data);
+            }
+        }
+    };
+    let data: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(data["message"], "still working", "{data}");
+    assert!(data["percent"].as_u64().is_some_and(|p| p <= 100), "{data}");
+    // And the job itself holds it, where Bull Board and `job.progress` read it.
+    let stored: String = redis::cmd("HGET")
+        .arg(format!("weir:cooperative:{job}"))
+        .arg("progress")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["message"], "still working", "{stored}");
+    assert!(runtime.cancel_run(&id).await.unwrap());
+    finished(&runtime, &id, Duration::from_secs(20), "the run ended").await;
+}
+
+#[tokio::test]
 async fn a_failing_branch_cancels_its_siblings_on_other_workers() {
     let redis = RedisServer::start();
     let url = redis.url();

@@ -26,7 +26,7 @@ use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::events::EventKind;
 use crate::executor::{
-    Pinned, Scope, cancelled_unstarted, execute_pinned, execution_event, failed,
+    Pinned, ProgressSink, Scope, cancelled_unstarted, execute_pinned, execution_event, failed,
 };
 use crate::manifest::Manifest;
 use crate::plugin::Plugin;
@@ -336,14 +336,23 @@ impl Inner {
                     "the job claims weir's format but is unreadable: {error}"
                 )));
             }
-            Err(_) => return self.handle_foreign(queue, data.clone(), attempt).await,
+            Err(_) => {
+                let input = data.clone();
+                let (progress, forwarder) = forward_progress(job);
+                let outcome = self.handle_foreign(queue, input, attempt, progress).await;
+                forwarder.finish().await;
+                return outcome;
+            }
         };
+        let (progress, forwarder) = forward_progress(job);
         // Shared with the task, so a panic in it still has the step to report.
         let step = Arc::new(step);
         let inner = self.clone();
         let running = step.clone();
-        let task = tokio::spawn(async move { inner.run_step(&running, attempt).await });
-        match task.await {
+        let task = tokio::spawn(async move { inner.run_step(&running, attempt, progress).await });
+        let joined = task.await;
+        forwarder.finish().await;
+        match joined {
             Ok(outcome) => outcome,
             Err(panic) => {
                 let error = ExecutionError::host(
@@ -380,6 +389,7 @@ impl Inner {
         self: Arc<Self>,
         step: &StepJob,
         attempt: u32,
+        progress: ProgressSink,
     ) -> Result<Value, bullmq::Error> {
         let plugin = match self.plugin(&step.processor, &step.digest).await {
             Ok(plugin) => plugin,
@@ -437,6 +447,7 @@ impl Inner {
             parent: step.scope.parent.as_deref().map(Arc::from),
             priority: step.scope.priority,
             max_attempts: step.scope.max_attempts,
+            progress: Some(progress),
         };
         let pinned = Pinned {
             plugin: plugin.clone(),
@@ -581,6 +592,7 @@ impl Inner {
         queue: String,
         input: Value,
         attempt: u32,
+        progress: ProgressSink,
     ) -> Result<Value, bullmq::Error> {
         let plugin = match self.shared.registry.get(&queue) {
             Some(plugin) => plugin,
@@ -615,6 +627,7 @@ impl Inner {
             parent: None,
             priority: None,
             max_attempts: None,
+            progress: Some(progress),
         };
         let result =
             execute_pinned(&self.shared, Pinned { plugin, attempt }, input, scope, None).await;
@@ -702,6 +715,45 @@ enum Unavailable {
     Redis(redis::RedisError),
     /// It is not there or does not load: the step fails.
     Missing(String),
+}
+
+/// Carries a running guest's progress reports into `job` as BullMQ progress, an object
+/// `{percent, message}` (so Bull Board and Node's `QueueEvents` see it). Reports that come
+/// faster than Redis takes them are coalesced: the latest wins. The forwarder ends once the
+/// execution has dropped its sink and the last report is written: [`Forwarder::finish`]
+/// waits for that, so no report lands after the job has ended.
+fn forward_progress(mut job: Job) -> (ProgressSink, Forwarder) {
+    let (sink, mut reports) = tokio::sync::watch::channel(None::<(u8, String)>);
+    let task = tokio::spawn(async move {
+        while reports.changed().await.is_ok() {
+            let Some((percent, message)) = reports.borrow_and_update().clone() else {
+                continue;
+            };
+            let progress = bullmq::JobProgress::Object(
+                serde_json::json!({ "percent": percent, "message": message }),
+            );
+            if let Err(error) = job.update_progress(progress).await {
+                tracing::debug!(target: "weir::worker", job = %job.id(), %error, "cannot record progress");
+            }
+        }
+    });
+    (Arc::new(sink), Forwarder(task))
+}
+
+/// The task carrying a job's progress into Redis.
+struct Forwarder(tokio::task::JoinHandle<()>);
+
+impl Forwarder {
+    /// Waits (up to a second) for the last report to be written, once the execution has
+    /// ended; gives up on it after that.
+    async fn finish(mut self) {
+        if tokio::time::timeout(Duration::from_secs(1), &mut self.0)
+            .await
+            .is_err()
+        {
+            self.0.abort();
+        }
+    }
 }
 
 /// The result document as a job's return value.
