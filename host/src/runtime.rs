@@ -288,6 +288,16 @@ impl Runtime {
         self.distributed.is_some()
     }
 
+    /// A connection to the distributed runtime's Redis and the key prefix for `name`
+    /// there, for state a server shares with the fleet; none on the local runtime.
+    pub(crate) fn redis_namespace(
+        &self,
+        name: &str,
+    ) -> Option<(redis::aio::ConnectionManager, String)> {
+        let distributed = self.distributed.as_ref()?;
+        Some((distributed.conn(), distributed.keys.own(name)))
+    }
+
     fn distributed(&self) -> Result<&Arc<Distributed>, RuntimeError> {
         self.distributed.as_ref().ok_or_else(|| {
             RuntimeError::Unavailable(

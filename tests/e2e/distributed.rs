@@ -1068,6 +1068,86 @@ async fn serve_over_redis_runs_through_workers_and_redrives_dead_jobs_over_http(
 }
 
 #[tokio::test]
+async fn tenants_quotas_hold_across_servers_sharing_one_redis() {
+    use sha2::Digest;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["sleep", "hello"]);
+    folder.manifest("sleep", "[limits]\ntimeout_ms = 30000\n");
+    let digest = |token: &str| hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    let config = format!(
+        "[tenants.acme]\ntoken_sha256 = [\"{}\"]\nconcurrent = 1\n\n\
+         [tenants.beta]\ntoken_sha256 = [\"{}\"]\nexecutions_per_minute = 2\n",
+        digest("acme-token"),
+        digest("beta-token"),
+    );
+    let config_file = folder.path().join("weir.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let config_arg = config_file.to_string_lossy().into_owned();
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let serve = ["--redis", url.as_str(), "--config", config_arg.as_str()];
+    let (_first, a) = WeirProcess::serve(folder.path(), &serve);
+    let (_second, b) = WeirProcess::serve(folder.path(), &serve);
+    let client = reqwest::Client::new();
+    let send = |request: reqwest::RequestBuilder, token: &str| {
+        let request = request.bearer_auth(token);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, retry_after, response.json::<Value>().await.unwrap())
+        }
+    };
+    let hello = |api: &str| client.post(format!("{api}/v1/run/hello")).json(&json!({}));
+
+    // acme may run one execution at a time, fleet-wide: a job holding its place on the
+    // first server makes the second refuse.
+    let (status, _, job) = send(
+        client
+            .post(format!("{a}/v1/jobs"))
+            .json(&json!({ "processor": "sleep", "input": { "ms": 60000 } })),
+        "acme-token",
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let (status, retry_after, body) = send(hello(&b), "acme-token").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["quota"], "concurrent", "{body}");
+    assert!(retry_after.is_some());
+    // beta's work is not held up by acme's.
+    let (status, _, body) = send(hello(&b), "beta-token").await;
+    assert_eq!((status, &body["ok"]), (200, &json!(true)), "{body}");
+    // Once acme's job has ended, its place is free on every server.
+    let id = job["id"].as_str().unwrap();
+    let (status, _, _) = send(client.delete(format!("{a}/v1/jobs/{id}")), "acme-token").await;
+    assert!(status < 300, "cancelled: {status}");
+    let (_, _, ended) = send(
+        client.get(format!("{a}/v1/jobs/{id}?waitMs=20000")),
+        "acme-token",
+    )
+    .await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    let (status, _, body) = send(hello(&b), "acme-token").await;
+    assert_eq!((status, &body["ok"]), (200, &json!(true)), "{body}");
+
+    // beta may start two executions a minute, fleet-wide: one was spent above, one more
+    // on the first server, and the second server refuses the third.
+    let (status, _, body) = send(hello(&a), "beta-token").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, retry_after, body) = send(hello(&b), "beta-token").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["quota"], "executions_per_minute", "{body}");
+    let seconds: u64 = retry_after.unwrap().parse().unwrap();
+    assert!(
+        (1..=30).contains(&seconds),
+        "one comes back every 30 s: {seconds}"
+    );
+}
+
+#[tokio::test]
 async fn bull_board_shows_weirs_queues_and_their_jobs() {
     let redis = RedisServer::start();
     let url = redis.url();

@@ -2,8 +2,6 @@
 //! [`Runtime`](crate::Runtime) and its answer into JSON.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -15,8 +13,9 @@ use futures_util::FutureExt;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::access::{Caller, Tenant};
+use super::access::Caller;
 use super::error::ApiError;
+use super::quota::{Admitted, Refused};
 use super::{AppState, OPENAPI, metrics};
 use crate::activity::ProcessorStats;
 use crate::cancel::{CancelHandle, CancelReason};
@@ -111,7 +110,7 @@ pub(super) async fn run(
         timeout_ms: query.timeout_ms,
         code: "invalid-query",
     };
-    let (request, admitted) = prepare(&app, &caller, name, input, options)?;
+    let (request, admitted) = prepare(&app, &caller, name, input, options).await?;
     // If the client goes away, the guard cancels the execution; its task still settles the
     // tenant's account once it has stopped.
     let cancel = request.cancel.clone();
@@ -137,7 +136,7 @@ pub(super) struct Options {
 /// Checks that `caller` may run `name` on `input`, applies its tenant's ceilings (lowered
 /// further by `timeout_ms`) and takes a place in its quotas: the request to execute, and
 /// the place to give back when it has ended.
-pub(super) fn prepare(
+pub(super) async fn prepare(
     app: &AppState,
     caller: &Caller,
     name: String,
@@ -175,8 +174,9 @@ pub(super) fn prepare(
         limits.timeout_ms = Some(limits.timeout_ms.map_or(ms, |ceiling| ceiling.min(ms)));
     }
     let admitted = match account {
-        Some(account) => {
-            if let Err(over) = account.quota.admit(Instant::now()) {
+        Some(account) => match app.ledger.admit(account).await {
+            Ok(admitted) => Some(admitted),
+            Err(Refused::Over(over)) => {
                 return Err(ApiError::over_quota(
                     format!(
                         "tenant `{tenant}` is over its quota `{} = {}`; retry after {} s",
@@ -188,11 +188,8 @@ pub(super) fn prepare(
                 )
                 .with("quota", json!(over.quota)));
             }
-            Some(Admitted {
-                tenant: account.clone(),
-                fuel: 0,
-            })
-        }
+            Err(Refused::Unavailable(why)) => return Err(ApiError::unavailable(why)),
+        },
         None => None,
     };
     Ok((request.limits(limits), admitted))
@@ -219,10 +216,14 @@ pub(super) fn spawn_execution(
                     "the execution failed inside the host (a bug: see the server's log)".into(),
                 ))
             });
-        if let (Some(admitted), Ok(result)) = (&mut admitted, &outcome) {
-            admitted.fuel = result.execution.fuel_consumed;
+        if let Some(mut admitted) = admitted.take() {
+            if let Ok(result) = &outcome {
+                admitted.charge(result.execution.fuel_consumed);
+            }
+            // Given back before anyone hears of the outcome, so a client that saw its
+            // execution end may start the next one at once.
+            admitted.settle().await;
         }
-        drop(admitted);
         done(&outcome);
         outcome
     })
@@ -236,19 +237,6 @@ impl Drop for CancelOnDrop {
         if let Some(cancel) = self.0.take() {
             cancel.cancel_with(CancelReason::Request);
         }
-    }
-}
-
-/// A place in a tenant's quotas, given back (with the fuel burnt) when the execution has
-/// ended.
-pub(super) struct Admitted {
-    tenant: Arc<Tenant>,
-    fuel: u64,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.tenant.quota.release(self.fuel, Instant::now());
     }
 }
 

@@ -274,7 +274,8 @@ pub(super) async fn submit(
         submission.processor,
         submission.input,
         options,
-    )?;
+    )
+    .await?;
     let id = uuid::Uuid::now_v7().to_string();
     let job = Arc::new(Job {
         id: id.clone(),

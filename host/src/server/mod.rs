@@ -107,18 +107,26 @@ struct AppState {
     config: Arc<ServerConfig>,
     access: Arc<Access>,
     jobs: Arc<jobs::Jobs>,
+    /// Where tenants' quota usage is counted: in Redis over the distributed runtime.
+    ledger: Arc<quota::Ledger>,
     /// Cancelled when the server shuts down: ends the event streams, which would otherwise
     /// hold graceful shutdown open forever.
     shutdown: CancellationToken,
 }
 
 /// The API's routes over `runtime`, for embedding in an application's own axum server.
-/// Event streams end when `shutdown` is cancelled.
+/// Event streams end when `shutdown` is cancelled. Over the distributed runtime, tenants'
+/// quotas are counted in its Redis, shared by every server. Call within a Tokio runtime.
 pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToken) -> Router {
     let limit = config.max_body_bytes;
     let jobs: Arc<jobs::Jobs> = Arc::default();
     jobs.track_progress(&runtime, shutdown.clone());
+    let ledger = match runtime.redis_namespace("quota:") {
+        Some((conn, prefix)) => quota::Ledger::redis(conn, prefix),
+        None => quota::Ledger::local(),
+    };
     let state = AppState {
+        ledger: Arc::new(ledger),
         runtime,
         access: Arc::new(config.access.clone()),
         jobs,

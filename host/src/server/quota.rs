@@ -2,10 +2,20 @@
 //! (token buckets that refill continuously), and ceilings on every execution's memory and
 //! timeout. Over a quota, a request is refused before anything runs, with the time after
 //! which it may succeed.
+//!
+//! Usage is counted by a [`Ledger`]: in the server's memory, or in Redis when the server
+//! runs over the distributed runtime, so that every `weir serve` of a fleet draws on one
+//! account per tenant. In Redis, each admitted execution holds a lease in the tenant's set
+//! of running executions; the server renews its leases every few seconds, so a server that
+//! dies gives its places back within [`LEASE_TTL`].
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use redis::aio::ConnectionManager;
+
+use super::access::Tenant;
 use crate::limits::LimitOverrides;
 
 /// What a tenant may use; `None` is unlimited.
@@ -24,6 +34,13 @@ pub struct Quotas {
 }
 
 impl Quotas {
+    /// Whether any quota counts usage (rather than only capping each execution).
+    pub(crate) fn counted(&self) -> bool {
+        self.concurrent.is_some()
+            || self.executions_per_minute.is_some()
+            || self.fuel_per_minute.is_some()
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
         let zero = [
             ("concurrent", self.concurrent.map(u64::from)),
@@ -89,6 +106,11 @@ impl TenantQuota {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Usage> {
         self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The tenant's quotas.
+    pub(crate) fn quotas(&self) -> &Quotas {
+        &self.quotas
     }
 
     /// The ceilings every execution of the tenant runs under.
@@ -162,6 +184,374 @@ impl TenantQuota {
             let limit = limit as f64;
             usage.fuel = (usage.fuel + seconds * limit / 60.0).min(limit);
         }
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// A quota is spent.
+    Over(OverQuota),
+    /// The shared ledger (Redis) could not be reached.
+    Unavailable(String),
+}
+
+/// Where tenants' usage is counted: this server's memory, or Redis shared by the fleet.
+pub(crate) struct Ledger {
+    redis: Option<Arc<RedisLedger>>,
+}
+
+impl Ledger {
+    /// Counts usage in this server's memory.
+    pub(crate) fn local() -> Ledger {
+        Ledger { redis: None }
+    }
+
+    /// Counts usage in Redis under `prefix`, shared with every server using the same
+    /// Redis and prefix; renews this server's leases in the background while it lives.
+    /// Call within a Tokio runtime.
+    pub(crate) fn redis(conn: ConnectionManager, prefix: String) -> Ledger {
+        let ledger = Arc::new(RedisLedger {
+            conn,
+            prefix,
+            live: Mutex::new(HashMap::new()),
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(renew_leases(Arc::downgrade(&ledger)))),
+            Err(_) => tracing::warn!(
+                target: "weir::server",
+                "no Tokio runtime: quota leases will not be renewed and lapse after {} s",
+                LEASE_TTL.as_secs()
+            ),
+        }
+        Ledger {
+            redis: Some(ledger),
+        }
+    }
+
+    /// Takes a place in `tenant`'s quotas, or says which quota is spent.
+    pub(crate) async fn admit(&self, tenant: &Arc<Tenant>) -> Result<Admitted, Refused> {
+        let lease = match &self.redis {
+            Some(ledger) if tenant.quota.quotas().counted() => Some(ledger.admit(tenant).await?),
+            // Nothing to count (or no Redis): this server's own account, with no round trip.
+            _ => {
+                tenant.quota.admit(Instant::now()).map_err(Refused::Over)?;
+                None
+            }
+        };
+        Ok(Admitted {
+            tenant: tenant.clone(),
+            fuel: 0,
+            lease,
+            settled: false,
+        })
+    }
+}
+
+/// A place in a tenant's quotas, given back (with the fuel burnt charged) by
+/// [`Admitted::settle`], or when dropped.
+pub(crate) struct Admitted {
+    tenant: Arc<Tenant>,
+    fuel: u64,
+    lease: Option<Lease>,
+    settled: bool,
+}
+
+struct Lease {
+    id: String,
+    ledger: Arc<RedisLedger>,
+}
+
+impl Admitted {
+    /// Records the fuel the execution burnt, charged when the place is given back.
+    pub(crate) fn charge(&mut self, fuel: u64) {
+        self.fuel = fuel;
+    }
+
+    /// Gives the place back now, and waits until the ledger has it.
+    pub(crate) async fn settle(mut self) {
+        self.settled = true;
+        match self.lease.take() {
+            None => self.tenant.quota.release(self.fuel, Instant::now()),
+            Some(lease) => {
+                lease
+                    .ledger
+                    .release(&self.tenant, &lease.id, self.fuel)
+                    .await
+            }
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        match self.lease.take() {
+            None => self.tenant.quota.release(self.fuel, Instant::now()),
+            Some(lease) => {
+                let (tenant, fuel) = (self.tenant.clone(), self.fuel);
+                // Not settled in place (a refused job, a panic): give it back in the
+                // background. Without a runtime the lease simply lapses.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        lease.ledger.release(&tenant, &lease.id, fuel).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// How long a lease lasts without renewal: a server that dies frees its places after this.
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(30);
+/// How often a server renews the leases it holds.
+const LEASE_RENEWAL: Duration = Duration::from_secs(10);
+
+/// Refills a tenant's buckets (hash `KEYS[1]`: `executions`, `fuel`, `refilled` in ms)
+/// to Redis's clock `now`, for limits `epm` and `fpm` (negative: unlimited), and drops the
+/// lapsed leases of its running set (`KEYS[2]`, scored by expiry).
+const REFILL_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local bucket = redis.call('HMGET', KEYS[1], 'executions', 'fuel', 'refilled')
+local executions = tonumber(bucket[1]) or epm
+local fuel = tonumber(bucket[2]) or fpm
+local seconds = math.max(0, now - (tonumber(bucket[3]) or now)) / 1000
+if epm >= 0 then executions = math.min(epm, executions + seconds * epm / 60) end
+if fpm >= 0 then fuel = math.min(fpm, fuel + seconds * fpm / 60) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+";
+
+/// Stores the buckets back; they lapse after an hour unused (full again by then, unless an
+/// hour's fuel or more was overdrawn).
+const STORE_LUA: &str = r"
+redis.call('HSET', KEYS[1], 'executions', executions, 'fuel', fuel, 'refilled', now)
+redis.call('PEXPIRE', KEYS[1], 3600000)
+";
+
+/// ARGV: concurrent, executions per minute, fuel per minute (each negative for none), the
+/// lease id and its lifetime in ms. Returns {0} when admitted, else {quota, retry ms}: 1
+/// concurrent, 2 executions per minute, 3 fuel per minute.
+fn admit_script() -> redis::Script {
+    redis::Script::new(&format!(
+        r"
+local concurrent, epm, fpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+{REFILL_LUA}
+if concurrent >= 0 and redis.call('ZCARD', KEYS[2]) >= concurrent then return {{1, 1000}} end
+if epm >= 0 and executions < 1 then
+  return {{2, math.min(3600000, math.ceil((1 - executions) * 60000 / epm))}}
+end
+if fpm >= 0 and fuel <= 0 then
+  return {{3, math.min(3600000, math.ceil((1 - fuel) * 60000 / fpm))}}
+end
+if epm >= 0 then executions = executions - 1 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]) * 2)
+{STORE_LUA}
+return {{0}}
+"
+    ))
+}
+
+/// ARGV: the lease id, the fuel burnt, executions and fuel per minute (negative for none).
+fn release_script() -> redis::Script {
+    redis::Script::new(&format!(
+        r"
+local epm, fpm = tonumber(ARGV[3]), tonumber(ARGV[4])
+{REFILL_LUA}
+redis.call('ZREM', KEYS[2], ARGV[1])
+if fpm >= 0 then fuel = fuel - tonumber(ARGV[2]) end
+{STORE_LUA}
+return 0
+"
+    ))
+}
+
+/// ARGV: the lease lifetime in ms, then the lease ids to extend (those still held).
+const RENEW_LUA: &str = r"
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', until_ms, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+return 0
+";
+
+static ADMIT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(admit_script);
+static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(release_script);
+static RENEW: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RENEW_LUA));
+
+/// Tenants' usage in Redis.
+struct RedisLedger {
+    conn: ConnectionManager,
+    /// Key prefix, e.g. `weir:_:quota:`.
+    prefix: String,
+    /// The leases this server holds: lease id → tenant.
+    live: Mutex<HashMap<String, String>>,
+}
+
+fn limit_arg(limit: Option<u64>) -> i64 {
+    limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX))
+}
+
+impl RedisLedger {
+    fn keys(&self, tenant: &str) -> (String, String) {
+        (
+            format!("{}{tenant}", self.prefix),
+            format!("{}{tenant}:running", self.prefix),
+        )
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn admit(self: &Arc<Self>, tenant: &Arc<Tenant>) -> Result<Lease, Refused> {
+        let quotas = tenant.quota.quotas();
+        let id = uuid::Uuid::new_v4().to_string();
+        let (bucket, running) = self.keys(tenant.name());
+        // If this call is dropped (its client went away) or fails after the script ran, the
+        // lease it may have added is taken out again rather than left to lapse.
+        let mut pending = PendingLease {
+            ledger: self.clone(),
+            tenant: tenant.clone(),
+            id: Some(id.clone()),
+        };
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = ADMIT
+            .key(&bucket)
+            .key(&running)
+            .arg(limit_arg(quotas.concurrent.map(u64::from)))
+            .arg(limit_arg(quotas.executions_per_minute.map(u64::from)))
+            .arg(limit_arg(quotas.fuel_per_minute))
+            .arg(&id)
+            .arg(LEASE_TTL.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| {
+                Refused::Unavailable(format!(
+                    "the tenants' quotas are kept in Redis, which did not answer: {e}"
+                ))
+            })?;
+        let (quota, limit) = match reply.as_slice() {
+            [0] => {
+                pending.id = None;
+                self.live().insert(id.clone(), tenant.name().to_string());
+                return Ok(Lease {
+                    id,
+                    ledger: self.clone(),
+                });
+            }
+            [1, _] => {
+                pending.id = None;
+                ("concurrent", quotas.concurrent.map(u64::from))
+            }
+            [2, _] => {
+                pending.id = None;
+                (
+                    "executions_per_minute",
+                    quotas.executions_per_minute.map(u64::from),
+                )
+            }
+            [3, _] => {
+                pending.id = None;
+                ("fuel_per_minute", quotas.fuel_per_minute)
+            }
+            other => {
+                return Err(Refused::Unavailable(format!(
+                    "the quota script answered {other:?}"
+                )));
+            }
+        };
+        let wait_ms = reply.get(1).copied().unwrap_or(1000).max(0) as u64;
+        Err(Refused::Over(OverQuota {
+            quota,
+            limit: limit.unwrap_or(0),
+            retry_after: Duration::from_millis(wait_ms.div_ceil(1000).clamp(1, 3600) * 1000),
+        }))
+    }
+
+    async fn release(&self, tenant: &Tenant, lease: &str, fuel: u64) {
+        self.live().remove(lease);
+        let quotas = tenant.quota.quotas();
+        let (bucket, running) = self.keys(tenant.name());
+        let mut conn = self.conn.clone();
+        let outcome: redis::RedisResult<i64> = RELEASE
+            .key(&bucket)
+            .key(&running)
+            .arg(lease)
+            .arg(fuel)
+            .arg(limit_arg(quotas.executions_per_minute.map(u64::from)))
+            .arg(limit_arg(quotas.fuel_per_minute))
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(error) = outcome {
+            // The lease lapses on its own within LEASE_TTL; the fuel goes uncharged.
+            tracing::warn!(
+                target: "weir::server",
+                tenant = tenant.name(),
+                %error,
+                "cannot give a quota place back in Redis"
+            );
+        }
+    }
+
+    /// Extends every lease this server holds.
+    async fn renew(&self) {
+        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
+        for (lease, tenant) in self.live().iter() {
+            by_tenant
+                .entry(tenant.clone())
+                .or_default()
+                .push(lease.clone());
+        }
+        let mut conn = self.conn.clone();
+        for (tenant, leases) in by_tenant {
+            let (_, running) = self.keys(&tenant);
+            let outcome: redis::RedisResult<i64> = RENEW
+                .key(&running)
+                .arg(LEASE_TTL.as_millis() as u64)
+                .arg(&leases)
+                .invoke_async(&mut conn)
+                .await;
+            if let Err(error) = outcome {
+                tracing::warn!(target: "weir::server", %tenant, %error, "cannot renew quota leases");
+            }
+        }
+    }
+}
+
+/// A lease being asked for: taken out again if the asking does not finish.
+struct PendingLease {
+    ledger: Arc<RedisLedger>,
+    tenant: Arc<Tenant>,
+    id: Option<String>,
+}
+
+impl Drop for PendingLease {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        let (ledger, tenant) = (self.ledger.clone(), self.tenant.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { ledger.release(&tenant, &id, 0).await });
+        }
+    }
+}
+
+async fn renew_leases(ledger: Weak<RedisLedger>) {
+    let mut every = tokio::time::interval(LEASE_RENEWAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(ledger) = ledger.upgrade() else {
+            return;
+        };
+        ledger.renew().await;
     }
 }
 
