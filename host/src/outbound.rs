@@ -581,10 +581,14 @@ mod tests {
         HttpGrant::from_toml(&table)
     }
 
-    fn allows(grant: &HttpGrant, method: &str, uri: &str) -> bool {
+    fn verdict(grant: &HttpGrant, method: &str, uri: &str) -> Result<(), String> {
         let method = http::Method::from_bytes(method.as_bytes()).expect("a method");
         let uri: http::Uri = uri.parse().expect("a URI");
-        grant.check(&method, &uri).is_ok()
+        grant.check(&method, &uri)
+    }
+
+    fn allows(grant: &HttpGrant, method: &str, uri: &str) -> bool {
+        verdict(grant, method, uri).is_ok()
     }
 
     #[test]
@@ -605,12 +609,7 @@ mod tests {
                 .expect("valid");
         assert!(allows(&g, "GET", "http://127.0.0.1:8080/a"));
         assert!(allows(&g, "POST", "http://127.0.0.1:8080/a"));
-        let why = g
-            .check(
-                &http::Method::DELETE,
-                &"http://127.0.0.1:8080/a".parse().expect("uri"),
-            )
-            .expect_err("denied");
+        let why = verdict(&g, "DELETE", "http://127.0.0.1:8080/a").expect_err("denied");
         assert!(why.contains("DELETE is not among the methods"), "{why}");
     }
 
@@ -643,12 +642,7 @@ mod tests {
         let g = grant("").expect("valid");
         assert_eq!(g.timeout_ms, DEFAULT_TIMEOUT_MS);
         assert_eq!(g.max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES);
-        let why = g
-            .check(
-                &http::Method::GET,
-                &"http://127.0.0.1:1/".parse().expect("uri"),
-            )
-            .expect_err("denied");
+        let why = verdict(&g, "GET", "http://127.0.0.1:1/").expect_err("denied");
         assert!(why.contains("http://127.0.0.1:1 is not in its"), "{why}");
     }
 
@@ -680,18 +674,24 @@ mod tests {
         }
     }
 
+    /// `body` behind a cap of `cap` bytes and a deadline a minute away.
+    fn capped(body: &'static [u8], cap: u64) -> CappedBody {
+        CappedBody {
+            inner: http_body_util::Full::new(Bytes::from_static(body))
+                .map_err(HttpError::from)
+                .boxed_unsync(),
+            received: 0,
+            cap,
+            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
+        }
+    }
+
     #[tokio::test]
     async fn a_capped_body_fails_past_its_limit() {
-        let body = http_body_util::Full::new(Bytes::from(vec![b'x'; 10]))
-            .map_err(HttpError::from)
-            .boxed_unsync();
-        let capped = CappedBody {
-            inner: body,
-            received: 0,
-            cap: 9,
-            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
-        };
-        let err = capped.collect().await.expect_err("over the cap");
+        let err = capped(b"xxxxxxxxxx", 9)
+            .collect()
+            .await
+            .expect_err("over the cap");
         assert!(
             matches!(err, HttpError::HttpResponseBodySize(Some(9))),
             "{err:?}"
@@ -700,16 +700,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_capped_body_within_its_limit_arrives_whole() {
-        let body = http_body_util::Full::new(Bytes::from_static(b"hello"))
-            .map_err(HttpError::from)
-            .boxed_unsync();
-        let capped = CappedBody {
-            inner: body,
-            received: 0,
-            cap: 5,
-            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
-        };
-        let bytes = capped.collect().await.expect("within the cap").to_bytes();
+        let bytes = capped(b"hello", 5)
+            .collect()
+            .await
+            .expect("within the cap")
+            .to_bytes();
         assert_eq!(&bytes[..], b"hello");
     }
 }
