@@ -283,6 +283,11 @@ impl Runtime {
         RuntimeBuilder::default().redis_config(RedisConfig::new(url))
     }
 
+    /// The plugins folder this runtime was built over, if any.
+    pub fn plugins_folder(&self) -> Option<&Path> {
+        self.plugins_dir.as_deref()
+    }
+
     /// Whether executions run through Redis.
     pub fn is_distributed(&self) -> bool {
         self.distributed.is_some()

@@ -543,9 +543,13 @@ async fn a_guests_progress_becomes_its_bullmq_jobs_progress() {
         .unwrap();
     // BullMQ announces progress on the queue's event stream, as Node's `QueueEvents` reads it.
     let mut conn = connection(&url).await;
-    let options = redis::streams::StreamReadOptions::default().block(20_000);
+    // Short blocking reads (the client gives up on a reply after its own timeout), until
+    // the event comes or 20 s have passed.
+    let options = redis::streams::StreamReadOptions::default().block(200);
     let mut last = "0".to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
     let (job, data) = 'heard: loop {
+        assert!(Instant::now() < deadline, "no progress event within 20 s");
         let reply: Option<redis::streams::StreamReadReply> = redis::AsyncCommands::xread_options(
             &mut conn,
             &["weir:cooperative:events"],
@@ -554,7 +558,9 @@ async fn a_guests_progress_becomes_its_bullmq_jobs_progress() {
         )
         .await
         .unwrap();
-        let reply = reply.expect("a progress event within 20 s");
+        let Some(reply) = reply else {
+            continue;
+        };
         for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
             last = entry.id.clone();
             if entry.get::<String>("event").as_deref() == Some("progress") {

@@ -308,6 +308,83 @@ pub(super) async fn plugins(State(app): State<AppState>, caller: Caller) -> Json
     Json(json!({ "plugins": rows }))
 }
 
+/// The largest component `PUT /v1/plugins/{name}` takes: 64 MiB.
+pub(super) const MAX_PLUGIN_BYTES: usize = 64 << 20;
+
+/// `PUT /v1/plugins/{name}` (the operator's): installs the component in the body as the
+/// processor `name`. It is written to the server's plugins folder (staged, then renamed
+/// into place) and loaded at once; over Redis it is also published, so every worker can
+/// run it. A component that does not load is refused with the reason (`422`), and the
+/// previous version, file included, stays.
+pub(super) async fn push_plugin(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator("installing a plugin")?;
+    if !crate::plugin::is_valid_name(&name) {
+        return Err(ApiError::bad_request(
+            "invalid-name",
+            format!(
+                "`{name}` is not a processor name: lowercase letters, digits and `-`, starting \
+                 with a letter"
+            ),
+        ));
+    }
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(MAX_PLUGIN_BYTES)
+        } else {
+            ApiError::bad_request("invalid-body", e.body_text())
+        }
+    })?;
+    let Some(dir) = app.runtime.plugins_folder() else {
+        return Err(ApiError::unavailable(
+            "this server has no plugins folder to install into: start it with --plugins DIR",
+        ));
+    };
+    let target = dir.join(format!("{name}.wasm"));
+    let io = |what: &str, e: std::io::Error| {
+        ApiError::unavailable(format!("cannot {what} in {}: {e}", dir.display()))
+    };
+    let previous = tokio::fs::read(&target).await.ok();
+    // Staged under a name the folder's loader and watcher ignore, then renamed into place,
+    // so nothing ever reads half a file.
+    let staged = dir.join(format!(".{name}.{}.upload", uuid::Uuid::new_v4()));
+    tokio::fs::write(&staged, &bytes)
+        .await
+        .map_err(|e| io("write the component", e))?;
+    tokio::fs::rename(&staged, &target)
+        .await
+        .map_err(|e| io("move the component into place", e))?;
+    let plugin = match app.runtime.load_plugin(&target).await {
+        Ok(plugin) => plugin,
+        Err(error) => {
+            // Put the folder back as it was: the previous version keeps serving either way.
+            let restored = match previous {
+                Some(previous) => tokio::fs::write(&target, previous).await,
+                None => tokio::fs::remove_file(&target).await,
+            };
+            if let Err(e) = restored {
+                tracing::warn!(target: "weir::server", plugin = %name, error = %e, "cannot restore the plugins folder after a refused upload");
+            }
+            return Err(ApiError::unprocessable(
+                "invalid-plugin",
+                format!("the component cannot serve as `{name}`: {error}"),
+            ));
+        }
+    };
+    if app.runtime.is_distributed() {
+        app.runtime.push_plugin(&target).await.map_err(|e| {
+            ApiError::unavailable(format!(
+                "`{name}` is loaded here but could not be published to Redis: {e}"
+            ))
+        })?;
+    }
+    Ok(Json(plugin.detail_json()).into_response())
+}
+
 /// Whether a listing row is for this caller's eyes: names it may run, and rejections (which
 /// name files and say why) for the operator only.
 fn visible(caller: &Caller, row: &Value) -> bool {

@@ -72,6 +72,16 @@ impl ApiError {
     }
 
     /// 400: the request itself is malformed.
+    /// 422: the request was well formed but what it carries cannot be used.
+    pub(crate) fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            code,
+            message.into(),
+        )
+    }
+
     pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "validation", code, message.into())
     }

@@ -83,6 +83,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/jobs/{id}"),
     ("GET", "/v1/plugins"),
     ("GET", "/v1/plugins/{name}"),
+    ("PUT", "/v1/plugins/{name}"),
     ("GET", "/v1/workflows"),
     ("GET", "/v1/stats"),
     ("GET", "/v1/sessions"),
@@ -143,7 +144,12 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/plugins", get(api::plugins))
-        .route("/v1/plugins/{name}", get(api::plugin))
+        .route(
+            "/v1/plugins/{name}",
+            get(api::plugin)
+                .put(api::push_plugin)
+                .layer(DefaultBodyLimit::max(api::MAX_PLUGIN_BYTES)),
+        )
         .route("/v1/workflows", get(api::workflows))
         .route("/v1/stats", get(api::stats))
         .route("/v1/sessions", get(api::sessions))
