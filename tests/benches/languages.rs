@@ -10,8 +10,14 @@
 //! `[warm]` granted in its manifest: executions reuse an instance of the tenant's instead of
 //! starting afresh, which spares an interpreter its start-up.
 //!
+//! Then, for each language, weir against raw wasmtime on the same component, sample by
+//! sample in one run: a fresh weir sandbox against a fresh instance by hand on weir's engine
+//! configuration and on wasmtime's default one, and a warm weir instance against one
+//! instance called again and again by hand.
+//!
 //! Run with `cargo xtask bench languages` (or `cargo bench -p weir-tests --bench languages`);
-//! `WEIR_BENCH_SAMPLES` sets the executions per plugin (default 300).
+//! `WEIR_BENCH_SAMPLES` sets the executions per plugin (default 300); `WEIR_BENCH_ONLY=raw`
+//! runs only the comparison with raw wasmtime.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,6 +25,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use wasmtime::Engine;
+
+#[path = "support/raw.rs"]
+mod raw;
+
+use raw::{Baseline, ExecutionContext, Reused};
 
 struct Case {
     lang: &'static str,
@@ -129,6 +141,96 @@ async fn sample(rt: &weir::Runtime, case: &Case, samples: usize) -> Vec<Duration
     times
 }
 
+/// p50s of one case: weir fresh, raw fresh on weir's engine, raw fresh on the default
+/// engine, weir warm, raw reused; the fresh three interleaved, then the warm two.
+async fn against_raw(case: &Case, samples: usize, cache: &Path) -> [Duration; 5] {
+    let folder = weir_tests::PluginFolder::with(&[case.plugin]);
+    let (fresh, _) = start(folder.path(), Some(cache.to_path_buf())).await;
+    let warm_folder = weir_tests::PluginFolder::with(&[case.plugin]);
+    warm_folder.manifest(case.plugin, "[warm]\nmax_executions = 1000000\n");
+    let (warm, _) = start(warm_folder.path(), Some(cache.to_path_buf())).await;
+    let wasm = weir_tests::plugin_bytes(case.plugin);
+    let same = Baseline::new(fresh.engine().wasmtime().clone(), &wasm, true);
+    let default = Baseline::new(Engine::default(), &wasm, false);
+    let mut reused = Reused::new(warm.engine().wasmtime(), &wasm).await;
+    let mut input = case.input.clone();
+    input["metadata"] = json!({"version": 0, "sessionId": null,
+        "createdAt": "2026-01-01T00:00:00Z", "lastUpdated": "2026-01-01T00:00:00Z"});
+    let raw_input = input.to_string();
+    let ctx = ExecutionContext {
+        execution_id: "bench".into(),
+        tenant: "default".into(),
+        session_id: None,
+        processor: case.plugin.into(),
+        attempt: 1,
+        call_depth: 0,
+        deadline_unix_ms: u64::MAX,
+    };
+    let mut times: [Vec<Duration>; 5] = Default::default();
+    let warmup = samples / 10 + 1;
+    for i in 0..warmup + samples {
+        let mut timed = [Duration::ZERO; 3];
+        let started = Instant::now();
+        assert!(fresh.run(case.plugin, case.input.clone()).await.unwrap().ok);
+        timed[0] = started.elapsed();
+        let started = Instant::now();
+        std::hint::black_box(same.call(&raw_input, &ctx).await);
+        timed[1] = started.elapsed();
+        let started = Instant::now();
+        std::hint::black_box(default.call(&raw_input, &ctx).await);
+        timed[2] = started.elapsed();
+        if i >= warmup {
+            for (all, t) in times.iter_mut().zip(timed) {
+                all.push(t);
+            }
+        }
+    }
+    for i in 0..warmup + samples {
+        let started = Instant::now();
+        assert!(warm.run(case.plugin, case.input.clone()).await.unwrap().ok);
+        let weir_warm = started.elapsed();
+        let started = Instant::now();
+        std::hint::black_box(reused.call(&raw_input, &ctx).await);
+        let raw_reused = started.elapsed();
+        if i >= warmup {
+            times[3].push(weir_warm);
+            times[4].push(raw_reused);
+        }
+    }
+    times.map(|mut t| {
+        t.sort();
+        percentile(&t, 0.5)
+    })
+}
+
+/// Prints weir against raw wasmtime, language by language.
+async fn raw_table(samples: usize, cache: &Path) {
+    println!(
+        "\nweir against raw wasmtime on the same component, {samples} samples each (fresh cases \
+         interleaved, then warm ones):\n"
+    );
+    println!(
+        "| language | weir fresh | raw fresh (weir's engine) | raw fresh (default) | weir ÷ raw same | weir ÷ raw default | weir warm | raw reused | warm ÷ reused |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for case in cases() {
+        let [fresh, same, default, warm, reused] = against_raw(&case, samples, cache).await;
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        println!(
+            "| {} | {} | {} | {} | {:.2}× | {:.2}× | {} | {} | {:.2}× |",
+            case.lang,
+            us(fresh),
+            us(same),
+            us(default),
+            ratio(fresh, same),
+            ratio(fresh, default),
+            us(warm),
+            us(reused),
+            ratio(warm, reused),
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let samples: usize = std::env::var("WEIR_BENCH_SAMPLES")
@@ -136,6 +238,10 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     let cache = tempfile::tempdir().unwrap();
+    if std::env::var("WEIR_BENCH_ONLY").as_deref() == Ok("raw") {
+        raw_table(samples, cache.path()).await;
+        return;
+    }
     let mut rows = Vec::new();
     let mut baseline_p50 = None;
     for case in cases() {
@@ -201,4 +307,5 @@ async fn main() {
         "\nStart of one runtime with all five plugins, compile cache warm: {}",
         ms(all_start)
     );
+    raw_table(samples, cache.path()).await;
 }

@@ -1,0 +1,173 @@
+//! Raw wasmtime, for the benchmarks' baselines: a processor component instantiated and
+//! called by hand, with WASI and no-op weir imports, on whatever engine the caller gives.
+//! Shared by the `execute` and `languages` benchmarks.
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "processor",
+        path: "../wit",
+        imports: { "weir:processor/invoke.call": async },
+        exports: { default: async },
+    });
+}
+
+use bindings::weir::processor as wit;
+use bindings::{Processor, ProcessorPre};
+pub use wit::types::ExecutionContext;
+use wit::types::ProcessorError;
+
+/// The baseline's store data: a WASI context and no-op weir imports.
+pub struct Raw {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Raw {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn unavailable() -> ProcessorError {
+    ProcessorError {
+        kind: wit::types::ErrorKind::Configuration,
+        code: None,
+        message: "not available in the benchmark".into(),
+        retryable: false,
+        details: None,
+    }
+}
+
+impl wit::types::Host for Raw {}
+impl wit::logging::Host for Raw {
+    fn log(&mut self, _: wit::logging::Level, _: String, _: Option<String>) {}
+}
+impl wit::events::Host for Raw {
+    fn emit(&mut self, _: String, _: String) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+    fn progress(&mut self, _: u8, _: String) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+}
+impl wit::invoke::Host for Raw {
+    async fn call(&mut self, _: String, _: String) -> Result<String, ProcessorError> {
+        Err(unavailable())
+    }
+}
+impl wit::cancellation::Host for Raw {
+    fn cancelled(&mut self) -> bool {
+        false
+    }
+}
+impl wit::config::Host for Raw {
+    fn get(&mut self, _: String) -> Option<String> {
+        None
+    }
+    fn get_all(&mut self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+impl wit::session_store::Host for Raw {
+    fn get(&mut self, _: String) -> Result<Option<Vec<u8>>, ProcessorError> {
+        Err(unavailable())
+    }
+    fn set(&mut self, _: String, _: Vec<u8>) -> Result<(), ProcessorError> {
+        Err(unavailable())
+    }
+    fn delete(&mut self, _: String) -> Result<(), ProcessorError> {
+        Err(unavailable())
+    }
+    fn list_keys(&mut self) -> Result<Vec<String>, ProcessorError> {
+        Err(unavailable())
+    }
+}
+
+/// wasmtime by hand: InstancePre once, then a fresh store and instance per call.
+pub struct Baseline {
+    engine: Engine,
+    pre: ProcessorPre<Raw>,
+    limited: bool,
+}
+
+impl Baseline {
+    pub fn new(engine: Engine, wasm: &[u8], limited: bool) -> Baseline {
+        let component = Component::new(&engine, wasm).expect("the component compiles");
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("WASI links");
+        Processor::add_to_linker::<Raw, HasSelf<Raw>>(&mut linker, |s| s).expect("imports link");
+        let pre = ProcessorPre::new(linker.instantiate_pre(&component).expect("instantiable"))
+            .expect("a processor");
+        Baseline {
+            engine,
+            pre,
+            limited,
+        }
+    }
+
+    fn store(&self) -> Store<Raw> {
+        let mut store = Store::new(
+            &self.engine,
+            Raw {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            },
+        );
+        if self.limited {
+            // weir's engine consumes fuel and checks epochs: a store must be armed for both.
+            store.set_fuel(u64::MAX / 2).expect("fuel is enabled");
+            store.set_epoch_deadline(1_000_000);
+        }
+        store
+    }
+
+    pub async fn call(&self, input: &String, ctx: &ExecutionContext) -> String {
+        let mut store = self.store();
+        let processor = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiates");
+        processor
+            .weir_processor_handler()
+            .call_process(&mut store, input, ctx)
+            .await
+            .expect("no trap")
+            .expect("the processor succeeds")
+    }
+}
+
+/// wasmtime by hand: one instance, instantiated once, called again and again.
+pub struct Reused {
+    store: Store<Raw>,
+    processor: Processor,
+}
+
+impl Reused {
+    pub async fn new(engine: &Engine, wasm: &[u8]) -> Reused {
+        let baseline = Baseline::new(engine.clone(), wasm, true);
+        let mut store = baseline.store();
+        let processor = baseline
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiates");
+        Reused { store, processor }
+    }
+
+    pub async fn call(&mut self, input: &String, ctx: &ExecutionContext) -> String {
+        self.processor
+            .weir_processor_handler()
+            .call_process(&mut self.store, input, ctx)
+            .await
+            .expect("no trap")
+            .expect("the processor succeeds")
+    }
+}
