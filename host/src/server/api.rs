@@ -240,18 +240,24 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// The request body, or 413 past `limit` (the route's body limit) and 400 if it could not
+/// be read.
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request("invalid-body", e.body_text())
+        }
+    })
+}
+
 /// The request body as JSON: empty is `{}`; over the limit is 413.
 pub(super) fn parse_body(
     app: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, ApiError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(app.config.max_body_bytes)
-        } else {
-            ApiError::bad_request("invalid-body", e.body_text())
-        }
-    })?;
+    let bytes = body_bytes(body, app.config.max_body_bytes)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -332,13 +338,7 @@ pub(super) async fn push_plugin(
             ),
         ));
     }
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(MAX_PLUGIN_BYTES)
-        } else {
-            ApiError::bad_request("invalid-body", e.body_text())
-        }
-    })?;
+    let bytes = body_bytes(body, MAX_PLUGIN_BYTES)?;
     let Some(dir) = app.runtime.plugins_folder() else {
         return Err(ApiError::unavailable(
             "this server has no plugins folder to install into: start it with --plugins DIR",
@@ -591,13 +591,7 @@ pub(super) async fn dead_jobs(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_operator("the dead-letter queue")?;
     let Query(query) = query.map_err(ApiError::bad_query)?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid-query",
-            "`limit` must be between 1 and 1000",
-        ));
-    }
+    let limit = ApiError::page_limit(query.limit, 1000)?;
     let dead = app
         .runtime
         .dead_jobs(query.queue.as_deref(), limit)

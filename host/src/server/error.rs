@@ -91,6 +91,17 @@ impl ApiError {
         ApiError::bad_request("invalid-query", rejection.body_text())
     }
 
+    /// A page size from `?limit=`: 50 when absent, else 1 to `max`, or a 400 saying so.
+    pub(crate) fn page_limit(asked: Option<usize>, max: usize) -> Result<usize, Self> {
+        match asked.unwrap_or(50) {
+            n if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(
+                "invalid-query",
+                format!("`limit` must be between 1 and {max}"),
+            )),
+        }
+    }
+
     /// 404: nothing by that name.
     pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not-found", code, message.into())

@@ -435,16 +435,7 @@ pub(super) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(ApiError::bad_query)?;
     caller.may_ask_for(q.tenant.as_deref())?;
-    let limit = match q.limit {
-        Some(0) | Some(501..) => {
-            return Err(ApiError::bad_request(
-                "invalid-query",
-                "`limit` must be between 1 and 500",
-            ));
-        }
-        Some(n) => n,
-        None => 50,
-    };
+    let limit = ApiError::page_limit(q.limit, 500)?;
     let mut jobs: Vec<Arc<Job>> = app
         .jobs
         .lock()

@@ -253,13 +253,9 @@ impl Ledger {
 pub(crate) struct Admitted {
     tenant: Arc<Tenant>,
     fuel: u64,
+    /// The place in Redis; none when this server's own account holds it.
     lease: Option<Lease>,
     settled: bool,
-}
-
-struct Lease {
-    id: String,
-    ledger: Arc<RedisLedger>,
 }
 
 impl Admitted {
@@ -273,12 +269,7 @@ impl Admitted {
         self.settled = true;
         match self.lease.take() {
             None => self.tenant.quota.release(self.fuel, Instant::now()),
-            Some(lease) => {
-                lease
-                    .ledger
-                    .release(&self.tenant, &lease.id, self.fuel)
-                    .await
-            }
+            Some(lease) => lease.release(self.fuel).await,
         }
     }
 }
@@ -288,18 +279,44 @@ impl Drop for Admitted {
         if self.settled {
             return;
         }
+        // Not settled in place (a refused job, a panic).
         match self.lease.take() {
             None => self.tenant.quota.release(self.fuel, Instant::now()),
-            Some(lease) => {
-                let (tenant, fuel) = (self.tenant.clone(), self.fuel);
-                // Not settled in place (a refused job, a panic): give it back in the
-                // background. Without a runtime the lease simply lapses.
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        lease.ledger.release(&tenant, &lease.id, fuel).await;
-                    });
-                }
-            }
+            Some(lease) => lease.release_later(self.fuel),
+        }
+    }
+}
+
+/// A place held in Redis: a lease in its tenant's set of running executions.
+struct Lease {
+    id: String,
+    tenant: Arc<Tenant>,
+    ledger: Arc<RedisLedger>,
+}
+
+impl Lease {
+    /// Gives the place back, charging `fuel`.
+    async fn release(self, fuel: u64) {
+        self.ledger.release(&self.tenant, &self.id, fuel).await;
+    }
+
+    /// Gives the place back in the background (from a `Drop`). Without a runtime the lease
+    /// simply lapses within [`LEASE_TTL`].
+    fn release_later(self, fuel: u64) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.release(fuel));
+        }
+    }
+}
+
+/// A lease being asked for: taken out again if the asking does not finish (the request
+/// went away, or Redis failed after the script may have run).
+struct Asking(Option<Lease>);
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        if let Some(lease) = self.0.take() {
+            lease.release_later(0);
         }
     }
 }
@@ -412,13 +429,11 @@ impl RedisLedger {
         let quotas = tenant.quota.quotas();
         let id = uuid::Uuid::new_v4().to_string();
         let (bucket, running) = self.keys(tenant.name());
-        // If this call is dropped (its client went away) or fails after the script ran, the
-        // lease it may have added is taken out again rather than left to lapse.
-        let mut pending = PendingLease {
-            ledger: self.clone(),
+        let mut asking = Asking(Some(Lease {
+            id: id.clone(),
             tenant: tenant.clone(),
-            id: Some(id.clone()),
-        };
+            ledger: self.clone(),
+        }));
         let mut conn = self.conn.clone();
         let reply: Vec<i64> = ADMIT
             .key(&bucket)
@@ -435,31 +450,20 @@ impl RedisLedger {
                     "the tenants' quotas are kept in Redis, which did not answer: {e}"
                 ))
             })?;
-        let (quota, limit) = match reply.as_slice() {
-            [0] => {
-                pending.id = None;
-                self.live().insert(id.clone(), tenant.name().to_string());
-                return Ok(Lease {
-                    id,
-                    ledger: self.clone(),
-                });
+        // The script answered: the lease is held (0) or was never added (a refusal).
+        let lease = asking.0.take();
+        let (quota, limit) = match (reply.as_slice(), lease) {
+            ([0], Some(lease)) => {
+                self.live().insert(id, tenant.name().to_string());
+                return Ok(lease);
             }
-            [1, _] => {
-                pending.id = None;
-                ("concurrent", quotas.concurrent.map(u64::from))
-            }
-            [2, _] => {
-                pending.id = None;
-                (
-                    "executions_per_minute",
-                    quotas.executions_per_minute.map(u64::from),
-                )
-            }
-            [3, _] => {
-                pending.id = None;
-                ("fuel_per_minute", quotas.fuel_per_minute)
-            }
-            other => {
+            ([1, _], _) => ("concurrent", quotas.concurrent.map(u64::from)),
+            ([2, _], _) => (
+                "executions_per_minute",
+                quotas.executions_per_minute.map(u64::from),
+            ),
+            ([3, _], _) => ("fuel_per_minute", quotas.fuel_per_minute),
+            (other, _) => {
                 return Err(Refused::Unavailable(format!(
                     "the quota script answered {other:?}"
                 )));
@@ -519,25 +523,6 @@ impl RedisLedger {
             if let Err(error) = outcome {
                 tracing::warn!(target: "weir::server", %tenant, %error, "cannot renew quota leases");
             }
-        }
-    }
-}
-
-/// A lease being asked for: taken out again if the asking does not finish.
-struct PendingLease {
-    ledger: Arc<RedisLedger>,
-    tenant: Arc<Tenant>,
-    id: Option<String>,
-}
-
-impl Drop for PendingLease {
-    fn drop(&mut self) {
-        let Some(id) = self.id.take() else {
-            return;
-        };
-        let (ledger, tenant) = (self.ledger.clone(), self.tenant.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { ledger.release(&tenant, &id, 0).await });
         }
     }
 }

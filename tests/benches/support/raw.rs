@@ -128,20 +128,36 @@ impl Baseline {
         store
     }
 
-    pub async fn call(&self, input: &String, ctx: &ExecutionContext) -> String {
+    /// A new store with a new instance in it.
+    async fn instance(&self) -> (Store<Raw>, Processor) {
         let mut store = self.store();
         let processor = self
             .pre
             .instantiate_async(&mut store)
             .await
             .expect("instantiates");
-        processor
-            .weir_processor_handler()
-            .call_process(&mut store, input, ctx)
-            .await
-            .expect("no trap")
-            .expect("the processor succeeds")
+        (store, processor)
     }
+
+    pub async fn call(&self, input: &String, ctx: &ExecutionContext) -> String {
+        let (mut store, processor) = self.instance().await;
+        process(&processor, &mut store, input, ctx).await
+    }
+}
+
+/// Calls `process` on an instance; the benchmarks' inputs always succeed.
+async fn process(
+    processor: &Processor,
+    store: &mut Store<Raw>,
+    input: &String,
+    ctx: &ExecutionContext,
+) -> String {
+    processor
+        .weir_processor_handler()
+        .call_process(store, input, ctx)
+        .await
+        .expect("no trap")
+        .expect("the processor succeeds")
 }
 
 /// wasmtime by hand: one instance, instantiated once, called again and again.
@@ -152,22 +168,11 @@ pub struct Reused {
 
 impl Reused {
     pub async fn new(engine: &Engine, wasm: &[u8]) -> Reused {
-        let baseline = Baseline::new(engine.clone(), wasm, true);
-        let mut store = baseline.store();
-        let processor = baseline
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .expect("instantiates");
+        let (store, processor) = Baseline::new(engine.clone(), wasm, true).instance().await;
         Reused { store, processor }
     }
 
     pub async fn call(&mut self, input: &String, ctx: &ExecutionContext) -> String {
-        self.processor
-            .weir_processor_handler()
-            .call_process(&mut self.store, input, ctx)
-            .await
-            .expect("no trap")
-            .expect("the processor succeeds")
+        process(&self.processor, &mut self.store, input, ctx).await
     }
 }
