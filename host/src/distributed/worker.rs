@@ -51,11 +51,12 @@ pub struct WorkerConfig {
 }
 
 impl Default for WorkerConfig {
-    /// 8 jobs per queue, 30 s locks checked every 30 s (BullMQ's defaults), the catalog
-    /// polled every second, Redis retried after 500 ms.
+    /// 16 jobs per queue (each job waits on Redis twice, before and after its sandbox, so
+    /// fewer leave the cores idle), 30 s locks checked every 30 s (BullMQ's defaults), the
+    /// catalog polled every second, Redis retried after 500 ms.
     fn default() -> Self {
         WorkerConfig {
-            concurrency: 8,
+            concurrency: 16,
             lock_duration: Duration::from_secs(30),
             stalled_interval: Duration::from_secs(30),
             catalog_poll: Duration::from_secs(1),
