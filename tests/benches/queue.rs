@@ -2,13 +2,19 @@
 //! run: raw bullmq-official running a trivial Rust closure, and Node BullMQ (6.5.1) running
 //! a trivial JS job. For each: the round trip of one job (added, processed, its completion
 //! seen by the producer) one at a time, p50 and p99; and jobs completed per second with 50
-//! in flight, with 1 and with 2 workers (8 jobs at a time each). weir's workers are `weir
-//! worker` processes (release build) running the `increment` plugin in a fresh sandbox per
-//! job; the baselines' workers run in their producer's process. On a 2-core machine two
-//! workers measure contention, not scaling.
+//! in flight, with 1 and with 2 workers (the baselines' run 8 jobs at a time each, weir's
+//! their default `--concurrency`, 16). weir's workers are `weir worker` processes (release
+//! build) running the `increment` plugin in a fresh sandbox per job; the baselines' workers
+//! run in their producer's process. On a 2-core machine two workers measure contention, not
+//! scaling.
 //!
 //! Run with `cargo xtask bench queue` (or `cargo bench -p weir-tests --bench queue`).
-//! `WEIR_BENCH_JOBS` (default 2000) and `WEIR_BENCH_ROUND_TRIPS` (default 300) set the sizes.
+//! `WEIR_BENCH_JOBS` (default 20,000: Node reaches its pace only after a few thousand jobs)
+//! and `WEIR_BENCH_ROUND_TRIPS` (default 300) set the sizes.
+//! `WEIR_BENCH_ONLY=raw,node,weir` (any of them) runs only those systems.
+//! `WEIR_BENCH_CONCURRENCY=N` passes `--concurrency N` to the `weir worker` processes.
+//! `WEIR_BENCH_WARM=1` grants `increment` warm instances (`[warm]` in its manifest), to
+//! see the queue's cost without a fresh sandbox per job.
 
 #![allow(clippy::unwrap_used)]
 
@@ -200,9 +206,18 @@ fn node(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
 /// weir: `weir worker` processes running `increment`, a runtime submitting and waiting.
 async fn weir(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
     let folder = weir_tests::PluginFolder::with(&["increment"]);
+    if std::env::var("WEIR_BENCH_WARM").is_ok() {
+        let manifest = folder.path().join("increment.toml");
+        std::fs::write(manifest, "[warm]\nmax_executions = 1000000\n").unwrap();
+    }
     let binary = weir_tests::weir_release_bin();
+    let concurrency = std::env::var("WEIR_BENCH_CONCURRENCY").ok();
+    let extra: Vec<&str> = match &concurrency {
+        Some(n) => vec!["--concurrency", n.as_str()],
+        None => Vec::new(),
+    };
     let _workers: Vec<_> = (0..workers)
-        .map(|_| weir_tests::WorkerProcess::start_binary(binary, url, folder.path(), &[]))
+        .map(|_| weir_tests::WorkerProcess::start_binary(binary, url, folder.path(), &extra))
         .collect();
     let runtime = weir::Runtime::redis(url)
         .plugins_dir(folder.path())
@@ -229,7 +244,7 @@ fn row(name: &str, f: Figures) {
 }
 
 fn main() {
-    let jobs = size("WEIR_BENCH_JOBS", 2000);
+    let jobs = size("WEIR_BENCH_JOBS", 20_000);
     let round_trips = size("WEIR_BENCH_ROUND_TRIPS", 300);
     let redis = weir_tests::RedisServer::start();
     let url = redis.url();
@@ -245,13 +260,43 @@ fn main() {
         "", "p50 µs", "p99 µs", "jobs/s"
     );
     let mut all = HashMap::new();
+    let only = std::env::var("WEIR_BENCH_ONLY").ok();
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|only| only.split(',').any(|o| o == name))
+    };
+    let skipped = Figures {
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
+        per_second: f64::NAN,
+    };
     for workers in [1, 2] {
-        let raw = runtime.block_on(raw(&url, workers, round_trips, jobs));
-        row(&format!("bullmq-official, {workers} worker(s)"), raw);
-        let node = node(&url, workers, round_trips, jobs);
-        row(&format!("Node BullMQ 6.5.1, {workers} worker(s)"), node);
-        let weir = runtime.block_on(weir(&url, workers, round_trips, jobs));
-        row(&format!("weir (fresh sandbox), {workers} worker(s)"), weir);
+        let raw = if wanted("raw") {
+            let raw = runtime.block_on(raw(&url, workers, round_trips, jobs));
+            row(&format!("bullmq-official, {workers} worker(s)"), raw);
+            raw
+        } else {
+            skipped
+        };
+        let node = if wanted("node") {
+            let node = node(&url, workers, round_trips, jobs);
+            row(&format!("Node BullMQ 6.5.1, {workers} worker(s)"), node);
+            node
+        } else {
+            skipped
+        };
+        let weir = if wanted("weir") {
+            let weir = runtime.block_on(weir(&url, workers, round_trips, jobs));
+            let mode = if std::env::var("WEIR_BENCH_WARM").is_ok() {
+                "warm instances"
+            } else {
+                "fresh sandbox"
+            };
+            row(&format!("weir ({mode}), {workers} worker(s)"), weir);
+            weir
+        } else {
+            skipped
+        };
         all.insert(workers, (raw, node, weir));
     }
     println!();
