@@ -918,12 +918,20 @@ async fn run_ids_are_checked_and_never_reused() {
         request
     };
     runtime.submit(with_id("order-17")).await.unwrap();
+    // Redis forgetting its scripts (as after a restart) changes nothing: the submission
+    // loads them again.
+    let mut conn = connection(&url).await;
+    let mut flush = redis::cmd("SCRIPT");
+    flush.arg("FLUSH");
+    let _: () = flush.query_async(&mut conn).await.unwrap();
     let reused = runtime.submit(with_id("order-17")).await.unwrap_err();
     assert!(
         matches!(reused, weir::RuntimeError::InvalidRequest(_)),
         "{reused}"
     );
     assert!(reused.to_string().contains("exists already"), "{reused}");
+    let _: () = flush.query_async(&mut conn).await.unwrap();
+    runtime.submit(with_id("order-18")).await.unwrap();
     for bad in ["a:b", "1234", ""] {
         let refused = runtime.submit(with_id(bad)).await.unwrap_err();
         assert!(

@@ -37,9 +37,6 @@ const JOB_ATTEMPTS: u32 = 101;
 /// The name of weir's backoff strategy: the worker computes each wait from the policy.
 const BACKOFF: &str = "weir";
 
-/// Opens a run's record (see the script).
-const OPEN_RUN: &str = include_str!("../lua/open_run.lua");
-
 /// How many entries the event stream keeps (approximately).
 const EVENTS_KEPT: usize = 10_000;
 
@@ -69,6 +66,8 @@ pub(crate) struct Distributed {
     workflows: Mutex<HashMap<String, Arc<Workflow>>>,
     waiters: Arc<Waiters>,
     finish: redis::Script,
+    /// Opens a run's record (run by hash in the submission's pipeline).
+    open: redis::Script,
     pub(super) join_cas: redis::Script,
     flows: tokio::sync::OnceCell<FlowProducer>,
     /// Set when workflows were registered from code and are not published yet.
@@ -121,6 +120,7 @@ impl Distributed {
             workflows: Mutex::new(HashMap::new()),
             waiters,
             finish: redis::Script::new(include_str!("../lua/finish_run.lua")),
+            open: redis::Script::new(include_str!("../lua/open_run.lua")),
             join_cas: redis::Script::new(include_str!("../lua/join_cas.lua")),
             flows: tokio::sync::OnceCell::new(),
             unpublished: std::sync::atomic::AtomicBool::new(false),
@@ -580,16 +580,30 @@ impl Distributed {
         let mut conn = self.conn();
         let mut pipe = redis::pipe();
         content::add_lookup(&mut pipe, &self.keys, &[request.processor.as_str()]);
-        // EVAL, not EVALSHA: a pipeline cannot load a script Redis has forgotten (restart).
-        let open = pipe.cmd("EVAL").arg(OPEN_RUN).arg(1).arg(&key);
+        let open = pipe
+            .cmd("EVALSHA")
+            .arg(self.open.get_hash())
+            .arg(1)
+            .arg(&key);
         open.arg(token).arg(unfinished);
         for (field, value) in &record {
             open.arg(*field).arg(value);
         }
-        let (plugins, workflows, owned): (Vec<Option<String>>, Vec<Option<String>>, i64) = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.redis_error(e))?;
+        type Opened = (Vec<Option<String>>, Vec<Option<String>>, i64);
+        let opened: redis::RedisResult<Opened> = match pipe.query_async(&mut conn).await {
+            // Redis forgot the script (it restarted): load it and send the pipeline again
+            // (nothing in it was written: the lookups only read).
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                match self.open.prepare_invoke().load_async(&mut conn).await {
+                    Ok(_) => pipe.query_async(&mut conn).await,
+                    Err(error) => Err(error),
+                }
+            }
+            other => other,
+        };
+        let (plugins, workflows, owned) = opened.map_err(|e| self.redis_error(e))?;
         if owned != 1 {
             return Err(Error::Config(format!(
                 "a run with the id `{run}` exists already: give each execution its own id"

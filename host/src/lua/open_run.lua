@@ -7,9 +7,6 @@ local owner = redis.call('HGET', KEYS[1], 'token')
 if owner and owner ~= ARGV[1] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'token', ARGV[1])
-for i = 3, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
+redis.call('HSET', KEYS[1], 'token', ARGV[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
