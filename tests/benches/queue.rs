@@ -206,9 +206,12 @@ fn node(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
 /// weir: `weir worker` processes running `increment`, a runtime submitting and waiting.
 async fn weir(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
     let folder = weir_tests::PluginFolder::with(&["increment"]);
-    if std::env::var("WEIR_BENCH_WARM").is_ok() {
-        let manifest = folder.path().join("increment.toml");
-        std::fs::write(manifest, "[warm]\nmax_executions = 1000000\n").unwrap();
+    if warm_mode() {
+        // Idle instances for every job a worker may run at once, so none is dropped.
+        folder.manifest(
+            "increment",
+            "[warm]\nmax_executions = 1000000\nmax_idle = 64\n",
+        );
     }
     let binary = weir_tests::weir_release_bin();
     let concurrency = std::env::var("WEIR_BENCH_CONCURRENCY").ok();
@@ -236,6 +239,20 @@ async fn weir(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Fig
     measure(once, round_trips, jobs).await
 }
 
+/// Whether `WEIR_BENCH_WARM=1` asks for warm instances.
+fn warm_mode() -> bool {
+    std::env::var("WEIR_BENCH_WARM").as_deref() == Ok("1")
+}
+
+/// `a ÷ b` to two places, or `–` when either was not measured.
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() {
+        "–".to_string()
+    } else {
+        format!("{:.2}", a / b)
+    }
+}
+
 fn row(name: &str, f: Figures) {
     println!(
         "{name:<34} {:>9.0} {:>9.0} {:>10.0}",
@@ -261,9 +278,18 @@ fn main() {
     );
     let mut all = HashMap::new();
     let only = std::env::var("WEIR_BENCH_ONLY").ok();
+    let systems = ["raw", "node", "weir"];
+    if let Some(only) = &only
+        && let Some(unknown) = only
+            .split(',')
+            .map(str::trim)
+            .find(|o| !systems.contains(o))
+    {
+        eprintln!("WEIR_BENCH_ONLY: `{unknown}` is not one of raw, node, weir");
+    }
     let wanted = |name: &str| {
         only.as_deref()
-            .is_none_or(|only| only.split(',').any(|o| o == name))
+            .is_none_or(|only| only.split(',').any(|o| o.trim() == name))
     };
     let skipped = Figures {
         p50_us: f64::NAN,
@@ -287,7 +313,7 @@ fn main() {
         };
         let weir = if wanted("weir") {
             let weir = runtime.block_on(weir(&url, workers, round_trips, jobs));
-            let mode = if std::env::var("WEIR_BENCH_WARM").is_ok() {
+            let mode = if warm_mode() {
                 "warm instances"
             } else {
                 "fresh sandbox"
@@ -305,12 +331,15 @@ fn main() {
         v.sort_by_key(|(w, _)| *w);
         v
     } {
+        if weir.p50_us.is_nan() {
+            continue;
+        }
         println!(
-            "{workers} worker(s): weir p50 {:.2} ms (goal ≤ 1 ms); throughput {:.2}× Node \
-             BullMQ (goal ≥ 1.5×), {:.2}× raw bullmq-official (goal ≥ 0.67×)",
+            "{workers} worker(s): weir p50 {:.2} ms (goal ≤ 1 ms); throughput {}× Node \
+             BullMQ (goal ≥ 1.5×), {}× raw bullmq-official (goal ≥ 0.67×)",
             weir.p50_us / 1000.0,
-            weir.per_second / node.per_second,
-            weir.per_second / raw.per_second,
+            ratio(weir.per_second, node.per_second),
+            ratio(weir.per_second, raw.per_second),
         );
     }
 }

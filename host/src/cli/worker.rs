@@ -15,8 +15,8 @@ pub(crate) struct WorkerArgs {
     plugins: PluginArgs,
     #[command(flatten)]
     redis: RedisArgs,
-    /// Jobs of one queue this process runs at once (16 keeps two cores busy while jobs
-    /// wait on Redis; sandboxes are bounded separately by the instance pool).
+    /// Jobs of one queue this process runs at once (enough that jobs waiting on Redis
+    /// leave the CPU busy; sandboxes are bounded separately by the instance pool).
     #[arg(long, default_value_t = 16, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     concurrency: u64,

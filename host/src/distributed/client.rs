@@ -565,7 +565,8 @@ impl Distributed {
         let run = run.to_string();
         let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
         let key = self.keys.run(&run);
-        // One round trip: what the name means now, and the run's record opened.
+        // One round trip (three if Redis forgot the script): what the name means now, and
+        // the run's record opened.
         let mut record = vec![
             ("target", request.processor.clone()),
             ("tenant", tenant.clone()),
@@ -596,7 +597,7 @@ impl Distributed {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
-                match self.open.prepare_invoke().load_async(&mut conn).await {
+                match self.open.load_async(&mut conn).await {
                     Ok(_) => pipe.query_async(&mut conn).await,
                     Err(error) => Err(error),
                 }

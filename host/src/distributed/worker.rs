@@ -51,9 +51,10 @@ pub struct WorkerConfig {
 }
 
 impl Default for WorkerConfig {
-    /// 16 jobs per queue (each job waits on Redis twice, before and after its sandbox, so
-    /// fewer leave the cores idle), 30 s locks checked every 30 s (BullMQ's defaults), the
-    /// catalog polled every second, Redis retried after 500 ms.
+    /// 16 jobs per queue (after its sandbox each job waits on Redis twice, for its run's
+    /// outcome and BullMQ's finish, so fewer leave the cores idle), 30 s locks checked
+    /// every 30 s (BullMQ's defaults), the catalog polled every second, Redis retried after
+    /// 500 ms.
     fn default() -> Self {
         WorkerConfig {
             concurrency: 16,
