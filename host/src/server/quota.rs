@@ -450,25 +450,30 @@ impl RedisLedger {
                     "the tenants' quotas are kept in Redis, which did not answer: {e}"
                 ))
             })?;
-        // The script answered: the lease is held (0) or was never added (a refusal).
-        let lease = asking.0.take();
-        let (quota, limit) = match (reply.as_slice(), lease) {
-            ([0], Some(lease)) => {
-                self.live().insert(id, tenant.name().to_string());
-                return Ok(lease);
+        let (quota, limit) = match reply.as_slice() {
+            // The lease is held: no longer to be taken out.
+            [0] => {
+                if let Some(lease) = asking.0.take() {
+                    self.live().insert(id, tenant.name().to_string());
+                    return Ok(lease);
+                }
+                return Err(Refused::Unavailable("the lease was given back".into()));
             }
-            ([1, _], _) => ("concurrent", quotas.concurrent.map(u64::from)),
-            ([2, _], _) => (
+            [1, _] => ("concurrent", quotas.concurrent.map(u64::from)),
+            [2, _] => (
                 "executions_per_minute",
                 quotas.executions_per_minute.map(u64::from),
             ),
-            ([3, _], _) => ("fuel_per_minute", quotas.fuel_per_minute),
-            (other, _) => {
+            [3, _] => ("fuel_per_minute", quotas.fuel_per_minute),
+            // An answer not understood: `asking` takes out whatever the script added.
+            other => {
                 return Err(Refused::Unavailable(format!(
                     "the quota script answered {other:?}"
                 )));
             }
         };
+        // A refusal added no lease: nothing to take out.
+        asking.0 = None;
         let wait_ms = reply.get(1).copied().unwrap_or(1000).max(0) as u64;
         Err(Refused::Over(OverQuota {
             quota,
