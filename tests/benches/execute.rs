@@ -35,7 +35,7 @@ use wasmtime::Engine;
 #[path = "support/raw.rs"]
 mod raw;
 
-use raw::{Baseline, ExecutionContext, Reused};
+use raw::{Baseline, Reused};
 
 struct Samples {
     name: &'static str,
@@ -126,18 +126,8 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
     let default_engine = Baseline::new(Engine::default(), &wasm, false);
 
     let input = json!({"count": 1});
-    let raw_input = json!({"count": 1, "metadata": {"version": 0, "sessionId": null,
-        "createdAt": "2026-01-01T00:00:00Z", "lastUpdated": "2026-01-01T00:00:00Z"}})
-    .to_string();
-    let ctx = ExecutionContext {
-        execution_id: "bench".into(),
-        tenant: "default".into(),
-        session_id: None,
-        processor: "increment".into(),
-        attempt: 1,
-        call_depth: 0,
-        deadline_unix_ms: u64::MAX,
-    };
+    let raw_input = raw::stamped(&input);
+    let ctx = raw::context("increment");
 
     let mut weir_samples = Samples::new("weir (public API)");
     let mut same_samples = Samples::new("raw wasmtime, weir's engine config");

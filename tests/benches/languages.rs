@@ -30,7 +30,7 @@ use wasmtime::Engine;
 #[path = "support/raw.rs"]
 mod raw;
 
-use raw::{Baseline, ExecutionContext, Reused};
+use raw::{Baseline, Reused};
 
 struct Case {
     lang: &'static str,
@@ -153,19 +153,8 @@ async fn against_raw(case: &Case, samples: usize, cache: &Path) -> [Duration; 5]
     let same = Baseline::new(fresh.engine().wasmtime().clone(), &wasm, true);
     let default = Baseline::new(Engine::default(), &wasm, false);
     let mut reused = Reused::new(warm.engine().wasmtime(), &wasm).await;
-    let mut input = case.input.clone();
-    input["metadata"] = json!({"version": 0, "sessionId": null,
-        "createdAt": "2026-01-01T00:00:00Z", "lastUpdated": "2026-01-01T00:00:00Z"});
-    let raw_input = input.to_string();
-    let ctx = ExecutionContext {
-        execution_id: "bench".into(),
-        tenant: "default".into(),
-        session_id: None,
-        processor: case.plugin.into(),
-        attempt: 1,
-        call_depth: 0,
-        deadline_unix_ms: u64::MAX,
-    };
+    let raw_input = raw::stamped(&case.input);
+    let ctx = raw::context(case.plugin);
     let mut times: [Vec<Duration>; 5] = Default::default();
     let warmup = samples / 10 + 1;
     for i in 0..warmup + samples {

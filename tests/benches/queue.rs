@@ -244,13 +244,12 @@ fn warm_mode() -> bool {
     std::env::var("WEIR_BENCH_WARM").as_deref() == Ok("1")
 }
 
-/// `a ÷ b` to two places, or `–` when either was not measured.
-fn ratio(a: f64, b: f64) -> String {
-    if a.is_nan() || b.is_nan() {
-        "–".to_string()
-    } else {
-        format!("{:.2}", a / b)
-    }
+/// weir's throughput ÷ a baseline's to two places, or `–` when the baseline did not run.
+fn ratio(weir: Figures, baseline: Option<Figures>) -> String {
+    baseline.map_or_else(
+        || "–".to_string(),
+        |b| format!("{:.2}", weir.per_second / b.per_second),
+    )
 }
 
 fn row(name: &str, f: Figures) {
@@ -276,7 +275,6 @@ fn main() {
         "{:<34} {:>9} {:>9} {:>10}",
         "", "p50 µs", "p99 µs", "jobs/s"
     );
-    let mut all = HashMap::new();
     let only = std::env::var("WEIR_BENCH_ONLY").ok();
     let systems = ["raw", "node", "weir"];
     if let Some(only) = &only
@@ -291,55 +289,39 @@ fn main() {
         only.as_deref()
             .is_none_or(|only| only.split(',').any(|o| o.trim() == name))
     };
-    let skipped = Figures {
-        p50_us: f64::NAN,
-        p99_us: f64::NAN,
-        per_second: f64::NAN,
+    let mode = if warm_mode() {
+        "warm instances"
+    } else {
+        "fresh sandbox"
     };
+    let mut all = Vec::new();
     for workers in [1, 2] {
-        let raw = if wanted("raw") {
-            let raw = runtime.block_on(raw(&url, workers, round_trips, jobs));
-            row(&format!("bullmq-official, {workers} worker(s)"), raw);
-            raw
-        } else {
-            skipped
-        };
-        let node = if wanted("node") {
-            let node = node(&url, workers, round_trips, jobs);
-            row(&format!("Node BullMQ 6.5.1, {workers} worker(s)"), node);
-            node
-        } else {
-            skipped
-        };
-        let weir = if wanted("weir") {
-            let weir = runtime.block_on(weir(&url, workers, round_trips, jobs));
-            let mode = if warm_mode() {
-                "warm instances"
-            } else {
-                "fresh sandbox"
-            };
-            row(&format!("weir ({mode}), {workers} worker(s)"), weir);
-            weir
-        } else {
-            skipped
-        };
-        all.insert(workers, (raw, node, weir));
+        let raw = wanted("raw").then(|| {
+            let figures = runtime.block_on(raw(&url, workers, round_trips, jobs));
+            row(&format!("bullmq-official, {workers} worker(s)"), figures);
+            figures
+        });
+        let node = wanted("node").then(|| {
+            let figures = node(&url, workers, round_trips, jobs);
+            row(&format!("Node BullMQ 6.5.1, {workers} worker(s)"), figures);
+            figures
+        });
+        let weir = wanted("weir").then(|| {
+            let figures = runtime.block_on(weir(&url, workers, round_trips, jobs));
+            row(&format!("weir ({mode}), {workers} worker(s)"), figures);
+            figures
+        });
+        all.push((workers, raw, node, weir));
     }
     println!();
-    for (workers, (raw, node, weir)) in {
-        let mut v: Vec<_> = all.into_iter().collect();
-        v.sort_by_key(|(w, _)| *w);
-        v
-    } {
-        if weir.p50_us.is_nan() {
-            continue;
-        }
+    for (workers, raw, node, weir) in all {
+        let Some(weir) = weir else { continue };
         println!(
             "{workers} worker(s): weir p50 {:.2} ms (goal ≤ 1 ms); throughput {}× Node \
              BullMQ (goal ≥ 1.5×), {}× raw bullmq-official (goal ≥ 0.67×)",
             weir.p50_us / 1000.0,
-            ratio(weir.per_second, node.per_second),
-            ratio(weir.per_second, raw.per_second),
+            ratio(weir, node),
+            ratio(weir, raw),
         );
     }
 }

@@ -20,6 +20,28 @@ use bindings::{Processor, ProcessorPre};
 pub use wit::types::ExecutionContext;
 use wit::types::ProcessorError;
 
+/// The context the baselines pass: execution `bench` of `processor` for tenant `default`,
+/// first attempt, no deadline.
+pub fn context(processor: &str) -> ExecutionContext {
+    ExecutionContext {
+        execution_id: "bench".into(),
+        tenant: "default".into(),
+        session_id: None,
+        processor: processor.into(),
+        attempt: 1,
+        call_depth: 0,
+        deadline_unix_ms: u64::MAX,
+    }
+}
+
+/// `state` as the guest receives it from weir: stamped with a new state's `metadata`.
+pub fn stamped(state: &serde_json::Value) -> String {
+    let mut state = state.clone();
+    state["metadata"] = serde_json::json!({"version": 0, "sessionId": null,
+        "createdAt": "2026-01-01T00:00:00Z", "lastUpdated": "2026-01-01T00:00:00Z"});
+    state.to_string()
+}
+
 /// The baseline's store data: a WASI context and no-op weir imports.
 pub struct Raw {
     wasi: WasiCtx,
