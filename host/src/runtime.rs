@@ -440,9 +440,20 @@ impl Runtime {
         &self,
         request: ExecutionRequest,
     ) -> Result<ExecutionResult, RuntimeError> {
-        let Some(distributed) = &self.distributed else {
-            return Ok(crate::executor::execute(&self.shared, request).await);
-        };
+        match &self.distributed {
+            None => Ok(crate::executor::execute(&self.shared, request).await),
+            // Boxed: its futures are large, and the local path's future would otherwise be
+            // as large and copied whole at every level of every local execution.
+            Some(distributed) => Box::pin(self.run_remote(distributed, request)).await,
+        }
+    }
+
+    /// Submits `request` through Redis and waits for its outcome.
+    async fn run_remote(
+        &self,
+        distributed: &Distributed,
+        request: ExecutionRequest,
+    ) -> Result<ExecutionResult, RuntimeError> {
         let unavailable = refusal;
         distributed
             .publish_if_changed(&self.shared.registry)
