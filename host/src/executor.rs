@@ -5,7 +5,7 @@
 //! (see [`crate::compose`]); guests' nested `call`s come back in one level deeper.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tracing::Instrument;
@@ -13,6 +13,7 @@ use wasmtime::Trap;
 
 use crate::bindings::wit;
 use crate::cancel::CancelHandle;
+use crate::clock::{self, Stamp};
 use crate::error::{ErrorKind, ExecutionError, codes};
 use crate::events::{Event, EventKind};
 use crate::guest_log::GuestLog;
@@ -196,9 +197,13 @@ async fn run(
     id: Option<String>,
     pinned: Option<Pinned>,
 ) -> ExecutionResult {
-    let started = Instant::now();
+    // The clocks are read here, when the guest returns, at the end, and after anything that
+    // may have waited (a limited queue, a retry's backoff); every other time the execution
+    // needs (its id, its metadata's timestamps, the guest's deadline) derives from those.
+    let started = Stamp::now();
+    let id = id.unwrap_or_else(|| clock::execution_id(started.wall));
     let info = ExecutionInfo::new(
-        id,
+        Some(id),
         name,
         &*scope.tenant,
         scope.session.as_deref().map(str::to_string),
@@ -234,7 +239,7 @@ async fn run(
         id: info.id.clone(),
         tenant: scope.tenant.clone(),
         processor: info.processor.clone(),
-        started,
+        started: started.instant,
         done: false,
     };
     if events.active() {
@@ -252,10 +257,10 @@ async fn run(
             depth,
         ));
     }
-    let mut result = run_in_span(shared, input, scope, info, pinned)
+    let mut result = run_in_span(shared, input, scope, info, pinned, started)
         .instrument(span)
         .await;
-    let elapsed = started.elapsed();
+    let elapsed = started.instant.elapsed();
     result.execution.duration_us = elapsed.as_micros().try_into().unwrap_or(u64::MAX);
     record.finish(result.ok, elapsed);
     if events.active() {
@@ -327,8 +332,10 @@ async fn run_in_span(
     scope: Scope,
     mut info: ExecutionInfo,
     pinned: Option<Pinned>,
+    started: Stamp,
 ) -> ExecutionResult {
-    let (input, metadata) = match state::prepare_input(input, scope.session.as_deref()) {
+    let prepared = state::prepare_input_at(input, scope.session.as_deref(), started.wall);
+    let (input, metadata) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => return failed(Value::Null, error, info),
     };
@@ -376,22 +383,22 @@ async fn run_in_span(
         None => policy.attempts_allowed(scope.max_attempts),
     };
     let cancel = scope.cancel.clone();
+    // The time now, give or take the microseconds since the last reading.
+    let mut now = started.instant;
 
     loop {
         if cancel.is_cancelled() {
             let error = cancelled_error(&cancel, "before it started");
             return failed(state::with_metadata(input, &metadata), error, info);
         }
-        if scope.deadline.is_some_and(|d| Instant::now() >= d) {
+        if scope.deadline.is_some_and(|d| now >= d) {
             let error = out_of_time(&info.processor);
             return failed(state::with_metadata(input, &metadata), error, info);
         }
         // Wait for this processor's queue: a concurrency slot, a rate token, our turn.
         let queue = plugin.queue();
         let priority = scope.priority.unwrap_or(queue.priority);
-        let queue_deadline = scope
-            .deadline
-            .unwrap_or_else(|| Instant::now() + limits.timeout());
+        let queue_deadline = scope.deadline.unwrap_or(now + limits.timeout());
         let _admission = match shared
             .scheduler
             .admit(
@@ -422,9 +429,13 @@ async fn run_in_span(
                 return failed(state::with_metadata(input, &metadata), error, info);
             }
         };
+        if !queue.is_unlimited() {
+            // The admission may have waited.
+            now = Instant::now();
+        }
         info.attempts += 1;
         let attempt_deadline = {
-            let own = Instant::now() + limits.timeout();
+            let own = now + limits.timeout();
             scope.deadline.map_or(own, |d| d.min(own))
         };
         let outcome = attempt(
@@ -433,7 +444,11 @@ async fn run_in_span(
             &input_text,
             &info,
             &limits,
-            attempt_deadline,
+            Window {
+                started,
+                now,
+                deadline: attempt_deadline,
+            },
             &scope,
         )
         .await;
@@ -441,7 +456,8 @@ async fn run_in_span(
         info.peak_memory_bytes = info.peak_memory_bytes.max(outcome.peak_memory);
         let error = match outcome.result {
             Ok(output) => {
-                let state = state::with_metadata(output, &metadata.bumped());
+                let ended = started.wall_at(outcome.ended);
+                let state = state::with_metadata(output, &metadata.bumped_at(ended));
                 return ExecutionResult {
                     ok: true,
                     state,
@@ -482,6 +498,7 @@ async fn run_in_span(
                 return failed(state::with_metadata(input, &metadata), error, info);
             }
         }
+        now = Instant::now();
     }
 }
 
@@ -518,6 +535,8 @@ struct AttemptOutcome {
     result: Result<Map<String, Value>, ExecutionError>,
     fuel: u64,
     peak_memory: u64,
+    /// When the guest returned (or the attempt gave up).
+    ended: Instant,
 }
 
 impl AttemptOutcome {
@@ -526,8 +545,17 @@ impl AttemptOutcome {
             result: Err(error),
             fuel: 0,
             peak_memory: 0,
+            ended: Instant::now(),
         }
     }
+}
+
+/// When an attempt runs: the execution's clock readings, the time it starts (as last
+/// read), and when it must be done by.
+struct Window {
+    started: Stamp,
+    now: Instant,
+    deadline: Instant,
 }
 
 enum Raw {
@@ -542,9 +570,10 @@ async fn attempt(
     input: &String,
     info: &ExecutionInfo,
     limits: &Limits,
-    deadline: Instant,
+    window: Window,
     scope: &Scope,
 ) -> AttemptOutcome {
+    let deadline = window.deadline;
     // Top-level work waits for a sandbox slot; a guest's nested call already holds its
     // caller's, and waiting here could deadlock a full host.
     let _permit = if scope.depth > 0 {
@@ -571,12 +600,12 @@ async fn attempt(
     // the memory this execution is capped at; otherwise the sandbox is fresh.
     let warm = plugin.warm();
     let reused = warm
-        .and_then(|pool| pool.take(&scope.tenant))
+        .and_then(|pool| pool.take(&scope.tenant, window.now))
         .filter(|w| w.store.data().limiter.current <= limits.memory_bytes);
     let log = match &reused {
         Some(w) => {
             let log = w.store.data().log.clone();
-            log.reset();
+            log.reset(window.now);
             log
         }
         None => GuestLog::new(shared.config.log_rate),
@@ -616,7 +645,7 @@ async fn attempt(
         processor: info.processor.clone(),
         attempt: info.attempts,
         call_depth: scope.depth,
-        deadline_unix_ms: unix_ms(deadline),
+        deadline_unix_ms: window.started.unix_ms_at(deadline),
     };
     let grace = shared.config.cancel_grace;
     let raw = {
@@ -647,6 +676,7 @@ async fn attempt(
         .saturating_add(store.data().nested_fuel);
     let peak_memory = store.data().limiter.peak;
     let memory_hit = store.data().limiter.hit;
+    let ended = Instant::now();
     log.finish();
     // Only an instance that returned normally, within every limit and uncancelled, is kept;
     // the rest are dropped here (a fresh store always is).
@@ -656,7 +686,7 @@ async fn attempt(
                 && !memory_hit
                 && store.data().outbound_idle()
                 && !cancel.is_cancelled()
-                && Instant::now() < deadline =>
+                && ended < deadline =>
         {
             store.data_mut().release();
             let instance = WarmInstance {
@@ -664,7 +694,7 @@ async fn attempt(
                 processor,
                 uses: uses + 1,
             };
-            pool.put(&scope.tenant, instance);
+            pool.put(&scope.tenant, instance, ended);
         }
         _ => drop(store),
     }
@@ -683,6 +713,7 @@ async fn attempt(
         result: mark_cancelled(result, cancel),
         fuel,
         peak_memory,
+        ended,
     }
 }
 
@@ -710,13 +741,6 @@ async fn hard_cancel(cancel: &CancelHandle, grace: Duration) {
 /// numbers finite.
 fn json_text(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
-}
-
-fn unix_ms(deadline: Instant) -> u64 {
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    (SystemTime::now() + remaining)
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
 fn parse_output(text: &str, limits: &Limits) -> Result<Map<String, Value>, ExecutionError> {

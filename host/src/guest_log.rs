@@ -94,11 +94,11 @@ impl GuestLog {
 
     /// Starts the log over for the next execution of a reused instance: a full rate
     /// allowance and no stderr tail, so one execution's panic text never reaches another's
-    /// error. Call after [`GuestLog::finish`].
-    pub(crate) fn reset(&self) {
+    /// error. Call after [`GuestLog::finish`], with the time the next execution starts.
+    pub(crate) fn reset(&self, now: Instant) {
         let mut state = self.lock();
         state.tokens = f64::from(state.rate.burst);
-        state.refilled = Instant::now();
+        state.refilled = now;
         state.dropped = 0;
         state.stdout.clear();
         state.stderr.clear();

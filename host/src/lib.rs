@@ -35,6 +35,7 @@ mod activity;
 mod bindings;
 mod cache;
 mod cancel;
+mod clock;
 mod compose;
 mod distributed;
 mod engine;

@@ -5,9 +5,9 @@
 //! `lastUpdated` (RFC 3339, UTC). A caller may pass metadata from an earlier result; it is
 //! checked, and anything a processor returns there is discarded and rewritten.
 
+use std::time::SystemTime;
+
 use serde_json::{Map, Value};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::error::{ErrorKind, ExecutionError, codes};
 
@@ -27,7 +27,12 @@ pub struct StateMetadata {
 impl StateMetadata {
     /// Metadata for a brand-new state.
     pub fn new(session_id: Option<String>) -> Self {
-        let now = now_rfc3339();
+        Self::new_at(session_id, SystemTime::now())
+    }
+
+    /// Metadata for a state created at `now`.
+    pub(crate) fn new_at(session_id: Option<String>, now: SystemTime) -> Self {
+        let now = crate::clock::rfc3339(now);
         StateMetadata {
             version: 0,
             session_id,
@@ -38,11 +43,16 @@ impl StateMetadata {
 
     /// The metadata after one more successful step.
     pub fn bumped(&self) -> Self {
+        self.bumped_at(SystemTime::now())
+    }
+
+    /// The metadata after one more successful step, ended at `now`.
+    pub(crate) fn bumped_at(&self, now: SystemTime) -> Self {
         StateMetadata {
             version: self.version + 1,
             session_id: self.session_id.clone(),
             created_at: self.created_at.clone(),
-            last_updated: now_rfc3339(),
+            last_updated: crate::clock::rfc3339(now),
         }
     }
 
@@ -97,6 +107,16 @@ pub fn prepare_input(
     input: Value,
     session: Option<&str>,
 ) -> Result<(Map<String, Value>, StateMetadata), ExecutionError> {
+    prepare_input_at(input, session, SystemTime::now())
+}
+
+/// [`prepare_input`] for an execution that started at `now` (the creation time of a new
+/// state, and of missing timestamps).
+pub(crate) fn prepare_input_at(
+    input: Value,
+    session: Option<&str>,
+    now: SystemTime,
+) -> Result<(Map<String, Value>, StateMetadata), ExecutionError> {
     let Value::Object(mut state) = input else {
         return Err(invalid_input(format!(
             "the state must be a JSON object, not {}",
@@ -105,7 +125,7 @@ pub fn prepare_input(
     };
     let session = session.map(str::to_string);
     let metadata = match state.remove("metadata") {
-        None | Some(Value::Null) => StateMetadata::new(session),
+        None | Some(Value::Null) => StateMetadata::new_at(session, now),
         Some(Value::Object(m)) => {
             let version = match m.get("version") {
                 None | Some(Value::Null) => 0,
@@ -113,10 +133,9 @@ pub fn prepare_input(
                     invalid_input("`metadata.version` must be a non-negative integer")
                 })?,
             };
-            let now = now_rfc3339();
             let text = |key: &str| -> Result<String, ExecutionError> {
                 match m.get(key) {
-                    None | Some(Value::Null) => Ok(now.clone()),
+                    None | Some(Value::Null) => Ok(crate::clock::rfc3339(now)),
                     Some(Value::String(s)) => Ok(s.clone()),
                     Some(_) => Err(invalid_input(format!(
                         "`metadata.{key}` must be an RFC 3339 timestamp string"
@@ -223,12 +242,6 @@ pub(crate) fn json_type(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
-}
-
-fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }
 
 #[cfg(test)]

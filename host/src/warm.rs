@@ -115,10 +115,10 @@ impl WarmPool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used idle instance of `tenant`, if one is there and fresh enough.
-    pub(crate) fn take(&self, tenant: &str) -> Option<WarmInstance> {
+    /// The most recently used idle instance of `tenant`, if one is there and fresh enough
+    /// at `now`.
+    pub(crate) fn take(&self, tenant: &str, now: Instant) -> Option<WarmInstance> {
         let timeout = self.policy.idle_timeout();
-        let now = Instant::now();
         let mut expired = Vec::new();
         let found = {
             let mut idle = self.lock();
@@ -139,15 +139,14 @@ impl WarmPool {
         found
     }
 
-    /// Keeps `instance` for `tenant`'s next execution, unless it has served its
-    /// `max_executions`, the tenant already has `max_idle` idle ones, or the engine's
-    /// allowance is spent; then it is dropped.
-    pub(crate) fn put(&self, tenant: &Arc<str>, instance: WarmInstance) {
+    /// Keeps `instance`, idle since `now`, for `tenant`'s next execution, unless it has
+    /// served its `max_executions`, the tenant already has `max_idle` idle ones, or the
+    /// engine's allowance is spent; then it is dropped.
+    pub(crate) fn put(&self, tenant: &Arc<str>, instance: WarmInstance, now: Instant) {
         if instance.uses >= self.policy.max_executions {
             return;
         }
         let timeout = self.policy.idle_timeout();
-        let now = Instant::now();
         let ticket = match self.budget.try_take() {
             Some(ticket) => ticket,
             None => {
