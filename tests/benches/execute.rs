@@ -233,7 +233,7 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
         ] {
             if !s.micros.is_empty() {
                 println!(
-                    "{}: p50 {:.1} µs, p99 {:.1} µs",
+                    "{}: p50 {:.2} µs, p99 {:.2} µs",
                     s.name,
                     s.percentile(0.5),
                     s.percentile(0.99)
