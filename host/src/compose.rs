@@ -218,38 +218,18 @@ pub(crate) fn graph_dependencies(nodes: &[GraphNode], node: usize) -> Vec<usize>
 
 /// Steps running as tasks, each known by its index, so that a step whose task died (which
 /// only a bug in the host can cause) is still reported against the right step instead of
-/// vanishing from the results; and at most one step running in the caller's own task.
-struct Steps<'a> {
+/// vanishing from the results.
+struct Steps {
     tasks: JoinSet<ExecutionResult>,
     index_of: HashMap<tokio::task::Id, usize>,
-    here: Option<(usize, HereFuture<'a>)>,
 }
 
-type StepFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = ExecutionResult> + Send + 'a>>;
-
-/// A step run in place: its result, or why it died (as a task's death is reported).
-type HereFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<ExecutionResult, String>> + Send + 'a>,
->;
-
-impl<'a> Steps<'a> {
+impl Steps {
     fn new() -> Self {
         Steps {
             tasks: JoinSet::new(),
             index_of: HashMap::new(),
-            here: None,
         }
-    }
-
-    /// Runs `step` in the task that waits for the steps (while it waits), not as a task of
-    /// its own: no task to create, schedule and hand back across threads for it.
-    fn run_here(&mut self, index: usize, step: StepFuture<'a>) {
-        use futures_util::FutureExt;
-        let step = std::panic::AssertUnwindSafe(step)
-            .catch_unwind()
-            .map(|outcome| outcome.map_err(|panic| panicked(panic.as_ref())));
-        self.here = Some((index, Box::pin(step)));
     }
 
     fn spawn(
@@ -264,28 +244,7 @@ impl<'a> Steps<'a> {
     /// The next step to finish: its index, and its result or why its task died.
     async fn next(&mut self) -> Option<(usize, Result<ExecutionResult, String>)> {
         loop {
-            let joined = match &mut self.here {
-                Some((index, step)) if !self.tasks.is_empty() => {
-                    let index = *index;
-                    // Biased: the step here is polled first, so it starts at once.
-                    tokio::select! {
-                        biased;
-                        outcome = step => {
-                            self.here = None;
-                            return Some((index, outcome));
-                        }
-                        joined = self.tasks.join_next_with_id() => joined,
-                    }
-                }
-                Some((index, step)) => {
-                    let index = *index;
-                    let outcome = step.await;
-                    self.here = None;
-                    return Some((index, outcome));
-                }
-                None => self.tasks.join_next_with_id().await,
-            };
-            let (id, outcome) = match joined? {
+            let (id, outcome) = match self.tasks.join_next_with_id().await? {
                 Ok((id, result)) => (id, Ok(result)),
                 Err(error) => (error.id(), Err(error.to_string())),
             };
@@ -294,16 +253,6 @@ impl<'a> Steps<'a> {
             }
         }
     }
-}
-
-/// What a step that panicked in place says about it, as a task's death would.
-fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
-    let message = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("no message");
-    format!("it panicked: {message}")
 }
 
 /// The result of a step whose task died.
@@ -386,13 +335,11 @@ async fn parallel(
     scope: &Scope,
     cost: &mut Cost,
 ) -> Result<Value, Failure> {
-    // Every branch but the first runs as its own task, so branches use every core; the
-    // first runs here, in the task that would otherwise only wait for the others (a small
-    // parallel then pays for one task fewer). Cancelling `siblings` stops them all (softly,
-    // then for real after the grace period).
+    // Every branch runs as its own task, so branches use every core; cancelling `siblings`
+    // stops them all (softly, then for real after the grace period).
     let siblings = scope.cancel.child();
     let mut steps = Steps::new();
-    for (index, branch) in branches.iter().enumerate().skip(1) {
+    for (index, branch) in branches.iter().enumerate() {
         let shared = shared.clone();
         let branch = branch.clone();
         let input = input.clone();
@@ -400,10 +347,6 @@ async fn parallel(
         steps.spawn(index, async move {
             run_boxed(&shared, &branch, input, step).await
         });
-    }
-    if let Some(first) = branches.first() {
-        let step = scope.step(None, siblings.child());
-        steps.run_here(0, run_boxed(shared, first, input.clone(), step));
     }
     let mut results: Vec<Option<ExecutionResult>> = vec![None; branches.len()];
     let mut first_failure: Option<(usize, ExecutionError)> = None;
