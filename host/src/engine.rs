@@ -51,6 +51,17 @@ pub struct EngineConfig {
     /// 1000 sandboxes were alive at once), so RSS is bounded by `max_instances` times this.
     /// 0 turns it off (measured: 0.04 MiB per sandbox waiting in a host call).
     pub keep_resident_bytes: usize,
+    /// Reset only the pages a guest wrote, found with Linux's `PAGEMAP_SCAN` (6.7 or
+    /// later; elsewhere this does nothing), instead of every kept-resident byte. Off by
+    /// default, because it is **not safe between tenants**: wasmtime 48's scan skips a
+    /// written page that is not in memory at that moment (swapped out, or being moved by
+    /// the kernel's compaction), so the next sandbox in that pool slot can read what the
+    /// previous guest left there (wasmtime pull request #14357). Turn it on only where
+    /// every plugin may see every other execution's data: one tenant, trusted plugins, and
+    /// preferably no swap. Measured with `cargo xtask bench execute`: one fresh execution
+    /// from 39–42 µs to 26–27 µs, and 0.14 MiB instead of 1.33 MiB per sandbox waiting in a
+    /// host call.
+    pub reset_written_pages_only: bool,
     /// Most idle warm instances kept across all plugins and tenants (see [`crate::Manifest`]'s
     /// `[warm]`). They take pool slots of their own, beyond `max_instances`, so warm
     /// instances never starve fresh sandboxes; each keeps its linear memory, so this also
@@ -68,6 +79,7 @@ impl Default for EngineConfig {
             max_wasm_stack: 512 << 10,
             cache_dir: CompileCache::default_dir(),
             keep_resident_bytes: KEEP_RESIDENT_BYTES,
+            reset_written_pages_only: false,
             max_warm_instances: 64,
         }
     }
@@ -234,9 +246,12 @@ fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
             .max_memory_size(config.max_memory_bytes as usize)
             .linear_memory_keep_resident(config.keep_resident_bytes)
             .table_keep_resident(config.keep_resident_bytes.min(64 << 10))
-            // Reset only the pages a guest wrote (Linux 6.7+ `PAGEMAP_SCAN`), not every
-            // kept-resident byte; elsewhere the whole kept region is reset as before.
-            .pagemap_scan(wasmtime::Enabled::Auto)
+            // Opt-in only: see `EngineConfig::reset_written_pages_only` for why.
+            .pagemap_scan(if config.reset_written_pages_only {
+                wasmtime::Enabled::Auto
+            } else {
+                wasmtime::Enabled::No
+            })
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(4 << 20)
             .table_elements(100_000);

@@ -268,7 +268,27 @@ async fn hostile_plugins_are_contained_while_other_executions_keep_succeeding() 
 #[tokio::test]
 async fn a_fresh_sandbox_never_sees_what_an_earlier_execution_left_in_its_memory() {
     let folder = PluginFolder::with(&["secret-keeper"]);
-    let rt = runtime(folder.path()).await;
+    secrets_never_survive(runtime(folder.path()).await).await;
+}
+
+/// The opt-in reset of written pages only still clears every page a guest wrote (on a
+/// machine that does not swap them out meanwhile: see its documentation).
+#[tokio::test]
+async fn resetting_only_written_pages_still_clears_what_a_guest_left() {
+    let folder = PluginFolder::with(&["secret-keeper"]);
+    let rt = weir_tests::builder(folder.path())
+        .engine_config(weir::EngineConfig {
+            reset_written_pages_only: true,
+            ..weir_tests::engine_config()
+        })
+        .build()
+        .await
+        .expect("the runtime builds");
+    rt.start();
+    secrets_never_survive(rt).await;
+}
+
+async fn secrets_never_survive(rt: weir::Runtime) {
     // Many executions, some at once, so pool slots are reused while others are in use.
     for round in 0..10 {
         let mut runs = tokio::task::JoinSet::new();
