@@ -41,8 +41,9 @@ impl Stamp {
     }
 }
 
-/// A fresh UUIDv7 execution id for an execution started at `wall`. Ids made here are
-/// ordered by creation, as [`uuid::Uuid::now_v7`]'s are.
+/// A fresh UUIDv7 execution id for an execution started at `wall`. The ids made here are
+/// unique and ordered by creation among themselves, as [`uuid::Uuid::now_v7`]'s are
+/// (the two do not share a counter, so within one millisecond they may interleave).
 pub(crate) fn execution_id(wall: SystemTime) -> String {
     static CONTEXT: Mutex<uuid::ContextV7> = Mutex::new(uuid::ContextV7::new());
     let since = wall.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -383,7 +383,8 @@ async fn run_in_span(
         None => policy.attempts_allowed(scope.max_attempts),
     };
     let cancel = scope.cancel.clone();
-    // The time now, give or take the microseconds since the last reading.
+    // The time as last read: the start, or after a wait. The input's handling since then is
+    // not counted.
     let mut now = started.instant;
 
     loop {
@@ -574,6 +575,7 @@ async fn attempt(
     scope: &Scope,
 ) -> AttemptOutcome {
     let deadline = window.deadline;
+    let mut now = window.now;
     // Top-level work waits for a sandbox slot; a guest's nested call already holds its
     // caller's, and waiting here could deadlock a full host.
     let _permit = if scope.depth > 0 {
@@ -582,7 +584,10 @@ async fn attempt(
         Some(permit)
     } else {
         match tokio::time::timeout_at(deadline.into(), shared.slots.acquire()).await {
-            Ok(Ok(permit)) => Some(permit),
+            Ok(Ok(permit)) => {
+                now = Instant::now();
+                Some(permit)
+            }
             Ok(Err(_)) => {
                 return AttemptOutcome::early(ExecutionError::host(
                     ErrorKind::Resource,
@@ -600,12 +605,12 @@ async fn attempt(
     // the memory this execution is capped at; otherwise the sandbox is fresh.
     let warm = plugin.warm();
     let reused = warm
-        .and_then(|pool| pool.take(&scope.tenant, window.now))
+        .and_then(|pool| pool.take(&scope.tenant, now))
         .filter(|w| w.store.data().limiter.current <= limits.memory_bytes);
     let log = match &reused {
         Some(w) => {
             let log = w.store.data().log.clone();
-            log.reset(window.now);
+            log.reset(now);
             log
         }
         None => GuestLog::new(shared.config.log_rate),
