@@ -23,7 +23,9 @@
 //! Run with `cargo xtask bench` (or `cargo bench -p weir-tests --bench execute`);
 //! `WEIR_BENCH_SAMPLES` sets the sample count (default 3000);
 //! `WEIR_BENCH_ONLY=weir|raw|default|warm|reused|chain|parallel|throughput` runs one case alone, e.g. to count its instructions under
-//! `valgrind --tool=callgrind` (steadier than time on a noisy machine).
+//! `valgrind --tool=callgrind` (steadier than time on a noisy machine);
+//! `WEIR_BENCH_RESET_WRITTEN=1` builds weir's engines (and so the raw cases on weir's engine)
+//! with `EngineConfig::reset_written_pages_only` on.
 
 #![allow(clippy::unwrap_used)]
 
@@ -102,6 +104,10 @@ async fn increment_runtime(manifest: Option<&str>) -> (weir_tests::PluginFolder,
     }
     let runtime = ::weir::Runtime::builder()
         .plugins_dir(folder.path())
+        .engine_config(::weir::EngineConfig {
+            reset_written_pages_only: std::env::var_os("WEIR_BENCH_RESET_WRITTEN").is_some(),
+            ..Default::default()
+        })
         .cache_dir(Some(weir_tests::cache_dir()))
         .build()
         .await
