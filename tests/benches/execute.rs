@@ -105,7 +105,7 @@ async fn increment_runtime(manifest: Option<&str>) -> (weir_tests::PluginFolder,
     let runtime = ::weir::Runtime::builder()
         .plugins_dir(folder.path())
         .engine_config(::weir::EngineConfig {
-            reset_written_pages_only: std::env::var_os("WEIR_BENCH_RESET_WRITTEN").is_some(),
+            reset_written_pages_only: weir_tests::bench_resets_written_pages_only(),
             ..Default::default()
         })
         .cache_dir(Some(weir_tests::cache_dir()))

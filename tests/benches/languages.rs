@@ -17,7 +17,8 @@
 //!
 //! Run with `cargo xtask bench languages` (or `cargo bench -p weir-tests --bench languages`);
 //! `WEIR_BENCH_SAMPLES` sets the executions per plugin (default 300); `WEIR_BENCH_ONLY=raw`
-//! runs only the comparison with raw wasmtime.
+//! runs only the comparison with raw wasmtime; `WEIR_BENCH_RESET_WRITTEN=1` turns on
+//! `EngineConfig::reset_written_pages_only`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -103,6 +104,10 @@ async fn start(folder: &Path, cache: Option<PathBuf>) -> (weir::Runtime, Duratio
     let started = Instant::now();
     let rt = weir::Runtime::builder()
         .plugins_dir(folder)
+        .engine_config(weir::EngineConfig {
+            reset_written_pages_only: weir_tests::bench_resets_written_pages_only(),
+            ..Default::default()
+        })
         .cache_dir(cache)
         .build()
         .await

@@ -4,7 +4,8 @@
 //! and the rest wait for a slot. Reports the process's RSS before, at its peak and after,
 //! and the most executions in flight, with pooled memories kept resident (the default) and
 //! not. Run with `cargo xtask bench memory` (or `cargo bench -p weir-tests --bench memory`);
-//! `WEIR_BENCH_EXECUTIONS` sets the count (default 10000).
+//! `WEIR_BENCH_EXECUTIONS` sets the count (default 10000); `WEIR_BENCH_RESET_WRITTEN=1`
+//! turns on `EngineConfig::reset_written_pages_only`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -32,6 +33,7 @@ async fn measure(executions: usize, keep_resident_bytes: usize) -> Figures {
         .plugins_dir(folder.path())
         .engine_config(weir::EngineConfig {
             keep_resident_bytes,
+            reset_written_pages_only: weir_tests::bench_resets_written_pages_only(),
             cache_dir: Some(weir_tests::cache_dir()),
             ..Default::default()
         })

@@ -92,6 +92,12 @@ pub fn engine_config() -> weir::EngineConfig {
     }
 }
 
+/// Whether a benchmark should build weir's engines with
+/// [`weir::EngineConfig::reset_written_pages_only`] on: `WEIR_BENCH_RESET_WRITTEN` is set.
+pub fn bench_resets_written_pages_only() -> bool {
+    std::env::var_os("WEIR_BENCH_RESET_WRITTEN").is_some()
+}
+
 /// A runtime builder over `dir` with the test engine configuration.
 pub fn builder(dir: &Path) -> weir::RuntimeBuilder {
     weir::Runtime::builder()
