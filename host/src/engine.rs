@@ -58,9 +58,10 @@ pub struct EngineConfig {
     /// the kernel's compaction), so the next sandbox in that pool slot can read what the
     /// previous guest left there (wasmtime pull request #14357). Turn it on only where
     /// every plugin may see every other execution's data: one tenant, trusted plugins, and
-    /// preferably no swap. Measured with `cargo xtask bench execute`: one fresh execution
-    /// from 39–42 µs to 26–27 µs, and 0.14 MiB instead of 1.33 MiB per sandbox waiting in a
-    /// host call.
+    /// preferably no swap. Measured on a 2-core machine: one fresh execution took 26–27 µs
+    /// instead of 39–42 µs (`cargo xtask bench execute`), and a sandbox waiting in a host
+    /// call held 0.14 MiB instead of 1.33 MiB (`cargo xtask bench memory`); the benches turn
+    /// it on with `WEIR_BENCH_RESET_WRITTEN=1`.
     pub reset_written_pages_only: bool,
     /// Most idle warm instances kept across all plugins and tenants (see [`crate::Manifest`]'s
     /// `[warm]`). They take pool slots of their own, beyond `max_instances`, so warm
