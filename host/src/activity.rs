@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::cancel::{CancelHandle, CancelReason};
+use crate::clock::now_ms;
 use crate::store::SessionKey;
 
 /// Counters of one processor or workflow.
@@ -133,12 +134,6 @@ pub(crate) struct Activity {
 pub(crate) struct Began {
     /// This execution opened a session that had seen no work before.
     pub new_session: bool,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
 impl Activity {

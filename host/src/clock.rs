@@ -33,17 +33,31 @@ impl Stamp {
         self.wall + at.saturating_duration_since(self.instant)
     }
 
-    /// Milliseconds since the Unix epoch at `at` (0 for a clock set before 1970).
+    /// Milliseconds since the Unix epoch at `at`.
     pub(crate) fn unix_ms_at(&self, at: Instant) -> u64 {
-        self.wall_at(at)
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+        unix_ms(self.wall_at(at))
     }
 }
 
-/// A fresh UUIDv7 execution id for an execution started at `wall`. The ids made here are
-/// unique and ordered by creation among themselves, as [`uuid::Uuid::now_v7`]'s are
-/// (the two do not share a counter, so within one millisecond they may interleave).
+/// Milliseconds since the Unix epoch at `time` (0 for a clock set before 1970).
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// A fresh UUIDv7 id for an execution or run starting now (see [`execution_id`]).
+pub(crate) fn new_execution_id() -> String {
+    execution_id(SystemTime::now())
+}
+
+/// A fresh UUIDv7 id for an execution started at `wall`. Every execution and run id weir
+/// makes comes from here, so they are unique and ordered by creation, as
+/// [`uuid::Uuid::now_v7`]'s are.
 pub(crate) fn execution_id(wall: SystemTime) -> String {
     static CONTEXT: Mutex<uuid::ContextV7> = Mutex::new(uuid::ContextV7::new());
     let since = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -76,26 +90,18 @@ pub(crate) fn rfc3339(time: SystemTime) -> String {
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days(secs / 86_400);
     let of_day = secs % 86_400;
-    let mut out = [0u8; 30];
-    let mut n = 0;
-    let mut put = |digits: u64, width: usize, after: u8| {
-        let mut value = digits;
-        for i in (0..width).rev() {
-            out[n + i] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-        n += width;
-        if after != 0 {
-            out[n] = after;
-            n += 1;
-        }
-    };
-    put(year, 4, b'-');
-    put(month, 2, b'-');
-    put(day, 2, b'T');
-    put(of_day / 3600, 2, b':');
-    put(of_day / 60 % 60, 2, b':');
-    put(of_day % 60, 2, 0);
+    let mut out = String::with_capacity(30);
+    for (value, width, after) in [
+        (year, 4, '-'),
+        (month, 2, '-'),
+        (day, 2, 'T'),
+        (of_day / 3600, 2, ':'),
+        (of_day / 60 % 60, 2, ':'),
+    ] {
+        push_digits(&mut out, value, width);
+        out.push(after);
+    }
+    push_digits(&mut out, of_day % 60, 2);
     let mut nanos = since.subsec_nanos();
     if nanos != 0 {
         let mut width = 9;
@@ -103,21 +109,19 @@ pub(crate) fn rfc3339(time: SystemTime) -> String {
             nanos /= 10;
             width -= 1;
         }
-        out[n] = b'.';
-        n += 1;
-        for i in (0..width).rev() {
-            out[n + i] = b'0' + (nanos % 10) as u8;
-            nanos /= 10;
-        }
-        n += width;
+        out.push('.');
+        push_digits(&mut out, u64::from(nanos), width);
     }
-    out[n] = b'Z';
-    n += 1;
-    // Only ASCII digits and separators were written.
-    std::str::from_utf8(&out[..n]).map_or_else(
-        |_| general(i128::try_from(since.as_nanos()).unwrap_or(i128::MAX)),
-        str::to_owned,
-    )
+    out.push('Z');
+    out
+}
+
+/// Appends `value`'s last `width` decimal digits, zero-padded.
+fn push_digits(out: &mut String, value: u64, width: u32) {
+    for place in (0..width).rev() {
+        let digit = value / 10u64.pow(place) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// `time`'s own RFC 3339 text for `nanos` since the epoch, or the epoch's if it has none.

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -234,9 +233,7 @@ impl EventBus {
             return;
         }
         event.sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        event.timestamp_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX));
+        event.timestamp_ms = crate::clock::now_ms();
         // An error only means every subscriber left in the meantime.
         let _ = self.sender.send(Arc::new(event));
     }

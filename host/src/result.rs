@@ -78,7 +78,7 @@ impl ExecutionInfo {
         session: Option<String>,
     ) -> Self {
         ExecutionInfo {
-            id: id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            id: id.unwrap_or_else(crate::clock::new_execution_id),
             processor: processor.into(),
             digest: None,
             version: None,

@@ -463,7 +463,7 @@ impl Runtime {
         let mut request = request;
         let id = request
             .id
-            .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
+            .get_or_insert_with(crate::clock::new_execution_id)
             .clone();
         // Listening before submitting: the outcome cannot come first.
         let receiver = distributed.expect(&id).await.map_err(unavailable)?;

@@ -546,7 +546,7 @@ impl Distributed {
         // One id for every try: a try that failed half-way is completed by the next.
         let run = request
             .id
-            .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
+            .get_or_insert_with(crate::clock::new_execution_id)
             .clone();
         check_run_id(&run)?;
         // Marks this submission's record, so a retry recognises it and another is refused.

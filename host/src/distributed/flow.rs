@@ -191,7 +191,7 @@ impl Distributed {
         let execution = if top {
             cursor.run.clone()
         } else {
-            uuid::Uuid::now_v7().to_string()
+            crate::clock::new_execution_id()
         };
         match cursor.bindings.get(&name).cloned() {
             Some(Binding::Processor { digest }) => {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub(crate) use crate::clock::now_ms;
 use crate::limits::LimitOverrides;
 use crate::result::ExecutionInfo;
 
@@ -192,13 +193,6 @@ pub(crate) fn enclosing_join(frames: &[Frame]) -> Option<&str> {
         At::Branch { join, .. } => Some(join.as_str()),
         _ => None,
     })
-}
-
-/// Now, in Unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
 /// Now, in Unix microseconds.

@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -26,6 +25,7 @@ use super::access::Caller;
 use super::api::{Options, parse_body, prepare, spawn_execution};
 use super::error::ApiError;
 use crate::cancel::{CancelHandle, CancelReason};
+use crate::clock::now_ms;
 use crate::error::{ErrorKind, RuntimeError};
 use crate::events::{Event, EventKind, Notice};
 
@@ -212,12 +212,6 @@ impl Jobs {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
-}
-
 /// The body of `POST /v1/jobs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -276,7 +270,7 @@ pub(super) async fn submit(
         options,
     )
     .await?;
-    let id = uuid::Uuid::now_v7().to_string();
+    let id = crate::clock::new_execution_id();
     let job = Arc::new(Job {
         id: id.clone(),
         tenant: request.tenant.clone().unwrap_or_default(),
