@@ -341,7 +341,15 @@ async fn run_in_span(
     };
     let resolved = match &pinned {
         Some(pinned) => Some(Unit::Processor(pinned.plugin.clone())),
-        None => shared.registry.resolve(&info.processor),
+        None => match shared.registry.resolve(&info.processor) {
+            Some(unit) => Some(unit),
+            // On a worker: a nested call (or a step of a workflow it calls) to a name this
+            // process only knows through Redis.
+            None => match shared.resolve_published(&info.processor).await {
+                Ok(unit) => unit,
+                Err(error) => return failed(state::with_metadata(input, &metadata), error, info),
+            },
+        },
     };
     let plugin = match resolved {
         Some(Unit::Processor(plugin)) => plugin,

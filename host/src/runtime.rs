@@ -4,9 +4,11 @@
 //! (in-flight work finished or cancelled within a grace period).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -27,7 +29,7 @@ use crate::guest_log::LogRate;
 use crate::limits::{LimitOverrides, Limits};
 use crate::plugin::Plugin;
 use crate::redis_store::RedisStateStore;
-use crate::registry::{Catalog, Registry};
+use crate::registry::{Catalog, Registry, Unit};
 use crate::reload::Watcher;
 use crate::result::ExecutionResult;
 use crate::sandbox::Sandbox;
@@ -178,7 +180,47 @@ pub(crate) struct Shared {
     pub events: EventBus,
     pub activity: Activity,
     pub scheduler: Scheduler,
+    /// Where names this process has not loaded are found, when it serves as a worker of
+    /// the distributed runtime (see [`Published`]).
+    published: Mutex<Option<Weak<dyn Published>>>,
     lifecycle: AtomicU8,
+}
+
+/// What a worker of the distributed runtime offers a guest's nested `call` (and the steps
+/// of a workflow it calls) for a name this process has not loaded: the component or
+/// workflow published to Redis under that name now, fetched by digest.
+pub(crate) trait Published: Send + Sync {
+    /// The unit published as `name`: `Ok(None)` when there is none (or it cannot load, which
+    /// is logged), an error when Redis cannot say.
+    fn resolve<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Unit>, ExecutionError>> + Send + 'a>>;
+}
+
+impl Shared {
+    /// Makes `published` the place names missing here are looked for (until it is dropped).
+    pub(crate) fn serve_published(&self, published: Weak<dyn Published>) {
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(published);
+    }
+
+    /// `name` as published for the distributed runtime's workers, if this process serves
+    /// as one; `Ok(None)` otherwise.
+    pub(crate) async fn resolve_published(
+        &self,
+        name: &str,
+    ) -> Result<Option<Unit>, ExecutionError> {
+        let published = self
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(Weak::upgrade);
+        match published {
+            Some(published) => published.resolve(name).await,
+            None => Ok(None),
+        }
+    }
 }
 
 const CREATED: u8 = 0;
@@ -931,6 +973,7 @@ impl RuntimeBuilder {
             events,
             activity: Activity::new(),
             scheduler: Scheduler::default(),
+            published: Mutex::new(None),
             lifecycle: AtomicU8::new(CREATED),
         });
         if let Some(distributed) = &distributed {

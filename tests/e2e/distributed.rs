@@ -283,6 +283,45 @@ async fn a_worker_without_the_plugin_fetches_it_by_digest() {
 }
 
 #[tokio::test]
+async fn a_nested_call_on_a_worker_finds_what_it_holds_only_in_redis() {
+    let redis = RedisServer::start();
+    let empty = PluginFolder::new();
+    let mut worker = WorkerProcess::start(&redis.url(), empty.path(), &[]);
+    // The submitter publishes `relay`, `double` and a workflow over `increment`; the
+    // worker's folder holds none of them, and a guest's `call` names them at run time.
+    let folder = PluginFolder::with(&["relay", "double", "increment"]);
+    folder.write(
+        "workflows.toml",
+        b"[workflow.twice]\nchain = [\"increment\", \"increment\"]\n",
+    );
+    let runtime = submitter(&redis.url(), folder.path()).await;
+
+    let result = runtime
+        .run("relay", json!({"target": "double", "count": 21}))
+        .await
+        .unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 42);
+    worker.wait_for("fetched a published component");
+
+    let result = runtime
+        .run("relay", json!({"target": "twice", "count": 1}))
+        .await
+        .unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["count"], 3);
+
+    // A name published nowhere is still refused as on a local runtime.
+    let result = runtime
+        .run("relay", json!({"target": "nope", "count": 1}))
+        .await
+        .unwrap();
+    let error = result.error.expect("the call fails");
+    assert_eq!(error.kind, weir::ErrorKind::NotFound, "{error:?}");
+    assert_eq!(error.message, "no processor or workflow named `nope`");
+}
+
+#[tokio::test]
 async fn a_pushed_plugin_runs_from_the_command_line_without_any_file_on_the_worker() {
     let redis = RedisServer::start();
     let url = redis.url();

@@ -5,9 +5,11 @@
 //! are run too: their data is the input state and their return value the result document.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bullmq::worker::{CancellationToken, ProcessorFn};
 use bullmq::{Job, Worker, WorkerOptions};
@@ -21,7 +23,7 @@ use super::content;
 use super::control::{CancelMessage, Heard, joins_of, listen_for_cancels};
 use super::fanout::JOIN_QUEUE;
 use super::flow::Next;
-use super::wire::{FORMAT, JoinJob, StepJob, WireScope, instant_of, job_id};
+use super::wire::{Binding, FORMAT, JoinJob, StepJob, WireScope, instant_of, job_id};
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::events::EventKind;
@@ -30,8 +32,9 @@ use crate::executor::{
 };
 use crate::manifest::Manifest;
 use crate::plugin::Plugin;
+use crate::registry::Unit;
 use crate::result::ExecutionResult;
-use crate::runtime::Shared;
+use crate::runtime::{Published, Shared};
 
 /// How a worker serves its queues.
 #[derive(Debug, Clone)]
@@ -72,6 +75,10 @@ const REDIS_RETRY_MS: u64 = 1_000;
 /// Fetched components kept per process, by digest.
 const FETCHED_KEPT: usize = 64;
 
+/// How long a component that failed to load is not tried again (an operator may fix its
+/// manifest meanwhile).
+const UNLOADABLE_KEPT: Duration = Duration::from_secs(10);
+
 /// A running worker. Dropping it leaves its queues' BullMQ workers running until the
 /// process ends; call [`WorkerHandle::close`] to stop cleanly.
 pub struct WorkerHandle {
@@ -97,6 +104,8 @@ struct Inner {
     plugins_dir: Option<PathBuf>,
     fetched: Mutex<HashMap<String, Arc<Plugin>>>,
     fetching: tokio::sync::Mutex<()>,
+    /// Components that failed to load lately, by digest, with when and why.
+    unloadable: Mutex<HashMap<String, (Instant, String)>>,
     workers: tokio::sync::Mutex<HashMap<String, Arc<Worker>>>,
     /// Waits before the next attempt, decided when an attempt failed, keyed by job id;
     /// BullMQ asks for them through weir's backoff strategy.
@@ -152,12 +161,15 @@ impl WorkerHandle {
             plugins_dir,
             fetched: Mutex::new(HashMap::new()),
             fetching: tokio::sync::Mutex::new(()),
+            unloadable: Mutex::new(HashMap::new()),
             workers: tokio::sync::Mutex::new(HashMap::new()),
             delays: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             heard: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
+        // A guest's nested `call` finds what this worker holds only in Redis.
+        inner.shared.serve_published(weak.clone());
         let on_cancel: Arc<dyn Fn(Heard) + Send + Sync> = Arc::new(move |heard| {
             if let Some(inner) = weak.upgrade() {
                 inner.hear(heard);
@@ -653,37 +665,61 @@ impl Inner {
         {
             return Ok(plugin);
         }
-        if let Some(plugin) = lock_map(&self.fetched).get(digest) {
-            return Ok(plugin.clone());
+        // The same bytes published under two names are two processors (each with its own
+        // operator manifest).
+        let fetched = |inner: &Inner| {
+            lock_map(&inner.fetched)
+                .get(digest)
+                .filter(|plugin| plugin.name() == name)
+                .cloned()
+        };
+        if let Some(plugin) = fetched(self) {
+            return Ok(plugin);
         }
         // One fetch at a time: concurrent jobs of a new component compile it once.
         let _fetching = self.fetching.lock().await;
-        if let Some(plugin) = lock_map(&self.fetched).get(digest) {
-            return Ok(plugin.clone());
+        if let Some(plugin) = fetched(self) {
+            return Ok(plugin);
+        }
+        // A component that just failed to load is not fetched and compiled again at once
+        // (a guest calling it in a loop would make this worker do that on every call).
+        if let Some((at, why)) = lock_map(&self.unloadable).get(digest)
+            && at.elapsed() < UNLOADABLE_KEPT
+        {
+            return Err(Unavailable::Missing(why.clone()));
         }
         let mut conn = self.dist.conn();
         let bytes = content::fetch_plugin(&mut conn, &self.dist.keys, digest)
             .await
             .map_err(Unavailable::Redis)?
             .map_err(Unavailable::Missing)?;
-        let manifest = self.manifest_for(name).map_err(Unavailable::Missing)?;
-        let origin = PathBuf::from(format!("redis:{digest}"));
-        let shared = &self.shared;
-        let plugin = Plugin::from_bytes(
-            &shared.engine,
-            &shared.linker,
-            name.to_string(),
-            &origin,
-            bytes,
-            manifest,
-            &shared.config,
-        )
-        .await
-        .map_err(|e| {
-            Unavailable::Missing(format!(
-                "the published `{name}` ({digest}) cannot load: {e}"
-            ))
-        })?;
+        let loaded = match self.manifest_for(name) {
+            Ok(manifest) => {
+                let origin = PathBuf::from(format!("redis:{digest}"));
+                let shared = &self.shared;
+                Plugin::from_bytes(
+                    &shared.engine,
+                    &shared.linker,
+                    name.to_string(),
+                    &origin,
+                    bytes,
+                    manifest,
+                    &shared.config,
+                )
+                .await
+                .map_err(|e| format!("the published `{name}` ({digest}) cannot load: {e}"))
+            }
+            Err(why) => Err(why),
+        };
+        let plugin = match loaded {
+            Ok(plugin) => plugin,
+            Err(why) => {
+                let mut unloadable = lock_map(&self.unloadable);
+                unloadable.retain(|_, (at, _)| at.elapsed() < UNLOADABLE_KEPT);
+                unloadable.insert(digest.to_string(), (Instant::now(), why.clone()));
+                return Err(Unavailable::Missing(why));
+            }
+        };
         tracing::info!(
             target: "weir::worker",
             plugin = name,
@@ -707,6 +743,49 @@ impl Inner {
         };
         Manifest::load_for(&dir.join(format!("{name}.wasm"))).map_err(|(path, reason)| {
             format!("the manifest {} is invalid: {reason}", path.display())
+        })
+    }
+}
+
+impl Published for Inner {
+    fn resolve<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Unit>, ExecutionError>> + Send + 'a>> {
+        Box::pin(async move {
+            let unreachable = |error: &dyn std::fmt::Display| {
+                ExecutionError::host(
+                    ErrorKind::Network,
+                    codes::STORE_UNAVAILABLE,
+                    format!("cannot look `{name}` up in Redis: {error}"),
+                )
+                .retryable(true)
+            };
+            let mut conn = self.dist.conn();
+            let found = content::lookup(&mut conn, &self.dist.keys, &[name])
+                .await
+                .map_err(|e| unreachable(&e))?;
+            // What cannot load is logged for the operator; the calling guest learns only that
+            // there is no such name, as for a name nothing has.
+            let missing = |why: String| {
+                tracing::warn!(target: "weir::worker", plugin = name, "{why}");
+                Ok(None)
+            };
+            match found.into_iter().next().flatten() {
+                None => Ok(None),
+                Some(Binding::Processor { digest }) => match self.plugin(name, &digest).await {
+                    Ok(plugin) => Ok(Some(Unit::Processor(plugin))),
+                    Err(Unavailable::Redis(e)) => Err(unreachable(&e)),
+                    Err(Unavailable::Missing(why)) => missing(why),
+                },
+                Some(Binding::Workflow { digest }) => match self.dist.workflow(&digest).await {
+                    Ok(Ok(workflow)) => Ok(Some(Unit::Workflow(workflow))),
+                    Ok(Err(why)) => missing(format!(
+                        "the published workflow `{name}` ({digest}) cannot be used: {why}"
+                    )),
+                    Err(e) => Err(unreachable(&e)),
+                },
+            }
         })
     }
 }
