@@ -150,10 +150,14 @@ fn require(project: &Project, file: &str) -> Result<PathBuf, BuildError> {
 fn build_rust(project: &Project, staged: &Path, tools: &Tools) -> Result<(), BuildError> {
     let manifest = require(project, "Cargo.toml")?;
     let mut cmd = tools.cargo().command();
-    cmd.args(["build", "--release", "--target", "wasm32-wasip2"])
+    // `cargo rustc` hands the stack size to the plugin's own link only: the project's and
+    // the user's other flags stay as they are, and dependencies are not rebuilt for it.
+    cmd.args(["rustc", "--lib", "--release", "--target", "wasm32-wasip2"])
         .arg("--manifest-path")
         .arg(&manifest)
-        .arg("--message-format=json-render-diagnostics");
+        .arg("--message-format=json-render-diagnostics")
+        .args(["--", "-C"])
+        .arg(rust_stack_arg(project.stack_bytes));
     // A build script's cargo settings would leak into the nested build.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
@@ -178,6 +182,11 @@ fn build_rust(project: &Project, staged: &Path, tools: &Tools) -> Result<(), Bui
         })?;
     std::fs::copy(&wasm, staged).map_err(BuildError::io("cannot copy", &wasm))?;
     Ok(())
+}
+
+/// The rustc codegen option (after `-C`) that gives a Rust guest a stack of `bytes`.
+pub fn rust_stack_arg(bytes: u32) -> String {
+    format!("link-arg=-zstack-size={bytes}")
 }
 
 /// The `.wasm` file of a cargo `compiler-artifact` message for the package of `manifest`.
@@ -327,6 +336,7 @@ fn build_c(
         "-Wall",
     ])
     .arg("-Wl,--strip-debug")
+    .arg(format!("-Wl,-z,stack-size={}", project.stack_bytes))
     .arg("-I")
     .arg(&gen_dir)
     .arg("-I")

@@ -27,8 +27,8 @@ mod tools;
 mod wit;
 
 pub use error::BuildError;
-pub use lang::{Built, build, install, write_if_changed};
-pub use project::{Lang, PROJECT_FILE, Project};
+pub use lang::{Built, build, install, rust_stack_arg, write_if_changed};
+pub use project::{DEFAULT_STACK_BYTES, Lang, PROJECT_FILE, Project};
 pub use scaffold::{ScaffoldOptions, scaffold};
 pub use tools::Tools;
 pub use wit::WIT;

@@ -884,6 +884,17 @@ fn classify_trap(
         Some(panic) => format!("the processor panicked: {panic}"),
         None => format!("the processor trapped: {trap_text}"),
     };
+    // A guest's own stack lives in its linear memory, below everything else: overflowing
+    // it wraps the stack pointer past the memory's end.
+    let message = if trap == Some(Trap::MemoryOutOfBounds) && panic.is_none() {
+        format!(
+            "{message} (a processor that keeps large values on its stack may have overflowed \
+             it: a Rust or C plugin gets `stack_size` bytes from its weir-plugin.toml, 128 KiB \
+             by default)"
+        )
+    } else {
+        message
+    };
     let mut details = Map::new();
     details.insert("trap".into(), Value::String(trap_text));
     if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {

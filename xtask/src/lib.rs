@@ -50,6 +50,13 @@ pub fn build_plugins(target_dir: &Path, out_dir: &Path) -> Result<Built, String>
         .arg("--target-dir")
         .arg(target_dir)
         .arg("--message-format=json-render-diagnostics")
+        // The stack `weir build` gives a Rust plugin, so the examples and tests measure
+        // what users build.
+        .arg("--config")
+        .arg(format!(
+            "target.{TARGET}.rustflags=[\"-C\", \"{}\"]",
+            weir_devkit::rust_stack_arg(weir_devkit::DEFAULT_STACK_BYTES)
+        ))
         .stdout(Stdio::piped());
     let mut child = cmd
         .spawn()
