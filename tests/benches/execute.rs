@@ -19,9 +19,14 @@
 //! in a third, **throughput** on the two-worker runtime with 64 executions in flight against
 //! 1 in flight.
 //!
-//! The three are interleaved sample by sample, so a burst of load hits all of them alike.
+//! The cases take turns in blocks of 32 samples, so a burst of load hits all of them alike
+//! while each is measured in its own steady state, as a host running it would be: taking
+//! turns sample by sample (`WEIR_BENCH_BLOCK=1`) puts a default-configuration
+//! instantiation, which maps and faults fresh memory, before every weir sample and charges
+//! its cache misses to weir.
 //! Run with `cargo xtask bench` (or `cargo bench -p weir-tests --bench execute`);
-//! `WEIR_BENCH_SAMPLES` sets the sample count (default 3000);
+//! `WEIR_BENCH_SAMPLES` sets the sample count (default 3000), `WEIR_BENCH_BLOCK` the
+//! block size;
 //! `WEIR_BENCH_ONLY=weir|raw|default|warm|reused|chain|parallel|throughput` runs one case alone, e.g. to count its instructions under
 //! `valgrind --tool=callgrind` (steadier than time on a noisy machine);
 //! `WEIR_BENCH_RESET_WRITTEN=1` builds weir's engines (and so the raw cases on weir's engine)
@@ -147,35 +152,46 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
     let only = std::env::var("WEIR_BENCH_ONLY").ok();
     let runs = |case: &str| only.as_deref().is_none_or(|o| o == case);
     let warmup = samples / 10 + 10;
-    for i in 0..warmup + samples {
-        let record = i >= warmup;
+    let blocks = weir_tests::bench_blocks(warmup + samples);
+    for block in &blocks {
+        let block = block.clone();
         if runs("weir") {
-            let elapsed = timed_run(&weir, "increment", &input).await;
-            weir_samples.record_if(record, elapsed);
+            for i in block.clone() {
+                let elapsed = timed_run(&weir, "increment", &input).await;
+                weir_samples.record_if(i >= warmup, elapsed);
+            }
         }
         if runs("raw") {
-            let started = Instant::now();
-            std::hint::black_box(same_engine.call(&raw_input, &ctx).await);
-            same_samples.record_if(record, started.elapsed());
+            for i in block.clone() {
+                let started = Instant::now();
+                std::hint::black_box(same_engine.call(&raw_input, &ctx).await);
+                same_samples.record_if(i >= warmup, started.elapsed());
+            }
         }
         if runs("default") {
-            let started = Instant::now();
-            std::hint::black_box(default_engine.call(&raw_input, &ctx).await);
-            default_samples.record_if(record, started.elapsed());
+            for i in block {
+                let started = Instant::now();
+                std::hint::black_box(default_engine.call(&raw_input, &ctx).await);
+                default_samples.record_if(i >= warmup, started.elapsed());
+            }
         }
     }
-    // Warm mode in a phase of its own, interleaved with its own baseline: a fresh
-    // instantiation between two warm samples would evict the caches both warm cases rely on.
-    for i in 0..warmup + samples {
-        let record = i >= warmup;
+    // Warm mode in a phase of its own, taking turns with its own baseline: fresh
+    // instantiations in between would evict the caches both warm cases rely on.
+    for block in &blocks {
+        let block = block.clone();
         if runs("warm") {
-            let elapsed = timed_run(&warm, "increment", &input).await;
-            warm_samples.record_if(record, elapsed);
+            for i in block.clone() {
+                let elapsed = timed_run(&warm, "increment", &input).await;
+                warm_samples.record_if(i >= warmup, elapsed);
+            }
         }
         if runs("reused") {
-            let started = Instant::now();
-            std::hint::black_box(reused.call(&raw_input, &ctx).await);
-            reused_samples.record_if(record, started.elapsed());
+            for i in block {
+                let started = Instant::now();
+                std::hint::black_box(reused.call(&raw_input, &ctx).await);
+                reused_samples.record_if(i >= warmup, started.elapsed());
+            }
         }
     }
     // Workflows in a phase of their own: a parallel sample leaves worker threads spinning
@@ -251,7 +267,8 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
 
     let baseline = same_samples.percentile(0.5);
     println!(
-        "one execution of `increment`, {samples} samples each (interleaved), pooling allocator: {}",
+        "one execution of `increment`, {samples} samples each (taking turns in blocks of {}), pooling allocator: {}",
+        blocks.first().map_or(0, ExactSizeIterator::len),
         weir.engine().is_pooling()
     );
     println!();

@@ -147,7 +147,8 @@ async fn sample(rt: &weir::Runtime, case: &Case, samples: usize) -> Vec<Duration
 }
 
 /// p50s of one case: weir fresh, raw fresh on weir's engine, raw fresh on the default
-/// engine, weir warm, raw reused; the fresh three interleaved, then the warm two.
+/// engine, weir warm, raw reused; the fresh three taking turns in blocks, then the warm
+/// two (see [`weir_tests::bench_blocks`]).
 async fn against_raw(case: &Case, samples: usize, cache: &Path) -> [Duration; 5] {
     let folder = weir_tests::PluginFolder::with(&[case.plugin]);
     let (fresh, _) = start(folder.path(), Some(cache.to_path_buf())).await;
@@ -162,33 +163,40 @@ async fn against_raw(case: &Case, samples: usize, cache: &Path) -> [Duration; 5]
     let ctx = raw::context(case.plugin);
     let mut times: [Vec<Duration>; 5] = Default::default();
     let warmup = samples / 10 + 1;
-    for i in 0..warmup + samples {
-        let mut timed = [Duration::ZERO; 3];
-        let started = Instant::now();
-        assert!(fresh.run(case.plugin, case.input.clone()).await.unwrap().ok);
-        timed[0] = started.elapsed();
-        let started = Instant::now();
-        std::hint::black_box(same.call(&raw_input, &ctx).await);
-        timed[1] = started.elapsed();
-        let started = Instant::now();
-        std::hint::black_box(default.call(&raw_input, &ctx).await);
-        timed[2] = started.elapsed();
+    let blocks = weir_tests::bench_blocks(warmup + samples);
+    // Keeps the sample of case `k` taken at index `i` unless it is a warm-up one.
+    let mut keep = |k: usize, i: usize, t: Duration| {
         if i >= warmup {
-            for (all, t) in times.iter_mut().zip(timed) {
-                all.push(t);
-            }
+            times[k].push(t);
+        }
+    };
+    for block in &blocks {
+        for i in block.clone() {
+            let started = Instant::now();
+            assert!(fresh.run(case.plugin, case.input.clone()).await.unwrap().ok);
+            keep(0, i, started.elapsed());
+        }
+        for i in block.clone() {
+            let started = Instant::now();
+            std::hint::black_box(same.call(&raw_input, &ctx).await);
+            keep(1, i, started.elapsed());
+        }
+        for i in block.clone() {
+            let started = Instant::now();
+            std::hint::black_box(default.call(&raw_input, &ctx).await);
+            keep(2, i, started.elapsed());
         }
     }
-    for i in 0..warmup + samples {
-        let started = Instant::now();
-        assert!(warm.run(case.plugin, case.input.clone()).await.unwrap().ok);
-        let weir_warm = started.elapsed();
-        let started = Instant::now();
-        std::hint::black_box(reused.call(&raw_input, &ctx).await);
-        let raw_reused = started.elapsed();
-        if i >= warmup {
-            times[3].push(weir_warm);
-            times[4].push(raw_reused);
+    for block in &blocks {
+        for i in block.clone() {
+            let started = Instant::now();
+            assert!(warm.run(case.plugin, case.input.clone()).await.unwrap().ok);
+            keep(3, i, started.elapsed());
+        }
+        for i in block.clone() {
+            let started = Instant::now();
+            std::hint::black_box(reused.call(&raw_input, &ctx).await);
+            keep(4, i, started.elapsed());
         }
     }
     times.map(|mut t| {
@@ -201,7 +209,7 @@ async fn against_raw(case: &Case, samples: usize, cache: &Path) -> [Duration; 5]
 async fn raw_table(samples: usize, cache: &Path) {
     println!(
         "\nweir against raw wasmtime on the same component, {samples} samples each (fresh cases \
-         interleaved, then warm ones):\n"
+         taking turns in blocks, then warm ones):\n"
     );
     println!(
         "| language | weir fresh | raw fresh (weir's engine) | raw fresh (default) | weir ÷ raw same | weir ÷ raw default | weir warm | raw reused | warm ÷ reused |"

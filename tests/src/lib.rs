@@ -98,6 +98,22 @@ pub fn bench_resets_written_pages_only() -> bool {
     std::env::var_os("WEIR_BENCH_RESET_WRITTEN").is_some()
 }
 
+/// Sample indexes `0..total` in the blocks a benchmark's cases take turns in:
+/// `WEIR_BENCH_BLOCK` samples each (default 32; 1 takes turns sample by sample). Each case
+/// is then measured in its own steady state, as a host running it would be, while a burst
+/// of load still hits every case alike.
+pub fn bench_blocks(total: usize) -> Vec<std::ops::Range<usize>> {
+    let size = std::env::var("WEIR_BENCH_BLOCK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(32)
+        .max(1);
+    (0..total)
+        .step_by(size)
+        .map(|start| start..(start + size).min(total))
+        .collect()
+}
+
 /// A runtime builder over `dir` with the test engine configuration.
 pub fn builder(dir: &Path) -> weir::RuntimeBuilder {
     weir::Runtime::builder()
