@@ -45,11 +45,14 @@ pub struct EngineConfig {
     /// and are zeroed with `memset` instead of being handed back to the kernel (`madvise`).
     /// Isolation is the same either way (the next sandbox sees zeroes); what changes is
     /// cost: `madvise` on one thread interrupts every other core running a guest to flush
-    /// its TLB, and the next guest page-faults its memory back in. The default covers a
-    /// small guest's stack and first heap pages; each pool slot that has been used keeps up
-    /// to this much resident memory for good (measured: 1.33 MiB per sandbox, 1.3 GiB after
-    /// 1000 sandboxes were alive at once), so RSS is bounded by `max_instances` times this.
-    /// 0 turns it off (measured: 0.04 MiB per sandbox waiting in a host call).
+    /// its TLB, and the next guest page-faults its memory back in. Only a guest's memory up
+    /// to this size is zeroed, so the cost follows the guests' size: the default covers a
+    /// Rust guest built with its toolchain's 1 MiB stack, its data and first heap pages,
+    /// and guests built by `weir build` (a 128 KiB stack) use far less of it. Each pool
+    /// slot that has been used keeps its guest's memory, up to this much, resident for good
+    /// (measured with `cargo xtask bench memory`: 0.32 MiB per sandbox for a 128 KiB-stack
+    /// guest, 1.33 MiB for a 1 MiB-stack one), so RSS is bounded by `max_instances` times
+    /// this. 0 turns it off (measured: 0.04 MiB per sandbox waiting in a host call).
     pub keep_resident_bytes: usize,
     /// Reset only the pages a guest wrote, found with Linux's `PAGEMAP_SCAN` (6.7 or
     /// later; elsewhere this does nothing), instead of every kept-resident byte. Off by
@@ -261,10 +264,10 @@ fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
     c
 }
 
-/// The default of [`EngineConfig::keep_resident_bytes`]: 2.25 MiB, just past a Rust
-/// guest's 1 MiB stack, its data and its first heap pages. Measured with `cargo xtask bench
-/// execute`: 64 executions in flight on 2 cores went from 0.5× to 1.9× the throughput of 1
-/// in flight.
+/// The default of [`EngineConfig::keep_resident_bytes`]: 2.25 MiB, just past the memory of
+/// a Rust guest built with its toolchain's 1 MiB stack, its data and first heap pages.
+/// Measured with `cargo xtask bench execute` on such guests: 64 executions in flight on 2
+/// cores went from 0.5× to 1.9× the throughput of 1 in flight.
 const KEEP_RESIDENT_BYTES: usize = (2 << 20) + (256 << 10);
 
 /// A thread that advances the engine's epoch every tick until it is dropped.
