@@ -199,8 +199,9 @@ pub(crate) trait Published: Send + Sync {
 }
 
 impl Shared {
-    /// Makes `published` the place names missing here are looked for (until it is dropped).
-    pub(crate) fn serve_published(&self, published: Weak<dyn Published>) {
+    /// Makes `published` the place names missing here are looked for (until it is dropped;
+    /// the worker started last wins).
+    pub(crate) fn set_published_resolver(&self, published: Weak<dyn Published>) {
         *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(published);
     }
 

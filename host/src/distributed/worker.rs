@@ -72,12 +72,19 @@ impl Default for WorkerConfig {
 /// How long a step whose run could not be carried on (Redis failed) waits to run again.
 const REDIS_RETRY_MS: u64 = 1_000;
 
-/// Fetched components kept per process, by digest.
+/// Fetched components kept per process, by name and digest.
 const FETCHED_KEPT: usize = 64;
 
 /// How long a component that failed to load is not tried again (an operator may fix its
 /// manifest meanwhile).
 const UNLOADABLE_KEPT: Duration = Duration::from_secs(10);
+
+/// How long what a name was published as is reused for nested calls (found or not), so a
+/// guest calling in a loop costs Redis at most one lookup per name in this time.
+const RESOLVED_KEPT: Duration = Duration::from_secs(1);
+
+/// Names whose resolution is kept at most (all are forgotten when more are asked for).
+const RESOLVED_MAX: usize = 1024;
 
 /// A running worker. Dropping it leaves its queues' BullMQ workers running until the
 /// process ends; call [`WorkerHandle::close`] to stop cleanly.
@@ -102,10 +109,14 @@ struct Inner {
     dist: Arc<Distributed>,
     config: WorkerConfig,
     plugins_dir: Option<PathBuf>,
-    fetched: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Components fetched from Redis, by (name, digest): the same bytes under two names are
+    /// two processors, each with its own operator manifest.
+    fetched: Mutex<HashMap<(String, String), Arc<Plugin>>>,
     fetching: tokio::sync::Mutex<()>,
-    /// Components that failed to load lately, by digest, with when and why.
-    unloadable: Mutex<HashMap<String, (Instant, String)>>,
+    /// Components that failed to load lately, by (name, digest), with when and why.
+    unloadable: Mutex<HashMap<(String, String), (Instant, String)>>,
+    /// What names missing here resolved to lately for nested calls (`None`: nothing usable).
+    resolved: Mutex<HashMap<String, (Instant, Option<Unit>)>>,
     workers: tokio::sync::Mutex<HashMap<String, Arc<Worker>>>,
     /// Waits before the next attempt, decided when an attempt failed, keyed by job id;
     /// BullMQ asks for them through weir's backoff strategy.
@@ -162,6 +173,7 @@ impl WorkerHandle {
             fetched: Mutex::new(HashMap::new()),
             fetching: tokio::sync::Mutex::new(()),
             unloadable: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(HashMap::new()),
             workers: tokio::sync::Mutex::new(HashMap::new()),
             delays: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
@@ -169,7 +181,7 @@ impl WorkerHandle {
         });
         let weak = Arc::downgrade(&inner);
         // A guest's nested `call` finds what this worker holds only in Redis.
-        inner.shared.serve_published(weak.clone());
+        inner.shared.set_published_resolver(weak.clone());
         let on_cancel: Arc<dyn Fn(Heard) + Send + Sync> = Arc::new(move |heard| {
             if let Some(inner) = weak.upgrade() {
                 inner.hear(heard);
@@ -665,28 +677,29 @@ impl Inner {
         {
             return Ok(plugin);
         }
-        // The same bytes published under two names are two processors (each with its own
-        // operator manifest).
-        let fetched = |inner: &Inner| {
-            lock_map(&inner.fetched)
-                .get(digest)
-                .filter(|plugin| plugin.name() == name)
-                .cloned()
+        let key = (name.to_string(), digest.to_string());
+        let fetched = |inner: &Inner| lock_map(&inner.fetched).get(&key).cloned();
+        // A component that just failed to load is not fetched and compiled again at once
+        // (a guest calling it in a loop would make this worker do that on every call).
+        let unloadable = |inner: &Inner| {
+            lock_map(&inner.unloadable)
+                .get(&key)
+                .filter(|(at, _)| at.elapsed() < UNLOADABLE_KEPT)
+                .map(|(_, why)| Unavailable::Missing(why.clone()))
         };
         if let Some(plugin) = fetched(self) {
             return Ok(plugin);
+        }
+        if let Some(refused) = unloadable(self) {
+            return Err(refused);
         }
         // One fetch at a time: concurrent jobs of a new component compile it once.
         let _fetching = self.fetching.lock().await;
         if let Some(plugin) = fetched(self) {
             return Ok(plugin);
         }
-        // A component that just failed to load is not fetched and compiled again at once
-        // (a guest calling it in a loop would make this worker do that on every call).
-        if let Some((at, why)) = lock_map(&self.unloadable).get(digest)
-            && at.elapsed() < UNLOADABLE_KEPT
-        {
-            return Err(Unavailable::Missing(why.clone()));
+        if let Some(refused) = unloadable(self) {
+            return Err(refused);
         }
         let mut conn = self.dist.conn();
         let bytes = content::fetch_plugin(&mut conn, &self.dist.keys, digest)
@@ -716,7 +729,7 @@ impl Inner {
             Err(why) => {
                 let mut unloadable = lock_map(&self.unloadable);
                 unloadable.retain(|_, (at, _)| at.elapsed() < UNLOADABLE_KEPT);
-                unloadable.insert(digest.to_string(), (Instant::now(), why.clone()));
+                unloadable.insert(key, (Instant::now(), why.clone()));
                 return Err(Unavailable::Missing(why));
             }
         };
@@ -731,7 +744,7 @@ impl Inner {
         if fetched.len() >= FETCHED_KEPT {
             fetched.clear();
         }
-        fetched.insert(digest.to_string(), plugin.clone());
+        fetched.insert(key, plugin.clone());
         Ok(plugin)
     }
 
@@ -753,40 +766,60 @@ impl Published for Inner {
         name: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Option<Unit>, ExecutionError>> + Send + 'a>> {
         Box::pin(async move {
-            let unreachable = |error: &dyn std::fmt::Display| {
+            if let Some((at, unit)) = lock_map(&self.resolved).get(name)
+                && at.elapsed() < RESOLVED_KEPT
+            {
+                return Ok(unit.clone());
+            }
+            let unit = self.resolve_now(name).await.map_err(|error| {
+                // The detail is the operator's; the calling guest learns only that Redis
+                // could not say, and may try again.
+                tracing::warn!(target: "weir::worker", callee = name, %error, "cannot look a nested call's callee up in Redis");
                 ExecutionError::host(
                     ErrorKind::Network,
                     codes::STORE_UNAVAILABLE,
-                    format!("cannot look `{name}` up in Redis: {error}"),
+                    format!("cannot look `{name}` up right now"),
                 )
                 .retryable(true)
-            };
-            let mut conn = self.dist.conn();
-            let found = content::lookup(&mut conn, &self.dist.keys, &[name])
-                .await
-                .map_err(|e| unreachable(&e))?;
-            // What cannot load is logged for the operator; the calling guest learns only that
-            // there is no such name, as for a name nothing has.
-            let missing = |why: String| {
-                tracing::warn!(target: "weir::worker", plugin = name, "{why}");
-                Ok(None)
-            };
-            match found.into_iter().next().flatten() {
-                None => Ok(None),
-                Some(Binding::Processor { digest }) => match self.plugin(name, &digest).await {
-                    Ok(plugin) => Ok(Some(Unit::Processor(plugin))),
-                    Err(Unavailable::Redis(e)) => Err(unreachable(&e)),
-                    Err(Unavailable::Missing(why)) => missing(why),
-                },
-                Some(Binding::Workflow { digest }) => match self.dist.workflow(&digest).await {
-                    Ok(Ok(workflow)) => Ok(Some(Unit::Workflow(workflow))),
-                    Ok(Err(why)) => missing(format!(
-                        "the published workflow `{name}` ({digest}) cannot be used: {why}"
-                    )),
-                    Err(e) => Err(unreachable(&e)),
-                },
+            })?;
+            let mut resolved = lock_map(&self.resolved);
+            if resolved.len() >= RESOLVED_MAX {
+                resolved.clear();
             }
+            resolved.insert(name.to_string(), (Instant::now(), unit.clone()));
+            Ok(unit)
         })
+    }
+}
+
+impl Inner {
+    /// What `name` is published as now, loaded: `None` when nothing is, or when what is
+    /// cannot run (logged); an error when Redis fails.
+    async fn resolve_now(&self, name: &str) -> Result<Option<Unit>, String> {
+        let mut conn = self.dist.conn();
+        let found = content::lookup(&mut conn, &self.dist.keys, &[name])
+            .await
+            .map_err(|e| e.to_string())?;
+        match found.into_iter().next().flatten() {
+            None => Ok(None),
+            Some(Binding::Processor { digest }) => match self.plugin(name, &digest).await {
+                Ok(plugin) => Ok(Some(Unit::Processor(plugin))),
+                Err(Unavailable::Redis(e)) => Err(e.to_string()),
+                // The operator's to read (at most once a second per name: see `resolved`).
+                Err(Unavailable::Missing(why)) => {
+                    tracing::warn!(target: "weir::worker", callee = name, "a nested call's callee cannot run: {why}");
+                    Ok(None)
+                }
+            },
+            Some(Binding::Workflow { digest }) => match self.dist.workflow(&digest).await {
+                Ok(Ok(workflow)) => Ok(Some(Unit::Workflow(workflow))),
+                Ok(Err(why)) => {
+                    tracing::warn!(target: "weir::worker", workflow = name, "the published workflow ({digest}) cannot be used: {why}");
+                    Ok(None)
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        }
     }
 }
 
