@@ -184,7 +184,9 @@ fn build_rust(project: &Project, staged: &Path, tools: &Tools) -> Result<(), Bui
     Ok(())
 }
 
-/// The rustc codegen option (after `-C`) that gives a Rust guest a stack of `bytes`.
+/// The rustc codegen option (after `-C`) that gives a Rust guest a stack of `bytes`
+/// (rustc already puts a wasm guest's stack first). For weir's own plugin build.
+#[doc(hidden)]
 pub fn rust_stack_arg(bytes: u32) -> String {
     format!("link-arg=-zstack-size={bytes}")
 }
@@ -336,6 +338,9 @@ fn build_c(
         "-Wall",
     ])
     .arg("-Wl,--strip-debug")
+    // zig places a wasm guest's stack first, below its data, so an overflow traps instead
+    // of overwriting the data (it refuses `--stack-first` itself); with another compiler in
+    // `WEIR_CC`, add `-Wl,--stack-first` there (the guide says so).
     .arg(format!("-Wl,-z,stack-size={}", project.stack_bytes))
     .arg("-I")
     .arg(&gen_dir)

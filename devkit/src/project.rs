@@ -90,8 +90,8 @@ pub const DEFAULT_STACK_BYTES: u32 = 128 << 10;
 
 /// The smallest `stack_size` a project may set.
 const MIN_STACK_BYTES: u32 = 16 << 10;
-/// The largest `stack_size` a project may set.
-const MAX_STACK_BYTES: u32 = 64 << 20;
+/// The largest `stack_size` a project may set (a quarter of the host's default memory cap).
+const MAX_STACK_BYTES: u32 = 16 << 20;
 
 /// A plugin project, read from its `weir-plugin.toml`:
 ///
@@ -101,6 +101,7 @@ const MAX_STACK_BYTES: u32 = 64 << 20;
 /// stack_size = 262144   # Rust and C only: the guest's stack in bytes (default 131072)
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Project {
     /// The processor's name: the component is written as `<name>.wasm`.
     pub name: String,
@@ -242,7 +243,7 @@ mod tests {
         assert_eq!(default.stack_bytes, DEFAULT_STACK_BYTES);
         let sized = open("name = \"a\"\nlang = \"c\"\nstack_size = 1048576\n").expect("valid");
         assert_eq!(sized.stack_bytes, 1 << 20);
-        for bad in ["1000", "1024", "1073741824"] {
+        for bad in ["1000", "1024", "33554432"] {
             let err = open(&format!(
                 "name = \"a\"\nlang = \"rust\"\nstack_size = {bad}\n"
             ))

@@ -889,8 +889,8 @@ fn classify_trap(
     let message = if trap == Some(Trap::MemoryOutOfBounds) && panic.is_none() {
         format!(
             "{message} (a processor that keeps large values on its stack may have overflowed \
-             it: a Rust or C plugin gets `stack_size` bytes from its weir-plugin.toml, 128 KiB \
-             by default)"
+             it: for a Rust or C plugin built by `weir build`, raise `stack_size` in its \
+             weir-plugin.toml)"
         )
     } else {
         message

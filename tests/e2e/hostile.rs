@@ -125,6 +125,19 @@ async fn a_guest_that_overflows_its_linear_memory_stack_traps_and_is_told_why() 
 }
 
 #[tokio::test]
+async fn a_sandbox_recycled_after_a_stack_overflow_runs_the_next_guest_normally() {
+    let folder = PluginFolder::with(&["stack-hog"]);
+    let rt = runtime(folder.path()).await;
+    for _ in 0..3 {
+        let overflow = rt.run("stack-hog", json!({"depth": 3})).await.unwrap();
+        assert!(!overflow.ok);
+        let fits = rt.run("stack-hog", json!({"depth": 0})).await.unwrap();
+        assert!(fits.ok, "{:?}", fits.error);
+        assert_eq!(fits.state["byte"], 0);
+    }
+}
+
+#[tokio::test]
 async fn a_panic_is_an_execution_error_with_the_guests_message() {
     let result = run("panic", json!({"reason": "bad input 7"})).await;
     assert_contained(&result, ErrorKind::Execution, codes::TRAP);
