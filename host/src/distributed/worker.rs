@@ -72,7 +72,7 @@ impl Default for WorkerConfig {
 /// How long a step whose run could not be carried on (Redis failed) waits to run again.
 const REDIS_RETRY_MS: u64 = 1_000;
 
-/// Fetched components kept per process, by name and digest.
+/// Digests of fetched components kept per process (all are forgotten when more arrive).
 const FETCHED_KEPT: usize = 64;
 
 /// How long a component that failed to load is not tried again (an operator may fix its
@@ -109,9 +109,9 @@ struct Inner {
     dist: Arc<Distributed>,
     config: WorkerConfig,
     plugins_dir: Option<PathBuf>,
-    /// Components fetched from Redis, by (name, digest): the same bytes under two names are
-    /// two processors, each with its own operator manifest.
-    fetched: Mutex<HashMap<(String, String), Arc<Plugin>>>,
+    /// Components fetched from Redis, by digest, then name: the same bytes under two names
+    /// are two processors, each with its own operator manifest.
+    fetched: Mutex<HashMap<String, Vec<Arc<Plugin>>>>,
     fetching: tokio::sync::Mutex<()>,
     /// Components that failed to load lately, by (name, digest), with when and why.
     unloadable: Mutex<HashMap<(String, String), (Instant, String)>>,
@@ -677,8 +677,15 @@ impl Inner {
         {
             return Ok(plugin);
         }
+        let fetched = |inner: &Inner| {
+            lock_map(&inner.fetched)
+                .get(digest)
+                .and_then(|plugins| plugins.iter().find(|p| p.name() == name).cloned())
+        };
+        if let Some(plugin) = fetched(self) {
+            return Ok(plugin);
+        }
         let key = (name.to_string(), digest.to_string());
-        let fetched = |inner: &Inner| lock_map(&inner.fetched).get(&key).cloned();
         // A component that just failed to load is not fetched and compiled again at once
         // (a guest calling it in a loop would make this worker do that on every call).
         let unloadable = |inner: &Inner| {
@@ -687,9 +694,6 @@ impl Inner {
                 .filter(|(at, _)| at.elapsed() < UNLOADABLE_KEPT)
                 .map(|(_, why)| Unavailable::Missing(why.clone()))
         };
-        if let Some(plugin) = fetched(self) {
-            return Ok(plugin);
-        }
         if let Some(refused) = unloadable(self) {
             return Err(refused);
         }
@@ -744,7 +748,8 @@ impl Inner {
         if fetched.len() >= FETCHED_KEPT {
             fetched.clear();
         }
-        fetched.insert(key, plugin.clone());
+        let (_, digest) = key;
+        fetched.entry(digest).or_default().push(plugin.clone());
         Ok(plugin)
     }
 
