@@ -51,7 +51,8 @@ pub fn build_plugins(target_dir: &Path, out_dir: &Path) -> Result<Built, String>
         .arg(target_dir)
         .arg("--message-format=json-render-diagnostics")
         // The stack `weir build` gives a Rust plugin, so the examples and tests measure
-        // what users build.
+        // what users build. (Target rustflags take the place of a developer's own
+        // `build.rustflags` for this build; the plugins need none.)
         .arg("--config")
         .arg(format!(
             "target.{TARGET}.rustflags=[\"-C\", \"{}\"]",
