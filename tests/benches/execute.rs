@@ -20,8 +20,8 @@
 //! 1 in flight.
 //!
 //! The cases take turns in blocks of 32 samples, so a burst of load hits all of them alike
-//! while each is measured in its own steady state, as a host running it would be: taking
-//! turns sample by sample (`WEIR_BENCH_BLOCK=1`) puts a default-configuration
+//! while each is measured in its own steady state, as a host running it back to back would:
+//! taking turns sample by sample (`WEIR_BENCH_BLOCK=1`) puts a default-configuration
 //! instantiation, which maps and faults fresh memory, before every weir sample and charges
 //! its cache misses to weir.
 //! Run with `cargo xtask bench` (or `cargo bench -p weir-tests --bench execute`);
@@ -43,6 +43,7 @@ use wasmtime::Engine;
 mod raw;
 
 use raw::{Baseline, Reused};
+use weir_tests::time_block;
 
 struct Samples {
     name: &'static str,
@@ -154,44 +155,35 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
     let warmup = samples / 10 + 10;
     let blocks = weir_tests::bench_blocks(warmup + samples);
     for block in &blocks {
-        let block = block.clone();
         if runs("weir") {
-            for i in block.clone() {
-                let elapsed = timed_run(&weir, "increment", &input).await;
-                weir_samples.record_if(i >= warmup, elapsed);
-            }
+            let run = async || run_ok(&weir, "increment", &input).await;
+            time_block(block.clone(), warmup, run, |t| weir_samples.record(t)).await;
         }
         if runs("raw") {
-            for i in block.clone() {
-                let started = Instant::now();
+            let call = async || {
                 std::hint::black_box(same_engine.call(&raw_input, &ctx).await);
-                same_samples.record_if(i >= warmup, started.elapsed());
-            }
+            };
+            time_block(block.clone(), warmup, call, |t| same_samples.record(t)).await;
         }
         if runs("default") {
-            for i in block {
-                let started = Instant::now();
+            let call = async || {
                 std::hint::black_box(default_engine.call(&raw_input, &ctx).await);
-                default_samples.record_if(i >= warmup, started.elapsed());
-            }
+            };
+            time_block(block.clone(), warmup, call, |t| default_samples.record(t)).await;
         }
     }
     // Warm mode in a phase of its own, taking turns with its own baseline: fresh
     // instantiations in between would evict the caches both warm cases rely on.
     for block in &blocks {
-        let block = block.clone();
         if runs("warm") {
-            for i in block.clone() {
-                let elapsed = timed_run(&warm, "increment", &input).await;
-                warm_samples.record_if(i >= warmup, elapsed);
-            }
+            let run = async || run_ok(&warm, "increment", &input).await;
+            time_block(block.clone(), warmup, run, |t| warm_samples.record(t)).await;
         }
         if runs("reused") {
-            for i in block {
-                let started = Instant::now();
+            let call = async || {
                 std::hint::black_box(reused.call(&raw_input, &ctx).await);
-                reused_samples.record_if(i >= warmup, started.elapsed());
-            }
+            };
+            time_block(block.clone(), warmup, call, |t| reused_samples.record(t)).await;
         }
     }
     // Workflows in a phase of their own: a parallel sample leaves worker threads spinning
@@ -335,6 +327,17 @@ async fn timed_run(runtime: &::weir::Runtime, name: &str, input: &serde_json::Va
     let elapsed = started.elapsed();
     assert!(result.ok, "{:?}", result.error);
     elapsed
+}
+
+/// Runs `name` and returns its result, which must be a success.
+async fn run_ok(
+    runtime: &::weir::Runtime,
+    name: &str,
+    input: &serde_json::Value,
+) -> ::weir::ExecutionResult {
+    let result = runtime.run(name, input.clone()).await.unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    result
 }
 
 /// Executions per second of `increment` with `in_flight` running at once on `multi`

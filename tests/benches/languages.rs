@@ -32,6 +32,7 @@ use wasmtime::Engine;
 mod raw;
 
 use raw::{Baseline, Reused};
+use weir_tests::time_block;
 
 struct Case {
     lang: &'static str,
@@ -161,44 +162,45 @@ async fn against_raw(case: &Case, samples: usize, cache: &Path) -> [Duration; 5]
     let mut reused = Reused::new(warm.engine().wasmtime(), &wasm).await;
     let raw_input = raw::stamped(&case.input);
     let ctx = raw::context(case.plugin);
-    let mut times: [Vec<Duration>; 5] = Default::default();
+    let [
+        mut weir_fresh,
+        mut same_fresh,
+        mut default_fresh,
+        mut weir_warm,
+        mut reused_calls,
+    ] = <[Vec<Duration>; 5]>::default();
     let warmup = samples / 10 + 1;
     let blocks = weir_tests::bench_blocks(warmup + samples);
-    // Keeps the sample of case `k` taken at index `i` unless it is a warm-up one.
-    let mut keep = |k: usize, i: usize, t: Duration| {
-        if i >= warmup {
-            times[k].push(t);
-        }
+    let run = async |rt: &weir::Runtime| {
+        assert!(rt.run(case.plugin, case.input.clone()).await.unwrap().ok);
     };
     for block in &blocks {
-        for i in block.clone() {
-            let started = Instant::now();
-            assert!(fresh.run(case.plugin, case.input.clone()).await.unwrap().ok);
-            keep(0, i, started.elapsed());
-        }
-        for i in block.clone() {
-            let started = Instant::now();
+        let fresh_run = async || run(&fresh).await;
+        time_block(block.clone(), warmup, fresh_run, |t| weir_fresh.push(t)).await;
+        let call = async || {
             std::hint::black_box(same.call(&raw_input, &ctx).await);
-            keep(1, i, started.elapsed());
-        }
-        for i in block.clone() {
-            let started = Instant::now();
+        };
+        time_block(block.clone(), warmup, call, |t| same_fresh.push(t)).await;
+        let call = async || {
             std::hint::black_box(default.call(&raw_input, &ctx).await);
-            keep(2, i, started.elapsed());
-        }
+        };
+        time_block(block.clone(), warmup, call, |t| default_fresh.push(t)).await;
     }
     for block in &blocks {
-        for i in block.clone() {
-            let started = Instant::now();
-            assert!(warm.run(case.plugin, case.input.clone()).await.unwrap().ok);
-            keep(3, i, started.elapsed());
-        }
-        for i in block.clone() {
-            let started = Instant::now();
+        let warm_run = async || run(&warm).await;
+        time_block(block.clone(), warmup, warm_run, |t| weir_warm.push(t)).await;
+        let call = async || {
             std::hint::black_box(reused.call(&raw_input, &ctx).await);
-            keep(4, i, started.elapsed());
-        }
+        };
+        time_block(block.clone(), warmup, call, |t| reused_calls.push(t)).await;
     }
+    let times = [
+        weir_fresh,
+        same_fresh,
+        default_fresh,
+        weir_warm,
+        reused_calls,
+    ];
     times.map(|mut t| {
         t.sort();
         percentile(&t, 0.5)

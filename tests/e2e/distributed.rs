@@ -295,28 +295,23 @@ async fn a_nested_call_on_a_worker_finds_what_it_holds_only_in_redis() {
         b"[workflow.twice]\nchain = [\"increment\", \"increment\"]\n",
     );
     let runtime = submitter(&redis.url(), folder.path()).await;
+    // `relay` calls `target` with `count`.
+    let relay = async |target: &str, count: u64| {
+        let input = json!({"target": target, "count": count});
+        runtime.run("relay", input).await.unwrap()
+    };
 
-    let result = runtime
-        .run("relay", json!({"target": "double", "count": 21}))
-        .await
-        .unwrap();
+    let result = relay("double", 21).await;
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["count"], 42);
     worker.wait_for("fetched a published component");
 
-    let result = runtime
-        .run("relay", json!({"target": "twice", "count": 1}))
-        .await
-        .unwrap();
+    let result = relay("twice", 1).await;
     assert!(result.ok, "{:?}", result.error);
     assert_eq!(result.state["count"], 3);
 
     // A name published nowhere is still refused as on a local runtime.
-    let result = runtime
-        .run("relay", json!({"target": "nope", "count": 1}))
-        .await
-        .unwrap();
-    let error = result.error.expect("the call fails");
+    let error = relay("nope", 1).await.error.expect("the call fails");
     assert_eq!(error.kind, weir::ErrorKind::NotFound, "{error:?}");
     assert_eq!(error.message, "no processor or workflow named `nope`");
 }

@@ -100,8 +100,8 @@ pub fn bench_resets_written_pages_only() -> bool {
 
 /// Sample indexes `0..total` in the blocks a benchmark's cases take turns in:
 /// `WEIR_BENCH_BLOCK` samples each (default 32; 1 takes turns sample by sample). Each case
-/// is then measured in its own steady state, as a host running it would be, while a burst
-/// of load still hits every case alike.
+/// is then measured in its own steady state, as a host running it back to back would,
+/// while a burst of load still hits every case alike.
 pub fn bench_blocks(total: usize) -> Vec<std::ops::Range<usize>> {
     let size = std::env::var("WEIR_BENCH_BLOCK")
         .ok()
@@ -112,6 +112,26 @@ pub fn bench_blocks(total: usize) -> Vec<std::ops::Range<usize>> {
         .step_by(size)
         .map(|start| start..(start + size).min(total))
         .collect()
+}
+
+/// Runs one block of a benchmark case: `call` once per sample index in `block`, each
+/// timed, passing to `record` the times of the samples from index `warmup` on (the earlier
+/// ones warm up). What `call` returns is dropped after its time is taken.
+pub async fn time_block<T>(
+    block: std::ops::Range<usize>,
+    warmup: usize,
+    mut call: impl AsyncFnMut() -> T,
+    mut record: impl FnMut(std::time::Duration),
+) {
+    for i in block {
+        let started = std::time::Instant::now();
+        let out = call().await;
+        let elapsed = started.elapsed();
+        drop(out);
+        if i >= warmup {
+            record(elapsed);
+        }
+    }
 }
 
 /// A runtime builder over `dir` with the test engine configuration.
