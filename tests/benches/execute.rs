@@ -14,6 +14,8 @@
 //! 5. **raw, reused instance**: `process` called again on one instance kept by hand, the
 //!    floor warm mode builds on;
 //!
+//! then a fresh instance by hand on weir's engine timed in **phases** (its instantiation,
+//! its first call, a second call on it): what a start-up snapshot could save at most;
 //! then, in a second phase, two workflows of the same processor as ratios to one weir
 //! execution of the same mode: a **chain of 10** and a **parallel of 3**, fresh and warm;
 //! in a third, **throughput** on the two-worker runtime with 64 executions in flight against
@@ -27,7 +29,7 @@
 //! Run with `cargo xtask bench` (or `cargo bench -p weir-tests --bench execute`);
 //! `WEIR_BENCH_SAMPLES` sets the sample count (default 3000), `WEIR_BENCH_BLOCK` the
 //! block size;
-//! `WEIR_BENCH_ONLY=weir|raw|default|warm|reused|chain|parallel|throughput` runs one case alone, e.g. to count its instructions under
+//! `WEIR_BENCH_ONLY=weir|raw|default|warm|reused|phases|chain|parallel|throughput` runs one case alone, e.g. to count its instructions under
 //! `valgrind --tool=callgrind` (steadier than time on a noisy machine);
 //! `WEIR_BENCH_RESET_WRITTEN=1` builds weir's engines (and so the raw cases on weir's engine)
 //! with `EngineConfig::reset_written_pages_only` on.
@@ -38,6 +40,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wasmtime::Engine;
+
+/// The allocator the `weir` binary ships with, so weir's allocations cost what they cost
+/// there (the raw baselines run on it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "support/raw.rs"]
 mod raw;
@@ -186,6 +193,21 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
             time_block(block.clone(), warmup, call, |t| reused_samples.record(t)).await;
         }
     }
+    // A fresh instance by hand in phases, for what a start-up snapshot could save: its
+    // instantiation, its first call, and a second call on it.
+    let mut phase_samples = [
+        Samples::new("raw phases: instantiation"),
+        Samples::new("raw phases: first call"),
+        Samples::new("raw phases: second call"),
+    ];
+    if runs("phases") {
+        for i in 0..warmup + samples {
+            let times = same_engine.phases(&raw_input, &ctx).await;
+            for (samples, t) in phase_samples.iter_mut().zip(times) {
+                samples.record_if(i >= warmup, t);
+            }
+        }
+    }
     // Workflows in a phase of their own: a parallel sample leaves worker threads spinning
     // for a moment, which would tax whichever single execution came next.
     let rounds = samples / 5 + 1;
@@ -244,7 +266,10 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
             &parallel_samples,
             &warm_chain_samples,
             &warm_parallel_samples,
-        ] {
+        ]
+        .into_iter()
+        .chain(&phase_samples)
+        {
             if !s.micros.is_empty() {
                 println!(
                     "{}: p50 {:.2} µs, p99 {:.2} µs",
@@ -292,6 +317,12 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
         "warm: weir ÷ raw reused instance: {:.2}× (goal ≤ 1.3×); warm ÷ fresh: {:.2}×",
         warm_samples.percentile(0.5) / reused_samples.percentile(0.5),
         warm_samples.percentile(0.5) / weir_samples.percentile(0.5)
+    );
+    let [instantiate, first, second] = phase_samples.map(|s| s.percentile(0.5));
+    println!(
+        "a fresh instance by hand on weir's engine, p50: instantiation {instantiate:.1} µs, \
+         first call {first:.1} µs, second call on it {second:.1} µs (first − second: {:.1} µs)",
+        first - second
     );
     println!();
     println!("| workflow | p50 µs | p99 µs | p50 ÷ one weir execution of the same mode | goal |");

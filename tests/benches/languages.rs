@@ -17,7 +17,8 @@
 //!
 //! Run with `cargo xtask bench languages` (or `cargo bench -p weir-tests --bench languages`);
 //! `WEIR_BENCH_SAMPLES` sets the executions per plugin (default 300); `WEIR_BENCH_ONLY=raw`
-//! runs only the comparison with raw wasmtime; `WEIR_BENCH_RESET_WRITTEN=1` turns on
+//! runs only the comparison with raw wasmtime; `WEIR_BENCH_LANGS=C,Go` only those languages;
+//! `WEIR_BENCH_RESET_WRITTEN=1` turns on
 //! `EngineConfig::reset_written_pages_only`.
 
 #![allow(clippy::unwrap_used)]
@@ -42,7 +43,20 @@ struct Case {
     input: Value,
 }
 
+/// The cases to run: every language, or those `WEIR_BENCH_LANGS` names (e.g. `C,Go`).
 fn cases() -> Vec<Case> {
+    let only = std::env::var("WEIR_BENCH_LANGS").ok();
+    let mut cases = all_cases();
+    if let Some(only) = only {
+        cases.retain(|c| {
+            only.split(',')
+                .any(|l| l.trim().eq_ignore_ascii_case(c.lang))
+        });
+    }
+    cases
+}
+
+fn all_cases() -> Vec<Case> {
     let text = "the quick brown fox jumps over the lazy dog\nand then it rests";
     vec![
         Case {
@@ -150,7 +164,7 @@ async fn sample(rt: &weir::Runtime, case: &Case, samples: usize) -> Vec<Duration
 /// p50s of one case: weir fresh, raw fresh on weir's engine, raw fresh on the default
 /// engine, weir warm, raw reused; the fresh three taking turns in blocks, then the warm
 /// two (see [`weir_tests::bench_blocks`]).
-async fn against_raw(case: &Case, samples: usize, cache: &Path) -> [Duration; 5] {
+async fn against_raw(case: &Case, samples: usize, cache: &Path) -> ([Duration; 5], [Duration; 3]) {
     let folder = weir_tests::PluginFolder::with(&[case.plugin]);
     let (fresh, _) = start(folder.path(), Some(cache.to_path_buf())).await;
     let warm_folder = weir_tests::PluginFolder::with(&[case.plugin]);
@@ -194,6 +208,21 @@ async fn against_raw(case: &Case, samples: usize, cache: &Path) -> [Duration; 5]
         };
         time_block(block.clone(), warmup, call, |t| reused_calls.push(t)).await;
     }
+    // Where a fresh instance's time goes, on weir's engine: instantiation, first call,
+    // second call (a fresh instance per sample, after the warm-up).
+    let mut phases = <[Vec<Duration>; 3]>::default();
+    for i in 0..warmup + samples {
+        let times = same.phases(&raw_input, &ctx).await;
+        if i >= warmup {
+            for (all, t) in phases.iter_mut().zip(times) {
+                all.push(t);
+            }
+        }
+    }
+    let p50 = |mut t: Vec<Duration>| {
+        t.sort();
+        percentile(&t, 0.5)
+    };
     let times = [
         weir_fresh,
         same_fresh,
@@ -201,10 +230,7 @@ async fn against_raw(case: &Case, samples: usize, cache: &Path) -> [Duration; 5]
         weir_warm,
         reused_calls,
     ];
-    times.map(|mut t| {
-        t.sort();
-        percentile(&t, 0.5)
-    })
+    (times.map(p50), phases.map(p50))
 }
 
 /// Prints weir against raw wasmtime, language by language.
@@ -217,8 +243,11 @@ async fn raw_table(samples: usize, cache: &Path) {
         "| language | weir fresh | raw fresh (weir's engine) | raw fresh (default) | weir ÷ raw same | weir ÷ raw default | weir warm | raw reused | warm ÷ reused |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut startup = Vec::new();
     for case in cases() {
-        let [fresh, same, default, warm, reused] = against_raw(&case, samples, cache).await;
+        let ([fresh, same, default, warm, reused], phases) =
+            against_raw(&case, samples, cache).await;
+        startup.push((case.lang, phases));
         let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         println!(
             "| {} | {} | {} | {} | {:.2}× | {:.2}× | {} | {} | {:.2}× |",
@@ -231,6 +260,22 @@ async fn raw_table(samples: usize, cache: &Path) {
             us(warm),
             us(reused),
             ratio(warm, reused),
+        );
+    }
+    println!(
+        "\nA fresh instance by hand on weir's engine, in phases ({samples} instances each, \
+         p50): instantiation (with any start-up the component runs in it), its first call, \
+         a second call on the same instance:\n"
+    );
+    println!("| language | instantiation | first call | second call | first − second |");
+    println!("|---|---:|---:|---:|---:|");
+    for (lang, [instantiate, first, second]) in startup {
+        println!(
+            "| {lang} | {} | {} | {} | {} |",
+            us(instantiate),
+            us(first),
+            us(second),
+            us(first.saturating_sub(second)),
         );
     }
 }

@@ -2,6 +2,8 @@
 //! called by hand, with WASI and no-op weir imports, on whatever engine the caller gives.
 //! Shared by the `execute` and `languages` benchmarks.
 
+use std::time::{Duration, Instant};
+
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -164,6 +166,22 @@ impl Baseline {
     pub async fn call(&self, input: &String, ctx: &ExecutionContext) -> String {
         let (mut store, processor) = self.instance().await;
         process(&processor, &mut store, input, ctx).await
+    }
+
+    /// One fresh instance timed in phases: instantiation (with whatever start-up the
+    /// component runs in it), its first `process` call, and a second call on the same
+    /// instance. The first call's excess over the second is what it sets up for itself:
+    /// together with the instantiation's own start-up, the most a start-up snapshot could
+    /// save.
+    pub async fn phases(&self, input: &String, ctx: &ExecutionContext) -> [Duration; 3] {
+        let started = Instant::now();
+        let (mut store, processor) = self.instance().await;
+        let instantiated = Instant::now();
+        std::hint::black_box(process(&processor, &mut store, input, ctx).await);
+        let first = Instant::now();
+        std::hint::black_box(process(&processor, &mut store, input, ctx).await);
+        let second = Instant::now();
+        [instantiated - started, first - instantiated, second - first]
     }
 }
 
