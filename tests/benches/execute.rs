@@ -30,7 +30,8 @@
 //! `WEIR_BENCH_SAMPLES` sets the sample count (default 3000), `WEIR_BENCH_BLOCK` the
 //! block size;
 //! `WEIR_BENCH_ONLY=weir|raw|default|warm|reused|phases|chain|parallel|throughput` runs one case alone, e.g. to count its instructions under
-//! `valgrind --tool=callgrind` (steadier than time on a noisy machine);
+//! `valgrind --tool=callgrind` (steadier than time on a noisy machine; set `WEIR_BENCH_POOL=4`
+//! there, see [`weir_tests::bench_engine_config`]);
 //! `WEIR_BENCH_RESET_WRITTEN=1` builds weir's engines (and so the raw cases on weir's engine)
 //! with `EngineConfig::reset_written_pages_only` on.
 
@@ -117,10 +118,7 @@ async fn increment_runtime(manifest: Option<&str>) -> (weir_tests::PluginFolder,
     }
     let runtime = ::weir::Runtime::builder()
         .plugins_dir(folder.path())
-        .engine_config(::weir::EngineConfig {
-            reset_written_pages_only: weir_tests::bench_resets_written_pages_only(),
-            ..Default::default()
-        })
+        .engine_config(weir_tests::bench_engine_config())
         .cache_dir(Some(weir_tests::cache_dir()))
         .build()
         .await

@@ -119,10 +119,7 @@ async fn start(folder: &Path, cache: Option<PathBuf>) -> (weir::Runtime, Duratio
     let started = Instant::now();
     let rt = weir::Runtime::builder()
         .plugins_dir(folder)
-        .engine_config(weir::EngineConfig {
-            reset_written_pages_only: weir_tests::bench_resets_written_pages_only(),
-            ..Default::default()
-        })
+        .engine_config(weir_tests::bench_engine_config())
         .cache_dir(cache)
         .build()
         .await

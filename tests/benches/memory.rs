@@ -33,9 +33,8 @@ async fn measure(executions: usize, keep_resident_bytes: usize) -> Figures {
         .plugins_dir(folder.path())
         .engine_config(weir::EngineConfig {
             keep_resident_bytes,
-            reset_written_pages_only: weir_tests::bench_resets_written_pages_only(),
             cache_dir: Some(weir_tests::cache_dir()),
-            ..Default::default()
+            ..weir_tests::bench_engine_config()
         })
         .build()
         .await

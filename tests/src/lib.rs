@@ -92,10 +92,24 @@ pub fn engine_config() -> weir::EngineConfig {
     }
 }
 
-/// Whether a benchmark should build weir's engines with
-/// [`weir::EngineConfig::reset_written_pages_only`] on: `WEIR_BENCH_RESET_WRITTEN` is set.
-pub fn bench_resets_written_pages_only() -> bool {
-    std::env::var_os("WEIR_BENCH_RESET_WRITTEN").is_some()
+/// The engine configuration of a benchmark's weir runtimes: the default, with
+/// [`weir::EngineConfig::reset_written_pages_only`] on if `WEIR_BENCH_RESET_WRITTEN` is set,
+/// and a pool of `WEIR_BENCH_POOL` sandboxes (and as many warm ones) if that is set. A small
+/// pool lets the bench run under valgrind, whose address space cannot hold the default
+/// pool's reservation.
+pub fn bench_engine_config() -> weir::EngineConfig {
+    let mut config = weir::EngineConfig {
+        reset_written_pages_only: std::env::var_os("WEIR_BENCH_RESET_WRITTEN").is_some(),
+        ..Default::default()
+    };
+    if let Some(pool) = std::env::var("WEIR_BENCH_POOL")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        config.max_instances = pool.max(1);
+        config.max_warm_instances = pool.max(1);
+    }
+    config
 }
 
 /// Sample indexes `0..total` in the blocks a benchmark's cases take turns in:
