@@ -14,12 +14,15 @@
 //! 5. **raw, reused instance**: `process` called again on one instance kept by hand, the
 //!    floor warm mode builds on;
 //!
-//! then a fresh instance by hand on weir's engine timed in **phases** (its instantiation,
-//! its first call, a second call on it): what a start-up snapshot could save at most;
-//! then, in a second phase, two workflows of the same processor as ratios to one weir
-//! execution of the same mode: a **chain of 10** and a **parallel of 3**, fresh and warm;
-//! in a third, **throughput** on the two-worker runtime with 64 executions in flight against
+//! then, in phases of their own: a fresh instance by hand on weir's engine timed in
+//! **phases** (its instantiation, its first call, a second call on it), to show what the
+//! guest sets up on its first call; two workflows of the same processor as ratios to one
+//! weir execution of the same mode, a **chain of 10** and a **parallel of 3**, fresh and
+//! warm; and **throughput** on the two-worker runtime with 64 executions in flight against
 //! 1 in flight.
+//!
+//! It runs on mimalloc, the allocator the `weir` binary ships with; the raw baselines run on
+//! it too.
 //!
 //! The cases take turns in blocks of 32 samples, so a burst of load hits all of them alike
 //! while each is measured in its own steady state, as a host running it back to back would:
@@ -191,8 +194,8 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
             time_block(block.clone(), warmup, call, |t| reused_samples.record(t)).await;
         }
     }
-    // A fresh instance by hand in phases, for what a start-up snapshot could save: its
-    // instantiation, its first call, and a second call on it.
+    // A fresh instance by hand in phases, to show what the guest sets up on its first call:
+    // its instantiation, its first call, and a second call on it.
     let mut phase_samples = [
         Samples::new("raw phases: instantiation"),
         Samples::new("raw phases: first call"),
@@ -201,8 +204,8 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
     if runs("phases") {
         for i in 0..warmup + samples {
             let times = same_engine.phases(&raw_input, &ctx).await;
-            for (samples, t) in phase_samples.iter_mut().zip(times) {
-                samples.record_if(i >= warmup, t);
+            for (phase, t) in phase_samples.iter_mut().zip(times) {
+                phase.record_if(i >= warmup, t);
             }
         }
     }

@@ -10,16 +10,19 @@
 //! `[warm]` granted in its manifest: executions reuse an instance of the tenant's instead of
 //! starting afresh, which spares an interpreter its start-up.
 //!
-//! Then, for each language, weir against raw wasmtime on the same component, sample by
-//! sample in one run: a fresh weir sandbox against a fresh instance by hand on weir's engine
-//! configuration and on wasmtime's default one, and a warm weir instance against one
-//! instance called again and again by hand.
+//! Then, for each language, weir against raw wasmtime on the same component, taking turns
+//! in blocks in one run: a fresh weir sandbox against a fresh instance by hand on weir's
+//! engine configuration and on wasmtime's default one, then a warm weir instance against
+//! one instance called again and again by hand; and a fresh instance by hand timed in
+//! phases (its instantiation, its first call, a second call on it), to show how much of a
+//! fresh instance's time is the language's start-up.
 //!
 //! Run with `cargo xtask bench languages` (or `cargo bench -p weir-tests --bench languages`);
 //! `WEIR_BENCH_SAMPLES` sets the executions per plugin (default 300); `WEIR_BENCH_ONLY=raw`
-//! runs only the comparison with raw wasmtime; `WEIR_BENCH_LANGS=C,Go` only those languages;
-//! `WEIR_BENCH_RESET_WRITTEN=1` turns on
-//! `EngineConfig::reset_written_pages_only`.
+//! runs only the comparison with raw wasmtime, and `WEIR_BENCH_LANGS=C,Go` narrows that
+//! comparison to those languages; `WEIR_BENCH_RESET_WRITTEN=1` turns on
+//! `EngineConfig::reset_written_pages_only`. It keeps the system allocator, whose RSS
+//! growth says more about a loaded plugin than mimalloc's (which keeps freed memory).
 
 #![allow(clippy::unwrap_used)]
 
@@ -43,20 +46,27 @@ struct Case {
     input: Value,
 }
 
-/// The cases to run: every language, or those `WEIR_BENCH_LANGS` names (e.g. `C,Go`).
-fn cases() -> Vec<Case> {
-    let only = std::env::var("WEIR_BENCH_LANGS").ok();
-    let mut cases = all_cases();
-    if let Some(only) = only {
-        cases.retain(|c| {
+/// The languages the comparison with raw wasmtime runs: every one, or those
+/// `WEIR_BENCH_LANGS` names (e.g. `C,Go`).
+fn raw_cases() -> Vec<Case> {
+    let Ok(only) = std::env::var("WEIR_BENCH_LANGS") else {
+        return cases();
+    };
+    let chosen: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| {
             only.split(',')
                 .any(|l| l.trim().eq_ignore_ascii_case(c.lang))
-        });
-    }
-    cases
+        })
+        .collect();
+    assert!(
+        !chosen.is_empty(),
+        "WEIR_BENCH_LANGS={only} names no language; use Rust, Python, JavaScript, C or Go"
+    );
+    chosen
 }
 
-fn all_cases() -> Vec<Case> {
+fn cases() -> Vec<Case> {
     let text = "the quick brown fox jumps over the lazy dog\nand then it rests";
     vec![
         Case {
@@ -241,7 +251,7 @@ async fn raw_table(samples: usize, cache: &Path) {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut startup = Vec::new();
-    for case in cases() {
+    for case in raw_cases() {
         let ([fresh, same, default, warm, reused], phases) =
             against_raw(&case, samples, cache).await;
         startup.push((case.lang, phases));

@@ -170,9 +170,8 @@ impl Baseline {
 
     /// One fresh instance timed in phases: instantiation (with whatever start-up the
     /// component runs in it), its first `process` call, and a second call on the same
-    /// instance. The first call's excess over the second is what it sets up for itself:
-    /// together with the instantiation's own start-up, the most a start-up snapshot could
-    /// save.
+    /// instance. The first call's excess over the second is what the guest sets up for
+    /// itself on its first call. Dropping the store is not timed.
     pub async fn phases(&self, input: &String, ctx: &ExecutionContext) -> [Duration; 3] {
         let started = Instant::now();
         let (mut store, processor) = self.instance().await;
