@@ -168,15 +168,11 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
             time_block(block.clone(), warmup, run, |t| weir_samples.record(t)).await;
         }
         if runs("raw") {
-            let call = async || {
-                std::hint::black_box(same_engine.call(&raw_input, &ctx).await);
-            };
+            let call = async || drop(same_engine.call(&raw_input, &ctx).await);
             time_block(block.clone(), warmup, call, |t| same_samples.record(t)).await;
         }
         if runs("default") {
-            let call = async || {
-                std::hint::black_box(default_engine.call(&raw_input, &ctx).await);
-            };
+            let call = async || drop(default_engine.call(&raw_input, &ctx).await);
             time_block(block.clone(), warmup, call, |t| default_samples.record(t)).await;
         }
     }
@@ -188,9 +184,7 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
             time_block(block.clone(), warmup, run, |t| warm_samples.record(t)).await;
         }
         if runs("reused") {
-            let call = async || {
-                std::hint::black_box(reused.call(&raw_input, &ctx).await);
-            };
+            let call = async || drop(reused.call(&raw_input, &ctx).await);
             time_block(block.clone(), warmup, call, |t| reused_samples.record(t)).await;
         }
     }
@@ -202,11 +196,11 @@ async fn measure(samples: usize, multi: &tokio::runtime::Runtime) {
         Samples::new("raw phases: second call"),
     ];
     if runs("phases") {
-        for i in 0..warmup + samples {
-            let times = same_engine.phases(&raw_input, &ctx).await;
-            for (phase, t) in phase_samples.iter_mut().zip(times) {
-                phase.record_if(i >= warmup, t);
-            }
+        let phases = same_engine
+            .phase_samples(&raw_input, &ctx, warmup, samples)
+            .await;
+        for (phase, times) in phase_samples.iter_mut().zip(phases) {
+            times.into_iter().for_each(|t| phase.record(t));
         }
     }
     // Workflows in a phase of their own: a parallel sample leaves worker threads spinning

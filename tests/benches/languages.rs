@@ -198,34 +198,20 @@ async fn against_raw(case: &Case, samples: usize, cache: &Path) -> ([Duration; 5
     for block in &blocks {
         let fresh_run = async || run(&fresh).await;
         time_block(block.clone(), warmup, fresh_run, |t| weir_fresh.push(t)).await;
-        let call = async || {
-            std::hint::black_box(same.call(&raw_input, &ctx).await);
-        };
+        let call = async || drop(same.call(&raw_input, &ctx).await);
         time_block(block.clone(), warmup, call, |t| same_fresh.push(t)).await;
-        let call = async || {
-            std::hint::black_box(default.call(&raw_input, &ctx).await);
-        };
+        let call = async || drop(default.call(&raw_input, &ctx).await);
         time_block(block.clone(), warmup, call, |t| default_fresh.push(t)).await;
     }
     for block in &blocks {
         let warm_run = async || run(&warm).await;
         time_block(block.clone(), warmup, warm_run, |t| weir_warm.push(t)).await;
-        let call = async || {
-            std::hint::black_box(reused.call(&raw_input, &ctx).await);
-        };
+        let call = async || drop(reused.call(&raw_input, &ctx).await);
         time_block(block.clone(), warmup, call, |t| reused_calls.push(t)).await;
     }
     // Where a fresh instance's time goes, on weir's engine: instantiation, first call,
     // second call (a fresh instance per sample, after the warm-up).
-    let mut phases = <[Vec<Duration>; 3]>::default();
-    for i in 0..warmup + samples {
-        let times = same.phases(&raw_input, &ctx).await;
-        if i >= warmup {
-            for (all, t) in phases.iter_mut().zip(times) {
-                all.push(t);
-            }
-        }
-    }
+    let phases = same.phase_samples(&raw_input, &ctx, warmup, samples).await;
     let p50 = |mut t: Vec<Duration>| {
         t.sort();
         percentile(&t, 0.5)

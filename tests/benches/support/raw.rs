@@ -174,15 +174,36 @@ impl Baseline {
     /// component runs in it), its first `process` call, and a second call on the same
     /// instance. The first call's excess over the second is what the guest sets up for
     /// itself on its first call. Dropping the store is not timed.
-    pub async fn phases(&self, input: &String, ctx: &ExecutionContext) -> [Duration; 3] {
+    async fn phases(&self, input: &String, ctx: &ExecutionContext) -> [Duration; 3] {
         let started = Instant::now();
         let (mut store, processor) = self.instance().await;
         let instantiated = Instant::now();
-        std::hint::black_box(process(&processor, &mut store, input, ctx).await);
+        drop(process(&processor, &mut store, input, ctx).await);
         let first = Instant::now();
-        std::hint::black_box(process(&processor, &mut store, input, ctx).await);
+        drop(process(&processor, &mut store, input, ctx).await);
         let second = Instant::now();
         [instantiated - started, first - instantiated, second - first]
+    }
+
+    /// [`Baseline::phases`] of `warmup + samples` fresh instances, one after another: each
+    /// phase's times, the warm-up's left out.
+    pub async fn phase_samples(
+        &self,
+        input: &String,
+        ctx: &ExecutionContext,
+        warmup: usize,
+        samples: usize,
+    ) -> [Vec<Duration>; 3] {
+        let mut phases = <[Vec<Duration>; 3]>::default();
+        for i in 0..warmup + samples {
+            let times = self.phases(input, ctx).await;
+            if i >= warmup {
+                for (all, t) in phases.iter_mut().zip(times) {
+                    all.push(t);
+                }
+            }
+        }
+        phases
     }
 }
 
