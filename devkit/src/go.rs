@@ -2,8 +2,8 @@
 //! reactor (`-buildmode=c-shared`), then packaged as a component.
 //!
 //! The staged Go module (`wit_component`, the name the bindings import) holds the generated
-//! bindings, the support package they import (`go.bytecodealliance.org/pkg`, carried inside
-//! this tool and wired in with a `replace`), the SDK package `wit_component/weir`, the glue
+//! bindings, the support package they import (`go.bytecodealliance.org/pkg`, vendored in
+//! `devkit/go-pkg/` with its licence, carried inside this tool and wired in with a `replace`), the SDK package `wit_component/weir`, the glue
 //! that implements the `handler` export on top of `weir.Register`, and the project's own
 //! `.go` files (package `main`).
 
@@ -14,7 +14,57 @@ use crate::lang::{require_any, run, stage, write_files, write_if_changed};
 use crate::tools::Tools;
 use crate::{BuildError, Project};
 
-include!(concat!(env!("OUT_DIR"), "/go_pkg.rs"));
+/// The version of `go.bytecodealliance.org/pkg` vendored in `devkit/go-pkg/`: the one the
+/// bindings of the `wit-bindgen-go` this tool links were generated for (a test checks that
+/// they agree, so a bump of `wit-bindgen-go` that needs a newer package cannot go unnoticed).
+const GO_PKG_VERSION: &str = "v0.4.0";
+
+/// The files of `go.bytecodealliance.org/pkg`, as (path, contents), vendored from the
+/// `wit-bindgen-go` crate (which ships them under `src/pkg/`) so that building this tool
+/// needs nothing but its own sources: no module proxy, no lookup in cargo's caches.
+const GO_PKG: &[(&str, &[u8])] = &[
+    ("LICENSE", include_bytes!("../go-pkg/LICENSE")),
+    (
+        "wit/async/async.go",
+        include_bytes!("../go-pkg/wit/async/async.go"),
+    ),
+    (
+        "wit/async/empty.s",
+        include_bytes!("../go-pkg/wit/async/empty.s"),
+    ),
+    (
+        "wit/runtime/empty.s",
+        include_bytes!("../go-pkg/wit/runtime/empty.s"),
+    ),
+    (
+        "wit/runtime/runtime.go",
+        include_bytes!("../go-pkg/wit/runtime/runtime.go"),
+    ),
+    (
+        "wit/types/future.go",
+        include_bytes!("../go-pkg/wit/types/future.go"),
+    ),
+    (
+        "wit/types/option.go",
+        include_bytes!("../go-pkg/wit/types/option.go"),
+    ),
+    (
+        "wit/types/result.go",
+        include_bytes!("../go-pkg/wit/types/result.go"),
+    ),
+    (
+        "wit/types/stream.go",
+        include_bytes!("../go-pkg/wit/types/stream.go"),
+    ),
+    (
+        "wit/types/tuple.go",
+        include_bytes!("../go-pkg/wit/types/tuple.go"),
+    ),
+    (
+        "wit/types/unit.go",
+        include_bytes!("../go-pkg/wit/types/unit.go"),
+    ),
+];
 
 /// The SDK package `wit_component/weir`.
 const SDK: &str = include_str!("../../guest-sdk/go/weir/weir.go");
@@ -22,14 +72,11 @@ const SDK: &str = include_str!("../../guest-sdk/go/weir/weir.go");
 const HANDLER: &str = include_str!("../../guest-sdk/go/handler/handler.go");
 
 /// The staged module's `go.mod`: the support package comes from `./pkg`, never a proxy.
-const GO_MOD: &str = "module wit_component
-
-go 1.24
-
-require go.bytecodealliance.org/pkg v0.4.0
-
-replace go.bytecodealliance.org/pkg => ./pkg
-";
+fn go_mod() -> String {
+    format!(
+        "module wit_component\n\ngo 1.24\n\nrequire go.bytecodealliance.org/pkg {GO_PKG_VERSION}\n\nreplace go.bytecodealliance.org/pkg => ./pkg\n"
+    )
+}
 
 /// The support package's own `go.mod`. It declares the oldest Go that builds it (1.24, the
 /// first with `go:wasmexport`) rather than the release it was cut with, so any Go from 1.24
@@ -57,7 +104,7 @@ pub(crate) fn build(
         &module_dir.join("pkg").join("go.mod"),
         PKG_GO_MOD.as_bytes(),
     )?;
-    write_if_changed(&module_dir.join("go.mod"), GO_MOD.as_bytes())?;
+    write_if_changed(&module_dir.join("go.mod"), go_mod().as_bytes())?;
     // The SDK packages are written afresh, so no file of an older weir lingers in them.
     for (package, file, text) in [
         ("weir", "weir.go", SDK),
@@ -129,4 +176,52 @@ fn generate(name: &str, dir: &Path) -> Result<(), BuildError> {
     // The generator's go.mod asks for the support package from a proxy: ours replaces it.
     let files_without_mod: Vec<_> = files.iter().filter(|(path, _)| *path != "go.mod").collect();
     write_files(dir, files_without_mod)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendored_support_package_is_the_version_the_bindings_import() {
+        assert_eq!(
+            wit_bindgen_go::remote_pkg_version(),
+            format!("go.bytecodealliance.org/pkg {GO_PKG_VERSION}"),
+            "wit-bindgen-go now generates bindings for another go.bytecodealliance.org/pkg: \
+             copy its src/pkg/{{LICENSE,wit}} into devkit/go-pkg/ and update GO_PKG_VERSION"
+        );
+    }
+
+    #[test]
+    fn every_vendored_file_is_carried_into_the_tool() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("go-pkg");
+        let mut on_disk = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("devkit/go-pkg is readable") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "go" || e == "s")
+                    || path.file_name().is_some_and(|n| n == "LICENSE")
+                {
+                    let relative = path.strip_prefix(&root).expect("under go-pkg");
+                    on_disk.push(relative.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+        on_disk.sort();
+        let mut carried: Vec<String> = GO_PKG.iter().map(|(p, _)| p.to_string()).collect();
+        carried.sort();
+        assert_eq!(carried, on_disk);
+    }
+
+    #[test]
+    fn staged_module_takes_the_support_package_from_its_own_folder() {
+        let go_mod = go_mod();
+        assert!(go_mod.contains(&format!(
+            "require go.bytecodealliance.org/pkg {GO_PKG_VERSION}\n"
+        )));
+        assert!(go_mod.contains("replace go.bytecodealliance.org/pkg => ./pkg\n"));
+    }
 }
