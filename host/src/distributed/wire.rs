@@ -1,6 +1,6 @@
 //! What travels between processes: a step job's payload (the state, who it runs for, the
-//! pinned code, and the continuation of its run). The format is documented in the README
-//! ("Job format"); `weir` is its version.
+//! pinned code, and the continuation of its run). The format is documented in
+//! docs/distributed.md ("Job format"); `weir` is its version.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
