@@ -5,6 +5,8 @@
 //! and so does the test crate's build script, so tests always run against plugins built from
 //! the current sources.
 
+pub mod links;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -207,6 +209,45 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// The one command that installs every system package the whole test suite needs (Debian).
+pub const SYSTEM_PACKAGES_COMMAND: &str =
+    "sudo apt-get install -y redis-server nodejs npm chromium python3-venv";
+
+/// The system programs `cargo xtask test` needs that are missing, each with what it is for.
+/// Python's `venv` module, Node.js and npm install the plugin toolchains; `redis-server`
+/// serves the Redis tests; Node.js drives the BullMQ and browser tests; Chromium is the
+/// browser.
+pub fn missing_system_tools() -> Vec<&'static str> {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let runs = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let chromium = std::env::var_os("WEIR_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    let mut missing = Vec::new();
+    if !runs("redis-server", &["--version"]) {
+        missing.push("redis-server (the Redis tests)");
+    }
+    if !runs("node", &["--version"]) {
+        missing.push("node (BullMQ interop, the browser test, componentize-js)");
+    }
+    if !runs("npm", &["--version"]) {
+        missing.push("npm (installs componentize-js and the Node test packages)");
+    }
+    if !chromium.is_file() {
+        missing.push("chromium (the dashboard's browser test; or set WEIR_CHROMIUM)");
+    }
+    if !runs(&python, &["-m", "venv", "--help"]) {
+        missing.push("python3 with venv (installs componentize-py, zig and Go)");
+    }
+    missing
+}
+
 /// The pinned compilers of the other plugin languages, from PyPI: componentize-py (Python),
 /// zig (C, as `python-zig cc`) and Go.
 pub const PYTHON_TOOLS: &[&str] = &[
@@ -337,6 +378,18 @@ pub fn build_language_plugins(work_dir: &Path, out_dir: &Path) -> Result<Vec<Str
     Ok(names)
 }
 
+/// The names of the plugins of `plugins/` written in another language than Rust.
+pub fn language_plugin_names() -> Result<Vec<String>, String> {
+    language_plugin_dirs()?
+        .iter()
+        .map(|dir| {
+            weir_devkit::Project::open(dir)
+                .map(|project| project.name)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
 /// The folders of `plugins/` that hold a plugin project of another language than Rust.
 pub fn language_plugin_dirs() -> Result<Vec<PathBuf>, String> {
     let plugins = repo_root().join("plugins");
@@ -348,4 +401,144 @@ pub fn language_plugin_dirs() -> Result<Vec<PathBuf>, String> {
         .collect();
     dirs.sort();
     Ok(dirs)
+}
+
+/// `workflows.toml`'s text without the workflows that name a plugin of `missing` (directly
+/// or through another workflow left out), each with the comment lines just above it.
+/// Returns the text and the names left out.
+pub fn workflows_for(text: &str, missing: &[&str]) -> Result<(String, Vec<String>), String> {
+    let doc: toml::Table =
+        toml::from_str(text).map_err(|e| format!("plugins/workflows.toml is not valid: {e}"))?;
+    let workflows = doc
+        .get("workflow")
+        .and_then(toml::Value::as_table)
+        .cloned()
+        .unwrap_or_default();
+    let mut gone: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
+    let mut dropped = Vec::new();
+    loop {
+        let newly: Vec<String> = workflows
+            .iter()
+            .filter(|(name, _)| !dropped.contains(*name))
+            .filter(|(_, definition)| names_any(definition, &gone))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if newly.is_empty() {
+            break;
+        }
+        gone.extend(newly.iter().cloned());
+        dropped.extend(newly);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut keep = vec![true; lines.len()];
+    for name in &dropped {
+        let header = format!("[workflow.{name}]");
+        let sub = format!("[workflow.{name}.");
+        let Some(start) = lines.iter().position(|l| l.trim() == header) else {
+            return Err(format!(
+                "plugins/workflows.toml: cannot find the line `{header}` of workflow `{name}`"
+            ));
+        };
+        let mut first = start;
+        while first > 0 && lines[first - 1].trim_start().starts_with('#') {
+            first -= 1;
+        }
+        let mut end = start + 1;
+        while end < lines.len() {
+            let line = lines[end].trim();
+            let next_section = line.starts_with('[') && !line.starts_with(&sub);
+            let comment_of_next = line.starts_with('#') && {
+                let after = lines[end..]
+                    .iter()
+                    .find(|l| !l.trim_start().starts_with('#'));
+                after.is_some_and(|l| l.trim().starts_with('['))
+            };
+            if next_section || comment_of_next {
+                break;
+            }
+            end += 1;
+        }
+        keep[first..end].iter_mut().for_each(|k| *k = false);
+    }
+    let mut out = String::new();
+    for (line, keep) in lines.iter().zip(keep) {
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let check: toml::Table = toml::from_str(&out)
+        .map_err(|e| format!("leaving workflows out broke plugins/workflows.toml: {e}"))?;
+    let left = check.get("workflow").and_then(toml::Value::as_table);
+    if dropped
+        .iter()
+        .any(|name| left.is_some_and(|t| t.contains_key(name)))
+    {
+        return Err("plugins/workflows.toml: a workflow could not be left out".to_string());
+    }
+    Ok((out, dropped))
+}
+
+/// Whether any string inside `value` is one of `names`.
+fn names_any(value: &toml::Value, names: &[String]) -> bool {
+    match value {
+        toml::Value::String(s) => names.iter().any(|n| n == s),
+        toml::Value::Array(items) => items.iter().any(|v| names_any(v, names)),
+        toml::Value::Table(table) => table.values().any(|v| names_any(v, names)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "# The file's own comment.
+
+# A chain.
+[workflow.calc]
+chain = [\"increment\", \"double\"]
+
+# Needs Python.
+# Two lines of comment.
+[workflow.poly]
+chain = [\"increment\", \"text-stats\"]
+
+# Nests poly.
+[workflow.outer]
+parallel = [\"poly\", \"calc\"]
+
+[workflow.graph]
+graph = { a = { run = \"increment\" }, b = { after = [\"a\"], run = \"double\" } }
+";
+
+    #[test]
+    fn workflows_naming_a_missing_plugin_are_left_out_with_their_comments() {
+        let (text, dropped) = workflows_for(FILE, &["text-stats"]).unwrap();
+        assert_eq!(dropped, ["poly", "outer"]);
+        assert!(!text.contains("poly") && !text.contains("Nests") && !text.contains("Python"));
+        assert!(text.contains("# The file's own comment.\n\n# A chain.\n[workflow.calc]"));
+        assert!(text.contains("[workflow.graph]\ngraph = {"));
+        let left: toml::Table = toml::from_str(&text).unwrap();
+        let names: Vec<_> = left["workflow"].as_table().unwrap().keys().collect();
+        assert_eq!(names, ["calc", "graph"]);
+    }
+
+    #[test]
+    fn nothing_missing_leaves_the_file_as_it_is() {
+        let (text, dropped) = workflows_for(FILE, &[]).unwrap();
+        assert!(dropped.is_empty());
+        assert_eq!(text, FILE);
+    }
+
+    #[test]
+    fn the_example_workflows_without_other_languages_keep_every_rust_workflow() {
+        let text = std::fs::read_to_string(repo_root().join("plugins/workflows.toml")).unwrap();
+        let (_, dropped) = workflows_for(
+            &text,
+            &["text-stats", "validate-json", "checksum", "pick-route"],
+        )
+        .unwrap();
+        assert_eq!(dropped, ["polyglot"]);
+    }
 }

@@ -3,15 +3,21 @@
 //! - `tools`: install the pinned compilers of the Python, JavaScript, C and Go plugins
 //!   (componentize-py, componentize-js, zig, Go) into `~/.cache/weir/tools`;
 //! - `plugins`: build every example and test plugin, in every language, into `plugins/dist/`
-//!   (with the example `workflows.toml`);
-//! - `demo`: build everything, then run the example plugins through `weir run`;
-//! - `test`: formatting, lints and the whole test suite (what CI runs);
+//!   (with the example `workflows.toml`), installing the tools first;
+//! - `demo`: build weir and the example plugins, then run them through `weir run`. It needs
+//!   nothing but rustup: the plugins in other languages are shown when their tools are
+//!   installed, and otherwise the demo prints the command that installs them;
+//! - `test`: formatting, lints and the whole test suite (what CI runs), after checking that
+//!   the system programs the tests need are there;
 //! - `bench [execute|reload|queue|languages|memory|serve]`: the benchmarks (release build).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use xtask::{build_language_plugins, build_plugins, cargo, install_tools, repo_root};
+use xtask::{
+    build_language_plugins, build_plugins, cargo, install_tools, language_plugin_names, repo_root,
+    tools_installed, workflows_for,
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,22 +50,63 @@ fn dist_dir() -> PathBuf {
 }
 
 fn plugins() -> Result<PathBuf, String> {
+    install_tools()?;
+    let (out, _) = build_examples(true)?;
+    Ok(out)
+}
+
+/// Builds the example plugins into `plugins/dist/` with the example `workflows.toml`: the
+/// Rust ones always, those in other languages when `languages` is set (their pinned tools
+/// must be installed). A workflow that needs a plugin left out is left out of the copied
+/// `workflows.toml` too. Returns the folder and whether the other languages were built.
+fn build_examples(languages: bool) -> Result<(PathBuf, bool), String> {
     let out = dist_dir();
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let built = build_plugins(&target_dir().join("wasm-plugins"), &out)?;
-    install_tools()?;
-    let others = build_language_plugins(&target_dir().join("lang-plugins"), &out)?;
+    let others = if languages {
+        build_language_plugins(&target_dir().join("lang-plugins"), &out)?
+    } else {
+        // Plugins of another language built by an earlier run would make the folder
+        // disagree with what this run says it shows.
+        for name in language_plugin_names()? {
+            let stale = out.join(format!("{name}.wasm"));
+            if stale.is_file() {
+                std::fs::remove_file(&stale)
+                    .map_err(|e| format!("cannot remove {}: {e}", stale.display()))?;
+            }
+        }
+        Vec::new()
+    };
     let workflows = repo_root().join("plugins").join("workflows.toml");
-    std::fs::copy(&workflows, out.join("workflows.toml"))
-        .map_err(|e| format!("cannot copy {}: {e}", workflows.display()))?;
+    let text = std::fs::read_to_string(&workflows)
+        .map_err(|e| format!("cannot read {}: {e}", workflows.display()))?;
+    let missing: Vec<String> = language_plugin_names()?
+        .into_iter()
+        .filter(|name| !others.contains(name))
+        .collect();
+    let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+    let (text, dropped) = workflows_for(&text, &missing)?;
+    let dest = out.join("workflows.toml");
+    weir_devkit::write_if_changed(&dest, text.as_bytes()).map_err(|e| e.to_string())?;
     eprintln!(
-        "built {} plugins into {}: {} (Rust); {} (other languages)",
+        "built {} plugins into {}: {} (Rust){}",
         built.plugins.len() + others.len(),
         out.display(),
         built.plugins.join(", "),
-        others.join(", ")
+        if others.is_empty() {
+            String::new()
+        } else {
+            format!("; {} (other languages)", others.join(", "))
+        }
     );
-    Ok(out)
+    if !dropped.is_empty() {
+        eprintln!(
+            "left out of {}: {} (they need plugins that were not built)",
+            dest.display(),
+            dropped.join(", ")
+        );
+    }
+    Ok((out, !others.is_empty()))
 }
 
 /// Runs a command; fails unless it exits with one of `expected`.
@@ -74,7 +121,9 @@ fn run(cmd: &mut Command, expected: &[i32]) -> Result<(), String> {
 }
 
 fn demo() -> Result<(), String> {
-    let dist = plugins()?;
+    // The demo needs nothing but rustup: plugins in other languages join in when their
+    // tools are installed (`cargo xtask tools`), and are otherwise only mentioned.
+    let (dist, languages) = build_examples(tools_installed())?;
     run(cargo().args(["build", "--locked", "-p", "weir"]), &[0])?;
     let weir = target_dir().join("debug").join("weir");
     let dist = relative(&dist);
@@ -127,7 +176,12 @@ fn demo() -> Result<(), String> {
             r#"{"count":1,"needsReview":true,"user":"Ada"}"#,
             0,
         ),
-        // Plugins written in Python, JavaScript, C and Go, alone and in one chain.
+        ("validate-email", r#"{"email":"not-an-email"}"#, 1),
+        ("spin", "{}", 1),
+        ("escape", "{}", 0),
+    ];
+    // Plugins written in Python, JavaScript, C and Go, alone and in one chain.
+    let language_runs: &[(&str, &str, i32)] = &[
         ("text-stats", r#"{"text":"the quick brown fox\njumps"}"#, 0),
         (
             "polyglot",
@@ -135,15 +189,25 @@ fn demo() -> Result<(), String> {
             0,
         ),
         ("text-stats", r#"{"text":"x","fail":"on purpose"}"#, 1),
-        ("validate-email", r#"{"email":"not-an-email"}"#, 1),
-        ("spin", "{}", 1),
-        ("escape", "{}", 0),
     ];
     show(&["workflows", "list"], 0)?;
     for (name, input, expected) in runs {
         show(&["run", name, "--input", input], *expected)?;
     }
+    if languages {
+        for (name, input, expected) in language_runs {
+            show(&["run", name, "--input", input], *expected)?;
+        }
+    }
     println!("\nDemo finished: every command ended as expected.");
+    if !languages {
+        println!(
+            "\nThe example plugins in Python, JavaScript, C and Go were left out: their pinned \
+             toolchains are not installed. To add them (about 1.1 GB, into {}), run\n\n    \
+             cargo xtask tools\n\nthen `cargo xtask demo` again.",
+            xtask::tools_dir().display()
+        );
+    }
     Ok(())
 }
 
@@ -159,6 +223,16 @@ fn test() -> Result<(), String> {
     let plugins_manifest = plugins_manifest.to_string_lossy().to_string();
     let wasm_target = target_dir().join("wasm-plugins");
     let wasm_target = wasm_target.to_string_lossy().to_string();
+    eprintln!("== prerequisites");
+    let missing = xtask::missing_system_tools();
+    if !missing.is_empty() {
+        return Err(format!(
+            "the test suite needs programs this machine lacks:\n  {}\ninstall them with \
+             (Debian):\n  {}\n(`cargo test -p weir`, the host's own tests, needs none of them)",
+            missing.join("\n  "),
+            xtask::SYSTEM_PACKAGES_COMMAND
+        ));
+    }
     eprintln!("== plugin toolchains");
     install_tools()?;
     eprintln!("== formatting");
@@ -220,6 +294,10 @@ fn bench(which: &[String]) -> Result<(), String> {
         "serve".to_string(),
     ];
     let benches = if which.is_empty() { &all[..] } else { which };
+    // The languages bench runs the plugins of every language.
+    if benches.iter().any(|b| b == "languages") {
+        install_tools()?;
+    }
     for name in benches {
         run(
             cargo().args(["bench", "--locked", "-p", "weir-tests", "--bench", name]),
