@@ -1,6 +1,10 @@
 //! Plugins written in Python, JavaScript, C and Go (built by `weir build`'s library from
 //! `plugins/`) run like Rust ones, alone and mixed in one workflow; their failures are
 //! typed; `weir new` + `weir build` make a working plugin in every language.
+//!
+//! Their plugins need the pinned toolchains (`cargo xtask tools`): without them the build
+//! script leaves the plugins out and these tests are ignored with that reason (under CI
+//! the build fails instead).
 
 use std::path::Path;
 use std::process::Command;
@@ -22,6 +26,10 @@ fn crc32(bytes: &[u8]) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn python_text_stats_counts_words_lines_and_characters() {
     let result = run(
         "text-stats",
@@ -38,6 +46,10 @@ async fn python_text_stats_counts_words_lines_and_characters() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn a_python_exception_is_an_execution_error_with_the_python_message() {
     let result = run("text-stats", json!({"text": "x", "fail": "on purpose"})).await;
     assert!(!result.ok);
@@ -53,6 +65,10 @@ async fn a_python_exception_is_an_execution_error_with_the_python_message() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn a_python_typed_error_keeps_its_kind_and_code() {
     let result = run("text-stats", json!({"text": 5})).await;
     let error = result.error.expect("an error");
@@ -61,6 +77,10 @@ async fn a_python_typed_error_keeps_its_kind_and_code() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn javascript_validate_json_lists_every_violation() {
     let schema = json!({
         "type": "object",
@@ -103,6 +123,10 @@ async fn javascript_validate_json_lists_every_violation() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn a_javascript_exception_is_an_execution_error_with_its_name_and_message() {
     // `required` that is not a list makes the plugin's own code throw a TypeError.
     let result = run(
@@ -121,6 +145,10 @@ async fn a_javascript_exception_is_an_execution_error_with_its_name_and_message(
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn a_javascript_typed_error_keeps_its_kind_and_code() {
     let result = run(
         "validate-json",
@@ -148,6 +176,10 @@ async fn a_javascript_typed_error_keeps_its_kind_and_code() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn c_checksum_computes_the_crc32_of_the_text() {
     for text in ["hello world", "", "héllo 😀 \"quoted\" \\ back\nslash"] {
         let result = run("checksum", json!({"text": text, "crc32": "stale", "n": 1})).await;
@@ -178,6 +210,10 @@ async fn c_checksum_computes_the_crc32_of_the_text() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn go_pick_route_chooses_a_route_and_reads_its_operator_setting() {
     for (input, route) in [
         (json!({"amount": 10}), "standard"),
@@ -214,6 +250,10 @@ async fn go_pick_route_chooses_a_route_and_reads_its_operator_setting() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn a_chain_across_five_languages_gives_the_combined_state() {
     let folder = PluginFolder::with(&[
         "word-count",
@@ -259,6 +299,10 @@ async fn a_chain_across_five_languages_gives_the_combined_state() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn a_failing_step_in_another_language_stops_the_chain_with_its_typed_error() {
     let folder = PluginFolder::with(&["checksum", "text-stats", "word-count"]);
     let rt = runtime(folder.path()).await;
@@ -290,6 +334,10 @@ async fn a_failing_step_in_another_language_stops_the_chain_with_its_typed_error
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn a_python_guest_gets_no_files_environment_or_network_but_has_clocks_and_randomness() {
     let result = run("escape-py", json!({})).await;
     assert!(result.ok, "{result:?}");
@@ -316,6 +364,10 @@ async fn a_python_guest_gets_no_files_environment_or_network_but_has_clocks_and_
 }
 
 #[tokio::test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 async fn plugins_of_every_language_load_from_the_compile_cache_on_the_second_start() {
     let names = ["text-stats", "validate-json", "checksum", "pick-route"];
     let folder = PluginFolder::with(&names);
@@ -344,6 +396,10 @@ fn weir(dir: &Path, args: &[&str]) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    weir_no_language_plugins,
+    ignore = "the Python, JavaScript, C and Go toolchains are not installed: `cargo xtask tools`"
+)]
 fn weir_new_then_weir_build_makes_a_working_plugin_in_every_language() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
