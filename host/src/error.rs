@@ -121,6 +121,10 @@ pub mod codes {
     pub const INVALID_OUTPUT: &str = "invalid-output";
     /// A host service the processor asked for is not available in this context.
     pub const NOT_AVAILABLE: &str = "not-available";
+    /// A custom event's name or data is over its bound.
+    pub const EVENT_TOO_LARGE: &str = "event-too-large";
+    /// More events (or other guest requests) than the execution's rate allows.
+    pub const RATE_LIMITED: &str = "rate-limited";
 }
 
 /// Why an execution failed: the `error` member of the result document.

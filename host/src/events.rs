@@ -3,6 +3,12 @@
 //! is told how many it missed (an explicit `Lagged` notice) instead of slowing execution; a
 //! subscriber that panics or goes away affects no one else. Events of one execution arrive
 //! in the order they happened.
+//!
+//! The bus is bounded in count ([`crate::HostConfig::event_capacity`] events) and in bytes:
+//! the payloads (`data`, an error's `details`) of the events it still holds for a subscriber
+//! that has not read them add up to at most [`crate::HostConfig::event_buffer_bytes`]. Past
+//! that, a guest's custom event is refused (the guest gets a typed error) and a host event
+//! goes out without its payload, marked `{"payloadDropped": {"bytes": N}}`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -169,10 +175,32 @@ pub enum Notice {
     },
 }
 
+/// An event as the bus holds it, with the payload bytes it counts for; they are given back
+/// when the bus lets go of it (every subscriber read it, or it was overwritten).
+#[derive(Debug)]
+struct Held {
+    event: Arc<Event>,
+    bytes: usize,
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// The bus holds as many payload bytes as it may: a guest's event is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BusFull {
+    /// The bus's bound, in bytes.
+    pub(crate) limit: usize,
+}
+
 /// A subscription to a runtime's events. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
-    receiver: broadcast::Receiver<Arc<Event>>,
+    receiver: broadcast::Receiver<Arc<Held>>,
     subscribers: Arc<AtomicUsize>,
 }
 
@@ -186,7 +214,7 @@ impl Subscription {
     /// The next event or lag notice; `None` once the runtime is gone.
     pub async fn recv(&mut self) -> Option<Notice> {
         match self.receiver.recv().await {
-            Ok(event) => Some(Notice::Event(event)),
+            Ok(held) => Some(Notice::Event(held.event.clone())),
             Err(broadcast::error::RecvError::Lagged(missed)) => Some(Notice::Lagged { missed }),
             Err(broadcast::error::RecvError::Closed) => None,
         }
@@ -195,7 +223,7 @@ impl Subscription {
     /// The next event or lag notice if one is waiting, without waiting.
     pub fn try_recv(&mut self) -> Option<Notice> {
         match self.receiver.try_recv() {
-            Ok(event) => Some(Notice::Event(event)),
+            Ok(held) => Some(Notice::Event(held.event.clone())),
             Err(broadcast::error::TryRecvError::Lagged(missed)) => Some(Notice::Lagged { missed }),
             Err(_) => None,
         }
@@ -205,20 +233,27 @@ impl Subscription {
 /// The runtime's event bus.
 #[derive(Debug)]
 pub(crate) struct EventBus {
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: broadcast::Sender<Arc<Held>>,
     sequence: AtomicU64,
     /// Live subscriptions, kept here because the channel's own count takes a lock and the
     /// execution path asks on every execution.
     subscribers: Arc<AtomicUsize>,
+    /// Payload bytes of the events the channel holds now.
+    held: Arc<AtomicUsize>,
+    /// The most it may hold.
+    max_bytes: usize,
 }
 
 impl EventBus {
-    /// A bus that keeps up to `capacity` events for a slow subscriber.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A bus that keeps up to `capacity` events, with payloads of at most `max_bytes` in
+    /// all, for a slow subscriber.
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         EventBus {
             sender: broadcast::channel(capacity.max(1)).0,
             sequence: AtomicU64::new(0),
             subscribers: Arc::new(AtomicUsize::new(0)),
+            held: Arc::new(AtomicUsize::new(0)),
+            max_bytes,
         }
     }
 
@@ -227,15 +262,33 @@ impl EventBus {
         self.subscribers.load(Ordering::Acquire) > 0
     }
 
-    /// Publishes an event. Never waits.
+    /// Publishes an event. Never waits. If the bus holds as many payload bytes as it may,
+    /// the event goes out without its payload (marked as dropped).
     pub(crate) fn publish(&self, mut event: Event) {
         if !self.active() {
             return;
         }
         event.sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         event.timestamp_ms = crate::clock::now_ms();
-        // An error only means every subscriber left in the meantime.
-        let _ = self.sender.send(Arc::new(event));
+        self.send(event);
+    }
+
+    /// Publishes a guest's event, unless the bus holds as many payload bytes as it may:
+    /// then it is refused, for the guest to be told. Never waits.
+    pub(crate) fn publish_guest(&self, mut event: Event) -> Result<(), BusFull> {
+        if !self.active() {
+            return Ok(());
+        }
+        let bytes = payload_bytes(&event);
+        if self.held.load(Ordering::Acquire).saturating_add(bytes) > self.max_bytes {
+            return Err(BusFull {
+                limit: self.max_bytes,
+            });
+        }
+        event.sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        event.timestamp_ms = crate::clock::now_ms();
+        self.send(event);
+        Ok(())
     }
 
     /// How many subscriptions are open.
@@ -249,7 +302,24 @@ impl EventBus {
             return;
         }
         event.sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let _ = self.sender.send(Arc::new(event));
+        self.send(event);
+    }
+
+    /// Sends `event`, first dropping its payload if the bus cannot hold it.
+    fn send(&self, mut event: Event) {
+        let mut bytes = payload_bytes(&event);
+        if bytes > 0 && self.held.load(Ordering::Acquire).saturating_add(bytes) > self.max_bytes {
+            strip_payload(&mut event, bytes);
+            bytes = payload_bytes(&event);
+        }
+        self.held.fetch_add(bytes, Ordering::AcqRel);
+        let held = Held {
+            event: Arc::new(event),
+            bytes,
+            held: self.held.clone(),
+        };
+        // An error only means every subscriber left in the meantime (and drops `held`).
+        let _ = self.sender.send(Arc::new(held));
     }
 
     pub(crate) fn subscribe(&self) -> Subscription {
@@ -258,6 +328,33 @@ impl EventBus {
             receiver: self.sender.subscribe(),
             subscribers: self.subscribers.clone(),
         }
+    }
+
+    /// Payload bytes the bus holds now.
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// The bytes of `event` that a guest or a run can make large: its data and its error's
+/// message and details (everything else is a short name or a number).
+fn payload_bytes(event: &Event) -> usize {
+    let data = event.data.as_ref().map_or(0, crate::bounds::json_len);
+    let error = event.error.as_ref().map_or(0, |e| {
+        e.message.len() as u64 + e.details.as_ref().map_or(0, crate::bounds::json_len)
+    });
+    usize::try_from(data.saturating_add(error)).unwrap_or(usize::MAX)
+}
+
+/// Takes `event`'s payload out, leaving a note of its size.
+fn strip_payload(event: &mut Event, bytes: usize) {
+    let note = serde_json::json!({ "payloadDropped": { "bytes": bytes } });
+    if event.data.is_some() {
+        event.data = Some(note.clone());
+    }
+    if let Some(error) = &mut event.error {
+        error.details = Some(note);
     }
 }
 
@@ -273,7 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscribers_receive_events_in_order() {
-        let bus = EventBus::new(16);
+        let bus = EventBus::new(16, 1 << 20);
         let mut sub = bus.subscribe();
         for n in 0..3 {
             bus.publish(event(n));
@@ -291,7 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_subscriber_that_falls_behind_is_told_how_much_it_missed() {
-        let bus = EventBus::new(4);
+        let bus = EventBus::new(4, 1 << 20);
         let mut slow = bus.subscribe();
         for n in 0..10 {
             bus.publish(event(n));
@@ -306,6 +403,54 @@ mod tests {
         }
     }
 
+    fn custom(bytes: usize) -> Event {
+        let mut e = Event::new(EventKind::Custom, "t", None);
+        e.data = Some(Value::String("d".repeat(bytes)));
+        e
+    }
+
+    #[tokio::test]
+    async fn the_bus_holds_payloads_up_to_its_bound_for_a_stalled_subscriber() {
+        let bus = EventBus::new(1000, 10_000);
+        let mut stalled = bus.subscribe();
+        for _ in 0..4 {
+            assert_eq!(bus.publish_guest(custom(2_000)), Ok(()));
+        }
+        assert_eq!(bus.held_bytes(), 4 * 2_002);
+        // A guest's event that would not fit is refused...
+        assert_eq!(
+            bus.publish_guest(custom(2_000)),
+            Err(BusFull { limit: 10_000 })
+        );
+        // ... and a host event goes out without its payload.
+        let mut failed = Event::new(EventKind::ProcessorFailed, "t", None);
+        failed.error = Some(ExecutionError {
+            kind: crate::error::ErrorKind::Business,
+            code: None,
+            message: "m".into(),
+            retryable: false,
+            details: Some(Value::String("x".repeat(5_000))),
+        });
+        bus.publish(failed);
+        assert!(bus.held_bytes() <= 10_000, "{}", bus.held_bytes());
+        for _ in 0..4 {
+            assert!(matches!(stalled.recv().await, Some(Notice::Event(_))));
+        }
+        match stalled.recv().await {
+            Some(Notice::Event(e)) => {
+                let details = e.error.as_ref().and_then(|e| e.details.clone());
+                assert_eq!(
+                    details,
+                    Some(serde_json::json!({ "payloadDropped": { "bytes": 5_003 } }))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Once read, the bus holds nothing.
+        assert_eq!(bus.held_bytes(), 0);
+        assert_eq!(bus.publish_guest(custom(2_000)), Ok(()));
+    }
+
     #[test]
     fn events_serialize_with_their_documented_names() {
         let json = serde_json::to_value(event(1)).unwrap();
@@ -316,7 +461,7 @@ mod tests {
 
     #[test]
     fn publishing_without_subscribers_costs_nothing_and_numbers_nothing() {
-        let bus = EventBus::new(4);
+        let bus = EventBus::new(4, 1 << 20);
         bus.publish(event(1));
         let mut sub = bus.subscribe();
         assert!(bus.active());

@@ -152,6 +152,30 @@ pub(crate) async fn call_nested(
         );
         return (Err(error), 0);
     }
+    // The guest picks the name: one that cannot exist, or does not, is refused before
+    // anything is recorded for it (no stats row, no event), so made-up names leave no trace.
+    if !crate::plugin::is_valid_name(&name) {
+        let shown = crate::bounds::escape_controls(&crate::bounds::clip_str(&name, 64));
+        let error = ExecutionError::host(
+            ErrorKind::NotFound,
+            codes::PROCESSOR_NOT_FOUND,
+            format!(
+                "no processor or workflow named `{shown}`: names are 1 to 64 lowercase letters, \
+                 digits and hyphens, starting with a letter"
+            ),
+        );
+        return (Err(error), 0);
+    }
+    let known = shared.registry.resolve(&name).is_some()
+        || !matches!(shared.resolve_published(&name).await, Ok(None));
+    if !known {
+        let error = ExecutionError::host(
+            ErrorKind::NotFound,
+            codes::PROCESSOR_NOT_FOUND,
+            format!("no processor or workflow named `{name}`"),
+        );
+        return (Err(error), 0);
+    }
     let input: Value = match serde_json::from_str(&state) {
         Ok(input) => input,
         Err(e) => {
@@ -621,7 +645,7 @@ async fn attempt(
             log.reset(now);
             log
         }
-        None => GuestLog::new(shared.config.log_rate),
+        None => GuestLog::new(shared.config.log_rate, shared.config.guest),
     };
     let spec = SandboxSpec {
         memory_bytes: limits.memory_bytes,
@@ -640,6 +664,7 @@ async fn attempt(
                 ..scope.clone()
             },
         )),
+        bounds: shared.config.guest,
     };
     let (mut store, mut instance, uses) = match reused {
         Some(mut w) => match Sandbox::rearm(&mut w.store, spec) {
@@ -714,7 +739,11 @@ async fn attempt(
 
     let result = match raw {
         Raw::Finished(Ok(Ok(text))) => parse_output(&text, limits),
-        Raw::Finished(Ok(Err(guest_error))) => Err(from_wit_error(guest_error)),
+        Raw::Finished(Ok(Err(guest_error))) => Err(from_wit_error(
+            guest_error,
+            &shared.config.guest,
+            limits.output_bytes,
+        )),
         Raw::Finished(Err(trap)) => Err(classify_trap(&trap, &log, limits, memory_hit)),
         Raw::Deadline => Err(deadline_error(limits, "while in a host call")),
         Raw::Cancelled => Err(cancelled_error(
@@ -919,7 +948,7 @@ fn memory_error(limit: u64, requested: Option<u64>) -> ExecutionError {
     )
 }
 
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const MIB: f64 = (1 << 20) as f64;
     if bytes >= 1 << 20 {
         format!("{:.1} MiB", bytes as f64 / MIB)

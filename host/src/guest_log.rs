@@ -1,8 +1,10 @@
 //! Where a guest's words go: its `log` calls and its stdout/stderr become `tracing` events
 //! (target `weir::guest`) inside the execution's span, through one per-execution token
 //! bucket, so a flooding guest loses lines (counted, reported once) instead of slowing the
-//! host. The last few KiB of stderr are kept so that a trap can carry the guest's panic
-//! message.
+//! host. Every line is bounded (see [`GuestBounds`]): messages are cut and their control
+//! characters escaped, so a guest can neither flood the log pipeline with one huge line nor
+//! forge lines of the host's; `log` fields must be a JSON object within their bound. The
+//! last few KiB of stderr are kept so that a trap can carry the guest's panic message.
 
 use std::collections::VecDeque;
 use std::io;
@@ -16,6 +18,8 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+use crate::bounds::{Bucket, GuestBounds, Rate, clip_str, escape_controls};
+
 /// Log lines a guest may write: a burst, refilled at a steady rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogRate {
@@ -23,6 +27,15 @@ pub struct LogRate {
     pub burst: u32,
     /// Lines added back per second.
     pub per_second: u32,
+}
+
+impl From<LogRate> for Rate {
+    fn from(rate: LogRate) -> Rate {
+        Rate {
+            burst: rate.burst,
+            per_second: rate.per_second,
+        }
+    }
 }
 
 impl Default for LogRate {
@@ -45,7 +58,6 @@ pub(crate) enum Level {
     Error,
 }
 
-const MAX_LINE: usize = 8 << 10;
 const STDERR_TAIL: usize = 4 << 10;
 
 /// The per-execution sink for guest output.
@@ -55,8 +67,8 @@ pub(crate) struct GuestLog {
 
 struct LogState {
     rate: LogRate,
-    tokens: f64,
-    refilled: Instant,
+    bucket: Bucket,
+    bounds: GuestBounds,
     dropped: u64,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
@@ -64,12 +76,12 @@ struct LogState {
 }
 
 impl GuestLog {
-    pub(crate) fn new(rate: LogRate) -> Arc<GuestLog> {
+    pub(crate) fn new(rate: LogRate, bounds: GuestBounds) -> Arc<GuestLog> {
         Arc::new(GuestLog {
             state: Mutex::new(LogState {
                 rate,
-                tokens: f64::from(rate.burst),
-                refilled: Instant::now(),
+                bucket: Bucket::new(rate.into(), Instant::now()),
+                bounds,
                 dropped: 0,
                 stdout: Vec::new(),
                 stderr: Vec::new(),
@@ -86,10 +98,15 @@ impl GuestLog {
 
     /// A structured `log` call from the guest.
     pub(crate) fn log(&self, level: Level, message: &str, fields: Option<&str>) {
-        if !self.lock().take_token() {
-            return;
-        }
-        emit(level, "log", message, fields);
+        let bounds = {
+            let mut state = self.lock();
+            if !state.take_token() {
+                return;
+            }
+            state.bounds
+        };
+        let (message, fields) = bounds.log_line(message, fields);
+        emit(level, "log", &message, fields.as_deref());
     }
 
     /// Starts the log over for the next execution of a reused instance: a full rate
@@ -97,8 +114,7 @@ impl GuestLog {
     /// error. Call after [`GuestLog::finish`], with the time the next execution starts.
     pub(crate) fn reset(&self, now: Instant) {
         let mut state = self.lock();
-        state.tokens = f64::from(state.rate.burst);
-        state.refilled = now;
+        state.bucket = Bucket::new(state.rate.into(), now);
         state.dropped = 0;
         state.stdout.clear();
         state.stderr.clear();
@@ -111,7 +127,7 @@ impl GuestLog {
         for stream in [Stream::Stdout, Stream::Stderr] {
             let rest = std::mem::take(state.buffer(stream));
             if !rest.is_empty() && state.take_token() {
-                emit_line(stream, &rest);
+                emit_line(stream, &rest, state.bounds.log_message_bytes);
             }
         }
         if state.dropped > 0 {
@@ -137,26 +153,33 @@ impl GuestLog {
     fn write(&self, stream: Stream, bytes: &[u8]) {
         let mut state = self.lock();
         if stream == Stream::Stderr {
-            state.stderr_tail.extend(bytes.iter().copied());
+            let recent = &bytes[bytes.len().saturating_sub(STDERR_TAIL)..];
+            state.stderr_tail.extend(recent.iter().copied());
             let excess = state.stderr_tail.len().saturating_sub(STDERR_TAIL);
             state.stderr_tail.drain(..excess);
         }
+        // A line is kept to its bound (plus a little, so the cut shows): the rest of a longer
+        // one is dropped, so no write, however large, is copied or written whole.
+        let max = state.bounds.log_message_bytes;
+        let keep = max.saturating_add(4);
         let mut rest = bytes;
         while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
             let (line, after) = rest.split_at(pos);
             rest = &after[1..];
             let mut full = std::mem::take(state.buffer(stream));
-            full.extend_from_slice(line);
+            let room = keep.saturating_sub(full.len());
+            full.extend_from_slice(&line[..line.len().min(room)]);
             if state.take_token() {
-                emit_line(stream, &full);
+                emit_line(stream, &full, max);
             }
         }
         let buffer = state.buffer(stream);
-        buffer.extend_from_slice(rest);
-        if buffer.len() > MAX_LINE {
+        let room = keep.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&rest[..rest.len().min(room)]);
+        if buffer.len() > max {
             let full = std::mem::take(buffer);
             if state.take_token() {
-                emit_line(stream, &full);
+                emit_line(stream, &full, max);
             }
         }
     }
@@ -164,18 +187,11 @@ impl GuestLog {
 
 impl LogState {
     fn take_token(&mut self) -> bool {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.refilled = now;
-        self.tokens = (self.tokens + elapsed * f64::from(self.rate.per_second))
-            .min(f64::from(self.rate.burst));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
+        let taken = self.bucket.take();
+        if !taken {
             self.dropped += 1;
-            false
         }
+        taken
     }
 
     fn buffer(&mut self, stream: Stream) -> &mut Vec<u8> {
@@ -201,15 +217,17 @@ fn emit(level: Level, source: &'static str, message: &str, fields: Option<&str>)
     }
 }
 
-fn emit_line(stream: Stream, line: &[u8]) {
+fn emit_line(stream: Stream, line: &[u8], max: usize) {
     let text = String::from_utf8_lossy(line);
+    let text = clip_str(&text, max);
     let text = text.trim_end_matches('\r');
     if text.trim().is_empty() {
         return;
     }
+    let text = escape_controls(text);
     match stream {
-        Stream::Stdout => emit(Level::Info, "stdout", text, None),
-        Stream::Stderr => emit(Level::Warn, "stderr", text, None),
+        Stream::Stdout => emit(Level::Info, "stdout", &text, None),
+        Stream::Stderr => emit(Level::Warn, "stderr", &text, None),
     }
 }
 
@@ -348,10 +366,13 @@ mod tests {
 
     #[test]
     fn the_bucket_drops_lines_beyond_the_burst() {
-        let log = GuestLog::new(LogRate {
-            burst: 3,
-            per_second: 1,
-        });
+        let log = GuestLog::new(
+            LogRate {
+                burst: 3,
+                per_second: 1,
+            },
+            GuestBounds::default(),
+        );
         let passed = (0..10).filter(|_| log.lock().take_token()).count();
         assert_eq!(passed, 3);
         assert_eq!(log.lock().dropped, 7);
@@ -359,15 +380,67 @@ mod tests {
 
     #[test]
     fn stderr_tail_is_bounded_and_survives_the_rate_limit() {
-        let log = GuestLog::new(LogRate {
-            burst: 0,
-            per_second: 0,
-        });
+        let log = GuestLog::new(
+            LogRate {
+                burst: 0,
+                per_second: 0,
+            },
+            GuestBounds::default(),
+        );
         for i in 0..10_000 {
             log.write(Stream::Stderr, format!("line {i}\n").as_bytes());
         }
         log.write(Stream::Stderr, b"panicked at x.rs:1:1:\nboom\n");
         assert!(log.lock().stderr_tail.len() <= STDERR_TAIL);
         assert_eq!(log.panic_message().unwrap(), "boom (at x.rs:1:1)");
+    }
+
+    /// Everything logged while `f` runs, as the pretty format writes it.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = sink.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn a_huge_write_is_logged_and_held_to_the_line_bound() {
+        let max = GuestBounds::default().log_message_bytes;
+        let log = GuestLog::new(LogRate::default(), GuestBounds::default());
+        let text = logged(|| {
+            for _ in 0..4 {
+                log.write(Stream::Stdout, &vec![b'x'; 4 << 20]);
+                log.write(
+                    Stream::Stderr,
+                    &[&vec![b'y'; 4 << 20][..], b"\nnext\n"].concat(),
+                );
+                let state = log.lock();
+                assert!(state.stdout.len() <= max + 4, "{}", state.stdout.len());
+                assert!(state.stderr_tail.len() <= STDERR_TAIL);
+            }
+            log.finish();
+        });
+        assert!(
+            text.len() < 16 * (max + 256),
+            "{} bytes logged for 32 MiB written",
+            text.len()
+        );
+        assert!(text.lines().all(|line| line.len() < max + 256));
     }
 }

@@ -33,6 +33,7 @@
 
 mod activity;
 mod bindings;
+mod bounds;
 mod cache;
 mod cancel;
 mod clock;
@@ -66,6 +67,7 @@ mod workflow_file;
 
 pub use activity::{DURATION_BUCKETS_US, ProcessorStats, SessionStats};
 pub use bindings::WORLD;
+pub use bounds::{GuestBounds, Rate};
 pub use cache::CompileCache;
 pub use cancel::{CancelHandle, CancelReason};
 pub use distributed::{DeadJob, RedisConfig, Retention, RunStatus, WorkerConfig, WorkerHandle};

@@ -324,7 +324,7 @@ async fn describe(
 ) -> Result<wit::ProcessorMetadata, LoadError> {
     let timeout = host.describe_timeout.min(limits.timeout());
     let deadline = Instant::now() + timeout;
-    let log = GuestLog::new(host.log_rate);
+    let log = GuestLog::new(host.log_rate, host.guest);
     let describe_error = |reason: String| LoadError::Describe { reason };
     let mut store = Sandbox::store(
         engine,
@@ -338,6 +338,7 @@ async fn describe(
             capabilities: &manifest.capabilities,
             config: Arc::new(manifest.config.clone()),
             caller: None,
+            bounds: host.guest,
         },
     )
     .map_err(|e| describe_error(e.message))?;

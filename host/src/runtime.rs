@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
 
 use crate::activity::{Activity, ProcessorStats, SessionStats};
+use crate::bounds::GuestBounds;
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::distributed::{
     DeadJob, Distributed, RedisConfig, RunStatus, WorkerConfig, WorkerHandle,
@@ -48,6 +49,8 @@ pub struct HostConfig {
     pub ceilings: Limits,
     /// Guest log lines per execution.
     pub log_rate: LogRate,
+    /// What one execution's guest may hand the host: events, errors, log lines.
+    pub guest: GuestBounds,
     /// Deepest chain of nested `call`s (a call past it fails before running).
     pub max_call_depth: u32,
     /// Time a cancelled guest gets to stop on its own before it is stopped.
@@ -60,6 +63,9 @@ pub struct HostConfig {
     pub max_nesting: usize,
     /// Events kept for a slow subscriber before it is told it lagged.
     pub event_capacity: usize,
+    /// Bytes of event payloads (data, error details) kept for a slow subscriber (default
+    /// 16 MiB). Past it a guest's `emit` is refused and host events lose their payload.
+    pub event_buffer_bytes: usize,
 }
 
 impl Default for HostConfig {
@@ -68,12 +74,14 @@ impl Default for HostConfig {
             defaults: Limits::DEFAULTS,
             ceilings: Limits::CEILINGS,
             log_rate: LogRate::default(),
+            guest: GuestBounds::default(),
             max_call_depth: 10,
             cancel_grace: Duration::from_millis(100),
             describe_timeout: Duration::from_secs(5),
             session_quota: SessionQuota::default(),
             max_nesting: crate::workflow::MAX_NESTING,
             event_capacity: 4096,
+            event_buffer_bytes: 16 << 20,
         }
     }
 }
@@ -963,7 +971,7 @@ impl RuntimeBuilder {
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(MemoryStateStore::new(self.host.session_quota)));
-        let events = EventBus::new(self.host.event_capacity);
+        let events = EventBus::new(self.host.event_capacity, self.host.event_buffer_bytes);
         let shared = Arc::new(Shared {
             engine,
             linker,

@@ -18,6 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{Processor, weir::processor as imports, wit};
+use crate::bounds::{Bucket, GuestBounds, clip, clip_str, escape_controls};
 use crate::cancel::CancelHandle;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
@@ -107,6 +108,10 @@ pub(crate) struct Sandbox {
     /// Who is running, for nested calls and the session store; absent while a plugin is
     /// being described at load time.
     caller: Option<(Arc<Shared>, Scope)>,
+    /// What the guest may hand the host.
+    bounds: GuestBounds,
+    /// This execution's allowance of custom events and progress reports.
+    events: Bucket,
 }
 
 /// Everything needed to set up a sandbox.
@@ -120,6 +125,7 @@ pub(crate) struct SandboxSpec<'a> {
     pub capabilities: &'a Capabilities,
     pub config: Arc<BTreeMap<String, String>>,
     pub caller: Option<(Arc<Shared>, Scope)>,
+    pub bounds: GuestBounds,
 }
 
 impl Sandbox {
@@ -143,6 +149,8 @@ impl Sandbox {
             processor: spec.processor,
             config: spec.config,
             caller: spec.caller,
+            bounds: spec.bounds,
+            events: Bucket::new(spec.bounds.event_rate, Instant::now()),
         };
         let mut store = Store::new(engine.wasmtime(), sandbox);
         store.limiter(|s| &mut s.limiter);
@@ -178,6 +186,8 @@ impl Sandbox {
         sandbox.cancel = Some(spec.cancel);
         sandbox.nested_fuel = 0;
         sandbox.caller = spec.caller;
+        sandbox.bounds = spec.bounds;
+        sandbox.events = Bucket::new(spec.bounds.event_rate, Instant::now());
         set_fuel(store, spec.fuel)?;
         store.set_epoch_deadline(1);
         Ok(())
@@ -345,6 +355,24 @@ impl Sandbox {
 
 impl imports::events::Host for Sandbox {
     fn emit(&mut self, name: String, data: String) -> Result<(), wit::ProcessorError> {
+        let bounds = self.bounds;
+        if name.len() > bounds.event_name_bytes || data.len() > bounds.event_data_bytes {
+            let shown = escape_controls(&clip_str(&name, 64));
+            return Err(wit::ProcessorError {
+                kind: wit::ErrorKind::Resource,
+                code: Some(codes::EVENT_TOO_LARGE.to_string()),
+                message: format!(
+                    "event `{shown}` is too large: its name has {} bytes (at most {}) and its \
+                     data {} bytes (at most {}); send less, or a reference to where the rest is",
+                    name.len(),
+                    bounds.event_name_bytes,
+                    data.len(),
+                    bounds.event_data_bytes
+                ),
+                retryable: false,
+                details: None,
+            });
+        }
         let Ok(data) = serde_json::from_str::<serde_json::Value>(&data) else {
             return Err(wit::ProcessorError {
                 kind: wit::ErrorKind::Validation,
@@ -354,11 +382,36 @@ impl imports::events::Host for Sandbox {
                 details: None,
             });
         };
+        if !self.events.take() {
+            return Err(wit::ProcessorError {
+                kind: wit::ErrorKind::Resource,
+                code: Some(codes::RATE_LIMITED.to_string()),
+                message: format!(
+                    "event `{name}` refused: an execution may publish {} events at once and {} \
+                     a second after that",
+                    bounds.event_rate.burst, bounds.event_rate.per_second
+                ),
+                retryable: false,
+                details: None,
+            });
+        }
         tracing::debug!(target: "weir::events", event = %name, "custom event");
         if let Some((shared, mut event)) = self.event(EventKind::Custom) {
-            event.name = Some(name);
+            event.name = Some(name.clone());
             event.data = Some(data);
-            shared.events.publish(event);
+            if let Err(full) = shared.events.publish_guest(event) {
+                return Err(wit::ProcessorError {
+                    kind: wit::ErrorKind::Resource,
+                    code: Some(codes::RATE_LIMITED.to_string()),
+                    message: format!(
+                        "event `{name}` refused: the host already holds {} of events its \
+                         subscribers have not read yet; try again later",
+                        crate::executor::human_bytes(full.limit as u64)
+                    ),
+                    retryable: true,
+                    details: None,
+                });
+            }
         }
         Ok(())
     }
@@ -372,7 +425,11 @@ impl imports::events::Host for Sandbox {
         {
             sink.send_replace(Some((percent, message.clone())));
         }
-        if let Some((shared, mut event)) = self.event(EventKind::Progress) {
+        // Over the event rate the progress still counts (the latest report wins), but no
+        // event is published for it.
+        if self.events.take()
+            && let Some((shared, mut event)) = self.event(EventKind::Progress)
+        {
             event.data = Some(serde_json::json!({ "percent": percent, "message": message }));
             shared.events.publish(event);
         }
@@ -441,19 +498,6 @@ impl imports::session_store::Host for Sandbox {
 /// The longest progress message kept, in bytes; longer ones are cut (at a character).
 const MAX_PROGRESS_MESSAGE: usize = 1024;
 
-/// `text` cut to at most `max` bytes, at a character boundary, marked with `…` when cut.
-fn clip(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max.saturating_sub('…'.len_utf8());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
 /// A host-side error as the guest sees it.
 pub(crate) fn to_wit_error(e: ExecutionError) -> wit::ProcessorError {
     wit::ProcessorError {
@@ -465,15 +509,30 @@ pub(crate) fn to_wit_error(e: ExecutionError) -> wit::ProcessorError {
     }
 }
 
-/// A guest's error as the host reports it.
-pub(crate) fn from_wit_error(e: wit::ProcessorError) -> ExecutionError {
-    ExecutionError {
+/// A guest's error as the host reports it, held to `bounds` (the details' limit is at most
+/// `output_bytes`): details too large are never parsed.
+pub(crate) fn from_wit_error(
+    e: wit::ProcessorError,
+    bounds: &GuestBounds,
+    output_bytes: u64,
+) -> ExecutionError {
+    let limit = u64::try_from(bounds.error_details_bytes)
+        .unwrap_or(u64::MAX)
+        .min(output_bytes);
+    let details = e.details.map(|text| {
+        let bytes = text.len() as u64;
+        if bytes > limit {
+            serde_json::json!({ "detailsTooLarge": { "bytes": bytes, "limit": limit } })
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        }
+    });
+    let error = ExecutionError {
         kind: e.kind.into(),
         code: e.code,
         message: e.message,
         retryable: e.retryable,
-        details: e
-            .details
-            .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))),
-    }
+        details,
+    };
+    bounds.error(error, output_bytes)
 }
