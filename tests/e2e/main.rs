@@ -5,6 +5,7 @@
 // Test code may unwrap: a panic here is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod abuse;
 mod cli;
 mod compose;
 mod dashboard;

@@ -128,13 +128,15 @@ async fn listen(
              anyone who can reach it, and everything runs as the tenant `default`"
         );
     }
-    let config = weir::server::ServerConfig {
+    let mut config = weir::server::ServerConfig {
         max_body_bytes: args
             .max_body_bytes
             .or(file.max_body_bytes)
             .unwrap_or(weir::server::ServerConfig::default().max_body_bytes),
         access: file.access,
+        ..weir::server::ServerConfig::default()
     };
+    file.event_streams.apply(&mut config);
     tracing::warn!(url = %format!("http://{bound}"), "HTTP API listening");
     Ok(tokio::spawn(weir::server::serve(
         listener,

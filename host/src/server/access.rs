@@ -79,6 +79,10 @@ struct RawServer {
     #[serde(default)]
     operator_token_sha256: Vec<String>,
     max_body_bytes: Option<usize>,
+    event_stream_bytes: Option<usize>,
+    event_stream_events: Option<usize>,
+    max_event_streams: Option<usize>,
+    max_event_streams_per_tenant: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +110,40 @@ pub struct ServerFile {
     pub access: Access,
     /// `[server] max_body_bytes`, if set.
     pub max_body_bytes: Option<usize>,
+    /// `[server] event_stream_bytes`, `event_stream_events`, `max_event_streams` and
+    /// `max_event_streams_per_tenant`, where set (see [`super::ServerConfig`]).
+    pub event_streams: EventStreamSettings,
+}
+
+/// The `[server]` settings of `GET /v1/events`' streams; `None` keeps the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventStreamSettings {
+    /// [`super::ServerConfig::event_stream_bytes`].
+    pub bytes: Option<usize>,
+    /// [`super::ServerConfig::event_stream_events`].
+    pub events: Option<usize>,
+    /// [`super::ServerConfig::max_event_streams`].
+    pub max_streams: Option<usize>,
+    /// [`super::ServerConfig::max_event_streams_per_tenant`].
+    pub max_per_tenant: Option<usize>,
+}
+
+impl EventStreamSettings {
+    /// `config` with the settings that are set.
+    pub fn apply(&self, config: &mut super::ServerConfig) {
+        if let Some(bytes) = self.bytes {
+            config.event_stream_bytes = bytes;
+        }
+        if let Some(events) = self.events {
+            config.event_stream_events = events;
+        }
+        if let Some(max) = self.max_streams {
+            config.max_event_streams = max;
+        }
+        if let Some(max) = self.max_per_tenant {
+            config.max_event_streams_per_tenant = max;
+        }
+    }
 }
 
 impl ServerFile {
@@ -192,6 +230,12 @@ impl ServerFile {
         Ok(ServerFile {
             access: Access { operator, tenants },
             max_body_bytes: raw.server.max_body_bytes,
+            event_streams: EventStreamSettings {
+                bytes: raw.server.event_stream_bytes,
+                events: raw.server.event_stream_events,
+                max_streams: raw.server.max_event_streams,
+                max_per_tenant: raw.server.max_event_streams_per_tenant,
+            },
         })
     }
 }

@@ -71,6 +71,20 @@ impl ApiError {
         }
     }
 
+    /// 429: too many of something open at once (event streams); try again after
+    /// `retry_after`.
+    pub(crate) fn too_many(message: impl Into<String>, retry_after: Duration) -> Self {
+        ApiError {
+            retry_after: Some(retry_after.as_secs().max(1)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource",
+                "capacity-exceeded",
+                message.into(),
+            )
+        }
+    }
+
     /// 400: the request itself is malformed.
     /// 422: the request was well formed but what it carries cannot be used.
     pub(crate) fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {

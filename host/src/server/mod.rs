@@ -38,7 +38,7 @@ mod jobs;
 mod metrics;
 mod quota;
 
-pub use access::{Access, ServerFile, Tenant, digest};
+pub use access::{Access, EventStreamSettings, ServerFile, Tenant, digest};
 pub use quota::Quotas;
 
 use std::sync::Arc;
@@ -58,6 +58,16 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Who may call (default: nobody configured, so the API is open).
     pub access: Access,
+    /// Bytes of events one `GET /v1/events` client may have waiting unread (default 1 MiB);
+    /// past it, events are dropped for that client and it is told how many it missed.
+    pub event_stream_bytes: usize,
+    /// Events one `GET /v1/events` client may have waiting unread (default 1024), likewise.
+    pub event_stream_events: usize,
+    /// Event streams open at once (default 64); one more gets `429`.
+    pub max_event_streams: usize,
+    /// Event streams one tenant (or the operator) may have open at once (default 8); one
+    /// more gets `429`.
+    pub max_event_streams_per_tenant: usize,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +75,10 @@ impl Default for ServerConfig {
         ServerConfig {
             max_body_bytes: 4 << 20,
             access: Access::default(),
+            event_stream_bytes: 1 << 20,
+            event_stream_events: 1024,
+            max_event_streams: 64,
+            max_event_streams_per_tenant: 8,
         }
     }
 }
@@ -113,6 +127,8 @@ struct AppState {
     /// Cancelled when the server shuts down: ends the event streams, which would otherwise
     /// hold graceful shutdown open forever.
     shutdown: CancellationToken,
+    /// The event streams open now.
+    streams: Arc<events::OpenStreams>,
 }
 
 /// The API's routes over `runtime`, for embedding in an application's own axum server.
@@ -133,6 +149,7 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
         jobs,
         config: Arc::new(config),
         shutdown,
+        streams: Arc::default(),
     };
     Router::new()
         .route("/", get(api::dashboard))

@@ -1,0 +1,316 @@
+//! The abuse suite: each test runs one attack from the host's security review
+//! (`shared/AUDIT.md`; its finding's id opens the test's comment) against the real host and
+//! the `abuse` plugin, and asserts the bound that holds it (`docs/bounds.md` lists them).
+
+use serde_json::{Value, json};
+use weir::EventKind;
+use weir_tests::{PluginFolder, next_event, run_alone as run, runtime};
+
+/// The documented defaults the attacks meet (`docs/bounds.md`, `weir::GuestBounds`).
+const EVENT_NAME_BYTES: usize = 256;
+const EVENT_DATA_BYTES: usize = 64 << 10;
+const EVENT_BURST: u64 = 100;
+const ERROR_MESSAGE_BYTES: usize = 4 << 10;
+const ERROR_DETAILS_BYTES: usize = 64 << 10;
+const LOG_MESSAGE_BYTES: usize = 8 << 10;
+
+/// C1: an event whose data or name is over its bound is refused, and the guest is told why
+/// with a typed error; one just under the bound goes through.
+#[tokio::test]
+async fn an_event_over_its_size_bound_is_refused_with_a_typed_error() {
+    // The data is a JSON string: its text is two bytes longer than its content.
+    let over = run(
+        "abuse",
+        json!({"emit": {"count": 1, "bytes": EVENT_DATA_BYTES - 1}}),
+    )
+    .await;
+    assert!(over.ok, "{over:?}");
+    assert_eq!(over.state["emitted"], 0);
+    assert_eq!(
+        over.state["emitError"]["kind"], "resource",
+        "{}",
+        over.state
+    );
+    assert_eq!(over.state["emitError"]["code"], "event-too-large");
+    let under = run(
+        "abuse",
+        json!({"emit": {"count": 1, "bytes": EVENT_DATA_BYTES - 2}}),
+    )
+    .await;
+    assert_eq!(under.state["emitted"], 1, "{}", under.state);
+    assert!(under.state.get("emitError").is_none());
+    let long_name = run(
+        "abuse",
+        json!({"emit": {"count": 1, "bytes": 1, "nameBytes": EVENT_NAME_BYTES + 1}}),
+    )
+    .await;
+    assert_eq!(long_name.state["emitError"]["code"], "event-too-large");
+}
+
+/// C1: one execution cannot flood the event bus: past its burst (and the refill while it
+/// runs), `emit` is refused with a typed error.
+#[tokio::test]
+async fn an_event_flood_is_refused_past_the_execution_rate() {
+    let result = run("abuse", json!({"emit": {"count": 100_000, "bytes": 10}})).await;
+    assert!(result.ok, "{result:?}");
+    let emitted = result.state["emitted"].as_u64().unwrap();
+    let burst = EVENT_BURST;
+    // The loop takes well under a second, so the refill adds at most a few tens.
+    assert!(
+        (burst..burst + 200).contains(&emitted),
+        "{emitted} events went through"
+    );
+    assert_eq!(result.state["emitError"]["code"], "rate-limited");
+}
+
+/// H1: a guest error of 16 MiB with 8 MiB of details reaches the caller, and the
+/// `processor:failed` event, clipped: its kind and code intact, its message cut, its details
+/// replaced by a note of their size.
+#[tokio::test]
+async fn a_huge_guest_error_is_clipped_in_the_result_and_its_event() {
+    let folder = PluginFolder::with(&["abuse"]);
+    let rt = runtime(folder.path()).await;
+    let mut events = rt.subscribe();
+    let input = json!({"fail": {"messageBytes": 16 << 20, "detailsBytes": 8 << 20}});
+    let result = rt.run("abuse", input).await.unwrap();
+    let error = result.error.as_ref().expect("abuse fails");
+    assert_eq!(error.code.as_deref(), Some("abuse"));
+    assert!(
+        error.message.len() <= ERROR_MESSAGE_BYTES,
+        "{} bytes",
+        error.message.len()
+    );
+    assert!(error.message.starts_with("eee") && error.message.ends_with('…'));
+    let details = error.details.as_ref().expect("a note of the details' size");
+    assert!(details["detailsTooLarge"]["bytes"].as_u64() > Some(8 << 20));
+    assert_eq!(
+        details["detailsTooLarge"]["limit"],
+        json!(ERROR_DETAILS_BYTES)
+    );
+    let document = serde_json::to_string(&result).unwrap();
+    assert!(document.len() < 8 << 10, "{} bytes", document.len());
+    let failed = next_event(&mut events, |e| e.event == EventKind::ProcessorFailed).await;
+    let event_error = failed.error.as_ref().expect("the event carries the error");
+    assert_eq!(event_error, error);
+}
+
+/// H4: nested calls to names that do not exist, even long ones, fail as not found and leave
+/// no stats row behind (so `/v1/stats` and `/metrics` cannot be grown by a guest).
+#[tokio::test]
+async fn nested_calls_to_made_up_names_leave_no_stats_rows() {
+    let folder = PluginFolder::with(&["abuse"]);
+    let rt = runtime(folder.path()).await;
+    for name_bytes in [20, 4096] {
+        let input = json!({"call": {"count": 300, "nameBytes": name_bytes}});
+        let result = rt.run("abuse", input).await.unwrap();
+        assert!(result.ok, "{result:?}");
+        let codes = result.state["callErrors"].as_array().unwrap();
+        assert_eq!(codes.len(), 300);
+        assert!(
+            codes
+                .iter()
+                .all(|c| c == &Value::from("processor-not-found")),
+            "{codes:?}"
+        );
+    }
+    // Names cut for the message: a failure must not print megabytes.
+    let shown = |names: Vec<&String>| -> Vec<String> {
+        names.iter().map(|n| n.chars().take(24).collect()).collect()
+    };
+    let stats = rt.stats();
+    let names: Vec<&String> = stats.processors.keys().collect();
+    assert_eq!(names.len(), 1, "stats rows: {:?}", shown(names));
+    assert_eq!(names, ["abuse"]);
+    let tenant_rows: Vec<&String> = stats.tenants["default"].keys().collect();
+    assert_eq!(tenant_rows.len(), 1, "stats rows: {:?}", shown(tenant_rows));
+}
+
+/// `weir run abuse` with `input`, in the pretty log format at info; returns its stderr.
+fn logged_by(input: &Value) -> String {
+    let folder = PluginFolder::with(&["abuse"]);
+    let output = std::process::Command::new(weir_tests::weir_bin())
+        .args(["run", "abuse", "--no-cache", "--log-format", "pretty"])
+        .args(["--log-level", "warn,weir::guest=info"])
+        .arg("--plugins")
+        .arg(folder.path())
+        .arg("--input")
+        .arg(input.to_string())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// M3: a guest's log line is bounded (a 4 MiB message is cut), cannot forge a line of the
+/// host's (its newline is escaped), and its fields must be a JSON object within their bound.
+#[test]
+fn a_guest_log_line_is_cut_escaped_and_its_fields_checked() {
+    let huge = logged_by(&json!({"log": {"count": 1, "messageBytes": 4 << 20}}));
+    assert!(
+        huge.len() < LOG_MESSAGE_BYTES + 1024,
+        "{} bytes of log for one line",
+        huge.len()
+    );
+    assert_eq!(huge.lines().count(), 1, "{huge}");
+    let forged = "ok\n2026-01-01T00:00:00Z  WARN weir::server: operator token rotated";
+    let stderr = logged_by(&json!({"log": {"count": 1, "text": forged}}));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("ok\\n2026-01-01"), "{stderr}");
+    let stderr = logged_by(&json!({"log": {"count": 1, "text": "hi", "rawFields": "not json"}}));
+    assert!(stderr.contains("fieldsNotAnObject"), "{stderr}");
+    assert!(!stderr.contains("not json"), "{stderr}");
+}
+
+/// Bytes Redis at `url` uses (`INFO memory`'s `used_memory`).
+async fn redis_used_memory(url: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO memory has used_memory")
+}
+
+/// H1 on the distributed runtime: the same error, failed on a worker, travels clipped, so
+/// BullMQ's `failedReason`, the run record and the event streams leave Redis small.
+#[tokio::test]
+async fn a_huge_guest_error_on_a_worker_leaves_redis_small() {
+    let redis = weir_tests::RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["abuse"]);
+    let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
+    let submitter = weir::Runtime::redis(&url)
+        .plugins_dir(folder.path())
+        .engine_config(weir_tests::engine_config())
+        .build()
+        .await
+        .unwrap();
+    submitter.start();
+    let input = json!({"fail": {"messageBytes": 16 << 20, "detailsBytes": 8 << 20}});
+    let result = submitter.run("abuse", input).await.unwrap();
+    let error = result.error.expect("abuse fails");
+    assert_eq!(error.code.as_deref(), Some("abuse"));
+    assert!(error.message.len() <= ERROR_MESSAGE_BYTES);
+    let used = redis_used_memory(&url).await;
+    assert!(
+        used < 8 << 20,
+        "Redis holds {used} bytes after one failed run"
+    );
+}
+
+/// Resident memory of process `pid`, in bytes (Linux `/proc`).
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS in /proc/PID/status")
+        * 1024
+}
+
+/// A `GET /v1/events` client that never reads what it is sent.
+fn stalled_event_client(url: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET /v1/events HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    stream
+}
+
+/// C1: a guest floods events while a `/v1/events` client holds its stream open and never
+/// reads. The server keeps what that client has not read within the stream's bound, so its
+/// memory stays flat (the runtime never keeps events for the stalled client), and everyone
+/// else is still served.
+#[tokio::test]
+async fn a_stalled_event_stream_does_not_make_the_server_hold_a_guests_events() {
+    let folder = PluginFolder::with(&["abuse", "hello"]);
+    let (server, url) = weir_tests::WeirProcess::serve(folder.path(), &[]);
+    let client = reqwest::Client::new();
+    let run = |input: Value| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let response = client
+                .post(format!("{url}/v1/run/abuse"))
+                .header("content-type", "application/json")
+                .body(input.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    // Warm up (compile, first sandbox), then take the baseline.
+    run(json!({"emit": {"count": 1, "bytes": 10}})).await;
+    let before = rss_of(server.pid());
+    let _stalled = stalled_event_client(&url);
+    // 30 executions, each publishing 100 events of 60 KB: 180 MB of events.
+    for _ in 0..30 {
+        let result = run(json!({"emit": {"count": 100, "bytes": 60_000}})).await;
+        assert!(result["ok"] == true, "{result}");
+    }
+    let after = rss_of(server.pid());
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "the server grew by {} MiB ({} -> {} MiB)",
+        grown >> 20,
+        before >> 20,
+        after >> 20
+    );
+    // Everyone else is still served.
+    let hello = client
+        .post(format!("{url}/v1/run/hello"))
+        .header("content-type", "application/json")
+        .body(r#"{"user":"Ada"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hello.status(), 200);
+}
+
+/// C1: a tenant cannot open event streams without end: past its maximum (8 by default)
+/// one more is refused with `429`, and closing one makes room again.
+#[tokio::test]
+async fn a_tenants_event_streams_are_capped() {
+    let folder = PluginFolder::with(&["hello"]);
+    let (_server, url) = weir_tests::WeirProcess::serve(folder.path(), &[]);
+    let client = reqwest::Client::new();
+    let open = || client.get(format!("{url}/v1/events")).send();
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let response = open().await.unwrap();
+        assert_eq!(response.status(), 200);
+        streams.push(response);
+    }
+    let refused = open().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "capacity-exceeded", "{body}");
+    drop(streams.pop());
+    // The server notices the closed stream once its forwarder wakes: wait for that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let response = open().await.unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after closing a stream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
