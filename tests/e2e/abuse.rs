@@ -314,3 +314,186 @@ async fn a_tenants_event_streams_are_capped() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Sends `request` (raw HTTP/1.1) on a fresh connection to the server at `url` and returns
+/// the status of its answer.
+fn raw_status(url: &str, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+/// H6: without tenants the API is open, but not to the web: a page on another site cannot
+/// run work with a simple cross-site POST, a page that rebinds its own name to the server's
+/// address is refused, a posted body must be JSON, and an open API installs no plugins.
+/// Nothing the refused requests asked for runs.
+#[tokio::test]
+async fn an_open_api_refuses_cross_site_and_rebound_requests_before_anything_runs() {
+    let folder = PluginFolder::with(&["hello"]);
+    let (_server, url) = weir_tests::WeirProcess::serve(folder.path(), &[]);
+    let address = url.trim_start_matches("http://");
+    let body = r#"{"user":"csrf"}"#;
+    let len = body.len();
+    let cross_site = format!(
+        "POST /v1/run/hello HTTP/1.1\r\nHost: {address}\r\nOrigin: http://evil.example\r\n\
+         Content-Type: text/plain\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
+    );
+    assert_eq!(raw_status(&url, &cross_site), 403, "a cross-site POST");
+    let rebound = format!(
+        "POST /v1/run/hello HTTP/1.1\r\nHost: evil.example:8080\r\nOrigin: http://evil.example:8080\r\n\
+         Content-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
+    );
+    assert_eq!(raw_status(&url, &rebound), 403, "a rebound name");
+    let plain = format!(
+        "POST /v1/run/hello HTTP/1.1\r\nHost: {address}\r\nContent-Type: text/plain\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n{body}"
+    );
+    assert_eq!(raw_status(&url, &plain), 415, "a body that is not JSON");
+    let install = format!(
+        "PUT /v1/plugins/hello HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/wasm\r\n\
+         Content-Length: 4\r\nConnection: close\r\n\r\n\0asm"
+    );
+    assert_eq!(raw_status(&url, &install), 403, "installing a plugin");
+    // Nothing ran.
+    let stats: Value = reqwest::get(format!("{url}/v1/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["processors"], json!({}), "{stats}");
+    // The server's own page and a JSON request from its own origin still work.
+    let own = format!(
+        "POST /v1/run/hello HTTP/1.1\r\nHost: {address}\r\nOrigin: http://{address}\r\n\
+         Content-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
+    );
+    assert_eq!(raw_status(&url, &own), 200);
+    let page = reqwest::get(format!("{url}/")).await.unwrap();
+    let policy = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+}
+
+/// Whether the server closed `stream` (a read ends, or fails as reset) within `within`.
+fn closed_within(stream: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            // A 408 the server sends before closing is fine: keep reading to the end.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// M5: connections that send half a request line and stall, or nothing at all, are closed
+/// once the header-read timeout (10 s by default) has passed, and the server keeps serving.
+#[tokio::test]
+async fn stalled_connections_are_closed_after_the_header_read_timeout() {
+    use std::io::Write;
+    let folder = PluginFolder::with(&["hello"]);
+    let (_server, url) = weir_tests::WeirProcess::serve(folder.path(), &[]);
+    let address = url.trim_start_matches("http://");
+    let mut stalled: Vec<std::net::TcpStream> = (0..100)
+        .map(|i| {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            if i % 2 == 0 {
+                stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+                    .unwrap();
+            }
+            stream
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for (i, stream) in stalled.iter_mut().enumerate() {
+        let left = std::time::Duration::from_secs(40).saturating_sub(started.elapsed());
+        assert!(
+            closed_within(stream, left),
+            "connection {i} was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    let healthy = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(healthy.status(), 200);
+}
+
+/// M5: past `max_connections` the server takes no more connections until one closes (they
+/// wait in the listen backlog), and the ones it serves are unaffected.
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    use std::io::{Read, Write};
+    let folder = PluginFolder::with(&["hello"]);
+    folder.write(
+        "weir.toml",
+        b"[server]\nmax_connections = 4\nheader_read_timeout_ms = 60000\n",
+    );
+    let config = folder.path().join("weir.toml");
+    let (_server, url) =
+        weir_tests::WeirProcess::serve(folder.path(), &["--config", config.to_str().unwrap()]);
+    let address = url.trim_start_matches("http://").to_string();
+    // Four idle connections take every place. (Their headers never come.)
+    let mut held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    // The fifth connects (the kernel's backlog) but is not answered...
+    let mut fifth = std::net::TcpStream::connect(&address).unwrap();
+    fifth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    fifth
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut buffer = [0u8; 64];
+    assert!(
+        fifth.read(&mut buffer).is_err(),
+        "the fifth connection was answered while four held every place"
+    );
+    // ... until one of the four goes.
+    drop(held.pop());
+    fifth
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let read = fifth.read(&mut buffer).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buffer[..read])
+    );
+}
+
+/// M5: a body that trickles in is cut off at the body-read timeout with `408`.
+#[test]
+fn a_body_that_does_not_arrive_in_time_gets_408() {
+    use std::io::Write;
+    let folder = PluginFolder::with(&["hello"]);
+    folder.write("weir.toml", b"[server]\nbody_read_timeout_ms = 500\n");
+    let config = folder.path().join("weir.toml");
+    let (_server, url) =
+        weir_tests::WeirProcess::serve(folder.path(), &["--config", config.to_str().unwrap()]);
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /v1/run/hello HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"user\":"
+    )
+    .unwrap();
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head[9..12], b"408", "{}", String::from_utf8_lossy(&head));
+}

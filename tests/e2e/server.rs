@@ -54,6 +54,7 @@ impl Api {
         let response = self
             .client
             .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
             .body(body)
             .send()
             .await

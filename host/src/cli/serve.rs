@@ -43,6 +43,14 @@ pub(crate) struct ServeArgs {
     /// reach it, and everything runs as the tenant `default`.
     #[arg(long, env = "WEIR_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
+    /// Without tenants, the API answers requests addressed to IP addresses and `localhost`
+    /// only (against DNS rebinding); also answer those addressed to NAME. Repeatable.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_host: Vec<String>,
+    /// Without an operator token, let `PUT /v1/plugins/NAME` install plugins (refused by
+    /// default: anyone who reaches an open API could install code).
+    #[arg(long)]
+    allow_plugin_install: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -134,9 +142,11 @@ async fn listen(
             .or(file.max_body_bytes)
             .unwrap_or(weir::server::ServerConfig::default().max_body_bytes),
         access: file.access,
+        allowed_hosts: args.allow_host.clone(),
+        open_plugin_install: args.allow_plugin_install,
         ..weir::server::ServerConfig::default()
     };
-    file.event_streams.apply(&mut config);
+    file.settings.apply(&mut config);
     tracing::warn!(url = %format!("http://{bound}"), "HTTP API listening");
     Ok(tokio::spawn(weir::server::serve(
         listener,

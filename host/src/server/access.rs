@@ -83,6 +83,11 @@ struct RawServer {
     event_stream_events: Option<usize>,
     max_event_streams: Option<usize>,
     max_event_streams_per_tenant: Option<usize>,
+    max_connections: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -110,39 +115,58 @@ pub struct ServerFile {
     pub access: Access,
     /// `[server] max_body_bytes`, if set.
     pub max_body_bytes: Option<usize>,
-    /// `[server] event_stream_bytes`, `event_stream_events`, `max_event_streams` and
-    /// `max_event_streams_per_tenant`, where set (see [`super::ServerConfig`]).
-    pub event_streams: EventStreamSettings,
+    /// The other `[server]` settings, where set.
+    pub settings: ServerSettings,
 }
 
-/// The `[server]` settings of `GET /v1/events`' streams; `None` keeps the default.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EventStreamSettings {
+/// The `[server]` settings of `weir.toml` beyond tokens and the body limit, each named as
+/// the [`super::ServerConfig`] field it sets (durations in milliseconds, `_ms`); `None`
+/// keeps the default.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSettings {
     /// [`super::ServerConfig::event_stream_bytes`].
-    pub bytes: Option<usize>,
+    pub event_stream_bytes: Option<usize>,
     /// [`super::ServerConfig::event_stream_events`].
-    pub events: Option<usize>,
+    pub event_stream_events: Option<usize>,
     /// [`super::ServerConfig::max_event_streams`].
-    pub max_streams: Option<usize>,
+    pub max_event_streams: Option<usize>,
     /// [`super::ServerConfig::max_event_streams_per_tenant`].
-    pub max_per_tenant: Option<usize>,
+    pub max_event_streams_per_tenant: Option<usize>,
+    /// [`super::ServerConfig::max_connections`].
+    pub max_connections: Option<usize>,
+    /// [`super::ServerConfig::header_read_timeout`], in milliseconds.
+    pub header_read_timeout_ms: Option<u64>,
+    /// [`super::ServerConfig::body_read_timeout`], in milliseconds.
+    pub body_read_timeout_ms: Option<u64>,
+    /// Added to [`super::ServerConfig::allowed_hosts`].
+    pub allowed_hosts: Vec<String>,
 }
 
-impl EventStreamSettings {
+impl ServerSettings {
     /// `config` with the settings that are set.
     pub fn apply(&self, config: &mut super::ServerConfig) {
-        if let Some(bytes) = self.bytes {
-            config.event_stream_bytes = bytes;
+        let set = |field: &mut usize, value: Option<usize>| {
+            if let Some(value) = value {
+                *field = value;
+            }
+        };
+        set(&mut config.event_stream_bytes, self.event_stream_bytes);
+        set(&mut config.event_stream_events, self.event_stream_events);
+        set(&mut config.max_event_streams, self.max_event_streams);
+        set(
+            &mut config.max_event_streams_per_tenant,
+            self.max_event_streams_per_tenant,
+        );
+        set(&mut config.max_connections, self.max_connections);
+        if let Some(ms) = self.header_read_timeout_ms {
+            config.header_read_timeout = std::time::Duration::from_millis(ms);
         }
-        if let Some(events) = self.events {
-            config.event_stream_events = events;
+        if let Some(ms) = self.body_read_timeout_ms {
+            config.body_read_timeout = std::time::Duration::from_millis(ms);
         }
-        if let Some(max) = self.max_streams {
-            config.max_event_streams = max;
-        }
-        if let Some(max) = self.max_per_tenant {
-            config.max_event_streams_per_tenant = max;
-        }
+        config
+            .allowed_hosts
+            .extend(self.allowed_hosts.iter().cloned());
     }
 }
 
@@ -230,11 +254,15 @@ impl ServerFile {
         Ok(ServerFile {
             access: Access { operator, tenants },
             max_body_bytes: raw.server.max_body_bytes,
-            event_streams: EventStreamSettings {
-                bytes: raw.server.event_stream_bytes,
-                events: raw.server.event_stream_events,
-                max_streams: raw.server.max_event_streams,
-                max_per_tenant: raw.server.max_event_streams_per_tenant,
+            settings: ServerSettings {
+                event_stream_bytes: raw.server.event_stream_bytes,
+                event_stream_events: raw.server.event_stream_events,
+                max_event_streams: raw.server.max_event_streams,
+                max_event_streams_per_tenant: raw.server.max_event_streams_per_tenant,
+                max_connections: raw.server.max_connections,
+                header_read_timeout_ms: raw.server.header_read_timeout_ms,
+                body_read_timeout_ms: raw.server.body_read_timeout_ms,
+                allowed_hosts: raw.server.allowed_hosts,
             },
         })
     }

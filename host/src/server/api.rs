@@ -27,7 +27,20 @@ use crate::runtime::{ExecutionRequest, RuntimeState};
 /// token typed into it).
 pub(super) async fn dashboard() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Its own scripts and styles (inline) and API calls only, and never in a frame:
+            // another site cannot frame it to click Stop or Redrive through it.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
         super::DASHBOARD,
     )
         .into_response()
@@ -246,10 +259,24 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(limit)
+        } else if let Some(deadline) = body_deadline(&e) {
+            ApiError::body_timeout(deadline)
         } else {
             ApiError::bad_request("invalid-body", e.body_text())
         }
     })
+}
+
+/// The deadline a body missed, if that is why it could not be read.
+fn body_deadline(error: &(dyn std::error::Error + 'static)) -> Option<std::time::Duration> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(missed) = error.downcast_ref::<super::body::BodyDeadline>() {
+            return Some(missed.0);
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// The request body as JSON: empty is `{}`; over the limit is 413.
@@ -329,6 +356,13 @@ pub(super) async fn push_plugin(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require_operator("installing a plugin")?;
+    if matches!(caller, Caller::Open) && !app.config.open_plugin_install {
+        return Err(ApiError::forbidden_because(
+            "plugin-install-disabled",
+            "this API has no operator token, so it installs plugins only if started with \
+             --allow-plugin-install; configure an operator token (--config) instead",
+        ));
+    }
     if !crate::plugin::is_valid_name(&name) {
         return Err(ApiError::bad_request(
             "invalid-name",

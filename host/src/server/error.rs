@@ -71,6 +71,40 @@ impl ApiError {
         }
     }
 
+    /// 403 with a code saying why (the open API's refusals).
+    pub(crate) fn forbidden_because(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", code, message.into())
+    }
+
+    /// 415: the body is not of a type the API takes.
+    pub(crate) fn unsupported_media_type(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "validation",
+            "unsupported-media-type",
+            message.into(),
+        )
+    }
+
+    /// 408: the client took too long to send its request's body.
+    pub(crate) fn body_timeout(limit: Duration) -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "body-timeout",
+            format!(
+                "the request body did not arrive within {} s; send it at once",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
+    /// The error's code.
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> &'static str {
+        self.code
+    }
+
     /// 429: too many of something open at once (event streams); try again after
     /// `retry_after`.
     pub(crate) fn too_many(message: impl Into<String>, retry_after: Duration) -> Self {

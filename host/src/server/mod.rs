@@ -17,8 +17,15 @@
 //! patterns allow, only its own sessions and events, within its quotas (`429` with
 //! `Retry-After` past one); the operator's token opens the fleet-wide views (`/metrics`,
 //! every tenant's sessions and events, rejected files). With no tenants configured the API
-//! is open and everything runs as the tenant `default`. `/healthz` and `/readyz` are always
-//! open.
+//! is open and everything runs as the tenant `default`; then it answers only requests
+//! addressed to an IP address or `localhost` from no other web origin, takes posted bodies
+//! as JSON only, and installs plugins only if [`ServerConfig::open_plugin_install`] says so
+//! (see `open.rs`). `/healthz` and `/readyz` are always open.
+//!
+//! [`serve`] bounds connections: at most [`ServerConfig::max_connections`] at once, each
+//! closed if a request's headers take longer than [`ServerConfig::header_read_timeout`] (an
+//! idle keep-alive connection too), and a body that takes longer than
+//! [`ServerConfig::body_read_timeout`] gets `408`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,9 +43,10 @@ mod error;
 mod events;
 mod jobs;
 mod metrics;
+mod open;
 mod quota;
 
-pub use access::{Access, EventStreamSettings, ServerFile, Tenant, digest};
+pub use access::{Access, ServerFile, ServerSettings, Tenant, digest};
 pub use quota::Quotas;
 
 use std::sync::Arc;
@@ -68,6 +76,19 @@ pub struct ServerConfig {
     /// Event streams one tenant (or the operator) may have open at once (default 8); one
     /// more gets `429`.
     pub max_event_streams_per_tenant: usize,
+    /// Connections served at once (default 1024); more wait, unaccepted, until one closes.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and an idle keep-alive connection
+    /// stays open (default 10 s); past it the connection is closed.
+    pub header_read_timeout: std::time::Duration,
+    /// Time a client has to send a request's whole body (default 30 s); past it, `408`.
+    pub body_read_timeout: std::time::Duration,
+    /// In open mode (no tenants): the host names, besides IP addresses and `localhost`,
+    /// that requests may be addressed to (default none).
+    pub allowed_hosts: Vec<String>,
+    /// In open mode (no tenants): whether `PUT /v1/plugins/{name}` installs plugins
+    /// (default no: `403`).
+    pub open_plugin_install: bool,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +100,11 @@ impl Default for ServerConfig {
             event_stream_events: 1024,
             max_event_streams: 64,
             max_event_streams_per_tenant: 8,
+            max_connections: 1024,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            body_read_timeout: std::time::Duration::from_secs(30),
+            allowed_hosts: Vec::new(),
+            open_plugin_install: false,
         }
     }
 }
@@ -136,6 +162,9 @@ struct AppState {
 /// quotas are counted in its Redis, shared by every server. Call within a Tokio runtime.
 pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToken) -> Router {
     let limit = config.max_body_bytes;
+    let body_read_timeout = config.body_read_timeout;
+    let open =
+        (!config.access.is_configured()).then(|| open::OpenGuard::new(&config.allowed_hosts));
     let jobs: Arc<jobs::Jobs> = Arc::default();
     jobs.track_progress(&runtime, shutdown.clone());
     let ledger = match runtime.redis_namespace("quota:") {
@@ -151,7 +180,7 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
         shutdown,
         streams: Arc::default(),
     };
-    Router::new()
+    let router = Router::new()
         .route("/", get(api::dashboard))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -180,19 +209,146 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            body::deadline(body_read_timeout, request, next)
+        }))
+        .with_state(state);
+    match open {
+        Some(guard) => router.layer(axum::middleware::from_fn_with_state(guard, open::guard)),
+        None => router,
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then lets requests in
-/// progress finish (executions are not cancelled: stop the runtime for that).
+/// progress finish (executions are not cancelled: stop the runtime for that). At most
+/// [`ServerConfig::max_connections`] connections are served at once, and each is held to
+/// [`ServerConfig::header_read_timeout`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     runtime: Runtime,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let header_read_timeout = config.header_read_timeout;
     let app = router(runtime, config, shutdown.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        // A place first: past the cap, connections wait in the listen backlog, unaccepted.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before it was taken:
+                    // wait a moment (as axum does) rather than spin.
+                    tracing::debug!(%error, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        // Reap the connections that ended, so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The request body's deadline.
+mod body {
+    use std::future::Future as _;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use axum::body::{Body, Bytes};
+    use axum::extract::Request;
+    use axum::http::header;
+    use axum::middleware::Next;
+    use axum::response::Response;
+    use http_body::{Frame, SizeHint};
+
+    /// The error a body past its deadline ends with.
+    #[derive(Debug, thiserror::Error)]
+    #[error("the request body did not arrive within {0:?}")]
+    pub(crate) struct BodyDeadline(pub(crate) Duration);
+
+    /// A body that fails once `deadline` has passed.
+    struct DeadlineBody {
+        inner: Body,
+        deadline: Pin<Box<tokio::time::Sleep>>,
+        limit: Duration,
+    }
+
+    impl http_body::Body for DeadlineBody {
+        type Data = Bytes;
+        type Error = axum::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+            if self.deadline.as_mut().poll(cx).is_ready() {
+                let limit = self.limit;
+                return Poll::Ready(Some(Err(axum::Error::new(BodyDeadline(limit)))));
+            }
+            Pin::new(&mut self.inner).poll_frame(cx)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.inner.is_end_stream()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.inner.size_hint()
+        }
+    }
+
+    /// Gives the body of a request that has one `limit` to arrive in full.
+    pub(super) async fn deadline(limit: Duration, request: Request, next: Next) -> Response {
+        let headers = request.headers();
+        let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+            || headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes() != b"0");
+        if !has_body {
+            return next.run(request).await;
+        }
+        let request = request.map(|inner| {
+            Body::new(DeadlineBody {
+                inner,
+                deadline: Box::pin(tokio::time::sleep(limit)),
+                limit,
+            })
+        });
+        next.run(request).await
+    }
 }
