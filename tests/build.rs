@@ -24,6 +24,8 @@ fn main() {
     // so nothing is skipped there unseen.
     println!("cargo::rustc-check-cfg=cfg(weir_no_language_plugins)");
     println!("cargo::rerun-if-env-changed=CI");
+    println!("cargo::rerun-if-env-changed=WEIR_TOOLS_DIR");
+    println!("cargo::rerun-if-env-changed=HOME");
     if xtask::tools_installed() {
         if let Err(message) =
             xtask::build_language_plugins(&target_dir.join("lang-plugins"), &plugins_out)
