@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::clock::now_ms;
-use crate::store::SessionKey;
+use crate::store::{SessionBounds, SessionKey};
 
 /// Counters of one processor or workflow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -117,14 +117,106 @@ struct Running {
 struct Inner {
     running: HashMap<String, Running>,
     sessions: HashMap<SessionKey, SessionStats>,
+    /// How many of `sessions` each tenant has.
+    sessions_per_tenant: HashMap<String, usize>,
+    /// When idle sessions were last swept out (ms since the Unix epoch).
+    swept_ms: u64,
     /// Counters by tenant, then processor.
     tenants: HashMap<Arc<str>, BTreeMap<String, ProcessorStats>>,
+}
+
+impl Inner {
+    /// The counters of session `key`, opened (counted against its tenant) if new.
+    fn session_entry(&mut self, key: &SessionKey, now: u64) -> &mut SessionStats {
+        if !self.sessions.contains_key(key) {
+            *self
+                .sessions_per_tenant
+                .entry(key.tenant.clone())
+                .or_default() += 1;
+        }
+        self.sessions
+            .entry(key.clone())
+            .or_insert_with(|| SessionStats {
+                tenant: key.tenant.clone(),
+                session: key.session.clone(),
+                created_at_ms: now,
+                last_activity_ms: now,
+                executions: 0,
+                running: 0,
+                failed: 0,
+            })
+    }
+
+    fn remove_session(&mut self, key: &SessionKey) {
+        if self.sessions.remove(key).is_some()
+            && let Some(count) = self.sessions_per_tenant.get_mut(&key.tenant)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.sessions_per_tenant.remove(&key.tenant);
+            }
+        }
+    }
+
+    /// Forgets the sessions (of `tenant` only, if given) that run nothing and have been idle
+    /// for `idle_ms`.
+    fn sweep(&mut self, tenant: Option<&str>, idle_ms: u64, now: u64) {
+        let expired: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(key, s)| {
+                tenant.is_none_or(|t| key.tenant == t)
+                    && s.running == 0
+                    && now.saturating_sub(s.last_activity_ms) >= idle_ms
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            self.remove_session(&key);
+        }
+    }
+
+    /// Sweeps every tenant's idle sessions, at most every tenth of the expiry.
+    fn sweep_now_and_then(&mut self, idle_ms: u64, now: u64) {
+        if now.saturating_sub(self.swept_ms) >= idle_ms / 10 {
+            self.sweep(None, idle_ms, now);
+            self.swept_ms = now;
+        }
+    }
+}
+
+/// Why a session cannot be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionRefused {
+    /// The id is not a session id: the message says what one is.
+    InvalidId(String),
+    /// The tenant already has as many sessions as it may.
+    TooMany {
+        /// The tenant.
+        tenant: String,
+        /// How many it may have.
+        limit: usize,
+    },
+}
+
+impl std::fmt::Display for SessionRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionRefused::InvalidId(why) => f.write_str(why),
+            SessionRefused::TooMany { tenant, limit } => write!(
+                f,
+                "tenant `{tenant}` has {limit} sessions open, as many as it may: stop one, or \
+                 wait for an idle one to expire"
+            ),
+        }
+    }
 }
 
 /// The runtime's record of activity.
 #[derive(Debug)]
 pub(crate) struct Activity {
     inner: Mutex<Inner>,
+    bounds: SessionBounds,
     /// How many executions are in flight; waited on by `stop`.
     in_flight: watch::Sender<usize>,
     started: Instant,
@@ -137,9 +229,10 @@ pub(crate) struct Began {
 }
 
 impl Activity {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(bounds: SessionBounds) -> Self {
         Activity {
             inner: Mutex::default(),
+            bounds,
             in_flight: watch::channel(0).0,
             started: Instant::now(),
         }
@@ -147,6 +240,46 @@ impl Activity {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens session `key` for an execution about to start (or finds it open): refused if
+    /// the id is not a session id, or if its tenant has [`SessionBounds::max_per_tenant`]
+    /// sessions that have not been idle long enough to expire.
+    pub(crate) fn open_session(&self, key: &SessionKey) -> Result<(), SessionRefused> {
+        self.bounds
+            .check_id(&key.session)
+            .map_err(SessionRefused::InvalidId)?;
+        let idle_ms = self.idle_ms();
+        let now = now_ms();
+        let mut inner = self.lock();
+        inner.sweep_now_and_then(idle_ms, now);
+        if let Some(session) = inner.sessions.get_mut(key) {
+            session.last_activity_ms = now;
+            return Ok(());
+        }
+        let full = |inner: &Inner| {
+            inner
+                .sessions_per_tenant
+                .get(&key.tenant)
+                .copied()
+                .unwrap_or(0)
+                >= self.bounds.max_per_tenant
+        };
+        if full(&inner) {
+            inner.sweep(Some(&key.tenant), idle_ms, now);
+            if full(&inner) {
+                return Err(SessionRefused::TooMany {
+                    tenant: key.tenant.clone(),
+                    limit: self.bounds.max_per_tenant,
+                });
+            }
+        }
+        inner.session_entry(key, now);
+        Ok(())
+    }
+
+    fn idle_ms(&self) -> u64 {
+        u64::try_from(self.bounds.idle_expiry.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Records that execution `id` of `processor` started.
@@ -172,18 +305,11 @@ impl Activity {
         let mut new_session = false;
         if let Some(key) = &session {
             let now = now_ms();
-            let entry = inner.sessions.entry(key.clone()).or_insert_with(|| {
-                new_session = true;
-                SessionStats {
-                    tenant: key.tenant.clone(),
-                    session: key.session.clone(),
-                    created_at_ms: now,
-                    last_activity_ms: now,
-                    executions: 0,
-                    running: 0,
-                    failed: 0,
-                }
-            });
+            // Sessions opened here (steps and calls of an admitted execution, or a worker's
+            // jobs) were admitted where their execution was submitted; idle ones still expire.
+            inner.sweep_now_and_then(self.idle_ms(), now);
+            let entry = inner.session_entry(key, now);
+            new_session = entry.executions == 0;
             entry.executions += 1;
             entry.running += 1;
             entry.last_activity_ms = now;
@@ -314,7 +440,7 @@ impl Activity {
 
     /// Forgets a stopped session's counters.
     pub(crate) fn forget_session(&self, key: &SessionKey) {
-        self.lock().sessions.remove(key);
+        self.lock().remove_session(key);
     }
 
     /// Counters per processor, summed over tenants.
@@ -343,7 +469,18 @@ impl Activity {
     }
 
     pub(crate) fn sessions(&self) -> Vec<SessionStats> {
-        let mut sessions: Vec<SessionStats> = self.lock().sessions.values().cloned().collect();
+        self.sessions_of(None)
+    }
+
+    /// The sessions of `tenant` (every tenant's if `None`), sorted; only those are cloned.
+    pub(crate) fn sessions_of(&self, tenant: Option<&str>) -> Vec<SessionStats> {
+        let mut sessions: Vec<SessionStats> = self
+            .lock()
+            .sessions
+            .values()
+            .filter(|s| tenant.is_none_or(|t| s.tenant == t))
+            .cloned()
+            .collect();
         sessions.sort_by(|a, b| (&a.tenant, &a.session).cmp(&(&b.tenant, &b.session)));
         sessions
     }
@@ -392,9 +529,72 @@ mod tests {
         );
     }
 
+    fn bounds(max_per_tenant: usize, idle_expiry: Duration) -> SessionBounds {
+        SessionBounds {
+            max_per_tenant,
+            idle_expiry,
+            ..SessionBounds::default()
+        }
+    }
+
+    #[test]
+    fn a_tenant_opens_sessions_up_to_its_cap_and_others_are_unaffected() {
+        let activity = Activity::new(bounds(2, Duration::from_secs(3600)));
+        let open =
+            |tenant: &str, session: &str| activity.open_session(&SessionKey::new(tenant, session));
+        assert_eq!(open("t", "a"), Ok(()));
+        assert_eq!(open("t", "b"), Ok(()));
+        assert_eq!(
+            open("t", "c"),
+            Err(SessionRefused::TooMany {
+                tenant: "t".into(),
+                limit: 2
+            })
+        );
+        // An open one opens again; another tenant has its own places.
+        assert_eq!(open("t", "a"), Ok(()));
+        assert_eq!(open("u", "c"), Ok(()));
+        // Stopping one gives its place back.
+        activity.forget_session(&SessionKey::new("t", "b"));
+        assert_eq!(open("t", "c"), Ok(()));
+        assert!(matches!(
+            open("t", "a/b"),
+            Err(SessionRefused::InvalidId(_))
+        ));
+        assert_eq!(activity.sessions_of(Some("t")).len(), 2);
+        assert_eq!(activity.sessions().len(), 3);
+    }
+
+    #[test]
+    fn idle_sessions_expire_but_busy_ones_stay() {
+        // Expiring at once: a session is idle as soon as nothing runs in it.
+        let activity = Activity::new(bounds(2, Duration::ZERO));
+        let cancel = CancelHandle::new();
+        let tenant: Arc<str> = Arc::from("t");
+        let busy = SessionKey::new("t", "busy");
+        activity.open_session(&busy).unwrap();
+        activity.begin("e1", &tenant, "p", Some(busy.clone()), &cancel);
+        activity
+            .open_session(&SessionKey::new("t", "idle"))
+            .unwrap();
+        // Full: the idle one goes, the busy one stays.
+        activity.open_session(&SessionKey::new("t", "new")).unwrap();
+        let names: Vec<String> = activity
+            .sessions_of(Some("t"))
+            .into_iter()
+            .map(|s| s.session)
+            .collect();
+        assert_eq!(names, ["busy", "new"]);
+        activity.end("e1", "t", "p", true, Duration::ZERO);
+        activity
+            .open_session(&SessionKey::new("t", "newer"))
+            .unwrap();
+        assert!(activity.session_stats(&busy).is_none());
+    }
+
     #[test]
     fn counters_follow_executions_and_sessions() {
-        let activity = Activity::new();
+        let activity = Activity::new(SessionBounds::default());
         let key = SessionKey::new("t", "s");
         let cancel = CancelHandle::new();
         assert!(
@@ -425,7 +625,7 @@ mod tests {
 
     #[test]
     fn cancelling_a_session_reaches_only_its_executions() {
-        let activity = Activity::new();
+        let activity = Activity::new(SessionBounds::default());
         let mine = CancelHandle::new();
         let other = CancelHandle::new();
         activity.begin(
@@ -451,7 +651,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_resolves_when_the_last_execution_ends() {
-        let activity = std::sync::Arc::new(Activity::new());
+        let activity = std::sync::Arc::new(Activity::new(SessionBounds::default()));
         activity.begin("1", &Arc::from("t"), "p", None, &CancelHandle::new());
         let waiter = {
             let activity = activity.clone();

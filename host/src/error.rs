@@ -125,6 +125,8 @@ pub mod codes {
     pub const EVENT_TOO_LARGE: &str = "event-too-large";
     /// More events (or other guest requests) than the execution's rate allows.
     pub const RATE_LIMITED: &str = "rate-limited";
+    /// A tenant has as many sessions as it may; a new one waits for an idle one to expire.
+    pub const TOO_MANY_SESSIONS: &str = "too-many-sessions";
 }
 
 /// Why an execution failed: the `error` member of the result document.

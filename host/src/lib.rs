@@ -65,7 +65,7 @@ mod warm;
 mod workflow;
 mod workflow_file;
 
-pub use activity::{DURATION_BUCKETS_US, ProcessorStats, SessionStats};
+pub use activity::{DURATION_BUCKETS_US, ProcessorStats, SessionRefused, SessionStats};
 pub use bindings::WORLD;
 pub use bounds::{GuestBounds, Rate};
 pub use cache::CompileCache;
@@ -92,7 +92,9 @@ pub use runtime::{
 };
 pub use scheduler::{QueuePolicy, RateLimit};
 pub use state::{StateMetadata, validate_input};
-pub use store::{CasOutcome, MemoryStateStore, SessionKey, SessionQuota, StateStore, StoredState};
+pub use store::{
+    CasOutcome, MemoryStateStore, SessionBounds, SessionKey, SessionQuota, StateStore, StoredState,
+};
 pub use workflow::{
     BatchPolicy, Composition, DEFAULT_BATCH_CONCURRENCY, GraphNode, InvalidWorkflow, MAX_NESTING,
     Selector, Workflow,

@@ -9,6 +9,10 @@
 //! - `weir:_:kv:{len}:{tenant}:{session}` — a hash of the key-value entries;
 //! - `weir:_:kvbytes:{len}:{tenant}:{session}` — the bytes those entries hold.
 //!
+//! Every write of the state or of an entry sets the expiry of all three keys to the
+//! session's idle expiry ([`crate::SessionBounds::idle_expiry`], 24 hours by default), so a
+//! session nobody writes for that long leaves nothing behind in Redis.
+//!
 //! Writes of the state are compare-and-set on its version, done atomically by a Lua script
 //! (`lua/state_cas.lua`): a writer that started from a stale revision is told so and never
 //! overwrites. Each stored state carries the SHA-256 of its RFC 8785 canonical JSON; a state
@@ -31,6 +35,8 @@ pub struct RedisStateStore {
     connection: ConnectionManager,
     prefix: String,
     quota: SessionQuota,
+    /// The sessions' idle expiry, in milliseconds.
+    idle_ms: u64,
     cas: redis::Script,
     kv_set: redis::Script,
     kv_delete: redis::Script,
@@ -53,10 +59,18 @@ impl RedisStateStore {
             connection,
             prefix: Keys::new(&config.prefix).own(""),
             quota,
+            idle_ms: millis(crate::store::SessionBounds::default().idle_expiry),
             cas: redis::Script::new(include_str!("lua/state_cas.lua")),
             kv_set: redis::Script::new(include_str!("lua/kv_set.lua")),
             kv_delete: redis::Script::new(include_str!("lua/kv_delete.lua")),
         })
+    }
+
+    /// Expires a session's keys once they have not been written for `idle` (at least 1 ms).
+    pub fn with_idle_expiry(mut self, idle: std::time::Duration) -> Self {
+        // Redis refuses an expiry past its clock's range: a thousand years is "never".
+        self.idle_ms = millis(idle).clamp(1, 1 << 45);
+        self
     }
 
     fn key(&self, kind: &str, session: &SessionKey) -> String {
@@ -68,6 +82,10 @@ impl RedisStateStore {
             session.session
         )
     }
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A failed Redis command, as the execution that needed it sees it.
@@ -137,10 +155,13 @@ impl StateStore for RedisStateStore {
         let reply: Vec<String> = self
             .cas
             .key(self.key("state", key))
+            .key(self.key("kv", key))
+            .key(self.key("kvbytes", key))
             .arg(expected)
             .arg(state.version)
             .arg(sha256)
             .arg(state.state.to_string())
+            .arg(self.idle_ms)
             .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;
@@ -190,9 +211,11 @@ impl StateStore for RedisStateStore {
             .kv_set
             .key(self.key("kv", key))
             .key(self.key("kvbytes", key))
+            .key(self.key("state", key))
             .arg(&name)
             .arg(value)
             .arg(self.quota.max_session_bytes)
+            .arg(self.idle_ms)
             .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;

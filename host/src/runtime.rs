@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
 
-use crate::activity::{Activity, ProcessorStats, SessionStats};
+use crate::activity::{Activity, ProcessorStats, SessionRefused, SessionStats};
 use crate::bounds::GuestBounds;
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::distributed::{
@@ -36,7 +36,7 @@ use crate::result::ExecutionResult;
 use crate::sandbox::Sandbox;
 use crate::scheduler::Scheduler;
 use crate::store::{
-    CasOutcome, MemoryStateStore, SessionKey, SessionQuota, StateStore, StoredState,
+    CasOutcome, MemoryStateStore, SessionBounds, SessionKey, SessionQuota, StateStore, StoredState,
 };
 use crate::workflow::{InvalidWorkflow, Workflow};
 
@@ -59,6 +59,8 @@ pub struct HostConfig {
     pub describe_timeout: Duration,
     /// Bounds of the session store.
     pub session_quota: SessionQuota,
+    /// Bounds on sessions: id, count per tenant, idle expiry (of counters, state and data).
+    pub sessions: SessionBounds,
     /// Deepest static nesting of workflows inside workflows.
     pub max_nesting: usize,
     /// Events kept for a slow subscriber before it is told it lagged.
@@ -79,6 +81,7 @@ impl Default for HostConfig {
             cancel_grace: Duration::from_millis(100),
             describe_timeout: Duration::from_secs(5),
             session_quota: SessionQuota::default(),
+            sessions: SessionBounds::default(),
             max_nesting: crate::workflow::MAX_NESTING,
             event_capacity: 4096,
             event_buffer_bytes: 16 << 20,
@@ -628,6 +631,19 @@ impl Runtime {
             return self.run_request(request).await;
         };
         let key = SessionKey::new(request.tenant.as_deref().unwrap_or("default"), session);
+        match self.open_session(&key.tenant, &key.session) {
+            Ok(()) => {}
+            Err(SessionRefused::InvalidId(why)) => return Err(RuntimeError::InvalidRequest(why)),
+            Err(refused @ SessionRefused::TooMany { .. }) => {
+                let error = ExecutionError::host(
+                    ErrorKind::Resource,
+                    codes::TOO_MANY_SESSIONS,
+                    refused.to_string(),
+                )
+                .retryable(true);
+                return Ok(crate::executor::refused(request, error));
+            }
+        }
         let expected = match self.base_revision(&key, &mut request.input).await {
             Ok(expected) => expected,
             Err(error) => return Ok(crate::executor::refused(request, error)),
@@ -637,6 +653,17 @@ impl Runtime {
             self.persist(&key, expected, &mut result).await;
         }
         Ok(result)
+    }
+
+    /// Opens `session` of `tenant` for work about to be submitted (or finds it open):
+    /// refused if the id is not a session id ([`SessionBounds::check_id`]) or if the tenant
+    /// already has [`SessionBounds::max_per_tenant`] sessions that have not expired.
+    /// [`Runtime::execute`] does this itself; a server calls it first to answer the caller
+    /// before it accepts the work.
+    pub fn open_session(&self, tenant: &str, session: &str) -> Result<(), SessionRefused> {
+        self.shared
+            .activity
+            .open_session(&SessionKey::new(tenant, session))
     }
 
     /// The revision a session execution starts from. An input without `metadata` takes
@@ -789,9 +816,14 @@ impl Runtime {
             .session_stats(&SessionKey::new(tenant, session))
     }
 
-    /// Every session that has seen work and not been stopped.
+    /// Every session that has seen work and not been stopped or expired.
     pub fn active_sessions(&self) -> Vec<SessionStats> {
         self.shared.activity.sessions()
+    }
+
+    /// The sessions of `tenant` that have seen work and not been stopped or expired.
+    pub fn sessions_of(&self, tenant: &str) -> Vec<SessionStats> {
+        self.shared.activity.sessions_of(Some(tenant))
     }
 
     /// Subscribes to this runtime's events (see [`crate::Event`] for the payloads).
@@ -961,17 +993,23 @@ impl RuntimeBuilder {
                 distributed.publish(&registry.catalog()).await?;
                 // Events are shared once the runtime exists (below).
                 if self.store.is_none() {
-                    let store = RedisStateStore::connect(config, self.host.session_quota).await?;
+                    let store = RedisStateStore::connect(config, self.host.session_quota)
+                        .await?
+                        .with_idle_expiry(self.host.sessions.idle_expiry);
                     self.store = Some(Arc::new(store));
                 }
                 Some(distributed)
             }
             None => None,
         };
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryStateStore::new(self.host.session_quota)));
+        let store = self.store.unwrap_or_else(|| {
+            Arc::new(
+                MemoryStateStore::new(self.host.session_quota)
+                    .with_idle_expiry(self.host.sessions.idle_expiry),
+            )
+        });
         let events = EventBus::new(self.host.event_capacity, self.host.event_buffer_bytes);
+        let sessions = self.host.sessions;
         let shared = Arc::new(Shared {
             engine,
             linker,
@@ -980,7 +1018,7 @@ impl RuntimeBuilder {
             slots,
             store,
             events,
-            activity: Activity::new(),
+            activity: Activity::new(sessions),
             scheduler: Scheduler::default(),
             published: Mutex::new(None),
             lifecycle: AtomicU8::new(CREATED),

@@ -5,10 +5,13 @@
 //! runtime uses [`MemoryStateStore`]. A session's state is written with compare-and-set on
 //! its `metadata.version`, so two writers never silently overwrite each other: the second
 //! learns that the state moved and gets a `conflict`. Key-value data is bounded per session
-//! so that one guest cannot exhaust the host's memory.
+//! so that one guest cannot exhaust the host's memory, and a session that nobody writes for
+//! [`SessionBounds::idle_expiry`] is forgotten (the memory store drops it; Redis expires its
+//! keys), so that sessions a tenant opens and leaves do not pile up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -30,6 +33,51 @@ impl SessionKey {
             tenant: tenant.into(),
             session: session.into(),
         }
+    }
+}
+
+/// Bounds on sessions themselves: their ids, how many a tenant has, how long an idle one
+/// lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionBounds {
+    /// Longest session id, in bytes (default 128). Ids are ASCII letters, digits and
+    /// `-`, `_`, `.`, `:`, `@`.
+    pub max_id_bytes: usize,
+    /// Sessions one tenant may have open in one process (default 10,000): one more is
+    /// refused with `resource` / `too-many-sessions` until an idle one expires or is
+    /// stopped.
+    pub max_per_tenant: usize,
+    /// A session that runs nothing and is not written for this long is forgotten: its
+    /// counters, its state and its key-value data (default 24 hours).
+    pub idle_expiry: Duration,
+}
+
+impl Default for SessionBounds {
+    fn default() -> Self {
+        SessionBounds {
+            max_id_bytes: 128,
+            max_per_tenant: 10_000,
+            idle_expiry: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+impl SessionBounds {
+    /// Checks a session id: 1 to [`Self::max_id_bytes`] bytes of ASCII letters, digits and
+    /// `-_.:@`. The error says what a session id may be.
+    pub fn check_id(&self, id: &str) -> Result<(), String> {
+        let plain = |c: char| c.is_ascii_alphanumeric() || "-_.:@".contains(c);
+        if id.is_empty() || id.len() > self.max_id_bytes || !id.chars().all(plain) {
+            let shown: String = id.chars().take(40).collect();
+            let more = if id.chars().count() > 40 { "…" } else { "" };
+            return Err(format!(
+                "`{shown}{more}` ({} bytes) is not a session id: one is 1 to {} ASCII letters, \
+                 digits and `-_.:@`",
+                id.len(),
+                self.max_id_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -145,38 +193,111 @@ pub enum CasOutcome {
     },
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SessionData {
     state: Option<StoredState>,
     kv: BTreeMap<String, Vec<u8>>,
     kv_bytes: usize,
+    /// When the session was last written.
+    written: Instant,
 }
 
-/// The in-process [`StateStore`]: everything in memory, gone with the process.
-#[derive(Debug, Default)]
+impl Default for SessionData {
+    fn default() -> Self {
+        SessionData {
+            state: None,
+            kv: BTreeMap::new(),
+            kv_bytes: 0,
+            written: Instant::now(),
+        }
+    }
+}
+
+/// The in-process [`StateStore`]: everything in memory, gone with the process. A session
+/// not written for the idle expiry is gone too.
+#[derive(Debug)]
 pub struct MemoryStateStore {
     quota: SessionQuota,
-    data: Mutex<HashMap<SessionKey, SessionData>>,
+    idle_expiry: Duration,
+    data: Mutex<Sessions>,
+}
+
+#[derive(Debug)]
+struct Sessions {
+    by_key: HashMap<SessionKey, SessionData>,
+    /// When expired sessions were last swept out.
+    swept: Instant,
+}
+
+impl Default for MemoryStateStore {
+    fn default() -> Self {
+        MemoryStateStore::new(SessionQuota::default())
+    }
 }
 
 impl MemoryStateStore {
-    /// An empty store enforcing `quota` on key-value data.
+    /// An empty store enforcing `quota` on key-value data, whose sessions expire after
+    /// [`SessionBounds::idle_expiry`]'s default.
     pub fn new(quota: SessionQuota) -> Self {
         MemoryStateStore {
             quota,
-            data: Mutex::default(),
+            idle_expiry: SessionBounds::default().idle_expiry,
+            data: Mutex::new(Sessions {
+                by_key: HashMap::new(),
+                swept: Instant::now(),
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, SessionData>> {
-        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    /// Forgets a session once it has not been written for `idle`.
+    pub fn with_idle_expiry(mut self, idle: Duration) -> Self {
+        self.idle_expiry = idle;
+        self
+    }
+
+    /// The sessions, with the expired ones gone (swept at most every tenth of the expiry,
+    /// so a write costs O(1) amortized).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        let mut sessions = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now.duration_since(sessions.swept) >= self.idle_expiry / 10 {
+            let idle = self.idle_expiry;
+            sessions
+                .by_key
+                .retain(|_, s| now.duration_since(s.written) < idle);
+            sessions.swept = now;
+        }
+        sessions
+    }
+
+    /// The live session `key`, if any.
+    fn live<'a>(&self, sessions: &'a Sessions, key: &SessionKey) -> Option<&'a SessionData> {
+        sessions
+            .by_key
+            .get(key)
+            .filter(|s| s.written.elapsed() < self.idle_expiry)
+    }
+
+    /// The session `key` to write, a fresh one if it had expired.
+    fn written<'a>(
+        sessions: &'a mut Sessions,
+        key: &SessionKey,
+        idle: Duration,
+    ) -> &'a mut SessionData {
+        let session = sessions.by_key.entry(key.clone()).or_default();
+        if session.written.elapsed() >= idle {
+            *session = SessionData::default();
+        }
+        session.written = Instant::now();
+        session
     }
 }
 
 #[async_trait::async_trait]
 impl StateStore for MemoryStateStore {
     async fn get(&self, key: &SessionKey) -> Result<Option<StoredState>, ExecutionError> {
-        Ok(self.lock().get(key).and_then(|s| s.state.clone()))
+        let sessions = self.lock();
+        Ok(self.live(&sessions, key).and_then(|s| s.state.clone()))
     }
 
     async fn compare_and_set(
@@ -185,18 +306,22 @@ impl StateStore for MemoryStateStore {
         expected: Option<u64>,
         state: StoredState,
     ) -> Result<CasOutcome, ExecutionError> {
-        let mut data = self.lock();
-        let session = data.entry(key.clone()).or_default();
-        let current = session.state.as_ref().map(|s| s.version);
+        let mut sessions = self.lock();
+        let current = self
+            .live(&sessions, key)
+            .and_then(|s| s.state.as_ref())
+            .map(|s| s.version);
         if current != expected {
             return Ok(CasOutcome::Conflict { current });
         }
-        session.state = Some(state);
+        Self::written(&mut sessions, key, self.idle_expiry).state = Some(state);
         Ok(CasOutcome::Stored)
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<bool, ExecutionError> {
-        Ok(self.lock().remove(key).is_some())
+        let mut sessions = self.lock();
+        let live = self.live(&sessions, key).is_some();
+        Ok(sessions.by_key.remove(key).is_some() && live)
     }
 
     async fn kv_get(
@@ -204,7 +329,10 @@ impl StateStore for MemoryStateStore {
         key: &SessionKey,
         name: &str,
     ) -> Result<Option<Vec<u8>>, ExecutionError> {
-        Ok(self.lock().get(key).and_then(|s| s.kv.get(name).cloned()))
+        let sessions = self.lock();
+        Ok(self
+            .live(&sessions, key)
+            .and_then(|s| s.kv.get(name).cloned()))
     }
 
     async fn kv_set(
@@ -214,8 +342,8 @@ impl StateStore for MemoryStateStore {
         value: Vec<u8>,
     ) -> Result<(), ExecutionError> {
         self.quota.check_entry(&name, &value)?;
-        let mut data = self.lock();
-        let session = data.entry(key.clone()).or_default();
+        let mut sessions = self.lock();
+        let session = Self::written(&mut sessions, key, self.idle_expiry);
         let old = session.kv.get(&name).map_or(0, |v| v.len() + name.len());
         let total = session.kv_bytes - old + name.len() + value.len();
         if total > self.quota.max_session_bytes {
@@ -227,8 +355,9 @@ impl StateStore for MemoryStateStore {
     }
 
     async fn kv_delete(&self, key: &SessionKey, name: &str) -> Result<(), ExecutionError> {
-        let mut data = self.lock();
-        if let Some(session) = data.get_mut(key)
+        let mut sessions = self.lock();
+        if self.live(&sessions, key).is_some()
+            && let Some(session) = sessions.by_key.get_mut(key)
             && let Some(v) = session.kv.remove(name)
         {
             session.kv_bytes -= v.len() + name.len();
@@ -237,9 +366,9 @@ impl StateStore for MemoryStateStore {
     }
 
     async fn kv_keys(&self, key: &SessionKey) -> Result<Vec<String>, ExecutionError> {
+        let sessions = self.lock();
         Ok(self
-            .lock()
-            .get(key)
+            .live(&sessions, key)
             .map(|s| s.kv.keys().cloned().collect())
             .unwrap_or_default())
     }
@@ -296,6 +425,55 @@ mod tests {
             CasOutcome::Conflict { current: Some(2) }
         );
         assert_eq!(store.get(&k).await.unwrap(), Some(v2));
+    }
+
+    #[test]
+    fn session_ids_are_short_and_plain() {
+        let bounds = SessionBounds::default();
+        for good in ["s", "user-42.cart_7:eu", "a@b", &"x".repeat(128)] {
+            assert_eq!(bounds.check_id(good), Ok(()), "{good}");
+        }
+        for bad in ["", "a/b", "a b", "é", "a\nb", &"x".repeat(129)] {
+            let why = bounds.check_id(bad).unwrap_err();
+            assert!(why.contains("is not a session id"), "{why}");
+            assert!(why.len() < 200, "{why}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_not_written_for_its_idle_expiry_is_gone() {
+        let key = key("t", "s");
+        let kept = MemoryStateStore::new(SessionQuota::default());
+        let gone = MemoryStateStore::new(SessionQuota::default()).with_idle_expiry(Duration::ZERO);
+        for store in [&kept, &gone] {
+            let stored = StoredState {
+                version: 1,
+                state: serde_json::json!({}),
+            };
+            assert_eq!(
+                store.compare_and_set(&key, None, stored).await.unwrap(),
+                CasOutcome::Stored
+            );
+            store.kv_set(&key, "k".into(), b"v".to_vec()).await.unwrap();
+        }
+        assert!(kept.get(&key).await.unwrap().is_some());
+        assert_eq!(kept.kv_keys(&key).await.unwrap(), ["k"]);
+        assert_eq!(gone.get(&key).await.unwrap(), None);
+        assert_eq!(gone.kv_get(&key, "k").await.unwrap(), None);
+        assert!(gone.kv_keys(&key).await.unwrap().is_empty());
+        // Expired, it starts again from nothing (no conflict with what it held).
+        let stored = StoredState {
+            version: 1,
+            state: serde_json::json!({}),
+        };
+        assert_eq!(
+            gone.compare_and_set(&key, None, stored).await.unwrap(),
+            CasOutcome::Stored
+        );
+        assert!(
+            !gone.delete(&key).await.unwrap(),
+            "an expired session holds nothing"
+        );
     }
 
     #[tokio::test]

@@ -497,3 +497,200 @@ fn a_body_that_does_not_arrive_in_time_gets_408() {
     stream.read_exact(&mut head).unwrap();
     assert_eq!(&head[9..12], b"408", "{}", String::from_utf8_lossy(&head));
 }
+
+/// `POST /v1/jobs` with `body` (JSON) on the server at `url`; returns the status and answer.
+async fn submit_job(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let response = client
+        .post(format!("{url}/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// `GET url`; returns the status and the answer as JSON.
+async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// H2: a tenant's finished jobs are kept within a byte budget, oldest forgotten first: 40
+/// jobs that fail at once with a 3 MB input (which a failure echoes) leave the server holding
+/// the budget's worth (8 MiB here), not 120 MB. The newest job's result is whole; the list
+/// gives summaries without results.
+#[tokio::test]
+async fn finished_jobs_are_kept_within_a_byte_budget_and_listed_without_results() {
+    let folder = PluginFolder::with(&["abuse"]);
+    folder.write("weir.toml", b"[server]\njobs_bytes_per_tenant = 8388608\n");
+    let config = folder.path().join("weir.toml");
+    let (server, url) =
+        weir_tests::WeirProcess::serve(folder.path(), &["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let job = |pad: usize| {
+        json!({"processor": "abuse", "input": {"fail": {"messageBytes": 10}, "pad": "p".repeat(pad)}})
+            .to_string()
+    };
+    // Waits for job `id` to fail; its answer is read as text, unparsed (3 MB each).
+    let finish = |id: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let response = client
+                .get(format!("{url}/v1/jobs/{id}?waitMs=30000"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let text = response.text().await.unwrap();
+            let head: String = text.chars().take(300).collect();
+            assert!(text.contains(r#""status":"failed""#), "{head}");
+            text
+        }
+    };
+    let submit = |body: String| {
+        let request = client
+            .post(format!("{url}/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            let accepted: Value = response.json().await.unwrap();
+            accepted["id"].as_str().unwrap().to_string()
+        }
+    };
+    // Warm up (compile, first sandbox), then take the baseline.
+    finish(submit(job(10)).await).await;
+    let before = rss_of(server.pid());
+    let big = job(3_000_000);
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let id = submit(big.clone()).await;
+        finish(id.clone()).await;
+        ids.push(id);
+    }
+    let grown = rss_of(server.pid()).saturating_sub(before);
+    assert!(grown < 64 << 20, "the server grew by {} MiB", grown >> 20);
+    // The newest is whole; the oldest are forgotten.
+    let newest: Value = serde_json::from_str(&finish(ids[39].clone()).await).unwrap();
+    assert_eq!(
+        newest["result"]["state"]["pad"].as_str().map(str::len),
+        Some(3_000_000)
+    );
+    let (status, forgotten) = get_json(&client, &format!("{url}/v1/jobs/{}", ids[0])).await;
+    assert_eq!(status, 404, "{forgotten}");
+    assert_eq!(forgotten["error"]["code"], "job-not-found");
+    // The list is of summaries: small, with each result's size but not the result.
+    let response = client
+        .get(format!("{url}/v1/jobs?limit=500"))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(text.len() < 64 << 10, "the list is {} bytes", text.len());
+    let list: Value = serde_json::from_str(&text).unwrap();
+    let rows = list["jobs"].as_array().unwrap();
+    assert!(!rows.is_empty() && rows.len() < 10, "{} rows", rows.len());
+    assert_eq!(rows[0]["id"], ids[39].as_str());
+    assert!(rows.iter().all(|row| row.get("result").is_none()));
+    assert!(
+        rows[0]["resultBytes"].as_u64() > Some(3_000_000),
+        "{}",
+        rows[0]
+    );
+}
+
+/// H3: a session id is short and plain: one of 60 KiB, or with a `/`, is refused with `400`
+/// before anything runs or is stored; a plain one is taken.
+#[tokio::test]
+async fn session_ids_that_are_long_or_not_plain_are_refused() {
+    let folder = PluginFolder::with(&["hello"]);
+    let (_server, url) = weir_tests::WeirProcess::serve(folder.path(), &[]);
+    let client = reqwest::Client::new();
+    for bad in ["s".repeat(60 << 10), "a/b".to_string(), String::new()] {
+        let body = json!({"processor": "hello", "input": {"user": "x"}, "session": bad});
+        let (status, answer) = submit_job(&client, &url, &body).await;
+        // The answer may echo the id: show its error only.
+        assert_eq!(status, 400, "{}", answer["error"]);
+        assert_eq!(
+            answer["error"]["code"], "invalid-session",
+            "{}",
+            answer["error"]
+        );
+    }
+    let long = "s".repeat(129);
+    let response = client
+        .post(format!("{url}/v1/run/hello?session={long}"))
+        .header("content-type", "application/json")
+        .body(r#"{"user":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let (status, _) = get_json(&client, &format!("{url}/v1/sessions/{long}")).await;
+    assert_eq!(status, 400);
+    let (_, sessions) = get_json(&client, &format!("{url}/v1/sessions")).await;
+    assert_eq!(sessions["sessions"], json!([]), "{sessions}");
+    let plain = "user-42.cart_7:eu";
+    let body = json!({"processor": "hello", "input": {"user": "x"}, "session": plain});
+    let (status, answer) = submit_job(&client, &url, &body).await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+/// H3: a tenant's sessions are capped (3 here): one more new session is refused with `429`
+/// and `too-many-sessions` while the others keep working; once the idle ones expire (after
+/// 1 s here), new sessions are taken again, and the expired ones' state is gone.
+#[tokio::test]
+async fn a_tenants_sessions_are_capped_and_idle_ones_expire() {
+    let folder = PluginFolder::with(&["hello"]);
+    folder.write(
+        "weir.toml",
+        b"[server]\nmax_sessions_per_tenant = 3\nsession_idle_ms = 1000\n",
+    );
+    let config = folder.path().join("weir.toml");
+    let (_server, url) =
+        weir_tests::WeirProcess::serve(folder.path(), &["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let run_in = |session: &str| {
+        let request = client
+            .post(format!("{url}/v1/run/hello?session={session}"))
+            .header("content-type", "application/json")
+            .body(r#"{"user":"x"}"#);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    for session in ["a", "b", "c"] {
+        let (status, answer) = run_in(session).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, refused) = run_in("d").await;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["error"]["code"], "too-many-sessions", "{refused}");
+    // The existing ones still run.
+    let (status, answer) = run_in("a").await;
+    assert_eq!(
+        (status, answer["ok"].clone()),
+        (200, json!(true)),
+        "{answer}"
+    );
+    // Once they have been idle past the expiry, a new one is taken, and the old state is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, answer) = run_in("d").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429, "{answer}");
+        assert!(std::time::Instant::now() < deadline, "no room after 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (status, gone) = get_json(&client, &format!("{url}/v1/sessions/b")).await;
+    assert_eq!(status, 404, "{gone}");
+}

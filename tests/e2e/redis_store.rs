@@ -113,6 +113,66 @@ async fn the_session_quota_holds_in_redis() {
     assert_eq!(store.kv_keys(&key).await.unwrap(), ["k2"]);
 }
 
+/// H3: a session's keys in Redis expire once nobody writes them for the idle expiry, and
+/// every write pushes the expiry of all three back (state, entries, their byte count).
+#[tokio::test]
+async fn a_sessions_keys_expire_after_its_idle_time_and_each_write_renews_them() {
+    let server = RedisServer::start();
+    let idle = Duration::from_secs(3600);
+    let store = store(&server).await.with_idle_expiry(idle);
+    let key = SessionKey::new("t", "s");
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = [
+        "weir:_:state:1:t:s",
+        "weir:_:kv:1:t:s",
+        "weir:_:kvbytes:1:t:s",
+    ];
+    // The multiplexed connection is a cheap handle: each use takes its own clone.
+    let reader = connection.clone();
+    let ttls = || {
+        let mut connection = reader.clone();
+        async move {
+            let mut ttls = Vec::new();
+            for key in keys {
+                let ttl: i64 = redis::cmd("PTTL")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+                ttls.push(ttl);
+            }
+            ttls
+        }
+    };
+    store.kv_set(&key, "k".into(), b"v".to_vec()).await.unwrap();
+    // No state yet (-2: no key); the entries and their count expire within the hour.
+    let after_kv = ttls().await;
+    assert_eq!(after_kv[0], -2, "{after_kv:?}");
+    assert!(
+        after_kv[1..].iter().all(|&t| t > 0 && t <= 3_600_000),
+        "{after_kv:?}"
+    );
+    // Shorten them behind the store's back: the next write renews all three.
+    for key in &keys[1..] {
+        let _: () = redis::cmd("PEXPIRE")
+            .arg(*key)
+            .arg(5_000)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    store
+        .compare_and_set(&key, None, state(1, 1))
+        .await
+        .unwrap();
+    let after_state = ttls().await;
+    assert!(
+        after_state.iter().all(|&t| t > 3_000_000 && t <= 3_600_000),
+        "{after_state:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_state_changed_behind_weirs_back_fails_its_integrity_check() {
     let server = RedisServer::start();

@@ -455,6 +455,35 @@ async fn over_quota_is_429_with_retry_after_and_other_tenants_are_unaffected() {
     assert_eq!(body["error"]["quota"], "executions_per_minute");
 }
 
+/// M6: stopping a session reaches every worker of a fleet, so a tenant pays for it from its
+/// rate like an execution (globex: three a minute), and an id that could never have been
+/// opened is refused before it costs anything.
+#[tokio::test]
+async fn stopping_sessions_is_charged_to_the_tenants_rate_and_ids_are_checked() {
+    let fleet = Fleet::start();
+    let stop = |id: String| {
+        let request = fleet.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/sessions/{id}"),
+            Some(GLOBEX),
+        );
+        async move { answer(request.send().await.unwrap()).await }
+    };
+    let (status, body) = stop("x".repeat(4096)).await;
+    assert_eq!(status, 400, "{}", body["error"]);
+    assert_eq!(body["error"]["code"], "invalid-session");
+    for i in 0..3 {
+        let (status, body) = stop(format!("never-{i}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = stop("never-3".into()).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["quota"], "executions_per_minute");
+    // Another tenant is not held back.
+    let (status, _) = fleet.run("hello", json!({}), ACME).await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn a_tenant_ceiling_bounds_every_execution_and_callers_may_go_lower() {
     let fleet = Fleet::start();

@@ -187,7 +187,16 @@ impl PluginArgs {
         &self,
         redis: Option<weir::RedisConfig>,
     ) -> Result<weir::Runtime, Failure> {
-        self.build(redis, true).await
+        self.build(redis, true, weir::HostConfig::default()).await
+    }
+
+    /// [`Self::runtime_on`] with the host policies `host`.
+    pub(crate) async fn runtime_with(
+        &self,
+        redis: Option<weir::RedisConfig>,
+        host: weir::HostConfig,
+    ) -> Result<weir::Runtime, Failure> {
+        self.build(redis, true, host).await
     }
 
     /// A started runtime on Redis that loads no folder (and so publishes nothing).
@@ -195,13 +204,15 @@ impl PluginArgs {
         &self,
         redis: weir::RedisConfig,
     ) -> Result<weir::Runtime, Failure> {
-        self.build(Some(redis), false).await
+        self.build(Some(redis), false, weir::HostConfig::default())
+            .await
     }
 
     async fn build(
         &self,
         redis: Option<weir::RedisConfig>,
         load_folder: bool,
+        host: weir::HostConfig,
     ) -> Result<weir::Runtime, Failure> {
         let has_folder = load_folder && self.plugins.is_dir();
         if !has_folder && redis.is_none() {
@@ -217,7 +228,9 @@ impl PluginArgs {
                 .clone()
                 .or_else(weir::CompileCache::default_dir)
         };
-        let mut builder = weir::Runtime::builder().cache_dir(cache_dir);
+        let mut builder = weir::Runtime::builder()
+            .cache_dir(cache_dir)
+            .host_config(host);
         if has_folder {
             builder = builder.plugins_dir(&self.plugins);
         }

@@ -63,7 +63,14 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
     // Before anything is announced: a signal that arrives once the API is up must stop it
     // gracefully, not kill the process.
     let (mut interrupt, mut terminate) = super::stop_signals()?;
-    let runtime = args.plugins.runtime_on(args.redis.config()).await?;
+    // The file first: some of its settings bound the runtime itself (sessions).
+    let file = match &args.config {
+        Some(path) => weir::server::ServerFile::load(path).map_err(Failure::Usage)?,
+        None => weir::server::ServerFile::default(),
+    };
+    let mut host = weir::HostConfig::default();
+    file.settings.apply_host(&mut host);
+    let runtime = args.plugins.runtime_with(args.redis.config(), host).await?;
     let mut events = runtime.subscribe();
     // On Redis the folder is optional (workers may hold the plugins); watch it if it is there.
     let required = args.redis.redis.is_none();
@@ -72,7 +79,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
             .watch(&runtime, required, Duration::from_millis(args.debounce_ms))?;
     let shutdown = CancellationToken::new();
     let server = match args.listen {
-        Some(address) => Some(listen(&runtime, address, &args, &shutdown).await?),
+        Some(address) => Some(listen(&runtime, address, &args, file, &shutdown).await?),
         None => None,
     };
     let catalog = runtime.catalog();
@@ -116,6 +123,7 @@ async fn listen(
     runtime: &weir::Runtime,
     address: SocketAddr,
     args: &ServeArgs,
+    file: weir::server::ServerFile,
     shutdown: &CancellationToken,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Failure> {
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
@@ -126,10 +134,6 @@ async fn listen(
     let bound = listener
         .local_addr()
         .map_err(|e| Failure::Infrastructure(format!("cannot read the bound address: {e}")))?;
-    let file = match &args.config {
-        Some(path) => weir::server::ServerFile::load(path).map_err(Failure::Usage)?,
-        None => weir::server::ServerFile::default(),
-    };
     if !file.access.is_configured() {
         tracing::warn!(
             "no tenants or operator token configured (--config): the HTTP API is open to \

@@ -88,6 +88,10 @@ struct RawServer {
     body_read_timeout_ms: Option<u64>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
+    jobs_bytes_per_tenant: Option<usize>,
+    jobs_kept_per_tenant: Option<usize>,
+    max_sessions_per_tenant: Option<usize>,
+    session_idle_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +144,14 @@ pub struct ServerSettings {
     pub body_read_timeout_ms: Option<u64>,
     /// Added to [`super::ServerConfig::allowed_hosts`].
     pub allowed_hosts: Vec<String>,
+    /// [`super::ServerConfig::jobs_bytes_per_tenant`].
+    pub jobs_bytes_per_tenant: Option<usize>,
+    /// [`super::ServerConfig::jobs_kept_per_tenant`].
+    pub jobs_kept_per_tenant: Option<usize>,
+    /// The runtime's [`crate::SessionBounds::max_per_tenant`] (see [`Self::apply_host`]).
+    pub max_sessions_per_tenant: Option<usize>,
+    /// The runtime's [`crate::SessionBounds::idle_expiry`], in milliseconds.
+    pub session_idle_ms: Option<u64>,
 }
 
 impl ServerSettings {
@@ -167,6 +179,22 @@ impl ServerSettings {
         config
             .allowed_hosts
             .extend(self.allowed_hosts.iter().cloned());
+        set(
+            &mut config.jobs_bytes_per_tenant,
+            self.jobs_bytes_per_tenant,
+        );
+        set(&mut config.jobs_kept_per_tenant, self.jobs_kept_per_tenant);
+    }
+
+    /// `host` with the settings that belong to the runtime (sessions), where set: applied
+    /// before the runtime is built.
+    pub fn apply_host(&self, host: &mut crate::HostConfig) {
+        if let Some(max) = self.max_sessions_per_tenant {
+            host.sessions.max_per_tenant = max;
+        }
+        if let Some(ms) = self.session_idle_ms {
+            host.sessions.idle_expiry = std::time::Duration::from_millis(ms);
+        }
     }
 }
 
@@ -263,6 +291,10 @@ impl ServerFile {
                 header_read_timeout_ms: raw.server.header_read_timeout_ms,
                 body_read_timeout_ms: raw.server.body_read_timeout_ms,
                 allowed_hosts: raw.server.allowed_hosts,
+                jobs_bytes_per_tenant: raw.server.jobs_bytes_per_tenant,
+                jobs_kept_per_tenant: raw.server.jobs_kept_per_tenant,
+                max_sessions_per_tenant: raw.server.max_sessions_per_tenant,
+                session_idle_ms: raw.server.session_idle_ms,
             },
         })
     }

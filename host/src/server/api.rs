@@ -2,6 +2,7 @@
 //! [`Runtime`](crate::Runtime) and its answer into JSON.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -13,11 +14,11 @@ use futures_util::FutureExt;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::access::Caller;
+use super::access::{Caller, Tenant};
 use super::error::ApiError;
 use super::quota::{Admitted, Refused};
 use super::{AppState, OPENAPI, metrics};
-use crate::activity::ProcessorStats;
+use crate::activity::{ProcessorStats, SessionRefused};
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::RuntimeError;
 use crate::result::ExecutionResult;
@@ -171,9 +172,7 @@ pub(super) async fn prepare(
         .map_err(|e| ApiError::bad_request("invalid-input", e.message))?;
     let mut request = ExecutionRequest::new(name, input).tenant(tenant);
     if let Some(session) = session {
-        if session.is_empty() {
-            return Err(ApiError::bad_request(code, "`session` must not be empty"));
-        }
+        open_session(app, tenant, &session)?;
         request = request.session(session);
     }
     if timeout_ms == Some(0) {
@@ -187,25 +186,64 @@ pub(super) async fn prepare(
         limits.timeout_ms = Some(limits.timeout_ms.map_or(ms, |ceiling| ceiling.min(ms)));
     }
     let admitted = match account {
-        Some(account) => match app.ledger.admit(account).await {
-            Ok(admitted) => Some(admitted),
-            Err(Refused::Over(over)) => {
-                return Err(ApiError::over_quota(
-                    format!(
-                        "tenant `{tenant}` is over its quota `{} = {}`; retry after {} s",
-                        over.quota,
-                        over.limit,
-                        over.retry_after.as_secs().max(1)
-                    ),
-                    over.retry_after,
-                )
-                .with("quota", json!(over.quota)));
-            }
-            Err(Refused::Unavailable(why)) => return Err(ApiError::unavailable(why)),
-        },
+        Some(account) => Some(admit(app, account).await?),
         None => None,
     };
     Ok((request.limits(limits), admitted))
+}
+
+/// A place in `tenant`'s quotas, or the `429` (or `503`) that says why not.
+async fn admit(app: &AppState, tenant: &Arc<Tenant>) -> Result<Admitted, ApiError> {
+    quota_answer(tenant, app.ledger.admit(tenant).await)
+}
+
+/// `tenant`'s rates charged for one request that runs nothing, or the `429` (or `503`).
+async fn charge(app: &AppState, tenant: &Arc<Tenant>) -> Result<Admitted, ApiError> {
+    quota_answer(tenant, app.ledger.charge(tenant).await)
+}
+
+fn quota_answer(
+    tenant: &Arc<Tenant>,
+    admitted: Result<Admitted, Refused>,
+) -> Result<Admitted, ApiError> {
+    match admitted {
+        Ok(admitted) => Ok(admitted),
+        Err(Refused::Over(over)) => Err(ApiError::over_quota(
+            format!(
+                "tenant `{}` is over its quota `{} = {}`; retry after {} s",
+                tenant.name(),
+                over.quota,
+                over.limit,
+                over.retry_after.as_secs().max(1)
+            ),
+            over.retry_after,
+        )
+        .with("quota", json!(over.quota))),
+        Err(Refused::Unavailable(why)) => Err(ApiError::unavailable(why)),
+    }
+}
+
+/// Opens `session` of `tenant` for work about to be accepted: `400` / `invalid-session` for
+/// an id that is not a session id, `429` / `too-many-sessions` when the tenant has as many
+/// sessions as it may.
+fn open_session(app: &AppState, tenant: &str, session: &str) -> Result<(), ApiError> {
+    match app.runtime.open_session(tenant, session) {
+        Ok(()) => Ok(()),
+        Err(SessionRefused::InvalidId(why)) => Err(ApiError::bad_request("invalid-session", why)),
+        Err(refused @ SessionRefused::TooMany { .. }) => {
+            Err(ApiError::too_many_sessions(refused.to_string()))
+        }
+    }
+}
+
+/// `400` / `invalid-session` unless `id` is a session id: checked before a session is looked
+/// up or stopped, so that no id that could never have been opened costs anything.
+fn check_session_id(app: &AppState, id: &str) -> Result<(), ApiError> {
+    app.runtime
+        .config()
+        .sessions
+        .check_id(id)
+        .map_err(|why| ApiError::bad_request("invalid-session", why))
 }
 
 /// Runs `request` in a task of its own that holds the quota place and charges the fuel
@@ -558,13 +596,12 @@ pub(super) async fn sessions(
 ) -> Result<Json<Value>, ApiError> {
     let asked = tenant_query(query)?;
     caller.may_ask_for(asked.as_deref())?;
-    let sessions: Vec<_> = app
-        .runtime
-        .active_sessions()
-        .into_iter()
-        .filter(|s| caller.sees_tenant(&s.tenant))
-        .filter(|s| asked.as_deref().is_none_or(|t| s.tenant == t))
-        .collect();
+    // Only the sessions asked for are copied: one tenant's many never slow another's list.
+    let sessions = match (caller.is_fleet(), asked.as_deref()) {
+        (true, None) => app.runtime.active_sessions(),
+        (true, Some(tenant)) => app.runtime.sessions_of(tenant),
+        (false, _) => app.runtime.sessions_of(caller.tenant()?.0),
+    };
     Ok(Json(json!({ "sessions": sessions })))
 }
 
@@ -577,6 +614,7 @@ pub(super) async fn session(
 ) -> Result<Json<Value>, ApiError> {
     let asked = tenant_query(query)?;
     let tenant = caller.data_tenant(asked.as_deref())?;
+    check_session_id(&app, &id)?;
     let stats = app.runtime.session_stats(tenant, &id);
     let state = app.runtime.session_state(tenant, &id).await;
     if stats.is_none() && state.is_none() {
@@ -591,6 +629,7 @@ pub(super) async fn session(
 }
 
 /// `DELETE /v1/sessions/{id}`: stops the session: cancels its work, removes its state.
+/// Charged to the tenant's rates (`executions_per_minute`) like one execution.
 pub(super) async fn stop_session(
     State(app): State<AppState>,
     caller: Caller,
@@ -599,7 +638,17 @@ pub(super) async fn stop_session(
 ) -> Result<Json<Value>, ApiError> {
     let asked = tenant_query(query)?;
     let tenant = caller.data_tenant(asked.as_deref())?;
+    check_session_id(&app, &id)?;
+    // A stop reaches every worker of a fleet: a tenant pays for it as for an execution
+    // (from its rates: a tenant at its `concurrent` quota can still stop its work).
+    let admitted = match &caller {
+        Caller::Tenant(account) => Some(charge(&app, account).await?),
+        Caller::Operator | Caller::Open => None,
+    };
     let report = app.runtime.stop_session(tenant, &id).await;
+    if let Some(admitted) = admitted {
+        admitted.settle().await;
+    }
     Ok(Json(json!({
         "session": id,
         "tenant": tenant,

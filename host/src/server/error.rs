@@ -71,6 +71,19 @@ impl ApiError {
         }
     }
 
+    /// 429: the tenant has as many sessions as it may; one expires within the idle expiry.
+    pub(crate) fn too_many_sessions(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(60),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource",
+                crate::error::codes::TOO_MANY_SESSIONS,
+                message.into(),
+            )
+        }
+    }
+
     /// 403 with a code saying why (the open API's refusals).
     pub(crate) fn forbidden_because(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", code, message.into())

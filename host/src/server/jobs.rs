@@ -4,9 +4,12 @@
 //! execution's id) of the caller's tenant, under the same grants and quotas as
 //! `POST /v1/run`, and shows the latest progress its guest reported (one task per server
 //! follows the `progress` events). The table lives in this server's memory: every running
-//! job and each tenant's newest [`KEPT_FINISHED`] finished ones. Progress is matched by
-//! execution id: a job that runs a workflow shows its steps' progress in the event stream,
-//! not in the job.
+//! job and each tenant's newest finished ones, within a count and a byte budget per tenant
+//! ([`super::ServerConfig::jobs_kept_per_tenant`], [`super::ServerConfig::jobs_bytes_per_tenant`]),
+//! oldest forgotten first. A finished job's result document is kept as the JSON text it is
+//! served as, so the budget counts the bytes actually held. Lists are summaries; the result
+//! comes only with `GET /v1/jobs/{id}`. Progress is matched by execution id: a job that runs
+//! a workflow shows its steps' progress in the event stream, not in the job.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -28,9 +31,6 @@ use crate::cancel::{CancelHandle, CancelReason};
 use crate::clock::now_ms;
 use crate::error::{ErrorKind, RuntimeError};
 use crate::events::{Event, EventKind, Notice};
-
-/// Finished jobs kept for reading, per tenant; older ones are forgotten.
-pub const KEPT_FINISHED: usize = 10_000;
 
 /// Jobs one server runs at once, over all tenants; more get `429` (a tenant's own
 /// `concurrent` quota usually says no well before).
@@ -74,8 +74,8 @@ struct Outcome {
     /// The latest progress the guest reported: percent and message.
     progress: Option<(u8, String)>,
     finished_ms: Option<u64>,
-    /// The result document, once finished.
-    result: Option<Value>,
+    /// The result document as JSON text, once finished.
+    result: Option<Arc<str>>,
 }
 
 impl Job {
@@ -83,7 +83,8 @@ impl Job {
         self.outcome.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn to_json(&self) -> Value {
+    /// The job without its result: what lists show, with the result's size.
+    fn summary(&self) -> Value {
         let outcome = self.lock();
         json!({
             "id": self.id,
@@ -96,15 +97,41 @@ impl Job {
             }),
             "submittedAtMs": self.submitted_ms,
             "finishedAtMs": outcome.finished_ms,
-            "result": outcome.result,
+            "resultBytes": outcome.result.as_ref().map(|r| r.len()),
         })
+    }
+
+    /// The job with its result document, as the JSON text `GET /v1/jobs/{id}` answers.
+    fn with_result(&self) -> Response {
+        let summary = self.summary().to_string();
+        let result = self.lock().result.clone();
+        let body = match result {
+            // The summary is a JSON object: its closing brace gives way to the result.
+            Some(result) => {
+                let mut body = String::with_capacity(summary.len() + result.len() + 12);
+                body.push_str(&summary[..summary.len() - 1]);
+                body.push_str(",\"result\":");
+                body.push_str(&result);
+                body.push('}');
+                body
+            }
+            None => summary,
+        };
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 
 /// Every job this server knows.
-#[derive(Default)]
 pub(super) struct Jobs {
     inner: Mutex<Table>,
+    /// Bytes of results kept per tenant.
+    max_bytes: usize,
+    /// Finished jobs kept per tenant.
+    max_kept: usize,
 }
 
 #[derive(Default)]
@@ -112,12 +139,29 @@ struct Table {
     by_id: HashMap<String, Arc<Job>>,
     /// Each tenant's finished jobs, oldest first: the ones to forget first. One ring per
     /// tenant, so that one tenant's many jobs never push out another's results.
-    finished: HashMap<String, VecDeque<String>>,
+    finished: HashMap<String, Finished>,
     /// Jobs still running, over all tenants.
     running: usize,
 }
 
+/// One tenant's finished jobs: ids and result sizes, oldest first, and their total.
+#[derive(Default)]
+struct Finished {
+    ring: VecDeque<(String, usize)>,
+    bytes: usize,
+}
+
 impl Jobs {
+    /// An empty table keeping, per tenant, `max_kept` finished jobs whose results add up to
+    /// at most `max_bytes`.
+    pub(super) fn new(max_bytes: usize, max_kept: usize) -> Self {
+        Jobs {
+            inner: Mutex::default(),
+            max_bytes,
+            max_kept: max_kept.max(1),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -137,19 +181,42 @@ impl Jobs {
         Ok(())
     }
 
-    fn finish(&self, job: &Job) {
+    /// Records that `job` finished with a result of `bytes`, and forgets the tenant's oldest
+    /// finished jobs past the count or the byte budget.
+    fn finish(&self, job: &Job, bytes: usize) {
         let mut table = self.lock();
         table.running = table.running.saturating_sub(1);
-        let ring = table.finished.entry(job.tenant.clone()).or_default();
-        ring.push_back(job.id.clone());
-        let forgotten: Vec<String> = if ring.len() > KEPT_FINISHED {
-            ring.drain(..ring.len() - KEPT_FINISHED).collect()
-        } else {
-            Vec::new()
-        };
+        let finished = table.finished.entry(job.tenant.clone()).or_default();
+        finished.ring.push_back((job.id.clone(), bytes));
+        finished.bytes += bytes;
+        let mut forgotten = Vec::new();
+        while finished.ring.len() > self.max_kept
+            || (finished.bytes > self.max_bytes && finished.ring.len() > 1)
+        {
+            let Some((old, old_bytes)) = finished.ring.pop_front() else {
+                break;
+            };
+            finished.bytes -= old_bytes;
+            forgotten.push(old);
+        }
         for old in forgotten {
             table.by_id.remove(&old);
         }
+    }
+
+    /// The result document as the JSON text kept: whole within the budget, else a note of
+    /// its size (with whether it succeeded).
+    fn kept_result(&self, ok: bool, document: &Value) -> Arc<str> {
+        let text = document.to_string();
+        if text.len() <= self.max_bytes {
+            return text.into();
+        }
+        json!({
+            "ok": ok,
+            "resultTooLarge": { "bytes": text.len(), "limit": self.max_bytes },
+        })
+        .to_string()
+        .into()
     }
 
     /// Records a `progress` event against the job whose execution reported it.
@@ -293,8 +360,8 @@ pub(super) async fn submit(
     request.id = Some(id.clone());
     let finished = job.clone();
     drop(spawn_execution(&app, request, admitted, move |outcome| {
-        let (status, result) = match outcome {
-            Ok(result) if result.ok => (Status::Completed, json!(result.document())),
+        let (status, ok, result) = match outcome {
+            Ok(result) if result.ok => (Status::Completed, true, json!(result.document())),
             Ok(result) => {
                 let cancelled = result
                     .error
@@ -305,7 +372,7 @@ pub(super) async fn submit(
                 } else {
                     Status::Failed
                 };
-                (status, json!(result.document()))
+                (status, false, json!(result.document()))
             }
             // It could not even start: the reason, in the shape of a result's error.
             Err(error) => {
@@ -317,10 +384,13 @@ pub(super) async fn submit(
                 let message = error.to_string();
                 (
                     Status::Failed,
+                    false,
                     json!({ "ok": false, "error": { "kind": kind, "code": code, "message": message } }),
                 )
             }
         };
+        let result = jobs.kept_result(ok, &result);
+        let bytes = result.len();
         {
             let mut outcome = finished.lock();
             outcome.status = status;
@@ -328,9 +398,9 @@ pub(super) async fn submit(
             outcome.result = Some(result);
         }
         finished.done.send_replace(true);
-        jobs.finish(&finished);
+        jobs.finish(&finished, bytes);
     }));
-    Ok((StatusCode::ACCEPTED, Json(job.to_json())).into_response())
+    Ok((StatusCode::ACCEPTED, Json(job.summary())).into_response())
 }
 
 /// Options of `GET /v1/jobs/{id}`.
@@ -351,7 +421,7 @@ pub(super) async fn get(
     caller: Caller,
     Path(id): Path<String>,
     query: Result<Query<GetQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
     let job = app
         .jobs
@@ -367,15 +437,15 @@ pub(super) async fn get(
             _ = app.shutdown.cancelled() => {}
         }
     }
-    Ok(Json(job.to_json()))
+    Ok(job.with_result())
 }
 
 fn job_not_found(id: &str) -> ApiError {
     ApiError::not_found(
         "job-not-found",
         format!(
-            "no job `{id}` (each tenant's newest {KEPT_FINISHED} finished jobs are kept on this \
-             server)"
+            "no job `{id}` on this server (each tenant's newest finished jobs are kept within \
+             a count and a byte budget; older ones are forgotten)"
         ),
     )
 }
@@ -451,6 +521,78 @@ pub(super) async fn list(
     jobs.sort_by(|a, b| b.id.cmp(&a.id));
     let next = (jobs.len() > limit).then(|| jobs[limit - 1].id.clone());
     jobs.truncate(limit);
-    let rows: Vec<Value> = jobs.iter().map(|job| job.to_json()).collect();
+    let rows: Vec<Value> = jobs.iter().map(|job| job.summary()).collect();
     Ok(Json(json!({ "jobs": rows, "next": next })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, tenant: &str) -> Arc<Job> {
+        Arc::new(Job {
+            id: id.into(),
+            tenant: tenant.into(),
+            processor: "p".into(),
+            session: None,
+            submitted_ms: 0,
+            cancel: CancelHandle::new(),
+            outcome: Mutex::new(Outcome {
+                status: Status::Running,
+                progress: None,
+                finished_ms: None,
+                result: None,
+            }),
+            done: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// Runs job `id` of `tenant` to its end with a result of `bytes` bytes.
+    fn finish(jobs: &Jobs, id: &str, tenant: &str, bytes: usize) {
+        let job = job(id, tenant);
+        jobs.insert(job.clone()).unwrap();
+        let result = jobs.kept_result(true, &json!("x".repeat(bytes - 2)));
+        assert_eq!(result.len(), bytes);
+        job.lock().result = Some(result);
+        jobs.finish(&job, bytes);
+    }
+
+    fn kept(jobs: &Jobs) -> Vec<String> {
+        let mut ids: Vec<String> = jobs.lock().by_id.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_tenants_oldest_finished_jobs_go_past_its_byte_budget() {
+        let jobs = Jobs::new(100, 1000);
+        finish(&jobs, "a1", "a", 40);
+        finish(&jobs, "a2", "a", 40);
+        finish(&jobs, "b1", "b", 90);
+        assert_eq!(kept(&jobs), ["a1", "a2", "b1"]);
+        // 120 bytes for `a`: its oldest goes; `b`'s budget is its own.
+        finish(&jobs, "a3", "a", 40);
+        assert_eq!(kept(&jobs), ["a2", "a3", "b1"]);
+        assert_eq!(jobs.lock().finished["a"].bytes, 80);
+    }
+
+    #[test]
+    fn a_tenants_oldest_finished_jobs_go_past_its_count() {
+        let jobs = Jobs::new(1 << 20, 2);
+        for id in ["1", "2", "3"] {
+            finish(&jobs, id, "a", 10);
+        }
+        assert_eq!(kept(&jobs), ["2", "3"]);
+    }
+
+    #[test]
+    fn a_result_over_the_whole_budget_is_kept_as_a_note_of_its_size() {
+        let jobs = Jobs::new(100, 10);
+        let note: Value =
+            serde_json::from_str(&jobs.kept_result(false, &json!("x".repeat(500)))).unwrap();
+        assert_eq!(
+            note,
+            json!({"ok": false, "resultTooLarge": {"bytes": 502, "limit": 100}})
+        );
+    }
 }

@@ -89,6 +89,12 @@ pub struct ServerConfig {
     /// In open mode (no tenants): whether `PUT /v1/plugins/{name}` installs plugins
     /// (default no: `403`).
     pub open_plugin_install: bool,
+    /// Bytes of finished jobs' result documents kept per tenant (default 64 MiB); past it
+    /// the tenant's oldest finished jobs are forgotten (`404` / `job-not-found`). A result
+    /// larger than all of it is kept as a note of its size.
+    pub jobs_bytes_per_tenant: usize,
+    /// Finished jobs kept per tenant (default 10,000); past it, likewise.
+    pub jobs_kept_per_tenant: usize,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +111,8 @@ impl Default for ServerConfig {
             body_read_timeout: std::time::Duration::from_secs(30),
             allowed_hosts: Vec::new(),
             open_plugin_install: false,
+            jobs_bytes_per_tenant: 64 << 20,
+            jobs_kept_per_tenant: 10_000,
         }
     }
 }
@@ -165,7 +173,10 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
     let body_read_timeout = config.body_read_timeout;
     let open =
         (!config.access.is_configured()).then(|| open::OpenGuard::new(&config.allowed_hosts));
-    let jobs: Arc<jobs::Jobs> = Arc::default();
+    let jobs = Arc::new(jobs::Jobs::new(
+        config.jobs_bytes_per_tenant,
+        config.jobs_kept_per_tenant,
+    ));
     jobs.track_progress(&runtime, shutdown.clone());
     let ledger = match runtime.redis_namespace("quota:") {
         Some((conn, prefix)) => quota::Ledger::redis(conn, prefix),

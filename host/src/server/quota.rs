@@ -123,11 +123,12 @@ impl TenantQuota {
     }
 
     /// Takes a place for one execution, or says which quota is spent. The place is given
-    /// back by [`TenantQuota::release`].
-    pub(crate) fn admit(&self, now: Instant) -> Result<(), OverQuota> {
+    /// back by [`TenantQuota::release`]. With `concurrent` false, the `concurrent` quota is
+    /// not checked (a request that charges the rates only, such as stopping a session).
+    pub(crate) fn admit(&self, now: Instant, concurrent: bool) -> Result<(), OverQuota> {
         let mut usage = self.lock();
         self.refill(&mut usage, now);
-        if let Some(limit) = self.quotas.concurrent
+        if let Some(limit) = self.quotas.concurrent.filter(|_| concurrent)
             && usage.running >= limit
         {
             return Err(OverQuota {
@@ -231,11 +232,27 @@ impl Ledger {
 
     /// Takes a place in `tenant`'s quotas, or says which quota is spent.
     pub(crate) async fn admit(&self, tenant: &Arc<Tenant>) -> Result<Admitted, Refused> {
+        self.admit_as(tenant, true).await
+    }
+
+    /// Charges `tenant`'s rates (executions and fuel per minute) for one request that is
+    /// not an execution and so needs no `concurrent` place, or says which quota is spent.
+    /// Settle it when the request is done.
+    pub(crate) async fn charge(&self, tenant: &Arc<Tenant>) -> Result<Admitted, Refused> {
+        self.admit_as(tenant, false).await
+    }
+
+    async fn admit_as(&self, tenant: &Arc<Tenant>, concurrent: bool) -> Result<Admitted, Refused> {
         let lease = match &self.redis {
-            Some(ledger) if tenant.quota.quotas().counted() => Some(ledger.admit(tenant).await?),
+            Some(ledger) if tenant.quota.quotas().counted() => {
+                Some(ledger.admit(tenant, concurrent).await?)
+            }
             // Nothing to count (or no Redis): this server's own account, with no round trip.
             _ => {
-                tenant.quota.admit(Instant::now()).map_err(Refused::Over)?;
+                tenant
+                    .quota
+                    .admit(Instant::now(), concurrent)
+                    .map_err(Refused::Over)?;
                 None
             }
         };
@@ -425,7 +442,11 @@ impl RedisLedger {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn admit(self: &Arc<Self>, tenant: &Arc<Tenant>) -> Result<Lease, Refused> {
+    async fn admit(
+        self: &Arc<Self>,
+        tenant: &Arc<Tenant>,
+        concurrent: bool,
+    ) -> Result<Lease, Refused> {
         let quotas = tenant.quota.quotas();
         let id = uuid::Uuid::new_v4().to_string();
         let (bucket, running) = self.keys(tenant.name());
@@ -438,7 +459,9 @@ impl RedisLedger {
         let reply: Vec<i64> = ADMIT
             .key(&bucket)
             .key(&running)
-            .arg(limit_arg(quotas.concurrent.map(u64::from)))
+            .arg(limit_arg(
+                quotas.concurrent.filter(|_| concurrent).map(u64::from),
+            ))
             .arg(limit_arg(quotas.executions_per_minute.map(u64::from)))
             .arg(limit_arg(quotas.fuel_per_minute))
             .arg(&id)
@@ -563,12 +586,29 @@ mod tests {
             ..Quotas::default()
         });
         let now = Instant::now();
-        assert!(quota.admit(now).is_ok());
-        assert!(quota.admit(now).is_ok());
-        let over = quota.admit(now).unwrap_err();
+        assert!(quota.admit(now, true).is_ok());
+        assert!(quota.admit(now, true).is_ok());
+        let over = quota.admit(now, true).unwrap_err();
         assert_eq!((over.quota, over.limit), ("concurrent", 2));
         quota.release(0, now);
-        assert!(quota.admit(now).is_ok());
+        assert!(quota.admit(now, true).is_ok());
+    }
+
+    #[test]
+    fn a_charge_without_a_place_draws_on_the_rate_but_ignores_concurrency() {
+        let quota = TenantQuota::new(Quotas {
+            concurrent: Some(1),
+            executions_per_minute: Some(2),
+            ..Quotas::default()
+        });
+        let now = Instant::now();
+        assert!(quota.admit(now, true).is_ok());
+        // At its `concurrent` quota, a rate-only charge still goes through...
+        assert!(quota.admit(now, false).is_ok());
+        quota.release(0, now);
+        // ... and it spent the rate: nothing is left this minute.
+        let over = quota.admit(now, false).unwrap_err();
+        assert_eq!(over.quota, "executions_per_minute");
     }
 
     #[test]
@@ -579,18 +619,18 @@ mod tests {
         });
         let start = Instant::now();
         for _ in 0..60 {
-            quota.admit(start).unwrap();
+            quota.admit(start, true).unwrap();
             quota.release(0, start);
         }
-        let over = quota.admit(start).unwrap_err();
+        let over = quota.admit(start, true).unwrap_err();
         assert_eq!(over.quota, "executions_per_minute");
         assert_eq!(
             over.retry_after,
             Duration::from_secs(1),
             "one per second comes back"
         );
-        assert!(quota.admit(start + Duration::from_secs(1)).is_ok());
-        assert!(quota.admit(start + Duration::from_secs(1)).is_err());
+        assert!(quota.admit(start + Duration::from_secs(1), true).is_ok());
+        assert!(quota.admit(start + Duration::from_secs(1), true).is_err());
     }
 
     #[test]
@@ -600,14 +640,14 @@ mod tests {
             ..Quotas::default()
         });
         let start = Instant::now();
-        quota.admit(start).unwrap();
+        quota.admit(start, true).unwrap();
         // One expensive run overdraws the minute's fuel...
         quota.release(9_000, start);
-        let over = quota.admit(start).unwrap_err();
+        let over = quota.admit(start, true).unwrap_err();
         assert_eq!(over.quota, "fuel_per_minute");
         // ...and 3,001 fuel at 100 per second take 31 s to come back.
         assert_eq!(over.retry_after, Duration::from_secs(31));
-        assert!(quota.admit(start + Duration::from_secs(31)).is_ok());
+        assert!(quota.admit(start + Duration::from_secs(31), true).is_ok());
     }
 
     #[test]
