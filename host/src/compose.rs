@@ -525,6 +525,28 @@ pub(crate) fn key_of(value: &Value) -> Option<String> {
     }
 }
 
+/// Refuses a batch of `count` items past `max` (a validation error naming both), before
+/// anything is spawned or recorded for its items.
+pub(crate) fn check_batch_size(
+    workflow: &Workflow,
+    count: usize,
+    max: usize,
+) -> Result<(), ExecutionError> {
+    if count <= max {
+        return Ok(());
+    }
+    Err(ExecutionError::host(
+        ErrorKind::Validation,
+        codes::BATCH_TOO_LARGE,
+        format!(
+            "batch `{}` got {count} items; a batch takes at most {max} (split the input, or \
+             raise `max_batch_items`)",
+            workflow.name()
+        ),
+    )
+    .with_details(serde_json::json!({ "items": count, "limit": max })))
+}
+
 struct Batch<'a> {
     processor: &'a str,
     concurrency: usize,
@@ -554,8 +576,17 @@ impl Batch<'_> {
             );
             return (Err((input, error)), None);
         };
-        let items = items.clone();
         let count = items.len();
+        if let Err(error) = check_batch_size(workflow, count, shared.config.max_batch_items) {
+            return (Err((input, error)), None);
+        }
+        // The submitter pays for every item before any starts.
+        if let Some(admission) = &scope.admission
+            && let Err(error) = admission.admit_items(count).await
+        {
+            return (Err((input, error)), None);
+        }
+        let items = items.clone();
         // Cancelled when an all-or-nothing batch loses an item: running items stop, waiting
         // ones never start.
         let siblings = scope.cancel.child();

@@ -127,6 +127,8 @@ pub mod codes {
     pub const RATE_LIMITED: &str = "rate-limited";
     /// A tenant has as many sessions as it may; a new one waits for an idle one to expire.
     pub const TOO_MANY_SESSIONS: &str = "too-many-sessions";
+    /// A batch's input holds more items than a batch may take.
+    pub const BATCH_TOO_LARGE: &str = "batch-too-large";
 }
 
 /// Why an execution failed: the `error` member of the result document.

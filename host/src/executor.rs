@@ -50,6 +50,19 @@ pub(crate) struct Scope {
     /// Where the guest's progress reports go besides the event stream: in a distributed
     /// worker, the BullMQ job the execution runs for. Nested calls do not inherit it.
     pub progress: Option<ProgressSink>,
+    /// What the submitter is charged for the fan-outs under this execution, if anything.
+    pub admission: Option<Arc<dyn Admission>>,
+}
+
+/// What an execution's fan-outs cost whoever submitted it, charged before they start: the
+/// seam through which an embedding (the HTTP server's tenant quotas) meters work that one
+/// request makes many of. Implemented above this layer; carried by the request's scope to
+/// every step and nested call.
+#[async_trait::async_trait]
+pub trait Admission: Send + Sync + std::fmt::Debug {
+    /// Charges `items` executions (a batch's items, about to start). An error refuses them
+    /// all: the batch fails with it and no item runs.
+    async fn admit_items(&self, items: usize) -> Result<(), ExecutionError>;
 }
 
 /// The latest progress (percent, message) a running guest reported, for whoever follows it.
@@ -85,6 +98,7 @@ pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> 
         priority: request.priority,
         max_attempts: request.max_attempts,
         progress: None,
+        admission: request.admission,
     };
     if let Some(delay) = request.delay {
         // A delayed execution is cancellable while it waits; it then starts normally (and

@@ -74,6 +74,7 @@ pub use distributed::{DeadJob, RedisConfig, Retention, RunStatus, WorkerConfig, 
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
 pub use events::{Event, EventKind, Notice, Subscription};
+pub use executor::Admission;
 pub use guest_log::LogRate;
 pub use limits::{LimitOverrides, Limits};
 pub use manifest::QueueOverrides;

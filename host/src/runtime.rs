@@ -26,6 +26,7 @@ use crate::distributed::{
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
 use crate::events::{Event, EventBus, EventKind, Subscription};
+use crate::executor::Admission;
 use crate::guest_log::LogRate;
 use crate::limits::{LimitOverrides, Limits};
 use crate::plugin::Plugin;
@@ -63,6 +64,9 @@ pub struct HostConfig {
     pub sessions: SessionBounds,
     /// Deepest static nesting of workflows inside workflows.
     pub max_nesting: usize,
+    /// Most items one batch takes (default 10,000); more fail the batch with
+    /// `validation` / `batch-too-large` before any item runs.
+    pub max_batch_items: usize,
     /// Events kept for a slow subscriber before it is told it lagged.
     pub event_capacity: usize,
     /// Bytes of event payloads (data, error details) kept for a slow subscriber (default
@@ -83,6 +87,7 @@ impl Default for HostConfig {
             session_quota: SessionQuota::default(),
             sessions: SessionBounds::default(),
             max_nesting: crate::workflow::MAX_NESTING,
+            max_batch_items: 10_000,
             event_capacity: 4096,
             event_buffer_bytes: 16 << 20,
         }
@@ -112,6 +117,10 @@ pub struct ExecutionRequest {
     pub delay: Option<Duration>,
     /// At most this many attempts (can only lower the processor's retry policy).
     pub max_attempts: Option<u32>,
+    /// Charged for the batch items under this execution before they start (the HTTP
+    /// server's tenant quotas); nothing is charged when `None`. On the distributed runtime
+    /// the items run on workers and are not charged yet.
+    pub admission: Option<Arc<dyn Admission>>,
 }
 
 impl ExecutionRequest {
@@ -128,7 +137,14 @@ impl ExecutionRequest {
             priority: None,
             delay: None,
             max_attempts: None,
+            admission: None,
         }
+    }
+
+    /// Charges the batch items under this execution to `admission` before they start.
+    pub fn admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.admission = Some(admission);
+        self
     }
 
     /// Makes at most `attempts` attempts (never more than the processor's policy allows).
@@ -989,7 +1005,8 @@ impl RuntimeBuilder {
         let slots = Semaphore::new(engine.config().max_instances as usize);
         let distributed = match &self.redis {
             Some(config) => {
-                let distributed = Distributed::connect(config.clone()).await?;
+                let distributed =
+                    Distributed::connect(config.clone(), self.host.max_batch_items).await?;
                 distributed.publish(&registry.catalog()).await?;
                 // Events are shared once the runtime exists (below).
                 if self.store.is_none() {

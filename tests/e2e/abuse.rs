@@ -694,3 +694,84 @@ async fn a_tenants_sessions_are_capped_and_idle_ones_expire() {
     let (status, gone) = get_json(&client, &format!("{url}/v1/sessions/b")).await;
     assert_eq!(status, 404, "{gone}");
 }
+
+/// M1: a batch takes at most 10,000 items by default: one of 200,000 is refused as a
+/// validation error before any item runs, and the host holds nothing for it.
+#[tokio::test]
+async fn a_batch_over_its_item_cap_is_refused_before_any_item_runs() {
+    let folder = PluginFolder::with(&["increment"]);
+    folder.write(
+        "workflows.toml",
+        b"[workflow.many]\nbatch = \"increment\"\n",
+    );
+    let rt = runtime(folder.path()).await;
+    let items: Vec<Value> = (0..200_000).map(|_| json!({})).collect();
+    let result = rt.run("many", json!({ "items": items })).await.unwrap();
+    let error = result.error.as_ref().expect("refused");
+    assert_eq!(error.kind, weir::ErrorKind::Validation);
+    assert_eq!(error.code.as_deref(), Some("batch-too-large"), "{error:?}");
+    assert!(error.message.contains("10000"), "{}", error.message);
+    assert!(
+        rt.stats().processors.get("increment").is_none(),
+        "an item ran"
+    );
+    // At the cap, it runs.
+    let items: Vec<Value> = (0..10_000).map(|_| json!({"count": 1})).collect();
+    let result = rt.run("many", json!({ "items": items })).await.unwrap();
+    assert!(result.ok, "{:?}", result.error);
+}
+
+/// M1: each item of a batch is charged to the tenant's quotas: a tenant allowed ten
+/// executions a minute cannot run fifty items as one request; the batch fails with the
+/// quota's error before any item runs, and a batch within the quota runs.
+#[tokio::test]
+async fn each_batch_item_is_charged_to_the_tenants_quota() {
+    use sha2::Digest;
+    let folder = PluginFolder::with(&["increment"]);
+    folder.write(
+        "workflows.toml",
+        b"[workflow.many]\nbatch = \"increment\"\n",
+    );
+    let token_digest = hex::encode(sha2::Sha256::digest(b"acme-secret"));
+    folder.write(
+        "weir.toml",
+        format!(
+            "[tenants.acme]\ntoken_sha256 = [\"{token_digest}\"]\nconcurrent = 1\n\
+             executions_per_minute = 10\n"
+        )
+        .as_bytes(),
+    );
+    let config = folder.path().join("weir.toml");
+    let (_server, url) =
+        weir_tests::WeirProcess::serve(folder.path(), &["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let batch = |count: usize| {
+        let items: Vec<Value> = (0..count).map(|_| json!({"count": 1})).collect();
+        client
+            .post(format!("{url}/v1/run/many"))
+            .bearer_auth("acme-secret")
+            .header("content-type", "application/json")
+            .body(json!({ "items": items }).to_string())
+            .send()
+    };
+    let response = batch(50).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let result: Value = response.json().await.unwrap();
+    assert_eq!(result["ok"], false, "{result}");
+    assert_eq!(result["error"]["code"], "quota-exceeded", "{result}");
+    assert_eq!(result["error"]["details"]["quota"], "executions_per_minute");
+    let stats: Value = client
+        .get(format!("{url}/v1/stats"))
+        .bearer_auth("acme-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(stats["processors"].get("increment").is_none(), "{stats}");
+    // Five items fit in what is left (ten a minute, one spent on the refused batch).
+    let response = batch(5).await.unwrap();
+    let result: Value = response.json().await.unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+}

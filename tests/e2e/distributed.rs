@@ -234,6 +234,8 @@ async fn the_distributed_runtime_gives_the_local_runtimes_results() {
         ),
         ("each", json!({"items": []})),
         ("each", json!({"count": 1})),
+        // Past the cap on a batch's items (10,000): refused alike before any item runs.
+        ("each", json!({"items": vec![json!({}); 10_001]})),
         (
             "each-strict",
             json!({"items": [{"email": "a@b.c"}, {"email": "nope"}, {"email": "x@y.z"}]}),

@@ -61,6 +61,8 @@ pub struct RunStatus {
 pub(crate) struct Distributed {
     pub(crate) config: RedisConfig,
     pub(crate) keys: Keys,
+    /// Most items one batch takes ([`crate::HostConfig::max_batch_items`]).
+    pub(super) max_batch_items: usize,
     conn: ConnectionManager,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     workflows: Mutex<HashMap<String, Arc<Workflow>>>,
@@ -106,7 +108,10 @@ impl Drop for Distributed {
 
 impl Distributed {
     /// Connects.
-    pub(crate) async fn connect(config: RedisConfig) -> Result<Arc<Self>, Error> {
+    pub(crate) async fn connect(
+        config: RedisConfig,
+        max_batch_items: usize,
+    ) -> Result<Arc<Self>, Error> {
         let conn = connect(&config).await?;
         let keys = Keys::new(&config.prefix);
         let waiters = Arc::new(Waiters::default());
@@ -115,6 +120,7 @@ impl Distributed {
         Ok(Arc::new(Distributed {
             config,
             keys,
+            max_batch_items,
             conn,
             queues: Mutex::new(HashMap::new()),
             workflows: Mutex::new(HashMap::new()),

@@ -97,15 +97,20 @@ pub(crate) enum Ending {
 
 impl JoinState {
     /// The state of a fan-out of `workflow` on `input` (with metadata), and the branches
-    /// that start at once; `Err` when the input does not fit (a batch without items).
+    /// that start at once; `Err` when the input does not fit (a batch without items, or
+    /// with more than `max_items`).
     pub(crate) fn open(
         workflow: &Workflow,
         input: Value,
+        max_items: usize,
     ) -> Result<(JoinState, Vec<Start>), ExecutionError> {
         let count = match workflow.composition() {
             Composition::Parallel { branches, .. } => branches.len(),
             Composition::Batch { .. } => match input.get("items") {
-                Some(Value::Array(items)) => items.len(),
+                Some(Value::Array(items)) => {
+                    crate::compose::check_batch_size(workflow, items.len(), max_items)?;
+                    items.len()
+                }
                 _ => {
                     return Err(ExecutionError::host(
                         ErrorKind::Validation,
@@ -459,16 +464,17 @@ impl Distributed {
         input: Value,
     ) -> Result<Entered, Error> {
         let join = job_id(&cursor.run, &format!("{}.j", frame.path));
-        let (mut state, starts) = match JoinState::open(workflow, input.clone()) {
-            Ok(opened) => opened,
-            Err(error) => {
-                return Ok(Entered::Next(self.close(
-                    cursor,
-                    frame,
-                    Err((input, error)),
-                )));
-            }
-        };
+        let (mut state, starts) =
+            match JoinState::open(workflow, input.clone(), self.max_batch_items) {
+                Ok(opened) => opened,
+                Err(error) => {
+                    return Ok(Entered::Next(self.close(
+                        cursor,
+                        frame,
+                        Err((input, error)),
+                    )));
+                }
+            };
         frame.at = At::Join;
         let mut children = Vec::new();
         let mut pending: VecDeque<Start> = starts.into();

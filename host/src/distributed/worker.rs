@@ -474,6 +474,7 @@ impl Inner {
             priority: step.scope.priority,
             max_attempts: step.scope.max_attempts,
             progress: Some(progress),
+            admission: None,
         };
         let pinned = Pinned {
             plugin: plugin.clone(),
@@ -654,6 +655,7 @@ impl Inner {
             priority: None,
             max_attempts: None,
             progress: Some(progress),
+            admission: None,
         };
         let result =
             execute_pinned(&self.shared, Pinned { plugin, attempt }, input, scope, None).await;

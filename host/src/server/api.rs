@@ -181,6 +181,12 @@ pub(super) async fn prepare(
             "`timeoutMs` must be above zero",
         ));
     }
+    // Batch items under this execution are charged to the tenant's rate before they start.
+    if let Some(account) = account
+        && account.quota.quotas().executions_per_minute.is_some()
+    {
+        request = request.admission(Arc::new(super::quota::TenantItems(account.clone())));
+    }
     let mut limits = account.map(|a| a.quota.ceilings()).unwrap_or_default();
     if let Some(ms) = timeout_ms {
         limits.timeout_ms = Some(limits.timeout_ms.map_or(ms, |ceiling| ceiling.min(ms)));

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 
 use super::access::Tenant;
+use crate::error::{ErrorKind, ExecutionError, codes};
+use crate::executor::Admission;
 use crate::limits::LimitOverrides;
 
 /// What a tenant may use; `None` is unlimited.
@@ -161,6 +163,27 @@ impl TenantQuota {
         if self.quotas.executions_per_minute.is_some() {
             usage.executions -= 1.0;
         }
+        Ok(())
+    }
+
+    /// Charges `items` executions at once (a batch's items, about to start), all or none:
+    /// refused, with when they would fit, if fewer are left this minute.
+    pub(crate) fn admit_items(&self, items: usize, now: Instant) -> Result<(), OverQuota> {
+        let Some(limit) = self.quotas.executions_per_minute else {
+            return Ok(());
+        };
+        let mut usage = self.lock();
+        self.refill(&mut usage, now);
+        let wanted = items as f64;
+        if usage.executions < wanted {
+            let per_second = f64::from(limit) / 60.0;
+            return Err(OverQuota {
+                quota: "executions_per_minute",
+                limit: u64::from(limit),
+                retry_after: wait_for(wanted - usage.executions, per_second),
+            });
+        }
+        usage.executions -= wanted;
         Ok(())
     }
 
@@ -575,9 +598,66 @@ fn wait_for(missing: f64, per_second: f64) -> Duration {
     Duration::from_secs(seconds.min(3600.0) as u64)
 }
 
+/// A tenant's `executions_per_minute`, charged for the batch items under one of its
+/// executions before they start (the runtime consults it through [`Admission`]). Counted in
+/// this server's memory: on the distributed runtime items run on workers and are not
+/// charged yet.
+#[derive(Debug)]
+pub(crate) struct TenantItems(pub(crate) Arc<Tenant>);
+
+#[async_trait::async_trait]
+impl Admission for TenantItems {
+    async fn admit_items(&self, items: usize) -> Result<(), ExecutionError> {
+        let tenant = &self.0;
+        tenant
+            .quota
+            .admit_items(items, Instant::now())
+            .map_err(|over| {
+                let beyond = if items as u64 > over.limit {
+                    " (more than it may ever start at once: split the batch)"
+                } else {
+                    ""
+                };
+                ExecutionError::host(
+                    ErrorKind::Resource,
+                    codes::QUOTA_EXCEEDED,
+                    format!(
+                        "tenant `{}` cannot start {items} batch items: its quota `{} = {}` has \
+                         fewer left{beyond}; retry after {} s",
+                        tenant.name(),
+                        over.quota,
+                        over.limit,
+                        over.retry_after.as_secs().max(1)
+                    ),
+                )
+                .retryable(true)
+                .with_details(serde_json::json!({
+                    "quota": over.quota,
+                    "limit": over.limit,
+                    "items": items,
+                    "retryAfterMs": u64::try_from(over.retry_after.as_millis()).unwrap_or(u64::MAX),
+                }))
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_items_are_charged_all_or_none() {
+        let quota = TenantQuota::new(Quotas {
+            executions_per_minute: Some(10),
+            ..Quotas::default()
+        });
+        let now = Instant::now();
+        let over = quota.admit_items(11, now).unwrap_err();
+        assert_eq!((over.quota, over.limit), ("executions_per_minute", 10));
+        // Nothing was taken by the refusal: ten fit, then none.
+        assert!(quota.admit_items(10, now).is_ok());
+        assert!(quota.admit(now, true).is_err());
+    }
 
     #[test]
     fn concurrency_is_capped_and_freed_on_release() {
