@@ -54,7 +54,7 @@
 //! |---|---|---|---|
 //! | `invalid-url` | validation | no | the URL is not `http://` or `https://` with a host |
 //! | `invalid-method`, `invalid-header`, `forbidden-header` | validation | no | the method or a header is not valid HTTP, or a header only the host may set (`host`) |
-//! | `capability-denied` | configuration | no | the manifest does not allow the origin and method |
+//! | `capability-denied` | configuration | no | the manifest does not allow the origin and method, or the host name resolves to an internal address the grant does not name |
 //! | `http-timeout` | timeout | yes | connecting, the response or its body took longer than the timeout |
 //! | `http-response-too-large` | resource | no | the response body is larger than `max_response_bytes` |
 //! | `http-error` | network | yes | anything else: DNS, connection refused or reset, TLS, protocol errors |
@@ -667,6 +667,12 @@ fn error_from_code(method: &str, url: &str, code: &ErrorCode) -> Error {
         ErrorCode::HttpRequestDenied => Error::configuration(format!(
             "weir denied {method} {url}: this plugin's manifest does not allow that origin and \
              method (the operator grants hosts in [capabilities.http] allow)"
+        ))
+        .with_code("capability-denied"),
+        ErrorCode::DestinationIpProhibited => Error::configuration(format!(
+            "weir refused {method} {url}: its host resolves to an internal address (loopback, \
+             private, link-local…) that this plugin's grant does not name (the operator grants \
+             an internal address by writing it in [capabilities.http] allow)"
         ))
         .with_code("capability-denied"),
         ErrorCode::ConnectionTimeout

@@ -97,7 +97,7 @@
 //! | code | kind | retryable | when |
 //! |---|---|---|---|
 //! | `invalid-url`, `invalid-method`, `invalid-header`, `forbidden-header` | validation | no | the request is malformed, or sets a header only the host may set |
-//! | `capability-denied` | configuration | no | the manifest does not allow the origin and method |
+//! | `capability-denied` | configuration | no | the manifest does not allow the origin and method, or the host name resolves to an internal address the grant does not name |
 //! | `http-timeout` | timeout | yes | connecting or the response took longer than the timeout |
 //! | `http-response-too-large` | resource | no | the body is larger than `max_response_bytes` |
 //! | `http-error` | network | yes | anything else: DNS, refused or reset connections, TLS, protocol errors |

@@ -23,8 +23,14 @@
 //! origin or method, the guest's request fails with `wasi:http`'s `HTTP-request-denied` and
 //! nothing leaves the host.
 //!
-//! Host names are matched as the guest wrote them, before they are resolved: granting a name
-//! trusts whatever it resolves to. The guest cannot set the `Host` header itself.
+//! Host names are matched as the guest wrote them. The host then resolves a granted name
+//! itself and checks every address it gets: an internal one (loopback, private, link-local,
+//! carrier-grade NAT, unique-local, unspecified, multicast, broadcast, or an IPv4 one of
+//! those mapped into IPv6; cloud metadata at 169.254.169.254 is link-local) is refused with
+//! `wasi:http`'s `destination-IP-prohibited` unless the grant names that very address as
+//! its host. The connection goes to the address that was checked, so a name that resolves
+//! elsewhere a moment later (DNS rebinding) reaches nothing new. The guest cannot set the
+//! `Host` header itself.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -484,18 +490,11 @@ async fn send(
         first_byte_timeout: clamp(options.first_byte_timeout),
         between_bytes_timeout: clamp(options.between_bytes_timeout),
     };
-    let sent = tokio::time::timeout_at(
-        deadline,
-        wasmtime_wasi_http::default_send_request(request, Some(options)),
-    )
-    .await;
+    let sent = tokio::time::timeout_at(deadline, send_checked(request, options, grant)).await;
     let (response, connection) = match sent {
         Ok(sent) => sent?,
         Err(_) => return Err(HttpError::HttpResponseTimeout),
     };
-    // The connection is driven by a task of its own while the body is read, and stopped
-    // if this request is dropped (the guest gave up, or its execution ended).
-    let connection = wasmtime_wasi::runtime::spawn(connection);
     let cap = grant.max_response_bytes;
     let declared = response
         .headers()
@@ -527,8 +526,193 @@ async fn send(
             trailers.map(Ok)
         })
         .boxed_unsync();
-    Ok((http::Response::from_parts(head, body), Box::new(connection)))
+    Ok((http::Response::from_parts(head, body), connection))
 }
+
+/// Whether `ip` is an address inside the host's networks rather than on the internet:
+/// loopback, private (RFC 1918), link-local (cloud metadata lives there), carrier-grade NAT,
+/// unique-local IPv6, unspecified, multicast, broadcast, documentation and benchmarking
+/// ranges, and IPv4 ones of those written as IPv4-mapped or -compatible IPv6.
+pub(crate) fn is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                // 100.64.0.0/10, carrier-grade NAT; 198.18.0.0/15, benchmarking; 240/4.
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4() {
+                // ::ffff:a.b.c.d and ::a.b.c.d (but `::` and `::1` are themselves).
+                if !v6.is_loopback() && !v6.is_unspecified() {
+                    return is_internal(IpAddr::V4(v4));
+                }
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // fc00::/7, unique local
+                || (first & 0xffc0) == 0xfe80 // fe80::/10, link-local
+                || (first & 0xffc0) == 0xfec0 // fec0::/10, site-local (deprecated)
+                || first == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
+        }
+    }
+}
+
+impl HttpGrant {
+    /// Whether a rule names `ip` itself as its host (not a name that resolves to it, and
+    /// not `*`): the operator's explicit leave to reach an internal address.
+    fn names_address(&self, ip: std::net::IpAddr) -> bool {
+        self.allow.iter().any(|rule| match &rule.host {
+            HostMatch::Exact(host) => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|named| named == ip),
+            _ => false,
+        })
+    }
+}
+
+/// The TLS settings outbound requests share: the Mozilla roots (as `wasi:http`'s own
+/// client), built once.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+        };
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    });
+    tokio_rustls::TlsConnector::from(config.clone())
+}
+
+/// Sends an allowed request: resolves its host once, refuses internal addresses the grant
+/// does not name, connects to a checked address (TLS verifying the name the guest used),
+/// and returns the response head with the connection's driver running in a task of its
+/// own (stopped when the returned future is dropped: the guest gave up, or its execution
+/// ended).
+async fn send_checked(
+    mut request: http::Request<WasiBody>,
+    options: RequestOptions,
+    grant: &HttpGrant,
+) -> Sent {
+    use http_body_util::BodyExt as _;
+    let uri = request.uri().clone();
+    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?;
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let connect_timeout = options.connect_timeout.unwrap_or(Duration::from_secs(600));
+    let addresses: Vec<std::net::SocketAddr> = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![std::net::SocketAddr::new(ip, port)],
+        Err(_) => {
+            match tokio::time::timeout(connect_timeout, tokio::net::lookup_host((bare, port))).await
+            {
+                Err(_) => return Err(HttpError::DnsTimeout),
+                Ok(Err(error)) => {
+                    return Err(HttpError::DnsError {
+                        rcode: Some(error.to_string()),
+                        info_code: None,
+                    });
+                }
+                Ok(Ok(found)) => found.collect(),
+            }
+        }
+    };
+    let (allowed, refused): (Vec<_>, Vec<_>) = addresses
+        .into_iter()
+        .partition(|a| !is_internal(a.ip()) || grant.names_address(a.ip()));
+    if allowed.is_empty() {
+        let Some(first) = refused.first() else {
+            return Err(HttpError::DestinationNotFound);
+        };
+        tracing::warn!(
+            target: "weir::http",
+            host = %host,
+            address = %first.ip(),
+            "outbound request refused: the host resolves to an internal address, which the \
+             grant does not name (grant the address itself to reach it)"
+        );
+        return Err(HttpError::DestinationIpProhibited);
+    }
+    // The first checked address that answers.
+    let mut last_error = HttpError::ConnectionRefused;
+    let mut stream = None;
+    for address in allowed {
+        match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(connected)) => {
+                stream = Some(connected);
+                break;
+            }
+            Ok(Err(error)) => last_error = HttpError::Connect(error),
+            Err(_) => last_error = HttpError::ConnectionTimeout,
+        }
+    }
+    let Some(stream) = stream else {
+        return Err(last_error);
+    };
+    let handshake = async {
+        let io: Box<dyn Stream> = if https {
+            let name = rustls::pki_types::ServerName::try_from(bare.to_string())
+                .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+            let tls = tls_connector()
+                .connect(name, stream)
+                .await
+                .map_err(HttpError::Tls)?;
+            Box::new(tls)
+        } else {
+            Box::new(stream)
+        };
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(HttpError::from)
+    };
+    let (mut sender, connection) = tokio::time::timeout(connect_timeout, handshake)
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)??;
+    let connection = wasmtime_wasi::runtime::spawn(connection);
+    // The request line carries the path alone (the authority is in `Host`, set by wasi:http).
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    let first_byte = options
+        .first_byte_timeout
+        .unwrap_or(Duration::from_secs(600));
+    let response = tokio::time::timeout(first_byte, sender.send_request(request))
+        .await
+        .map_err(|_| HttpError::ConnectionReadTimeout)?
+        .map_err(HttpError::from)?;
+    let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
+    let driver = async move {
+        match connection.await {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_timeout() => Err(HttpError::HttpResponseTimeout),
+            Err(error) => Err(HttpError::from(error)),
+        }
+    };
+    Ok((response, Box::new(driver)))
+}
+
+/// A connection outbound requests are sent on: plain TCP or TLS over it.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// A response body that fails once it exceeds the grant's size cap or its request's
 /// deadline passes, rather than being truncated or waited on forever.
@@ -575,6 +759,72 @@ impl Body for CappedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_addresses_are_told_from_public_ones() {
+        let internal = [
+            "127.0.0.1",
+            "127.8.9.10",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "198.18.0.1",
+            "240.0.0.1",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+        ];
+        for ip in internal {
+            assert!(is_internal(ip.parse().unwrap()), "{ip} is internal");
+        }
+        let public = [
+            "1.1.1.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "169.255.0.1",
+            "2606:4700:4700::1111",
+            "::ffff:1.1.1.1",
+            "93.184.216.34",
+        ];
+        for ip in public {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip} is public");
+        }
+    }
+
+    #[test]
+    fn only_a_rule_naming_the_address_itself_grants_an_internal_one() {
+        let grant = grant(
+            "allow = [\"http://localhost:8080\", \"http://10.0.0.7:*\", \"https://[fd00::1]\", \"*://*:*\"]",
+        )
+        .unwrap();
+        assert!(grant.names_address("10.0.0.7".parse().unwrap()));
+        assert!(grant.names_address("fd00::1".parse().unwrap()));
+        assert!(
+            !grant.names_address("127.0.0.1".parse().unwrap()),
+            "a name is not the address"
+        );
+        assert!(
+            !grant.names_address("10.0.0.8".parse().unwrap()),
+            "`*` names nothing"
+        );
+    }
 
     fn grant(text: &str) -> Result<HttpGrant, String> {
         let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;

@@ -204,6 +204,48 @@ async fn another_host_port_or_method_is_denied() {
     assert!(result.ok, "{:?}", result.error);
 }
 
+/// M2: a granted *name* that resolves to an internal address (here `localhost`, to
+/// 127.0.0.1) is refused before anything connects: only a grant that names the internal
+/// address itself reaches it. Checked on the address the connection then goes to, so a name
+/// that resolves elsewhere a moment later changes nothing.
+#[tokio::test]
+async fn a_granted_name_that_resolves_to_an_internal_address_is_refused() {
+    let server = TestServer::start().await;
+    let url = format!("http://localhost:{}/greeting", server.port);
+    let by_name = format!(
+        "[capabilities.http]\nallow = [\"http://localhost:{}\"]\n",
+        server.port
+    );
+    let result = fetch(&by_name, json!({ "url": url })).await;
+    let message = failure(&result, ErrorKind::Configuration, "capability-denied");
+    assert!(message.contains("internal address"), "{message}");
+    assert_eq!(server.hits(), 0, "nothing may reach the internal server");
+    // Naming the literal address (as well) lets the plugin reach it, by either spelling.
+    let both = format!(
+        "[capabilities.http]\nallow = [\"http://localhost:{0}\", \"http://127.0.0.1:{0}\"]\n",
+        server.port
+    );
+    let result = fetch(&both, json!({ "url": url })).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["body"], "hello from 127.0.0.1");
+}
+
+/// An `https` grant speaks TLS: a server that answers in plain HTTP fails the handshake with
+/// a network error, and the guest never sees its plain answer.
+#[tokio::test]
+async fn https_is_tls_and_a_plain_server_fails_the_handshake() {
+    let server = TestServer::start().await;
+    let manifest = format!(
+        "[capabilities.http]\nallow = [\"https://127.0.0.1:{}\"]\n",
+        server.port
+    );
+    let url = format!("https://127.0.0.1:{}/greeting", server.port);
+    let result = fetch(&manifest, json!({ "url": url })).await;
+    let message = failure(&result, ErrorKind::Network, "http-error");
+    assert!(message.to_lowercase().contains("tls"), "{message}");
+    assert_eq!(server.hits(), 0, "no HTTP request was made in the clear");
+}
+
 #[tokio::test]
 async fn a_slow_server_hits_the_per_request_timeout() {
     let server = TestServer::start().await;
