@@ -199,6 +199,28 @@ pub enum LoadError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The component is larger than the host takes.
+    #[error(
+        "it is {bytes} bytes; a component is at most {limit} bytes (the host's \
+         max_component_bytes): it was not read or compiled"
+    )]
+    TooLarge {
+        /// Its size.
+        bytes: u64,
+        /// The most the host takes.
+        limit: u64,
+    },
+    /// The file is a symlink that leads out of the plugins folder.
+    #[error(
+        "{path} is a symlink to {target}, outside the plugins folder: weir does not follow \
+         links out of the folder (copy the file in instead)"
+    )]
+    OutsideFolder {
+        /// The link.
+        path: PathBuf,
+        /// Where it leads.
+        target: PathBuf,
+    },
     /// The file name is not a valid processor name.
     #[error(
         "`{stem}` is not a valid processor name: use lowercase letters, digits and `-`, \

@@ -336,6 +336,32 @@ impl Manifest {
         }
     }
 
+    /// Refuses a file grant that covers one of the `protected` folders (it is the folder or
+    /// one of its parents) or lies inside one: a writable grant over the plugins folder would
+    /// let a plugin rewrite its own manifest, one over the compile cache plant native code.
+    /// Paths are compared canonical where they exist.
+    pub(crate) fn check_grants_clear_of(
+        &self,
+        protected: &[(&str, PathBuf)],
+    ) -> Result<(), String> {
+        let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        for grant in &self.capabilities.files {
+            let host = canonical(&grant.host);
+            for (what, folder) in protected {
+                let folder = canonical(folder);
+                if folder.starts_with(&host) || host.starts_with(&folder) {
+                    return Err(format!(
+                        "[capabilities] files: host path `{}` covers or lies in {what} ({}); \
+                         a plugin may not reach it: grant a folder outside it",
+                        grant.host.display(),
+                        folder.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Parses and validates manifest text. The error says what to fix and where.
     pub fn parse(text: &str) -> Result<Manifest, String> {
         let raw: RawManifest =

@@ -175,14 +175,9 @@ impl Plugin {
         host: &HostConfig,
     ) -> Result<Plugin, LoadError> {
         let name = name_from_path(path)?;
-        let manifest = Manifest::load_for(path)
-            .map_err(|(path, reason)| LoadError::Manifest { path, reason })?;
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|source| LoadError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let folder = path.parent().unwrap_or(Path::new("."));
+        let manifest = load_manifest(engine, path).await?;
+        let bytes = read_component(folder, path, host.max_component_bytes).await?;
         Plugin::from_bytes(engine, linker, name, path, bytes, manifest, host).await
     }
 
@@ -198,6 +193,12 @@ impl Plugin {
         host: &HostConfig,
     ) -> Result<Plugin, LoadError> {
         let size_bytes = bytes.len() as u64;
+        if size_bytes > host.max_component_bytes {
+            return Err(LoadError::TooLarge {
+                bytes: size_bytes,
+                limit: host.max_component_bytes,
+            });
+        }
         let digest = hex::encode(Sha256::digest(&bytes));
         let compiled = engine.compile(Arc::new(bytes), &digest).await?;
         let pre = prepare(engine, linker, &compiled.component)?;
@@ -418,6 +419,95 @@ fn validate_description(
         retry,
         queue,
     })
+}
+
+/// The operator manifest beside the plugin file `path` (the default if there is none):
+/// refused if it is a symlink out of the plugins folder, or if a file grant covers the
+/// plugins folder or `engine`'s compile cache.
+pub(crate) async fn load_manifest(engine: &Engine, path: &Path) -> Result<Manifest, LoadError> {
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let manifest_path = Manifest::path_for(path);
+    if let Some(target) = leads_outside(folder, &manifest_path).await {
+        return Err(LoadError::Manifest {
+            path: manifest_path,
+            reason: format!(
+                "it is a symlink to {}, outside the plugins folder: weir does not follow links \
+                 out of the folder (copy the file in instead)",
+                target.display()
+            ),
+        });
+    }
+    let manifest =
+        Manifest::load_for(path).map_err(|(path, reason)| LoadError::Manifest { path, reason })?;
+    let mut protected = vec![("the plugins folder", folder.to_path_buf())];
+    if let Some(cache) = engine.cache() {
+        protected.push(("the compile cache", cache.dir().to_path_buf()));
+    }
+    manifest
+        .check_grants_clear_of(&protected)
+        .map_err(|reason| LoadError::Manifest {
+            path: manifest_path,
+            reason,
+        })?;
+    Ok(manifest)
+}
+
+/// Where `path` leads if it is a symlink whose target lies outside `folder` (checked on
+/// the canonical paths, so `..` and chains of links cannot slip out); `None` for a plain
+/// file, a link that stays inside, or a file that does not exist.
+async fn leads_outside(folder: &Path, path: &Path) -> Option<PathBuf> {
+    let meta = tokio::fs::symlink_metadata(path).await.ok()?;
+    if !meta.file_type().is_symlink() {
+        return None;
+    }
+    let target = tokio::fs::canonicalize(path).await.ok();
+    let inside = match (&target, tokio::fs::canonicalize(folder).await) {
+        (Some(target), Ok(folder)) => target.starts_with(&folder),
+        _ => false,
+    };
+    if inside {
+        return None;
+    }
+    Some(target.unwrap_or_else(|| {
+        std::fs::read_link(path).unwrap_or_else(|_| PathBuf::from("a path that does not exist"))
+    }))
+}
+
+/// Reads the component file `path` of `folder`: refused, unread, when it is a symlink out
+/// of the folder or larger than `max` bytes (and read no further than `max` + 1 bytes, in
+/// case it grows meanwhile).
+async fn read_component(folder: &Path, path: &Path, max: u64) -> Result<Vec<u8>, LoadError> {
+    use tokio::io::AsyncReadExt;
+    if let Some(target) = leads_outside(folder, path).await {
+        return Err(LoadError::OutsideFolder {
+            path: path.to_path_buf(),
+            target,
+        });
+    }
+    let read_error = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(read_error)?;
+    let len = file.metadata().await.map_err(read_error)?.len();
+    if len > max {
+        return Err(LoadError::TooLarge {
+            bytes: len,
+            limit: max,
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(read_error)?;
+    if bytes.len() as u64 > max {
+        return Err(LoadError::TooLarge {
+            bytes: bytes.len() as u64,
+            limit: max,
+        });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -64,6 +64,9 @@ pub struct HostConfig {
     pub sessions: SessionBounds,
     /// Deepest static nesting of workflows inside workflows.
     pub max_nesting: usize,
+    /// Largest component the host reads and compiles, in bytes (default 64 MiB): a bigger
+    /// plugin file, upload or published blob is refused from its size, unread.
+    pub max_component_bytes: u64,
     /// Most items one batch takes (default 10,000); more fail the batch with
     /// `validation` / `batch-too-large` before any item runs.
     pub max_batch_items: usize,
@@ -88,6 +91,7 @@ impl Default for HostConfig {
             sessions: SessionBounds::default(),
             max_nesting: crate::workflow::MAX_NESTING,
             max_batch_items: 10_000,
+            max_component_bytes: 64 << 20,
             event_capacity: 4096,
             event_buffer_bytes: 16 << 20,
         }

@@ -775,3 +775,92 @@ async fn each_batch_item_is_charged_to_the_tenants_quota() {
     let result: Value = response.json().await.unwrap();
     assert_eq!(result["ok"], true, "{result}");
 }
+
+/// The rejection reason of `name` in `rt`'s catalog.
+fn rejection_of(rt: &weir::Runtime, name: &str) -> String {
+    let catalog = rt.catalog();
+    match catalog.rejected.get(name) {
+        Some(rejected) => rejected.reason.clone(),
+        None => panic!("`{name}` should be rejected; loaded: {:?}", catalog.names()),
+    }
+}
+
+/// L6: a plugin file that is a symlink leading out of the plugins folder is refused without
+/// being read (so nothing of the file it points at shows in the reason), and so is its
+/// manifest; a symlink that stays inside the folder is followed.
+#[tokio::test]
+async fn symlinks_out_of_the_plugins_folder_are_not_followed() {
+    let folder = PluginFolder::with(&["hello"]);
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.wasm");
+    std::fs::write(&secret, b"TOP-SECRET-BYTES").unwrap();
+    std::os::unix::fs::symlink(&secret, folder.path().join("leak.wasm")).unwrap();
+    // A manifest that leads out, beside a real plugin.
+    std::fs::write(outside.path().join("grant.toml"), b"[limits]\nfuel = 1\n").unwrap();
+    folder.add("increment");
+    std::os::unix::fs::symlink(
+        outside.path().join("grant.toml"),
+        folder.path().join("increment.toml"),
+    )
+    .unwrap();
+    // Inside the folder: followed.
+    std::fs::create_dir(folder.path().join("store")).unwrap();
+    std::fs::write(
+        folder.path().join("store").join("double.wasm"),
+        weir_tests::plugin_bytes("double"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("store/double.wasm", folder.path().join("double.wasm")).unwrap();
+    let rt = runtime(folder.path()).await;
+    let reason = rejection_of(&rt, "leak");
+    assert!(reason.contains("outside the plugins folder"), "{reason}");
+    assert!(!reason.contains("TOP-SECRET"), "{reason}");
+    let reason = rejection_of(&rt, "increment");
+    assert!(reason.contains("outside the plugins folder"), "{reason}");
+    assert!(
+        rt.plugin("double").is_some(),
+        "a symlink inside the folder is followed"
+    );
+}
+
+/// M7: a plugin file over the component size cap (64 MiB) is refused from its size alone,
+/// without being read or compiled.
+#[tokio::test]
+async fn a_plugin_file_over_the_size_cap_is_refused_unread() {
+    let folder = PluginFolder::with(&["hello"]);
+    let huge = std::fs::File::create(folder.path().join("huge.wasm")).unwrap();
+    // Sparse: nothing is written, the size is all there is.
+    huge.set_len((64 << 20) + 1).unwrap();
+    let rt = runtime(folder.path()).await;
+    let reason = rejection_of(&rt, "huge");
+    assert!(reason.contains("67108865 bytes"), "{reason}");
+    assert!(reason.contains("at most 67108864"), "{reason}");
+}
+
+/// M10: a file grant that covers the plugins folder (a plugin could rewrite its own
+/// manifest) or lies inside it is refused when the manifest loads, and the plugin with it.
+#[tokio::test]
+async fn a_file_grant_over_the_plugins_folder_is_refused() {
+    let folder = PluginFolder::with(&["hello", "increment"]);
+    let plugins = folder.path().canonicalize().unwrap();
+    let parent = plugins.parent().unwrap().to_path_buf();
+    folder.manifest(
+        "hello",
+        &format!(
+            "[capabilities]\nfiles = [{{ host = \"{}\", guest = \"/p\", writable = true }}]\n",
+            parent.display()
+        ),
+    );
+    folder.manifest(
+        "increment",
+        &format!(
+            "[capabilities]\nfiles = [{{ host = \"{}\", guest = \"/p\" }}]\n",
+            plugins.display()
+        ),
+    );
+    let rt = runtime(folder.path()).await;
+    for name in ["hello", "increment"] {
+        let reason = rejection_of(&rt, name);
+        assert!(reason.contains("plugins folder"), "{reason}");
+    }
+}

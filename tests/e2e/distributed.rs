@@ -284,6 +284,34 @@ async fn a_worker_without_the_plugin_fetches_it_by_digest() {
     worker.wait_for("fetched a published component");
 }
 
+/// M7: a worker refuses a published component over its size cap from its length in Redis,
+/// without fetching or compiling it, and the run says why.
+#[tokio::test]
+async fn a_worker_refuses_a_published_component_over_its_size_cap() {
+    let redis = RedisServer::start();
+    let empty = PluginFolder::new();
+    let worker = weir::Runtime::redis(redis.url())
+        .plugins_dir(empty.path())
+        .engine_config(engine_config())
+        .host_config(weir::HostConfig {
+            max_component_bytes: 1000,
+            ..weir::HostConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    worker.start();
+    let _serving = worker.serve(weir::WorkerConfig::default()).await.unwrap();
+    let folder = PluginFolder::with(&["double"]);
+    let runtime = submitter(&redis.url(), folder.path()).await;
+    let result = runtime.run("double", json!({"count": 21})).await.unwrap();
+    let error = result.error.expect("refused");
+    assert!(
+        error.message.contains("a component is at most 1000 bytes"),
+        "{error:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_nested_call_on_a_worker_finds_what_it_holds_only_in_redis() {
     let redis = RedisServer::start();

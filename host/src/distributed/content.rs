@@ -47,12 +47,21 @@ pub(crate) async fn version_of(
     conn.hget(keys.versions(), digest).await
 }
 
-/// The component stored under `digest`, if any, checked against it.
+/// The component stored under `digest`, if any, checked against it; one larger than `max`
+/// bytes is refused from its length, unread.
 pub(crate) async fn fetch_plugin(
     conn: &mut ConnectionManager,
     keys: &Keys,
     digest: &str,
+    max: u64,
 ) -> redis::RedisResult<Result<Vec<u8>, String>> {
+    let len: u64 = conn.strlen(keys.blob(digest)).await?;
+    if len > max {
+        return Ok(Err(format!(
+            "the stored component {digest} is {len} bytes; a component is at most {max} bytes \
+             (the host's max_component_bytes): it was not fetched"
+        )));
+    }
     let bytes: Option<Vec<u8>> = conn.get(keys.blob(digest)).await?;
     Ok(match bytes {
         None => Err(format!(

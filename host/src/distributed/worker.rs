@@ -112,7 +112,8 @@ struct Inner {
     /// Components fetched from Redis, by digest, then name: the same bytes under two names
     /// are two processors, each with its own operator manifest.
     fetched: Mutex<HashMap<String, Vec<Arc<Plugin>>>>,
-    fetching: tokio::sync::Mutex<()>,
+    /// One lock per component being fetched, by (name, digest).
+    fetching: FetchLocks,
     /// Components that failed to load lately, by (name, digest), with when and why.
     unloadable: Mutex<HashMap<(String, String), (Instant, String)>>,
     /// What names missing here resolved to lately for nested calls (`None`: nothing usable).
@@ -171,7 +172,7 @@ impl WorkerHandle {
             config,
             plugins_dir,
             fetched: Mutex::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Mutex::default(),
             unloadable: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
             workers: tokio::sync::Mutex::new(HashMap::new()),
@@ -699,8 +700,18 @@ impl Inner {
         if let Some(refused) = unloadable(self) {
             return Err(refused);
         }
-        // One fetch at a time: concurrent jobs of a new component compile it once.
-        let _fetching = self.fetching.lock().await;
+        // One fetch at a time per component: concurrent jobs of a new component compile it
+        // once, and a slow compile holds up no other component's.
+        let gate = lock_map(&self.fetching)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _fetching = Fetching {
+            guard: Some(gate.clone().lock_owned().await),
+            gate,
+            key: key.clone(),
+            all: &self.fetching,
+        };
         if let Some(plugin) = fetched(self) {
             return Ok(plugin);
         }
@@ -708,11 +719,12 @@ impl Inner {
             return Err(refused);
         }
         let mut conn = self.dist.conn();
-        let bytes = content::fetch_plugin(&mut conn, &self.dist.keys, digest)
+        let max = self.shared.config.max_component_bytes;
+        let bytes = content::fetch_plugin(&mut conn, &self.dist.keys, digest, max)
             .await
             .map_err(Unavailable::Redis)?
             .map_err(Unavailable::Missing)?;
-        let loaded = match self.manifest_for(name) {
+        let loaded = match self.manifest_for(name).await {
             Ok(manifest) => {
                 let origin = PathBuf::from(format!("redis:{digest}"));
                 let shared = &self.shared;
@@ -757,13 +769,13 @@ impl Inner {
 
     /// This operator's manifest for `name` (limits, capabilities): the one beside where
     /// its file would be in this worker's plugins folder, if any.
-    fn manifest_for(&self, name: &str) -> Result<Manifest, String> {
+    async fn manifest_for(&self, name: &str) -> Result<Manifest, String> {
         let Some(dir) = &self.plugins_dir else {
             return Ok(Manifest::default());
         };
-        Manifest::load_for(&dir.join(format!("{name}.wasm"))).map_err(|(path, reason)| {
-            format!("the manifest {} is invalid: {reason}", path.display())
-        })
+        crate::plugin::load_manifest(&self.shared.engine, &dir.join(format!("{name}.wasm")))
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -898,4 +910,27 @@ fn kind_word(kind: ErrorKind) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// The locks of the components a worker is fetching, by (name, digest).
+type FetchLocks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
+
+/// A worker's turn to fetch one component: the lock of its (name, digest), dropped from the
+/// worker's map once nobody else waits on it, so the map holds only fetches in progress.
+struct Fetching<'a> {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    key: (String, String),
+    all: &'a FetchLocks,
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut all = lock_map(self.all);
+        // This one and the map's: nobody else holds or waits for it.
+        if Arc::strong_count(&self.gate) <= 2 {
+            all.remove(&self.key);
+        }
+    }
 }
