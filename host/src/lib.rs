@@ -92,7 +92,7 @@ pub use runtime::{
     SessionStopReport, StopReport,
 };
 pub use scheduler::{QueuePolicy, RateLimit};
-pub use state::{StateMetadata, validate_input};
+pub use state::{MAX_VERSION, StateMetadata, validate_input};
 pub use store::{
     CasOutcome, MemoryStateStore, SessionBounds, SessionKey, SessionQuota, StateStore, StoredState,
 };

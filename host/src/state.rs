@@ -49,7 +49,7 @@ impl StateMetadata {
     /// The metadata after one more successful step, ended at `now`.
     pub(crate) fn bumped_at(&self, now: SystemTime) -> Self {
         StateMetadata {
-            version: self.version + 1,
+            version: self.version.saturating_add(1),
             session_id: self.session_id.clone(),
             created_at: self.created_at.clone(),
             last_updated: crate::clock::rfc3339(now),
@@ -98,10 +98,14 @@ impl StateMetadata {
     }
 }
 
+/// The largest `metadata.version` a caller may hand in: JavaScript's largest safe integer
+/// (2^53 - 1), so that every client reads revisions exactly and no bump can overflow.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
 /// Checks an input state and splits out its metadata.
 ///
 /// The input must be a JSON object. If it carries `metadata` (from an earlier result), that
-/// must be an object whose `version` is a non-negative integer and whose timestamps are
+/// must be an object whose `version` is an integer from 0 to [`MAX_VERSION`] and whose timestamps are
 /// strings; the revision and creation time are kept and the session is set to `session`.
 pub fn prepare_input(
     input: Value,
@@ -129,8 +133,10 @@ pub(crate) fn prepare_input_at(
         Some(Value::Object(m)) => {
             let version = match m.get("version") {
                 None | Some(Value::Null) => 0,
-                Some(v) => v.as_u64().ok_or_else(|| {
-                    invalid_input("`metadata.version` must be a non-negative integer")
+                Some(v) => v.as_u64().filter(|v| *v <= MAX_VERSION).ok_or_else(|| {
+                    invalid_input(format!(
+                        "`metadata.version` must be an integer from 0 to {MAX_VERSION}"
+                    ))
                 })?,
             };
             let text = |key: &str| -> Result<String, ExecutionError> {
@@ -263,6 +269,26 @@ mod tests {
             Value::Object(m) => m,
             other => panic!("not an object: {other}"),
         }
+    }
+
+    /// L3: a caller's `metadata.version` is input: one past JavaScript's safe integers (so
+    /// past what every client reads exactly, and far from `u64::MAX + 1`) is refused, and
+    /// the largest one taken still bumps without overflowing.
+    #[test]
+    fn a_version_past_the_safe_integers_is_refused_and_the_largest_bumps() {
+        for version in [u64::MAX, MAX_VERSION + 1] {
+            let input = serde_json::json!({ "metadata": { "version": version } });
+            let error = validate_input(&input).unwrap_err();
+            assert_eq!(error.code.as_deref(), Some(codes::INVALID_INPUT));
+            assert!(
+                error.message.contains("9007199254740991"),
+                "{}",
+                error.message
+            );
+        }
+        let input = serde_json::json!({ "metadata": { "version": MAX_VERSION } });
+        let (_, metadata) = prepare_input(input, None).unwrap();
+        assert_eq!(metadata.bumped().version, MAX_VERSION + 1);
     }
 
     #[test]
