@@ -105,8 +105,9 @@ pub const MAX_VERSION: u64 = (1 << 53) - 1;
 /// Checks an input state and splits out its metadata.
 ///
 /// The input must be a JSON object. If it carries `metadata` (from an earlier result), that
-/// must be an object whose `version` is an integer from 0 to [`MAX_VERSION`] and whose timestamps are
-/// strings; the revision and creation time are kept and the session is set to `session`.
+/// must be an object whose `version` is an integer from 0 to [`MAX_VERSION`] and whose
+/// timestamps are strings; the revision and creation time are kept and the session is set
+/// to `session`.
 pub fn prepare_input(
     input: Value,
     session: Option<&str>,

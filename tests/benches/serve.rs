@@ -11,6 +11,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/load.rs"]
+mod load;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -97,36 +100,13 @@ struct Phase {
 /// `total` requests from `steady`, `clients` at a time; every one must succeed.
 async fn steady_phase(client: &reqwest::Client, url: &str, clients: usize, total: usize) -> Phase {
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..clients {
-        let client = client.clone();
-        let url = format!("{url}/v1/run/hello");
-        let n = total / clients + usize::from(c < total % clients);
-        tasks.spawn(async move {
-            let mut micros = Vec::with_capacity(n);
-            for _ in 0..n {
-                let sent = Instant::now();
-                let response = client
-                    .post(&url)
-                    .bearer_auth(STEADY)
-                    .body(r#"{"user":"load"}"#)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status().as_u16(), 200);
-                response.bytes().await.unwrap();
-                micros.push(sent.elapsed().as_secs_f64() * 1e6);
-            }
-            micros
-        });
-    }
-    let mut micros: Vec<f64> = tasks.join_all().await.into_iter().flatten().collect();
+    let url = format!("{url}/v1/run/hello");
+    let micros =
+        load::timed_posts(client, &url, STEADY, r#"{"user":"load"}"#, clients, total).await;
     let seconds = started.elapsed().as_secs_f64();
-    micros.sort_by(f64::total_cmp);
-    let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize];
     Phase {
-        p50: at(0.5),
-        p99: at(0.99),
+        p50: load::quantile(&micros, 0.5),
+        p99: load::quantile(&micros, 0.99),
         rate: micros.len() as f64 / seconds,
     }
 }

@@ -9,7 +9,8 @@
 //!   installed, and otherwise the demo prints the command that installs them;
 //! - `test`: formatting, lints and the whole test suite (what CI runs), after checking that
 //!   the system programs the tests need are there;
-//! - `bench [execute|reload|queue|languages|memory|serve]`: the benchmarks (release build).
+//! - `bench [execute|reload|queue|languages|memory|serve|abuse]`: the benchmarks (release
+//!   build).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -283,7 +284,7 @@ fn test() -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask bench [execute|reload|queue|languages|memory|serve]` (all by default).
+/// `cargo xtask bench [execute|reload|queue|languages|memory|serve|abuse]` (all by default).
 fn bench(which: &[String]) -> Result<(), String> {
     let all = [
         "execute".to_string(),
@@ -292,6 +293,7 @@ fn bench(which: &[String]) -> Result<(), String> {
         "languages".to_string(),
         "memory".to_string(),
         "serve".to_string(),
+        "abuse".to_string(),
     ];
     let benches = if which.is_empty() { &all[..] } else { which };
     // The languages bench runs the plugins of every language.

@@ -79,6 +79,31 @@ struct Outcome {
 }
 
 impl Job {
+    /// A job that starts running now.
+    fn running(
+        id: String,
+        tenant: String,
+        processor: String,
+        session: Option<String>,
+        cancel: CancelHandle,
+    ) -> Job {
+        Job {
+            id,
+            tenant,
+            processor,
+            session,
+            submitted_ms: now_ms(),
+            cancel,
+            outcome: Mutex::new(Outcome {
+                status: Status::Running,
+                progress: None,
+                finished_ms: None,
+                result: None,
+            }),
+            done: tokio::sync::watch::channel(false).0,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Outcome> {
         self.outcome.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -338,21 +363,13 @@ pub(super) async fn submit(
     )
     .await?;
     let id = crate::clock::new_execution_id();
-    let job = Arc::new(Job {
-        id: id.clone(),
-        tenant: request.tenant.clone().unwrap_or_default(),
-        processor: request.processor.clone(),
-        session: request.session.clone(),
-        submitted_ms: now_ms(),
-        cancel: request.cancel.clone(),
-        outcome: Mutex::new(Outcome {
-            status: Status::Running,
-            progress: None,
-            finished_ms: None,
-            result: None,
-        }),
-        done: tokio::sync::watch::channel(false).0,
-    });
+    let job = Arc::new(Job::running(
+        id.clone(),
+        request.tenant.clone().unwrap_or_default(),
+        request.processor.clone(),
+        request.session.clone(),
+        request.cancel.clone(),
+    ));
     // Refused (and the quota place given back) if the server runs too many jobs already.
     app.jobs.insert(job.clone())?;
     let jobs = app.jobs.clone();
@@ -530,21 +547,13 @@ mod tests {
     use super::*;
 
     fn job(id: &str, tenant: &str) -> Arc<Job> {
-        Arc::new(Job {
-            id: id.into(),
-            tenant: tenant.into(),
-            processor: "p".into(),
-            session: None,
-            submitted_ms: 0,
-            cancel: CancelHandle::new(),
-            outcome: Mutex::new(Outcome {
-                status: Status::Running,
-                progress: None,
-                finished_ms: None,
-                result: None,
-            }),
-            done: tokio::sync::watch::channel(false).0,
-        })
+        Arc::new(Job::running(
+            id.into(),
+            tenant.into(),
+            "p".into(),
+            None,
+            CancelHandle::new(),
+        ))
     }
 
     /// Runs job `id` of `tenant` to its end with a result of `bytes` bytes.
