@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use weir_tests::{PluginFolder, WeirProcess};
+use weir_tests::PluginFolder;
 
 const VICTIM: &str = "victim-token";
 /// Clients the attacker runs at once.
@@ -77,14 +77,7 @@ fn main() {
             hex::encode(Sha256::digest(attacker_token(n))),
         ));
     }
-    let config_file = folder.path().join("weir.toml");
-    std::fs::write(&config_file, config).unwrap();
-    let config_arg = config_file.to_string_lossy().into_owned();
-    let (server, url) = WeirProcess::serve_binary(
-        weir_tests::weir_release_bin(),
-        folder.path(),
-        &["--config", &config_arg],
-    );
+    let (server, url) = load::serve_release(&folder, &config);
     let pid = server.pid();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

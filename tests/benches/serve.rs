@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use weir_tests::{PluginFolder, WeirProcess};
+use weir_tests::PluginFolder;
 
 const STEADY: &str = "steady-token";
 const FLOOD: &str = "flood-token";
@@ -33,14 +33,7 @@ fn main() {
         hex::encode(Sha256::digest(STEADY)),
         hex::encode(Sha256::digest(FLOOD)),
     );
-    let config_file = folder.path().join("weir.toml");
-    std::fs::write(&config_file, config).unwrap();
-    let config_arg = config_file.to_string_lossy().into_owned();
-    let (_server, url) = WeirProcess::serve_binary(
-        weir_tests::weir_release_bin(),
-        folder.path(),
-        &["--config", &config_arg],
-    );
+    let (_server, url) = load::serve_release(&folder, &config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

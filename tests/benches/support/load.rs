@@ -4,6 +4,21 @@
 
 use std::time::Instant;
 
+use weir_tests::{PluginFolder, WeirProcess};
+
+/// Starts the release `weir serve` on `folder` with `config` as its `weir.toml`; returns
+/// the process and its URL.
+pub fn serve_release(folder: &PluginFolder, config: &str) -> (WeirProcess, String) {
+    let config_file = folder.path().join("weir.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let config_arg = config_file.to_string_lossy().into_owned();
+    WeirProcess::serve_binary(
+        weir_tests::weir_release_bin(),
+        folder.path(),
+        &["--config", &config_arg],
+    )
+}
+
 /// `total` POSTs of `body` to `url` with `token`, from `clients` clients at once; each must
 /// be answered `200`. Returns every request's latency in µs, sorted.
 pub async fn timed_posts(
