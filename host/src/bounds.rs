@@ -78,18 +78,22 @@ impl GuestBounds {
     pub(crate) fn error(&self, mut error: ExecutionError, output_bytes: u64) -> ExecutionError {
         error.message = clip(error.message, self.error_message_bytes);
         error.code = error.code.map(|code| clip(code, self.error_code_bytes));
-        let limit = u64::try_from(self.error_details_bytes)
-            .unwrap_or(u64::MAX)
-            .min(output_bytes);
+        let limit = self.details_limit(output_bytes);
         if let Some(details) = &error.details {
             let bytes = json_len(details);
             if bytes > limit {
-                error.details = Some(json!({
-                    "detailsTooLarge": { "bytes": bytes, "limit": limit }
-                }));
+                error.details = Some(details_too_large(bytes, limit));
             }
         }
         error
+    }
+
+    /// The most bytes of JSON an error's details may have: [`Self::error_details_bytes`]
+    /// or `output_bytes`, whichever is smaller.
+    pub(crate) fn details_limit(&self, output_bytes: u64) -> u64 {
+        u64::try_from(self.error_details_bytes)
+            .unwrap_or(u64::MAX)
+            .min(output_bytes)
     }
 
     /// A log line's message and fields as they may be written: the message cut and its
@@ -112,6 +116,11 @@ impl GuestBounds {
         });
         (message, fields)
     }
+}
+
+/// What stands for error details of `bytes` bytes over `limit`.
+pub(crate) fn details_too_large(bytes: u64, limit: u64) -> Value {
+    json!({ "detailsTooLarge": { "bytes": bytes, "limit": limit } })
 }
 
 /// The length of `value` as JSON text, counted without building the text.

@@ -273,13 +273,13 @@ impl EventBus {
         self.send(event);
     }
 
-    /// Publishes a guest's event, unless the bus holds as many payload bytes as it may:
-    /// then it is refused, for the guest to be told. Never waits.
-    pub(crate) fn publish_guest(&self, mut event: Event) -> Result<(), BusFull> {
+    /// Publishes a guest's event whose payload the guest handed over as `bytes` bytes of
+    /// JSON text, unless the bus holds as many payload bytes as it may: then it is refused,
+    /// for the guest to be told. Never waits.
+    pub(crate) fn publish_guest(&self, mut event: Event, bytes: usize) -> Result<(), BusFull> {
         if !self.active() {
             return Ok(());
         }
-        let bytes = payload_bytes(&event);
         if self.held.load(Ordering::Acquire).saturating_add(bytes) > self.max_bytes {
             return Err(BusFull {
                 limit: self.max_bytes,
@@ -287,7 +287,7 @@ impl EventBus {
         }
         event.sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         event.timestamp_ms = crate::clock::now_ms();
-        self.send(event);
+        self.hold(event, bytes);
         Ok(())
     }
 
@@ -312,6 +312,11 @@ impl EventBus {
             strip_payload(&mut event, bytes);
             bytes = payload_bytes(&event);
         }
+        self.hold(event, bytes);
+    }
+
+    /// Sends `event`, counting `bytes` against the bus until every subscriber has let go.
+    fn hold(&self, event: Event, bytes: usize) {
         self.held.fetch_add(bytes, Ordering::AcqRel);
         let held = Held {
             event: Arc::new(event),
@@ -414,12 +419,12 @@ mod tests {
         let bus = EventBus::new(1000, 10_000);
         let mut stalled = bus.subscribe();
         for _ in 0..4 {
-            assert_eq!(bus.publish_guest(custom(2_000)), Ok(()));
+            assert_eq!(bus.publish_guest(custom(2_000), 2_002), Ok(()));
         }
         assert_eq!(bus.held_bytes(), 4 * 2_002);
         // A guest's event that would not fit is refused...
         assert_eq!(
-            bus.publish_guest(custom(2_000)),
+            bus.publish_guest(custom(2_000), 2_002),
             Err(BusFull { limit: 10_000 })
         );
         // ... and a host event goes out without its payload.
@@ -448,7 +453,7 @@ mod tests {
         }
         // Once read, the bus holds nothing.
         assert_eq!(bus.held_bytes(), 0);
-        assert_eq!(bus.publish_guest(custom(2_000)), Ok(()));
+        assert_eq!(bus.publish_guest(custom(2_000), 2_002), Ok(()));
     }
 
     #[test]

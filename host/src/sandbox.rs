@@ -373,6 +373,7 @@ impl imports::events::Host for Sandbox {
                 details: None,
             });
         }
+        let text_bytes = data.len();
         let Ok(data) = serde_json::from_str::<serde_json::Value>(&data) else {
             return Err(wit::ProcessorError {
                 kind: wit::ErrorKind::Validation,
@@ -399,7 +400,8 @@ impl imports::events::Host for Sandbox {
         if let Some((shared, mut event)) = self.event(EventKind::Custom) {
             event.name = Some(name.clone());
             event.data = Some(data);
-            if let Err(full) = shared.events.publish_guest(event) {
+            // The text's length, already known: no second walk of the parsed data.
+            if let Err(full) = shared.events.publish_guest(event, text_bytes) {
                 return Err(wit::ProcessorError {
                     kind: wit::ErrorKind::Resource,
                     code: Some(codes::RATE_LIMITED.to_string()),
@@ -516,13 +518,11 @@ pub(crate) fn from_wit_error(
     bounds: &GuestBounds,
     output_bytes: u64,
 ) -> ExecutionError {
-    let limit = u64::try_from(bounds.error_details_bytes)
-        .unwrap_or(u64::MAX)
-        .min(output_bytes);
+    let limit = bounds.details_limit(output_bytes);
     let details = e.details.map(|text| {
         let bytes = text.len() as u64;
         if bytes > limit {
-            serde_json::json!({ "detailsTooLarge": { "bytes": bytes, "limit": limit } })
+            crate::bounds::details_too_large(bytes, limit)
         } else {
             serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
         }

@@ -79,11 +79,7 @@ fn main() {
     }
     let (server, url) = load::serve_release(&folder, &config);
     let pid = server.pid();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = load::client_runtime();
     runtime.block_on(async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(clients * 4)
@@ -145,14 +141,9 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Resident memory of process `pid`, in bytes.
+/// Resident memory of process `pid`, in bytes (0 once it is gone).
 fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    weir_tests::rss_of(pid).unwrap_or(0)
 }
 
 struct Phase {

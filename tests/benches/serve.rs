@@ -34,11 +34,7 @@ fn main() {
         hex::encode(Sha256::digest(FLOOD)),
     );
     let (_server, url) = load::serve_release(&folder, &config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = load::client_runtime();
     runtime.block_on(async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(clients * 2)

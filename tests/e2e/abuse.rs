@@ -203,15 +203,9 @@ async fn a_huge_guest_error_on_a_worker_leaves_redis_small() {
     );
 }
 
-/// Resident memory of process `pid`, in bytes (Linux `/proc`).
+/// Resident memory of process `pid`, in bytes.
 fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS in /proc/PID/status")
-        * 1024
+    weir_tests::rss_of(pid).expect("VmRSS in /proc/PID/status")
 }
 
 /// A `GET /v1/events` client that never reads what it is sent.

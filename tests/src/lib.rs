@@ -203,6 +203,17 @@ pub fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// Resident memory of process `pid`, in bytes (Linux `/proc`); `None` once it is gone or
+/// where `/proc` is missing.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
 /// A runtime over every built plugin.
 pub async fn runtime_with_all_plugins() -> weir::Runtime {
     runtime(plugins_dir()).await

@@ -209,18 +209,18 @@ async fn forward(
             Some(Notice::Event(event)) if wants(&event) => event,
             Some(Notice::Event(_)) => continue,
         };
-        // A full queue drops the event at once, and one with some room counts it before
-        // anything is built: a client that stops reading costs the server next to nothing
-        // per event, so this task keeps up with the bus and the bus never holds events for
-        // that client.
+        // A full queue drops the event at once, before anything is built: a client that
+        // stops reading costs the server next to nothing per event, so this task keeps up
+        // with the bus and the bus never holds events for that client.
         if pending.bytes.load(Ordering::Acquire) >= max_bytes
             || pending.events.load(Ordering::Acquire) >= max_events
         {
             missed = missed.saturating_add(1);
             continue;
         }
-        let json_bytes = usize::try_from(crate::bounds::json_len(&*event)).unwrap_or(usize::MAX);
-        let bytes = json_bytes.saturating_add(event.event.as_str().len() + 16);
+        // Written once: its length is what the queue counts, and the text is what is sent.
+        let data = serde_json::to_string(&*event).unwrap_or_else(|_| "{}".to_string());
+        let bytes = data.len().saturating_add(event.event.as_str().len() + 16);
         let room = |bytes: usize| {
             pending.bytes.load(Ordering::Acquire) + bytes <= max_bytes
                 && pending.events.load(Ordering::Acquire) < max_events
@@ -243,7 +243,6 @@ async fn forward(
             missed = missed.saturating_add(1);
             continue;
         }
-        let data = serde_json::to_string(&*event).unwrap_or_else(|_| "{}".to_string());
         let sse = SseEvent::default().event(event.event.as_str()).data(data);
         if !send(&sender, &pending, sse, bytes) {
             return;

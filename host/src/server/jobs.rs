@@ -229,10 +229,14 @@ impl Jobs {
         }
     }
 
-    /// The result document as the JSON text kept: whole within the budget, else a note of
-    /// its size (with whether it succeeded).
-    fn kept_result(&self, ok: bool, document: &Value) -> Arc<str> {
-        let text = document.to_string();
+    /// The result document as the JSON text kept (serialized once, straight from the
+    /// result): whole within the budget, else a note of its size (with whether it
+    /// succeeded).
+    fn kept_result(&self, ok: bool, document: &impl serde::Serialize) -> Arc<str> {
+        let text = serde_json::to_string(document).unwrap_or_else(|error| {
+            json!({ "ok": ok, "error": { "kind": "execution", "code": "invalid-output", "message": format!("the result could not be written as JSON: {error}") } })
+                .to_string()
+        });
         if text.len() <= self.max_bytes {
             return text.into();
         }
@@ -377,8 +381,11 @@ pub(super) async fn submit(
     request.id = Some(id.clone());
     let finished = job.clone();
     drop(spawn_execution(&app, request, admitted, move |outcome| {
-        let (status, ok, result) = match outcome {
-            Ok(result) if result.ok => (Status::Completed, true, json!(result.document())),
+        let (status, result) = match outcome {
+            Ok(result) if result.ok => (
+                Status::Completed,
+                jobs.kept_result(true, &result.document()),
+            ),
             Ok(result) => {
                 let cancelled = result
                     .error
@@ -389,7 +396,7 @@ pub(super) async fn submit(
                 } else {
                     Status::Failed
                 };
-                (status, false, json!(result.document()))
+                (status, jobs.kept_result(false, &result.document()))
             }
             // It could not even start: the reason, in the shape of a result's error.
             Err(error) => {
@@ -399,14 +406,10 @@ pub(super) async fn submit(
                     _ => ("unavailable", "unavailable"),
                 };
                 let message = error.to_string();
-                (
-                    Status::Failed,
-                    false,
-                    json!({ "ok": false, "error": { "kind": kind, "code": code, "message": message } }),
-                )
+                let document = json!({ "ok": false, "error": { "kind": kind, "code": code, "message": message } });
+                (Status::Failed, jobs.kept_result(false, &document))
             }
         };
-        let result = jobs.kept_result(ok, &result);
         let bytes = result.len();
         {
             let mut outcome = finished.lock();

@@ -19,6 +19,15 @@ pub fn serve_release(folder: &PluginFolder, config: &str) -> (WeirProcess, Strin
     )
 }
 
+/// The Tokio runtime the load's clients run on: two threads, as the machine has cores.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// `total` POSTs of `body` to `url` with `token`, from `clients` clients at once; each must
 /// be answered `200`. Returns every request's latency in µs, sorted.
 pub async fn timed_posts(
