@@ -101,10 +101,7 @@ impl Catalog {
         for (name, reason) in &self.unreadable {
             self.invalid_workflows.insert(
                 name.clone(),
-                InvalidWorkflow {
-                    name: name.clone(),
-                    reason: reason.clone(),
-                },
+                InvalidWorkflow::new(name.clone(), reason.clone()),
             );
         }
     }
@@ -252,14 +249,15 @@ impl Registry {
                 }
             }
         }
-        let (definitions, unreadable, file_error) = match workflow_file::load(dir) {
-            Ok(Some(parsed)) => (parsed.workflows, parsed.broken, None),
-            Ok(None) => (Vec::new(), Vec::new(), None),
-            Err(error) => {
-                tracing::warn!(%error, "workflows file rejected");
-                (Vec::new(), Vec::new(), Some(error))
-            }
-        };
+        let (definitions, unreadable, file_error) =
+            match workflow_file::load(dir, host.max_workflows_file_bytes) {
+                Ok(Some(parsed)) => (parsed.workflows, parsed.broken, None),
+                Ok(None) => (Vec::new(), Vec::new(), None),
+                Err(error) => {
+                    tracing::warn!(%error, "workflows file rejected");
+                    (Vec::new(), Vec::new(), Some(error))
+                }
+            };
         self.update(|catalog| {
             catalog.plugins = plugins;
             catalog.rejected = rejected;

@@ -246,7 +246,10 @@ async fn apply_plugin(shared: &Arc<Shared>, dir: &Path, name: &str) {
 
 /// Re-reads `workflows.toml` and re-checks every workflow.
 fn apply_workflows(shared: &Shared, dir: &Path) {
-    let (definitions, unreadable, file_error) = match workflow_file::load(dir) {
+    let (definitions, unreadable, file_error) = match workflow_file::load(
+        dir,
+        shared.config.max_workflows_file_bytes,
+    ) {
         Ok(Some(parsed)) => (parsed.workflows, parsed.broken, None),
         Ok(None) => (Vec::new(), Vec::new(), None),
         Err(error) => {

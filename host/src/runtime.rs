@@ -67,6 +67,9 @@ pub struct HostConfig {
     /// Largest component the host reads and compiles, in bytes (default 64 MiB): a bigger
     /// plugin file, upload or published blob is refused from its size, unread.
     pub max_component_bytes: u64,
+    /// Largest `workflows.toml` the host reads, in bytes (default 4 MiB); a bigger file is
+    /// rejected from its size, unread, and the workflows already serving keep serving.
+    pub max_workflows_file_bytes: u64,
     /// Most items one batch takes (default 10,000); more fail the batch with
     /// `validation` / `batch-too-large` before any item runs.
     pub max_batch_items: usize,
@@ -92,6 +95,7 @@ impl Default for HostConfig {
             max_nesting: crate::workflow::MAX_NESTING,
             max_batch_items: 10_000,
             max_component_bytes: 64 << 20,
+            max_workflows_file_bytes: 4 << 20,
             event_capacity: 4096,
             event_buffer_bytes: 16 << 20,
         }

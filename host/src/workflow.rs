@@ -19,6 +19,10 @@ use crate::plugin::is_valid_name;
 /// How deep workflows may nest inside each other by default.
 pub const MAX_NESTING: usize = 32;
 
+/// The longest reason given for an invalid workflow, in bytes; a longer one (quoting a huge
+/// name, say) is cut at a character and ends with `…`.
+pub(crate) const REASON_BYTES: usize = 2048;
+
 /// A named composition, run and reported exactly like a processor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -363,6 +367,11 @@ impl Workflow {
                 "the published workflow {digest} does not match its digest (it hashes to {actual})"
             ));
         }
+        // Only checked workflows are published; one that is not well formed was written by
+        // someone else, and the drivers rely on the shape (a chain has a first step).
+        workflow
+            .check_shape()
+            .map_err(|e| format!("the published workflow {digest} is malformed: {e}"))?;
         workflow.digest = actual;
         Ok(workflow)
     }
@@ -448,7 +457,7 @@ impl Workflow {
     }
 
     /// Checks what can be checked without knowing other units.
-    fn check_shape(&self) -> Result<(), String> {
+    pub(crate) fn check_shape(&self) -> Result<(), String> {
         if let Some(misuse) = &self.misuse {
             return Err(misuse.clone());
         }
@@ -598,6 +607,16 @@ pub struct InvalidWorkflow {
     pub reason: String,
 }
 
+impl InvalidWorkflow {
+    /// `name` is invalid for `reason`, cut to [`REASON_BYTES`].
+    pub(crate) fn new(name: String, reason: String) -> Self {
+        InvalidWorkflow {
+            name,
+            reason: crate::bounds::clip(reason, REASON_BYTES),
+        }
+    }
+}
+
 /// Checks `workflows` one by one against the processors in `processors`.
 pub(crate) fn check(
     workflows: Vec<Workflow>,
@@ -628,7 +647,7 @@ pub(crate) fn check(
                 defs.remove(&name);
                 checked
                     .invalid
-                    .insert(name.clone(), InvalidWorkflow { name, reason });
+                    .insert(name.clone(), InvalidWorkflow::new(name, reason));
             }
             None => {
                 defs.insert(name, workflow);
@@ -661,13 +680,13 @@ pub(crate) fn check(
                 let reason = problem.message_for(&workflow);
                 checked
                     .invalid
-                    .insert(name.clone(), InvalidWorkflow { name, reason });
+                    .insert(name.clone(), InvalidWorkflow::new(name, reason));
             }
             None => {
                 let reason = format!("{}could not be checked", workflow.prefix(None));
                 checked
                     .invalid
-                    .insert(name.clone(), InvalidWorkflow { name, reason });
+                    .insert(name.clone(), InvalidWorkflow::new(name, reason));
             }
         }
     }
@@ -682,6 +701,10 @@ enum Problem {
         path: String,
     },
     Other(String),
+    /// The workflows above this one already nest `max_nesting` deep: whatever this one
+    /// holds, the outermost is too deep. Not an answer about this workflow itself, so it
+    /// is not memoised; it bounds the recursion (and the stack) by the limit.
+    TooDeep,
 }
 
 impl Problem {
@@ -692,9 +715,13 @@ impl Problem {
                 format!("{}it contains itself: {path}", workflow.prefix(None))
             }
             Problem::Other(message) => message.clone(),
+            Problem::TooDeep => format!("{}workflows nest too deep here", workflow.prefix(None)),
         }
     }
 }
+
+/// How much of an invalid workflow's reason the reason of a workflow using it repeats.
+const INNER_REASON_BYTES: usize = 512;
 
 /// The nesting depth of workflow `name` (1 when it only runs processors), or why it is
 /// invalid. Memoised in `depths`; `path` holds the workflows being checked above it.
@@ -719,6 +746,9 @@ fn depth_of(
             members,
             path: shown.join(" → "),
         });
+    }
+    if path.len() >= max_nesting {
+        return Err(Problem::TooDeep);
     }
     let workflow = &defs[name];
     path.push(name.to_string());
@@ -758,9 +788,16 @@ fn depth_of(
                 });
                 break;
             }
+            Err(Problem::TooDeep) => {
+                outcome = Err(Problem::TooDeep);
+                break;
+            }
             Err(Problem::Other(message)) if defs.contains_key(target) => {
+                // The inner reason is clipped: along a nest of invalid workflows each
+                // reason would hold all the ones below it.
                 outcome = Err(Problem::Other(format!(
-                    "{at}{role} refers to workflow `{target}`, which is invalid: {message}"
+                    "{at}{role} refers to workflow `{target}`, which is invalid: {}",
+                    crate::bounds::clip_str(&message, INNER_REASON_BYTES)
                 )));
                 break;
             }
@@ -771,6 +808,16 @@ fn depth_of(
         }
     }
     path.pop();
+    if let Err(Problem::TooDeep) = outcome {
+        if !path.is_empty() {
+            return outcome.map(|()| 0);
+        }
+        outcome = Err(Problem::Other(format!(
+            "{}workflows nest more than {max_nesting} levels deep here; the limit is \
+             {max_nesting}",
+            workflow.prefix(None)
+        )));
+    }
     let result = outcome.and_then(|()| {
         let depth = deepest + 1;
         if depth > max_nesting {
@@ -901,6 +948,45 @@ mod tests {
             checked.invalid
         );
         assert!(checked.invalid["w4"].reason.contains("which is invalid"));
+    }
+
+    #[test]
+    fn a_reason_quoting_a_huge_name_is_clipped() {
+        let huge = "a".repeat(20_000);
+        let checked = check(
+            vec![
+                Workflow::chain("w", [huge.as_str()]),
+                Workflow::route_by_pointer("r", huge.as_str()).route("k", "x"),
+            ],
+            &processors(&["x"]),
+            MAX_NESTING,
+        );
+        for name in ["w", "r"] {
+            let reason = &checked.invalid[name].reason;
+            assert!(
+                reason.len() <= REASON_BYTES,
+                "{name}: {} bytes",
+                reason.len()
+            );
+            assert!(reason.ends_with('…'), "{name}: {reason}");
+        }
+    }
+
+    #[test]
+    fn a_nest_far_deeper_than_the_limit_is_refused_with_short_reasons() {
+        // 100,000 workflows, each running the one before: checking them must neither recurse
+        // 100,000 deep (a stack overflow aborts the host) nor nest each reason in the next
+        // (reasons quadratic in the depth).
+        let n = 100_000;
+        let mut workflows = vec![Workflow::chain("w0", ["x"])];
+        for i in 1..n {
+            workflows.push(Workflow::chain(format!("w{i}"), [format!("w{}", i - 1)]));
+        }
+        let checked = check(workflows, &processors(&["x"]), MAX_NESTING);
+        assert_eq!(checked.valid.len(), MAX_NESTING);
+        assert_eq!(checked.invalid.len(), n - MAX_NESTING);
+        let longest = checked.invalid.values().map(|w| w.reason.len()).max();
+        assert!(longest.is_some_and(|l| l < 8 << 10), "{longest:?}");
     }
 
     #[test]

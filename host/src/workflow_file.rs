@@ -161,14 +161,29 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Parsed, String> {
     Ok(parsed)
 }
 
-/// Reads `dir/workflows.toml` if it exists.
-pub(crate) fn load(dir: &Path) -> Result<Option<Parsed>, String> {
+/// Reads `dir/workflows.toml` if it exists and is at most `max_bytes` long.
+pub(crate) fn load(dir: &Path, max_bytes: u64) -> Result<Option<Parsed>, String> {
+    use std::io::Read;
     let path = dir.join(FILE_NAME);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => parse(&text, &path).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: cannot read it: {e}", path.display())),
+    let cannot = |e: std::io::Error| format!("{}: cannot read it: {e}", path.display());
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cannot(e)),
+    };
+    // Read at most one byte past the bound: a file that grows while it is read is caught too.
+    let mut text = String::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > max_bytes {
+        return Err(format!(
+            "{}: it is over {max_bytes} bytes, the most the host reads (the host's \
+             max_workflows_file_bytes): split the definitions or raise the bound",
+            path.display()
+        ));
     }
+    parse(&text, &path).map(Some)
 }
 
 fn build(
@@ -324,6 +339,17 @@ mod tests {
 
     fn parse_ok(text: &str) -> Parsed {
         parse(text, Path::new("workflows.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_file_over_the_bound_is_rejected_unparsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[workflow.a]\nchain = [\"x\"]\n";
+        std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
+        let bound = text.len() as u64;
+        assert_eq!(load(dir.path(), bound).unwrap().unwrap().workflows.len(), 1);
+        let error = load(dir.path(), bound - 1).err().unwrap();
+        assert!(error.contains("max_workflows_file_bytes"), "{error}");
     }
 
     #[test]

@@ -371,7 +371,9 @@ impl Distributed {
         let next = match (frame.at.clone(), workflow.composition()) {
             (At::Chain { index }, Composition::Chain { steps }) => match result.error {
                 Some(error) => {
-                    let error = step_failed(&workflow, "step", &steps[index], Some(index), error);
+                    // The index comes from job data: out of range names no step.
+                    let name = steps.get(index).map_or("", String::as_str);
+                    let error = step_failed(&workflow, "step", name, Some(index), error);
                     self.close(cursor, frame, Err((result.state, error)))
                 }
                 None if index + 1 < steps.len() => {
