@@ -210,6 +210,22 @@ pub enum LoadError {
         /// The most the host takes.
         limit: u64,
     },
+    /// The component's code is beyond what the host compiles: too many functions, or one
+    /// too large.
+    #[error(
+        "{what} ({bound} is {limit}, the host's {setting}): it was not compiled; split the \
+         code or ask the operator to raise the bound"
+    )]
+    CodeTooLarge {
+        /// What is over the bound, e.g. "it defines 300000 functions".
+        what: String,
+        /// The bound's name in words.
+        bound: &'static str,
+        /// Its value.
+        limit: u64,
+        /// The [`crate::EngineConfig`] field that sets it.
+        setting: &'static str,
+    },
     /// The file is a symlink that leads out of the plugins folder.
     #[error(
         "{path} is a symlink to {target}, outside the plugins folder: weir does not follow \
