@@ -799,7 +799,10 @@ fn json_text(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
 }
 
-fn parse_output(text: &str, limits: &Limits) -> Result<Map<String, Value>, ExecutionError> {
+pub(crate) fn parse_output(
+    text: &str,
+    limits: &Limits,
+) -> Result<Map<String, Value>, ExecutionError> {
     let size = text.len() as u64;
     if size > limits.output_bytes {
         return Err(ExecutionError::host(

@@ -43,6 +43,8 @@ mod engine;
 mod error;
 mod events;
 mod executor;
+#[cfg(test)]
+mod fuzz;
 mod guest_log;
 mod limits;
 mod listing;

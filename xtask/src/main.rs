@@ -28,7 +28,8 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: cargo xtask <tools|plugins|demo|test|bench>".to_string()),
+        Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
+        _ => Err("usage: cargo xtask <tools|plugins|demo|test|bench|fuzz>".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -280,8 +281,30 @@ fn test() -> Result<(), String> {
     )?;
     eprintln!("== tests");
     run(cargo().args(["test", "--locked", "--workspace"]), &[0])?;
+    fuzz(Some(CI_FUZZ_SECONDS))?;
     eprintln!("all checks passed");
     Ok(())
+}
+
+/// Seconds each fuzz target runs in `cargo xtask test` (with the fixed seed, so the same
+/// inputs every time, as many as the machine gets through).
+const CI_FUZZ_SECONDS: &str = "10";
+
+/// `cargo xtask fuzz [SECONDS]`: every fuzz target of the host for SECONDS each (default
+/// 60), one after the other. `WEIR_FUZZ_SEED` picks the inputs (`random` for new ones).
+fn fuzz(seconds: Option<&str>) -> Result<(), String> {
+    let seconds = seconds.unwrap_or("60");
+    if seconds.parse::<f64>().ok().filter(|s| *s > 0.0).is_none() {
+        return Err(format!("`{seconds}` is not a number of seconds"));
+    }
+    eprintln!("== fuzzing: each target for {seconds} s");
+    run(
+        cargo()
+            .args(["test", "--locked", "-p", "weir", "--lib", "fuzz_", "--"])
+            .args(["--test-threads", "1", "--nocapture"])
+            .env("WEIR_FUZZ_SECONDS", seconds),
+        &[0],
+    )
 }
 
 /// `cargo xtask bench [execute|reload|queue|languages|memory|serve|abuse]` (all by default).

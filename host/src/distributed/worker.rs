@@ -349,21 +349,10 @@ impl Inner {
         if queue == JOIN_QUEUE {
             return self.handle_join(data).await;
         }
-        // Read from the job's data in place; only a foreign job's data is copied.
-        let step = match StepJob::deserialize(data) {
-            Ok(step) if step.weir == FORMAT => step,
-            Ok(step) => {
-                return Err(bullmq::Error::Unrecoverable(format!(
-                    "the job is in weir's job format {}, this worker reads format {FORMAT}",
-                    step.weir
-                )));
-            }
-            Err(error) if data.get("weir").is_some() => {
-                return Err(bullmq::Error::Unrecoverable(format!(
-                    "the job claims weir's format but is unreadable: {error}"
-                )));
-            }
-            Err(_) => {
+        let step = match read_job(data) {
+            JobData::Step(step) => step,
+            JobData::Refused(reason) => return Err(bullmq::Error::Unrecoverable(reason)),
+            JobData::Foreign => {
                 let input = data.clone();
                 let (progress, forwarder) = forward_progress(job);
                 let outcome = self.handle_foreign(queue, input, attempt, progress).await;
@@ -373,7 +362,7 @@ impl Inner {
         };
         let (progress, forwarder) = forward_progress(job);
         // Shared with the task, so a panic in it still has the step to report.
-        let step = Arc::new(step);
+        let step: Arc<StepJob> = Arc::from(step);
         let inner = self.clone();
         let running = step.clone();
         let task = tokio::spawn(async move { inner.run_step(&running, attempt, progress).await });
@@ -932,5 +921,206 @@ impl Drop for Fetching<'_> {
         if Arc::strong_count(&self.gate) <= 2 {
             all.remove(&self.key);
         }
+    }
+}
+
+/// What a job's data is, as a worker reads it before it runs anything.
+#[derive(Debug)]
+pub(crate) enum JobData {
+    /// A weir step in the format this worker reads.
+    Step(Box<StepJob>),
+    /// Not weir's (no `weir` field): a foreign producer's job for the queue's processor.
+    Foreign,
+    /// It claims weir's format but cannot run here: the job fails with this reason.
+    Refused(String),
+}
+
+/// Reads a job's data in place (only a foreign job's data is copied, later, by its
+/// caller).
+pub(crate) fn read_job(data: &Value) -> JobData {
+    match StepJob::deserialize(data) {
+        Ok(step) if step.weir == FORMAT => JobData::Step(Box::new(step)),
+        Ok(step) => JobData::Refused(format!(
+            "the job is in weir's job format {}, this worker reads format {FORMAT}",
+            step.weir
+        )),
+        Err(error) if data.get("weir").is_some() => JobData::Refused(format!(
+            "the job claims weir's format but is unreadable: {error}"
+        )),
+        Err(_) => JobData::Foreign,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+    use serde_json::json;
+    use sha2::Digest;
+
+    use super::*;
+    use crate::distributed::wire::enclosing_join;
+    use crate::fuzz::{fuzz, json_near};
+    use crate::limits::{LimitOverrides, Limits};
+    use crate::workflow::Workflow;
+
+    const JOB_WORDS: &[&str] = &[
+        "weir",
+        "run",
+        "path",
+        "execution",
+        "processor",
+        "digest",
+        "state",
+        "scope",
+        "tenant",
+        "session",
+        "deadlineMs",
+        "maxAttempts",
+        "priority",
+        "limits",
+        "timeoutMs",
+        "memoryBytes",
+        "fuel",
+        "outputBytes",
+        "parent",
+        "submittedMs",
+        "bindings",
+        "kind",
+        "processor",
+        "workflow",
+        "frames",
+        "startedUs",
+        "peakMemory",
+        "outerDeadlineMs",
+        "outerParent",
+        "at",
+        "chain",
+        "index",
+        "selector",
+        "input",
+        "route",
+        "key",
+        "target",
+        "branch",
+        "join",
+        "node",
+        "merge",
+        "delayMs",
+        "frame",
+        "metadata",
+        "version",
+        "default",
+        "acme",
+        "0",
+        "0.1.s",
+    ];
+
+    fn frame(at: Value) -> Value {
+        json!({
+            "workflow": "calc", "digest": "ab".repeat(32), "execution": "e0", "path": "0",
+            "startedUs": 1, "fuel": 2, "peakMemory": 3, "outerDeadlineMs": null,
+            "outerParent": null, "at": at,
+        })
+    }
+
+    fn seeds() -> Vec<Value> {
+        let scope = json!({
+            "tenant": "acme", "session": "s", "deadlineMs": 1_900_000_000_000u64,
+            "maxAttempts": 3, "priority": 1,
+            "limits": {"timeoutMs": 1000, "memoryBytes": 1 << 20, "fuel": 100, "outputBytes": 10},
+            "parent": "p", "submittedMs": 1,
+        });
+        let step = json!({
+            "weir": 1, "run": "r1", "path": "0.1", "execution": "e1", "processor": "double",
+            "digest": "ab".repeat(32), "state": {"count": 1, "metadata": {"version": 2}},
+            "scope": scope.clone(),
+            "bindings": {"double": {"kind": "processor", "digest": "cd".repeat(32)},
+                         "calc": {"kind": "workflow", "digest": "ef".repeat(32)}},
+            "frames": [
+                frame(json!({"kind": "chain", "index": 1})),
+                frame(json!({"kind": "branch", "join": "r1-0.j", "node": 2})),
+                frame(json!({"kind": "route", "key": "a", "target": "double"})),
+                frame(json!({"kind": "selector", "input": {"kind": "a"}})),
+                frame(json!({"kind": "merge", "input": {}})),
+            ],
+            "delayMs": 10,
+        });
+        let join = json!({
+            "weir": 1, "join": "r1-0.j", "run": "r1",
+            "frame": frame(json!({"kind": "join"})), "scope": scope,
+            "bindings": {}, "frames": [frame(json!({"kind": "chain", "index": 0}))],
+        });
+        let definition = |w: Workflow| -> Value {
+            serde_json::from_slice(&w.definition()).unwrap_or(Value::Null)
+        };
+        vec![
+            step,
+            join,
+            json!({"count": 1}),
+            definition(Workflow::chain("calc", ["increment", "double"])),
+            definition(Workflow::parallel("fan", ["a", "b"]).merge("m")),
+            definition(
+                Workflow::route_by_pointer("pick", "/kind")
+                    .route("a", "x")
+                    .fallback("y"),
+            ),
+            definition(
+                Workflow::graph("g")
+                    .node("x", Vec::<String>::new())
+                    .node("y", ["x"]),
+            ),
+        ]
+    }
+
+    #[test]
+    fn fuzz_job_data_as_a_worker_reads_it() {
+        // Anyone who can write to Redis writes job data: what the worker reads from it
+        // before running anything must hold whatever is there.
+        fuzz("job data", json_near(seeds(), JOB_WORDS), |data| {
+            match read_job(&data) {
+                JobData::Step(step) => {
+                    let _ = (step.job_id(), step.info(1), joins_of(&step.frames));
+                    let _ = enclosing_join(&step.frames);
+                    let _ = step.scope.deadline_ms.map(instant_of);
+                    let _ = crate::state::prepare_input(
+                        step.state.clone(),
+                        step.scope.session.as_deref(),
+                    );
+                    let limits =
+                        Limits::DEFAULTS.lowered_by(&LimitOverrides::from(step.scope.limits));
+                    prop_assert!(limits.timeout_ms <= Limits::DEFAULTS.timeout_ms);
+                    let _ = Instant::now() + limits.timeout();
+                }
+                JobData::Refused(reason) => prop_assert!(!reason.is_empty()),
+                JobData::Foreign => prop_assert!(data.get("weir").is_none()),
+            }
+            if let Ok(join) = JoinJob::deserialize(&data) {
+                let _ = (
+                    joins_of(&join.frames),
+                    join.scope.deadline_ms.map(instant_of),
+                );
+            }
+            // A workflow's definition, as a worker fetches it from Redis.
+            // The digest is the one its bytes hash to, as a forger who writes both would set.
+            let bytes =
+                serde_json::to_vec(&data).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if let Ok(parsed) = serde_json::from_slice::<Workflow>(&bytes) {
+                let digest = hex::encode(sha2::Sha256::digest(parsed.definition()));
+                if let Ok(workflow) = Workflow::from_definition(&bytes, &digest) {
+                    prop_assert!(
+                        workflow.check_shape().is_ok(),
+                        "{:?}",
+                        workflow.check_shape()
+                    );
+                    let _ = (
+                        workflow.references(),
+                        workflow.kind(),
+                        workflow.is_fan_out(),
+                    );
+                }
+            }
+            Ok(())
+        });
     }
 }

@@ -41,6 +41,8 @@ mod access;
 mod api;
 mod error;
 mod events;
+#[cfg(test)]
+mod fuzz;
 mod jobs;
 mod metrics;
 mod open;

@@ -1,0 +1,319 @@
+//! The HTTP API's fuzz target: requests near the API's routes (any method, path, query,
+//! headers and body) sent to the router in process, in open mode and with tenants. Every
+//! answer must come within a few seconds, never be a `500`, and, when it is an error, be the
+//! API's JSON error document.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{HeaderName, HeaderValue, Method, Request};
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::{ROUTES, ServerConfig, ServerFile, router};
+use crate::fuzz::{fuzz, json_near, word};
+
+const OPERATOR_TOKEN: &str = "operator-token";
+const TENANT_TOKEN: &str = "acme-token";
+
+const WORDS: &[&str] = &[
+    "hello",
+    "increment",
+    "calc",
+    "default",
+    "acme",
+    "s",
+    "s1",
+    "a/b",
+    "..",
+    "%00",
+    "%2F",
+    "%ZZ",
+    "\u{0}",
+    "é",
+    "1",
+    "-1",
+    "18446744073709551616",
+    "true",
+    "null",
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "weir-hello",
+    "r1-0",
+    "",
+];
+
+const QUERY_KEYS: &[&str] = &[
+    "session",
+    "timeout_ms",
+    "tenant",
+    "queue",
+    "limit",
+    "wait_ms",
+    "status",
+    "processor",
+    "since_ms",
+    "until_ms",
+    "before",
+    "unknown",
+];
+
+const BODY_WORDS: &[&str] = &[
+    "processor",
+    "state",
+    "input",
+    "session",
+    "priority",
+    "delayMs",
+    "timeoutMs",
+    "items",
+    "metadata",
+    "version",
+    "count",
+    "hello",
+    "calc",
+    "limits",
+    "fuel",
+    "memoryBytes",
+];
+
+const HEADERS: &[&str] = &[
+    "content-type",
+    "authorization",
+    "origin",
+    "host",
+    "accept",
+    "idempotency-key",
+    "last-event-id",
+    "x-forwarded-for",
+];
+
+const HEADER_VALUES: &[&str] = &[
+    "application/json",
+    "application/json; charset=utf-8",
+    "text/plain",
+    "multipart/form-data",
+    "Bearer operator-token",
+    "Bearer acme-token",
+    "Bearer wrong",
+    "Bearer ",
+    "Basic YTpi",
+    "http://evil.example",
+    "null",
+    "http://127.0.0.1:8080",
+    "localhost",
+    "127.0.0.1:8080",
+    "evil.example",
+    "[::1]:80",
+    "*/*",
+    "text/event-stream",
+];
+
+/// A request as generated.
+#[derive(Debug, Clone)]
+struct Fuzzed {
+    /// Sent to the open-mode router (no tenants) rather than the configured one.
+    open: bool,
+    method: String,
+    path: String,
+    query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// `text` with every byte outside unreserved characters percent-encoded.
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn path() -> impl Strategy<Value = String> {
+    let templates: Vec<&'static str> = ROUTES.iter().map(|(_, path)| *path).collect();
+    prop_oneof![
+        4 => (prop::sample::select(templates), word(WORDS), word(WORDS), any::<bool>()).prop_map(
+            |(template, a, b, raw)| {
+                // A parameter percent-encoded as a client should, or raw (`%`, `/`, `..`).
+                let fill = |w: &str| if raw { w.replace(['?', '#', ' '], "") } else { encode(w) };
+                let mut values = [fill(&a), fill(&b)].into_iter().cycle();
+                template
+                    .split('/')
+                    .map(|segment| match segment.starts_with('{') {
+                        true => values.next().unwrap_or_default(),
+                        false => segment.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            }
+        ),
+        1 => prop::collection::vec(word(WORDS), 0..5)
+            .prop_map(|segments| format!("/{}", segments.iter().map(|s| encode(s)).collect::<Vec<_>>().join("/"))),
+    ]
+}
+
+fn request() -> impl Strategy<Value = Fuzzed> {
+    let seeds = vec![
+        json!({"count": 1}),
+        json!({"processor": "hello", "state": {"count": 1}, "session": "s", "priority": 1}),
+        json!({"items": [{"count": 1}, {"count": 2}]}),
+        json!({"count": 1, "metadata": {"version": 2, "sessionId": "s"}}),
+    ];
+    let body = prop_oneof![
+        3 => json_near(seeds, BODY_WORDS).prop_map(|v| v.to_string().into_bytes()),
+        1 => prop::collection::vec(any::<u8>(), 0..256),
+        1 => Just(Vec::new()),
+    ];
+    let method = prop::sample::select(vec![
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
+    ]);
+    (
+        any::<bool>(),
+        method,
+        path(),
+        prop::collection::vec((prop::sample::select(QUERY_KEYS), word(WORDS)), 0..4),
+        prop::collection::vec(
+            (
+                prop::sample::select(HEADERS),
+                prop_oneof![3 => prop::sample::select(HEADER_VALUES).prop_map(str::to_string), 1 => word(WORDS)],
+            ),
+            0..5,
+        ),
+        body,
+    )
+        .prop_map(|(open, method, path, query, headers, body)| Fuzzed {
+            open,
+            method: method.to_string(),
+            path,
+            query: query.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            headers: headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            body,
+        })
+}
+
+#[test]
+fn fuzz_http_requests() {
+    let tokio = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(tokio) => tokio,
+        Err(e) => panic!("cannot start tokio: {e}"),
+    };
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let config_text = format!(
+        "[server]\noperator_token_sha256 = [\"{}\"]\n[tenants.acme]\ntoken_sha256 = [\"{}\"]\n\
+         concurrent = 2\nexecutions_per_minute = 1000000\n",
+        hex::encode(super::access::digest(OPERATOR_TOKEN)),
+        hex::encode(super::access::digest(TENANT_TOKEN)),
+    );
+    let file = ServerFile::parse(&config_text, &[]).expect("the configuration parses");
+    let shutdown = CancellationToken::new();
+    let (open, configured) = tokio.block_on(async {
+        let runtime = crate::Runtime::builder()
+            .plugins_dir(folder.path())
+            .build()
+            .await
+            .expect("a runtime over an empty folder");
+        runtime.start();
+        let open = router(runtime.clone(), ServerConfig::default(), shutdown.clone());
+        let configured = router(
+            runtime,
+            ServerConfig {
+                access: file.access,
+                ..ServerConfig::default()
+            },
+            shutdown.clone(),
+        );
+        (open, configured)
+    });
+    fuzz("HTTP requests", request(), |fuzzed| {
+        let mut uri = fuzzed.path.clone();
+        let head = fuzzed.method == "HEAD";
+        if !fuzzed.query.is_empty() {
+            let pairs: Vec<String> = fuzzed
+                .query
+                .iter()
+                .map(|(k, v)| format!("{k}={}", encode(v)))
+                .collect();
+            uri = format!("{uri}?{}", pairs.join("&"));
+        }
+        let Ok(method) = Method::from_bytes(fuzzed.method.as_bytes()) else {
+            return Ok(());
+        };
+        let mut builder = Request::builder().method(method).uri(&uri);
+        for (name, value) in &fuzzed.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                builder = builder.header(name, value);
+            }
+        }
+        // A request hyper would not have parsed (an invalid URI) never reaches the router.
+        let Ok(request) = builder.body(Body::from(fuzzed.body.clone())) else {
+            return Ok(());
+        };
+        let app = if fuzzed.open {
+            open.clone()
+        } else {
+            configured.clone()
+        };
+        let outcome = tokio.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let response = app.oneshot(request).await.map_err(|e| e.to_string())?;
+                let status = response.status();
+                let streaming = response
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+                if streaming {
+                    return Ok((status, None));
+                }
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                Ok::<_, String>((status, Some(body)))
+            })
+            .await
+        });
+        let (status, body) = match outcome {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(TestCaseError::fail(format!("no answer: {e}"))),
+            Err(_) => return Err(TestCaseError::fail("no answer within 10 s")),
+        };
+        let uri = format!("{} {uri}", fuzzed.method);
+        prop_assert!(status.as_u16() != 500, "500 for {uri}: {body:?}");
+        // An answer to HEAD has no body.
+        if !head && (status.is_client_error() || status.is_server_error()) {
+            let body = body.unwrap_or_default();
+            let document: Value = serde_json::from_slice(&body).map_err(|e| {
+                TestCaseError::fail(format!(
+                    "{status} for {uri} is not a JSON document ({e}): {:?}",
+                    String::from_utf8_lossy(&body)
+                ))
+            })?;
+            prop_assert!(
+                document["error"]["code"].is_string() && document["error"]["message"].is_string(),
+                "{status} for {uri}: {document}"
+            );
+        }
+        Ok(())
+    });
+    shutdown.cancel();
+}
