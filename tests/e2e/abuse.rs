@@ -858,3 +858,90 @@ async fn a_file_grant_over_the_plugins_folder_is_refused() {
         assert!(reason.contains("plugins folder"), "{reason}");
     }
 }
+
+/// H2: a tenant at its `concurrent` quota is refused before its body is read: a tenant's
+/// large bodies are read and parsed no faster than it may run executions.
+#[tokio::test]
+async fn a_tenant_at_its_concurrency_quota_is_refused_before_its_body_is_read() {
+    use sha2::Digest;
+    let folder = PluginFolder::with(&["hello", "sleep"]);
+    folder.write("sleep.toml", b"[limits]\ntimeout_ms = 20000\n");
+    let token_digest = hex::encode(sha2::Sha256::digest(b"acme-secret"));
+    folder.write(
+        "weir.toml",
+        format!("[tenants.acme]\ntoken_sha256 = [\"{token_digest}\"]\nconcurrent = 1\n").as_bytes(),
+    );
+    let config = folder.path().join("weir.toml");
+    let (_server, url) =
+        weir_tests::WeirProcess::serve(folder.path(), &["--config", config.to_str().unwrap()]);
+    // The tenant's one place, held by a job that sleeps.
+    let held = reqwest::Client::new()
+        .post(format!("{url}/v1/jobs"))
+        .bearer_auth("acme-secret")
+        .header("content-type", "application/json")
+        .body(json!({"processor": "sleep", "input": {"ms": 15000}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 202);
+    // Headers announcing 3 MB, and only the body's first bytes.
+    let head = tokio::task::spawn_blocking(move || partial_body_answer(&url))
+        .await
+        .unwrap();
+    assert_eq!(&head[9..12], b"429", "{}", String::from_utf8_lossy(&head));
+}
+
+/// The first bytes of the answer to a run whose body announces 3 MB and sends a few.
+fn partial_body_answer(url: &str) -> [u8; 12] {
+    use std::io::{Read, Write};
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /v1/run/hello HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer acme-secret\r\n\
+         Content-Type: application/json\r\nContent-Length: 3000000\r\n\r\n{{\"user\":\""
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    head
+}
+
+/// H2: the bytes of a tenant's request bodies are charged to its `bytes_per_minute`.
+#[tokio::test]
+async fn request_bodies_are_charged_to_the_tenants_bytes_per_minute() {
+    use sha2::Digest;
+    let folder = PluginFolder::with(&["hello"]);
+    let token_digest = hex::encode(sha2::Sha256::digest(b"acme-secret"));
+    folder.write(
+        "weir.toml",
+        format!(
+            "[tenants.acme]\ntoken_sha256 = [\"{token_digest}\"]\nbytes_per_minute = 1000000\n"
+        )
+        .as_bytes(),
+    );
+    let config = folder.path().join("weir.toml");
+    let (_server, url) =
+        weir_tests::WeirProcess::serve(folder.path(), &["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let body = json!({"user": "a", "padding": "x".repeat(700_000)}).to_string();
+    let send = || {
+        client
+            .post(format!("{url}/v1/run/hello"))
+            .bearer_auth("acme-secret")
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    // 1 MB a minute: the first body fits, the second overdraws, the third waits.
+    assert_eq!(send().await.unwrap().status(), 200);
+    assert_eq!(send().await.unwrap().status(), 200);
+    let refused = send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let answer: Value = refused.json().await.unwrap();
+    assert_eq!(answer["error"]["quota"], "bytes_per_minute", "{answer}");
+}

@@ -104,6 +104,7 @@ struct RawTenant {
     concurrent: Option<u32>,
     executions_per_minute: Option<u32>,
     fuel_per_minute: Option<u64>,
+    bytes_per_minute: Option<u64>,
     memory_bytes: Option<u64>,
     timeout_ms: Option<u64>,
 }
@@ -250,6 +251,7 @@ impl ServerFile {
                 concurrent: tenant.concurrent,
                 executions_per_minute: tenant.executions_per_minute,
                 fuel_per_minute: tenant.fuel_per_minute,
+                bytes_per_minute: tenant.bytes_per_minute,
                 memory_bytes: tenant.memory_bytes,
                 timeout_ms: tenant.timeout_ms,
             };

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, Uri, header};
@@ -109,7 +109,7 @@ pub(super) async fn run(
     caller: Caller,
     Path(name): Path<String>,
     query: Result<Query<RunQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     // Who may run what comes first: the operator, or a tenant naming what it may not run,
     // learns nothing from how its body would have been judged.
@@ -118,13 +118,13 @@ pub(super) async fn run(
         return Err(not_found_for(&app, &caller, &name));
     }
     let Query(query) = query.map_err(ApiError::bad_query)?;
-    let input = parse_body(&app, body)?;
+    let (input, admitted) = admit_then_read(&app, &caller, body).await?;
     let options = Options {
         session: query.session,
         timeout_ms: query.timeout_ms,
         code: "invalid-query",
     };
-    let (request, admitted) = prepare(&app, &caller, name, input, options).await?;
+    let request = prepare(&app, &caller, name, input, options)?;
     // If the client goes away, the guard cancels the execution; its task still settles the
     // tenant's account once it has stopped.
     let cancel = request.cancel.clone();
@@ -147,16 +147,54 @@ pub(super) struct Options {
     pub code: &'static str,
 }
 
-/// Checks that `caller` may run `name` on `input`, applies its tenant's ceilings (lowered
-/// further by `timeout_ms`) and takes a place in its quotas: the request to execute, and
-/// the place to give back when it has ended.
-pub(super) async fn prepare(
+/// Takes `caller`'s place in its tenant's quotas, then reads the request body under it and
+/// charges its bytes to `bytes_per_minute`: a tenant's bodies are read and parsed no faster
+/// than its quotas let it run executions, and a request refused is not read at all. The
+/// place is given back when the request has ended (or is dropped with it).
+pub(super) async fn admit_then_read(
+    app: &AppState,
+    caller: &Caller,
+    body: Body,
+) -> Result<(Value, Option<Admitted>), ApiError> {
+    let (_, account) = caller.tenant()?;
+    let mut admitted = match account {
+        Some(account) => Some(admit(app, account).await?),
+        None => None,
+    };
+    let limit = app.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|e| unread_body(&e, limit))?;
+    if let Some(admitted) = &mut admitted {
+        admitted.charge_bytes(bytes.len() as u64);
+    }
+    Ok((json_body(&bytes)?, admitted))
+}
+
+/// Why a body could not be read: 413 past `limit`, 408 past its deadline, else 400.
+fn unread_body(error: &axum::Error, limit: usize) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return ApiError::too_large(limit);
+        }
+        cause = error.source();
+    }
+    match body_deadline(error) {
+        Some(deadline) => ApiError::body_timeout(deadline),
+        None => ApiError::bad_request("invalid-body", format!("cannot read the body: {error}")),
+    }
+}
+
+/// Checks that `caller` may run `name` on `input` and applies its tenant's ceilings
+/// (lowered further by `timeout_ms`): the request to execute.
+pub(super) fn prepare(
     app: &AppState,
     caller: &Caller,
     name: String,
     input: Value,
     options: Options,
-) -> Result<(ExecutionRequest, Option<Admitted>), ApiError> {
+) -> Result<ExecutionRequest, ApiError> {
     let Options {
         session,
         timeout_ms,
@@ -191,11 +229,7 @@ pub(super) async fn prepare(
     if let Some(ms) = timeout_ms {
         limits.timeout_ms = Some(limits.timeout_ms.map_or(ms, |ceiling| ceiling.min(ms)));
     }
-    let admitted = match account {
-        Some(account) => Some(admit(app, account).await?),
-        None => None,
-    };
-    Ok((request.limits(limits), admitted))
+    Ok(request.limits(limits))
 }
 
 /// A place in `tenant`'s quotas, or the `429` (or `503`) that says why not.
@@ -323,16 +357,12 @@ fn body_deadline(error: &(dyn std::error::Error + 'static)) -> Option<std::time:
     None
 }
 
-/// The request body as JSON: empty is `{}`; over the limit is 413.
-pub(super) fn parse_body(
-    app: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Value, ApiError> {
-    let bytes = body_bytes(body, app.config.max_body_bytes)?;
+/// A body's bytes as JSON: empty is `{}`.
+fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid-input",
             format!("the request body is not valid JSON: {e}"),

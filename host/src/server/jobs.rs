@@ -15,8 +15,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::access::Caller;
-use super::api::{Options, parse_body, prepare, spawn_execution};
+use super::api::{Options, admit_then_read, prepare, spawn_execution};
 use super::error::ApiError;
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::clock::now_ms;
@@ -331,9 +331,9 @@ fn empty_object() -> Value {
 pub(super) async fn submit(
     State(app): State<AppState>,
     caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let body = parse_body(&app, body)?;
+    let (body, admitted) = admit_then_read(&app, &caller, body).await?;
     let submission: Submission = serde_json::from_value(body).map_err(|e| {
         ApiError::bad_request(
             "invalid-input",
@@ -358,14 +358,13 @@ pub(super) async fn submit(
         timeout_ms: submission.timeout_ms,
         code: "invalid-input",
     };
-    let (request, admitted) = prepare(
+    let request = prepare(
         &app,
         &caller,
         submission.processor,
         submission.input,
         options,
-    )
-    .await?;
+    )?;
     let id = crate::clock::new_execution_id();
     let job = Arc::new(Job::running(
         id.clone(),

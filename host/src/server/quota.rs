@@ -1,6 +1,6 @@
-//! A tenant's quotas on the HTTP API: executions at once, executions and fuel per minute
-//! (token buckets that refill continuously), and ceilings on every execution's memory and
-//! timeout. Over a quota, a request is refused before anything runs, with the time after
+//! A tenant's quotas on the HTTP API: executions at once, executions, fuel and request
+//! bytes per minute (token buckets that refill continuously), and ceilings on every
+//! execution's memory and timeout. Over a quota, a request is refused before anything runs, with the time after
 //! which it may succeed.
 //!
 //! Usage is counted by a [`Ledger`]: in the server's memory, or in Redis when the server
@@ -29,6 +29,9 @@ pub struct Quotas {
     pub executions_per_minute: Option<u32>,
     /// Fuel (WebAssembly instructions, roughly) burnt per minute.
     pub fuel_per_minute: Option<u64>,
+    /// Bytes of request bodies read per minute: the host's own work on what a tenant sends
+    /// (reading, parsing and keeping it), which fuel does not meter.
+    pub bytes_per_minute: Option<u64>,
     /// The most memory any one execution gets.
     pub memory_bytes: Option<u64>,
     /// The longest any one execution may run, in milliseconds.
@@ -41,6 +44,7 @@ impl Quotas {
         self.concurrent.is_some()
             || self.executions_per_minute.is_some()
             || self.fuel_per_minute.is_some()
+            || self.bytes_per_minute.is_some()
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
@@ -51,6 +55,7 @@ impl Quotas {
                 self.executions_per_minute.map(u64::from),
             ),
             ("fuel_per_minute", self.fuel_per_minute),
+            ("bytes_per_minute", self.bytes_per_minute),
             ("memory_bytes", self.memory_bytes),
             ("timeout_ms", self.timeout_ms),
         ]
@@ -90,6 +95,9 @@ struct Usage {
     executions: f64,
     /// Fuel that may still be burnt (refills likewise; negative after an expensive run).
     fuel: f64,
+    /// Request bytes that may still be read (refills likewise; negative after a large
+    /// body).
+    bytes: f64,
     refilled: Instant,
 }
 
@@ -100,6 +108,7 @@ impl TenantQuota {
                 running: 0,
                 executions: quotas.executions_per_minute.map_or(0.0, f64::from),
                 fuel: quotas.fuel_per_minute.map_or(0.0, |f| f as f64),
+                bytes: quotas.bytes_per_minute.map_or(0.0, |b| b as f64),
                 refilled: Instant::now(),
             }),
             quotas,
@@ -159,6 +168,16 @@ impl TenantQuota {
                 retry_after: wait_for(-usage.fuel + 1.0, per_second),
             });
         }
+        if let Some(limit) = self.quotas.bytes_per_minute
+            && usage.bytes <= 0.0
+        {
+            let per_second = limit as f64 / 60.0;
+            return Err(OverQuota {
+                quota: "bytes_per_minute",
+                limit,
+                retry_after: wait_for(-usage.bytes + 1.0, per_second),
+            });
+        }
         usage.running += 1;
         if self.quotas.executions_per_minute.is_some() {
             usage.executions -= 1.0;
@@ -187,13 +206,16 @@ impl TenantQuota {
         Ok(())
     }
 
-    /// Gives back the place an admitted execution held, and charges the fuel it burnt.
-    pub(crate) fn release(&self, fuel: u64, now: Instant) {
+    /// Gives back the place an admitted execution held, and charges what it used.
+    pub(crate) fn release(&self, used: Used, now: Instant) {
         let mut usage = self.lock();
         self.refill(&mut usage, now);
         usage.running = usage.running.saturating_sub(1);
         if self.quotas.fuel_per_minute.is_some() {
-            usage.fuel -= fuel as f64;
+            usage.fuel -= used.fuel as f64;
+        }
+        if self.quotas.bytes_per_minute.is_some() {
+            usage.bytes -= used.bytes as f64;
         }
     }
 
@@ -208,7 +230,20 @@ impl TenantQuota {
             let limit = limit as f64;
             usage.fuel = (usage.fuel + seconds * limit / 60.0).min(limit);
         }
+        if let Some(limit) = self.quotas.bytes_per_minute {
+            let limit = limit as f64;
+            usage.bytes = (usage.bytes + seconds * limit / 60.0).min(limit);
+        }
     }
+}
+
+/// What an admitted request used, charged when its place is given back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Used {
+    /// Fuel its execution burnt.
+    pub fuel: u64,
+    /// Bytes of its request body.
+    pub bytes: u64,
 }
 
 /// Why a request was not admitted.
@@ -281,7 +316,7 @@ impl Ledger {
         };
         Ok(Admitted {
             tenant: tenant.clone(),
-            fuel: 0,
+            used: Used::default(),
             lease,
             settled: false,
         })
@@ -292,7 +327,7 @@ impl Ledger {
 /// [`Admitted::settle`], or when dropped.
 pub(crate) struct Admitted {
     tenant: Arc<Tenant>,
-    fuel: u64,
+    used: Used,
     /// The place in Redis; none when this server's own account holds it.
     lease: Option<Lease>,
     settled: bool,
@@ -301,15 +336,20 @@ pub(crate) struct Admitted {
 impl Admitted {
     /// Records the fuel the execution burnt, charged when the place is given back.
     pub(crate) fn charge(&mut self, fuel: u64) {
-        self.fuel = fuel;
+        self.used.fuel = fuel;
+    }
+
+    /// Records the bytes of the request's body, charged when the place is given back.
+    pub(crate) fn charge_bytes(&mut self, bytes: u64) {
+        self.used.bytes = self.used.bytes.saturating_add(bytes);
     }
 
     /// Gives the place back now, and waits until the ledger has it.
     pub(crate) async fn settle(mut self) {
         self.settled = true;
         match self.lease.take() {
-            None => self.tenant.quota.release(self.fuel, Instant::now()),
-            Some(lease) => lease.release(self.fuel).await,
+            None => self.tenant.quota.release(self.used, Instant::now()),
+            Some(lease) => lease.release(self.used).await,
         }
     }
 }
@@ -321,8 +361,8 @@ impl Drop for Admitted {
         }
         // Not settled in place (a refused job, a panic).
         match self.lease.take() {
-            None => self.tenant.quota.release(self.fuel, Instant::now()),
-            Some(lease) => lease.release_later(self.fuel),
+            None => self.tenant.quota.release(self.used, Instant::now()),
+            Some(lease) => lease.release_later(self.used),
         }
     }
 }
@@ -335,16 +375,16 @@ struct Lease {
 }
 
 impl Lease {
-    /// Gives the place back, charging `fuel`.
-    async fn release(self, fuel: u64) {
-        self.ledger.release(&self.tenant, &self.id, fuel).await;
+    /// Gives the place back, charging what was `used`.
+    async fn release(self, used: Used) {
+        self.ledger.release(&self.tenant, &self.id, used).await;
     }
 
     /// Gives the place back in the background (from a `Drop`). Without a runtime the lease
     /// simply lapses within [`LEASE_TTL`].
-    fn release_later(self, fuel: u64) {
+    fn release_later(self, used: Used) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(self.release(fuel));
+            runtime.spawn(self.release(used));
         }
     }
 }
@@ -356,7 +396,7 @@ struct Asking(Option<Lease>);
 impl Drop for Asking {
     fn drop(&mut self) {
         if let Some(lease) = self.0.take() {
-            lease.release_later(0);
+            lease.release_later(Used::default());
         }
     }
 }
@@ -366,35 +406,39 @@ pub(crate) const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often a server renews the leases it holds.
 const LEASE_RENEWAL: Duration = Duration::from_secs(10);
 
-/// Refills a tenant's buckets (hash `KEYS[1]`: `executions`, `fuel`, `refilled` in ms)
-/// to Redis's clock `now`, for limits `epm` and `fpm` (negative: unlimited), and drops the
-/// lapsed leases of its running set (`KEYS[2]`, scored by expiry).
+/// Refills a tenant's buckets (hash `KEYS[1]`: `executions`, `fuel`, `bytes`, `refilled`
+/// in ms) to Redis's clock `now`, for limits `epm`, `fpm` and `bpm` (negative: unlimited),
+/// and drops the lapsed leases of its running set (`KEYS[2]`, scored by expiry).
 const REFILL_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local bucket = redis.call('HMGET', KEYS[1], 'executions', 'fuel', 'refilled')
+local bucket = redis.call('HMGET', KEYS[1], 'executions', 'fuel', 'refilled', 'bytes')
 local executions = tonumber(bucket[1]) or epm
 local fuel = tonumber(bucket[2]) or fpm
+local bytes = tonumber(bucket[4]) or bpm
 local seconds = math.max(0, now - (tonumber(bucket[3]) or now)) / 1000
 if epm >= 0 then executions = math.min(epm, executions + seconds * epm / 60) end
 if fpm >= 0 then fuel = math.min(fpm, fuel + seconds * fpm / 60) end
+if bpm >= 0 then bytes = math.min(bpm, bytes + seconds * bpm / 60) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 ";
 
 /// Stores the buckets back; they lapse after an hour unused (full again by then, unless an
 /// hour's fuel or more was overdrawn).
 const STORE_LUA: &str = r"
-redis.call('HSET', KEYS[1], 'executions', executions, 'fuel', fuel, 'refilled', now)
+redis.call('HSET', KEYS[1], 'executions', executions, 'fuel', fuel, 'bytes', bytes, 'refilled', now)
 redis.call('PEXPIRE', KEYS[1], 3600000)
 ";
 
 /// ARGV: concurrent, executions per minute, fuel per minute (each negative for none), the
-/// lease id and its lifetime in ms. Returns {0} when admitted, else {quota, retry ms}: 1
-/// concurrent, 2 executions per minute, 3 fuel per minute.
+/// lease id, its lifetime in ms, and bytes per minute (negative for none). Returns {0}
+/// when admitted, else {quota, retry ms}: 1 concurrent, 2 executions per minute, 3 fuel
+/// per minute, 4 bytes per minute.
 fn admit_script() -> redis::Script {
     redis::Script::new(&format!(
         r"
 local concurrent, epm, fpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local bpm = tonumber(ARGV[6])
 {REFILL_LUA}
 if concurrent >= 0 and redis.call('ZCARD', KEYS[2]) >= concurrent then return {{1, 1000}} end
 if epm >= 0 and executions < 1 then
@@ -402,6 +446,9 @@ if epm >= 0 and executions < 1 then
 end
 if fpm >= 0 and fuel <= 0 then
   return {{3, math.min(3600000, math.ceil((1 - fuel) * 60000 / fpm))}}
+end
+if bpm >= 0 and bytes <= 0 then
+  return {{4, math.min(3600000, math.ceil((1 - bytes) * 60000 / bpm))}}
 end
 if epm >= 0 then executions = executions - 1 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
@@ -412,14 +459,16 @@ return {{0}}
     ))
 }
 
-/// ARGV: the lease id, the fuel burnt, executions and fuel per minute (negative for none).
+/// ARGV: the lease id, the fuel burnt, executions and fuel per minute (negative for none),
+/// the request bytes read, and bytes per minute (negative for none).
 fn release_script() -> redis::Script {
     redis::Script::new(&format!(
         r"
-local epm, fpm = tonumber(ARGV[3]), tonumber(ARGV[4])
+local epm, fpm, bpm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
 {REFILL_LUA}
 redis.call('ZREM', KEYS[2], ARGV[1])
 if fpm >= 0 then fuel = fuel - tonumber(ARGV[2]) end
+if bpm >= 0 then bytes = bytes - tonumber(ARGV[5]) end
 {STORE_LUA}
 return 0
 "
@@ -489,6 +538,7 @@ impl RedisLedger {
             .arg(limit_arg(quotas.fuel_per_minute))
             .arg(&id)
             .arg(LEASE_TTL.as_millis() as u64)
+            .arg(limit_arg(quotas.bytes_per_minute))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| {
@@ -511,6 +561,7 @@ impl RedisLedger {
                 quotas.executions_per_minute.map(u64::from),
             ),
             [3, _] => ("fuel_per_minute", quotas.fuel_per_minute),
+            [4, _] => ("bytes_per_minute", quotas.bytes_per_minute),
             // An answer not understood: `asking` takes out whatever the script added.
             other => {
                 return Err(Refused::Unavailable(format!(
@@ -528,7 +579,7 @@ impl RedisLedger {
         }))
     }
 
-    async fn release(&self, tenant: &Tenant, lease: &str, fuel: u64) {
+    async fn release(&self, tenant: &Tenant, lease: &str, used: Used) {
         self.live().remove(lease);
         let quotas = tenant.quota.quotas();
         let (bucket, running) = self.keys(tenant.name());
@@ -537,9 +588,11 @@ impl RedisLedger {
             .key(&bucket)
             .key(&running)
             .arg(lease)
-            .arg(fuel)
+            .arg(used.fuel)
             .arg(limit_arg(quotas.executions_per_minute.map(u64::from)))
             .arg(limit_arg(quotas.fuel_per_minute))
+            .arg(used.bytes)
+            .arg(limit_arg(quotas.bytes_per_minute))
             .invoke_async(&mut conn)
             .await;
         if let Err(error) = outcome {
@@ -670,7 +723,7 @@ mod tests {
         assert!(quota.admit(now, true).is_ok());
         let over = quota.admit(now, true).unwrap_err();
         assert_eq!((over.quota, over.limit), ("concurrent", 2));
-        quota.release(0, now);
+        quota.release(Used::default(), now);
         assert!(quota.admit(now, true).is_ok());
     }
 
@@ -685,7 +738,7 @@ mod tests {
         assert!(quota.admit(now, true).is_ok());
         // At its `concurrent` quota, a rate-only charge still goes through...
         assert!(quota.admit(now, false).is_ok());
-        quota.release(0, now);
+        quota.release(Used::default(), now);
         // ... and it spent the rate: nothing is left this minute.
         let over = quota.admit(now, false).unwrap_err();
         assert_eq!(over.quota, "executions_per_minute");
@@ -700,7 +753,7 @@ mod tests {
         let start = Instant::now();
         for _ in 0..60 {
             quota.admit(start, true).unwrap();
-            quota.release(0, start);
+            quota.release(Used::default(), start);
         }
         let over = quota.admit(start, true).unwrap_err();
         assert_eq!(over.quota, "executions_per_minute");
@@ -722,12 +775,49 @@ mod tests {
         let start = Instant::now();
         quota.admit(start, true).unwrap();
         // One expensive run overdraws the minute's fuel...
-        quota.release(9_000, start);
+        quota.release(
+            Used {
+                fuel: 9_000,
+                bytes: 0,
+            },
+            start,
+        );
         let over = quota.admit(start, true).unwrap_err();
         assert_eq!(over.quota, "fuel_per_minute");
         // ...and 3,001 fuel at 100 per second take 31 s to come back.
         assert_eq!(over.retry_after, Duration::from_secs(31));
         assert!(quota.admit(start + Duration::from_secs(31), true).is_ok());
+    }
+
+    #[test]
+    fn request_bytes_are_charged_after_the_fact_and_block_until_they_refill() {
+        let quota = TenantQuota::new(Quotas {
+            bytes_per_minute: Some(60_000),
+            ..Quotas::default()
+        });
+        let start = Instant::now();
+        quota.admit(start, true).unwrap();
+        quota.release(
+            Used {
+                fuel: 0,
+                bytes: 50_000,
+            },
+            start,
+        );
+        // Some of the minute's bytes are left: the next body is read, and overdraws.
+        quota.admit(start, true).unwrap();
+        quota.release(
+            Used {
+                fuel: 0,
+                bytes: 50_000,
+            },
+            start,
+        );
+        let over = quota.admit(start, true).unwrap_err();
+        assert_eq!(over.quota, "bytes_per_minute");
+        // 40,001 bytes at 1,000 per second take 41 s to come back.
+        assert_eq!(over.retry_after, Duration::from_secs(41));
+        assert!(quota.admit(start + Duration::from_secs(41), true).is_ok());
     }
 
     #[test]
