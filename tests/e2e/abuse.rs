@@ -945,3 +945,55 @@ async fn request_bodies_are_charged_to_the_tenants_bytes_per_minute() {
     let answer: Value = refused.json().await.unwrap();
     assert_eq!(answer["error"]["quota"], "bytes_per_minute", "{answer}");
 }
+
+/// A stream entry as `XRANGE` returns it: its id and its fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// C1 on the distributed runtime: the event stream in Redis holds entries of bounded size
+/// (events are split to fit), and a run whose result is too large to announce inline still
+/// reaches its waiter, from the run's record.
+#[tokio::test]
+async fn the_event_streams_entries_in_redis_are_bounded_in_bytes() {
+    let redis = weir_tests::RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["abuse", "hello"]);
+    let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
+    let submitter = weir::Runtime::redis(&url)
+        .plugins_dir(folder.path())
+        .engine_config(weir_tests::engine_config())
+        .build()
+        .await
+        .unwrap();
+    submitter.start();
+    // 100 events of 60 KB, shared with other processes through the stream.
+    let input = json!({"emit": {"count": 100, "bytes": 60_000}});
+    let result = submitter.run("abuse", input).await.unwrap();
+    assert_eq!(result.state["emitted"], 100, "{}", result.state);
+    let padding = "p".repeat(200_000);
+    let result = submitter
+        .run("hello", json!({"user": "big", "padding": padding}))
+        .await
+        .unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(
+        result.state["padding"].as_str().map(str::len),
+        Some(200_000)
+    );
+    // Every entry of the stream: at most 64 KiB, or one event of 60 KB and its fields.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+        .arg("weir:_:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!entries.is_empty());
+    let largest = entries
+        .iter()
+        .map(|(_, fields)| fields.iter().map(|(_, v)| v.len()).sum::<usize>())
+        .max()
+        .unwrap_or(0);
+    assert!(largest <= 64 << 10, "an entry of {largest} bytes");
+}

@@ -37,9 +37,6 @@ const JOB_ATTEMPTS: u32 = 101;
 /// The name of weir's backoff strategy: the worker computes each wait from the policy.
 const BACKOFF: &str = "weir";
 
-/// How many entries the event stream keeps (approximately).
-const EVENTS_KEPT: usize = 10_000;
-
 /// A run as any process can read it from Redis.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunStatus {
@@ -208,23 +205,28 @@ impl Distributed {
         &self,
         events: &[std::sync::Arc<Event>],
     ) -> Result<(), Error> {
-        // One stream entry for the whole batch: fewer entries for Redis to keep and for
-        // every process to read.
-        let batch: Vec<&Event> = events.iter().map(AsRef::as_ref).collect();
-        let text = serde_json::to_string(&batch).map_err(|e| self.redis_error(e))?;
+        // As few stream entries as fit in the entry bound: fewer for Redis to keep and for
+        // every process to read, none larger than the bound allows.
+        let entries = event_entries(events, self.config.stream_entry_bytes)
+            .map_err(|e| self.redis_error(e))?;
+        let mut pipe = redis::pipe();
+        for text in entries {
+            pipe.cmd("XADD")
+                .arg(self.keys.events())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.config.events_kept)
+                .arg("*")
+                .arg("type")
+                .arg("events")
+                .arg("origin")
+                .arg(&self.origin)
+                .arg("events")
+                .arg(text)
+                .ignore();
+        }
         let mut conn = self.conn();
-        let _: () = redis::cmd("XADD")
-            .arg(self.keys.events())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(EVENTS_KEPT)
-            .arg("*")
-            .arg("type")
-            .arg("events")
-            .arg("origin")
-            .arg(&self.origin)
-            .arg("events")
-            .arg(text)
+        let _: () = pipe
             .query_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
@@ -403,9 +405,10 @@ impl Distributed {
             .arg(document)
             .arg(status)
             .arg(self.retention_secs())
-            .arg(EVENTS_KEPT)
+            .arg(self.config.events_kept)
             .arg(run)
             .arg(now_ms())
+            .arg(self.config.stream_entry_bytes)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
@@ -1013,14 +1016,20 @@ async fn read_events(reader: Reader, mut last: String) {
                     if kind.as_deref() != Some("run") {
                         continue;
                     }
-                    // Parsed only for a run someone here waits for.
+                    // Parsed only for a run someone here waits for. A large result is not
+                    // in the announcement: it is read from the run's record.
                     let run: Option<String> = entry.get("run");
                     if let Some(run) = run
                         && waiters.awaits(&run)
-                        && let Some(result) = entry.get::<String>("result")
-                        && let Some(result) = parse_document(&result)
                     {
-                        waiters.deliver(&run, result);
+                        match entry.get::<String>("result") {
+                            Some(text) => {
+                                if let Some(result) = parse_document(&text) {
+                                    waiters.deliver(&run, result);
+                                }
+                            }
+                            None => deliver_recorded(&mut records, &keys, &waiters, &run).await,
+                        }
                     }
                 }
             }
@@ -1032,12 +1041,48 @@ async fn read_events(reader: Reader, mut last: String) {
 async fn catch_up(records: &mut ConnectionManager, keys: &Keys, waiters: &Waiters) {
     waiters.prune();
     for run in waiters.runs() {
-        let fields: redis::RedisResult<HashMap<String, String>> =
-            records.hgetall(keys.run(&run)).await;
-        if let Some(result) = fields.ok().and_then(|f| run_status(&run, f)?.result) {
-            waiters.deliver(&run, result);
-        }
+        deliver_recorded(records, keys, waiters, &run).await;
     }
+}
+
+/// Hands `run`'s recorded outcome, if there is one, to its waiters.
+async fn deliver_recorded(
+    records: &mut ConnectionManager,
+    keys: &Keys,
+    waiters: &Waiters,
+    run: &str,
+) {
+    let fields: redis::RedisResult<HashMap<String, String>> = records.hgetall(keys.run(run)).await;
+    if let Some(result) = fields.ok().and_then(|f| run_status(run, f)?.result) {
+        waiters.deliver(run, result);
+    }
+}
+
+/// `events` as the JSON arrays of the event stream's entries: as few as keep each under
+/// `max_bytes` (an event larger than that alone in its entry).
+fn event_entries(
+    events: &[std::sync::Arc<Event>],
+    max_bytes: usize,
+) -> Result<Vec<String>, serde_json::Error> {
+    let mut entries = Vec::new();
+    let mut entry = String::from("[");
+    for event in events {
+        let text = serde_json::to_string(event.as_ref())?;
+        // `[`, `]` and a comma around it.
+        if entry.len() > 1 && entry.len() + text.len() + 2 > max_bytes {
+            entry.push(']');
+            entries.push(std::mem::replace(&mut entry, String::from("[")));
+        }
+        if entry.len() > 1 {
+            entry.push(',');
+        }
+        entry.push_str(&text);
+    }
+    if entry.len() > 1 {
+        entry.push(']');
+        entries.push(entry);
+    }
+    Ok(entries)
 }
 
 /// A connection of its own for blocking reads (no response timeout).
@@ -1051,4 +1096,37 @@ async fn blocking_connection(
     client
         .get_multiplexed_async_connection_with_config(&options)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::events::EventKind;
+
+    fn custom(bytes: usize) -> Arc<Event> {
+        let mut event = Event::new(EventKind::Custom, "t", None);
+        event.data = Some(serde_json::Value::String("d".repeat(bytes)));
+        Arc::new(event)
+    }
+
+    #[test]
+    fn events_are_split_into_stream_entries_under_the_bound() {
+        let events: Vec<Arc<Event>> = (0..100).map(|_| custom(1000)).collect();
+        let entries = event_entries(&events, 16 << 10).expect("serialises");
+        assert!(entries.len() > 1, "{}", entries.len());
+        let mut read = 0;
+        for entry in &entries {
+            assert!(entry.len() <= 16 << 10, "{}", entry.len());
+            let batch: Vec<Event> = serde_json::from_str(entry).expect("a JSON array");
+            read += batch.len();
+        }
+        assert_eq!(read, 100, "every event is in an entry, once");
+        // An event larger than the bound goes alone; none is empty.
+        let entries =
+            event_entries(&[custom(10), custom(40_000), custom(10)], 16 << 10).expect("serialises");
+        assert_eq!(entries.len(), 3);
+        assert!(event_entries(&[], 16 << 10).expect("serialises").is_empty());
+    }
 }

@@ -59,6 +59,15 @@ pub struct RedisConfig {
     pub keep_failed: Retention,
     /// How long a finished run's record (and outcome) stays readable.
     pub run_retention: Duration,
+    /// Entries the event stream keeps, about (default 1,000): events every process shares
+    /// with the others, and runs' outcome announcements. Older entries are trimmed.
+    pub events_kept: usize,
+    /// Largest entry of the event stream, in bytes of JSON (default 64 KiB): a batch of
+    /// events is split into entries of at most this (an event larger than it, within the
+    /// guest's bounds, goes alone), and a run's outcome is announced with its result only
+    /// when the result fits (else its waiters read it from the run's record). With
+    /// `events_kept`, it bounds the stream's memory in Redis.
+    pub stream_entry_bytes: usize,
 }
 
 /// How many finished jobs to keep, and for how long.
@@ -73,7 +82,7 @@ pub struct Retention {
 impl RedisConfig {
     /// The defaults for `url`: prefix `weir`, 5 s to connect, 5 s per command; completed
     /// jobs kept 1 h (at most 10,000 per queue), failed jobs 7 days (at most 100,000), run
-    /// outcomes 24 h.
+    /// outcomes 24 h, an event stream of about 1,000 entries of at most 64 KiB.
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
@@ -89,6 +98,8 @@ impl RedisConfig {
                 age: Duration::from_secs(7 * 24 * 3600),
             },
             run_retention: Duration::from_secs(24 * 3600),
+            events_kept: 1_000,
+            stream_entry_bytes: 64 << 10,
         }
     }
 
