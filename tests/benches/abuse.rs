@@ -8,7 +8,8 @@
 //!
 //! Run with `cargo xtask bench abuse` (or `cargo bench -p weir-tests --bench abuse`);
 //! `WEIR_BENCH_REQUESTS` sets the victim's requests per phase (default 1500) and
-//! `WEIR_BENCH_CLIENTS` its clients (default 4). Server and clients share this machine's
+//! `WEIR_BENCH_CLIENTS` its clients (default 4); `WEIR_BENCH_ATTACKER_BYTES_PER_MINUTE`
+//! gives each attacking tenant that `bytes_per_minute` quota (default none). Server and clients share this machine's
 //! cores, so an attack that burns CPU shows in the victim's latency even when the host
 //! holds nothing for it: that is part of what this measures.
 
@@ -70,12 +71,19 @@ fn main() {
         "[tenants.victim]\ntoken_sha256 = [\"{}\"]\n",
         hex::encode(Sha256::digest(VICTIM)),
     );
+    // The attackers' byte rate: none unless asked for.
+    let bytes_per_minute: Option<u64> = std::env::var("WEIR_BENCH_ATTACKER_BYTES_PER_MINUTE")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for n in 0..ATTACKS.len() {
         config.push_str(&format!(
             "\n[tenants.attacker-{n}]\ntoken_sha256 = [\"{}\"]\nconcurrent = 1\n\
              executions_per_minute = 1200\n",
             hex::encode(Sha256::digest(attacker_token(n))),
         ));
+        if let Some(bytes) = bytes_per_minute {
+            config.push_str(&format!("bytes_per_minute = {bytes}\n"));
+        }
     }
     let (server, url) = load::serve_release(&folder, &config);
     let pid = server.pid();
@@ -101,17 +109,19 @@ fn main() {
         );
         println!();
         println!(
-            "| attack | victim p50 µs | victim p99 µs | p99 ÷ no attack | server peak RSS MiB | attacker answered / refused |"
+            "| attack | victim p50 µs | victim p99 µs | p99 ÷ no attack | server peak RSS MiB | server CPU s | clients' CPU s | attacker answered / refused |"
         );
-        println!("|---|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         for (attack, phase, ok, refused) in rows {
             println!(
-                "| {} | {:.0} | {:.0} | {:.2}× | {} | {ok} / {refused} |",
+                "| {} | {:.0} | {:.0} | {:.2}× | {} | {:.1} | {:.1} | {ok} / {refused} |",
                 attack.name(),
                 phase.p50,
                 phase.p99,
                 phase.p99 / alone_p99,
                 phase.peak_rss >> 20,
+                phase.server_cpu,
+                phase.clients_cpu,
             );
         }
     });
@@ -150,6 +160,29 @@ struct Phase {
     p50: f64,
     p99: f64,
     peak_rss: u64,
+    /// CPU seconds the server spent during the phase.
+    server_cpu: f64,
+    /// CPU seconds this process (the victim's and the attacker's clients) spent.
+    clients_cpu: f64,
+}
+
+/// CPU seconds (user and system) process `pid` has spent, from `/proc/PID/stat` (in clock
+/// ticks of 1/100 s, as Linux reports them there).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 /// `total` requests from the victim, `clients` at a time; every one must succeed. The
@@ -174,6 +207,7 @@ async fn victim_phase(
         })
     };
     let url = format!("{url}/v1/run/hello");
+    let (server_before, clients_before) = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
     let micros =
         load::timed_posts(client, &url, VICTIM, r#"{"user":"victim"}"#, clients, total).await;
     done.store(true, Ordering::Relaxed);
@@ -182,6 +216,8 @@ async fn victim_phase(
         p50: load::quantile(&micros, 0.5),
         p99: load::quantile(&micros, 0.99),
         peak_rss,
+        server_cpu: cpu_seconds(&pid.to_string()) - server_before,
+        clients_cpu: cpu_seconds("self") - clients_before,
     }
 }
 
