@@ -88,6 +88,9 @@ fn main() {
     let (server, url) = load::serve_release(&folder, &config);
     let pid = server.pid();
     let runtime = load::client_runtime();
+    // The attacker's clients run on threads of their own: their work shares the machine's
+    // cores with the server and the victim, but never holds up the victim's client tasks.
+    let attackers = load::client_runtime();
     runtime.block_on(async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(clients * 4)
@@ -97,7 +100,8 @@ fn main() {
         victim_phase(&client, &url, clients, clients * 20, pid).await;
         let mut rows = Vec::new();
         for (n, attack) in ATTACKS.into_iter().enumerate() {
-            let running = Running::start(attack, &url, attacker_token(n));
+            let running =
+                Running::start(attack, &url, attacker_token(n), attackers.handle());
             let phase = victim_phase(&client, &url, clients, requests, pid).await;
             let (ok, refused) = running.stop().await;
             rows.push((attack, phase, ok, refused));
@@ -231,7 +235,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(attack: Attack, url: &str, token: String) -> Running {
+    fn start(attack: Attack, url: &str, token: String, on: &tokio::runtime::Handle) -> Running {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
@@ -263,67 +267,73 @@ impl Running {
         }
         if !matches!(attack, Attack::None | Attack::StalledConnections) {
             let client = reqwest::Client::new();
-            let big_input = "p".repeat(3_000_000);
-            let batch: Vec<Value> = (0..10_000).map(|_| json!({"count": 1})).collect();
-            let batch = json!({ "items": batch }).to_string();
+            // Each attack's body, built once: sending it costs the attacker only the copy
+            // into the socket.
+            let body = bytes::Bytes::from(match attack {
+                Attack::EventFlood => json!({"emit": {"count": 100, "bytes": 60_000}}).to_string(),
+                Attack::HugeError => {
+                    json!({"fail": {"messageBytes": 16 << 20, "detailsBytes": 8 << 20}}).to_string()
+                }
+                Attack::BigJobs => json!({"processor": "abuse",
+                    "input": {"fail": {"messageBytes": 10}, "pad": "p".repeat(3_000_000)}})
+                .to_string(),
+                Attack::MadeUpCalls => {
+                    json!({"call": {"count": 300, "nameBytes": 4096}}).to_string()
+                }
+                Attack::BigBatch => {
+                    let batch: Vec<Value> = (0..10_000).map(|_| json!({"count": 1})).collect();
+                    json!({ "items": batch }).to_string()
+                }
+                Attack::SessionChurn | Attack::None | Attack::StalledConnections => {
+                    "{}".to_string()
+                }
+            });
             for worker in 0..ATTACKERS {
                 let (client, stop, ok, refused) =
                     (client.clone(), stop.clone(), ok.clone(), refused.clone());
                 let url = url.to_string();
                 let token = token.clone();
-                let big_input = big_input.clone();
-                let batch = batch.clone();
-                tasks.spawn(async move {
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let (path, body) = match attack {
-                            Attack::EventFlood => (
-                                "/v1/run/abuse".to_string(),
-                                json!({"emit": {"count": 100, "bytes": 60_000}}).to_string(),
-                            ),
-                            Attack::HugeError => (
-                                "/v1/run/abuse".to_string(),
-                                json!({"fail": {"messageBytes": 16 << 20, "detailsBytes": 8 << 20}})
-                                    .to_string(),
-                            ),
-                            Attack::BigJobs => (
-                                "/v1/jobs".to_string(),
-                                json!({"processor": "abuse", "input": {"fail": {"messageBytes": 10}, "pad": big_input}})
-                                    .to_string(),
-                            ),
-                            Attack::SessionChurn => (
-                                format!("/v1/run/hello?session=churn-{worker}-{n}"),
-                                "{}".to_string(),
-                            ),
-                            Attack::MadeUpCalls => (
-                                "/v1/run/abuse".to_string(),
-                                json!({"call": {"count": 300, "nameBytes": 4096}}).to_string(),
-                            ),
-                            Attack::BigBatch => ("/v1/run/many".to_string(), batch.clone()),
-                            Attack::None | Attack::StalledConnections => unreachable!(),
-                        };
-                        let response = client
-                            .post(format!("{url}{path}"))
-                            .bearer_auth(&token)
-                            .body(body)
-                            .send()
-                            .await;
-                        let Ok(response) = response else {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        };
-                        let status = response.status().as_u16();
-                        let _ = response.bytes().await;
-                        if status == 200 || status == 202 {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                            // Over quota: try again shortly, as a real client would.
-                            tokio::time::sleep(Duration::from_millis(10)).await;
+                let body = body.clone();
+                tasks.spawn_on(
+                    async move {
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            n += 1;
+                            let path = match attack {
+                                Attack::EventFlood | Attack::HugeError | Attack::MadeUpCalls => {
+                                    "/v1/run/abuse".to_string()
+                                }
+                                Attack::BigJobs => "/v1/jobs".to_string(),
+                                Attack::SessionChurn => {
+                                    format!("/v1/run/hello?session=churn-{worker}-{n}")
+                                }
+                                Attack::BigBatch => "/v1/run/many".to_string(),
+                                Attack::None | Attack::StalledConnections => unreachable!(),
+                            };
+                            let body = body.clone();
+                            let response = client
+                                .post(format!("{url}{path}"))
+                                .bearer_auth(&token)
+                                .body(body)
+                                .send()
+                                .await;
+                            let Ok(response) = response else {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            };
+                            let status = response.status().as_u16();
+                            let _ = response.bytes().await;
+                            if status == 200 || status == 202 {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                // Over quota: try again shortly, as a real client would.
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
                         }
-                    }
-                });
+                    },
+                    on,
+                );
             }
         }
         Running {
