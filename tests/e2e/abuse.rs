@@ -176,21 +176,45 @@ async fn redis_used_memory(url: &str) -> u64 {
         .expect("INFO memory has used_memory")
 }
 
+/// A Redis, one `weir worker` over a folder of `plugins`, and a started runtime that
+/// submits to them.
+struct Fleet {
+    url: String,
+    submitter: weir::Runtime,
+    _worker: weir_tests::WorkerProcess,
+    _folder: PluginFolder,
+    _redis: weir_tests::RedisServer,
+}
+
+impl Fleet {
+    async fn start(plugins: &[&str]) -> Fleet {
+        let redis = weir_tests::RedisServer::start();
+        let url = redis.url();
+        let folder = PluginFolder::with(plugins);
+        let worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
+        let submitter = weir::Runtime::redis(&url)
+            .plugins_dir(folder.path())
+            .engine_config(weir_tests::engine_config())
+            .build()
+            .await
+            .unwrap();
+        submitter.start();
+        Fleet {
+            url,
+            submitter,
+            _worker: worker,
+            _folder: folder,
+            _redis: redis,
+        }
+    }
+}
+
 /// H1 on the distributed runtime: the same error, failed on a worker, travels clipped, so
 /// BullMQ's `failedReason`, the run record and the event streams leave Redis small.
 #[tokio::test]
 async fn a_huge_guest_error_on_a_worker_leaves_redis_small() {
-    let redis = weir_tests::RedisServer::start();
-    let url = redis.url();
-    let folder = PluginFolder::with(&["abuse"]);
-    let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
-    let submitter = weir::Runtime::redis(&url)
-        .plugins_dir(folder.path())
-        .engine_config(weir_tests::engine_config())
-        .build()
-        .await
-        .unwrap();
-    submitter.start();
+    let fleet = Fleet::start(&["abuse"]).await;
+    let (url, submitter) = (fleet.url.clone(), &fleet.submitter);
     let input = json!({"fail": {"messageBytes": 16 << 20, "detailsBytes": 8 << 20}});
     let result = submitter.run("abuse", input).await.unwrap();
     let error = result.error.expect("abuse fails");
@@ -954,17 +978,8 @@ type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 /// reaches its waiter, from the run's record.
 #[tokio::test]
 async fn the_event_streams_entries_in_redis_are_bounded_in_bytes() {
-    let redis = weir_tests::RedisServer::start();
-    let url = redis.url();
-    let folder = PluginFolder::with(&["abuse", "hello"]);
-    let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
-    let submitter = weir::Runtime::redis(&url)
-        .plugins_dir(folder.path())
-        .engine_config(weir_tests::engine_config())
-        .build()
-        .await
-        .unwrap();
-    submitter.start();
+    let fleet = Fleet::start(&["abuse", "hello"]).await;
+    let (url, submitter) = (fleet.url.clone(), &fleet.submitter);
     // 100 events of 60 KB, shared with other processes through the stream.
     let input = json!({"emit": {"count": 100, "bytes": 60_000}});
     let result = submitter.run("abuse", input).await.unwrap();
