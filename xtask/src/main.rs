@@ -300,7 +300,9 @@ fn fuzz(seconds: Option<&str>) -> Result<(), String> {
     eprintln!("== fuzzing: each target for {seconds} s");
     run(
         cargo()
-            .args(["test", "--locked", "-p", "weir", "--lib", "fuzz_", "--"])
+            // The whole workspace, as `cargo xtask test` builds it: the same features, so
+            // nothing is compiled again. Only the host's targets are named `fuzz_`.
+            .args(["test", "--locked", "--workspace", "--lib", "fuzz_", "--"])
             .args(["--test-threads", "1", "--nocapture"])
             .env("WEIR_FUZZ_SECONDS", seconds),
         &[0],
