@@ -236,6 +236,26 @@ fn build_weir(release: bool) -> PathBuf {
         .parent()
         .expect("tests/ is inside the repository");
     let mut cargo = Command::new(env!("CARGO"));
+    // Not this test's package variables: with them, ring's build script (which declares
+    // `rerun-if-env-changed=CARGO_PKG_NAME`) would see another value than in the outer
+    // build, and the two builds would rebuild ring, rustls and redis on every run.
+    for (name, _) in std::env::vars_os() {
+        let name_text = name.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "OUT_DIR",
+        ]
+        .iter()
+        .any(|prefix| name_text.starts_with(prefix))
+        {
+            cargo.env_remove(&name);
+        }
+    }
     cargo.args(["build", "--locked", "-p", "weir", "--bin", "weir"]);
     if release {
         cargo.arg("--release");

@@ -188,11 +188,41 @@ fn ensure_target() -> Result<(), String> {
     }
 }
 
+/// Whether `name` is a variable Cargo sets for the package whose build script, test or
+/// binary is running (`CARGO_PKG_NAME`, `OUT_DIR`, ...). A nested cargo must not inherit
+/// them: build scripts that declare `rerun-if-env-changed` on such a name (ring's does, on
+/// `CARGO_PKG_NAME` and others) would see another value than in the outer build, and the
+/// two builds would rebuild each other's dependencies on every run.
+pub fn set_for_the_running_package(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_CFG_",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
+}
+
 /// A `cargo` command run from the repository root, with the outer build's flags removed so
-/// that a nested build (from a build script) does not inherit host-only settings. Callers
-/// that build the plugins pass `--target-dir` explicitly.
+/// that a nested build (from a build script) does not inherit host-only settings, nor the
+/// running package's variables (see [`set_for_the_running_package`]). Callers that build the
+/// plugins pass `--target-dir` explicitly.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        if set_for_the_running_package(&name) {
+            cmd.env_remove(name);
+        }
+    }
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
         "RUSTFLAGS",
