@@ -220,6 +220,18 @@ impl Subscription {
         }
     }
 
+    /// [`Subscription::recv`], with the payload bytes the bus counted for the event (0 for
+    /// a lag notice).
+    pub(crate) async fn recv_sized(&mut self) -> Option<(Notice, usize)> {
+        match self.receiver.recv().await {
+            Ok(held) => Some((Notice::Event(held.event.clone()), held.bytes)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Some((Notice::Lagged { missed }, 0))
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
     /// The next event or lag notice if one is waiting, without waiting.
     pub fn try_recv(&mut self) -> Option<Notice> {
         match self.receiver.try_recv() {

@@ -3,7 +3,7 @@
 //! marker each job checks when it starts), and sharing events between processes through
 //! the event stream.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -262,29 +262,64 @@ impl Distributed {
         self.set_event_sink(sink);
         let mut subscription = shared.events.subscribe();
         self.internal_subscriptions.fetch_add(1, Ordering::AcqRel);
-        let dist = Arc::downgrade(self);
+        // Two tasks, so that Redis's pace never holds up the bus: one moves this process's
+        // events off the bus as soon as they are published, into a queue bounded in bytes;
+        // the other writes what is queued to the event stream.
+        let (queue, mut queued_events) =
+            tokio::sync::mpsc::unbounded_channel::<(Arc<Event>, usize)>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let budget = self.config.share_buffer_bytes;
+        let held = queued.clone();
         tokio::spawn(async move {
-            while let Some(notice) = subscription.recv().await {
-                let Some(dist) = dist.upgrade() else { return };
-                let mut batch = Vec::new();
-                let mut take = |notice: Notice| match notice {
+            // Events not shared since the queue was last full, for one warning per episode.
+            let mut unshared: u64 = 0;
+            while let Some((notice, bytes)) = subscription.recv_sized().await {
+                match notice {
                     Notice::Event(event) if event.origin.is_none() && shared_kind(event.event) => {
-                        batch.push(event);
+                        if held.load(Ordering::Acquire).saturating_add(bytes) > budget {
+                            if unshared == 0 {
+                                tracing::warn!(
+                                    budget,
+                                    "Redis is slower than this process's events: events are \
+                                     not shared with other processes until it catches up"
+                                );
+                            }
+                            unshared += 1;
+                            continue;
+                        }
+                        if unshared > 0 {
+                            tracing::warn!(unshared, "events were not shared with other processes");
+                            unshared = 0;
+                        }
+                        held.fetch_add(bytes, Ordering::AcqRel);
+                        if queue.send((event, bytes)).is_err() {
+                            return;
+                        }
                     }
                     Notice::Event(_) => {}
                     Notice::Lagged { missed } => {
                         tracing::warn!(missed, "events were lost before reaching other processes");
                     }
-                };
-                take(notice);
-                while let Some(notice) = subscription.try_recv() {
-                    take(notice);
                 }
-                if !batch.is_empty()
-                    && let Err(error) = dist.publish_events(&batch).await
-                {
+            }
+        });
+        let dist = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = queued_events.recv().await {
+                let Some(dist) = dist.upgrade() else { return };
+                let mut bytes = first.1;
+                batch.push(first.0);
+                while let Ok((event, size)) = queued_events.try_recv() {
+                    bytes += size;
+                    batch.push(event);
+                }
+                if let Err(error) = dist.publish_events(&batch).await {
                     tracing::debug!(%error, "cannot share events; they are lost to other processes");
                 }
+                // Let go of the events before giving their bytes back.
+                batch.clear();
+                queued.fetch_sub(bytes, Ordering::AcqRel);
             }
         });
     }

@@ -68,6 +68,12 @@ pub struct RedisConfig {
     /// when the result fits (else its waiters read it from the run's record). With
     /// `events_kept`, it bounds the stream's memory in Redis.
     pub stream_entry_bytes: usize,
+    /// Payload bytes of this process's events waiting to be written to the event stream
+    /// (default 8 MiB). Sharing never holds up the runtime's event bus: while Redis is
+    /// slower than the guests that emit, events past this are not shared (other processes'
+    /// subscribers miss them, and a warning says how many), and every guest's `emit` still
+    /// goes through.
+    pub share_buffer_bytes: usize,
 }
 
 /// How many finished jobs to keep, and for how long.
@@ -100,6 +106,7 @@ impl RedisConfig {
             run_retention: Duration::from_secs(24 * 3600),
             events_kept: 1_000,
             stream_entry_bytes: 64 << 10,
+            share_buffer_bytes: 8 << 20,
         }
     }
 
