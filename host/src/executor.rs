@@ -23,7 +23,7 @@ use crate::registry::Unit;
 use crate::result::{ExecutionInfo, ExecutionResult};
 use crate::runtime::{ExecutionRequest, Shared};
 use crate::sandbox::{HostTrap, Sandbox, SandboxSpec, from_wit_error};
-use crate::scheduler::Refused;
+use crate::scheduler::{Refused, Turn};
 use crate::state;
 use crate::store::SessionKey;
 use crate::warm::WarmInstance;
@@ -451,8 +451,11 @@ async fn run_in_span(
             .admit(
                 &info.processor,
                 queue,
-                priority,
-                scope.depth > 0,
+                Turn {
+                    tenant: &scope.tenant,
+                    priority,
+                    nested: scope.depth > 0,
+                },
                 queue_deadline,
                 &cancel,
             )

@@ -1,6 +1,8 @@
 //! Admission per processor: at most `concurrency` attempts at once, at most `max` per rate
-//! window, and among those waiting, the lowest priority number first (then first come,
-//! first served). Waiting honours the execution's deadline and cancellation, so queued work
+//! window, and among those waiting, the lowest priority number first; among waiting attempts
+//! of one priority, tenants take turns (start-time fair queueing: a tenant with many attempts
+//! waiting does not hold back one that has few), and each tenant's own go first come, first
+//! served. Waiting honours the execution's deadline and cancellation, so queued work
 //! can be dropped. A guest's nested call is not held back by its callee's concurrency limit
 //! (its caller already holds a slot, and waiting could deadlock) but does respect its rate.
 
@@ -81,11 +83,19 @@ struct Waiter {
     wake: oneshot::Sender<()>,
 }
 
+/// Where a waiting attempt stands: its priority, then its turn (its tenant's virtual start),
+/// then its arrival.
+type Place = (u32, u64, u64);
+
 struct GateState {
     running: u32,
-    /// Waiting attempts by (priority, arrival).
-    waiting: BTreeMap<(u32, u64), Waiter>,
+    /// Waiting attempts, best first.
+    waiting: BTreeMap<Place, Waiter>,
     next: u64,
+    /// The turn of the attempt started last.
+    turn: u64,
+    /// The last turn given to each tenant with attempts waiting (pruned once it is past).
+    turns: HashMap<Arc<str>, u64>,
     tokens: f64,
     refilled: Instant,
     /// A timer is already set to dispatch when the next token is due.
@@ -106,6 +116,8 @@ impl Gate {
                 running: 0,
                 waiting: BTreeMap::new(),
                 next: 0,
+                turn: 0,
+                turns: HashMap::new(),
                 tokens: policy.rate_limit.map_or(0.0, |r| f64::from(r.max)),
                 refilled: Instant::now(),
                 timer_set: false,
@@ -158,10 +170,19 @@ impl Gate {
             let Some(waiter) = state.waiting.remove(&key) else {
                 return;
             };
+            state.turn = state.turn.max(key.1);
             // A waiter that gave up (cancelled, out of time) has dropped its receiver.
             if waiter.wake.send(()).is_ok() {
                 gate.take(state, counts);
             }
+        }
+        // A tenant whose last turn has come starts afresh: its entry is not needed. So the
+        // map holds at most one entry per tenant with an attempt waiting.
+        if state.waiting.is_empty() {
+            state.turns.clear();
+        } else if state.turns.len() > state.waiting.len() {
+            let turn = state.turn;
+            state.turns.retain(|_, last| *last > turn);
         }
         let short_of_tokens = state.tokens < 1.0 && !state.waiting.is_empty();
         if let Some(rate) = gate.policy.rate_limit
@@ -186,6 +207,7 @@ impl Gate {
     /// Waits for admission.
     async fn admit(
         self: Arc<Gate>,
+        tenant: &str,
         priority: u32,
         counts: bool,
         deadline: std::time::Instant,
@@ -203,7 +225,18 @@ impl Gate {
                 });
             }
             let (wake, receiver) = oneshot::channel();
-            let key = (priority, state.next);
+            let floor = state.turn;
+            let turn = match state.turns.get_mut(tenant) {
+                Some(last) => {
+                    *last = (*last).max(floor) + 1;
+                    *last
+                }
+                None => {
+                    state.turns.insert(Arc::from(tenant), floor + 1);
+                    floor + 1
+                }
+            };
+            let key = (priority, turn, state.next);
             state.next += 1;
             state.waiting.insert(key, Waiter { counts, wake });
             Gate::dispatch(&self, &mut state);
@@ -221,7 +254,14 @@ impl Gate {
             _ = tokio::time::sleep_until(deadline.into()) => Refused::Deadline,
             _ = cancel.cancelled() => Refused::Cancelled,
         };
-        let still_waiting = self.lock().waiting.remove(&key).is_some();
+        let still_waiting = {
+            let mut state = self.lock();
+            let removed = state.waiting.remove(&key).is_some();
+            if state.waiting.is_empty() {
+                state.turns.clear();
+            }
+            removed
+        };
         if !still_waiting {
             // Granted in the meantime: hand the slot back (dropping the admission does).
             drop(Admission {
@@ -231,6 +271,17 @@ impl Gate {
         }
         Err(refused)
     }
+}
+
+/// Whose attempt asks for admission, and how urgently.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Turn<'a> {
+    /// The tenant it runs for: among attempts of one priority, tenants take turns.
+    pub(crate) tenant: &'a str,
+    /// Lower numbers go first.
+    pub(crate) priority: u32,
+    /// A guest's nested call: it takes no concurrency slot (its caller holds one).
+    pub(crate) nested: bool,
 }
 
 /// Every processor's gate.
@@ -245,8 +296,7 @@ impl Scheduler {
         &self,
         processor: &str,
         policy: &QueuePolicy,
-        priority: u32,
-        nested: bool,
+        turn: Turn<'_>,
         deadline: std::time::Instant,
         cancel: &CancelHandle,
     ) -> Result<Admission, Refused> {
@@ -268,7 +318,8 @@ impl Scheduler {
             }
             gate.clone()
         };
-        gate.admit(priority, !nested, deadline, cancel).await
+        gate.admit(turn.tenant, turn.priority, !turn.nested, deadline, cancel)
+            .await
     }
 }
 
@@ -278,6 +329,14 @@ mod tests {
 
     fn far() -> std::time::Instant {
         std::time::Instant::now() + Duration::from_secs(60)
+    }
+
+    fn turn(priority: u32, nested: bool) -> Turn<'static> {
+        Turn {
+            tenant: "t",
+            priority,
+            nested,
+        }
     }
 
     fn one_at_a_time() -> QueuePolicy {
@@ -292,7 +351,7 @@ mod tests {
         let scheduler = Arc::new(Scheduler::default());
         let cancel = CancelHandle::new();
         let first = scheduler
-            .admit("p", &one_at_a_time(), 0, false, far(), &cancel)
+            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
             .await
             .unwrap();
         let waiting = {
@@ -300,7 +359,7 @@ mod tests {
             tokio::spawn(async move {
                 let cancel = CancelHandle::new();
                 scheduler
-                    .admit("p", &one_at_a_time(), 0, false, far(), &cancel)
+                    .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
                     .await
                     .is_ok()
             })
@@ -316,7 +375,7 @@ mod tests {
         let scheduler = Arc::new(Scheduler::default());
         let cancel = CancelHandle::new();
         let running = scheduler
-            .admit("p", &one_at_a_time(), 0, false, far(), &cancel)
+            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
             .await
             .unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
@@ -327,7 +386,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let cancel = CancelHandle::new();
                 let admission = scheduler
-                    .admit("p", &one_at_a_time(), priority, false, far(), &cancel)
+                    .admit("p", &one_at_a_time(), turn(priority, false), far(), &cancel)
                     .await
                     .unwrap();
                 order.lock().unwrap().push(priority);
@@ -341,6 +400,97 @@ mod tests {
             task.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), [1, 5, 9]);
+    }
+
+    /// Admits, one at a time, attempts queued in `arrivals` order (tenant, priority) behind
+    /// a running one; returns the order in which they started.
+    async fn start_order(arrivals: &[(&'static str, u32)]) -> Vec<(&'static str, u32)> {
+        let scheduler = Arc::new(Scheduler::default());
+        let cancel = CancelHandle::new();
+        let running = scheduler
+            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
+            .await
+            .unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for &(tenant, priority) in arrivals {
+            let scheduler = scheduler.clone();
+            let order = order.clone();
+            tasks.push(tokio::spawn(async move {
+                let cancel = CancelHandle::new();
+                let turn = Turn {
+                    tenant,
+                    priority,
+                    nested: false,
+                };
+                let admission = scheduler
+                    .admit("p", &one_at_a_time(), turn, far(), &cancel)
+                    .await
+                    .unwrap();
+                order.lock().unwrap().push((tenant, priority));
+                drop(admission);
+            }));
+            // Let each one join the queue before the next.
+            tokio::task::yield_now().await;
+        }
+        drop(running);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        Arc::try_unwrap(order).unwrap().into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn tenants_waiting_on_one_processor_take_turns() {
+        let mut arrivals = vec![("flood", 0); 5];
+        arrivals.extend([("victim", 0), ("other", 0), ("victim", 0)]);
+        let order = start_order(&arrivals).await;
+        let tenants: Vec<&str> = order.iter().map(|(tenant, _)| *tenant).collect();
+        assert_eq!(
+            tenants,
+            [
+                "flood", "victim", "other", "flood", "victim", "flood", "flood", "flood"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_gate_forgets_tenants_once_their_turns_have_come() {
+        let tenants: Vec<&'static str> = (0..100)
+            .map(|i| &*Box::leak(format!("t{i}").into_boxed_str()))
+            .collect();
+        let arrivals: Vec<_> = tenants.iter().map(|t| (*t, 0)).collect();
+        assert_eq!(start_order(&arrivals).await.len(), 100);
+        // `start_order`'s scheduler is gone; run the same on one we keep.
+        let scheduler = Scheduler::default();
+        let cancel = CancelHandle::new();
+        let running = scheduler
+            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
+            .await
+            .unwrap();
+        let soon = std::time::Instant::now() + Duration::from_millis(20);
+        for tenant in &tenants[..10] {
+            let turn = Turn {
+                tenant,
+                priority: 0,
+                nested: false,
+            };
+            let late = scheduler
+                .admit("p", &one_at_a_time(), turn, soon, &cancel)
+                .await;
+            assert_eq!(late.err(), Some(Refused::Deadline));
+        }
+        drop(running);
+        let gates = scheduler.gates.lock().unwrap();
+        let state = gates["p"].lock();
+        assert!(state.waiting.is_empty());
+        assert!(state.turns.is_empty(), "{} tenants kept", state.turns.len());
+    }
+
+    #[tokio::test]
+    async fn priority_still_comes_before_taking_turns() {
+        let order = start_order(&[("a", 5), ("a", 5), ("b", 5), ("a", 1), ("b", 9)]).await;
+        assert_eq!(order, [("a", 1), ("a", 5), ("b", 5), ("a", 5), ("b", 9)]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -357,7 +507,7 @@ mod tests {
         let started = Instant::now();
         for _ in 0..4 {
             scheduler
-                .admit("p", &policy, 0, false, far(), &cancel)
+                .admit("p", &policy, turn(0, false), far(), &cancel)
                 .await
                 .unwrap();
         }
@@ -372,24 +522,24 @@ mod tests {
         let scheduler = Scheduler::default();
         let cancel = CancelHandle::new();
         let running = scheduler
-            .admit("p", &one_at_a_time(), 0, false, far(), &cancel)
+            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
             .await
             .unwrap();
         let impatient = CancelHandle::new();
         impatient.cancel();
         let refused = scheduler
-            .admit("p", &one_at_a_time(), 0, false, far(), &impatient)
+            .admit("p", &one_at_a_time(), turn(0, false), far(), &impatient)
             .await;
         assert_eq!(refused.err(), Some(Refused::Cancelled));
         let soon = std::time::Instant::now() + Duration::from_millis(20);
         let late = scheduler
-            .admit("p", &one_at_a_time(), 0, false, soon, &cancel)
+            .admit("p", &one_at_a_time(), turn(0, false), soon, &cancel)
             .await;
         assert_eq!(late.err(), Some(Refused::Deadline));
         drop(running);
         assert!(
             scheduler
-                .admit("p", &one_at_a_time(), 0, false, far(), &cancel)
+                .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
                 .await
                 .is_ok()
         );
@@ -400,13 +550,13 @@ mod tests {
         let scheduler = Scheduler::default();
         let cancel = CancelHandle::new();
         let _held = scheduler
-            .admit("p", &one_at_a_time(), 0, false, far(), &cancel)
+            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
             .await
             .unwrap();
         let soon = std::time::Instant::now() + Duration::from_millis(500);
         assert!(
             scheduler
-                .admit("p", &one_at_a_time(), 0, true, soon, &cancel)
+                .admit("p", &one_at_a_time(), turn(0, true), soon, &cancel)
                 .await
                 .is_ok()
         );

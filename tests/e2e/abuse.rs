@@ -188,10 +188,15 @@ struct Fleet {
 
 impl Fleet {
     async fn start(plugins: &[&str]) -> Fleet {
+        Fleet::start_with(plugins, &[]).await
+    }
+
+    /// A fleet whose worker takes `worker_args` too.
+    async fn start_with(plugins: &[&str], worker_args: &[&str]) -> Fleet {
         let redis = weir_tests::RedisServer::start();
         let url = redis.url();
         let folder = PluginFolder::with(plugins);
-        let worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
+        let worker = weir_tests::WorkerProcess::start(&url, folder.path(), worker_args);
         let submitter = weir::Runtime::redis(&url)
             .plugins_dir(folder.path())
             .engine_config(weir_tests::engine_config())
@@ -245,6 +250,42 @@ async fn a_workers_event_bus_lets_go_of_shared_events() {
             result.state
         );
     }
+}
+
+/// M9 on the distributed runtime: a tenant that floods a processor's queue does not hold back
+/// another tenant's run on it. The worker runs one job at a time; the victim's run, submitted
+/// after six of the flood's, finishes right after the one that was running and the one whose
+/// turn came first, not after all six.
+#[tokio::test]
+async fn a_flooding_tenant_does_not_starve_another_on_a_shared_queue() {
+    let fleet = Fleet::start_with(&["sleep"], &["--concurrency", "1"]).await;
+    let submitter = &fleet.submitter;
+    let submit = |tenant: &str| {
+        let request =
+            weir::ExecutionRequest::new("sleep", json!({"ms": 100})).tenant(tenant.to_string());
+        submitter.submit(request)
+    };
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        runs.push(("flood", submit("flood").await.unwrap()));
+    }
+    runs.push(("victim", submit("victim").await.unwrap()));
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let waits = runs.into_iter().map(|(tenant, run)| {
+        let finished = finished.clone();
+        async move {
+            let result = submitter.wait_run(&run).await.unwrap();
+            assert!(result.ok, "{result:?}");
+            finished.lock().unwrap().push(tenant);
+        }
+    });
+    futures_util::future::join_all(waits).await;
+    let order = finished.lock().unwrap().clone();
+    let victim = order.iter().position(|t| *t == "victim").unwrap();
+    assert!(
+        victim <= 2,
+        "the victim finished after {victim} of the flood: {order:?}"
+    );
 }
 
 /// Resident memory of process `pid`, in bytes.

@@ -196,6 +196,27 @@ async fn until_listed(conn: &mut redis::aio::MultiplexedConnection, key: &str, n
     }
 }
 
+/// Waits until one job waits in `queue`: in BullMQ's `wait` list, or in its `prioritized`
+/// set (where a run's job goes unless it is its tenant's first, at priority 0).
+async fn until_waiting(conn: &mut redis::aio::MultiplexedConnection, queue: &str, never: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (listed, prioritized): (u64, u64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(format!("weir:{queue}:wait"))
+            .cmd("ZCARD")
+            .arg(format!("weir:{queue}:prioritized"))
+            .query_async(conn)
+            .await
+            .unwrap();
+        if listed + prioritized == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_distributed_runtime_gives_the_local_runtimes_results() {
     let redis = RedisServer::start();
@@ -541,7 +562,7 @@ async fn stopping_a_session_stops_its_guests_on_remote_workers_and_drops_its_wai
     });
     // Let the second job reach its queue before stopping.
     let mut conn = connection(&url).await;
-    until_listed(&mut conn, "weir:spin:wait", "the second job never waited").await;
+    until_waiting(&mut conn, "spin", "the second job never waited").await;
     let stopped_at = Instant::now();
     let report = runtime.stop_session("default", "s1").await;
     assert_eq!(report.cancelled, 1, "the waiting job was removed");

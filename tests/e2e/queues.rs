@@ -107,3 +107,49 @@ async fn stopping_a_session_drops_its_queued_work() {
     }
     assert_eq!(rt.stats().running, 0);
 }
+
+/// M9: a tenant that floods a processor's queue does not hold back another tenant's work on
+/// it: the victim's one execution starts at the flood's next turn, not after all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_does_not_starve_another_on_a_shared_processor() {
+    let folder = PluginFolder::with(&["sleep"]);
+    folder.manifest("sleep", "[queue]\nconcurrency = 1\n");
+    let rt = runtime(folder.path()).await;
+    let mut events = rt.subscribe();
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spawn = |tenant: &'static str| {
+        let rt = rt.clone();
+        let finished = finished.clone();
+        tokio::spawn(async move {
+            let request = ExecutionRequest::new("sleep", json!({"ms": 20})).tenant(tenant);
+            let result = rt.execute(request).await.unwrap();
+            assert!(result.ok, "{result:?}");
+            finished.lock().unwrap().push(tenant);
+        })
+    };
+    let flood: Vec<_> = (0..6).map(|_| spawn("flood")).collect();
+    // Every flood execution has started (the first runs, the rest wait in the queue).
+    let mut started = 0;
+    while started < 6 {
+        match events.recv().await {
+            Some(Notice::Event(e))
+                if e.event == EventKind::ProcessorStarted && e.tenant == "flood" =>
+            {
+                started += 1
+            }
+            Some(_) => {}
+            None => panic!("the event stream closed"),
+        }
+    }
+    spawn("victim").await.unwrap();
+    for task in flood {
+        task.await.unwrap();
+    }
+    let order = finished.lock().unwrap().clone();
+    let victim = order.iter().position(|t| *t == "victim").unwrap();
+    // The running one, the one whose turn came first, then the victim's.
+    assert!(
+        victim <= 2,
+        "the victim finished after {victim} of the flood: {order:?}"
+    );
+}

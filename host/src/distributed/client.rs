@@ -34,6 +34,11 @@ use crate::workflow::Workflow;
 /// the worker's own decision (from the processor's policy) always comes first.
 const JOB_ATTEMPTS: u32 = 101;
 
+/// How long a tenant's count of runs going outlives its last submission, in milliseconds:
+/// a count that a lost run left too high is forgotten once the tenant has been quiet this
+/// long.
+const GOING_KEPT_MS: u64 = 3_600_000;
+
 /// The name of weir's backoff strategy: the worker computes each wait from the policy.
 const BACKOFF: &str = "weir";
 
@@ -333,7 +338,7 @@ impl Distributed {
         let queue = self.queue(&job.processor).await?;
         let mut options = self.step_options(
             &job.job_id(),
-            job.scope.priority,
+            Some(job.scope.queue_priority()),
             enclosing_join(&job.frames),
         );
         options.delay = job.delay_ms;
@@ -402,6 +407,7 @@ impl Distributed {
             .finish
             .key(self.keys.run(run))
             .key(self.keys.events())
+            .key(self.keys.going(&result.execution.tenant))
             .arg(document)
             .arg(status)
             .arg(self.retention_secs())
@@ -590,12 +596,14 @@ impl Distributed {
         let mut conn = self.conn();
         let mut pipe = redis::pipe();
         content::add_lookup(&mut pipe, &self.keys, &[request.processor.as_str()]);
+        let going = self.keys.going(&tenant);
         let open = pipe
             .cmd("EVALSHA")
             .arg(self.open.get_hash())
-            .arg(1)
-            .arg(&key);
-        open.arg(token).arg(unfinished);
+            .arg(2)
+            .arg(&key)
+            .arg(&going);
+        open.arg(token).arg(unfinished).arg(GOING_KEPT_MS);
         for (field, value) in &record {
             open.arg(*field).arg(value);
         }
@@ -614,7 +622,7 @@ impl Distributed {
             other => other,
         };
         let (plugins, workflows, owned) = opened.map_err(|e| self.redis_error(e))?;
-        if owned != 1 {
+        if owned < 1 {
             return Err(Error::Config(format!(
                 "a run with the id `{run}` exists already: give each execution its own id"
             )));
@@ -622,8 +630,14 @@ impl Distributed {
         let first = content::bindings_of(plugins, workflows).pop().flatten();
         let bindings = self.bindings(&request.processor, first).await?;
         if !bindings.contains_key(&request.processor) {
-            // Nothing runs: the record goes.
-            let _: redis::RedisResult<()> = conn.del(&key).await;
+            // Nothing runs: the record goes, and the run no longer counts as going.
+            let _: redis::RedisResult<()> = redis::pipe()
+                .del(&key)
+                .ignore()
+                .decr(&going, 1)
+                .ignore()
+                .query_async(&mut conn)
+                .await;
             let info = ExecutionInfo::new(
                 Some(run),
                 request.processor.clone(),
@@ -644,6 +658,7 @@ impl Distributed {
         // A request's timeout lowers each attempt's limit (in `limits`), as locally; a run
         // has no overall deadline unless a workflow sets one.
         let deadline_ms = None;
+        let turn = u32::try_from(owned - 1).unwrap_or(u32::MAX);
         let scope = WireScope {
             tenant: tenant.clone(),
             session: request.session.clone(),
@@ -653,6 +668,7 @@ impl Distributed {
             limits: request.limits.into(),
             parent: None,
             submitted_ms: now_ms(),
+            turn,
         };
         let cursor = Cursor {
             run: run.clone(),

@@ -536,7 +536,8 @@ impl Distributed {
             Plan::Step(job) => {
                 let mut child = FlowJob::new(job.processor.as_str(), job.processor.as_str(), &*job)
                     .map_err(|e| self.redis_error(e))?;
-                let mut options = self.step_options(&job.job_id(), job.scope.priority, None);
+                let mut options =
+                    self.step_options(&job.job_id(), Some(job.scope.queue_priority()), None);
                 options.ignore_dependency_on_failure = Some(true);
                 child.opts = Some(options);
                 Ok(child)

@@ -184,6 +184,11 @@ impl Keys {
         self.own(&format!("stopped:{}:{tenant}:{session}", tenant.len()))
     }
 
+    /// How many of `tenant`'s runs are going (their turns, see `WireScope::turn`).
+    pub(crate) fn going(&self, tenant: &str) -> String {
+        self.own(&format!("going:{tenant}"))
+    }
+
     /// The liveness key of the worker `origin`.
     pub(crate) fn worker(&self, origin: &str) -> String {
         self.own(&format!("worker:{origin}"))

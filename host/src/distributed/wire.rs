@@ -86,6 +86,31 @@ pub(crate) struct WireScope {
     /// it.
     #[serde(default)]
     pub submitted_ms: u64,
+    /// The run's turn among its tenant's: how many of the tenant's runs were going when it
+    /// was submitted. Among jobs of one priority, lower turns go first, so a tenant with
+    /// many runs going does not hold back one with few.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub turn: u32,
+}
+
+fn is_zero(turn: &u32) -> bool {
+    *turn == 0
+}
+
+/// Turns a queue tells apart within one priority; later turns share the last.
+pub(crate) const TURNS: u32 = 256;
+
+/// The highest priority number the distributed runtime tells apart (a higher one counts as
+/// this): BullMQ's priorities stop at 2^21, and each priority holds [`TURNS`] turns.
+pub(crate) const MAX_DISTRIBUTED_PRIORITY: u32 = (1 << 21) / TURNS - 1;
+
+impl WireScope {
+    /// BullMQ's priority for this scope's jobs: by priority first, then by turn. Priority
+    /// 0 at turn 0 is BullMQ's own 0, its cheapest path.
+    pub(crate) fn queue_priority(&self) -> u32 {
+        let priority = self.priority.unwrap_or(0).min(MAX_DISTRIBUTED_PRIORITY);
+        priority * TURNS + self.turn.min(TURNS - 1)
+    }
 }
 
 /// A caller's limit overrides, as data.
@@ -226,6 +251,29 @@ pub(crate) fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_queue_priority_orders_by_priority_then_turn() {
+        let scope = |priority: Option<u32>, turn: u32| WireScope {
+            priority,
+            turn,
+            ..WireScope::default()
+        };
+        // The first turn at the default priority is BullMQ's 0: no priority at all.
+        assert_eq!(scope(None, 0).queue_priority(), 0);
+        assert_eq!(scope(Some(0), 0).queue_priority(), 0);
+        assert!(scope(None, 1).queue_priority() < scope(None, 2).queue_priority());
+        // Any turn at one priority goes before the first at the next.
+        assert!(scope(Some(1), 0).queue_priority() > scope(None, u32::MAX).queue_priority());
+        assert!(scope(Some(1), 5).queue_priority() < scope(Some(2), 0).queue_priority());
+        // Within BullMQ's range, however high the priority and the turn.
+        let last = scope(Some(u32::MAX), u32::MAX).queue_priority();
+        assert_eq!(last, (1 << 21) - 1);
+        assert_eq!(
+            scope(Some(MAX_DISTRIBUTED_PRIORITY), TURNS - 1).queue_priority(),
+            last
+        );
+    }
 
     #[test]
     fn a_step_job_round_trips_through_json() {
