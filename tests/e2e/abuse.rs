@@ -163,17 +163,22 @@ fn a_guest_log_line_is_cut_escaped_and_its_fields_checked() {
 
 /// Bytes Redis at `url` uses (`INFO memory`'s `used_memory`).
 async fn redis_used_memory(url: &str) -> u64 {
+    redis_info(url, "memory", "used_memory").await
+}
+
+/// One figure of Redis's `INFO section`.
+async fn redis_info(url: &str, section: &str, name: &str) -> u64 {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let info: String = redis::cmd("INFO")
-        .arg("memory")
+        .arg(section)
         .query_async(&mut conn)
         .await
         .unwrap();
     info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
-        .expect("INFO memory has used_memory")
+        .unwrap_or_else(|| panic!("INFO {section} has {name}"))
 }
 
 /// A Redis, one `weir worker` over a folder of `plugins`, and a started runtime that
@@ -286,6 +291,88 @@ async fn a_flooding_tenant_does_not_starve_another_on_a_shared_queue() {
         victim <= 2,
         "the victim finished after {victim} of the flood: {order:?}"
     );
+}
+
+/// A distributed batch's record grows with its items, but an item's end writes only its own
+/// result: the bytes sent to Redis grow linearly with the items, not quadratically (each end
+/// used to rewrite the whole record, input and every result so far).
+#[tokio::test]
+async fn a_distributed_batch_writes_each_items_result_once() {
+    let fleet = Fleet::start(&["increment"]).await;
+    let workflow = weir::Workflow::batch("each", "increment").concurrency(4);
+    fleet.submitter.register(workflow).unwrap();
+    let pad = "p".repeat(2_000);
+    let items: Vec<Value> = (0..400).map(|i| json!({"count": i, "pad": pad})).collect();
+    let before = redis_info(&fleet.url, "stats", "total_net_input_bytes").await;
+    let result = fleet
+        .submitter
+        .run("each", json!({"items": items}))
+        .await
+        .unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.items.as_ref().map(Vec::len), Some(400));
+    let sent = redis_info(&fleet.url, "stats", "total_net_input_bytes").await - before;
+    eprintln!("a batch of 400 items of 2 KB: {sent} bytes sent to Redis");
+    // About 2 KB an item is written a few times over (its job, its result, the outcome);
+    // rewriting the record at each end would be about 400 × 1.2 MB.
+    assert!(
+        sent < 40 << 20,
+        "{sent} bytes sent to Redis for a batch of 400 items of 2 KB"
+    );
+}
+
+/// L7: a fan-out's record that a Redis writer rewrote so that it no longer fits its workflow
+/// (more branches than the parallel has) ends the run with a typed error; the worker never
+/// indexes the definition with it (it used to panic, and the run never ended).
+#[tokio::test]
+async fn a_fan_out_record_that_does_not_fit_its_workflow_ends_the_run() {
+    let fleet = Fleet::start(&["sleep", "increment"]).await;
+    let workflow = weir::Workflow::parallel("both", ["sleep", "increment"]);
+    fleet.submitter.register(workflow).unwrap();
+    let run = fleet
+        .submitter
+        .submit(weir::ExecutionRequest::new("both", json!({"ms": 1500})))
+        .await
+        .unwrap();
+    let client = redis::Client::open(fleet.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("weir:_:join:{run}-0.j");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("state")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(text) = text {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no join record");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    let mut state: Value = serde_json::from_str(&text).unwrap();
+    let mut extra = state["nodes"][0].clone();
+    extra["status"] = json!("running");
+    extra["result"] = Value::Null;
+    state["nodes"].as_array_mut().unwrap().push(extra);
+    let () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("state")
+        .arg(state.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        fleet.submitter.wait_run(&run),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap();
+    let error = result.error.expect("the run fails");
+    assert_eq!(error.code.as_deref(), Some("not-available"), "{error:?}");
+    assert!(error.message.contains("unreadable"), "{}", error.message);
 }
 
 /// Resident memory of process `pid`, in bytes.

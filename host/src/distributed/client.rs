@@ -73,6 +73,8 @@ pub(crate) struct Distributed {
     /// Opens a run's record (run by hash in the submission's pipeline).
     open: redis::Script,
     pub(super) join_cas: redis::Script,
+    pub(super) batch_open: redis::Script,
+    pub(super) batch_done: redis::Script,
     flows: tokio::sync::OnceCell<FlowProducer>,
     /// Set when workflows were registered from code and are not published yet.
     unpublished: std::sync::atomic::AtomicBool,
@@ -130,6 +132,8 @@ impl Distributed {
             finish: redis::Script::new(include_str!("../lua/finish_run.lua")),
             open: redis::Script::new(include_str!("../lua/open_run.lua")),
             join_cas: redis::Script::new(include_str!("../lua/join_cas.lua")),
+            batch_open: redis::Script::new(include_str!("../lua/batch_open.lua")),
+            batch_done: redis::Script::new(include_str!("../lua/batch_done.lua")),
             flows: tokio::sync::OnceCell::new(),
             unpublished: std::sync::atomic::AtomicBool::new(false),
             origin,

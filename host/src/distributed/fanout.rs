@@ -243,6 +243,43 @@ impl JoinState {
         }
     }
 
+    /// `Ok` when this state (as read from Redis, which anyone with write access can change)
+    /// fits `workflow`: one node per branch, item or graph node, and every index it holds
+    /// within them. Otherwise what does not fit; nothing indexes the definition with it.
+    pub(crate) fn fits(&self, workflow: &Workflow) -> Result<(), String> {
+        let count = self.nodes.len();
+        let expected = match workflow.composition() {
+            Composition::Parallel { branches, .. } => Some(branches.len()),
+            Composition::Graph { nodes } => Some(nodes.len()),
+            Composition::Batch { .. } => match self.input.get("items") {
+                Some(Value::Array(items)) => Some(items.len()),
+                _ => None,
+            },
+            _ => Some(0),
+        };
+        if expected != Some(count) {
+            return Err(format!(
+                "it has {count} branches where `{}` has {}",
+                workflow.name(),
+                expected.map_or_else(|| "an input without items".to_string(), |n| n.to_string())
+            ));
+        }
+        if let Some((index, _)) = &self.first_failure
+            && *index >= count
+        {
+            return Err(format!("its first failure is at branch {index} of {count}"));
+        }
+        if let Some(by) = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.started_by)
+            .find(|&by| by >= count)
+        {
+            return Err(format!("a branch was started by branch {by} of {count}"));
+        }
+        Ok(())
+    }
+
     /// Whether the workflow should stop its running branches (the first failure dooms it).
     pub(crate) fn doomed(&self) -> bool {
         self.first_failure.is_some()
@@ -453,6 +490,133 @@ impl JoinState {
     }
 }
 
+/// A batch's record in Redis, as hash fields (see `lua/batch_open.lua`): the items and each
+/// ended item's result have fields of their own, so that an item's end writes only its own
+/// result and a few counters (`lua/batch_done.lua`), and a batch of N items costs O(N).
+/// Parallels and graphs, whose branches a definition bounds, keep one record.
+impl JoinState {
+    /// The fields of a batch's record for this state.
+    pub(crate) fn batch_fields(&self) -> Result<Vec<(String, String)>, serde_json::Error> {
+        let mut base = self.input.clone();
+        let items = match base.as_object_mut().and_then(|o| o.remove("items")) {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
+        let mut fields = vec![
+            ("base".to_string(), serde_json::to_string(&base)?),
+            ("n".to_string(), self.nodes.len().to_string()),
+            ("next".to_string(), self.next_item.to_string()),
+            ("fuel".to_string(), self.fuel.to_string()),
+            ("peak".to_string(), self.peak_memory.to_string()),
+        ];
+        for (i, item) in items.iter().enumerate().take(self.nodes.len()) {
+            fields.push((format!("item:{i}"), serde_json::to_string(item)?));
+        }
+        if let Some(failure) = &self.first_failure {
+            fields.push(("fail".to_string(), serde_json::to_string(failure)?));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(result) = &node.result {
+                fields.push((format!("r:{i}"), serde_json::to_string(result)?));
+            }
+            if let Some(by) = node.started_by {
+                fields.push((format!("s:{by}"), i.to_string()));
+            }
+        }
+        Ok(fields)
+    }
+
+    /// The state a batch's record holds; `Err` says what is wrong with it. `max_items`
+    /// bounds what the record may claim (it is Redis's, not ours).
+    pub(crate) fn from_batch_fields(
+        mut fields: std::collections::HashMap<String, String>,
+        max_items: usize,
+    ) -> Result<JoinState, String> {
+        fn take(
+            fields: &mut std::collections::HashMap<String, String>,
+            name: &str,
+        ) -> Result<String, String> {
+            fields
+                .remove(name)
+                .ok_or_else(|| format!("its field `{name}` is missing"))
+        }
+        let number = |text: String, name: &str| {
+            text.parse::<u64>()
+                .map_err(|_| format!("its field `{name}` is not a count: {text:.40}"))
+        };
+        let json = |text: String, name: &str| {
+            serde_json::from_str::<Value>(&text).map_err(|e| format!("its field `{name}`: {e}"))
+        };
+        let count = usize::try_from(number(take(&mut fields, "n")?, "n")?).unwrap_or(usize::MAX);
+        if count > max_items {
+            return Err(format!(
+                "it claims {count} items, more than a batch takes ({max_items})"
+            ));
+        }
+        let mut input = json(take(&mut fields, "base")?, "base")?;
+        let next_item =
+            usize::try_from(number(take(&mut fields, "next")?, "next")?).unwrap_or(usize::MAX);
+        let fuel = number(take(&mut fields, "fuel")?, "fuel")?;
+        let peak_memory = number(take(&mut fields, "peak")?, "peak")?;
+        let first_failure = match fields.remove("fail") {
+            Some(text) => {
+                Some(serde_json::from_str(&text).map_err(|e| format!("its field `fail`: {e}"))?)
+            }
+            None => None,
+        };
+        let mut items = Vec::with_capacity(count);
+        let mut nodes = Vec::with_capacity(count);
+        for i in 0..count {
+            let name = format!("item:{i}");
+            items.push(json(take(&mut fields, &name)?, &name)?);
+            let result: Option<ExecutionResult> = match fields.remove(&format!("r:{i}")) {
+                Some(text) => Some(
+                    serde_json::from_str(&text)
+                        .map_err(|e| format!("the result of item {i}: {e}"))?,
+                ),
+                None => None,
+            };
+            let status = match &result {
+                Some(_) => Status::Done,
+                None if i < next_item => Status::Running,
+                None => Status::Waiting,
+            };
+            let output = result
+                .as_ref()
+                .filter(|r| r.error.is_none())
+                .map(|r| r.state.clone());
+            nodes.push(NodeState {
+                status,
+                result,
+                output,
+                started_by: None,
+            });
+        }
+        for by in 0..count {
+            if let Some(started) = fields.remove(&format!("s:{by}"))
+                && let Ok(started) = started.parse::<usize>()
+                && let Some(node) = nodes.get_mut(started)
+            {
+                node.started_by = Some(by);
+            }
+        }
+        match input.as_object_mut() {
+            Some(object) => {
+                object.insert("items".to_string(), Value::Array(items));
+            }
+            None => return Err("its field `base` is not an object".to_string()),
+        }
+        Ok(JoinState {
+            input,
+            nodes,
+            first_failure,
+            next_item,
+            fuel,
+            peak_memory,
+        })
+    }
+}
+
 impl Distributed {
     /// Opens a fan-out: records it and settles its first branches into the children of its
     /// join job (a branch that ends at once is recorded at once, and may start others).
@@ -491,7 +655,7 @@ impl Distributed {
                 Settled::Run(_) => {}
             }
         }
-        self.create_join(&join, &state).await?;
+        self.create_join(&join, &state, workflow).await?;
         let data = JoinJob {
             weir: FORMAT,
             join: join.clone(),
@@ -571,14 +735,40 @@ impl Distributed {
                 return Ok(Vec::new());
             }
         };
-        let (starts, doomed) = loop {
-            let Some((revision, mut state)) = self.load_join(join).await? else {
-                tracing::warn!(join = %join, "a branch ended for a fan-out whose record has expired");
-                return Ok(Vec::new());
-            };
-            let starts = state.complete(&workflow, *node, result.clone());
-            if self.store_join(join, revision, &state).await? {
-                break (starts, state.doomed());
+        let (starts, doomed) = if let Composition::Batch {
+            processor, policy, ..
+        } = workflow.composition()
+        {
+            let dooms = *policy == BatchPolicy::AllOrNothing;
+            match self.batch_item_done(join, *node, &result, dooms).await? {
+                Some((start, doomed)) => {
+                    let starts = start.map(|(index, input)| Start {
+                        node: index,
+                        name: processor.clone(),
+                        input,
+                    });
+                    (starts.into_iter().collect(), doomed)
+                }
+                None => {
+                    tracing::warn!(join = %join, "a batch item ended for a batch whose record has expired");
+                    return Ok(Vec::new());
+                }
+            }
+        } else {
+            loop {
+                let loaded = self.load_join(join, &workflow).await?;
+                if let Some(Err(why)) = &loaded {
+                    tracing::warn!(join = %join, %why, "a branch ended for a fan-out whose record does not fit its workflow");
+                    return Ok(Vec::new());
+                }
+                let Some(Ok((revision, mut state))) = loaded else {
+                    tracing::warn!(join = %join, "a branch ended for a fan-out whose record has expired");
+                    return Ok(Vec::new());
+                };
+                let starts = state.complete(&workflow, *node, result.clone());
+                if self.store_join(join, revision, &state).await? {
+                    break (starts, state.doomed());
+                }
             }
         };
         if doomed {
@@ -611,7 +801,27 @@ impl Distributed {
                 return self.proceed(cursor, next).await;
             }
         };
-        let Some((_, state)) = self.load_join(&job.join).await? else {
+        let loaded = match workflow.composition() {
+            Composition::Batch { .. } => self.load_batch(&job.join, &workflow).await?,
+            _ => self
+                .load_join(&job.join, &workflow)
+                .await?
+                .map(|loaded| loaded.map(|(_, state)| state)),
+        };
+        if let Some(Err(why)) = loaded {
+            let error = ExecutionError::host(
+                ErrorKind::Execution,
+                codes::NOT_AVAILABLE,
+                format!(
+                    "the record of `{}`'s branches in Redis is unreadable ({why}); the run \
+                     cannot go on",
+                    workflow.name()
+                ),
+            );
+            let next = self.close(&mut cursor, frame, Err((Value::Null, error)));
+            return self.proceed(cursor, next).await;
+        }
+        let Some(Ok(state)) = loaded else {
             let error = ExecutionError::host(
                 ErrorKind::Execution,
                 codes::NOT_AVAILABLE,
@@ -655,8 +865,27 @@ impl Distributed {
     }
 
     /// Writes a fan-out's first record, unless a run of the same step wrote it already.
-    async fn create_join(&self, join: &str, state: &JoinState) -> Result<(), Error> {
+    async fn create_join(
+        &self,
+        join: &str,
+        state: &JoinState,
+        workflow: &Workflow,
+    ) -> Result<(), Error> {
         let key = self.keys.join(join);
+        if let Composition::Batch { .. } = workflow.composition() {
+            let fields = state.batch_fields().map_err(|e| self.redis_error(e))?;
+            let mut script = self.batch_open.key(&key);
+            script.arg(self.retention_secs());
+            for (field, value) in &fields {
+                script.arg(field).arg(value);
+            }
+            let mut conn = self.conn();
+            let _: i64 = script
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.redis_error(e))?;
+            return Ok(());
+        }
         let text = serde_json::to_string(state).map_err(|e| self.redis_error(e))?;
         let mut conn = self.conn();
         let _: () = redis::pipe()
@@ -672,8 +901,79 @@ impl Distributed {
         Ok(())
     }
 
-    /// A fan-out's record and its revision.
-    async fn load_join(&self, join: &str) -> Result<Option<(u64, JoinState)>, Error> {
+    /// Records that item `index` of a batch ended with `result` (`dooms`: a failure ends
+    /// the batch). Returns the item this starts (its index and state) and whether the batch
+    /// is doomed; `None` when the batch's record has expired.
+    async fn batch_item_done(
+        &self,
+        join: &str,
+        index: usize,
+        result: &ExecutionResult,
+        dooms: bool,
+    ) -> Result<Option<(Option<(usize, Value)>, bool)>, Error> {
+        let text = serde_json::to_string(result).map_err(|e| self.redis_error(e))?;
+        let failure = match &result.error {
+            Some(error) if dooms => {
+                serde_json::to_string(&(index, error)).map_err(|e| self.redis_error(e))?
+            }
+            _ => String::new(),
+        };
+        let mut conn = self.conn();
+        let (started, item, doomed): (i64, Option<String>, i64) = self
+            .batch_done
+            .key(self.keys.join(join))
+            .arg(index)
+            .arg(text)
+            .arg(result.execution.fuel_consumed.min(i64::MAX as u64))
+            .arg(result.execution.peak_memory_bytes)
+            .arg(failure)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        if started == -2 {
+            return Ok(None);
+        }
+        let start = match (usize::try_from(started), item) {
+            (Ok(started), Some(item)) => {
+                let item = serde_json::from_str(&item).map_err(|e| {
+                    self.redis_error(format!("item {started} of batch {join} is unreadable: {e}"))
+                })?;
+                Some((started, item))
+            }
+            _ => None,
+        };
+        Ok(Some((start, doomed == 1)))
+    }
+
+    /// A batch's record, read whole (once, by its join): `None` when it has expired, `Err`
+    /// with the reason when it does not fit `workflow`.
+    async fn load_batch(
+        &self,
+        join: &str,
+        workflow: &Workflow,
+    ) -> Result<Option<Result<JoinState, String>>, Error> {
+        let mut conn = self.conn();
+        let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.join(join))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            JoinState::from_batch_fields(fields, self.max_batch_items)
+                .and_then(|state| state.fits(workflow).map(|()| state)),
+        ))
+    }
+
+    /// A fan-out's record and its revision: `None` when it has expired, `Err` with the
+    /// reason when it does not fit `workflow`.
+    async fn load_join(
+        &self,
+        join: &str,
+        workflow: &Workflow,
+    ) -> Result<Option<Result<(u64, JoinState), String>>, Error> {
         let mut conn = self.conn();
         let (revision, text): (Option<u64>, Option<String>) = redis::cmd("HMGET")
             .arg(self.keys.join(join))
@@ -685,10 +985,10 @@ impl Distributed {
         let (Some(revision), Some(text)) = (revision, text) else {
             return Ok(None);
         };
-        let state = serde_json::from_str(&text).map_err(|e| {
-            self.redis_error(format!("the record of fan-out {join} is unreadable: {e}"))
-        })?;
-        Ok(Some((revision, state)))
+        let state = serde_json::from_str::<JoinState>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|state| state.fits(workflow).map(|()| (revision, state)));
+        Ok(Some(state))
     }
 
     /// Replaces a fan-out's record if it is still at `revision`; false if another worker
@@ -710,5 +1010,108 @@ impl Distributed {
             .await
             .map_err(|e| self.redis_error(e))?;
         Ok(stored == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn result(state: Value, error: Option<ExecutionError>) -> ExecutionResult {
+        let info = ExecutionInfo::new(None, "p", "t", None);
+        match error {
+            Some(error) => failed(state, error, info),
+            None => ExecutionResult {
+                ok: true,
+                state,
+                error: None,
+                execution: info,
+                items: None,
+            },
+        }
+    }
+
+    /// A batch of four items, two at a time, whose first item has ended (starting the
+    /// third) and whose second has failed in a way that dooms the batch.
+    fn batch_in_progress() -> (Workflow, JoinState) {
+        let workflow = Workflow::batch("each", "p")
+            .concurrency(2)
+            .policy(BatchPolicy::AllOrNothing);
+        let input =
+            json!({"items": [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}], "metadata": {"version": 1}});
+        let (mut state, starts) = JoinState::open(&workflow, input, 100).unwrap();
+        assert_eq!(starts.len(), 2);
+        let started = state.complete(&workflow, 0, result(json!({"n": 10}), None));
+        assert_eq!(started[0].node, 2);
+        let error = ExecutionError::host(ErrorKind::Validation, codes::INVALID_INPUT, "no");
+        state.complete(&workflow, 1, result(json!({"n": 1}), Some(error)));
+        (workflow, state)
+    }
+
+    #[test]
+    fn a_record_that_does_not_fit_its_definition_is_refused() {
+        let parallel = Workflow::parallel("both", ["a", "b"]);
+        let (state, _) = JoinState::open(&parallel, json!({}), 100).unwrap();
+        assert!(state.fits(&parallel).is_ok());
+        let mut more = state.clone();
+        more.nodes.push(more.nodes[0].clone());
+        let why = more.fits(&parallel).unwrap_err();
+        assert!(why.contains("3 branches"), "{why}");
+        let mut failed_elsewhere = state.clone();
+        let error = ExecutionError::host(ErrorKind::Validation, codes::INVALID_INPUT, "no");
+        failed_elsewhere.first_failure = Some((7, error));
+        assert!(failed_elsewhere.fits(&parallel).is_err());
+        let mut started_elsewhere = state;
+        started_elsewhere.nodes[1].started_by = Some(9);
+        assert!(started_elsewhere.fits(&parallel).is_err());
+        // A record read whole for a parallel never indexes its definition past its end.
+        let mut lost = more;
+        lost.nodes[2].status = Status::Running;
+        assert!(lost.fits(&parallel).is_err());
+    }
+
+    #[test]
+    fn a_batchs_record_reads_back_as_the_state_it_was_written_from() {
+        let (_, state) = batch_in_progress();
+        let fields: std::collections::HashMap<String, String> =
+            state.batch_fields().unwrap().into_iter().collect();
+        let read = JoinState::from_batch_fields(fields, 100).unwrap();
+        assert_eq!(
+            serde_json::to_value(&read).unwrap(),
+            serde_json::to_value(&state).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_batchs_record_gives_each_item_and_result_a_field_of_its_own() {
+        let (_, state) = batch_in_progress();
+        let fields = state.batch_fields().unwrap();
+        let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
+        for name in ["item:0", "item:3", "r:0", "r:1", "s:0", "fail"] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+        assert!(!names.contains(&"r:2"));
+        // The base is the input without its items: what an item's end never rewrites.
+        let base = &fields.iter().find(|(name, _)| name == "base").unwrap().1;
+        assert!(!base.contains("items"), "{base}");
+    }
+
+    #[test]
+    fn a_batchs_record_from_redis_is_checked_before_it_is_trusted() {
+        let (_, state) = batch_in_progress();
+        let fields: std::collections::HashMap<String, String> =
+            state.batch_fields().unwrap().into_iter().collect();
+        let mut huge = fields.clone();
+        huge.insert("n".into(), "100000000000".into());
+        let why = JoinState::from_batch_fields(huge, 100).unwrap_err();
+        assert!(why.contains("more than a batch takes"), "{why}");
+        let mut missing = fields.clone();
+        missing.remove("item:2");
+        let why = JoinState::from_batch_fields(missing, 100).unwrap_err();
+        assert!(why.contains("item:2"), "{why}");
+        let mut garbled = fields;
+        garbled.insert("r:3".into(), "{".into());
+        assert!(JoinState::from_batch_fields(garbled, 100).is_err());
     }
 }
