@@ -72,6 +72,37 @@ impl Default for WorkerConfig {
 /// How long a step whose run could not be carried on (Redis failed) waits to run again.
 const REDIS_RETRY_MS: u64 = 1_000;
 
+/// How long a retry's wait is kept for BullMQ to ask for it. BullMQ asks as soon as the
+/// attempt has failed; a wait it never asks for (the job was removed, or failed for good)
+/// is forgotten after this.
+const DELAY_KEPT: Duration = Duration::from_secs(60);
+
+/// Waits before the next attempt, by job id, until BullMQ's backoff asks for them. It holds
+/// at most [`Delays::PRUNE_AT`] waits or those of the last [`DELAY_KEPT`], whichever is
+/// more: once it holds that many, older waits go.
+#[derive(Debug, Default)]
+struct Delays {
+    waits: HashMap<String, (u64, Instant)>,
+}
+
+impl Delays {
+    const PRUNE_AT: usize = 1_024;
+
+    /// Notes that job `id` waits `ms` before its next attempt.
+    fn note(&mut self, id: String, ms: u64, now: Instant) {
+        if self.waits.len() >= Self::PRUNE_AT {
+            self.waits
+                .retain(|_, (_, noted)| now.saturating_duration_since(*noted) < DELAY_KEPT);
+        }
+        self.waits.insert(id, (ms, now));
+    }
+
+    /// The wait noted for job `id`, forgotten as it is taken.
+    fn take(&mut self, id: &str) -> Option<u64> {
+        self.waits.remove(id).map(|(ms, _)| ms)
+    }
+}
+
 /// Digests of fetched components kept per process (all are forgotten when more arrive).
 const FETCHED_KEPT: usize = 64;
 
@@ -121,7 +152,7 @@ struct Inner {
     workers: tokio::sync::Mutex<HashMap<String, Arc<Worker>>>,
     /// Waits before the next attempt, decided when an attempt failed, keyed by job id;
     /// BullMQ asks for them through weir's backoff strategy.
-    delays: Mutex<HashMap<String, u64>>,
+    delays: Mutex<Delays>,
     /// The steps running here, by job id, so that a cancellation can reach them.
     active: Mutex<HashMap<String, Active>>,
     /// Every cancellation in force, as heard on the cancel channel (`None` while the
@@ -176,7 +207,7 @@ impl WorkerHandle {
             unloadable: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
             workers: tokio::sync::Mutex::new(HashMap::new()),
-            delays: Mutex::new(HashMap::new()),
+            delays: Mutex::new(Delays::default()),
             active: Mutex::new(HashMap::new()),
             heard: Mutex::new(None),
         });
@@ -292,7 +323,7 @@ impl Inner {
             let delay = delays.upgrade().and_then(|inner| {
                 let run = data.get("run")?.as_str()?;
                 let path = data.get("path")?.as_str()?;
-                lock_map(&inner.delays).remove(&job_id(run, path))
+                lock_map(&inner.delays).take(&job_id(run, path))
             });
             // Unknown (not weir's decision): retry at once, as BullMQ would without backoff.
             let delay = delay.map_or(0, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
@@ -555,7 +586,7 @@ impl Inner {
         delay: Duration,
     ) {
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        lock_map(&self.delays).insert(step.job_id(), delay_ms);
+        lock_map(&self.delays).note(step.job_id(), delay_ms, Instant::now());
         tracing::info!(
             target: "weir::execution",
             id = %step.execution,
@@ -598,7 +629,7 @@ impl Inner {
     /// attempt finds Redis back, or fails the same way until the attempts run out).
     fn retry_later(&self, step: &StepJob, error: Error) -> bullmq::Error {
         tracing::warn!(target: "weir::worker", job = %step.job_id(), %error, "Redis failed; the step runs again in 1 s");
-        lock_map(&self.delays).insert(step.job_id(), REDIS_RETRY_MS);
+        lock_map(&self.delays).note(step.job_id(), REDIS_RETRY_MS, Instant::now());
         bullmq::Error::ProcessingError(error.to_string())
     }
 
@@ -959,6 +990,25 @@ mod tests {
     use sha2::Digest;
 
     use super::*;
+
+    #[test]
+    fn retry_waits_nobody_asks_for_are_forgotten() {
+        let mut delays = Delays::default();
+        let start = Instant::now();
+        // Jobs that failed for good or were removed: BullMQ never asks for their waits.
+        for i in 0..5_000 {
+            delays.note(format!("gone-{i}"), 100, start);
+        }
+        delays.note("asked".into(), 250, start + DELAY_KEPT);
+        delays.note("next".into(), 500, start + DELAY_KEPT * 2);
+        assert!(
+            delays.waits.len() <= Delays::PRUNE_AT,
+            "{}",
+            delays.waits.len()
+        );
+        assert_eq!(delays.take("next"), Some(500));
+        assert_eq!(delays.take("next"), None);
+    }
     use crate::distributed::wire::enclosing_join;
     use crate::fuzz::{fuzz, json_near};
     use crate::limits::{LimitOverrides, Limits};
