@@ -79,6 +79,9 @@ impl fmt::Display for ErrorKind {
 pub mod codes {
     /// The execution's wall-clock deadline passed.
     pub const DEADLINE_EXCEEDED: &str = "deadline-exceeded";
+    /// A distributed run did not end by its deadline: its outcome was lost (a worker or
+    /// Redis lost it) or it ran too long.
+    pub const RUN_LOST: &str = "run-lost";
     /// The fuel budget ran out.
     pub const FUEL_EXHAUSTED: &str = "fuel-exhausted";
     /// The guest tried to grow its memory past the cap.

@@ -91,7 +91,9 @@ pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> 
         tenant: Arc::from(request.tenant.as_deref().unwrap_or("default")),
         session: request.session.as_deref().map(Arc::from),
         depth: 0,
-        deadline: None,
+        deadline: request
+            .deadline
+            .map(|d| Instant::now() + request.delay.unwrap_or_default() + d),
         cancel: request.cancel,
         limits: request.limits,
         parent: None,

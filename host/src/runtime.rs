@@ -125,6 +125,12 @@ pub struct ExecutionRequest {
     pub delay: Option<Duration>,
     /// At most this many attempts (can only lower the processor's retry policy).
     pub max_attempts: Option<u32>,
+    /// The whole execution (its waits, its attempts, every step of a workflow) ends within
+    /// this of its start (after any `delay`), or fails with `timeout`. On the distributed
+    /// runtime every run has such a deadline (`RedisConfig::run_deadline`, an hour, when
+    /// `None`): an outcome Redis or a worker lost then ends the run as `timeout` /
+    /// `run-lost` instead of leaving its caller waiting.
+    pub deadline: Option<Duration>,
     /// Charged for the batch items under this execution before they start (the HTTP
     /// server's tenant quotas); nothing is charged when `None`. On the distributed runtime
     /// the items run on workers and are not charged yet.
@@ -145,8 +151,16 @@ impl ExecutionRequest {
             priority: None,
             delay: None,
             max_attempts: None,
+            deadline: None,
             admission: None,
         }
+    }
+
+    /// Ends the whole execution within `deadline` of its start (see
+    /// [`ExecutionRequest::deadline`]).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// Charges the batch items under this execution to `admission` before they start.
@@ -455,8 +469,13 @@ impl Runtime {
 
     /// A run of the distributed runtime as Redis knows it; `None` if there is no such run
     /// (or its record has expired).
+    /// A run whose deadline has passed (with `RedisConfig::lost_grace`) without an outcome
+    /// is given its `run-lost` outcome here.
     pub async fn run_status(&self, id: &str) -> Result<Option<RunStatus>, RuntimeError> {
-        self.distributed()?.status(id).await.map_err(refusal)
+        self.distributed()?
+            .settled_status(id)
+            .await
+            .map_err(refusal)
     }
 
     /// Whether any `weir worker` is connected to the distributed runtime's Redis (each says
@@ -558,7 +577,7 @@ impl Runtime {
         };
         // The caller's cancel handle (e.g. Ctrl-C on `weir run`) cancels the run wherever
         // it is; its outcome (cancelled) still comes back.
-        let wait = distributed.outcome(receiver);
+        let wait = distributed.outcome(&run, receiver);
         tokio::pin!(wait);
         tokio::select! {
             result = &mut wait => return result.map_err(unavailable),

@@ -196,6 +196,21 @@ async fn until_listed(conn: &mut redis::aio::MultiplexedConnection, key: &str, n
     }
 }
 
+/// [`submitter`], counting a run as lost `grace` after its deadline.
+async fn submitter_with_grace(url: &str, dir: &std::path::Path, grace: Duration) -> weir::Runtime {
+    let mut config = weir::RedisConfig::new(url);
+    config.lost_grace = grace;
+    let runtime = weir::Runtime::redis(url)
+        .redis_config(config)
+        .plugins_dir(dir)
+        .engine_config(engine_config())
+        .build()
+        .await
+        .expect("the distributed runtime connects");
+    runtime.start();
+    runtime
+}
+
 /// Waits until one job waits in `queue`: in BullMQ's `wait` list, or in its `prioritized`
 /// set (where a run's job goes unless it is its tenant's first, at priority 0).
 async fn until_waiting(conn: &mut redis::aio::MultiplexedConnection, queue: &str, never: &str) {
@@ -580,6 +595,83 @@ async fn stopping_a_session_stops_its_guests_on_remote_workers_and_drops_its_wai
         stopped_at.elapsed() < Duration::from_secs(10),
         "the looping guest stopped promptly ({:?})",
         stopped_at.elapsed()
+    );
+}
+
+/// M4: a run whose outcome is lost (its only worker dies holding its job, and nothing
+/// recovers the job for a minute) ends as `timeout` / `run-lost` once its deadline and the
+/// grace have passed, instead of leaving its caller waiting; its record says so, and the
+/// next run goes through.
+#[tokio::test]
+async fn a_run_whose_outcome_is_lost_ends_by_its_deadline() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["sleep"]);
+    folder.manifest("sleep", "[limits]\ntimeout_ms = 20000\n");
+    let slow_recovery = ["--lock-ms", "60000", "--stalled-interval-ms", "60000"];
+    let mut worker = WorkerProcess::start(&url, folder.path(), &slow_recovery);
+    let runtime = submitter_with_grace(&url, folder.path(), Duration::from_millis(500)).await;
+    let request = weir::ExecutionRequest::new("sleep", json!({"ms": 10_000}))
+        .deadline(Duration::from_secs(3));
+    let run = tokio::spawn({
+        let runtime = runtime.clone();
+        async move { runtime.execute(request).await }
+    });
+    let mut conn = connection(&url).await;
+    until_listed(
+        &mut conn,
+        "weir:sleep:active",
+        "the job never became active",
+    )
+    .await;
+    worker.kill();
+    let result = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the run ends by its deadline")
+        .unwrap()
+        .unwrap();
+    let error = result.error.expect("a lost run fails");
+    assert_eq!(error.kind, weir::ErrorKind::Timeout, "{error:?}");
+    assert_eq!(error.code.as_deref(), Some(weir::codes::RUN_LOST));
+    let status = runtime
+        .run_status(&result.execution.id)
+        .await
+        .unwrap()
+        .expect("the run's record");
+    let recorded = status.result.and_then(|r| r.error).and_then(|e| e.code);
+    assert_eq!(recorded.as_deref(), Some(weir::codes::RUN_LOST));
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let next = runtime.run("sleep", json!({"ms": 10})).await.unwrap();
+    assert!(next.ok, "{next:?}");
+}
+
+/// M4 as `weir runs get` sees it: a run nobody waits for, whose outcome was lost, reads as
+/// `run-lost` once its deadline and the grace have passed.
+#[tokio::test]
+async fn a_lost_run_nobody_waits_for_reads_as_lost() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["sleep"]);
+    // No worker: the run's job waits in its queue, and its outcome never comes.
+    let runtime = submitter_with_grace(&url, folder.path(), Duration::from_millis(100)).await;
+    let request = weir::ExecutionRequest::new("sleep", json!({"ms": 10}))
+        .deadline(Duration::from_millis(300));
+    let id = runtime.submit(request).await.unwrap();
+    let status = runtime.run_status(&id).await.unwrap().unwrap();
+    assert!(status.result.is_none(), "running until its deadline");
+    assert!(status.deadline_ms.is_some());
+    let started = Instant::now();
+    let lost = loop {
+        let status = runtime.run_status(&id).await.unwrap().unwrap();
+        if let Some(result) = status.result {
+            break result;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never lost");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        lost.error.and_then(|e| e.code).as_deref(),
+        Some(weir::codes::RUN_LOST)
     );
 }
 

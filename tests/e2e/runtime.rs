@@ -231,3 +231,24 @@ async fn execute_many_returns_results_in_request_order() {
     }
     assert!(matches!(results[8], Err(RuntimeError::NotFound { .. })));
 }
+
+/// A request's deadline bounds the whole execution, its retries included: a processor that
+/// would sleep for two seconds is cut at the deadline with `timeout` / `deadline-exceeded`.
+#[tokio::test]
+async fn a_request_deadline_bounds_the_whole_execution() {
+    let folder = PluginFolder::with(&["sleep"]);
+    folder.manifest("sleep", "[limits]\ntimeout_ms = 20000\n");
+    let rt = runtime(folder.path()).await;
+    let started = Instant::now();
+    let request =
+        ExecutionRequest::new("sleep", json!({"ms": 2_000})).deadline(Duration::from_millis(300));
+    let result = rt.execute(request).await.unwrap();
+    let error = result.error.expect("cut at its deadline");
+    assert_eq!(error.kind, ErrorKind::Timeout, "{error:?}");
+    assert_eq!(error.code.as_deref(), Some(codes::DEADLINE_EXCEEDED));
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+}

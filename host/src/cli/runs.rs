@@ -8,7 +8,8 @@ use super::{Failure, Outcome, PluginArgs, RedisArgs, print_json};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum RunsCommand {
-    /// Print a run: `{id, target, tenant, session, submittedMs, status, result}`. Exit 0
+    /// Print a run: `{id, target, tenant, session, submittedMs, deadlineMs, status, result}`
+    /// (a run past its deadline without an outcome reads as failed, `run-lost`). Exit 0
     /// while it runs or when it succeeded, 1 when it failed, 2 when there is no such run.
     Get(GetArgs),
 }
@@ -55,6 +56,7 @@ async fn get(args: GetArgs) -> Result<Outcome, Failure> {
         "tenant": status.tenant,
         "session": status.session,
         "submittedMs": status.submitted_ms,
+        "deadlineMs": status.deadline_ms,
         "status": state,
         "result": status.result.as_ref().map(|r| r.document()),
     }))?;

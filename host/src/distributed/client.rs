@@ -55,6 +55,9 @@ pub struct RunStatus {
     pub session: Option<String>,
     /// When it was submitted (Unix milliseconds).
     pub submitted_ms: u64,
+    /// When it must have ended (Unix milliseconds); `None` for a run submitted before
+    /// runs had deadlines.
+    pub deadline_ms: Option<u64>,
     /// Its outcome, once it has one.
     pub result: Option<ExecutionResult>,
 }
@@ -584,6 +587,9 @@ impl Distributed {
         let run = run.to_string();
         let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
         let key = self.keys.run(&run);
+        let deadline_ms = now_ms()
+            .saturating_add(millis(request.delay.unwrap_or_default()))
+            .saturating_add(millis(request.deadline.unwrap_or(self.config.run_deadline)));
         // One round trip (three if Redis forgot the script): what the name means now, and
         // the run's record opened.
         let mut record = vec![
@@ -591,6 +597,7 @@ impl Distributed {
             ("tenant", tenant.clone()),
             ("submitted", now_ms().to_string()),
             ("status", "running".to_string()),
+            ("deadline", deadline_ms.to_string()),
         ];
         if let Some(session) = &request.session {
             record.push(("session", session.clone()));
@@ -659,9 +666,9 @@ impl Distributed {
             );
             return Ok(Err(failed(input, error, info)));
         }
-        // A request's timeout lowers each attempt's limit (in `limits`), as locally; a run
-        // has no overall deadline unless a workflow sets one.
-        let deadline_ms = None;
+        // A request's timeout lowers each attempt's limit (in `limits`), as locally; the
+        // run's deadline bounds them all.
+        let deadline_ms = Some(deadline_ms);
         let turn = u32::try_from(owned - 1).unwrap_or(u32::MAX);
         let scope = WireScope {
             tenant: tenant.clone(),
@@ -749,15 +756,85 @@ impl Distributed {
         self.waiters.forget(run);
     }
 
-    /// The outcome a listener from [`Distributed::expect`] receives.
+    /// The outcome of `run` that a listener from [`Distributed::expect`] receives; once the
+    /// run's deadline (and the grace) has passed without one, its `run-lost` outcome.
     pub(crate) async fn outcome(
         &self,
-        receiver: oneshot::Receiver<ExecutionResult>,
+        run: &str,
+        mut receiver: oneshot::Receiver<ExecutionResult>,
     ) -> Result<ExecutionResult, Error> {
-        receiver.await.map_err(|_| Error::Redis {
-            url: self.config.url.clone(),
-            reason: "the event reader stopped".into(),
-        })
+        // Until the record says when the run must end, look again after the longest wait
+        // a run may have without a deadline of its own.
+        let mut check_at = tokio::time::Instant::now() + self.config.lost_grace;
+        loop {
+            tokio::select! {
+                delivered = &mut receiver => {
+                    return delivered.map_err(|_| Error::Redis {
+                        url: self.config.url.clone(),
+                        reason: "the event reader stopped".into(),
+                    });
+                }
+                _ = tokio::time::sleep_until(check_at) => {}
+            }
+            match self.settled_status(run).await? {
+                Some(RunStatus {
+                    result: Some(result),
+                    ..
+                }) => {
+                    self.waiters.deliver(run, result.clone());
+                    return Ok(result);
+                }
+                Some(status) => {
+                    let due = status.deadline_ms.map_or(u64::MAX, |d| {
+                        d.saturating_add(millis(self.config.lost_grace))
+                    });
+                    let wait = due.saturating_sub(now_ms()).max(100);
+                    check_at = tokio::time::Instant::now() + Duration::from_millis(wait);
+                }
+                // The record is gone (deleted, or expired): nothing will say how it ended.
+                None => {
+                    let result = self.lost(run, None);
+                    self.waiters.deliver(run, result.clone());
+                    return Ok(result);
+                }
+            }
+        }
+    }
+
+    /// The run `id` as Redis knows it, given its `run-lost` outcome if its deadline and
+    /// the grace have passed without one (the first outcome recorded wins, so a late real
+    /// one is ignored, and a real one recorded first is kept).
+    pub(crate) async fn settled_status(&self, id: &str) -> Result<Option<RunStatus>, Error> {
+        let Some(status) = self.status(id).await? else {
+            return Ok(None);
+        };
+        let lost = status.result.is_none()
+            && status
+                .deadline_ms
+                .is_some_and(|d| now_ms() > d.saturating_add(millis(self.config.lost_grace)));
+        if !lost {
+            return Ok(Some(status));
+        }
+        self.finish_run(id, &self.lost(id, Some(&status))).await?;
+        self.status(id).await
+    }
+
+    /// The outcome of run `id`, which did not end by its deadline.
+    fn lost(&self, id: &str, status: Option<&RunStatus>) -> ExecutionResult {
+        let (target, tenant, session) = status.map_or(("", "default", None), |s| {
+            (s.target.as_str(), s.tenant.as_str(), s.session.clone())
+        });
+        let error = ExecutionError::host(
+            ErrorKind::Timeout,
+            codes::RUN_LOST,
+            format!(
+                "run `{id}` did not end by its deadline: a worker or Redis lost its outcome, or \
+                 it ran too long; it may be submitted again"
+            ),
+        )
+        .retryable(true);
+        let info = ExecutionInfo::new(Some(id.to_string()), target, tenant, session);
+        crate::executor::failed(serde_json::Value::Null, error, info)
     }
 
     /// Waits for the outcome of `run`.
@@ -781,10 +858,7 @@ impl Distributed {
             }
             Some(_) => {}
         }
-        receiver.await.map_err(|_| Error::Redis {
-            url: self.config.url.clone(),
-            reason: "the event reader stopped".into(),
-        })
+        self.outcome(run, receiver).await
     }
 
     /// The run `id` as Redis knows it (`None` if it never existed or has expired).
@@ -810,6 +884,7 @@ fn run_status(id: &str, mut fields: HashMap<String, String>) -> Option<RunStatus
             .get("submitted")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
+        deadline_ms: fields.get("deadline").and_then(|s| s.parse().ok()),
         result: fields.get("result").and_then(|text| parse_document(text)),
     })
 }
@@ -837,6 +912,11 @@ fn keep(retention: Retention) -> RemoveOnFinish {
         count: Some(retention.count),
         limit: None,
     })
+}
+
+/// `duration` in whole milliseconds (saturating).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Locks `mutex`, whose data stays consistent even if a holder panicked.

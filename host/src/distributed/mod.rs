@@ -74,6 +74,13 @@ pub struct RedisConfig {
     /// subscribers miss them, and a warning says how many), and every guest's `emit` still
     /// goes through.
     pub share_buffer_bytes: usize,
+    /// How long a run may take, from its submission (and any delay), when its request sets
+    /// no deadline (default one hour). Its steps are cut at it, and a run without an outcome
+    /// by then (and [`RedisConfig::lost_grace`]) ends as `timeout` / `run-lost`.
+    pub run_deadline: Duration,
+    /// How long past its deadline a run's outcome may still arrive before the run counts as
+    /// lost (default 10 s: the last step's end, written after the deadline cut it).
+    pub lost_grace: Duration,
 }
 
 /// How many finished jobs to keep, and for how long.
@@ -107,6 +114,8 @@ impl RedisConfig {
             events_kept: 1_000,
             stream_entry_bytes: 64 << 10,
             share_buffer_bytes: 8 << 20,
+            run_deadline: Duration::from_secs(3600),
+            lost_grace: Duration::from_secs(10),
         }
     }
 
