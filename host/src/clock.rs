@@ -45,6 +45,11 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
+/// `duration` in whole milliseconds (saturating).
+pub(crate) fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Now, in Unix milliseconds.
 pub(crate) fn now_ms() -> u64 {
     unix_ms(SystemTime::now())

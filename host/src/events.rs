@@ -213,11 +213,7 @@ impl Drop for Subscription {
 impl Subscription {
     /// The next event or lag notice; `None` once the runtime is gone.
     pub async fn recv(&mut self) -> Option<Notice> {
-        match self.receiver.recv().await {
-            Ok(held) => Some(Notice::Event(held.event.clone())),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Notice::Lagged { missed }),
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
+        self.recv_sized().await.map(|(notice, _)| notice)
     }
 
     /// [`Subscription::recv`], with the payload bytes the bus counted for the event (0 for

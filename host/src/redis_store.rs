@@ -59,7 +59,7 @@ impl RedisStateStore {
             connection,
             prefix: Keys::new(&config.prefix).own(""),
             quota,
-            idle_ms: millis(crate::store::SessionBounds::default().idle_expiry),
+            idle_ms: crate::clock::millis(crate::store::SessionBounds::default().idle_expiry),
             cas: redis::Script::new(include_str!("lua/state_cas.lua")),
             kv_set: redis::Script::new(include_str!("lua/kv_set.lua")),
             kv_delete: redis::Script::new(include_str!("lua/kv_delete.lua")),
@@ -69,7 +69,7 @@ impl RedisStateStore {
     /// Expires a session's keys once they have not been written for `idle` (at least 1 ms).
     pub fn with_idle_expiry(mut self, idle: std::time::Duration) -> Self {
         // Redis refuses an expiry past its clock's range: a thousand years is "never".
-        self.idle_ms = millis(idle).clamp(1, 1 << 45);
+        self.idle_ms = crate::clock::millis(idle).clamp(1, 1 << 45);
         self
     }
 
@@ -82,10 +82,6 @@ impl RedisStateStore {
             session.session
         )
     }
-}
-
-fn millis(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A failed Redis command, as the execution that needed it sees it.

@@ -102,6 +102,19 @@ struct GateState {
     timer_set: bool,
 }
 
+impl GateState {
+    /// Forgets the tenants whose last turn has come: they start afresh, so the map holds at
+    /// most one entry per tenant with an attempt waiting.
+    fn forget_past_turns(&mut self) {
+        if self.waiting.is_empty() {
+            self.turns.clear();
+        } else if self.turns.len() > self.waiting.len() {
+            let turn = self.turn;
+            self.turns.retain(|_, last| *last > turn);
+        }
+    }
+}
+
 /// The admission gate of one processor.
 pub(crate) struct Gate {
     policy: QueuePolicy,
@@ -176,14 +189,7 @@ impl Gate {
                 gate.take(state, counts);
             }
         }
-        // A tenant whose last turn has come starts afresh: its entry is not needed. So the
-        // map holds at most one entry per tenant with an attempt waiting.
-        if state.waiting.is_empty() {
-            state.turns.clear();
-        } else if state.turns.len() > state.waiting.len() {
-            let turn = state.turn;
-            state.turns.retain(|_, last| *last > turn);
-        }
+        state.forget_past_turns();
         let short_of_tokens = state.tokens < 1.0 && !state.waiting.is_empty();
         if let Some(rate) = gate.policy.rate_limit
             && short_of_tokens
@@ -257,9 +263,7 @@ impl Gate {
         let still_waiting = {
             let mut state = self.lock();
             let removed = state.waiting.remove(&key).is_some();
-            if state.waiting.is_empty() {
-                state.turns.clear();
-            }
+            state.forget_past_turns();
             removed
         };
         if !still_waiting {
@@ -339,6 +343,15 @@ mod tests {
         }
     }
 
+    /// Takes the one slot of a processor allowed one attempt at a time.
+    async fn hold(scheduler: &Scheduler) -> Admission {
+        let cancel = CancelHandle::new();
+        scheduler
+            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
+            .await
+            .unwrap()
+    }
+
     fn one_at_a_time() -> QueuePolicy {
         QueuePolicy {
             concurrency: Some(1),
@@ -349,11 +362,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_processor_admits_the_next_attempt_when_one_ends() {
         let scheduler = Arc::new(Scheduler::default());
-        let cancel = CancelHandle::new();
-        let first = scheduler
-            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
-            .await
-            .unwrap();
+        let first = hold(&scheduler).await;
         let waiting = {
             let scheduler = scheduler.clone();
             tokio::spawn(async move {
@@ -380,11 +389,7 @@ mod tests {
     /// a running one; returns the order in which they started.
     async fn start_order(arrivals: &[(&'static str, u32)]) -> Vec<(&'static str, u32)> {
         let scheduler = Arc::new(Scheduler::default());
-        let cancel = CancelHandle::new();
-        let running = scheduler
-            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
-            .await
-            .unwrap();
+        let running = hold(&scheduler).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for &(tenant, priority) in arrivals {
@@ -433,10 +438,7 @@ mod tests {
         let tenants: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
         let scheduler = Scheduler::default();
         let cancel = CancelHandle::new();
-        let running = scheduler
-            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
-            .await
-            .unwrap();
+        let running = hold(&scheduler).await;
         let soon = std::time::Instant::now() + Duration::from_millis(20);
         for tenant in &tenants {
             let turn = Turn {
@@ -490,10 +492,7 @@ mod tests {
     async fn giving_up_in_the_queue_leaks_no_slot() {
         let scheduler = Scheduler::default();
         let cancel = CancelHandle::new();
-        let running = scheduler
-            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
-            .await
-            .unwrap();
+        let running = hold(&scheduler).await;
         let impatient = CancelHandle::new();
         impatient.cancel();
         let refused = scheduler
@@ -518,10 +517,7 @@ mod tests {
     async fn nested_calls_skip_the_concurrency_limit() {
         let scheduler = Scheduler::default();
         let cancel = CancelHandle::new();
-        let _held = scheduler
-            .admit("p", &one_at_a_time(), turn(0, false), far(), &cancel)
-            .await
-            .unwrap();
+        let _held = hold(&scheduler).await;
         let soon = std::time::Instant::now() + Duration::from_millis(500);
         assert!(
             scheduler

@@ -240,19 +240,7 @@ fn build_weir(release: bool) -> PathBuf {
     // `rerun-if-env-changed=CARGO_PKG_NAME`) would see another value than in the outer
     // build, and the two builds would rebuild ring, rustls and redis on every run.
     for (name, _) in std::env::vars_os() {
-        let name_text = name.to_string_lossy();
-        if [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "OUT_DIR",
-        ]
-        .iter()
-        .any(|prefix| name_text.starts_with(prefix))
-        {
+        if xtask::set_for_the_running_package(&name) {
             cargo.env_remove(&name);
         }
     }

@@ -180,7 +180,7 @@ impl Distributed {
     /// Says this process is a live worker, for `ttl`.
     pub(super) async fn heartbeat(&self, ttl: Duration) -> Result<(), Error> {
         let mut conn = self.conn();
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let ms = crate::clock::millis(ttl);
         let _: () = redis::cmd("SET")
             .arg(self.keys.worker(&self.origin))
             .arg(now_ms())
@@ -587,15 +587,18 @@ impl Distributed {
         let run = run.to_string();
         let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
         let key = self.keys.run(&run);
-        let deadline_ms = now_ms()
-            .saturating_add(millis(request.delay.unwrap_or_default()))
-            .saturating_add(millis(request.deadline.unwrap_or(self.config.run_deadline)));
+        let now = now_ms();
+        let deadline_ms = now
+            .saturating_add(crate::clock::millis(request.delay.unwrap_or_default()))
+            .saturating_add(crate::clock::millis(
+                request.deadline.unwrap_or(self.config.run_deadline),
+            ));
         // One round trip (three if Redis forgot the script): what the name means now, and
         // the run's record opened.
         let mut record = vec![
             ("target", request.processor.clone()),
             ("tenant", tenant.clone()),
-            ("submitted", now_ms().to_string()),
+            ("submitted", now.to_string()),
             ("status", "running".to_string()),
             ("deadline", deadline_ms.to_string()),
         ];
@@ -678,7 +681,7 @@ impl Distributed {
             priority: request.priority,
             limits: request.limits.into(),
             parent: None,
-            submitted_ms: now_ms(),
+            submitted_ms: now,
             turn,
         };
         let cursor = Cursor {
@@ -786,7 +789,7 @@ impl Distributed {
                 }
                 Some(status) => {
                     let due = status.deadline_ms.map_or(u64::MAX, |d| {
-                        d.saturating_add(millis(self.config.lost_grace))
+                        d.saturating_add(crate::clock::millis(self.config.lost_grace))
                     });
                     let wait = due.saturating_sub(now_ms()).max(100);
                     check_at = tokio::time::Instant::now() + Duration::from_millis(wait);
@@ -809,9 +812,9 @@ impl Distributed {
             return Ok(None);
         };
         let lost = status.result.is_none()
-            && status
-                .deadline_ms
-                .is_some_and(|d| now_ms() > d.saturating_add(millis(self.config.lost_grace)));
+            && status.deadline_ms.is_some_and(|d| {
+                now_ms() > d.saturating_add(crate::clock::millis(self.config.lost_grace))
+            });
         if !lost {
             return Ok(Some(status));
         }
@@ -914,11 +917,6 @@ fn keep(retention: Retention) -> RemoveOnFinish {
     })
 }
 
-/// `duration` in whole milliseconds (saturating).
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Locks `mutex`, whose data stays consistent even if a holder panicked.
 pub(super) fn lock_map<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -979,7 +977,7 @@ impl Waiters {
 /// `plan` made to wait `delay` before it can run.
 fn delayed(plan: Plan, delay: Option<std::time::Duration>) -> Plan {
     let Some(delay) = delay else { return plan };
-    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    let ms = crate::clock::millis(delay);
     match plan {
         Plan::Step(mut job) => {
             job.delay_ms = Some(ms);

@@ -80,6 +80,10 @@ pub(crate) fn joins_of(frames: &[Frame]) -> Vec<String> {
         .collect()
 }
 
+/// What a queued event counts against `RedisConfig::share_buffer_bytes` besides its
+/// payload (its envelope and names), so that the queue is bounded in count too.
+const SHARED_EVENT_OVERHEAD: usize = 256;
+
 /// The kinds of event every process sees (plugin and workflow events stay with the
 /// process whose folder they are about).
 fn shared_kind(kind: EventKind) -> bool {
@@ -273,9 +277,10 @@ impl Distributed {
         tokio::spawn(async move {
             // Events not shared since the queue was last full, for one warning per episode.
             let mut unshared: u64 = 0;
-            while let Some((notice, bytes)) = subscription.recv_sized().await {
+            while let Some((notice, payload)) = subscription.recv_sized().await {
                 match notice {
                     Notice::Event(event) if event.origin.is_none() && shared_kind(event.event) => {
+                        let bytes = payload.saturating_add(SHARED_EVENT_OVERHEAD);
                         if held.load(Ordering::Acquire).saturating_add(bytes) > budget {
                             if unshared == 0 {
                                 tracing::warn!(

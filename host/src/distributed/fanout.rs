@@ -756,14 +756,16 @@ impl Distributed {
             }
         } else {
             loop {
-                let loaded = self.load_join(join, &workflow).await?;
-                if let Some(Err(why)) = &loaded {
-                    tracing::warn!(join = %join, %why, "a branch ended for a fan-out whose record does not fit its workflow");
-                    return Ok(Vec::new());
-                }
-                let Some(Ok((revision, mut state))) = loaded else {
-                    tracing::warn!(join = %join, "a branch ended for a fan-out whose record has expired");
-                    return Ok(Vec::new());
+                let (revision, mut state) = match self.load_join(join, &workflow).await? {
+                    Some(Ok(loaded)) => loaded,
+                    Some(Err(why)) => {
+                        tracing::warn!(join = %join, %why, "a branch ended for a fan-out whose record does not fit its workflow");
+                        return Ok(Vec::new());
+                    }
+                    None => {
+                        tracing::warn!(join = %join, "a branch ended for a fan-out whose record has expired");
+                        return Ok(Vec::new());
+                    }
                 };
                 let starts = state.complete(&workflow, *node, result.clone());
                 if self.store_join(join, revision, &state).await? {

@@ -69,7 +69,8 @@ pub struct RedisConfig {
     /// `events_kept`, it bounds the stream's memory in Redis.
     pub stream_entry_bytes: usize,
     /// Payload bytes of this process's events waiting to be written to the event stream
-    /// (default 8 MiB). Sharing never holds up the runtime's event bus: while Redis is
+    /// (default 8 MiB), each event counting 256 bytes more (so at most 32,768 events at the
+    /// default). Sharing never holds up the runtime's event bus: while Redis is
     /// slower than the guests that emit, events past this are not shared (other processes'
     /// subscribers miss them, and a warning says how many), and every guest's `emit` still
     /// goes through.
