@@ -72,7 +72,9 @@ pub use bindings::WORLD;
 pub use bounds::{GuestBounds, Rate};
 pub use cache::CompileCache;
 pub use cancel::{CancelHandle, CancelReason};
-pub use distributed::{DeadJob, RedisConfig, Retention, RunStatus, WorkerConfig, WorkerHandle};
+pub use distributed::{
+    DeadJob, FleetKey, RedisConfig, Retention, RunStatus, Trust, WorkerConfig, WorkerHandle,
+};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
 pub use events::{Event, EventKind, Notice, Subscription};

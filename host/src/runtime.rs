@@ -977,6 +977,7 @@ pub struct RuntimeBuilder {
     host: HostConfig,
     store: Option<Arc<dyn StateStore>>,
     redis: Option<RedisConfig>,
+    trust: Option<crate::distributed::Trust>,
 }
 
 impl RuntimeBuilder {
@@ -1010,6 +1011,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Sets how the distributed runtime's processes tell their fleet's writes to Redis
+    /// from anyone else's: the fleet key (replacing [`RedisConfig::trust`], whichever was
+    /// set first). Without it the distributed runtime refuses to start.
+    pub fn trust(mut self, trust: crate::distributed::Trust) -> Self {
+        self.trust = Some(trust);
+        self
+    }
+
     /// Sets the compile cache directory (`None` disables the cache).
     pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.engine.cache_dir = dir;
@@ -1020,6 +1029,13 @@ impl RuntimeBuilder {
     /// [`Runtime::start`] is called. Broken plugin files are rejected (see
     /// [`Runtime::catalog`]), not errors; a missing plugins folder is.
     pub async fn build(mut self) -> Result<Runtime, Error> {
+        if let (Some(config), Some(trust)) = (&mut self.redis, self.trust.take()) {
+            config.trust = trust;
+        }
+        // Said before anything is compiled or connected.
+        if let Some(config) = &self.redis {
+            crate::distributed::check_trust(config)?;
+        }
         if self.host.ceilings.memory_bytes > self.engine.max_memory_bytes {
             self.engine.max_memory_bytes = self.host.ceilings.memory_bytes;
         }

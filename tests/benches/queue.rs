@@ -11,7 +11,9 @@
 //! Run with `cargo xtask bench queue` (or `cargo bench -p weir-tests --bench queue`).
 //! `WEIR_BENCH_JOBS` (default 20,000: Node reaches its pace only after a few thousand jobs)
 //! and `WEIR_BENCH_ROUND_TRIPS` (default 300) set the sizes.
-//! `WEIR_BENCH_ONLY=raw,node,weir` (any of them) runs only those systems.
+//! `WEIR_BENCH_ONLY=raw,node,weir,unsigned` (any of them) runs only those systems;
+//! `unsigned` is weir with `--insecure-redis` (no fleet key: nothing signed or checked), not
+//! run by default: beside `weir`, it measures what signing and checking cost per job.
 //! `WEIR_BENCH_CONCURRENCY=N` passes `--concurrency N` to the `weir worker` processes.
 //! `WEIR_BENCH_WARM=1` grants `increment` warm instances (`[warm]` in its manifest), to
 //! see the queue's cost without a fresh sandbox per job.
@@ -203,8 +205,9 @@ fn node(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
     }
 }
 
-/// weir: `weir worker` processes running `increment`, a runtime submitting and waiting.
-async fn weir(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
+/// weir: `weir worker` processes running `increment`, a runtime submitting and waiting;
+/// with the tests' fleet key when `signed`, else with none (`--insecure-redis`).
+async fn weir(url: &str, workers: usize, round_trips: usize, jobs: usize, signed: bool) -> Figures {
     let folder = weir_tests::PluginFolder::with(&["increment"]);
     if warm_mode() {
         // Idle instances for every job a worker may run at once, so none is dropped.
@@ -215,14 +218,22 @@ async fn weir(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Fig
     }
     let binary = weir_tests::weir_release_bin();
     let concurrency = std::env::var("WEIR_BENCH_CONCURRENCY").ok();
-    let extra: Vec<&str> = match &concurrency {
+    let mut extra: Vec<&str> = match &concurrency {
         Some(n) => vec!["--concurrency", n.as_str()],
         None => Vec::new(),
     };
+    if !signed {
+        extra.push("--insecure-redis");
+    }
     let _workers: Vec<_> = (0..workers)
         .map(|_| weir_tests::WorkerProcess::start_binary(binary, url, folder.path(), &extra))
         .collect();
     let runtime = weir::Runtime::redis(url)
+        .trust(if signed {
+            weir_tests::fleet()
+        } else {
+            weir::Trust::Insecure
+        })
         .plugins_dir(folder.path())
         .cache_dir(Some(weir_tests::cache_dir()))
         .build()
@@ -276,18 +287,18 @@ fn main() {
         "", "p50 µs", "p99 µs", "jobs/s"
     );
     let only = std::env::var("WEIR_BENCH_ONLY").ok();
-    let systems = ["raw", "node", "weir"];
+    let systems = ["raw", "node", "weir", "unsigned"];
     if let Some(only) = &only
         && let Some(unknown) = only
             .split(',')
             .map(str::trim)
             .find(|o| !systems.contains(o))
     {
-        eprintln!("WEIR_BENCH_ONLY: `{unknown}` is not one of raw, node, weir");
+        eprintln!("WEIR_BENCH_ONLY: `{unknown}` is not one of raw, node, weir, unsigned");
     }
-    let wanted = |name: &str| {
-        only.as_deref()
-            .is_none_or(|only| only.split(',').any(|o| o.trim() == name))
+    let wanted = |name: &str| match only.as_deref() {
+        Some(only) => only.split(',').any(|o| o.trim() == name),
+        None => name != "unsigned",
     };
     let mode = if warm_mode() {
         "warm instances"
@@ -306,16 +317,29 @@ fn main() {
             row(&format!("Node BullMQ 6.5.1, {workers} worker(s)"), figures);
             figures
         });
+        let unsigned = wanted("unsigned").then(|| {
+            let figures = runtime.block_on(weir(&url, workers, round_trips, jobs, false));
+            row(&format!("weir unsigned, {workers} worker(s)"), figures);
+            figures
+        });
         let weir = wanted("weir").then(|| {
-            let figures = runtime.block_on(weir(&url, workers, round_trips, jobs));
+            let figures = runtime.block_on(weir(&url, workers, round_trips, jobs, true));
             row(&format!("weir ({mode}), {workers} worker(s)"), figures);
             figures
         });
-        all.push((workers, raw, node, weir));
+        all.push((workers, raw, node, weir, unsigned));
     }
     println!();
-    for (workers, raw, node, weir) in all {
+    for (workers, raw, node, weir, unsigned) in all {
         let Some(weir) = weir else { continue };
+        if let Some(unsigned) = unsigned {
+            println!(
+                "{workers} worker(s): signed ÷ unsigned: throughput {:.2}×, round trip p50 \
+                 {:.2}×",
+                weir.per_second / unsigned.per_second,
+                weir.p50_us / unsigned.p50_us,
+            );
+        }
         println!(
             "{workers} worker(s): weir p50 {:.2} ms (goal ≤ 1 ms); throughput {}× Node \
              BullMQ (goal ≥ 1.5×), {}× raw bullmq-official (goal ≥ 0.67×)",

@@ -203,6 +203,7 @@ impl Fleet {
         let folder = PluginFolder::with(plugins);
         let worker = weir_tests::WorkerProcess::start(&url, folder.path(), worker_args);
         let submitter = weir::Runtime::redis(&url)
+            .trust(weir_tests::fleet())
             .plugins_dir(folder.path())
             .engine_config(weir_tests::engine_config())
             .build()

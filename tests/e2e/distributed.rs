@@ -98,6 +98,7 @@ fn folder() -> PluginFolder {
 /// A runtime that submits to the Redis at `url`, publishing `dir`'s plugins and workflows.
 async fn submitter(url: &str, dir: &std::path::Path) -> weir::Runtime {
     let runtime = weir::Runtime::redis(url)
+        .trust(weir_tests::fleet())
         .plugins_dir(dir)
         .engine_config(engine_config())
         .build()
@@ -154,7 +155,11 @@ fn forget_times(value: &mut Value) {
 
 /// Runs `weir` with `args`; returns its stdout, failing the test on a non-zero exit.
 fn weir_ok(args: &[&str]) -> Vec<u8> {
-    let output = Command::new(weir_bin()).args(args).output().unwrap();
+    let output = Command::new(weir_bin())
+        .env("WEIR_FLEET_KEY", weir_tests::FLEET_KEY)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         output.status.success(),
         "weir {args:?}: {}",
@@ -201,6 +206,7 @@ async fn submitter_with_grace(url: &str, dir: &std::path::Path, grace: Duration)
     let mut config = weir::RedisConfig::new(url);
     config.lost_grace = grace;
     let runtime = weir::Runtime::redis(url)
+        .trust(weir_tests::fleet())
         .redis_config(config)
         .plugins_dir(dir)
         .engine_config(engine_config())
@@ -327,6 +333,7 @@ async fn a_worker_refuses_a_published_component_over_its_size_cap() {
     let redis = RedisServer::start();
     let empty = PluginFolder::new();
     let worker = weir::Runtime::redis(redis.url())
+        .trust(weir_tests::fleet())
         .plugins_dir(empty.path())
         .engine_config(engine_config())
         .host_config(weir::HostConfig {
@@ -431,6 +438,7 @@ async fn a_detached_run_completes_without_its_submitter_and_any_process_reads_it
     assert_eq!(run["result"]["execution"]["id"], id.as_str());
     // Unknown runs are a usage error.
     let missing = Command::new(weir_bin())
+        .env("WEIR_FLEET_KEY", weir_tests::FLEET_KEY)
         .args(["runs", "get", "no-such-run", "--redis", &url])
         .output()
         .unwrap();
@@ -496,6 +504,7 @@ async fn redis_out_of_reach_is_exit_code_3_within_the_connect_timeout() {
     for command in [&["run", "hello"][..], &["worker"][..]] {
         let started = Instant::now();
         let output = Command::new(weir_bin())
+            .env("WEIR_FLEET_KEY", weir_tests::FLEET_KEY)
             .args(command)
             .args(["--redis", &url, "--connect-timeout-ms", "300"])
             .arg("--plugins")
@@ -967,6 +976,7 @@ async fn a_job_that_exhausted_its_attempts_is_listed_dead_and_redriven_to_a_new_
     assert_eq!(listed, json!([]), "nothing is dead any more");
     // Redriving what is not dead is refused.
     let again = Command::new(weir_bin())
+        .env("WEIR_FLEET_KEY", weir_tests::FLEET_KEY)
         .args(["dlq", "retry", &job, "--redis", &url])
         .output()
         .unwrap();
@@ -1155,6 +1165,7 @@ async fn a_run_with_no_worker_anywhere_says_so() {
     let url = redis.url();
     let folder = PluginFolder::with(&["hello"]);
     let mut run = tokio::process::Command::new(weir_bin())
+        .env("WEIR_FLEET_KEY", weir_tests::FLEET_KEY)
         .args(["run", "hello", "--redis", &url, "--cache-dir"])
         .arg(cache_dir())
         .arg("--plugins")

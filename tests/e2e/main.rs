@@ -25,4 +25,5 @@ mod runtime;
 mod schema;
 mod server;
 mod tenants;
+mod trust;
 mod warm;

@@ -219,6 +219,15 @@ pub async fn runtime_with_all_plugins() -> weir::Runtime {
     runtime(plugins_dir()).await
 }
 
+/// The fleet key of the tests' distributed runtimes and `weir` processes (a test's key,
+/// not a secret).
+pub const FLEET_KEY: &str = "533464e9fcee3d9d35731a0c5a4c4f3b10f8a7557431e39909b3344eb3f5eb40";
+
+/// How the tests' fleet trusts what it reads from Redis: signed with [`FLEET_KEY`].
+pub fn fleet() -> weir::Trust {
+    weir::Trust::key(weir::FleetKey::from_text(FLEET_KEY).expect("the test key is valid"))
+}
+
 /// The `weir` binary, built from the current sources on first use.
 pub fn weir_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -456,7 +465,15 @@ impl WeirProcess {
     /// Starts `binary` with `args` (plus the shared compile cache and info logs) and waits
     /// for a log line containing `ready`.
     pub fn spawn(binary: &Path, args: &[&std::ffi::OsStr], ready: &str) -> WeirProcess {
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        // The tests' fleet key, unless the arguments say how to trust Redis.
+        let trust_given = args
+            .iter()
+            .any(|a| *a == "--fleet-key-file" || *a == "--insecure-redis");
+        if !trust_given {
+            command.env("WEIR_FLEET_KEY", FLEET_KEY);
+        }
+        let mut child = command
             .args(args)
             .arg("--cache-dir")
             .arg(cache_dir())

@@ -68,6 +68,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Make a new API token and print it with the SHA-256 digest that `weir.toml` stores.
     Token,
+    /// Make a new fleet key: give the same one to every process of a distributed fleet
+    /// (WEIR_FLEET_KEY or --fleet-key-file), and to no one else.
+    FleetKey,
     /// List or inspect the plugins of a folder.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -137,21 +140,99 @@ pub(crate) struct RedisArgs {
     #[arg(long, default_value_t = 5_000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_ms: u64,
+    /// A file holding the fleet key that every process of this fleet shares (make one
+    /// with `weir fleet-key`): its first line signs; further lines are keys also accepted
+    /// during a rotation. Instead of a file, the key may be in WEIR_FLEET_KEY (and keys
+    /// also accepted in WEIR_FLEET_KEY_ACCEPTED, separated by commas).
+    #[arg(long, env = "WEIR_FLEET_KEY_FILE", value_name = "FILE")]
+    pub fleet_key_file: Option<PathBuf>,
+    /// Run the distributed runtime without a fleet key: nothing is signed or checked, so
+    /// anyone who can write to this Redis can run any code as any tenant, with any
+    /// processor's grants.
+    #[arg(long, env = "WEIR_INSECURE_REDIS",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure_redis: bool,
 }
+
+/// The environment variable holding the fleet key.
+const FLEET_KEY: &str = "WEIR_FLEET_KEY";
+/// The environment variable holding keys also accepted (a rotation), comma-separated.
+const FLEET_KEY_ACCEPTED: &str = "WEIR_FLEET_KEY_ACCEPTED";
 
 impl RedisArgs {
     /// The Redis configuration, if `--redis` was given.
-    pub(crate) fn config(&self) -> Option<weir::RedisConfig> {
-        let url = self.redis.as_ref()?;
+    pub(crate) fn config(&self) -> Result<Option<weir::RedisConfig>, Failure> {
+        let Some(url) = self.redis.as_ref() else {
+            return Ok(None);
+        };
         let mut config = weir::RedisConfig::new(url.clone());
         config.prefix = self.redis_prefix.clone();
         config.connect_timeout = std::time::Duration::from_millis(self.connect_timeout_ms);
-        Some(config)
+        config.trust = self.trust()?;
+        Ok(Some(config))
+    }
+
+    /// The fleet key (and keys also accepted) from the key file or the environment, or
+    /// the insecure mode asked for; unset when neither (the runtime then says what to do).
+    fn trust(&self) -> Result<weir::Trust, Failure> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let mut keys: Vec<String> = match (&self.fleet_key_file, env(FLEET_KEY)) {
+            (Some(_), Some(_)) => {
+                return Err(Failure::Usage(format!(
+                    "both --fleet-key-file and {FLEET_KEY} are set: give the fleet key one way"
+                )));
+            }
+            (Some(file), None) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    Failure::Usage(format!(
+                        "cannot read the fleet key file {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                text.lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .map(str::to_string)
+                    .collect()
+            }
+            (None, Some(key)) => std::iter::once(key)
+                .chain(
+                    env(FLEET_KEY_ACCEPTED)
+                        .iter()
+                        .flat_map(|keys| keys.split(','))
+                        .map(str::trim)
+                        .filter(|key| !key.is_empty())
+                        .map(str::to_string),
+                )
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        if keys.is_empty() {
+            return Ok(if self.insecure_redis {
+                weir::Trust::Insecure
+            } else {
+                weir::Trust::Unset
+            });
+        }
+        if self.insecure_redis {
+            return Err(Failure::Usage(
+                "a fleet key is given and --insecure-redis (WEIR_INSECURE_REDIS) is set: choose                  one"
+                .into(),
+            ));
+        }
+        let parse =
+            |text: &str| weir::FleetKey::from_text(text).map_err(|e| Failure::Usage(e.to_string()));
+        let key = parse(&keys.remove(0))?;
+        let accepted = keys
+            .iter()
+            .map(|k| parse(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(weir::Trust::Keyed { key, accepted })
     }
 
     /// The Redis configuration, required.
     pub(crate) fn required(&self, command: &str) -> Result<weir::RedisConfig, Failure> {
-        self.config().ok_or_else(|| {
+        self.config()?.ok_or_else(|| {
             Failure::Usage(format!(
                 "`weir {command}` needs Redis: pass --redis URL or set WEIR_REDIS"
             ))
@@ -275,6 +356,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Token => token::run(),
+            Command::FleetKey => token::fleet_key(),
             Command::Plugins(command) => plugins::run(command).await,
             Command::Workflows(command) => workflows::run(command).await,
             Command::Worker(args) => worker::run(args).await,

@@ -34,7 +34,7 @@ pub(crate) struct RunArgs {
 
 pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     let input = read_input(args.input.as_deref())?;
-    let runtime = args.plugins.runtime_on(args.redis.config()).await?;
+    let runtime = args.plugins.runtime_on(args.redis.config()?).await?;
     let catalog = runtime.catalog();
     let known =
         catalog.plugins.contains_key(&args.name) || catalog.workflows.contains_key(&args.name);

@@ -70,7 +70,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
     };
     let mut host = weir::HostConfig::default();
     file.settings.apply_host(&mut host);
-    let runtime = args.plugins.runtime_with(args.redis.config(), host).await?;
+    let runtime = args
+        .plugins
+        .runtime_with(args.redis.config()?, host)
+        .await?;
     let mut events = runtime.subscribe();
     // On Redis the folder is optional (workers may hold the plugins); watch it if it is there.
     let required = args.redis.redis.is_none();

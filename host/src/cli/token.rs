@@ -1,6 +1,7 @@
-//! `weir token`: a new random API token and its SHA-256 digest, for `weir.toml`
-//! (`token_sha256` / `operator_token_sha256`). The token is shown once; only the digest is
-//! stored.
+//! `weir token` and `weir fleet-key`: new random secrets. A token comes with its SHA-256
+//! digest, for `weir.toml` (`token_sha256` / `operator_token_sha256`): the token is shown
+//! once; only the digest is stored. A fleet key is shared by the processes of one
+//! distributed fleet (docs/distributed.md, "Trust").
 
 use serde_json::json;
 
@@ -16,5 +17,13 @@ pub(crate) fn run() -> Result<Outcome, Failure> {
     );
     let digest = hex::encode(weir::server::digest(&token));
     print_json(&json!({ "token": token, "sha256": digest }))?;
+    Ok(Outcome::Ok)
+}
+
+/// Prints a new fleet key (64 hexadecimal digits) on a line of its own, so that
+/// `weir fleet-key > fleet.key` writes a key file.
+pub(crate) fn fleet_key() -> Result<Outcome, Failure> {
+    let key = weir::FleetKey::generate()?;
+    println!("{}", key.to_text());
     Ok(Outcome::Ok)
 }

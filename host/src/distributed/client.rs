@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use super::content;
 use super::fanout::JOIN_QUEUE;
 use super::flow::{Cursor, Next, Plan, Settled};
+use super::trust::{Fields, Kind, Seal};
 use super::wire::{Binding, StepJob, WireScope, enclosing_join, now_ms};
 use super::{Keys, RedisConfig, Retention, bullmq_connection, connect, unreachable};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
@@ -66,6 +67,8 @@ pub struct RunStatus {
 pub(crate) struct Distributed {
     pub(crate) config: RedisConfig,
     pub(crate) keys: Keys,
+    /// Signs and checks what this process and its fleet write to Redis for each other.
+    pub(crate) seal: Seal,
     /// Most items one batch takes ([`crate::HostConfig::max_batch_items`]).
     pub(super) max_batch_items: usize,
     conn: ConnectionManager,
@@ -119,6 +122,7 @@ impl Distributed {
         config: RedisConfig,
         max_batch_items: usize,
     ) -> Result<Arc<Self>, Error> {
+        let seal = Seal::new(&config.trust)?;
         let conn = connect(&config).await?;
         let keys = Keys::new(&config.prefix);
         let waiters = Arc::new(Waiters::default());
@@ -127,6 +131,7 @@ impl Distributed {
         Ok(Arc::new(Distributed {
             config,
             keys,
+            seal,
             max_batch_items,
             conn,
             queues: Mutex::new(HashMap::new()),
@@ -162,6 +167,7 @@ impl Distributed {
                 let reader = Reader {
                     config: self.config.clone(),
                     keys: self.keys.clone(),
+                    seal: self.seal.clone(),
                     records: conn,
                     waiters: self.waiters.clone(),
                     origin: self.origin.clone(),
@@ -408,6 +414,9 @@ impl Distributed {
             items: result.items.clone(),
         };
         let document = serde_json::to_string(&stored).unwrap_or_default();
+        let mac = self
+            .seal
+            .sign(Kind::Outcome, &outcome_authority(run, &document));
         let status = if result.ok { "ok" } else { "failed" };
         let mut conn = self.conn();
         let _: i64 = self
@@ -422,6 +431,7 @@ impl Distributed {
             .arg(run)
             .arg(now_ms())
             .arg(self.config.stream_entry_bytes)
+            .arg(mac)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
@@ -450,12 +460,12 @@ impl Distributed {
                 continue;
             }
             let (name, version) = (plugin.name(), plugin.version());
-            content::publish_plugin(&mut conn, &self.keys, name, version, &bytes)
+            content::publish_plugin(&mut conn, &self.keys, &self.seal, name, version, &bytes)
                 .await
                 .map_err(|e| self.redis_error(e))?;
         }
         for workflow in catalog.workflows.values() {
-            content::publish_workflow(&mut conn, &self.keys, workflow)
+            content::publish_workflow(&mut conn, &self.keys, &self.seal, workflow)
                 .await
                 .map_err(|e| self.redis_error(e))?;
             lock_map(&self.workflows).insert(workflow.digest().to_string(), workflow.clone());
@@ -481,7 +491,9 @@ impl Distributed {
         let catalog = registry.catalog();
         let mut conn = self.conn();
         for workflow in catalog.workflows.values() {
-            if let Err(error) = content::publish_workflow(&mut conn, &self.keys, workflow).await {
+            if let Err(error) =
+                content::publish_workflow(&mut conn, &self.keys, &self.seal, workflow).await
+            {
                 self.unpublished.store(true, Ordering::Release);
                 return Err(self.redis_error(error));
             }
@@ -554,7 +566,7 @@ impl Distributed {
         bytes: &[u8],
     ) -> Result<String, Error> {
         let mut conn = self.conn();
-        content::publish_plugin(&mut conn, &self.keys, name, version, bytes)
+        content::publish_plugin(&mut conn, &self.keys, &self.seal, name, version, bytes)
             .await
             .map_err(|e| self.redis_error(e))
     }
@@ -605,6 +617,21 @@ impl Distributed {
         if let Some(session) = &request.session {
             record.push(("session", session.clone()));
         }
+        if self.seal.keyed() {
+            let opened = RunStatus {
+                id: run.clone(),
+                target: request.processor.clone(),
+                tenant: tenant.clone(),
+                session: request.session.clone(),
+                submitted_ms: now,
+                deadline_ms: Some(deadline_ms),
+                result: None,
+            };
+            record.push((
+                "mac",
+                self.seal.sign(Kind::Record, &record_authority(&opened)),
+            ));
+        }
         // Unfinished runs are kept long (a finished one for the run retention).
         let unfinished = self.retention_secs().max(7 * 24 * 3600);
         let mut conn = self.conn();
@@ -641,7 +668,14 @@ impl Distributed {
                 "a run with the id `{run}` exists already: give each execution its own id"
             )));
         }
-        let first = content::bindings_of(plugins, workflows).pop().flatten();
+        let first = content::bindings_of(
+            &self.seal,
+            &[request.processor.as_str()],
+            plugins,
+            workflows,
+        )
+        .pop()
+        .flatten();
         let bindings = self.bindings(&request.processor, first).await?;
         if !bindings.contains_key(&request.processor) {
             // Nothing runs: the record goes, and the run no longer counts as going.
@@ -738,7 +772,7 @@ impl Distributed {
             }
             names = pending.drain(..).collect();
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            found = content::lookup(&mut conn, &self.keys, &refs)
+            found = content::lookup(&mut conn, &self.keys, &self.seal, &refs)
                 .await
                 .map_err(|e| self.redis_error(e))?;
         }
@@ -872,15 +906,17 @@ impl Distributed {
             conn.hgetall(&key).await.map_err(|e| self.redis_error(e))
         })
         .await?;
-        Ok(run_status(id, fields))
+        Ok(run_status(&self.seal, id, fields))
     }
 }
 
-fn run_status(id: &str, mut fields: HashMap<String, String>) -> Option<RunStatus> {
-    let target = fields.remove("target")?;
-    Some(RunStatus {
+/// A run's record as read from Redis, once its signatures are checked: `None` when there
+/// is none, or when this fleet did not write it; an outcome this fleet did not write is
+/// left out (the run is still going, as far as anyone here knows).
+fn run_status(seal: &Seal, id: &str, mut fields: HashMap<String, String>) -> Option<RunStatus> {
+    let status = RunStatus {
         id: id.to_string(),
-        target,
+        target: fields.remove("target")?,
         tenant: fields.remove("tenant").unwrap_or_else(|| "default".into()),
         session: fields.remove("session"),
         submitted_ms: fields
@@ -888,8 +924,48 @@ fn run_status(id: &str, mut fields: HashMap<String, String>) -> Option<RunStatus
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
         deadline_ms: fields.get("deadline").and_then(|s| s.parse().ok()),
-        result: fields.get("result").and_then(|text| parse_document(text)),
-    })
+        result: None,
+    };
+    let mac = fields.get("mac").map_or("", String::as_str);
+    if let Err(refused) = seal.check(Kind::Record, &record_authority(&status), mac) {
+        tracing::warn!(run = %id, "ignored the run's record in Redis: {refused}");
+        return None;
+    }
+    let result = fields.get("result").and_then(|text| {
+        let mac = fields.get("resultMac").map_or("", String::as_str);
+        verified_document(seal, id, text, mac)
+    });
+    Some(RunStatus { result, ..status })
+}
+
+/// What a run's record says that decides authority, as signed: what runs, for whom, from
+/// when, until when.
+fn record_authority(status: &RunStatus) -> Fields {
+    let mut fields = Fields::new();
+    fields
+        .str(&status.id)
+        .str(&status.target)
+        .str(&status.tenant)
+        .opt_str(status.session.as_deref())
+        .u64(status.submitted_ms)
+        .opt_u64(status.deadline_ms);
+    fields
+}
+
+/// A run's outcome document, as signed: the run's id and the document's exact bytes.
+fn outcome_authority(run: &str, document: &str) -> Fields {
+    let mut fields = Fields::new();
+    fields.str(run).str(document);
+    fields
+}
+
+/// The outcome `text` of `run`, once its signature `mac` is checked.
+fn verified_document(seal: &Seal, run: &str, text: &str, mac: &str) -> Option<ExecutionResult> {
+    if let Err(refused) = seal.check(Kind::Outcome, &outcome_authority(run, text), mac) {
+        tracing::warn!(run = %run, "ignored an outcome in Redis: {refused}");
+        return None;
+    }
+    parse_document(text)
 }
 
 /// A run's outcome as stored: the whole result, with a batch's items.
@@ -1047,6 +1123,7 @@ async fn stream_end(conn: &mut ConnectionManager, key: &str) -> redis::RedisResu
 struct Reader {
     config: RedisConfig,
     keys: Keys,
+    seal: Seal,
     records: ConnectionManager,
     waiters: Arc<Waiters>,
     origin: String,
@@ -1057,6 +1134,7 @@ async fn read_events(reader: Reader, mut last: String) {
     let Reader {
         config,
         keys,
+        seal,
         mut records,
         waiters,
         origin,
@@ -1075,7 +1153,7 @@ async fn read_events(reader: Reader, mut last: String) {
             }
         };
         // Catch up on what may have been missed while disconnected.
-        catch_up(&mut records, &keys, &waiters).await;
+        catch_up(&mut records, &keys, &seal, &waiters).await;
         backoff = Duration::from_millis(50);
         let options = redis::streams::StreamReadOptions::default()
             .block(5_000)
@@ -1086,7 +1164,7 @@ async fn read_events(reader: Reader, mut last: String) {
             // stream entry was trimmed before this reader got to it is still found.
             if checked.elapsed() >= Duration::from_secs(5) {
                 checked = std::time::Instant::now();
-                catch_up(&mut records, &keys, &waiters).await;
+                catch_up(&mut records, &keys, &seal, &waiters).await;
             }
             let reply: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
                 conn.xread_options(&[&stream], &[&last], &options).await;
@@ -1122,11 +1200,14 @@ async fn read_events(reader: Reader, mut last: String) {
                     {
                         match entry.get::<String>("result") {
                             Some(text) => {
-                                if let Some(result) = parse_document(&text) {
+                                let mac: String = entry.get("mac").unwrap_or_default();
+                                if let Some(result) = verified_document(&seal, &run, &text, &mac) {
                                     waiters.deliver(&run, result);
                                 }
                             }
-                            None => deliver_recorded(&mut records, &keys, &waiters, &run).await,
+                            None => {
+                                deliver_recorded(&mut records, &keys, &seal, &waiters, &run).await;
+                            }
                         }
                     }
                 }
@@ -1136,10 +1217,10 @@ async fn read_events(reader: Reader, mut last: String) {
 }
 
 /// Hands the outcomes of awaited runs that are recorded to their waiters.
-async fn catch_up(records: &mut ConnectionManager, keys: &Keys, waiters: &Waiters) {
+async fn catch_up(records: &mut ConnectionManager, keys: &Keys, seal: &Seal, waiters: &Waiters) {
     waiters.prune();
     for run in waiters.runs() {
-        deliver_recorded(records, keys, waiters, &run).await;
+        deliver_recorded(records, keys, seal, waiters, &run).await;
     }
 }
 
@@ -1147,11 +1228,12 @@ async fn catch_up(records: &mut ConnectionManager, keys: &Keys, waiters: &Waiter
 async fn deliver_recorded(
     records: &mut ConnectionManager,
     keys: &Keys,
+    seal: &Seal,
     waiters: &Waiters,
     run: &str,
 ) {
     let fields: redis::RedisResult<HashMap<String, String>> = records.hgetall(keys.run(run)).await;
-    if let Some(result) = fields.ok().and_then(|f| run_status(run, f)?.result) {
+    if let Some(result) = fields.ok().and_then(|f| run_status(seal, run, f)?.result) {
         waiters.deliver(run, result);
     }
 }

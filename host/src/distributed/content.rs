@@ -9,14 +9,21 @@ use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use super::Keys;
+use super::trust::Seal;
 use super::wire::Binding;
 use crate::workflow::Workflow;
 
+/// What a catalog entry names, as signed.
+const PLUGIN: &str = "plugin";
+const WORKFLOW: &str = "workflow";
+
 /// Publishes a component's bytes under their digest (once), with its declared `version`,
-/// and makes `name` mean them.
+/// and makes `name` mean them (a catalog entry signed with the fleet key: the operator's
+/// grants for `name` follow these bytes, and no others).
 pub(crate) async fn publish_plugin(
     conn: &mut ConnectionManager,
     keys: &Keys,
+    seal: &Seal,
     name: &str,
     version: &str,
     bytes: &[u8],
@@ -31,7 +38,11 @@ pub(crate) async fn publish_plugin(
     let _: () = redis::pipe()
         .hset(keys.versions(), &digest, version)
         .ignore()
-        .hset(keys.plugins(), name, &digest)
+        .hset(
+            keys.plugins(),
+            name,
+            seal.catalog_entry(PLUGIN, name, &digest),
+        )
         .ignore()
         .query_async(conn)
         .await?;
@@ -85,12 +96,17 @@ pub(crate) async fn fetch_plugin(
 pub(crate) async fn publish_workflow(
     conn: &mut ConnectionManager,
     keys: &Keys,
+    seal: &Seal,
     workflow: &Workflow,
 ) -> redis::RedisResult<()> {
     let _: () = redis::pipe()
         .set(keys.workflow(workflow.digest()), workflow.definition())
         .ignore()
-        .hset(keys.workflows(), workflow.name(), workflow.digest())
+        .hset(
+            keys.workflows(),
+            workflow.name(),
+            seal.catalog_entry(WORKFLOW, workflow.name(), workflow.digest()),
+        )
         .ignore()
         .query_async(conn)
         .await?;
@@ -114,6 +130,7 @@ pub(crate) async fn fetch_workflow(
 pub(crate) async fn lookup(
     conn: &mut ConnectionManager,
     keys: &Keys,
+    seal: &Seal,
     names: &[&str],
 ) -> redis::RedisResult<Vec<Option<Binding>>> {
     if names.is_empty() {
@@ -123,7 +140,7 @@ pub(crate) async fn lookup(
     add_lookup(&mut pipe, keys, names);
     let (plugins, workflows): (Vec<Option<String>>, Vec<Option<String>>) =
         pipe.query_async(conn).await?;
-    Ok(bindings_of(plugins, workflows))
+    Ok(bindings_of(seal, names, plugins, workflows))
 }
 
 /// Adds the two reads of a lookup of `names` to `pipe` (read back with [`bindings_of`]).
@@ -136,26 +153,53 @@ pub(crate) fn add_lookup(pipe: &mut redis::Pipeline, keys: &Keys, names: &[&str]
         .arg(names);
 }
 
-/// The bindings a lookup read: a processor's digest first, else a workflow's.
+/// The bindings a lookup of `names` read: a processor's digest first, else a workflow's.
+/// An entry this fleet did not sign means nothing (and is logged).
 pub(crate) fn bindings_of(
+    seal: &Seal,
+    names: &[&str],
     plugins: Vec<Option<String>>,
     workflows: Vec<Option<String>>,
 ) -> Vec<Option<Binding>> {
-    plugins
-        .into_iter()
-        .zip(workflows)
-        .map(|(plugin, workflow)| match (plugin, workflow) {
-            (Some(digest), _) => Some(Binding::Processor { digest }),
-            (None, Some(digest)) => Some(Binding::Workflow { digest }),
-            (None, None) => None,
+    names
+        .iter()
+        .zip(plugins.into_iter().zip(workflows))
+        .map(|(name, (plugin, workflow))| {
+            let plugin = plugin.and_then(|entry| signed(seal, PLUGIN, name, &entry));
+            let workflow = workflow.and_then(|entry| signed(seal, WORKFLOW, name, &entry));
+            match (plugin, workflow) {
+                (Some(digest), _) => Some(Binding::Processor { digest }),
+                (None, Some(digest)) => Some(Binding::Workflow { digest }),
+                (None, None) => None,
+            }
         })
         .collect()
 }
 
-/// Every published processor name and the digest it means.
+/// What a catalog entry means: its digest once its signature is checked, else nothing.
+fn signed(seal: &Seal, what: &str, name: &str, entry: &str) -> Option<String> {
+    match seal.catalog_digest(what, name, entry) {
+        Ok(digest) => Some(digest),
+        Err(refused) => {
+            tracing::warn!(target: "weir::catalog", %name, "ignored the {what} published under this name: {refused}");
+            None
+        }
+    }
+}
+
+/// Every published processor name and the digest it means (entries this fleet did not
+/// sign are left out).
 pub(crate) async fn published_plugins(
     conn: &mut ConnectionManager,
     keys: &Keys,
+    seal: &Seal,
 ) -> redis::RedisResult<BTreeMap<String, String>> {
-    conn.hgetall(keys.plugins()).await
+    let entries: BTreeMap<String, String> = conn.hgetall(keys.plugins()).await?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(name, entry)| {
+            let digest = seal.catalog_digest(PLUGIN, &name, &entry).ok()?;
+            Some((name, digest))
+        })
+        .collect())
 }

@@ -44,7 +44,7 @@ impl Distributed {
             Some(queue) => vec![queue.to_string()],
             None => {
                 let mut conn = self.conn();
-                content::published_plugins(&mut conn, &self.keys)
+                content::published_plugins(&mut conn, &self.keys, &self.seal)
                     .await
                     .map_err(|e| self.redis_error(e))?
                     .into_keys()

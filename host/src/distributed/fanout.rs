@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use super::client::Distributed;
 use super::control::Target;
 use super::flow::{Cursor, Entered, Next, Plan, Settled};
+use super::trust::Kind;
 use super::wire::{At, FORMAT, Frame, JoinJob, enclosing_join, job_id};
 use crate::cancel::CancelReason;
 use crate::compose::{
@@ -656,7 +657,7 @@ impl Distributed {
             }
         }
         self.create_join(&join, &state, workflow).await?;
-        let data = JoinJob {
+        let mut data = JoinJob {
             weir: FORMAT,
             join: join.clone(),
             run: cursor.run.clone(),
@@ -664,7 +665,11 @@ impl Distributed {
             scope: cursor.scope.clone(),
             bindings: cursor.bindings.clone(),
             frames: cursor.frames.clone(),
+            mac: String::new(),
         };
+        if self.seal.keyed() {
+            data.mac = self.seal.sign(Kind::Join, &data.authority());
+        }
         let mut root = FlowJob::new("join", JOIN_QUEUE, &data).map_err(|e| self.redis_error(e))?;
         root.opts = Some(self.join_options(&join, enclosing_join(&cursor.frames)));
         if !children.is_empty() {

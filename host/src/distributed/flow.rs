@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use super::client::Distributed;
 use bullmq::FlowJob;
 
+use super::trust::Kind;
 use super::wire::{At, Binding, FORMAT, Frame, StepJob, WireScope, earliest, now_ms, now_us};
 use crate::compose::{
     Failure, choose_route, key_of, missing_key, route_failed, step_failed, workflow_result,
@@ -195,7 +196,7 @@ impl Distributed {
         };
         match cursor.bindings.get(&name).cloned() {
             Some(Binding::Processor { digest }) => {
-                let job = StepJob {
+                let mut job = StepJob {
                     weir: FORMAT,
                     run: cursor.run.clone(),
                     path,
@@ -207,7 +208,11 @@ impl Distributed {
                     bindings: cursor.bindings.clone(),
                     frames: cursor.frames.clone(),
                     delay_ms: None,
+                    mac: String::new(),
                 };
+                if self.seal.keyed() {
+                    job.mac = self.seal.sign(Kind::Step, &job.authority());
+                }
                 Ok(Entered::Plan(Plan::Step(Box::new(job))))
             }
             Some(Binding::Workflow { digest }) => {

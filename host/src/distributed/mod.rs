@@ -30,6 +30,7 @@ mod control;
 mod dlq;
 mod fanout;
 mod flow;
+mod trust;
 mod wire;
 mod worker;
 
@@ -37,6 +38,7 @@ pub(crate) use client::Distributed;
 pub use client::RunStatus;
 pub(crate) use control::Target as CancelTarget;
 pub use dlq::DeadJob;
+pub use trust::{FleetKey, Trust};
 pub use worker::{WorkerConfig, WorkerHandle};
 
 /// How to reach Redis, and how long to keep what the distributed runtime writes there.
@@ -82,6 +84,11 @@ pub struct RedisConfig {
     /// How long past its deadline a run's outcome may still arrive before the run counts as
     /// lost (default 10 s: the last step's end, written after the deadline cut it).
     pub lost_grace: Duration,
+    /// How this process tells what its fleet wrote to Redis from what anyone else wrote
+    /// there: the fleet key that signs and checks jobs, run records, outcomes and catalog
+    /// entries. [`Trust::Unset`] by default, with which the distributed runtime refuses
+    /// to start.
+    pub trust: Trust,
 }
 
 /// How many finished jobs to keep, and for how long.
@@ -96,7 +103,8 @@ pub struct Retention {
 impl RedisConfig {
     /// The defaults for `url`: prefix `weir`, 5 s to connect, 5 s per command; completed
     /// jobs kept 1 h (at most 10,000 per queue), failed jobs 7 days (at most 100,000), run
-    /// outcomes 24 h, an event stream of about 1,000 entries of at most 64 KiB.
+    /// outcomes 24 h, an event stream of about 1,000 entries of at most 64 KiB; no fleet
+    /// key yet (set [`RedisConfig::trust`] before the distributed runtime starts).
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
@@ -117,6 +125,7 @@ impl RedisConfig {
             share_buffer_bytes: 8 << 20,
             run_deadline: Duration::from_secs(3600),
             lost_grace: Duration::from_secs(10),
+            trust: Trust::Unset,
         }
     }
 
@@ -254,6 +263,12 @@ impl Keys {
     pub(crate) fn events(&self) -> String {
         self.own("events")
     }
+}
+
+/// Checks that `config` says how to trust what is read from Redis (a fleet key, or the
+/// insecure mode chosen explicitly).
+pub(crate) fn check_trust(config: &RedisConfig) -> Result<(), Error> {
+    trust::Seal::new(&config.trust).map(drop)
 }
 
 /// The error for a Redis that did not answer or refused.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::trust::Fields;
 pub(crate) use crate::clock::now_ms;
 use crate::limits::LimitOverrides;
 use crate::result::ExecutionInfo;
@@ -42,12 +43,48 @@ pub(crate) struct StepJob {
     /// How long the job waits before it can run (the request's delay; first step only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
+    /// The fleet's signature of the job's authority ([`StepJob::authority`]); empty when
+    /// the fleet runs without a key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
 }
 
 impl StepJob {
     /// The job's id: stable across retries and re-runs of the same step.
     pub(crate) fn job_id(&self) -> String {
         job_id(&self.run, &self.path)
+    }
+
+    /// Everything in the job that decides authority, as signed: who it runs for, which
+    /// code, within what bounds, and what runs after it. Not its input state, nor the
+    /// inputs the frames keep (data, not authority), nor its delay.
+    pub(crate) fn authority(&self) -> Fields {
+        let StepJob {
+            weir,
+            run,
+            path,
+            execution,
+            processor,
+            digest,
+            state: _,
+            scope,
+            bindings,
+            frames,
+            delay_ms: _,
+            mac: _,
+        } = self;
+        let mut fields = Fields::new();
+        fields
+            .u64(u64::from(*weir))
+            .str(run)
+            .str(path)
+            .str(execution)
+            .str(processor)
+            .str(digest);
+        scope.write(&mut fields);
+        write_bindings(bindings, &mut fields);
+        write_frames(frames, &mut fields);
+        fields
     }
 
     /// The facts of this step's execution after `attempts` attempts.
@@ -91,6 +128,98 @@ pub(crate) struct WireScope {
     /// many runs going does not hold back one with few.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub turn: u32,
+}
+
+impl WireScope {
+    /// Writes the scope's every field (see [`StepJob::authority`]).
+    pub(crate) fn write(&self, fields: &mut Fields) {
+        let WireScope {
+            tenant,
+            session,
+            deadline_ms,
+            max_attempts,
+            priority,
+            limits,
+            parent,
+            submitted_ms,
+            turn,
+        } = self;
+        let WireLimits {
+            timeout_ms,
+            memory_bytes,
+            fuel,
+            output_bytes,
+        } = limits;
+        fields
+            .str(tenant)
+            .opt_str(session.as_deref())
+            .opt_u64(*deadline_ms)
+            .opt_u64(max_attempts.map(u64::from))
+            .opt_u64(priority.map(u64::from))
+            .opt_u64(*timeout_ms)
+            .opt_u64(*memory_bytes)
+            .opt_u64(*fuel)
+            .opt_u64(*output_bytes)
+            .opt_str(parent.as_deref())
+            .u64(*submitted_ms)
+            .u64(u64::from(*turn));
+    }
+}
+
+/// Writes every binding, in name order.
+pub(crate) fn write_bindings(bindings: &BTreeMap<String, Binding>, fields: &mut Fields) {
+    fields.u64(bindings.len() as u64);
+    for (name, binding) in bindings {
+        let (kind, digest) = match binding {
+            Binding::Processor { digest } => ("processor", digest),
+            Binding::Workflow { digest } => ("workflow", digest),
+        };
+        fields.str(name).str(kind).str(digest);
+    }
+}
+
+/// Writes every frame's authority: where the run goes next. The inputs a route's selector
+/// or a merge keeps are data, and are left out.
+pub(crate) fn write_frames(frames: &[Frame], fields: &mut Fields) {
+    fields.u64(frames.len() as u64);
+    for frame in frames {
+        frame.write(fields);
+    }
+}
+
+impl Frame {
+    fn write(&self, fields: &mut Fields) {
+        let Frame {
+            workflow,
+            digest,
+            execution,
+            path,
+            started_us,
+            fuel,
+            peak_memory,
+            outer_deadline_ms,
+            outer_parent,
+            at,
+        } = self;
+        fields
+            .str(workflow)
+            .str(digest)
+            .str(execution)
+            .str(path)
+            .u64(*started_us)
+            .u64(*fuel)
+            .u64(*peak_memory)
+            .opt_u64(*outer_deadline_ms)
+            .opt_str(outer_parent.as_deref());
+        match at {
+            At::Chain { index } => fields.str("chain").u64(*index as u64),
+            At::Selector { input: _ } => fields.str("selector"),
+            At::Route { key, target } => fields.str("route").opt_str(key.as_deref()).str(target),
+            At::Branch { join, node } => fields.str("branch").str(join).u64(*node as u64),
+            At::Join => fields.str("join"),
+            At::Merge { input: _ } => fields.str("merge"),
+        };
+    }
 }
 
 fn is_zero(turn: &u32) -> bool {
@@ -210,6 +339,33 @@ pub(crate) struct JoinJob {
     pub bindings: BTreeMap<String, Binding>,
     /// What encloses the fan-out, innermost last.
     pub frames: Vec<Frame>,
+    /// The fleet's signature of the job ([`JoinJob::authority`]); empty without a key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+}
+
+impl JoinJob {
+    /// Everything in the join job, as signed (it holds no input: its branches' results
+    /// are in its record).
+    pub(crate) fn authority(&self) -> Fields {
+        let JoinJob {
+            weir,
+            join,
+            run,
+            frame,
+            scope,
+            bindings,
+            frames,
+            mac: _,
+        } = self;
+        let mut fields = Fields::new();
+        fields.u64(u64::from(*weir)).str(join).str(run);
+        frame.write(&mut fields);
+        scope.write(&mut fields);
+        write_bindings(bindings, &mut fields);
+        write_frames(frames, &mut fields);
+        fields
+    }
 }
 
 /// The join whose branch these frames are in (the innermost), if any.
@@ -313,6 +469,7 @@ mod tests {
                 at: At::Chain { index: 1 },
             }],
             delay_ms: None,
+            mac: String::new(),
         };
         let text = serde_json::to_string(&job).expect("serialises");
         let back: StepJob = serde_json::from_str(&text).expect("parses");
@@ -320,6 +477,81 @@ mod tests {
         assert_eq!(back.scope.limits.fuel, Some(9));
         assert!(matches!(back.frames[0].at, At::Chain { index: 1 }));
         assert_eq!(serde_json::to_string(&back).expect("serialises"), text);
+    }
+
+    #[test]
+    fn a_jobs_authority_survives_its_trip_through_redis_and_leaves_its_input_out() {
+        let job = StepJob {
+            weir: FORMAT,
+            run: "r1".into(),
+            path: "0.1.2".into(),
+            execution: "e1".into(),
+            processor: "double".into(),
+            digest: "ab".repeat(32),
+            state: serde_json::json!({"value": 0.1, "big": 1e300}),
+            scope: WireScope {
+                tenant: "acme".into(),
+                session: Some("s:1".into()),
+                deadline_ms: Some(5),
+                priority: Some(3),
+                turn: 2,
+                ..WireScope::default()
+            },
+            bindings: BTreeMap::from([(
+                "double".to_string(),
+                Binding::Processor {
+                    digest: "ab".repeat(32),
+                },
+            )]),
+            frames: vec![Frame {
+                workflow: "w".into(),
+                digest: "cd".repeat(32),
+                execution: "e0".into(),
+                path: "0".into(),
+                started_us: 1,
+                fuel: 2,
+                peak_memory: 3,
+                outer_deadline_ms: None,
+                outer_parent: Some("p".into()),
+                at: At::Merge {
+                    input: serde_json::json!({"x": 1.0000000000000002}),
+                },
+            }],
+            delay_ms: Some(10),
+            mac: String::new(),
+        };
+        // As a worker reads it: the job's JSON parsed into a value, then into a job.
+        let value: Value = serde_json::from_str(&serde_json::to_string(&job).expect("serialises"))
+            .expect("parses");
+        let back = StepJob::deserialize(&value).expect("reads");
+        assert_eq!(back.authority().0, job.authority().0);
+        // Its input is data: another state, or another input kept by a frame, signs the same.
+        let mut other = job.clone();
+        other.state = serde_json::json!({"anything": true});
+        other.frames[0].at = At::Merge { input: Value::Null };
+        other.delay_ms = None;
+        assert_eq!(other.authority().0, job.authority().0);
+        // Who it runs for, which code and what comes next are authority.
+        let changes: [fn(&mut StepJob); 6] = [
+            |j| j.scope.tenant = "victim".into(),
+            |j| j.scope.session = None,
+            |j| j.digest = "ef".repeat(32),
+            |j| j.scope.limits.fuel = Some(u64::MAX),
+            |j| j.frames[0].at = At::Chain { index: 0 },
+            |j| {
+                j.bindings.insert(
+                    "x".into(),
+                    Binding::Workflow {
+                        digest: "00".repeat(32),
+                    },
+                );
+            },
+        ];
+        for change in changes {
+            let mut forged = job.clone();
+            change(&mut forged);
+            assert_ne!(forged.authority().0, job.authority().0);
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::content;
 use super::control::{CancelMessage, Heard, joins_of, listen_for_cancels};
 use super::fanout::JOIN_QUEUE;
 use super::flow::Next;
+use super::trust::{Kind, Refused};
 use super::wire::{Binding, FORMAT, JoinJob, StepJob, WireScope, instant_of, job_id};
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
@@ -289,7 +290,7 @@ impl Inner {
     /// Starts a BullMQ worker on the queue of every published processor not served yet.
     async fn serve_published(self: &Arc<Self>) -> Result<(), Error> {
         let mut conn = self.dist.conn();
-        let published = content::published_plugins(&mut conn, &self.dist.keys)
+        let published = content::published_plugins(&mut conn, &self.dist.keys, &self.dist.seal)
             .await
             .map_err(|e| super::unreachable(&self.dist.config, e))?;
         let mut workers = self.workers.lock().await;
@@ -378,10 +379,21 @@ impl Inner {
         let attempt = job.attempts_made().saturating_add(1);
         let data = job.data();
         if queue == JOIN_QUEUE {
-            return self.handle_join(data).await;
+            return self.handle_join(&job).await;
         }
         let step = match read_job(data) {
-            JobData::Step(step) => step,
+            JobData::Step(step) => {
+                // Job data is input, never authority: who a step runs for and which code it
+                // runs count only when this fleet signed them.
+                if let Err(refused) = self
+                    .dist
+                    .seal
+                    .check(Kind::Step, &step.authority(), &step.mac)
+                {
+                    return Err(self.refuse(&queue, &job, refused));
+                }
+                step
+            }
             JobData::Refused(reason) => return Err(bullmq::Error::Unrecoverable(reason)),
             JobData::Foreign => {
                 let input = data.clone();
@@ -416,10 +428,17 @@ impl Inner {
     }
 
     /// A fan-out's join: every branch has ended; the workflow's result carries the run on.
-    async fn handle_join(self: Arc<Self>, data: &Value) -> Result<Value, bullmq::Error> {
-        let join = JoinJob::deserialize(data).map_err(|e| {
+    async fn handle_join(self: Arc<Self>, job: &Job) -> Result<Value, bullmq::Error> {
+        let join = JoinJob::deserialize(job.data()).map_err(|e| {
             bullmq::Error::Unrecoverable(format!("the join job is not in weir's format: {e}"))
         })?;
+        if let Err(refused) = self
+            .dist
+            .seal
+            .check(Kind::Join, &join.authority(), &join.mac)
+        {
+            return Err(self.refuse(JOIN_QUEUE, job, refused));
+        }
         let id = join.join.clone();
         let dist = self.dist.clone();
         match tokio::spawn(async move { dist.run_join(join).await }).await {
@@ -627,6 +646,18 @@ impl Inner {
 
     /// A step that could not reach Redis: BullMQ runs it again after a while (the next
     /// attempt finds Redis back, or fails the same way until the attempts run out).
+    /// The failure of a job this worker refuses to run (it touches nothing: no state, no
+    /// record, no event of the run it claims), said on the job and in the log.
+    fn refuse(&self, queue: &str, job: &Job, refused: Refused) -> bullmq::Error {
+        tracing::warn!(
+            target: "weir::worker",
+            queue = %queue,
+            job = %job.id(),
+            "refused a job: {refused}"
+        );
+        bullmq::Error::Unrecoverable(format!("refused by the worker: {refused}"))
+    }
+
     fn retry_later(&self, step: &StepJob, error: Error) -> bullmq::Error {
         tracing::warn!(target: "weir::worker", job = %step.job_id(), %error, "Redis failed; the step runs again in 1 s");
         lock_map(&self.delays).note(step.job_id(), REDIS_RETRY_MS, Instant::now());
@@ -646,9 +677,10 @@ impl Inner {
             Some(plugin) => plugin,
             None => {
                 let mut conn = self.dist.conn();
-                let published = content::published_plugins(&mut conn, &self.dist.keys)
-                    .await
-                    .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
+                let published =
+                    content::published_plugins(&mut conn, &self.dist.keys, &self.dist.seal)
+                        .await
+                        .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
                 let Some(digest) = published.get(&queue) else {
                     return Err(bullmq::Error::Unrecoverable(format!(
                         "no processor named `{queue}` is published"
@@ -836,7 +868,7 @@ impl Inner {
     /// cannot run (logged); an error when Redis fails.
     async fn resolve_now(&self, name: &str) -> Result<Option<Unit>, String> {
         let mut conn = self.dist.conn();
-        let found = content::lookup(&mut conn, &self.dist.keys, &[name])
+        let found = content::lookup(&mut conn, &self.dist.keys, &self.dist.seal, &[name])
             .await
             .map_err(|e| e.to_string())?;
         match found.into_iter().next().flatten() {
