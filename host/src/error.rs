@@ -82,6 +82,10 @@ pub mod codes {
     /// A distributed run did not end by its deadline: its outcome was lost (a worker or
     /// Redis lost it) or it ran too long.
     pub const RUN_LOST: &str = "run-lost";
+    /// The worker running a distributed step stopped before the step ended (killed,
+    /// crashed, out of memory): the step is not handed to another worker, since it may
+    /// have caused the crash (`weir dlq retry` sends it back).
+    pub const WORKER_LOST: &str = "worker-lost";
     /// The fuel budget ran out.
     pub const FUEL_EXHAUSTED: &str = "fuel-exhausted";
     /// The guest tried to grow its memory past the cap.

@@ -73,7 +73,8 @@ pub use bounds::{GuestBounds, Rate};
 pub use cache::CompileCache;
 pub use cancel::{CancelHandle, CancelReason};
 pub use distributed::{
-    DeadJob, FleetKey, RedisConfig, Retention, RunStatus, Trust, WorkerConfig, WorkerHandle,
+    DeadJob, FleetKey, ForeignAdmission, ForeignPlace, ForeignQueue, RedisConfig, Retention,
+    RunStatus, Trust, WorkerConfig, WorkerHandle,
 };
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};

@@ -1,7 +1,7 @@
 //! The distributed runtime: real `weir worker` processes and a real `redis-server`. The
 //! same requests give the same result documents as on the local runtime; a worker that
 //! lacks a component fetches it by digest; runs outlive their submitter; a job whose
-//! worker is killed is recovered by another; Redis out of reach is exit code 3.
+//! worker is killed fails after that one crash; Redis out of reach is exit code 3.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -445,8 +445,11 @@ async fn a_detached_run_completes_without_its_submitter_and_any_process_reads_it
     assert_eq!(missing.status.code(), Some(2));
 }
 
+/// Issue 21, part 5: a job whose worker dies while running it (as if the job had killed
+/// it) is not handed to the next worker, which could die the same way: it fails after that
+/// one crash, with a reason that says so, and the other worker goes on serving.
 #[tokio::test]
-async fn a_job_whose_worker_is_killed_is_recovered_by_another_and_completes_once() {
+async fn a_job_whose_worker_dies_running_it_fails_after_one_crash_and_the_other_worker_survives() {
     let redis = RedisServer::start();
     let url = redis.url();
     let folder = PluginFolder::with(&["sleep"]);
@@ -458,7 +461,8 @@ async fn a_job_whose_worker_is_killed_is_recovered_by_another_and_completes_once
         .submit(weir::ExecutionRequest::new("sleep", json!({"ms": 1500})))
         .await
         .unwrap();
-    // Wait until the first worker holds the job, then kill it mid-job.
+    // Wait until the first worker holds the job; then the second starts, and the first dies
+    // mid-job.
     let mut conn = connection(&url).await;
     until_listed(
         &mut conn,
@@ -466,17 +470,47 @@ async fn a_job_whose_worker_is_killed_is_recovered_by_another_and_completes_once
         "the job never became active",
     )
     .await;
+    let mut second = WorkerProcess::start(&url, folder.path(), &fast_recovery);
     first.kill();
-    let _second = WorkerProcess::start(&url, folder.path(), &fast_recovery);
     let result = finished(
         &runtime,
         &id,
         Duration::from_secs(60),
-        "the run finished after recovery",
+        "the run ended after the crash",
     )
     .await;
-    assert!(result.ok, "{:?}", result.error);
-    assert_eq!(result.state["slept_ms"], 1500);
+    let error = result.error.clone().expect("the job fails");
+    assert_eq!(
+        error.code.as_deref(),
+        Some(weir::codes::WORKER_LOST),
+        "{error:?}"
+    );
+    assert!(error.message.contains("stopped"), "{error:?}");
+    assert!(
+        result.state.get("slept_ms").is_none(),
+        "the step ran again: {result:?}"
+    );
+    // The job goes to the dead-letter set (once BullMQ has moved it, just after the run's
+    // outcome), where the operator may send it back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failed: Vec<String> = redis::cmd("ZRANGE")
+            .arg("weir:sleep:failed")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !failed.is_empty() {
+            assert_eq!(failed, [format!("{id}-0")]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job never reached the failed set"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Exactly one outcome was recorded and announced.
     let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg("weir:_:events")
@@ -490,6 +524,52 @@ async fn a_job_whose_worker_is_killed_is_recovered_by_another_and_completes_once
         .filter(|(_, fields)| fields.windows(2).any(|w| w[0] == "type" && w[1] == "run"))
         .count();
     assert_eq!(outcomes, 1);
+    // The second worker survived, and serves.
+    let next = runtime.run("sleep", json!({"ms": 10})).await.unwrap();
+    assert!(next.ok, "{next:?}");
+    let status = second.terminate();
+    assert!(
+        status.success(),
+        "the second worker exits cleanly: {status:?}"
+    );
+}
+
+/// A worker that leaves before its step ends (SIGTERM, its grace over) hands the step back:
+/// that is not a crash, and another worker runs it to the end.
+#[tokio::test]
+async fn a_step_a_leaving_worker_hands_back_runs_on_another_worker() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["sleep"]);
+    folder.manifest("sleep", "[limits]\ntimeout_ms = 20000\n");
+    let leaving = [
+        "--lock-ms",
+        "1000",
+        "--stalled-interval-ms",
+        "500",
+        "--grace-ms",
+        "50",
+    ];
+    let mut first = WorkerProcess::start(&url, folder.path(), &leaving);
+    let runtime = submitter(&url, folder.path()).await;
+    let mut events = runtime.subscribe();
+    let id = runtime
+        .submit(weir::ExecutionRequest::new("sleep", json!({"ms": 2000})))
+        .await
+        .unwrap();
+    started_execution(&mut events, &id).await;
+    let status = first.terminate();
+    assert!(status.success(), "the worker exits cleanly: {status:?}");
+    let _second = WorkerProcess::start(&url, folder.path(), &leaving);
+    let result = finished(
+        &runtime,
+        &id,
+        Duration::from_secs(60),
+        "the run finished on the second worker",
+    )
+    .await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["slept_ms"], 2000);
 }
 
 #[tokio::test]
@@ -988,7 +1068,26 @@ async fn a_node_bullmq_producer_runs_a_weir_processor_and_reads_its_result() {
     let redis = RedisServer::start();
     let url = redis.url();
     let folder = PluginFolder::with(&["increment", "validate-email"]);
-    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    // Foreign jobs run only on the queues that take them, as the tenant named, within its
+    // quotas: two executions a minute.
+    folder.write(
+        "weir.toml",
+        b"[tenants.acme]\nexecutions_per_minute = 2\nprocessors = [\"increment\", \"validate-email\"]\n",
+    );
+    let config = folder.path().join("weir.toml");
+    let config = config.to_str().unwrap();
+    let foreign = [
+        "--config",
+        config,
+        "--foreign",
+        "increment=acme",
+        "--foreign",
+        "validate-email=acme",
+    ];
+    let _workers = [
+        WorkerProcess::start(&url, folder.path(), &foreign),
+        WorkerProcess::start(&url, folder.path(), &foreign),
+    ];
     let node = weir_tests::node_project();
     let script = tokio::process::Command::new("node")
         .arg(node.join("interop.mjs"))
@@ -1009,12 +1108,66 @@ async fn a_node_bullmq_producer_runs_a_weir_processor_and_reads_its_result() {
     assert_eq!(answer["ok"]["ok"], true, "{answer}");
     assert_eq!(answer["ok"]["state"]["count"], 42);
     assert_eq!(answer["ok"]["execution"]["processor"], "increment");
+    assert_eq!(answer["ok"]["execution"]["tenant"], "acme");
     assert_eq!(answer["ok"]["execution"]["attempts"], 1);
     // A failure is the job's failure, with the error's kind, code and message.
     assert_eq!(
         answer["failed"],
         "validation (invalid-email): `nope` is not a valid email address"
     );
+    // The third is over the tenant's quota: refused before it runs.
+    let over = answer["over"].as_str().unwrap_or_default();
+    assert!(
+        over.starts_with("resource (quota-exceeded)") && over.contains("executions_per_minute"),
+        "{answer}"
+    );
+}
+
+/// Issue 21, part 3: a queue takes foreign jobs (without weir's format) only when its
+/// workers are told which tenant runs them; otherwise such a job fails, saying how to opt
+/// in, and runs nothing.
+#[tokio::test]
+async fn a_foreign_job_on_a_queue_that_takes_none_fails_without_running() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment"]);
+    let _workers = [
+        WorkerProcess::start(&url, folder.path(), &[]),
+        WorkerProcess::start(&url, folder.path(), &[]),
+    ];
+    let options = bullmq::QueueOptions::new()
+        .connection(bullmq::options::RedisConnectionOptions::new().url(url.clone()))
+        .prefix("weir".to_string())
+        .skip_version_check();
+    let queue = bullmq::Queue::with_options("increment", options)
+        .await
+        .unwrap();
+    let mut job_options = bullmq::JobOptions::new();
+    job_options.job_id = Some("from-elsewhere".into());
+    queue
+        .add("x", json!({"count": 1}))
+        .options(job_options)
+        .await
+        .unwrap();
+    let mut conn = connection(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job: std::collections::HashMap<String, String> = loop {
+        let job: std::collections::HashMap<String, String> =
+            redis::AsyncCommands::hgetall(&mut conn, "weir:increment:from-elsewhere")
+                .await
+                .unwrap();
+        if job.contains_key("finishedOn") {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the job never finished: {job:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let reason = job.get("failedReason").cloned().unwrap_or_default();
+    assert!(
+        reason.contains("--foreign increment=TENANT"),
+        "a foreign job ran without opting in: {job:?}"
+    );
+    assert!(!job.contains_key("returnvalue"), "{job:?}");
 }
 
 #[tokio::test]

@@ -35,15 +35,52 @@ pub(crate) struct WorkerArgs {
     /// On shutdown, how long jobs in flight may finish before they are cancelled.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     grace_ms: u64,
+    /// Run the foreign jobs of QUEUE (jobs without weir's format, e.g. from a Node BullMQ
+    /// producer) as TENANT, configured in --config: what it may run, its ceilings and its
+    /// quotas apply, as to its HTTP requests. Repeat for each queue; a foreign job on any
+    /// other queue fails without running.
+    #[arg(long, value_name = "QUEUE=TENANT")]
+    foreign: Vec<String>,
+    /// The configuration (weir.toml) whose tenants run foreign jobs.
+    #[arg(long, env = "WEIR_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
     let redis = args.redis.required("worker")?;
+    let file = match &args.config {
+        Some(path) => Some(weir::server::ServerFile::load(path).map_err(Failure::Usage)?),
+        None => None,
+    };
     let runtime = args.plugins.runtime_on(Some(redis)).await?;
+    let mut foreign = std::collections::BTreeMap::new();
+    for pair in &args.foreign {
+        let Some((queue, tenant)) = pair.split_once('=') else {
+            return Err(Failure::Usage(format!(
+                "--foreign `{pair}`: write QUEUE=TENANT, e.g. --foreign increment=acme"
+            )));
+        };
+        let Some(file) = &file else {
+            return Err(Failure::Usage(format!(
+                "--foreign `{pair}` needs --config: foreign jobs run as a tenant configured \
+                 there, under its quotas"
+            )));
+        };
+        let admission = weir::server::foreign_admission(&runtime, &file.access, tenant)
+            .map_err(Failure::Usage)?;
+        foreign.insert(
+            queue.to_string(),
+            weir::ForeignQueue {
+                tenant: tenant.to_string(),
+                admission: Some(admission),
+            },
+        );
+    }
     let config = weir::WorkerConfig {
         concurrency: usize::try_from(args.concurrency).unwrap_or(usize::MAX),
         lock_duration: Duration::from_millis(args.lock_ms),
         stalled_interval: Duration::from_millis(args.stalled_interval_ms),
+        foreign,
         ..weir::WorkerConfig::default()
     };
     // The folder stays live: files dropped in, replaced or removed are loaded and published.

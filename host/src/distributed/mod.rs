@@ -39,7 +39,7 @@ pub use client::RunStatus;
 pub(crate) use control::Target as CancelTarget;
 pub use dlq::DeadJob;
 pub use trust::{FleetKey, Trust};
-pub use worker::{WorkerConfig, WorkerHandle};
+pub use worker::{ForeignAdmission, ForeignPlace, ForeignQueue, WorkerConfig, WorkerHandle};
 
 /// How to reach Redis, and how long to keep what the distributed runtime writes there.
 #[derive(Debug, Clone)]
@@ -206,6 +206,12 @@ impl Keys {
     /// How many of `tenant`'s runs are going (their turns, see `WireScope::turn`).
     pub(crate) fn going(&self, tenant: &str) -> String {
         self.own(&format!("going:{tenant}"))
+    }
+
+    /// How many times the job `id` of `queue` was handed back by a worker that left
+    /// before it ended (so that its next start does not count those as crashes).
+    pub(crate) fn handed_back(&self, queue: &str, id: &str) -> String {
+        self.own(&format!("handedback:{queue}:{id}"))
     }
 
     /// The liveness key of the worker `origin`.

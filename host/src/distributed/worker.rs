@@ -2,9 +2,11 @@
 //! step in a fresh sandbox with the exact component the job names (fetching it by digest
 //! when this process lacks it), decides retries from the processor's policy, and carries
 //! the job's run on. Jobs that Node BullMQ (or any producer) adds without weir's envelope
-//! are run too: their data is the input state and their return value the result document.
+//! are run on the queues that take them, as the tenant named for each: their data is the
+//! input state and their return value the result document. A job whose earlier start never
+//! ended (its worker died) fails instead of running again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -31,6 +33,7 @@ use crate::events::EventKind;
 use crate::executor::{
     Pinned, ProgressSink, Scope, cancelled_unstarted, execute_pinned, execution_event, failed,
 };
+use crate::limits::LimitOverrides;
 use crate::manifest::Manifest;
 use crate::plugin::Plugin;
 use crate::registry::Unit;
@@ -52,6 +55,40 @@ pub struct WorkerConfig {
     pub catalog_poll: Duration,
     /// How long it waits before trying Redis again after losing it.
     pub reconnect_delay: Duration,
+    /// The queues whose foreign jobs (without weir's format: from a Node BullMQ producer,
+    /// say) this worker runs, and as whom. A foreign job on any other queue fails without
+    /// running (none by default).
+    pub foreign: BTreeMap<String, ForeignQueue>,
+}
+
+/// Who runs the foreign jobs of a queue, and what admits them.
+#[derive(Debug, Clone)]
+pub struct ForeignQueue {
+    /// The tenant the queue's foreign jobs run as.
+    pub tenant: String,
+    /// What the tenant may run, its ceilings and its quotas (`None`: unbounded).
+    pub admission: Option<Arc<dyn ForeignAdmission>>,
+}
+
+/// Admits foreign jobs as one tenant, as an HTTP request of that tenant would be: what it
+/// may run, its ceilings on any one execution, and its quotas. The HTTP server's tenants
+/// implement it (`weir::server::foreign_admission`), counting usage in Redis across the
+/// fleet.
+#[async_trait::async_trait]
+pub trait ForeignAdmission: Send + Sync + std::fmt::Debug {
+    /// Whether the tenant may run `processor` at all.
+    fn may_run(&self, processor: &str) -> bool;
+    /// The tenant's ceilings on any one execution.
+    fn ceilings(&self) -> LimitOverrides;
+    /// Takes a place in the tenant's quotas for one job, or says which quota is spent.
+    async fn admit(&self) -> Result<Box<dyn ForeignPlace>, ExecutionError>;
+}
+
+/// A foreign job's place in its tenant's quotas.
+#[async_trait::async_trait]
+pub trait ForeignPlace: Send {
+    /// Gives the place back, charging the fuel the job burnt.
+    async fn settle(self: Box<Self>, fuel: u64);
 }
 
 impl Default for WorkerConfig {
@@ -66,6 +103,7 @@ impl Default for WorkerConfig {
             stalled_interval: Duration::from_secs(30),
             catalog_poll: Duration::from_secs(1),
             reconnect_delay: Duration::from_millis(500),
+            foreign: BTreeMap::new(),
         }
     }
 }
@@ -377,6 +415,12 @@ impl Inner {
     /// and reported as the step's failure, never left `active`).
     async fn handle(self: Arc<Self>, queue: String, job: Job) -> Result<Value, bullmq::Error> {
         let attempt = job.attempts_made().saturating_add(1);
+        // Starts of this job that never ended, before this one: its worker died running it,
+        // or left and handed it back.
+        let unfinished = job
+            .attempts_started()
+            .saturating_sub(job.attempts_made())
+            .saturating_sub(1);
         let data = job.data();
         if queue == JOIN_QUEUE {
             return self.handle_join(&job).await;
@@ -396,6 +440,11 @@ impl Inner {
             }
             JobData::Refused(reason) => return Err(bullmq::Error::Unrecoverable(reason)),
             JobData::Foreign => {
+                if unfinished > 0
+                    && let Some(crashed) = self.crashed(&queue, job.id(), unfinished).await?
+                {
+                    return Err(bullmq::Error::Unrecoverable(crashed));
+                }
                 let input = data.clone();
                 let (progress, forwarder) = forward_progress(job);
                 let outcome = self.handle_foreign(queue, input, attempt, progress).await;
@@ -403,6 +452,15 @@ impl Inner {
                 return outcome;
             }
         };
+        if unfinished > 0
+            && let Some(crashed) = self.crashed(&queue, job.id(), unfinished).await?
+        {
+            let error = ExecutionError::host(ErrorKind::Execution, codes::WORKER_LOST, crashed);
+            let started = job.attempts_started().saturating_sub(1);
+            let result = failed(step.state.clone(), error, step.info(started));
+            self.carry_on(&step, &result).await?;
+            return Err(bullmq::Error::Unrecoverable(message_of(&result)));
+        }
         let (progress, forwarder) = forward_progress(job);
         // Shared with the task, so a panic in it still has the step to report.
         let step: Arc<StepJob> = Arc::from(step);
@@ -530,7 +588,8 @@ impl Inner {
         .await;
         if cancel.reason() == Some(CancelReason::Shutdown) {
             // This worker is leaving: the job is not done. Its lock lapses and another
-            // worker runs it; its run does not see a cancellation.
+            // worker runs it (not as a crash); its run does not see a cancellation.
+            self.hand_back(&step.processor, &step.job_id()).await;
             return Err(bullmq::Error::WorkerClosed);
         }
         if let Some(error) = &result.error {
@@ -646,6 +705,56 @@ impl Inner {
 
     /// A step that could not reach Redis: BullMQ runs it again after a while (the next
     /// attempt finds Redis back, or fails the same way until the attempts run out).
+    /// Why job `id` of `queue`, started `unfinished` times before without ending, is not
+    /// run again: `None` when every one of those starts was handed back by a worker that
+    /// left (not a crash). A job whose worker died running it may have killed it; handing
+    /// it to the next worker could kill that one too, and the next.
+    async fn crashed(
+        &self,
+        queue: &str,
+        id: &str,
+        unfinished: u32,
+    ) -> Result<Option<String>, bullmq::Error> {
+        let mut conn = self.dist.conn();
+        let handed_back: Option<u32> =
+            redis::AsyncCommands::get(&mut conn, self.dist.keys.handed_back(queue, id))
+                .await
+                .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
+        if unfinished <= handed_back.unwrap_or(0) {
+            return Ok(None);
+        }
+        tracing::warn!(
+            target: "weir::worker",
+            %queue,
+            job = %id,
+            "a job's worker stopped while running it; the job fails instead of running again"
+        );
+        Ok(Some(format!(
+            "the worker running this step stopped before the step ended (it was killed, \
+             crashed or ran out of memory, perhaps because of the step): a step that may kill \
+             its worker is not handed to another. That worker's exit status and log say why; \
+             `weir dlq retry {queue}/{id}` runs the step again"
+        )))
+    }
+
+    /// Notes that this worker leaves before job `id` of `queue` ends: its next start is
+    /// not a crash.
+    async fn hand_back(&self, queue: &str, id: &str) {
+        let key = self.dist.keys.handed_back(queue, id);
+        let kept = self.dist.retention_secs().max(7 * 24 * 3600);
+        let mut conn = self.dist.conn();
+        let noted: redis::RedisResult<()> = redis::pipe()
+            .incr(&key, 1)
+            .ignore()
+            .expire(&key, kept)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(error) = noted {
+            tracing::warn!(target: "weir::worker", %queue, job = %id, %error, "cannot note that this worker hands the job back; its next start will count as a crash");
+        }
+    }
+
     /// The failure of a job this worker refuses to run (it touches nothing: no state, no
     /// record, no event of the run it claims), said on the job and in the log.
     fn refuse(&self, queue: &str, job: &Job, refused: Refused) -> bullmq::Error {
@@ -664,8 +773,10 @@ impl Inner {
         bullmq::Error::ProcessingError(error.to_string())
     }
 
-    /// A job another producer added: its data is the input of the queue's processor, its
-    /// return value the result document, and BullMQ's own attempts decide retries.
+    /// A job another producer added: its data is the input of the queue's processor, run
+    /// as the tenant this worker was told runs the queue's foreign jobs (none: the job
+    /// fails), within its quotas; its return value is the result document, and BullMQ's
+    /// own attempts decide retries.
     async fn handle_foreign(
         &self,
         queue: String,
@@ -673,6 +784,22 @@ impl Inner {
         attempt: u32,
         progress: ProgressSink,
     ) -> Result<Value, bullmq::Error> {
+        let Some(foreign) = self.config.foreign.get(&queue) else {
+            return Err(bullmq::Error::Unrecoverable(format!(
+                "this fleet takes no foreign jobs on the queue `{queue}` (jobs without weir's \
+                 format, from another producer): start its workers with `--foreign \
+                 {queue}=TENANT` (the tenant configured in --config) to run them as that tenant"
+            )));
+        };
+        if let Some(admission) = &foreign.admission
+            && !admission.may_run(&queue)
+        {
+            return Err(bullmq::Error::Unrecoverable(format!(
+                "the tenant `{}` that runs this queue's foreign jobs may not run `{queue}` (its \
+                 `processors` in the configuration)",
+                foreign.tenant
+            )));
+        }
         let plugin = match self.shared.registry.get(&queue) {
             Some(plugin) => plugin,
             None => {
@@ -697,13 +824,28 @@ impl Inner {
                 }
             }
         };
+        let (limits, place) = match &foreign.admission {
+            None => (LimitOverrides::default(), None),
+            Some(admission) => match admission.admit().await {
+                Ok(place) => (admission.ceilings(), Some(place)),
+                // Refused before anything runs; BullMQ's attempts may try it again.
+                Err(error) => {
+                    let code = error.code.as_deref().unwrap_or("refused");
+                    return Err(bullmq::Error::ProcessingError(format!(
+                        "{} ({code}): {}",
+                        kind_word(error.kind),
+                        error.message
+                    )));
+                }
+            },
+        };
         let scope = Scope {
-            tenant: Arc::from("default"),
+            tenant: Arc::from(foreign.tenant.as_str()),
             session: None,
             depth: 0,
             deadline: None,
             cancel: CancelHandle::new(),
-            limits: Default::default(),
+            limits,
             parent: None,
             priority: None,
             max_attempts: None,
@@ -712,6 +854,9 @@ impl Inner {
         };
         let result =
             execute_pinned(&self.shared, Pinned { plugin, attempt }, input, scope, None).await;
+        if let Some(place) = place {
+            place.settle(result.execution.fuel_consumed).await;
+        }
         match &result.error {
             None => Ok(document(&result)),
             Some(error)

@@ -333,6 +333,11 @@ impl Access {
         !self.tenants.is_empty() || !self.operator.is_empty()
     }
 
+    /// The tenant named `name`, if configured.
+    pub fn tenant(&self, name: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(name)
+    }
+
     /// The caller a bearer token belongs to, if any.
     pub(crate) fn identify(&self, token: &str) -> Option<Caller> {
         let presented = digest(token);

@@ -41,6 +41,7 @@ mod access;
 mod api;
 mod error;
 mod events;
+mod foreign;
 #[cfg(test)]
 mod fuzz;
 mod jobs;
@@ -49,6 +50,7 @@ mod open;
 mod quota;
 
 pub use access::{Access, ServerFile, ServerSettings, Tenant, digest};
+pub use foreign::foreign_admission;
 pub use quota::Quotas;
 
 use std::sync::Arc;

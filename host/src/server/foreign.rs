@@ -1,0 +1,100 @@
+//! Foreign jobs admitted as a configured tenant: a queue's jobs from another BullMQ
+//! producer run as the tenant `weir worker --foreign QUEUE=TENANT` names, within what
+//! that tenant may run, its ceilings and its quotas, counted in the fleet's Redis exactly
+//! as its HTTP requests are.
+
+use std::sync::Arc;
+
+use super::access::{Access, Tenant};
+use super::quota::{Admitted, Ledger, Refused};
+use crate::distributed::{ForeignAdmission, ForeignPlace};
+use crate::error::{ErrorKind, ExecutionError, codes};
+use crate::limits::LimitOverrides;
+use crate::runtime::Runtime;
+
+/// The admission of foreign jobs as `tenant` of `access`, counted with the quotas of every
+/// `weir serve` on `runtime`'s Redis. Call within a Tokio runtime.
+pub fn foreign_admission(
+    runtime: &Runtime,
+    access: &Access,
+    tenant: &str,
+) -> Result<Arc<dyn ForeignAdmission>, String> {
+    let Some(account) = access.tenant(tenant) else {
+        return Err(format!(
+            "no tenant `{tenant}` is configured ([tenants.{tenant}] in --config): foreign \
+             jobs run as a configured tenant, under its quotas"
+        ));
+    };
+    let ledger = match runtime.redis_namespace("quota:") {
+        Some((conn, prefix)) => Ledger::redis(conn, prefix),
+        None => Ledger::local(),
+    };
+    Ok(Arc::new(TenantAdmission {
+        tenant: account.clone(),
+        ledger,
+    }))
+}
+
+/// One tenant's admission of foreign jobs.
+struct TenantAdmission {
+    tenant: Arc<Tenant>,
+    ledger: Ledger,
+}
+
+impl std::fmt::Debug for TenantAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantAdmission")
+            .field("tenant", &self.tenant.name())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl ForeignAdmission for TenantAdmission {
+    fn may_run(&self, processor: &str) -> bool {
+        self.tenant.may_run(processor)
+    }
+
+    fn ceilings(&self) -> LimitOverrides {
+        self.tenant.quota.ceilings()
+    }
+
+    async fn admit(&self) -> Result<Box<dyn ForeignPlace>, ExecutionError> {
+        match self.ledger.admit(&self.tenant).await {
+            Ok(admitted) => Ok(Box::new(Place(admitted))),
+            Err(Refused::Over(over)) => Err(ExecutionError::host(
+                ErrorKind::Resource,
+                codes::QUOTA_EXCEEDED,
+                format!(
+                    "tenant `{}` is over its quota `{} = {}`; retry after {} s",
+                    self.tenant.name(),
+                    over.quota,
+                    over.limit,
+                    over.retry_after.as_secs().max(1)
+                ),
+            )
+            .retryable(true)),
+            Err(Refused::Unavailable(why)) => Err(ExecutionError::host(
+                ErrorKind::Network,
+                codes::STORE_UNAVAILABLE,
+                format!(
+                    "cannot count tenant `{}`'s quotas: {why}",
+                    self.tenant.name()
+                ),
+            )
+            .retryable(true)),
+        }
+    }
+}
+
+/// A foreign job's place in its tenant's quotas.
+struct Place(Admitted);
+
+#[async_trait::async_trait]
+impl ForeignPlace for Place {
+    async fn settle(self: Box<Self>, fuel: u64) {
+        let Place(mut admitted) = *self;
+        admitted.charge(fuel);
+        admitted.settle().await;
+    }
+}
