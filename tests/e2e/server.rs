@@ -164,6 +164,37 @@ async fn run_returns_the_result_document_for_successes_and_failures() {
     assert_error(status, &body, 400, "invalid-query");
 }
 
+/// Issue 21, part 4: a caller sets the deadline of the whole execution, over HTTP and on
+/// the command line (on the distributed runtime it replaces the run deadline).
+#[tokio::test]
+async fn a_deadline_bounds_the_whole_execution_over_http_and_the_command_line() {
+    let api = Api::start(&["sleep"], &[]);
+    let (status, doc) = api
+        .post("/v1/run/sleep?deadlineMs=100", r#"{"ms": 250}"#)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["error"]["kind"], "timeout", "{doc}");
+    let (status, body) = api.post("/v1/run/sleep?deadlineMs=0", "{}").await;
+    assert_error(status, &body, 400, "invalid-query");
+    let folder = PluginFolder::with(&["sleep"]);
+    let output = std::process::Command::new(weir_tests::weir_bin())
+        .args([
+            "run",
+            "sleep",
+            "--deadline-ms",
+            "100",
+            "--input",
+            r#"{"ms": 250}"#,
+        ])
+        .arg("--plugins")
+        .arg(folder.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["error"]["kind"], "timeout", "{doc}");
+}
+
 #[tokio::test]
 async fn refused_requests_get_json_errors_and_the_right_status() {
     let api = Api::start(&["hello"], &["--max-body-bytes", "1024"]);

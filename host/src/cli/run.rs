@@ -30,6 +30,11 @@ pub(crate) struct RunArgs {
     /// Lower the processor's timeout to this many milliseconds.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
+    /// End the whole run (every step, wait and retry) within this many milliseconds, or
+    /// fail it with `timeout`; with --redis it replaces the run deadline (an hour), by
+    /// which a run whose outcome was lost ends as `run-lost`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    deadline_ms: Option<u64>,
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
@@ -63,6 +68,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     }
     if let Some(ms) = args.timeout_ms {
         request = request.timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.deadline_ms {
+        request = request.deadline(Duration::from_millis(ms));
     }
     if args.detach {
         let run = runtime.submit(request).await?;

@@ -99,6 +99,9 @@ pub(super) struct RunQuery {
     session: Option<String>,
     /// Lower the timeout of this execution (never raises the plugin's).
     timeout_ms: Option<u64>,
+    /// The whole execution (every step, wait and retry) ends within this, or fails with
+    /// `timeout`; on the distributed runtime it replaces the run deadline.
+    deadline_ms: Option<u64>,
 }
 
 /// `POST /v1/run/{name}`: runs a processor or workflow on the body (a JSON object; empty
@@ -122,6 +125,7 @@ pub(super) async fn run(
     let options = Options {
         session: query.session,
         timeout_ms: query.timeout_ms,
+        deadline_ms: query.deadline_ms,
         code: "invalid-query",
     };
     let request = prepare(&app, &caller, name, input, options)?;
@@ -144,6 +148,7 @@ pub(super) async fn run(
 pub(super) struct Options {
     pub session: Option<String>,
     pub timeout_ms: Option<u64>,
+    pub deadline_ms: Option<u64>,
     pub code: &'static str,
 }
 
@@ -198,6 +203,7 @@ pub(super) fn prepare(
     let Options {
         session,
         timeout_ms,
+        deadline_ms,
         code,
     } = options;
     let (tenant, account) = caller.tenant()?;
@@ -218,6 +224,16 @@ pub(super) fn prepare(
             code,
             "`timeoutMs` must be above zero",
         ));
+    }
+    match deadline_ms {
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                code,
+                "`deadlineMs` must be above zero",
+            ));
+        }
+        Some(ms) => request = request.deadline(std::time::Duration::from_millis(ms)),
+        None => {}
     }
     // Batch items under this execution are charged to the tenant's rate before they start.
     if let Some(account) = account

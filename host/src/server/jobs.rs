@@ -321,6 +321,8 @@ struct Submission {
     session: Option<String>,
     /// Lower the timeout.
     timeout_ms: Option<u64>,
+    /// End the whole execution within this.
+    deadline_ms: Option<u64>,
 }
 
 fn empty_object() -> Value {
@@ -337,7 +339,10 @@ pub(super) async fn submit(
     let submission: Submission = serde_json::from_value(body).map_err(|e| {
         ApiError::bad_request(
             "invalid-input",
-            format!("a job is `{{\"processor\", \"input\", \"session\", \"timeoutMs\"}}`: {e}"),
+            format!(
+                "a job is `{{\"processor\", \"input\", \"session\", \"timeoutMs\", \
+                 \"deadlineMs\"}}`: {e}"
+            ),
         )
     })?;
     // A job must name something that runs now: say so at once, not in a failed job. (On
@@ -356,6 +361,7 @@ pub(super) async fn submit(
     let options = Options {
         session: submission.session,
         timeout_ms: submission.timeout_ms,
+        deadline_ms: submission.deadline_ms,
         code: "invalid-input",
     };
     let request = prepare(
