@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::client::Distributed;
 use super::control::Target;
 use super::flow::{Cursor, Entered, Next, Plan, Settled};
-use super::trust::Kind;
+use super::trust::{Kind, Seal};
 use super::wire::{At, FORMAT, Frame, JoinJob, enclosing_join, job_id};
 use crate::cancel::CancelReason;
 use crate::compose::{
@@ -496,8 +496,13 @@ impl JoinState {
 /// result and a few counters (`lua/batch_done.lua`), and a batch of N items costs O(N).
 /// Parallels and graphs, whose branches a definition bounds, keep one record.
 impl JoinState {
-    /// The fields of a batch's record for this state.
-    pub(crate) fn batch_fields(&self) -> Result<Vec<(String, String)>, serde_json::Error> {
+    /// The fields of batch `join`'s record for this state, its results and first failure
+    /// sealed by `seal`.
+    pub(crate) fn batch_fields(
+        &self,
+        seal: &Seal,
+        join: &str,
+    ) -> Result<Vec<(String, String)>, serde_json::Error> {
         let mut base = self.input.clone();
         let items = match base.as_object_mut().and_then(|o| o.remove("items")) {
             Some(Value::Array(items)) => items,
@@ -514,11 +519,15 @@ impl JoinState {
             fields.push((format!("item:{i}"), serde_json::to_string(item)?));
         }
         if let Some(failure) = &self.first_failure {
-            fields.push(("fail".to_string(), serde_json::to_string(failure)?));
+            let text = serde_json::to_string(failure)?;
+            fields.push(("fail".to_string(), seal.seal_text(&[join, "fail"], &text)));
         }
         for (i, node) in self.nodes.iter().enumerate() {
             if let Some(result) = &node.result {
-                fields.push((format!("r:{i}"), serde_json::to_string(result)?));
+                let name = format!("r:{i}");
+                let text = serde_json::to_string(result)?;
+                let sealed = seal.seal_text(&[join, &name], &text);
+                fields.push((name, sealed));
             }
             if let Some(by) = node.started_by {
                 fields.push((format!("s:{by}"), i.to_string()));
@@ -527,11 +536,14 @@ impl JoinState {
         Ok(fields)
     }
 
-    /// The state a batch's record holds; `Err` says what is wrong with it. `max_items`
-    /// bounds what the record may claim (it is Redis's, not ours).
+    /// The state batch `join`'s record holds; `Err` says what is wrong with it (a result
+    /// or failure `seal` does not verify among it). `max_items` bounds what the record may
+    /// claim (it is Redis's, not ours).
     pub(crate) fn from_batch_fields(
         mut fields: std::collections::HashMap<String, String>,
         max_items: usize,
+        seal: &Seal,
+        join: &str,
     ) -> Result<JoinState, String> {
         fn take(
             fields: &mut std::collections::HashMap<String, String>,
@@ -560,8 +572,11 @@ impl JoinState {
         let fuel = number(take(&mut fields, "fuel")?, "fuel")?;
         let peak_memory = number(take(&mut fields, "peak")?, "peak")?;
         let first_failure = match fields.remove("fail") {
-            Some(text) => {
-                Some(serde_json::from_str(&text).map_err(|e| format!("its field `fail`: {e}"))?)
+            Some(stored) => {
+                let text = seal
+                    .open_text(&[join, "fail"], &stored)
+                    .map_err(|refused| format!("its field `fail`: {refused}"))?;
+                Some(serde_json::from_str(text).map_err(|e| format!("its field `fail`: {e}"))?)
             }
             None => None,
         };
@@ -570,11 +585,17 @@ impl JoinState {
         for i in 0..count {
             let name = format!("item:{i}");
             items.push(json(take(&mut fields, &name)?, &name)?);
-            let result: Option<ExecutionResult> = match fields.remove(&format!("r:{i}")) {
-                Some(text) => Some(
-                    serde_json::from_str(&text)
-                        .map_err(|e| format!("the result of item {i}: {e}"))?,
-                ),
+            let field = format!("r:{i}");
+            let result: Option<ExecutionResult> = match fields.remove(&field) {
+                Some(stored) => {
+                    let text = seal
+                        .open_text(&[join, &field], &stored)
+                        .map_err(|refused| format!("the result of item {i}: {refused}"))?;
+                    Some(
+                        serde_json::from_str(text)
+                            .map_err(|e| format!("the result of item {i}: {e}"))?,
+                    )
+                }
                 None => None,
             };
             let status = match &result {
@@ -880,7 +901,9 @@ impl Distributed {
     ) -> Result<(), Error> {
         let key = self.keys.join(join);
         if let Composition::Batch { .. } = workflow.composition() {
-            let fields = state.batch_fields().map_err(|e| self.redis_error(e))?;
+            let fields = state
+                .batch_fields(&self.seal, join)
+                .map_err(|e| self.redis_error(e))?;
             let mut script = self.batch_open.key(&key);
             script.arg(self.retention_secs());
             for (field, value) in &fields {
@@ -894,6 +917,7 @@ impl Distributed {
             return Ok(());
         }
         let text = serde_json::to_string(state).map_err(|e| self.redis_error(e))?;
+        let text = self.seal.seal_text(&[join, "state"], &text);
         let mut conn = self.conn();
         let _: () = redis::pipe()
             .hset_nx(&key, "state", text)
@@ -919,9 +943,12 @@ impl Distributed {
         dooms: bool,
     ) -> Result<Option<(Option<(usize, Value)>, bool)>, Error> {
         let text = serde_json::to_string(result).map_err(|e| self.redis_error(e))?;
+        let text = self.seal.seal_text(&[join, &format!("r:{index}")], &text);
         let failure = match &result.error {
             Some(error) if dooms => {
-                serde_json::to_string(&(index, error)).map_err(|e| self.redis_error(e))?
+                let failure =
+                    serde_json::to_string(&(index, error)).map_err(|e| self.redis_error(e))?;
+                self.seal.seal_text(&[join, "fail"], &failure)
             }
             _ => String::new(),
         };
@@ -969,7 +996,7 @@ impl Distributed {
             return Ok(None);
         }
         Ok(Some(
-            JoinState::from_batch_fields(fields, self.max_batch_items)
+            JoinState::from_batch_fields(fields, self.max_batch_items, &self.seal, join)
                 .and_then(|state| state.fits(workflow).map(|()| state)),
         ))
     }
@@ -989,11 +1016,14 @@ impl Distributed {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
-        let (Some(revision), Some(text)) = (revision, text) else {
+        let (Some(revision), Some(stored)) = (revision, text) else {
             return Ok(None);
         };
-        let state = serde_json::from_str::<JoinState>(&text)
-            .map_err(|e| e.to_string())
+        let state = self
+            .seal
+            .open_text(&[join, "state"], &stored)
+            .map_err(|refused| refused.to_string())
+            .and_then(|text| serde_json::from_str::<JoinState>(text).map_err(|e| e.to_string()))
             .and_then(|state| state.fits(workflow).map(|()| (revision, state)));
         Ok(Some(state))
     }
@@ -1007,6 +1037,7 @@ impl Distributed {
         state: &JoinState,
     ) -> Result<bool, Error> {
         let text = serde_json::to_string(state).map_err(|e| self.redis_error(e))?;
+        let text = self.seal.seal_text(&[join, "state"], &text);
         let mut conn = self.conn();
         let stored: i64 = self
             .join_cas
@@ -1081,9 +1112,12 @@ mod tests {
     #[test]
     fn a_batchs_record_reads_back_as_the_state_it_was_written_from() {
         let (_, state) = batch_in_progress();
-        let fields: std::collections::HashMap<String, String> =
-            state.batch_fields().unwrap().into_iter().collect();
-        let read = JoinState::from_batch_fields(fields, 100).unwrap();
+        let fields: std::collections::HashMap<String, String> = state
+            .batch_fields(&Seal::insecure(), "j")
+            .unwrap()
+            .into_iter()
+            .collect();
+        let read = JoinState::from_batch_fields(fields, 100, &Seal::insecure(), "j").unwrap();
         assert_eq!(
             serde_json::to_value(&read).unwrap(),
             serde_json::to_value(&state).unwrap()
@@ -1093,7 +1127,7 @@ mod tests {
     #[test]
     fn a_batchs_record_gives_each_item_and_result_a_field_of_its_own() {
         let (_, state) = batch_in_progress();
-        let fields = state.batch_fields().unwrap();
+        let fields = state.batch_fields(&Seal::insecure(), "j").unwrap();
         let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
         for name in ["item:0", "item:3", "r:0", "r:1", "s:0", "fail"] {
             assert!(names.contains(&name), "{name} in {names:?}");
@@ -1107,18 +1141,51 @@ mod tests {
     #[test]
     fn a_batchs_record_from_redis_is_checked_before_it_is_trusted() {
         let (_, state) = batch_in_progress();
-        let fields: std::collections::HashMap<String, String> =
-            state.batch_fields().unwrap().into_iter().collect();
+        let fields: std::collections::HashMap<String, String> = state
+            .batch_fields(&Seal::insecure(), "j")
+            .unwrap()
+            .into_iter()
+            .collect();
         let mut huge = fields.clone();
         huge.insert("n".into(), "100000000000".into());
-        let why = JoinState::from_batch_fields(huge, 100).unwrap_err();
+        let why = JoinState::from_batch_fields(huge, 100, &Seal::insecure(), "j").unwrap_err();
         assert!(why.contains("more than a batch takes"), "{why}");
         let mut missing = fields.clone();
         missing.remove("item:2");
-        let why = JoinState::from_batch_fields(missing, 100).unwrap_err();
+        let why = JoinState::from_batch_fields(missing, 100, &Seal::insecure(), "j").unwrap_err();
         assert!(why.contains("item:2"), "{why}");
         let mut garbled = fields;
         garbled.insert("r:3".into(), "{".into());
-        assert!(JoinState::from_batch_fields(garbled, 100).is_err());
+        assert!(JoinState::from_batch_fields(garbled, 100, &Seal::insecure(), "j").is_err());
+    }
+
+    #[test]
+    fn a_batchs_results_are_sealed_and_a_forged_one_is_refused() {
+        let (_, state) = batch_in_progress();
+        let key = super::super::trust::FleetKey::generate().unwrap();
+        let seal = Seal::new(&super::super::trust::Trust::key(key)).unwrap();
+        let fields: std::collections::HashMap<String, String> = state
+            .batch_fields(&seal, "j")
+            .unwrap()
+            .into_iter()
+            .collect();
+        let read = JoinState::from_batch_fields(fields.clone(), 100, &seal, "j").unwrap();
+        assert_eq!(read.nodes[0].output, state.nodes[0].output);
+        // A result written by someone else, bare or with a made-up seal, or another item's
+        // result moved over it: refused.
+        let forged = serde_json::to_string(&result(json!({"forged": true}), None)).unwrap();
+        let moved = fields["r:1"].clone();
+        for stored in [
+            forged.clone(),
+            format!("{}{forged}", "00".repeat(32)),
+            moved,
+        ] {
+            let mut altered = fields.clone();
+            altered.insert("r:0".into(), stored);
+            let why = JoinState::from_batch_fields(altered, 100, &seal, "j").unwrap_err();
+            assert!(why.contains("the result of item 0"), "{why}");
+        }
+        // The same record read as another batch's: refused.
+        assert!(JoinState::from_batch_fields(fields, 100, &seal, "other").is_err());
     }
 }

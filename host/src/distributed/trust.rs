@@ -122,6 +122,7 @@ pub(crate) enum Kind {
     Record,
     Outcome,
     Catalog,
+    Fanout,
     Fingerprint,
 }
 
@@ -133,6 +134,7 @@ impl Kind {
             Kind::Record => b"weir/record/1\n",
             Kind::Outcome => b"weir/outcome/1\n",
             Kind::Catalog => b"weir/catalog/1\n",
+            Kind::Fanout => b"weir/fanout/1\n",
             Kind::Fingerprint => b"weir/fingerprint/1\n",
         }
     }
@@ -145,6 +147,7 @@ impl Kind {
             Kind::Record => "run record",
             Kind::Outcome => "run outcome",
             Kind::Catalog => "catalog entry",
+            Kind::Fanout => "fan-out record",
             Kind::Fingerprint => "fingerprint",
         }
     }
@@ -290,6 +293,43 @@ impl Seal {
             kind.noun(),
             key.fingerprint()
         )))
+    }
+
+    /// `text` (JSON) as stored in a fan-out's record at `place` (the join and the field):
+    /// its MAC, then the text; the bare text when insecure.
+    pub(crate) fn seal_text(&self, place: &[&str], text: &str) -> String {
+        if !self.keyed() {
+            return text.to_string();
+        }
+        let mac = self.sign(Kind::Fanout, &Self::place(place, text));
+        format!("{mac}{text}")
+    }
+
+    /// The JSON text a fan-out's record holds at `place`, once its MAC is checked.
+    pub(crate) fn open_text<'a>(
+        &self,
+        place: &[&str],
+        stored: &'a str,
+    ) -> Result<&'a str, Refused> {
+        // JSON starts with neither a hexadecimal digit's letters nor 64 digits: a sealed
+        // text is told apart from a bare one by its first character.
+        let sealed = !stored.starts_with(['{', '[', '"']);
+        let (mac, text) = match stored.get(..64) {
+            Some(mac) if sealed => (mac, &stored[64..]),
+            _ => ("", stored),
+        };
+        self.check(Kind::Fanout, &Self::place(place, text), mac)?;
+        Ok(text)
+    }
+
+    fn place(place: &[&str], text: &str) -> Fields {
+        let mut fields = Fields::new();
+        fields.u64(place.len() as u64);
+        for part in place {
+            fields.str(part);
+        }
+        fields.str(text);
+        fields
     }
 
     /// A catalog entry as stored: `digest`, signed for `name` as a `what` (`plugin` or
