@@ -96,7 +96,7 @@ fn folder() -> PluginFolder {
 }
 
 /// A runtime that submits to the Redis at `url`, publishing `dir`'s plugins and workflows.
-async fn submitter(url: &str, dir: &std::path::Path) -> weir::Runtime {
+pub(crate) async fn submitter(url: &str, dir: &std::path::Path) -> weir::Runtime {
     let runtime = weir::Runtime::redis(url)
         .trust(weir_tests::fleet())
         .plugins_dir(dir)
@@ -179,7 +179,7 @@ fn weir_json(args: &[&str]) -> Value {
 }
 
 /// A connection to the Redis at `url`, to look at what weir wrote.
-async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
+pub(crate) async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
@@ -1135,33 +1135,9 @@ async fn a_foreign_job_on_a_queue_that_takes_none_fails_without_running() {
         WorkerProcess::start(&url, folder.path(), &[]),
         WorkerProcess::start(&url, folder.path(), &[]),
     ];
-    let options = bullmq::QueueOptions::new()
-        .connection(bullmq::options::RedisConnectionOptions::new().url(url.clone()))
-        .prefix("weir".to_string())
-        .skip_version_check();
-    let queue = bullmq::Queue::with_options("increment", options)
-        .await
-        .unwrap();
-    let mut job_options = bullmq::JobOptions::new();
-    job_options.job_id = Some("from-elsewhere".into());
-    queue
-        .add("x", json!({"count": 1}))
-        .options(job_options)
-        .await
-        .unwrap();
+    crate::trust::add_job(&url, "increment", "from-elsewhere", &json!({"count": 1})).await;
     let mut conn = connection(&url).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let job: std::collections::HashMap<String, String> = loop {
-        let job: std::collections::HashMap<String, String> =
-            redis::AsyncCommands::hgetall(&mut conn, "weir:increment:from-elsewhere")
-                .await
-                .unwrap();
-        if job.contains_key("finishedOn") {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "the job never finished: {job:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let job = crate::trust::until_finished(&mut conn, "increment", "from-elsewhere").await;
     let reason = job.get("failedReason").cloned().unwrap_or_default();
     assert!(
         reason.contains("--foreign increment=TENANT"),

@@ -9,33 +9,14 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 use weir_tests::{PluginFolder, RedisServer, WorkerProcess, engine_config, plugin_bytes};
 
+use crate::distributed::{connection, submitter};
+
 /// The secret the operator grants the processor `escape` (as an environment variable).
 const GRANTED: &str = "k-7f3a-operator-only";
 
-/// A submitter with the fleet's key, on `dir`'s plugins.
-async fn submitter(url: &str, dir: &std::path::Path) -> weir::Runtime {
-    let runtime = weir::Runtime::redis(url)
-        .trust(weir_tests::fleet())
-        .plugins_dir(dir)
-        .engine_config(engine_config())
-        .build()
-        .await
-        .expect("the distributed runtime connects");
-    runtime.start();
-    runtime
-}
-
-async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 /// Adds a job with `data` and id `id` to the BullMQ queue `queue`, as anyone with write
 /// access to Redis can.
-async fn add_job(url: &str, queue: &str, id: &str, data: &Value) {
+pub(crate) async fn add_job(url: &str, queue: &str, id: &str, data: &Value) {
     let options = bullmq::QueueOptions::new()
         .connection(bullmq::options::RedisConnectionOptions::new().url(url.to_string()))
         .prefix("weir".to_string())
@@ -47,7 +28,7 @@ async fn add_job(url: &str, queue: &str, id: &str, data: &Value) {
 }
 
 /// Waits (up to 60 s) until the job `id` of `queue` has finished; returns its hash.
-async fn until_finished(
+pub(crate) async fn until_finished(
     conn: &mut redis::aio::MultiplexedConnection,
     queue: &str,
     id: &str,

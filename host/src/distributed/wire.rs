@@ -431,9 +431,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_step_job_round_trips_through_json() {
-        let job = StepJob {
+    /// A step of a chain, with a binding and a frame.
+    fn sample_job() -> StepJob {
+        StepJob {
             weir: FORMAT,
             run: "r1".into(),
             path: "0.1".into(),
@@ -470,7 +470,12 @@ mod tests {
             }],
             delay_ms: None,
             mac: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_step_job_round_trips_through_json() {
+        let job = sample_job();
         let text = serde_json::to_string(&job).expect("serialises");
         let back: StepJob = serde_json::from_str(&text).expect("parses");
         assert_eq!(back.job_id(), "r1-0.1");
@@ -481,45 +486,16 @@ mod tests {
 
     #[test]
     fn a_jobs_authority_survives_its_trip_through_redis_and_leaves_its_input_out() {
-        let job = StepJob {
-            weir: FORMAT,
-            run: "r1".into(),
-            path: "0.1.2".into(),
-            execution: "e1".into(),
-            processor: "double".into(),
-            digest: "ab".repeat(32),
-            state: serde_json::json!({"value": 0.1, "big": 1e300}),
-            scope: WireScope {
-                tenant: "acme".into(),
-                session: Some("s:1".into()),
-                deadline_ms: Some(5),
-                priority: Some(3),
-                turn: 2,
-                ..WireScope::default()
-            },
-            bindings: BTreeMap::from([(
-                "double".to_string(),
-                Binding::Processor {
-                    digest: "ab".repeat(32),
-                },
-            )]),
-            frames: vec![Frame {
-                workflow: "w".into(),
-                digest: "cd".repeat(32),
-                execution: "e0".into(),
-                path: "0".into(),
-                started_us: 1,
-                fuel: 2,
-                peak_memory: 3,
-                outer_deadline_ms: None,
-                outer_parent: Some("p".into()),
-                at: At::Merge {
-                    input: serde_json::json!({"x": 1.0000000000000002}),
-                },
-            }],
-            delay_ms: Some(10),
-            mac: String::new(),
+        let mut job = sample_job();
+        job.state = serde_json::json!({"value": 0.1, "big": 1e300});
+        job.scope.session = Some("s:1".into());
+        job.scope.priority = Some(3);
+        job.scope.turn = 2;
+        job.frames[0].outer_parent = Some("p".into());
+        job.frames[0].at = At::Merge {
+            input: serde_json::json!({"x": 1.0000000000000002}),
         };
+        job.delay_ms = Some(10);
         // As a worker reads it: the job's JSON parsed into a value, then into a job.
         let value: Value = serde_json::from_str(&serde_json::to_string(&job).expect("serialises"))
             .expect("parses");
