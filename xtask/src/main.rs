@@ -10,7 +10,9 @@
 //! - `test`: formatting, lints and the whole test suite (what CI runs), after checking that
 //!   the system programs the tests need are there;
 //! - `bench [execute|reload|queue|languages|memory|serve|abuse]`: the benchmarks (release
-//!   build).
+//!   build);
+//! - `layers`: the host's layers, and any import that points from a layer to one above it
+//!   beyond those `xtask/layers-known.txt` lists (also checked by `cargo test`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -29,7 +31,8 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
-        _ => Err("usage: cargo xtask <tools|plugins|demo|test|bench|fuzz>".to_string()),
+        Some("layers") => layers(),
+        _ => Err("usage: cargo xtask <tools|plugins|demo|test|bench|fuzz|layers>".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -284,6 +287,28 @@ fn test() -> Result<(), String> {
     fuzz(Some(CI_FUZZ_SECONDS))?;
     eprintln!("all checks passed");
     Ok(())
+}
+
+/// `cargo xtask layers`: prints the host's layers, lowest first, and fails on an import
+/// from a layer above the importer's that `xtask/layers-known.txt` does not list (or on a
+/// listed one that is gone).
+fn layers() -> Result<(), String> {
+    let root = repo_root();
+    for (index, (name, modules)) in xtask::layers::LAYERS.iter().enumerate() {
+        println!("{index} {name}: {}", modules.join(", "));
+    }
+    let known = xtask::layers::known(&root)?;
+    println!(
+        "{} upward imports known (xtask/layers-known.txt), to be removed",
+        known.len()
+    );
+    let problems = xtask::layers::check(&root)?;
+    if problems.is_empty() {
+        println!("no other import points up");
+        Ok(())
+    } else {
+        Err(format!("the host's layers:\n  {}", problems.join("\n  ")))
+    }
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test` (with the fixed seed, so the same
