@@ -170,7 +170,7 @@ pub(crate) async fn call_nested(
     }
     // The guest picks the name: one that cannot exist, or does not, is refused before
     // anything is recorded for it (no stats row, no event), so made-up names leave no trace.
-    if !crate::plugin::is_valid_name(&name) {
+    if !crate::names::is_valid_name(&name) {
         let shown = crate::bounds::escape_controls(&crate::bounds::clip_str(&name, 64));
         let error = ExecutionError::host(
             ErrorKind::NotFound,

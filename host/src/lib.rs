@@ -50,6 +50,7 @@ mod limits;
 mod listing;
 mod manifest;
 mod merge;
+mod names;
 mod outbound;
 mod plugin;
 mod redis_store;
@@ -81,12 +82,13 @@ pub use error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes
 pub use events::{Event, EventKind, Notice, Subscription};
 pub use executor::Admission;
 pub use guest_log::LogRate;
-pub use limits::{LimitOverrides, Limits};
+pub use limits::{LimitOverrides, Limits, QueuePolicy, RateLimit};
 pub use manifest::QueueOverrides;
 pub use manifest::{Capabilities, DirGrant, Manifest, NetworkGrant, WarmPolicy};
 pub use merge::merge_branches;
+pub use names::is_valid_name;
 pub use outbound::{HttpGrant, HttpRule};
-pub use plugin::{Description, Plugin, QueueSettings, is_valid_name};
+pub use plugin::{Description, Plugin, QueueSettings};
 pub use redis_store::RedisStateStore;
 pub use registry::{Catalog, Registry, Rejection};
 pub use reload::{DEFAULT_DEBOUNCE, Watcher};
@@ -96,7 +98,6 @@ pub use runtime::{
     ExecutionRequest, HostConfig, Runtime, RuntimeBuilder, RuntimeState, RuntimeStats,
     SessionStopReport, StopReport,
 };
-pub use scheduler::{QueuePolicy, RateLimit};
 pub use state::{MAX_VERSION, StateMetadata, validate_input};
 pub use store::{
     CasOutcome, MemoryStateStore, SessionBounds, SessionKey, SessionQuota, StateStore, StoredState,

@@ -1,4 +1,5 @@
-//! Resource limits and how they resolve.
+//! Resource limits and how they resolve, and a processor's admission policy (attempts at
+//! once, priority, rate), which the scheduler enforces.
 //!
 //! An execution's limit is the operator manifest's value if set, else the plugin's `describe`
 //! default, else the host default; then it is clamped by the host's ceiling, the tenant's
@@ -134,6 +135,40 @@ impl LimitOverrides {
             }
         }
         Ok(())
+    }
+}
+
+/// At most `max` attempts per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Attempts per window.
+    pub max: u32,
+    /// The window.
+    #[serde(serialize_with = "as_millis")]
+    pub per: Duration,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_millis())
+}
+
+/// How one processor's executions are admitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuePolicy {
+    /// Attempts running at once (unbounded when `None`).
+    pub concurrency: Option<u32>,
+    /// Default priority of its executions: lower numbers run first.
+    pub priority: u32,
+    /// Throughput cap.
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl QueuePolicy {
+    /// Whether this policy ever holds anything back.
+    pub fn is_unlimited(&self) -> bool {
+        self.concurrency.is_none() && self.rate_limit.is_none()
     }
 }
 

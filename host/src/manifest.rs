@@ -51,9 +51,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
 use crate::limits::LimitOverrides;
+use crate::limits::RateLimit;
 use crate::outbound::HttpGrant;
 use crate::retry::{Backoff, RetryPolicy};
-use crate::scheduler::RateLimit;
 
 /// A parsed, validated operator manifest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -20,14 +20,15 @@ use wasmtime::component::{Component, Linker};
 use crate::bindings::{HANDLER_EXPORT, ProcessorPre, WORLD, wit};
 use crate::cancel::CancelHandle;
 use crate::engine::Engine;
-use crate::error::LoadError;
+use crate::error::{ErrorKind, LoadError};
 use crate::guest_log::GuestLog;
 use crate::limits::{LimitOverrides, Limits};
+use crate::limits::{QueuePolicy, RateLimit};
 use crate::manifest::Manifest;
-use crate::retry::RetryPolicy;
+pub use crate::names::is_valid_name;
+use crate::retry::{Backoff, RetryPolicy};
 use crate::runtime::HostConfig;
 use crate::sandbox::{Sandbox, SandboxSpec};
-use crate::scheduler::{QueuePolicy, RateLimit};
 
 /// Queue defaults a processor declares (used by the distributed runtime).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -262,17 +263,6 @@ impl Plugin {
     }
 }
 
-/// Whether `name` is a valid processor name: lowercase letters, digits and `-`, starting
-/// with a letter, at most 64 characters.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
 fn name_from_path(path: &Path) -> Result<String, LoadError> {
     let stem = path
         .file_stem()
@@ -365,6 +355,26 @@ async fn describe(
     }
 }
 
+/// A retry policy as `describe` declares it, in the host's terms.
+fn retry_from_wit(policy: &wit::RetryPolicy) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: policy.max_attempts,
+        backoff: match policy.backoff {
+            wit::Backoff::Fixed(delay_ms) => Backoff::Fixed { delay_ms },
+            wit::Backoff::Exponential(e) => Backoff::Exponential {
+                initial_ms: e.initial_ms,
+                max_ms: e.max_ms,
+            },
+        },
+        jitter: policy.jitter,
+        retry_on: policy
+            .retry_on
+            .iter()
+            .map(|k| ErrorKind::from(*k))
+            .collect(),
+    }
+}
+
 fn validate_description(
     stem: &str,
     meta: wit::ProcessorMetadata,
@@ -391,7 +401,7 @@ fn validate_description(
     limits
         .validate()
         .map_err(|e| bad(format!("its limits are invalid: {e}")))?;
-    let retry = meta.retry.as_ref().map(RetryPolicy::from_wit);
+    let retry = meta.retry.as_ref().map(retry_from_wit);
     if let Some(policy) = &retry {
         policy
             .validate()

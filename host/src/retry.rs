@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bindings::wit;
 use crate::error::{ErrorKind, ExecutionError, codes};
 
 /// The wait between attempts.
@@ -147,25 +146,6 @@ impl RetryPolicy {
             return Err("`max_backoff_ms` must not be smaller than `backoff_ms`".into());
         }
         Ok(())
-    }
-
-    pub(crate) fn from_wit(policy: &wit::RetryPolicy) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: policy.max_attempts,
-            backoff: match policy.backoff {
-                wit::Backoff::Fixed(delay_ms) => Backoff::Fixed { delay_ms },
-                wit::Backoff::Exponential(e) => Backoff::Exponential {
-                    initial_ms: e.initial_ms,
-                    max_ms: e.max_ms,
-                },
-            },
-            jitter: policy.jitter,
-            retry_on: policy
-                .retry_on
-                .iter()
-                .map(|k| ErrorKind::from(*k))
-                .collect(),
-        }
     }
 }
 

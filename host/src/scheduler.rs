@@ -12,44 +12,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::cancel::CancelHandle;
-
-/// At most `max` attempts per `per`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RateLimit {
-    /// Attempts per window.
-    pub max: u32,
-    /// The window.
-    #[serde(serialize_with = "as_millis")]
-    pub per: Duration,
-}
-
-fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u128(d.as_millis())
-}
-
-/// How one processor's executions are admitted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct QueuePolicy {
-    /// Attempts running at once (unbounded when `None`).
-    pub concurrency: Option<u32>,
-    /// Default priority of its executions: lower numbers run first.
-    pub priority: u32,
-    /// Throughput cap.
-    pub rate_limit: Option<RateLimit>,
-}
-
-impl QueuePolicy {
-    /// Whether this policy ever holds anything back.
-    pub fn is_unlimited(&self) -> bool {
-        self.concurrency.is_none() && self.rate_limit.is_none()
-    }
-}
+use crate::limits::QueuePolicy;
 
 /// Why admission failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +296,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::RateLimit;
 
     fn far() -> std::time::Instant {
         std::time::Instant::now() + Duration::from_secs(60)

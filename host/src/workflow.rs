@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::plugin::is_valid_name;
+use crate::names::is_valid_name;
 
 /// How deep workflows may nest inside each other by default.
 pub const MAX_NESTING: usize = 32;

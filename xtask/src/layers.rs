@@ -31,6 +31,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "bounds",
             "merge",
             "cancel",
+            "names",
         ],
     ),
     (

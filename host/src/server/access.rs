@@ -226,7 +226,7 @@ impl ServerFile {
                      the one plugin and workflow events are published under); pick another name"
                 ));
             }
-            if !crate::plugin::is_valid_name(&name) {
+            if !crate::names::is_valid_name(&name) {
                 return Err(format!(
                     "[tenants.{name}]: a tenant's name must be lowercase letters, digits and \
                      `-`, starting with a letter"

@@ -453,7 +453,7 @@ pub(super) async fn push_plugin(
              --allow-plugin-install; configure an operator token (--config) instead",
         ));
     }
-    if !crate::plugin::is_valid_name(&name) {
+    if !crate::names::is_valid_name(&name) {
         return Err(ApiError::bad_request(
             "invalid-name",
             format!(
