@@ -14,11 +14,11 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::cancel::CancelReason;
+use crate::context::Shared;
 use crate::error::{ErrorKind, ExecutionError, codes};
 use crate::executor::{Scope, failed, run_boxed};
 use crate::merge::merge_branches;
 use crate::result::{ExecutionInfo, ExecutionResult};
-use crate::runtime::Shared;
 use crate::state::{StateMetadata, with_metadata};
 use crate::workflow::{BatchPolicy, Composition, GraphNode, Selector, Workflow};
 

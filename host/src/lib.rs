@@ -38,6 +38,7 @@ mod cache;
 mod cancel;
 mod clock;
 mod compose;
+mod context;
 mod distributed;
 mod engine;
 mod error;
@@ -56,6 +57,7 @@ mod plugin;
 mod redis_store;
 mod registry;
 mod reload;
+mod request;
 mod result;
 mod retry;
 mod runtime;
@@ -73,6 +75,7 @@ pub use bindings::WORLD;
 pub use bounds::{GuestBounds, Rate};
 pub use cache::CompileCache;
 pub use cancel::{CancelHandle, CancelReason};
+pub use context::HostConfig;
 pub use distributed::{
     DeadJob, FleetKey, ForeignAdmission, ForeignPlace, ForeignQueue, RedisConfig, Retention,
     RunStatus, Trust, WorkerConfig, WorkerHandle,
@@ -92,11 +95,11 @@ pub use plugin::{Description, Plugin, QueueSettings};
 pub use redis_store::RedisStateStore;
 pub use registry::{Catalog, Registry, Rejection};
 pub use reload::{DEFAULT_DEBOUNCE, Watcher};
+pub use request::ExecutionRequest;
 pub use result::{ExecutionInfo, ExecutionResult, ResultDocument};
 pub use retry::{Backoff, RetryPolicy};
 pub use runtime::{
-    ExecutionRequest, HostConfig, Runtime, RuntimeBuilder, RuntimeState, RuntimeStats,
-    SessionStopReport, StopReport,
+    Runtime, RuntimeBuilder, RuntimeState, RuntimeStats, SessionStopReport, StopReport,
 };
 pub use state::{MAX_VERSION, StateMetadata, validate_input};
 pub use store::{

@@ -19,6 +19,7 @@ use wasmtime::component::{Component, Linker};
 
 use crate::bindings::{HANDLER_EXPORT, ProcessorPre, WORLD, wit};
 use crate::cancel::CancelHandle;
+use crate::context::HostConfig;
 use crate::engine::Engine;
 use crate::error::{ErrorKind, LoadError};
 use crate::guest_log::GuestLog;
@@ -27,7 +28,6 @@ use crate::limits::{QueuePolicy, RateLimit};
 use crate::manifest::Manifest;
 pub use crate::names::is_valid_name;
 use crate::retry::{Backoff, RetryPolicy};
-use crate::runtime::HostConfig;
 use crate::sandbox::{Sandbox, SandboxSpec};
 
 /// Queue defaults a processor declares (used by the distributed runtime).

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use wasmtime::component::Linker;
 
+use crate::context::HostConfig;
 use crate::engine::Engine;
 use crate::error::{Error, LoadError};
 use crate::plugin::Plugin;
-use crate::runtime::HostConfig;
 use crate::sandbox::Sandbox;
 use crate::workflow::{self, InvalidWorkflow, Workflow};
 use crate::workflow_file;

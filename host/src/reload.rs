@@ -23,11 +23,11 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::context::Shared;
 use crate::error::Error;
 use crate::events::{Event, EventKind};
 use crate::plugin::Plugin;
 use crate::registry::Rejection;
-use crate::runtime::Shared;
 use crate::workflow_file;
 
 /// Watches a plugins folder until dropped.

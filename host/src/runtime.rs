@@ -4,274 +4,35 @@
 //! (in-flight work finished or cancelled within a grace period).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use serde_json::Value;
 use tokio::sync::Semaphore;
-use wasmtime::component::Linker;
 
 use crate::activity::{Activity, ProcessorStats, SessionRefused, SessionStats};
-use crate::bounds::GuestBounds;
-use crate::cancel::{CancelHandle, CancelReason};
+use crate::cancel::CancelReason;
 use crate::distributed::{
     DeadJob, Distributed, RedisConfig, RunStatus, WorkerConfig, WorkerHandle,
 };
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
 use crate::events::{Event, EventBus, EventKind, Subscription};
-use crate::executor::Admission;
-use crate::guest_log::LogRate;
-use crate::limits::{LimitOverrides, Limits};
 use crate::plugin::Plugin;
 use crate::redis_store::RedisStateStore;
-use crate::registry::{Catalog, Registry, Unit};
+use crate::registry::{Catalog, Registry};
 use crate::reload::Watcher;
 use crate::result::ExecutionResult;
-use crate::sandbox::Sandbox;
 use crate::scheduler::Scheduler;
-use crate::store::{
-    CasOutcome, MemoryStateStore, SessionBounds, SessionKey, SessionQuota, StateStore, StoredState,
-};
+use crate::store::{CasOutcome, MemoryStateStore, SessionKey, StateStore, StoredState};
 use crate::workflow::{InvalidWorkflow, Workflow};
 
-/// The host's policies: default limits, ceilings and guest-facing bounds.
-#[derive(Debug, Clone)]
-pub struct HostConfig {
-    /// Limits for plugins that neither declare nor are granted one.
-    pub defaults: Limits,
-    /// The most any manifest or plugin can get.
-    pub ceilings: Limits,
-    /// Guest log lines per execution.
-    pub log_rate: LogRate,
-    /// What one execution's guest may hand the host: events, errors, log lines.
-    pub guest: GuestBounds,
-    /// Deepest chain of nested `call`s (a call past it fails before running).
-    pub max_call_depth: u32,
-    /// Time a cancelled guest gets to stop on its own before it is stopped.
-    pub cancel_grace: Duration,
-    /// Time `describe` gets when a plugin loads.
-    pub describe_timeout: Duration,
-    /// Bounds of the session store.
-    pub session_quota: SessionQuota,
-    /// Bounds on sessions: id, count per tenant, idle expiry (of counters, state and data).
-    pub sessions: SessionBounds,
-    /// Deepest static nesting of workflows inside workflows.
-    pub max_nesting: usize,
-    /// Largest component the host reads and compiles, in bytes (default 64 MiB): a bigger
-    /// plugin file, upload or published blob is refused from its size, unread.
-    pub max_component_bytes: u64,
-    /// Largest `workflows.toml` the host reads, in bytes (default 4 MiB); a bigger file is
-    /// rejected from its size, unread, and the workflows already serving keep serving.
-    pub max_workflows_file_bytes: u64,
-    /// Most items one batch takes (default 10,000); more fail the batch with
-    /// `validation` / `batch-too-large` before any item runs.
-    pub max_batch_items: usize,
-    /// Events kept for a slow subscriber before it is told it lagged.
-    pub event_capacity: usize,
-    /// Bytes of event payloads (data, error details) kept for a slow subscriber (default
-    /// 16 MiB). Past it a guest's `emit` is refused and host events lose their payload.
-    pub event_buffer_bytes: usize,
-}
-
-impl Default for HostConfig {
-    fn default() -> Self {
-        HostConfig {
-            defaults: Limits::DEFAULTS,
-            ceilings: Limits::CEILINGS,
-            log_rate: LogRate::default(),
-            guest: GuestBounds::default(),
-            max_call_depth: 10,
-            cancel_grace: Duration::from_millis(100),
-            describe_timeout: Duration::from_secs(5),
-            session_quota: SessionQuota::default(),
-            sessions: SessionBounds::default(),
-            max_nesting: crate::workflow::MAX_NESTING,
-            max_batch_items: 10_000,
-            max_component_bytes: 64 << 20,
-            max_workflows_file_bytes: 4 << 20,
-            event_capacity: 4096,
-            event_buffer_bytes: 16 << 20,
-        }
-    }
-}
-
-/// What to run and for whom.
-#[derive(Debug, Clone)]
-pub struct ExecutionRequest {
-    /// The processor's name.
-    pub processor: String,
-    /// The input state (a JSON object).
-    pub input: Value,
-    /// The tenant (`default` when `None`).
-    pub tenant: Option<String>,
-    /// The session, if any.
-    pub session: Option<String>,
-    /// Limits the caller asks for; they can only lower the processor's.
-    pub limits: LimitOverrides,
-    /// Cancels the execution when triggered.
-    pub cancel: CancelHandle,
-    /// A caller-chosen execution id (a fresh UUIDv7 when `None`).
-    pub id: Option<String>,
-    /// Priority among queued work (lower runs first); the processor's default when `None`.
-    pub priority: Option<u32>,
-    /// Wait this long before starting.
-    pub delay: Option<Duration>,
-    /// At most this many attempts (can only lower the processor's retry policy).
-    pub max_attempts: Option<u32>,
-    /// The whole execution (its waits, its attempts, every step of a workflow) ends within
-    /// this of its start (after any `delay`), or fails with `timeout`. On the distributed
-    /// runtime every run has such a deadline (`RedisConfig::run_deadline`, an hour, when
-    /// `None`): an outcome Redis or a worker lost then ends the run as `timeout` /
-    /// `run-lost` instead of leaving its caller waiting.
-    pub deadline: Option<Duration>,
-    /// Charged for the batch items under this execution before they start (the HTTP
-    /// server's tenant quotas); nothing is charged when `None`. On the distributed runtime
-    /// the items run on workers and are not charged yet.
-    pub admission: Option<Arc<dyn Admission>>,
-}
-
-impl ExecutionRequest {
-    /// A request to run `processor` on `input`.
-    pub fn new(processor: impl Into<String>, input: Value) -> Self {
-        ExecutionRequest {
-            processor: processor.into(),
-            input,
-            tenant: None,
-            session: None,
-            limits: LimitOverrides::default(),
-            cancel: CancelHandle::new(),
-            id: None,
-            priority: None,
-            delay: None,
-            max_attempts: None,
-            deadline: None,
-            admission: None,
-        }
-    }
-
-    /// Ends the whole execution within `deadline` of its start (see
-    /// [`ExecutionRequest::deadline`]).
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// Charges the batch items under this execution to `admission` before they start.
-    pub fn admission(mut self, admission: Arc<dyn Admission>) -> Self {
-        self.admission = Some(admission);
-        self
-    }
-
-    /// Makes at most `attempts` attempts (never more than the processor's policy allows).
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = Some(attempts.max(1));
-        self
-    }
-
-    /// Runs with this priority among queued work (lower runs first).
-    pub fn priority(mut self, priority: u32) -> Self {
-        self.priority = Some(priority);
-        self
-    }
-
-    /// Starts after `delay` (cancellable while it waits).
-    pub fn delay(mut self, delay: Duration) -> Self {
-        self.delay = Some(delay);
-        self
-    }
-
-    /// Runs in `session`.
-    pub fn session(mut self, session: impl Into<String>) -> Self {
-        self.session = Some(session.into());
-        self
-    }
-
-    /// Runs for `tenant`.
-    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
-        self.tenant = Some(tenant.into());
-        self
-    }
-
-    /// Lowers the processor's timeout to `timeout` (never raises it).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.limits.timeout_ms = Some(timeout.as_millis().try_into().unwrap_or(u64::MAX));
-        self
-    }
-
-    /// Lowers the processor's limits (never raises them).
-    pub fn limits(mut self, limits: LimitOverrides) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// Uses `cancel` to cancel the execution.
-    pub fn cancel_handle(mut self, cancel: CancelHandle) -> Self {
-        self.cancel = cancel;
-        self
-    }
-}
-
-/// State shared by every execution of one runtime.
-pub(crate) struct Shared {
-    pub engine: Engine,
-    pub linker: Linker<Sandbox>,
-    pub registry: Registry,
-    pub config: HostConfig,
-    pub slots: Semaphore,
-    pub store: Arc<dyn StateStore>,
-    pub events: EventBus,
-    pub activity: Activity,
-    pub scheduler: Scheduler,
-    /// Where names this process has not loaded are found, when it serves as a worker of
-    /// the distributed runtime (see [`Published`]).
-    published: Mutex<Option<Weak<dyn Published>>>,
-    lifecycle: AtomicU8,
-}
-
-/// What a worker of the distributed runtime offers a guest's nested `call` (and the steps
-/// of a workflow it calls) for a name this process has not loaded: the component or
-/// workflow published to Redis under that name now, fetched by digest.
-pub(crate) trait Published: Send + Sync {
-    /// The unit published as `name`: `Ok(None)` when there is none (or it cannot load, which
-    /// is logged), an error when Redis cannot say.
-    fn resolve<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<Unit>, ExecutionError>> + Send + 'a>>;
-}
-
-impl Shared {
-    /// Makes `published` the place names missing here are looked for (until it is dropped;
-    /// the worker started last wins).
-    pub(crate) fn set_published_resolver(&self, published: Weak<dyn Published>) {
-        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(published);
-    }
-
-    /// `name` as published for the distributed runtime's workers, if this process serves
-    /// as one; `Ok(None)` otherwise.
-    pub(crate) async fn resolve_published(
-        &self,
-        name: &str,
-    ) -> Result<Option<Unit>, ExecutionError> {
-        let published = self
-            .published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(Weak::upgrade);
-        match published {
-            Some(published) => published.resolve(name).await,
-            None => Ok(None),
-        }
-    }
-}
+pub(crate) use crate::context::{HostConfig, Shared};
+use crate::request::ExecutionRequest;
 
 const CREATED: u8 = 0;
 const RUNNING: u8 = 1;

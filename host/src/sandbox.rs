@@ -20,6 +20,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::bindings::{Processor, weir::processor as imports, wit};
 use crate::bounds::{Bucket, GuestBounds, clip, clip_str, escape_controls};
 use crate::cancel::CancelHandle;
+use crate::context::Shared;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::events::{Event, EventKind};
@@ -27,7 +28,6 @@ use crate::executor::Scope;
 use crate::guest_log::{GuestLog, GuestStream, Level};
 use crate::manifest::Capabilities;
 use crate::outbound::OutboundHttp;
-use crate::runtime::Shared;
 use crate::store::{SessionKey, StateStore};
 
 /// Errors the host raises inside a running guest to stop it.

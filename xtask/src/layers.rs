@@ -51,6 +51,8 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     (
         "execution",
         &[
+            "context",
+            "request",
             "executor",
             "compose",
             "registry",

@@ -27,8 +27,8 @@ use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::events::Event;
 use crate::executor::failed;
 use crate::registry::Catalog;
+use crate::request::ExecutionRequest;
 use crate::result::{ExecutionInfo, ExecutionResult};
-use crate::runtime::ExecutionRequest;
 use crate::workflow::Workflow;
 
 /// BullMQ's attempt ceiling for weir's jobs. A retry policy allows at most 100 attempts, so
@@ -504,7 +504,7 @@ impl Distributed {
 
     /// Publishes every plugin and workflow that (re)loads in `shared` from now on, for as
     /// long as both live.
-    pub(crate) fn publish_reloads(self: &Arc<Self>, shared: &Arc<crate::runtime::Shared>) {
+    pub(crate) fn publish_reloads(self: &Arc<Self>, shared: &Arc<crate::context::Shared>) {
         use crate::events::{EventKind, Notice};
         let mut events = shared.events.subscribe();
         self.internal_subscriptions

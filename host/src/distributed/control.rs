@@ -16,10 +16,10 @@ use super::flow::Next;
 use super::wire::{At, Frame, StepJob, WireScope, now_ms};
 use super::{Keys, RedisConfig};
 use crate::cancel::CancelReason;
+use crate::context::Shared;
 use crate::error::Error;
 use crate::events::{Event, EventKind, Notice};
 use crate::executor::cancelled_unstarted;
-use crate::runtime::Shared;
 
 /// What a cancellation reaches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

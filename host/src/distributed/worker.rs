@@ -28,6 +28,7 @@ use super::flow::Next;
 use super::trust::{Kind, Refused};
 use super::wire::{Binding, FORMAT, JoinJob, StepJob, WireScope, instant_of, job_id};
 use crate::cancel::{CancelHandle, CancelReason};
+use crate::context::{Published, Shared};
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::events::EventKind;
 use crate::executor::{
@@ -38,7 +39,6 @@ use crate::manifest::Manifest;
 use crate::plugin::Plugin;
 use crate::registry::Unit;
 use crate::result::ExecutionResult;
-use crate::runtime::{Published, Shared};
 
 /// How a worker serves its queues.
 #[derive(Debug, Clone)]

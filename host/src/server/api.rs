@@ -21,8 +21,9 @@ use super::{AppState, OPENAPI, metrics};
 use crate::activity::{ProcessorStats, SessionRefused};
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::RuntimeError;
+use crate::request::ExecutionRequest;
 use crate::result::ExecutionResult;
-use crate::runtime::{ExecutionRequest, RuntimeState};
+use crate::runtime::RuntimeState;
 
 /// `GET /`: the dashboard (a static page; the data it shows comes from the API, with the
 /// token typed into it).
