@@ -327,15 +327,26 @@ async fn a_distributed_batch_writes_each_items_result_once() {
 /// indexes the definition with it (it used to panic, and the run never ended).
 #[tokio::test]
 async fn a_fan_out_record_that_does_not_fit_its_workflow_ends_the_run() {
-    let fleet = Fleet::start(&["sleep", "increment"]).await;
-    let workflow = weir::Workflow::parallel("both", ["sleep", "increment"]);
-    fleet.submitter.register(workflow).unwrap();
-    let run = fleet
-        .submitter
-        .submit(weir::ExecutionRequest::new("both", json!({"ms": 1500})))
+    // No worker yet: the record (written when the run is submitted) is rewritten before
+    // any branch can end, whatever the machine's load.
+    let redis = weir_tests::RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["sleep", "increment"]);
+    let submitter = weir::Runtime::redis(&url)
+        .trust(weir_tests::fleet())
+        .plugins_dir(folder.path())
+        .engine_config(weir_tests::engine_config())
+        .build()
         .await
         .unwrap();
-    let client = redis::Client::open(fleet.url.as_str()).unwrap();
+    submitter.start();
+    let workflow = weir::Workflow::parallel("both", ["sleep", "increment"]);
+    submitter.register(workflow).unwrap();
+    let run = submitter
+        .submit(weir::ExecutionRequest::new("both", json!({"ms": 10})))
+        .await
+        .unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let key = format!("weir:_:join:{run}-0.j");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -368,13 +379,11 @@ async fn a_fan_out_record_that_does_not_fit_its_workflow_ends_the_run() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let result = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        fleet.submitter.wait_run(&run),
-    )
-    .await
-    .expect("the run ends")
-    .unwrap();
+    let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
+    let result = tokio::time::timeout(std::time::Duration::from_secs(30), submitter.wait_run(&run))
+        .await
+        .expect("the run ends")
+        .unwrap();
     let error = result.error.expect("the run fails");
     assert_eq!(error.code.as_deref(), Some("not-available"), "{error:?}");
     assert!(error.message.contains("unreadable"), "{}", error.message);
