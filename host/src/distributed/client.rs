@@ -416,7 +416,7 @@ impl Distributed {
         let document = serde_json::to_string(&stored).unwrap_or_default();
         let mac = self
             .seal
-            .sign(Kind::Outcome, &outcome_authority(run, &document));
+            .sign_with(Kind::Outcome, &outcome_authority(run), Some(&document));
         let status = if result.ok { "ok" } else { "failed" };
         let mut conn = self.conn();
         let _: i64 = self
@@ -952,16 +952,17 @@ fn record_authority(status: &RunStatus) -> Fields {
     fields
 }
 
-/// A run's outcome document, as signed: the run's id and the document's exact bytes.
-fn outcome_authority(run: &str, document: &str) -> Fields {
+/// A run's outcome, as signed: the run's id, then (as the MAC's tail, uncopied) the
+/// document's exact bytes.
+fn outcome_authority(run: &str) -> Fields {
     let mut fields = Fields::new();
-    fields.str(run).str(document);
+    fields.str(run);
     fields
 }
 
 /// The outcome `text` of `run`, once its signature `mac` is checked.
 fn verified_document(seal: &Seal, run: &str, text: &str, mac: &str) -> Option<ExecutionResult> {
-    if let Err(refused) = seal.check(Kind::Outcome, &outcome_authority(run, text), mac) {
+    if let Err(refused) = seal.check_with(Kind::Outcome, &outcome_authority(run), Some(text), mac) {
         tracing::warn!(run = %run, "ignored an outcome in Redis: {refused}");
         return None;
     }

@@ -251,19 +251,45 @@ impl Seal {
 
     /// The MAC of `fields` as `kind`, in hexadecimal; empty when insecure.
     pub(crate) fn sign(&self, kind: Kind, fields: &Fields) -> String {
+        self.sign_with(kind, fields, None)
+    }
+
+    /// The MAC of `fields` then `tail` (a last field, fed to the MAC where it lies rather
+    /// than copied: an outcome document or a branch's result may be large).
+    pub(crate) fn sign_with(&self, kind: Kind, fields: &Fields, tail: Option<&str>) -> String {
         match &self.keys {
             None => String::new(),
             Some((key, _)) => {
-                let mut mac = key.mac(kind);
-                mac.update(&fields.0);
-                hex::encode(mac.finalize().into_bytes())
+                hex::encode(Self::mac(key, kind, fields, tail).finalize().into_bytes())
             }
         }
+    }
+
+    /// The MAC state of `fields`, then `tail` framed as [`Fields::str`] frames it.
+    fn mac(key: &FleetKey, kind: Kind, fields: &Fields, tail: Option<&str>) -> HmacSha256 {
+        let mut mac = key.mac(kind);
+        mac.update(&fields.0);
+        if let Some(tail) = tail {
+            mac.update(&(tail.len() as u64).to_le_bytes());
+            mac.update(tail.as_bytes());
+        }
+        mac
     }
 
     /// Checks that `mac` is the MAC of `fields` as `kind` under a key this process accepts
     /// (always, when insecure). The comparison takes the same time whatever the bytes.
     pub(crate) fn check(&self, kind: Kind, fields: &Fields, mac: &str) -> Result<(), Refused> {
+        self.check_with(kind, fields, None, mac)
+    }
+
+    /// [`Seal::check`] of `fields` then `tail` (see [`Seal::sign_with`]).
+    pub(crate) fn check_with(
+        &self,
+        kind: Kind,
+        fields: &Fields,
+        tail: Option<&str>,
+        mac: &str,
+    ) -> Result<(), Refused> {
         let Some((key, accepted)) = &self.keys else {
             return Ok(());
         };
@@ -281,9 +307,10 @@ impl Seal {
             )));
         };
         for key in std::iter::once(key).chain(accepted) {
-            let mut expected = key.mac(kind);
-            expected.update(&fields.0);
-            if expected.verify_slice(&given).is_ok() {
+            if Self::mac(key, kind, fields, tail)
+                .verify_slice(&given)
+                .is_ok()
+            {
                 return Ok(());
             }
         }
@@ -301,7 +328,7 @@ impl Seal {
         if !self.keyed() {
             return text.to_string();
         }
-        let mac = self.sign(Kind::Fanout, &Self::place(place, text));
+        let mac = self.sign_with(Kind::Fanout, &Self::place(place), Some(text));
         format!("{mac}{text}")
     }
 
@@ -318,17 +345,16 @@ impl Seal {
             Some(mac) if sealed => (mac, &stored[64..]),
             _ => ("", stored),
         };
-        self.check(Kind::Fanout, &Self::place(place, text), mac)?;
+        self.check_with(Kind::Fanout, &Self::place(place), Some(text), mac)?;
         Ok(text)
     }
 
-    fn place(place: &[&str], text: &str) -> Fields {
+    fn place(place: &[&str]) -> Fields {
         let mut fields = Fields::new();
         fields.u64(place.len() as u64);
         for part in place {
             fields.str(part);
         }
-        fields.str(text);
         fields
     }
 
@@ -393,6 +419,28 @@ mod tests {
         assert!(
             refused.is_err_and(|r| r.0.contains("does not verify")),
             "another fleet's key refuses it"
+        );
+    }
+
+    #[test]
+    fn a_tail_signs_as_the_same_field_written_out() {
+        let seal = keyed(&FleetKey::generate().expect("randomness"), &[]);
+        let mut head = Fields::new();
+        head.str("run");
+        let mut whole = Fields::new();
+        whole.str("run").str("{\"ok\":true}");
+        let mac = seal.sign(Kind::Outcome, &whole);
+        assert_eq!(
+            seal.sign_with(Kind::Outcome, &head, Some("{\"ok\":true}")),
+            mac
+        );
+        assert!(
+            seal.check_with(Kind::Outcome, &head, Some("{\"ok\":true}"), &mac)
+                .is_ok()
+        );
+        assert!(
+            seal.check_with(Kind::Outcome, &head, Some("{}"), &mac)
+                .is_err()
         );
     }
 
