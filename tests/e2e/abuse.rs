@@ -202,14 +202,7 @@ impl Fleet {
         let url = redis.url();
         let folder = PluginFolder::with(plugins);
         let worker = weir_tests::WorkerProcess::start(&url, folder.path(), worker_args);
-        let submitter = weir::Runtime::redis(&url)
-            .trust(weir_tests::fleet())
-            .plugins_dir(folder.path())
-            .engine_config(weir_tests::engine_config())
-            .build()
-            .await
-            .unwrap();
-        submitter.start();
+        let submitter = crate::distributed::submitter(&url, folder.path()).await;
         Fleet {
             url,
             submitter,
@@ -332,14 +325,7 @@ async fn a_fan_out_record_that_does_not_fit_its_workflow_ends_the_run() {
     let redis = weir_tests::RedisServer::start();
     let url = redis.url();
     let folder = PluginFolder::with(&["sleep", "increment"]);
-    let submitter = weir::Runtime::redis(&url)
-        .trust(weir_tests::fleet())
-        .plugins_dir(folder.path())
-        .engine_config(weir_tests::engine_config())
-        .build()
-        .await
-        .unwrap();
-    submitter.start();
+    let submitter = crate::distributed::submitter(&url, folder.path()).await;
     let workflow = weir::Workflow::parallel("both", ["sleep", "increment"]);
     submitter.register(workflow).unwrap();
     let run = submitter

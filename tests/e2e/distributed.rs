@@ -201,6 +201,14 @@ async fn until_listed(conn: &mut redis::aio::MultiplexedConnection, key: &str, n
     }
 }
 
+/// Two `weir worker` processes over `dir`, with `args`.
+pub(crate) fn two_workers(url: &str, dir: &std::path::Path, args: &[&str]) -> [WorkerProcess; 2] {
+    [
+        WorkerProcess::start(url, dir, args),
+        WorkerProcess::start(url, dir, args),
+    ]
+}
+
 /// [`submitter`], counting a run as lost `grace` after its deadline.
 async fn submitter_with_grace(url: &str, dir: &std::path::Path, grace: Duration) -> weir::Runtime {
     let mut config = weir::RedisConfig::new(url);
@@ -1084,10 +1092,7 @@ async fn a_node_bullmq_producer_runs_a_weir_processor_and_reads_its_result() {
         "--foreign",
         "validate-email=acme",
     ];
-    let _workers = [
-        WorkerProcess::start(&url, folder.path(), &foreign),
-        WorkerProcess::start(&url, folder.path(), &foreign),
-    ];
+    let _workers = two_workers(&url, folder.path(), &foreign);
     let node = weir_tests::node_project();
     let script = tokio::process::Command::new("node")
         .arg(node.join("interop.mjs"))
@@ -1131,10 +1136,7 @@ async fn a_foreign_job_on_a_queue_that_takes_none_fails_without_running() {
     let redis = RedisServer::start();
     let url = redis.url();
     let folder = PluginFolder::with(&["increment"]);
-    let _workers = [
-        WorkerProcess::start(&url, folder.path(), &[]),
-        WorkerProcess::start(&url, folder.path(), &[]),
-    ];
+    let _workers = two_workers(&url, folder.path(), &[]);
     crate::trust::add_job(&url, "increment", "from-elsewhere", &json!({"count": 1})).await;
     let mut conn = connection(&url).await;
     let job = crate::trust::until_finished(&mut conn, "increment", "from-elsewhere").await;

@@ -9,7 +9,7 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 use weir_tests::{PluginFolder, RedisServer, WorkerProcess, engine_config, plugin_bytes};
 
-use crate::distributed::{connection, submitter};
+use crate::distributed::{connection, submitter, two_workers};
 
 /// The secret the operator grants the processor `escape` (as an environment variable).
 const GRANTED: &str = "k-7f3a-operator-only";
@@ -75,10 +75,7 @@ async fn a_forged_step_job_claiming_another_tenants_session_is_refused() {
     let redis = RedisServer::start();
     let url = redis.url();
     let folder = PluginFolder::with(&["increment"]);
-    let _workers = [
-        WorkerProcess::start(&url, folder.path(), &[]),
-        WorkerProcess::start(&url, folder.path(), &[]),
-    ];
+    let _workers = two_workers(&url, folder.path(), &[]);
     let fleet = submitter(&url, folder.path()).await;
     // Another tenant's session, and one of its own jobs: the model of the forgeries.
     let request = weir::ExecutionRequest::new("increment", json!({"count": 1}))
@@ -135,10 +132,7 @@ async fn a_component_pushed_under_another_names_manifest_gets_none_of_its_grants
         "escape",
         &format!("[capabilities]\nenv = {{ BILLING_KEY = \"{GRANTED}\" }}\n"),
     );
-    let _workers = [
-        WorkerProcess::start(&url, folder.path(), &[]),
-        WorkerProcess::start(&url, folder.path(), &[]),
-    ];
+    let _workers = two_workers(&url, folder.path(), &[]);
     let fleet = submitter(&url, folder.path()).await;
     let result = fleet
         .execute(with_id(
@@ -197,10 +191,7 @@ async fn a_forged_outcome_announcement_does_not_reach_a_waiting_caller() {
     let redis = RedisServer::start();
     let url = redis.url();
     let folder = PluginFolder::with(&["sleep"]);
-    let _workers = [
-        WorkerProcess::start(&url, folder.path(), &[]),
-        WorkerProcess::start(&url, folder.path(), &[]),
-    ];
+    let _workers = two_workers(&url, folder.path(), &[]);
     let fleet = submitter(&url, folder.path()).await;
     // A real outcome document, to forge from.
     let first = fleet

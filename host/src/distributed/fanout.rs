@@ -1109,14 +1109,15 @@ mod tests {
         assert!(lost.fits(&parallel).is_err());
     }
 
+    /// Batch `j`'s record for `state`, as Redis hands it back.
+    fn record(state: &JoinState, seal: &Seal) -> std::collections::HashMap<String, String> {
+        state.batch_fields(seal, "j").unwrap().into_iter().collect()
+    }
+
     #[test]
     fn a_batchs_record_reads_back_as_the_state_it_was_written_from() {
         let (_, state) = batch_in_progress();
-        let fields: std::collections::HashMap<String, String> = state
-            .batch_fields(&Seal::insecure(), "j")
-            .unwrap()
-            .into_iter()
-            .collect();
+        let fields = record(&state, &Seal::insecure());
         let read = JoinState::from_batch_fields(fields, 100, &Seal::insecure(), "j").unwrap();
         assert_eq!(
             serde_json::to_value(&read).unwrap(),
@@ -1141,11 +1142,7 @@ mod tests {
     #[test]
     fn a_batchs_record_from_redis_is_checked_before_it_is_trusted() {
         let (_, state) = batch_in_progress();
-        let fields: std::collections::HashMap<String, String> = state
-            .batch_fields(&Seal::insecure(), "j")
-            .unwrap()
-            .into_iter()
-            .collect();
+        let fields = record(&state, &Seal::insecure());
         let mut huge = fields.clone();
         huge.insert("n".into(), "100000000000".into());
         let why = JoinState::from_batch_fields(huge, 100, &Seal::insecure(), "j").unwrap_err();
@@ -1164,11 +1161,7 @@ mod tests {
         let (_, state) = batch_in_progress();
         let key = super::super::trust::FleetKey::generate().unwrap();
         let seal = Seal::new(&super::super::trust::Trust::key(key)).unwrap();
-        let fields: std::collections::HashMap<String, String> = state
-            .batch_fields(&seal, "j")
-            .unwrap()
-            .into_iter()
-            .collect();
+        let fields = record(&state, &seal);
         let read = JoinState::from_batch_fields(fields.clone(), 100, &seal, "j").unwrap();
         assert_eq!(read.nodes[0].output, state.nodes[0].output);
         // A result written by someone else, bare or with a made-up seal, or another item's
