@@ -298,8 +298,18 @@ impl WorkerHandle {
         let closing =
             futures_util::future::join_all(workers.iter().map(|worker| worker.close(grace_ms)));
         let hard = grace + inner.shared.config.cancel_grace * 10 + Duration::from_secs(1);
-        if tokio::time::timeout(hard, closing).await.is_err() {
+        let _ = tokio::time::timeout(hard, closing).await;
+        // Steps still running are cancelled as this worker leaves, and each notes that it
+        // is handed back (not a crash) before it ends: wait for those notes (within the
+        // cancellation's grace), or the process could exit first and the next worker take
+        // the step for a crash.
+        if !lock_map(&inner.active).is_empty() {
             inner.shared.activity.cancel_all(CancelReason::Shutdown);
+            let until =
+                Instant::now() + inner.shared.config.cancel_grace * 10 + Duration::from_secs(1);
+            while !lock_map(&inner.active).is_empty() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
     }
 }
