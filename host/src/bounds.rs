@@ -221,6 +221,18 @@ pub(crate) fn escape_controls(text: &str) -> String {
     out
 }
 
+/// A size as a person reads it: `12 bytes`, `2.0 KiB`, `5.0 MiB`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const MIB: f64 = (1 << 20) as f64;
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / MIB)
+    } else if bytes >= 1 << 10 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +329,12 @@ mod tests {
         );
         let passed = (0..10).filter(|_| bucket.take()).count();
         assert_eq!(passed, 3);
+    }
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(human_bytes(5 << 20), "5.0 MiB");
+        assert_eq!(human_bytes(2048), "2.0 KiB");
+        assert_eq!(human_bytes(12), "12 bytes");
     }
 }

@@ -20,6 +20,7 @@ use crate::error::ExecutionError;
 use crate::events::EventBus;
 use crate::guest_log::LogRate;
 use crate::limits::Limits;
+use crate::plugin::LoadPolicy;
 use crate::registry::{Registry, Unit};
 use crate::sandbox::Sandbox;
 use crate::scheduler::Scheduler;
@@ -82,6 +83,20 @@ impl Default for HostConfig {
             max_workflows_file_bytes: 4 << 20,
             event_capacity: 4096,
             event_buffer_bytes: 16 << 20,
+        }
+    }
+}
+
+impl HostConfig {
+    /// What loading a plugin is held to under this configuration.
+    pub(crate) fn loading(&self) -> LoadPolicy {
+        LoadPolicy {
+            defaults: self.defaults,
+            ceilings: self.ceilings,
+            max_component_bytes: self.max_component_bytes,
+            describe_timeout: self.describe_timeout,
+            log_rate: self.log_rate,
+            guest: self.guest,
         }
     }
 }

@@ -128,6 +128,8 @@ pub mod codes {
     pub const INVALID_OUTPUT: &str = "invalid-output";
     /// A host service the processor asked for is not available in this context.
     pub const NOT_AVAILABLE: &str = "not-available";
+    /// The session store was used by an execution that runs without a session.
+    pub const NO_SESSION: &str = "no-session";
     /// A custom event's name or data is over its bound.
     pub const EVENT_TOO_LARGE: &str = "event-too-large";
     /// More events (or other guest requests) than the execution's rate allows.

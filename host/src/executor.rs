@@ -12,6 +12,7 @@ use tracing::Instrument;
 use wasmtime::Trap;
 
 use crate::bindings::wit;
+use crate::bounds::human_bytes;
 use crate::cancel::CancelHandle;
 use crate::clock::{self, Stamp};
 use crate::context::Shared;
@@ -25,6 +26,7 @@ use crate::request::ExecutionRequest;
 use crate::result::{ExecutionInfo, ExecutionResult};
 use crate::sandbox::{HostTrap, Sandbox, SandboxSpec, from_wit_error};
 use crate::scheduler::{Refused, Turn};
+use crate::services::ExecutionServices;
 use crate::state;
 use crate::store::SessionKey;
 use crate::warm::WarmInstance;
@@ -677,13 +679,13 @@ async fn attempt(
         capabilities: &plugin.manifest().capabilities,
         config: plugin.config().clone(),
         // Nested calls from this attempt are children of this execution.
-        caller: Some((
+        services: Some(Arc::new(ExecutionServices::new(
             shared.clone(),
             Scope {
                 parent: Some(Arc::from(info.id.as_str())),
                 ..scope.clone()
             },
-        )),
+        ))),
         bounds: shared.config.guest,
     };
     let (mut store, mut instance, uses) = match reused {
@@ -971,17 +973,6 @@ fn memory_error(limit: u64, requested: Option<u64>) -> ExecutionError {
     )
 }
 
-pub(crate) fn human_bytes(bytes: u64) -> String {
-    const MIB: f64 = (1 << 20) as f64;
-    if bytes >= 1 << 20 {
-        format!("{:.1} MiB", bytes as f64 / MIB)
-    } else if bytes >= 1 << 10 {
-        format!("{:.1} KiB", bytes as f64 / 1024.0)
-    } else {
-        format!("{bytes} bytes")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1004,12 +995,5 @@ mod tests {
             assert_eq!(err.kind, ErrorKind::Execution, "{text}");
             assert!(err.has_code(codes::INVALID_OUTPUT));
         }
-    }
-
-    #[test]
-    fn sizes_read_naturally() {
-        assert_eq!(human_bytes(5 << 20), "5.0 MiB");
-        assert_eq!(human_bytes(2048), "2.0 KiB");
-        assert_eq!(human_bytes(12), "12 bytes");
     }
 }

@@ -35,7 +35,7 @@
 //! files = [{ host = "/srv/data", guest = "/data", writable = false }]
 //! network = ["127.0.0.1:8080", "10.0.0.7:*"]
 //!
-//! [capabilities.http] # outbound `wasi:http` requests (see crate::outbound)
+//! [capabilities.http] # outbound `wasi:http` requests (see crate::http_grant)
 //! allow = ["https://api.example.com", { origin = "http://127.0.0.1:8080", methods = ["GET"] }]
 //! timeout_ms = 10000
 //! max_response_bytes = 1048576
@@ -50,9 +50,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
+use crate::http_grant::HttpGrant;
 use crate::limits::LimitOverrides;
 use crate::limits::RateLimit;
-use crate::outbound::HttpGrant;
 use crate::retry::{Backoff, RetryPolicy};
 
 /// A parsed, validated operator manifest.

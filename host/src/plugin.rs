@@ -18,17 +18,36 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
 use crate::bindings::{HANDLER_EXPORT, ProcessorPre, WORLD, wit};
+use crate::bounds::GuestBounds;
 use crate::cancel::CancelHandle;
-use crate::context::HostConfig;
 use crate::engine::Engine;
 use crate::error::{ErrorKind, LoadError};
-use crate::guest_log::GuestLog;
+use crate::guest_log::{GuestLog, LogRate};
 use crate::limits::{LimitOverrides, Limits};
 use crate::limits::{QueuePolicy, RateLimit};
 use crate::manifest::Manifest;
 pub use crate::names::is_valid_name;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::sandbox::{Sandbox, SandboxSpec};
+
+/// What loading a plugin is held to: the operator's default limits and ceilings, the size
+/// of a component, and what its `describe` may take. The layer above lends one from its
+/// host configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadPolicy {
+    /// Limits for plugins that neither declare nor are granted one.
+    pub defaults: Limits,
+    /// The most any manifest or plugin can get.
+    pub ceilings: Limits,
+    /// Largest component read and compiled, in bytes.
+    pub max_component_bytes: u64,
+    /// Time `describe` gets.
+    pub describe_timeout: std::time::Duration,
+    /// Guest log lines `describe` may write.
+    pub log_rate: LogRate,
+    /// What `describe`'s guest may hand the host.
+    pub guest: GuestBounds,
+}
 
 /// Queue defaults a processor declares (used by the distributed runtime).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -173,7 +192,7 @@ impl Plugin {
         engine: &Engine,
         linker: &Linker<Sandbox>,
         path: &Path,
-        host: &HostConfig,
+        host: &LoadPolicy,
     ) -> Result<Plugin, LoadError> {
         let name = name_from_path(path)?;
         let folder = path.parent().unwrap_or(Path::new("."));
@@ -191,7 +210,7 @@ impl Plugin {
         path: &Path,
         bytes: Vec<u8>,
         manifest: Manifest,
-        host: &HostConfig,
+        host: &LoadPolicy,
     ) -> Result<Plugin, LoadError> {
         let size_bytes = bytes.len() as u64;
         if size_bytes > host.max_component_bytes {
@@ -311,7 +330,7 @@ async fn describe(
     pre: &ProcessorPre<Sandbox>,
     manifest: &Manifest,
     limits: &Limits,
-    host: &HostConfig,
+    host: &LoadPolicy,
 ) -> Result<wit::ProcessorMetadata, LoadError> {
     let timeout = host.describe_timeout.min(limits.timeout());
     let deadline = Instant::now() + timeout;
@@ -328,7 +347,7 @@ async fn describe(
             log: log.clone(),
             capabilities: &manifest.capabilities,
             config: Arc::new(manifest.config.clone()),
-            caller: None,
+            services: None,
             bounds: host.guest,
         },
     )

@@ -226,7 +226,7 @@ impl Registry {
         let mut plugins = BTreeMap::new();
         let mut rejected = BTreeMap::new();
         for path in files {
-            match Plugin::load(engine, linker, &path, host).await {
+            match Plugin::load(engine, linker, &path, &host.loading()).await {
                 Ok(plugin) => {
                     tracing::info!(
                         name = plugin.name(),

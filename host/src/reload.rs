@@ -170,7 +170,14 @@ async fn apply_plugin(shared: &Arc<Shared>, dir: &Path, name: &str) {
         return;
     }
     let started = Instant::now();
-    match Plugin::load(&shared.engine, &shared.linker, &path, &shared.config).await {
+    match Plugin::load(
+        &shared.engine,
+        &shared.linker,
+        &path,
+        &shared.config.loading(),
+    )
+    .await
+    {
         Ok(plugin) => {
             if let Some(old) = &old
                 && old.digest() == plugin.digest()

@@ -274,9 +274,14 @@ impl Runtime {
         })?;
         let path = path.as_ref();
         let shared = &self.shared;
-        let plugin = Plugin::load(&shared.engine, &shared.linker, path, &shared.config)
-            .await
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let plugin = Plugin::load(
+            &shared.engine,
+            &shared.linker,
+            path,
+            &shared.config.loading(),
+        )
+        .await
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
@@ -669,7 +674,7 @@ impl Runtime {
                 &shared.engine,
                 &shared.linker,
                 path.as_ref(),
-                &shared.config,
+                &shared.config.loading(),
             )
             .await?,
         );

@@ -5,6 +5,10 @@
 //! [`crate::outbound`]), and the host side of every weir import (`log`, `emit`, `progress`,
 //! `call`, `cancelled`, `config`, the session store).
 //!
+//! What an import reaches beyond the sandbox (another execution for `call`, the session's
+//! data, the event bus, whoever follows the progress) is the layer above's: it hands each
+//! execution's sandbox a [`GuestServices`], and this layer never names its types.
+//!
 //! A store is cheap and short-lived: created for one attempt and dropped after it, so
 //! nothing a guest does survives into the next execution.
 
@@ -20,15 +24,12 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::bindings::{Processor, weir::processor as imports, wit};
 use crate::bounds::{Bucket, GuestBounds, clip, clip_str, escape_controls};
 use crate::cancel::CancelHandle;
-use crate::context::Shared;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, ExecutionError, codes};
-use crate::events::{Event, EventKind};
-use crate::executor::Scope;
+use crate::events::{Event, EventBus, EventKind};
 use crate::guest_log::{GuestLog, GuestStream, Level};
 use crate::manifest::Capabilities;
 use crate::outbound::OutboundHttp;
-use crate::store::{SessionKey, StateStore};
 
 /// Errors the host raises inside a running guest to stop it.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,47 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// What a running guest's imports reach beyond its sandbox: another execution (`call`), the
+/// session's key-value data, the event bus and whoever follows the execution's progress.
+/// The execution layer implements it for each execution it runs (this layer owns the trait,
+/// as `wasmtime-wasi` owns `WasiView`); a sandbox without one, a plugin being described,
+/// answers these imports with `not-available`.
+#[async_trait::async_trait]
+pub(crate) trait GuestServices: Send + Sync {
+    /// The bus the execution's events are published on.
+    fn events(&self) -> &EventBus;
+
+    /// A new event of `kind` about the running execution (its tenant, session and id), or
+    /// `None` when no one listens.
+    fn event(&self, kind: EventKind) -> Option<Event>;
+
+    /// Hands the guest's latest progress report to whoever follows the execution (besides
+    /// the event stream).
+    fn progress(&self, percent: u8, message: &str);
+
+    /// Runs `name` on `state` for the guest, one call deeper, by `deadline` and cancelled
+    /// with `cancel`: the output (or the error the guest sees), and the fuel it burnt.
+    async fn call(
+        &self,
+        name: String,
+        state: String,
+        deadline: Instant,
+        cancel: CancelHandle,
+    ) -> (Result<String, ExecutionError>, u64);
+
+    /// The value under `key` in the session's data.
+    async fn kv_get(&self, key: String) -> Result<Option<Vec<u8>>, ExecutionError>;
+
+    /// Sets `key` in the session's data (within the session store's bounds).
+    async fn kv_set(&self, key: String, value: Vec<u8>) -> Result<(), ExecutionError>;
+
+    /// Removes `key` from the session's data.
+    async fn kv_delete(&self, key: String) -> Result<(), ExecutionError>;
+
+    /// The keys of the session's data.
+    async fn kv_keys(&self) -> Result<Vec<String>, ExecutionError>;
+}
+
 /// The data of one execution's store.
 pub(crate) struct Sandbox {
     wasi: WasiCtx,
@@ -105,9 +147,10 @@ pub(crate) struct Sandbox {
     pub(crate) nested_fuel: u64,
     processor: Arc<str>,
     config: Arc<BTreeMap<String, String>>,
-    /// Who is running, for nested calls and the session store; absent while a plugin is
-    /// being described at load time.
-    caller: Option<(Arc<Shared>, Scope)>,
+    /// What the guest's imports reach beyond the sandbox, for the running execution;
+    /// absent while a plugin is being described at load time, and while a warm instance
+    /// waits idle.
+    services: Option<Arc<dyn GuestServices>>,
     /// What the guest may hand the host.
     bounds: GuestBounds,
     /// This execution's allowance of custom events and progress reports.
@@ -124,7 +167,7 @@ pub(crate) struct SandboxSpec<'a> {
     pub log: Arc<GuestLog>,
     pub capabilities: &'a Capabilities,
     pub config: Arc<BTreeMap<String, String>>,
-    pub caller: Option<(Arc<Shared>, Scope)>,
+    pub services: Option<Arc<dyn GuestServices>>,
     pub bounds: GuestBounds,
 }
 
@@ -148,7 +191,7 @@ impl Sandbox {
             nested_fuel: 0,
             processor: spec.processor,
             config: spec.config,
-            caller: spec.caller,
+            services: spec.services,
             bounds: spec.bounds,
             events: Bucket::new(spec.bounds.event_rate, Instant::now()),
         };
@@ -185,7 +228,7 @@ impl Sandbox {
         sandbox.deadline = spec.deadline;
         sandbox.cancel = Some(spec.cancel);
         sandbox.nested_fuel = 0;
-        sandbox.caller = spec.caller;
+        sandbox.services = spec.services;
         sandbox.bounds = spec.bounds;
         sandbox.events = Bucket::new(spec.bounds.event_rate, Instant::now());
         set_fuel(store, spec.fuel)?;
@@ -199,10 +242,10 @@ impl Sandbox {
         self.outbound.idle()
     }
 
-    /// Lets go of everything that belongs to the execution that just ended (its caller's
-    /// runtime handle and scope, its cancellation), before the store waits idle.
+    /// Lets go of everything that belongs to the execution that just ended (its services,
+    /// its cancellation), before the store waits idle.
     pub(crate) fn release(&mut self) {
-        self.caller = None;
+        self.services = None;
         self.cancel = None;
     }
 }
@@ -298,25 +341,8 @@ fn not_available(what: &str) -> wit::ProcessorError {
 }
 
 impl Sandbox {
-    fn caller(&self, what: &str) -> Result<&(Arc<Shared>, Scope), wit::ProcessorError> {
-        self.caller.as_ref().ok_or_else(|| not_available(what))
-    }
-
-    /// The state store and this execution's (tenant, session) key in it.
-    fn session_key(&self) -> Result<(Arc<dyn StateStore>, SessionKey), wit::ProcessorError> {
-        let (shared, scope) = self.caller("the session store")?;
-        let session = scope.session.as_ref().ok_or_else(|| wit::ProcessorError {
-            kind: wit::ErrorKind::Configuration,
-            code: Some("no-session".to_string()),
-            message: "the session store needs a session: run the execution with a session id"
-                .to_string(),
-            retryable: false,
-            details: None,
-        })?;
-        Ok((
-            shared.store.clone(),
-            SessionKey::new(&*scope.tenant, &**session),
-        ))
+    fn services(&self, what: &str) -> Result<Arc<dyn GuestServices>, wit::ProcessorError> {
+        self.services.clone().ok_or_else(|| not_available(what))
     }
 }
 
@@ -337,19 +363,13 @@ impl imports::logging::Host for Sandbox {
 }
 
 impl Sandbox {
-    /// An event about this execution, ready to fill in and publish; `None` when no one
-    /// listens (or while describing).
-    fn event(&self, kind: EventKind) -> Option<(&Arc<Shared>, Event)> {
-        let (shared, scope) = self.caller.as_ref()?;
-        if !shared.events.active() {
-            return None;
-        }
-        let mut event = Event::new(kind, &scope.tenant, scope.session.as_deref());
-        // The caller scope is the one this execution's nested calls get: its parent is this
-        // execution.
-        event.execution_id = scope.parent.as_deref().map(str::to_string);
+    /// An event about this execution, ready to fill in and publish, with the bus to publish
+    /// it on; `None` when no one listens (or while describing).
+    fn event(&self, kind: EventKind) -> Option<(&EventBus, Event)> {
+        let services = self.services.as_deref()?;
+        let mut event = services.event(kind)?;
         event.processor = Some(self.processor.to_string());
-        Some((shared, event))
+        Some((services.events(), event))
     }
 }
 
@@ -397,18 +417,18 @@ impl imports::events::Host for Sandbox {
             });
         }
         tracing::debug!(target: "weir::events", event = %name, "custom event");
-        if let Some((shared, mut event)) = self.event(EventKind::Custom) {
+        if let Some((bus, mut event)) = self.event(EventKind::Custom) {
             event.name = Some(name.clone());
             event.data = Some(data);
             // The text's length, already known: no second walk of the parsed data.
-            if let Err(full) = shared.events.publish_guest(event, text_bytes) {
+            if let Err(full) = bus.publish_guest(event, text_bytes) {
                 return Err(wit::ProcessorError {
                     kind: wit::ErrorKind::Resource,
                     code: Some(codes::RATE_LIMITED.to_string()),
                     message: format!(
                         "event `{name}` refused: the host already holds {} of events its \
                          subscribers have not read yet; try again later",
-                        crate::executor::human_bytes(full.limit as u64)
+                        crate::bounds::human_bytes(full.limit as u64)
                     ),
                     retryable: true,
                     details: None,
@@ -422,18 +442,16 @@ impl imports::events::Host for Sandbox {
         let percent = percent.min(100);
         let message = clip(message, MAX_PROGRESS_MESSAGE);
         tracing::debug!(target: "weir::events", percent, "progress: {message}");
-        if let Some((_, scope)) = &self.caller
-            && let Some(sink) = &scope.progress
-        {
-            sink.send_replace(Some((percent, message.clone())));
+        if let Some(services) = &self.services {
+            services.progress(percent, &message);
         }
         // Over the event rate the progress still counts (the latest report wins), but no
         // event is published for it.
         if self.events.take()
-            && let Some((shared, mut event)) = self.event(EventKind::Progress)
+            && let Some((bus, mut event)) = self.event(EventKind::Progress)
         {
             event.data = Some(serde_json::json!({ "percent": percent, "message": message }));
-            shared.events.publish(event);
+            bus.publish(event);
         }
         Ok(())
     }
@@ -441,13 +459,12 @@ impl imports::events::Host for Sandbox {
 
 impl imports::invoke::Host for Sandbox {
     async fn call(&mut self, name: String, state: String) -> Result<String, wit::ProcessorError> {
-        let (shared, scope) = self.caller("`call`")?.clone();
+        let services = self.services("`call`")?;
         let cancel = self
             .cancel
             .as_ref()
             .map_or_else(CancelHandle::new, CancelHandle::child);
-        let (outcome, fuel) =
-            crate::executor::call_nested(&shared, &scope, name, state, self.deadline, cancel).await;
+        let (outcome, fuel) = services.call(name, state, self.deadline, cancel).await;
         self.nested_fuel = self.nested_fuel.saturating_add(fuel);
         outcome.map_err(to_wit_error)
     }
@@ -474,26 +491,23 @@ impl imports::config::Host for Sandbox {
 
 impl imports::session_store::Host for Sandbox {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, wit::ProcessorError> {
-        let (store, session) = self.session_key()?;
-        store.kv_get(&session, &key).await.map_err(to_wit_error)
+        let services = self.services("the session store")?;
+        services.kv_get(key).await.map_err(to_wit_error)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), wit::ProcessorError> {
-        let (store, session) = self.session_key()?;
-        store
-            .kv_set(&session, key, value)
-            .await
-            .map_err(to_wit_error)
+        let services = self.services("the session store")?;
+        services.kv_set(key, value).await.map_err(to_wit_error)
     }
 
     async fn delete(&mut self, key: String) -> Result<(), wit::ProcessorError> {
-        let (store, session) = self.session_key()?;
-        store.kv_delete(&session, &key).await.map_err(to_wit_error)
+        let services = self.services("the session store")?;
+        services.kv_delete(key).await.map_err(to_wit_error)
     }
 
     async fn list_keys(&mut self) -> Result<Vec<String>, wit::ProcessorError> {
-        let (store, session) = self.session_key()?;
-        store.kv_keys(&session).await.map_err(to_wit_error)
+        let services = self.services("the session store")?;
+        services.kv_keys().await.map_err(to_wit_error)
     }
 }
 

@@ -942,7 +942,7 @@ impl Inner {
                     &origin,
                     bytes,
                     manifest,
-                    &shared.config,
+                    &shared.config.loading(),
                 )
                 .await
                 .map_err(|e| format!("the published `{name}` ({digest}) cannot load: {e}"))
