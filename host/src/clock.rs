@@ -51,12 +51,12 @@ pub(crate) fn millis(duration: std::time::Duration) -> u64 {
 }
 
 /// Now, in Unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
 }
 
 /// A fresh UUIDv7 id for an execution or run starting now (see [`execution_id`]).
-pub(crate) fn new_execution_id() -> String {
+pub fn new_execution_id() -> String {
     execution_id(SystemTime::now())
 }
 

@@ -64,7 +64,6 @@ mod retry;
 mod runtime;
 mod sandbox;
 mod scheduler;
-pub mod server;
 mod services;
 mod state;
 mod store;
@@ -77,6 +76,7 @@ pub use bindings::WORLD;
 pub use bounds::{GuestBounds, Rate};
 pub use cache::CompileCache;
 pub use cancel::{CancelHandle, CancelReason};
+pub use clock::{new_execution_id, now_ms};
 pub use context::HostConfig;
 pub use distributed::{
     DeadJob, FleetKey, ForeignAdmission, ForeignPlace, ForeignQueue, RedisConfig, Retention,

@@ -146,9 +146,11 @@ impl Runtime {
         self.distributed.is_some()
     }
 
-    /// A connection to the distributed runtime's Redis and the key prefix for `name`
-    /// there, for state a server shares with the fleet; none on the local runtime.
-    pub(crate) fn redis_namespace(
+    /// A connection to the distributed runtime's Redis, and the key prefix under which an
+    /// embedding keeps its own data called `name` there (all its keys start with it, inside
+    /// the fleet's namespace): how state an embedding shares with the whole fleet, such as
+    /// the HTTP server's tenant quota ledger, is kept. `None` on a local runtime.
+    pub fn redis_namespace(
         &self,
         name: &str,
     ) -> Option<(redis::aio::ConnectionManager, String)> {

@@ -350,7 +350,7 @@ async fn the_openapi_document_describes_exactly_the_routes_served() {
                 .map(move |method| (method.to_uppercase(), path.clone()))
         })
         .collect();
-    let served: BTreeSet<(String, String)> = weir::server::ROUTES
+    let served: BTreeSet<(String, String)> = weir_server::ROUTES
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();

@@ -253,7 +253,7 @@ fn build_weir(release: bool) -> PathBuf {
             cargo.env_remove(&name);
         }
     }
-    cargo.args(["build", "--locked", "-p", "weir", "--bin", "weir"]);
+    cargo.args(["build", "--locked", "-p", "weir-cli", "--bin", "weir"]);
     if release {
         cargo.arg("--release");
     }

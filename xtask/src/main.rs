@@ -129,7 +129,7 @@ fn demo() -> Result<(), String> {
     // The demo needs nothing but rustup: plugins in other languages join in when their
     // tools are installed (`cargo xtask tools`), and are otherwise only mentioned.
     let (dist, languages) = build_examples(tools_installed())?;
-    run(cargo().args(["build", "--locked", "-p", "weir"]), &[0])?;
+    run(cargo().args(["build", "--locked", "-p", "weir-cli"]), &[0])?;
     let weir = target_dir().join("debug").join("weir");
     let dist = relative(&dist);
     let show = |args: &[&str], expected: i32| -> Result<String, String> {

@@ -72,7 +72,7 @@ pub struct ForeignQueue {
 
 /// Admits foreign jobs as one tenant, as an HTTP request of that tenant would be: what it
 /// may run, its ceilings on any one execution, and its quotas. The HTTP server's tenants
-/// implement it (`weir::server::foreign_admission`), counting usage in Redis across the
+/// implement it (`weir_server::foreign_admission`), counting usage in Redis across the
 /// fleet.
 #[async_trait::async_trait]
 pub trait ForeignAdmission: Send + Sync + std::fmt::Debug {
@@ -1197,7 +1197,7 @@ mod tests {
         assert_eq!(delays.take("next"), None);
     }
     use crate::distributed::wire::enclosing_join;
-    use crate::fuzz::{fuzz, json_near};
+    use weir_fuzzing::{fuzz, json_near};
     use crate::limits::{LimitOverrides, Limits};
     use crate::workflow::Workflow;
 

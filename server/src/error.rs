@@ -78,7 +78,7 @@ impl ApiError {
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "resource",
-                crate::error::codes::TOO_MANY_SESSIONS,
+                weir::codes::TOO_MANY_SESSIONS,
                 message.into(),
             )
         }

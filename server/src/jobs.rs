@@ -27,10 +27,10 @@ use super::AppState;
 use super::access::Caller;
 use super::api::{Options, admit_then_read, prepare, spawn_execution};
 use super::error::ApiError;
-use crate::cancel::{CancelHandle, CancelReason};
-use crate::clock::now_ms;
-use crate::error::{ErrorKind, RuntimeError};
-use crate::events::{Event, EventKind, Notice};
+use weir::{CancelHandle, CancelReason};
+use weir::now_ms;
+use weir::{ErrorKind, RuntimeError};
+use weir::{Event, EventKind, Notice};
 
 /// Jobs one server runs at once, over all tenants; more get `429` (a tenant's own
 /// `concurrent` quota usually says no well before).
@@ -274,7 +274,7 @@ impl Jobs {
     /// `shutdown`.
     pub(super) fn track_progress(
         self: &Arc<Self>,
-        runtime: &crate::Runtime,
+        runtime: &weir::Runtime,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -371,7 +371,7 @@ pub(super) async fn submit(
         submission.input,
         options,
     )?;
-    let id = crate::clock::new_execution_id();
+    let id = weir::new_execution_id();
     let job = Arc::new(Job::running(
         id.clone(),
         request.tenant.clone().unwrap_or_default(),

@@ -39,7 +39,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<usize>,
     /// The server's configuration: tenants, their tokens and quotas, the operator's token
-    /// (see `weir::server::ServerFile`). Without it the HTTP API is open to anyone who can
+    /// (see `weir_server::ServerFile`). Without it the HTTP API is open to anyone who can
     /// reach it, and everything runs as the tenant `default`.
     #[arg(long, env = "WEIR_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
@@ -65,8 +65,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
     let (mut interrupt, mut terminate) = super::stop_signals()?;
     // The file first: some of its settings bound the runtime itself (sessions).
     let file = match &args.config {
-        Some(path) => weir::server::ServerFile::load(path).map_err(Failure::Usage)?,
-        None => weir::server::ServerFile::default(),
+        Some(path) => weir_server::ServerFile::load(path).map_err(Failure::Usage)?,
+        None => weir_server::ServerFile::default(),
     };
     let mut host = weir::HostConfig::default();
     file.settings.apply_host(&mut host);
@@ -126,7 +126,7 @@ async fn listen(
     runtime: &weir::Runtime,
     address: SocketAddr,
     args: &ServeArgs,
-    file: weir::server::ServerFile,
+    file: weir_server::ServerFile,
     shutdown: &CancellationToken,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Failure> {
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
@@ -143,19 +143,19 @@ async fn listen(
              anyone who can reach it, and everything runs as the tenant `default`"
         );
     }
-    let mut config = weir::server::ServerConfig {
+    let mut config = weir_server::ServerConfig {
         max_body_bytes: args
             .max_body_bytes
             .or(file.max_body_bytes)
-            .unwrap_or(weir::server::ServerConfig::default().max_body_bytes),
+            .unwrap_or(weir_server::ServerConfig::default().max_body_bytes),
         access: file.access,
         allowed_hosts: args.allow_host.clone(),
         open_plugin_install: args.allow_plugin_install,
-        ..weir::server::ServerConfig::default()
+        ..weir_server::ServerConfig::default()
     };
     file.settings.apply(&mut config);
     tracing::warn!(url = %format!("http://{bound}"), "HTTP API listening");
-    Ok(tokio::spawn(weir::server::serve(
+    Ok(tokio::spawn(weir_server::serve(
         listener,
         runtime.clone(),
         config,

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use super::AppState;
 use super::access::Caller;
 use super::error::ApiError;
-use crate::events::{Event, Notice};
+use weir::{Event, Notice};
 
 /// Which events a client wants; absent fields match everything.
 #[derive(Debug, Default, Deserialize)]
@@ -185,7 +185,7 @@ pub(super) async fn stream(
 /// the client how many it missed once it has room again. Ends when the client is gone (its
 /// receiver dropped) or the runtime is.
 async fn forward(
-    mut subscription: crate::events::Subscription,
+    mut subscription: weir::Subscription,
     sender: mpsc::UnboundedSender<Queued>,
     pending: Arc<Pending>,
     (max_bytes, max_events): (usize, usize),

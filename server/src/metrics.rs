@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
-use crate::activity::{DURATION_BUCKETS_US, ProcessorStats};
-use crate::runtime::{Runtime, RuntimeState};
+use weir::{DURATION_BUCKETS_US, ProcessorStats};
+use weir::{Runtime, RuntimeState};
 
 /// The `Content-Type` of the exposition format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use super::access::{Access, Tenant};
 use super::quota::{Admitted, Ledger, Refused};
-use crate::distributed::{ForeignAdmission, ForeignPlace};
-use crate::error::{ErrorKind, ExecutionError, codes};
-use crate::limits::LimitOverrides;
-use crate::runtime::Runtime;
+use weir::{ForeignAdmission, ForeignPlace};
+use weir::{ErrorKind, ExecutionError, codes};
+use weir::LimitOverrides;
+use weir::Runtime;
 
 /// The admission of foreign jobs as `tenant` of `access`, counted with the quotas of every
 /// `weir serve` on `runtime`'s Redis. Call within a Tokio runtime.

@@ -15,7 +15,7 @@ pub(crate) fn run() -> Result<Outcome, Failure> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    let digest = hex::encode(weir::server::digest(&token));
+    let digest = hex::encode(weir_server::digest(&token));
     print_json(&json!({ "token": token, "sha256": digest }))?;
     Ok(Outcome::Ok)
 }

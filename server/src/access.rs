@@ -189,7 +189,7 @@ impl ServerSettings {
 
     /// `host` with the settings that belong to the runtime (sessions), where set: applied
     /// before the runtime is built.
-    pub fn apply_host(&self, host: &mut crate::HostConfig) {
+    pub fn apply_host(&self, host: &mut weir::HostConfig) {
         if let Some(max) = self.max_sessions_per_tenant {
             host.sessions.max_per_tenant = max;
         }
@@ -226,7 +226,7 @@ impl ServerFile {
                      the one plugin and workflow events are published under); pick another name"
                 ));
             }
-            if !crate::names::is_valid_name(&name) {
+            if !weir::is_valid_name(&name) {
                 return Err(format!(
                     "[tenants.{name}]: a tenant's name must be lowercase letters, digits and \
                      `-`, starting with a letter"

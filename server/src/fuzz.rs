@@ -3,7 +3,7 @@
 //! answer must come within a few seconds, never be a `500`, and, when it is an error, be the
 //! API's JSON error document.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http::{HeaderName, HeaderValue, Method, Request};
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::{ROUTES, ServerConfig, ServerFile, router};
-use crate::fuzz::{fuzz, json_near, word};
+use weir_fuzzing::{fuzz, json_near, toml_near, word};
 
 const OPERATOR_TOKEN: &str = "operator-token";
 const TENANT_TOKEN: &str = "acme-token";
@@ -222,7 +222,7 @@ fn fuzz_http_requests() {
     let file = ServerFile::parse(&config_text, &[]).expect("the configuration parses");
     let shutdown = CancellationToken::new();
     let (open, configured) = tokio.block_on(async {
-        let runtime = crate::Runtime::builder()
+        let runtime = weir::Runtime::builder()
             .plugins_dir(folder.path())
             .build()
             .await
@@ -316,4 +316,74 @@ fn fuzz_http_requests() {
         Ok(())
     });
     shutdown.cancel();
+}
+
+const SERVER_WORDS: &[&str] = &[
+    "server",
+    "tenants",
+    "operator_token_sha256",
+    "max_body_bytes",
+    "token_sha256",
+    "processors",
+    "concurrent",
+    "executions_per_minute",
+    "fuel_per_minute",
+    "memory_bytes",
+    "timeout_ms",
+    "event_stream_bytes",
+    "event_stream_events",
+    "max_event_streams",
+    "max_event_streams_per_tenant",
+    "max_connections",
+    "header_read_timeout_ms",
+    "body_read_timeout_ms",
+    "allowed_hosts",
+    "jobs_bytes_per_tenant",
+    "jobs_kept_per_tenant",
+    "max_sessions_per_tenant",
+    "session_idle_ms",
+    "acme",
+    "default",
+    "billing-*",
+    "hello",
+    "*",
+    "Acme",
+    "a-",
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+];
+
+const SERVER_SEEDS: &[&str] = &[
+    "[server]\noperator_token_sha256 = \
+     [\"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"]\n\
+     max_body_bytes = 4194304\nevent_stream_bytes = 1048576\nmax_connections = 10\n\
+     header_read_timeout_ms = 1000\nbody_read_timeout_ms = 1000\nallowed_hosts = [\"weir\"]\n\
+     jobs_bytes_per_tenant = 1000\njobs_kept_per_tenant = 10\nmax_sessions_per_tenant = 3\n\
+     session_idle_ms = 1000\n\n[tenants.acme]\ntoken_sha256 = \
+     [\"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"]\n\
+     processors = [\"hello\", \"billing-*\"]\nconcurrent = 4\nexecutions_per_minute = 600\n\
+     fuel_per_minute = 50000000000\nmemory_bytes = 67108864\ntimeout_ms = 5000\n",
+    "[tenants.a]\n[tenants.b]\nconcurrent = 1\n",
+];
+
+#[test]
+fn fuzz_weir_toml() {
+    fuzz("weir.toml", toml_near(SERVER_SEEDS, SERVER_WORDS), |text| {
+        let env = vec![("WEIR_TENANT_ACME_TOKEN".to_string(), "t".to_string())];
+        let Ok(file) = crate::ServerFile::parse(&text, &env) else {
+            return Ok(());
+        };
+        // What `weir serve` builds from it.
+        let mut host = weir::HostConfig::default();
+        file.settings.apply_host(&mut host);
+        let mut config = crate::ServerConfig {
+            max_body_bytes: file.max_body_bytes.unwrap_or(4 << 20),
+            access: file.access,
+            ..crate::ServerConfig::default()
+        };
+        file.settings.apply(&mut config);
+        let _ = Instant::now().checked_add(host.sessions.idle_expiry);
+        let _ = Instant::now().checked_add(config.header_read_timeout);
+        let _ = Instant::now().checked_add(config.body_read_timeout);
+        Ok(())
+    });
 }

@@ -1,5 +1,5 @@
 //! The request handlers of the JSON API: each turns one request into one call on the
-//! [`Runtime`](crate::Runtime) and its answer into JSON.
+//! [`Runtime`](weir::Runtime) and its answer into JSON.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,12 +18,12 @@ use super::access::{Caller, Tenant};
 use super::error::ApiError;
 use super::quota::{Admitted, Refused};
 use super::{AppState, OPENAPI, metrics};
-use crate::activity::{ProcessorStats, SessionRefused};
-use crate::cancel::{CancelHandle, CancelReason};
-use crate::error::RuntimeError;
-use crate::request::ExecutionRequest;
-use crate::result::ExecutionResult;
-use crate::runtime::RuntimeState;
+use weir::{ProcessorStats, SessionRefused};
+use weir::{CancelHandle, CancelReason};
+use weir::RuntimeError;
+use weir::ExecutionRequest;
+use weir::ExecutionResult;
+use weir::RuntimeState;
 
 /// `GET /`: the dashboard (a static page; the data it shows comes from the API, with the
 /// token typed into it).
@@ -213,7 +213,7 @@ pub(super) fn prepare(
         // another tenant's processor has that name.
         return Err(not_found_for(app, caller, &name));
     }
-    crate::state::validate_input(&input)
+    weir::validate_input(&input)
         .map_err(|e| ApiError::bad_request("invalid-input", e.message))?;
     let mut request = ExecutionRequest::new(name, input).tenant(tenant);
     if let Some(session) = session {
@@ -454,7 +454,7 @@ pub(super) async fn push_plugin(
              --allow-plugin-install; configure an operator token (--config) instead",
         ));
     }
-    if !crate::names::is_valid_name(&name) {
+    if !weir::is_valid_name(&name) {
         return Err(ApiError::bad_request(
             "invalid-name",
             format!(
@@ -754,7 +754,7 @@ pub(super) async fn redrive(
         .await
         .map_err(|e| match e {
             // Not dead (or no such job): say what the job is, as the CLI does.
-            crate::Error::Config(message) => ApiError::not_found("dead-job-not-found", message),
+            weir::Error::Config(message) => ApiError::not_found("dead-job-not-found", message),
             other => ApiError::unavailable(other.to_string()),
         })?;
     Ok(Json(json!({ "queue": queue, "id": id, "redriven": true })))

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 
 use super::access::Tenant;
-use crate::error::{ErrorKind, ExecutionError, codes};
-use crate::executor::Admission;
-use crate::limits::LimitOverrides;
+use weir::{ErrorKind, ExecutionError, codes};
+use weir::Admission;
+use weir::LimitOverrides;
 
 /// What a tenant may use; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

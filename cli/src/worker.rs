@@ -49,7 +49,7 @@ pub(crate) struct WorkerArgs {
 pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
     let redis = args.redis.required("worker")?;
     let file = match &args.config {
-        Some(path) => Some(weir::server::ServerFile::load(path).map_err(Failure::Usage)?),
+        Some(path) => Some(weir_server::ServerFile::load(path).map_err(Failure::Usage)?),
         None => None,
     };
     let runtime = args.plugins.runtime_on(Some(redis)).await?;
@@ -66,7 +66,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
                  there, under its quotas"
             )));
         };
-        let admission = weir::server::foreign_admission(&runtime, &file.access, tenant)
+        let admission = weir_server::foreign_admission(&runtime, &file.access, tenant)
             .map_err(Failure::Usage)?;
         foreign.insert(
             queue.to_string(),

@@ -33,7 +33,7 @@
 //! runtime.start();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! let shutdown = tokio_util::sync::CancellationToken::new();
-//! weir::server::serve(listener, runtime, weir::server::ServerConfig::default(), shutdown).await?;
+//! weir_server::serve(listener, runtime, weir_server::ServerConfig::default(), shutdown).await?;
 //! # Ok(()) }
 //! ```
 
@@ -60,7 +60,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Runtime;
+use weir::Runtime;
 
 /// How the HTTP API behaves.
 #[derive(Debug, Clone)]
