@@ -52,7 +52,9 @@ pub(crate) async fn run(command: DlqCommand) -> Result<Outcome, Failure> {
 async fn list(args: ListArgs) -> Result<Outcome, Failure> {
     let redis = args.redis.required("dlq list")?;
     let runtime = args.plugins.bare_runtime(redis).await?;
-    let dead = runtime.dead_jobs(args.queue.as_deref(), args.limit).await?;
+    let dead = super::fleet(&runtime)?
+        .dead_jobs(args.queue.as_deref(), args.limit)
+        .await?;
     if args.json {
         print_json(&dead)?;
         return Ok(Outcome::Ok);
@@ -78,7 +80,7 @@ async fn retry(args: RetryArgs) -> Result<Outcome, Failure> {
                 "`{entry}` is not QUEUE/JOB (copy it from `weir dlq list`)"
             )));
         };
-        runtime.redrive(queue, id).await?;
+        super::fleet(&runtime)?.redrive(queue, id).await?;
         eprintln!("weir: {entry} is back in its queue");
     }
     Ok(Outcome::Ok)

@@ -347,6 +347,16 @@ impl From<weir::RuntimeError> for Failure {
     }
 }
 
+/// The distributed runtime's own operations, for a command that needs them (its runtime
+/// was built with `--redis`).
+pub(crate) fn fleet(runtime: &weir::Runtime) -> Result<weir::Fleet, Failure> {
+    runtime.fleet().ok_or_else(|| {
+        Failure::Usage(
+            "this needs the distributed runtime: give --redis URL (or set WEIR_REDIS)".into(),
+        )
+    })
+}
+
 /// Parses the command line, runs the command and returns its exit code.
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -49,7 +49,7 @@ async fn push(args: PushArgs) -> Result<Outcome, Failure> {
     let runtime = args.plugins.bare_runtime(redis).await?;
     let mut pushed = Vec::new();
     for file in &args.files {
-        let digest = runtime.push_plugin(file).await?;
+        let digest = super::fleet(&runtime)?.push_plugin(file).await?;
         let name = file
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

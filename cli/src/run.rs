@@ -73,7 +73,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
         request = request.deadline(Duration::from_millis(ms));
     }
     if args.detach {
-        let run = runtime.submit(request).await?;
+        let run = super::fleet(&runtime)?.submit(request).await?;
         print_json(&serde_json::json!({ "run": run }))?;
         return Ok(Outcome::Ok);
     }
@@ -86,11 +86,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
         }
     });
     // Through Redis: say so when nothing will ever run it.
-    let hint = runtime.is_distributed().then(|| {
-        let runtime = runtime.clone();
+    let hint = runtime.fleet().map(|fleet| {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            if let Ok(false) = runtime.workers_alive().await {
+            if let Ok(false) = fleet.workers_alive().await {
                 tracing::warn!(
                     "no weir worker is connected to this Redis: the run waits until one is \
                      (start one with `weir worker --redis URL --plugins DIR`)"

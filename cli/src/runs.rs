@@ -36,14 +36,15 @@ pub(crate) async fn run(command: RunsCommand) -> Result<Outcome, Failure> {
 async fn get(args: GetArgs) -> Result<Outcome, Failure> {
     let redis = args.redis.required("runs get")?;
     let runtime = args.plugins.bare_runtime(redis).await?;
-    let Some(mut status) = runtime.run_status(&args.id).await? else {
+    let fleet = super::fleet(&runtime)?;
+    let Some(mut status) = fleet.run_status(&args.id).await? else {
         return Err(Failure::Usage(format!(
             "there is no run `{}` in Redis (never submitted, or its record expired)",
             args.id
         )));
     };
     if args.wait && status.result.is_none() {
-        status.result = Some(runtime.wait_run(&args.id).await?);
+        status.result = Some(fleet.wait_run(&args.id).await?);
     }
     let state = match &status.result {
         None => "running",

@@ -90,7 +90,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
     // Before the worker announces itself: a signal that arrives once it serves must stop it
     // gracefully, not kill the process.
     let (mut interrupt, mut terminate) = super::stop_signals()?;
-    let worker = runtime.serve(config).await?;
+    let worker = super::fleet(&runtime)?.start_worker(config).await?;
     tracing::warn!(
         queues = worker.queues().await.len(),
         concurrency = args.concurrency,

@@ -45,11 +45,8 @@ impl Budget {
 /// Runs `check` on inputs drawn from `strategy` within the budget. A failing input (a
 /// panic, or a property `check` finds broken) is shrunk, then reported with the seed that
 /// reproduces it.
-pub fn fuzz<S>(
-    target: &str,
-    strategy: S,
-    check: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
+pub fn fuzz<S>(target: &str, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
     S: Strategy,
     S::Value: Debug,
 {

@@ -45,6 +45,7 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
+#[cfg(feature = "redis")]
 /// `duration` in whole milliseconds (saturating).
 pub(crate) fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -55,7 +56,7 @@ pub fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
 }
 
-/// A fresh UUIDv7 id for an execution or run starting now (see [`execution_id`]).
+/// A fresh UUIDv7 id for an execution or run starting now: unique, and ordered by creation.
 pub fn new_execution_id() -> String {
     execution_id(SystemTime::now())
 }

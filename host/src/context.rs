@@ -132,6 +132,7 @@ pub(crate) trait Published: Send + Sync {
 }
 
 impl Shared {
+    #[cfg(feature = "redis")]
     /// Makes `published` the place names missing here are looked for (until it is dropped;
     /// the worker started last wins).
     pub(crate) fn set_published_resolver(&self, published: Weak<dyn Published>) {

@@ -299,11 +299,13 @@ impl EventBus {
         Ok(())
     }
 
+    #[cfg(feature = "redis")]
     /// How many subscriptions are open.
     pub(crate) fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Acquire)
     }
 
+    #[cfg(feature = "redis")]
     /// Publishes an event another process published (keeping its time). Never waits.
     pub(crate) fn publish_remote(&self, mut event: Event) {
         if !self.active() {

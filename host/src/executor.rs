@@ -131,6 +131,7 @@ pub(crate) struct Pinned {
     pub attempt: u32,
 }
 
+#[cfg(feature = "redis")]
 /// Runs one attempt of a pinned processor as a top-level execution: same checks, limits,
 /// events and metadata as any execution, no retries.
 pub(crate) async fn execute_pinned(
@@ -855,6 +856,7 @@ fn deadline_error(limits: &Limits, when: &str) -> ExecutionError {
     .retryable(true)
 }
 
+#[cfg(feature = "redis")]
 /// The result of an execution cancelled (for `reason`) before anything ran: `state` stays
 /// the last good state.
 pub(crate) fn cancelled_unstarted(

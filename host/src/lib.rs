@@ -30,6 +30,13 @@
 //!   [`ExecutionRequest`]s between [`Runtime::start`] and [`Runtime::stop`], composes them
 //!   into [`Workflow`]s, keeps sessions' state in a [`StateStore`] and publishes
 //!   [`Event`]s.
+//!
+//! The distributed runtime ([`Runtime::redis`]) runs the same executions as BullMQ jobs
+//! through Redis, on `weir worker` processes; what only it can do (runs kept in Redis, the
+//! dead-letter set, serving as a worker) is a [`Fleet`]'s, from [`Runtime::fleet`]. It is the
+//! default-on `redis` feature: `weir = { default-features = false }` builds the local
+//! runtime alone. The HTTP server and the `weir` binary are the crates `weir-server` and
+//! `weir-cli`, over this crate's public API.
 
 mod activity;
 mod bindings;
@@ -39,6 +46,7 @@ mod cancel;
 mod clock;
 mod compose;
 mod context;
+#[cfg(feature = "redis")]
 mod distributed;
 mod engine;
 mod error;
@@ -55,6 +63,7 @@ mod merge;
 mod names;
 mod outbound;
 mod plugin;
+#[cfg(feature = "redis")]
 mod redis_store;
 mod registry;
 mod reload;
@@ -78,6 +87,7 @@ pub use cache::CompileCache;
 pub use cancel::{CancelHandle, CancelReason};
 pub use clock::{new_execution_id, now_ms};
 pub use context::HostConfig;
+#[cfg(feature = "redis")]
 pub use distributed::{
     DeadJob, FleetKey, ForeignAdmission, ForeignPlace, ForeignQueue, RedisConfig, Retention,
     RunStatus, Trust, WorkerConfig, WorkerHandle,
@@ -94,12 +104,15 @@ pub use manifest::{Capabilities, DirGrant, Manifest, NetworkGrant, WarmPolicy};
 pub use merge::merge_branches;
 pub use names::is_valid_name;
 pub use plugin::{Description, Plugin, QueueSettings};
+#[cfg(feature = "redis")]
 pub use redis_store::RedisStateStore;
 pub use registry::{Catalog, Registry, Rejection};
 pub use reload::{DEFAULT_DEBOUNCE, Watcher};
 pub use request::ExecutionRequest;
 pub use result::{ExecutionInfo, ExecutionResult, ResultDocument};
 pub use retry::{Backoff, RetryPolicy};
+#[cfg(feature = "redis")]
+pub use runtime::Fleet;
 pub use runtime::{
     Runtime, RuntimeBuilder, RuntimeState, RuntimeStats, SessionStopReport, StopReport,
 };

@@ -77,7 +77,7 @@ pub struct Manifest {
 
 /// How a plugin's instances are reused when the operator grants `[warm]`: an instance serves
 /// executions of one tenant only, at most `max_executions` of them, and is discarded after
-/// any trap, limit hit, timeout or cancellation. See [`crate::warm`] for what a reused
+/// any trap, limit hit, timeout or cancellation. See `warm.rs` for what a reused
 /// instance can and cannot carry from one execution to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all(serialize = "camelCase"))]

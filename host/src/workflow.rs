@@ -356,6 +356,7 @@ impl Workflow {
         hex::encode(Sha256::digest(self.definition()))
     }
 
+    #[cfg(any(feature = "redis", test))]
     /// Reads a definition another process published under `digest`, checking that the bytes
     /// are what the digest says.
     pub(crate) fn from_definition(bytes: &[u8], digest: &str) -> Result<Workflow, String> {
@@ -404,6 +405,7 @@ impl Workflow {
         }
     }
 
+    #[cfg(feature = "redis")]
     /// Whether its steps run side by side (parallel, batch, graph).
     pub(crate) fn is_fan_out(&self) -> bool {
         matches!(

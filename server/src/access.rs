@@ -149,9 +149,9 @@ pub struct ServerSettings {
     pub jobs_bytes_per_tenant: Option<usize>,
     /// [`super::ServerConfig::jobs_kept_per_tenant`].
     pub jobs_kept_per_tenant: Option<usize>,
-    /// The runtime's [`crate::SessionBounds::max_per_tenant`] (see [`Self::apply_host`]).
+    /// The runtime's [`weir::SessionBounds::max_per_tenant`] (see [`Self::apply_host`]).
     pub max_sessions_per_tenant: Option<usize>,
-    /// The runtime's [`crate::SessionBounds::idle_expiry`], in milliseconds.
+    /// The runtime's [`weir::SessionBounds::idle_expiry`], in milliseconds.
     pub session_idle_ms: Option<u64>,
 }
 

@@ -18,12 +18,12 @@ use super::access::{Caller, Tenant};
 use super::error::ApiError;
 use super::quota::{Admitted, Refused};
 use super::{AppState, OPENAPI, metrics};
-use weir::{ProcessorStats, SessionRefused};
-use weir::{CancelHandle, CancelReason};
-use weir::RuntimeError;
 use weir::ExecutionRequest;
 use weir::ExecutionResult;
+use weir::RuntimeError;
 use weir::RuntimeState;
+use weir::{CancelHandle, CancelReason};
+use weir::{ProcessorStats, SessionRefused};
 
 /// `GET /`: the dashboard (a static page; the data it shows comes from the API, with the
 /// token typed into it).
@@ -213,8 +213,7 @@ pub(super) fn prepare(
         // another tenant's processor has that name.
         return Err(not_found_for(app, caller, &name));
     }
-    weir::validate_input(&input)
-        .map_err(|e| ApiError::bad_request("invalid-input", e.message))?;
+    weir::validate_input(&input).map_err(|e| ApiError::bad_request("invalid-input", e.message))?;
     let mut request = ExecutionRequest::new(name, input).tenant(tenant);
     if let Some(session) = session {
         open_session(app, tenant, &session)?;
@@ -500,8 +499,8 @@ pub(super) async fn push_plugin(
             ));
         }
     };
-    if app.runtime.is_distributed() {
-        app.runtime.push_plugin(&target).await.map_err(|e| {
+    if let Some(fleet) = app.runtime.fleet() {
+        fleet.push_plugin(&target).await.map_err(|e| {
             ApiError::unavailable(format!(
                 "`{name}` is loaded here but could not be published to Redis: {e}"
             ))
@@ -728,12 +727,20 @@ pub(super) async fn dead_jobs(
     caller.require_operator("the dead-letter queue")?;
     let Query(query) = query.map_err(ApiError::bad_query)?;
     let limit = ApiError::page_limit(query.limit, 1000)?;
-    let dead = app
-        .runtime
+    let dead = fleet(&app)?
         .dead_jobs(query.queue.as_deref(), limit)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     Ok(Json(json!({ "dead": dead })))
+}
+
+/// The distributed runtime's own operations; 503 on a local runtime, which has no queues.
+fn fleet(app: &AppState) -> Result<weir::Fleet, ApiError> {
+    app.runtime.fleet().ok_or_else(|| {
+        ApiError::unavailable(
+            "this server's runtime is local: it has no queues (start it with --redis URL)",
+        )
+    })
 }
 
 /// `POST /v1/dlq/{queue}/{id}/retry`: runs a dead job again with fresh attempts (the
@@ -744,12 +751,7 @@ pub(super) async fn redrive(
     Path((queue, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_operator("the dead-letter queue")?;
-    if !app.runtime.is_distributed() {
-        return Err(ApiError::unavailable(
-            "this server's runtime is local: it has no queues (start it with --redis URL)",
-        ));
-    }
-    app.runtime
+    fleet(&app)?
         .redrive(&queue, &id)
         .await
         .map_err(|e| match e {

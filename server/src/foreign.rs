@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use super::access::{Access, Tenant};
 use super::quota::{Admitted, Ledger, Refused};
-use weir::{ForeignAdmission, ForeignPlace};
-use weir::{ErrorKind, ExecutionError, codes};
 use weir::LimitOverrides;
 use weir::Runtime;
+use weir::{ErrorKind, ExecutionError, codes};
+use weir::{ForeignAdmission, ForeignPlace};
 
 /// The admission of foreign jobs as `tenant` of `access`, counted with the quotas of every
 /// `weir serve` on `runtime`'s Redis. Call within a Tokio runtime.
@@ -25,7 +25,7 @@ pub fn foreign_admission(
              jobs run as a configured tenant, under its quotas"
         ));
     };
-    let ledger = match runtime.redis_namespace("quota:") {
+    let ledger = match runtime.fleet().map(|fleet| fleet.redis_namespace("quota:")) {
         Some((conn, prefix)) => Ledger::redis(conn, prefix),
         None => Ledger::local(),
     };

@@ -27,8 +27,8 @@ use super::AppState;
 use super::access::Caller;
 use super::api::{Options, admit_then_read, prepare, spawn_execution};
 use super::error::ApiError;
-use weir::{CancelHandle, CancelReason};
 use weir::now_ms;
+use weir::{CancelHandle, CancelReason};
 use weir::{ErrorKind, RuntimeError};
 use weir::{Event, EventKind, Notice};
 

@@ -182,7 +182,7 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
         config.jobs_kept_per_tenant,
     ));
     jobs.track_progress(&runtime, shutdown.clone());
-    let ledger = match runtime.redis_namespace("quota:") {
+    let ledger = match runtime.fleet().map(|fleet| fleet.redis_namespace("quota:")) {
         Some((conn, prefix)) => quota::Ledger::redis(conn, prefix),
         None => quota::Ledger::local(),
     };

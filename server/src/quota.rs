@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 
 use super::access::Tenant;
-use weir::{ErrorKind, ExecutionError, codes};
 use weir::Admission;
 use weir::LimitOverrides;
+use weir::{ErrorKind, ExecutionError, codes};
 
 /// What a tenant may use; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

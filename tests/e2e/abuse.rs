@@ -259,10 +259,11 @@ async fn a_workers_event_bus_lets_go_of_shared_events() {
 async fn a_flooding_tenant_does_not_starve_another_on_a_shared_queue() {
     let fleet = Fleet::start_with(&["sleep"], &["--concurrency", "1"]).await;
     let submitter = &fleet.submitter;
+    let runs_api = submitter.fleet().expect("a distributed runtime");
     let submit = |tenant: &str| {
         let request =
             weir::ExecutionRequest::new("sleep", json!({"ms": 100})).tenant(tenant.to_string());
-        submitter.submit(request)
+        runs_api.submit(request)
     };
     let mut runs = Vec::new();
     for _ in 0..6 {
@@ -273,7 +274,12 @@ async fn a_flooding_tenant_does_not_starve_another_on_a_shared_queue() {
     let waits = runs.into_iter().map(|(tenant, run)| {
         let finished = finished.clone();
         async move {
-            let result = submitter.wait_run(&run).await.unwrap();
+            let result = submitter
+                .fleet()
+                .expect("a distributed runtime")
+                .wait_run(&run)
+                .await
+                .unwrap();
             assert!(result.ok, "{result:?}");
             finished.lock().unwrap().push(tenant);
         }
@@ -329,6 +335,8 @@ async fn a_fan_out_record_that_does_not_fit_its_workflow_ends_the_run() {
     let workflow = weir::Workflow::parallel("both", ["sleep", "increment"]);
     submitter.register(workflow).unwrap();
     let run = submitter
+        .fleet()
+        .expect("a distributed runtime")
         .submit(weir::ExecutionRequest::new("both", json!({"ms": 10})))
         .await
         .unwrap();
@@ -366,10 +374,16 @@ async fn a_fan_out_record_that_does_not_fit_its_workflow_ends_the_run() {
         .await
         .unwrap();
     let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
-    let result = tokio::time::timeout(std::time::Duration::from_secs(30), submitter.wait_run(&run))
-        .await
-        .expect("the run ends")
-        .unwrap();
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        submitter
+            .fleet()
+            .expect("a distributed runtime")
+            .wait_run(&run),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap();
     let error = result.error.expect("the run fails");
     assert_eq!(error.code.as_deref(), Some("not-available"), "{error:?}");
     assert!(error.message.contains("unreadable"), "{}", error.message);

@@ -352,7 +352,12 @@ async fn a_worker_refuses_a_published_component_over_its_size_cap() {
         .await
         .unwrap();
     worker.start();
-    let _serving = worker.serve(weir::WorkerConfig::default()).await.unwrap();
+    let _serving = worker
+        .fleet()
+        .expect("a distributed runtime")
+        .start_worker(weir::WorkerConfig::default())
+        .await
+        .unwrap();
     let folder = PluginFolder::with(&["double"]);
     let runtime = submitter(&redis.url(), folder.path()).await;
     let result = runtime.run("double", json!({"count": 21})).await.unwrap();
@@ -466,6 +471,8 @@ async fn a_job_whose_worker_dies_running_it_fails_after_one_crash_and_the_other_
     let mut first = WorkerProcess::start(&url, folder.path(), &fast_recovery);
     let runtime = submitter(&url, folder.path()).await;
     let id = runtime
+        .fleet()
+        .expect("a distributed runtime")
         .submit(weir::ExecutionRequest::new("sleep", json!({"ms": 1500})))
         .await
         .unwrap();
@@ -562,6 +569,8 @@ async fn a_step_a_leaving_worker_hands_back_runs_on_another_worker() {
     let runtime = submitter(&url, folder.path()).await;
     let mut events = runtime.subscribe();
     let id = runtime
+        .fleet()
+        .expect("a distributed runtime")
         .submit(weir::ExecutionRequest::new("sleep", json!({"ms": 2000})))
         .await
         .unwrap();
@@ -642,10 +651,13 @@ async fn finished(
     within: Duration,
     never: &str,
 ) -> weir::ExecutionResult {
-    tokio::time::timeout(within, runtime.wait_run(id))
-        .await
-        .expect(never)
-        .unwrap()
+    tokio::time::timeout(
+        within,
+        runtime.fleet().expect("a distributed runtime").wait_run(id),
+    )
+    .await
+    .expect(never)
+    .unwrap()
 }
 
 #[tokio::test]
@@ -731,6 +743,8 @@ async fn a_run_whose_outcome_is_lost_ends_by_its_deadline() {
     assert_eq!(error.kind, weir::ErrorKind::Timeout, "{error:?}");
     assert_eq!(error.code.as_deref(), Some(weir::codes::RUN_LOST));
     let status = runtime
+        .fleet()
+        .expect("a distributed runtime")
         .run_status(&result.execution.id)
         .await
         .unwrap()
@@ -753,13 +767,30 @@ async fn a_lost_run_nobody_waits_for_reads_as_lost() {
     let runtime = submitter_with_grace(&url, folder.path(), Duration::from_millis(100)).await;
     let request = weir::ExecutionRequest::new("sleep", json!({"ms": 10}))
         .deadline(Duration::from_millis(300));
-    let id = runtime.submit(request).await.unwrap();
-    let status = runtime.run_status(&id).await.unwrap().unwrap();
+    let id = runtime
+        .fleet()
+        .expect("a distributed runtime")
+        .submit(request)
+        .await
+        .unwrap();
+    let status = runtime
+        .fleet()
+        .expect("a distributed runtime")
+        .run_status(&id)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.result.is_none(), "running until its deadline");
     assert!(status.deadline_ms.is_some());
     let started = Instant::now();
     let lost = loop {
-        let status = runtime.run_status(&id).await.unwrap().unwrap();
+        let status = runtime
+            .fleet()
+            .expect("a distributed runtime")
+            .run_status(&id)
+            .await
+            .unwrap()
+            .unwrap();
         if let Some(result) = status.result {
             break result;
         }
@@ -782,11 +813,20 @@ async fn a_cancelled_run_stops_wherever_it_runs() {
     let runtime = submitter(&url, folder.path()).await;
     let mut events = runtime.subscribe();
     let id = runtime
+        .fleet()
+        .expect("a distributed runtime")
         .submit(weir::ExecutionRequest::new("spin", json!({})))
         .await
         .unwrap();
     started_execution(&mut events, &id).await;
-    assert!(runtime.cancel_run(&id).await.unwrap());
+    assert!(
+        runtime
+            .fleet()
+            .expect("a distributed runtime")
+            .cancel_run(&id)
+            .await
+            .unwrap()
+    );
     let result = finished(
         &runtime,
         &id,
@@ -801,7 +841,14 @@ async fn a_cancelled_run_stops_wherever_it_runs() {
         Some(weir::codes::CANCELLED_BY_REQUEST)
     );
     // A finished run cannot be cancelled again.
-    assert!(!runtime.cancel_run(&id).await.unwrap());
+    assert!(
+        !runtime
+            .fleet()
+            .expect("a distributed runtime")
+            .cancel_run(&id)
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
@@ -812,6 +859,8 @@ async fn a_guests_progress_becomes_its_bullmq_jobs_progress() {
     let _worker = WorkerProcess::start(&url, folder.path(), &[]);
     let runtime = submitter(&url, folder.path()).await;
     let id = runtime
+        .fleet()
+        .expect("a distributed runtime")
         .submit(weir::ExecutionRequest::new("cooperative", json!({})))
         .await
         .unwrap();
@@ -856,7 +905,14 @@ async fn a_guests_progress_becomes_its_bullmq_jobs_progress() {
         .unwrap();
     let stored: Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(stored["message"], "still working", "{stored}");
-    assert!(runtime.cancel_run(&id).await.unwrap());
+    assert!(
+        runtime
+            .fleet()
+            .expect("a distributed runtime")
+            .cancel_run(&id)
+            .await
+            .unwrap()
+    );
     finished(&runtime, &id, Duration::from_secs(20), "the run ended").await;
 }
 
@@ -936,7 +992,14 @@ async fn work_resumes_within_two_seconds_of_a_redis_restart_and_no_waiting_job_i
     let mut ids = Vec::new();
     for count in 0..5 {
         let request = weir::ExecutionRequest::new("increment", json!({ "count": count }));
-        ids.push(runtime.submit(request).await.unwrap());
+        ids.push(
+            runtime
+                .fleet()
+                .expect("a distributed runtime")
+                .submit(request)
+                .await
+                .unwrap(),
+        );
     }
     redis.stop();
     redis.start_again();
@@ -964,6 +1027,8 @@ async fn a_worker_asked_to_stop_finishes_its_jobs_in_flight_first() {
     let runtime = submitter(&url, folder.path()).await;
     let mut events = runtime.subscribe();
     let id = runtime
+        .fleet()
+        .expect("a distributed runtime")
         .submit(weir::ExecutionRequest::new("sleep", json!({"ms": 1000})))
         .await
         .unwrap();
@@ -1022,13 +1087,20 @@ async fn a_job_that_exhausted_its_attempts_is_listed_dead_and_redriven_to_a_new_
     let runtime = submitter(&url, folder.path()).await;
     // flaky allows 5 attempts; this input needs 7.
     let id = runtime
+        .fleet()
+        .expect("a distributed runtime")
         .submit(weir::ExecutionRequest::new(
             "flaky",
             json!({"succeedOn": 7}),
         ))
         .await
         .unwrap();
-    let failed = runtime.wait_run(&id).await.unwrap();
+    let failed = runtime
+        .fleet()
+        .expect("a distributed runtime")
+        .wait_run(&id)
+        .await
+        .unwrap();
     assert_eq!(failed.execution.attempts, 5);
     let listed = weir_json(&["dlq", "list", "--json", "--redis", &url]);
     let dead = listed.as_array().unwrap();
@@ -1235,29 +1307,54 @@ async fn run_ids_are_checked_and_never_reused() {
         request.id = Some(id.to_string());
         request
     };
-    runtime.submit(with_id("order-17")).await.unwrap();
+    runtime
+        .fleet()
+        .expect("a distributed runtime")
+        .submit(with_id("order-17"))
+        .await
+        .unwrap();
     // Redis forgetting its scripts (as after a restart) changes nothing: the submission
     // loads them again.
     let mut conn = connection(&url).await;
     let mut flush = redis::cmd("SCRIPT");
     flush.arg("FLUSH");
     let _: () = flush.query_async(&mut conn).await.unwrap();
-    let reused = runtime.submit(with_id("order-17")).await.unwrap_err();
+    let reused = runtime
+        .fleet()
+        .expect("a distributed runtime")
+        .submit(with_id("order-17"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(reused, weir::RuntimeError::InvalidRequest(_)),
         "{reused}"
     );
     assert!(reused.to_string().contains("exists already"), "{reused}");
     let _: () = flush.query_async(&mut conn).await.unwrap();
-    runtime.submit(with_id("order-18")).await.unwrap();
+    runtime
+        .fleet()
+        .expect("a distributed runtime")
+        .submit(with_id("order-18"))
+        .await
+        .unwrap();
     for bad in ["a:b", "1234", ""] {
-        let refused = runtime.submit(with_id(bad)).await.unwrap_err();
+        let refused = runtime
+            .fleet()
+            .expect("a distributed runtime")
+            .submit(with_id(bad))
+            .await
+            .unwrap_err();
         assert!(
             matches!(refused, weir::RuntimeError::InvalidRequest(_)),
             "{bad}: {refused}"
         );
     }
-    let unknown = runtime.wait_run("no-such-run").await.unwrap_err();
+    let unknown = runtime
+        .fleet()
+        .expect("a distributed runtime")
+        .wait_run("no-such-run")
+        .await
+        .unwrap_err();
     assert!(
         matches!(unknown, weir::RuntimeError::InvalidRequest(_)),
         "{unknown}"
@@ -1271,13 +1368,22 @@ async fn a_run_cancelled_before_any_worker_started_is_cancelled_when_one_does() 
     let folder = PluginFolder::with(&["increment"]);
     let runtime = submitter(&url, folder.path()).await;
     let id = runtime
+        .fleet()
+        .expect("a distributed runtime")
         .submit(weir::ExecutionRequest::new(
             "increment",
             json!({"count": 1}),
         ))
         .await
         .unwrap();
-    assert!(runtime.cancel_run(&id).await.unwrap());
+    assert!(
+        runtime
+            .fleet()
+            .expect("a distributed runtime")
+            .cancel_run(&id)
+            .await
+            .unwrap()
+    );
     // The worker learns the cancellation from its marker when it subscribes.
     let _worker = WorkerProcess::start(&url, folder.path(), &[]);
     let result = finished(&runtime, &id, Duration::from_secs(20), "the run ended").await;

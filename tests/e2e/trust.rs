@@ -116,7 +116,13 @@ async fn a_forged_step_job_claiming_another_tenants_session_is_refused() {
         assert!(record.is_empty(), "{run}: {record:?}");
     }
     // The victim's own record is as its run left it.
-    let status = fleet.run_status("victim-run").await.unwrap().unwrap();
+    let status = fleet
+        .fleet()
+        .expect("a distributed runtime")
+        .run_status("victim-run")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.tenant, "victim");
     assert_eq!(status.result.unwrap().state["count"], 2);
 }

@@ -265,6 +265,22 @@ fn test() -> Result<(), String> {
         ]),
         &[0],
     )?;
+    // The library without its default `redis` feature: the local runtime alone, as an
+    // embedder with `default-features = false` builds it.
+    run(
+        cargo().args([
+            "clippy",
+            "--locked",
+            "-p",
+            "weir",
+            "--no-default-features",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        &[0],
+    )?;
     run(
         cargo().args([
             "clippy",
@@ -284,6 +300,17 @@ fn test() -> Result<(), String> {
     )?;
     eprintln!("== tests");
     run(cargo().args(["test", "--locked", "--workspace"]), &[0])?;
+    run(
+        cargo().args([
+            "test",
+            "--locked",
+            "-p",
+            "weir",
+            "--no-default-features",
+            "--lib",
+        ]),
+        &[0],
+    )?;
     fuzz(Some(CI_FUZZ_SECONDS))?;
     eprintln!("all checks passed");
     Ok(())

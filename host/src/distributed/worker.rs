@@ -1197,9 +1197,9 @@ mod tests {
         assert_eq!(delays.take("next"), None);
     }
     use crate::distributed::wire::enclosing_join;
-    use weir_fuzzing::{fuzz, json_near};
     use crate::limits::{LimitOverrides, Limits};
     use crate::workflow::Workflow;
+    use weir_fuzzing::{fuzz, json_near};
 
     const JOB_WORDS: &[&str] = &[
         "weir",

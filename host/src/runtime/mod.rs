@@ -1,34 +1,40 @@
-//! The local runtime: the in-process entry point that owns the engine, the registry of
-//! plugins and workflows, the state store and the host's policies, and runs executions on
-//! the caller's tokio runtime. It has a lifecycle: built, started (accepting work), stopped
-//! (in-flight work finished or cancelled within a grace period).
+//! The embedding API: a [`Runtime`] owns the engine, the registry of plugins and workflows,
+//! the state store and the host's policies, and runs executions on the caller's tokio
+//! runtime, in process or (built with [`Runtime::redis`], the `redis` feature) through
+//! Redis. It has a lifecycle: built, started (accepting work), stopped (in-flight work
+//! finished or cancelled within a grace period). [`RuntimeBuilder`] configures one
+//! (`builder.rs`); the distributed runtime's own operations are a [`Fleet`]'s (`fleet.rs`).
+
+mod builder;
+#[cfg(feature = "redis")]
+mod fleet;
+
+pub use builder::RuntimeBuilder;
+#[cfg(feature = "redis")]
+pub use fleet::Fleet;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
-use crate::activity::{Activity, ProcessorStats, SessionRefused, SessionStats};
+use crate::activity::{ProcessorStats, SessionRefused, SessionStats};
 use crate::cancel::CancelReason;
-use crate::distributed::{
-    DeadJob, Distributed, RedisConfig, RunStatus, WorkerConfig, WorkerHandle,
-};
-use crate::engine::{Engine, EngineConfig};
+#[cfg(feature = "redis")]
+use crate::distributed::Distributed;
+use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
-use crate::events::{Event, EventBus, EventKind, Subscription};
+use crate::events::{Event, EventKind, Subscription};
 use crate::plugin::Plugin;
-use crate::redis_store::RedisStateStore;
-use crate::registry::{Catalog, Registry};
+use crate::registry::Catalog;
 use crate::reload::Watcher;
 use crate::result::ExecutionResult;
-use crate::scheduler::Scheduler;
-use crate::store::{CasOutcome, MemoryStateStore, SessionKey, StateStore, StoredState};
+use crate::store::{CasOutcome, SessionKey, StoredState};
 use crate::workflow::{InvalidWorkflow, Workflow};
 
 pub(crate) use crate::context::{HostConfig, Shared};
@@ -103,6 +109,7 @@ pub struct SessionStopReport {
 pub struct Runtime {
     shared: Arc<Shared>,
     /// Set when the runtime runs work through Redis ([`Runtime::redis`]).
+    #[cfg(feature = "redis")]
     distributed: Option<Arc<Distributed>>,
     plugins_dir: Option<PathBuf>,
 }
@@ -128,168 +135,18 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
-    /// Starts configuring the distributed runtime on the Redis at `url`: the same API, with
-    /// every execution run as jobs by `weir worker` processes (see [`Runtime::serve`]).
-    /// The plugins and workflows this runtime loads are published to Redis, so any worker
-    /// can run them; sessions' state is kept in Redis.
-    pub fn redis(url: impl Into<String>) -> RuntimeBuilder {
-        RuntimeBuilder::default().redis_config(RedisConfig::new(url))
-    }
-
     /// The plugins folder this runtime was built over, if any.
     pub fn plugins_folder(&self) -> Option<&Path> {
         self.plugins_dir.as_deref()
     }
 
-    /// Whether executions run through Redis.
+    /// Whether executions run through Redis (then [`Runtime::fleet`] has the distributed
+    /// runtime's own operations).
     pub fn is_distributed(&self) -> bool {
-        self.distributed.is_some()
-    }
-
-    /// A connection to the distributed runtime's Redis, and the key prefix under which an
-    /// embedding keeps its own data called `name` there (all its keys start with it, inside
-    /// the fleet's namespace): how state an embedding shares with the whole fleet, such as
-    /// the HTTP server's tenant quota ledger, is kept. `None` on a local runtime.
-    pub fn redis_namespace(
-        &self,
-        name: &str,
-    ) -> Option<(redis::aio::ConnectionManager, String)> {
-        let distributed = self.distributed.as_ref()?;
-        Some((distributed.conn(), distributed.keys.own(name)))
-    }
-
-    fn distributed(&self) -> Result<&Arc<Distributed>, RuntimeError> {
-        self.distributed.as_ref().ok_or_else(|| {
-            RuntimeError::Unavailable(
-                "this runtime is local: build it with Runtime::redis(url) to use runs in Redis"
-                    .into(),
-            )
-        })
-    }
-
-    /// Submits an execution to the distributed runtime and returns its run id at once; the
-    /// run continues without this process. Read it with [`Runtime::run_status`] or wait for
-    /// it with [`Runtime::wait_run`].
-    pub async fn submit(&self, request: ExecutionRequest) -> Result<String, RuntimeError> {
-        self.accepting()?;
-        let distributed = self.distributed()?;
-        distributed
-            .publish_if_changed(&self.shared.registry)
-            .await
-            .map_err(refusal)?;
-        // Events of the run reach this process's subscribers from the start.
-        distributed.ensure_reader().await.map_err(refusal)?;
-        match distributed.submit(request).await {
-            Ok(Ok(run)) => Ok(run),
-            Ok(Err(refused)) => Err(not_published(refused)),
-            Err(error) => Err(refusal(error)),
-        }
-    }
-
-    /// Cancels the run `id` of the distributed runtime wherever its jobs are: running steps
-    /// are interrupted (softly, then for real), steps not started yet are cancelled when
-    /// they start. The run ends with a `cancelled` result. False if there is no such run
-    /// or it has ended.
-    pub async fn cancel_run(&self, id: &str) -> Result<bool, RuntimeError> {
-        let distributed = self.distributed()?;
-        let unavailable = refusal;
-        let running = distributed
-            .status(id)
-            .await
-            .map_err(unavailable)?
-            .is_some_and(|status| status.result.is_none());
-        if running {
-            let target = crate::distributed::CancelTarget::Run { id: id.to_string() };
-            distributed
-                .cancel(target, CancelReason::Request)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(running)
-    }
-
-    /// The dead-letter set of the distributed runtime: the newest `limit` jobs that failed
-    /// for good, in `queue` or in every published processor's queue.
-    pub async fn dead_jobs(
-        &self,
-        queue: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<DeadJob>, RuntimeError> {
-        self.distributed()?
-            .dead_jobs(queue, limit)
-            .await
-            .map_err(refusal)
-    }
-
-    /// Redrives the dead job `id` of `queue`: it runs again with fresh attempts, and its
-    /// run carries on from it to a new outcome.
-    pub async fn redrive(&self, queue: &str, id: &str) -> Result<(), Error> {
-        let distributed = self.distributed.as_ref().ok_or_else(|| {
-            Error::Config("only a runtime built with Runtime::redis(url) has dead jobs".into())
-        })?;
-        distributed.redrive(queue, id).await
-    }
-
-    /// A run of the distributed runtime as Redis knows it; `None` if there is no such run
-    /// (or its record has expired).
-    /// A run whose deadline has passed (with `RedisConfig::lost_grace`) without an outcome
-    /// is given its `run-lost` outcome here.
-    pub async fn run_status(&self, id: &str) -> Result<Option<RunStatus>, RuntimeError> {
-        self.distributed()?
-            .settled_status(id)
-            .await
-            .map_err(refusal)
-    }
-
-    /// Whether any `weir worker` is connected to the distributed runtime's Redis (each says
-    /// so every few seconds).
-    pub async fn workers_alive(&self) -> Result<bool, RuntimeError> {
-        self.distributed()?.any_worker().await.map_err(refusal)
-    }
-
-    /// Waits for the outcome of the run `id` of the distributed runtime.
-    pub async fn wait_run(&self, id: &str) -> Result<ExecutionResult, RuntimeError> {
-        self.distributed()?.wait(id).await.map_err(refusal)
-    }
-
-    /// Serves the distributed runtime's queues from this process: runs the jobs of every
-    /// processor published to Redis until the returned handle is closed.
-    pub async fn serve(&self, config: WorkerConfig) -> Result<WorkerHandle, Error> {
-        let distributed = self.distributed.clone().ok_or_else(|| {
-            Error::Config("only a runtime built with Runtime::redis(url) can serve queues".into())
-        })?;
-        WorkerHandle::start(
-            self.shared.clone(),
-            distributed,
-            self.plugins_dir.clone(),
-            config,
-        )
-        .await
-    }
-
-    /// Publishes the component in `path` to Redis as the processor named by its file stem,
-    /// so that workers can run it without having the file; returns its digest. The
-    /// component is loaded and validated here first.
-    pub async fn push_plugin(&self, path: impl AsRef<Path>) -> Result<String, Error> {
-        let distributed = self.distributed.clone().ok_or_else(|| {
-            Error::Config("only a runtime built with Runtime::redis(url) can push plugins".into())
-        })?;
-        let path = path.as_ref();
-        let shared = &self.shared;
-        let plugin = Plugin::load(
-            &shared.engine,
-            &shared.linker,
-            path,
-            &shared.config.loading(),
-        )
-        .await
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        distributed
-            .push_plugin(plugin.name(), plugin.version(), &bytes)
-            .await
+        #[cfg(feature = "redis")]
+        return self.distributed.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
     }
 
     fn accepting(&self) -> Result<(), RuntimeError> {
@@ -305,59 +162,13 @@ impl Runtime {
         &self,
         request: ExecutionRequest,
     ) -> Result<ExecutionResult, RuntimeError> {
-        match &self.distributed {
-            None => Ok(crate::executor::execute(&self.shared, request).await),
+        #[cfg(feature = "redis")]
+        if let Some(distributed) = &self.distributed {
             // Boxed: its futures are large, and the local path's future would otherwise be
             // as large and copied whole at every level of every local execution.
-            Some(distributed) => Box::pin(self.run_remote(distributed, request)).await,
+            return Box::pin(self.run_remote(distributed, request)).await;
         }
-    }
-
-    /// Submits `request` through Redis and waits for its outcome.
-    async fn run_remote(
-        &self,
-        distributed: &Distributed,
-        request: ExecutionRequest,
-    ) -> Result<ExecutionResult, RuntimeError> {
-        let unavailable = refusal;
-        distributed
-            .publish_if_changed(&self.shared.registry)
-            .await
-            .map_err(unavailable)?;
-        let cancel = request.cancel.clone();
-        let mut request = request;
-        let id = request
-            .id
-            .get_or_insert_with(crate::clock::new_execution_id)
-            .clone();
-        // Listening before submitting: the outcome cannot come first.
-        let receiver = distributed.expect(&id).await.map_err(unavailable)?;
-        let run = match distributed.submit(request).await {
-            Ok(Ok(run)) => run,
-            Ok(Err(refused)) => {
-                distributed.unexpect(&id);
-                return Err(not_published(refused));
-            }
-            Err(error) => {
-                distributed.unexpect(&id);
-                return Err(unavailable(error));
-            }
-        };
-        // The caller's cancel handle (e.g. Ctrl-C on `weir run`) cancels the run wherever
-        // it is; its outcome (cancelled) still comes back.
-        let wait = distributed.outcome(&run, receiver);
-        tokio::pin!(wait);
-        tokio::select! {
-            result = &mut wait => return result.map_err(unavailable),
-            _ = cancel.cancelled() => {}
-        }
-        let reason = cancel.reason().unwrap_or(CancelReason::Request);
-        let target = crate::distributed::CancelTarget::Run { id: run.clone() };
-        distributed
-            .cancel(target, reason)
-            .await
-            .map_err(unavailable)?;
-        wait.await.map_err(unavailable)
+        Ok(crate::executor::execute(&self.shared, request).await)
     }
 
     /// Starts accepting executions. Starting a running runtime is a no-op; a stopped one
@@ -429,7 +240,7 @@ impl Runtime {
     ) -> Result<ExecutionResult, RuntimeError> {
         let shared = &self.shared;
         self.accepting()?;
-        if self.distributed.is_none() && !shared.registry.contains(&request.processor) {
+        if !self.is_distributed() && !shared.registry.contains(&request.processor) {
             return Err(RuntimeError::NotFound {
                 reason: shared
                     .registry
@@ -467,8 +278,8 @@ impl Runtime {
     }
 
     /// Opens `session` of `tenant` for work about to be submitted (or finds it open):
-    /// refused if the id is not a session id ([`SessionBounds::check_id`]) or if the tenant
-    /// already has [`SessionBounds::max_per_tenant`] sessions that have not expired.
+    /// refused if the id is not a session id ([`crate::SessionBounds::check_id`]) or if the tenant
+    /// already has [`crate::SessionBounds::max_per_tenant`] sessions that have not expired.
     /// [`Runtime::execute`] does this itself; a server calls it first to answer the caller
     /// before it accepts the work.
     pub fn open_session(&self, tenant: &str, session: &str) -> Result<(), SessionRefused> {
@@ -568,7 +379,9 @@ impl Runtime {
     pub async fn stop_session(&self, tenant: &str, session: &str) -> SessionStopReport {
         let shared = &self.shared;
         let key = SessionKey::new(tenant, session);
+        #[cfg_attr(not(feature = "redis"), expect(unused_mut))]
         let mut cancelled = shared.activity.cancel_session(&key);
+        #[cfg(feature = "redis")]
         if let Some(distributed) = &self.distributed {
             // Everywhere: running jobs are interrupted by their workers, waiting ones
             // removed (and counted), later-starting ones cancelled.
@@ -642,6 +455,7 @@ impl Runtime {
     /// On the distributed runtime, events of every process arrive too (from the moment
     /// this process starts reading them; its first submission waits for that).
     pub fn subscribe(&self) -> Subscription {
+        #[cfg(feature = "redis")]
         if let Some(distributed) = &self.distributed
             && !distributed.reading()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
@@ -696,6 +510,7 @@ impl Runtime {
     /// On the distributed runtime, every plugin and workflow that (re)loads is published to
     /// Redis at once, so new runs pin the new version.
     pub fn watch(&self, dir: impl AsRef<Path>, debounce: Duration) -> Result<Watcher, Error> {
+        #[cfg(feature = "redis")]
         if let Some(distributed) = &self.distributed {
             distributed.publish_reloads(&self.shared);
         }
@@ -709,6 +524,7 @@ impl Runtime {
     /// On the distributed runtime, the definition is published to Redis before this
     /// runtime's next submission.
     pub fn register(&self, workflow: Workflow) -> Result<Arc<Workflow>, InvalidWorkflow> {
+        #[cfg(feature = "redis")]
         if let Some(distributed) = &self.distributed {
             distributed.definitions_changed();
         }
@@ -734,149 +550,5 @@ impl Runtime {
     /// The host policies in force.
     pub fn config(&self) -> &HostConfig {
         &self.shared.config
-    }
-}
-
-/// Configures and builds a [`Runtime`].
-#[derive(Debug, Default)]
-pub struct RuntimeBuilder {
-    plugins_dir: Option<PathBuf>,
-    engine: EngineConfig,
-    host: HostConfig,
-    store: Option<Arc<dyn StateStore>>,
-    redis: Option<RedisConfig>,
-    trust: Option<crate::distributed::Trust>,
-}
-
-impl RuntimeBuilder {
-    /// Loads plugins from `dir` (every `*.wasm` directly inside it).
-    pub fn plugins_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.plugins_dir = Some(dir.as_ref().to_path_buf());
-        self
-    }
-
-    /// Sets the engine configuration.
-    pub fn engine_config(mut self, config: EngineConfig) -> Self {
-        self.engine = config;
-        self
-    }
-
-    /// Sets the host policies.
-    pub fn host_config(mut self, config: HostConfig) -> Self {
-        self.host = config;
-        self
-    }
-
-    /// Keeps sessions' state and data in `store` (by default, in memory).
-    pub fn state_store(mut self, store: Arc<dyn StateStore>) -> Self {
-        self.store = Some(store);
-        self
-    }
-
-    /// Runs work through the Redis `config` describes (see [`Runtime::redis`]).
-    pub fn redis_config(mut self, config: RedisConfig) -> Self {
-        self.redis = Some(config);
-        self
-    }
-
-    /// Sets how the distributed runtime's processes tell their fleet's writes to Redis
-    /// from anyone else's: the fleet key (replacing [`RedisConfig::trust`], whichever was
-    /// set first). Without it the distributed runtime refuses to start.
-    pub fn trust(mut self, trust: crate::distributed::Trust) -> Self {
-        self.trust = Some(trust);
-        self
-    }
-
-    /// Sets the compile cache directory (`None` disables the cache).
-    pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
-        self.engine.cache_dir = dir;
-        self
-    }
-
-    /// Builds the engine and loads the plugins and workflows; the runtime accepts work once
-    /// [`Runtime::start`] is called. Broken plugin files are rejected (see
-    /// [`Runtime::catalog`]), not errors; a missing plugins folder is.
-    pub async fn build(mut self) -> Result<Runtime, Error> {
-        if let (Some(config), Some(trust)) = (&mut self.redis, self.trust.take()) {
-            config.trust = trust;
-        }
-        // Said before anything is compiled or connected.
-        if let Some(config) = &self.redis {
-            crate::distributed::check_trust(config)?;
-        }
-        if self.host.ceilings.memory_bytes > self.engine.max_memory_bytes {
-            self.engine.max_memory_bytes = self.host.ceilings.memory_bytes;
-        }
-        let engine = Engine::new(self.engine)?;
-        let linker = crate::sandbox::linker(&engine)?;
-        let registry = Registry::new(self.host.max_nesting);
-        if let Some(dir) = &self.plugins_dir {
-            registry.load_dir(&engine, &linker, dir, &self.host).await?;
-        }
-        let slots = Semaphore::new(engine.config().max_instances as usize);
-        let distributed = match &self.redis {
-            Some(config) => {
-                let distributed =
-                    Distributed::connect(config.clone(), self.host.max_batch_items).await?;
-                distributed.publish(&registry.catalog()).await?;
-                // Events are shared once the runtime exists (below).
-                if self.store.is_none() {
-                    let store = RedisStateStore::connect(config, self.host.session_quota)
-                        .await?
-                        .with_idle_expiry(self.host.sessions.idle_expiry);
-                    self.store = Some(Arc::new(store));
-                }
-                Some(distributed)
-            }
-            None => None,
-        };
-        let store = self.store.unwrap_or_else(|| {
-            Arc::new(
-                MemoryStateStore::new(self.host.session_quota)
-                    .with_idle_expiry(self.host.sessions.idle_expiry),
-            )
-        });
-        let events = EventBus::new(self.host.event_capacity, self.host.event_buffer_bytes);
-        let sessions = self.host.sessions;
-        let shared = Arc::new(Shared {
-            engine,
-            linker,
-            registry,
-            config: self.host,
-            slots,
-            store,
-            events,
-            activity: Activity::new(sessions),
-            scheduler: Scheduler::default(),
-            published: Mutex::new(None),
-            lifecycle: AtomicU8::new(CREATED),
-        });
-        if let Some(distributed) = &distributed {
-            distributed.share_events(&shared);
-        }
-        Ok(Runtime {
-            shared,
-            distributed,
-            plugins_dir: self.plugins_dir,
-        })
-    }
-}
-
-/// The refusal of a run whose name nothing published.
-fn not_published(refused: ExecutionResult) -> RuntimeError {
-    RuntimeError::NotFound {
-        reason: refused
-            .error
-            .map(|e| e.message)
-            .unwrap_or_else(|| format!("`{}` is not published", refused.execution.processor)),
-        name: refused.execution.processor,
-    }
-}
-
-/// A distributed runtime's error as the caller sees it: the request's fault, or Redis's.
-fn refusal(error: Error) -> RuntimeError {
-    match error {
-        Error::Config(message) => RuntimeError::InvalidRequest(message),
-        other => RuntimeError::Unavailable(other.to_string()),
     }
 }

@@ -1,0 +1,261 @@
+//! The distributed runtime's own operations, on their own type: a [`Fleet`] is what a
+//! [`Runtime`] built with [`Runtime::redis`] offers besides running executions (runs kept
+//! in Redis, the dead-letter set, serving the queues as a worker, publishing plugins). A
+//! local runtime has none, so it has no method that always fails: [`Runtime::fleet`] is
+//! `None` there. Compiled with the `redis` feature.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::cancel::CancelReason;
+use crate::distributed::{
+    CancelTarget, DeadJob, Distributed, RedisConfig, RunStatus, WorkerConfig, WorkerHandle,
+};
+use crate::error::{Error, RuntimeError};
+use crate::plugin::Plugin;
+use crate::request::ExecutionRequest;
+use crate::result::ExecutionResult;
+
+use super::{Runtime, RuntimeBuilder};
+
+/// The distributed runtime's own operations, for a [`Runtime`] built with
+/// [`Runtime::redis`] (see [`Runtime::fleet`]). Cheap to clone; it keeps the runtime alive.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let runtime = weir::Runtime::redis("redis://127.0.0.1:6379")
+///     .trust(weir::Trust::key(weir::FleetKey::from_text(&std::env::var("WEIR_FLEET_KEY")?)?))
+///     .build()
+///     .await?;
+/// runtime.start();
+/// let fleet = runtime.fleet().expect("built with Runtime::redis");
+/// let run = fleet
+///     .submit(weir::ExecutionRequest::new("calc", serde_json::json!({ "count": 5 })))
+///     .await?;
+/// let result = fleet.wait_run(&run).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Fleet {
+    runtime: Runtime,
+    distributed: Arc<Distributed>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Starts configuring the distributed runtime on the Redis at `url`: the same API, with
+    /// every execution run as jobs by `weir worker` processes (see
+    /// [`Fleet::start_worker`]). The plugins and workflows this runtime loads are published
+    /// to Redis, so any worker can run them; sessions' state is kept in Redis.
+    pub fn redis(url: impl Into<String>) -> RuntimeBuilder {
+        RuntimeBuilder::default().redis_config(RedisConfig::new(url))
+    }
+
+    /// The distributed runtime's own operations, if this runtime runs work through Redis
+    /// (built with [`Runtime::redis`]); `None` on a local runtime.
+    pub fn fleet(&self) -> Option<Fleet> {
+        let distributed = self.distributed.clone()?;
+        Some(Fleet {
+            runtime: self.clone(),
+            distributed,
+        })
+    }
+
+    /// Submits `request` through Redis and waits for its outcome.
+    pub(super) async fn run_remote(
+        &self,
+        distributed: &Distributed,
+        request: ExecutionRequest,
+    ) -> Result<ExecutionResult, RuntimeError> {
+        let unavailable = refusal;
+        distributed
+            .publish_if_changed(&self.shared.registry)
+            .await
+            .map_err(unavailable)?;
+        let cancel = request.cancel.clone();
+        let mut request = request;
+        let id = request
+            .id
+            .get_or_insert_with(crate::clock::new_execution_id)
+            .clone();
+        // Listening before submitting: the outcome cannot come first.
+        let receiver = distributed.expect(&id).await.map_err(unavailable)?;
+        let run = match distributed.submit(request).await {
+            Ok(Ok(run)) => run,
+            Ok(Err(refused)) => {
+                distributed.unexpect(&id);
+                return Err(not_published(refused));
+            }
+            Err(error) => {
+                distributed.unexpect(&id);
+                return Err(unavailable(error));
+            }
+        };
+        // The caller's cancel handle (e.g. Ctrl-C on `weir run`) cancels the run wherever
+        // it is; its outcome (cancelled) still comes back.
+        let wait = distributed.outcome(&run, receiver);
+        tokio::pin!(wait);
+        tokio::select! {
+            result = &mut wait => return result.map_err(unavailable),
+            _ = cancel.cancelled() => {}
+        }
+        let reason = cancel.reason().unwrap_or(CancelReason::Request);
+        let target = CancelTarget::Run { id: run.clone() };
+        distributed
+            .cancel(target, reason)
+            .await
+            .map_err(unavailable)?;
+        wait.await.map_err(unavailable)
+    }
+}
+
+impl Fleet {
+    /// The runtime these operations belong to.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// A connection to the distributed runtime's Redis, and the key prefix under which an
+    /// embedding keeps its own data called `name` there (all its keys start with it, inside
+    /// the fleet's namespace): how state an embedding shares with the whole fleet, such as
+    /// the HTTP server's tenant quota ledger, is kept.
+    pub fn redis_namespace(&self, name: &str) -> (redis::aio::ConnectionManager, String) {
+        (self.distributed.conn(), self.distributed.keys.own(name))
+    }
+
+    /// Submits an execution to the distributed runtime and returns its run id at once; the
+    /// run continues without this process. Read it with [`Fleet::run_status`] or wait for
+    /// it with [`Fleet::wait_run`].
+    pub async fn submit(&self, request: ExecutionRequest) -> Result<String, RuntimeError> {
+        self.runtime.accepting()?;
+        let distributed = &self.distributed;
+        distributed
+            .publish_if_changed(&self.runtime.shared.registry)
+            .await
+            .map_err(refusal)?;
+        // Events of the run reach this process's subscribers from the start.
+        distributed.ensure_reader().await.map_err(refusal)?;
+        match distributed.submit(request).await {
+            Ok(Ok(run)) => Ok(run),
+            Ok(Err(refused)) => Err(not_published(refused)),
+            Err(error) => Err(refusal(error)),
+        }
+    }
+
+    /// Cancels the run `id` wherever its jobs are: running steps are interrupted (softly,
+    /// then for real), steps not started yet are cancelled when they start. The run ends
+    /// with a `cancelled` result. False if there is no such run or it has ended.
+    pub async fn cancel_run(&self, id: &str) -> Result<bool, RuntimeError> {
+        let distributed = &self.distributed;
+        let running = distributed
+            .status(id)
+            .await
+            .map_err(refusal)?
+            .is_some_and(|status| status.result.is_none());
+        if running {
+            let target = CancelTarget::Run { id: id.to_string() };
+            distributed
+                .cancel(target, CancelReason::Request)
+                .await
+                .map_err(refusal)?;
+        }
+        Ok(running)
+    }
+
+    /// The dead-letter set: the newest `limit` jobs that failed for good, in `queue` or in
+    /// every published processor's queue.
+    pub async fn dead_jobs(
+        &self,
+        queue: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, RuntimeError> {
+        self.distributed
+            .dead_jobs(queue, limit)
+            .await
+            .map_err(refusal)
+    }
+
+    /// Redrives the dead job `id` of `queue`: it runs again with fresh attempts, and its
+    /// run carries on from it to a new outcome.
+    pub async fn redrive(&self, queue: &str, id: &str) -> Result<(), Error> {
+        self.distributed.redrive(queue, id).await
+    }
+
+    /// A run as Redis knows it; `None` if there is no such run (or its record has
+    /// expired). A run whose deadline has passed (with `RedisConfig::lost_grace`) without
+    /// an outcome is given its `run-lost` outcome here.
+    pub async fn run_status(&self, id: &str) -> Result<Option<RunStatus>, RuntimeError> {
+        self.distributed.settled_status(id).await.map_err(refusal)
+    }
+
+    /// Whether any `weir worker` is connected to the distributed runtime's Redis (each says
+    /// so every few seconds).
+    pub async fn workers_alive(&self) -> Result<bool, RuntimeError> {
+        self.distributed.any_worker().await.map_err(refusal)
+    }
+
+    /// Waits for the outcome of the run `id`.
+    pub async fn wait_run(&self, id: &str) -> Result<ExecutionResult, RuntimeError> {
+        self.distributed.wait(id).await.map_err(refusal)
+    }
+
+    /// Makes this process a worker of the fleet: it runs the jobs of every processor
+    /// published to Redis until the returned handle is closed.
+    pub async fn start_worker(&self, config: WorkerConfig) -> Result<WorkerHandle, Error> {
+        WorkerHandle::start(
+            self.runtime.shared.clone(),
+            self.distributed.clone(),
+            self.runtime.plugins_dir.clone(),
+            config,
+        )
+        .await
+    }
+
+    /// Publishes the component in `path` to Redis as the processor named by its file stem,
+    /// so that workers can run it without having the file; returns its digest. The
+    /// component is loaded and validated here first.
+    pub async fn push_plugin(&self, path: impl AsRef<Path>) -> Result<String, Error> {
+        let path = path.as_ref();
+        let shared = &self.runtime.shared;
+        let plugin = Plugin::load(
+            &shared.engine,
+            &shared.linker,
+            path,
+            &shared.config.loading(),
+        )
+        .await
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        self.distributed
+            .push_plugin(plugin.name(), plugin.version(), &bytes)
+            .await
+    }
+}
+
+/// The refusal of a run whose name nothing published.
+fn not_published(refused: ExecutionResult) -> RuntimeError {
+    RuntimeError::NotFound {
+        reason: refused
+            .error
+            .map(|e| e.message)
+            .unwrap_or_else(|| format!("`{}` is not published", refused.execution.processor)),
+        name: refused.execution.processor,
+    }
+}
+
+/// A distributed runtime's error as the caller sees it: the request's fault, or Redis's.
+fn refusal(error: Error) -> RuntimeError {
+    match error {
+        Error::Config(message) => RuntimeError::InvalidRequest(message),
+        other => RuntimeError::Unavailable(other.to_string()),
+    }
+}
