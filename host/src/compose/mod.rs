@@ -4,8 +4,14 @@
 //! result is a result document like a processor's, with the steps' fuel summed and their
 //! peak memory maximised; on failure the error names the step, branch or route that failed
 //! and the state is the last good one.
+//!
+//! The steps themselves are run by a [`StepRunner`]: the runtime's context in production
+//! (each step through the executor), an in-process fake in this module's tests, which check
+//! every composition rule without compiling a plugin.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +27,36 @@ use crate::merge::merge_branches;
 use crate::result::{ExecutionInfo, ExecutionResult};
 use crate::state::{StateMetadata, with_metadata};
 use crate::workflow::{BatchPolicy, Composition, GraphNode, Selector, Workflow};
+
+/// What runs a workflow's steps: each a full execution of the processor or workflow `name`
+/// in the step's scope. Implemented by the runtime's context, through the executor.
+pub(crate) trait StepRunner: Clone + Send + Sync + 'static {
+    /// Runs `name` on `input` in `scope`.
+    fn run_step<'a>(
+        &'a self,
+        name: &'a str,
+        input: Value,
+        scope: Scope,
+    ) -> Pin<Box<dyn Future<Output = ExecutionResult> + Send + 'a>>;
+
+    /// The most items one batch takes.
+    fn max_batch_items(&self) -> usize;
+}
+
+impl StepRunner for Arc<Shared> {
+    fn run_step<'a>(
+        &'a self,
+        name: &'a str,
+        input: Value,
+        scope: Scope,
+    ) -> Pin<Box<dyn Future<Output = ExecutionResult> + Send + 'a>> {
+        run_boxed(self, name, input, scope)
+    }
+
+    fn max_batch_items(&self) -> usize {
+        self.config.max_batch_items
+    }
+}
 
 /// What the steps of one workflow run cost.
 #[derive(Default)]
@@ -40,8 +76,8 @@ impl Cost {
 pub(crate) type Failure = (Value, ExecutionError);
 
 /// Runs `workflow` on `input` (a state carrying `metadata`).
-pub(crate) async fn run(
-    shared: &Arc<Shared>,
+pub(crate) async fn run<R: StepRunner>(
+    shared: &R,
     workflow: &Arc<Workflow>,
     input: Value,
     metadata: StateMetadata,
@@ -300,8 +336,8 @@ pub(crate) fn step_failed(
     }
 }
 
-async fn chain(
-    shared: &Arc<Shared>,
+async fn chain<R: StepRunner>(
+    shared: &R,
     workflow: &Workflow,
     steps: &[String],
     input: Value,
@@ -310,7 +346,7 @@ async fn chain(
 ) -> Result<Value, Failure> {
     let mut state = input;
     for (index, step) in steps.iter().enumerate() {
-        let result = run_boxed(shared, step, state, scope.clone()).await;
+        let result = shared.run_step(step, state, scope.clone()).await;
         cost.absorb(&result);
         // A failed step's state is its input: the chain's last good state.
         state = result.state;
@@ -325,8 +361,8 @@ async fn chain(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn parallel(
-    shared: &Arc<Shared>,
+async fn parallel<R: StepRunner>(
+    shared: &R,
     workflow: &Workflow,
     branches: &[String],
     merge: Option<&str>,
@@ -344,9 +380,10 @@ async fn parallel(
         let branch = branch.clone();
         let input = input.clone();
         let step = scope.step(None, siblings.child());
-        steps.spawn(index, async move {
-            run_boxed(&shared, &branch, input, step).await
-        });
+        steps.spawn(
+            index,
+            async move { shared.run_step(&branch, input, step).await },
+        );
     }
     let mut results: Vec<Option<ExecutionResult>> = vec![None; branches.len()];
     let mut first_failure: Option<(usize, ExecutionError)> = None;
@@ -384,7 +421,7 @@ async fn parallel(
         }
         Some(merger) => {
             let merge_input = merge_input(&input, branches, &states);
-            let result = run_boxed(shared, merger, merge_input, scope.clone()).await;
+            let result = shared.run_step(merger, merge_input, scope.clone()).await;
             cost.absorb(&result);
             if let Some(error) = result.error {
                 return Err((input, step_failed(workflow, "merge", merger, None, error)));
@@ -412,9 +449,9 @@ struct Route<'a> {
 }
 
 impl Route<'_> {
-    async fn run(
+    async fn run<R: StepRunner>(
         &self,
-        shared: &Arc<Shared>,
+        shared: &R,
         workflow: &Workflow,
         input: Value,
         scope: &Scope,
@@ -426,7 +463,9 @@ impl Route<'_> {
                 missing_key(self.selector),
             ),
             Selector::Processor(selector) => {
-                let result = run_boxed(shared, selector, input.clone(), scope.clone()).await;
+                let result = shared
+                    .run_step(selector, input.clone(), scope.clone())
+                    .await;
                 cost.absorb(&result);
                 if let Some(error) = result.error {
                     return Err((
@@ -444,7 +483,7 @@ impl Route<'_> {
             Ok(target) => target,
             Err(error) => return Err((input, error)),
         };
-        let result = run_boxed(shared, target, input, scope.clone()).await;
+        let result = shared.run_step(target, input, scope.clone()).await;
         cost.absorb(&result);
         match result.error {
             None => Ok(result.state),
@@ -556,9 +595,9 @@ struct Batch<'a> {
 impl Batch<'_> {
     /// Runs the batch; returns the outcome and, when the input was a batch at all, one
     /// result per item.
-    async fn run(
+    async fn run<R: StepRunner>(
         &self,
-        shared: &Arc<Shared>,
+        shared: &R,
         workflow: &Workflow,
         input: Value,
         metadata: &StateMetadata,
@@ -577,7 +616,7 @@ impl Batch<'_> {
             return (Err((input, error)), None);
         };
         let count = items.len();
-        if let Err(error) = check_batch_size(workflow, count, shared.config.max_batch_items) {
+        if let Err(error) = check_batch_size(workflow, count, shared.max_batch_items()) {
             return (Err((input, error)), None);
         }
         // The submitter pays for every item before any starts.
@@ -601,7 +640,7 @@ impl Batch<'_> {
             steps.spawn(index, async move {
                 // The semaphore is never closed, so acquiring only waits.
                 let slot = slots.acquire_owned().await.ok();
-                let result = run_boxed(&shared, &processor, item, step).await;
+                let result = shared.run_step(&processor, item, step).await;
                 // Cancel before giving up the slot, so no later item starts after a
                 // failure that dooms the batch.
                 if let Some(siblings) = stop_others
@@ -671,8 +710,8 @@ enum NodeState {
     Skipped,
 }
 
-async fn graph(
-    shared: &Arc<Shared>,
+async fn graph<R: StepRunner>(
+    shared: &R,
     workflow: &Workflow,
     nodes: &[GraphNode],
     input: Value,
@@ -728,9 +767,10 @@ async fn graph(
                     let shared = shared.clone();
                     let run = node.run.clone();
                     let step = scope.step(None, siblings.child());
-                    steps.spawn(i, async move {
-                        run_boxed(&shared, &run, node_input, step).await
-                    });
+                    steps.spawn(
+                        i,
+                        async move { shared.run_step(&run, node_input, step).await },
+                    );
                 }
                 Some(reason) => {
                     tracing::debug!(node = %node.name, reason, "graph node skipped");
@@ -773,3 +813,6 @@ async fn graph(
         &metadata.bumped(),
     ))
 }
+
+#[cfg(test)]
+mod tests;
