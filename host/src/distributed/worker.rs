@@ -194,6 +194,8 @@ struct Inner {
     delays: Mutex<Delays>,
     /// The steps running here, by job id, so that a cancellation can reach them.
     active: Mutex<HashMap<String, Active>>,
+    /// How many steps `active` holds, for a leaving worker to wait on.
+    active_count: tokio::sync::watch::Sender<usize>,
     /// Every cancellation in force, as heard on the cancel channel (`None` while the
     /// listener is not subscribed: then jobs read the markers in Redis).
     heard: Mutex<Option<Vec<CancelMessage>>>,
@@ -218,7 +220,9 @@ struct Running<'a> {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        lock_map(&self.inner.active).remove(&self.id);
+        let mut active = lock_map(&self.inner.active);
+        active.remove(&self.id);
+        self.inner.active_count.send_replace(active.len());
     }
 }
 
@@ -248,6 +252,7 @@ impl WorkerHandle {
             workers: tokio::sync::Mutex::new(HashMap::new()),
             delays: Mutex::new(Delays::default()),
             active: Mutex::new(HashMap::new()),
+            active_count: tokio::sync::watch::channel(0).0,
             heard: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
@@ -303,13 +308,11 @@ impl WorkerHandle {
         // is handed back (not a crash) before it ends: wait for those notes (within the
         // cancellation's grace), or the process could exit first and the next worker take
         // the step for a crash.
-        if !lock_map(&inner.active).is_empty() {
+        let mut running = inner.active_count.subscribe();
+        if *running.borrow_and_update() > 0 {
             inner.shared.activity.cancel_all(CancelReason::Shutdown);
-            let until =
-                Instant::now() + inner.shared.config.cancel_grace * 10 + Duration::from_secs(1);
-            while !lock_map(&inner.active).is_empty() && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let hard = inner.shared.config.cancel_grace * 10 + Duration::from_secs(1);
+            let _ = tokio::time::timeout(hard, running.wait_for(|n| *n == 0)).await;
         }
     }
 }
@@ -543,15 +546,19 @@ impl Inner {
         let cancel = CancelHandle::new();
         let job_id = step.job_id();
         let joins = joins_of(&step.frames);
-        lock_map(&self.active).insert(
-            job_id.clone(),
-            Active {
-                run: step.run.clone(),
-                joins: joins.clone(),
-                scope: step.scope.clone(),
-                cancel: cancel.clone(),
-            },
-        );
+        {
+            let mut active = lock_map(&self.active);
+            active.insert(
+                job_id.clone(),
+                Active {
+                    run: step.run.clone(),
+                    joins: joins.clone(),
+                    scope: step.scope.clone(),
+                    cancel: cancel.clone(),
+                },
+            );
+            self.active_count.send_replace(active.len());
+        }
         let _running = Running {
             inner: &self,
             id: job_id,
