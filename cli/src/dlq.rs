@@ -74,13 +74,14 @@ async fn list(args: ListArgs) -> Result<Outcome, Failure> {
 async fn retry(args: RetryArgs) -> Result<Outcome, Failure> {
     let redis = args.redis.required("dlq retry")?;
     let runtime = args.plugins.bare_runtime(redis).await?;
+    let fleet = super::fleet(&runtime)?;
     for entry in &args.jobs {
         let Some((queue, id)) = entry.split_once('/') else {
             return Err(Failure::Usage(format!(
                 "`{entry}` is not QUEUE/JOB (copy it from `weir dlq list`)"
             )));
         };
-        super::fleet(&runtime)?.redrive(queue, id).await?;
+        fleet.redrive(queue, id).await?;
         eprintln!("weir: {entry} is back in its queue");
     }
     Ok(Outcome::Ok)

@@ -45,8 +45,8 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
-#[cfg(feature = "redis")]
 /// `duration` in whole milliseconds (saturating).
+#[cfg(feature = "redis")]
 pub(crate) fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -132,9 +132,9 @@ pub(crate) trait Published: Send + Sync {
 }
 
 impl Shared {
-    #[cfg(feature = "redis")]
     /// Makes `published` the place names missing here are looked for (until it is dropped;
     /// the worker started last wins).
+    #[cfg(feature = "redis")]
     pub(crate) fn set_published_resolver(&self, published: Weak<dyn Published>) {
         *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(published);
     }

@@ -299,14 +299,14 @@ impl EventBus {
         Ok(())
     }
 
-    #[cfg(feature = "redis")]
     /// How many subscriptions are open.
+    #[cfg(feature = "redis")]
     pub(crate) fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Acquire)
     }
 
-    #[cfg(feature = "redis")]
     /// Publishes an event another process published (keeping its time). Never waits.
+    #[cfg(feature = "redis")]
     pub(crate) fn publish_remote(&self, mut event: Event) {
         if !self.active() {
             return;

@@ -131,9 +131,9 @@ pub(crate) struct Pinned {
     pub attempt: u32,
 }
 
-#[cfg(feature = "redis")]
 /// Runs one attempt of a pinned processor as a top-level execution: same checks, limits,
 /// events and metadata as any execution, no retries.
+#[cfg(feature = "redis")]
 pub(crate) async fn execute_pinned(
     shared: &Arc<Shared>,
     pinned: Pinned,
@@ -856,9 +856,9 @@ fn deadline_error(limits: &Limits, when: &str) -> ExecutionError {
     .retryable(true)
 }
 
-#[cfg(feature = "redis")]
 /// The result of an execution cancelled (for `reason`) before anything ran: `state` stays
 /// the last good state.
+#[cfg(feature = "redis")]
 pub(crate) fn cancelled_unstarted(
     state: Value,
     reason: crate::cancel::CancelReason,

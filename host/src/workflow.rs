@@ -356,9 +356,9 @@ impl Workflow {
         hex::encode(Sha256::digest(self.definition()))
     }
 
-    #[cfg(any(feature = "redis", test))]
     /// Reads a definition another process published under `digest`, checking that the bytes
     /// are what the digest says.
+    #[cfg(any(feature = "redis", test))]
     pub(crate) fn from_definition(bytes: &[u8], digest: &str) -> Result<Workflow, String> {
         let mut workflow: Workflow = serde_json::from_slice(bytes)
             .map_err(|e| format!("the published workflow {digest} is unreadable: {e}"))?;
@@ -405,8 +405,8 @@ impl Workflow {
         }
     }
 
-    #[cfg(feature = "redis")]
     /// Whether its steps run side by side (parallel, batch, graph).
+    #[cfg(feature = "redis")]
     pub(crate) fn is_fan_out(&self) -> bool {
         matches!(
             self.composition,

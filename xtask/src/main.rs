@@ -253,51 +253,19 @@ fn test() -> Result<(), String> {
         &[0],
     )?;
     eprintln!("== lints");
-    run(
-        cargo().args([
-            "clippy",
-            "--locked",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
-        &[0],
-    )?;
+    clippy(&["--workspace", "--all-targets"])?;
     // The library without its default `redis` feature: the local runtime alone, as an
     // embedder with `default-features = false` builds it.
-    run(
-        cargo().args([
-            "clippy",
-            "--locked",
-            "-p",
-            "weir",
-            "--no-default-features",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
-        &[0],
-    )?;
-    run(
-        cargo().args([
-            "clippy",
-            "--locked",
-            "--release",
-            "--target",
-            xtask::TARGET,
-            "--manifest-path",
-            &plugins_manifest,
-            "--target-dir",
-            &wasm_target,
-            "--",
-            "-D",
-            "warnings",
-        ]),
-        &[0],
-    )?;
+    clippy(&["-p", "weir", "--no-default-features", "--all-targets"])?;
+    clippy(&[
+        "--release",
+        "--target",
+        xtask::TARGET,
+        "--manifest-path",
+        &plugins_manifest,
+        "--target-dir",
+        &wasm_target,
+    ])?;
     eprintln!("== tests");
     run(cargo().args(["test", "--locked", "--workspace"]), &[0])?;
     run(
@@ -314,6 +282,17 @@ fn test() -> Result<(), String> {
     fuzz(Some(CI_FUZZ_SECONDS))?;
     eprintln!("all checks passed");
     Ok(())
+}
+
+/// `cargo clippy --locked` over `selection`, every warning an error.
+fn clippy(selection: &[&str]) -> Result<(), String> {
+    run(
+        cargo()
+            .args(["clippy", "--locked"])
+            .args(selection)
+            .args(["--", "-D", "warnings"]),
+        &[0],
+    )
 }
 
 /// `cargo xtask layers`: prints the host's layers, lowest first, and fails on an import

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{StepRunner, run};
+use super::{StepRunner, run, workflow_result};
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::{ErrorKind, ExecutionError, codes};
 use crate::executor::{Scope, failed};
@@ -93,16 +93,9 @@ impl StepRunner for Fake {
                     ),
                     info,
                 ),
-                Some(Step::Map(f)) => match f(input.clone()) {
-                    Ok(state) => ExecutionResult {
-                        ok: true,
-                        state,
-                        error: None,
-                        execution: info,
-                        items: None,
-                    },
-                    Err(error) => failed(input, error, info),
-                },
+                Some(Step::Map(f)) => {
+                    workflow_result(f(input.clone()).map_err(|e| (input, e)), info, None)
+                }
                 Some(Step::UntilCancelled) => {
                     scope.cancel.cancelled().await;
                     let reason = scope.cancel.reason();

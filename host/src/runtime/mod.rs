@@ -37,7 +37,7 @@ use crate::result::ExecutionResult;
 use crate::store::{CasOutcome, SessionKey, StoredState};
 use crate::workflow::{InvalidWorkflow, Workflow};
 
-pub(crate) use crate::context::{HostConfig, Shared};
+use crate::context::{HostConfig, Shared};
 use crate::request::ExecutionRequest;
 
 const CREATED: u8 = 0;
@@ -379,17 +379,8 @@ impl Runtime {
     pub async fn stop_session(&self, tenant: &str, session: &str) -> SessionStopReport {
         let shared = &self.shared;
         let key = SessionKey::new(tenant, session);
-        #[cfg_attr(not(feature = "redis"), expect(unused_mut))]
-        let mut cancelled = shared.activity.cancel_session(&key);
-        #[cfg(feature = "redis")]
-        if let Some(distributed) = &self.distributed {
-            // Everywhere: running jobs are interrupted by their workers, waiting ones
-            // removed (and counted), later-starting ones cancelled.
-            match distributed.stop_session(tenant, session).await {
-                Ok(removed) => cancelled += removed,
-                Err(error) => tracing::warn!(%error, "cannot reach the session's remote work"),
-            }
-        }
+        let cancelled =
+            shared.activity.cancel_session(&key) + self.stop_remote_session(tenant, session).await;
         let hard = shared.config.cancel_grace * 10 + Duration::from_secs(1);
         shared
             .activity
@@ -406,6 +397,22 @@ impl Runtime {
             cancelled,
             removed_state,
         }
+    }
+
+    /// Stops a session's work through Redis, on a distributed runtime: running jobs are
+    /// interrupted by their workers, waiting ones removed (and counted), later-starting
+    /// ones cancelled. How many were removed; 0 on a local runtime.
+    async fn stop_remote_session(&self, tenant: &str, session: &str) -> usize {
+        #[cfg(feature = "redis")]
+        if let Some(distributed) = &self.distributed {
+            match distributed.stop_session(tenant, session).await {
+                Ok(removed) => return removed,
+                Err(error) => tracing::warn!(%error, "cannot reach the session's remote work"),
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = (tenant, session);
+        0
     }
 
     /// The session's stored state, if it has one.
