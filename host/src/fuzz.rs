@@ -70,19 +70,26 @@ fn fuzz_workflows_toml() {
         "workflows.toml",
         toml_near(WORKFLOW_SEEDS, WORKFLOW_WORDS),
         |text| {
-            let Ok(parsed) = crate::workflow_file::parse(&text, Path::new("workflows.toml")) else {
+            let Ok(parsed) =
+                crate::contract::workflow_file::parse(&text, Path::new("workflows.toml"))
+            else {
                 return Ok(());
             };
-            let checked =
-                crate::workflow::check(parsed.workflows, &processors, crate::workflow::MAX_NESTING);
+            let checked = crate::contract::workflow::check(
+                parsed.workflows,
+                &processors,
+                crate::contract::workflow::MAX_NESTING,
+            );
             for workflow in checked.valid.values() {
                 // What a worker reads back from Redis is what was published.
                 let definition = workflow.definition();
-                let back =
-                    crate::workflow::Workflow::from_definition(&definition, workflow.digest())
-                        .map_err(|e| {
-                            TestCaseError::fail(format!("a valid workflow does not read back: {e}"))
-                        })?;
+                let back = crate::contract::workflow::Workflow::from_definition(
+                    &definition,
+                    workflow.digest(),
+                )
+                .map_err(|e| {
+                    TestCaseError::fail(format!("a valid workflow does not read back: {e}"))
+                })?;
                 prop_assert_eq!(back.digest(), workflow.digest());
                 let _ = (workflow.kind(), workflow.references(), workflow.location());
             }
@@ -186,15 +193,15 @@ fn fuzz_operator_manifest() {
         "operator manifest",
         toml_near(MANIFEST_SEEDS, MANIFEST_WORDS),
         |text| {
-            let Ok(manifest) = crate::manifest::Manifest::parse(&text) else {
+            let Ok(manifest) = crate::contract::manifest::Manifest::parse(&text) else {
                 return Ok(());
             };
             // What loading and running the plugin derive from it.
-            let limits = crate::limits::Limits::resolve(
+            let limits = crate::contract::limits::Limits::resolve(
                 &manifest.limits,
-                &crate::limits::LimitOverrides::default(),
-                &crate::limits::Limits::DEFAULTS,
-                &crate::limits::Limits::CEILINGS,
+                &crate::contract::limits::LimitOverrides::default(),
+                &crate::contract::limits::Limits::DEFAULTS,
+                &crate::contract::limits::Limits::CEILINGS,
             );
             let _ = Instant::now().checked_add(limits.timeout());
             if let Some(retry) = &manifest.retry {
@@ -248,22 +255,22 @@ fn fuzz_state_and_metadata() {
             word(STATE_WORDS).prop_map(Some)
         ],
     );
-    let limits = crate::limits::Limits::DEFAULTS;
+    let limits = crate::contract::limits::Limits::DEFAULTS;
     fuzz(
         "state and metadata",
         strategy,
         |(input, outputs, session)| {
             // The input path: what a caller or a job hands in.
             let Ok((state, metadata)) =
-                crate::state::prepare_input(input.clone(), session.as_deref())
+                crate::contract::state::prepare_input(input.clone(), session.as_deref())
             else {
                 return Ok(());
             };
-            prop_assert!(metadata.version <= crate::state::MAX_VERSION);
+            prop_assert!(metadata.version <= crate::contract::state::MAX_VERSION);
             let bumped = metadata.bumped();
             prop_assert!(bumped.version >= metadata.version);
-            let text = crate::state::text_with_metadata(&state, &bumped);
-            let value = crate::state::with_metadata(state.clone(), &bumped);
+            let text = crate::contract::state::text_with_metadata(&state, &bumped);
+            let value = crate::contract::state::with_metadata(state.clone(), &bumped);
             let reread: Value = serde_json::from_str(&text)
                 .map_err(|e| TestCaseError::fail(format!("the state text is not JSON: {e}")))?;
             prop_assert_eq!(&reread, &value);
@@ -271,15 +278,15 @@ fn fuzz_state_and_metadata() {
             let mut branches = Vec::new();
             for output in outputs {
                 let text = output.to_string();
-                if let Ok(map) = crate::executor::parse_output(&text, &limits) {
+                if let Ok(map) = crate::execution::executor::parse_output(&text, &limits) {
                     prop_assert_eq!(&Value::Object(map.clone()), &output);
                     branches.push(map);
                 }
             }
-            let merged = crate::merge::merge_branches(&state, &branches);
-            let _ = crate::state::with_metadata(merged, &bumped);
+            let merged = crate::contract::merge::merge_branches(&state, &branches);
+            let _ = crate::contract::state::with_metadata(merged, &bumped);
             // Whatever a guest wrote, the host reads no state twice as large as the cap.
-            let _ = crate::executor::parse_output(&input.to_string(), &limits);
+            let _ = crate::execution::executor::parse_output(&input.to_string(), &limits);
             let _ = object(input);
             Ok(())
         },

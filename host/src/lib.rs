@@ -38,90 +38,57 @@
 //! runtime alone. The HTTP server and the `weir` binary are the crates `weir-server` and
 //! `weir-cli`, over this crate's public API.
 
-mod activity;
-mod bindings;
-mod bounds;
-mod cache;
-mod cancel;
-mod clock;
-mod compose;
-mod context;
+mod contract;
 #[cfg(feature = "redis")]
 mod distributed;
-mod engine;
-mod error;
-mod events;
-mod executor;
+mod execution;
 #[cfg(test)]
 mod fuzz;
-mod guest_log;
-mod http_grant;
-mod limits;
-mod listing;
-mod manifest;
-mod merge;
-mod names;
-mod outbound;
-mod plugin;
-#[cfg(feature = "redis")]
-mod redis_store;
-mod registry;
-mod reload;
-mod request;
-mod result;
-mod retry;
 mod runtime;
 mod sandbox;
-mod scheduler;
-mod services;
-mod state;
-mod store;
-mod warm;
-mod workflow;
-mod workflow_file;
 
-pub use activity::{DURATION_BUCKETS_US, ProcessorStats, SessionRefused, SessionStats};
-pub use bindings::WORLD;
-pub use bounds::{GuestBounds, Rate};
-pub use cache::CompileCache;
-pub use cancel::{CancelHandle, CancelReason};
-pub use clock::{new_execution_id, now_ms};
-pub use context::HostConfig;
+pub use contract::bounds::{GuestBounds, Rate};
+pub use contract::cancel::{CancelHandle, CancelReason};
+pub use contract::clock::{new_execution_id, now_ms};
+pub use contract::error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
+pub use contract::http_grant::{HttpGrant, HttpRule};
+pub use contract::limits::{LimitOverrides, Limits, QueuePolicy, RateLimit};
+pub use contract::manifest::QueueOverrides;
+pub use contract::manifest::{Capabilities, DirGrant, Manifest, NetworkGrant, WarmPolicy};
+pub use contract::merge::merge_branches;
+pub use contract::names::is_valid_name;
+pub use contract::result::{ExecutionInfo, ExecutionResult, ResultDocument};
+pub use contract::retry::{Backoff, RetryPolicy};
+pub use contract::state::{MAX_VERSION, StateMetadata, validate_input};
+pub use contract::state_store::{
+    CasOutcome, MemoryStateStore, SessionBounds, SessionKey, SessionQuota, StateStore, StoredState,
+};
+pub use contract::workflow::{
+    BatchPolicy, Composition, DEFAULT_BATCH_CONCURRENCY, GraphNode, InvalidWorkflow, MAX_NESTING,
+    Selector, Workflow,
+};
+pub use contract::workflow_file::FILE_NAME as WORKFLOWS_FILE;
+#[cfg(feature = "redis")]
+pub use distributed::state_store::RedisStateStore;
 #[cfg(feature = "redis")]
 pub use distributed::{
     DeadJob, FleetKey, ForeignAdmission, ForeignPlace, ForeignQueue, RedisConfig, Retention,
     RunStatus, Trust, WorkerConfig, WorkerHandle,
 };
-pub use engine::{Engine, EngineConfig};
-pub use error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
-pub use events::{Event, EventKind, Notice, Subscription};
-pub use executor::Admission;
-pub use guest_log::LogRate;
-pub use http_grant::{HttpGrant, HttpRule};
-pub use limits::{LimitOverrides, Limits, QueuePolicy, RateLimit};
-pub use manifest::QueueOverrides;
-pub use manifest::{Capabilities, DirGrant, Manifest, NetworkGrant, WarmPolicy};
-pub use merge::merge_branches;
-pub use names::is_valid_name;
-pub use plugin::{Description, Plugin, QueueSettings};
-#[cfg(feature = "redis")]
-pub use redis_store::RedisStateStore;
-pub use registry::{Catalog, Registry, Rejection};
-pub use reload::{DEFAULT_DEBOUNCE, Watcher};
-pub use request::ExecutionRequest;
-pub use result::{ExecutionInfo, ExecutionResult, ResultDocument};
-pub use retry::{Backoff, RetryPolicy};
+pub use execution::activity::{DURATION_BUCKETS_US, ProcessorStats, SessionRefused, SessionStats};
+pub use execution::context::HostConfig;
+pub use execution::executor::Admission;
+pub use execution::registry::{Catalog, Registry, Rejection};
+pub use execution::reload::{DEFAULT_DEBOUNCE, Watcher};
+pub use execution::request::ExecutionRequest;
 #[cfg(feature = "redis")]
 pub use runtime::Fleet;
 pub use runtime::{
     Runtime, RuntimeBuilder, RuntimeState, RuntimeStats, SessionStopReport, StopReport,
 };
-pub use state::{MAX_VERSION, StateMetadata, validate_input};
-pub use store::{
-    CasOutcome, MemoryStateStore, SessionBounds, SessionKey, SessionQuota, StateStore, StoredState,
-};
-pub use workflow::{
-    BatchPolicy, Composition, DEFAULT_BATCH_CONCURRENCY, GraphNode, InvalidWorkflow, MAX_NESTING,
-    Selector, Workflow,
-};
-pub use workflow_file::FILE_NAME as WORKFLOWS_FILE;
+pub use sandbox::bindings::WORLD;
+pub use sandbox::cache::CompileCache;
+pub use sandbox::engine::{Engine, EngineConfig};
+pub use sandbox::events::{Event, EventKind, Notice, Subscription};
+pub use sandbox::guest_log::LogRate;
+pub use sandbox::plugin::{Description, Plugin, QueueSettings};

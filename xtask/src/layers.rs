@@ -1,92 +1,63 @@
 //! The host's layers, and the check that its imports point one way: contract ← sandbox ←
-//! execution and workflows ← distributed driver ← embedding API ← server and CLI. A module
-//! may name what its own layer and the layers below it define, never what a layer above
-//! defines (where the domain recurses, the lower layer owns a small trait the higher one
-//! implements). The top layer is two crates of its own, `weir-server` and `weir-cli`, over
-//! `weir`'s public API, so cargo keeps `weir` from naming them. Inside the `weir` crate
-//! rustc cannot enforce the order; this check does, in `cargo test` and `cargo xtask layers`.
+//! execution and workflows ← distributed driver ← embedding API ← server and CLI. Each
+//! layer of the `weir` crate is a folder of `host/src` (the top layer is two crates of
+//! their own, `weir-server` and `weir-cli`, over `weir`'s public API, so cargo keeps
+//! `weir` from naming them). A module may name what its own layer and the layers below it
+//! define, never what a layer above defines; where the domain recurses, the lower layer
+//! owns a small trait the higher one implements. Inside one crate rustc cannot enforce the
+//! order; this check does, in `cargo test` and `cargo xtask layers`.
 //!
-//! No import points up today. One that must for a while is listed in
-//! `xtask/layers-known.txt`; the check fails on any upward import not listed there, and on
-//! a listed one that is gone (remove it from the list), so the list only shrinks.
+//! It reads every `crate::` path (in `use` lines and in code; comments are skipped). So
+//! that no path escapes it, a layer's code names what it uses by the layer's path
+//! (`crate::contract::error::Error`), not through the crate root's re-exports
+//! (`crate::Error`), and climbs with `crate::`, not `super::super::`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// The layers, lowest first: each module of `host/src` (by its first path segment) and the
-/// layer it belongs to.
-pub const LAYERS: &[(&str, &[&str])] = &[
+/// The layers, lowest first: the folder of `host/src` each one is, and what it holds.
+pub const LAYERS: &[(&str, &str)] = &[
     (
         "contract",
-        &[
-            "error",
-            "result",
-            "state",
-            "limits",
-            "retry",
-            "manifest",
-            "workflow",
-            "workflow_file",
-            "clock",
-            "bounds",
-            "merge",
-            "cancel",
-            "names",
-            "http_grant",
-        ],
+        "what both runtimes agree on: errors, results, state, limits, retry, manifest, \
+         workflows, bounds, the state store's seam",
     ),
     (
         "sandbox",
-        &[
-            "bindings",
-            "engine",
-            "cache",
-            "sandbox",
-            "plugin",
-            "warm",
-            "outbound",
-            "guest_log",
-            "events",
-        ],
+        "one attempt in one wasmtime store: engine, plugins, warm instances, host imports",
     ),
     (
         "execution",
-        &[
-            "context",
-            "request",
-            "executor",
-            "compose",
-            "registry",
-            "reload",
-            "scheduler",
-            "activity",
-            "store",
-            "listing",
-            "services",
-        ],
+        "one execution in this process and the workflows made of them: executor, compose, \
+         registry, reload, admission, activity",
     ),
-    ("distributed", &["distributed", "redis_store"]),
-    ("embedding", &["runtime"]),
+    (
+        "distributed",
+        "the same executions and workflows as BullMQ jobs through Redis (feature `redis`)",
+    ),
+    (
+        "runtime",
+        "the embedding API: Runtime, RuntimeBuilder, Fleet",
+    ),
 ];
 
-/// Modules in no layer: the crate's root, which gathers every layer, and the fuzz targets
-/// (compiled for tests only).
+/// Modules of the crate's root in no layer: the root itself, which gathers every layer,
+/// and the fuzz targets (compiled for tests only).
 pub const OUTSIDE: &[&str] = &["lib", "fuzz"];
 
 /// The layer (its index in [`LAYERS`]) of the top-level module `module`.
 pub fn layer_of(module: &str) -> Option<usize> {
-    LAYERS
-        .iter()
-        .position(|(_, modules)| modules.contains(&module))
+    LAYERS.iter().position(|(name, _)| *name == module)
 }
 
-/// An import from a layer above the importer's: `file` (relative to the repository) names
-/// something of module `module`.
+/// A path that points the wrong way: `file` (relative to the repository) names `module`,
+/// the top-level module of a layer above its own, or names something around the layers
+/// (see [`Upward::why`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Upward {
     /// The importing file, relative to the repository.
     pub file: String,
-    /// The top-level module of the higher layer it names.
+    /// What it names: a higher layer's folder, a root re-export, or `super::super`.
     pub module: String,
 }
 
@@ -100,12 +71,7 @@ impl std::fmt::Display for Upward {
 /// code; comments are skipped), grouped imports (`use crate::{a, b::c}`) included.
 pub fn named_modules(source: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    // Without comment lines, and as one text: a group may span lines.
-    let code: String = source
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let code = code_of(source);
     {
         let mut rest = code.as_str();
         while let Some(at) = rest.find("crate::") {
@@ -142,6 +108,15 @@ pub fn named_modules(source: &str) -> BTreeSet<String> {
     found
 }
 
+/// `source` without its comment lines, as one text (a group may span lines).
+fn code_of(source: &str) -> String {
+    source
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn push_first_segment(path: &str, into: &mut BTreeSet<String>) {
     let name: String = path
         .trim()
@@ -153,7 +128,44 @@ fn push_first_segment(path: &str, into: &mut BTreeSet<String>) {
     }
 }
 
-/// Every upward import in the host's sources under `root` (the repository).
+impl Upward {
+    /// Why this path is refused, and what to do instead.
+    pub fn why(&self) -> String {
+        let own = self
+            .file
+            .trim_start_matches("host/src/")
+            .split(['/', '.'])
+            .next()
+            .unwrap_or_default();
+        if self.module == SUPER_SUPER {
+            return format!(
+                "{self}: a path climbs with `super::super::`, which this check cannot follow: \
+                 name it from the crate (`crate::{own}::…`)"
+            );
+        }
+        match (layer_of(own), layer_of(&self.module)) {
+            (Some(below), Some(above)) => format!(
+                "{self}: `{own}` (layer {below}) imports from `{}` (layer {above}), a layer \
+                 above it. Move what it needs down, or let the lower layer own a trait that \
+                 the higher one implements",
+                self.module
+            ),
+            _ => format!(
+                "{self}: `crate::{}` is not a layer: name it by its layer's path \
+                 (`crate::contract::…`, `crate::sandbox::…`), not through the crate root's \
+                 re-exports",
+                self.module
+            ),
+        }
+    }
+}
+
+/// What [`Upward::module`] says for a `super::super::` path.
+pub const SUPER_SUPER: &str = "super::super";
+
+/// Every path in the host's sources under `root` (the repository) that points the wrong
+/// way: to a layer above its file's, around the layers (through the crate root), or up a
+/// `super::super::` chain.
 pub fn upward_imports(root: &Path) -> Result<Vec<Upward>, String> {
     let src = root.join("host").join("src");
     let mut files = Vec::new();
@@ -174,21 +186,31 @@ pub fn upward_imports(root: &Path) -> Result<Vec<Upward>, String> {
         }
         let own_layer = layer_of(&own).ok_or_else(|| {
             format!(
-                "the module `{own}` ({}) is in no layer: add it to xtask/src/layers.rs",
+                "`{own}` ({}) is in no layer: put it in a layer's folder, or add a layer to \
+                 xtask/src/layers.rs",
                 file.display()
             )
         })?;
         let source = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let at = format!("host/src/{}", relative.display());
         for module in named_modules(&source) {
-            if let Some(layer) = layer_of(&module)
-                && layer > own_layer
-            {
+            let wrong = match layer_of(&module) {
+                Some(layer) => layer > own_layer,
+                None => !OUTSIDE.contains(&module.as_str()),
+            };
+            if wrong {
                 upward.push(Upward {
-                    file: format!("host/src/{}", relative.display()),
+                    file: at.clone(),
                     module,
                 });
             }
+        }
+        if code_of(&source).contains(SUPER_SUPER) {
+            upward.push(Upward {
+                file: at,
+                module: SUPER_SUPER.to_string(),
+            });
         }
     }
     upward.sort();
@@ -209,64 +231,10 @@ fn collect_rust_files(dir: &Path, into: &mut Vec<PathBuf>) -> Result<(), String>
     Ok(())
 }
 
-/// The upward imports known today (`xtask/layers-known.txt`: `file -> module` per line).
-pub fn known(root: &Path) -> Result<Vec<Upward>, String> {
-    let path = root.join("xtask").join("layers-known.txt");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut known = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (file, module) = line
-            .split_once(" -> ")
-            .ok_or_else(|| format!("{}: `{line}` is not `file -> module`", path.display()))?;
-        known.push(Upward {
-            file: file.to_string(),
-            module: module.to_string(),
-        });
-    }
-    known.sort();
-    Ok(known)
-}
-
-/// What is wrong with the host's layering under `root`: upward imports not in the known
-/// list, and known ones that are gone. Empty when all is well.
+/// What is wrong with the host's layering under `root`, one line each. Empty when all is
+/// well.
 pub fn check(root: &Path) -> Result<Vec<String>, String> {
-    let found = upward_imports(root)?;
-    let known = known(root)?;
-    let mut problems = Vec::new();
-    for upward in found.iter().filter(|u| !known.contains(u)) {
-        let (_, above) = LAYERS[layer_of(&upward.module).unwrap_or(0)];
-        let own = upward
-            .file
-            .trim_start_matches("host/src/")
-            .split(['/', '.'])
-            .next()
-            .unwrap_or_default();
-        let (_, below) = LAYERS[layer_of(own).unwrap_or(0)];
-        problems.push(format!(
-            "{upward}: `{own}` ({}) imports from `{}` ({}), a layer above it. Move what it \
-             needs down, or let the lower layer own a trait that the higher one implements",
-            layer_name(below),
-            upward.module,
-            layer_name(above)
-        ));
-    }
-    for gone in known.iter().filter(|k| !found.contains(k)) {
-        problems.push(format!(
-            "{gone}: no longer imported upward: remove it from xtask/layers-known.txt"
-        ));
-    }
-    Ok(problems)
-}
-
-fn layer_name(modules: &[&str]) -> &'static str {
-    LAYERS
-        .iter()
-        .find(|(_, m)| std::ptr::eq(*m, modules))
-        .map_or("?", |(name, _)| name)
+    Ok(upward_imports(root)?.iter().map(Upward::why).collect())
 }
 
 #[cfg(test)]
@@ -293,14 +261,19 @@ mod tests {
     fn an_upward_import_is_found_and_one_within_the_layers_below_is_not() {
         let root = tempfile_root();
         let src = root.join("host").join("src");
-        std::fs::create_dir_all(src.join("distributed")).expect("a temp dir");
-        std::fs::write(src.join("error.rs"), "use crate::runtime::Shared;\n").expect("writes");
-        std::fs::write(src.join("executor.rs"), "use crate::sandbox::Sandbox;\n").expect("writes");
-        std::fs::write(
-            src.join("distributed").join("worker.rs"),
-            "use crate::{executor::run, runtime::Runtime};\nuse super::wire;\n",
-        )
-        .expect("writes");
+        for layer in ["contract", "execution", "distributed"] {
+            std::fs::create_dir_all(src.join(layer)).expect("a temp dir");
+        }
+        let write = |file: &str, text: &str| {
+            std::fs::write(src.join(file), text).expect("writes");
+        };
+        write("contract/error.rs", "use crate::runtime::Shared;\n");
+        write("execution/executor.rs", "use crate::sandbox::Sandbox;\n");
+        write(
+            "distributed/worker.rs",
+            "use crate::{execution::run, runtime::Runtime};\nuse super::wire;\n",
+        );
+        write("lib.rs", "pub use runtime::Runtime;\nmod fuzz;\n");
         let found: Vec<String> = upward_imports(&root)
             .expect("reads")
             .iter()
@@ -309,10 +282,41 @@ mod tests {
         assert_eq!(
             found,
             [
-                "host/src/distributed/worker.rs -> runtime",
-                "host/src/error.rs -> runtime"
+                "host/src/contract/error.rs -> runtime",
+                "host/src/distributed/worker.rs -> runtime"
             ]
         );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_path_around_the_layers_is_refused_too() {
+        let root = tempfile_root();
+        let src = root.join("host").join("src");
+        std::fs::create_dir_all(src.join("sandbox")).expect("a temp dir");
+        std::fs::write(
+            src.join("sandbox").join("mod.rs"),
+            "use crate::Runtime;\nfn f() { super::super::runtime::go(); crate::fuzz::x(); }\n",
+        )
+        .expect("writes");
+        let problems = check(&root).expect("reads");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("`crate::Runtime` is not a layer"),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("super::super"), "{problems:?}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_file_outside_every_layer_is_named() {
+        let root = tempfile_root();
+        let src = root.join("host").join("src");
+        std::fs::create_dir_all(&src).expect("a temp dir");
+        std::fs::write(src.join("loose.rs"), "").expect("writes");
+        let error = upward_imports(&root).expect_err("a loose module");
+        assert!(error.contains("`loose`"), "{error}");
         let _ = std::fs::remove_dir_all(&root);
     }
 
@@ -327,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn the_host_imports_nothing_from_a_layer_above_beyond_the_known_list() {
+    fn the_host_imports_nothing_from_a_layer_above() {
         let root = crate::repo_root();
         let problems = check(&root).expect("the host's sources are readable");
         assert!(

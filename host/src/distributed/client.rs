@@ -23,13 +23,13 @@ use super::flow::{Cursor, Next, Plan, Settled};
 use super::trust::{Fields, Kind, Seal};
 use super::wire::{Binding, StepJob, WireScope, enclosing_join, now_ms};
 use super::{Keys, RedisConfig, Retention, bullmq_connection, connect, unreachable};
-use crate::error::{Error, ErrorKind, ExecutionError, codes};
-use crate::events::Event;
-use crate::executor::failed;
-use crate::registry::Catalog;
-use crate::request::ExecutionRequest;
-use crate::result::{ExecutionInfo, ExecutionResult};
-use crate::workflow::Workflow;
+use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
+use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::workflow::Workflow;
+use crate::execution::executor::failed;
+use crate::execution::registry::Catalog;
+use crate::execution::request::ExecutionRequest;
+use crate::sandbox::events::Event;
 
 /// BullMQ's attempt ceiling for weir's jobs. A retry policy allows at most 100 attempts, so
 /// the worker's own decision (from the processor's policy) always comes first.
@@ -137,11 +137,11 @@ impl Distributed {
             queues: Mutex::new(HashMap::new()),
             workflows: Mutex::new(HashMap::new()),
             waiters,
-            finish: redis::Script::new(include_str!("../lua/finish_run.lua")),
-            open: redis::Script::new(include_str!("../lua/open_run.lua")),
-            join_cas: redis::Script::new(include_str!("../lua/join_cas.lua")),
-            batch_open: redis::Script::new(include_str!("../lua/batch_open.lua")),
-            batch_done: redis::Script::new(include_str!("../lua/batch_done.lua")),
+            finish: redis::Script::new(include_str!("lua/finish_run.lua")),
+            open: redis::Script::new(include_str!("lua/open_run.lua")),
+            join_cas: redis::Script::new(include_str!("lua/join_cas.lua")),
+            batch_open: redis::Script::new(include_str!("lua/batch_open.lua")),
+            batch_done: redis::Script::new(include_str!("lua/batch_done.lua")),
             flows: tokio::sync::OnceCell::new(),
             unpublished: std::sync::atomic::AtomicBool::new(false),
             origin,
@@ -186,7 +186,7 @@ impl Distributed {
     /// Says this process is a live worker, for `ttl`.
     pub(super) async fn heartbeat(&self, ttl: Duration) -> Result<(), Error> {
         let mut conn = self.conn();
-        let ms = crate::clock::millis(ttl);
+        let ms = crate::contract::clock::millis(ttl);
         let _: () = redis::cmd("SET")
             .arg(self.keys.worker(&self.origin))
             .arg(now_ms())
@@ -482,7 +482,7 @@ impl Distributed {
     /// Publishes the workflows of `registry` if some were registered since the last time.
     pub(crate) async fn publish_if_changed(
         &self,
-        registry: &crate::registry::Registry,
+        registry: &crate::execution::registry::Registry,
     ) -> Result<(), Error> {
         use std::sync::atomic::Ordering;
         if !self.unpublished.swap(false, Ordering::AcqRel) {
@@ -504,8 +504,11 @@ impl Distributed {
 
     /// Publishes every plugin and workflow that (re)loads in `shared` from now on, for as
     /// long as both live.
-    pub(crate) fn publish_reloads(self: &Arc<Self>, shared: &Arc<crate::context::Shared>) {
-        use crate::events::{EventKind, Notice};
+    pub(crate) fn publish_reloads(
+        self: &Arc<Self>,
+        shared: &Arc<crate::execution::context::Shared>,
+    ) {
+        use crate::sandbox::events::{EventKind, Notice};
         let mut events = shared.events.subscribe();
         self.internal_subscriptions
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -580,7 +583,7 @@ impl Distributed {
         // One id for every try: a try that failed half-way is completed by the next.
         let run = request
             .id
-            .get_or_insert_with(crate::clock::new_execution_id)
+            .get_or_insert_with(crate::contract::clock::new_execution_id)
             .clone();
         check_run_id(&run)?;
         // Marks this submission's record, so a retry recognises it and another is refused.
@@ -601,8 +604,10 @@ impl Distributed {
         let key = self.keys.run(&run);
         let now = now_ms();
         let deadline_ms = now
-            .saturating_add(crate::clock::millis(request.delay.unwrap_or_default()))
-            .saturating_add(crate::clock::millis(
+            .saturating_add(crate::contract::clock::millis(
+                request.delay.unwrap_or_default(),
+            ))
+            .saturating_add(crate::contract::clock::millis(
                 request.deadline.unwrap_or(self.config.run_deadline),
             ));
         // One round trip (three if Redis forgot the script): what the name means now, and
@@ -823,7 +828,7 @@ impl Distributed {
                 }
                 Some(status) => {
                     let due = status.deadline_ms.map_or(u64::MAX, |d| {
-                        d.saturating_add(crate::clock::millis(self.config.lost_grace))
+                        d.saturating_add(crate::contract::clock::millis(self.config.lost_grace))
                     });
                     let wait = due.saturating_sub(now_ms()).max(100);
                     check_at = tokio::time::Instant::now() + Duration::from_millis(wait);
@@ -847,7 +852,7 @@ impl Distributed {
         };
         let lost = status.result.is_none()
             && status.deadline_ms.is_some_and(|d| {
-                now_ms() > d.saturating_add(crate::clock::millis(self.config.lost_grace))
+                now_ms() > d.saturating_add(crate::contract::clock::millis(self.config.lost_grace))
             });
         if !lost {
             return Ok(Some(status));
@@ -871,7 +876,7 @@ impl Distributed {
         )
         .retryable(true);
         let info = ExecutionInfo::new(Some(id.to_string()), target, tenant, session);
-        crate::executor::failed(serde_json::Value::Null, error, info)
+        crate::execution::executor::failed(serde_json::Value::Null, error, info)
     }
 
     /// Waits for the outcome of `run`.
@@ -1054,7 +1059,7 @@ impl Waiters {
 /// `plan` made to wait `delay` before it can run.
 fn delayed(plan: Plan, delay: Option<std::time::Duration>) -> Plan {
     let Some(delay) = delay else { return plan };
-    let ms = crate::clock::millis(delay);
+    let ms = crate::contract::clock::millis(delay);
     match plan {
         Plan::Step(mut job) => {
             job.delay_ms = Some(ms);
@@ -1284,7 +1289,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::events::EventKind;
+    use crate::sandbox::events::EventKind;
 
     fn custom(bytes: usize) -> Arc<Event> {
         let mut event = Event::new(EventKind::Custom, "t", None);

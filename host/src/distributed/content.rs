@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::Keys;
 use super::trust::Seal;
 use super::wire::Binding;
-use crate::workflow::Workflow;
+use crate::contract::workflow::Workflow;
 
 /// What a catalog entry names, as signed.
 const PLUGIN: &str = "plugin";

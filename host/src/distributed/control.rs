@@ -15,11 +15,11 @@ use super::client::Distributed;
 use super::flow::Next;
 use super::wire::{At, Frame, StepJob, WireScope, now_ms};
 use super::{Keys, RedisConfig};
-use crate::cancel::CancelReason;
-use crate::context::Shared;
-use crate::error::Error;
-use crate::events::{Event, EventKind, Notice};
-use crate::executor::cancelled_unstarted;
+use crate::contract::cancel::CancelReason;
+use crate::contract::error::Error;
+use crate::execution::context::Shared;
+use crate::execution::executor::cancelled_unstarted;
+use crate::sandbox::events::{Event, EventKind, Notice};
 
 /// What a cancellation reaches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

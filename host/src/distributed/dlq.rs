@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::client::Distributed;
 use super::content;
 use super::wire::{StepJob, enclosing_join};
-use crate::error::Error;
+use crate::contract::error::Error;
 
 /// A job in the dead-letter set.
 #[derive(Debug, Clone, PartialEq, Serialize)]

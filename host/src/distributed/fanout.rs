@@ -4,7 +4,7 @@
 //! updated with compare-and-set by whichever worker finishes a branch; that worker starts
 //! the branches that became ready (as further children of the join) before its own job
 //! completes, so the join runs only once every branch has ended. The join then computes the
-//! workflow's result with the same rules as [`crate::compose`] and carries the run on.
+//! workflow's result with the same rules as [`crate::execution::compose`] and carries the run on.
 
 use std::collections::VecDeque;
 
@@ -18,18 +18,18 @@ use super::control::Target;
 use super::flow::{Cursor, Entered, Next, Plan, Settled};
 use super::trust::{Kind, Seal};
 use super::wire::{At, FORMAT, Frame, JoinJob, enclosing_join, job_id};
-use crate::cancel::CancelReason;
-use crate::compose::{
+use crate::contract::cancel::CancelReason;
+use crate::contract::error::Error;
+use crate::contract::error::{ErrorKind, ExecutionError, codes};
+use crate::contract::merge::merge_branches;
+use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::state::{self, with_metadata};
+use crate::contract::workflow::{BatchPolicy, Composition, GraphNode, Workflow};
+use crate::execution::compose::{
     batch_outcome, graph_dependencies, graph_dependents, merge_input, parallel_failed, step_failed,
     truthy,
 };
-use crate::error::Error;
-use crate::error::{ErrorKind, ExecutionError, codes};
-use crate::executor::{cancelled_unstarted, failed};
-use crate::merge::merge_branches;
-use crate::result::{ExecutionInfo, ExecutionResult};
-use crate::state::{self, with_metadata};
-use crate::workflow::{BatchPolicy, Composition, GraphNode, Workflow};
+use crate::execution::executor::{cancelled_unstarted, failed};
 
 /// The name of weir's queue of join jobs (never a processor's: names start with a letter).
 pub(crate) const JOIN_QUEUE: &str = "_join";
@@ -109,7 +109,7 @@ impl JoinState {
             Composition::Parallel { branches, .. } => branches.len(),
             Composition::Batch { .. } => match input.get("items") {
                 Some(Value::Array(items)) => {
-                    crate::compose::check_batch_size(workflow, items.len(), max_items)?;
+                    crate::execution::compose::check_batch_size(workflow, items.len(), max_items)?;
                     items.len()
                 }
                 _ => {
@@ -1159,8 +1159,8 @@ mod tests {
     #[test]
     fn a_batchs_results_are_sealed_and_a_forged_one_is_refused() {
         let (_, state) = batch_in_progress();
-        let key = super::super::trust::FleetKey::generate().unwrap();
-        let seal = Seal::new(&super::super::trust::Trust::key(key)).unwrap();
+        let key = crate::distributed::trust::FleetKey::generate().unwrap();
+        let seal = Seal::new(&crate::distributed::trust::Trust::key(key)).unwrap();
         let fields = record(&state, &seal);
         let read = JoinState::from_batch_fields(fields.clone(), 100, &seal, "j").unwrap();
         assert_eq!(read.nodes[0].output, state.nodes[0].output);

@@ -1,7 +1,7 @@
 //! How a run advances between jobs: entering a name (enqueue a step, or open a workflow and
 //! enter its first step) and taking a finished step's result back through the workflows
 //! around it (the next chain step, the route's target, or the workflow's own result) until
-//! the run itself is done. The same rules as [`crate::compose`], written as a continuation
+//! the run itself is done. The same rules as [`crate::execution::compose`], written as a continuation
 //! that lives in the job instead of a future that lives in a process.
 
 use serde_json::Value;
@@ -12,14 +12,14 @@ use bullmq::FlowJob;
 
 use super::trust::Kind;
 use super::wire::{At, Binding, FORMAT, Frame, StepJob, WireScope, earliest, now_ms, now_us};
-use crate::compose::{
+use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
+use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::state;
+use crate::contract::workflow::{Composition, Selector, Workflow};
+use crate::execution::compose::{
     Failure, choose_route, key_of, missing_key, route_failed, step_failed, workflow_result,
 };
-use crate::error::{Error, ErrorKind, ExecutionError, codes};
-use crate::executor::failed;
-use crate::result::{ExecutionInfo, ExecutionResult};
-use crate::state;
-use crate::workflow::{Composition, Selector, Workflow};
+use crate::execution::executor::failed;
 
 /// A run between two steps: who it runs for, what its names mean, and the workflows open
 /// around the current step.
@@ -192,7 +192,7 @@ impl Distributed {
         let execution = if top {
             cursor.run.clone()
         } else {
-            crate::clock::new_execution_id()
+            crate::contract::clock::new_execution_id()
         };
         match cursor.bindings.get(&name).cloned() {
             Some(Binding::Processor { digest }) => {

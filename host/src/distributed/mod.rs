@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::error::Error;
+use crate::contract::error::Error;
 
 mod client;
 mod content;
@@ -30,6 +30,7 @@ mod control;
 mod dlq;
 mod fanout;
 mod flow;
+pub(crate) mod state_store;
 mod trust;
 mod wire;
 mod worker;
@@ -245,7 +246,7 @@ impl Keys {
                     session: session.to_string(),
                     before_ms: value.parse().ok()?,
                 },
-                reason: crate::cancel::CancelReason::SessionStopped
+                reason: crate::contract::cancel::CancelReason::SessionStopped
                     .code()
                     .to_string(),
             });
@@ -329,7 +330,10 @@ mod tests {
                 id: "r-1-0.j".into()
             }
         );
-        assert_eq!(join.reason(), crate::cancel::CancelReason::Sibling);
+        assert_eq!(
+            join.reason(),
+            crate::contract::cancel::CancelReason::Sibling
+        );
         // Tenants and sessions may hold `:`; the length prefix keeps them apart.
         let stopped = keys.marker_message(&keys.stopped("a:b", "c:d"), "42");
         assert_eq!(

@@ -11,7 +11,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::error::Error;
+use crate::contract::error::Error;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::trust::Fields;
-pub(crate) use crate::clock::now_ms;
-use crate::limits::LimitOverrides;
-use crate::result::ExecutionInfo;
+pub(crate) use crate::contract::clock::now_ms;
+use crate::contract::limits::LimitOverrides;
+use crate::contract::result::ExecutionInfo;
 
 /// The version of the job format this build writes and reads.
 pub(crate) const FORMAT: u32 = 1;

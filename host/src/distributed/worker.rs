@@ -27,18 +27,18 @@ use super::fanout::JOIN_QUEUE;
 use super::flow::Next;
 use super::trust::{Kind, Refused};
 use super::wire::{Binding, FORMAT, JoinJob, StepJob, WireScope, instant_of, job_id};
-use crate::cancel::{CancelHandle, CancelReason};
-use crate::context::{Published, Shared};
-use crate::error::{Error, ErrorKind, ExecutionError, codes};
-use crate::events::EventKind;
-use crate::executor::{
+use crate::contract::cancel::{CancelHandle, CancelReason};
+use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
+use crate::contract::limits::LimitOverrides;
+use crate::contract::manifest::Manifest;
+use crate::contract::result::ExecutionResult;
+use crate::execution::context::{Published, Shared};
+use crate::execution::executor::{
     Pinned, ProgressSink, Scope, cancelled_unstarted, execute_pinned, execution_event, failed,
 };
-use crate::limits::LimitOverrides;
-use crate::manifest::Manifest;
-use crate::plugin::Plugin;
-use crate::registry::Unit;
-use crate::result::ExecutionResult;
+use crate::execution::registry::Unit;
+use crate::sandbox::events::EventKind;
+use crate::sandbox::plugin::Plugin;
 
 /// How a worker serves its queues.
 #[derive(Debug, Clone)]
@@ -987,9 +987,12 @@ impl Inner {
         let Some(dir) = &self.plugins_dir else {
             return Ok(Manifest::default());
         };
-        crate::plugin::load_manifest(&self.shared.engine, &dir.join(format!("{name}.wasm")))
-            .await
-            .map_err(|e| e.to_string())
+        crate::sandbox::plugin::load_manifest(
+            &self.shared.engine,
+            &dir.join(format!("{name}.wasm")),
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -1203,9 +1206,9 @@ mod tests {
         assert_eq!(delays.take("next"), Some(500));
         assert_eq!(delays.take("next"), None);
     }
+    use crate::contract::limits::{LimitOverrides, Limits};
+    use crate::contract::workflow::Workflow;
     use crate::distributed::wire::enclosing_join;
-    use crate::limits::{LimitOverrides, Limits};
-    use crate::workflow::Workflow;
     use weir_fuzzing::{fuzz, json_near};
 
     const JOB_WORDS: &[&str] = &[
@@ -1327,7 +1330,7 @@ mod tests {
                     let _ = (step.job_id(), step.info(1), joins_of(&step.frames));
                     let _ = enclosing_join(&step.frames);
                     let _ = step.scope.deadline_ms.map(instant_of);
-                    let _ = crate::state::prepare_input(
+                    let _ = crate::contract::state::prepare_input(
                         step.state.clone(),
                         step.scope.session.as_deref(),
                     );

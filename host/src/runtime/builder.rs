@@ -7,18 +7,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
-use crate::activity::Activity;
-use crate::context::{HostConfig, Shared};
+use crate::contract::error::Error;
+use crate::contract::state_store::{MemoryStateStore, StateStore};
+#[cfg(feature = "redis")]
+use crate::distributed::state_store::RedisStateStore;
 #[cfg(feature = "redis")]
 use crate::distributed::{Distributed, RedisConfig};
-use crate::engine::{Engine, EngineConfig};
-use crate::error::Error;
-use crate::events::EventBus;
-#[cfg(feature = "redis")]
-use crate::redis_store::RedisStateStore;
-use crate::registry::Registry;
-use crate::scheduler::Scheduler;
-use crate::store::{MemoryStateStore, StateStore};
+use crate::execution::activity::Activity;
+use crate::execution::context::{HostConfig, Shared};
+use crate::execution::registry::Registry;
+use crate::execution::scheduler::Scheduler;
+use crate::sandbox::engine::{Engine, EngineConfig};
+use crate::sandbox::events::EventBus;
 
 use super::{CREATED, Runtime};
 

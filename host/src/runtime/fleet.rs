@@ -7,14 +7,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::cancel::CancelReason;
+use crate::contract::cancel::CancelReason;
+use crate::contract::error::{Error, RuntimeError};
+use crate::contract::result::ExecutionResult;
 use crate::distributed::{
     CancelTarget, DeadJob, Distributed, RedisConfig, RunStatus, WorkerConfig, WorkerHandle,
 };
-use crate::error::{Error, RuntimeError};
-use crate::plugin::Plugin;
-use crate::request::ExecutionRequest;
-use crate::result::ExecutionResult;
+use crate::execution::request::ExecutionRequest;
+use crate::sandbox::plugin::Plugin;
 
 use super::{Runtime, RuntimeBuilder};
 
@@ -83,7 +83,7 @@ impl Runtime {
         let mut request = request;
         let id = request
             .id
-            .get_or_insert_with(crate::clock::new_execution_id)
+            .get_or_insert_with(crate::contract::clock::new_execution_id)
             .clone();
         // Listening before submitting: the outcome cannot come first.
         let receiver = distributed.expect(&id).await.map_err(unavailable)?;

@@ -23,22 +23,22 @@ use serde::Serialize;
 
 use serde_json::Value;
 
-use crate::activity::{ProcessorStats, SessionRefused, SessionStats};
-use crate::cancel::CancelReason;
+use crate::contract::cancel::CancelReason;
+use crate::contract::error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
+use crate::contract::result::ExecutionResult;
+use crate::contract::state_store::{CasOutcome, SessionKey, StoredState};
+use crate::contract::workflow::{InvalidWorkflow, Workflow};
 #[cfg(feature = "redis")]
 use crate::distributed::Distributed;
-use crate::engine::Engine;
-use crate::error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
-use crate::events::{Event, EventKind, Subscription};
-use crate::plugin::Plugin;
-use crate::registry::Catalog;
-use crate::reload::Watcher;
-use crate::result::ExecutionResult;
-use crate::store::{CasOutcome, SessionKey, StoredState};
-use crate::workflow::{InvalidWorkflow, Workflow};
+use crate::execution::activity::{ProcessorStats, SessionRefused, SessionStats};
+use crate::execution::registry::Catalog;
+use crate::execution::reload::Watcher;
+use crate::sandbox::engine::Engine;
+use crate::sandbox::events::{Event, EventKind, Subscription};
+use crate::sandbox::plugin::Plugin;
 
-use crate::context::{HostConfig, Shared};
-use crate::request::ExecutionRequest;
+use crate::execution::context::{HostConfig, Shared};
+use crate::execution::request::ExecutionRequest;
 
 const CREATED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -168,7 +168,7 @@ impl Runtime {
             // as large and copied whole at every level of every local execution.
             return Box::pin(self.run_remote(distributed, request)).await;
         }
-        Ok(crate::executor::execute(&self.shared, request).await)
+        Ok(crate::execution::executor::execute(&self.shared, request).await)
     }
 
     /// Starts accepting executions. Starting a running runtime is a no-op; a stopped one
@@ -263,12 +263,12 @@ impl Runtime {
                     refused.to_string(),
                 )
                 .retryable(true);
-                return Ok(crate::executor::refused(request, error));
+                return Ok(crate::execution::executor::refused(request, error));
             }
         }
         let expected = match self.base_revision(&key, &mut request.input).await {
             Ok(expected) => expected,
-            Err(error) => return Ok(crate::executor::refused(request, error)),
+            Err(error) => return Ok(crate::execution::executor::refused(request, error)),
         };
         let mut result = self.run_request(request).await?;
         if result.ok {
@@ -521,7 +521,7 @@ impl Runtime {
         if let Some(distributed) = &self.distributed {
             distributed.publish_reloads(&self.shared);
         }
-        crate::reload::watch(self.shared.clone(), dir.as_ref(), debounce)
+        crate::execution::reload::watch(self.shared.clone(), dir.as_ref(), debounce)
     }
 
     /// Registers (or replaces) a workflow. It is checked against what is loaded now: every

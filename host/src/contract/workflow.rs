@@ -1,0 +1,1053 @@
+//! Workflow definitions: named compositions of processors (and other workflows), built with a
+//! Rust builder or read from `workflows.toml`, and checked before they serve.
+//!
+//! Checking happens workflow by workflow, against the processors loaded at the time: every
+//! name a workflow refers to must resolve, a workflow may not contain itself (directly or
+//! through others), and static nesting is bounded (32 levels by default). A workflow that
+//! fails a check is listed as invalid with the reason; the others keep serving.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::contract::names::is_valid_name;
+
+/// How deep workflows may nest inside each other by default.
+pub const MAX_NESTING: usize = 32;
+
+/// The longest reason given for an invalid workflow, in bytes; a longer one (quoting a huge
+/// name, say) is cut at a character and ends with `…`.
+pub(crate) const REASON_BYTES: usize = 2048;
+
+/// A named composition, run and reported exactly like a processor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workflow {
+    name: String,
+    #[serde(flatten)]
+    composition: Composition,
+    timeout_ms: Option<u64>,
+    #[serde(skip)]
+    source: Option<Source>,
+    #[serde(skip)]
+    misuse: Option<String>,
+    #[serde(skip)]
+    digest: String,
+}
+
+/// What a workflow does with its steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Composition {
+    /// Steps in order, each on the previous step's output; stops at the first failure.
+    Chain {
+        /// The steps.
+        steps: Vec<String>,
+    },
+    /// Every branch on the same input, concurrently; the first failure cancels the others.
+    Parallel {
+        /// The branches, in declared (merge) order.
+        branches: Vec<String>,
+        /// A processor that merges `{input, results}`; the default merge when absent.
+        merge: Option<String>,
+    },
+    /// One target chosen by a key taken from the state.
+    Route {
+        /// Where the key comes from.
+        selector: Selector,
+        /// Key → target.
+        routes: BTreeMap<String, String>,
+        /// The target when no key matches.
+        fallback: Option<String>,
+    },
+    /// One processor (or workflow) over every state of `{items: [...]}`.
+    Batch {
+        /// What runs on each item.
+        processor: String,
+        /// Items in flight at once.
+        concurrency: usize,
+        /// When the batch as a whole fails.
+        policy: BatchPolicy,
+    },
+    /// Named nodes that run as soon as the nodes they depend on are done.
+    Graph {
+        /// The nodes, in declared order.
+        nodes: Vec<GraphNode>,
+    },
+}
+
+/// When a batch fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchPolicy {
+    /// Every item runs; the batch succeeds and each item reports its own outcome.
+    #[default]
+    Collect,
+    /// The first failing item fails the batch: items not yet started are skipped and running
+    /// ones cancelled.
+    AllOrNothing,
+}
+
+impl BatchPolicy {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "collect" => Some(BatchPolicy::Collect),
+            "all-or-nothing" => Some(BatchPolicy::AllOrNothing),
+            _ => None,
+        }
+    }
+}
+
+/// One node of a dependency graph.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphNode {
+    /// The node's name, unique in its graph.
+    pub name: String,
+    /// The processor or workflow it runs (by default, the one named like the node).
+    pub run: String,
+    /// Nodes that must finish first; the node gets the merge of their outputs.
+    pub after: Vec<String>,
+    /// A JSON pointer into the node's input: the node (and everything after it) is skipped
+    /// unless the value there is truthy (not absent, null, false, 0 or "").
+    pub condition: Option<String>,
+}
+
+/// Default items in flight for a batch.
+pub const DEFAULT_BATCH_CONCURRENCY: usize = 4;
+
+/// Where a route's key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Selector {
+    /// A JSON pointer into the input state (RFC 6901); its string, number or boolean value
+    /// is the key.
+    Pointer(String),
+    /// A processor run on the input; the `route` field of its output is the key.
+    Processor(String),
+}
+
+/// Where a definition came from, for messages that point at it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Source {
+    pub file: PathBuf,
+    pub line: usize,
+    /// The line of each name the definition refers to.
+    pub refs: HashMap<String, usize>,
+}
+
+impl Workflow {
+    fn new(name: impl Into<String>, composition: Composition) -> Self {
+        Workflow {
+            name: name.into(),
+            composition,
+            timeout_ms: None,
+            source: None,
+            misuse: None,
+            digest: String::new(),
+        }
+    }
+
+    /// A chain: `steps` in order, each getting the previous one's output.
+    pub fn chain<S: Into<String>>(
+        name: impl Into<String>,
+        steps: impl IntoIterator<Item = S>,
+    ) -> Self {
+        Self::new(
+            name,
+            Composition::Chain {
+                steps: steps.into_iter().map(Into::into).collect(),
+            },
+        )
+    }
+
+    /// A parallel: every branch gets the same input; results merge in declared order.
+    pub fn parallel<S: Into<String>>(
+        name: impl Into<String>,
+        branches: impl IntoIterator<Item = S>,
+    ) -> Self {
+        Self::new(
+            name,
+            Composition::Parallel {
+                branches: branches.into_iter().map(Into::into).collect(),
+                merge: None,
+            },
+        )
+    }
+
+    /// A route whose key is the value at `pointer` in the input state.
+    pub fn route_by_pointer(name: impl Into<String>, pointer: impl Into<String>) -> Self {
+        Self::new(
+            name,
+            Composition::Route {
+                selector: Selector::Pointer(pointer.into()),
+                routes: BTreeMap::new(),
+                fallback: None,
+            },
+        )
+    }
+
+    /// A route whose key is the `route` field of `selector`'s output.
+    pub fn route_by_processor(name: impl Into<String>, selector: impl Into<String>) -> Self {
+        Self::new(
+            name,
+            Composition::Route {
+                selector: Selector::Processor(selector.into()),
+                routes: BTreeMap::new(),
+                fallback: None,
+            },
+        )
+    }
+
+    /// A batch: `processor` over every state of the input's `items`.
+    pub fn batch(name: impl Into<String>, processor: impl Into<String>) -> Self {
+        Self::new(
+            name,
+            Composition::Batch {
+                processor: processor.into(),
+                concurrency: DEFAULT_BATCH_CONCURRENCY,
+                policy: BatchPolicy::default(),
+            },
+        )
+    }
+
+    /// Sets how many items run at once (batch workflows only).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        match &mut self.composition {
+            Composition::Batch { concurrency, .. } => *concurrency = n,
+            _ => self.misuse("`concurrency` applies only to batch workflows"),
+        }
+        self
+    }
+
+    /// Sets when the batch fails (batch workflows only).
+    pub fn policy(mut self, p: BatchPolicy) -> Self {
+        match &mut self.composition {
+            Composition::Batch { policy, .. } => *policy = p,
+            _ => self.misuse("`policy` applies only to batch workflows"),
+        }
+        self
+    }
+
+    /// An empty dependency graph; add nodes with [`Workflow::node`] and friends.
+    pub fn graph(name: impl Into<String>) -> Self {
+        Self::new(name, Composition::Graph { nodes: Vec::new() })
+    }
+
+    /// Adds node `name` (running the unit of the same name) after `after`.
+    pub fn node<S: Into<String>>(
+        self,
+        name: impl Into<String>,
+        after: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.named_node(name.into(), after, None)
+    }
+
+    /// Adds node `name` after `after`, run only if the value at `condition` (a JSON pointer
+    /// into its input) is truthy.
+    pub fn node_if<S: Into<String>>(
+        self,
+        name: impl Into<String>,
+        after: impl IntoIterator<Item = S>,
+        condition: impl Into<String>,
+    ) -> Self {
+        self.named_node(name.into(), after, Some(condition.into()))
+    }
+
+    fn named_node<S: Into<String>>(
+        self,
+        name: String,
+        after: impl IntoIterator<Item = S>,
+        condition: Option<String>,
+    ) -> Self {
+        self.add_node(GraphNode {
+            run: name.clone(),
+            name,
+            after: after.into_iter().map(Into::into).collect(),
+            condition,
+        })
+    }
+
+    /// Adds any node (e.g. one whose name differs from the unit it runs).
+    pub fn add_node(mut self, node: GraphNode) -> Self {
+        match &mut self.composition {
+            Composition::Graph { nodes } => nodes.push(node),
+            _ => self.misuse("nodes apply only to graph workflows"),
+        }
+        self
+    }
+
+    /// Adds a route (route workflows only).
+    pub fn route(mut self, key: impl Into<String>, target: impl Into<String>) -> Self {
+        match &mut self.composition {
+            Composition::Route { routes, .. } => {
+                routes.insert(key.into(), target.into());
+            }
+            _ => self.misuse("`route` applies only to route workflows"),
+        }
+        self
+    }
+
+    /// Sets the fallback target (route workflows only).
+    pub fn fallback(mut self, target: impl Into<String>) -> Self {
+        match &mut self.composition {
+            Composition::Route { fallback, .. } => *fallback = Some(target.into()),
+            _ => self.misuse("`fallback` applies only to route workflows"),
+        }
+        self
+    }
+
+    /// Sets a custom merge processor (parallel workflows only).
+    pub fn merge(mut self, processor: impl Into<String>) -> Self {
+        match &mut self.composition {
+            Composition::Parallel { merge, .. } => *merge = Some(processor.into()),
+            _ => self.misuse("`merge` applies only to parallel workflows"),
+        }
+        self
+    }
+
+    /// Bounds the whole workflow's run time; steps get at most what is left.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_ms = Some(timeout.as_millis().try_into().unwrap_or(u64::MAX));
+        self
+    }
+
+    fn misuse(&mut self, message: &str) {
+        self.misuse.get_or_insert_with(|| message.to_string());
+    }
+
+    pub(crate) fn with_source(mut self, source: Source) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    pub(crate) fn set_timeout_ms(&mut self, timeout_ms: Option<u64>) {
+        self.timeout_ms = timeout_ms;
+    }
+
+    /// The workflow's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it composes.
+    pub fn composition(&self) -> &Composition {
+        &self.composition
+    }
+
+    /// SHA-256 of the checked definition (hex): which workflow ran, as `digest` says which
+    /// component ran. Empty until the workflow is registered.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The definition as published for other processes (JSON): what [`Workflow::digest`]
+    /// is the SHA-256 of.
+    pub(crate) fn definition(&self) -> Vec<u8> {
+        // Serialising plain data into memory cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn definition_digest(&self) -> String {
+        hex::encode(Sha256::digest(self.definition()))
+    }
+
+    /// Reads a definition another process published under `digest`, checking that the bytes
+    /// are what the digest says.
+    #[cfg(any(feature = "redis", test))]
+    pub(crate) fn from_definition(bytes: &[u8], digest: &str) -> Result<Workflow, String> {
+        let mut workflow: Workflow = serde_json::from_slice(bytes)
+            .map_err(|e| format!("the published workflow {digest} is unreadable: {e}"))?;
+        let actual = workflow.definition_digest();
+        if actual != digest {
+            return Err(format!(
+                "the published workflow {digest} does not match its digest (it hashes to {actual})"
+            ));
+        }
+        // Only checked workflows are published; one that is not well formed was written by
+        // someone else, and the drivers rely on the shape (a chain has a first step).
+        workflow
+            .check_shape()
+            .map_err(|e| format!("the published workflow {digest} is malformed: {e}"))?;
+        workflow.digest = actual;
+        Ok(workflow)
+    }
+
+    /// Its overall timeout, if set.
+    pub fn timeout_ms(&self) -> Option<u64> {
+        self.timeout_ms
+    }
+
+    /// Whether it was defined in a file (rather than registered from code).
+    pub(crate) fn is_from_file(&self) -> bool {
+        self.source.is_some()
+    }
+
+    /// `file:line` of its definition, if it came from a file.
+    pub fn location(&self) -> Option<String> {
+        self.source
+            .as_ref()
+            .map(|s| format!("{}:{}", s.file.display(), s.line))
+    }
+
+    /// The kind as a word: `chain`, `parallel`, `route`, `batch`, `graph`.
+    pub fn kind(&self) -> &'static str {
+        match self.composition {
+            Composition::Chain { .. } => "chain",
+            Composition::Parallel { .. } => "parallel",
+            Composition::Route { .. } => "route",
+            Composition::Batch { .. } => "batch",
+            Composition::Graph { .. } => "graph",
+        }
+    }
+
+    /// Whether its steps run side by side (parallel, batch, graph).
+    #[cfg(feature = "redis")]
+    pub(crate) fn is_fan_out(&self) -> bool {
+        matches!(
+            self.composition,
+            Composition::Parallel { .. } | Composition::Batch { .. } | Composition::Graph { .. }
+        )
+    }
+
+    /// Every unit name this workflow refers to, with the role it plays.
+    pub fn references(&self) -> Vec<(String, &str)> {
+        let mut refs = Vec::new();
+        match &self.composition {
+            Composition::Chain { steps } => {
+                for (i, step) in steps.iter().enumerate() {
+                    refs.push((format!("step {}", i + 1), step.as_str()));
+                }
+            }
+            Composition::Parallel { branches, merge } => {
+                for (i, branch) in branches.iter().enumerate() {
+                    refs.push((format!("branch {}", i + 1), branch.as_str()));
+                }
+                if let Some(merge) = merge {
+                    refs.push(("merge".to_string(), merge.as_str()));
+                }
+            }
+            Composition::Route {
+                selector,
+                routes,
+                fallback,
+            } => {
+                if let Selector::Processor(p) = selector {
+                    refs.push(("selector".to_string(), p.as_str()));
+                }
+                for (key, target) in routes {
+                    refs.push((format!("route `{key}`"), target.as_str()));
+                }
+                if let Some(f) = fallback {
+                    refs.push(("fallback".to_string(), f.as_str()));
+                }
+            }
+            Composition::Batch { processor, .. } => {
+                refs.push(("batch".to_string(), processor.as_str()));
+            }
+            Composition::Graph { nodes } => {
+                for node in nodes {
+                    refs.push((format!("node `{}`", node.name), node.run.as_str()));
+                }
+            }
+        }
+        refs
+    }
+
+    /// Checks what can be checked without knowing other units.
+    pub(crate) fn check_shape(&self) -> Result<(), String> {
+        if let Some(misuse) = &self.misuse {
+            return Err(misuse.clone());
+        }
+        if !is_valid_name(&self.name) {
+            return Err(format!(
+                "`{}` is not a valid name: use lowercase letters, digits and `-`, starting \
+                 with a letter",
+                self.name
+            ));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err("`timeout_ms` must be greater than zero".into());
+        }
+        match &self.composition {
+            Composition::Chain { steps } if steps.is_empty() => {
+                Err("a chain needs at least one step".into())
+            }
+            Composition::Parallel { branches, .. } if branches.is_empty() => {
+                Err("a parallel needs at least one branch".into())
+            }
+            Composition::Route {
+                selector, routes, ..
+            } => {
+                if let Selector::Pointer(pointer) = selector {
+                    check_pointer(pointer)?;
+                }
+                if routes.is_empty() {
+                    return Err("a route needs at least one entry in `routes`".into());
+                }
+                Ok(())
+            }
+            Composition::Batch { concurrency, .. } if *concurrency == 0 => {
+                Err("`concurrency` must be at least 1".into())
+            }
+            Composition::Graph { nodes } => check_graph(nodes),
+            _ => Ok(()),
+        }
+    }
+
+    /// The line a reference to `name` sits on, else the definition's line.
+    fn line_of(&self, name: &str) -> Option<usize> {
+        self.source
+            .as_ref()
+            .map(|s| s.refs.get(name).copied().unwrap_or(s.line))
+    }
+
+    fn prefix(&self, name: Option<&str>) -> String {
+        match (&self.source, name.and_then(|n| self.line_of(n))) {
+            (Some(source), Some(line)) => format!("{}:{line}: ", source.file.display()),
+            (Some(source), None) => format!("{}:{}: ", source.file.display(), source.line),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Checks a graph's own shape: nodes exist, are unique, depend on known nodes, and form no
+/// cycle.
+fn check_graph(nodes: &[GraphNode]) -> Result<(), String> {
+    if nodes.is_empty() {
+        return Err("a graph needs at least one node".into());
+    }
+    let mut seen = BTreeSet::new();
+    for node in nodes {
+        if !seen.insert(node.name.as_str()) {
+            return Err(format!("node `{}` is defined twice", node.name));
+        }
+    }
+    for node in nodes {
+        for dep in &node.after {
+            if !seen.contains(dep.as_str()) {
+                return Err(format!(
+                    "node `{}` runs after `{dep}`, which is not a node of this graph",
+                    node.name
+                ));
+            }
+        }
+        if let Some(condition) = &node.condition {
+            check_pointer(condition).map_err(|e| format!("node `{}`: {e}", node.name))?;
+        }
+    }
+    // Kahn's algorithm: whatever cannot be ordered sits on a cycle.
+    let mut remaining: BTreeMap<&str, BTreeSet<&str>> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.as_str(),
+                n.after.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    loop {
+        let ready: Vec<&str> = remaining
+            .iter()
+            .filter(|(_, deps)| deps.is_empty())
+            .map(|(name, _)| *name)
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        for name in ready {
+            remaining.remove(name);
+            for deps in remaining.values_mut() {
+                deps.remove(name);
+            }
+        }
+    }
+    if remaining.is_empty() {
+        Ok(())
+    } else {
+        let stuck: Vec<&str> = remaining.keys().copied().collect();
+        Err(format!(
+            "the graph has a cycle through {}",
+            stuck
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
+
+/// Checks that `pointer` is an RFC 6901 JSON pointer (empty, or starting with `/`).
+pub(crate) fn check_pointer(pointer: &str) -> Result<(), String> {
+    if pointer.is_empty() || pointer.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{pointer}` is not a JSON pointer: it must start with `/`, e.g. `/kind`"
+        ))
+    }
+}
+
+/// The outcome of checking a set of definitions.
+#[derive(Debug, Default)]
+pub(crate) struct Checked {
+    pub valid: BTreeMap<String, Arc<Workflow>>,
+    pub invalid: BTreeMap<String, InvalidWorkflow>,
+}
+
+/// A workflow that cannot serve, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvalidWorkflow {
+    /// Its name.
+    pub name: String,
+    /// Why, with `file:line:` when it came from a file.
+    pub reason: String,
+}
+
+impl InvalidWorkflow {
+    /// `name` is invalid for `reason`, cut to [`REASON_BYTES`].
+    pub(crate) fn new(name: String, reason: String) -> Self {
+        InvalidWorkflow {
+            name,
+            reason: crate::contract::bounds::clip(reason, REASON_BYTES),
+        }
+    }
+}
+
+/// Checks `workflows` one by one against the processors in `processors`.
+pub(crate) fn check(
+    workflows: Vec<Workflow>,
+    processors: &BTreeSet<String>,
+    max_nesting: usize,
+) -> Checked {
+    let mut checked = Checked::default();
+    let mut defs: BTreeMap<String, Workflow> = BTreeMap::new();
+    for workflow in workflows {
+        let name = workflow.name.clone();
+        let problem = if let Err(reason) = workflow.check_shape() {
+            Some(format!("{}{reason}", workflow.prefix(None)))
+        } else if processors.contains(&name) {
+            Some(format!(
+                "{}the name `{name}` is already a processor's; rename the workflow",
+                workflow.prefix(None)
+            ))
+        } else if defs.contains_key(&name) {
+            Some(format!(
+                "{}`{name}` is defined twice",
+                workflow.prefix(None)
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(reason) => {
+                defs.remove(&name);
+                checked
+                    .invalid
+                    .insert(name.clone(), InvalidWorkflow::new(name, reason));
+            }
+            None => {
+                defs.insert(name, workflow);
+            }
+        }
+    }
+    let mut depths: HashMap<String, Result<usize, Problem>> = HashMap::new();
+    let names: Vec<String> = defs.keys().cloned().collect();
+    for name in &names {
+        let mut path = Vec::new();
+        // Memoised in `depths`; the value is read back below.
+        let _ = depth_of(
+            name,
+            &defs,
+            processors,
+            &checked.invalid,
+            &mut depths,
+            &mut path,
+            max_nesting,
+        );
+    }
+    for (name, workflow) in defs {
+        match depths.remove(&name) {
+            Some(Ok(_)) => {
+                let mut workflow = workflow;
+                workflow.digest = workflow.definition_digest();
+                checked.valid.insert(name, Arc::new(workflow));
+            }
+            Some(Err(problem)) => {
+                let reason = problem.message_for(&workflow);
+                checked
+                    .invalid
+                    .insert(name.clone(), InvalidWorkflow::new(name, reason));
+            }
+            None => {
+                let reason = format!("{}could not be checked", workflow.prefix(None));
+                checked
+                    .invalid
+                    .insert(name.clone(), InvalidWorkflow::new(name, reason));
+            }
+        }
+    }
+    checked
+}
+
+#[derive(Debug, Clone)]
+enum Problem {
+    /// The workflows in `members` contain each other along `path` (`a → b → a`).
+    Cycle {
+        members: Vec<String>,
+        path: String,
+    },
+    Other(String),
+    /// The workflows above this one already nest `max_nesting` deep: whatever this one
+    /// holds, the outermost is too deep. Not an answer about this workflow itself, so it
+    /// is not memoised; it bounds the recursion (and the stack) by the limit.
+    TooDeep,
+}
+
+impl Problem {
+    /// The reason as reported for `workflow` (a cycle points at each member's own line).
+    fn message_for(&self, workflow: &Workflow) -> String {
+        match self {
+            Problem::Cycle { path, .. } => {
+                format!("{}it contains itself: {path}", workflow.prefix(None))
+            }
+            Problem::Other(message) => message.clone(),
+            Problem::TooDeep => format!("{}workflows nest too deep here", workflow.prefix(None)),
+        }
+    }
+}
+
+/// How much of an invalid workflow's reason the reason of a workflow using it repeats.
+const INNER_REASON_BYTES: usize = 512;
+
+/// The nesting depth of workflow `name` (1 when it only runs processors), or why it is
+/// invalid. Memoised in `depths`; `path` holds the workflows being checked above it.
+fn depth_of(
+    name: &str,
+    defs: &BTreeMap<String, Workflow>,
+    processors: &BTreeSet<String>,
+    invalid: &BTreeMap<String, InvalidWorkflow>,
+    depths: &mut HashMap<String, Result<usize, Problem>>,
+    path: &mut Vec<String>,
+    max_nesting: usize,
+) -> Result<usize, Problem> {
+    if let Some(known) = depths.get(name) {
+        return known.clone();
+    }
+    if let Some(start) = path.iter().position(|p| p == name) {
+        let mut members: Vec<String> = path[start..].to_vec();
+        let mut shown = members.clone();
+        shown.push(name.to_string());
+        members.sort();
+        return Err(Problem::Cycle {
+            members,
+            path: shown.join(" → "),
+        });
+    }
+    if path.len() >= max_nesting {
+        return Err(Problem::TooDeep);
+    }
+    let workflow = &defs[name];
+    path.push(name.to_string());
+    let mut deepest = 0;
+    let mut outcome = Ok(());
+    for (role, target) in workflow.references() {
+        if processors.contains(target) {
+            continue;
+        }
+        let at = workflow.prefix(Some(target));
+        let child = if defs.contains_key(target) {
+            depth_of(target, defs, processors, invalid, depths, path, max_nesting)
+        } else if let Some(bad) = invalid.get(target) {
+            Err(Problem::Other(format!(
+                "{at}{role} refers to workflow `{target}`, which is invalid: {}",
+                bad.reason
+            )))
+        } else {
+            let mut known: Vec<&str> = processors.iter().map(String::as_str).collect();
+            known.extend(defs.keys().map(String::as_str).filter(|n| *n != name));
+            Err(Problem::Other(format!(
+                "{at}{role} refers to `{target}`, which is neither a processor nor a \
+                 workflow{}",
+                suggestion(target, &known)
+            )))
+        };
+        match child {
+            Ok(depth) => deepest = deepest.max(depth),
+            Err(Problem::Cycle { members, path }) => {
+                outcome = Err(if members.iter().any(|m| m == name) {
+                    Problem::Cycle { members, path }
+                } else {
+                    Problem::Other(format!(
+                        "{at}{role} refers to workflow `{target}`, which is invalid: it \
+                         contains itself: {path}"
+                    ))
+                });
+                break;
+            }
+            Err(Problem::TooDeep) => {
+                outcome = Err(Problem::TooDeep);
+                break;
+            }
+            Err(Problem::Other(message)) if defs.contains_key(target) => {
+                // The inner reason is clipped: along a nest of invalid workflows each
+                // reason would hold all the ones below it.
+                outcome = Err(Problem::Other(format!(
+                    "{at}{role} refers to workflow `{target}`, which is invalid: {}",
+                    crate::contract::bounds::clip_str(&message, INNER_REASON_BYTES)
+                )));
+                break;
+            }
+            Err(problem) => {
+                outcome = Err(problem);
+                break;
+            }
+        }
+    }
+    path.pop();
+    if let Err(Problem::TooDeep) = outcome {
+        if !path.is_empty() {
+            return outcome.map(|()| 0);
+        }
+        outcome = Err(Problem::Other(format!(
+            "{}workflows nest more than {max_nesting} levels deep here; the limit is \
+             {max_nesting}",
+            workflow.prefix(None)
+        )));
+    }
+    let result = outcome.and_then(|()| {
+        let depth = deepest + 1;
+        if depth > max_nesting {
+            Err(Problem::Other(format!(
+                "{}workflows nest {depth} levels deep here; the limit is {max_nesting}",
+                workflow.prefix(None)
+            )))
+        } else {
+            Ok(depth)
+        }
+    });
+    depths.insert(name.to_string(), result.clone());
+    result
+}
+
+/// ` (did you mean `x`?)` for a near miss, else a short list of what exists.
+fn suggestion(target: &str, known: &[&str]) -> String {
+    let closest = known
+        .iter()
+        .map(|k| (edit_distance(target, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min();
+    if let Some((_, name)) = closest {
+        return format!(" (did you mean `{name}`?)");
+    }
+    let mut sorted = known.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    match sorted.len() {
+        0 => " (nothing is loaded)".to_string(),
+        n if n <= 12 => format!(" (known: {})", sorted.join(", ")),
+        n => format!(" (known: {}, and {} more)", sorted[..12].join(", "), n - 12),
+    }
+}
+
+/// Levenshtein distance between two short names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                diagonal
+            } else {
+                1 + diagonal.min(above).min(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processors(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn workflows_that_resolve_are_valid_and_nest() {
+        let checked = check(
+            vec![
+                Workflow::chain("inner", ["a", "b"]),
+                Workflow::parallel("outer", ["inner", "a"]),
+            ],
+            &processors(&["a", "b"]),
+            MAX_NESTING,
+        );
+        assert!(checked.invalid.is_empty(), "{:?}", checked.invalid);
+        assert_eq!(checked.valid.len(), 2);
+        assert_eq!(checked.valid["outer"].digest().len(), 64);
+    }
+
+    #[test]
+    fn an_unknown_name_is_invalid_with_a_suggestion() {
+        let checked = check(
+            vec![Workflow::chain("w", ["increment", "incremnt"])],
+            &processors(&["increment", "double"]),
+            MAX_NESTING,
+        );
+        let reason = &checked.invalid["w"].reason;
+        assert!(reason.contains("step 2 refers to `incremnt`"), "{reason}");
+        assert!(reason.contains("did you mean `increment`?"), "{reason}");
+    }
+
+    #[test]
+    fn a_cycle_invalidates_its_members_and_their_users_only() {
+        let checked = check(
+            vec![
+                Workflow::chain("a", ["b"]),
+                Workflow::chain("b", ["x", "a"]),
+                Workflow::chain("user", ["a"]),
+                Workflow::chain("fine", ["x"]),
+            ],
+            &processors(&["x"]),
+            MAX_NESTING,
+        );
+        assert!(
+            checked.invalid["a"]
+                .reason
+                .contains("contains itself: a → b → a")
+        );
+        assert!(checked.invalid["b"].reason.contains("contains itself"));
+        assert!(
+            checked.invalid["user"]
+                .reason
+                .contains("refers to workflow `a`, which is invalid")
+        );
+        assert!(checked.valid.contains_key("fine"));
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_invalid() {
+        let mut workflows = vec![Workflow::chain("w0", ["x"])];
+        for i in 1..5 {
+            workflows.push(Workflow::chain(format!("w{i}"), [format!("w{}", i - 1)]));
+        }
+        let checked = check(workflows, &processors(&["x"]), 3);
+        assert!(checked.valid.contains_key("w2"));
+        assert!(
+            checked.invalid["w3"].reason.contains("nest 4 levels deep"),
+            "{:?}",
+            checked.invalid
+        );
+        assert!(checked.invalid["w4"].reason.contains("which is invalid"));
+    }
+
+    #[test]
+    fn a_reason_quoting_a_huge_name_is_clipped() {
+        let huge = "a".repeat(20_000);
+        let checked = check(
+            vec![
+                Workflow::chain("w", [huge.as_str()]),
+                Workflow::route_by_pointer("r", huge.as_str()).route("k", "x"),
+            ],
+            &processors(&["x"]),
+            MAX_NESTING,
+        );
+        for name in ["w", "r"] {
+            let reason = &checked.invalid[name].reason;
+            assert!(
+                reason.len() <= REASON_BYTES,
+                "{name}: {} bytes",
+                reason.len()
+            );
+            assert!(reason.ends_with('…'), "{name}: {reason}");
+        }
+    }
+
+    #[test]
+    fn a_nest_far_deeper_than_the_limit_is_refused_with_short_reasons() {
+        // 100,000 workflows, each running the one before: checking them must neither recurse
+        // 100,000 deep (a stack overflow aborts the host) nor nest each reason in the next
+        // (reasons quadratic in the depth).
+        let n = 100_000;
+        let mut workflows = vec![Workflow::chain("w0", ["x"])];
+        for i in 1..n {
+            workflows.push(Workflow::chain(format!("w{i}"), [format!("w{}", i - 1)]));
+        }
+        let checked = check(workflows, &processors(&["x"]), MAX_NESTING);
+        assert_eq!(checked.valid.len(), MAX_NESTING);
+        assert_eq!(checked.invalid.len(), n - MAX_NESTING);
+        let longest = checked.invalid.values().map(|w| w.reason.len()).max();
+        assert!(longest.is_some_and(|l| l < 8 << 10), "{longest:?}");
+    }
+
+    #[test]
+    fn shape_errors_and_name_clashes_are_reported() {
+        let checked = check(
+            vec![
+                Workflow::chain("empty", Vec::<String>::new()),
+                Workflow::chain("x", ["x"]),
+                Workflow::route_by_pointer("bad-pointer", "kind").route("a", "x"),
+                Workflow::chain("misused", ["x"]).fallback("x"),
+            ],
+            &processors(&["x"]),
+            MAX_NESTING,
+        );
+        assert!(
+            checked.invalid["empty"]
+                .reason
+                .contains("at least one step")
+        );
+        assert!(checked.invalid["x"].reason.contains("already a processor"));
+        assert!(
+            checked.invalid["bad-pointer"]
+                .reason
+                .contains("not a JSON pointer")
+        );
+        assert!(checked.invalid["misused"].reason.contains("only to route"));
+    }
+
+    #[test]
+    fn graphs_with_unknown_dependencies_or_cycles_are_invalid() {
+        let p = processors(&["a", "b", "c"]);
+        let unknown = Workflow::graph("g")
+            .node("a", Vec::<String>::new())
+            .node("b", ["z"]);
+        let cycle = Workflow::graph("h")
+            .node("a", ["c"])
+            .node("b", ["a"])
+            .node("c", ["b"]);
+        let fine = Workflow::graph("ok")
+            .node("a", Vec::<String>::new())
+            .node_if("b", ["a"], "/go");
+        let checked = check(vec![unknown, cycle, fine], &p, MAX_NESTING);
+        assert!(
+            checked.invalid["g"]
+                .reason
+                .contains("after `z`, which is not a node")
+        );
+        assert!(
+            checked.invalid["h"]
+                .reason
+                .contains("cycle through `a`, `b`, `c`")
+        );
+        assert!(checked.valid.contains_key("ok"));
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("incremnt", "increment"), 1);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("", "ab"), 2);
+    }
+}

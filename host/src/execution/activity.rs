@@ -1,0 +1,665 @@
+//! What is running and what has run: every execution in flight (so it can be cancelled by
+//! id, by session or at shutdown), the sessions that have seen work, and per-processor
+//! counters. One short mutex section when an execution starts and one when it ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::contract::cancel::{CancelHandle, CancelReason};
+use crate::contract::clock::now_ms;
+use crate::contract::state_store::{SessionBounds, SessionKey};
+
+/// Counters of one processor or workflow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessorStats {
+    /// Executions started.
+    pub started: u64,
+    /// Executions that succeeded.
+    pub completed: u64,
+    /// Executions that failed.
+    pub failed: u64,
+    /// Executions running (or waiting to run) now.
+    pub running: u64,
+    /// Total wall-clock time of finished executions, in microseconds.
+    pub total_duration_us: u64,
+    /// Finished executions by duration: `duration_buckets[i]` counts those that took at
+    /// most [`DURATION_BUCKETS_US`]`[i]` µs (and more than the bound before); the last
+    /// counts the rest.
+    pub duration_buckets: [u64; DURATION_BUCKETS_US.len() + 1],
+}
+
+/// Upper bounds, in microseconds, of the duration buckets of [`ProcessorStats`]: from 50 µs
+/// (a warm execution) to a minute.
+pub const DURATION_BUCKETS_US: [u64; 18] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 60_000_000,
+];
+
+impl ProcessorStats {
+    /// The duration (µs) under which a fraction `q` (0–1) of finished executions fell,
+    /// estimated as the upper bound of the bucket holding that rank; `None` when nothing
+    /// has finished, or when the rank falls past the last bound.
+    pub fn duration_quantile_us(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.duration_buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, count) in self.duration_buckets.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return DURATION_BUCKETS_US.get(i).copied();
+            }
+        }
+        None
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ProcessorStats) {
+        self.started += other.started;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.running += other.running;
+        self.total_duration_us = self
+            .total_duration_us
+            .saturating_add(other.total_duration_us);
+        for (mine, theirs) in self
+            .duration_buckets
+            .iter_mut()
+            .zip(&other.duration_buckets)
+        {
+            *mine += theirs;
+        }
+    }
+
+    fn observe(&mut self, duration: Duration) {
+        let us: u64 = duration.as_micros().try_into().unwrap_or(u64::MAX);
+        self.total_duration_us = self.total_duration_us.saturating_add(us);
+        let bucket = DURATION_BUCKETS_US.partition_point(|&bound| bound < us);
+        self.duration_buckets[bucket] += 1;
+    }
+}
+
+/// Counters of one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStats {
+    /// The tenant.
+    pub tenant: String,
+    /// The session id.
+    pub session: String,
+    /// When the session saw its first execution (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it last started or finished one.
+    pub last_activity_ms: u64,
+    /// Executions started in it (workflow steps included).
+    pub executions: u64,
+    /// Executions running in it now.
+    pub running: u64,
+    /// Executions that failed in it.
+    pub failed: u64,
+}
+
+/// An execution in flight.
+#[derive(Debug)]
+struct Running {
+    session: Option<SessionKey>,
+    cancel: CancelHandle,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    running: HashMap<String, Running>,
+    sessions: HashMap<SessionKey, SessionStats>,
+    /// How many of `sessions` each tenant has.
+    sessions_per_tenant: HashMap<String, usize>,
+    /// When idle sessions were last swept out (ms since the Unix epoch).
+    swept_ms: u64,
+    /// Counters by tenant, then processor.
+    tenants: HashMap<Arc<str>, BTreeMap<String, ProcessorStats>>,
+}
+
+impl Inner {
+    /// The counters of session `key`, opened (counted against its tenant) if new.
+    fn session_entry(&mut self, key: &SessionKey, now: u64) -> &mut SessionStats {
+        if !self.sessions.contains_key(key) {
+            *self
+                .sessions_per_tenant
+                .entry(key.tenant.clone())
+                .or_default() += 1;
+        }
+        self.sessions
+            .entry(key.clone())
+            .or_insert_with(|| SessionStats {
+                tenant: key.tenant.clone(),
+                session: key.session.clone(),
+                created_at_ms: now,
+                last_activity_ms: now,
+                executions: 0,
+                running: 0,
+                failed: 0,
+            })
+    }
+
+    fn remove_session(&mut self, key: &SessionKey) {
+        if self.sessions.remove(key).is_some()
+            && let Some(count) = self.sessions_per_tenant.get_mut(&key.tenant)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.sessions_per_tenant.remove(&key.tenant);
+            }
+        }
+    }
+
+    /// Forgets the sessions (of `tenant` only, if given) that run nothing and have been idle
+    /// for `idle_ms`.
+    fn sweep(&mut self, tenant: Option<&str>, idle_ms: u64, now: u64) {
+        let expired: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(key, s)| {
+                tenant.is_none_or(|t| key.tenant == t)
+                    && s.running == 0
+                    && now.saturating_sub(s.last_activity_ms) >= idle_ms
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            self.remove_session(&key);
+        }
+    }
+
+    /// Sweeps every tenant's idle sessions, at most every tenth of the expiry.
+    fn sweep_now_and_then(&mut self, idle_ms: u64, now: u64) {
+        if now.saturating_sub(self.swept_ms) >= idle_ms / 10 {
+            self.sweep(None, idle_ms, now);
+            self.swept_ms = now;
+        }
+    }
+}
+
+/// Why a session cannot be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionRefused {
+    /// The id is not a session id: the message says what one is.
+    InvalidId(String),
+    /// The tenant already has as many sessions as it may.
+    TooMany {
+        /// The tenant.
+        tenant: String,
+        /// How many it may have.
+        limit: usize,
+    },
+}
+
+impl std::fmt::Display for SessionRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionRefused::InvalidId(why) => f.write_str(why),
+            SessionRefused::TooMany { tenant, limit } => write!(
+                f,
+                "tenant `{tenant}` has {limit} sessions open, as many as it may: stop one, or \
+                 wait for an idle one to expire"
+            ),
+        }
+    }
+}
+
+/// The runtime's record of activity.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    inner: Mutex<Inner>,
+    bounds: SessionBounds,
+    /// How many executions are in flight; waited on by `stop`.
+    in_flight: watch::Sender<usize>,
+    started: Instant,
+}
+
+/// What `begin` learned.
+pub(crate) struct Began {
+    /// This execution opened a session that had seen no work before.
+    pub new_session: bool,
+}
+
+impl Activity {
+    pub(crate) fn new(bounds: SessionBounds) -> Self {
+        Activity {
+            inner: Mutex::default(),
+            bounds,
+            in_flight: watch::channel(0).0,
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens session `key` for an execution about to start (or finds it open): refused if
+    /// the id is not a session id, or if its tenant has [`SessionBounds::max_per_tenant`]
+    /// sessions that have not been idle long enough to expire.
+    pub(crate) fn open_session(&self, key: &SessionKey) -> Result<(), SessionRefused> {
+        self.bounds
+            .check_id(&key.session)
+            .map_err(SessionRefused::InvalidId)?;
+        let idle_ms = self.idle_ms();
+        let now = now_ms();
+        let mut inner = self.lock();
+        inner.sweep_now_and_then(idle_ms, now);
+        if let Some(session) = inner.sessions.get_mut(key) {
+            session.last_activity_ms = now;
+            return Ok(());
+        }
+        let full = |inner: &Inner| {
+            inner
+                .sessions_per_tenant
+                .get(&key.tenant)
+                .copied()
+                .unwrap_or(0)
+                >= self.bounds.max_per_tenant
+        };
+        if full(&inner) {
+            inner.sweep(Some(&key.tenant), idle_ms, now);
+            if full(&inner) {
+                return Err(SessionRefused::TooMany {
+                    tenant: key.tenant.clone(),
+                    limit: self.bounds.max_per_tenant,
+                });
+            }
+        }
+        inner.session_entry(key, now);
+        Ok(())
+    }
+
+    fn idle_ms(&self) -> u64 {
+        u64::try_from(self.bounds.idle_expiry.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records that execution `id` of `processor` started.
+    pub(crate) fn begin(
+        &self,
+        id: &str,
+        tenant: &Arc<str>,
+        processor: &str,
+        session: Option<SessionKey>,
+        cancel: &CancelHandle,
+    ) -> Began {
+        let mut inner = self.lock();
+        let processors = match inner.tenants.get_mut(&**tenant) {
+            Some(processors) => processors,
+            None => inner.tenants.entry(tenant.clone()).or_default(),
+        };
+        let stats = match processors.get_mut(processor) {
+            Some(stats) => stats,
+            None => processors.entry(processor.to_string()).or_default(),
+        };
+        stats.started += 1;
+        stats.running += 1;
+        let mut new_session = false;
+        if let Some(key) = &session {
+            let now = now_ms();
+            // Sessions opened here (steps and calls of an admitted execution, or a worker's
+            // jobs) were admitted where their execution was submitted; idle ones still expire.
+            inner.sweep_now_and_then(self.idle_ms(), now);
+            let entry = inner.session_entry(key, now);
+            new_session = entry.executions == 0;
+            entry.executions += 1;
+            entry.running += 1;
+            entry.last_activity_ms = now;
+        }
+        inner.running.insert(
+            id.to_string(),
+            Running {
+                session,
+                cancel: cancel.clone(),
+            },
+        );
+        let count = inner.running.len();
+        drop(inner);
+        // Waiters wait for work to end, never for it to start: update without waking them.
+        self.in_flight.send_if_modified(|n| {
+            *n = count;
+            false
+        });
+        Began { new_session }
+    }
+
+    /// Records that execution `id` finished.
+    pub(crate) fn end(
+        &self,
+        id: &str,
+        tenant: &str,
+        processor: &str,
+        ok: bool,
+        duration: Duration,
+    ) {
+        let mut inner = self.lock();
+        if let Some(stats) = inner
+            .tenants
+            .get_mut(tenant)
+            .and_then(|processors| processors.get_mut(processor))
+        {
+            stats.running = stats.running.saturating_sub(1);
+            if ok {
+                stats.completed += 1;
+            } else {
+                stats.failed += 1;
+            }
+            stats.observe(duration);
+        }
+        if let Some(running) = inner.running.remove(id)
+            && let Some(key) = running.session
+            && let Some(session) = inner.sessions.get_mut(&key)
+        {
+            session.running = session.running.saturating_sub(1);
+            session.last_activity_ms = now_ms();
+            if !ok {
+                session.failed += 1;
+            }
+        }
+        let count = inner.running.len();
+        drop(inner);
+        // Wake waiters only if there are any (the common case has none). One subscribing
+        // right now still sees the new count: waiters check the current state first.
+        let waiters = self.in_flight.receiver_count() > 0;
+        self.in_flight.send_if_modified(|n| {
+            *n = count;
+            waiters
+        });
+    }
+
+    /// Cancels execution `id` (and everything it started); false if it is not running.
+    pub(crate) fn cancel(&self, id: &str, reason: CancelReason) -> bool {
+        let inner = self.lock();
+        match inner.running.get(id) {
+            Some(running) => {
+                running.cancel.cancel_with(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels everything running in `session`; returns how many executions it reached.
+    pub(crate) fn cancel_session(&self, key: &SessionKey) -> usize {
+        let inner = self.lock();
+        let mut reached = 0;
+        for running in inner.running.values() {
+            if running.session.as_ref() == Some(key) {
+                running.cancel.cancel_with(CancelReason::SessionStopped);
+                reached += 1;
+            }
+        }
+        reached
+    }
+
+    /// Cancels everything running.
+    pub(crate) fn cancel_all(&self, reason: CancelReason) -> usize {
+        let inner = self.lock();
+        for running in inner.running.values() {
+            running.cancel.cancel_with(reason);
+        }
+        inner.running.len()
+    }
+
+    /// Waits until nothing runs in `session`, or until `deadline`.
+    pub(crate) async fn session_idle(&self, key: &SessionKey, deadline: Instant) -> bool {
+        let mut changes = self.in_flight.subscribe();
+        loop {
+            let busy = self
+                .lock()
+                .running
+                .values()
+                .any(|r| r.session.as_ref() == Some(key));
+            if !busy {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline.into(), changes.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Waits until nothing runs, or until `deadline`. True if idle.
+    pub(crate) async fn idle(&self, deadline: Instant) -> bool {
+        let mut changes = self.in_flight.subscribe();
+        tokio::time::timeout_at(deadline.into(), changes.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+    }
+
+    /// Forgets a stopped session's counters.
+    pub(crate) fn forget_session(&self, key: &SessionKey) {
+        self.lock().remove_session(key);
+    }
+
+    /// Counters per processor, summed over tenants.
+    pub(crate) fn processor_stats(&self) -> BTreeMap<String, ProcessorStats> {
+        let inner = self.lock();
+        let mut total: BTreeMap<String, ProcessorStats> = BTreeMap::new();
+        for processors in inner.tenants.values() {
+            for (name, stats) in processors {
+                total.entry(name.clone()).or_default().add(stats);
+            }
+        }
+        total
+    }
+
+    /// Counters per tenant, then processor.
+    pub(crate) fn tenant_stats(&self) -> BTreeMap<String, BTreeMap<String, ProcessorStats>> {
+        self.lock()
+            .tenants
+            .iter()
+            .map(|(tenant, processors)| (tenant.to_string(), processors.clone()))
+            .collect()
+    }
+
+    pub(crate) fn session_stats(&self, key: &SessionKey) -> Option<SessionStats> {
+        self.lock().sessions.get(key).cloned()
+    }
+
+    pub(crate) fn sessions(&self) -> Vec<SessionStats> {
+        self.sessions_of(None)
+    }
+
+    /// The sessions of `tenant` (every tenant's if `None`), sorted; only those are cloned.
+    pub(crate) fn sessions_of(&self, tenant: Option<&str>) -> Vec<SessionStats> {
+        let mut sessions: Vec<SessionStats> = self
+            .lock()
+            .sessions
+            .values()
+            .filter(|s| tenant.is_none_or(|t| s.tenant == t))
+            .cloned()
+            .collect();
+        sessions.sort_by(|a, b| (&a.tenant, &a.session).cmp(&(&b.tenant, &b.session)));
+        sessions
+    }
+
+    pub(crate) fn running(&self) -> usize {
+        self.lock().running.len()
+    }
+
+    pub(crate) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_land_in_their_buckets_and_give_quantiles() {
+        let mut stats = ProcessorStats::default();
+        assert_eq!(stats.duration_quantile_us(0.5), None);
+        for us in [40, 50, 51, 900, 900, 900, 900, 900, 3_000, 90_000_000] {
+            stats.observe(Duration::from_micros(us));
+        }
+        assert_eq!(
+            stats.duration_buckets[0], 2,
+            "40 and 50 µs are within 50 µs"
+        );
+        assert_eq!(stats.duration_buckets[1], 1, "51 µs is within 100 µs");
+        assert_eq!(
+            stats.duration_buckets[DURATION_BUCKETS_US.len()],
+            1,
+            "past a minute"
+        );
+        assert_eq!(stats.duration_quantile_us(0.5), Some(1_000));
+        assert_eq!(stats.duration_quantile_us(0.9), Some(5_000));
+        assert_eq!(
+            stats.duration_quantile_us(1.0),
+            None,
+            "the slowest is past the last bound"
+        );
+        assert_eq!(stats.duration_quantile_us(0.0), Some(50));
+        assert_eq!(
+            stats.total_duration_us,
+            40 + 50 + 51 + 4_500 + 3_000 + 90_000_000
+        );
+    }
+
+    fn bounds(max_per_tenant: usize, idle_expiry: Duration) -> SessionBounds {
+        SessionBounds {
+            max_per_tenant,
+            idle_expiry,
+            ..SessionBounds::default()
+        }
+    }
+
+    #[test]
+    fn a_tenant_opens_sessions_up_to_its_cap_and_others_are_unaffected() {
+        let activity = Activity::new(bounds(2, Duration::from_secs(3600)));
+        let open =
+            |tenant: &str, session: &str| activity.open_session(&SessionKey::new(tenant, session));
+        assert_eq!(open("t", "a"), Ok(()));
+        assert_eq!(open("t", "b"), Ok(()));
+        assert_eq!(
+            open("t", "c"),
+            Err(SessionRefused::TooMany {
+                tenant: "t".into(),
+                limit: 2
+            })
+        );
+        // An open one opens again; another tenant has its own places.
+        assert_eq!(open("t", "a"), Ok(()));
+        assert_eq!(open("u", "c"), Ok(()));
+        // Stopping one gives its place back.
+        activity.forget_session(&SessionKey::new("t", "b"));
+        assert_eq!(open("t", "c"), Ok(()));
+        assert!(matches!(
+            open("t", "a/b"),
+            Err(SessionRefused::InvalidId(_))
+        ));
+        assert_eq!(activity.sessions_of(Some("t")).len(), 2);
+        assert_eq!(activity.sessions().len(), 3);
+    }
+
+    #[test]
+    fn idle_sessions_expire_but_busy_ones_stay() {
+        // Expiring at once: a session is idle as soon as nothing runs in it.
+        let activity = Activity::new(bounds(2, Duration::ZERO));
+        let cancel = CancelHandle::new();
+        let tenant: Arc<str> = Arc::from("t");
+        let busy = SessionKey::new("t", "busy");
+        activity.open_session(&busy).unwrap();
+        activity.begin("e1", &tenant, "p", Some(busy.clone()), &cancel);
+        activity
+            .open_session(&SessionKey::new("t", "idle"))
+            .unwrap();
+        // Full: the idle one goes, the busy one stays.
+        activity.open_session(&SessionKey::new("t", "new")).unwrap();
+        let names: Vec<String> = activity
+            .sessions_of(Some("t"))
+            .into_iter()
+            .map(|s| s.session)
+            .collect();
+        assert_eq!(names, ["busy", "new"]);
+        activity.end("e1", "t", "p", true, Duration::ZERO);
+        activity
+            .open_session(&SessionKey::new("t", "newer"))
+            .unwrap();
+        assert!(activity.session_stats(&busy).is_none());
+    }
+
+    #[test]
+    fn counters_follow_executions_and_sessions() {
+        let activity = Activity::new(SessionBounds::default());
+        let key = SessionKey::new("t", "s");
+        let cancel = CancelHandle::new();
+        assert!(
+            activity
+                .begin("1", &Arc::from("t"), "p", Some(key.clone()), &cancel)
+                .new_session
+        );
+        assert!(
+            !activity
+                .begin("2", &Arc::from("t"), "p", Some(key.clone()), &cancel)
+                .new_session
+        );
+        assert_eq!(activity.running(), 2);
+        activity.end("1", "t", "p", true, Duration::from_micros(5));
+        activity.end("2", "t", "p", false, Duration::from_micros(7));
+        let stats = &activity.processor_stats()["p"];
+        assert_eq!(
+            (stats.started, stats.completed, stats.failed, stats.running),
+            (2, 1, 1, 0)
+        );
+        assert_eq!(stats.total_duration_us, 12);
+        let session = activity.session_stats(&key).unwrap();
+        assert_eq!(
+            (session.executions, session.running, session.failed),
+            (2, 0, 1)
+        );
+    }
+
+    #[test]
+    fn cancelling_a_session_reaches_only_its_executions() {
+        let activity = Activity::new(SessionBounds::default());
+        let mine = CancelHandle::new();
+        let other = CancelHandle::new();
+        activity.begin(
+            "1",
+            &Arc::from("t"),
+            "p",
+            Some(SessionKey::new("t", "a")),
+            &mine,
+        );
+        activity.begin(
+            "2",
+            &Arc::from("t"),
+            "p",
+            Some(SessionKey::new("t", "b")),
+            &other,
+        );
+        assert_eq!(activity.cancel_session(&SessionKey::new("t", "a")), 1);
+        assert!(mine.is_cancelled());
+        assert!(!other.is_cancelled());
+        assert!(activity.cancel("2", CancelReason::Request));
+        assert!(!activity.cancel("3", CancelReason::Request));
+    }
+
+    #[tokio::test]
+    async fn idle_resolves_when_the_last_execution_ends() {
+        let activity = std::sync::Arc::new(Activity::new(SessionBounds::default()));
+        activity.begin("1", &Arc::from("t"), "p", None, &CancelHandle::new());
+        let waiter = {
+            let activity = activity.clone();
+            tokio::spawn(
+                async move { activity.idle(Instant::now() + Duration::from_secs(5)).await },
+            )
+        };
+        activity.end("1", "t", "p", true, Duration::ZERO);
+        assert!(waiter.await.unwrap());
+    }
+}

@@ -1,0 +1,818 @@
+//! Running workflows. Every step is a full execution of a processor or workflow — its own
+//! sandbox, limits, retries and metadata bump — run under the workflow's scope: the same
+//! tenant and session, the workflow's deadline, cancelled with the workflow. A workflow's
+//! result is a result document like a processor's, with the steps' fuel summed and their
+//! peak memory maximised; on failure the error names the step, branch or route that failed
+//! and the state is the last good one.
+//!
+//! The steps themselves are run by a [`StepRunner`]: the runtime's context in production
+//! (each step through the executor), an in-process fake in this module's tests, which check
+//! every composition rule without compiling a plugin.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::contract::cancel::CancelReason;
+use crate::contract::error::{ErrorKind, ExecutionError, codes};
+use crate::contract::merge::merge_branches;
+use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::state::{StateMetadata, with_metadata};
+use crate::contract::workflow::{BatchPolicy, Composition, GraphNode, Selector, Workflow};
+use crate::execution::context::Shared;
+use crate::execution::executor::{Scope, failed, run_boxed};
+
+/// What runs a workflow's steps: each a full execution of the processor or workflow `name`
+/// in the step's scope. Implemented by the runtime's context, through the executor.
+pub(crate) trait StepRunner: Clone + Send + Sync + 'static {
+    /// Runs `name` on `input` in `scope`.
+    fn run_step<'a>(
+        &'a self,
+        name: &'a str,
+        input: Value,
+        scope: Scope,
+    ) -> Pin<Box<dyn Future<Output = ExecutionResult> + Send + 'a>>;
+
+    /// The most items one batch takes.
+    fn max_batch_items(&self) -> usize;
+}
+
+impl StepRunner for Arc<Shared> {
+    fn run_step<'a>(
+        &'a self,
+        name: &'a str,
+        input: Value,
+        scope: Scope,
+    ) -> Pin<Box<dyn Future<Output = ExecutionResult> + Send + 'a>> {
+        run_boxed(self, name, input, scope)
+    }
+
+    fn max_batch_items(&self) -> usize {
+        self.config.max_batch_items
+    }
+}
+
+/// What the steps of one workflow run cost.
+#[derive(Default)]
+struct Cost {
+    fuel: u64,
+    peak_memory: u64,
+}
+
+impl Cost {
+    fn absorb(&mut self, step: &ExecutionResult) {
+        self.fuel = self.fuel.saturating_add(step.execution.fuel_consumed);
+        self.peak_memory = self.peak_memory.max(step.execution.peak_memory_bytes);
+    }
+}
+
+/// A failed workflow: the last good state and the error.
+pub(crate) type Failure = (Value, ExecutionError);
+
+/// Runs `workflow` on `input` (a state carrying `metadata`).
+pub(crate) async fn run<R: StepRunner>(
+    shared: &R,
+    workflow: &Arc<Workflow>,
+    input: Value,
+    metadata: StateMetadata,
+    scope: Scope,
+    mut info: ExecutionInfo,
+) -> ExecutionResult {
+    info.attempts = 1;
+    let timeout = workflow.timeout_ms().map(Duration::from_millis);
+    // Steps are children of this workflow's execution.
+    let scope = Scope {
+        parent: Some(Arc::from(info.id.as_str())),
+        ..scope.step(timeout, scope.cancel.clone())
+    };
+    let mut cost = Cost::default();
+    let mut items = None;
+    let outcome = match workflow.composition() {
+        Composition::Chain { steps } => {
+            chain(shared, workflow, steps, input, &scope, &mut cost).await
+        }
+        Composition::Parallel { branches, merge } => {
+            parallel(
+                shared,
+                workflow,
+                branches,
+                merge.as_deref(),
+                input,
+                &metadata,
+                &scope,
+                &mut cost,
+            )
+            .await
+        }
+        Composition::Route {
+            selector,
+            routes,
+            fallback,
+        } => {
+            let route = Route {
+                selector,
+                routes,
+                fallback: fallback.as_deref(),
+            };
+            route.run(shared, workflow, input, &scope, &mut cost).await
+        }
+        Composition::Batch {
+            processor,
+            concurrency,
+            policy,
+        } => {
+            let batch = Batch {
+                processor,
+                concurrency: *concurrency,
+                policy: *policy,
+            };
+            let (outcome, results) = batch
+                .run(shared, workflow, input, &metadata, &scope, &mut cost)
+                .await;
+            items = results;
+            outcome
+        }
+        Composition::Graph { nodes } => {
+            graph(shared, workflow, nodes, input, &metadata, &scope, &mut cost).await
+        }
+    };
+    info.fuel_consumed = cost.fuel;
+    info.peak_memory_bytes = cost.peak_memory;
+    workflow_result(outcome, info, items)
+}
+
+/// A workflow's result: its output (or last good state and error), what ran, and for a
+/// batch every item's result.
+pub(crate) fn workflow_result(
+    outcome: Result<Value, Failure>,
+    info: ExecutionInfo,
+    items: Option<Vec<ExecutionResult>>,
+) -> ExecutionResult {
+    let mut result = match outcome {
+        Ok(state) => ExecutionResult {
+            ok: true,
+            state,
+            error: None,
+            execution: info,
+            items: None,
+        },
+        Err((state, error)) => failed(state, error, info),
+    };
+    result.items = items;
+    result
+}
+
+/// A parallel's error: the first failing branch's (`index`), reworded, with how every branch
+/// ended (its result, or `None` if it has none).
+pub(crate) fn parallel_failed<'a>(
+    workflow: &Workflow,
+    branches: &[String],
+    results: impl IntoIterator<Item = Option<&'a ExecutionResult>>,
+    index: usize,
+    error: ExecutionError,
+) -> ExecutionError {
+    let mut error = step_failed(workflow, "branch", &branches[index], Some(index), error);
+    let outcomes: Vec<Value> = branches
+        .iter()
+        .zip(results)
+        .map(|(branch, result)| match result {
+            Some(r) => json!({
+                "branch": branch,
+                "ok": r.ok,
+                "kind": r.error.as_ref().map(|e| e.kind),
+                "code": r.error.as_ref().and_then(|e| e.code.clone()),
+            }),
+            None => json!({ "branch": branch, "ok": false }),
+        })
+        .collect();
+    if let Some(Value::Object(details)) = &mut error.details {
+        details.insert("branches".into(), Value::Array(outcomes));
+    }
+    error
+}
+
+/// What a parallel's custom merge processor receives: `{input, results: [{branch, state}]}`.
+pub(crate) fn merge_input(input: &Value, branches: &[String], states: &[Value]) -> Value {
+    json!({
+        "input": input,
+        "results": branches
+            .iter()
+            .zip(states)
+            .map(|(branch, state)| json!({ "branch": branch, "state": state }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// A batch's outcome from every item's result: `{items: [state, …]}`, or for an
+/// all-or-nothing batch with a failed item, the first failure.
+pub(crate) fn batch_outcome(
+    workflow: &Workflow,
+    processor: &str,
+    policy: BatchPolicy,
+    input: Value,
+    results: &[ExecutionResult],
+    first_failure: Option<(usize, ExecutionError)>,
+    metadata: &StateMetadata,
+) -> Result<Value, Failure> {
+    let states: Vec<Value> = results.iter().map(|r| r.state.clone()).collect();
+    let mut state = Map::new();
+    state.insert("items".into(), Value::Array(states));
+    match (policy, first_failure) {
+        (BatchPolicy::AllOrNothing, Some((index, error))) => Err((
+            input,
+            step_failed(workflow, "item", processor, Some(index), error),
+        )),
+        _ => Ok(with_metadata(state, &metadata.bumped())),
+    }
+}
+
+/// Each graph node's dependents, by index.
+pub(crate) fn graph_dependents(nodes: &[GraphNode]) -> Vec<Vec<usize>> {
+    let mut dependents = vec![Vec::new(); nodes.len()];
+    for i in 0..nodes.len() {
+        for d in graph_dependencies(nodes, i) {
+            dependents[d].push(i);
+        }
+    }
+    dependents
+}
+
+/// A graph node's dependencies, by index, in declared order.
+pub(crate) fn graph_dependencies(nodes: &[GraphNode], node: usize) -> Vec<usize> {
+    nodes[node]
+        .after
+        .iter()
+        .filter_map(|d| nodes.iter().position(|n| &n.name == d))
+        .collect()
+}
+
+/// Steps running as tasks, each known by its index, so that a step whose task died (which
+/// only a bug in the host can cause) is still reported against the right step instead of
+/// vanishing from the results.
+struct Steps {
+    tasks: JoinSet<ExecutionResult>,
+    index_of: HashMap<tokio::task::Id, usize>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Steps {
+            tasks: JoinSet::new(),
+            index_of: HashMap::new(),
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        index: usize,
+        step: impl std::future::Future<Output = ExecutionResult> + Send + 'static,
+    ) {
+        let handle = self.tasks.spawn(step.instrument(tracing::Span::current()));
+        self.index_of.insert(handle.id(), index);
+    }
+
+    /// The next step to finish: its index, and its result or why its task died.
+    async fn next(&mut self) -> Option<(usize, Result<ExecutionResult, String>)> {
+        loop {
+            let (id, outcome) = match self.tasks.join_next_with_id().await? {
+                Ok((id, result)) => (id, Ok(result)),
+                Err(error) => (error.id(), Err(error.to_string())),
+            };
+            if let Some(index) = self.index_of.remove(&id) {
+                return Some((index, outcome));
+            }
+        }
+    }
+}
+
+/// The result of a step whose task died.
+fn abnormal(scope: &Scope, name: &str, why: String) -> ExecutionResult {
+    let info = ExecutionInfo::new(
+        None,
+        name,
+        &*scope.tenant,
+        scope.session.as_deref().map(str::to_string),
+    );
+    let error = ExecutionError::host(
+        ErrorKind::Execution,
+        codes::TRAP,
+        format!("the step `{name}` stopped abnormally: {why}"),
+    );
+    failed(Value::Null, error, info)
+}
+
+/// An error of a step, reworded to say which step of which workflow it was.
+pub(crate) fn step_failed(
+    workflow: &Workflow,
+    what: &str,
+    name: &str,
+    index: Option<usize>,
+    error: ExecutionError,
+) -> ExecutionError {
+    let mut failed_step = Map::new();
+    failed_step.insert("role".into(), Value::String(what.to_string()));
+    failed_step.insert("name".into(), Value::String(name.to_string()));
+    if let Some(index) = index {
+        failed_step.insert("index".into(), Value::from(index));
+    }
+    let place = match index {
+        Some(index) => format!("{what} {} (`{name}`)", index + 1),
+        None => format!("{what} `{name}`"),
+    };
+    ExecutionError {
+        message: format!("{place} of `{}` failed: {}", workflow.name(), error.message),
+        details: Some(json!({
+            "workflow": workflow.name(),
+            "failed": failed_step,
+            "cause": error.details,
+        })),
+        ..error
+    }
+}
+
+async fn chain<R: StepRunner>(
+    shared: &R,
+    workflow: &Workflow,
+    steps: &[String],
+    input: Value,
+    scope: &Scope,
+    cost: &mut Cost,
+) -> Result<Value, Failure> {
+    let mut state = input;
+    for (index, step) in steps.iter().enumerate() {
+        let result = shared.run_step(step, state, scope.clone()).await;
+        cost.absorb(&result);
+        // A failed step's state is its input: the chain's last good state.
+        state = result.state;
+        if let Some(error) = result.error {
+            return Err((
+                state,
+                step_failed(workflow, "step", step, Some(index), error),
+            ));
+        }
+    }
+    Ok(state)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn parallel<R: StepRunner>(
+    shared: &R,
+    workflow: &Workflow,
+    branches: &[String],
+    merge: Option<&str>,
+    input: Value,
+    metadata: &StateMetadata,
+    scope: &Scope,
+    cost: &mut Cost,
+) -> Result<Value, Failure> {
+    // Every branch runs as its own task, so branches use every core; cancelling `siblings`
+    // stops them all (softly, then for real after the grace period).
+    let siblings = scope.cancel.child();
+    let mut steps = Steps::new();
+    for (index, branch) in branches.iter().enumerate() {
+        let shared = shared.clone();
+        let branch = branch.clone();
+        let input = input.clone();
+        let step = scope.step(None, siblings.child());
+        steps.spawn(
+            index,
+            async move { shared.run_step(&branch, input, step).await },
+        );
+    }
+    let mut results: Vec<Option<ExecutionResult>> = vec![None; branches.len()];
+    let mut first_failure: Option<(usize, ExecutionError)> = None;
+    while let Some((index, outcome)) = steps.next().await {
+        let result = outcome.unwrap_or_else(|why| abnormal(scope, &branches[index], why));
+        cost.absorb(&result);
+        if let Some(error) = &result.error
+            && first_failure.is_none()
+        {
+            first_failure = Some((index, error.clone()));
+            siblings.cancel_with(CancelReason::Sibling);
+        }
+        results[index] = Some(result);
+    }
+    if let Some((index, error)) = first_failure {
+        // How every branch ended: the failure, and the siblings it cancelled.
+        let error = parallel_failed(
+            workflow,
+            branches,
+            results.iter().map(Option::as_ref),
+            index,
+            error,
+        );
+        return Err((input, error));
+    }
+    let states: Vec<Value> = results
+        .into_iter()
+        .map(|r| r.map_or(Value::Null, |r| r.state))
+        .collect();
+    let merged = match merge {
+        None => {
+            let objects: Vec<&Map<String, Value>> =
+                states.iter().filter_map(Value::as_object).collect();
+            merge_branches(as_object(&input), objects)
+        }
+        Some(merger) => {
+            let merge_input = merge_input(&input, branches, &states);
+            let result = shared.run_step(merger, merge_input, scope.clone()).await;
+            cost.absorb(&result);
+            if let Some(error) = result.error {
+                return Err((input, step_failed(workflow, "merge", merger, None, error)));
+            }
+            match result.state {
+                Value::Object(merged) => merged,
+                _ => Map::new(),
+            }
+        }
+    };
+    Ok(with_metadata(merged, &metadata.bumped()))
+}
+
+fn as_object(state: &Value) -> &Map<String, Value> {
+    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    state
+        .as_object()
+        .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
+}
+
+struct Route<'a> {
+    selector: &'a Selector,
+    routes: &'a std::collections::BTreeMap<String, String>,
+    fallback: Option<&'a str>,
+}
+
+impl Route<'_> {
+    async fn run<R: StepRunner>(
+        &self,
+        shared: &R,
+        workflow: &Workflow,
+        input: Value,
+        scope: &Scope,
+        cost: &mut Cost,
+    ) -> Result<Value, Failure> {
+        let (key, missing) = match self.selector {
+            Selector::Pointer(pointer) => (
+                input.pointer(pointer).and_then(key_of),
+                missing_key(self.selector),
+            ),
+            Selector::Processor(selector) => {
+                let result = shared
+                    .run_step(selector, input.clone(), scope.clone())
+                    .await;
+                cost.absorb(&result);
+                if let Some(error) = result.error {
+                    return Err((
+                        input,
+                        step_failed(workflow, "selector", selector, None, error),
+                    ));
+                }
+                (
+                    result.state.get("route").and_then(key_of),
+                    missing_key(self.selector),
+                )
+            }
+        };
+        let target = match choose_route(workflow, self.routes, self.fallback, &key, missing) {
+            Ok(target) => target,
+            Err(error) => return Err((input, error)),
+        };
+        let result = shared.run_step(target, input, scope.clone()).await;
+        cost.absorb(&result);
+        match result.error {
+            None => Ok(result.state),
+            Some(error) => Err((
+                result.state,
+                route_failed(workflow, self.routes, &key, target, error),
+            )),
+        }
+    }
+}
+
+/// The target a route's `key` picks (or its fallback); `missing` says why there is no key.
+pub(crate) fn choose_route<'a>(
+    workflow: &Workflow,
+    routes: &'a std::collections::BTreeMap<String, String>,
+    fallback: Option<&'a str>,
+    key: &Option<String>,
+    missing: String,
+) -> Result<&'a str, ExecutionError> {
+    let target = key
+        .as_ref()
+        .and_then(|k| routes.get(k))
+        .map(String::as_str)
+        .or(fallback);
+    target.ok_or_else(|| {
+        let known: Vec<&str> = routes.keys().map(String::as_str).collect();
+        let why = match key {
+            Some(key) => format!("no route for key `{key}`"),
+            None => missing,
+        };
+        ExecutionError::host(
+            ErrorKind::NotFound,
+            codes::NO_ROUTE,
+            format!(
+                "route `{}`: {why} (routes: {}) and no fallback",
+                workflow.name(),
+                known.join(", ")
+            ),
+        )
+        .with_details(json!({ "workflow": workflow.name(), "key": key, "routes": known }))
+    })
+}
+
+/// The error of a route whose chosen `target` failed.
+pub(crate) fn route_failed(
+    workflow: &Workflow,
+    routes: &std::collections::BTreeMap<String, String>,
+    key: &Option<String>,
+    target: &str,
+    error: ExecutionError,
+) -> ExecutionError {
+    let role = match key {
+        Some(key) if routes.contains_key(key) => format!("route `{key}` →"),
+        _ => "fallback".to_string(),
+    };
+    step_failed(workflow, &role, target, None, error)
+}
+
+/// Why a route's selector gave no key.
+pub(crate) fn missing_key(selector: &Selector) -> String {
+    match selector {
+        Selector::Pointer(pointer) => {
+            format!("the state has no string, number or boolean at `{pointer}`")
+        }
+        Selector::Processor(selector) => {
+            format!("the selector `{selector}` returned no `route` key")
+        }
+    }
+}
+
+/// A route key from a JSON value: strings as they are, numbers and booleans as text.
+pub(crate) fn key_of(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Refuses a batch of `count` items past `max` (a validation error naming both), before
+/// anything is spawned or recorded for its items.
+pub(crate) fn check_batch_size(
+    workflow: &Workflow,
+    count: usize,
+    max: usize,
+) -> Result<(), ExecutionError> {
+    if count <= max {
+        return Ok(());
+    }
+    Err(ExecutionError::host(
+        ErrorKind::Validation,
+        codes::BATCH_TOO_LARGE,
+        format!(
+            "batch `{}` got {count} items; a batch takes at most {max} (split the input, or \
+             raise `max_batch_items`)",
+            workflow.name()
+        ),
+    )
+    .with_details(serde_json::json!({ "items": count, "limit": max })))
+}
+
+struct Batch<'a> {
+    processor: &'a str,
+    concurrency: usize,
+    policy: BatchPolicy,
+}
+
+impl Batch<'_> {
+    /// Runs the batch; returns the outcome and, when the input was a batch at all, one
+    /// result per item.
+    async fn run<R: StepRunner>(
+        &self,
+        shared: &R,
+        workflow: &Workflow,
+        input: Value,
+        metadata: &StateMetadata,
+        scope: &Scope,
+        cost: &mut Cost,
+    ) -> (Result<Value, Failure>, Option<Vec<ExecutionResult>>) {
+        let Some(Value::Array(items)) = input.get("items") else {
+            let error = ExecutionError::host(
+                ErrorKind::Validation,
+                codes::INVALID_INPUT,
+                format!(
+                    "batch `{}` takes {{\"items\": [state, ...]}}; the input has no `items` array",
+                    workflow.name()
+                ),
+            );
+            return (Err((input, error)), None);
+        };
+        let count = items.len();
+        if let Err(error) = check_batch_size(workflow, count, shared.max_batch_items()) {
+            return (Err((input, error)), None);
+        }
+        // The submitter pays for every item before any starts.
+        if let Some(admission) = &scope.admission
+            && let Err(error) = admission.admit_items(count).await
+        {
+            return (Err((input, error)), None);
+        }
+        let items = items.clone();
+        // Cancelled when an all-or-nothing batch loses an item: running items stop, waiting
+        // ones never start.
+        let siblings = scope.cancel.child();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
+        let mut steps = Steps::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let shared = shared.clone();
+            let processor = self.processor.to_string();
+            let step = scope.step(None, siblings.child());
+            let slots = slots.clone();
+            let stop_others = (self.policy == BatchPolicy::AllOrNothing).then(|| siblings.clone());
+            steps.spawn(index, async move {
+                // The semaphore is never closed, so acquiring only waits.
+                let slot = slots.acquire_owned().await.ok();
+                let result = shared.run_step(&processor, item, step).await;
+                // Cancel before giving up the slot, so no later item starts after a
+                // failure that dooms the batch.
+                if let Some(siblings) = stop_others
+                    && !result.ok
+                {
+                    siblings.cancel_with(CancelReason::Sibling);
+                }
+                drop(slot);
+                result
+            });
+        }
+        let mut results: Vec<Option<ExecutionResult>> = vec![None; count];
+        let mut first_failure: Option<(usize, ExecutionError)> = None;
+        while let Some((index, outcome)) = steps.next().await {
+            let result = outcome.unwrap_or_else(|why| abnormal(scope, self.processor, why));
+            cost.absorb(&result);
+            if let Some(error) = &result.error
+                && first_failure.is_none()
+            {
+                first_failure = Some((index, error.clone()));
+                if self.policy == BatchPolicy::AllOrNothing {
+                    siblings.cancel_with(CancelReason::Sibling);
+                }
+            }
+            results[index] = Some(result);
+        }
+        let results: Vec<ExecutionResult> = results.into_iter().flatten().collect();
+        let outcome = batch_outcome(
+            workflow,
+            self.processor,
+            self.policy,
+            input,
+            &results,
+            first_failure,
+            metadata,
+        );
+        (outcome, Some(results))
+    }
+}
+
+/// Whether a JSON value counts as true for a graph condition.
+pub(crate) fn truthy(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
+}
+
+/// A node settled: each of its dependents waits for one node fewer, and those waiting for
+/// none are ready to settle in turn.
+fn release(dependents: &[usize], waiting_on: &mut [usize], settled: &mut Vec<usize>) {
+    for &e in dependents {
+        waiting_on[e] -= 1;
+        if waiting_on[e] == 0 {
+            settled.push(e);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum NodeState {
+    Waiting,
+    Running,
+    Done,
+    Skipped,
+}
+
+async fn graph<R: StepRunner>(
+    shared: &R,
+    workflow: &Workflow,
+    nodes: &[GraphNode],
+    input: Value,
+    metadata: &StateMetadata,
+    scope: &Scope,
+    cost: &mut Cost,
+) -> Result<Value, Failure> {
+    let dependents = graph_dependents(nodes);
+    let mut waiting_on: Vec<usize> = nodes.iter().map(|n| n.after.len()).collect();
+    let mut states = vec![NodeState::Waiting; nodes.len()];
+    let mut outputs: Vec<Option<Value>> = vec![None; nodes.len()];
+    let siblings = scope.cancel.child();
+    let mut steps = Steps::new();
+    let mut first_failure: Option<(usize, ExecutionError)> = None;
+    let empty = Map::new();
+    let base = input.as_object().unwrap_or(&empty);
+
+    // Nodes whose dependencies are all settled: start them, or skip them (and settle
+    // their dependents in turn).
+    let mut settled: Vec<usize> = (0..nodes.len()).filter(|&i| waiting_on[i] == 0).collect();
+    loop {
+        while let Some(i) = settled.pop() {
+            let node = &nodes[i];
+            let deps = graph_dependencies(nodes, i);
+            let failed_before = first_failure.is_some();
+            // Every settled dependency has an output: its result, or for a skipped node
+            // its input passed through unchanged, so the work before a skip is kept.
+            let dep_outputs: Vec<&Map<String, Value>> = deps
+                .iter()
+                .filter_map(|&d| outputs[d].as_ref().and_then(Value::as_object))
+                .collect();
+            let node_input = Value::Object(if dep_outputs.is_empty() {
+                base.clone()
+            } else {
+                merge_branches(base, dep_outputs)
+            });
+            let skip_reason = if failed_before {
+                Some("an earlier node failed")
+            } else if deps.iter().any(|&d| states[d] == NodeState::Skipped) {
+                Some("a node it runs after was skipped")
+            } else if node
+                .condition
+                .as_ref()
+                .is_some_and(|pointer| !truthy(node_input.pointer(pointer)))
+            {
+                Some("its condition is false")
+            } else {
+                None
+            };
+            match skip_reason {
+                None => {
+                    states[i] = NodeState::Running;
+                    let shared = shared.clone();
+                    let run = node.run.clone();
+                    let step = scope.step(None, siblings.child());
+                    steps.spawn(
+                        i,
+                        async move { shared.run_step(&run, node_input, step).await },
+                    );
+                }
+                Some(reason) => {
+                    tracing::debug!(node = %node.name, reason, "graph node skipped");
+                    states[i] = NodeState::Skipped;
+                    outputs[i] = Some(node_input);
+                    release(&dependents[i], &mut waiting_on, &mut settled);
+                }
+            }
+        }
+        let Some((i, outcome)) = steps.next().await else {
+            break;
+        };
+        let result = outcome.unwrap_or_else(|why| abnormal(scope, &nodes[i].run, why));
+        cost.absorb(&result);
+        states[i] = NodeState::Done;
+        match result.error {
+            Some(error) => {
+                if first_failure.is_none() {
+                    first_failure = Some((i, error));
+                    siblings.cancel_with(CancelReason::Sibling);
+                }
+            }
+            None => outputs[i] = Some(result.state),
+        }
+        release(&dependents[i], &mut waiting_on, &mut settled);
+    }
+    if let Some((i, error)) = first_failure {
+        return Err((
+            input,
+            step_failed(workflow, "node", &nodes[i].name, None, error),
+        ));
+    }
+    // Sinks, in declared order; a skipped sink contributes what reached it.
+    let sinks: Vec<&Map<String, Value>> = (0..nodes.len())
+        .filter(|&i| dependents[i].is_empty())
+        .filter_map(|i| outputs[i].as_ref().and_then(Value::as_object))
+        .collect();
+    Ok(with_metadata(
+        merge_branches(base, sinks),
+        &metadata.bumped(),
+    ))
+}
+
+#[cfg(test)]
+mod tests;

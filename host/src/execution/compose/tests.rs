@@ -1,0 +1,480 @@
+//! The local composition driver against an in-process [`StepRunner`]: every rule of chain,
+//! parallel, route, batch and graph, their failures and cancellation, with no plugin and no
+//! sandbox (each "processor" is a Rust function of the state).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{StepRunner, run, workflow_result};
+use crate::contract::cancel::{CancelHandle, CancelReason};
+use crate::contract::error::{ErrorKind, ExecutionError, codes};
+use crate::contract::limits::LimitOverrides;
+use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::state::StateMetadata;
+use crate::contract::workflow::{BatchPolicy, Workflow};
+use crate::execution::executor::{Scope, failed};
+
+/// What a fake processor does with its input.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Returns this function of the input (an error fails the step).
+    Map(fn(Value) -> Result<Value, ExecutionError>),
+    /// Runs until its scope is cancelled, then fails as cancelled with the reason.
+    UntilCancelled,
+}
+
+/// A step that was cancelled while it ran, and why.
+type Cancelled = (String, Option<CancelReason>);
+
+/// Fake processors by name; records which ran, and how each cancelled one was cancelled.
+#[derive(Clone)]
+struct Fake {
+    steps: Arc<BTreeMap<&'static str, Step>>,
+    ran: Arc<Mutex<Vec<String>>>,
+    cancelled: Arc<Mutex<Vec<Cancelled>>>,
+    /// How many steps have started, for a test to wait on.
+    started: Arc<tokio::sync::watch::Sender<usize>>,
+    max_items: usize,
+}
+
+/// Every fake step burns this much fuel, so a workflow's cost can be checked.
+const FUEL: u64 = 7;
+
+impl Fake {
+    fn new(steps: &[(&'static str, Step)]) -> Fake {
+        Fake {
+            steps: Arc::new(steps.iter().copied().collect()),
+            ran: Arc::default(),
+            cancelled: Arc::default(),
+            started: Arc::new(tokio::sync::watch::channel(0).0),
+            max_items: 100,
+        }
+    }
+
+    fn ran(&self) -> Vec<String> {
+        self.ran.lock().expect("not poisoned").clone()
+    }
+
+    fn cancelled(&self) -> Vec<Cancelled> {
+        self.cancelled.lock().expect("not poisoned").clone()
+    }
+}
+
+impl StepRunner for Fake {
+    fn run_step<'a>(
+        &'a self,
+        name: &'a str,
+        input: Value,
+        scope: Scope,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ExecutionResult> + Send + 'a>> {
+        Box::pin(async move {
+            let mut info = ExecutionInfo::new(None, name, &*scope.tenant, None);
+            // As the executor does: a step cancelled before it starts never runs.
+            if scope.cancel.is_cancelled() {
+                let error = ExecutionError::host(ErrorKind::Cancelled, "cancelled", "cancelled");
+                return failed(input, error, info);
+            }
+            self.ran
+                .lock()
+                .expect("not poisoned")
+                .push(name.to_string());
+            self.started.send_modify(|n| *n += 1);
+            info.fuel_consumed = FUEL;
+            match self.steps.get(name).copied() {
+                None => failed(
+                    input,
+                    ExecutionError::host(
+                        ErrorKind::NotFound,
+                        codes::PROCESSOR_NOT_FOUND,
+                        format!("no `{name}`"),
+                    ),
+                    info,
+                ),
+                Some(Step::Map(f)) => {
+                    workflow_result(f(input.clone()).map_err(|e| (input, e)), info, None)
+                }
+                Some(Step::UntilCancelled) => {
+                    scope.cancel.cancelled().await;
+                    let reason = scope.cancel.reason();
+                    self.cancelled
+                        .lock()
+                        .expect("not poisoned")
+                        .push((name.to_string(), reason));
+                    let error =
+                        ExecutionError::host(ErrorKind::Cancelled, "cancelled", "cancelled");
+                    failed(input, error, info)
+                }
+            }
+        })
+    }
+
+    fn max_batch_items(&self) -> usize {
+        self.max_items
+    }
+}
+
+fn scope(cancel: CancelHandle) -> Scope {
+    Scope {
+        tenant: Arc::from("acme"),
+        session: None,
+        depth: 0,
+        deadline: None,
+        cancel,
+        limits: LimitOverrides::default(),
+        parent: None,
+        priority: None,
+        max_attempts: None,
+        progress: None,
+        admission: None,
+    }
+}
+
+/// Runs `workflow` on `input` with `fake`'s processors, uncancelled.
+async fn run_with(fake: &Fake, workflow: Workflow, input: Value) -> ExecutionResult {
+    run_cancellable(fake, workflow, input, CancelHandle::new()).await
+}
+
+async fn run_cancellable(
+    fake: &Fake,
+    workflow: Workflow,
+    input: Value,
+    cancel: CancelHandle,
+) -> ExecutionResult {
+    let info = ExecutionInfo::new(None, workflow.name(), "acme", None);
+    let workflow = Arc::new(workflow);
+    let future = run(
+        fake,
+        &workflow,
+        input,
+        StateMetadata::new(None),
+        scope(cancel),
+        info,
+    );
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("the workflow ends")
+}
+
+fn add(field: &'static str, by: i64) -> impl Fn(Value) -> Value {
+    move |mut state| {
+        let now = state.get(field).and_then(Value::as_i64).unwrap_or(0);
+        state[field] = json!(now + by);
+        state
+    }
+}
+
+fn boom(_: Value) -> Result<Value, ExecutionError> {
+    Err(ExecutionError::host(
+        ErrorKind::Execution,
+        "boom",
+        "it went boom",
+    ))
+}
+
+fn plus_one(state: Value) -> Result<Value, ExecutionError> {
+    Ok(add("n", 1)(state))
+}
+
+fn times_ten(mut state: Value) -> Result<Value, ExecutionError> {
+    let n = state.get("n").and_then(Value::as_i64).unwrap_or(0);
+    state["n"] = json!(n * 10);
+    Ok(state)
+}
+
+fn mark_a(mut state: Value) -> Result<Value, ExecutionError> {
+    state["a"] = json!(true);
+    Ok(state)
+}
+
+fn mark_b(mut state: Value) -> Result<Value, ExecutionError> {
+    state["b"] = json!(true);
+    Ok(state)
+}
+
+fn fail_odd(state: Value) -> Result<Value, ExecutionError> {
+    match state.get("n").and_then(Value::as_i64) {
+        Some(n) if n % 2 == 1 => boom(state),
+        _ => plus_one(state),
+    }
+}
+
+fn pick_b(mut state: Value) -> Result<Value, ExecutionError> {
+    state["route"] = json!("b");
+    Ok(state)
+}
+
+fn processors() -> Fake {
+    Fake::new(&[
+        ("plus-one", Step::Map(plus_one)),
+        ("times-ten", Step::Map(times_ten)),
+        ("mark-a", Step::Map(mark_a)),
+        ("mark-b", Step::Map(mark_b)),
+        ("boom", Step::Map(boom)),
+        ("fail-odd", Step::Map(fail_odd)),
+        ("pick-b", Step::Map(pick_b)),
+        ("hang", Step::UntilCancelled),
+    ])
+}
+
+fn failed_step(result: &ExecutionResult) -> Value {
+    let error = result.error.as_ref().expect("an error");
+    error.details.as_ref().expect("details")["failed"].clone()
+}
+
+#[tokio::test]
+async fn a_chain_feeds_each_step_the_last_output_and_sums_their_cost() {
+    let fake = processors();
+    let workflow = Workflow::chain("c", ["plus-one", "times-ten", "plus-one"]);
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["n"], 21);
+    assert_eq!(result.execution.fuel_consumed, 3 * FUEL);
+    assert_eq!(fake.ran(), ["plus-one", "times-ten", "plus-one"]);
+}
+
+#[tokio::test]
+async fn a_chain_stops_at_its_first_failure_with_the_last_good_state() {
+    let fake = processors();
+    let workflow = Workflow::chain("c", ["plus-one", "boom", "times-ten"]);
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(!result.ok);
+    assert_eq!(result.state["n"], 2, "the state the failing step got");
+    let error = result.error.as_ref().expect("an error");
+    assert!(error.has_code("boom"), "{error:?}");
+    assert!(error.message.contains("step 2 (`boom`) of `c`"), "{error}");
+    assert_eq!(
+        failed_step(&result),
+        json!({"role": "step", "name": "boom", "index": 1})
+    );
+    assert_eq!(fake.ran(), ["plus-one", "boom"], "nothing ran after it");
+}
+
+#[tokio::test]
+async fn parallel_branches_run_on_the_same_input_and_merge_onto_it() {
+    let fake = processors();
+    let workflow = Workflow::parallel("p", ["mark-a", "mark-b", "plus-one"]);
+    let result = run_with(&fake, workflow, json!({"n": 1, "kept": "yes"})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["a"], true);
+    assert_eq!(result.state["b"], true);
+    assert_eq!(result.state["n"], 2);
+    assert_eq!(result.state["kept"], "yes");
+    assert_eq!(
+        result.state["metadata"]["version"],
+        StateMetadata::new(None).bumped().version,
+        "the input's metadata, bumped once for the merge"
+    );
+    assert_eq!(result.execution.fuel_consumed, 3 * FUEL);
+}
+
+#[tokio::test]
+async fn a_custom_merge_gets_the_input_and_every_branch_state() {
+    fn count_results(state: Value) -> Result<Value, ExecutionError> {
+        let branches = state["results"].as_array().map_or(0, Vec::len);
+        Ok(json!({"branches": branches, "input": state["input"]}))
+    }
+    let mut fake = processors();
+    Arc::make_mut(&mut fake.steps).insert("count", Step::Map(count_results));
+    let workflow = Workflow::parallel("p", ["mark-a", "mark-b"]).merge("count");
+    let result = run_with(&fake, workflow, json!({"n": 5})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["branches"], 2);
+    assert_eq!(result.state["input"]["n"], 5);
+}
+
+#[tokio::test]
+async fn a_failing_branch_cancels_its_running_siblings_and_reports_every_branch() {
+    let fake = processors();
+    let workflow = Workflow::parallel("p", ["hang", "boom"]);
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(!result.ok);
+    assert_eq!(
+        result.state,
+        json!({"n": 1}),
+        "the input, as the last good state"
+    );
+    assert_eq!(
+        fake.cancelled(),
+        [("hang".to_string(), Some(CancelReason::Sibling))]
+    );
+    let error = result.error.as_ref().expect("an error");
+    assert!(error.has_code("boom"), "{error:?}");
+    let branches = &error.details.as_ref().expect("details")["branches"];
+    assert_eq!(branches[0]["branch"], "hang");
+    assert_eq!(branches[0]["ok"], false);
+    assert_eq!(branches[1]["code"], "boom");
+}
+
+#[tokio::test]
+async fn a_route_picks_its_key_s_target_else_the_fallback_else_fails() {
+    let fake = processors();
+    let route = || {
+        Workflow::route_by_pointer("r", "/kind")
+            .route("a", "mark-a")
+            .route("b", "mark-b")
+    };
+    let result = run_with(&fake, route(), json!({"kind": "b"})).await;
+    assert_eq!(result.state["b"], true);
+    let result = run_with(&fake, route().fallback("plus-one"), json!({"kind": "z"})).await;
+    assert_eq!(result.state["n"], 1, "the fallback ran");
+    let result = run_with(&fake, route(), json!({"kind": "z"})).await;
+    let error = result.error.as_ref().expect("no route");
+    assert!(error.has_code(codes::NO_ROUTE), "{error:?}");
+    assert!(error.message.contains("no route for key `z`"), "{error}");
+    assert_eq!(
+        fake.ran(),
+        ["mark-b", "plus-one"],
+        "nothing ran without a route"
+    );
+}
+
+#[tokio::test]
+async fn a_route_by_processor_asks_its_selector_for_the_key() {
+    let fake = processors();
+    let workflow = Workflow::route_by_processor("r", "pick-b")
+        .route("a", "mark-a")
+        .route("b", "mark-b");
+    let result = run_with(&fake, workflow, json!({})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["b"], true);
+    assert!(
+        result.state.get("route").is_none(),
+        "the target got the input"
+    );
+    assert_eq!(fake.ran(), ["pick-b", "mark-b"]);
+}
+
+#[tokio::test]
+async fn a_collecting_batch_runs_every_item_and_reports_each() {
+    let fake = processors();
+    let workflow = Workflow::batch("b", "fail-odd").concurrency(2);
+    let input = json!({"items": [{"n": 2}, {"n": 3}, {"n": 4}]});
+    let result = run_with(&fake, workflow, input).await;
+    assert!(result.ok, "a collecting batch succeeds: {:?}", result.error);
+    let items = result.items.as_ref().expect("item results");
+    let oks: Vec<bool> = items.iter().map(|r| r.ok).collect();
+    assert_eq!(oks, [true, false, true]);
+    assert_eq!(result.state["items"][0]["n"], 3);
+    assert_eq!(result.state["items"][2]["n"], 5);
+    assert_eq!(result.execution.fuel_consumed, 3 * FUEL);
+}
+
+#[tokio::test]
+async fn an_all_or_nothing_batch_fails_with_its_first_failing_item() {
+    let fake = processors();
+    let workflow = Workflow::batch("b", "fail-odd")
+        .concurrency(1)
+        .policy(BatchPolicy::AllOrNothing);
+    let input = json!({"items": [{"n": 2}, {"n": 3}, {"n": 4}, {"n": 6}]});
+    let result = run_with(&fake, workflow, input.clone()).await;
+    assert!(!result.ok);
+    assert_eq!(
+        result.state, input,
+        "the batch's input, as the last good state"
+    );
+    assert_eq!(
+        failed_step(&result),
+        json!({"role": "item", "name": "fail-odd", "index": 1})
+    );
+    assert_eq!(
+        fake.ran(),
+        ["fail-odd", "fail-odd"],
+        "one at a time: no item started after the failure"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_over_its_bound_or_without_items_runs_nothing() {
+    let mut fake = processors();
+    fake.max_items = 2;
+    let workflow = || Workflow::batch("b", "plus-one");
+    let result = run_with(&fake, workflow(), json!({"items": [{}, {}, {}]})).await;
+    let error = result.error.as_ref().expect("too large");
+    assert!(error.has_code(codes::BATCH_TOO_LARGE), "{error:?}");
+    let result = run_with(&fake, workflow(), json!({"item": []})).await;
+    let error = result.error.as_ref().expect("no items");
+    assert!(error.has_code(codes::INVALID_INPUT), "{error:?}");
+    assert!(fake.ran().is_empty());
+}
+
+#[tokio::test]
+async fn a_graph_runs_nodes_after_their_dependencies_and_merges_its_sinks() {
+    let fake = processors();
+    let workflow = Workflow::graph("g")
+        .node("plus-one", [] as [&str; 0])
+        .node("mark-a", ["plus-one"])
+        .node("mark-b", ["plus-one"])
+        .node("times-ten", ["mark-a", "mark-b"]);
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["n"], 20);
+    assert_eq!(result.state["a"], true);
+    assert_eq!(result.state["b"], true);
+    let ran = fake.ran();
+    assert_eq!(ran.first().map(String::as_str), Some("plus-one"));
+    assert_eq!(ran.last().map(String::as_str), Some("times-ten"));
+}
+
+#[tokio::test]
+async fn a_false_condition_skips_a_node_and_everything_after_it() {
+    let fake = processors();
+    let workflow = Workflow::graph("g")
+        .node("mark-a", [] as [&str; 0])
+        .node_if("mark-b", ["mark-a"], "/go")
+        .node("plus-one", ["mark-b"]);
+    let result = run_with(&fake, workflow, json!({"go": false})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["a"], true, "the work before the skip is kept");
+    assert!(result.state.get("b").is_none());
+    assert!(result.state.get("n").is_none());
+    assert_eq!(fake.ran(), ["mark-a"]);
+}
+
+#[tokio::test]
+async fn a_failing_node_cancels_running_ones_and_skips_the_rest() {
+    let fake = processors();
+    let workflow = Workflow::graph("g")
+        .node("hang", [] as [&str; 0])
+        .node("boom", [] as [&str; 0])
+        .node("plus-one", ["boom"]);
+    let result = run_with(&fake, workflow, json!({})).await;
+    assert!(!result.ok);
+    assert_eq!(
+        failed_step(&result),
+        json!({"role": "node", "name": "boom"})
+    );
+    assert_eq!(
+        fake.cancelled(),
+        [("hang".to_string(), Some(CancelReason::Sibling))]
+    );
+    assert!(!fake.ran().contains(&"plus-one".to_string()));
+}
+
+#[tokio::test]
+async fn cancelling_a_workflow_cancels_the_step_it_is_running() {
+    let fake = processors();
+    let cancel = CancelHandle::new();
+    let workflow = Workflow::chain("c", ["plus-one", "hang", "times-ten"]);
+    let running = {
+        let fake = fake.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { run_cancellable(&fake, workflow, json!({}), cancel).await })
+    };
+    // Cancelled once the chain's second step is running.
+    let mut started = fake.started.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), started.wait_for(|n| *n >= 2))
+        .await
+        .expect("the second step starts")
+        .expect("the fake is alive");
+    cancel.cancel_with(CancelReason::Request);
+    let result = running.await.expect("the workflow's task ends");
+    assert!(!result.ok);
+    assert_eq!(
+        fake.cancelled(),
+        [("hang".to_string(), Some(CancelReason::Request))]
+    );
+    assert_eq!(fake.ran(), ["plus-one", "hang"], "nothing ran after it");
+}

@@ -1,0 +1,1009 @@
+//! One execution, start to finish: check the input, resolve the name to a processor or a
+//! workflow, resolve limits, run attempts in fresh sandboxes under a deadline, fuel and a
+//! memory cap, retry as the policy says, classify every failure into the contract's kinds
+//! and codes, and stamp the host-owned metadata. Workflows hand their steps back in here
+//! (see [`crate::execution::compose`]); guests' nested `call`s come back in one level deeper.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tracing::Instrument;
+use wasmtime::Trap;
+
+use crate::contract::bounds::human_bytes;
+use crate::contract::cancel::CancelHandle;
+use crate::contract::clock::{self, Stamp};
+use crate::contract::error::{ErrorKind, ExecutionError, codes};
+use crate::contract::limits::{LimitOverrides, Limits};
+use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::state;
+use crate::contract::state_store::SessionKey;
+use crate::execution::context::Shared;
+use crate::execution::registry::Unit;
+use crate::execution::request::ExecutionRequest;
+use crate::execution::scheduler::{Refused, Turn};
+use crate::execution::services::ExecutionServices;
+use crate::sandbox::bindings::wit;
+use crate::sandbox::events::{Event, EventKind};
+use crate::sandbox::guest_log::GuestLog;
+use crate::sandbox::plugin::Plugin;
+use crate::sandbox::warm::WarmInstance;
+use crate::sandbox::{HostTrap, Sandbox, SandboxSpec, from_wit_error};
+
+/// Who an execution runs for and within what bounds. A workflow passes its own scope to its
+/// steps (same depth, its deadline); a guest's `call` passes one a level deeper.
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    pub tenant: Arc<str>,
+    pub session: Option<Arc<str>>,
+    /// Guest `call`s that led here (0 at the top).
+    pub depth: u32,
+    /// When everything must be done by, if a parent or workflow set a bound.
+    pub deadline: Option<Instant>,
+    pub cancel: CancelHandle,
+    /// What the caller asked for: limits can only go down.
+    pub limits: LimitOverrides,
+    /// The execution that started this one (a workflow or a guest's `call`).
+    pub parent: Option<Arc<str>>,
+    /// The caller's priority for queued work (the processor's default when `None`).
+    pub priority: Option<u32>,
+    /// The caller's cap on attempts (lowers, never raises, a retry policy).
+    pub max_attempts: Option<u32>,
+    /// Where the guest's progress reports go besides the event stream: in a distributed
+    /// worker, the BullMQ job the execution runs for. Nested calls do not inherit it.
+    pub progress: Option<ProgressSink>,
+    /// What the submitter is charged for the fan-outs under this execution, if anything.
+    pub admission: Option<Arc<dyn Admission>>,
+}
+
+/// What an execution's fan-outs cost whoever submitted it, charged before they start: the
+/// seam through which an embedding (the HTTP server's tenant quotas) meters work that one
+/// request makes many of. Implemented above this layer; carried by the request's scope to
+/// every step and nested call.
+#[async_trait::async_trait]
+pub trait Admission: Send + Sync + std::fmt::Debug {
+    /// Charges `items` executions (a batch's items, about to start). An error refuses them
+    /// all: the batch fails with it and no item runs.
+    async fn admit_items(&self, items: usize) -> Result<(), ExecutionError>;
+}
+
+/// The latest progress (percent, message) a running guest reported, for whoever follows it.
+pub(crate) type ProgressSink = Arc<tokio::sync::watch::Sender<Option<(u8, String)>>>;
+
+impl Scope {
+    /// The scope of a step inside this one: same caller, cancelled with it, and bounded by
+    /// `timeout` from now if given.
+    pub(crate) fn step(&self, timeout: Option<Duration>, cancel: CancelHandle) -> Scope {
+        let own = timeout.map(|t| Instant::now() + t);
+        let deadline = match (self.deadline, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Scope {
+            deadline,
+            cancel,
+            ..self.clone()
+        }
+    }
+}
+
+/// Runs a top-level execution.
+pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> ExecutionResult {
+    let scope = Scope {
+        tenant: Arc::from(request.tenant.as_deref().unwrap_or("default")),
+        session: request.session.as_deref().map(Arc::from),
+        depth: 0,
+        deadline: request
+            .deadline
+            .map(|d| Instant::now() + request.delay.unwrap_or_default() + d),
+        cancel: request.cancel,
+        limits: request.limits,
+        parent: None,
+        priority: request.priority,
+        max_attempts: request.max_attempts,
+        progress: None,
+        admission: request.admission,
+    };
+    if let Some(delay) = request.delay {
+        // A delayed execution is cancellable while it waits; it then starts normally (and
+        // refuses to, if it was cancelled).
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = scope.cancel.cancelled() => {}
+        }
+    }
+    run(
+        shared,
+        &request.processor,
+        request.input,
+        scope,
+        request.id,
+        None,
+    )
+    .await
+}
+
+/// A processor fixed in advance and the number of the one attempt to make: how a worker of
+/// the distributed runtime runs a job, where the queue (not the executor) makes retries.
+pub(crate) struct Pinned {
+    pub plugin: Arc<Plugin>,
+    pub attempt: u32,
+}
+
+/// Runs one attempt of a pinned processor as a top-level execution: same checks, limits,
+/// events and metadata as any execution, no retries.
+#[cfg(feature = "redis")]
+pub(crate) async fn execute_pinned(
+    shared: &Arc<Shared>,
+    pinned: Pinned,
+    input: Value,
+    scope: Scope,
+    id: Option<String>,
+) -> ExecutionResult {
+    let name = pinned.plugin.name().to_string();
+    run(shared, &name, input, scope, id, Some(pinned)).await
+}
+
+/// The result of a request that could not even start (nothing ran).
+pub(crate) fn refused(request: ExecutionRequest, error: ExecutionError) -> ExecutionResult {
+    let tenant = request.tenant.unwrap_or_else(|| "default".to_string());
+    let info = ExecutionInfo::new(request.id, request.processor, tenant, request.session);
+    failed(request.input, error, info)
+}
+
+/// Runs a guest's nested `call`: one level deeper, within the caller's deadline, cancelled
+/// with the caller. Fails before anything runs when the depth would pass the maximum.
+pub(crate) async fn call_nested(
+    shared: &Arc<Shared>,
+    caller: &Scope,
+    name: String,
+    state: String,
+    deadline: Instant,
+    cancel: CancelHandle,
+) -> (Result<String, ExecutionError>, u64) {
+    let depth = caller.depth + 1;
+    let max = shared.config.max_call_depth;
+    if depth > max {
+        let error = ExecutionError::host(
+            ErrorKind::Execution,
+            codes::CALL_DEPTH_EXCEEDED,
+            format!("calling `{name}` would nest {depth} calls deep; the maximum is {max}"),
+        );
+        return (Err(error), 0);
+    }
+    // The guest picks the name: one that cannot exist, or does not, is refused before
+    // anything is recorded for it (no stats row, no event), so made-up names leave no trace.
+    if !crate::contract::names::is_valid_name(&name) {
+        let shown =
+            crate::contract::bounds::escape_controls(&crate::contract::bounds::clip_str(&name, 64));
+        let error = ExecutionError::host(
+            ErrorKind::NotFound,
+            codes::PROCESSOR_NOT_FOUND,
+            format!(
+                "no processor or workflow named `{shown}`: names are 1 to 64 lowercase letters, \
+                 digits and hyphens, starting with a letter"
+            ),
+        );
+        return (Err(error), 0);
+    }
+    let known = shared.registry.resolve(&name).is_some()
+        || !matches!(shared.resolve_published(&name).await, Ok(None));
+    if !known {
+        let error = ExecutionError::host(
+            ErrorKind::NotFound,
+            codes::PROCESSOR_NOT_FOUND,
+            format!("no processor or workflow named `{name}`"),
+        );
+        return (Err(error), 0);
+    }
+    let input: Value = match serde_json::from_str(&state) {
+        Ok(input) => input,
+        Err(e) => {
+            let error = ExecutionError::host(
+                ErrorKind::Validation,
+                codes::INVALID_INPUT,
+                format!("the state passed to `{name}` is not valid JSON: {e}"),
+            );
+            return (Err(error), 0);
+        }
+    };
+    let scope = Scope {
+        depth,
+        deadline: Some(deadline),
+        cancel,
+        progress: None,
+        ..caller.clone()
+    };
+    let result = run_boxed(shared, &name, input, scope).await;
+    let fuel = result.execution.fuel_consumed;
+    let outcome = match result.error {
+        None => Ok(json_text(&result.state)),
+        Some(error) => Err(error),
+    };
+    (outcome, fuel)
+}
+
+/// Runs a step of a workflow or a nested call. Boxed: an execution can contain itself.
+pub(crate) fn run_boxed<'a>(
+    shared: &'a Arc<Shared>,
+    name: &'a str,
+    input: Value,
+    scope: Scope,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ExecutionResult> + Send + 'a>> {
+    Box::pin(run(shared, name, input, scope, None, None))
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    name: &str,
+    input: Value,
+    scope: Scope,
+    id: Option<String>,
+    pinned: Option<Pinned>,
+) -> ExecutionResult {
+    // The clocks are read here, when the guest returns, at the end, and after anything that
+    // may have waited (a limited queue, a retry's backoff); every other time the execution
+    // needs (its id, its metadata's timestamps, the guest's deadline) derives from those.
+    let started = Stamp::now();
+    let id = id.unwrap_or_else(|| clock::execution_id(started.wall));
+    let info = ExecutionInfo::new(
+        Some(id),
+        name,
+        &*scope.tenant,
+        scope.session.as_deref().map(str::to_string),
+    );
+    // The span's own target lets operators see guest lines with their execution's fields
+    // without enabling the host's info logs.
+    let span = tracing::info_span!(
+        target: "weir::execution",
+        "execution",
+        id = %info.id,
+        processor = %info.processor,
+        tenant = %info.tenant,
+        session = info.session.as_deref(),
+        depth = scope.depth,
+    );
+    let events = &shared.events;
+    let parent = scope.parent.clone();
+    let depth = scope.depth;
+    let session_key = scope
+        .session
+        .as_ref()
+        .map(|session| SessionKey::new(&*scope.tenant, &**session));
+    let began = shared.activity.begin(
+        &info.id,
+        &scope.tenant,
+        &info.processor,
+        session_key,
+        &scope.cancel,
+    );
+    // Ends the record even if this future is dropped before it finishes.
+    let mut record = Recorded {
+        activity: &shared.activity,
+        id: info.id.clone(),
+        tenant: scope.tenant.clone(),
+        processor: info.processor.clone(),
+        started: started.instant,
+        done: false,
+    };
+    if events.active() {
+        if began.new_session {
+            events.publish(Event::new(
+                EventKind::SessionCreated,
+                &info.tenant,
+                info.session.as_deref(),
+            ));
+        }
+        events.publish(execution_event(
+            EventKind::ProcessorStarted,
+            &info,
+            parent.as_deref(),
+            depth,
+        ));
+    }
+    let mut result = run_in_span(shared, input, scope, info, pinned, started)
+        .instrument(span)
+        .await;
+    let elapsed = started.instant.elapsed();
+    result.execution.duration_us = elapsed.as_micros().try_into().unwrap_or(u64::MAX);
+    record.finish(result.ok, elapsed);
+    if events.active() {
+        let kind = if result.ok {
+            EventKind::ProcessorCompleted
+        } else {
+            EventKind::ProcessorFailed
+        };
+        let mut event = execution_event(kind, &result.execution, parent.as_deref(), depth);
+        event.attempts = Some(result.execution.attempts);
+        event.duration_us = Some(result.execution.duration_us);
+        event.error = result.error.clone();
+        events.publish(event);
+    }
+    result
+}
+
+/// The activity record of one execution, ended exactly once: by `finish`, or as a failure if
+/// the execution's future is dropped first.
+struct Recorded<'a> {
+    activity: &'a crate::execution::activity::Activity,
+    id: String,
+    tenant: Arc<str>,
+    processor: String,
+    started: Instant,
+    done: bool,
+}
+
+impl Recorded<'_> {
+    fn finish(&mut self, ok: bool, elapsed: Duration) {
+        self.done = true;
+        self.activity
+            .end(&self.id, &self.tenant, &self.processor, ok, elapsed);
+    }
+}
+
+impl Drop for Recorded<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.activity.end(
+                &self.id,
+                &self.tenant,
+                &self.processor,
+                false,
+                self.started.elapsed(),
+            );
+        }
+    }
+}
+
+/// An event about the execution `info` describes.
+pub(crate) fn execution_event(
+    kind: EventKind,
+    info: &ExecutionInfo,
+    parent: Option<&str>,
+    depth: u32,
+) -> Event {
+    let mut event = Event::new(kind, &info.tenant, info.session.as_deref());
+    event.execution_id = Some(info.id.clone());
+    event.processor = Some(info.processor.clone());
+    event.parent_id = parent.map(str::to_string);
+    event.depth = Some(depth);
+    event
+}
+
+async fn run_in_span(
+    shared: &Arc<Shared>,
+    input: Value,
+    scope: Scope,
+    mut info: ExecutionInfo,
+    pinned: Option<Pinned>,
+    started: Stamp,
+) -> ExecutionResult {
+    let prepared = state::prepare_input_at(input, scope.session.as_deref(), started.wall);
+    let (input, metadata) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return failed(Value::Null, error, info),
+    };
+    let resolved = match &pinned {
+        Some(pinned) => Some(Unit::Processor(pinned.plugin.clone())),
+        None => match shared.registry.resolve(&info.processor) {
+            Some(unit) => Some(unit),
+            // On a worker: a nested call (or a step of a workflow it calls) to a name this
+            // process only knows through Redis.
+            None => match shared.resolve_published(&info.processor).await {
+                Ok(unit) => unit,
+                Err(error) => return failed(state::with_metadata(input, &metadata), error, info),
+            },
+        },
+    };
+    let plugin = match resolved {
+        Some(Unit::Processor(plugin)) => plugin,
+        Some(Unit::Workflow(workflow)) => {
+            info.digest = Some(workflow.digest().to_string());
+            let input_state = state::with_metadata(input, &metadata);
+            return crate::execution::compose::run(
+                shared,
+                &workflow,
+                input_state,
+                metadata,
+                scope,
+                info,
+            )
+            .await;
+        }
+        None => {
+            let error = if scope.depth == 0 {
+                not_found(shared, &info.processor)
+            } else {
+                // A guest's `call`: its output reaches the caller, so it learns nothing about
+                // what else is loaded or why files were rejected.
+                ExecutionError::host(
+                    ErrorKind::NotFound,
+                    codes::PROCESSOR_NOT_FOUND,
+                    format!("no processor or workflow named `{}`", info.processor),
+                )
+            };
+            return failed(state::with_metadata(input, &metadata), error, info);
+        }
+    };
+    info.digest = Some(plugin.digest().to_string());
+    info.version = Some(plugin.version().to_string());
+
+    let limits = plugin.limits().lowered_by(&scope.limits);
+    // The stamped input is only built as a document if it has to be returned (as the last
+    // good state of a failure); the guest gets text written straight from the parts.
+    let input_text = state::text_with_metadata(&input, &metadata);
+    let policy = plugin.retry();
+    let max_attempts = match &pinned {
+        // Exactly the one attempt asked for.
+        Some(pinned) => {
+            info.attempts = pinned.attempt.saturating_sub(1);
+            pinned.attempt
+        }
+        None => policy.attempts_allowed(scope.max_attempts),
+    };
+    let cancel = scope.cancel.clone();
+    // The time as last read: the start, or after a wait. The input's handling since then is
+    // not counted.
+    let mut now = started.instant;
+
+    loop {
+        if cancel.is_cancelled() {
+            let error = cancelled_error(&cancel, "before it started");
+            return failed(state::with_metadata(input, &metadata), error, info);
+        }
+        if scope.deadline.is_some_and(|d| now >= d) {
+            let error = out_of_time(&info.processor);
+            return failed(state::with_metadata(input, &metadata), error, info);
+        }
+        // Wait for this processor's queue: a concurrency slot, a rate token, our turn.
+        let queue = plugin.queue();
+        let priority = scope.priority.unwrap_or(queue.priority);
+        let queue_deadline = scope.deadline.unwrap_or(now + limits.timeout());
+        let _admission = match shared
+            .scheduler
+            .admit(
+                &info.processor,
+                queue,
+                Turn {
+                    tenant: &scope.tenant,
+                    priority,
+                    nested: scope.depth > 0,
+                },
+                queue_deadline,
+                &cancel,
+            )
+            .await
+        {
+            Ok(admission) => admission,
+            Err(Refused::Cancelled) => {
+                let error = cancelled_error(&cancel, "while it waited in its queue");
+                return failed(state::with_metadata(input, &metadata), error, info);
+            }
+            Err(Refused::Deadline) => {
+                let error = ExecutionError::host(
+                    ErrorKind::Timeout,
+                    codes::DEADLINE_EXCEEDED,
+                    format!(
+                        "`{}` waited in its queue until its deadline passed",
+                        info.processor
+                    ),
+                )
+                .retryable(true);
+                return failed(state::with_metadata(input, &metadata), error, info);
+            }
+        };
+        if !queue.is_unlimited() {
+            // The admission may have waited.
+            now = Instant::now();
+        }
+        info.attempts += 1;
+        let attempt_deadline = {
+            let own = now + limits.timeout();
+            scope.deadline.map_or(own, |d| d.min(own))
+        };
+        let outcome = attempt(
+            shared,
+            &plugin,
+            &input_text,
+            &info,
+            &limits,
+            Window {
+                started,
+                now,
+                deadline: attempt_deadline,
+            },
+            &scope,
+        )
+        .await;
+        info.fuel_consumed = info.fuel_consumed.saturating_add(outcome.fuel);
+        info.peak_memory_bytes = info.peak_memory_bytes.max(outcome.peak_memory);
+        let error = match outcome.result {
+            Ok(output) => {
+                let ended = started.wall_at(outcome.ended);
+                let state = state::with_metadata(output, &metadata.bumped_at(ended));
+                return ExecutionResult {
+                    ok: true,
+                    state,
+                    error: None,
+                    execution: info,
+                    items: None,
+                };
+            }
+            Err(error) => error,
+        };
+        let retry =
+            policy.retry_after(info.attempts, max_attempts, &error, &cancel, scope.deadline);
+        let Some(delay) = retry else {
+            return failed(state::with_metadata(input, &metadata), error, info);
+        };
+        tracing::info!(
+            attempt = info.attempts,
+            delay_ms = delay.as_millis() as u64,
+            error = %error,
+            "retrying"
+        );
+        if shared.events.active() {
+            let mut event = execution_event(
+                EventKind::ProcessorRetrying,
+                &info,
+                scope.parent.as_deref(),
+                scope.depth,
+            );
+            event.attempt = Some(info.attempts);
+            event.error = Some(error.clone());
+            event.data = Some(serde_json::json!({ "delayMs": delay.as_millis() as u64 }));
+            shared.events.publish(event);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => {
+                let error = cancelled_error(&cancel, "while waiting to retry");
+                return failed(state::with_metadata(input, &metadata), error, info);
+            }
+        }
+        now = Instant::now();
+    }
+}
+
+fn not_found(shared: &Shared, name: &str) -> ExecutionError {
+    ExecutionError::host(
+        ErrorKind::NotFound,
+        codes::PROCESSOR_NOT_FOUND,
+        shared.registry.catalog().why_unavailable(name),
+    )
+}
+
+fn out_of_time(name: &str) -> ExecutionError {
+    ExecutionError::host(
+        ErrorKind::Timeout,
+        codes::DEADLINE_EXCEEDED,
+        format!("no time was left to start `{name}`: the enclosing deadline had passed"),
+    )
+    .retryable(true)
+}
+
+/// A failed result carrying `state` as the last good state.
+pub(crate) fn failed(state: Value, error: ExecutionError, info: ExecutionInfo) -> ExecutionResult {
+    tracing::debug!(error = %error, "execution failed");
+    ExecutionResult {
+        ok: false,
+        state,
+        error: Some(error),
+        execution: info,
+        items: None,
+    }
+}
+
+struct AttemptOutcome {
+    result: Result<Map<String, Value>, ExecutionError>,
+    fuel: u64,
+    peak_memory: u64,
+    /// When the guest returned (or the attempt gave up).
+    ended: Instant,
+}
+
+impl AttemptOutcome {
+    fn early(error: ExecutionError) -> Self {
+        AttemptOutcome {
+            result: Err(error),
+            fuel: 0,
+            peak_memory: 0,
+            ended: Instant::now(),
+        }
+    }
+}
+
+/// When an attempt runs: the execution's clock readings, the time it starts (as last
+/// read), and when it must be done by.
+struct Window {
+    started: Stamp,
+    now: Instant,
+    deadline: Instant,
+}
+
+enum Raw {
+    Finished(wasmtime::Result<Result<String, wit::ProcessorError>>),
+    Deadline,
+    Cancelled,
+}
+
+async fn attempt(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+    input: &String,
+    info: &ExecutionInfo,
+    limits: &Limits,
+    window: Window,
+    scope: &Scope,
+) -> AttemptOutcome {
+    let deadline = window.deadline;
+    let mut now = window.now;
+    // Top-level work waits for a sandbox slot; a guest's nested call already holds its
+    // caller's, and waiting here could deadlock a full host.
+    let _permit = if scope.depth > 0 {
+        None
+    } else if let Ok(permit) = shared.slots.try_acquire() {
+        Some(permit)
+    } else {
+        match tokio::time::timeout_at(deadline.into(), shared.slots.acquire()).await {
+            Ok(Ok(permit)) => {
+                now = Instant::now();
+                Some(permit)
+            }
+            Ok(Err(_)) => {
+                return AttemptOutcome::early(ExecutionError::host(
+                    ErrorKind::Resource,
+                    codes::CAPACITY_EXCEEDED,
+                    "the runtime is shutting down",
+                ));
+            }
+            Err(_) => {
+                return AttemptOutcome::early(deadline_error(limits, "waiting for a free sandbox"));
+            }
+        }
+    };
+    let cancel = &scope.cancel;
+    // A warm plugin reuses an idle instance of this tenant's when one is there and may hold
+    // the memory this execution is capped at; otherwise the sandbox is fresh.
+    let warm = plugin.warm();
+    let reused = warm
+        .and_then(|pool| pool.take(&scope.tenant, now))
+        .filter(|w| w.store.data().limiter.current <= limits.memory_bytes);
+    let log = match &reused {
+        Some(w) => {
+            let log = w.store.data().log.clone();
+            log.reset(now);
+            log
+        }
+        None => GuestLog::new(shared.config.log_rate, shared.config.guest),
+    };
+    let spec = SandboxSpec {
+        memory_bytes: limits.memory_bytes,
+        fuel: limits.fuel,
+        deadline,
+        cancel: cancel.clone(),
+        processor: plugin.name_shared().clone(),
+        log: log.clone(),
+        capabilities: &plugin.manifest().capabilities,
+        config: plugin.config().clone(),
+        // Nested calls from this attempt are children of this execution.
+        services: Some(Arc::new(ExecutionServices::new(
+            shared.clone(),
+            Scope {
+                parent: Some(Arc::from(info.id.as_str())),
+                ..scope.clone()
+            },
+        ))),
+        bounds: shared.config.guest,
+    };
+    let (mut store, mut instance, uses) = match reused {
+        Some(mut w) => match Sandbox::rearm(&mut w.store, spec) {
+            Ok(()) => (w.store, Some(w.processor), w.uses),
+            Err(error) => return AttemptOutcome::early(error),
+        },
+        None => match Sandbox::store(&shared.engine, spec) {
+            Ok(store) => (store, None, 0),
+            Err(error) => return AttemptOutcome::early(error),
+        },
+    };
+    let context = wit::ExecutionContext {
+        execution_id: info.id.clone(),
+        tenant: info.tenant.clone(),
+        session_id: info.session.clone(),
+        processor: info.processor.clone(),
+        attempt: info.attempts,
+        call_depth: scope.depth,
+        deadline_unix_ms: window.started.unix_ms_at(deadline),
+    };
+    let grace = shared.config.cancel_grace;
+    let raw = {
+        let run = async {
+            let processor = match &instance {
+                Some(processor) => processor,
+                None => instance.insert(plugin.pre.instantiate_async(&mut store).await?),
+            };
+            processor
+                .weir_processor_handler()
+                .call_process(&mut store, input, &context)
+                .await
+        };
+        // Biased: the guest is polled first, so a call that finishes in one poll (most of
+        // them) never registers the timer or the cancellation waiter at all.
+        tokio::select! {
+            biased;
+            result = run => Raw::Finished(result),
+            // Lazy (an async block): the timer is only created if the guest is still running.
+            _ = async { tokio::time::sleep_until(deadline.into()).await } => Raw::Deadline,
+            _ = hard_cancel(cancel, grace) => Raw::Cancelled,
+        }
+    };
+    // The guest's own fuel, and what its nested `call`s burnt.
+    let fuel = limits
+        .fuel
+        .saturating_sub(store.get_fuel().unwrap_or(0))
+        .saturating_add(store.data().nested_fuel);
+    let peak_memory = store.data().limiter.peak;
+    let memory_hit = store.data().limiter.hit;
+    let ended = Instant::now();
+    log.finish();
+    // Only an instance that returned normally, within every limit and uncancelled, is kept;
+    // the rest are dropped here (a fresh store always is).
+    match (warm, instance) {
+        (Some(pool), Some(processor))
+            if matches!(raw, Raw::Finished(Ok(_)))
+                && !memory_hit
+                && store.data().outbound_idle()
+                && !cancel.is_cancelled()
+                && ended < deadline =>
+        {
+            store.data_mut().release();
+            let instance = WarmInstance {
+                store,
+                processor,
+                uses: uses + 1,
+            };
+            pool.put(&scope.tenant, instance, ended);
+        }
+        _ => drop(store),
+    }
+
+    let result = match raw {
+        Raw::Finished(Ok(Ok(text))) => parse_output(&text, limits),
+        Raw::Finished(Ok(Err(guest_error))) => Err(from_wit_error(
+            guest_error,
+            &shared.config.guest,
+            limits.output_bytes,
+        )),
+        Raw::Finished(Err(trap)) => Err(classify_trap(&trap, &log, limits, memory_hit)),
+        Raw::Deadline => Err(deadline_error(limits, "while in a host call")),
+        Raw::Cancelled => Err(cancelled_error(
+            cancel,
+            "and did not stop within its grace period",
+        )),
+    };
+    AttemptOutcome {
+        result: mark_cancelled(result, cancel),
+        fuel,
+        peak_memory,
+        ended,
+    }
+}
+
+/// Whatever a guest made of a cancellation, the result says it was cancelled, and why.
+fn mark_cancelled<T>(
+    result: Result<T, ExecutionError>,
+    cancel: &CancelHandle,
+) -> Result<T, ExecutionError> {
+    match result {
+        Err(mut error) if cancel.is_cancelled() => {
+            error.kind = ErrorKind::Cancelled;
+            error.code = cancel.reason().map(|r| r.code().to_string());
+            Err(error)
+        }
+        other => other,
+    }
+}
+
+async fn hard_cancel(cancel: &CancelHandle, grace: Duration) {
+    cancel.cancelled().await;
+    tokio::time::sleep(grace).await;
+}
+
+/// `value` as JSON text. Serializing a `Value` cannot fail: its keys are strings and its
+/// numbers finite.
+fn json_text(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
+}
+
+pub(crate) fn parse_output(
+    text: &str,
+    limits: &Limits,
+) -> Result<Map<String, Value>, ExecutionError> {
+    let size = text.len() as u64;
+    if size > limits.output_bytes {
+        return Err(ExecutionError::host(
+            ErrorKind::Resource,
+            codes::OUTPUT_TOO_LARGE,
+            format!(
+                "the processor returned {} of state; the limit is {} (an operator can raise \
+                 `output_bytes` in the plugin's manifest)",
+                human_bytes(size),
+                human_bytes(limits.output_bytes)
+            ),
+        )
+        .with_details(serde_json::json!({ "bytes": size, "limit": limits.output_bytes })));
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ExecutionError::host(
+            ErrorKind::Execution,
+            codes::INVALID_OUTPUT,
+            format!(
+                "the processor returned {}; a state must be a JSON object",
+                state::json_type(&other)
+            ),
+        )),
+        Err(e) => Err(ExecutionError::host(
+            ErrorKind::Execution,
+            codes::INVALID_OUTPUT,
+            format!("the processor returned invalid JSON: {e}"),
+        )),
+    }
+}
+
+fn deadline_error(limits: &Limits, when: &str) -> ExecutionError {
+    ExecutionError::host(
+        ErrorKind::Timeout,
+        codes::DEADLINE_EXCEEDED,
+        format!(
+            "the processor did not finish within its {} ms timeout (stopped {when})",
+            limits.timeout_ms
+        ),
+    )
+    .retryable(true)
+}
+
+/// The result of an execution cancelled (for `reason`) before anything ran: `state` stays
+/// the last good state.
+#[cfg(feature = "redis")]
+pub(crate) fn cancelled_unstarted(
+    state: Value,
+    reason: crate::contract::cancel::CancelReason,
+    info: ExecutionInfo,
+) -> ExecutionResult {
+    let cancel = CancelHandle::new();
+    cancel.cancel_with(reason);
+    failed(state, cancelled_error(&cancel, "before it started"), info)
+}
+
+pub(crate) fn cancelled_error(cancel: &CancelHandle, how: &str) -> ExecutionError {
+    let reason = cancel
+        .reason()
+        .unwrap_or(crate::contract::cancel::CancelReason::Request);
+    ExecutionError::host(
+        ErrorKind::Cancelled,
+        reason.code(),
+        format!("the execution was cancelled {how}"),
+    )
+}
+
+/// Turns a trap (or a host-raised stop) into the contract's kind and code.
+fn classify_trap(
+    error: &wasmtime::Error,
+    log: &GuestLog,
+    limits: &Limits,
+    memory_hit: bool,
+) -> ExecutionError {
+    let host_trap = error
+        .downcast_ref::<HostTrap>()
+        .or_else(|| error.chain().find_map(|e| e.downcast_ref::<HostTrap>()));
+    match host_trap {
+        Some(HostTrap::Deadline) => return deadline_error(limits, "while running"),
+        Some(HostTrap::MemoryLimit { limit, requested }) => {
+            return memory_error(*limit, Some(*requested));
+        }
+        None => {}
+    }
+    if error.chain().any(|e| {
+        e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+    }) {
+        return ExecutionError::host(
+            ErrorKind::Resource,
+            codes::CAPACITY_EXCEEDED,
+            format!("no free sandbox slot: {error}"),
+        )
+        .retryable(true);
+    }
+    let trap = error.downcast_ref::<Trap>().copied();
+    match trap {
+        Some(Trap::OutOfFuel) => {
+            return ExecutionError::host(
+                ErrorKind::Resource,
+                codes::FUEL_EXHAUSTED,
+                format!(
+                    "the processor used up its fuel budget of {} (an operator can raise `fuel` \
+                     in the plugin's manifest)",
+                    limits.fuel
+                ),
+            );
+        }
+        Some(Trap::StackOverflow) => {
+            return ExecutionError::host(
+                ErrorKind::Resource,
+                codes::STACK_OVERFLOW,
+                "the processor overflowed its call stack (unbounded recursion?)",
+            );
+        }
+        Some(Trap::Interrupt) => return deadline_error(limits, "while running"),
+        _ => {}
+    }
+    if memory_hit {
+        return memory_error(limits.memory_bytes, None);
+    }
+    let panic = log.panic_message();
+    let trap_text = trap.map_or_else(|| format!("{error:#}"), |t| t.to_string());
+    let message = match &panic {
+        Some(panic) => format!("the processor panicked: {panic}"),
+        None => format!("the processor trapped: {trap_text}"),
+    };
+    // A guest's own stack lives in its linear memory, below everything else: overflowing
+    // it wraps the stack pointer past the memory's end.
+    let message = if trap == Some(Trap::MemoryOutOfBounds) && panic.is_none() {
+        format!(
+            "{message} (a processor that keeps large values on its stack may have overflowed \
+             it: for a Rust or C plugin built by `weir build`, raise `stack_size` in its \
+             weir-plugin.toml)"
+        )
+    } else {
+        message
+    };
+    let mut details = Map::new();
+    details.insert("trap".into(), Value::String(trap_text));
+    if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+        details.insert("backtrace".into(), Value::String(backtrace.to_string()));
+    }
+    ExecutionError::host(ErrorKind::Execution, codes::TRAP, message)
+        .with_details(Value::Object(details))
+}
+
+fn memory_error(limit: u64, requested: Option<u64>) -> ExecutionError {
+    let asked = requested.map_or(String::new(), |r| {
+        format!(" (it asked for {})", human_bytes(r))
+    });
+    ExecutionError::host(
+        ErrorKind::Resource,
+        codes::MEMORY_LIMIT,
+        format!(
+            "the processor exceeded its memory limit of {}{asked} (an operator can raise \
+             `memory_bytes` in the plugin's manifest)",
+            human_bytes(limit)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_over_the_cap_is_a_resource_error() {
+        let limits = Limits {
+            output_bytes: 10,
+            ..Limits::DEFAULTS
+        };
+        let err = parse_output(r#"{"a":"0123456789"}"#, &limits).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Resource);
+        assert!(err.has_code(codes::OUTPUT_TOO_LARGE));
+    }
+
+    #[test]
+    fn output_that_is_not_an_object_is_an_execution_error() {
+        for text in ["[1]", "3", "nope"] {
+            let err = parse_output(text, &Limits::DEFAULTS).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Execution, "{text}");
+            assert!(err.has_code(codes::INVALID_OUTPUT));
+        }
+    }
+}
