@@ -506,10 +506,10 @@ impl Distributed {
     /// long as both live.
     pub(crate) fn publish_reloads(
         self: &Arc<Self>,
-        shared: &Arc<crate::execution::context::Shared>,
+        shared: &Arc<crate::execution::context::Context>,
     ) {
         use crate::sandbox::events::{EventKind, Notice};
-        let mut events = shared.events.subscribe();
+        let mut events = shared.events().subscribe();
         self.internal_subscriptions
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let weak_shared = Arc::downgrade(shared);
@@ -527,7 +527,7 @@ impl Distributed {
                     EventKind::PluginLoaded | EventKind::PluginReloaded => event
                         .processor
                         .as_deref()
-                        .and_then(|name| shared.registry.get(name)),
+                        .and_then(|name| shared.registry().get(name)),
                     EventKind::WorkflowsReloaded => {
                         dist.definitions_changed();
                         None
@@ -545,7 +545,7 @@ impl Distributed {
                             plugin.path().display()
                         ))),
                     },
-                    None => dist.publish_if_changed(&shared.registry).await,
+                    None => dist.publish_if_changed(shared.registry()).await,
                 };
                 match outcome {
                     Ok(()) => tracing::info!(

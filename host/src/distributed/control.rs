@@ -17,7 +17,7 @@ use super::wire::{At, Frame, StepJob, WireScope, now_ms};
 use super::{Keys, RedisConfig};
 use crate::contract::cancel::CancelReason;
 use crate::contract::error::Error;
-use crate::execution::context::Shared;
+use crate::execution::context::Context;
 use crate::execution::executor::cancelled_unstarted;
 use crate::sandbox::events::{Event, EventKind, Notice};
 
@@ -250,21 +250,21 @@ impl Distributed {
 
     /// Shares this process's events with every other process (through the event stream)
     /// and hands theirs to `shared`'s subscribers. Runs until the runtime is gone.
-    pub(crate) fn share_events(self: &Arc<Self>, shared: &Arc<Shared>) {
-        let weak: Weak<Shared> = Arc::downgrade(shared);
+    pub(crate) fn share_events(self: &Arc<Self>, shared: &Arc<Context>) {
+        let weak: Weak<Context> = Arc::downgrade(shared);
         let internal = self.internal_subscriptions.clone();
         let sink: super::client::EventSink = Arc::new(move |origin: &str, text: &str| {
             // Only users' subscriptions want other processes' events.
             if let Some(shared) = weak.upgrade()
-                && shared.events.subscribers() > internal.load(Ordering::Acquire)
+                && shared.events().subscribers() > internal.load(Ordering::Acquire)
             {
                 for event in remote_events(origin, text) {
-                    shared.events.publish_remote(event);
+                    shared.events().publish_remote(event);
                 }
             }
         });
         self.set_event_sink(sink);
-        let mut subscription = shared.events.subscribe();
+        let mut subscription = shared.events().subscribe();
         self.internal_subscriptions.fetch_add(1, Ordering::AcqRel);
         // Two tasks, so that Redis's pace never holds up the bus: one moves this process's
         // events off the bus as soon as they are published, into a queue bounded in bytes;

@@ -32,7 +32,7 @@ use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::contract::limits::LimitOverrides;
 use crate::contract::manifest::Manifest;
 use crate::contract::result::ExecutionResult;
-use crate::execution::context::{Published, Shared};
+use crate::execution::context::{Context, Published};
 use crate::execution::executor::{
     Pinned, ProgressSink, Scope, cancelled_unstarted, execute_pinned, execution_event, failed,
 };
@@ -175,7 +175,7 @@ impl std::fmt::Debug for WorkerHandle {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     dist: Arc<Distributed>,
     config: WorkerConfig,
     plugins_dir: Option<PathBuf>,
@@ -230,7 +230,7 @@ impl WorkerHandle {
     /// Starts serving the queue of every processor published to Redis (and, as they are
     /// published, new ones).
     pub(crate) async fn start(
-        shared: Arc<Shared>,
+        shared: Arc<Context>,
         dist: Arc<Distributed>,
         plugins_dir: Option<PathBuf>,
         config: WorkerConfig,
@@ -302,7 +302,7 @@ impl WorkerHandle {
         let grace_ms = grace.as_millis().try_into().unwrap_or(u64::MAX);
         let closing =
             futures_util::future::join_all(workers.iter().map(|worker| worker.close(grace_ms)));
-        let hard = grace + inner.shared.config.cancel_grace * 10 + Duration::from_secs(1);
+        let hard = grace + inner.shared.config().cancel_grace * 10 + Duration::from_secs(1);
         let _ = tokio::time::timeout(hard, closing).await;
         // Steps still running are cancelled as this worker leaves, and each notes that it
         // is handed back (not a crash) before it ends: wait for those notes (within the
@@ -310,8 +310,8 @@ impl WorkerHandle {
         // the step for a crash.
         let mut running = inner.active_count.subscribe();
         if *running.borrow_and_update() > 0 {
-            inner.shared.activity.cancel_all(CancelReason::Shutdown);
-            let hard = inner.shared.config.cancel_grace * 10 + Duration::from_secs(1);
+            inner.shared.activity().cancel_all(CancelReason::Shutdown);
+            let hard = inner.shared.config().cancel_grace * 10 + Duration::from_secs(1);
             let _ = tokio::time::timeout(hard, running.wait_for(|n| *n == 0)).await;
         }
     }
@@ -475,7 +475,7 @@ impl Inner {
             return Err(bullmq::Error::Unrecoverable(message_of(&result)));
         }
         let (progress, forwarder) = forward_progress(job);
-        // Shared with the task, so a panic in it still has the step to report.
+        // Context with the task, so a panic in it still has the step to report.
         let step: Arc<StepJob> = Arc::from(step);
         let inner = self.clone();
         let running = step.clone();
@@ -691,7 +691,7 @@ impl Inner {
             error = %error,
             "retrying"
         );
-        let events = &self.shared.events;
+        let events = self.shared.events();
         if events.active() {
             let mut event = execution_event(
                 EventKind::ProcessorRetrying,
@@ -817,7 +817,7 @@ impl Inner {
                 foreign.tenant
             )));
         }
-        let plugin = match self.shared.registry.get(&queue) {
+        let plugin = match self.shared.registry().get(&queue) {
             Some(plugin) => plugin,
             None => {
                 let mut conn = self.dist.conn();
@@ -889,7 +889,7 @@ impl Inner {
     /// The component `digest` as processor `name`: the loaded one if it is that exact
     /// component, else one fetched from Redis before, else fetched now.
     async fn plugin(&self, name: &str, digest: &str) -> Result<Arc<Plugin>, Unavailable> {
-        if let Some(plugin) = self.shared.registry.get(name)
+        if let Some(plugin) = self.shared.registry().get(name)
             && plugin.digest() == digest
         {
             return Ok(plugin);
@@ -933,7 +933,7 @@ impl Inner {
             return Err(refused);
         }
         let mut conn = self.dist.conn();
-        let max = self.shared.config.max_component_bytes;
+        let max = self.shared.config().max_component_bytes;
         let bytes = content::fetch_plugin(&mut conn, &self.dist.keys, digest, max)
             .await
             .map_err(Unavailable::Redis)?
@@ -943,13 +943,13 @@ impl Inner {
                 let origin = PathBuf::from(format!("redis:{digest}"));
                 let shared = &self.shared;
                 Plugin::from_bytes(
-                    &shared.engine,
-                    &shared.linker,
+                    shared.engine(),
+                    shared.linker(),
                     name.to_string(),
                     &origin,
                     bytes,
                     manifest,
-                    &shared.config.loading(),
+                    &shared.config().loading(),
                 )
                 .await
                 .map_err(|e| format!("the published `{name}` ({digest}) cannot load: {e}"))
@@ -988,7 +988,7 @@ impl Inner {
             return Ok(Manifest::default());
         };
         crate::sandbox::plugin::load_manifest(
-            &self.shared.engine,
+            self.shared.engine(),
             &dir.join(format!("{name}.wasm")),
         )
         .await

@@ -1,12 +1,11 @@
 //! What every execution of one runtime shares, and what it runs under: the host's
-//! policies ([`HostConfig`]) and the context ([`Shared`]) holding the engine, the registry,
+//! policies ([`HostConfig`]) and the context ([`Context`]) holding the engine, the registry,
 //! the state store, the event bus, what is running and the admission queues, plus where
 //! names missing here are found when the process serves the distributed runtime (a
 //! [`Published`], which the worker implements: this layer owns the trait).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -101,22 +100,24 @@ impl HostConfig {
     }
 }
 
-/// State shared by every execution of one runtime.
-pub(crate) struct Shared {
-    pub engine: Engine,
-    pub linker: Linker<Sandbox>,
-    pub registry: Registry,
-    pub config: HostConfig,
-    pub slots: Semaphore,
-    pub store: Arc<dyn StateStore>,
-    pub events: EventBus,
-    pub activity: Activity,
-    pub scheduler: Scheduler,
+/// What every execution of one runtime shares: the engine and the linker its sandboxes
+/// are made with, the registry of names, the host's policies, the sandbox slots, the state
+/// store, the event bus, what is running, and the admission queues. Built once by the
+/// runtime; every layer that holds one reads it through its accessors.
+pub(crate) struct Context {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    registry: Registry,
+    config: HostConfig,
+    /// One permit per sandbox that may exist at once (the engine's `max_instances`).
+    slots: Semaphore,
+    state_store: Arc<dyn StateStore>,
+    events: EventBus,
+    activity: Activity,
+    scheduler: Scheduler,
     /// Where names this process has not loaded are found, when it serves as a worker of
     /// the distributed runtime (see [`Published`]).
-    pub(crate) published: Mutex<Option<Weak<dyn Published>>>,
-    /// Where the runtime is in its life (see `Runtime::state`).
-    pub(crate) lifecycle: AtomicU8,
+    published: Mutex<Option<Weak<dyn Published>>>,
 }
 
 /// What a worker of the distributed runtime offers a guest's nested `call` (and the steps
@@ -131,7 +132,78 @@ pub(crate) trait Published: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<Option<Unit>, ExecutionError>> + Send + 'a>>;
 }
 
-impl Shared {
+impl Context {
+    /// A context over `engine` and the rest, with as many sandbox slots as the engine
+    /// allows instances, and nothing running yet.
+    pub(crate) fn new(
+        engine: Engine,
+        linker: Linker<Sandbox>,
+        registry: Registry,
+        config: HostConfig,
+        state_store: Arc<dyn StateStore>,
+        events: EventBus,
+    ) -> Self {
+        let slots = Semaphore::new(engine.config().max_instances as usize);
+        let activity = Activity::new(config.sessions);
+        Self {
+            engine,
+            linker,
+            registry,
+            config,
+            slots,
+            state_store,
+            events,
+            activity,
+            scheduler: Scheduler::default(),
+            published: Mutex::new(None),
+        }
+    }
+
+    /// The engine every sandbox of this runtime is made with.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker every sandbox of this runtime is instantiated with.
+    pub(crate) fn linker(&self) -> &Linker<Sandbox> {
+        &self.linker
+    }
+
+    /// The names this runtime resolves: plugins and workflows.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The host's policies.
+    pub(crate) fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// The sandbox slots: one permit per sandbox that may exist at once.
+    pub(crate) fn slots(&self) -> &Semaphore {
+        &self.slots
+    }
+
+    /// Where sessions' state and key-value data live.
+    pub(crate) fn state_store(&self) -> &Arc<dyn StateStore> {
+        &self.state_store
+    }
+
+    /// The runtime's event bus.
+    pub(crate) fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// What is running, and each processor's and session's figures.
+    pub(crate) fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// The per-processor admission queues.
+    pub(crate) fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
     /// Makes `published` the place names missing here are looked for (until it is dropped;
     /// the worker started last wins).
     #[cfg(feature = "redis")]

@@ -19,7 +19,7 @@ use crate::contract::limits::{LimitOverrides, Limits};
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state;
 use crate::contract::state_store::SessionKey;
-use crate::execution::context::Shared;
+use crate::execution::context::Context;
 use crate::execution::registry::Unit;
 use crate::execution::request::ExecutionRequest;
 use crate::execution::scheduler::{Refused, Turn};
@@ -89,7 +89,7 @@ impl Scope {
 }
 
 /// Runs a top-level execution.
-pub(crate) async fn execute(shared: &Arc<Shared>, request: ExecutionRequest) -> ExecutionResult {
+pub(crate) async fn execute(shared: &Arc<Context>, request: ExecutionRequest) -> ExecutionResult {
     let scope = Scope {
         tenant: Arc::from(request.tenant.as_deref().unwrap_or("default")),
         session: request.session.as_deref().map(Arc::from),
@@ -135,7 +135,7 @@ pub(crate) struct Pinned {
 /// events and metadata as any execution, no retries.
 #[cfg(feature = "redis")]
 pub(crate) async fn execute_pinned(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     pinned: Pinned,
     input: Value,
     scope: Scope,
@@ -155,7 +155,7 @@ pub(crate) fn refused(request: ExecutionRequest, error: ExecutionError) -> Execu
 /// Runs a guest's nested `call`: one level deeper, within the caller's deadline, cancelled
 /// with the caller. Fails before anything runs when the depth would pass the maximum.
 pub(crate) async fn call_nested(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     caller: &Scope,
     name: String,
     state: String,
@@ -163,7 +163,7 @@ pub(crate) async fn call_nested(
     cancel: CancelHandle,
 ) -> (Result<String, ExecutionError>, u64) {
     let depth = caller.depth + 1;
-    let max = shared.config.max_call_depth;
+    let max = shared.config().max_call_depth;
     if depth > max {
         let error = ExecutionError::host(
             ErrorKind::Execution,
@@ -187,7 +187,7 @@ pub(crate) async fn call_nested(
         );
         return (Err(error), 0);
     }
-    let known = shared.registry.resolve(&name).is_some()
+    let known = shared.registry().resolve(&name).is_some()
         || !matches!(shared.resolve_published(&name).await, Ok(None));
     if !known {
         let error = ExecutionError::host(
@@ -226,7 +226,7 @@ pub(crate) async fn call_nested(
 
 /// Runs a step of a workflow or a nested call. Boxed: an execution can contain itself.
 pub(crate) fn run_boxed<'a>(
-    shared: &'a Arc<Shared>,
+    shared: &'a Arc<Context>,
     name: &'a str,
     input: Value,
     scope: Scope,
@@ -235,7 +235,7 @@ pub(crate) fn run_boxed<'a>(
 }
 
 async fn run(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     name: &str,
     input: Value,
     scope: Scope,
@@ -264,14 +264,14 @@ async fn run(
         session = info.session.as_deref(),
         depth = scope.depth,
     );
-    let events = &shared.events;
+    let events = shared.events();
     let parent = scope.parent.clone();
     let depth = scope.depth;
     let session_key = scope
         .session
         .as_ref()
         .map(|session| SessionKey::new(&*scope.tenant, &**session));
-    let began = shared.activity.begin(
+    let began = shared.activity().begin(
         &info.id,
         &scope.tenant,
         &info.processor,
@@ -280,7 +280,7 @@ async fn run(
     );
     // Ends the record even if this future is dropped before it finishes.
     let mut record = Recorded {
-        activity: &shared.activity,
+        activity: shared.activity(),
         id: info.id.clone(),
         tenant: scope.tenant.clone(),
         processor: info.processor.clone(),
@@ -372,7 +372,7 @@ pub(crate) fn execution_event(
 }
 
 async fn run_in_span(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     input: Value,
     scope: Scope,
     mut info: ExecutionInfo,
@@ -386,7 +386,7 @@ async fn run_in_span(
     };
     let resolved = match &pinned {
         Some(pinned) => Some(Unit::Processor(pinned.plugin.clone())),
-        None => match shared.registry.resolve(&info.processor) {
+        None => match shared.registry().resolve(&info.processor) {
             Some(unit) => Some(unit),
             // On a worker: a nested call (or a step of a workflow it calls) to a name this
             // process only knows through Redis.
@@ -461,7 +461,7 @@ async fn run_in_span(
         let priority = scope.priority.unwrap_or(queue.priority);
         let queue_deadline = scope.deadline.unwrap_or(now + limits.timeout());
         let _admission = match shared
-            .scheduler
+            .scheduler()
             .admit(
                 &info.processor,
                 queue,
@@ -543,7 +543,7 @@ async fn run_in_span(
             error = %error,
             "retrying"
         );
-        if shared.events.active() {
+        if shared.events().active() {
             let mut event = execution_event(
                 EventKind::ProcessorRetrying,
                 &info,
@@ -553,7 +553,7 @@ async fn run_in_span(
             event.attempt = Some(info.attempts);
             event.error = Some(error.clone());
             event.data = Some(serde_json::json!({ "delayMs": delay.as_millis() as u64 }));
-            shared.events.publish(event);
+            shared.events().publish(event);
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -566,11 +566,11 @@ async fn run_in_span(
     }
 }
 
-fn not_found(shared: &Shared, name: &str) -> ExecutionError {
+fn not_found(shared: &Context, name: &str) -> ExecutionError {
     ExecutionError::host(
         ErrorKind::NotFound,
         codes::PROCESSOR_NOT_FOUND,
-        shared.registry.catalog().why_unavailable(name),
+        shared.registry().catalog().why_unavailable(name),
     )
 }
 
@@ -629,7 +629,7 @@ enum Raw {
 }
 
 async fn attempt(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     plugin: &Arc<Plugin>,
     input: &String,
     info: &ExecutionInfo,
@@ -643,10 +643,10 @@ async fn attempt(
     // caller's, and waiting here could deadlock a full host.
     let _permit = if scope.depth > 0 {
         None
-    } else if let Ok(permit) = shared.slots.try_acquire() {
+    } else if let Ok(permit) = shared.slots().try_acquire() {
         Some(permit)
     } else {
-        match tokio::time::timeout_at(deadline.into(), shared.slots.acquire()).await {
+        match tokio::time::timeout_at(deadline.into(), shared.slots().acquire()).await {
             Ok(Ok(permit)) => {
                 now = Instant::now();
                 Some(permit)
@@ -676,7 +676,7 @@ async fn attempt(
             log.reset(now);
             log
         }
-        None => GuestLog::new(shared.config.log_rate, shared.config.guest),
+        None => GuestLog::new(shared.config().log_rate, shared.config().guest),
     };
     let spec = SandboxSpec {
         memory_bytes: limits.memory_bytes,
@@ -695,14 +695,14 @@ async fn attempt(
                 ..scope.clone()
             },
         ))),
-        bounds: shared.config.guest,
+        bounds: shared.config().guest,
     };
     let (mut store, mut instance, uses) = match reused {
         Some(mut w) => match Sandbox::rearm(&mut w.store, spec) {
             Ok(()) => (w.store, Some(w.processor), w.uses),
             Err(error) => return AttemptOutcome::early(error),
         },
-        None => match Sandbox::store(&shared.engine, spec) {
+        None => match Sandbox::store(shared.engine(), spec) {
             Ok(store) => (store, None, 0),
             Err(error) => return AttemptOutcome::early(error),
         },
@@ -716,7 +716,7 @@ async fn attempt(
         call_depth: scope.depth,
         deadline_unix_ms: window.started.unix_ms_at(deadline),
     };
-    let grace = shared.config.cancel_grace;
+    let grace = shared.config().cancel_grace;
     let raw = {
         let run = async {
             let processor = match &instance {
@@ -772,7 +772,7 @@ async fn attempt(
         Raw::Finished(Ok(Ok(text))) => parse_output(&text, limits),
         Raw::Finished(Ok(Err(guest_error))) => Err(from_wit_error(
             guest_error,
-            &shared.config.guest,
+            &shared.config().guest,
             limits.output_bytes,
         )),
         Raw::Finished(Err(trap)) => Err(classify_trap(&trap, &log, limits, memory_hit)),

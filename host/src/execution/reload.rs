@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::contract::error::Error;
 use crate::contract::workflow_file;
-use crate::execution::context::Shared;
+use crate::execution::context::Context;
 use crate::execution::registry::Rejection;
 use crate::sandbox::events::{Event, EventKind};
 use crate::sandbox::plugin::Plugin;
@@ -56,7 +56,11 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Starts watching `dir` for `shared`'s registry.
-pub(crate) fn watch(shared: Arc<Shared>, dir: &Path, debounce: Duration) -> Result<Watcher, Error> {
+pub(crate) fn watch(
+    shared: Arc<Context>,
+    dir: &Path,
+    debounce: Duration,
+) -> Result<Watcher, Error> {
     let dir = dir.canonicalize().map_err(|source| Error::PluginsDir {
         path: dir.to_path_buf(),
         source,
@@ -112,7 +116,7 @@ fn classify(path: &Path) -> Option<Change> {
 }
 
 async fn apply_changes(
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     dir: PathBuf,
     mut receiver: mpsc::UnboundedReceiver<Vec<PathBuf>>,
     debounce: Duration,
@@ -147,21 +151,21 @@ fn plugin_event(kind: EventKind, name: &str, data: serde_json::Value) -> Event {
 }
 
 /// Applies the current contents of `dir/NAME.wasm` (and its manifest).
-async fn apply_plugin(shared: &Arc<Shared>, dir: &Path, name: &str) {
+async fn apply_plugin(shared: &Arc<Context>, dir: &Path, name: &str) {
     let path = dir.join(format!("{name}.wasm"));
-    let old = shared.registry.get(name);
+    let old = shared.registry().get(name);
     if !path.is_file() {
-        let had_rejection = shared.registry.catalog().rejected.contains_key(name);
+        let had_rejection = shared.registry().catalog().rejected.contains_key(name);
         if old.is_none() && !had_rejection {
             return;
         }
-        shared.registry.update(|catalog| {
+        shared.registry().update(|catalog| {
             catalog.plugins.remove(name);
             catalog.rejected.remove(name);
         });
         if let Some(old) = old {
             tracing::info!(name, "plugin removed");
-            shared.events.publish(plugin_event(
+            shared.events().publish(plugin_event(
                 EventKind::PluginRemoved,
                 name,
                 json!({ "oldDigest": old.digest(), "path": path }),
@@ -171,10 +175,10 @@ async fn apply_plugin(shared: &Arc<Shared>, dir: &Path, name: &str) {
     }
     let started = Instant::now();
     match Plugin::load(
-        &shared.engine,
-        &shared.linker,
+        shared.engine(),
+        shared.linker(),
         &path,
-        &shared.config.loading(),
+        &shared.config().loading(),
     )
     .await
     {
@@ -185,7 +189,7 @@ async fn apply_plugin(shared: &Arc<Shared>, dir: &Path, name: &str) {
             {
                 // Touched, or rewritten with the same bytes: nothing to swap. A rejection
                 // left by a broken write in between is over.
-                shared.registry.update(|catalog| {
+                shared.registry().update(|catalog| {
                     catalog.rejected.remove(name);
                 });
                 return;
@@ -193,7 +197,7 @@ async fn apply_plugin(shared: &Arc<Shared>, dir: &Path, name: &str) {
             let compile = started.elapsed();
             let plugin = Arc::new(plugin);
             let swap_started = Instant::now();
-            shared.registry.update(|catalog| {
+            shared.registry().update(|catalog| {
                 catalog.rejected.remove(name);
                 catalog.plugins.insert(name.to_string(), plugin.clone());
             });
@@ -212,7 +216,7 @@ async fn apply_plugin(shared: &Arc<Shared>, dir: &Path, name: &str) {
                 "plugin {}",
                 if old.is_some() { "reloaded" } else { "loaded" }
             );
-            shared.events.publish(plugin_event(
+            shared.events().publish(plugin_event(
                 kind,
                 name,
                 json!({
@@ -235,10 +239,10 @@ async fn apply_plugin(shared: &Arc<Shared>, dir: &Path, name: &str) {
                 path: path.clone(),
                 reason: reason.clone(),
             };
-            shared.registry.update(|catalog| {
+            shared.registry().update(|catalog| {
                 catalog.rejected.insert(name.to_string(), rejection);
             });
-            shared.events.publish(plugin_event(
+            shared.events().publish(plugin_event(
                 EventKind::PluginRejected,
                 name,
                 json!({
@@ -252,31 +256,31 @@ async fn apply_plugin(shared: &Arc<Shared>, dir: &Path, name: &str) {
 }
 
 /// Re-reads `workflows.toml` and re-checks every workflow.
-fn apply_workflows(shared: &Shared, dir: &Path) {
+fn apply_workflows(shared: &Context, dir: &Path) {
     let (definitions, unreadable, file_error) = match workflow_file::load(
         dir,
-        shared.config.max_workflows_file_bytes,
+        shared.config().max_workflows_file_bytes,
     ) {
         Ok(Some(parsed)) => (parsed.workflows, parsed.broken, None),
         Ok(None) => (Vec::new(), Vec::new(), None),
         Err(error) => {
             tracing::warn!(%error, "workflows file rejected; the previous workflows keep serving");
-            shared.registry.update(|catalog| {
+            shared.registry().update(|catalog| {
                 catalog.workflows_file_error = Some(error);
             });
             publish_workflows(shared);
             return;
         }
     };
-    shared.registry.update(|catalog| {
+    shared.registry().update(|catalog| {
         catalog.set_file_workflows(definitions, unreadable);
         catalog.workflows_file_error = file_error;
     });
     publish_workflows(shared);
 }
 
-fn publish_workflows(shared: &Shared) {
-    let catalog = shared.registry.catalog();
+fn publish_workflows(shared: &Context) {
+    let catalog = shared.registry().catalog();
     tracing::info!(
         valid = catalog.workflows.len(),
         invalid = catalog.invalid_workflows.len(),
@@ -293,7 +297,7 @@ fn publish_workflows(shared: &Shared) {
         "invalid": invalid,
         "fileError": catalog.workflows_file_error,
     }));
-    shared.events.publish(event);
+    shared.events().publish(event);
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::contract::cancel::CancelHandle;
 use crate::contract::error::{ErrorKind, ExecutionError, codes};
 use crate::contract::state_store::SessionKey;
-use crate::execution::context::Shared;
+use crate::execution::context::Context;
 use crate::execution::executor::Scope;
 use crate::sandbox::GuestServices;
 use crate::sandbox::events::{Event, EventBus, EventKind};
@@ -18,13 +18,13 @@ use crate::sandbox::events::{Event, EventBus, EventKind};
 /// The services of one running execution: `scope` is the one its nested calls get (its
 /// `parent` is the running execution).
 pub(crate) struct ExecutionServices {
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     scope: Scope,
 }
 
 impl ExecutionServices {
     /// The services for an execution running in `scope` of the runtime `shared`.
-    pub(crate) fn new(shared: Arc<Shared>, scope: Scope) -> Self {
+    pub(crate) fn new(shared: Arc<Context>, scope: Scope) -> Self {
         ExecutionServices { shared, scope }
     }
 
@@ -45,11 +45,11 @@ impl ExecutionServices {
 #[async_trait::async_trait]
 impl GuestServices for ExecutionServices {
     fn events(&self) -> &EventBus {
-        &self.shared.events
+        self.shared.events()
     }
 
     fn event(&self, kind: EventKind) -> Option<Event> {
-        if !self.shared.events.active() {
+        if !self.shared.events().active() {
             return None;
         }
         let scope = &self.scope;
@@ -85,21 +85,21 @@ impl GuestServices for ExecutionServices {
 
     async fn kv_get(&self, key: String) -> Result<Option<Vec<u8>>, ExecutionError> {
         let session = self.session()?;
-        self.shared.store.kv_get(&session, &key).await
+        self.shared.state_store().kv_get(&session, &key).await
     }
 
     async fn kv_set(&self, key: String, value: Vec<u8>) -> Result<(), ExecutionError> {
         let session = self.session()?;
-        self.shared.store.kv_set(&session, key, value).await
+        self.shared.state_store().kv_set(&session, key, value).await
     }
 
     async fn kv_delete(&self, key: String) -> Result<(), ExecutionError> {
         let session = self.session()?;
-        self.shared.store.kv_delete(&session, &key).await
+        self.shared.state_store().kv_delete(&session, &key).await
     }
 
     async fn kv_keys(&self) -> Result<Vec<String>, ExecutionError> {
         let session = self.session()?;
-        self.shared.store.kv_keys(&session).await
+        self.shared.state_store().kv_keys(&session).await
     }
 }

@@ -2,10 +2,8 @@
 //! store and, with the `redis` feature, the distributed runtime's Redis and fleet key.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU8;
-use std::sync::{Arc, Mutex};
-
-use tokio::sync::Semaphore;
 
 use crate::contract::error::Error;
 use crate::contract::state_store::{MemoryStateStore, StateStore};
@@ -13,10 +11,8 @@ use crate::contract::state_store::{MemoryStateStore, StateStore};
 use crate::distributed::state_store::RedisStateStore;
 #[cfg(feature = "redis")]
 use crate::distributed::{Distributed, RedisConfig};
-use crate::execution::activity::Activity;
-use crate::execution::context::{HostConfig, Shared};
+use crate::execution::context::{Context, HostConfig};
 use crate::execution::registry::Registry;
-use crate::execution::scheduler::Scheduler;
 use crate::sandbox::engine::{Engine, EngineConfig};
 use crate::sandbox::events::EventBus;
 
@@ -105,7 +101,6 @@ impl RuntimeBuilder {
         if let Some(dir) = &self.plugins_dir {
             registry.load_dir(&engine, &linker, dir, &self.host).await?;
         }
-        let slots = Semaphore::new(engine.config().max_instances as usize);
         #[cfg(feature = "redis")]
         let distributed = match &self.redis {
             Some(config) => {
@@ -130,26 +125,16 @@ impl RuntimeBuilder {
             )
         });
         let events = EventBus::new(self.host.event_capacity, self.host.event_buffer_bytes);
-        let sessions = self.host.sessions;
-        let shared = Arc::new(Shared {
-            engine,
-            linker,
-            registry,
-            config: self.host,
-            slots,
-            store,
-            events,
-            activity: Activity::new(sessions),
-            scheduler: Scheduler::default(),
-            published: Mutex::new(None),
-            lifecycle: AtomicU8::new(CREATED),
-        });
+        let shared = Arc::new(Context::new(
+            engine, linker, registry, self.host, store, events,
+        ));
         #[cfg(feature = "redis")]
         if let Some(distributed) = &distributed {
             distributed.share_events(&shared);
         }
         Ok(Runtime {
             shared,
+            lifecycle: Arc::new(AtomicU8::new(CREATED)),
             #[cfg(feature = "redis")]
             distributed,
             plugins_dir: self.plugins_dir,

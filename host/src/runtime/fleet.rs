@@ -76,7 +76,7 @@ impl Runtime {
     ) -> Result<ExecutionResult, RuntimeError> {
         let unavailable = refusal;
         distributed
-            .publish_if_changed(&self.shared.registry)
+            .publish_if_changed(self.shared.registry())
             .await
             .map_err(unavailable)?;
         let cancel = request.cancel.clone();
@@ -137,7 +137,7 @@ impl Fleet {
         self.runtime.accepting()?;
         let distributed = &self.distributed;
         distributed
-            .publish_if_changed(&self.runtime.shared.registry)
+            .publish_if_changed(self.runtime.shared.registry())
             .await
             .map_err(refusal)?;
         // Events of the run reach this process's subscribers from the start.
@@ -225,10 +225,10 @@ impl Fleet {
         let path = path.as_ref();
         let shared = &self.runtime.shared;
         let plugin = Plugin::load(
-            &shared.engine,
-            &shared.linker,
+            shared.engine(),
+            shared.linker(),
             path,
-            &shared.config.loading(),
+            &shared.config().loading(),
         )
         .await
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;

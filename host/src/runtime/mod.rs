@@ -16,7 +16,7 @@ pub use fleet::Fleet;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -37,7 +37,7 @@ use crate::sandbox::engine::Engine;
 use crate::sandbox::events::{Event, EventKind, Subscription};
 use crate::sandbox::plugin::Plugin;
 
-use crate::execution::context::{HostConfig, Shared};
+use crate::execution::context::{Context, HostConfig};
 use crate::execution::request::ExecutionRequest;
 
 const CREATED: u8 = 0;
@@ -107,7 +107,9 @@ pub struct SessionStopReport {
 /// ```
 #[derive(Clone)]
 pub struct Runtime {
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
+    /// Where the runtime is in its life (see [`Runtime::state`]), shared by its clones.
+    lifecycle: Arc<AtomicU8>,
     /// Set when the runtime runs work through Redis ([`Runtime::redis`]).
     #[cfg(feature = "redis")]
     distributed: Option<Arc<Distributed>>,
@@ -117,8 +119,8 @@ pub struct Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("engine", &self.shared.engine)
-            .field("plugins", &self.shared.registry.catalog().names())
+            .field("engine", self.shared.engine())
+            .field("plugins", &self.shared.registry().catalog().names())
             .finish()
     }
 }
@@ -150,7 +152,7 @@ impl Runtime {
     }
 
     fn accepting(&self) -> Result<(), RuntimeError> {
-        match self.shared.lifecycle.load(Ordering::Acquire) {
+        match self.lifecycle.load(Ordering::Acquire) {
             RUNNING => Ok(()),
             CREATED => Err(RuntimeError::NotStarted),
             _ => Err(RuntimeError::Stopped),
@@ -174,7 +176,7 @@ impl Runtime {
     /// Starts accepting executions. Starting a running runtime is a no-op; a stopped one
     /// starts again.
     pub fn start(&self) {
-        let lifecycle = &self.shared.lifecycle;
+        let lifecycle = &self.lifecycle;
         let _ = lifecycle.compare_exchange(CREATED, RUNNING, Ordering::AcqRel, Ordering::Acquire);
         let _ = lifecycle.compare_exchange(STOPPED, RUNNING, Ordering::AcqRel, Ordering::Acquire);
     }
@@ -183,22 +185,22 @@ impl Runtime {
     /// cancels what is left (softly, then for real) and waits for it to end.
     pub async fn stop(&self, grace: Duration) -> StopReport {
         let shared = &self.shared;
-        shared.lifecycle.store(STOPPING, Ordering::Release);
+        self.lifecycle.store(STOPPING, Ordering::Release);
         let mut cancelled = 0;
-        if !shared.activity.idle(Instant::now() + grace).await {
-            cancelled = shared.activity.cancel_all(CancelReason::Shutdown);
+        if !shared.activity().idle(Instant::now() + grace).await {
+            cancelled = shared.activity().cancel_all(CancelReason::Shutdown);
             // Cancelled guests stop within the cancellation grace period; allow for a loaded
             // machine, then move on regardless.
-            let hard = shared.config.cancel_grace * 10 + Duration::from_secs(1);
-            shared.activity.idle(Instant::now() + hard).await;
+            let hard = shared.config().cancel_grace * 10 + Duration::from_secs(1);
+            shared.activity().idle(Instant::now() + hard).await;
         }
-        shared.lifecycle.store(STOPPED, Ordering::Release);
+        self.lifecycle.store(STOPPED, Ordering::Release);
         StopReport { cancelled }
     }
 
     /// Where the runtime is in its life.
     pub fn state(&self) -> RuntimeState {
-        match self.shared.lifecycle.load(Ordering::Acquire) {
+        match self.lifecycle.load(Ordering::Acquire) {
             CREATED => RuntimeState::Created,
             RUNNING => RuntimeState::Running,
             STOPPING => RuntimeState::Stopping,
@@ -240,10 +242,10 @@ impl Runtime {
     ) -> Result<ExecutionResult, RuntimeError> {
         let shared = &self.shared;
         self.accepting()?;
-        if !self.is_distributed() && !shared.registry.contains(&request.processor) {
+        if !self.is_distributed() && !shared.registry().contains(&request.processor) {
             return Err(RuntimeError::NotFound {
                 reason: shared
-                    .registry
+                    .registry()
                     .catalog()
                     .why_unavailable(&request.processor),
                 name: request.processor,
@@ -284,7 +286,7 @@ impl Runtime {
     /// before it accepts the work.
     pub fn open_session(&self, tenant: &str, session: &str) -> Result<(), SessionRefused> {
         self.shared
-            .activity
+            .activity()
             .open_session(&SessionKey::new(tenant, session))
     }
 
@@ -300,7 +302,7 @@ impl Runtime {
             let version = input["metadata"]["version"].as_u64().unwrap_or(0);
             return Ok((version > 0).then_some(version));
         }
-        let stored = self.shared.store.get(key).await?;
+        let stored = self.shared.state_store().get(key).await?;
         if let (Some(stored), Some(state)) = (&stored, input.as_object_mut())
             && let Some(metadata) = stored.state.get("metadata")
         {
@@ -319,7 +321,7 @@ impl Runtime {
         };
         let error = match self
             .shared
-            .store
+            .state_store()
             .compare_and_set(key, expected, stored)
             .await
         {
@@ -370,7 +372,7 @@ impl Runtime {
     /// real after the grace period. False if nothing with that id is running.
     pub fn cancel(&self, execution_id: &str) -> bool {
         self.shared
-            .activity
+            .activity()
             .cancel(execution_id, CancelReason::Request)
     }
 
@@ -379,19 +381,19 @@ impl Runtime {
     pub async fn stop_session(&self, tenant: &str, session: &str) -> SessionStopReport {
         let shared = &self.shared;
         let key = SessionKey::new(tenant, session);
-        let cancelled =
-            shared.activity.cancel_session(&key) + self.stop_remote_session(tenant, session).await;
-        let hard = shared.config.cancel_grace * 10 + Duration::from_secs(1);
+        let cancelled = shared.activity().cancel_session(&key)
+            + self.stop_remote_session(tenant, session).await;
+        let hard = shared.config().cancel_grace * 10 + Duration::from_secs(1);
         shared
-            .activity
+            .activity()
             .session_idle(&key, Instant::now() + hard)
             .await;
-        let removed_state = shared.store.delete(&key).await.unwrap_or(false);
-        shared.activity.forget_session(&key);
-        if shared.events.active() {
+        let removed_state = shared.state_store().delete(&key).await.unwrap_or(false);
+        shared.activity().forget_session(&key);
+        if shared.events().active() {
             let mut event = Event::new(EventKind::SessionStopped, tenant, Some(session));
             event.data = Some(serde_json::json!({ "cancelled": cancelled }));
-            shared.events.publish(event);
+            shared.events().publish(event);
         }
         SessionStopReport {
             cancelled,
@@ -419,7 +421,7 @@ impl Runtime {
     pub async fn session_state(&self, tenant: &str, session: &str) -> Option<Value> {
         let key = SessionKey::new(tenant, session);
         self.shared
-            .store
+            .state_store()
             .get(&key)
             .await
             .ok()
@@ -429,7 +431,7 @@ impl Runtime {
 
     /// What the runtime has done so far.
     pub fn stats(&self) -> RuntimeStats {
-        let activity = &self.shared.activity;
+        let activity = self.shared.activity();
         RuntimeStats {
             state: self.state(),
             uptime_ms: activity.uptime().as_millis().try_into().unwrap_or(u64::MAX),
@@ -443,18 +445,18 @@ impl Runtime {
     /// One session's counters, if it has seen work and not been stopped.
     pub fn session_stats(&self, tenant: &str, session: &str) -> Option<SessionStats> {
         self.shared
-            .activity
+            .activity()
             .session_stats(&SessionKey::new(tenant, session))
     }
 
     /// Every session that has seen work and not been stopped or expired.
     pub fn active_sessions(&self) -> Vec<SessionStats> {
-        self.shared.activity.sessions()
+        self.shared.activity().sessions()
     }
 
     /// The sessions of `tenant` that have seen work and not been stopped or expired.
     pub fn sessions_of(&self, tenant: &str) -> Vec<SessionStats> {
-        self.shared.activity.sessions_of(Some(tenant))
+        self.shared.activity().sessions_of(Some(tenant))
     }
 
     /// Subscribes to this runtime's events (see [`crate::Event`] for the payloads).
@@ -474,17 +476,17 @@ impl Runtime {
                 }
             });
         }
-        self.shared.events.subscribe()
+        self.shared.events().subscribe()
     }
 
     /// The plugin serving `name` right now.
     pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
-        self.shared.registry.get(name)
+        self.shared.registry().get(name)
     }
 
     /// Every loaded plugin and every rejected file.
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.shared.registry.catalog()
+        self.shared.registry().catalog()
     }
 
     /// Loads (or replaces) the plugin in the file at `path` and publishes it at once: new
@@ -494,14 +496,14 @@ impl Runtime {
         let shared = &self.shared;
         let plugin = Arc::new(
             Plugin::load(
-                &shared.engine,
-                &shared.linker,
+                shared.engine(),
+                shared.linker(),
                 path.as_ref(),
-                &shared.config.loading(),
+                &shared.config().loading(),
             )
             .await?,
         );
-        shared.registry.update(|catalog| {
+        shared.registry().update(|catalog| {
             catalog.rejected.remove(plugin.name());
             catalog
                 .plugins
@@ -535,27 +537,32 @@ impl Runtime {
         if let Some(distributed) = &self.distributed {
             distributed.definitions_changed();
         }
-        self.shared.registry.register(workflow)
+        self.shared.registry().register(workflow)
     }
 
     /// Removes a workflow; returns whether it existed. Workflows that used it become
     /// invalid, with the reason.
     pub fn unregister(&self, name: &str) -> bool {
-        self.shared.registry.unregister(name)
+        self.shared.registry().unregister(name)
     }
 
     /// The workflow serving `name` right now.
     pub fn workflow(&self, name: &str) -> Option<Arc<Workflow>> {
-        self.shared.registry.catalog().workflows.get(name).cloned()
+        self.shared
+            .registry()
+            .catalog()
+            .workflows
+            .get(name)
+            .cloned()
     }
 
     /// The engine.
     pub fn engine(&self) -> &Engine {
-        &self.shared.engine
+        self.shared.engine()
     }
 
     /// The host policies in force.
     pub fn config(&self) -> &HostConfig {
-        &self.shared.config
+        self.shared.config()
     }
 }

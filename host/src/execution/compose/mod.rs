@@ -25,7 +25,7 @@ use crate::contract::merge::merge_branches;
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state::{StateMetadata, with_metadata};
 use crate::contract::workflow::{BatchPolicy, Composition, GraphNode, Selector, Workflow};
-use crate::execution::context::Shared;
+use crate::execution::context::Context;
 use crate::execution::executor::{Scope, failed, run_boxed};
 
 /// What runs a workflow's steps: each a full execution of the processor or workflow `name`
@@ -43,7 +43,7 @@ pub(crate) trait StepRunner: Clone + Send + Sync + 'static {
     fn max_batch_items(&self) -> usize;
 }
 
-impl StepRunner for Arc<Shared> {
+impl StepRunner for Arc<Context> {
     fn run_step<'a>(
         &'a self,
         name: &'a str,
@@ -54,7 +54,7 @@ impl StepRunner for Arc<Shared> {
     }
 
     fn max_batch_items(&self) -> usize {
-        self.config.max_batch_items
+        self.config().max_batch_items
     }
 }
 
