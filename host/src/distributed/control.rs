@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use super::client::Distributed;
-use super::flow::Next;
+use super::advance::Next;
+use super::handle::Distributed;
 use super::wire::{At, Frame, StepJob, WireScope, now_ms};
 use super::{Keys, RedisConfig};
 use crate::contract::cancel::CancelReason;
@@ -253,7 +253,7 @@ impl Distributed {
     pub(crate) fn share_events(self: &Arc<Self>, shared: &Arc<Context>) {
         let weak: Weak<Context> = Arc::downgrade(shared);
         let internal = self.internal_subscriptions.clone();
-        let sink: super::client::EventSink = Arc::new(move |origin: &str, text: &str| {
+        let sink: super::handle::EventSink = Arc::new(move |origin: &str, text: &str| {
             // Only users' subscriptions want other processes' events.
             if let Some(shared) = weak.upgrade()
                 && shared.events().subscribers() > internal.load(Ordering::Acquire)

@@ -8,8 +8,8 @@ use redis::AsyncCommands;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::client::Distributed;
 use super::content;
+use super::handle::Distributed;
 use super::wire::{StepJob, enclosing_join};
 use crate::contract::error::Error;
 

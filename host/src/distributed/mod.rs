@@ -17,6 +17,20 @@
 //!   name → digest of the newest published component, `wf:{digest}` workflow definitions, `workflows` name → digest, `run:{id}`
 //!   a run's record, `events` the stream of events every process reads, plus the state
 //!   store's keys (see [`crate::RedisStateStore`]).
+//!
+//! The files, by what they do:
+//! - `handle.rs`: one process's [`Distributed`] handle (connection, seal, queues, job
+//!   options); `submit.rs` submits runs, `publish.rs` publishes and fetches the catalog,
+//!   `runs.rs` keeps runs' records and outcomes, `stream.rs` the event stream;
+//! - `advance.rs`: how a run advances between jobs (the continuation a job carries);
+//!   `fanout.rs` runs parallels, batches and graphs as BullMQ flows over a join record,
+//!   whose pure rules are `join.rs`;
+//! - `worker.rs`: a worker's queues and life; `job.rs` what it does with one job;
+//!   `fetch.rs` where the code a job names comes from; `foreign.rs` jobs without weir's
+//!   envelope;
+//! - `control.rs`: cancellation and shared events across processes; `dlq.rs` the
+//!   dead-letter set; `content.rs` the content-addressed store; `wire.rs` the job format;
+//!   `trust.rs` the fleet key; `state_store.rs` sessions' state in Redis; `lua/` the scripts.
 
 use std::time::Duration;
 
@@ -24,23 +38,32 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::contract::error::Error;
 
-mod client;
+mod advance;
 mod content;
 mod control;
 mod dlq;
 mod fanout;
-mod flow;
+mod fetch;
+mod foreign;
+mod handle;
+mod job;
+mod join;
+mod publish;
+mod runs;
 pub(crate) mod state_store;
+mod stream;
+mod submit;
 mod trust;
 mod wire;
 mod worker;
 
-pub(crate) use client::Distributed;
-pub use client::RunStatus;
 pub(crate) use control::Target as CancelTarget;
 pub use dlq::DeadJob;
+pub use foreign::{ForeignAdmission, ForeignPlace, ForeignQueue};
+pub(crate) use handle::Distributed;
+pub use runs::RunStatus;
 pub use trust::{FleetKey, Trust};
-pub use worker::{ForeignAdmission, ForeignPlace, ForeignQueue, WorkerConfig, WorkerHandle};
+pub use worker::{WorkerConfig, WorkerHandle};
 
 /// How to reach Redis, and how long to keep what the distributed runtime writes there.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-use super::client::Distributed;
+use super::handle::Distributed;
 use bullmq::FlowJob;
 
 use super::trust::Kind;

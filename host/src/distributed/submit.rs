@@ -1,0 +1,291 @@
+//! Submitting a run: checking its id, pinning every name it may reach to the digest
+//! published now, opening its record and counting it against its tenant, and adding its
+//! first job (or flow) to the queues.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bullmq::FlowJob;
+
+use super::advance::{Cursor, Next, Plan, Settled};
+use super::content;
+use super::handle::Distributed;
+use super::runs::{RunStatus, record_authority};
+use super::trust::Kind;
+use super::wire::{Binding, StepJob, WireScope, now_ms};
+use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
+use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::execution::executor::failed;
+use crate::execution::request::ExecutionRequest;
+
+/// How long a tenant's count of runs going outlives its last submission, in milliseconds:
+/// a count that a lost run left too high is forgotten once the tenant has been quiet this
+/// long.
+const GOING_KEPT_MS: u64 = 3_600_000;
+
+impl Distributed {
+    /// Submits a run of `request`; returns its id, or the result of a run that could not
+    /// start (an unknown name).
+    pub(crate) async fn submit(
+        &self,
+        mut request: ExecutionRequest,
+    ) -> Result<Result<String, ExecutionResult>, Error> {
+        // One id for every try: a try that failed half-way is completed by the next.
+        let run = request
+            .id
+            .get_or_insert_with(crate::contract::clock::new_execution_id)
+            .clone();
+        check_run_id(&run)?;
+        // Marks this submission's record, so a retry recognises it and another is refused.
+        let token = uuid::Uuid::now_v7().to_string();
+        let input = std::mem::take(&mut request.input);
+        super::advance::retrying(|| self.submit_once(&request, &run, &token, input.clone())).await
+    }
+
+    async fn submit_once(
+        &self,
+        request: &ExecutionRequest,
+        run: &str,
+        token: &str,
+        input: serde_json::Value,
+    ) -> Result<Result<String, ExecutionResult>, Error> {
+        let run = run.to_string();
+        let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
+        let key = self.keys.run(&run);
+        let now = now_ms();
+        let deadline_ms = now
+            .saturating_add(crate::contract::clock::millis(
+                request.delay.unwrap_or_default(),
+            ))
+            .saturating_add(crate::contract::clock::millis(
+                request.deadline.unwrap_or(self.config.run_deadline),
+            ));
+        // One round trip (three if Redis forgot the script): what the name means now, and
+        // the run's record opened.
+        let mut record = vec![
+            ("target", request.processor.clone()),
+            ("tenant", tenant.clone()),
+            ("submitted", now.to_string()),
+            ("status", "running".to_string()),
+            ("deadline", deadline_ms.to_string()),
+        ];
+        if let Some(session) = &request.session {
+            record.push(("session", session.clone()));
+        }
+        if self.seal.keyed() {
+            let opened = RunStatus {
+                id: run.clone(),
+                target: request.processor.clone(),
+                tenant: tenant.clone(),
+                session: request.session.clone(),
+                submitted_ms: now,
+                deadline_ms: Some(deadline_ms),
+                result: None,
+            };
+            record.push((
+                "mac",
+                self.seal.sign(Kind::Record, &record_authority(&opened)),
+            ));
+        }
+        // Unfinished runs are kept long (a finished one for the run retention).
+        let unfinished = self.retention_secs().max(7 * 24 * 3600);
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        content::add_lookup(&mut pipe, &self.keys, &[request.processor.as_str()]);
+        let going = self.keys.going(&tenant);
+        let open = pipe
+            .cmd("EVALSHA")
+            .arg(self.open.get_hash())
+            .arg(2)
+            .arg(&key)
+            .arg(&going);
+        open.arg(token).arg(unfinished).arg(GOING_KEPT_MS);
+        for (field, value) in &record {
+            open.arg(*field).arg(value);
+        }
+        type Opened = (Vec<Option<String>>, Vec<Option<String>>, i64);
+        let opened: redis::RedisResult<Opened> = match pipe.query_async(&mut conn).await {
+            // Redis forgot the script (it restarted): load it and send the pipeline again
+            // (nothing in it was written: the lookups only read).
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                match self.open.load_async(&mut conn).await {
+                    Ok(_) => pipe.query_async(&mut conn).await,
+                    Err(error) => Err(error),
+                }
+            }
+            other => other,
+        };
+        let (plugins, workflows, owned) = opened.map_err(|e| self.redis_error(e))?;
+        if owned < 1 {
+            return Err(Error::Config(format!(
+                "a run with the id `{run}` exists already: give each execution its own id"
+            )));
+        }
+        let first = content::bindings_of(
+            &self.seal,
+            &[request.processor.as_str()],
+            plugins,
+            workflows,
+        )
+        .pop()
+        .flatten();
+        let bindings = self.bindings(&request.processor, first).await?;
+        if !bindings.contains_key(&request.processor) {
+            // Nothing runs: the record goes, and the run no longer counts as going.
+            let _: redis::RedisResult<()> = redis::pipe()
+                .del(&key)
+                .ignore()
+                .decr(&going, 1)
+                .ignore()
+                .query_async(&mut conn)
+                .await;
+            let info = ExecutionInfo::new(
+                Some(run),
+                request.processor.clone(),
+                tenant,
+                request.session.clone(),
+            );
+            let error = ExecutionError::host(
+                ErrorKind::NotFound,
+                codes::PROCESSOR_NOT_FOUND,
+                format!(
+                    "no processor or workflow named `{}` is published to Redis (start a worker \
+                     that has its plugin, or `weir plugins push` it)",
+                    request.processor
+                ),
+            );
+            return Ok(Err(failed(input, error, info)));
+        }
+        // A request's timeout lowers each attempt's limit (in `limits`), as locally; the
+        // run's deadline bounds them all.
+        let deadline_ms = Some(deadline_ms);
+        let turn = u32::try_from(owned - 1).unwrap_or(u32::MAX);
+        let scope = WireScope {
+            tenant: tenant.clone(),
+            session: request.session.clone(),
+            deadline_ms,
+            max_attempts: request.max_attempts,
+            priority: request.priority,
+            limits: request.limits.into(),
+            parent: None,
+            submitted_ms: now,
+            turn,
+        };
+        let cursor = Cursor {
+            run: run.clone(),
+            scope,
+            bindings,
+            frames: Vec::new(),
+        };
+        let next = Next::Enter {
+            name: request.processor.clone(),
+            state: input,
+            path: "0".into(),
+        };
+        // The first job waits out the request's delay in BullMQ's delayed set.
+        let mut cursor = cursor;
+        match self.settle(&mut cursor, next).await? {
+            Settled::Plan(plan) => self.add(delayed(plan, request.delay)).await?,
+            Settled::Run(result) => self.finish_run(&cursor.run, &result).await?,
+            // A run's bottom frame is never a branch's.
+            Settled::Branch { .. } => {}
+        }
+        Ok(Ok(run))
+    }
+
+    /// What `target` and everything it may reach mean now.
+    /// `target` (which means `first` now) and everything it may reach, resolved.
+    async fn bindings(
+        &self,
+        target: &str,
+        first: Option<Binding>,
+    ) -> Result<BTreeMap<String, Binding>, Error> {
+        let mut bindings = BTreeMap::new();
+        let mut pending: VecDeque<String> = VecDeque::new();
+        let mut found = vec![first];
+        let mut names = vec![target.to_string()];
+        let mut conn = self.conn();
+        loop {
+            for (name, binding) in names.iter().zip(found) {
+                let Some(binding) = binding else { continue };
+                if let Binding::Workflow { digest } = &binding
+                    && let Ok(workflow) = self.workflow(digest).await?
+                {
+                    for (_, reference) in workflow.references() {
+                        if !bindings.contains_key(reference) && reference != name {
+                            pending.push_back(reference.to_string());
+                        }
+                    }
+                }
+                bindings.insert(name.clone(), binding);
+            }
+            pending.retain(|n| !bindings.contains_key(n));
+            if pending.is_empty() {
+                return Ok(bindings);
+            }
+            names = pending.drain(..).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            found = content::lookup(&mut conn, &self.keys, &self.seal, &refs)
+                .await
+                .map_err(|e| self.redis_error(e))?;
+        }
+    }
+}
+
+/// `plan` made to wait `delay` before it can run.
+fn delayed(plan: Plan, delay: Option<std::time::Duration>) -> Plan {
+    let Some(delay) = delay else { return plan };
+    let ms = crate::contract::clock::millis(delay);
+    match plan {
+        Plan::Step(mut job) => {
+            job.delay_ms = Some(ms);
+            Plan::Step(job)
+        }
+        Plan::Flow(mut flow) => {
+            delay_flow(&mut flow, ms);
+            Plan::Flow(flow)
+        }
+    }
+}
+
+/// Delays every job of a flow (its first branches would otherwise start at once).
+fn delay_flow(flow: &mut FlowJob, ms: u64) {
+    if let Some(options) = &mut flow.opts {
+        options.delay = Some(ms);
+    }
+    for child in flow.children.iter_mut().flatten() {
+        delay_flow(child, ms);
+    }
+}
+
+/// Checks a caller-chosen run id: it names BullMQ jobs and Redis keys.
+fn check_run_id(id: &str) -> Result<(), Error> {
+    let fine = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.chars().all(|c| c.is_ascii_digit());
+    if fine {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "the execution id `{id}` cannot name a run: use up to 128 letters, digits, `-`, \
+             `_` and `.`, not only digits"
+        )))
+    }
+}
+
+/// The steps of a session in a flow: (scope, queue, job id).
+pub(super) fn collect_session_jobs(flow: &FlowJob, into: &mut Vec<(WireScope, String, String)>) {
+    if let Ok(step) = serde_json::from_value::<StepJob>(flow.data.clone())
+        && step.scope.session.is_some()
+    {
+        let id = step.job_id();
+        into.push((step.scope, flow.queue_name.clone(), id));
+    }
+    for child in flow.children.iter().flatten() {
+        collect_session_jobs(child, into);
+    }
+}
