@@ -71,7 +71,7 @@ fn fuzz_workflows_toml() {
         toml_near(WORKFLOW_SEEDS, WORKFLOW_WORDS),
         |text| {
             let Ok(parsed) =
-                crate::contract::workflow_file::parse(&text, Path::new("workflows.toml"))
+                crate::contract::workflow::file::parse(&text, Path::new("workflows.toml"))
             else {
                 return Ok(());
             };

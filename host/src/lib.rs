@@ -63,11 +63,11 @@ pub use contract::state::{MAX_VERSION, StateMetadata, validate_input};
 pub use contract::state_store::{
     CasOutcome, MemoryStateStore, SessionBounds, SessionKey, SessionQuota, StateStore, StoredState,
 };
+pub use contract::workflow::file::FILE_NAME as WORKFLOWS_FILE;
 pub use contract::workflow::{
     BatchPolicy, Composition, DEFAULT_BATCH_CONCURRENCY, GraphNode, InvalidWorkflow, MAX_NESTING,
     Selector, Workflow,
 };
-pub use contract::workflow_file::FILE_NAME as WORKFLOWS_FILE;
 #[cfg(feature = "redis")]
 pub use distributed::state_store::RedisStateStore;
 #[cfg(feature = "redis")]

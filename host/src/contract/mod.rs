@@ -18,4 +18,3 @@ pub(crate) mod retry;
 pub(crate) mod state;
 pub(crate) mod state_store;
 pub(crate) mod workflow;
-pub(crate) mod workflow_file;

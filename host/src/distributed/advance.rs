@@ -16,7 +16,7 @@ use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state;
 use crate::contract::workflow::{Composition, Selector, Workflow};
-use crate::execution::compose::{
+use crate::execution::compose::rules::{
     Failure, choose_route, key_of, missing_key, route_failed, step_failed, workflow_result,
 };
 use crate::execution::executor::failed;

@@ -14,7 +14,7 @@ use crate::contract::merge::merge_branches;
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state::{self, with_metadata};
 use crate::contract::workflow::{BatchPolicy, Composition, GraphNode, Workflow};
-use crate::execution::compose::{
+use crate::execution::compose::rules::{
     batch_outcome, graph_dependencies, graph_dependents, merge_input, parallel_failed, step_failed,
     truthy,
 };
@@ -95,7 +95,11 @@ impl JoinState {
             Composition::Parallel { branches, .. } => branches.len(),
             Composition::Batch { .. } => match input.get("items") {
                 Some(Value::Array(items)) => {
-                    crate::execution::compose::check_batch_size(workflow, items.len(), max_items)?;
+                    crate::execution::compose::rules::check_batch_size(
+                        workflow,
+                        items.len(),
+                        max_items,
+                    )?;
                     items.len()
                 }
                 _ => {

@@ -11,8 +11,8 @@ use arc_swap::ArcSwap;
 use wasmtime::component::Linker;
 
 use crate::contract::error::{Error, LoadError};
+use crate::contract::workflow::file as workflow_file;
 use crate::contract::workflow::{self, InvalidWorkflow, Workflow};
-use crate::contract::workflow_file;
 use crate::execution::context::HostConfig;
 use crate::sandbox::Sandbox;
 use crate::sandbox::engine::Engine;

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::contract::error::Error;
-use crate::contract::workflow_file;
+use crate::contract::workflow::file as workflow_file;
 use crate::execution::context::Context;
 use crate::execution::registry::Rejection;
 use crate::sandbox::events::{Event, EventKind};

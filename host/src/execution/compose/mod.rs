@@ -7,7 +7,11 @@
 //!
 //! The steps themselves are run by a [`StepRunner`]: the runtime's context in production
 //! (each step through the executor), an in-process fake in this module's tests, which check
-//! every composition rule without compiling a plugin.
+//! every composition rule without compiling a plugin. The rules themselves (which route,
+//! what a failure makes of the workflow, how branches merge) are [`rules`], which the
+//! distributed driver shares.
+
+pub(crate) mod rules;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -27,6 +31,11 @@ use crate::contract::state::{StateMetadata, with_metadata};
 use crate::contract::workflow::{BatchPolicy, Composition, GraphNode, Selector, Workflow};
 use crate::execution::context::Context;
 use crate::execution::executor::{Scope, failed, run_boxed};
+use rules::{
+    Failure, as_object, batch_outcome, check_batch_size, choose_route, graph_dependencies,
+    graph_dependents, key_of, merge_input, missing_key, parallel_failed, release, route_failed,
+    step_failed, truthy, workflow_result,
+};
 
 /// What runs a workflow's steps: each a full execution of the processor or workflow `name`
 /// in the step's scope. Implemented by the runtime's context, through the executor.
@@ -71,9 +80,6 @@ impl Cost {
         self.peak_memory = self.peak_memory.max(step.execution.peak_memory_bytes);
     }
 }
-
-/// A failed workflow: the last good state and the error.
-pub(crate) type Failure = (Value, ExecutionError);
 
 /// Runs `workflow` on `input` (a state carrying `metadata`).
 pub(crate) async fn run<R: StepRunner>(
@@ -147,111 +153,6 @@ pub(crate) async fn run<R: StepRunner>(
     workflow_result(outcome, info, items)
 }
 
-/// A workflow's result: its output (or last good state and error), what ran, and for a
-/// batch every item's result.
-pub(crate) fn workflow_result(
-    outcome: Result<Value, Failure>,
-    info: ExecutionInfo,
-    items: Option<Vec<ExecutionResult>>,
-) -> ExecutionResult {
-    let mut result = match outcome {
-        Ok(state) => ExecutionResult {
-            ok: true,
-            state,
-            error: None,
-            execution: info,
-            items: None,
-        },
-        Err((state, error)) => failed(state, error, info),
-    };
-    result.items = items;
-    result
-}
-
-/// A parallel's error: the first failing branch's (`index`), reworded, with how every branch
-/// ended (its result, or `None` if it has none).
-pub(crate) fn parallel_failed<'a>(
-    workflow: &Workflow,
-    branches: &[String],
-    results: impl IntoIterator<Item = Option<&'a ExecutionResult>>,
-    index: usize,
-    error: ExecutionError,
-) -> ExecutionError {
-    let mut error = step_failed(workflow, "branch", &branches[index], Some(index), error);
-    let outcomes: Vec<Value> = branches
-        .iter()
-        .zip(results)
-        .map(|(branch, result)| match result {
-            Some(r) => json!({
-                "branch": branch,
-                "ok": r.ok,
-                "kind": r.error.as_ref().map(|e| e.kind),
-                "code": r.error.as_ref().and_then(|e| e.code.clone()),
-            }),
-            None => json!({ "branch": branch, "ok": false }),
-        })
-        .collect();
-    if let Some(Value::Object(details)) = &mut error.details {
-        details.insert("branches".into(), Value::Array(outcomes));
-    }
-    error
-}
-
-/// What a parallel's custom merge processor receives: `{input, results: [{branch, state}]}`.
-pub(crate) fn merge_input(input: &Value, branches: &[String], states: &[Value]) -> Value {
-    json!({
-        "input": input,
-        "results": branches
-            .iter()
-            .zip(states)
-            .map(|(branch, state)| json!({ "branch": branch, "state": state }))
-            .collect::<Vec<_>>(),
-    })
-}
-
-/// A batch's outcome from every item's result: `{items: [state, …]}`, or for an
-/// all-or-nothing batch with a failed item, the first failure.
-pub(crate) fn batch_outcome(
-    workflow: &Workflow,
-    processor: &str,
-    policy: BatchPolicy,
-    input: Value,
-    results: &[ExecutionResult],
-    first_failure: Option<(usize, ExecutionError)>,
-    metadata: &StateMetadata,
-) -> Result<Value, Failure> {
-    let states: Vec<Value> = results.iter().map(|r| r.state.clone()).collect();
-    let mut state = Map::new();
-    state.insert("items".into(), Value::Array(states));
-    match (policy, first_failure) {
-        (BatchPolicy::AllOrNothing, Some((index, error))) => Err((
-            input,
-            step_failed(workflow, "item", processor, Some(index), error),
-        )),
-        _ => Ok(with_metadata(state, &metadata.bumped())),
-    }
-}
-
-/// Each graph node's dependents, by index.
-pub(crate) fn graph_dependents(nodes: &[GraphNode]) -> Vec<Vec<usize>> {
-    let mut dependents = vec![Vec::new(); nodes.len()];
-    for i in 0..nodes.len() {
-        for d in graph_dependencies(nodes, i) {
-            dependents[d].push(i);
-        }
-    }
-    dependents
-}
-
-/// A graph node's dependencies, by index, in declared order.
-pub(crate) fn graph_dependencies(nodes: &[GraphNode], node: usize) -> Vec<usize> {
-    nodes[node]
-        .after
-        .iter()
-        .filter_map(|d| nodes.iter().position(|n| &n.name == d))
-        .collect()
-}
-
 /// Steps running as tasks, each known by its index, so that a step whose task died (which
 /// only a bug in the host can cause) is still reported against the right step instead of
 /// vanishing from the results.
@@ -305,35 +206,6 @@ fn abnormal(scope: &Scope, name: &str, why: String) -> ExecutionResult {
         format!("the step `{name}` stopped abnormally: {why}"),
     );
     failed(Value::Null, error, info)
-}
-
-/// An error of a step, reworded to say which step of which workflow it was.
-pub(crate) fn step_failed(
-    workflow: &Workflow,
-    what: &str,
-    name: &str,
-    index: Option<usize>,
-    error: ExecutionError,
-) -> ExecutionError {
-    let mut failed_step = Map::new();
-    failed_step.insert("role".into(), Value::String(what.to_string()));
-    failed_step.insert("name".into(), Value::String(name.to_string()));
-    if let Some(index) = index {
-        failed_step.insert("index".into(), Value::from(index));
-    }
-    let place = match index {
-        Some(index) => format!("{what} {} (`{name}`)", index + 1),
-        None => format!("{what} `{name}`"),
-    };
-    ExecutionError {
-        message: format!("{place} of `{}` failed: {}", workflow.name(), error.message),
-        details: Some(json!({
-            "workflow": workflow.name(),
-            "failed": failed_step,
-            "cause": error.details,
-        })),
-        ..error
-    }
 }
 
 async fn chain<R: StepRunner>(
@@ -435,13 +307,6 @@ async fn parallel<R: StepRunner>(
     Ok(with_metadata(merged, &metadata.bumped()))
 }
 
-fn as_object(state: &Value) -> &Map<String, Value> {
-    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-    state
-        .as_object()
-        .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
-}
-
 struct Route<'a> {
     selector: &'a Selector,
     routes: &'a std::collections::BTreeMap<String, String>,
@@ -493,97 +358,6 @@ impl Route<'_> {
             )),
         }
     }
-}
-
-/// The target a route's `key` picks (or its fallback); `missing` says why there is no key.
-pub(crate) fn choose_route<'a>(
-    workflow: &Workflow,
-    routes: &'a std::collections::BTreeMap<String, String>,
-    fallback: Option<&'a str>,
-    key: &Option<String>,
-    missing: String,
-) -> Result<&'a str, ExecutionError> {
-    let target = key
-        .as_ref()
-        .and_then(|k| routes.get(k))
-        .map(String::as_str)
-        .or(fallback);
-    target.ok_or_else(|| {
-        let known: Vec<&str> = routes.keys().map(String::as_str).collect();
-        let why = match key {
-            Some(key) => format!("no route for key `{key}`"),
-            None => missing,
-        };
-        ExecutionError::host(
-            ErrorKind::NotFound,
-            codes::NO_ROUTE,
-            format!(
-                "route `{}`: {why} (routes: {}) and no fallback",
-                workflow.name(),
-                known.join(", ")
-            ),
-        )
-        .with_details(json!({ "workflow": workflow.name(), "key": key, "routes": known }))
-    })
-}
-
-/// The error of a route whose chosen `target` failed.
-pub(crate) fn route_failed(
-    workflow: &Workflow,
-    routes: &std::collections::BTreeMap<String, String>,
-    key: &Option<String>,
-    target: &str,
-    error: ExecutionError,
-) -> ExecutionError {
-    let role = match key {
-        Some(key) if routes.contains_key(key) => format!("route `{key}` →"),
-        _ => "fallback".to_string(),
-    };
-    step_failed(workflow, &role, target, None, error)
-}
-
-/// Why a route's selector gave no key.
-pub(crate) fn missing_key(selector: &Selector) -> String {
-    match selector {
-        Selector::Pointer(pointer) => {
-            format!("the state has no string, number or boolean at `{pointer}`")
-        }
-        Selector::Processor(selector) => {
-            format!("the selector `{selector}` returned no `route` key")
-        }
-    }
-}
-
-/// A route key from a JSON value: strings as they are, numbers and booleans as text.
-pub(crate) fn key_of(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// Refuses a batch of `count` items past `max` (a validation error naming both), before
-/// anything is spawned or recorded for its items.
-pub(crate) fn check_batch_size(
-    workflow: &Workflow,
-    count: usize,
-    max: usize,
-) -> Result<(), ExecutionError> {
-    if count <= max {
-        return Ok(());
-    }
-    Err(ExecutionError::host(
-        ErrorKind::Validation,
-        codes::BATCH_TOO_LARGE,
-        format!(
-            "batch `{}` got {count} items; a batch takes at most {max} (split the input, or \
-             raise `max_batch_items`)",
-            workflow.name()
-        ),
-    )
-    .with_details(serde_json::json!({ "items": count, "limit": max })))
 }
 
 struct Batch<'a> {
@@ -678,27 +452,6 @@ impl Batch<'_> {
             metadata,
         );
         (outcome, Some(results))
-    }
-}
-
-/// Whether a JSON value counts as true for a graph condition.
-pub(crate) fn truthy(value: Option<&Value>) -> bool {
-    match value {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(_) => true,
-    }
-}
-
-/// A node settled: each of its dependents waits for one node fewer, and those waiting for
-/// none are ready to settle in turn.
-fn release(dependents: &[usize], waiting_on: &mut [usize], settled: &mut Vec<usize>) {
-    for &e in dependents {
-        waiting_on[e] -= 1;
-        if waiting_on[e] == 0 {
-            settled.push(e);
-        }
     }
 }
 

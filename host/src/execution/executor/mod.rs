@@ -4,18 +4,26 @@
 //! and codes, and stamp the host-owned metadata. Workflows hand their steps back in here
 //! (see [`crate::execution::compose`]); guests' nested `call`s come back in one level deeper.
 
+mod attempt;
+mod classify;
+
+/// Read by the fuzz targets (`crate::fuzz`).
+#[cfg(test)]
+pub(crate) use attempt::parse_output;
+#[cfg(feature = "redis")]
+pub(crate) use classify::cancelled_unstarted;
+pub(crate) use classify::failed;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::Instrument;
-use wasmtime::Trap;
 
-use crate::contract::bounds::human_bytes;
 use crate::contract::cancel::CancelHandle;
 use crate::contract::clock::{self, Stamp};
 use crate::contract::error::{ErrorKind, ExecutionError, codes};
-use crate::contract::limits::{LimitOverrides, Limits};
+use crate::contract::limits::LimitOverrides;
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state;
 use crate::contract::state_store::SessionKey;
@@ -23,13 +31,10 @@ use crate::execution::context::Context;
 use crate::execution::registry::Unit;
 use crate::execution::request::ExecutionRequest;
 use crate::execution::scheduler::{Refused, Turn};
-use crate::execution::services::ExecutionServices;
-use crate::sandbox::bindings::wit;
 use crate::sandbox::events::{Event, EventKind};
-use crate::sandbox::guest_log::GuestLog;
 use crate::sandbox::plugin::Plugin;
-use crate::sandbox::warm::WarmInstance;
-use crate::sandbox::{HostTrap, Sandbox, SandboxSpec, from_wit_error};
+use attempt::{Window, attempt, json_text};
+use classify::{cancelled_error, not_found, out_of_time};
 
 /// Who an execution runs for and within what bounds. A workflow passes its own scope to its
 /// steps (same depth, its deadline); a guest's `call` passes one a level deeper.
@@ -234,7 +239,7 @@ pub(crate) fn run_boxed<'a>(
     Box::pin(run(shared, name, input, scope, None, None))
 }
 
-async fn run(
+pub(super) async fn run(
     shared: &Arc<Context>,
     name: &str,
     input: Value,
@@ -563,447 +568,5 @@ async fn run_in_span(
             }
         }
         now = Instant::now();
-    }
-}
-
-fn not_found(shared: &Context, name: &str) -> ExecutionError {
-    ExecutionError::host(
-        ErrorKind::NotFound,
-        codes::PROCESSOR_NOT_FOUND,
-        shared.registry().catalog().why_unavailable(name),
-    )
-}
-
-fn out_of_time(name: &str) -> ExecutionError {
-    ExecutionError::host(
-        ErrorKind::Timeout,
-        codes::DEADLINE_EXCEEDED,
-        format!("no time was left to start `{name}`: the enclosing deadline had passed"),
-    )
-    .retryable(true)
-}
-
-/// A failed result carrying `state` as the last good state.
-pub(crate) fn failed(state: Value, error: ExecutionError, info: ExecutionInfo) -> ExecutionResult {
-    tracing::debug!(error = %error, "execution failed");
-    ExecutionResult {
-        ok: false,
-        state,
-        error: Some(error),
-        execution: info,
-        items: None,
-    }
-}
-
-struct AttemptOutcome {
-    result: Result<Map<String, Value>, ExecutionError>,
-    fuel: u64,
-    peak_memory: u64,
-    /// When the guest returned (or the attempt gave up).
-    ended: Instant,
-}
-
-impl AttemptOutcome {
-    fn early(error: ExecutionError) -> Self {
-        AttemptOutcome {
-            result: Err(error),
-            fuel: 0,
-            peak_memory: 0,
-            ended: Instant::now(),
-        }
-    }
-}
-
-/// When an attempt runs: the execution's clock readings, the time it starts (as last
-/// read), and when it must be done by.
-struct Window {
-    started: Stamp,
-    now: Instant,
-    deadline: Instant,
-}
-
-enum Raw {
-    Finished(wasmtime::Result<Result<String, wit::ProcessorError>>),
-    Deadline,
-    Cancelled,
-}
-
-async fn attempt(
-    shared: &Arc<Context>,
-    plugin: &Arc<Plugin>,
-    input: &String,
-    info: &ExecutionInfo,
-    limits: &Limits,
-    window: Window,
-    scope: &Scope,
-) -> AttemptOutcome {
-    let deadline = window.deadline;
-    let mut now = window.now;
-    // Top-level work waits for a sandbox slot; a guest's nested call already holds its
-    // caller's, and waiting here could deadlock a full host.
-    let _permit = if scope.depth > 0 {
-        None
-    } else if let Ok(permit) = shared.slots().try_acquire() {
-        Some(permit)
-    } else {
-        match tokio::time::timeout_at(deadline.into(), shared.slots().acquire()).await {
-            Ok(Ok(permit)) => {
-                now = Instant::now();
-                Some(permit)
-            }
-            Ok(Err(_)) => {
-                return AttemptOutcome::early(ExecutionError::host(
-                    ErrorKind::Resource,
-                    codes::CAPACITY_EXCEEDED,
-                    "the runtime is shutting down",
-                ));
-            }
-            Err(_) => {
-                return AttemptOutcome::early(deadline_error(limits, "waiting for a free sandbox"));
-            }
-        }
-    };
-    let cancel = &scope.cancel;
-    // A warm plugin reuses an idle instance of this tenant's when one is there and may hold
-    // the memory this execution is capped at; otherwise the sandbox is fresh.
-    let warm = plugin.warm();
-    let reused = warm
-        .and_then(|pool| pool.take(&scope.tenant, now))
-        .filter(|w| w.store.data().limiter.current <= limits.memory_bytes);
-    let log = match &reused {
-        Some(w) => {
-            let log = w.store.data().log.clone();
-            log.reset(now);
-            log
-        }
-        None => GuestLog::new(shared.config().log_rate, shared.config().guest),
-    };
-    let spec = SandboxSpec {
-        memory_bytes: limits.memory_bytes,
-        fuel: limits.fuel,
-        deadline,
-        cancel: cancel.clone(),
-        processor: plugin.name_shared().clone(),
-        log: log.clone(),
-        capabilities: &plugin.manifest().capabilities,
-        config: plugin.config().clone(),
-        // Nested calls from this attempt are children of this execution.
-        services: Some(Arc::new(ExecutionServices::new(
-            shared.clone(),
-            Scope {
-                parent: Some(Arc::from(info.id.as_str())),
-                ..scope.clone()
-            },
-        ))),
-        bounds: shared.config().guest,
-    };
-    let (mut store, mut instance, uses) = match reused {
-        Some(mut w) => match Sandbox::rearm(&mut w.store, spec) {
-            Ok(()) => (w.store, Some(w.processor), w.uses),
-            Err(error) => return AttemptOutcome::early(error),
-        },
-        None => match Sandbox::store(shared.engine(), spec) {
-            Ok(store) => (store, None, 0),
-            Err(error) => return AttemptOutcome::early(error),
-        },
-    };
-    let context = wit::ExecutionContext {
-        execution_id: info.id.clone(),
-        tenant: info.tenant.clone(),
-        session_id: info.session.clone(),
-        processor: info.processor.clone(),
-        attempt: info.attempts,
-        call_depth: scope.depth,
-        deadline_unix_ms: window.started.unix_ms_at(deadline),
-    };
-    let grace = shared.config().cancel_grace;
-    let raw = {
-        let run = async {
-            let processor = match &instance {
-                Some(processor) => processor,
-                None => instance.insert(plugin.pre.instantiate_async(&mut store).await?),
-            };
-            processor
-                .weir_processor_handler()
-                .call_process(&mut store, input, &context)
-                .await
-        };
-        // Biased: the guest is polled first, so a call that finishes in one poll (most of
-        // them) never registers the timer or the cancellation waiter at all.
-        tokio::select! {
-            biased;
-            result = run => Raw::Finished(result),
-            // Lazy (an async block): the timer is only created if the guest is still running.
-            _ = async { tokio::time::sleep_until(deadline.into()).await } => Raw::Deadline,
-            _ = hard_cancel(cancel, grace) => Raw::Cancelled,
-        }
-    };
-    // The guest's own fuel, and what its nested `call`s burnt.
-    let fuel = limits
-        .fuel
-        .saturating_sub(store.get_fuel().unwrap_or(0))
-        .saturating_add(store.data().nested_fuel);
-    let peak_memory = store.data().limiter.peak;
-    let memory_hit = store.data().limiter.hit;
-    let ended = Instant::now();
-    log.finish();
-    // Only an instance that returned normally, within every limit and uncancelled, is kept;
-    // the rest are dropped here (a fresh store always is).
-    match (warm, instance) {
-        (Some(pool), Some(processor))
-            if matches!(raw, Raw::Finished(Ok(_)))
-                && !memory_hit
-                && store.data().outbound_idle()
-                && !cancel.is_cancelled()
-                && ended < deadline =>
-        {
-            store.data_mut().release();
-            let instance = WarmInstance {
-                store,
-                processor,
-                uses: uses + 1,
-            };
-            pool.put(&scope.tenant, instance, ended);
-        }
-        _ => drop(store),
-    }
-
-    let result = match raw {
-        Raw::Finished(Ok(Ok(text))) => parse_output(&text, limits),
-        Raw::Finished(Ok(Err(guest_error))) => Err(from_wit_error(
-            guest_error,
-            &shared.config().guest,
-            limits.output_bytes,
-        )),
-        Raw::Finished(Err(trap)) => Err(classify_trap(&trap, &log, limits, memory_hit)),
-        Raw::Deadline => Err(deadline_error(limits, "while in a host call")),
-        Raw::Cancelled => Err(cancelled_error(
-            cancel,
-            "and did not stop within its grace period",
-        )),
-    };
-    AttemptOutcome {
-        result: mark_cancelled(result, cancel),
-        fuel,
-        peak_memory,
-        ended,
-    }
-}
-
-/// Whatever a guest made of a cancellation, the result says it was cancelled, and why.
-fn mark_cancelled<T>(
-    result: Result<T, ExecutionError>,
-    cancel: &CancelHandle,
-) -> Result<T, ExecutionError> {
-    match result {
-        Err(mut error) if cancel.is_cancelled() => {
-            error.kind = ErrorKind::Cancelled;
-            error.code = cancel.reason().map(|r| r.code().to_string());
-            Err(error)
-        }
-        other => other,
-    }
-}
-
-async fn hard_cancel(cancel: &CancelHandle, grace: Duration) {
-    cancel.cancelled().await;
-    tokio::time::sleep(grace).await;
-}
-
-/// `value` as JSON text. Serializing a `Value` cannot fail: its keys are strings and its
-/// numbers finite.
-fn json_text(value: &Value) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
-}
-
-pub(crate) fn parse_output(
-    text: &str,
-    limits: &Limits,
-) -> Result<Map<String, Value>, ExecutionError> {
-    let size = text.len() as u64;
-    if size > limits.output_bytes {
-        return Err(ExecutionError::host(
-            ErrorKind::Resource,
-            codes::OUTPUT_TOO_LARGE,
-            format!(
-                "the processor returned {} of state; the limit is {} (an operator can raise \
-                 `output_bytes` in the plugin's manifest)",
-                human_bytes(size),
-                human_bytes(limits.output_bytes)
-            ),
-        )
-        .with_details(serde_json::json!({ "bytes": size, "limit": limits.output_bytes })));
-    }
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(ExecutionError::host(
-            ErrorKind::Execution,
-            codes::INVALID_OUTPUT,
-            format!(
-                "the processor returned {}; a state must be a JSON object",
-                state::json_type(&other)
-            ),
-        )),
-        Err(e) => Err(ExecutionError::host(
-            ErrorKind::Execution,
-            codes::INVALID_OUTPUT,
-            format!("the processor returned invalid JSON: {e}"),
-        )),
-    }
-}
-
-fn deadline_error(limits: &Limits, when: &str) -> ExecutionError {
-    ExecutionError::host(
-        ErrorKind::Timeout,
-        codes::DEADLINE_EXCEEDED,
-        format!(
-            "the processor did not finish within its {} ms timeout (stopped {when})",
-            limits.timeout_ms
-        ),
-    )
-    .retryable(true)
-}
-
-/// The result of an execution cancelled (for `reason`) before anything ran: `state` stays
-/// the last good state.
-#[cfg(feature = "redis")]
-pub(crate) fn cancelled_unstarted(
-    state: Value,
-    reason: crate::contract::cancel::CancelReason,
-    info: ExecutionInfo,
-) -> ExecutionResult {
-    let cancel = CancelHandle::new();
-    cancel.cancel_with(reason);
-    failed(state, cancelled_error(&cancel, "before it started"), info)
-}
-
-pub(crate) fn cancelled_error(cancel: &CancelHandle, how: &str) -> ExecutionError {
-    let reason = cancel
-        .reason()
-        .unwrap_or(crate::contract::cancel::CancelReason::Request);
-    ExecutionError::host(
-        ErrorKind::Cancelled,
-        reason.code(),
-        format!("the execution was cancelled {how}"),
-    )
-}
-
-/// Turns a trap (or a host-raised stop) into the contract's kind and code.
-fn classify_trap(
-    error: &wasmtime::Error,
-    log: &GuestLog,
-    limits: &Limits,
-    memory_hit: bool,
-) -> ExecutionError {
-    let host_trap = error
-        .downcast_ref::<HostTrap>()
-        .or_else(|| error.chain().find_map(|e| e.downcast_ref::<HostTrap>()));
-    match host_trap {
-        Some(HostTrap::Deadline) => return deadline_error(limits, "while running"),
-        Some(HostTrap::MemoryLimit { limit, requested }) => {
-            return memory_error(*limit, Some(*requested));
-        }
-        None => {}
-    }
-    if error.chain().any(|e| {
-        e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-            .is_some()
-    }) {
-        return ExecutionError::host(
-            ErrorKind::Resource,
-            codes::CAPACITY_EXCEEDED,
-            format!("no free sandbox slot: {error}"),
-        )
-        .retryable(true);
-    }
-    let trap = error.downcast_ref::<Trap>().copied();
-    match trap {
-        Some(Trap::OutOfFuel) => {
-            return ExecutionError::host(
-                ErrorKind::Resource,
-                codes::FUEL_EXHAUSTED,
-                format!(
-                    "the processor used up its fuel budget of {} (an operator can raise `fuel` \
-                     in the plugin's manifest)",
-                    limits.fuel
-                ),
-            );
-        }
-        Some(Trap::StackOverflow) => {
-            return ExecutionError::host(
-                ErrorKind::Resource,
-                codes::STACK_OVERFLOW,
-                "the processor overflowed its call stack (unbounded recursion?)",
-            );
-        }
-        Some(Trap::Interrupt) => return deadline_error(limits, "while running"),
-        _ => {}
-    }
-    if memory_hit {
-        return memory_error(limits.memory_bytes, None);
-    }
-    let panic = log.panic_message();
-    let trap_text = trap.map_or_else(|| format!("{error:#}"), |t| t.to_string());
-    let message = match &panic {
-        Some(panic) => format!("the processor panicked: {panic}"),
-        None => format!("the processor trapped: {trap_text}"),
-    };
-    // A guest's own stack lives in its linear memory, below everything else: overflowing
-    // it wraps the stack pointer past the memory's end.
-    let message = if trap == Some(Trap::MemoryOutOfBounds) && panic.is_none() {
-        format!(
-            "{message} (a processor that keeps large values on its stack may have overflowed \
-             it: for a Rust or C plugin built by `weir build`, raise `stack_size` in its \
-             weir-plugin.toml)"
-        )
-    } else {
-        message
-    };
-    let mut details = Map::new();
-    details.insert("trap".into(), Value::String(trap_text));
-    if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
-        details.insert("backtrace".into(), Value::String(backtrace.to_string()));
-    }
-    ExecutionError::host(ErrorKind::Execution, codes::TRAP, message)
-        .with_details(Value::Object(details))
-}
-
-fn memory_error(limit: u64, requested: Option<u64>) -> ExecutionError {
-    let asked = requested.map_or(String::new(), |r| {
-        format!(" (it asked for {})", human_bytes(r))
-    });
-    ExecutionError::host(
-        ErrorKind::Resource,
-        codes::MEMORY_LIMIT,
-        format!(
-            "the processor exceeded its memory limit of {}{asked} (an operator can raise \
-             `memory_bytes` in the plugin's manifest)",
-            human_bytes(limit)
-        ),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn output_over_the_cap_is_a_resource_error() {
-        let limits = Limits {
-            output_bytes: 10,
-            ..Limits::DEFAULTS
-        };
-        let err = parse_output(r#"{"a":"0123456789"}"#, &limits).unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Resource);
-        assert!(err.has_code(codes::OUTPUT_TOO_LARGE));
-    }
-
-    #[test]
-    fn output_that_is_not_an_object_is_an_execution_error() {
-        for text in ["[1]", "3", "nope"] {
-            let err = parse_output(text, &Limits::DEFAULTS).unwrap_err();
-            assert_eq!(err.kind, ErrorKind::Execution, "{text}");
-            assert!(err.has_code(codes::INVALID_OUTPUT));
-        }
     }
 }
