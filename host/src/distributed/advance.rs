@@ -216,7 +216,7 @@ impl Distributed {
                 Ok(Entered::Plan(Plan::Step(Box::new(job))))
             }
             Some(Binding::Workflow { digest }) => {
-                let info = self.info_for(cursor, &execution, &name);
+                let info = info_for(cursor, &execution, &name);
                 let workflow = match self.workflow(&digest).await? {
                     Ok(workflow) => workflow,
                     Err(why) => {
@@ -262,12 +262,10 @@ impl Distributed {
                 if workflow.is_fan_out() {
                     return self.open_fan_out(cursor, &workflow, frame, state).await;
                 }
-                Ok(Entered::Next(
-                    self.open(cursor, &workflow, &mut frame, state),
-                ))
+                Ok(Entered::Next(open(cursor, &workflow, &mut frame, state)))
             }
             None => {
-                let info = self.info_for(cursor, &execution, &name);
+                let info = info_for(cursor, &execution, &name);
                 let error = ExecutionError::host(
                     ErrorKind::NotFound,
                     codes::PROCESSOR_NOT_FOUND,
@@ -284,77 +282,6 @@ impl Distributed {
         }
     }
 
-    /// What runs first in `workflow`, which `frame` now tracks.
-    fn open(
-        &self,
-        cursor: &mut Cursor,
-        workflow: &Workflow,
-        frame: &mut Frame,
-        state: Value,
-    ) -> Next {
-        let path = frame.path.clone();
-        match workflow.composition() {
-            Composition::Chain { steps } => {
-                frame.at = At::Chain { index: 0 };
-                cursor.frames.push(frame.clone());
-                Next::Enter {
-                    name: steps[0].clone(),
-                    state,
-                    path: format!("{path}.0"),
-                }
-            }
-            Composition::Route {
-                selector: Selector::Pointer(pointer),
-                routes,
-                fallback,
-            } => {
-                let key = state.pointer(pointer).and_then(key_of);
-                let missing = missing_key(&Selector::Pointer(pointer.clone()));
-                match choose_route(workflow, routes, fallback.as_deref(), &key, missing) {
-                    Ok(target) => {
-                        let target = target.to_string();
-                        frame.at = At::Route {
-                            key,
-                            target: target.clone(),
-                        };
-                        cursor.frames.push(frame.clone());
-                        Next::Enter {
-                            name: target,
-                            state,
-                            path: format!("{path}.r"),
-                        }
-                    }
-                    Err(error) => self.close(cursor, frame.clone(), Err((state, error))),
-                }
-            }
-            Composition::Route {
-                selector: Selector::Processor(selector),
-                ..
-            } => {
-                frame.at = At::Selector {
-                    input: state.clone(),
-                };
-                cursor.frames.push(frame.clone());
-                Next::Enter {
-                    name: selector.clone(),
-                    state,
-                    path: format!("{path}.s"),
-                }
-            }
-            // Fan-outs open as flows (`open_fan_out`), never here.
-            Composition::Parallel { .. }
-            | Composition::Batch { .. }
-            | Composition::Graph { .. } => {
-                let error = ExecutionError::host(
-                    ErrorKind::Configuration,
-                    codes::NOT_AVAILABLE,
-                    format!("`{}` is a fan-out opened as a step", workflow.name()),
-                );
-                self.close(cursor, frame.clone(), Err((state, error)))
-            }
-        }
-    }
-
     /// Takes a step's `result` back into the workflow of `frame`.
     async fn step_done(
         &self,
@@ -362,153 +289,233 @@ impl Distributed {
         mut frame: Frame,
         result: ExecutionResult,
     ) -> Result<Next, Error> {
-        frame.fuel = frame.fuel.saturating_add(result.execution.fuel_consumed);
-        frame.peak_memory = frame.peak_memory.max(result.execution.peak_memory_bytes);
         let workflow = match self.workflow(&frame.digest).await? {
             Ok(workflow) => workflow,
             Err(why) => {
+                frame.fuel = frame.fuel.saturating_add(result.execution.fuel_consumed);
+                frame.peak_memory = frame.peak_memory.max(result.execution.peak_memory_bytes);
                 let error =
                     ExecutionError::host(ErrorKind::Configuration, codes::NOT_AVAILABLE, why);
-                return Ok(self.close(cursor, frame, Err((result.state, error))));
+                return Ok(close(cursor, frame, Err((result.state, error))));
             }
         };
-        let path = frame.path.clone();
-        let next = match (frame.at.clone(), workflow.composition()) {
-            (At::Chain { index }, Composition::Chain { steps }) => match result.error {
-                Some(error) => {
-                    // The index comes from job data: out of range names no step.
-                    let name = steps.get(index).map_or("", String::as_str);
-                    let error = step_failed(&workflow, "step", name, Some(index), error);
-                    self.close(cursor, frame, Err((result.state, error)))
+        Ok(resume(cursor, &workflow, frame, result))
+    }
+}
+
+/// Takes a step's `result` back into `workflow`, whose place in the run `frame` tracks: the
+/// next chain step, the route a selector chose, a merger's merged state, or the workflow's
+/// own result. Pure: how a run advances between jobs, whatever Redis holds.
+pub(crate) fn resume(
+    cursor: &mut Cursor,
+    workflow: &Workflow,
+    mut frame: Frame,
+    result: ExecutionResult,
+) -> Next {
+    frame.fuel = frame.fuel.saturating_add(result.execution.fuel_consumed);
+    frame.peak_memory = frame.peak_memory.max(result.execution.peak_memory_bytes);
+    let path = frame.path.clone();
+    match (frame.at.clone(), workflow.composition()) {
+        (At::Chain { index }, Composition::Chain { steps }) => match result.error {
+            Some(error) => {
+                // The index comes from job data: out of range names no step.
+                let name = steps.get(index).map_or("", String::as_str);
+                let error = step_failed(workflow, "step", name, Some(index), error);
+                close(cursor, frame, Err((result.state, error)))
+            }
+            None if index + 1 < steps.len() => {
+                frame.at = At::Chain { index: index + 1 };
+                cursor.frames.push(frame);
+                Next::Enter {
+                    name: steps[index + 1].clone(),
+                    state: result.state,
+                    path: format!("{path}.{}", index + 1),
                 }
-                None if index + 1 < steps.len() => {
-                    frame.at = At::Chain { index: index + 1 };
+            }
+            None => close(cursor, frame, Ok(result.state)),
+        },
+        (
+            At::Selector { input },
+            Composition::Route {
+                selector: selector @ Selector::Processor(name),
+                routes,
+                fallback,
+            },
+        ) => {
+            if let Some(error) = result.error {
+                let error = step_failed(workflow, "selector", name, None, error);
+                return close(cursor, frame, Err((input, error)));
+            }
+            let key = result.state.get("route").and_then(key_of);
+            let chosen = choose_route(
+                workflow,
+                routes,
+                fallback.as_deref(),
+                &key,
+                missing_key(selector),
+            );
+            match chosen {
+                Ok(target) => {
+                    let target = target.to_string();
+                    frame.at = At::Route {
+                        key,
+                        target: target.clone(),
+                    };
                     cursor.frames.push(frame);
                     Next::Enter {
-                        name: steps[index + 1].clone(),
-                        state: result.state,
-                        path: format!("{path}.{}", index + 1),
+                        name: target,
+                        state: input,
+                        path: format!("{path}.r"),
                     }
                 }
-                None => self.close(cursor, frame, Ok(result.state)),
+                Err(error) => close(cursor, frame, Err((input, error))),
+            }
+        }
+        (
+            At::Merge { input },
+            Composition::Parallel {
+                merge: Some(merger),
+                ..
             },
-            (
-                At::Selector { input },
-                Composition::Route {
-                    selector: selector @ Selector::Processor(name),
-                    routes,
-                    fallback,
-                },
-            ) => {
-                if let Some(error) = result.error {
-                    let error = step_failed(&workflow, "selector", name, None, error);
-                    return Ok(self.close(cursor, frame, Err((input, error))));
-                }
-                let key = result.state.get("route").and_then(key_of);
-                let chosen = choose_route(
-                    &workflow,
-                    routes,
-                    fallback.as_deref(),
-                    &key,
-                    missing_key(selector),
-                );
-                match chosen {
-                    Ok(target) => {
-                        let target = target.to_string();
-                        frame.at = At::Route {
-                            key,
-                            target: target.clone(),
-                        };
-                        cursor.frames.push(frame);
-                        Next::Enter {
-                            name: target,
-                            state: input,
-                            path: format!("{path}.r"),
-                        }
+        ) => {
+            if let Some(error) = result.error {
+                let error = step_failed(workflow, "merge", merger, None, error);
+                return close(cursor, frame, Err((input, error)));
+            }
+            let metadata = state::prepare_input(input.clone(), None)
+                .map(|(_, metadata)| metadata)
+                .unwrap_or_else(|_| state::StateMetadata::new(None));
+            let metadata = state::StateMetadata {
+                session_id: cursor.scope.session.clone(),
+                ..metadata
+            };
+            let merged = match result.state {
+                Value::Object(merged) => merged,
+                _ => serde_json::Map::new(),
+            };
+            let state = state::with_metadata(merged, &metadata.bumped());
+            close(cursor, frame, Ok(state))
+        }
+        (At::Route { key, target }, Composition::Route { routes, .. }) => match result.error {
+            Some(error) => {
+                let error = route_failed(workflow, routes, &key, &target, error);
+                close(cursor, frame, Err((result.state, error)))
+            }
+            None => close(cursor, frame, Ok(result.state)),
+        },
+        _ => {
+            let error = ExecutionError::host(
+                ErrorKind::Configuration,
+                codes::NOT_AVAILABLE,
+                format!(
+                    "the run's position in `{}` does not fit its definition {} (a job \
+                     written by an incompatible weir?)",
+                    workflow.name(),
+                    workflow.digest()
+                ),
+            );
+            close(cursor, frame, Err((result.state, error)))
+        }
+    }
+}
+
+/// Ends the workflow of `frame` with `outcome`: its result, reported to whatever
+/// encloses it.
+pub(crate) fn close(cursor: &mut Cursor, frame: Frame, outcome: Outcome) -> Next {
+    close_with_items(cursor, frame, outcome, None)
+}
+
+/// [`close`] for a batch, whose result carries every item's.
+pub(crate) fn close_with_items(
+    cursor: &mut Cursor,
+    frame: Frame,
+    outcome: Outcome,
+    items: Option<Vec<ExecutionResult>>,
+) -> Next {
+    cursor.scope.deadline_ms = frame.outer_deadline_ms;
+    cursor.scope.parent = frame.outer_parent.clone();
+    let mut info = info_for(cursor, &frame.execution, &frame.workflow);
+    info.digest = Some(frame.digest.clone());
+    info.attempts = 1;
+    info.duration_us = now_us().saturating_sub(frame.started_us);
+    info.fuel_consumed = frame.fuel;
+    info.peak_memory_bytes = frame.peak_memory;
+    Next::Done(Box::new(workflow_result(outcome, info, items)))
+}
+
+pub(crate) fn info_for(cursor: &Cursor, execution: &str, name: &str) -> ExecutionInfo {
+    ExecutionInfo::new(
+        Some(execution.to_string()),
+        name,
+        cursor.scope.tenant.clone(),
+        cursor.scope.session.clone(),
+    )
+}
+
+/// What runs first in `workflow`, which `frame` now tracks.
+pub(crate) fn open(
+    cursor: &mut Cursor,
+    workflow: &Workflow,
+    frame: &mut Frame,
+    state: Value,
+) -> Next {
+    let path = frame.path.clone();
+    match workflow.composition() {
+        Composition::Chain { steps } => {
+            frame.at = At::Chain { index: 0 };
+            cursor.frames.push(frame.clone());
+            Next::Enter {
+                name: steps[0].clone(),
+                state,
+                path: format!("{path}.0"),
+            }
+        }
+        Composition::Route {
+            selector: Selector::Pointer(pointer),
+            routes,
+            fallback,
+        } => {
+            let key = state.pointer(pointer).and_then(key_of);
+            let missing = missing_key(&Selector::Pointer(pointer.clone()));
+            match choose_route(workflow, routes, fallback.as_deref(), &key, missing) {
+                Ok(target) => {
+                    let target = target.to_string();
+                    frame.at = At::Route {
+                        key,
+                        target: target.clone(),
+                    };
+                    cursor.frames.push(frame.clone());
+                    Next::Enter {
+                        name: target,
+                        state,
+                        path: format!("{path}.r"),
                     }
-                    Err(error) => self.close(cursor, frame, Err((input, error))),
                 }
+                Err(error) => close(cursor, frame.clone(), Err((state, error))),
             }
-            (
-                At::Merge { input },
-                Composition::Parallel {
-                    merge: Some(merger),
-                    ..
-                },
-            ) => {
-                if let Some(error) = result.error {
-                    let error = step_failed(&workflow, "merge", merger, None, error);
-                    return Ok(self.close(cursor, frame, Err((input, error))));
-                }
-                let metadata = state::prepare_input(input.clone(), None)
-                    .map(|(_, metadata)| metadata)
-                    .unwrap_or_else(|_| state::StateMetadata::new(None));
-                let metadata = state::StateMetadata {
-                    session_id: cursor.scope.session.clone(),
-                    ..metadata
-                };
-                let merged = match result.state {
-                    Value::Object(merged) => merged,
-                    _ => serde_json::Map::new(),
-                };
-                let state = state::with_metadata(merged, &metadata.bumped());
-                self.close(cursor, frame, Ok(state))
+        }
+        Composition::Route {
+            selector: Selector::Processor(selector),
+            ..
+        } => {
+            frame.at = At::Selector {
+                input: state.clone(),
+            };
+            cursor.frames.push(frame.clone());
+            Next::Enter {
+                name: selector.clone(),
+                state,
+                path: format!("{path}.s"),
             }
-            (At::Route { key, target }, Composition::Route { routes, .. }) => match result.error {
-                Some(error) => {
-                    let error = route_failed(&workflow, routes, &key, &target, error);
-                    self.close(cursor, frame, Err((result.state, error)))
-                }
-                None => self.close(cursor, frame, Ok(result.state)),
-            },
-            _ => {
-                let error = ExecutionError::host(
-                    ErrorKind::Configuration,
-                    codes::NOT_AVAILABLE,
-                    format!(
-                        "the run's position in `{}` does not fit its definition {} (a job \
-                         written by an incompatible weir?)",
-                        workflow.name(),
-                        workflow.digest()
-                    ),
-                );
-                self.close(cursor, frame, Err((result.state, error)))
-            }
-        };
-        Ok(next)
-    }
-
-    /// Ends the workflow of `frame` with `outcome`: its result, reported to whatever
-    /// encloses it.
-    pub(crate) fn close(&self, cursor: &mut Cursor, frame: Frame, outcome: Outcome) -> Next {
-        self.close_with_items(cursor, frame, outcome, None)
-    }
-
-    /// [`Distributed::close`] for a batch, whose result carries every item's.
-    pub(crate) fn close_with_items(
-        &self,
-        cursor: &mut Cursor,
-        frame: Frame,
-        outcome: Outcome,
-        items: Option<Vec<ExecutionResult>>,
-    ) -> Next {
-        cursor.scope.deadline_ms = frame.outer_deadline_ms;
-        cursor.scope.parent = frame.outer_parent.clone();
-        let mut info = self.info_for(cursor, &frame.execution, &frame.workflow);
-        info.digest = Some(frame.digest.clone());
-        info.attempts = 1;
-        info.duration_us = now_us().saturating_sub(frame.started_us);
-        info.fuel_consumed = frame.fuel;
-        info.peak_memory_bytes = frame.peak_memory;
-        Next::Done(Box::new(workflow_result(outcome, info, items)))
-    }
-
-    pub(crate) fn info_for(&self, cursor: &Cursor, execution: &str, name: &str) -> ExecutionInfo {
-        ExecutionInfo::new(
-            Some(execution.to_string()),
-            name,
-            cursor.scope.tenant.clone(),
-            cursor.scope.session.clone(),
-        )
+        }
+        // Fan-outs open as flows (`open_fan_out`), never here.
+        Composition::Parallel { .. } | Composition::Batch { .. } | Composition::Graph { .. } => {
+            let error = ExecutionError::host(
+                ErrorKind::Configuration,
+                codes::NOT_AVAILABLE,
+                format!("`{}` is a fan-out opened as a step", workflow.name()),
+            );
+            close(cursor, frame.clone(), Err((state, error)))
+        }
     }
 }

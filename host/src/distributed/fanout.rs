@@ -12,7 +12,7 @@ use bullmq::FlowJob;
 
 use serde_json::Value;
 
-use super::advance::{Cursor, Entered, Next, Plan, Settled};
+use super::advance::{Cursor, Entered, Next, Plan, Settled, close, close_with_items};
 use super::control::Target;
 use super::handle::Distributed;
 use super::join::{Ending, JoinState, Start};
@@ -42,11 +42,7 @@ impl Distributed {
             match JoinState::open(workflow, input.clone(), self.max_batch_items) {
                 Ok(opened) => opened,
                 Err(error) => {
-                    return Ok(Entered::Next(self.close(
-                        cursor,
-                        frame,
-                        Err((input, error)),
-                    )));
+                    return Ok(Entered::Next(close(cursor, frame, Err((input, error)))));
                 }
             };
         frame.at = At::Join;
@@ -213,7 +209,7 @@ impl Distributed {
             Err(why) => {
                 let error =
                     ExecutionError::host(ErrorKind::Configuration, codes::NOT_AVAILABLE, why);
-                let next = self.close(&mut cursor, frame, Err((Value::Null, error)));
+                let next = close(&mut cursor, frame, Err((Value::Null, error)));
                 return self.proceed(cursor, next).await;
             }
         };
@@ -234,7 +230,7 @@ impl Distributed {
                     workflow.name()
                 ),
             );
-            let next = self.close(&mut cursor, frame, Err((Value::Null, error)));
+            let next = close(&mut cursor, frame, Err((Value::Null, error)));
             return self.proceed(cursor, next).await;
         }
         let Some(Ok(state)) = loaded else {
@@ -247,7 +243,7 @@ impl Distributed {
                     workflow.name()
                 ),
             );
-            let next = self.close(&mut cursor, frame, Err((Value::Null, error)));
+            let next = close(&mut cursor, frame, Err((Value::Null, error)));
             return self.proceed(cursor, next).await;
         };
         let mut state = state;
@@ -261,9 +257,7 @@ impl Distributed {
             _ => (None, None),
         };
         let next = match state.ending(&workflow, &cursor.scope.tenant, &identity) {
-            Ending::Outcome(outcome, items) => {
-                self.close_with_items(&mut cursor, frame, outcome, items)
-            }
+            Ending::Outcome(outcome, items) => close_with_items(&mut cursor, frame, outcome, items),
             Ending::Merge { merger, input } => {
                 let path = format!("{}.m", frame.path);
                 frame.at = At::Merge {

@@ -42,6 +42,8 @@ mod advance;
 mod content;
 mod control;
 mod dlq;
+#[cfg(test)]
+mod driver_tests;
 mod fanout;
 mod fetch;
 mod foreign;

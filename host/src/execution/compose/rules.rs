@@ -268,3 +268,201 @@ pub(super) fn release(dependents: &[usize], waiting_on: &mut [usize], settled: &
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::contract::workflow::Composition;
+
+    fn boom() -> ExecutionError {
+        ExecutionError::host(ErrorKind::Execution, "boom", "it went boom")
+            .with_details(json!({"why": "a test"}))
+    }
+
+    fn routes() -> BTreeMap<String, String> {
+        [("a", "mark-a"), ("b", "mark-b")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_route_takes_its_keys_target_then_the_fallback_then_fails_naming_the_routes() {
+        let workflow = Workflow::route_by_pointer("r", "/kind");
+        let routes = routes();
+        let key = |k: &str| Some(k.to_string());
+        let pick = |key: &Option<String>, fallback| {
+            choose_route(&workflow, &routes, fallback, key, "no key".into())
+        };
+        assert_eq!(pick(&key("b"), None).ok(), Some("mark-b"));
+        assert_eq!(pick(&key("z"), Some("other")).ok(), Some("other"));
+        assert_eq!(pick(&None, Some("other")).ok(), Some("other"));
+        let error = pick(&key("z"), None).expect_err("no route");
+        assert!(error.has_code(codes::NO_ROUTE));
+        assert!(error.message.contains("`z`") && error.message.contains("a, b"));
+        let error = pick(&None, None).expect_err("no key");
+        assert!(error.message.contains("no key"), "{}", error.message);
+    }
+
+    #[test]
+    fn route_keys_are_strings_numbers_and_booleans_as_text() {
+        assert_eq!(key_of(&json!("x")).as_deref(), Some("x"));
+        assert_eq!(key_of(&json!(3)).as_deref(), Some("3"));
+        assert_eq!(key_of(&json!(true)).as_deref(), Some("true"));
+        for none in [json!(null), json!([1]), json!({"a": 1})] {
+            assert_eq!(key_of(&none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn a_failed_route_names_its_key_or_the_fallback() {
+        let workflow = Workflow::route_by_pointer("r", "/kind");
+        let routes = routes();
+        let error = route_failed(&workflow, &routes, &Some("a".into()), "mark-a", boom());
+        assert!(
+            error
+                .message
+                .starts_with("route `a` → `mark-a` of `r` failed")
+        );
+        let error = route_failed(&workflow, &routes, &Some("z".into()), "other", boom());
+        assert!(error.message.starts_with("fallback `other` of `r` failed"));
+    }
+
+    #[test]
+    fn a_failed_step_keeps_its_kind_and_code_and_says_where_it_was() {
+        let workflow = Workflow::chain("c", ["x", "y"]);
+        let error = step_failed(&workflow, "step", "y", Some(1), boom());
+        assert_eq!(error.kind, ErrorKind::Execution);
+        assert!(error.has_code("boom"));
+        assert_eq!(error.message, "step 2 (`y`) of `c` failed: it went boom");
+        let details = error.details.expect("details");
+        assert_eq!(
+            details["failed"],
+            json!({"role": "step", "name": "y", "index": 1})
+        );
+        assert_eq!(details["cause"], json!({"why": "a test"}));
+    }
+
+    #[test]
+    fn a_failed_parallel_reports_how_every_branch_ended() {
+        let workflow = Workflow::parallel("p", ["x", "y", "z"]);
+        let branches = ["x", "y", "z"].map(String::from);
+        let info = ExecutionInfo::new(None, "x", "t", None);
+        let ok = workflow_result(Ok(json!({})), info.clone(), None);
+        let bad = failed(json!({}), boom(), info);
+        let error = parallel_failed(
+            &workflow,
+            &branches,
+            [Some(&ok), Some(&bad), None],
+            1,
+            boom(),
+        );
+        assert!(error.message.starts_with("branch 2 (`y`) of `p` failed"));
+        let outcomes = &error.details.expect("details")["branches"];
+        assert_eq!(outcomes[0]["ok"], true);
+        assert_eq!(outcomes[1]["code"], "boom");
+        assert_eq!(outcomes[2], json!({"branch": "z", "ok": false}));
+    }
+
+    #[test]
+    fn a_merger_gets_the_input_and_each_branch_state_in_declared_order() {
+        let branches = ["x", "y"].map(String::from);
+        let input = merge_input(&json!({"n": 1}), &branches, &[json!({"a": 1}), json!(null)]);
+        assert_eq!(
+            input,
+            json!({"input": {"n": 1}, "results": [
+                {"branch": "x", "state": {"a": 1}},
+                {"branch": "y", "state": null}
+            ]})
+        );
+    }
+
+    #[test]
+    fn a_batch_returns_every_items_state_unless_all_or_nothing_lost_one() {
+        let workflow = Workflow::batch("b", "p");
+        let info = ExecutionInfo::new(None, "p", "t", None);
+        let results = [
+            workflow_result(Ok(json!({"n": 1})), info.clone(), None),
+            failed(json!({"n": 2}), boom(), info),
+        ];
+        let metadata = StateMetadata::new(None);
+        let failure = Some((1, boom()));
+        let collected = batch_outcome(
+            &workflow,
+            "p",
+            BatchPolicy::Collect,
+            json!({"items": []}),
+            &results,
+            failure.clone(),
+            &metadata,
+        )
+        .expect("collect keeps going");
+        assert_eq!(collected["items"], json!([{"n": 1}, {"n": 2}]));
+        assert_eq!(collected["metadata"]["version"], metadata.version + 1);
+        let (state, error) = batch_outcome(
+            &workflow,
+            "p",
+            BatchPolicy::AllOrNothing,
+            json!({"items": ["in"]}),
+            &results,
+            failure,
+            &metadata,
+        )
+        .expect_err("all or nothing fails");
+        assert_eq!(
+            state,
+            json!({"items": ["in"]}),
+            "the input is the last good state"
+        );
+        assert!(error.message.starts_with("item 2 (`p`) of `b` failed"));
+    }
+
+    #[test]
+    fn a_batch_over_its_limit_is_refused_naming_both() {
+        let workflow = Workflow::batch("b", "p");
+        assert!(check_batch_size(&workflow, 3, 3).is_ok());
+        let error = check_batch_size(&workflow, 4, 3).expect_err("too many");
+        assert!(error.has_code(codes::BATCH_TOO_LARGE));
+        assert_eq!(error.details, Some(json!({"items": 4, "limit": 3})));
+    }
+
+    #[test]
+    fn graph_edges_are_found_both_ways_and_released_nodes_become_ready() {
+        let workflow = Workflow::graph("g")
+            .node("a", [] as [&str; 0])
+            .node("b", ["a"])
+            .node("c", ["a", "b"]);
+        let Composition::Graph { nodes } = workflow.composition() else {
+            panic!("a graph");
+        };
+        assert_eq!(graph_dependencies(nodes, 2), [0, 1]);
+        assert_eq!(graph_dependents(nodes), [vec![1, 2], vec![2], vec![]]);
+        let mut waiting_on = vec![0, 1, 2];
+        let mut ready = Vec::new();
+        release(&[1, 2], &mut waiting_on, &mut ready);
+        assert_eq!(
+            (waiting_on.as_slice(), ready.as_slice()),
+            (&[0, 0, 1][..], &[1][..])
+        );
+        release(&[2], &mut waiting_on, &mut ready);
+        assert_eq!(ready, [1, 2]);
+    }
+
+    #[test]
+    fn a_condition_is_false_only_for_nothing_null_false_zero_and_empty_text() {
+        for falsy in [
+            None,
+            Some(json!(null)),
+            Some(json!(false)),
+            Some(json!(0)),
+            Some(json!("")),
+        ] {
+            assert!(!truthy(falsy.as_ref()), "{falsy:?}");
+        }
+        for true_ in [json!(true), json!(1), json!("x"), json!([]), json!({})] {
+            assert!(truthy(Some(&true_)), "{true_}");
+        }
+    }
+}
