@@ -37,6 +37,12 @@
 //! default-on `redis` feature: `weir = { default-features = false }` builds the local
 //! runtime alone. The HTTP server and the `weir` binary are the crates `weir-server` and
 //! `weir-cli`, over this crate's public API.
+//!
+//! Inside, the crate is built in layers, one folder each, and an import points only down:
+//! `contract` (what both runtimes agree on) ← `sandbox` (one attempt in one wasmtime store)
+//! ← `execution` (one execution and the workflows made of them) ← `distributed` (the same
+//! through Redis) ← `runtime` (this API). `docs/layout.md` maps every folder; `cargo xtask
+//! layers` checks the direction.
 
 mod contract;
 #[cfg(feature = "redis")]
