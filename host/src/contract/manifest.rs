@@ -321,19 +321,42 @@ impl Manifest {
         plugin.with_extension("toml")
     }
 
-    /// Reads the manifest beside `plugin`, or the empty manifest if there is none.
-    pub fn load_for(plugin: &Path) -> Result<Manifest, (PathBuf, String)> {
+    /// Reads the manifest beside `plugin`, or the empty manifest if there is none; one over
+    /// `max_bytes` is refused unparsed (at most one byte past the bound is read, so a file
+    /// that grows while it is read is caught too).
+    pub fn load_for(plugin: &Path, max_bytes: u64) -> Result<Manifest, (PathBuf, String)> {
+        use std::io::Read;
         let path = Manifest::path_for(plugin);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Manifest::parse(&text)
-                .map(|m| Manifest {
-                    path: Some(path.clone()),
-                    ..m
-                })
-                .map_err(|reason| (path, reason)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
-            Err(err) => Err((path, format!("cannot read it: {err}"))),
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Manifest::default());
+            }
+            Err(err) => return Err((path, format!("cannot read it: {err}"))),
+        };
+        let mut text = String::new();
+        if let Err(err) = file
+            .take(max_bytes.saturating_add(1))
+            .read_to_string(&mut text)
+        {
+            return Err((path, format!("cannot read it: {err}")));
         }
+        if text.len() as u64 > max_bytes {
+            return Err((
+                path,
+                format!(
+                    "it is over {}, the most the host reads of a manifest (the host's \
+                     max_manifest_bytes): a manifest holds limits, grants and config, not data",
+                    crate::contract::bounds::human_bytes(max_bytes)
+                ),
+            ));
+        }
+        Manifest::parse(&text)
+            .map(|m| Manifest {
+                path: Some(path.clone()),
+                ..m
+            })
+            .map_err(|reason| (path, reason))
     }
 
     /// Refuses a file grant that covers one of the `protected` folders (it is the folder or

@@ -183,6 +183,7 @@ impl Inner {
         crate::sandbox::plugin::load_manifest(
             self.shared.engine(),
             &dir.join(format!("{name}.wasm")),
+            self.shared.config().max_manifest_bytes,
         )
         .await
         .map_err(|e| e.to_string())

@@ -54,6 +54,10 @@ pub struct HostConfig {
     /// Largest `workflows.toml` the host reads, in bytes (default 4 MiB); a bigger file is
     /// rejected from its size, unread, and the workflows already serving keep serving.
     pub max_workflows_file_bytes: u64,
+    /// Largest operator manifest (`NAME.toml` beside a plugin) the host reads, in bytes
+    /// (default 1 MiB); a bigger one fails its plugin's load with the reason, unparsed, and
+    /// the plugins already serving keep serving.
+    pub max_manifest_bytes: u64,
     /// Most items one batch takes (default 10,000); more fail the batch with
     /// `validation` / `batch-too-large` before any item runs.
     pub max_batch_items: usize,
@@ -80,6 +84,7 @@ impl Default for HostConfig {
             max_batch_items: 10_000,
             max_component_bytes: 64 << 20,
             max_workflows_file_bytes: 4 << 20,
+            max_manifest_bytes: 1 << 20,
             event_capacity: 4096,
             event_buffer_bytes: 16 << 20,
         }
@@ -93,6 +98,7 @@ impl HostConfig {
             defaults: self.defaults,
             ceilings: self.ceilings,
             max_component_bytes: self.max_component_bytes,
+            max_manifest_bytes: self.max_manifest_bytes,
             describe_timeout: self.describe_timeout,
             log_rate: self.log_rate,
             guest: self.guest,

@@ -41,6 +41,8 @@ pub(crate) struct LoadPolicy {
     pub ceilings: Limits,
     /// Largest component read and compiled, in bytes.
     pub max_component_bytes: u64,
+    /// Largest operator manifest read, in bytes.
+    pub max_manifest_bytes: u64,
     /// Time `describe` gets.
     pub describe_timeout: std::time::Duration,
     /// Guest log lines `describe` may write.
@@ -196,7 +198,7 @@ impl Plugin {
     ) -> Result<Plugin, LoadError> {
         let name = name_from_path(path)?;
         let folder = path.parent().unwrap_or(Path::new("."));
-        let manifest = load_manifest(engine, path).await?;
+        let manifest = load_manifest(engine, path, host.max_manifest_bytes).await?;
         let bytes = read_component(folder, path, host.max_component_bytes).await?;
         Plugin::from_bytes(engine, linker, name, path, bytes, manifest, host).await
     }
@@ -451,9 +453,13 @@ fn validate_description(
 }
 
 /// The operator manifest beside the plugin file `path` (the default if there is none):
-/// refused if it is a symlink out of the plugins folder, or if a file grant covers the
-/// plugins folder or `engine`'s compile cache.
-pub(crate) async fn load_manifest(engine: &Engine, path: &Path) -> Result<Manifest, LoadError> {
+/// refused if it is a symlink out of the plugins folder, over `max_bytes`, or if a file
+/// grant covers the plugins folder or `engine`'s compile cache.
+pub(crate) async fn load_manifest(
+    engine: &Engine,
+    path: &Path,
+    max_bytes: u64,
+) -> Result<Manifest, LoadError> {
     let folder = path.parent().unwrap_or(Path::new("."));
     let manifest_path = Manifest::path_for(path);
     if let Some(target) = leads_outside(folder, &manifest_path).await {
@@ -466,8 +472,8 @@ pub(crate) async fn load_manifest(engine: &Engine, path: &Path) -> Result<Manife
             ),
         });
     }
-    let manifest =
-        Manifest::load_for(path).map_err(|(path, reason)| LoadError::Manifest { path, reason })?;
+    let manifest = Manifest::load_for(path, max_bytes)
+        .map_err(|(path, reason)| LoadError::Manifest { path, reason })?;
     let mut protected = vec![("the plugins folder", folder.to_path_buf())];
     if let Some(cache) = engine.cache() {
         protected.push(("the compile cache", cache.dir().to_path_buf()));
@@ -550,6 +556,29 @@ mod tests {
         }
         for bad in ["", "Hello", "add_ten", "1abc", "-x", "a b", &"a".repeat(65)] {
             assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manifest_over_the_bound_is_refused_before_it_is_parsed() {
+        let dir = std::env::temp_dir().join(format!("weir-manifest-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let plugin = dir.join("big.wasm");
+        // Valid TOML all the way: only its size is wrong.
+        let line = "# an operator's very long comment\n";
+        std::fs::write(dir.join("big.toml"), line.repeat((2 << 20) / line.len())).expect("writes");
+        let engine =
+            Engine::new(crate::sandbox::engine::EngineConfig::default()).expect("an engine");
+        let refused = load_manifest(&engine, &plugin, 1 << 20).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        match refused {
+            Err(LoadError::Manifest { reason, .. }) => {
+                assert!(
+                    reason.contains("over 1.0 MiB") && reason.contains("max_manifest_bytes"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected the manifest refused for its size, got {other:?}"),
         }
     }
 }
