@@ -41,7 +41,9 @@ pub(crate) struct WorkerArgs {
     /// other queue fails without running.
     #[arg(long, value_name = "QUEUE=TENANT")]
     foreign: Vec<String>,
-    /// The configuration (weir.toml) whose tenants run foreign jobs.
+    /// The configuration (weir.toml) whose tenants run foreign jobs, and whose quotas the
+    /// items of the batches this worker opens are charged to (give every worker and
+    /// server of a fleet the same one).
     #[arg(long, env = "WEIR_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
 }
@@ -75,6 +77,12 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
                 admission: Some(admission),
             },
         );
+    }
+    // The items of batches this worker opens are charged to their tenants, as the servers
+    // charge theirs.
+    if let Some(file) = &file {
+        super::fleet(&runtime)?
+            .charge_batch_items(weir_server::item_admission(&runtime, &file.access));
     }
     let config = weir::WorkerConfig {
         concurrency: usize::try_from(args.concurrency).unwrap_or(usize::MAX),

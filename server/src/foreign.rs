@@ -1,12 +1,13 @@
-//! Foreign jobs admitted as a configured tenant: a queue's jobs from another BullMQ
-//! producer run as the tenant `weir worker --foreign QUEUE=TENANT` names, within what
-//! that tenant may run, its ceilings and its quotas, counted in the fleet's Redis exactly
-//! as its HTTP requests are.
+//! What the fleet's workers charge configured tenants for, counted in the fleet's Redis
+//! exactly as their HTTP requests are: foreign jobs (a queue's jobs from another BullMQ
+//! producer, run as the tenant `weir worker --foreign QUEUE=TENANT` names, within what that
+//! tenant may run, its ceilings and its quotas), and the items of the batches their runs
+//! open.
 
 use std::sync::Arc;
 
 use super::access::{Access, Tenant};
-use super::quota::{Admitted, Ledger, Refused};
+use super::quota::{Admitted, Ledger, Refused, items_refused};
 use weir::LimitOverrides;
 use weir::Runtime;
 use weir::{ErrorKind, ExecutionError, codes};
@@ -96,5 +97,49 @@ impl ForeignPlace for Place {
         let Place(mut admitted) = *self;
         admitted.charge(fuel);
         admitted.settle().await;
+    }
+}
+
+/// What a batch's items cost their tenant across the fleet: each item is one of its
+/// `executions_per_minute`, charged in Redis (the ledger every server and worker of the
+/// fleet shares) by whichever process opens the batch, before any item runs. Install it
+/// with [`weir::Fleet::charge_batch_items`] on every server's and worker's runtime; the
+/// server's router does so itself. A tenant not configured in `access` is not charged.
+pub fn item_admission(runtime: &Runtime, access: &Access) -> Arc<dyn weir::ItemAdmission> {
+    let ledger = match runtime.fleet().map(|fleet| fleet.redis_namespace("quota:")) {
+        Some((conn, prefix)) => Ledger::redis(conn, prefix),
+        None => Ledger::local(),
+    };
+    Arc::new(FleetItems {
+        access: access.clone(),
+        ledger,
+    })
+}
+
+/// Batch items charged to the tenants of `access`.
+struct FleetItems {
+    access: Access,
+    ledger: Ledger,
+}
+
+impl std::fmt::Debug for FleetItems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetItems").finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl weir::ItemAdmission for FleetItems {
+    async fn admit_items(&self, tenant: &str, items: usize) -> Result<(), ExecutionError> {
+        let Some(account) = self.access.tenant(tenant) else {
+            return Ok(());
+        };
+        if account.quota.quotas().executions_per_minute.is_none() {
+            return Ok(());
+        }
+        self.ledger
+            .admit_items(account, items)
+            .await
+            .map_err(|refused| items_refused(account, items, refused))
     }
 }

@@ -50,7 +50,7 @@ mod open;
 mod quota;
 
 pub use access::{Access, ServerFile, ServerSettings, Tenant, digest};
-pub use foreign::foreign_admission;
+pub use foreign::{foreign_admission, item_admission};
 pub use quota::Quotas;
 
 use std::sync::Arc;
@@ -186,6 +186,12 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
         Some((conn, prefix)) => quota::Ledger::redis(conn, prefix),
         None => quota::Ledger::local(),
     };
+    // Batches this server's runs open are charged fleet-wide, as the workers charge theirs.
+    if let Some(fleet) = runtime.fleet()
+        && config.access.is_configured()
+    {
+        fleet.charge_batch_items(foreign::item_admission(&runtime, &config.access));
+    }
     let state = AppState {
         ledger: Arc::new(ledger),
         runtime,

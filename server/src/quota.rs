@@ -300,6 +300,24 @@ impl Ledger {
         self.admit_as(tenant, false).await
     }
 
+    /// Charges `items` executions to `tenant` at once (a batch's items, about to start),
+    /// all or none: in Redis when the fleet counts there, else in this process.
+    pub(crate) async fn admit_items(
+        &self,
+        tenant: &Arc<Tenant>,
+        items: usize,
+    ) -> Result<(), Refused> {
+        match &self.redis {
+            Some(ledger) if tenant.quota.quotas().executions_per_minute.is_some() => {
+                ledger.admit_items(tenant, items).await
+            }
+            _ => tenant
+                .quota
+                .admit_items(items, Instant::now())
+                .map_err(Refused::Over),
+        }
+    }
+
     async fn admit_as(&self, tenant: &Arc<Tenant>, concurrent: bool) -> Result<Admitted, Refused> {
         let lease = match &self.redis {
             Some(ledger) if tenant.quota.quotas().counted() => {
@@ -459,6 +477,24 @@ return {{0}}
     ))
 }
 
+/// ARGV: executions, fuel and bytes per minute (each negative for none), then the items to
+/// charge. Returns {0} when charged (all of them), else {2, retry ms}.
+fn items_script() -> redis::Script {
+    redis::Script::new(&format!(
+        r"
+local epm, fpm, bpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local wanted = tonumber(ARGV[4])
+{REFILL_LUA}
+if epm >= 0 and executions < wanted then
+  return {{2, math.min(3600000, math.ceil((wanted - executions) * 60000 / epm))}}
+end
+if epm >= 0 then executions = executions - wanted end
+{STORE_LUA}
+return {{0}}
+"
+    ))
+}
+
 /// ARGV: the lease id, the fuel burnt, executions and fuel per minute (negative for none),
 /// the request bytes read, and bytes per minute (negative for none).
 fn release_script() -> redis::Script {
@@ -486,6 +522,7 @@ return 0
 
 static ADMIT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(admit_script);
 static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(release_script);
+static ITEMS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(items_script);
 static RENEW: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(RENEW_LUA));
 
@@ -579,6 +616,44 @@ impl RedisLedger {
         }))
     }
 
+    async fn admit_items(&self, tenant: &Tenant, items: usize) -> Result<(), Refused> {
+        let quotas = tenant.quota.quotas();
+        let (bucket, running) = self.keys(tenant.name());
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = ITEMS
+            .key(&bucket)
+            .key(&running)
+            .arg(limit_arg(quotas.executions_per_minute.map(u64::from)))
+            .arg(limit_arg(quotas.fuel_per_minute))
+            .arg(limit_arg(quotas.bytes_per_minute))
+            .arg(items)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| {
+                Refused::Unavailable(format!(
+                    "the tenants' quotas are kept in Redis, which did not answer: {e}"
+                ))
+            })?;
+        match reply.as_slice() {
+            [0] => Ok(()),
+            [2, wait_ms] => Err(Refused::Over(OverQuota {
+                quota: "executions_per_minute",
+                limit: quotas.executions_per_minute.map_or(0, u64::from),
+                retry_after: Duration::from_millis(
+                    (*wait_ms)
+                        .max(0)
+                        .unsigned_abs()
+                        .div_ceil(1000)
+                        .clamp(1, 3600)
+                        * 1000,
+                ),
+            })),
+            other => Err(Refused::Unavailable(format!(
+                "the quota script answered {other:?}"
+            ))),
+        }
+    }
+
     async fn release(&self, tenant: &Tenant, lease: &str, used: Used) {
         self.live().remove(lease);
         let quotas = tenant.quota.quotas();
@@ -652,46 +727,63 @@ fn wait_for(missing: f64, per_second: f64) -> Duration {
 }
 
 /// A tenant's `executions_per_minute`, charged for the batch items under one of its
-/// executions before they start (the runtime consults it through [`Admission`]). Counted in
-/// this server's memory: on the distributed runtime items run on workers and are not
-/// charged yet.
+/// executions before they start (the local runtime consults it through [`Admission`]).
+/// Counted in this server's memory; on the distributed runtime the process that opens a
+/// batch charges it in Redis instead (`item_admission`).
 #[derive(Debug)]
 pub(crate) struct TenantItems(pub(crate) Arc<Tenant>);
 
 #[async_trait::async_trait]
 impl Admission for TenantItems {
     async fn admit_items(&self, items: usize) -> Result<(), ExecutionError> {
-        let tenant = &self.0;
-        tenant
+        self.0
             .quota
             .admit_items(items, Instant::now())
-            .map_err(|over| {
-                let beyond = if items as u64 > over.limit {
-                    " (more than it may ever start at once: split the batch)"
-                } else {
-                    ""
-                };
-                ExecutionError::host(
-                    ErrorKind::Resource,
-                    codes::QUOTA_EXCEEDED,
-                    format!(
-                        "tenant `{}` cannot start {items} batch items: its quota `{} = {}` has \
-                         fewer left{beyond}; retry after {} s",
-                        tenant.name(),
-                        over.quota,
-                        over.limit,
-                        over.retry_after.as_secs().max(1)
-                    ),
-                )
-                .retryable(true)
-                .with_details(serde_json::json!({
-                    "quota": over.quota,
-                    "limit": over.limit,
-                    "items": items,
-                    "retryAfterMs": u64::try_from(over.retry_after.as_millis()).unwrap_or(u64::MAX),
-                }))
-            })
+            .map_err(|over| items_refused(&self.0, items, Refused::Over(over)))
     }
+}
+
+/// The error of a batch whose `items` `tenant` cannot pay for.
+pub(crate) fn items_refused(tenant: &Tenant, items: usize, refused: Refused) -> ExecutionError {
+    let over = match refused {
+        Refused::Over(over) => over,
+        Refused::Unavailable(why) => {
+            return ExecutionError::host(
+                ErrorKind::Resource,
+                codes::STORE_UNAVAILABLE,
+                format!(
+                    "tenant `{}`'s {items} batch items could not be charged: {why}; retry \
+                     once Redis answers",
+                    tenant.name()
+                ),
+            )
+            .retryable(true);
+        }
+    };
+    let beyond = if items as u64 > over.limit {
+        " (more than it may ever start at once: split the batch)"
+    } else {
+        ""
+    };
+    ExecutionError::host(
+        ErrorKind::Resource,
+        codes::QUOTA_EXCEEDED,
+        format!(
+            "tenant `{}` cannot start {items} batch items: its quota `{} = {}` has fewer \
+             left{beyond}; retry after {} s",
+            tenant.name(),
+            over.quota,
+            over.limit,
+            over.retry_after.as_secs().max(1)
+        ),
+    )
+    .retryable(true)
+    .with_details(serde_json::json!({
+        "quota": over.quota,
+        "limit": over.limit,
+        "items": items,
+        "retryAfterMs": u64::try_from(over.retry_after.as_millis()).unwrap_or(u64::MAX),
+    }))
 }
 
 #[cfg(test)]

@@ -1637,3 +1637,78 @@ async fn bull_board_shows_weirs_queues_and_their_jobs() {
         "{hello}"
     );
 }
+
+/// Issue 20 (M1) on the distributed runtime: each item of a batch is charged to its
+/// tenant's `executions_per_minute` across the fleet, by whichever process opens the batch:
+/// the server, for a run that is a batch, or a worker, for a batch a workflow reaches after
+/// a step. Over the quota the run fails with the quota's error and no item runs; within it
+/// the batch runs.
+#[tokio::test]
+async fn each_batch_item_is_charged_to_its_tenant_across_the_fleet() {
+    use sha2::Digest;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment", "stamp"]);
+    folder.write(
+        "workflows.toml",
+        b"[workflow.many]\nbatch = \"increment\"\n\n\
+          [workflow.stamped]\nchain = [\"stamp\", \"many\"]\n",
+    );
+    let token_digest = hex::encode(sha2::Sha256::digest(b"acme-secret"));
+    folder.write(
+        "weir.toml",
+        format!(
+            "[tenants.acme]\ntoken_sha256 = [\"{token_digest}\"]\nexecutions_per_minute = 10\n"
+        )
+        .as_bytes(),
+    );
+    let config = folder.path().join("weir.toml");
+    let config = config.to_str().unwrap();
+    let _workers = two_workers(&url, folder.path(), &["--config", config]);
+    let (_server, api) =
+        weir_tests::WeirProcess::serve(folder.path(), &["--redis", &url, "--config", config]);
+    let client = reqwest::Client::new();
+    let run = |name: &'static str, items: Vec<Value>| {
+        client
+            .post(format!("{api}/v1/run/{name}"))
+            .bearer_auth("acme-secret")
+            .header("content-type", "application/json")
+            .body(json!({ "items": items }).to_string())
+            .send()
+    };
+    let ones = |count: usize| (0..count).map(|_| json!({"count": 1})).collect::<Vec<_>>();
+    // Opened by the server: the run is the batch.
+    let result: Value = run("many", ones(50)).await.unwrap().json().await.unwrap();
+    assert_eq!(result["ok"], false, "{result}");
+    assert_eq!(result["error"]["code"], "quota-exceeded", "{result}");
+    assert_eq!(result["error"]["details"]["quota"], "executions_per_minute");
+    // Opened by a worker, after the chain's first step.
+    let result: Value = run("stamped", ones(50))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result["ok"], false, "{result}");
+    assert_eq!(result["error"]["code"], "quota-exceeded", "{result}");
+    let mut conn = connection(&url).await;
+    let increments: u64 = redis::cmd("ZCARD")
+        .arg("weir:increment:completed")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(increments, 0, "no item of a refused batch ran");
+    // Three items fit in what is left (ten a minute; two runs and a step spent).
+    let result: Value = run("many", ones(3)).await.unwrap().json().await.unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["items"][2]["state"]["count"], 2, "{result}");
+    let increments: u64 = redis::cmd("ZCARD")
+        .arg("weir:increment:completed")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        increments, 3,
+        "the items of the batch within the quota ran, and only they"
+    );
+}

@@ -27,6 +27,19 @@ use crate::contract::workflow::{BatchPolicy, Composition, Workflow};
 /// The name of weir's queue of join jobs (never a processor's: names start with a letter).
 pub(crate) const JOIN_QUEUE: &str = "_join";
 
+/// What a batch's items cost their tenant on the distributed runtime, charged by whichever
+/// process opens the batch (the submitter, for a run that is a batch; a worker, for a
+/// batch inside a workflow) before any item starts: the fleet's counterpart of
+/// [`crate::Admission`], which meters the local runtime. The HTTP server's tenants implement
+/// it (`weir_server::item_admission`), counting in Redis across the fleet; install it on
+/// every server's and worker's runtime with [`crate::Fleet::charge_batch_items`].
+#[async_trait::async_trait]
+pub trait ItemAdmission: Send + Sync + std::fmt::Debug {
+    /// Charges `items` executions to `tenant`. An error refuses them all: the batch fails
+    /// with it and no item runs.
+    async fn admit_items(&self, tenant: &str, items: usize) -> Result<(), ExecutionError>;
+}
+
 impl Distributed {
     /// Opens a fan-out: records it and settles its first branches into the children of its
     /// join job (a branch that ends at once is recorded at once, and may start others).
@@ -45,6 +58,17 @@ impl Distributed {
                     return Ok(Entered::Next(close(cursor, frame, Err((input, error)))));
                 }
             };
+        // A batch's items are paid for before any starts. (Opening again after a failure
+        // of Redis, or in a job run twice, charges again: the tenant may pay twice, never
+        // not at all.)
+        if matches!(workflow.composition(), Composition::Batch { .. })
+            && let Some(admission) = self.item_admission()
+            && let Err(error) = admission
+                .admit_items(&cursor.scope.tenant, state.nodes.len())
+                .await
+        {
+            return Ok(Entered::Next(close(cursor, frame, Err((input, error)))));
+        }
         frame.at = At::Join;
         let mut children = Vec::new();
         let mut pending: VecDeque<Start> = starts.into();

@@ -12,7 +12,7 @@ use bullmq::{FlowProducer, FlowProducerOptions, JobOptions, ParentOptions, Queue
 use redis::aio::ConnectionManager;
 
 use super::advance::Plan;
-use super::fanout::JOIN_QUEUE;
+use super::fanout::{ItemAdmission, JOIN_QUEUE};
 use super::runs::Waiters;
 use super::submit::collect_session_jobs;
 use super::trust::Seal;
@@ -36,6 +36,8 @@ pub(crate) struct Distributed {
     pub(crate) seal: Seal,
     /// Most items one batch takes ([`crate::HostConfig::max_batch_items`]).
     pub(super) max_batch_items: usize,
+    /// What a batch's items cost their tenant, if anyone counts it.
+    items: std::sync::Mutex<Option<Arc<dyn ItemAdmission>>>,
     conn: ConnectionManager,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     pub(super) workflows: Mutex<HashMap<String, Arc<Workflow>>>,
@@ -98,6 +100,7 @@ impl Distributed {
             keys,
             seal,
             max_batch_items,
+            items: std::sync::Mutex::new(None),
             conn,
             queues: Mutex::new(HashMap::new()),
             workflows: Mutex::new(HashMap::new()),
@@ -114,6 +117,16 @@ impl Distributed {
             events,
             reader: tokio::sync::OnceCell::new(),
         }))
+    }
+
+    /// Charges batches' items through `admission` from now on (the last one set wins).
+    pub(crate) fn set_item_admission(&self, admission: Arc<dyn ItemAdmission>) {
+        *lock_map(&self.items) = Some(admission);
+    }
+
+    /// What batches' items are charged through, if anything.
+    pub(super) fn item_admission(&self) -> Option<Arc<dyn ItemAdmission>> {
+        lock_map(&self.items).clone()
     }
 
     pub(crate) fn conn(&self) -> ConnectionManager {

@@ -61,6 +61,7 @@ mod worker;
 
 pub(crate) use control::Target as CancelTarget;
 pub use dlq::DeadJob;
+pub use fanout::ItemAdmission;
 pub use foreign::{ForeignAdmission, ForeignPlace, ForeignQueue};
 pub(crate) use handle::Distributed;
 pub use runs::RunStatus;

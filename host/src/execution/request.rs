@@ -40,8 +40,9 @@ pub struct ExecutionRequest {
     /// `run-lost` instead of leaving its caller waiting.
     pub deadline: Option<Duration>,
     /// Charged for the batch items under this execution before they start (the HTTP
-    /// server's tenant quotas); nothing is charged when `None`. On the distributed runtime
-    /// the items run on workers and are not charged yet.
+    /// server's tenant quotas); nothing is charged when `None`. The distributed runtime
+    /// does not carry it to its workers: there the process that opens a batch charges its
+    /// tenant through the fleet's `ItemAdmission` (`Fleet::charge_batch_items`).
     pub admission: Option<Arc<dyn Admission>>,
 }
 

@@ -130,6 +130,18 @@ impl Fleet {
         (self.distributed.conn(), self.distributed.keys.own(name))
     }
 
+    /// Charges the items of every batch this process opens to their tenant through
+    /// `admission`, before any item starts; refused, the batch fails with its error and no
+    /// item runs. A batch opens in the process that submits a run that is a batch, or in
+    /// the worker that reaches one inside a workflow: give every server and worker of the
+    /// fleet the same admission (`weir serve` and `weir worker` do, from `--config`).
+    pub fn charge_batch_items(
+        &self,
+        admission: std::sync::Arc<dyn crate::distributed::ItemAdmission>,
+    ) {
+        self.distributed.set_item_admission(admission);
+    }
+
     /// Submits an execution to the distributed runtime and returns its run id at once; the
     /// run continues without this process. Read it with [`Fleet::run_status`] or wait for
     /// it with [`Fleet::wait_run`].
