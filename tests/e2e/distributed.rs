@@ -1712,3 +1712,37 @@ async fn each_batch_item_is_charged_to_its_tenant_across_the_fleet() {
         "the items of the batch within the quota ran, and only they"
     );
 }
+
+/// Issue 23: `weir run NAME --redis` for a name nobody published exits 2 and, as on the
+/// local runtime, says which names exist (or the near miss the user meant).
+#[tokio::test]
+async fn an_unknown_name_on_the_distributed_runtime_lists_the_published_ones() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment", "add-ten"]);
+    let empty = PluginFolder::new();
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let run = |name: &str| {
+        Command::new(weir_bin())
+            .env("WEIR_FLEET_KEY", weir_tests::FLEET_KEY)
+            .args([
+                "run",
+                name,
+                "--redis",
+                &url,
+                "--plugins",
+                path_str(empty.path()),
+            ])
+            .output()
+            .unwrap()
+    };
+    let unknown = run("nope");
+    assert_eq!(unknown.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&unknown.stderr).to_string()
+        + &String::from_utf8_lossy(&unknown.stdout);
+    assert!(said.contains("published: add-ten, increment"), "{said}");
+    let near = run("incremnt");
+    let said =
+        String::from_utf8_lossy(&near.stderr).to_string() + &String::from_utf8_lossy(&near.stdout);
+    assert!(said.contains("did you mean `increment`?"), "{said}");
+}

@@ -203,3 +203,31 @@ pub(crate) async fn published_plugins(
         })
         .collect())
 }
+
+/// Some of the names published now, processors and workflows (at most about `max` of
+/// each: one `HSCAN` page per catalog, so a catalog of any size costs one bounded round
+/// trip), for telling a caller what exists. Entries this fleet did not sign are left out.
+pub(crate) async fn some_published_names(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    seal: &Seal,
+    max: usize,
+) -> redis::RedisResult<Vec<String>> {
+    let mut names = Vec::new();
+    for (catalog, kind) in [(keys.plugins(), PLUGIN), (keys.workflows(), WORKFLOW)] {
+        let (_, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+            .arg(&catalog)
+            .arg(0)
+            .arg("COUNT")
+            .arg(max)
+            .query_async(conn)
+            .await?;
+        names.extend(
+            page.into_iter()
+                .take(max)
+                .filter(|(name, entry)| seal.catalog_digest(kind, name, entry).is_ok())
+                .map(|(name, _)| name),
+        );
+    }
+    Ok(names)
+}

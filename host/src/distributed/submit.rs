@@ -14,6 +14,7 @@ use super::trust::Kind;
 use super::wire::{Binding, StepJob, WireScope, now_ms};
 use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::workflow::near_names;
 use crate::execution::executor::failed;
 use crate::execution::request::ExecutionRequest;
 
@@ -146,13 +147,24 @@ impl Distributed {
                 tenant,
                 request.session.clone(),
             );
+            // What exists, as the local runtime says (best effort: the run fails anyway).
+            let known = content::some_published_names(&mut conn, &self.keys, &self.seal, 100)
+                .await
+                .unwrap_or_default();
+            let known: Vec<&str> = known.iter().map(String::as_str).collect();
             let error = ExecutionError::host(
                 ErrorKind::NotFound,
                 codes::PROCESSOR_NOT_FOUND,
                 format!(
-                    "no processor or workflow named `{}` is published to Redis (start a worker \
-                     that has its plugin, or `weir plugins push` it)",
-                    request.processor
+                    "no processor or workflow named `{}` is published to Redis{}; start a \
+                     worker that has its plugin, or `weir plugins push` it",
+                    request.processor,
+                    near_names(
+                        &request.processor,
+                        &known,
+                        "published",
+                        "nothing is published yet"
+                    )
                 ),
             );
             return Ok(Err(failed(input, error, info)));

@@ -11,6 +11,8 @@ mod validate;
 
 pub use validate::InvalidWorkflow;
 pub(crate) use validate::check;
+#[cfg(feature = "redis")]
+pub(crate) use validate::near_names;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -440,6 +440,12 @@ fn depth_of(
 
 /// ` (did you mean `x`?)` for a near miss, else a short list of what exists.
 fn suggestion(target: &str, known: &[&str]) -> String {
+    near_names(target, known, "known", "nothing is loaded")
+}
+
+/// ` (did you mean `x`?)` for a near miss of `target` among `known`, else ` ({listed}: a,
+/// b, …)` with at most twelve names, or ` ({none})` when there are none.
+pub(crate) fn near_names(target: &str, known: &[&str], listed: &str, none: &str) -> String {
     let closest = known
         .iter()
         .map(|k| (edit_distance(target, k), *k))
@@ -452,9 +458,13 @@ fn suggestion(target: &str, known: &[&str]) -> String {
     sorted.sort_unstable();
     sorted.dedup();
     match sorted.len() {
-        0 => " (nothing is loaded)".to_string(),
-        n if n <= 12 => format!(" (known: {})", sorted.join(", ")),
-        n => format!(" (known: {}, and {} more)", sorted[..12].join(", "), n - 12),
+        0 => format!(" ({none})"),
+        n if n <= 12 => format!(" ({listed}: {})", sorted.join(", ")),
+        n => format!(
+            " ({listed}: {}, and {} more)",
+            sorted[..12].join(", "),
+            n - 12
+        ),
     }
 }
 
