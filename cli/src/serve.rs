@@ -68,8 +68,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
         Some(path) => weir_server::ServerFile::load(path).map_err(Failure::Usage)?,
         None => weir_server::ServerFile::default(),
     };
-    let mut host = weir::HostConfig::default();
-    file.settings.apply_host(&mut host);
+    let host = file.host_config();
     let runtime = args
         .plugins
         .runtime_with(args.redis.config()?, host)

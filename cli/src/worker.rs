@@ -54,7 +54,12 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
         Some(path) => Some(weir_server::ServerFile::load(path).map_err(Failure::Usage)?),
         None => None,
     };
-    let runtime = args.plugins.runtime_on(Some(redis)).await?;
+    // The file's `[host]` bounds apply here as on the servers (batch sizes, call depth).
+    let host = file
+        .as_ref()
+        .map(weir_server::ServerFile::host_config)
+        .unwrap_or_default();
+    let runtime = args.plugins.runtime_with(Some(redis), host).await?;
     let mut foreign = std::collections::BTreeMap::new();
     for pair in &args.foreign {
         let Some((queue, tenant)) = pair.split_once('=') else {

@@ -7,6 +7,9 @@
 //! [server]
 //! operator_token_sha256 = ["<hex digest of the operator's token>"]
 //!
+//! [host]                                # the runtime's bounds (docs/bounds.md)
+//! max_batch_items = 1000
+//!
 //! [tenants.acme]
 //! token_sha256 = ["<hex digest>"]       # `weir token` makes a token and its digest
 //! processors = ["hello", "billing-*"]   # default: everything
@@ -70,6 +73,8 @@ struct RawFile {
     #[serde(default)]
     server: RawServer,
     #[serde(default)]
+    host: HostSettings,
+    #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
 }
 
@@ -113,6 +118,74 @@ fn everything() -> Vec<String> {
     vec!["*".to_string()]
 }
 
+/// The `[host]` table of `weir.toml`: the runtime's own bounds, each named as the
+/// [`weir::HostConfig`] field it sets; `None` keeps the default. `weir serve` and `weir
+/// worker` apply it to the runtime they build (give every process of a fleet the same
+/// file).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSettings {
+    /// [`weir::HostConfig::max_call_depth`] (0: no nested calls).
+    pub max_call_depth: Option<u32>,
+    /// [`weir::HostConfig::max_nesting`].
+    pub max_nesting: Option<usize>,
+    /// [`weir::HostConfig::max_batch_items`].
+    pub max_batch_items: Option<usize>,
+    /// [`weir::HostConfig::max_component_bytes`].
+    pub max_component_bytes: Option<u64>,
+    /// [`weir::HostConfig::max_workflows_file_bytes`].
+    pub max_workflows_file_bytes: Option<u64>,
+    /// [`weir::HostConfig::max_manifest_bytes`].
+    pub max_manifest_bytes: Option<u64>,
+    /// [`weir::HostConfig::event_capacity`].
+    pub event_capacity: Option<usize>,
+    /// [`weir::HostConfig::event_buffer_bytes`].
+    pub event_buffer_bytes: Option<usize>,
+}
+
+impl HostSettings {
+    fn validate(&self) -> Result<(), String> {
+        let counts = [
+            ("max_nesting", self.max_nesting.map(|n| n as u64)),
+            ("max_batch_items", self.max_batch_items.map(|n| n as u64)),
+            ("max_component_bytes", self.max_component_bytes),
+            ("max_workflows_file_bytes", self.max_workflows_file_bytes),
+            ("max_manifest_bytes", self.max_manifest_bytes),
+            ("event_capacity", self.event_capacity.map(|n| n as u64)),
+            (
+                "event_buffer_bytes",
+                self.event_buffer_bytes.map(|n| n as u64),
+            ),
+        ];
+        match counts.iter().find(|(_, value)| *value == Some(0)) {
+            Some((name, _)) => Err(format!(
+                "[host] {name} must be above zero (leave it out for the default)"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `host` with every bound this table sets.
+    pub fn apply(&self, host: &mut weir::HostConfig) {
+        fn set<T: Copy>(field: &mut T, value: Option<T>) {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
+        set(&mut host.max_call_depth, self.max_call_depth);
+        set(&mut host.max_nesting, self.max_nesting);
+        set(&mut host.max_batch_items, self.max_batch_items);
+        set(&mut host.max_component_bytes, self.max_component_bytes);
+        set(
+            &mut host.max_workflows_file_bytes,
+            self.max_workflows_file_bytes,
+        );
+        set(&mut host.max_manifest_bytes, self.max_manifest_bytes);
+        set(&mut host.event_capacity, self.event_capacity);
+        set(&mut host.event_buffer_bytes, self.event_buffer_bytes);
+    }
+}
+
 /// What `weir.toml` says about serving.
 #[derive(Debug, Clone, Default)]
 pub struct ServerFile {
@@ -122,6 +195,19 @@ pub struct ServerFile {
     pub max_body_bytes: Option<usize>,
     /// The other `[server]` settings, where set.
     pub settings: ServerSettings,
+    /// The `[host]` table: the runtime's bounds, where set.
+    pub host: HostSettings,
+}
+
+impl ServerFile {
+    /// The host policies this file sets (its `[host]` table and the session settings of
+    /// `[server]`) over the defaults: what `weir serve` and `weir worker` build on.
+    pub fn host_config(&self) -> weir::HostConfig {
+        let mut host = weir::HostConfig::default();
+        self.settings.apply_host(&mut host);
+        self.host.apply(&mut host);
+        host
+    }
 }
 
 /// The `[server]` settings of `weir.toml` beyond tokens and the body limit, each named as
@@ -212,6 +298,7 @@ impl ServerFile {
     /// Parses the file's text with `env` as the environment.
     pub fn parse(text: &str, env: &[(String, String)]) -> Result<ServerFile, String> {
         let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        raw.host.validate()?;
         let mut operator = raw
             .server
             .operator_token_sha256
@@ -298,6 +385,7 @@ impl ServerFile {
                 max_sessions_per_tenant: raw.server.max_sessions_per_tenant,
                 session_idle_ms: raw.server.session_idle_ms,
             },
+            host: raw.host,
         })
     }
 }
@@ -571,5 +659,30 @@ mod tests {
             let err = ServerFile::parse(text, &env).unwrap_err();
             assert!(err.contains(wanted), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_hosts_bounds_are_set_in_the_host_table() {
+        let file = ServerFile::parse(
+            "[host]\nmax_call_depth = 3\nmax_batch_items = 5\nmax_manifest_bytes = 4096\n",
+            &[],
+        )
+        .expect("a [host] table is read");
+        let host = file.host_config();
+        assert_eq!(host.max_call_depth, 3);
+        assert_eq!(host.max_batch_items, 5);
+        assert_eq!(host.max_manifest_bytes, 4096);
+        let defaults = weir::HostConfig::default();
+        assert_eq!(
+            host.max_nesting, defaults.max_nesting,
+            "what is not set keeps its default"
+        );
+        let zero = ServerFile::parse("[host]\nmax_batch_items = 0\n", &[]).expect_err("zero");
+        assert!(
+            zero.contains("max_batch_items must be above zero"),
+            "{zero}"
+        );
+        let unknown = ServerFile::parse("[host]\nmax_items = 3\n", &[]).expect_err("unknown");
+        assert!(unknown.contains("max_items"), "{unknown}");
     }
 }

@@ -1174,3 +1174,53 @@ async fn the_event_streams_entries_in_redis_are_bounded_in_bytes() {
         .unwrap_or(0);
     assert!(largest <= 64 << 10, "an entry of {largest} bytes");
 }
+
+/// The runtime's own bounds are the operator's to set, in `weir.toml`'s `[host]` table:
+/// `weir serve --config` applies them (here: batches of at most three items, and no nested
+/// calls).
+#[tokio::test]
+async fn the_operator_sets_the_hosts_bounds_in_the_config_file() {
+    let folder = PluginFolder::with(&["increment", "relay"]);
+    folder.write(
+        "workflows.toml",
+        b"[workflow.many]\nbatch = \"increment\"\n",
+    );
+    folder.write(
+        "weir.toml",
+        b"[host]\nmax_batch_items = 3\nmax_call_depth = 0\n",
+    );
+    let config = folder.path().join("weir.toml");
+    let (_server, url) =
+        weir_tests::WeirProcess::serve(folder.path(), &["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let post = |name: &str, body: Value| {
+        client
+            .post(format!("{url}/v1/run/{name}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let four: Vec<Value> = (0..4).map(|_| json!({"count": 1})).collect();
+    let result: Value = post("many", json!({ "items": four }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result["error"]["code"], "batch-too-large", "{result}");
+    let three: Vec<Value> = (0..3).map(|_| json!({"count": 1})).collect();
+    let result: Value = post("many", json!({ "items": three }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    let result: Value = post("relay", json!({"target": "increment", "count": 1}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result["error"]["code"], "call-depth-exceeded", "{result}");
+}
