@@ -578,11 +578,7 @@ impl RedisLedger {
             .arg(limit_arg(quotas.bytes_per_minute))
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| {
-                Refused::Unavailable(format!(
-                    "the tenants' quotas are kept in Redis, which did not answer: {e}"
-                ))
-            })?;
+            .map_err(unanswered)?;
         let (quota, limit) = match reply.as_slice() {
             // The lease is held: no longer to be taken out.
             [0] => {
@@ -608,11 +604,10 @@ impl RedisLedger {
         };
         // A refusal added no lease: nothing to take out.
         asking.0 = None;
-        let wait_ms = reply.get(1).copied().unwrap_or(1000).max(0) as u64;
         Err(Refused::Over(OverQuota {
             quota,
             limit: limit.unwrap_or(0),
-            retry_after: Duration::from_millis(wait_ms.div_ceil(1000).clamp(1, 3600) * 1000),
+            retry_after: whole_seconds(reply.get(1).copied().unwrap_or(1000)),
         }))
     }
 
@@ -629,24 +624,13 @@ impl RedisLedger {
             .arg(items)
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| {
-                Refused::Unavailable(format!(
-                    "the tenants' quotas are kept in Redis, which did not answer: {e}"
-                ))
-            })?;
+            .map_err(unanswered)?;
         match reply.as_slice() {
             [0] => Ok(()),
             [2, wait_ms] => Err(Refused::Over(OverQuota {
                 quota: "executions_per_minute",
                 limit: quotas.executions_per_minute.map_or(0, u64::from),
-                retry_after: Duration::from_millis(
-                    (*wait_ms)
-                        .max(0)
-                        .unsigned_abs()
-                        .div_ceil(1000)
-                        .clamp(1, 3600)
-                        * 1000,
-                ),
+                retry_after: whole_seconds(*wait_ms),
             })),
             other => Err(Refused::Unavailable(format!(
                 "the quota script answered {other:?}"
@@ -717,6 +701,19 @@ async fn renew_leases(ledger: Weak<RedisLedger>) {
         };
         ledger.renew().await;
     }
+}
+
+/// Redis did not answer a quota script.
+fn unanswered(error: redis::RedisError) -> Refused {
+    Refused::Unavailable(format!(
+        "the tenants' quotas are kept in Redis, which did not answer: {error}"
+    ))
+}
+
+/// A quota script's wait in milliseconds as whole seconds (what `Retry-After` can say),
+/// from one second to an hour.
+fn whole_seconds(wait_ms: i64) -> Duration {
+    Duration::from_secs(wait_ms.max(0).unsigned_abs().div_ceil(1000).clamp(1, 3600))
 }
 
 /// How long `missing` units take to come back at `per_second`, rounded up to whole seconds
