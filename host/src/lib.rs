@@ -81,7 +81,9 @@ pub use distributed::{
     DeadJob, FleetKey, ForeignAdmission, ForeignPlace, ForeignQueue, ItemAdmission, RedisConfig,
     Retention, RunStatus, Trust, WorkerConfig, WorkerHandle,
 };
-pub use execution::activity::{DURATION_BUCKETS_US, ProcessorStats, SessionRefused, SessionStats};
+pub use execution::activity::{
+    DURATION_BUCKETS_US, ProcessorStats, SessionProcessorStats, SessionRefused, SessionStats,
+};
 pub use execution::context::HostConfig;
 pub use execution::executor::Admission;
 pub use execution::registry::{Catalog, Registry, Rejection};

@@ -241,6 +241,12 @@ async fn sessions_keep_state_across_requests_and_stop_over_http() {
     assert_eq!(status, 200);
     assert_eq!(session["state"]["count"], 12);
     assert_eq!(session["stats"]["executions"], 2);
+    // Broken down by processor, as AM2Z's getSessionStats is.
+    assert_eq!(
+        session["stats"]["processors"]["increment"],
+        json!({"executions": 2, "running": 0, "failed": 0}),
+        "{session}"
+    );
 
     let response = api
         .send(reqwest::Method::DELETE, "/v1/sessions/cart-1")

@@ -104,6 +104,21 @@ pub struct SessionStats {
     pub running: u64,
     /// Executions that failed in it.
     pub failed: u64,
+    /// The same counters for each processor and workflow that ran in it, by name (as many
+    /// entries as names it ran, which the catalog bounds).
+    pub processors: BTreeMap<String, SessionProcessorStats>,
+}
+
+/// One processor's (or workflow's) counters within a session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionProcessorStats {
+    /// Its executions started in the session.
+    pub executions: u64,
+    /// Its executions running in the session now.
+    pub running: u64,
+    /// Its executions that failed in the session.
+    pub failed: u64,
 }
 
 /// An execution in flight.
@@ -144,6 +159,7 @@ impl Inner {
                 executions: 0,
                 running: 0,
                 failed: 0,
+                processors: BTreeMap::new(),
             })
     }
 
@@ -313,6 +329,12 @@ impl Activity {
             entry.executions += 1;
             entry.running += 1;
             entry.last_activity_ms = now;
+            let counts = match entry.processors.get_mut(processor) {
+                Some(counts) => counts,
+                None => entry.processors.entry(processor.to_string()).or_default(),
+            };
+            counts.executions += 1;
+            counts.running += 1;
         }
         inner.running.insert(
             id.to_string(),
@@ -362,6 +384,12 @@ impl Activity {
             session.last_activity_ms = now_ms();
             if !ok {
                 session.failed += 1;
+            }
+            if let Some(counts) = session.processors.get_mut(processor) {
+                counts.running = counts.running.saturating_sub(1);
+                if !ok {
+                    counts.failed += 1;
+                }
             }
         }
         let count = inner.running.len();
@@ -620,6 +648,33 @@ mod tests {
         assert_eq!(
             (session.executions, session.running, session.failed),
             (2, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_sessions_counters_are_broken_down_by_processor() {
+        let activity = Activity::new(SessionBounds::default());
+        let key = SessionKey::new("t", "s");
+        let cancel = CancelHandle::new();
+        let tenant: Arc<str> = Arc::from("t");
+        activity.begin("1", &tenant, "flow", Some(key.clone()), &cancel);
+        activity.begin("2", &tenant, "p", Some(key.clone()), &cancel);
+        activity.begin("3", &tenant, "q", Some(key.clone()), &cancel);
+        activity.end("2", "t", "p", true, Duration::ZERO);
+        activity.end("3", "t", "q", false, Duration::ZERO);
+        activity.begin("4", &tenant, "p", Some(key.clone()), &cancel);
+        let session = activity.session_stats(&key).unwrap();
+        let counts = |name: &str| {
+            let c = &session.processors[name];
+            (c.executions, c.running, c.failed)
+        };
+        assert_eq!(counts("flow"), (1, 1, 0));
+        assert_eq!(counts("p"), (2, 1, 0));
+        assert_eq!(counts("q"), (1, 0, 1));
+        assert_eq!(session.processors.len(), 3);
+        assert_eq!(
+            (session.executions, session.running, session.failed),
+            (4, 2, 1)
         );
     }
 
