@@ -56,7 +56,7 @@
 //! | `version = "…"` | the processor's semver | the package version |
 //! | `description = "…"` | one sentence | the function's doc comment, else the package description |
 //! | `timeout_ms`, `memory_bytes`, `fuel`, `output_bytes` | default limits (the operator and host can lower them) | host defaults |
-//! | `max_attempts`, `backoff = "fixed"\|"exponential"`, `backoff_ms`, `max_backoff_ms`, `jitter`, `retry_on = ["network", …]` | retry policy | one attempt |
+//! | `max_attempts`, `backoff = "fixed"\|"exponential"`, `backoff_ms`, `max_backoff_ms`, `jitter`, `retry_on = ["network", …]` | retry policy; once any of them is set, the rest default to 3 attempts, exponential backoff from 100 ms to 30 s and **jitter on**; `timeout`, `network`, quota and retryable-marked errors are retried, plus the `retry_on` kinds | one attempt |
 //! | `concurrency`, `priority`, `rate_limit_max`, `rate_limit_per_ms` | queue defaults | host defaults |
 //! | `output = "merge"\|"replace"` | how the output becomes the new state | `merge` |
 //!

@@ -4,7 +4,9 @@
 //! contract in `wit/` (in Rust with `weir-sdk`, or any language that emits a component).
 //! weir loads processors from a folder, and runs every execution in a fresh sandbox with a
 //! wall-clock timeout that really stops the guest, a fuel budget, a memory cap and an output
-//! cap. Every execution returns the same [`ExecutionResult`] document, whatever happened.
+//! cap. Every execution returns an [`ExecutionResult`], whatever happened; what surfaces
+//! print (CLI, HTTP, job return values) is its [`ResultDocument`]: the result itself, or
+//! for a batch `{ok, items: [result, …]}`.
 //!
 //! ```no_run
 //! use serde_json::json;

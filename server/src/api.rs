@@ -95,8 +95,9 @@ pub(super) async fn openapi(_caller: Caller) -> Response {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RunQuery {
-    /// Run in this session: the input continues from its stored state, and a successful
-    /// result becomes its state.
+    /// Run in this session: an input without `metadata` continues from the session's stored
+    /// revision (its version; the input's own fields are the state), and a successful result
+    /// becomes the session's state.
     session: Option<String>,
     /// Lower the timeout of this execution (never raises the plugin's).
     timeout_ms: Option<u64>,
