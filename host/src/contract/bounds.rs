@@ -233,6 +233,38 @@ pub(crate) fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Why [`read_text_bounded`] read no text.
+#[derive(Debug)]
+pub(crate) enum Unread {
+    /// The file is longer than the bound.
+    TooLarge,
+    /// It could not be read (or is not UTF-8).
+    Io(std::io::Error),
+}
+
+/// The text of the file at `path`, read to at most `max_bytes`: `Ok(None)` when there is no
+/// file. One byte past the bound is read, so a file that grows while it is read is caught
+/// too; nothing past that is.
+pub(crate) fn read_text_bounded(
+    path: &std::path::Path,
+    max_bytes: u64,
+) -> Result<Option<String>, Unread> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Unread::Io(e)),
+    };
+    let mut text = String::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(Unread::Io)?;
+    if text.len() as u64 > max_bytes {
+        return Err(Unread::TooLarge);
+    }
+    Ok(Some(text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -325,32 +325,24 @@ impl Manifest {
     /// `max_bytes` is refused unparsed (at most one byte past the bound is read, so a file
     /// that grows while it is read is caught too).
     pub fn load_for(plugin: &Path, max_bytes: u64) -> Result<Manifest, (PathBuf, String)> {
-        use std::io::Read;
+        use crate::contract::bounds::{Unread, human_bytes, read_text_bounded};
         let path = Manifest::path_for(plugin);
-        let file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Manifest::default());
+        let text = match read_text_bounded(&path, max_bytes) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(Manifest::default()),
+            Err(Unread::Io(err)) => return Err((path, format!("cannot read it: {err}"))),
+            Err(Unread::TooLarge) => {
+                return Err((
+                    path,
+                    format!(
+                        "it is over {}, the most the host reads of a manifest (the host's \
+                         max_manifest_bytes): a manifest holds limits, grants and config, not \
+                         data",
+                        human_bytes(max_bytes)
+                    ),
+                ));
             }
-            Err(err) => return Err((path, format!("cannot read it: {err}"))),
         };
-        let mut text = String::new();
-        if let Err(err) = file
-            .take(max_bytes.saturating_add(1))
-            .read_to_string(&mut text)
-        {
-            return Err((path, format!("cannot read it: {err}")));
-        }
-        if text.len() as u64 > max_bytes {
-            return Err((
-                path,
-                format!(
-                    "it is over {}, the most the host reads of a manifest (the host's \
-                     max_manifest_bytes): a manifest holds limits, grants and config, not data",
-                    crate::contract::bounds::human_bytes(max_bytes)
-                ),
-            ));
-        }
         Manifest::parse(&text)
             .map(|m| Manifest {
                 path: Some(path.clone()),

@@ -33,6 +33,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+use crate::contract::bounds::{Unread, read_text_bounded};
 use crate::contract::workflow::{BatchPolicy, GraphNode, Source, Workflow};
 
 /// The file name weir reads workflow definitions from, inside the plugins folder.
@@ -163,26 +164,19 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Parsed, String> {
 
 /// Reads `dir/workflows.toml` if it exists and is at most `max_bytes` long.
 pub(crate) fn load(dir: &Path, max_bytes: u64) -> Result<Option<Parsed>, String> {
-    use std::io::Read;
     let path = dir.join(FILE_NAME);
-    let cannot = |e: std::io::Error| format!("{}: cannot read it: {e}", path.display());
-    let file = match std::fs::File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(cannot(e)),
+    let text = match read_text_bounded(&path, max_bytes) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(None),
+        Err(Unread::Io(e)) => return Err(format!("{}: cannot read it: {e}", path.display())),
+        Err(Unread::TooLarge) => {
+            return Err(format!(
+                "{}: it is over {max_bytes} bytes, the most the host reads (the host's \
+                 max_workflows_file_bytes): split the definitions or raise the bound",
+                path.display()
+            ));
+        }
     };
-    // Read at most one byte past the bound: a file that grows while it is read is caught too.
-    let mut text = String::new();
-    file.take(max_bytes.saturating_add(1))
-        .read_to_string(&mut text)
-        .map_err(cannot)?;
-    if text.len() as u64 > max_bytes {
-        return Err(format!(
-            "{}: it is over {max_bytes} bytes, the most the host reads (the host's \
-             max_workflows_file_bytes): split the definitions or raise the bound",
-            path.display()
-        ));
-    }
     parse(&text, &path).map(Some)
 }
 
