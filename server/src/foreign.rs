@@ -134,9 +134,6 @@ impl weir::ItemAdmission for FleetItems {
         let Some(account) = self.access.tenant(tenant) else {
             return Ok(());
         };
-        if account.quota.quotas().executions_per_minute.is_none() {
-            return Ok(());
-        }
         self.ledger
             .admit_items(account, items)
             .await

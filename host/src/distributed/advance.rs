@@ -292,8 +292,7 @@ impl Distributed {
         let workflow = match self.workflow(&frame.digest).await? {
             Ok(workflow) => workflow,
             Err(why) => {
-                frame.fuel = frame.fuel.saturating_add(result.execution.fuel_consumed);
-                frame.peak_memory = frame.peak_memory.max(result.execution.peak_memory_bytes);
+                absorb(&mut frame, &result);
                 let error =
                     ExecutionError::host(ErrorKind::Configuration, codes::NOT_AVAILABLE, why);
                 return Ok(close(cursor, frame, Err((result.state, error))));
@@ -301,6 +300,12 @@ impl Distributed {
         };
         Ok(resume(cursor, &workflow, frame, result))
     }
+}
+
+/// Adds what a step's `result` cost to its workflow's `frame`.
+fn absorb(frame: &mut Frame, result: &ExecutionResult) {
+    frame.fuel = frame.fuel.saturating_add(result.execution.fuel_consumed);
+    frame.peak_memory = frame.peak_memory.max(result.execution.peak_memory_bytes);
 }
 
 /// Takes a step's `result` back into `workflow`, whose place in the run `frame` tracks: the
@@ -312,8 +317,7 @@ pub(crate) fn resume(
     mut frame: Frame,
     result: ExecutionResult,
 ) -> Next {
-    frame.fuel = frame.fuel.saturating_add(result.execution.fuel_consumed);
-    frame.peak_memory = frame.peak_memory.max(result.execution.peak_memory_bytes);
+    absorb(&mut frame, &result);
     let path = frame.path.clone();
     match (frame.at.clone(), workflow.composition()) {
         (At::Chain { index }, Composition::Chain { steps }) => match result.error {

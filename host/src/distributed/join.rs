@@ -15,8 +15,8 @@ use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state::{self, with_metadata};
 use crate::contract::workflow::{BatchPolicy, Composition, GraphNode, Workflow};
 use crate::execution::compose::rules::{
-    batch_outcome, graph_dependencies, graph_dependents, merge_input, parallel_failed, step_failed,
-    truthy,
+    batch_outcome, check_batch_size, graph_dependencies, graph_dependents, merge_input,
+    parallel_failed, step_failed, truthy,
 };
 use crate::execution::executor::{cancelled_unstarted, failed};
 
@@ -95,11 +95,7 @@ impl JoinState {
             Composition::Parallel { branches, .. } => branches.len(),
             Composition::Batch { .. } => match input.get("items") {
                 Some(Value::Array(items)) => {
-                    crate::execution::compose::rules::check_batch_size(
-                        workflow,
-                        items.len(),
-                        max_items,
-                    )?;
+                    check_batch_size(workflow, items.len(), max_items)?;
                     items.len()
                 }
                 _ => {
