@@ -8,7 +8,7 @@
 //! both must agree: same outcome, same state, same error.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -17,71 +17,65 @@ use super::advance::{Cursor, Next, open, resume};
 use super::join::{Ending, JoinState, Start, Status};
 use super::wire::{At, Frame, WireScope};
 use crate::contract::cancel::CancelHandle;
-use crate::contract::error::{ErrorKind, ExecutionError, codes};
-use crate::contract::limits::LimitOverrides;
+use crate::contract::error::{ErrorKind, ExecutionError};
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state::{self, StateMetadata, with_metadata};
 use crate::contract::workflow::{BatchPolicy, Workflow};
-use crate::execution::compose::StepRunner;
-use crate::execution::compose::rules::workflow_result;
-use crate::execution::executor::{Scope, failed};
+use crate::execution::compose::fake::{FUEL, Fake, Step, scope};
 
-/// What a fake processor does with its input.
-type Processor = fn(Value) -> Result<Value, ExecutionError>;
-
-/// Every fake step burns this much fuel, so a fan-out's cost can be checked.
-const FUEL: u64 = 7;
-
-fn processors() -> BTreeMap<&'static str, Processor> {
-    let mut all: BTreeMap<&'static str, Processor> = BTreeMap::new();
-    all.insert("plus-one", |mut s| {
-        s["n"] = json!(s["n"].as_i64().unwrap_or(0) + 1);
-        Ok(s)
-    });
-    all.insert("times-ten", |mut s| {
-        s["n"] = json!(s["n"].as_i64().unwrap_or(0) * 10);
-        Ok(s)
-    });
-    all.insert("mark-a", |mut s| {
-        s["a"] = json!(true);
-        Ok(s)
-    });
-    all.insert("mark-b", |mut s| {
-        s["b"] = json!(true);
-        Ok(s)
-    });
-    all.insert("boom", |_| Err(boom()));
-    all.insert("pick", |s| Ok(json!({"route": s["kind"]})));
-    all.insert("fail-on-two", |mut s| {
-        if s["n"] == json!(2) {
-            return Err(boom());
-        }
-        s["n"] = json!(s["n"].as_i64().unwrap_or(0) * 10);
-        Ok(s)
-    });
-    all
+/// The fake processors both drivers run: Rust functions of the state.
+fn fake() -> Fake {
+    Fake::new(&[
+        (
+            "plus-one",
+            Step::Map(|mut s| {
+                s["n"] = json!(s["n"].as_i64().unwrap_or(0) + 1);
+                Ok(s)
+            }),
+        ),
+        (
+            "times-ten",
+            Step::Map(|mut s| {
+                s["n"] = json!(s["n"].as_i64().unwrap_or(0) * 10);
+                Ok(s)
+            }),
+        ),
+        (
+            "mark-a",
+            Step::Map(|mut s| {
+                s["a"] = json!(true);
+                Ok(s)
+            }),
+        ),
+        (
+            "mark-b",
+            Step::Map(|mut s| {
+                s["b"] = json!(true);
+                Ok(s)
+            }),
+        ),
+        ("boom", Step::Map(|_| Err(boom()))),
+        ("pick", Step::Map(|s| Ok(json!({"route": s["kind"]})))),
+        (
+            "fail-on-two",
+            Step::Map(|mut s| {
+                if s["n"] == json!(2) {
+                    return Err(boom());
+                }
+                s["n"] = json!(s["n"].as_i64().unwrap_or(0) * 10);
+                Ok(s)
+            }),
+        ),
+    ])
 }
 
 fn boom() -> ExecutionError {
     ExecutionError::host(ErrorKind::Execution, "boom", "it went boom")
 }
 
-/// One step, as a worker's job would run it: the fake's result, or not found.
+/// One step, as a worker's job would run it.
 fn run_step(name: &str, input: Value) -> ExecutionResult {
-    let mut info = ExecutionInfo::new(None, name, "acme", None);
-    info.fuel_consumed = FUEL;
-    match processors().get(name) {
-        Some(f) => workflow_result(f(input.clone()).map_err(|e| (input, e)), info, None),
-        None => failed(
-            input,
-            ExecutionError::host(
-                ErrorKind::NotFound,
-                codes::PROCESSOR_NOT_FOUND,
-                format!("no `{name}`"),
-            ),
-            info,
-        ),
-    }
+    fake().result_of(name, input, "acme")
 }
 
 /// Which of the started jobs finishes next.
@@ -238,56 +232,12 @@ fn paths(jobs: &[(String, String)]) -> Vec<(&str, &str)> {
     jobs.iter().map(|(p, n)| (p.as_str(), n.as_str())).collect()
 }
 
-/// The local driver's fakes: the same processors, run in-process.
-#[derive(Clone, Default)]
-struct Local {
-    ran: Arc<Mutex<Vec<String>>>,
-}
-
-impl StepRunner for Local {
-    fn run_step<'a>(
-        &'a self,
-        name: &'a str,
-        input: Value,
-        scope: Scope,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ExecutionResult> + Send + 'a>> {
-        Box::pin(async move {
-            if scope.cancel.is_cancelled() {
-                let info = ExecutionInfo::new(None, name, "acme", None);
-                let error = ExecutionError::host(ErrorKind::Cancelled, "cancelled", "cancelled");
-                return failed(input, error, info);
-            }
-            self.ran
-                .lock()
-                .expect("not poisoned")
-                .push(name.to_string());
-            run_step(name, input)
-        })
-    }
-
-    fn max_batch_items(&self) -> usize {
-        100
-    }
-}
-
 /// `workflow` on `input` through the local driver.
 async fn run_locally(workflow: &Workflow, input: Value) -> ExecutionResult {
     let (input, metadata) = prepared(input);
-    let scope = Scope {
-        tenant: Arc::from("acme"),
-        session: None,
-        depth: 0,
-        deadline: None,
-        cancel: CancelHandle::new(),
-        limits: LimitOverrides::default(),
-        parent: None,
-        priority: None,
-        max_attempts: None,
-        progress: None,
-        admission: None,
-    };
+    let scope = scope(CancelHandle::new());
     let info = ExecutionInfo::new(None, workflow.name(), "acme", None);
-    let (local, workflow) = (Local::default(), Arc::new(workflow.clone()));
+    let (local, workflow) = (fake(), Arc::new(workflow.clone()));
     let future = crate::execution::compose::run(&local, &workflow, input, metadata, scope, info);
     tokio::time::timeout(Duration::from_secs(10), future)
         .await

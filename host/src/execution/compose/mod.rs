@@ -6,7 +6,7 @@
 //! and the state is the last good one.
 //!
 //! The steps themselves are run by a [`StepRunner`]: the runtime's context in production
-//! (each step through the executor), an in-process fake in this module's tests, which check
+//! (each step through the executor), an in-process fake in tests (`fake.rs`), which check
 //! every composition rule without compiling a plugin. The rules themselves (which route,
 //! what a failure makes of the workflow, how branches merge) are [`rules`], which the
 //! distributed driver shares.
@@ -567,5 +567,7 @@ async fn graph<R: StepRunner>(
     ))
 }
 
+#[cfg(test)]
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;

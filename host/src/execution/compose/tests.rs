@@ -1,136 +1,19 @@
-//! The local composition driver against an in-process [`StepRunner`]: every rule of chain,
+//! The local composition driver against an in-process [`super::StepRunner`]: every rule of chain,
 //! parallel, route, batch and graph, their failures and cancellation, with no plugin and no
 //! sandbox (each "processor" is a Rust function of the state).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{StepRunner, run, workflow_result};
+use super::fake::{FUEL, Fake, Step, scope};
+use super::run;
 use crate::contract::cancel::{CancelHandle, CancelReason};
 use crate::contract::error::{ErrorKind, ExecutionError, codes};
-use crate::contract::limits::LimitOverrides;
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state::StateMetadata;
 use crate::contract::workflow::{BatchPolicy, Workflow};
-use crate::execution::executor::{Scope, failed};
-
-/// What a fake processor does with its input.
-#[derive(Clone, Copy)]
-enum Step {
-    /// Returns this function of the input (an error fails the step).
-    Map(fn(Value) -> Result<Value, ExecutionError>),
-    /// Runs until its scope is cancelled, then fails as cancelled with the reason.
-    UntilCancelled,
-}
-
-/// A step that was cancelled while it ran, and why.
-type Cancelled = (String, Option<CancelReason>);
-
-/// Fake processors by name; records which ran, and how each cancelled one was cancelled.
-#[derive(Clone)]
-struct Fake {
-    steps: Arc<BTreeMap<&'static str, Step>>,
-    ran: Arc<Mutex<Vec<String>>>,
-    cancelled: Arc<Mutex<Vec<Cancelled>>>,
-    /// How many steps have started, for a test to wait on.
-    started: Arc<tokio::sync::watch::Sender<usize>>,
-    max_items: usize,
-}
-
-/// Every fake step burns this much fuel, so a workflow's cost can be checked.
-const FUEL: u64 = 7;
-
-impl Fake {
-    fn new(steps: &[(&'static str, Step)]) -> Fake {
-        Fake {
-            steps: Arc::new(steps.iter().copied().collect()),
-            ran: Arc::default(),
-            cancelled: Arc::default(),
-            started: Arc::new(tokio::sync::watch::channel(0).0),
-            max_items: 100,
-        }
-    }
-
-    fn ran(&self) -> Vec<String> {
-        self.ran.lock().expect("not poisoned").clone()
-    }
-
-    fn cancelled(&self) -> Vec<Cancelled> {
-        self.cancelled.lock().expect("not poisoned").clone()
-    }
-}
-
-impl StepRunner for Fake {
-    fn run_step<'a>(
-        &'a self,
-        name: &'a str,
-        input: Value,
-        scope: Scope,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ExecutionResult> + Send + 'a>> {
-        Box::pin(async move {
-            let mut info = ExecutionInfo::new(None, name, &*scope.tenant, None);
-            // As the executor does: a step cancelled before it starts never runs.
-            if scope.cancel.is_cancelled() {
-                let error = ExecutionError::host(ErrorKind::Cancelled, "cancelled", "cancelled");
-                return failed(input, error, info);
-            }
-            self.ran
-                .lock()
-                .expect("not poisoned")
-                .push(name.to_string());
-            self.started.send_modify(|n| *n += 1);
-            info.fuel_consumed = FUEL;
-            match self.steps.get(name).copied() {
-                None => failed(
-                    input,
-                    ExecutionError::host(
-                        ErrorKind::NotFound,
-                        codes::PROCESSOR_NOT_FOUND,
-                        format!("no `{name}`"),
-                    ),
-                    info,
-                ),
-                Some(Step::Map(f)) => {
-                    workflow_result(f(input.clone()).map_err(|e| (input, e)), info, None)
-                }
-                Some(Step::UntilCancelled) => {
-                    scope.cancel.cancelled().await;
-                    let reason = scope.cancel.reason();
-                    self.cancelled
-                        .lock()
-                        .expect("not poisoned")
-                        .push((name.to_string(), reason));
-                    let error =
-                        ExecutionError::host(ErrorKind::Cancelled, "cancelled", "cancelled");
-                    failed(input, error, info)
-                }
-            }
-        })
-    }
-
-    fn max_batch_items(&self) -> usize {
-        self.max_items
-    }
-}
-
-fn scope(cancel: CancelHandle) -> Scope {
-    Scope {
-        tenant: Arc::from("acme"),
-        session: None,
-        depth: 0,
-        deadline: None,
-        cancel,
-        limits: LimitOverrides::default(),
-        parent: None,
-        priority: None,
-        max_attempts: None,
-        progress: None,
-        admission: None,
-    }
-}
 
 /// Runs `workflow` on `input` with `fake`'s processors, uncancelled.
 async fn run_with(fake: &Fake, workflow: Workflow, input: Value) -> ExecutionResult {
