@@ -138,6 +138,161 @@ struct Inner {
     swept_ms: u64,
     /// Counters by tenant, then processor.
     tenants: HashMap<Arc<str>, BTreeMap<String, ProcessorStats>>,
+    /// What changed since the journal was last taken, when one is kept (on a distributed
+    /// runtime, which adds it to the fleet's counters).
+    journal: Option<Journal>,
+    /// Something started or ended since [`Activity::live`] last looked.
+    live_changed: bool,
+}
+
+/// What this process's executions added to the counters since the journal was last taken
+/// (see [`Activity::keep_journal`]). As many entries as the counters themselves have.
+#[derive(Debug, Default)]
+pub(crate) struct Journal {
+    /// Per tenant, then processor: executions started, completed and failed, and the
+    /// finished ones' durations (`running` unused).
+    pub(crate) stats: HashMap<Arc<str>, HashMap<String, ProcessorStats>>,
+    /// Per session.
+    pub(crate) sessions: HashMap<SessionKey, SessionJournal>,
+}
+
+/// What a session's counters gained since the journal was last taken.
+#[derive(Debug, Default)]
+pub(crate) struct SessionJournal {
+    /// When it saw work first and last in that time (ms since the Unix epoch).
+    pub(crate) first_ms: u64,
+    pub(crate) last_ms: u64,
+    /// Executions started and failed.
+    pub(crate) executions: u64,
+    pub(crate) failed: u64,
+    /// The same per processor (`running` unused).
+    pub(crate) processors: HashMap<String, SessionProcessorStats>,
+}
+
+impl Journal {
+    fn is_empty(&self) -> bool {
+        self.stats.is_empty() && self.sessions.is_empty()
+    }
+
+    /// Adds an older journal's changes to these.
+    fn absorb(&mut self, older: Journal) {
+        for (tenant, rows) in older.stats {
+            let mine = self.stats.entry(tenant).or_default();
+            for (name, stats) in rows {
+                mine.entry(name).or_default().add(&stats);
+            }
+        }
+        for (key, session) in older.sessions {
+            let mine = self.sessions.entry(key).or_insert_with(|| SessionJournal {
+                first_ms: session.first_ms,
+                ..SessionJournal::default()
+            });
+            mine.first_ms = mine.first_ms.min(session.first_ms);
+            mine.last_ms = mine.last_ms.max(session.last_ms);
+            mine.executions += session.executions;
+            mine.failed += session.failed;
+            for (name, counts) in session.processors {
+                let entry = mine.processors.entry(name).or_default();
+                entry.executions += counts.executions;
+                entry.failed += counts.failed;
+            }
+        }
+    }
+
+    fn row(&mut self, tenant: &Arc<str>, processor: &str) -> &mut ProcessorStats {
+        // An `Arc` clone: no allocation.
+        let processors = self.stats.entry(tenant.clone()).or_default();
+        if !processors.contains_key(processor) {
+            processors.insert(processor.to_string(), ProcessorStats::default());
+        }
+        processors
+            .get_mut(processor)
+            .expect("the row was inserted above")
+    }
+
+    fn session(&mut self, key: &SessionKey, processor: &str, now: u64) -> &mut SessionJournal {
+        if !self.sessions.contains_key(key) {
+            let fresh = SessionJournal {
+                first_ms: now,
+                ..SessionJournal::default()
+            };
+            self.sessions.insert(key.clone(), fresh);
+        }
+        let session = self
+            .sessions
+            .get_mut(key)
+            .expect("the session was inserted above");
+        session.last_ms = now;
+        if !session.processors.contains_key(processor) {
+            session
+                .processors
+                .insert(processor.to_string(), SessionProcessorStats::default());
+        }
+        session
+    }
+
+    fn started(&mut self, tenant: &Arc<str>, processor: &str, session: Option<&SessionKey>) {
+        self.row(tenant, processor).started += 1;
+        if let Some(key) = session {
+            let session = self.session(key, processor, now_ms());
+            session.executions += 1;
+            if let Some(counts) = session.processors.get_mut(processor) {
+                counts.executions += 1;
+            }
+        }
+    }
+
+    fn ended(
+        &mut self,
+        tenant: &Arc<str>,
+        processor: &str,
+        session: Option<&SessionKey>,
+        ok: bool,
+        duration: Duration,
+    ) {
+        let row = self.row(tenant, processor);
+        if ok {
+            row.completed += 1;
+        } else {
+            row.failed += 1;
+        }
+        row.observe(duration);
+        if let Some(key) = session {
+            let session = self.session(key, processor, now_ms());
+            if !ok {
+                session.failed += 1;
+                if let Some(counts) = session.processors.get_mut(processor) {
+                    counts.failed += 1;
+                }
+            }
+        }
+    }
+}
+
+/// What runs in this process now: per tenant, then processor; and per session, then
+/// processor. Only what runs (a count above 0) is in it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub(crate) struct Live {
+    #[serde(rename = "p", default)]
+    pub(crate) processors: BTreeMap<String, BTreeMap<String, u64>>,
+    #[serde(rename = "s", default)]
+    pub(crate) sessions: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
+}
+
+impl Live {
+    /// Nothing runs.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.processors.is_empty() && self.sessions.is_empty()
+    }
+}
+
+/// A step of a workflow's life recorded by [`Activity::tally`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Tally {
+    /// It started.
+    Started,
+    /// It ended, after `duration`.
+    Ended { ok: bool, duration: Duration },
 }
 
 impl Inner {
@@ -336,6 +491,10 @@ impl Activity {
             counts.executions += 1;
             counts.running += 1;
         }
+        if let Some(journal) = inner.journal.as_mut() {
+            journal.started(tenant, processor, session.as_ref());
+        }
+        inner.live_changed = true;
         inner.running.insert(
             id.to_string(),
             Running {
@@ -357,15 +516,16 @@ impl Activity {
     pub(crate) fn end(
         &self,
         id: &str,
-        tenant: &str,
+        tenant: &Arc<str>,
         processor: &str,
         ok: bool,
         duration: Duration,
     ) {
         let mut inner = self.lock();
+        inner.live_changed = true;
         if let Some(stats) = inner
             .tenants
-            .get_mut(tenant)
+            .get_mut(&**tenant)
             .and_then(|processors| processors.get_mut(processor))
         {
             stats.running = stats.running.saturating_sub(1);
@@ -376,8 +536,12 @@ impl Activity {
             }
             stats.observe(duration);
         }
-        if let Some(running) = inner.running.remove(id)
-            && let Some(key) = running.session
+        let running = inner.running.remove(id);
+        let key = running.and_then(|running| running.session);
+        if let Some(journal) = inner.journal.as_mut() {
+            journal.ended(tenant, processor, key.as_ref(), ok, duration);
+        }
+        if let Some(key) = key
             && let Some(session) = inner.sessions.get_mut(&key)
         {
             session.running = session.running.saturating_sub(1);
@@ -517,6 +681,130 @@ impl Activity {
         self.lock().running.len()
     }
 
+    /// Keeps a journal of what changes from now on, for [`Activity::take_journal`].
+    pub(crate) fn keep_journal(&self) {
+        let mut inner = self.lock();
+        if inner.journal.is_none() {
+            inner.journal = Some(Journal::default());
+        }
+    }
+
+    /// What changed since the journal was last taken; `None` if nothing did (or no journal
+    /// is kept).
+    pub(crate) fn take_journal(&self) -> Option<Journal> {
+        let mut inner = self.lock();
+        let journal = inner.journal.as_mut()?;
+        if journal.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(journal))
+    }
+
+    /// Puts back a journal taken but not written (Redis failed): its changes count with
+    /// the next.
+    pub(crate) fn restore_journal(&self, older: Journal) {
+        if let Some(journal) = self.lock().journal.as_mut() {
+            journal.absorb(older);
+        }
+    }
+
+    /// What runs now; `None` if nothing started or ended since the last call.
+    pub(crate) fn live(&self) -> Option<Live> {
+        let mut inner = self.lock();
+        if !std::mem::take(&mut inner.live_changed) {
+            return None;
+        }
+        let mut live = Live::default();
+        for (tenant, processors) in &inner.tenants {
+            let running: BTreeMap<String, u64> = processors
+                .iter()
+                .filter(|(_, stats)| stats.running > 0)
+                .map(|(name, stats)| (name.clone(), stats.running))
+                .collect();
+            if !running.is_empty() {
+                live.processors.insert(tenant.to_string(), running);
+            }
+        }
+        for (key, session) in &inner.sessions {
+            if session.running == 0 {
+                continue;
+            }
+            let running: BTreeMap<String, u64> = session
+                .processors
+                .iter()
+                .filter(|(_, counts)| counts.running > 0)
+                .map(|(name, counts)| (name.clone(), counts.running))
+                .collect();
+            live.sessions
+                .entry(key.tenant.clone())
+                .or_default()
+                .insert(key.session.clone(), running);
+        }
+        Some(live)
+    }
+
+    /// Counts a step of the life of `name` (a workflow whose steps run as jobs, so that
+    /// no one process runs it whole) in its tenant's and session's counters. Nothing is
+    /// counted as running.
+    pub(crate) fn tally(
+        &self,
+        tenant: &Arc<str>,
+        name: &str,
+        session: Option<&SessionKey>,
+        tally: Tally,
+    ) {
+        let now = now_ms();
+        let mut inner = self.lock();
+        let processors = match inner.tenants.get_mut(&**tenant) {
+            Some(processors) => processors,
+            None => inner.tenants.entry(tenant.clone()).or_default(),
+        };
+        let stats = match processors.get_mut(name) {
+            Some(stats) => stats,
+            None => processors.entry(name.to_string()).or_default(),
+        };
+        match tally {
+            Tally::Started => stats.started += 1,
+            Tally::Ended { ok: true, duration } => {
+                stats.completed += 1;
+                stats.observe(duration);
+            }
+            Tally::Ended {
+                ok: false,
+                duration,
+            } => {
+                stats.failed += 1;
+                stats.observe(duration);
+            }
+        }
+        if let Some(key) = session {
+            inner.sweep_now_and_then(self.idle_ms(), now);
+            let entry = inner.session_entry(key, now);
+            entry.last_activity_ms = now;
+            let counts = match entry.processors.get_mut(name) {
+                Some(counts) => counts,
+                None => entry.processors.entry(name.to_string()).or_default(),
+            };
+            match tally {
+                Tally::Started => {
+                    counts.executions += 1;
+                    entry.executions += 1;
+                }
+                Tally::Ended { ok: false, .. } => {
+                    counts.failed += 1;
+                    entry.failed += 1;
+                }
+                Tally::Ended { ok: true, .. } => {}
+            }
+        }
+        if let Some(journal) = inner.journal.as_mut() {
+            match tally {
+                Tally::Started => journal.started(tenant, name, session),
+                Tally::Ended { ok, duration } => journal.ended(tenant, name, session, ok, duration),
+            }
+        }
+    }
+
     pub(crate) fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
@@ -613,7 +901,7 @@ mod tests {
             .map(|s| s.session)
             .collect();
         assert_eq!(names, ["busy", "new"]);
-        activity.end("e1", "t", "p", true, Duration::ZERO);
+        activity.end("e1", &Arc::from("t"), "p", true, Duration::ZERO);
         activity
             .open_session(&SessionKey::new("t", "newer"))
             .unwrap();
@@ -636,8 +924,8 @@ mod tests {
                 .new_session
         );
         assert_eq!(activity.running(), 2);
-        activity.end("1", "t", "p", true, Duration::from_micros(5));
-        activity.end("2", "t", "p", false, Duration::from_micros(7));
+        activity.end("1", &Arc::from("t"), "p", true, Duration::from_micros(5));
+        activity.end("2", &Arc::from("t"), "p", false, Duration::from_micros(7));
         let stats = &activity.processor_stats()["p"];
         assert_eq!(
             (stats.started, stats.completed, stats.failed, stats.running),
@@ -660,8 +948,8 @@ mod tests {
         activity.begin("1", &tenant, "flow", Some(key.clone()), &cancel);
         activity.begin("2", &tenant, "p", Some(key.clone()), &cancel);
         activity.begin("3", &tenant, "q", Some(key.clone()), &cancel);
-        activity.end("2", "t", "p", true, Duration::ZERO);
-        activity.end("3", "t", "q", false, Duration::ZERO);
+        activity.end("2", &Arc::from("t"), "p", true, Duration::ZERO);
+        activity.end("3", &Arc::from("t"), "q", false, Duration::ZERO);
         activity.begin("4", &tenant, "p", Some(key.clone()), &cancel);
         let session = activity.session_stats(&key).unwrap();
         let counts = |name: &str| {
@@ -704,6 +992,61 @@ mod tests {
         assert!(!activity.cancel("3", CancelReason::Request));
     }
 
+    #[test]
+    fn a_kept_journal_holds_what_changed_since_it_was_last_taken() {
+        let activity = Activity::new(SessionBounds::default());
+        let tenant: Arc<str> = Arc::from("t");
+        let key = SessionKey::new("t", "s");
+        let cancel = CancelHandle::new();
+        // Nothing is journaled before one is kept.
+        activity.begin("0", &tenant, "p", None, &cancel);
+        activity.end("0", &tenant, "p", true, Duration::ZERO);
+        activity.keep_journal();
+        assert!(activity.take_journal().is_none());
+        activity.begin("1", &tenant, "p", Some(key.clone()), &cancel);
+        activity.begin("2", &tenant, "q", Some(key.clone()), &cancel);
+        let live = activity.live().expect("work started");
+        assert_eq!(live.processors["t"]["p"], 1);
+        assert_eq!(live.sessions["t"]["s"]["q"], 1);
+        assert!(activity.live().is_none(), "nothing changed since");
+        activity.end("1", &tenant, "p", true, Duration::from_micros(30));
+        activity.end("2", &tenant, "q", false, Duration::from_micros(70));
+        activity.tally(&tenant, "flow", Some(&key), Tally::Started);
+        activity.tally(
+            &tenant,
+            "flow",
+            Some(&key),
+            Tally::Ended {
+                ok: false,
+                duration: Duration::from_micros(200),
+            },
+        );
+        let journal = activity.take_journal().expect("work was done");
+        let rows = &journal.stats["t"];
+        assert_eq!((rows["p"].started, rows["p"].completed), (1, 1));
+        assert_eq!((rows["q"].started, rows["q"].failed), (1, 1));
+        assert_eq!((rows["flow"].started, rows["flow"].failed), (1, 1));
+        assert_eq!(rows["flow"].total_duration_us, 200);
+        let session = &journal.sessions[&key];
+        assert_eq!((session.executions, session.failed), (3, 2));
+        assert_eq!(session.processors["flow"].failed, 1);
+        assert!(session.first_ms <= session.last_ms);
+        assert!(activity.take_journal().is_none(), "taken");
+        // A journal that could not be written counts with the next one.
+        activity.restore_journal(journal);
+        activity.tally(&tenant, "flow", Some(&key), Tally::Started);
+        let journal = activity.take_journal().expect("put back");
+        assert_eq!(journal.stats["t"]["flow"].started, 2);
+        assert_eq!(journal.stats["t"]["p"].completed, 1);
+        assert_eq!(journal.sessions[&key].executions, 4);
+        assert_eq!(activity.live(), Some(Live::default()), "nothing runs");
+        // The workflow's steps count in the process's own counters too, never as running.
+        let stats = activity.processor_stats();
+        assert_eq!((stats["flow"].started, stats["flow"].running), (2, 0));
+        let session = activity.session_stats(&key).unwrap();
+        assert_eq!(session.processors["flow"].executions, 2);
+    }
+
     #[tokio::test]
     async fn idle_resolves_when_the_last_execution_ends() {
         let activity = std::sync::Arc::new(Activity::new(SessionBounds::default()));
@@ -714,7 +1057,7 @@ mod tests {
                 async move { activity.idle(Instant::now() + Duration::from_secs(5)).await },
             )
         };
-        activity.end("1", "t", "p", true, Duration::ZERO);
+        activity.end("1", &Arc::from("t"), "p", true, Duration::ZERO);
         assert!(waiter.await.unwrap());
     }
 }
