@@ -22,6 +22,7 @@ use weir::ExecutionRequest;
 use weir::ExecutionResult;
 use weir::RuntimeError;
 use weir::RuntimeState;
+use weir::RuntimeStats;
 use weir::{CancelHandle, CancelReason};
 use weir::{ProcessorStats, SessionRefused};
 
@@ -79,9 +80,10 @@ pub(super) async fn metrics(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.require_operator("`/metrics`")?;
+    let stats = runtime_stats(&app, None).await?;
     Ok((
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&app.runtime),
+        metrics::render(&app.runtime, &stats),
     )
         .into_response())
 }
@@ -575,8 +577,18 @@ pub(super) async fn workflows(State(app): State<AppState>, caller: Caller) -> Js
 
 /// `GET /v1/stats`: counters with p50/p99 and failure rate per processor: a tenant's own;
 /// for the operator, every tenant's and their sum.
-pub(super) async fn stats(State(app): State<AppState>, caller: Caller) -> Json<Value> {
-    let stats = app.runtime.stats();
+///
+/// Behind `--redis`, the fleet's counters (every worker's and every server's executions),
+/// as kept in Redis; otherwise this process's.
+pub(super) async fn stats(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = match &caller {
+        Caller::Tenant(tenant) => Some(tenant.name()),
+        Caller::Operator | Caller::Open => None,
+    };
+    let stats = runtime_stats(&app, tenant).await?;
     let rows = |processors: &BTreeMap<String, ProcessorStats>| {
         processors
             .iter()
@@ -590,11 +602,11 @@ pub(super) async fn stats(State(app): State<AppState>, caller: Caller) -> Json<V
                 .get(tenant.name())
                 .map(rows)
                 .unwrap_or_default();
-            Json(json!({
+            Ok(Json(json!({
                 "state": stats.state,
                 "tenant": tenant.name(),
                 "processors": own,
-            }))
+            })))
         }
         Caller::Operator | Caller::Open => {
             let tenants: Map<String, Value> = stats
@@ -602,16 +614,33 @@ pub(super) async fn stats(State(app): State<AppState>, caller: Caller) -> Json<V
                 .iter()
                 .map(|(tenant, processors)| (tenant.clone(), Value::Object(rows(processors))))
                 .collect();
-            Json(json!({
+            Ok(Json(json!({
                 "state": stats.state,
                 "uptimeMs": stats.uptime_ms,
                 "running": stats.running,
                 "sessions": stats.sessions,
                 "processors": rows(&stats.processors),
                 "tenants": tenants,
-            }))
+            })))
         }
     }
+}
+
+/// The counters a request sees (`tenant`'s only, or every tenant's): the fleet's behind
+/// `--redis`, this process's otherwise.
+async fn runtime_stats(app: &AppState, tenant: Option<&str>) -> Result<RuntimeStats, ApiError> {
+    match app.runtime.fleet() {
+        Some(fleet) => fleet.stats(tenant).await.map_err(fleet_unavailable),
+        None => Ok(app.runtime.stats()),
+    }
+}
+
+/// Redis did not answer a read of the fleet's counters.
+fn fleet_unavailable(error: RuntimeError) -> ApiError {
+    ApiError::unavailable(format!(
+        "the fleet's counters cannot be read from Redis ({error}); check that the server \
+         given to `--redis` is up"
+    ))
 }
 
 fn stats_row(s: &ProcessorStats) -> Value {
@@ -650,10 +679,14 @@ pub(super) async fn sessions(
     let asked = tenant_query(query)?;
     caller.may_ask_for(asked.as_deref())?;
     // Only the sessions asked for are copied: one tenant's many never slow another's list.
-    let sessions = match (caller.is_fleet(), asked.as_deref()) {
-        (true, None) => app.runtime.active_sessions(),
-        (true, Some(tenant)) => app.runtime.sessions_of(tenant),
-        (false, _) => app.runtime.sessions_of(caller.tenant()?.0),
+    let tenant = match (caller.is_fleet(), asked.as_deref()) {
+        (true, asked) => asked,
+        (false, _) => Some(caller.tenant()?.0),
+    };
+    let sessions = match (app.runtime.fleet(), tenant) {
+        (Some(fleet), tenant) => fleet.sessions(tenant).await.map_err(fleet_unavailable)?,
+        (None, None) => app.runtime.active_sessions(),
+        (None, Some(tenant)) => app.runtime.sessions_of(tenant),
     };
     Ok(Json(json!({ "sessions": sessions })))
 }
@@ -668,7 +701,13 @@ pub(super) async fn session(
     let asked = tenant_query(query)?;
     let tenant = caller.data_tenant(asked.as_deref())?;
     check_session_id(&app, &id)?;
-    let stats = app.runtime.session_stats(tenant, &id);
+    let stats = match app.runtime.fleet() {
+        Some(fleet) => fleet
+            .session_stats(tenant, &id)
+            .await
+            .map_err(fleet_unavailable)?,
+        None => app.runtime.session_stats(tenant, &id),
+    };
     let state = app.runtime.session_state(tenant, &id).await;
     if stats.is_none() && state.is_none() {
         return Err(ApiError::not_found(

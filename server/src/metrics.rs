@@ -5,14 +5,14 @@
 use std::fmt::Write;
 
 use weir::{DURATION_BUCKETS_US, ProcessorStats};
-use weir::{Runtime, RuntimeState};
+use weir::{Runtime, RuntimeState, RuntimeStats};
 
 /// The `Content-Type` of the exposition format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Renders every metric. Built per scrape from one snapshot of the counters.
-pub(crate) fn render(runtime: &Runtime) -> String {
-    let stats = runtime.stats();
+/// Renders every metric from `stats` (one snapshot of the counters: this process's, or the
+/// fleet's) and what `runtime` has loaded. Built per scrape.
+pub(crate) fn render(runtime: &Runtime, stats: &RuntimeStats) -> String {
     let catalog = runtime.catalog();
     let mut out = String::with_capacity(4096 + stats.processors.len() * 2048);
     let up = u64::from(stats.state == RuntimeState::Running);

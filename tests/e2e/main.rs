@@ -13,6 +13,7 @@ mod distributed;
 mod events;
 mod examples;
 mod features;
+mod fleet;
 mod hostile;
 mod http;
 mod languages;

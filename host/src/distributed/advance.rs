@@ -16,6 +16,7 @@ use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state;
 use crate::contract::workflow::{Composition, Selector, Workflow};
+use crate::execution::activity::Tally;
 use crate::execution::compose::rules::{
     Failure, choose_route, key_of, missing_key, route_failed, step_failed, workflow_result,
 };
@@ -173,7 +174,11 @@ impl Distributed {
                                 result,
                             });
                         }
-                        Some(frame) => self.step_done(cursor, frame, *result).await?,
+                        Some(frame) => {
+                            let next = self.step_done(cursor, frame, *result).await?;
+                            self.ended(cursor, &next);
+                            next
+                        }
                     },
                 };
             }
@@ -216,53 +221,19 @@ impl Distributed {
                 Ok(Entered::Plan(Plan::Step(Box::new(job))))
             }
             Some(Binding::Workflow { digest }) => {
-                let info = info_for(cursor, &execution, &name);
-                let workflow = match self.workflow(&digest).await? {
-                    Ok(workflow) => workflow,
-                    Err(why) => {
-                        let error = ExecutionError::host(
-                            ErrorKind::Configuration,
-                            codes::NOT_AVAILABLE,
-                            why,
-                        );
-                        return Ok(Entered::Next(Next::Done(Box::new(failed(
-                            state, error, info,
-                        )))));
-                    }
-                };
-                let (input, metadata) =
-                    match state::prepare_input(state, cursor.scope.session.as_deref()) {
-                        Ok(prepared) => prepared,
-                        Err(error) => {
-                            return Ok(Entered::Next(Next::Done(Box::new(failed(
-                                Value::Null,
-                                error,
-                                info,
-                            )))));
-                        }
-                    };
-                let state = state::with_metadata(input, &metadata);
-                let mut frame = Frame {
-                    workflow: name,
-                    digest,
-                    execution: execution.clone(),
-                    path,
-                    started_us: now_us(),
-                    fuel: 0,
-                    peak_memory: 0,
-                    outer_deadline_ms: cursor.scope.deadline_ms,
-                    outer_parent: cursor.scope.parent.clone(),
-                    at: At::Chain { index: 0 },
-                };
-                cursor.scope.deadline_ms = earliest(
-                    cursor.scope.deadline_ms,
-                    workflow.timeout_ms().map(|t| now_ms().saturating_add(t)),
+                self.tally(
+                    &cursor.scope.tenant,
+                    &name,
+                    cursor.scope.session.as_deref(),
+                    Tally::Started,
                 );
-                cursor.scope.parent = Some(execution);
-                if workflow.is_fan_out() {
-                    return self.open_fan_out(cursor, &workflow, frame, state).await;
+                let entered = self
+                    .enter_workflow(cursor, name, digest, state, path, execution)
+                    .await?;
+                if let Entered::Next(next) = &entered {
+                    self.ended(cursor, next);
                 }
-                Ok(Entered::Next(open(cursor, &workflow, &mut frame, state)))
+                Ok(entered)
             }
             None => {
                 let info = info_for(cursor, &execution, &name);
@@ -279,6 +250,78 @@ impl Distributed {
                     state, error, info,
                 )))))
             }
+        }
+    }
+
+    /// Opens the workflow `name` (published as `digest`) on `state`: its first step, or
+    /// its result at once.
+    async fn enter_workflow(
+        &self,
+        cursor: &mut Cursor,
+        name: String,
+        digest: String,
+        state: Value,
+        path: String,
+        execution: String,
+    ) -> Result<Entered, Error> {
+        let info = info_for(cursor, &execution, &name);
+        let workflow = match self.workflow(&digest).await? {
+            Ok(workflow) => workflow,
+            Err(why) => {
+                let error =
+                    ExecutionError::host(ErrorKind::Configuration, codes::NOT_AVAILABLE, why);
+                return Ok(Entered::Next(Next::Done(Box::new(failed(
+                    state, error, info,
+                )))));
+            }
+        };
+        let (input, metadata) = match state::prepare_input(state, cursor.scope.session.as_deref()) {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                return Ok(Entered::Next(Next::Done(Box::new(failed(
+                    Value::Null,
+                    error,
+                    info,
+                )))));
+            }
+        };
+        let state = state::with_metadata(input, &metadata);
+        let mut frame = Frame {
+            workflow: name,
+            digest,
+            execution: execution.clone(),
+            path,
+            started_us: now_us(),
+            fuel: 0,
+            peak_memory: 0,
+            outer_deadline_ms: cursor.scope.deadline_ms,
+            outer_parent: cursor.scope.parent.clone(),
+            at: At::Chain { index: 0 },
+        };
+        cursor.scope.deadline_ms = earliest(
+            cursor.scope.deadline_ms,
+            workflow.timeout_ms().map(|t| now_ms().saturating_add(t)),
+        );
+        cursor.scope.parent = Some(execution);
+        if workflow.is_fan_out() {
+            return self.open_fan_out(cursor, &workflow, frame, state).await;
+        }
+        Ok(Entered::Next(open(cursor, &workflow, &mut frame, state)))
+    }
+
+    /// Counts a workflow's end in the activity counters, if `next` is one (a step's end
+    /// that closed its workflow).
+    pub(super) fn ended(&self, cursor: &Cursor, next: &Next) {
+        if let Next::Done(result) = next {
+            self.tally(
+                &cursor.scope.tenant,
+                &result.execution.processor,
+                cursor.scope.session.as_deref(),
+                Tally::Ended {
+                    ok: result.ok,
+                    duration: std::time::Duration::from_micros(result.execution.duration_us),
+                },
+            );
         }
     }
 

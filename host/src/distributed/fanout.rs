@@ -234,6 +234,7 @@ impl Distributed {
                 let error =
                     ExecutionError::host(ErrorKind::Configuration, codes::NOT_AVAILABLE, why);
                 let next = close(&mut cursor, frame, Err((Value::Null, error)));
+                self.ended(&cursor, &next);
                 return self.proceed(cursor, next).await;
             }
         };
@@ -255,6 +256,7 @@ impl Distributed {
                 ),
             );
             let next = close(&mut cursor, frame, Err((Value::Null, error)));
+            self.ended(&cursor, &next);
             return self.proceed(cursor, next).await;
         }
         let Some(Ok(state)) = loaded else {
@@ -268,6 +270,7 @@ impl Distributed {
                 ),
             );
             let next = close(&mut cursor, frame, Err((Value::Null, error)));
+            self.ended(&cursor, &next);
             return self.proceed(cursor, next).await;
         };
         let mut state = state;
@@ -295,6 +298,7 @@ impl Distributed {
                 }
             }
         };
+        self.ended(&cursor, &next);
         self.proceed(cursor, next).await
     }
 

@@ -48,6 +48,11 @@ pub(crate) struct Distributed {
     pub(super) join_cas: redis::Script,
     pub(super) batch_open: redis::Script,
     pub(super) batch_done: redis::Script,
+    /// Adds a journal to the fleet's activity counters; reads them.
+    pub(super) activity_flush: redis::Script,
+    pub(super) activity_read: redis::Script,
+    /// The runtime whose activity this process shares (set once it exists).
+    pub(super) context: OnceLock<std::sync::Weak<crate::execution::context::Context>>,
     flows: tokio::sync::OnceCell<FlowProducer>,
     /// Set when workflows were registered from code and are not published yet.
     pub(super) unpublished: std::sync::atomic::AtomicBool,
@@ -110,6 +115,9 @@ impl Distributed {
             join_cas: redis::Script::new(include_str!("lua/join_cas.lua")),
             batch_open: redis::Script::new(include_str!("lua/batch_open.lua")),
             batch_done: redis::Script::new(include_str!("lua/batch_done.lua")),
+            activity_flush: redis::Script::new(include_str!("lua/activity_flush.lua")),
+            activity_read: redis::Script::new(include_str!("lua/activity_read.lua")),
+            context: OnceLock::new(),
             flows: tokio::sync::OnceCell::new(),
             unpublished: std::sync::atomic::AtomicBool::new(false),
             origin,

@@ -16,7 +16,8 @@
 //!   `blob:{digest}` component bytes, `versions` digest → declared version, `plugins`
 //!   name → digest of the newest published component, `wf:{digest}` workflow definitions, `workflows` name → digest, `run:{id}`
 //!   a run's record, `events` the stream of events every process reads, plus the state
-//!   store's keys (see [`crate::RedisStateStore`]).
+//!   store's keys (see [`crate::RedisStateStore`]), and `activity:*` the fleet's counters
+//!   (see `activity.rs` and `lua/activity_flush.lua`).
 //!
 //! The files, by what they do:
 //! - `handle.rs`: one process's [`Distributed`] handle (connection, seal, queues, job
@@ -28,6 +29,7 @@
 //! - `worker.rs`: a worker's queues and life; `job.rs` what it does with one job;
 //!   `fetch.rs` where the code a job names comes from; `foreign.rs` jobs without weir's
 //!   envelope;
+//! - `activity.rs`: the fleet's counters of executions and sessions;
 //! - `control.rs`: cancellation and shared events across processes; `dlq.rs` the
 //!   dead-letter set; `content.rs` the content-addressed store; `wire.rs` the job format;
 //!   `trust.rs` the fleet key; `state_store.rs` sessions' state in Redis; `lua/` the scripts.
@@ -38,6 +40,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::contract::error::Error;
 
+mod activity;
 mod advance;
 mod content;
 mod control;
@@ -116,6 +119,20 @@ pub struct RedisConfig {
     /// entries. [`Trust::Unset`] by default, with which the distributed runtime refuses
     /// to start.
     pub trust: Trust,
+    /// How often each process adds what its executions did to the fleet's counters, and
+    /// says what it runs now (default 250 ms): what `/v1/stats` and `/v1/sessions` of
+    /// any server of the fleet show lags the work by about this much. A process's
+    /// snapshot of what it runs expires 20 intervals after its last word (a process that
+    /// died stops counting as running).
+    pub activity_interval: Duration,
+    /// A tenant's counters with nothing added for this long are dropped (default 7 days).
+    pub activity_retention: Duration,
+    /// Tenants the fleet's counters keep (default 1,000): at the cap, the one idle longest
+    /// is dropped for a new one.
+    pub activity_tenants: usize,
+    /// Processor and workflow names one tenant's counters (and one session's) keep
+    /// (default 1,000): past it, a new name's counts are dropped, and a warning says so.
+    pub activity_names: usize,
 }
 
 /// How many finished jobs to keep, and for how long.
@@ -130,8 +147,9 @@ pub struct Retention {
 impl RedisConfig {
     /// The defaults for `url`: prefix `weir`, 5 s to connect, 5 s per command; completed
     /// jobs kept 1 h (at most 10,000 per queue), failed jobs 7 days (at most 100,000), run
-    /// outcomes 24 h, an event stream of about 1,000 entries of at most 64 KiB; no fleet
-    /// key yet (set [`RedisConfig::trust`] before the distributed runtime starts).
+    /// outcomes 24 h, an event stream of about 1,000 entries of at most 64 KiB; the fleet's
+    /// activity counters written every 250 ms, for up to 1,000 tenants and 1,000 names each,
+    /// kept 7 days; no fleet key yet (set [`RedisConfig::trust`] before the distributed runtime starts).
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
@@ -153,6 +171,10 @@ impl RedisConfig {
             run_deadline: Duration::from_secs(3600),
             lost_grace: Duration::from_secs(10),
             trust: Trust::Unset,
+            activity_interval: Duration::from_millis(250),
+            activity_retention: Duration::from_secs(7 * 24 * 3600),
+            activity_tenants: 1_000,
+            activity_names: 1_000,
         }
     }
 

@@ -131,6 +131,7 @@ impl RuntimeBuilder {
         #[cfg(feature = "redis")]
         if let Some(distributed) = &distributed {
             distributed.share_events(&shared);
+            distributed.share_activity(&shared);
         }
         Ok(Runtime {
             shared,

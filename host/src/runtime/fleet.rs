@@ -4,19 +4,23 @@
 //! local runtime has none, so it has no method that always fails: [`Runtime::fleet`] is
 //! `None` there. Compiled with the `redis` feature.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::contract::cancel::CancelReason;
+use crate::contract::clock::millis;
 use crate::contract::error::{Error, RuntimeError};
 use crate::contract::result::ExecutionResult;
+use crate::contract::state_store::SessionKey;
 use crate::distributed::{
     CancelTarget, DeadJob, Distributed, RedisConfig, RunStatus, WorkerConfig, WorkerHandle,
 };
+use crate::execution::activity::{ProcessorStats, SessionStats};
 use crate::execution::request::ExecutionRequest;
 use crate::sandbox::plugin::Plugin;
 
-use super::{Runtime, RuntimeBuilder};
+use super::{Runtime, RuntimeBuilder, RuntimeStats};
 
 /// The distributed runtime's own operations, for a [`Runtime`] built with
 /// [`Runtime::redis`] (see [`Runtime::fleet`]). Cheap to clone; it keeps the runtime alive.
@@ -205,6 +209,60 @@ impl Fleet {
     /// an outcome is given its `run-lost` outcome here.
     pub async fn run_status(&self, id: &str) -> Result<Option<RunStatus>, RuntimeError> {
         self.distributed.settled_status(id).await.map_err(refusal)
+    }
+
+    /// The fleet's counters: every process's executions (every worker's and every
+    /// server's), as kept in Redis; `tenant`'s only, or every tenant's with `None`. What
+    /// runs now is what each live process last said (every
+    /// [`RedisConfig::activity_interval`]); the counts lag the work by about as much. The
+    /// state and uptime are this process's. Workflows whose steps run as jobs count as
+    /// started and ended, never as running.
+    pub async fn stats(&self, tenant: Option<&str>) -> Result<RuntimeStats, RuntimeError> {
+        let shared = &self.runtime.shared;
+        let fleet = self
+            .distributed
+            .fleet_stats(tenant, &shared.config().sessions)
+            .await
+            .map_err(refusal)?;
+        let mut processors: BTreeMap<String, ProcessorStats> = BTreeMap::new();
+        for rows in fleet.tenants.values() {
+            for (name, stats) in rows {
+                processors.entry(name.clone()).or_default().add(stats);
+            }
+        }
+        Ok(RuntimeStats {
+            state: self.runtime.state(),
+            uptime_ms: millis(shared.activity().uptime()),
+            running: fleet.running,
+            sessions: fleet.sessions,
+            processors,
+            tenants: fleet.tenants,
+        })
+    }
+
+    /// The fleet's sessions that have seen work and not expired or been stopped:
+    /// `tenant`'s, or every tenant's with `None` (at most 1,000 per tenant, the most recently
+    /// active), sorted by tenant and id.
+    pub async fn sessions(&self, tenant: Option<&str>) -> Result<Vec<SessionStats>, RuntimeError> {
+        let bounds = self.runtime.shared.config().sessions;
+        self.distributed
+            .fleet_sessions(tenant, &bounds)
+            .await
+            .map_err(refusal)
+    }
+
+    /// One session's counters across the fleet, if it has seen work and not expired or
+    /// been stopped.
+    pub async fn session_stats(
+        &self,
+        tenant: &str,
+        session: &str,
+    ) -> Result<Option<SessionStats>, RuntimeError> {
+        let bounds = self.runtime.shared.config().sessions;
+        self.distributed
+            .fleet_session(&SessionKey::new(tenant, session), &bounds)
+            .await
+            .map_err(refusal)
     }
 
     /// Whether any `weir worker` is connected to the distributed runtime's Redis (each says

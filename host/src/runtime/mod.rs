@@ -194,6 +194,12 @@ impl Runtime {
             let hard = shared.config().cancel_grace * 10 + Duration::from_secs(1);
             shared.activity().idle(Instant::now() + hard).await;
         }
+        // What ran last counts in the fleet's counters, and this process no longer runs
+        // anything there.
+        #[cfg(feature = "redis")]
+        if let Some(distributed) = &self.distributed {
+            distributed.flush_activity().await;
+        }
         self.lifecycle.store(STOPPED, Ordering::Release);
         StopReport { cancelled }
     }
@@ -390,6 +396,12 @@ impl Runtime {
             .await;
         let removed_state = shared.state_store().delete(&key).await.unwrap_or(false);
         shared.activity().forget_session(&key);
+        #[cfg(feature = "redis")]
+        if let Some(distributed) = &self.distributed
+            && let Err(error) = distributed.forget_session_activity(&key).await
+        {
+            tracing::warn!(%error, "cannot forget the session's counters in Redis");
+        }
         if shared.events().active() {
             let mut event = Event::new(EventKind::SessionStopped, tenant, Some(session));
             event.data = Some(serde_json::json!({ "cancelled": cancelled }));

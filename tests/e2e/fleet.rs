@@ -1,0 +1,237 @@
+//! Issue 23 (item 0): behind `weir serve --redis`, `/v1/stats`, `/v1/sessions`,
+//! `/v1/sessions/{id}` and `/metrics` show the whole fleet's executions (every worker's and
+//! every server's), from what the fleet keeps in Redis, with tenants kept apart.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::Digest;
+use weir_tests::{PluginFolder, RedisServer, WeirProcess};
+
+use crate::distributed::two_workers;
+
+const OPERATOR: &str = "operator-secret";
+const ACME: &str = "acme-secret";
+const BETA: &str = "beta-secret";
+
+fn sha256(token: &str) -> String {
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Asks `base` for `path` with `token`; the body as JSON (or as text in `"text"`).
+async fn get(client: &reqwest::Client, base: &str, path: &str, token: &str) -> Value {
+    let response = client
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "GET {path}");
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| json!({ "text": text }))
+}
+
+/// Asks both servers until `check` holds on both answers (up to 20 s); the answers.
+async fn agreed(
+    client: &reqwest::Client,
+    servers: [&str; 2],
+    path: &str,
+    token: &str,
+    check: impl Fn(&Value) -> bool,
+) -> [Value; 2] {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = get(client, servers[0], path, token).await;
+        let b = get(client, servers[1], path, token).await;
+        if check(&a) && check(&b) {
+            return [a, b];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} did not show the fleet's work on both servers:\n{a}\n{b}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn completed(stats: &Value, name: &str) -> u64 {
+    stats["processors"][name]["completed"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn stats_sessions_and_metrics_agree_on_two_servers_and_keep_tenants_apart() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment", "stamp"]);
+    folder.write(
+        "workflows.toml",
+        b"[workflow.bump]\nchain = [\"stamp\", \"increment\"]\n",
+    );
+    folder.write(
+        "weir.toml",
+        format!(
+            "[server]\noperator_token_sha256 = [\"{}\"]\n\n\
+             [tenants.acme]\ntoken_sha256 = [\"{}\"]\n\n\
+             [tenants.beta]\ntoken_sha256 = [\"{}\"]\n",
+            sha256(OPERATOR),
+            sha256(ACME),
+            sha256(BETA),
+        )
+        .as_bytes(),
+    );
+    let config = folder.path().join("weir.toml");
+    let config = config.to_str().unwrap();
+    let _workers = two_workers(&url, folder.path(), &["--config", config]);
+    let serve = ["--redis", url.as_str(), "--config", config];
+    let (_first, a) = WeirProcess::serve(folder.path(), &serve);
+    let (_second, b) = WeirProcess::serve(folder.path(), &serve);
+    let client = reqwest::Client::new();
+
+    // acme runs the chain twice in one session, once through each server.
+    for server in [&a, &b] {
+        let response = client
+            .post(format!("{server}/v1/run/bump?session=s1"))
+            .bearer_auth(ACME)
+            .json(&json!({ "count": 0 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let result: Value = response.json().await.unwrap();
+        assert_eq!(result["ok"], true, "{result}");
+        // Without `metadata` the input continues from the session's revision.
+        assert_eq!(result["state"]["count"], 1, "{result}");
+    }
+    // beta submits three jobs through the second server and waits for each.
+    for _ in 0..3 {
+        let job: Value = client
+            .post(format!("{b}/v1/jobs"))
+            .bearer_auth(BETA)
+            .json(&json!({ "processor": "increment", "input": { "count": 1 } }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = job["id"].as_str().unwrap_or_else(|| panic!("{job}"));
+        let done = get(&client, &b, &format!("/v1/jobs/{id}?waitMs=20000"), BETA).await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    let servers = [a.as_str(), b.as_str()];
+
+    // Each tenant sees its own counts, the same on both servers, and nothing of the other's.
+    // The counts arrive as each process writes them (every 250 ms): wait for all.
+    let [acme, again] = agreed(&client, servers, "/v1/stats", ACME, |s| {
+        ["bump", "stamp", "increment"]
+            .iter()
+            .all(|name| completed(s, name) == 2 && s["processors"][name]["started"] == 2)
+    })
+    .await;
+    assert_eq!(acme["processors"], again["processors"]);
+    assert_eq!(acme["processors"]["bump"]["failed"], 0, "{acme}");
+    assert!(acme["processors"]["bump"]["p50Us"].is_u64(), "{acme}");
+    let [beta, _] = agreed(&client, servers, "/v1/stats", BETA, |s| {
+        completed(s, "increment") == 3
+    })
+    .await;
+    assert!(beta["processors"].get("bump").is_none(), "{beta}");
+    assert!(beta["processors"].get("stamp").is_none(), "{beta}");
+
+    // The operator sees both tenants and their sum.
+    let [fleet, other] = agreed(&client, servers, "/v1/stats", OPERATOR, |s| {
+        completed(s, "increment") == 5
+    })
+    .await;
+    assert_eq!(fleet["tenants"], other["tenants"]);
+    assert_eq!(
+        fleet["tenants"]["beta"]["increment"]["completed"], 3,
+        "{fleet}"
+    );
+    assert_eq!(fleet["tenants"]["acme"]["bump"]["completed"], 2, "{fleet}");
+    assert_eq!(fleet["running"], 0, "{fleet}");
+
+    // acme's session, with its counts by processor, on both servers; beta has none.
+    let [sessions, _] = agreed(&client, servers, "/v1/sessions", ACME, |s| {
+        s["sessions"][0]["executions"] == 6
+    })
+    .await;
+    let list = sessions["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{sessions}");
+    let session = &list[0];
+    assert_eq!(
+        (&session["tenant"], &session["session"]),
+        (&json!("acme"), &json!("s1"))
+    );
+    for name in ["bump", "stamp", "increment"] {
+        assert_eq!(
+            session["processors"][name]["executions"], 2,
+            "{name}: {session}"
+        );
+    }
+    assert_eq!(session["failed"], 0);
+    let [one, _] = agreed(&client, servers, "/v1/sessions/s1", ACME, |s| {
+        s["stats"]["executions"] == 6
+    })
+    .await;
+    assert_eq!(one["state"]["count"], 1, "{one}");
+    // Two runs of two steps each, the second continuing from the first.
+    assert_eq!(one["state"]["metadata"]["version"], 4, "{one}");
+    let beta_sessions = get(&client, &a, "/v1/sessions", BETA).await;
+    assert_eq!(beta_sessions["sessions"], json!([]));
+    let operator_sessions = get(&client, &b, "/v1/sessions", OPERATOR).await;
+    assert_eq!(
+        operator_sessions["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{operator_sessions}"
+    );
+
+    // The metrics count the fleet's executions on either server.
+    let line = "weir_executions_total{tenant=\"beta\",processor=\"increment\",outcome=\"ok\"} 3";
+    let [metrics, _] = agreed(&client, servers, "/metrics", OPERATOR, |m| {
+        m["text"].as_str().is_some_and(|t| t.contains(line))
+    })
+    .await;
+    let text = metrics["text"].as_str().unwrap();
+    assert!(
+        text.contains("weir_executions_total{tenant=\"acme\",processor=\"bump\",outcome=\"ok\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn what_runs_counts_while_its_worker_lives_and_stops_counting_when_it_dies() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["sleep"]);
+    folder.manifest("sleep", "[limits]\ntimeout_ms = 60000\n");
+    let mut worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
+    let (_server, api) = WeirProcess::serve(folder.path(), &["--redis", &url]);
+    let client = reqwest::Client::new();
+    let job: Value = client
+        .post(format!("{api}/v1/jobs"))
+        .json(&json!({ "processor": "sleep", "session": "nap", "input": { "ms": 60000 } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(job["id"].is_string(), "{job}");
+    let servers = [api.as_str(), api.as_str()];
+    let [stats, _] = agreed(&client, servers, "/v1/stats", "", |s| s["running"] == 1).await;
+    assert_eq!(stats["processors"]["sleep"]["running"], 1, "{stats}");
+    let [sessions, _] = agreed(&client, servers, "/v1/sessions", "", |s| {
+        s["sessions"][0]["running"] == 1
+    })
+    .await;
+    assert_eq!(
+        sessions["sessions"][0]["processors"]["sleep"]["running"], 1,
+        "{sessions}"
+    );
+    // A worker that dies says nothing more: what it ran stops counting once its last
+    // word expires (20 intervals of 250 ms).
+    worker.kill();
+    let [stats, _] = agreed(&client, servers, "/v1/stats", "", |s| s["running"] == 0).await;
+    assert_eq!(stats["processors"]["sleep"]["running"], 0, "{stats}");
+}
