@@ -1746,3 +1746,32 @@ async fn an_unknown_name_on_the_distributed_runtime_lists_the_published_ones() {
         String::from_utf8_lossy(&near.stderr).to_string() + &String::from_utf8_lossy(&near.stdout);
     assert!(said.contains("did you mean `increment`?"), "{said}");
 }
+
+/// Issue 20 (what a Redis writer can grow): a processor catalog flooded with made-up
+/// entries is read only up to its bound (10,000 entries), with a warning that says so; the
+/// worker still serves its own processors and runs them.
+#[tokio::test]
+async fn a_flooded_catalog_is_read_within_its_bound_and_the_worker_keeps_serving() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut conn = connection(&url).await;
+    let mut flood = redis::pipe();
+    for i in 0..30_000 {
+        flood
+            .cmd("HSET")
+            .arg("weir:_:plugins")
+            .arg(format!("made-up-{i}"))
+            .arg("not signed")
+            .ignore();
+    }
+    flood.query_async::<()>(&mut conn).await.unwrap();
+    let folder = PluginFolder::with(&["hello"]);
+    let mut worker = WorkerProcess::start(&url, folder.path(), &[]);
+    worker.wait_for("more entries than the 10000 a process reads");
+    let runtime = submitter(&url, folder.path()).await;
+    let result = runtime
+        .run("hello", json!({"user": "flood"}))
+        .await
+        .unwrap();
+    assert!(result.ok, "{:?}", result.error);
+}

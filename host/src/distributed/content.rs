@@ -187,21 +187,64 @@ fn signed(seal: &Seal, what: &str, name: &str, entry: &str) -> Option<String> {
     }
 }
 
+/// Most entries of the processor catalog in Redis one read takes: anyone who can write to
+/// Redis can add entries (unsigned ones mean nothing, but reading them costs), so past this
+/// the rest are not read, and a warning says so.
+pub(crate) const MAX_CATALOG_ENTRIES: usize = 10_000;
+
+/// Entries one `HSCAN` page of the catalog asks for.
+const CATALOG_PAGE: usize = 1_000;
+
 /// Every published processor name and the digest it means (entries this fleet did not
-/// sign are left out).
+/// sign are left out), from at most [`MAX_CATALOG_ENTRIES`] entries.
 pub(crate) async fn published_plugins(
     conn: &mut ConnectionManager,
     keys: &Keys,
     seal: &Seal,
 ) -> redis::RedisResult<BTreeMap<String, String>> {
-    let entries: BTreeMap<String, String> = conn.hgetall(keys.plugins()).await?;
-    Ok(entries
-        .into_iter()
-        .filter_map(|(name, entry)| {
-            let digest = seal.catalog_digest(PLUGIN, &name, &entry).ok()?;
-            Some((name, digest))
-        })
-        .collect())
+    let mut published = BTreeMap::new();
+    let mut cursor: u64 = 0;
+    let mut read = 0;
+    loop {
+        let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+            .arg(keys.plugins())
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(CATALOG_PAGE)
+            .query_async(conn)
+            .await?;
+        for (name, entry) in page {
+            read += 1;
+            if read > MAX_CATALOG_ENTRIES {
+                tracing::warn!(
+                    target: "weir::catalog",
+                    catalog = %keys.plugins(),
+                    "the processor catalog in Redis has more entries than the \
+                     {MAX_CATALOG_ENTRIES} a process reads: the rest are ignored (someone \
+                     wrote entries this fleet did not publish; remove them)"
+                );
+                return Ok(published);
+            }
+            if let Ok(digest) = seal.catalog_digest(PLUGIN, &name, &entry) {
+                published.insert(name, digest);
+            }
+        }
+        if next == 0 {
+            return Ok(published);
+        }
+        cursor = next;
+    }
+}
+
+/// The digest processor `name` is published as, if this fleet signed its entry.
+pub(crate) async fn published_plugin(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    seal: &Seal,
+    name: &str,
+) -> redis::RedisResult<Option<String>> {
+    let entry: Option<String> = conn.hget(keys.plugins(), name).await?;
+    Ok(entry.and_then(|entry| seal.catalog_digest(PLUGIN, name, &entry).ok()))
 }
 
 /// Some of the names published now, processors and workflows (at most about `max` of

@@ -62,8 +62,12 @@ impl Inner {
         let published = content::published_plugins(&mut conn, &self.dist.keys, &self.dist.seal)
             .await
             .map_err(|e| super::unreachable(&self.dist.config, e))?;
+        // This worker's own processors are served even if a flooded catalog hid them.
+        let catalog = self.shared.registry().catalog();
         let mut workers = self.workers.lock().await;
-        let names = std::iter::once(JOIN_QUEUE).chain(published.keys().map(String::as_str));
+        let names = std::iter::once(JOIN_QUEUE)
+            .chain(published.keys().map(String::as_str))
+            .chain(catalog.names());
         for name in names {
             if workers.contains_key(name) {
                 continue;

@@ -79,15 +79,15 @@ impl Inner {
             None => {
                 let mut conn = self.dist.conn();
                 let published =
-                    content::published_plugins(&mut conn, &self.dist.keys, &self.dist.seal)
+                    content::published_plugin(&mut conn, &self.dist.keys, &self.dist.seal, &queue)
                         .await
                         .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
-                let Some(digest) = published.get(&queue) else {
+                let Some(digest) = published else {
                     return Err(bullmq::Error::Unrecoverable(format!(
                         "no processor named `{queue}` is published"
                     )));
                 };
-                match self.plugin(&queue, digest).await {
+                match self.plugin(&queue, &digest).await {
                     Ok(plugin) => plugin,
                     Err(Unavailable::Redis(e)) => {
                         return Err(bullmq::Error::ProcessingError(e.to_string()));
