@@ -7,6 +7,13 @@ use std::fmt::Write;
 use weir::{DURATION_BUCKETS_US, ProcessorStats};
 use weir::{Runtime, RuntimeState, RuntimeStats};
 
+/// The histogram's bucket edges in µs (`le`, in seconds): from 10 µs to a minute, each one of
+/// the runtime's finer bounds ([`DURATION_BUCKETS_US`]), so each count is exact.
+const HISTOGRAM_EDGES_US: [u64; 20] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 60_000_000,
+];
+
 /// The `Content-Type` of the exposition format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -114,9 +121,16 @@ pub(crate) fn render(runtime: &Runtime, stats: &RuntimeStats) -> String {
     );
     for (labels, s) in &rows {
         let mut cumulative = 0;
-        for (bound, count) in DURATION_BUCKETS_US.iter().zip(&s.duration_buckets) {
-            cumulative += count;
-            let le = *bound as f64 / 1e6;
+        let mut fine = DURATION_BUCKETS_US
+            .iter()
+            .zip(&s.duration_buckets)
+            .peekable();
+        for edge in HISTOGRAM_EDGES_US {
+            // Every edge is one of the runtime's bucket bounds: the sum is exact.
+            while let Some((_, count)) = fine.next_if(|(bound, _)| **bound <= edge) {
+                cumulative += count;
+            }
+            let le = edge as f64 / 1e6;
             let _ = writeln!(
                 out,
                 "weir_execution_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
@@ -160,6 +174,47 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_histogram_edges_are_bucket_bounds_and_counts_are_cumulative() {
+        for edge in HISTOGRAM_EDGES_US {
+            assert!(DURATION_BUCKETS_US.contains(&edge), "{edge}");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let weir = runtime.block_on(async {
+            let weir = Runtime::local().build().await.unwrap();
+            weir.start();
+            weir
+        });
+        let mut stats = weir.stats();
+        let mut row = ProcessorStats::default();
+        let bucket = |us: u64| DURATION_BUCKETS_US.partition_point(|b| *b < us);
+        row.duration_buckets[bucket(15)] = 2;
+        row.duration_buckets[bucket(30)] = 1;
+        row.duration_buckets[bucket(70_000_000)] = 1;
+        stats
+            .tenants
+            .entry("t".into())
+            .or_default()
+            .insert("p".into(), row);
+        let text = render(&weir, &stats);
+        let line = |le: &str| {
+            format!(
+                "weir_execution_duration_seconds_bucket{{tenant=\"t\",processor=\"p\",le=\"{le}\"}}"
+            )
+        };
+        assert!(text.contains(&format!("{} 0\n", line("0.00001"))), "{text}");
+        assert!(
+            text.contains(&format!("{} 2\n", line("0.000025"))),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{} 3\n", line("0.00005"))), "{text}");
+        assert!(text.contains(&format!("{} 3\n", line("60"))), "{text}");
+        assert!(text.contains(&format!("{} 4\n", line("+Inf"))), "{text}");
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -20,8 +20,8 @@ local j = cjson.decode(ARGV[2])
 local now = tonumber(ARGV[3])
 local function int(x) return string.format('%d', x) end
 local tenants = p .. 'tenants'
--- Fields one name takes at most in a tenant's counters (4 + 19 buckets), and in a session.
-local ROW, SESSION_ROW = 23, 2
+-- Fields one name takes at most in a tenant's counters (4 + 98 buckets), and in a session.
+local ROW, SESSION_ROW = 102, 2
 local dropped_rows, dropped_sessions = 0, 0
 
 local function session_key(tenant, session)
