@@ -1,6 +1,7 @@
 // The dashboard in a real browser: headless Chromium (Debian's `chromium`, driven by
 // playwright-core) opens weir's page, sees the plugins, runs `hello` with the page's own
-// button, and sees the execution complete in the live event list; then saves a screenshot.
+// button, and sees the execution complete in the live event list; then runs a load and
+// sees the overview's charts follow it; then saves a screenshot.
 //
 // Usage: node dashboard.mjs URL SCREENSHOT   (CHROMIUM names the browser, default
 // /usr/bin/chromium). Prints `dashboard ok` on success; exits non-zero otherwise.
@@ -36,6 +37,39 @@ try {
   if (!result.includes("Hello browser!")) throw new Error("unexpected result: " + result);
   // And the processor's counters show it.
   await page.locator('#stats tr:has-text("hello")').waitFor({ timeout: 30000 });
+  // The overview's charts follow a load while it runs: executions per second above 0,
+  // and a latency read from the load's own executions.
+  const chart = (id, key) => page.getAttribute(id, "data-" + key).then(Number);
+  const drawn = await chart("#chart-rate", "points");
+  const load = page.evaluate(async () => {
+    const until = performance.now() + 8000;
+    let done = 0;
+    while (performance.now() < until) {
+      const response = await fetch("/v1/run/hello", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ user: "load" }),
+      });
+      if (response.ok) done += 1;
+    }
+    return done;
+  });
+  await page.waitForFunction(
+    (before) => {
+      const rate = document.getElementById("chart-rate");
+      const latency = document.getElementById("chart-latency");
+      return Number(rate.dataset.points) > before && Number(rate.dataset.last) > 0
+        && Number(latency.dataset.last) > 0;
+    },
+    drawn,
+    { timeout: 30000 },
+  );
+  const executed = await load;
+  const rate = await chart("#chart-rate", "peak");
+  if (!(executed > 0 && rate > 0)) throw new Error(`the load ran ${executed}; the chart peaked at ${rate}/s`);
+  // One processor chosen: its own series.
+  await page.selectOption("#overview-processor", "hello");
+  if (!((await chart("#chart-rate", "peak")) > 0)) throw new Error("hello's own rate is empty");
   await page.screenshot({ path: screenshot, fullPage: true });
   if (errors.length) throw new Error("errors on the page: " + errors.join("; "));
   console.log("dashboard ok");
