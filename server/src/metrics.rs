@@ -93,12 +93,25 @@ pub(crate) fn render(runtime: &Runtime, stats: &RuntimeStats) -> String {
             s.failed
         );
     }
-    let per_processor: [Family; 2] = [
+    let per_processor: [Family; 4] = [
         (
             "weir_executions_started_total",
             "counter",
             "Executions started by tenant and processor (or workflow).",
             |s| s.started,
+        ),
+        (
+            "weir_fuel_consumed_total",
+            "counter",
+            "Fuel consumed by finished executions, by tenant and processor (or workflow).",
+            |s| s.fuel_consumed,
+        ),
+        (
+            "weir_execution_peak_memory_bytes_sum",
+            "counter",
+            "Finished executions' peak linear memory in bytes, added up (divide by \
+             weir_executions_total for the mean), by tenant and processor (or workflow).",
+            |s| s.total_peak_memory_bytes,
         ),
         (
             "weir_executions_running",

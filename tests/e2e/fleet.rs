@@ -131,6 +131,21 @@ async fn stats_sessions_and_metrics_agree_on_two_servers_and_keep_tenants_apart(
     assert_eq!(acme["processors"], again["processors"]);
     assert_eq!(acme["processors"]["bump"]["failed"], 0, "{acme}");
     assert!(acme["processors"]["bump"]["p50Us"].is_u64(), "{acme}");
+    // What the executions cost adds up across the fleet too.
+    let fuel = |name: &str| {
+        acme["processors"][name]["fuelConsumed"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(fuel("increment") > 0, "{acme}");
+    assert!(fuel("bump") >= fuel("increment") + fuel("stamp"), "{acme}");
+    assert!(
+        acme["processors"]["increment"]["totalPeakMemoryBytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{acme}"
+    );
     let [beta, _] = agreed(&client, servers, "/v1/stats", BETA, |s| {
         completed(s, "increment") == 3
     })

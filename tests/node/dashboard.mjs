@@ -58,8 +58,11 @@ try {
     (before) => {
       const rate = document.getElementById("chart-rate");
       const latency = document.getElementById("chart-latency");
+      const fuel = document.getElementById("chart-fuel");
+      const memory = document.getElementById("chart-memory");
       return Number(rate.dataset.points) > before && Number(rate.dataset.last) > 0
-        && Number(latency.dataset.last) > 0;
+        && Number(latency.dataset.last) > 0 && Number(fuel.dataset.last) > 0
+        && Number(memory.dataset.last) > 0;
     },
     drawn,
     { timeout: 30000 },

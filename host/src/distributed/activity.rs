@@ -303,6 +303,8 @@ fn journal_document(
                     s.completed,
                     s.failed,
                     s.total_duration_us,
+                    s.fuel_consumed,
+                    s.total_peak_memory_bytes,
                     buckets
                 ]));
             }
@@ -443,6 +445,8 @@ fn processor_rows(fields: &[String]) -> BTreeMap<String, ProcessorStats> {
             "c" => row.completed = value,
             "f" => row.failed = value,
             "d" => row.total_duration_us = value,
+            "u" => row.fuel_consumed = value,
+            "m" => row.total_peak_memory_bytes = value,
             bucket => {
                 if let Some(i) = bucket
                     .strip_prefix('b')

@@ -16,7 +16,7 @@ use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state;
 use crate::contract::workflow::{Composition, Selector, Workflow};
-use crate::execution::activity::Tally;
+use crate::execution::activity::{Outcome as Ended, Tally};
 use crate::execution::compose::rules::{
     Failure, choose_route, key_of, missing_key, route_failed, step_failed, workflow_result,
 };
@@ -317,10 +317,12 @@ impl Distributed {
                 &cursor.scope.tenant,
                 &result.execution.processor,
                 cursor.scope.session.as_deref(),
-                Tally::Ended {
+                Tally::Ended(Ended {
                     ok: result.ok,
                     duration: std::time::Duration::from_micros(result.execution.duration_us),
-                },
+                    fuel: result.execution.fuel_consumed,
+                    peak_memory: result.execution.peak_memory_bytes,
+                }),
             );
         }
     }

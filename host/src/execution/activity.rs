@@ -27,6 +27,11 @@ pub struct ProcessorStats {
     pub running: u64,
     /// Total wall-clock time of finished executions, in microseconds.
     pub total_duration_us: u64,
+    /// Fuel the finished executions consumed, in all.
+    pub fuel_consumed: u64,
+    /// The finished executions' peak linear memory, in bytes, added up (divided by the
+    /// finished count: the mean peak).
+    pub total_peak_memory_bytes: u64,
     /// Finished executions by duration: `duration_buckets[i]` counts those that took at
     /// most [`DURATION_BUCKETS_US`]`[i]` µs (and more than the bound before); the last
     /// counts the rest. Serialised sparse, as `{"bound in µs": count}` (`"inf"` for the
@@ -43,6 +48,8 @@ impl Default for ProcessorStats {
             failed: 0,
             running: 0,
             total_duration_us: 0,
+            fuel_consumed: 0,
+            total_peak_memory_bytes: 0,
             duration_buckets: [0; BOUNDS + 1],
         }
     }
@@ -126,6 +133,10 @@ impl ProcessorStats {
         self.total_duration_us = self
             .total_duration_us
             .saturating_add(other.total_duration_us);
+        self.fuel_consumed = self.fuel_consumed.saturating_add(other.fuel_consumed);
+        self.total_peak_memory_bytes = self
+            .total_peak_memory_bytes
+            .saturating_add(other.total_peak_memory_bytes);
         for (mine, theirs) in self
             .duration_buckets
             .iter_mut()
@@ -135,11 +146,49 @@ impl ProcessorStats {
         }
     }
 
+    /// Counts a finished execution.
+    fn finish(&mut self, outcome: Outcome) {
+        if outcome.ok {
+            self.completed += 1;
+        } else {
+            self.failed += 1;
+        }
+        self.observe(outcome.duration);
+        self.fuel_consumed = self.fuel_consumed.saturating_add(outcome.fuel);
+        self.total_peak_memory_bytes = self
+            .total_peak_memory_bytes
+            .saturating_add(outcome.peak_memory);
+    }
+
     fn observe(&mut self, duration: Duration) {
         let us: u64 = duration.as_micros().try_into().unwrap_or(u64::MAX);
         self.total_duration_us = self.total_duration_us.saturating_add(us);
         let bucket = DURATION_BUCKETS_US.partition_point(|&bound| bound < us);
         self.duration_buckets[bucket] += 1;
+    }
+}
+
+/// How an execution ended, as the counters record it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// It succeeded.
+    pub ok: bool,
+    /// Its wall-clock time.
+    pub duration: Duration,
+    /// The fuel it consumed.
+    pub fuel: u64,
+    /// Its peak linear memory, in bytes.
+    pub peak_memory: u64,
+}
+
+impl Outcome {
+    /// An end that cost nothing counted but time.
+    pub(crate) fn timed(ok: bool, duration: Duration) -> Self {
+        Outcome {
+            ok,
+            duration,
+            ..Outcome::default()
+        }
     }
 }
 
@@ -304,19 +353,12 @@ impl Journal {
         tenant: &Arc<str>,
         processor: &str,
         session: Option<&SessionKey>,
-        ok: bool,
-        duration: Duration,
+        outcome: Outcome,
     ) {
-        let row = self.row(tenant, processor);
-        if ok {
-            row.completed += 1;
-        } else {
-            row.failed += 1;
-        }
-        row.observe(duration);
+        self.row(tenant, processor).finish(outcome);
         if let Some(key) = session {
             let session = self.session(key, processor, now_ms());
-            if !ok {
+            if !outcome.ok {
                 session.failed += 1;
                 if let Some(counts) = session.processors.get_mut(processor) {
                     counts.failed += 1;
@@ -348,8 +390,8 @@ impl Live {
 pub(crate) enum Tally {
     /// It started.
     Started,
-    /// It ended, after `duration`.
-    Ended { ok: bool, duration: Duration },
+    /// It ended.
+    Ended(Outcome),
 }
 
 impl Inner {
@@ -570,14 +612,8 @@ impl Activity {
     }
 
     /// Records that execution `id` finished.
-    pub(crate) fn end(
-        &self,
-        id: &str,
-        tenant: &Arc<str>,
-        processor: &str,
-        ok: bool,
-        duration: Duration,
-    ) {
+    pub(crate) fn end(&self, id: &str, tenant: &Arc<str>, processor: &str, outcome: Outcome) {
+        let ok = outcome.ok;
         let mut inner = self.lock();
         inner.live_changed = true;
         if let Some(stats) = inner
@@ -586,17 +622,12 @@ impl Activity {
             .and_then(|processors| processors.get_mut(processor))
         {
             stats.running = stats.running.saturating_sub(1);
-            if ok {
-                stats.completed += 1;
-            } else {
-                stats.failed += 1;
-            }
-            stats.observe(duration);
+            stats.finish(outcome);
         }
         let running = inner.running.remove(id);
         let key = running.and_then(|running| running.session);
         if let Some(journal) = inner.journal.as_mut() {
-            journal.ended(tenant, processor, key.as_ref(), ok, duration);
+            journal.ended(tenant, processor, key.as_ref(), outcome);
         }
         if let Some(key) = key
             && let Some(session) = inner.sessions.get_mut(&key)
@@ -822,17 +853,7 @@ impl Activity {
         };
         match tally {
             Tally::Started => stats.started += 1,
-            Tally::Ended { ok: true, duration } => {
-                stats.completed += 1;
-                stats.observe(duration);
-            }
-            Tally::Ended {
-                ok: false,
-                duration,
-            } => {
-                stats.failed += 1;
-                stats.observe(duration);
-            }
+            Tally::Ended(outcome) => stats.finish(outcome),
         }
         if let Some(key) = session {
             inner.sweep_now_and_then(self.idle_ms(), now);
@@ -847,17 +868,17 @@ impl Activity {
                     counts.executions += 1;
                     entry.executions += 1;
                 }
-                Tally::Ended { ok: false, .. } => {
+                Tally::Ended(outcome) if !outcome.ok => {
                     counts.failed += 1;
                     entry.failed += 1;
                 }
-                Tally::Ended { ok: true, .. } => {}
+                Tally::Ended(_) => {}
             }
         }
         if let Some(journal) = inner.journal.as_mut() {
             match tally {
                 Tally::Started => journal.started(tenant, name, session),
-                Tally::Ended { ok, duration } => journal.ended(tenant, name, session, ok, duration),
+                Tally::Ended(outcome) => journal.ended(tenant, name, session, outcome),
             }
         }
     }
@@ -1018,7 +1039,12 @@ mod tests {
             .map(|s| s.session)
             .collect();
         assert_eq!(names, ["busy", "new"]);
-        activity.end("e1", &Arc::from("t"), "p", true, Duration::ZERO);
+        activity.end(
+            "e1",
+            &Arc::from("t"),
+            "p",
+            Outcome::timed(true, Duration::ZERO),
+        );
         activity
             .open_session(&SessionKey::new("t", "newer"))
             .unwrap();
@@ -1041,8 +1067,18 @@ mod tests {
                 .new_session
         );
         assert_eq!(activity.running(), 2);
-        activity.end("1", &Arc::from("t"), "p", true, Duration::from_micros(5));
-        activity.end("2", &Arc::from("t"), "p", false, Duration::from_micros(7));
+        activity.end(
+            "1",
+            &Arc::from("t"),
+            "p",
+            Outcome::timed(true, Duration::from_micros(5)),
+        );
+        activity.end(
+            "2",
+            &Arc::from("t"),
+            "p",
+            Outcome::timed(false, Duration::from_micros(7)),
+        );
         let stats = &activity.processor_stats()["p"];
         assert_eq!(
             (stats.started, stats.completed, stats.failed, stats.running),
@@ -1065,8 +1101,18 @@ mod tests {
         activity.begin("1", &tenant, "flow", Some(key.clone()), &cancel);
         activity.begin("2", &tenant, "p", Some(key.clone()), &cancel);
         activity.begin("3", &tenant, "q", Some(key.clone()), &cancel);
-        activity.end("2", &Arc::from("t"), "p", true, Duration::ZERO);
-        activity.end("3", &Arc::from("t"), "q", false, Duration::ZERO);
+        activity.end(
+            "2",
+            &Arc::from("t"),
+            "p",
+            Outcome::timed(true, Duration::ZERO),
+        );
+        activity.end(
+            "3",
+            &Arc::from("t"),
+            "q",
+            Outcome::timed(false, Duration::ZERO),
+        );
         activity.begin("4", &tenant, "p", Some(key.clone()), &cancel);
         let session = activity.session_stats(&key).unwrap();
         let counts = |name: &str| {
@@ -1117,7 +1163,7 @@ mod tests {
         let cancel = CancelHandle::new();
         // Nothing is journaled before one is kept.
         activity.begin("0", &tenant, "p", None, &cancel);
-        activity.end("0", &tenant, "p", true, Duration::ZERO);
+        activity.end("0", &tenant, "p", Outcome::timed(true, Duration::ZERO));
         activity.keep_journal();
         assert!(activity.take_journal().is_none());
         activity.begin("1", &tenant, "p", Some(key.clone()), &cancel);
@@ -1126,17 +1172,29 @@ mod tests {
         assert_eq!(live.processors["t"]["p"], 1);
         assert_eq!(live.sessions["t"]["s"]["q"], 1);
         assert!(activity.live().is_none(), "nothing changed since");
-        activity.end("1", &tenant, "p", true, Duration::from_micros(30));
-        activity.end("2", &tenant, "q", false, Duration::from_micros(70));
+        activity.end(
+            "1",
+            &tenant,
+            "p",
+            Outcome::timed(true, Duration::from_micros(30)),
+        );
+        activity.end(
+            "2",
+            &tenant,
+            "q",
+            Outcome::timed(false, Duration::from_micros(70)),
+        );
         activity.tally(&tenant, "flow", Some(&key), Tally::Started);
         activity.tally(
             &tenant,
             "flow",
             Some(&key),
-            Tally::Ended {
+            Tally::Ended(Outcome {
                 ok: false,
                 duration: Duration::from_micros(200),
-            },
+                fuel: 1_000,
+                peak_memory: 65_536,
+            }),
         );
         let journal = activity.take_journal().expect("work was done");
         let rows = &journal.stats["t"];
@@ -1144,6 +1202,13 @@ mod tests {
         assert_eq!((rows["q"].started, rows["q"].failed), (1, 1));
         assert_eq!((rows["flow"].started, rows["flow"].failed), (1, 1));
         assert_eq!(rows["flow"].total_duration_us, 200);
+        assert_eq!(
+            (
+                rows["flow"].fuel_consumed,
+                rows["flow"].total_peak_memory_bytes
+            ),
+            (1_000, 65_536)
+        );
         let session = &journal.sessions[&key];
         assert_eq!((session.executions, session.failed), (3, 2));
         assert_eq!(session.processors["flow"].failed, 1);
@@ -1174,7 +1239,12 @@ mod tests {
                 async move { activity.idle(Instant::now() + Duration::from_secs(5)).await },
             )
         };
-        activity.end("1", &Arc::from("t"), "p", true, Duration::ZERO);
+        activity.end(
+            "1",
+            &Arc::from("t"),
+            "p",
+            Outcome::timed(true, Duration::ZERO),
+        );
         assert!(waiter.await.unwrap());
     }
 }

@@ -2,14 +2,16 @@
 -- process runs now. Every key is under ARGV[1] (`{prefix}:_:activity:`):
 --   tenants                    zset: tenant -> when its counters were last written (ms)
 --   stats:{tenant}             hash: `{counter}:{name}` -> count, counters s (started),
---                              c (completed), f (failed), d (total µs), b{i} (duration bucket i)
+--                              c (completed), f (failed), d (total µs), u (fuel), m (peak
+--                              memory, added up), b{i} (duration bucket i)
 --   sessions:{tenant}          zset: session -> when it last saw work (ms)
 --   session:{len}:{tenant}:{session}
 --                              hash: created, last, executions, failed, e:{name}, f:{name}
 --   live                       zset: process -> when its snapshot expires (ms)
 --   live:{process}             string: what the process runs now (JSON)
 -- ARGV[2] the journal (JSON): { ttl, tenants, names, idle, max_sessions, process, live_ttl,
---   stats = [[tenant, name, started, completed, failed, duration_us, [i, count, ...]], ...],
+--   stats = [[tenant, name, started, completed, failed, duration_us, fuel, memory,
+--             [i, count, ...]], ...],
 --   session_rows = [[tenant, session, first_ms, last_ms, executions, failed,
 --                [[name, executions, failed], ...]], ...],
 --   live = snapshot JSON | "" when nothing runs | absent when unchanged }
@@ -20,8 +22,8 @@ local j = cjson.decode(ARGV[2])
 local now = tonumber(ARGV[3])
 local function int(x) return string.format('%d', x) end
 local tenants = p .. 'tenants'
--- Fields one name takes at most in a tenant's counters (4 + 98 buckets), and in a session.
-local ROW, SESSION_ROW = 102, 2
+-- Fields one name takes at most in a tenant's counters (6 + 98 buckets), and in a session.
+local ROW, SESSION_ROW = 104, 2
 local dropped_rows, dropped_sessions = 0, 0
 
 local function session_key(tenant, session)
@@ -58,7 +60,9 @@ for _, row in ipairs(j.stats) do
     if row[4] > 0 then redis.call('HINCRBY', key, 'c:' .. name, int(row[4])) end
     if row[5] > 0 then redis.call('HINCRBY', key, 'f:' .. name, int(row[5])) end
     if row[6] > 0 then redis.call('HINCRBY', key, 'd:' .. name, int(row[6])) end
-    local buckets = row[7]
+    if row[7] > 0 then redis.call('HINCRBY', key, 'u:' .. name, int(row[7])) end
+    if row[8] > 0 then redis.call('HINCRBY', key, 'm:' .. name, int(row[8])) end
+    local buckets = row[9]
     for i = 1, #buckets, 2 do
       redis.call('HINCRBY', key, 'b' .. int(buckets[i]) .. ':' .. name, int(buckets[i + 1]))
     end

@@ -27,6 +27,7 @@ use crate::contract::limits::LimitOverrides;
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state;
 use crate::contract::state_store::SessionKey;
+use crate::execution::activity::{Activity, Outcome};
 use crate::execution::context::Context;
 use crate::execution::registry::Unit;
 use crate::execution::request::ExecutionRequest;
@@ -312,7 +313,12 @@ pub(super) async fn run(
         .await;
     let elapsed = started.instant.elapsed();
     result.execution.duration_us = elapsed.as_micros().try_into().unwrap_or(u64::MAX);
-    record.finish(result.ok, elapsed);
+    record.finish(Outcome {
+        ok: result.ok,
+        duration: elapsed,
+        fuel: result.execution.fuel_consumed,
+        peak_memory: result.execution.peak_memory_bytes,
+    });
     if events.active() {
         let kind = if result.ok {
             EventKind::ProcessorCompleted
@@ -331,7 +337,7 @@ pub(super) async fn run(
 /// The activity record of one execution, ended exactly once: by `finish`, or as a failure if
 /// the execution's future is dropped first.
 struct Recorded<'a> {
-    activity: &'a crate::execution::activity::Activity,
+    activity: &'a Activity,
     id: String,
     tenant: Arc<str>,
     processor: String,
@@ -340,10 +346,10 @@ struct Recorded<'a> {
 }
 
 impl Recorded<'_> {
-    fn finish(&mut self, ok: bool, elapsed: Duration) {
+    fn finish(&mut self, outcome: Outcome) {
         self.done = true;
         self.activity
-            .end(&self.id, &self.tenant, &self.processor, ok, elapsed);
+            .end(&self.id, &self.tenant, &self.processor, outcome);
     }
 }
 
@@ -354,8 +360,7 @@ impl Drop for Recorded<'_> {
                 &self.id,
                 &self.tenant,
                 &self.processor,
-                false,
-                self.started.elapsed(),
+                Outcome::timed(false, self.started.elapsed()),
             );
         }
     }
