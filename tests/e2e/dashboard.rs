@@ -1,5 +1,6 @@
 //! The dashboard at `/`, in headless Chromium: it shows the plugins, runs one with its own
-//! button, and shows the execution completing live. The screenshot is kept in
+//! button, and shows the execution completing live; its overview's charts follow a load;
+//! a graph workflow is drawn with every node, and its run lights them up. The screenshot is kept in
 //! `target/screenshots/dashboard.png` (a CI artifact). Needs Debian's `chromium` (CI
 //! installs it; `WEIR_CHROMIUM` names another) and the Node packages of `tests/node`.
 
@@ -22,7 +23,14 @@ fn chromium() -> PathBuf {
 #[test]
 fn the_dashboard_shows_plugins_and_an_execution_completing_live() {
     let browser = chromium();
-    let folder = PluginFolder::with(&["hello", "increment"]);
+    let folder = PluginFolder::with(&["hello", "increment", "double", "add-ten"]);
+    // A dependency graph whose `review` node runs only when /needsReview is truthy.
+    folder.write(
+        "workflows.toml",
+        br#"[workflow.pipeline]
+graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "double" }, review = { after = ["parse"], if = "/needsReview", run = "hello" }, store = { after = ["parse"], run = "add-ten" } }
+"#,
+    );
     let (_server, url) = WeirProcess::serve(folder.path(), &[]);
     let node = weir_tests::node_project();
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");

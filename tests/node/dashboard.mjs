@@ -73,6 +73,24 @@ try {
   // One processor chosen: its own series.
   await page.selectOption("#overview-processor", "hello");
   if (!((await chart("#chart-rate", "peak")) > 0)) throw new Error("hello's own rate is empty");
+  // The graph workflow is drawn with every node (and the condition on `review`); a run of
+  // it from the page lights up the nodes that ran and marks the skipped one.
+  await page.locator('#workflows tr[data-workflow="pipeline"] button.graph').click();
+  const graph = page.locator('#workflow-graph[data-workflow="pipeline"]');
+  await graph.waitFor({ timeout: 30000 });
+  for (const node of ["input", "fetch", "parse", "review", "store", "output"]) {
+    await graph.locator(`g[data-node="${node}"]`).waitFor({ timeout: 5000 });
+  }
+  const review = await graph.locator('g[data-node="review"]').textContent();
+  if (!review.includes("if /needsReview")) throw new Error("no condition on review: " + review);
+  await page.selectOption("#run-name", "pipeline");
+  await page.fill("#run-input", '{"count": 1}');
+  await page.click("#run-go");
+  await page.locator('#workflow-graph[data-ended="ok"]').waitFor({ timeout: 30000 });
+  for (const [node, state] of [["fetch", "ok"], ["parse", "ok"], ["store", "ok"], ["review", "skipped"]]) {
+    const got = await graph.locator(`g[data-node="${node}"]`).getAttribute("data-state");
+    if (got !== state) throw new Error(`${node} is ${got}, not ${state}`);
+  }
   await page.screenshot({ path: screenshot, fullPage: true });
   if (errors.length) throw new Error("errors on the page: " + errors.join("; "));
   console.log("dashboard ok");
