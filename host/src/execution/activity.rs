@@ -247,12 +247,14 @@ struct Inner {
     /// What changed since the journal was last taken, when one is kept (on a distributed
     /// runtime, which adds it to the fleet's counters).
     journal: Option<Journal>,
-    /// Something started or ended since [`Activity::live`] last looked.
+    /// Something started or ended since `Activity::live` last looked.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     live_changed: bool,
 }
 
 /// What this process's executions added to the counters since the journal was last taken
-/// (see [`Activity::keep_journal`]). As many entries as the counters themselves have.
+/// (`Activity::keep_journal`, on a distributed runtime). As many entries as the counters
+/// themselves have.
 #[derive(Debug, Default)]
 pub(crate) struct Journal {
     /// Per tenant, then processor: executions started, completed and failed, and the
@@ -266,6 +268,7 @@ pub(crate) struct Journal {
 #[derive(Debug, Default)]
 pub(crate) struct SessionJournal {
     /// When it saw work first and last in that time (ms since the Unix epoch).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) first_ms: u64,
     pub(crate) last_ms: u64,
     /// Executions started and failed.
@@ -276,10 +279,12 @@ pub(crate) struct SessionJournal {
 }
 
 impl Journal {
+    #[cfg(feature = "redis")]
     fn is_empty(&self) -> bool {
         self.stats.is_empty() && self.sessions.is_empty()
     }
 
+    #[cfg(feature = "redis")]
     /// Adds an older journal's changes to these.
     fn absorb(&mut self, older: Journal) {
         for (tenant, rows) in older.stats {
@@ -368,6 +373,7 @@ impl Journal {
     }
 }
 
+#[cfg(feature = "redis")]
 /// What runs in this process now: per tenant, then processor; and per session, then
 /// processor. Only what runs (a count above 0) is in it.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -378,6 +384,7 @@ pub(crate) struct Live {
     pub(crate) sessions: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
 }
 
+#[cfg(feature = "redis")]
 impl Live {
     /// Nothing runs.
     pub(crate) fn is_empty(&self) -> bool {
@@ -385,6 +392,7 @@ impl Live {
     }
 }
 
+#[cfg(feature = "redis")]
 /// A step of a workflow's life recorded by [`Activity::tally`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Tally {
@@ -769,6 +777,7 @@ impl Activity {
         self.lock().running.len()
     }
 
+    #[cfg(feature = "redis")]
     /// Keeps a journal of what changes from now on, for [`Activity::take_journal`].
     pub(crate) fn keep_journal(&self) {
         let mut inner = self.lock();
@@ -777,6 +786,7 @@ impl Activity {
         }
     }
 
+    #[cfg(feature = "redis")]
     /// What changed since the journal was last taken; `None` if nothing did (or no journal
     /// is kept).
     pub(crate) fn take_journal(&self) -> Option<Journal> {
@@ -788,6 +798,7 @@ impl Activity {
         Some(std::mem::take(journal))
     }
 
+    #[cfg(feature = "redis")]
     /// Puts back a journal taken but not written (Redis failed): its changes count with
     /// the next.
     pub(crate) fn restore_journal(&self, older: Journal) {
@@ -796,6 +807,7 @@ impl Activity {
         }
     }
 
+    #[cfg(feature = "redis")]
     /// What runs now; `None` if nothing started or ended since the last call.
     pub(crate) fn live(&self) -> Option<Live> {
         let mut inner = self.lock();
@@ -831,6 +843,7 @@ impl Activity {
         Some(live)
     }
 
+    #[cfg(feature = "redis")]
     /// Counts a step of the life of `name` (a workflow whose steps run as jobs, so that
     /// no one process runs it whole) in its tenant's and session's counters. Nothing is
     /// counted as running.
@@ -1155,6 +1168,7 @@ mod tests {
         assert!(!activity.cancel("3", CancelReason::Request));
     }
 
+    #[cfg(feature = "redis")]
     #[test]
     fn a_kept_journal_holds_what_changed_since_it_was_last_taken() {
         let activity = Activity::new(SessionBounds::default());
