@@ -10,6 +10,13 @@
 //! served as, so the budget counts the bytes actually held. Lists are summaries; the result
 //! comes only with `GET /v1/jobs/{id}`. Progress is matched by execution id: a job that runs
 //! a workflow shows its steps' progress in the event stream, not in the job.
+//!
+//! A job also keeps its input (for a retry) and its steps: every execution its own started
+//! (workflow steps, branches, nested calls, at any depth), with when each started and ended,
+//! its attempts, retries, error and the process that ran it, followed from the event
+//! stream (on the distributed runtime, every worker's). At most [`MAX_STEPS`] per job and
+//! [`MAX_TRACED`] executions followed at once over all jobs; past them, steps are counted in
+//! `stepsDropped`. Input and steps count in the tenant's byte budget with the result.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -35,6 +42,18 @@ use weir::{Event, EventKind, Notice};
 /// Jobs one server runs at once, over all tenants; more get `429` (a tenant's own
 /// `concurrent` quota usually says no well before).
 pub const MAX_RUNNING: usize = 10_000;
+
+/// Steps one job keeps.
+pub const MAX_STEPS: usize = 1_000;
+
+/// Executions of running jobs followed at once, over all jobs.
+pub const MAX_TRACED: usize = 100_000;
+
+/// Retries one step keeps.
+const MAX_RETRIES: usize = 20;
+
+/// What one step is counted as in the byte budget, beyond its error's message.
+const STEP_BYTES: usize = 256;
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -62,6 +81,8 @@ struct Job {
     tenant: String,
     processor: String,
     session: Option<String>,
+    /// The input state as JSON text (what a retry submits again).
+    input: Arc<str>,
     submitted_ms: u64,
     cancel: CancelHandle,
     outcome: Mutex<Outcome>,
@@ -76,6 +97,40 @@ struct Outcome {
     finished_ms: Option<u64>,
     /// The result document as JSON text, once finished.
     result: Option<Arc<str>>,
+    /// Its executions, in the order they started.
+    steps: Vec<Step>,
+    /// Steps past [`MAX_STEPS`] (or [`MAX_TRACED`]) not kept.
+    steps_dropped: u64,
+}
+
+/// One execution of a job (the job's own, a workflow's step, a nested call), for its
+/// timeline.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Step {
+    execution_id: String,
+    parent_id: Option<String>,
+    processor: String,
+    depth: u32,
+    started_at_ms: u64,
+    ended_at_ms: Option<u64>,
+    /// `running`, `completed` or `failed`.
+    status: &'static str,
+    duration_us: Option<u64>,
+    attempts: Option<u32>,
+    error: Option<weir::ExecutionError>,
+    /// The attempts that failed and were retried: which, when, why.
+    retries: Vec<Value>,
+    /// The process that ran it (its id among the fleet's), when another one did.
+    origin: Option<String>,
+}
+
+impl Step {
+    fn bytes(&self) -> usize {
+        STEP_BYTES
+            + self.error.as_ref().map_or(0, |e| e.message.len())
+            + self.retries.len() * STEP_BYTES
+    }
 }
 
 impl Job {
@@ -85,6 +140,7 @@ impl Job {
         tenant: String,
         processor: String,
         session: Option<String>,
+        input: Arc<str>,
         cancel: CancelHandle,
     ) -> Job {
         Job {
@@ -92,6 +148,7 @@ impl Job {
             tenant,
             processor,
             session,
+            input,
             submitted_ms: now_ms(),
             cancel,
             outcome: Mutex::new(Outcome {
@@ -99,6 +156,8 @@ impl Job {
                 progress: None,
                 finished_ms: None,
                 result: None,
+                steps: Vec::new(),
+                steps_dropped: 0,
             }),
             done: tokio::sync::watch::channel(false).0,
         }
@@ -123,30 +182,47 @@ impl Job {
             "submittedAtMs": self.submitted_ms,
             "finishedAtMs": outcome.finished_ms,
             "resultBytes": outcome.result.as_ref().map(|r| r.len()),
+            "stepCount": outcome.steps.len(),
+            "stepsDropped": outcome.steps_dropped,
         })
     }
 
-    /// The job with its result document, as the JSON text `GET /v1/jobs/{id}` answers.
+    /// The job with its input, its steps and its result document (once finished), as the
+    /// JSON text `GET /v1/jobs/{id}` answers.
     fn with_result(&self) -> Response {
         let summary = self.summary().to_string();
-        let result = self.lock().result.clone();
-        let body = match result {
-            // The summary is a JSON object: its closing brace gives way to the result.
-            Some(result) => {
-                let mut body = String::with_capacity(summary.len() + result.len() + 12);
-                body.push_str(&summary[..summary.len() - 1]);
-                body.push_str(",\"result\":");
-                body.push_str(&result);
-                body.push('}');
-                body
-            }
-            None => summary,
+        let (result, steps) = {
+            let outcome = self.lock();
+            let steps = serde_json::to_string(&outcome.steps).unwrap_or_else(|_| "[]".into());
+            (outcome.result.clone(), steps)
         };
+        let result_len = result.as_ref().map_or(0, |r| r.len());
+        let mut body =
+            String::with_capacity(summary.len() + self.input.len() + steps.len() + result_len + 40);
+        // The summary is a JSON object: its closing brace gives way to the rest.
+        body.push_str(&summary[..summary.len() - 1]);
+        body.push_str(",\"input\":");
+        body.push_str(&self.input);
+        body.push_str(",\"steps\":");
+        body.push_str(&steps);
+        if let Some(result) = result {
+            body.push_str(",\"result\":");
+            body.push_str(&result);
+        }
+        body.push('}');
         (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             body,
         )
             .into_response()
+    }
+
+    /// What the job holds, in bytes, for the budget: its input, steps and result.
+    fn held_bytes(&self) -> usize {
+        let outcome = self.lock();
+        self.input.len()
+            + outcome.result.as_ref().map_or(0, |r| r.len())
+            + outcome.steps.iter().map(Step::bytes).sum::<usize>()
     }
 }
 
@@ -167,6 +243,8 @@ struct Table {
     finished: HashMap<String, Finished>,
     /// Jobs still running, over all tenants.
     running: usize,
+    /// The running jobs' executions being followed: execution id → its job.
+    trace: HashMap<String, Arc<Job>>,
 }
 
 /// One tenant's finished jobs: ids and result sizes, oldest first, and their total.
@@ -211,6 +289,18 @@ impl Jobs {
     fn finish(&self, job: &Job, bytes: usize) {
         let mut table = self.lock();
         table.running = table.running.saturating_sub(1);
+        // Its steps that ended are not followed any more (the ends still on their way
+        // are, until they arrive or the job is forgotten).
+        let ended: Vec<String> = job
+            .lock()
+            .steps
+            .iter()
+            .filter(|s| s.ended_at_ms.is_some())
+            .map(|s| s.execution_id.clone())
+            .collect();
+        for id in ended {
+            table.trace.remove(&id);
+        }
         let finished = table.finished.entry(job.tenant.clone()).or_default();
         finished.ring.push_back((job.id.clone(), bytes));
         finished.bytes += bytes;
@@ -225,7 +315,17 @@ impl Jobs {
             forgotten.push(old);
         }
         for old in forgotten {
-            table.by_id.remove(&old);
+            if let Some(job) = table.by_id.remove(&old) {
+                let steps: Vec<String> = job
+                    .lock()
+                    .steps
+                    .iter()
+                    .map(|s| s.execution_id.clone())
+                    .collect();
+                for id in steps {
+                    table.trace.remove(&id);
+                }
+            }
         }
     }
 
@@ -270,6 +370,117 @@ impl Jobs {
         }
     }
 
+    /// Records a step's start, end or retry against the job it belongs to: the job's own
+    /// execution, or one started (at any depth) by an execution of the job.
+    fn follow(&self, event: &Event) {
+        let Some(id) = event.execution_id.as_deref() else {
+            return;
+        };
+        let job = {
+            let mut table = self.lock();
+            let job = table.trace.get(id).cloned().or_else(|| {
+                // A new execution: the job's own, or a child of one followed.
+                if event.event != EventKind::ProcessorStarted {
+                    return None;
+                }
+                // (On the distributed runtime a workflow's own execution runs nowhere and
+                // says nothing: its steps name the job as their parent.)
+                let job = match table.by_id.get(id) {
+                    Some(job) => job.clone(),
+                    None => {
+                        let parent = event.parent_id.as_deref()?;
+                        table
+                            .trace
+                            .get(parent)
+                            .or_else(|| table.by_id.get(parent))
+                            .cloned()?
+                    }
+                };
+                // Past either bound the step is only counted (and never followed, so its
+                // trace cannot outlive the job).
+                {
+                    let mut outcome = job.lock();
+                    if table.trace.len() >= MAX_TRACED || outcome.steps.len() >= MAX_STEPS {
+                        outcome.steps_dropped += 1;
+                        return None;
+                    }
+                }
+                table.trace.insert(id.to_string(), job.clone());
+                Some(job)
+            });
+            match job {
+                Some(job) => job,
+                None => return,
+            }
+        };
+        let mut outcome = job.lock();
+        match event.event {
+            EventKind::ProcessorStarted => {
+                if outcome.steps.iter().any(|s| s.execution_id == id) {
+                    return;
+                }
+                if outcome.steps.len() >= MAX_STEPS {
+                    outcome.steps_dropped += 1;
+                    return;
+                }
+                outcome.steps.push(Step {
+                    execution_id: id.to_string(),
+                    parent_id: event.parent_id.clone(),
+                    processor: event.processor.clone().unwrap_or_default(),
+                    depth: event.depth.unwrap_or(0),
+                    started_at_ms: event.timestamp_ms,
+                    ended_at_ms: None,
+                    status: "running",
+                    duration_us: None,
+                    attempts: None,
+                    error: None,
+                    retries: Vec::new(),
+                    origin: event.origin.clone(),
+                });
+            }
+            kind @ (EventKind::ProcessorCompleted | EventKind::ProcessorFailed) => {
+                if let Some(step) = outcome
+                    .steps
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.execution_id == id)
+                {
+                    step.status = if kind == EventKind::ProcessorCompleted {
+                        "completed"
+                    } else {
+                        "failed"
+                    };
+                    step.ended_at_ms = Some(event.timestamp_ms);
+                    step.duration_us = event.duration_us;
+                    step.attempts = event.attempts;
+                    step.error = event.error.clone();
+                }
+                // The end of a finished job's step: nothing more to follow for it.
+                if outcome.status != Status::Running {
+                    drop(outcome);
+                    self.lock().trace.remove(id);
+                }
+            }
+            EventKind::ProcessorRetrying => {
+                if let Some(step) = outcome
+                    .steps
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.execution_id == id)
+                    && step.retries.len() < MAX_RETRIES
+                {
+                    step.retries.push(json!({
+                        "attempt": event.attempt,
+                        "atMs": event.timestamp_ms,
+                        "error": event.error,
+                        "delayMs": event.data.as_ref().and_then(|d| d.get("delayMs")),
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Follows the runtime's `progress` events into the jobs they belong to, until
     /// `shutdown`.
     pub(super) fn track_progress(
@@ -288,9 +499,14 @@ impl Jobs {
                     _ = shutdown.cancelled() => break,
                     notice = events.recv() => match notice {
                         None => break,
-                        Some(Notice::Event(event)) if event.event == EventKind::Progress => {
-                            jobs.progress(&event);
-                        }
+                        Some(Notice::Event(event)) => match event.event {
+                            EventKind::Progress => jobs.progress(&event),
+                            EventKind::ProcessorStarted
+                            | EventKind::ProcessorCompleted
+                            | EventKind::ProcessorFailed
+                            | EventKind::ProcessorRetrying => jobs.follow(&event),
+                            _ => {}
+                        },
                         Some(_) => {}
                     },
                 }
@@ -358,6 +574,7 @@ pub(super) async fn submit(
             &submission.processor,
         ));
     }
+    let input: Arc<str> = submission.input.to_string().into();
     let options = Options {
         session: submission.session,
         timeout_ms: submission.timeout_ms,
@@ -377,6 +594,7 @@ pub(super) async fn submit(
         request.tenant.clone().unwrap_or_default(),
         request.processor.clone(),
         request.session.clone(),
+        input,
         request.cancel.clone(),
     ));
     // Refused (and the quota place given back) if the server runs too many jobs already.
@@ -415,7 +633,6 @@ pub(super) async fn submit(
                 (Status::Failed, jobs.kept_result(false, &document))
             }
         };
-        let bytes = result.len();
         {
             let mut outcome = finished.lock();
             outcome.status = status;
@@ -423,6 +640,7 @@ pub(super) async fn submit(
             outcome.result = Some(result);
         }
         finished.done.send_replace(true);
+        let bytes = finished.held_bytes();
         jobs.finish(&finished, bytes);
     }));
     Ok((StatusCode::ACCEPTED, Json(job.summary())).into_response())
@@ -560,6 +778,7 @@ mod tests {
             tenant.into(),
             "p".into(),
             None,
+            Arc::from("{}"),
             CancelHandle::new(),
         ))
     }
@@ -611,5 +830,89 @@ mod tests {
             note,
             json!({"ok": false, "resultTooLarge": {"bytes": 502, "limit": 100}})
         );
+    }
+
+    fn event(kind: EventKind, id: &str, parent: Option<&str>, processor: &str) -> Event {
+        serde_json::from_value(json!({
+            "event": kind,
+            "sequence": 1,
+            "timestampMs": 1,
+            "tenant": "a",
+            "executionId": id,
+            "parentId": parent,
+            "processor": processor,
+        }))
+        .expect("an event")
+    }
+
+    #[test]
+    fn a_jobs_steps_are_followed_at_any_depth_with_their_retries_and_ends() {
+        let jobs = Jobs::new(1 << 20, 10);
+        let root = job("root", "a");
+        jobs.insert(root.clone()).unwrap();
+        jobs.follow(&event(EventKind::ProcessorStarted, "root", None, "flow"));
+        jobs.follow(&event(EventKind::ProcessorStarted, "s1", Some("root"), "p"));
+        jobs.follow(&event(EventKind::ProcessorStarted, "s2", Some("s1"), "q"));
+        // Another job's executions are not this one's.
+        jobs.follow(&event(
+            EventKind::ProcessorStarted,
+            "x",
+            Some("elsewhere"),
+            "p",
+        ));
+        let mut retry = event(EventKind::ProcessorRetrying, "s2", Some("s1"), "q");
+        retry.attempt = Some(1);
+        retry.data = Some(json!({ "delayMs": 5 }));
+        jobs.follow(&retry);
+        let mut failed = event(EventKind::ProcessorFailed, "s2", Some("s1"), "q");
+        failed.error = Some(weir::ExecutionError::host(
+            ErrorKind::Network,
+            "down",
+            "down",
+        ));
+        failed.attempts = Some(2);
+        jobs.follow(&failed);
+        jobs.follow(&event(
+            EventKind::ProcessorCompleted,
+            "s1",
+            Some("root"),
+            "p",
+        ));
+        let outcome = root.lock();
+        let steps: Vec<(&str, &str)> = outcome
+            .steps
+            .iter()
+            .map(|s| (s.execution_id.as_str(), s.status))
+            .collect();
+        assert_eq!(
+            steps,
+            [("root", "running"), ("s1", "completed"), ("s2", "failed")]
+        );
+        let s2 = &outcome.steps[2];
+        assert_eq!(s2.retries.len(), 1);
+        assert_eq!(s2.retries[0]["delayMs"], 5);
+        assert_eq!(s2.attempts, Some(2));
+        assert_eq!(s2.error.as_ref().map(|e| e.message.as_str()), Some("down"));
+        drop(outcome);
+        assert_eq!(jobs.lock().trace.len(), 3, "x is not followed");
+    }
+
+    #[test]
+    fn a_job_keeps_at_most_its_steps_and_forgets_their_traces_when_it_goes() {
+        let jobs = Jobs::new(1 << 20, 1);
+        let root = job("root", "a");
+        jobs.insert(root.clone()).unwrap();
+        jobs.follow(&event(EventKind::ProcessorStarted, "root", None, "flow"));
+        for i in 0..MAX_STEPS + 4 {
+            let id = format!("s{i}");
+            jobs.follow(&event(EventKind::ProcessorStarted, &id, Some("root"), "p"));
+        }
+        assert_eq!(root.lock().steps.len(), MAX_STEPS);
+        assert_eq!(root.lock().steps_dropped, 5);
+        root.lock().status = Status::Completed;
+        jobs.finish(&root, 10);
+        // The job is forgotten once a newer one of its tenant finishes past the count.
+        finish(&jobs, "next", "a", 10);
+        assert!(jobs.lock().trace.is_empty(), "{}", jobs.lock().trace.len());
     }
 }

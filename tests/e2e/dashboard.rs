@@ -56,3 +56,42 @@ graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "dou
         "no screenshot"
     );
 }
+
+#[test]
+fn a_failed_runs_page_shows_its_failed_step_and_its_retry_succeeds() {
+    let browser = chromium();
+    let folder = PluginFolder::with(&["increment", "flaky"]);
+    // One attempt only: `flaky` fails its first.
+    folder.manifest("flaky", "[retry]\nmax_attempts = 1\n");
+    folder.write(
+        "workflows.toml",
+        b"[workflow.shaky]\nchain = [\"increment\", \"flaky\"]\n",
+    );
+    let manifest = folder.path().join("flaky.toml");
+    assert!(manifest.exists(), "the manifest sits beside the component");
+    let (_server, url) = WeirProcess::serve(folder.path(), &[]);
+    let node = weir_tests::node_project();
+    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let screenshot = screenshots.join("run.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let output = Command::new("node")
+        .arg(node.join("runs.mjs"))
+        .arg(format!("{url}/"))
+        .arg(&screenshot)
+        .arg(&manifest)
+        .env("CHROMIUM", &browser)
+        .current_dir(&node)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("runs ok"),
+        "the browser test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        std::fs::metadata(&screenshot).unwrap().len() > 10_000,
+        "no screenshot"
+    );
+}
