@@ -95,3 +95,44 @@ fn a_failed_runs_page_shows_its_failed_step_and_its_retry_succeeds() {
         "no screenshot"
     );
 }
+
+#[test]
+fn a_tenants_token_shows_only_its_own_jobs_and_counters() {
+    use sha2::Digest;
+    let browser = chromium();
+    let folder = PluginFolder::with(&["hello", "increment"]);
+    let sha = |token: &str| hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    folder.write(
+        "weir.toml",
+        format!(
+            "[server]\noperator_token_sha256 = [\"{}\"]\n\n\
+             [tenants.acme]\ntoken_sha256 = [\"{}\"]\n\n\
+             [tenants.beta]\ntoken_sha256 = [\"{}\"]\n",
+            sha("operator-secret"),
+            sha("acme-secret"),
+            sha("beta-secret"),
+        )
+        .as_bytes(),
+    );
+    let config = folder.path().join("weir.toml");
+    let (_server, url) = WeirProcess::serve(folder.path(), &["--config", config.to_str().unwrap()]);
+    let node = weir_tests::node_project();
+    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let screenshot = screenshots.join("tenant.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let output = Command::new("node")
+        .arg(node.join("tenants.mjs"))
+        .arg(format!("{url}/"))
+        .arg(&screenshot)
+        .env("CHROMIUM", &browser)
+        .current_dir(&node)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("tenants ok"),
+        "the browser test failed:\n{stdout}\n{stderr}"
+    );
+}
