@@ -5,6 +5,7 @@
 //
 // Usage: node dashboard.mjs URL SCREENSHOT   (CHROMIUM names the browser, default
 // /usr/bin/chromium). Prints `dashboard ok` on success; exits non-zero otherwise.
+import { dirname, join } from "node:path";
 import { chromium } from "playwright-core";
 
 const [url, screenshot] = process.argv.slice(2);
@@ -92,6 +93,10 @@ try {
     if (got !== state) throw new Error(`${node} is ${got}, not ${state}`);
   }
   await page.screenshot({ path: screenshot, fullPage: true });
+  // Each part on its own, for the docs.
+  const dir = dirname(screenshot);
+  await page.locator('section[aria-labelledby="overview-title"]').screenshot({ path: join(dir, "overview.png") });
+  await graph.screenshot({ path: join(dir, "workflow-graph.png") });
   if (errors.length) throw new Error("errors on the page: " + errors.join("; "));
   console.log("dashboard ok");
 } finally {

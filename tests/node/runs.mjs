@@ -7,6 +7,7 @@
 // Usage: node runs.mjs URL SCREENSHOT FLAKY_MANIFEST   (CHROMIUM names the browser).
 // Prints `runs ok` on success; exits non-zero otherwise.
 import { renameSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { chromium } from "playwright-core";
 
 const [url, screenshot, manifest] = process.argv.slice(2);
@@ -71,6 +72,7 @@ try {
   const curl = await page.getAttribute("#run-copy-curl", "data-command");
   if (!curl.includes("/v1/jobs") || !curl.includes("shaky")) throw new Error("no curl command: " + curl);
   await page.screenshot({ path: screenshot, fullPage: true });
+  await page.locator("#run").screenshot({ path: join(dirname(screenshot), "job.png") });
   if (errors.length) throw new Error("errors on the page: " + errors.join("; "));
   console.log("runs ok");
 } catch (error) {
