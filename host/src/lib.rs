@@ -80,8 +80,8 @@ pub use contract::workflow::{
 pub use distributed::state_store::RedisStateStore;
 #[cfg(feature = "redis")]
 pub use distributed::{
-    DeadJob, FleetKey, ForeignAdmission, ForeignPlace, ForeignQueue, ItemAdmission, RedisConfig,
-    Retention, RunStatus, Trust, WorkerConfig, WorkerHandle,
+    DeadJob, FleetKey, ForeignAdmission, ForeignPlace, ForeignQueue, ItemAdmission, QueueCounts,
+    RedisConfig, Retention, RunStatus, Trust, WorkerConfig, WorkerHandle,
 };
 pub use execution::activity::{
     DURATION_BUCKETS_US, ProcessorStats, SessionProcessorStats, SessionRefused, SessionStats,

@@ -774,6 +774,20 @@ pub(super) async fn dead_jobs(
     Ok(Json(json!({ "dead": dead })))
 }
 
+/// `GET /v1/queues`: how many jobs each of the distributed runtime's queues holds, by
+/// state (the operator's).
+pub(super) async fn queues(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_operator("the queues")?;
+    let queues = fleet(&app)?
+        .queue_counts()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(json!({ "queues": queues })))
+}
+
 /// The distributed runtime's own operations; 503 on a local runtime, which has no queues.
 fn fleet(app: &AppState) -> Result<weir::Fleet, ApiError> {
     app.runtime.fleet().ok_or_else(|| {

@@ -142,6 +142,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sessions/{id}"),
     ("DELETE", "/v1/sessions/{id}"),
     ("GET", "/v1/events"),
+    ("GET", "/v1/queues"),
     ("GET", "/v1/dlq"),
     ("POST", "/v1/dlq/{queue}/{id}/retry"),
 ];
@@ -225,6 +226,7 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
             get(api::session).delete(api::stop_session),
         )
         .route("/v1/events", get(events::stream))
+        .route("/v1/queues", get(api::queues))
         .route("/v1/dlq", get(api::dead_jobs))
         .route("/v1/dlq/{queue}/{id}/retry", post(api::redrive))
         .fallback(api::no_route)

@@ -20,27 +20,21 @@ fn chromium() -> PathBuf {
     path
 }
 
-#[test]
-fn the_dashboard_shows_plugins_and_an_execution_completing_live() {
+/// Runs `tests/node/SCRIPT` on the dashboard at `url` with the screenshot path
+/// `target/screenshots/SHOT` and `extra` arguments; asserts that it printed `ok` (e.g.
+/// `dashboard ok`) and saved a screenshot.
+fn browser_test(script: &str, url: &str, shot: &str, extra: &[&Path], ok: &str) {
     let browser = chromium();
-    let folder = PluginFolder::with(&["hello", "increment", "double", "add-ten"]);
-    // A dependency graph whose `review` node runs only when /needsReview is truthy.
-    folder.write(
-        "workflows.toml",
-        br#"[workflow.pipeline]
-graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "double" }, review = { after = ["parse"], if = "/needsReview", run = "hello" }, store = { after = ["parse"], run = "add-ten" } }
-"#,
-    );
-    let (_server, url) = WeirProcess::serve(folder.path(), &[]);
     let node = weir_tests::node_project();
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
     std::fs::create_dir_all(&screenshots).unwrap();
-    let screenshot = screenshots.join("dashboard.png");
+    let screenshot = screenshots.join(shot);
     let _ = std::fs::remove_file(&screenshot);
     let output = Command::new("node")
-        .arg(node.join("dashboard.mjs"))
+        .arg(node.join(script))
         .arg(format!("{url}/"))
         .arg(&screenshot)
+        .args(extra)
         .env("CHROMIUM", &browser)
         .current_dir(&node)
         .output()
@@ -48,7 +42,7 @@ graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "dou
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        output.status.success() && stdout.contains("dashboard ok"),
+        output.status.success() && stdout.contains(ok),
         "the browser test failed:\n{stdout}\n{stderr}"
     );
     assert!(
@@ -58,8 +52,21 @@ graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "dou
 }
 
 #[test]
+fn the_dashboard_shows_plugins_and_an_execution_completing_live() {
+    let folder = PluginFolder::with(&["hello", "increment", "double", "add-ten"]);
+    // A dependency graph whose `review` node runs only when /needsReview is truthy.
+    folder.write(
+        "workflows.toml",
+        br#"[workflow.pipeline]
+graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "double" }, review = { after = ["parse"], if = "/needsReview", run = "hello" }, store = { after = ["parse"], run = "add-ten" } }
+"#,
+    );
+    let (_server, url) = WeirProcess::serve(folder.path(), &[]);
+    browser_test("dashboard.mjs", &url, "dashboard.png", &[], "dashboard ok");
+}
+
+#[test]
 fn a_failed_runs_page_shows_its_failed_step_and_its_retry_succeeds() {
-    let browser = chromium();
     let folder = PluginFolder::with(&["increment", "flaky"]);
     // One attempt only: `flaky` fails its first.
     folder.manifest("flaky", "[retry]\nmax_attempts = 1\n");
@@ -70,69 +77,13 @@ fn a_failed_runs_page_shows_its_failed_step_and_its_retry_succeeds() {
     let manifest = folder.path().join("flaky.toml");
     assert!(manifest.exists(), "the manifest sits beside the component");
     let (_server, url) = WeirProcess::serve(folder.path(), &[]);
-    let node = weir_tests::node_project();
-    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
-    std::fs::create_dir_all(&screenshots).unwrap();
-    let screenshot = screenshots.join("run.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let output = Command::new("node")
-        .arg(node.join("runs.mjs"))
-        .arg(format!("{url}/"))
-        .arg(&screenshot)
-        .arg(&manifest)
-        .env("CHROMIUM", &browser)
-        .current_dir(&node)
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("runs ok"),
-        "the browser test failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        std::fs::metadata(&screenshot).unwrap().len() > 10_000,
-        "no screenshot"
-    );
+    browser_test("runs.mjs", &url, "run.png", &[&manifest], "runs ok");
 }
 
 #[test]
 fn a_tenants_token_shows_only_its_own_jobs_and_counters() {
-    use sha2::Digest;
-    let browser = chromium();
     let folder = PluginFolder::with(&["hello", "increment"]);
-    let sha = |token: &str| hex::encode(sha2::Sha256::digest(token.as_bytes()));
-    folder.write(
-        "weir.toml",
-        format!(
-            "[server]\noperator_token_sha256 = [\"{}\"]\n\n\
-             [tenants.acme]\ntoken_sha256 = [\"{}\"]\n\n\
-             [tenants.beta]\ntoken_sha256 = [\"{}\"]\n",
-            sha("operator-secret"),
-            sha("acme-secret"),
-            sha("beta-secret"),
-        )
-        .as_bytes(),
-    );
-    let config = folder.path().join("weir.toml");
-    let (_server, url) = WeirProcess::serve(folder.path(), &["--config", config.to_str().unwrap()]);
-    let node = weir_tests::node_project();
-    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
-    std::fs::create_dir_all(&screenshots).unwrap();
-    let screenshot = screenshots.join("tenant.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let output = Command::new("node")
-        .arg(node.join("tenants.mjs"))
-        .arg(format!("{url}/"))
-        .arg(&screenshot)
-        .env("CHROMIUM", &browser)
-        .current_dir(&node)
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("tenants ok"),
-        "the browser test failed:\n{stdout}\n{stderr}"
-    );
+    let config = crate::fleet::two_tenants(&folder);
+    let (_server, url) = WeirProcess::serve(folder.path(), &["--config", &config]);
+    browser_test("tenants.mjs", &url, "tenant.png", &[], "tenants ok");
 }

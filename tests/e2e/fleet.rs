@@ -18,6 +18,28 @@ fn sha256(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
+/// Writes `weir.toml` into `folder` with an operator (token `operator-secret`) and two
+/// tenants, `acme` and `beta` (tokens `acme-secret`, `beta-secret`); its path.
+pub(crate) fn two_tenants(folder: &PluginFolder) -> String {
+    folder.write(
+        "weir.toml",
+        format!(
+            "[server]\noperator_token_sha256 = [\"{}\"]\n\n\
+             [tenants.acme]\ntoken_sha256 = [\"{}\"]\n\n\
+             [tenants.beta]\ntoken_sha256 = [\"{}\"]\n",
+            sha256(OPERATOR),
+            sha256(ACME),
+            sha256(BETA),
+        )
+        .as_bytes(),
+    );
+    folder
+        .path()
+        .join("weir.toml")
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Asks `base` for `path` with `token`; the body as JSON (or as text in `"text"`).
 async fn get(client: &reqwest::Client, base: &str, path: &str, token: &str) -> Value {
     let response = client
@@ -67,20 +89,8 @@ async fn stats_sessions_and_metrics_agree_on_two_servers_and_keep_tenants_apart(
         "workflows.toml",
         b"[workflow.bump]\nchain = [\"stamp\", \"increment\"]\n",
     );
-    folder.write(
-        "weir.toml",
-        format!(
-            "[server]\noperator_token_sha256 = [\"{}\"]\n\n\
-             [tenants.acme]\ntoken_sha256 = [\"{}\"]\n\n\
-             [tenants.beta]\ntoken_sha256 = [\"{}\"]\n",
-            sha256(OPERATOR),
-            sha256(ACME),
-            sha256(BETA),
-        )
-        .as_bytes(),
-    );
-    let config = folder.path().join("weir.toml");
-    let config = config.to_str().unwrap();
+    let config = two_tenants(&folder);
+    let config = config.as_str();
     let _workers = two_workers(&url, folder.path(), &["--config", config]);
     let serve = ["--redis", url.as_str(), "--config", config];
     let (_first, a) = WeirProcess::serve(folder.path(), &serve);
@@ -249,4 +259,50 @@ async fn what_runs_counts_while_its_worker_lives_and_stops_counting_when_it_dies
     worker.kill();
     let [stats, _] = agreed(&client, servers, "/v1/stats", "", |s| s["running"] == 0).await;
     assert_eq!(stats["processors"]["sleep"]["running"], 0, "{stats}");
+}
+
+#[tokio::test]
+async fn the_operator_sees_each_queues_counts_and_a_tenant_does_not() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["hello"]);
+    let config = two_tenants(&folder);
+    let config = config.as_str();
+    let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &["--config", config]);
+    let (_server, api) = WeirProcess::serve(folder.path(), &["--redis", &url, "--config", config]);
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let result: Value = client
+            .post(format!("{api}/v1/run/hello"))
+            .bearer_auth(ACME)
+            .json(&json!({ "user": "queue" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(result["ok"], true, "{result}");
+    }
+    let queues = get(&client, &api, "/v1/queues", OPERATOR).await;
+    let list = queues["queues"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{queues}"));
+    let hello = list
+        .iter()
+        .find(|q| q["queue"] == "hello")
+        .unwrap_or_else(|| panic!("no hello queue: {queues}"));
+    assert_eq!(hello["completed"], 2, "{hello}");
+    assert_eq!(
+        (&hello["waiting"], &hello["active"]),
+        (&json!(0), &json!(0))
+    );
+    assert!(list.iter().any(|q| q["queue"] == "_join"), "{queues}");
+    let refused = client
+        .get(format!("{api}/v1/queues"))
+        .bearer_auth(ACME)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
 }

@@ -32,7 +32,8 @@
 //! - `activity.rs`: the fleet's counters of executions and sessions;
 //! - `control.rs`: cancellation and shared events across processes; `dlq.rs` the
 //!   dead-letter set; `content.rs` the content-addressed store; `wire.rs` the job format;
-//!   `trust.rs` the fleet key; `state_store.rs` sessions' state in Redis; `lua/` the scripts.
+//!   `trust.rs` the fleet key; `queues.rs` the queues' counts; `state_store.rs`
+//!   sessions' state in Redis; `lua/` the scripts.
 
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ mod handle;
 mod job;
 mod join;
 mod publish;
+mod queues;
 mod runs;
 pub(crate) mod state_store;
 mod stream;
@@ -67,6 +69,7 @@ pub use dlq::DeadJob;
 pub use fanout::ItemAdmission;
 pub use foreign::{ForeignAdmission, ForeignPlace, ForeignQueue};
 pub(crate) use handle::Distributed;
+pub use queues::QueueCounts;
 pub use runs::RunStatus;
 pub use trust::{FleetKey, Trust};
 pub use worker::{WorkerConfig, WorkerHandle};

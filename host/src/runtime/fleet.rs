@@ -14,7 +14,8 @@ use crate::contract::error::{Error, RuntimeError};
 use crate::contract::result::ExecutionResult;
 use crate::contract::state_store::SessionKey;
 use crate::distributed::{
-    CancelTarget, DeadJob, Distributed, RedisConfig, RunStatus, WorkerConfig, WorkerHandle,
+    CancelTarget, DeadJob, Distributed, QueueCounts, RedisConfig, RunStatus, WorkerConfig,
+    WorkerHandle,
 };
 use crate::execution::activity::{ProcessorStats, SessionStats};
 use crate::execution::request::ExecutionRequest;
@@ -263,6 +264,12 @@ impl Fleet {
             .fleet_session(&SessionKey::new(tenant, session), &bounds)
             .await
             .map_err(refusal)
+    }
+
+    /// How many jobs each queue holds, by state: every published processor's and the
+    /// fan-outs' joins' (`_join`), sorted by name, at most 1,000.
+    pub async fn queue_counts(&self) -> Result<Vec<QueueCounts>, RuntimeError> {
+        self.distributed.queue_counts().await.map_err(refusal)
     }
 
     /// Whether any `weir worker` is connected to the distributed runtime's Redis (each says
