@@ -88,7 +88,7 @@ pub use execution::activity::{
 };
 pub use execution::context::HostConfig;
 pub use execution::executor::Admission;
-pub use execution::registry::{Catalog, Registry, Rejection};
+pub use execution::registry::{Catalog, PLUGIN_HISTORY, PluginChange, Registry, Rejection};
 pub use execution::reload::{DEFAULT_DEBOUNCE, Watcher};
 pub use execution::request::ExecutionRequest;
 #[cfg(feature = "redis")]

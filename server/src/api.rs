@@ -528,23 +528,31 @@ pub(super) async fn plugin(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = app.runtime.catalog();
+    let history = json!(catalog.history.get(&name));
     if caller.may_run(&name) {
         if let Some(plugin) = catalog.plugins.get(&name) {
             let mut detail = plugin.detail_json();
+            detail["history"] = history;
             if !caller.is_fleet()
                 && let Some(detail) = detail.as_object_mut()
             {
                 // The operator's manifest (configuration values, granted environment, host
-                // paths and addresses) and the file's path are not the tenant's to read.
+                // paths and addresses), the file's path and why files were rejected are not
+                // the tenant's to read.
                 detail.remove("manifest");
                 detail.remove("path");
+                if let Some(history) = detail.get_mut("history").and_then(Value::as_array_mut) {
+                    history.retain(|change| change["change"] != "rejected");
+                }
             }
             return Ok(Json(detail));
         }
         if caller.is_fleet()
             && let Some(rejected) = catalog.rejected.get(&name)
         {
-            return Ok(Json(rejected.to_json()));
+            let mut detail = rejected.to_json();
+            detail["history"] = history;
+            return Ok(Json(detail));
         }
     }
     let names: Vec<&str> = catalog

@@ -61,8 +61,15 @@ fn the_dashboard_shows_plugins_and_an_execution_completing_live() {
 graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "double" }, review = { after = ["parse"], if = "/needsReview", run = "hello" }, store = { after = ["parse"], run = "add-ten" } }
 "#,
     );
-    let (_server, url) = WeirProcess::serve(folder.path(), &[]);
-    browser_test("dashboard.mjs", &url, "dashboard.png", &[], "dashboard ok");
+    let (_server, url) = WeirProcess::serve(folder.path(), &["--allow-plugin-install"]);
+    let component = weir_tests::plugin_path("increment");
+    browser_test(
+        "dashboard.mjs",
+        &url,
+        "dashboard.png",
+        &[&component],
+        "dashboard ok",
+    );
 }
 
 #[test]

@@ -592,6 +592,44 @@ async fn the_operator_installs_a_plugin_over_the_api_and_a_bad_one_changes_nothi
     let (status, listed) = fleet.get("/v1/plugins/double", OPERATOR).await;
     assert_eq!(status, 200, "{listed}");
     assert_eq!(listed["digest"], body_digest(&component), "{listed}");
+    // Its history says so, with the reason; a tenant's view of a name's history leaves the
+    // operator's rejections out.
+    let changes = |detail: &Value| -> Vec<String> {
+        detail["history"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .map(|c| c["change"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // (The folder's watcher may note the refused file too, before it is restored.)
+    assert_eq!(changes(&listed)[..2], ["loaded", "rejected"], "{listed}");
+    let rejected = &listed["history"][1];
+    assert!(
+        rejected["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not a valid WebAssembly"),
+        "{rejected}"
+    );
+    let hello = fleet
+        .request(reqwest::Method::PUT, "/v1/plugins/hello", Some(OPERATOR))
+        .header("content-type", "application/wasm")
+        .body(b"not a component".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hello.status().as_u16(), 422);
+    let (_, operator) = fleet.get("/v1/plugins/hello", OPERATOR).await;
+    assert_eq!(
+        changes(&operator)[..2],
+        ["loaded", "rejected"],
+        "{operator}"
+    );
+    let (_, tenant) = fleet.get("/v1/plugins/hello", ACME).await;
+    assert_eq!(changes(&tenant), ["loaded"], "{tenant}");
     // A name that cannot be a processor's is refused before anything is written.
     let response = fleet
         .request(reqwest::Method::PUT, "/v1/plugins/Bad_Name", Some(OPERATOR))

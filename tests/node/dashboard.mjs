@@ -3,14 +3,17 @@
 // button, and sees the execution complete in the live event list; then runs a load and
 // sees the overview's charts follow it; then saves a screenshot.
 //
-// Usage: node dashboard.mjs URL SCREENSHOT   (CHROMIUM names the browser, default
+// Then it opens `increment`'s details, uploads a broken file (refused, with the reason, in
+// the history) and the component again (reloaded).
+//
+// Usage: node dashboard.mjs URL SCREENSHOT INCREMENT_WASM   (CHROMIUM names the browser, default
 // /usr/bin/chromium). Prints `dashboard ok` on success; exits non-zero otherwise.
 import { dirname, join } from "node:path";
 import { chromium } from "playwright-core";
 
-const [url, screenshot] = process.argv.slice(2);
-if (!url || !screenshot) {
-  console.error("usage: node dashboard.mjs URL SCREENSHOT");
+const [url, screenshot, component] = process.argv.slice(2);
+if (!url || !screenshot || !component) {
+  console.error("usage: node dashboard.mjs URL SCREENSHOT INCREMENT_WASM");
   process.exit(2);
 }
 const browser = await chromium.launch({
@@ -92,11 +95,26 @@ try {
     const got = await graph.locator(`g[data-node="${node}"]`).getAttribute("data-state");
     if (got !== state) throw new Error(`${node} is ${got}, not ${state}`);
   }
+  // A plugin's details; a broken upload is refused with its reason, a good one reloads it,
+  // and the history says both.
+  await page.locator('#plugins tr[data-plugin="increment"] button.details').click();
+  const plugin = page.locator('#plugin[data-plugin="increment"]');
+  await plugin.waitFor({ timeout: 30000 });
+  await plugin.locator('#plugin-history tr[data-change="loaded"]').waitFor({ timeout: 5000 });
+  await page.setInputFiles("#plugin-file", { name: "broken.wasm", mimeType: "application/wasm", buffer: Buffer.from("not a component") });
+  await page.click("#plugin-upload");
+  await page.locator("#plugin-note.bad").waitFor({ timeout: 30000 });
+  await plugin.locator('#plugin-history tr[data-change="rejected"]').waitFor({ timeout: 30000 });
+  await page.setInputFiles("#plugin-file", component);
+  await page.click("#plugin-upload");
+  await page.locator("#plugin-note.ok").waitFor({ timeout: 30000 });
+  await plugin.locator('#plugin-history tr[data-change="reloaded"]').waitFor({ timeout: 30000 });
   await page.screenshot({ path: screenshot, fullPage: true });
   // Each part on its own, for the docs.
   const dir = dirname(screenshot);
   await page.locator('section[aria-labelledby="overview-title"]').screenshot({ path: join(dir, "overview.png") });
   await graph.screenshot({ path: join(dir, "workflow-graph.png") });
+  await plugin.screenshot({ path: join(dir, "plugin.png") });
   if (errors.length) throw new Error("errors on the page: " + errors.join("; "));
   console.log("dashboard ok");
 } finally {

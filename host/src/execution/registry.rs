@@ -29,6 +29,49 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// Changes kept per plugin name in [`Catalog::history`].
+pub const PLUGIN_HISTORY: usize = 16;
+
+/// One change of a plugin name: a version loaded or reloaded, or a file rejected.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginChange {
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// `loaded`, `reloaded` or `rejected`.
+    pub change: &'static str,
+    /// The component's digest (a version that loaded).
+    pub digest: Option<String>,
+    /// Its declared version.
+    pub version: Option<String>,
+    /// Why the file was rejected (the version before it kept serving).
+    pub reason: Option<String>,
+}
+
+impl PluginChange {
+    /// `plugin` loaded (`reloaded` if the name served before).
+    pub(crate) fn loaded(plugin: &Plugin, reloaded: bool) -> Self {
+        PluginChange {
+            at_ms: crate::contract::clock::now_ms(),
+            change: if reloaded { "reloaded" } else { "loaded" },
+            digest: Some(plugin.digest().to_string()),
+            version: Some(plugin.version().to_string()),
+            reason: None,
+        }
+    }
+
+    /// A file was rejected, for `reason`.
+    pub(crate) fn rejected(reason: &str) -> Self {
+        PluginChange {
+            at_ms: crate::contract::clock::now_ms(),
+            change: "rejected",
+            digest: None,
+            version: None,
+            reason: Some(reason.to_string()),
+        }
+    }
+}
+
 /// One consistent view of every plugin, workflow, rejected file and invalid definition.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -42,6 +85,9 @@ pub struct Catalog {
     pub invalid_workflows: BTreeMap<String, InvalidWorkflow>,
     /// Why `workflows.toml` as a whole could not be read, if it could not.
     pub workflows_file_error: Option<String>,
+    /// What happened to each plugin name, oldest first: the last [`PLUGIN_HISTORY`]
+    /// versions loaded, reloads and rejections (forgotten when its file is removed).
+    pub history: BTreeMap<String, std::collections::VecDeque<PluginChange>>,
     /// Every definition (from the file and registered), re-checked when plugins change.
     definitions: Vec<Workflow>,
     /// Definitions from the file that could not even be read: (name, reason).
@@ -50,6 +96,18 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Notes `change` in `name`'s history, keeping the last [`PLUGIN_HISTORY`].
+    pub(crate) fn note(&mut self, name: &str, change: PluginChange) {
+        let history = match self.history.get_mut(name) {
+            Some(history) => history,
+            None => self.history.entry(name.to_string()).or_default(),
+        };
+        if history.len() >= PLUGIN_HISTORY {
+            history.pop_front();
+        }
+        history.push_back(change);
+    }
+
     /// Names of the loaded plugins, sorted.
     pub fn names(&self) -> Vec<&str> {
         self.plugins.keys().map(String::as_str).collect()
@@ -259,6 +317,12 @@ impl Registry {
                 }
             };
         self.update(|catalog| {
+            for plugin in plugins.values() {
+                catalog.note(plugin.name(), PluginChange::loaded(plugin, false));
+            }
+            for rejection in rejected.values() {
+                catalog.note(&rejection.name, PluginChange::rejected(&rejection.reason));
+            }
             catalog.plugins = plugins;
             catalog.rejected = rejected;
             catalog.set_file_workflows(definitions, unreadable);
@@ -279,5 +343,24 @@ fn rejection(path: &Path, err: &LoadError) -> Rejection {
             .unwrap_or_default(),
         path: path.to_path_buf(),
         reason: err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugins_history_keeps_its_last_changes_oldest_first() {
+        let mut catalog = Catalog::default();
+        for i in 0..PLUGIN_HISTORY + 3 {
+            catalog.note("p", PluginChange::rejected(&format!("try {i}")));
+        }
+        let history = &catalog.history["p"];
+        assert_eq!(history.len(), PLUGIN_HISTORY);
+        assert_eq!(history[0].reason.as_deref(), Some("try 3"));
+        let last = history.back().and_then(|c| c.reason.as_deref());
+        assert_eq!(last, Some(format!("try {}", PLUGIN_HISTORY + 2)).as_deref());
+        assert!(!catalog.history.contains_key("q"));
     }
 }

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::contract::error::Error;
 use crate::contract::workflow::file as workflow_file;
 use crate::execution::context::Context;
-use crate::execution::registry::Rejection;
+use crate::execution::registry::{PluginChange, Rejection};
 use crate::sandbox::events::{Event, EventKind};
 use crate::sandbox::plugin::Plugin;
 
@@ -162,6 +162,7 @@ async fn apply_plugin(shared: &Arc<Context>, dir: &Path, name: &str) {
         shared.registry().update(|catalog| {
             catalog.plugins.remove(name);
             catalog.rejected.remove(name);
+            catalog.history.remove(name);
         });
         if let Some(old) = old {
             tracing::info!(name, "plugin removed");
@@ -199,6 +200,7 @@ async fn apply_plugin(shared: &Arc<Context>, dir: &Path, name: &str) {
             let swap_started = Instant::now();
             shared.registry().update(|catalog| {
                 catalog.rejected.remove(name);
+                catalog.note(name, PluginChange::loaded(&plugin, old.is_some()));
                 catalog.plugins.insert(name.to_string(), plugin.clone());
             });
             let swap = swap_started.elapsed();
@@ -240,6 +242,7 @@ async fn apply_plugin(shared: &Arc<Context>, dir: &Path, name: &str) {
                 reason: reason.clone(),
             };
             shared.registry().update(|catalog| {
+                catalog.note(name, PluginChange::rejected(&rejection.reason));
                 catalog.rejected.insert(name.to_string(), rejection);
             });
             shared.events().publish(plugin_event(

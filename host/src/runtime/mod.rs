@@ -31,7 +31,7 @@ use crate::contract::workflow::{InvalidWorkflow, Workflow};
 #[cfg(feature = "redis")]
 use crate::distributed::Distributed;
 use crate::execution::activity::{ProcessorStats, SessionRefused, SessionStats};
-use crate::execution::registry::Catalog;
+use crate::execution::registry::{Catalog, PluginChange};
 use crate::execution::reload::Watcher;
 use crate::sandbox::engine::Engine;
 use crate::sandbox::events::{Event, EventKind, Subscription};
@@ -506,17 +506,29 @@ impl Runtime {
     /// the previous version, if any, keeps serving.
     pub async fn load_plugin(&self, path: impl AsRef<Path>) -> Result<Arc<Plugin>, LoadError> {
         let shared = &self.shared;
-        let plugin = Arc::new(
-            Plugin::load(
-                shared.engine(),
-                shared.linker(),
-                path.as_ref(),
-                &shared.config().loading(),
-            )
-            .await?,
-        );
+        let loaded = Plugin::load(
+            shared.engine(),
+            shared.linker(),
+            path.as_ref(),
+            &shared.config().loading(),
+        )
+        .await;
+        let plugin = match loaded {
+            Ok(plugin) => Arc::new(plugin),
+            Err(error) => {
+                // The version before (if any) keeps serving; the refusal is in its history.
+                if let Some(name) = path.as_ref().file_stem().and_then(|s| s.to_str()) {
+                    shared.registry().update(|catalog| {
+                        catalog.note(name, PluginChange::rejected(&error.to_string()));
+                    });
+                }
+                return Err(error);
+            }
+        };
         shared.registry().update(|catalog| {
             catalog.rejected.remove(plugin.name());
+            let reloaded = catalog.plugins.contains_key(plugin.name());
+            catalog.note(plugin.name(), PluginChange::loaded(&plugin, reloaded));
             catalog
                 .plugins
                 .insert(plugin.name().to_string(), plugin.clone());
