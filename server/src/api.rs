@@ -824,6 +824,20 @@ pub(super) async fn redrive(
     Ok(Json(json!({ "queue": queue, "id": id, "redriven": true })))
 }
 
+/// `DELETE /v1/dlq/{queue}/{id}`: removes a dead job for good (the operator's).
+pub(super) async fn purge(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((queue, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_operator("the dead-letter queue")?;
+    fleet(&app)?.purge(&queue, &id).await.map_err(|e| match e {
+        weir::Error::Config(message) => ApiError::not_found("dead-job-not-found", message),
+        other => ApiError::unavailable(other.to_string()),
+    })?;
+    Ok(Json(json!({ "queue": queue, "id": id, "purged": true })))
+}
+
 /// A known path with the wrong method: 405 with the methods it has.
 pub(super) async fn wrong_method(method: axum::http::Method, uri: Uri) -> ApiError {
     let path = uri.path();

@@ -57,7 +57,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio_util::sync::CancellationToken;
 
 use weir::Runtime;
@@ -145,6 +145,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/queues"),
     ("GET", "/v1/dlq"),
     ("POST", "/v1/dlq/{queue}/{id}/retry"),
+    ("DELETE", "/v1/dlq/{queue}/{id}"),
 ];
 
 /// The OpenAPI 3.1 document describing [`ROUTES`].
@@ -229,6 +230,7 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
         .route("/v1/queues", get(api::queues))
         .route("/v1/dlq", get(api::dead_jobs))
         .route("/v1/dlq/{queue}/{id}/retry", post(api::redrive))
+        .route("/v1/dlq/{queue}/{id}", delete(api::purge))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(limit))

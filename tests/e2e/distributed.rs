@@ -1504,6 +1504,43 @@ async fn serve_over_redis_runs_through_workers_and_redrives_dead_jobs_over_http(
         (status, &body["error"]["code"]),
         (404, &json!("dead-job-not-found"))
     );
+
+    // A job dead again (more attempts than even the new policy allows) is purged for good;
+    // a job that is not dead is not purged.
+    let (_, failed) = post("/v1/run/flaky".into(), json!({ "succeedOn": 20 })).await;
+    assert_eq!(failed["ok"], false, "{failed}");
+    let listed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let listed = get("/v1/dlq").await;
+            if listed["dead"].as_array().is_some_and(|d| !d.is_empty()) {
+                return listed;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the job was filed dead");
+    let again = listed["dead"][0]["id"].as_str().unwrap().to_string();
+    let purge = |id: String| {
+        let request = client.delete(format!("{api}/v1/dlq/flaky/{id}"));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = purge(again.clone()).await;
+    assert_eq!((status, &body["purged"]), (200, &json!(true)), "{body}");
+    assert_eq!(get("/v1/dlq").await["dead"], json!([]));
+    let (status, body) = purge(again).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("dead-job-not-found")),
+        "{body}"
+    );
+    // The redriven job completed: not dead, so not purged.
+    let (status, _) = purge(job).await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]

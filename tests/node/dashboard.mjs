@@ -115,6 +115,15 @@ try {
   await page.locator('section[aria-labelledby="overview-title"]').screenshot({ path: join(dir, "overview.png") });
   await graph.screenshot({ path: join(dir, "workflow-graph.png") });
   await plugin.screenshot({ path: join(dir, "plugin.png") });
+  // On a phone: nothing wider than the screen, the page scrolls only down.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.reload();
+  await page.locator("#status.ok").waitFor({ timeout: 30000 });
+  await page.locator('#plugins tr[data-plugin="hello"]').waitFor({ timeout: 30000 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  if (overflow > 0) throw new Error(`the page is ${overflow} px wider than a phone's screen`);
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: join(dir, "phone.png") });
   if (errors.length) throw new Error("errors on the page: " + errors.join("; "));
   console.log("dashboard ok");
 } finally {

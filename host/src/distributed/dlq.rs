@@ -1,7 +1,7 @@
 //! The dead-letter set: jobs that failed for good (their attempts exhausted, or a failure
 //! that is never retried), kept in each queue's BullMQ `failed` set for as long as the
-//! failed-job retention says; listing them, and redriving one (its step runs again and its
-//! run carries on from there, with a new outcome).
+//! failed-job retention says; listing them, redriving one (its step runs again and its run
+//! carries on from there, with a new outcome), and purging one.
 
 use bullmq::RetryOptions;
 use redis::AsyncCommands;
@@ -81,6 +81,33 @@ impl Distributed {
     /// a run makes its run unfinished again: the step runs, the run carries on from it and
     /// records a new outcome. A step inside a fan-out cannot be redriven (its fan-out has
     /// ended without it): run the workflow again instead.
+    /// Removes a dead job for good (its run keeps the outcome it has). Refused (a
+    /// [`Error::Config`] saying why) for a job that is not in the dead-letter set.
+    pub(crate) async fn purge(&self, queue: &str, id: &str) -> Result<(), Error> {
+        let bullmq_queue = self.queue(queue).await?;
+        let job = bullmq_queue
+            .get_job(id)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        let Some(job) = job else {
+            return Err(Error::Config(format!(
+                "there is no job `{id}` in the queue `{queue}` (it may have expired)"
+            )));
+        };
+        let state = job.get_state().await.map_err(|e| self.redis_error(e))?;
+        if state.as_str() != "failed" {
+            return Err(Error::Config(format!(
+                "the job `{id}` of `{queue}` is {}, not in the dead-letter set",
+                state.as_str()
+            )));
+        }
+        bullmq_queue
+            .remove(id)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(())
+    }
+
     pub(crate) async fn redrive(&self, queue: &str, id: &str) -> Result<(), Error> {
         let bullmq_queue = self.queue(queue).await?;
         let job = bullmq_queue

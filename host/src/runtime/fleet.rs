@@ -205,6 +205,12 @@ impl Fleet {
         self.distributed.redrive(queue, id).await
     }
 
+    /// Removes a dead job of `queue` for good; refused (a configuration error saying why)
+    /// for a job that is not in the dead-letter set.
+    pub async fn purge(&self, queue: &str, id: &str) -> Result<(), Error> {
+        self.distributed.purge(queue, id).await
+    }
+
     /// A run as Redis knows it; `None` if there is no such run (or its record has
     /// expired). A run whose deadline has passed (with `RedisConfig::lost_grace`) without
     /// an outcome is given its `run-lost` outcome here.
