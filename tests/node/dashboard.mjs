@@ -95,6 +95,17 @@ try {
     const got = await graph.locator(`g[data-node="${node}"]`).getAttribute("data-state");
     if (got !== state) throw new Error(`${node} is ${got}, not ${state}`);
   }
+  // A run in a session; the session's page shows its counts by processor and its state.
+  await page.selectOption("#run-name", "increment");
+  await page.fill("#run-input", '{"count": 41}');
+  await page.fill("#run-session", "tour");
+  await page.click("#run-go");
+  await page.waitForFunction(() => document.getElementById("run-result").textContent.includes('"count": 42'), null, { timeout: 30000 });
+  await page.locator('#sessions tr[data-session="tour"] button.open').click({ timeout: 30000 });
+  await page.locator('#session[data-session="tour"] #session-processors tr[data-processor="increment"]').waitFor({ timeout: 30000 });
+  const state = await page.textContent("#session-state");
+  if (!state.includes('"count": 42')) throw new Error("the session's state is not shown: " + state);
+  await page.fill("#run-session", "");
   // A plugin's details; a broken upload is refused with its reason, a good one reloads it,
   // and the history says both.
   await page.locator('#plugins tr[data-plugin="increment"] button.details').click();

@@ -44,6 +44,11 @@ try {
   if (!error.includes("attempt 1 failed on purpose")) throw new Error("no step error: " + error);
   const tip = await step.textContent();
   if (!tip.includes("failed on purpose")) throw new Error("the step does not say why: " + tip);
+  // The job shown in its workflow's graph: the step that failed, and the one before it.
+  await run.locator("#run-graph").click();
+  const graph = page.locator(`#workflow-graph[data-run="${firstId}"]`);
+  await graph.locator('g[data-node="flaky"][data-state="failed"]').waitFor({ timeout: 10000 });
+  await graph.locator('g[data-node="increment"][data-state="ok"]').waitFor({ timeout: 10000 });
   // The operator allows more attempts (writing the file whole, by a rename); the folder
   // reloads the manifest.
   writeFileSync(manifest + ".new", '[retry]\nmax_attempts = 5\nbackoff = "fixed"\nbackoff_ms = 5\n');
