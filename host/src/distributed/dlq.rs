@@ -84,6 +84,21 @@ impl Distributed {
     /// Removes a dead job for good (its run keeps the outcome it has). Refused (a
     /// [`Error::Config`] saying why) for a job that is not in the dead-letter set.
     pub(crate) async fn purge(&self, queue: &str, id: &str) -> Result<(), Error> {
+        let (bullmq_queue, _) = self.dead_job(queue, id).await?;
+        bullmq_queue
+            .remove(id)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(())
+    }
+
+    /// The dead job `id` of `queue` and its queue; a [`Error::Config`] saying what it is
+    /// if it is not dead (or not there).
+    async fn dead_job(
+        &self,
+        queue: &str,
+        id: &str,
+    ) -> Result<(std::sync::Arc<bullmq::Queue>, bullmq::Job), Error> {
         let bullmq_queue = self.queue(queue).await?;
         let job = bullmq_queue
             .get_job(id)
@@ -101,31 +116,11 @@ impl Distributed {
                 state.as_str()
             )));
         }
-        bullmq_queue
-            .remove(id)
-            .await
-            .map_err(|e| self.redis_error(e))?;
-        Ok(())
+        Ok((bullmq_queue, job))
     }
 
     pub(crate) async fn redrive(&self, queue: &str, id: &str) -> Result<(), Error> {
-        let bullmq_queue = self.queue(queue).await?;
-        let job = bullmq_queue
-            .get_job(id)
-            .await
-            .map_err(|e| self.redis_error(e))?;
-        let Some(mut job) = job else {
-            return Err(Error::Config(format!(
-                "there is no job `{id}` in the queue `{queue}` (it may have expired)"
-            )));
-        };
-        let state = job.get_state().await.map_err(|e| self.redis_error(e))?;
-        if state.as_str() != "failed" {
-            return Err(Error::Config(format!(
-                "the job `{id}` of `{queue}` is {}, not in the dead-letter set",
-                state.as_str()
-            )));
-        }
+        let (_, mut job) = self.dead_job(queue, id).await?;
         if let Ok(step) = serde_json::from_value::<StepJob>(job.data().clone()) {
             if enclosing_join(&step.frames).is_some() {
                 return Err(Error::Config(format!(
