@@ -243,8 +243,9 @@ struct Table {
     finished: HashMap<String, Finished>,
     /// Jobs still running, over all tenants.
     running: usize,
-    /// The running jobs' executions being followed: execution id → its job.
-    trace: HashMap<String, Arc<Job>>,
+    /// The running jobs' executions being followed: execution id → its job and the index
+    /// of its step there.
+    trace: HashMap<String, (Arc<Job>, usize)>,
 }
 
 /// One tenant's finished jobs: ids and result sizes, oldest first, and their total.
@@ -376,107 +377,92 @@ impl Jobs {
         let Some(id) = event.execution_id.as_deref() else {
             return;
         };
-        let job = {
-            let mut table = self.lock();
-            let job = table.trace.get(id).cloned().or_else(|| {
-                // A new execution: the job's own, or a child of one followed.
-                if event.event != EventKind::ProcessorStarted {
-                    return None;
-                }
-                // (On the distributed runtime a workflow's own execution runs nowhere and
-                // says nothing: its steps name the job as their parent.)
-                let job = match table.by_id.get(id) {
-                    Some(job) => job.clone(),
-                    None => {
-                        let parent = event.parent_id.as_deref()?;
-                        table
-                            .trace
-                            .get(parent)
-                            .or_else(|| table.by_id.get(parent))
-                            .cloned()?
-                    }
+        let mut table = self.lock();
+        if let Some((job, index)) = table.trace.get(id).cloned() {
+            drop(table);
+            self.update_step(&job, index, id, event);
+            return;
+        }
+        // A new execution: the job's own, or a child of one followed. (On the distributed
+        // runtime a workflow's own execution runs nowhere and says nothing: its steps name
+        // the job as their parent.)
+        if event.event != EventKind::ProcessorStarted {
+            return;
+        }
+        let job = match table.by_id.get(id) {
+            Some(job) => job.clone(),
+            None => {
+                let Some(parent) = event.parent_id.as_deref() else {
+                    return;
                 };
-                // Past either bound the step is only counted (and never followed, so its
-                // trace cannot outlive the job).
-                {
-                    let mut outcome = job.lock();
-                    if table.trace.len() >= MAX_TRACED || outcome.steps.len() >= MAX_STEPS {
-                        outcome.steps_dropped += 1;
-                        return None;
-                    }
+                match table.trace.get(parent) {
+                    Some((job, _)) => job.clone(),
+                    None => match table.by_id.get(parent) {
+                        Some(job) => job.clone(),
+                        None => return,
+                    },
                 }
-                table.trace.insert(id.to_string(), job.clone());
-                Some(job)
-            });
-            match job {
-                Some(job) => job,
-                None => return,
             }
         };
         let mut outcome = job.lock();
+        // Past either bound the step is only counted (and never followed, so its trace
+        // cannot outlive the job).
+        if table.trace.len() >= MAX_TRACED || outcome.steps.len() >= MAX_STEPS {
+            outcome.steps_dropped += 1;
+            return;
+        }
+        table
+            .trace
+            .insert(id.to_string(), (job.clone(), outcome.steps.len()));
+        outcome.steps.push(Step {
+            execution_id: id.to_string(),
+            parent_id: event.parent_id.clone(),
+            processor: event.processor.clone().unwrap_or_default(),
+            depth: event.depth.unwrap_or(0),
+            started_at_ms: event.timestamp_ms,
+            ended_at_ms: None,
+            status: "running",
+            duration_us: None,
+            attempts: None,
+            error: None,
+            retries: Vec::new(),
+            origin: event.origin.clone(),
+        });
+    }
+
+    /// Records the end or a retry of step `index` (execution `id`) of `job`.
+    fn update_step(&self, job: &Job, index: usize, id: &str, event: &Event) {
+        let mut outcome = job.lock();
+        let finished = outcome.status != Status::Running;
+        let Some(step) = outcome.steps.get_mut(index) else {
+            return;
+        };
         match event.event {
-            EventKind::ProcessorStarted => {
-                if outcome.steps.iter().any(|s| s.execution_id == id) {
-                    return;
-                }
-                if outcome.steps.len() >= MAX_STEPS {
-                    outcome.steps_dropped += 1;
-                    return;
-                }
-                outcome.steps.push(Step {
-                    execution_id: id.to_string(),
-                    parent_id: event.parent_id.clone(),
-                    processor: event.processor.clone().unwrap_or_default(),
-                    depth: event.depth.unwrap_or(0),
-                    started_at_ms: event.timestamp_ms,
-                    ended_at_ms: None,
-                    status: "running",
-                    duration_us: None,
-                    attempts: None,
-                    error: None,
-                    retries: Vec::new(),
-                    origin: event.origin.clone(),
-                });
-            }
             kind @ (EventKind::ProcessorCompleted | EventKind::ProcessorFailed) => {
-                if let Some(step) = outcome
-                    .steps
-                    .iter_mut()
-                    .rev()
-                    .find(|s| s.execution_id == id)
-                {
-                    step.status = if kind == EventKind::ProcessorCompleted {
-                        "completed"
-                    } else {
-                        "failed"
-                    };
-                    step.ended_at_ms = Some(event.timestamp_ms);
-                    step.duration_us = event.duration_us;
-                    step.attempts = event.attempts;
-                    step.error = event.error.clone();
-                }
+                step.status = if kind == EventKind::ProcessorCompleted {
+                    "completed"
+                } else {
+                    "failed"
+                };
+                step.ended_at_ms = Some(event.timestamp_ms);
+                step.duration_us = event.duration_us;
+                step.attempts = event.attempts;
+                step.error = event.error.clone();
                 // The end of a finished job's step: nothing more to follow for it.
-                if outcome.status != Status::Running {
+                if finished {
                     drop(outcome);
                     self.lock().trace.remove(id);
                 }
             }
-            EventKind::ProcessorRetrying => {
-                if let Some(step) = outcome
-                    .steps
-                    .iter_mut()
-                    .rev()
-                    .find(|s| s.execution_id == id)
-                    && step.retries.len() < MAX_RETRIES
-                {
-                    step.retries.push(json!({
-                        "attempt": event.attempt,
-                        "atMs": event.timestamp_ms,
-                        "error": event.error,
-                        "delayMs": event.data.as_ref().and_then(|d| d.get("delayMs")),
-                    }));
-                }
+            EventKind::ProcessorRetrying if step.retries.len() < MAX_RETRIES => {
+                step.retries.push(json!({
+                    "attempt": event.attempt,
+                    "atMs": event.timestamp_ms,
+                    "error": event.error,
+                    "delayMs": event.data.as_ref().and_then(|d| d.get("delayMs")),
+                }));
             }
+            // A second start of an execution followed already: nothing new.
             _ => {}
         }
     }
