@@ -825,10 +825,17 @@ impl Activity {
                 live.processors.insert(tenant.to_string(), running);
             }
         }
-        for (key, session) in &inner.sessions {
-            if session.running == 0 {
+        // Only the sessions of what runs now: the executions in flight name them (however
+        // many idle sessions this process remembers).
+        let busy: std::collections::HashSet<&SessionKey> = inner
+            .running
+            .values()
+            .filter_map(|running| running.session.as_ref())
+            .collect();
+        for key in busy {
+            let Some(session) = inner.sessions.get(key) else {
                 continue;
-            }
+            };
             let running: BTreeMap<String, u64> = session
                 .processors
                 .iter()
