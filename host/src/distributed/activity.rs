@@ -22,7 +22,8 @@ use crate::execution::activity::{
 };
 use crate::execution::context::Context;
 
-/// Most sessions one tenant's listing reads from Redis (the most recent first).
+/// Most sessions one listing reads from Redis: a tenant's most recent first, every tenant's
+/// in turn until this many.
 pub(crate) const SESSIONS_LISTED: usize = 1_000;
 
 /// The fleet's counters, as [`Distributed::fleet_stats`] reads them.
@@ -235,7 +236,7 @@ impl Distributed {
     }
 
     /// The fleet's sessions that have seen work: `tenant`'s, or every tenant's (at most
-    /// [`SESSIONS_LISTED`] per tenant, the most recent), sorted.
+    /// [`SESSIONS_LISTED`] in all, each tenant's most recent), sorted.
     pub(crate) async fn fleet_sessions(
         &self,
         tenant: Option<&str>,

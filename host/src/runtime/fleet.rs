@@ -248,8 +248,8 @@ impl Fleet {
     }
 
     /// The fleet's sessions that have seen work and not expired or been stopped:
-    /// `tenant`'s, or every tenant's with `None` (at most 1,000 per tenant, the most recently
-    /// active), sorted by tenant and id.
+    /// `tenant`'s, or every tenant's with `None` (at most 1,000 in one listing, each tenant's
+    /// most recently active), sorted by tenant and id.
     pub async fn sessions(&self, tenant: Option<&str>) -> Result<Vec<SessionStats>, RuntimeError> {
         let bounds = self.runtime.shared.config().sessions;
         self.distributed

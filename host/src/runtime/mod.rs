@@ -517,9 +517,14 @@ impl Runtime {
             Ok(plugin) => Arc::new(plugin),
             Err(error) => {
                 // The version before (if any) keeps serving; the refusal is in its history.
+                // Only a name the catalog knows has a history: refused loads of new names
+                // would otherwise pile up.
                 if let Some(name) = path.as_ref().file_stem().and_then(|s| s.to_str()) {
                     shared.registry().update(|catalog| {
-                        catalog.note(name, PluginChange::rejected(&error.to_string()));
+                        if catalog.plugins.contains_key(name) || catalog.rejected.contains_key(name)
+                        {
+                            catalog.note(name, PluginChange::rejected(&error.to_string()));
+                        }
                     });
                 }
                 return Err(error);

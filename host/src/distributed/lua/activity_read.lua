@@ -4,7 +4,7 @@
 -- ARGV[1] the key prefix, ARGV[2] what: `stats` (counters and session counts), `sessions`
 -- (the sessions themselves), `session` (one); ARGV[3] the tenant (empty: every tenant),
 -- ARGV[4] the session, ARGV[5] now (Unix ms), ARGV[6] how long an idle session lasts (ms),
--- ARGV[7] most sessions listed per tenant (the most recent first).
+-- ARGV[7] most sessions listed in all (each tenant's most recent first).
 local p, what, tenant, session = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, idle, most = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local out = { live = {}, stats = {}, sessions = {}, counted = {} }
@@ -32,14 +32,16 @@ if what == 'session' then
   return cjson.encode(out)
 end
 
+local left = most
 for _, t in ipairs(tenants) do
   local listed = p .. 'sessions:' .. t
   if what == 'stats' then
     local fields = redis.call('HGETALL', p .. 'stats:' .. t)
     if #fields > 0 then out.stats[t] = fields end
     out.counted[t] = redis.call('ZCOUNT', listed, now - idle, '+inf')
-  else
-    local ids = redis.call('ZREVRANGEBYSCORE', listed, '+inf', now - idle, 'LIMIT', 0, most)
+  elseif left > 0 then
+    local ids = redis.call('ZREVRANGEBYSCORE', listed, '+inf', now - idle, 'LIMIT', 0, left)
+    left = left - #ids
     local found = {}
     local any = false
     for _, s in ipairs(ids) do
