@@ -284,7 +284,21 @@ async fn the_operator_sees_each_queues_counts_and_a_tenant_does_not() {
             .unwrap();
         assert_eq!(result["ok"], true, "{result}");
     }
-    let queues = get(&client, &api, "/v1/queues", OPERATOR).await;
+    // A run's outcome is announced before BullMQ files its job as completed: wait for it.
+    let hello_completed = |q: &Value| {
+        q["queues"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|q| q["queue"] == "hello" && q["completed"] == 2)
+        })
+    };
+    let [queues, _] = agreed(
+        &client,
+        [&api, &api],
+        "/v1/queues",
+        OPERATOR,
+        hello_completed,
+    )
+    .await;
     let list = queues["queues"]
         .as_array()
         .unwrap_or_else(|| panic!("{queues}"));
