@@ -159,6 +159,10 @@ pub(crate) struct RedisArgs {
     /// also accepted in WEIR_FLEET_KEY_ACCEPTED, separated by commas).
     #[arg(long, env = "WEIR_FLEET_KEY_FILE", value_name = "FILE")]
     pub fleet_key_file: Option<PathBuf>,
+    /// How this process is named to the fleet's operators (where a run's steps ran, in
+    /// its timeline): 1-64 letters, digits, `-`, `_`, `.` and `:` [default: HOST:PID].
+    #[arg(long, env = "WEIR_PROCESS_NAME", value_name = "NAME")]
+    pub process_name: Option<String>,
     /// Run the distributed runtime without a fleet key: nothing is signed or checked, so
     /// anyone who can write to this Redis can run any code as any tenant, with any
     /// processor's grants.
@@ -182,6 +186,7 @@ impl RedisArgs {
         config.prefix = self.redis_prefix.clone();
         config.connect_timeout = std::time::Duration::from_millis(self.connect_timeout_ms);
         config.trust = self.trust()?;
+        config.process_name = self.process_name.clone();
         Ok(Some(config))
     }
 

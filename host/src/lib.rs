@@ -81,7 +81,8 @@ pub use distributed::state_store::RedisStateStore;
 #[cfg(feature = "redis")]
 pub use distributed::{
     DeadJob, FleetKey, ForeignAdmission, ForeignPlace, ForeignQueue, ItemAdmission, QueueCounts,
-    RedisConfig, Retention, RunStatus, Trust, WorkerConfig, WorkerHandle,
+    RedisConfig, Retention, RunPage, RunQuery, RunState, RunStatus, RunSummary, Trust,
+    WorkerConfig, WorkerHandle,
 };
 pub use execution::activity::{
     DURATION_BUCKETS_US, ProcessorStats, SessionProcessorStats, SessionRefused, SessionStats,

@@ -55,6 +55,14 @@ const MAX_RETRIES: usize = 20;
 /// What one step is counted as in the byte budget, beyond its error's message.
 const STEP_BYTES: usize = 256;
 
+/// The largest input a job keeps in the fleet beside its outcome (a larger one is kept as
+/// its size): what another server's page of the job shows, and retries.
+const ANNEX_INPUT_BYTES: usize = 64 << 10;
+
+/// How long a finished job waits for the ends of its steps still on their way (from
+/// workers) before the fleet keeps its timeline.
+const ANNEX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,6 +74,16 @@ pub(super) enum Status {
 }
 
 impl Status {
+    /// The fleet index's word for it.
+    fn state(self) -> weir::RunState {
+        match self {
+            Status::Running => weir::RunState::Running,
+            Status::Completed => weir::RunState::Completed,
+            Status::Failed => weir::RunState::Failed,
+            Status::Cancelled => weir::RunState::Cancelled,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Status::Running => "running",
@@ -88,6 +106,9 @@ struct Job {
     outcome: Mutex<Outcome>,
     /// Becomes true when the job has finished: what `?waitMs=` waits on.
     done: tokio::sync::watch::Sender<bool>,
+    /// Its steps that started and have not ended yet (their ends may come after the job's
+    /// outcome): what its annex in the fleet waits for.
+    open_steps: tokio::sync::watch::Sender<usize>,
 }
 
 struct Outcome {
@@ -160,6 +181,7 @@ impl Job {
                 steps_dropped: 0,
             }),
             done: tokio::sync::watch::channel(false).0,
+            open_steps: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -215,6 +237,23 @@ impl Job {
             body,
         )
             .into_response()
+    }
+
+    /// What the fleet keeps of the job beside its run's outcome: its input (up to
+    /// [`ANNEX_INPUT_BYTES`]) and its steps, as JSON text.
+    fn annex(&self) -> String {
+        let outcome = self.lock();
+        let steps = serde_json::to_string(&outcome.steps).unwrap_or_else(|_| "[]".into());
+        let input = if self.input.len() <= ANNEX_INPUT_BYTES {
+            &*self.input
+        } else {
+            "null"
+        };
+        format!(
+            "{{\"input\":{input},\"inputBytes\":{},\"steps\":{steps},\"stepsDropped\":{}}}",
+            self.input.len(),
+            outcome.steps_dropped
+        )
     }
 
     /// What the job holds, in bytes, for the budget: its input, steps and result.
@@ -428,6 +467,7 @@ impl Jobs {
             retries: Vec::new(),
             origin: event.origin.clone(),
         });
+        job.open_steps.send_modify(|open| *open += 1);
     }
 
     /// Records the end or a retry of step `index` (execution `id`) of `job`.
@@ -439,6 +479,10 @@ impl Jobs {
         };
         match event.event {
             kind @ (EventKind::ProcessorCompleted | EventKind::ProcessorFailed) => {
+                if step.ended_at_ms.is_none() {
+                    job.open_steps
+                        .send_modify(|open| *open = open.saturating_sub(1));
+                }
                 step.status = if kind == EventKind::ProcessorCompleted {
                     "completed"
                 } else {
@@ -586,6 +630,7 @@ pub(super) async fn submit(
     // Refused (and the quota place given back) if the server runs too many jobs already.
     app.jobs.insert(job.clone())?;
     let jobs = app.jobs.clone();
+    let fleet = app.runtime.fleet();
     let mut request = request;
     request.id = Some(id.clone());
     let finished = job.clone();
@@ -628,8 +673,119 @@ pub(super) async fn submit(
         finished.done.send_replace(true);
         let bytes = finished.held_bytes();
         jobs.finish(&finished, bytes);
+        if let Some(fleet) = fleet {
+            annex_in_fleet(fleet, finished);
+        }
     }));
     Ok((StatusCode::ACCEPTED, Json(job.summary())).into_response())
+}
+
+/// Keeps the finished `job`'s input and timeline beside its run's outcome in Redis, so
+/// that every server of the fleet shows its page whole: once its steps have all ended, or
+/// after [`ANNEX_WAIT`].
+fn annex_in_fleet(fleet: weir::Fleet, job: Arc<Job>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        let mut open = job.open_steps.subscribe();
+        let _ = tokio::time::timeout(ANNEX_WAIT, open.wait_for(|open| *open == 0)).await;
+        let text = job.annex();
+        if let Err(error) = fleet.annex_run(&job.id, &text).await {
+            tracing::warn!(
+                job = %job.id,
+                "the job's input and timeline were not kept in Redis, so other servers show \
+                 its outcome only: {error}"
+            );
+        }
+    });
+}
+
+/// Redis did not answer a read of the fleet's runs.
+fn runs_unavailable(error: RuntimeError) -> ApiError {
+    ApiError::unavailable(format!(
+        "the fleet's runs cannot be read from Redis ({error}); check that the server given to \
+         `--redis` is up"
+    ))
+}
+
+/// A run of the fleet that `caller` may see: `None` when there is none (or not the
+/// caller's).
+async fn fleet_run(
+    fleet: &weir::Fleet,
+    caller: &Caller,
+    id: &str,
+) -> Result<Option<weir::RunStatus>, ApiError> {
+    Ok(fleet
+        .run_status(id)
+        .await
+        .map_err(runs_unavailable)?
+        .filter(|run| caller.sees_tenant(&run.tenant)))
+}
+
+/// A run of the fleet as a job: what its record says, with the input and steps its
+/// submitting server kept (when a server's jobs API submitted it).
+fn fleet_job(run: &weir::RunStatus) -> Value {
+    let status = match &run.result {
+        None => Status::Running,
+        Some(result) if result.ok => Status::Completed,
+        Some(result)
+            if result
+                .error
+                .as_ref()
+                .is_some_and(|e| e.kind == ErrorKind::Cancelled) =>
+        {
+            Status::Cancelled
+        }
+        Some(_) => Status::Failed,
+    };
+    let mut annex: Value = run
+        .annex
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_else(|| json!({}));
+    let result = run
+        .result
+        .as_ref()
+        .and_then(|r| serde_json::to_string(&r.document()).ok());
+    let steps = annex["steps"].take();
+    let mut job = json!({
+        "id": run.id,
+        "tenant": run.tenant,
+        "processor": run.target,
+        "session": run.session,
+        "status": status.as_str(),
+        "progress": null,
+        "submittedAtMs": run.submitted_ms,
+        "finishedAtMs": run.finished_ms,
+        "resultBytes": result.as_ref().map(String::len),
+        "stepCount": steps.as_array().map(Vec::len),
+        "stepsDropped": annex["stepsDropped"].take(),
+        "input": annex["input"].take(),
+        "inputBytes": annex["inputBytes"].take(),
+        "steps": if steps.is_array() { steps } else { json!([]) },
+    });
+    if let Some(result) = result.and_then(|r| serde_json::from_str::<Value>(&r).ok()) {
+        job["result"] = result;
+    }
+    job
+}
+
+/// A run of the fleet's index as a row of a list.
+fn fleet_row(run: &weir::RunSummary) -> Value {
+    json!({
+        "id": run.id,
+        "tenant": run.tenant,
+        "processor": run.target,
+        "session": run.session,
+        "status": run.state.as_str(),
+        "progress": null,
+        "submittedAtMs": run.submitted_ms,
+        "finishedAtMs": run.finished_ms,
+        "resultBytes": run.result_bytes,
+        "stepCount": null,
+        "stepsDropped": null,
+    })
 }
 
 /// Options of `GET /v1/jobs/{id}`.
@@ -652,13 +808,26 @@ pub(super) async fn get(
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(ApiError::bad_query)?;
-    let job = app
-        .jobs
-        .get(&caller, &id)
-        .ok_or_else(|| job_not_found(&id))?;
-    if let Some(ms) = query.wait_ms {
+    let wait = query
+        .wait_ms
+        .map(|ms| std::time::Duration::from_millis(ms.min(MAX_WAIT_MS)));
+    let Some(job) = app.jobs.get(&caller, &id) else {
+        // Behind `--redis`: a run another server (or the CLI) submitted.
+        let fleet = app.runtime.fleet().ok_or_else(|| job_not_found(&id))?;
+        let mut run = fleet_run(&fleet, &caller, &id)
+            .await?
+            .ok_or_else(|| job_not_found(&id))?;
+        if let (None, Some(wait)) = (&run.result, wait) {
+            tokio::select! {
+                _ = tokio::time::timeout(wait, fleet.wait_run(&id)) => {}
+                _ = app.shutdown.cancelled() => {}
+            }
+            run = fleet_run(&fleet, &caller, &id).await?.unwrap_or(run);
+        }
+        return Ok(Json(fleet_job(&run)).into_response());
+    };
+    if let Some(wait) = wait {
         let mut done = job.done.subscribe();
-        let wait = std::time::Duration::from_millis(ms.min(MAX_WAIT_MS));
         // Timing out is an answer too (the job, still running), and so is the server
         // shutting down, which must not wait for this.
         tokio::select! {
@@ -673,8 +842,8 @@ fn job_not_found(id: &str) -> ApiError {
     ApiError::not_found(
         "job-not-found",
         format!(
-            "no job `{id}` on this server (each tenant's newest finished jobs are kept within \
-             a count and a byte budget; older ones are forgotten)"
+            "no job `{id}` (each tenant's newest finished jobs are kept within a count and a \
+             byte budget, and a fleet's runs for the run retention; older ones are forgotten)"
         ),
     )
 }
@@ -685,14 +854,24 @@ pub(super) async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = app
-        .jobs
-        .get(&caller, &id)
-        .ok_or_else(|| job_not_found(&id))?;
-    let running = job.lock().status == Status::Running;
-    if running {
-        job.cancel.cancel_with(CancelReason::Request);
-    }
+    let running = match app.jobs.get(&caller, &id) {
+        Some(job) => {
+            let running = job.lock().status == Status::Running;
+            if running {
+                job.cancel.cancel_with(CancelReason::Request);
+            }
+            running
+        }
+        // Behind `--redis`: a run another server (or the CLI) submitted, cancelled
+        // wherever its jobs are.
+        None => {
+            let fleet = app.runtime.fleet().ok_or_else(|| job_not_found(&id))?;
+            let run = fleet_run(&fleet, &caller, &id)
+                .await?
+                .ok_or_else(|| job_not_found(&id))?;
+            run.result.is_none() && fleet.cancel_run(&id).await.map_err(runs_unavailable)?
+        }
+    };
     let status = if running {
         StatusCode::ACCEPTED
     } else {
@@ -729,6 +908,9 @@ pub(super) async fn list(
     let Query(q) = query.map_err(ApiError::bad_query)?;
     caller.may_ask_for(q.tenant.as_deref())?;
     let limit = ApiError::page_limit(q.limit, 500)?;
+    if let Some(fleet) = app.runtime.fleet() {
+        return fleet_list(&app, &fleet, &caller, q, limit).await;
+    }
     let mut jobs: Vec<Arc<Job>> = app
         .jobs
         .lock()
@@ -752,6 +934,50 @@ pub(super) async fn list(
     jobs.truncate(limit);
     let rows: Vec<Value> = jobs.iter().map(|job| job.summary()).collect();
     Ok(Json(json!({ "jobs": rows, "next": next })))
+}
+
+/// `GET /v1/jobs` behind `--redis`: the fleet's runs, from its index in Redis (every
+/// server's, the CLI's and the library's), shown as this server's jobs where it has them
+/// (with their progress and steps).
+async fn fleet_list(
+    app: &AppState,
+    fleet: &weir::Fleet,
+    caller: &Caller,
+    q: ListQuery,
+    limit: usize,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = match caller {
+        Caller::Tenant(own) => Some(own.name().to_string()),
+        Caller::Operator | Caller::Open => q.tenant,
+    };
+    let query = weir::RunQuery {
+        tenant,
+        target: q.processor,
+        session: q.session,
+        state: q.status.map(Status::state),
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
+        before: q.before,
+        limit,
+    };
+    let page = fleet.runs(&query).await.map_err(runs_unavailable)?;
+    let local: Vec<Option<Arc<Job>>> = {
+        let table = app.jobs.lock();
+        page.runs
+            .iter()
+            .map(|run| table.by_id.get(&run.id).cloned())
+            .collect()
+    };
+    let rows: Vec<Value> = page
+        .runs
+        .iter()
+        .zip(local)
+        .map(|(run, job)| match job {
+            Some(job) => job.summary(),
+            None => fleet_row(run),
+        })
+        .collect();
+    Ok(Json(json!({ "jobs": rows, "next": page.next })))
 }
 
 #[cfg(test)]

@@ -320,3 +320,329 @@ async fn the_operator_sees_each_queues_counts_and_a_tenant_does_not() {
         .unwrap();
     assert_eq!(refused.status().as_u16(), 403);
 }
+
+/// Sends `method path` with `token` and `body` to `base`; the status and the body as JSON.
+async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client.request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "text": text })),
+    )
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["jobs"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|j| j["id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 23 (item 2): behind `serve --redis` the runs list and a run's page are the fleet's.
+/// A run submitted through one server, as a job or with `/v1/run`, is listed, read and
+/// cancelled through the other; a tenant sees only its own; the operator filters and pages.
+#[tokio::test]
+async fn runs_submitted_through_either_server_are_listed_read_and_cancelled_on_both() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment", "cooperative"]);
+    let config = two_tenants(&folder);
+    let config = config.as_str();
+    let _worker = weir_tests::WorkerProcess::start(
+        &url,
+        folder.path(),
+        &["--config", config, "--process-name", "worker-eu-1"],
+    );
+    let serve = ["--redis", url.as_str(), "--config", config];
+    let (_first, a) = WeirProcess::serve(folder.path(), &serve);
+    let (_second, b) = WeirProcess::serve(folder.path(), &serve);
+    let client = reqwest::Client::new();
+    let post = reqwest::Method::POST;
+
+    // acme: a job through the first server, a synchronous run through the second.
+    let (status, job) = send(
+        &client,
+        post.clone(),
+        format!("{a}/v1/jobs"),
+        ACME,
+        Some(json!({ "processor": "increment", "session": "s1", "input": { "count": 1 } })),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let done = get(
+        &client,
+        &a,
+        &format!("/v1/jobs/{job_id}?waitMs=20000"),
+        ACME,
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (status, run) = send(
+        &client,
+        post.clone(),
+        format!("{b}/v1/run/increment?session=s2"),
+        ACME,
+        Some(json!({ "count": 5 })),
+    )
+    .await;
+    assert_eq!((status, &run["ok"]), (200, &json!(true)), "{run}");
+    let run_id = run["execution"]["id"].as_str().unwrap().to_string();
+    // beta: a job through the second server.
+    let (_, beta_job) = send(
+        &client,
+        post.clone(),
+        format!("{b}/v1/jobs"),
+        BETA,
+        Some(json!({ "processor": "increment", "input": { "count": 7 } })),
+    )
+    .await;
+    let beta_id = beta_job["id"].as_str().unwrap().to_string();
+    let done = get(
+        &client,
+        &b,
+        &format!("/v1/jobs/{beta_id}?waitMs=20000"),
+        BETA,
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let servers = [a.as_str(), b.as_str()];
+
+    // Each server lists acme's two runs, newest first, and none of beta's.
+    let [listed, _] = agreed(&client, servers, "/v1/jobs", ACME, |l| {
+        ids(l) == [run_id.clone(), job_id.clone()]
+    })
+    .await;
+    let rows = listed["jobs"].as_array().unwrap();
+    assert_eq!(rows[0]["session"], "s2", "{listed}");
+    assert_eq!(rows[1]["session"], "s1", "{listed}");
+    for row in rows {
+        assert_eq!(
+            (&row["status"], &row["processor"], &row["tenant"]),
+            (&json!("completed"), &json!("increment"), &json!("acme")),
+            "{row}"
+        );
+        assert!(row["finishedAtMs"].is_u64(), "{row}");
+    }
+    let [beta_list, _] = agreed(&client, servers, "/v1/jobs", BETA, |l| {
+        ids(l) == [beta_id.clone()]
+    })
+    .await;
+    assert_eq!(beta_list["jobs"][0]["tenant"], "beta");
+
+    // The job submitted through the first server, read through the second: its result,
+    // input and timeline.
+    let page = get(&client, &b, &format!("/v1/jobs/{job_id}"), ACME).await;
+    assert_eq!(page["status"], "completed", "{page}");
+    assert_eq!(page["result"]["state"]["count"], 2, "{page}");
+    assert_eq!(page["input"], json!({ "count": 1 }), "{page}");
+    let steps = page["steps"].as_array().unwrap_or_else(|| panic!("{page}"));
+    // Each step says which worker ran it, by the name its operator gave it.
+    let step = steps
+        .iter()
+        .find(|s| s["processor"] == "increment")
+        .unwrap_or_else(|| panic!("{page}"));
+    let origin = step["origin"].as_str().unwrap_or_default();
+    assert!(origin.starts_with("worker-eu-1/"), "{step}");
+    // The synchronous run, read through the first: its result (it kept no input).
+    let page = get(&client, &a, &format!("/v1/jobs/{run_id}"), ACME).await;
+    assert_eq!(page["result"]["state"]["count"], 6, "{page}");
+    // Another tenant's run is not there for beta.
+    let (status, _) = send(
+        &client,
+        reqwest::Method::GET,
+        format!("{a}/v1/jobs/{job_id}"),
+        BETA,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // The operator sees all three, filters by tenant and pages through them one at a time.
+    let all = get(&client, &a, "/v1/jobs", OPERATOR).await;
+    assert_eq!(ids(&all), [beta_id.clone(), run_id.clone(), job_id.clone()]);
+    let only_beta = get(&client, &a, "/v1/jobs?tenant=beta", OPERATOR).await;
+    assert_eq!(ids(&only_beta), [beta_id.as_str()]);
+    let by_session = get(&client, &b, "/v1/jobs?session=s1", OPERATOR).await;
+    assert_eq!(ids(&by_session), [job_id.as_str()]);
+    let mut paged = Vec::new();
+    let mut path = "/v1/jobs?limit=1".to_string();
+    loop {
+        let page = get(&client, &b, &path, OPERATOR).await;
+        paged.extend(ids(&page));
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/jobs?limit=1&before={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, [beta_id, run_id, job_id.clone()]);
+
+    // A job running through the first server is cancelled through the second.
+    let (_, long) = send(
+        &client,
+        post,
+        format!("{a}/v1/jobs"),
+        ACME,
+        Some(json!({ "processor": "cooperative" })),
+    )
+    .await;
+    let long_id = long["id"].as_str().unwrap().to_string();
+    agreed(&client, servers, "/v1/jobs?status=running", ACME, |l| {
+        ids(l) == [long_id.clone()]
+    })
+    .await;
+    let (status, cancelled) = send(
+        &client,
+        reqwest::Method::DELETE,
+        format!("{b}/v1/jobs/{long_id}"),
+        ACME,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &cancelled["cancelled"]),
+        (202, &json!(true)),
+        "{cancelled}"
+    );
+    let done = get(
+        &client,
+        &a,
+        &format!("/v1/jobs/{long_id}?waitMs=20000"),
+        ACME,
+    )
+    .await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    agreed(&client, servers, "/v1/jobs?status=cancelled", ACME, |l| {
+        ids(l) == [long_id.clone()]
+    })
+    .await;
+    // A finished job, cancelled again, says so.
+    let (status, again) = send(
+        &client,
+        reqwest::Method::DELETE,
+        format!("{b}/v1/jobs/{job_id}"),
+        ACME,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &again["cancelled"]),
+        (200, &json!(false)),
+        "{again}"
+    );
+}
+
+/// The fleet's run index keeps its bounds (runs per tenant, in all, and tenants) and lists
+/// only what the fleet signed: an entry a Redis writer adds to a tenant's index, naming
+/// another tenant's run or none, is not listed.
+#[tokio::test]
+async fn the_run_index_keeps_its_bounds_and_lists_only_the_fleets_own_runs() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment"]);
+    let mut config = weir::RedisConfig::new(&url);
+    config.run_index_per_tenant = 3;
+    config.run_index_total = 5;
+    config.activity_tenants = 2;
+    let runtime = weir::Runtime::redis(&url)
+        .trust(weir_tests::fleet())
+        .redis_config(config)
+        .plugins_dir(folder.path())
+        .engine_config(weir_tests::engine_config())
+        .build()
+        .await
+        .expect("the distributed runtime connects");
+    runtime.start();
+    let fleet = runtime.fleet().expect("a distributed runtime");
+    // No worker runs: the runs stay submitted, which is all the index lists.
+    let submit = |tenant: &'static str| {
+        let fleet = fleet.clone();
+        async move {
+            fleet
+                .submit(weir::ExecutionRequest::new("increment", json!({})).tenant(tenant))
+                .await
+                .unwrap()
+        }
+    };
+    let list = |tenant: Option<&str>, limit: usize, before: Option<String>| weir::RunQuery {
+        tenant: tenant.map(String::from),
+        before,
+        limit,
+        ..weir::RunQuery::default()
+    };
+    let ids =
+        |page: &weir::RunPage| -> Vec<String> { page.runs.iter().map(|r| r.id.clone()).collect() };
+    let mut acme = Vec::new();
+    for _ in 0..4 {
+        acme.push(submit("acme").await);
+    }
+    // A tenant's newest three are listed, newest first.
+    let page = fleet.runs(&list(Some("acme"), 10, None)).await.unwrap();
+    assert_eq!(ids(&page), [acme[3].as_str(), &acme[2], &acme[1]]);
+    assert!(page.runs.iter().all(|r| r.state == weir::RunState::Running));
+    assert_eq!(page.next, None);
+
+    // A Redis writer lists acme's run in beta's index, and a run that never was.
+    let beta = submit("beta").await;
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let now = weir::now_ms();
+    let _: () = redis::cmd("ZADD")
+        .arg("weir:_:runs:t:beta")
+        .arg(0)
+        .arg(format!("{:013}:{}", now + 10, acme[3]))
+        .arg(0)
+        .arg(format!("{:013}:forged", now + 20))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let page = fleet.runs(&list(Some("beta"), 10, None)).await.unwrap();
+    assert_eq!(ids(&page), [beta.as_str()]);
+    // The entry naming no run is removed once met.
+    let left: u64 = redis::cmd("ZCARD")
+        .arg("weir:_:runs:t:beta")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        left, 2,
+        "the forged entry stays only while it names a real run"
+    );
+
+    // A third tenant past the cap of two: the one idle longest (acme) loses its index.
+    let gamma = submit("gamma").await;
+    let page = fleet.runs(&list(Some("acme"), 10, None)).await.unwrap();
+    assert_eq!(ids(&page), Vec::<String>::new());
+    // The fleet's index keeps its newest five, paged two at a time.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = fleet.runs(&list(None, 2, before)).await.unwrap();
+        assert!(page.runs.len() <= 2);
+        paged.extend(ids(&page));
+        match page.next {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, [gamma.as_str(), &beta, &acme[3], &acme[2], &acme[1]]);
+    runtime.stop(Duration::from_secs(1)).await;
+}

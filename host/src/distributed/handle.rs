@@ -98,7 +98,8 @@ impl Distributed {
         let conn = connect(&config).await?;
         let keys = Keys::new(&config.prefix);
         let waiters = Arc::new(Waiters::default());
-        let origin = uuid::Uuid::now_v7().to_string();
+        // Named for the operators, unique for the fleet.
+        let origin = format!("{}/{}", config.process_name(), uuid::Uuid::now_v7());
         let events: Arc<OnceLock<EventSink>> = Arc::new(OnceLock::new());
         Ok(Arc::new(Distributed {
             config,

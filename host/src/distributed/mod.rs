@@ -52,6 +52,7 @@ mod fanout;
 mod fetch;
 mod foreign;
 mod handle;
+mod index;
 mod job;
 mod join;
 mod publish;
@@ -69,6 +70,7 @@ pub use dlq::DeadJob;
 pub use fanout::ItemAdmission;
 pub use foreign::{ForeignAdmission, ForeignPlace, ForeignQueue};
 pub(crate) use handle::Distributed;
+pub use index::{RunPage, RunQuery, RunState, RunSummary};
 pub use queues::QueueCounts;
 pub use runs::RunStatus;
 pub use trust::{FleetKey, Trust};
@@ -136,6 +138,26 @@ pub struct RedisConfig {
     /// Processor and workflow names one tenant's counters (and one session's) keep
     /// (default 1,000): past it, a new name's counts are dropped, and a warning says so.
     pub activity_names: usize,
+    /// Runs the fleet's run index lists per tenant (default 10,000), newest kept: what
+    /// `GET /v1/jobs` of any server shows. Entries older than the longer of
+    /// [`RedisConfig::run_retention`] and [`RedisConfig::run_deadline`] (with the grace) are
+    /// dropped with their records.
+    pub run_index_per_tenant: usize,
+    /// Runs the fleet's run index lists over all tenants (default 100,000), newest kept.
+    pub run_index_total: usize,
+    /// How this process is named to the fleet's operators: where a run's steps ran, in
+    /// its timeline and its events' `origin` (`{name}/{a unique id}`). 1–64 letters,
+    /// digits, `-`, `_`, `.` and `:`; by default the machine's host name and the process
+    /// id (`host:1234`).
+    pub process_name: Option<String>,
+}
+
+/// Whether `name` may name a process to the fleet (see [`RedisConfig::process_name`]).
+fn is_process_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
 /// How many finished jobs to keep, and for how long.
@@ -152,7 +174,8 @@ impl RedisConfig {
     /// jobs kept 1 h (at most 10,000 per queue), failed jobs 7 days (at most 100,000), run
     /// outcomes 24 h, an event stream of about 1,000 entries of at most 64 KiB; the fleet's
     /// activity counters written every 250 ms, for up to 1,000 tenants and 1,000 names each,
-    /// kept 7 days; no fleet key yet (set [`RedisConfig::trust`] before the distributed runtime starts).
+    /// kept 7 days; the newest 10,000 runs of each tenant listed (100,000 in all); no fleet
+    /// key yet (set [`RedisConfig::trust`] before the distributed runtime starts).
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
@@ -178,11 +201,36 @@ impl RedisConfig {
             activity_retention: Duration::from_secs(7 * 24 * 3600),
             activity_tenants: 1_000,
             activity_names: 1_000,
+            run_index_per_tenant: 10_000,
+            run_index_total: 100_000,
+            process_name: None,
         }
     }
 
-    /// Checks the prefix (BullMQ refuses `:` in it).
+    /// This process's name to the fleet: [`RedisConfig::process_name`], or the host name
+    /// and the process id.
+    pub(crate) fn process_name(&self) -> String {
+        if let Some(name) = &self.process_name {
+            return name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| is_process_name(h))
+            .unwrap_or_else(|| "process".into());
+        format!("{host}:{}", std::process::id())
+    }
+
+    /// Checks the prefix (BullMQ refuses `:` in it) and the process name.
     pub(crate) fn validate(&self) -> Result<(), Error> {
+        if let Some(name) = &self.process_name
+            && !is_process_name(name)
+        {
+            return Err(Error::Config(format!(
+                "the process name `{name}` is invalid: use 1 to 64 letters, digits, `-`, `_`, \
+                 `.` and `:`"
+            )));
+        }
         let ok = !self.prefix.is_empty()
             && self
                 .prefix
@@ -239,6 +287,26 @@ impl Keys {
 
     pub(crate) fn run(&self, id: &str) -> String {
         self.own(&format!("run:{id}"))
+    }
+
+    /// The fleet's run index: every tenant's runs, newest last.
+    pub(crate) fn run_index(&self) -> String {
+        self.own("runs:all")
+    }
+
+    /// `tenant`'s run index.
+    pub(crate) fn tenant_run_index(&self, tenant: &str) -> String {
+        format!("{}{tenant}", self.tenant_run_index_prefix())
+    }
+
+    /// What every tenant's run index key starts with.
+    pub(crate) fn tenant_run_index_prefix(&self) -> String {
+        self.own("runs:t:")
+    }
+
+    /// The tenants with a run index, by their latest submission.
+    pub(crate) fn run_index_tenants(&self) -> String {
+        self.own("runs:tenants")
     }
 
     pub(crate) fn join(&self, id: &str) -> String {

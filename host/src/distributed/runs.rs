@@ -33,6 +33,11 @@ pub struct RunStatus {
     pub deadline_ms: Option<u64>,
     /// Its outcome, once it has one.
     pub result: Option<ExecutionResult>,
+    /// When its outcome was recorded (Unix milliseconds).
+    pub finished_ms: Option<u64>,
+    /// What the process that submitted it kept beside the outcome, as JSON text (a
+    /// server's job: its input and timeline), checked against the fleet's seal.
+    pub annex: Option<String>,
 }
 
 impl Distributed {
@@ -50,7 +55,15 @@ impl Distributed {
         let mac = self
             .seal
             .sign_with(Kind::Outcome, &outcome_authority(run), Some(&document));
-        let status = if result.ok { "ok" } else { "failed" };
+        let cancelled = result
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind == ErrorKind::Cancelled);
+        let status = match (result.ok, cancelled) {
+            (true, _) => "ok",
+            (false, true) => "cancelled",
+            (false, false) => "failed",
+        };
         let mut conn = self.conn();
         let _: i64 = self
             .finish
@@ -222,6 +235,8 @@ pub(super) fn run_status(
             .unwrap_or(0),
         deadline_ms: fields.get("deadline").and_then(|s| s.parse().ok()),
         result: None,
+        finished_ms: fields.get("finished").and_then(|s| s.parse().ok()),
+        annex: None,
     };
     let mac = fields.get("mac").map_or("", String::as_str);
     if let Err(refused) = seal.check(Kind::Record, &record_authority(&status), mac) {
@@ -232,7 +247,12 @@ pub(super) fn run_status(
         let mac = fields.get("resultMac").map_or("", String::as_str);
         verified_document(seal, id, text, mac)
     });
-    Some(RunStatus { result, ..status })
+    let annex = super::index::verified_annex(seal, id, &fields);
+    Some(RunStatus {
+        result,
+        annex,
+        ..status
+    })
 }
 
 /// What a run's record says that decides authority, as signed: what runs, for whom, from

@@ -81,6 +81,8 @@ impl Distributed {
                 submitted_ms: now,
                 deadline_ms: Some(deadline_ms),
                 result: None,
+                finished_ms: None,
+                annex: None,
             };
             record.push((
                 "mac",
@@ -96,10 +98,14 @@ impl Distributed {
         let open = pipe
             .cmd("EVALSHA")
             .arg(self.open.get_hash())
-            .arg(2)
+            .arg(5)
             .arg(&key)
-            .arg(&going);
+            .arg(&going)
+            .arg(self.keys.run_index())
+            .arg(self.keys.tenant_run_index(&tenant))
+            .arg(self.keys.run_index_tenants());
         open.arg(token).arg(unfinished).arg(GOING_KEPT_MS);
+        open.arg(&super::index::open_args(self, now, &run, &tenant)[..]);
         for (field, value) in &record {
             open.arg(*field).arg(value);
         }
@@ -133,11 +139,17 @@ impl Distributed {
         .flatten();
         let bindings = self.bindings(&request.processor, first).await?;
         if !bindings.contains_key(&request.processor) {
-            // Nothing runs: the record goes, and the run no longer counts as going.
+            // Nothing runs: the record goes (and its entry in the indexes), and the run no
+            // longer counts as going.
+            let entry = super::index::entry(now, &run);
             let _: redis::RedisResult<()> = redis::pipe()
                 .del(&key)
                 .ignore()
                 .decr(&going, 1)
+                .ignore()
+                .zrem(self.keys.run_index(), &entry)
+                .ignore()
+                .zrem(self.keys.tenant_run_index(&tenant), &entry)
                 .ignore()
                 .query_async(&mut conn)
                 .await;

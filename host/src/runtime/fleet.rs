@@ -14,8 +14,8 @@ use crate::contract::error::{Error, RuntimeError};
 use crate::contract::result::ExecutionResult;
 use crate::contract::state_store::SessionKey;
 use crate::distributed::{
-    CancelTarget, DeadJob, Distributed, QueueCounts, RedisConfig, RunStatus, WorkerConfig,
-    WorkerHandle,
+    CancelTarget, DeadJob, Distributed, QueueCounts, RedisConfig, RunPage, RunQuery, RunStatus,
+    WorkerConfig, WorkerHandle,
 };
 use crate::execution::activity::{ProcessorStats, SessionStats};
 use crate::execution::request::ExecutionRequest;
@@ -216,6 +216,22 @@ impl Fleet {
     /// an outcome is given its `run-lost` outcome here.
     pub async fn run_status(&self, id: &str) -> Result<Option<RunStatus>, RuntimeError> {
         self.distributed.settled_status(id).await.map_err(refusal)
+    }
+
+    /// A page of the runs submitted to the fleet (by any server, the CLI or the
+    /// library), newest first, as `query` filters them. A page reads at most 2,000 runs
+    /// of the index: with filters that skip
+    /// many it holds fewer than `query.limit`, and [`RunPage::next`] says where to go on.
+    pub async fn runs(&self, query: &RunQuery) -> Result<RunPage, RuntimeError> {
+        self.distributed.list_runs(query).await.map_err(refusal)
+    }
+
+    /// Keeps `text` (JSON) beside run `id`'s outcome for as long as its record lives,
+    /// signed with the fleet key: what the process that submitted the run knows of it
+    /// beyond its outcome (a server keeps a job's input and timeline there), read back as
+    /// [`RunStatus::annex`]. False when the record is gone.
+    pub async fn annex_run(&self, id: &str, text: &str) -> Result<bool, RuntimeError> {
+        self.distributed.annex_run(id, text).await.map_err(refusal)
     }
 
     /// The fleet's counters: every process's executions (every worker's and every

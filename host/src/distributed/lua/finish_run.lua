@@ -1,7 +1,7 @@
 -- Records a run's outcome once and announces it on the event stream.
 -- KEYS[1] the run's record (a hash), KEYS[2] the event stream, KEYS[3] the count of the
 -- run's tenant's runs going (one less once this one has ended).
--- ARGV: result document, status (ok|failed), retention seconds, stream length kept,
+-- ARGV: result document, status (ok|failed|cancelled), retention seconds, stream length kept,
 --       run id, now (Unix ms), the largest result announced with the outcome (bytes; a
 --       larger one is read from the record), the document's signature (empty without a
 --       fleet key).
