@@ -646,3 +646,49 @@ async fn the_run_index_keeps_its_bounds_and_lists_only_the_fleets_own_runs() {
     assert_eq!(paged, [gamma.as_str(), &beta, &acme[3], &acme[2], &acme[1]]);
     runtime.stop(Duration::from_secs(1)).await;
 }
+
+/// A stopped session stays gone from the fleet's counters: the end of the work the stop
+/// cancelled, which its worker writes after the stop, does not bring it back.
+#[tokio::test]
+async fn a_stopped_session_is_not_brought_back_by_the_end_of_the_work_it_cancelled() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["cooperative"]);
+    let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
+    let (_server, api) = WeirProcess::serve(folder.path(), &["--redis", &url]);
+    let client = reqwest::Client::new();
+    let (status, job) = send(
+        &client,
+        reqwest::Method::POST,
+        format!("{api}/v1/jobs"),
+        "",
+        Some(json!({ "processor": "cooperative", "session": "doomed" })),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let servers = [api.as_str(), api.as_str()];
+    agreed(&client, servers, "/v1/sessions", "", |s| {
+        s["sessions"][0]["running"] == 1
+    })
+    .await;
+    let (status, stopped) = send(
+        &client,
+        reqwest::Method::DELETE,
+        format!("{api}/v1/sessions/doomed"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{stopped}");
+    let done = get(&client, &api, &format!("/v1/jobs/{id}?waitMs=20000"), "").await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    // The worker has written the cancelled execution's end once the fleet's counters show
+    // it: the session's counters were written (or not) in the same call.
+    agreed(&client, servers, "/v1/stats", "", |s| {
+        s["processors"]["cooperative"]["failed"] == 1 && s["running"] == 0
+    })
+    .await;
+    let sessions = get(&client, &api, "/v1/sessions", "").await;
+    assert_eq!(sessions["sessions"], json!([]), "{sessions}");
+}

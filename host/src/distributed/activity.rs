@@ -140,7 +140,7 @@ impl Distributed {
         if journal.is_none() && live.is_none() {
             return Ok(());
         }
-        let document = journal_document(
+        let mut document = journal_document(
             journal.as_ref(),
             live.as_deref(),
             &self.config,
@@ -148,6 +148,7 @@ impl Distributed {
             &self.origin,
             millis(ttl),
         );
+        document["stopped"] = Value::String(self.keys.own("stopped:"));
         let mut conn = self.conn();
         let outcome: Result<(u64, u64), _> = self
             .activity_flush

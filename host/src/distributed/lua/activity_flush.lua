@@ -14,7 +14,8 @@
 --             [i, count, ...]], ...],
 --   session_rows = [[tenant, session, first_ms, last_ms, executions, failed,
 --                [[name, executions, failed], ...]], ...],
---   live = snapshot JSON | "" when nothing runs | absent when unchanged }
+--   live = snapshot JSON | "" when nothing runs | absent when unchanged,
+--   stopped = the key prefix of sessions' stop markers (`{prefix}:_:stopped:`) }
 -- ARGV[3] now (Unix ms).
 -- Returns {counter rows dropped, session rows dropped} at their bounds.
 local p = ARGV[1]
@@ -70,35 +71,46 @@ for _, row in ipairs(j.stats) do
   end
 end
 
+-- A row that only ends work (no execution started) of a session that was stopped and whose
+-- counters are gone: the ends of what the stop cancelled, which must not bring it back.
+local function ends_stopped_work(row)
+  local tenant, session = row[1], row[2]
+  return row[5] == 0 and j.stopped
+    and redis.call('EXISTS', session_key(tenant, session)) == 0
+    and redis.call('EXISTS', j.stopped .. #tenant .. ':' .. tenant .. ':' .. session) == 1
+end
+
 for _, row in ipairs(j.session_rows) do
   local tenant, session = row[1], row[2]
-  touch(tenant)
-  local listed = p .. 'sessions:' .. tenant
-  redis.call('ZREMRANGEBYSCORE', listed, '-inf', now - j.idle)
-  if not redis.call('ZSCORE', listed, session)
-      and redis.call('ZCARD', listed) >= j.max_sessions then
-    local oldest = redis.call('ZPOPMIN', listed)
-    if oldest[1] then redis.call('DEL', session_key(tenant, oldest[1])) end
-  end
-  redis.call('ZADD', listed, 'GT', int(row[4]), session)
-  redis.call('PEXPIRE', listed, j.idle)
-  local key = session_key(tenant, session)
-  redis.call('HSETNX', key, 'created', int(row[3]))
-  local last = tonumber(redis.call('HGET', key, 'last') or '0')
-  if row[4] > last then redis.call('HSET', key, 'last', int(row[4])) end
-  redis.call('HINCRBY', key, 'executions', int(row[5]))
-  redis.call('HINCRBY', key, 'failed', int(row[6]))
-  for _, counts in ipairs(row[7]) do
-    local name = counts[1]
-    if redis.call('HEXISTS', key, 'e:' .. name) == 0
-        and redis.call('HLEN', key) >= 4 + j.names * SESSION_ROW then
-      dropped_sessions = dropped_sessions + 1
-    else
-      redis.call('HINCRBY', key, 'e:' .. name, int(counts[2]))
-      if counts[3] > 0 then redis.call('HINCRBY', key, 'f:' .. name, int(counts[3])) end
+  if not ends_stopped_work(row) then
+    touch(tenant)
+    local listed = p .. 'sessions:' .. tenant
+    redis.call('ZREMRANGEBYSCORE', listed, '-inf', now - j.idle)
+    if not redis.call('ZSCORE', listed, session)
+        and redis.call('ZCARD', listed) >= j.max_sessions then
+      local oldest = redis.call('ZPOPMIN', listed)
+      if oldest[1] then redis.call('DEL', session_key(tenant, oldest[1])) end
     end
+    redis.call('ZADD', listed, 'GT', int(row[4]), session)
+    redis.call('PEXPIRE', listed, j.idle)
+    local key = session_key(tenant, session)
+    redis.call('HSETNX', key, 'created', int(row[3]))
+    local last = tonumber(redis.call('HGET', key, 'last') or '0')
+    if row[4] > last then redis.call('HSET', key, 'last', int(row[4])) end
+    redis.call('HINCRBY', key, 'executions', int(row[5]))
+    redis.call('HINCRBY', key, 'failed', int(row[6]))
+    for _, counts in ipairs(row[7]) do
+      local name = counts[1]
+      if redis.call('HEXISTS', key, 'e:' .. name) == 0
+          and redis.call('HLEN', key) >= 4 + j.names * SESSION_ROW then
+        dropped_sessions = dropped_sessions + 1
+      else
+        redis.call('HINCRBY', key, 'e:' .. name, int(counts[2]))
+        if counts[3] > 0 then redis.call('HINCRBY', key, 'f:' .. name, int(counts[3])) end
+      end
+    end
+    redis.call('PEXPIRE', key, j.idle)
   end
-  redis.call('PEXPIRE', key, j.idle)
 end
 
 local live = p .. 'live'
