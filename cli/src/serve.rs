@@ -69,10 +69,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<Outcome, Failure> {
         None => weir_server::ServerFile::default(),
     };
     let host = file.host_config();
-    let runtime = args
-        .plugins
-        .runtime_with(args.redis.config()?, host)
-        .await?;
+    let mut redis = args.redis.config()?;
+    if let Some(redis) = &mut redis {
+        file.redis.apply(redis);
+    }
+    let runtime = args.plugins.runtime_with(redis, host).await?;
     let mut events = runtime.subscribe();
     // On Redis the folder is optional (workers may hold the plugins); watch it if it is there.
     let required = args.redis.redis.is_none();

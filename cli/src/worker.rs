@@ -49,11 +49,15 @@ pub(crate) struct WorkerArgs {
 }
 
 pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
-    let redis = args.redis.required("worker")?;
+    let mut redis = args.redis.required("worker")?;
     let file = match &args.config {
         Some(path) => Some(weir_server::ServerFile::load(path).map_err(Failure::Usage)?),
         None => None,
     };
+    // The file's `[redis]` retention and bounds, as on the servers.
+    if let Some(file) = &file {
+        file.redis.apply(&mut redis);
+    }
     // The file's `[host]` bounds apply here as on the servers (batch sizes, call depth).
     let host = file
         .as_ref()

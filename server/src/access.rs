@@ -75,6 +75,8 @@ struct RawFile {
     #[serde(default)]
     host: HostSettings,
     #[serde(default)]
+    redis: RedisSettings,
+    #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
 }
 
@@ -186,6 +188,121 @@ impl HostSettings {
     }
 }
 
+/// The `[redis]` table of `weir.toml`: how long the distributed runtime keeps what it
+/// writes to Redis, and how much of it, each named as the [`weir::RedisConfig`] field it
+/// sets (durations in milliseconds, `_ms`; job retention as `completed_jobs_kept` and
+/// `completed_jobs_kept_ms` for [`weir::RedisConfig::keep_completed`], and the same for
+/// failed jobs); `None` keeps the default. `weir serve --redis` and `weir worker` apply it
+/// (give every process of a fleet the same file: each bound applies where it is written).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// [`weir::RedisConfig::response_timeout`], in milliseconds.
+    pub response_timeout_ms: Option<u64>,
+    /// The count of [`weir::RedisConfig::keep_completed`].
+    pub completed_jobs_kept: Option<usize>,
+    /// The age of [`weir::RedisConfig::keep_completed`], in milliseconds.
+    pub completed_jobs_kept_ms: Option<u64>,
+    /// The count of [`weir::RedisConfig::keep_failed`] (the dead-letter set).
+    pub failed_jobs_kept: Option<usize>,
+    /// The age of [`weir::RedisConfig::keep_failed`], in milliseconds.
+    pub failed_jobs_kept_ms: Option<u64>,
+    /// [`weir::RedisConfig::run_retention`], in milliseconds.
+    pub run_retention_ms: Option<u64>,
+    /// [`weir::RedisConfig::events_kept`].
+    pub events_kept: Option<usize>,
+    /// [`weir::RedisConfig::stream_entry_bytes`].
+    pub stream_entry_bytes: Option<usize>,
+    /// [`weir::RedisConfig::share_buffer_bytes`].
+    pub share_buffer_bytes: Option<usize>,
+    /// [`weir::RedisConfig::run_deadline`], in milliseconds.
+    pub run_deadline_ms: Option<u64>,
+    /// [`weir::RedisConfig::lost_grace`], in milliseconds.
+    pub lost_grace_ms: Option<u64>,
+    /// [`weir::RedisConfig::activity_interval`], in milliseconds.
+    pub activity_interval_ms: Option<u64>,
+    /// [`weir::RedisConfig::activity_retention`], in milliseconds.
+    pub activity_retention_ms: Option<u64>,
+    /// [`weir::RedisConfig::activity_tenants`].
+    pub activity_tenants: Option<usize>,
+    /// [`weir::RedisConfig::activity_names`].
+    pub activity_names: Option<usize>,
+    /// [`weir::RedisConfig::run_index_per_tenant`].
+    pub run_index_per_tenant: Option<usize>,
+    /// [`weir::RedisConfig::run_index_total`].
+    pub run_index_total: Option<usize>,
+}
+
+impl RedisSettings {
+    fn validate(&self) -> Result<(), String> {
+        let values = [
+            ("response_timeout_ms", self.response_timeout_ms),
+            ("completed_jobs_kept_ms", self.completed_jobs_kept_ms),
+            ("failed_jobs_kept_ms", self.failed_jobs_kept_ms),
+            ("run_retention_ms", self.run_retention_ms),
+            ("events_kept", self.events_kept.map(|n| n as u64)),
+            (
+                "stream_entry_bytes",
+                self.stream_entry_bytes.map(|n| n as u64),
+            ),
+            (
+                "share_buffer_bytes",
+                self.share_buffer_bytes.map(|n| n as u64),
+            ),
+            ("run_deadline_ms", self.run_deadline_ms),
+            ("activity_interval_ms", self.activity_interval_ms),
+            ("activity_retention_ms", self.activity_retention_ms),
+            ("activity_tenants", self.activity_tenants.map(|n| n as u64)),
+            ("activity_names", self.activity_names.map(|n| n as u64)),
+            (
+                "run_index_per_tenant",
+                self.run_index_per_tenant.map(|n| n as u64),
+            ),
+            ("run_index_total", self.run_index_total.map(|n| n as u64)),
+        ];
+        match values.iter().find(|(_, value)| *value == Some(0)) {
+            Some((name, _)) => Err(format!(
+                "[redis] {name} must be above zero (leave it out for the default)"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `config` with every setting this table sets.
+    pub fn apply(&self, config: &mut weir::RedisConfig) {
+        use std::time::Duration;
+        fn set<T: Copy>(field: &mut T, value: Option<T>) {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
+        let ms = |value: Option<u64>| value.map(Duration::from_millis);
+        set(&mut config.response_timeout, ms(self.response_timeout_ms));
+        set(&mut config.keep_completed.count, self.completed_jobs_kept);
+        set(
+            &mut config.keep_completed.age,
+            ms(self.completed_jobs_kept_ms),
+        );
+        set(&mut config.keep_failed.count, self.failed_jobs_kept);
+        set(&mut config.keep_failed.age, ms(self.failed_jobs_kept_ms));
+        set(&mut config.run_retention, ms(self.run_retention_ms));
+        set(&mut config.events_kept, self.events_kept);
+        set(&mut config.stream_entry_bytes, self.stream_entry_bytes);
+        set(&mut config.share_buffer_bytes, self.share_buffer_bytes);
+        set(&mut config.run_deadline, ms(self.run_deadline_ms));
+        set(&mut config.lost_grace, ms(self.lost_grace_ms));
+        set(&mut config.activity_interval, ms(self.activity_interval_ms));
+        set(
+            &mut config.activity_retention,
+            ms(self.activity_retention_ms),
+        );
+        set(&mut config.activity_tenants, self.activity_tenants);
+        set(&mut config.activity_names, self.activity_names);
+        set(&mut config.run_index_per_tenant, self.run_index_per_tenant);
+        set(&mut config.run_index_total, self.run_index_total);
+    }
+}
+
 /// What `weir.toml` says about serving.
 #[derive(Debug, Clone, Default)]
 pub struct ServerFile {
@@ -197,6 +314,8 @@ pub struct ServerFile {
     pub settings: ServerSettings,
     /// The `[host]` table: the runtime's bounds, where set.
     pub host: HostSettings,
+    /// The `[redis]` table: the distributed runtime's retention and bounds, where set.
+    pub redis: RedisSettings,
 }
 
 impl ServerFile {
@@ -299,6 +418,7 @@ impl ServerFile {
     pub fn parse(text: &str, env: &[(String, String)]) -> Result<ServerFile, String> {
         let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         raw.host.validate()?;
+        raw.redis.validate()?;
         let mut operator = raw
             .server
             .operator_token_sha256
@@ -386,6 +506,7 @@ impl ServerFile {
                 session_idle_ms: raw.server.session_idle_ms,
             },
             host: raw.host,
+            redis: raw.redis,
         })
     }
 }
@@ -684,5 +805,35 @@ mod tests {
         );
         let unknown = ServerFile::parse("[host]\nmax_items = 3\n", &[]).expect_err("unknown");
         assert!(unknown.contains("max_items"), "{unknown}");
+    }
+
+    #[test]
+    fn what_redis_keeps_is_set_in_the_redis_table() {
+        let file = ServerFile::parse(
+            "[redis]\nrun_retention_ms = 60000\nfailed_jobs_kept = 7\n\
+             failed_jobs_kept_ms = 5000\nrun_index_per_tenant = 20\nactivity_tenants = 3\n",
+            &[],
+        )
+        .expect("a [redis] table is read");
+        let mut config = weir::RedisConfig::new("redis://127.0.0.1:1");
+        file.redis.apply(&mut config);
+        assert_eq!(config.run_retention, std::time::Duration::from_secs(60));
+        assert_eq!(config.keep_failed.count, 7);
+        assert_eq!(config.keep_failed.age, std::time::Duration::from_secs(5));
+        assert_eq!(config.run_index_per_tenant, 20);
+        assert_eq!(config.activity_tenants, 3);
+        let defaults = weir::RedisConfig::new("redis://127.0.0.1:1");
+        assert_eq!(
+            (config.events_kept, config.run_index_total),
+            (defaults.events_kept, defaults.run_index_total),
+            "what is not set keeps its default"
+        );
+        let zero = ServerFile::parse("[redis]\nevents_kept = 0\n", &[]).expect_err("zero");
+        assert!(
+            zero.contains("[redis] events_kept must be above zero"),
+            "{zero}"
+        );
+        let unknown = ServerFile::parse("[redis]\nkept = 3\n", &[]).expect_err("unknown");
+        assert!(unknown.contains("kept"), "{unknown}");
     }
 }

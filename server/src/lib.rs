@@ -49,7 +49,7 @@ mod metrics;
 mod open;
 mod quota;
 
-pub use access::{Access, HostSettings, ServerFile, ServerSettings, Tenant, digest};
+pub use access::{Access, HostSettings, RedisSettings, ServerFile, ServerSettings, Tenant, digest};
 pub use foreign::{foreign_admission, item_admission};
 pub use quota::Quotas;
 
