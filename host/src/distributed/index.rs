@@ -180,6 +180,9 @@ impl Distributed {
             .since_ms
             .map_or_else(|| "-".to_string(), |since| format!("[{since:013}"));
         let mut page = RunPage::default();
+        // The index entry of each run on the page (a run's record may say another time: a
+        // submission tried again writes its record again, not its entry).
+        let mut listed: Vec<String> = Vec::new();
         let mut scanned = 0;
         let mut conn = self.conn();
         let mut gone = Vec::new();
@@ -228,13 +231,11 @@ impl Distributed {
                 }
                 if page.runs.len() == limit {
                     // One more than a page: there is a next one.
-                    page.next = Some(self::entry(
-                        page.runs[limit - 1].submitted_ms,
-                        &page.runs[limit - 1].id,
-                    ));
+                    page.next = listed.pop();
                     break;
                 }
                 page.runs.push(run);
+                listed.push(entry.clone());
             }
             if page.next.is_some() || entries.len() < CHUNK {
                 break;
