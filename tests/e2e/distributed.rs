@@ -174,7 +174,7 @@ fn path_str(path: &std::path::Path) -> &str {
 }
 
 /// Runs `weir` with `args` (which must succeed) and reads its stdout as JSON.
-fn weir_json(args: &[&str]) -> Value {
+pub(crate) fn weir_json(args: &[&str]) -> Value {
     serde_json::from_slice(&weir_ok(args)).unwrap()
 }
 

@@ -644,6 +644,32 @@ async fn the_run_index_keeps_its_bounds_and_lists_only_the_fleets_own_runs() {
         }
     }
     assert_eq!(paged, [gamma.as_str(), &beta, &acme[3], &acme[2], &acme[1]]);
+    // `weir runs list` reads the same index, a page at a time.
+    let listed =
+        crate::distributed::weir_json(&["runs", "list", "--redis", &url, "--limit", "2", "--json"]);
+    let run_ids = |list: &Value| -> Vec<String> {
+        list["runs"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|r| r["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(run_ids(&listed), [gamma.as_str(), &beta], "{listed}");
+    let next = listed["next"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{listed}"));
+    let older = crate::distributed::weir_json(&[
+        "runs", "list", "--redis", &url, "--before", next, "--limit", "2", "--json",
+    ]);
+    assert_eq!(run_ids(&older), [acme[3].as_str(), &acme[2]], "{older}");
+    assert_eq!(older["runs"][0]["status"], "running");
+    let only_beta = crate::distributed::weir_json(&[
+        "runs", "list", "--redis", &url, "--tenant", "beta", "--json",
+    ]);
+    assert_eq!(run_ids(&only_beta), [beta.as_str()], "{only_beta}");
     runtime.stop(Duration::from_secs(1)).await;
 }
 
