@@ -120,6 +120,16 @@ fn everything() -> Vec<String> {
     vec!["*".to_string()]
 }
 
+/// Refuses a setting of `[table]` set to zero, naming it.
+fn none_zero(table: &str, values: &[(&str, Option<u64>)]) -> Result<(), String> {
+    match values.iter().find(|(_, value)| *value == Some(0)) {
+        Some((name, _)) => Err(format!(
+            "[{table}] {name} must be above zero (leave it out for the default)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The `[host]` table of `weir.toml`: the runtime's own bounds, each named as the
 /// [`weir::HostConfig`] field it sets; `None` keeps the default. `weir serve` and `weir
 /// worker` apply it to the runtime they build (give every process of a fleet the same
@@ -159,12 +169,7 @@ impl HostSettings {
                 self.event_buffer_bytes.map(|n| n as u64),
             ),
         ];
-        match counts.iter().find(|(_, value)| *value == Some(0)) {
-            Some((name, _)) => Err(format!(
-                "[host] {name} must be above zero (leave it out for the default)"
-            )),
-            None => Ok(()),
-        }
+        none_zero("host", &counts)
     }
 
     /// `host` with every bound this table sets.
@@ -260,12 +265,7 @@ impl RedisSettings {
             ),
             ("run_index_total", self.run_index_total.map(|n| n as u64)),
         ];
-        match values.iter().find(|(_, value)| *value == Some(0)) {
-            Some((name, _)) => Err(format!(
-                "[redis] {name} must be above zero (leave it out for the default)"
-            )),
-            None => Ok(()),
-        }
+        none_zero("redis", &values)
     }
 
     /// `config` with every setting this table sets.
