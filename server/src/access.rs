@@ -265,7 +265,29 @@ impl RedisSettings {
             ),
             ("run_index_total", self.run_index_total.map(|n| n as u64)),
         ];
-        none_zero("redis", &values)
+        none_zero("redis", &values)?;
+        // Redis takes expiries in milliseconds up to about 292 million years; a year is
+        // more than any of these needs.
+        const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+        let durations = [
+            ("response_timeout_ms", self.response_timeout_ms),
+            ("completed_jobs_kept_ms", self.completed_jobs_kept_ms),
+            ("failed_jobs_kept_ms", self.failed_jobs_kept_ms),
+            ("run_retention_ms", self.run_retention_ms),
+            ("run_deadline_ms", self.run_deadline_ms),
+            ("lost_grace_ms", self.lost_grace_ms),
+            ("activity_interval_ms", self.activity_interval_ms),
+            ("activity_retention_ms", self.activity_retention_ms),
+        ];
+        match durations
+            .iter()
+            .find(|(_, ms)| ms.is_some_and(|ms| ms > YEAR_MS))
+        {
+            Some((name, _)) => Err(format!(
+                "[redis] {name} is over a year ({YEAR_MS} ms): set at most that"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// `config` with every setting this table sets.
@@ -833,6 +855,9 @@ mod tests {
             zero.contains("[redis] events_kept must be above zero"),
             "{zero}"
         );
+        let long = ServerFile::parse("[redis]\nrun_retention_ms = 18446744073709551615\n", &[])
+            .expect_err("too long");
+        assert!(long.contains("run_retention_ms is over a year"), "{long}");
         let unknown = ServerFile::parse("[redis]\nkept = 3\n", &[]).expect_err("unknown");
         assert!(unknown.contains("kept"), "{unknown}");
     }
