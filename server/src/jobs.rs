@@ -59,8 +59,13 @@ const STEP_BYTES: usize = 256;
 /// its size): what another server's page of the job shows, and retries.
 const ANNEX_INPUT_BYTES: usize = 64 << 10;
 
+/// The most of a job's steps its annex in the fleet keeps, in bytes of JSON: its first
+/// steps, the rest counted as dropped.
+const ANNEX_STEPS_BYTES: usize = 256 << 10;
+
 /// How long a finished job waits for the ends of its steps still on their way (from
-/// workers) before the fleet keeps its timeline.
+/// workers) before the fleet keeps its timeline (an end that comes later shows on this
+/// server only).
 const ANNEX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where a job is.
@@ -239,20 +244,36 @@ impl Job {
             .into_response()
     }
 
-    /// What the fleet keeps of the job beside its run's outcome: its input (up to
-    /// [`ANNEX_INPUT_BYTES`]) and its steps, as JSON text.
+    /// What the fleet keeps of the job beside its run's outcome, as JSON text: its input
+    /// (up to [`ANNEX_INPUT_BYTES`]) and its first steps, up to [`ANNEX_STEPS_BYTES`] of
+    /// them (the rest counted in `stepsDropped`).
     fn annex(&self) -> String {
         let outcome = self.lock();
-        let steps = serde_json::to_string(&outcome.steps).unwrap_or_else(|_| "[]".into());
+        let mut steps = String::from("[");
+        let mut kept = 0;
+        for step in &outcome.steps {
+            let Ok(text) = serde_json::to_string(step) else {
+                break;
+            };
+            if steps.len() + text.len() + 2 > ANNEX_STEPS_BYTES {
+                break;
+            }
+            if kept > 0 {
+                steps.push(',');
+            }
+            steps.push_str(&text);
+            kept += 1;
+        }
+        steps.push(']');
+        let dropped = outcome.steps_dropped + (outcome.steps.len() - kept) as u64;
         let input = if self.input.len() <= ANNEX_INPUT_BYTES {
             &*self.input
         } else {
             "null"
         };
         format!(
-            "{{\"input\":{input},\"inputBytes\":{},\"steps\":{steps},\"stepsDropped\":{}}}",
+            "{{\"input\":{input},\"inputBytes\":{},\"steps\":{steps},\"stepsDropped\":{dropped}}}",
             self.input.len(),
-            outcome.steps_dropped
         )
     }
 
@@ -946,6 +967,14 @@ async fn fleet_list(
     q: ListQuery,
     limit: usize,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(before) = &q.before
+        && !weir::RunPage::is_cursor(before)
+    {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            format!("`before={before}` is not a page's `next`: pass the `next` of the page before"),
+        ));
+    }
     let tenant = match caller {
         Caller::Tenant(own) => Some(own.name().to_string()),
         Caller::Operator | Caller::Open => q.tenant,
@@ -1107,6 +1136,40 @@ mod tests {
         assert_eq!(s2.error.as_ref().map(|e| e.message.as_str()), Some("down"));
         drop(outcome);
         assert_eq!(jobs.lock().trace.len(), 3, "x is not followed");
+    }
+
+    #[test]
+    fn a_jobs_annex_in_the_fleet_keeps_its_first_steps_within_its_byte_bound() {
+        let jobs = Jobs::new(1 << 30, 10);
+        let root = job("root", "a");
+        jobs.insert(root.clone()).unwrap();
+        jobs.follow(&event(EventKind::ProcessorStarted, "root", None, "flow"));
+        // Steps whose errors carry large messages: far more than the annex keeps.
+        for i in 0..MAX_STEPS - 1 {
+            let id = format!("s{i}");
+            jobs.follow(&event(EventKind::ProcessorStarted, &id, Some("root"), "p"));
+            let mut failed = event(EventKind::ProcessorFailed, &id, Some("root"), "p");
+            failed.error = Some(weir::ExecutionError::host(
+                ErrorKind::Execution,
+                "boom",
+                "x".repeat(4 << 10),
+            ));
+            jobs.follow(&failed);
+        }
+        let annex: Value = serde_json::from_str(&root.annex()).expect("the annex is JSON");
+        let kept = annex["steps"].as_array().expect("steps").len();
+        assert!(kept > 10 && kept < MAX_STEPS, "{kept}");
+        assert_eq!(annex["stepsDropped"], (MAX_STEPS - kept) as u64);
+        assert_eq!(
+            annex["steps"][0]["executionId"], "root",
+            "the first steps are kept"
+        );
+        assert!(
+            root.annex().len() <= ANNEX_STEPS_BYTES + 256,
+            "{}",
+            root.annex().len()
+        );
+        assert_eq!(annex["input"], json!({}));
     }
 
     #[test]

@@ -492,6 +492,17 @@ async fn runs_submitted_through_either_server_are_listed_read_and_cancelled_on_b
     }
     assert_eq!(paged, [beta_id, run_id, job_id.clone()]);
 
+    // A cursor that no page gave is refused, not read as an empty page.
+    let (status, refused) = send(
+        &client,
+        reqwest::Method::GET,
+        format!("{a}/v1/jobs?before={job_id}"),
+        OPERATOR,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+
     // A job running through the first server is cancelled through the second.
     let (_, long) = send(
         &client,
@@ -670,6 +681,19 @@ async fn the_run_index_keeps_its_bounds_and_lists_only_the_fleets_own_runs() {
         "runs", "list", "--redis", &url, "--tenant", "beta", "--json",
     ]);
     assert_eq!(run_ids(&only_beta), [beta.as_str()], "{only_beta}");
+
+    // A run of a name nothing publishes never starts, and is listed as failed.
+    let refused = fleet
+        .submit(weir::ExecutionRequest::new("nope", json!({})).tenant("beta"))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let page = fleet.runs(&list(Some("beta"), 10, None)).await.unwrap();
+    let first = &page.runs[0];
+    assert_eq!(
+        (first.target.as_str(), first.state),
+        ("nope", weir::RunState::Failed),
+        "{page:?}"
+    );
     runtime.stop(Duration::from_secs(1)).await;
 }
 

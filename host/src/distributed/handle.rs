@@ -45,6 +45,8 @@ pub(crate) struct Distributed {
     pub(super) finish: redis::Script,
     /// Opens a run's record (run by hash in the submission's pipeline).
     pub(super) open: redis::Script,
+    /// Keeps a run's annex beside its outcome, if its record is still there.
+    pub(super) annex: redis::Script,
     pub(super) join_cas: redis::Script,
     pub(super) batch_open: redis::Script,
     pub(super) batch_done: redis::Script,
@@ -113,6 +115,10 @@ impl Distributed {
             waiters,
             finish: redis::Script::new(include_str!("lua/finish_run.lua")),
             open: redis::Script::new(include_str!("lua/open_run.lua")),
+            annex: redis::Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then \
+                   redis.call('HSET', KEYS[1], 'annex', ARGV[1]) return 1 end return 0",
+            ),
             join_cas: redis::Script::new(include_str!("lua/join_cas.lua")),
             batch_open: redis::Script::new(include_str!("lua/batch_open.lua")),
             batch_done: redis::Script::new(include_str!("lua/batch_done.lua")),

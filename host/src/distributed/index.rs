@@ -115,17 +115,33 @@ pub struct RunPage {
     pub next: Option<String>,
 }
 
+impl RunPage {
+    /// Whether `text` is what a page's [`RunPage::next`] says: 13 digits, `:`, a run id.
+    pub fn is_cursor(text: &str) -> bool {
+        text.len() > 14
+            && text.as_bytes()[..13].iter().all(u8::is_ascii_digit)
+            && text.as_bytes()[13] == b':'
+    }
+}
+
 /// A run's entry in the index.
 pub(super) fn entry(submitted_ms: u64, id: &str) -> String {
     format!("{submitted_ms:013}:{id}")
 }
 
-/// How long the index keeps an entry: as long as a run's record may live.
+/// How long a run's record may live, and the index keeps its entry: the run retention,
+/// and at least a week for a run that has not finished.
 pub(super) fn kept(config: &RedisConfig) -> std::time::Duration {
     config
         .run_retention
-        .max(config.run_deadline.saturating_add(config.lost_grace))
+        .max(std::time::Duration::from_secs(UNFINISHED_KEPT_SECS))
 }
+
+/// How long an unfinished run's record lives at least: a week.
+const UNFINISHED_KEPT_SECS: u64 = 7 * 24 * 3600;
+
+/// The largest time an entry can say (13 digits of milliseconds).
+const LAST_MS: u64 = 9_999_999_999_999;
 
 /// The `ARGV` of `open_run.lua` that list the run: its entry, tenant, now, how long the
 /// index keeps entries and the oldest kept, the caps and the tenants' index key prefix.
@@ -173,12 +189,13 @@ impl Distributed {
         };
         let mut max = match (&query.before, query.until_ms) {
             (Some(before), _) => format!("({before}"),
-            (None, Some(until)) => format!("({until:013}"),
+            (None, Some(until)) => format!("({:013}", until.min(LAST_MS)),
             (None, None) => "+".to_string(),
         };
-        let min = query
-            .since_ms
-            .map_or_else(|| "-".to_string(), |since| format!("[{since:013}"));
+        let min = query.since_ms.map_or_else(
+            || "-".to_string(),
+            |since| format!("[{:013}", since.min(LAST_MS)),
+        );
         let mut page = RunPage::default();
         // The index entry of each run on the page (a run's record may say another time: a
         // submission tried again writes its record again, not its entry).
@@ -222,8 +239,14 @@ impl Distributed {
                 let fields: Vec<Option<String>> =
                     redis::from_redis_value(fields).unwrap_or_default();
                 let bytes: u64 = redis::from_redis_value(bytes).unwrap_or(0);
-                let Some(run) = self.summary(id, fields, bytes) else {
+                if fields.first().is_none_or(Option::is_none) {
+                    // Its record expired (or never was).
                     gone.push(entry.clone());
+                    continue;
+                }
+                // A record this process cannot check (another fleet's, or signed with a key
+                // rotated out here) is not listed, and its entry is left alone.
+                let Some(run) = self.summary(id, fields, bytes) else {
                     continue;
                 };
                 if !matches(query, &run) {
@@ -246,7 +269,7 @@ impl Distributed {
             page.next = Some(max.trim_start_matches('(').to_string());
         }
         if !gone.is_empty() {
-            // Entries whose records expired or were never this fleet's: not listed again.
+            // Entries whose records expired: not read again.
             let _: redis::RedisResult<()> = redis::cmd("ZREM")
                 .arg(&index)
                 .arg(&gone)
@@ -316,15 +339,13 @@ impl Distributed {
     pub(crate) async fn annex_run(&self, id: &str, text: &str) -> Result<bool, Error> {
         let sealed = self.seal.seal_text(&annex_place(id), text);
         let mut conn = self.conn();
-        let kept: i64 = redis::Script::new(
-            "if redis.call('EXISTS', KEYS[1]) == 1 then \
-               redis.call('HSET', KEYS[1], 'annex', ARGV[1]) return 1 end return 0",
-        )
-        .key(self.keys.run(id))
-        .arg(sealed)
-        .invoke_async(&mut conn)
-        .await
-        .map_err(|e| self.redis_error(e))?;
+        let kept: i64 = self
+            .annex
+            .key(self.keys.run(id))
+            .arg(sealed)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
         Ok(kept == 1)
     }
 }
@@ -357,6 +378,40 @@ pub(super) fn verified_annex(
         Err(refused) => {
             tracing::warn!(run = %id, "ignored a run's annex in Redis: {refused}");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_lives_as_long_as_an_unfinished_runs_record() {
+        let mut config = RedisConfig::new("redis://127.0.0.1:1");
+        config.run_retention = std::time::Duration::from_secs(60);
+        assert_eq!(kept(&config).as_secs(), 7 * 24 * 3600);
+        config.run_retention = std::time::Duration::from_secs(30 * 24 * 3600);
+        assert_eq!(kept(&config), config.run_retention);
+    }
+
+    #[test]
+    fn a_cursor_is_an_entry_of_the_index() {
+        let entry = entry(1_796_624_470_371, "01a2-run");
+        assert_eq!(entry, "1796624470371:01a2-run");
+        assert!(RunPage::is_cursor(&entry));
+        assert!(
+            RunPage::is_cursor(&self::entry(5, "x")),
+            "padded to 13 digits"
+        );
+        for bad in [
+            "01a2-run",
+            "1796624470371:",
+            "179662447037:x",
+            "",
+            "abcdefghijklm:x",
+        ] {
+            assert!(!RunPage::is_cursor(bad), "{bad}");
         }
     }
 }

@@ -39,7 +39,11 @@ impl Distributed {
         // Marks this submission's record, so a retry recognises it and another is refused.
         let token = uuid::Uuid::now_v7().to_string();
         let input = std::mem::take(&mut request.input);
-        super::advance::retrying(|| self.submit_once(&request, &run, &token, input.clone())).await
+        // One submission time for every try, so the record a retry writes again says the
+        // time of the run's entry in the fleet's index.
+        let now = now_ms();
+        super::advance::retrying(|| self.submit_once(&request, &run, &token, now, input.clone()))
+            .await
     }
 
     async fn submit_once(
@@ -47,12 +51,12 @@ impl Distributed {
         request: &ExecutionRequest,
         run: &str,
         token: &str,
+        now: u64,
         input: serde_json::Value,
     ) -> Result<Result<String, ExecutionResult>, Error> {
         let run = run.to_string();
         let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
         let key = self.keys.run(&run);
-        let now = now_ms();
         let deadline_ms = now
             .saturating_add(crate::contract::clock::millis(
                 request.delay.unwrap_or_default(),
@@ -90,7 +94,7 @@ impl Distributed {
             ));
         }
         // Unfinished runs are kept long (a finished one for the run retention).
-        let unfinished = self.retention_secs().max(7 * 24 * 3600);
+        let unfinished = super::index::kept(&self.config).as_secs().max(1);
         let mut conn = self.conn();
         let mut pipe = redis::pipe();
         content::add_lookup(&mut pipe, &self.keys, &[request.processor.as_str()]);
@@ -139,22 +143,8 @@ impl Distributed {
         .flatten();
         let bindings = self.bindings(&request.processor, first).await?;
         if !bindings.contains_key(&request.processor) {
-            // Nothing runs: the record goes (and its entry in the indexes), and the run no
-            // longer counts as going.
-            let entry = super::index::entry(now, &run);
-            let _: redis::RedisResult<()> = redis::pipe()
-                .del(&key)
-                .ignore()
-                .decr(&going, 1)
-                .ignore()
-                .zrem(self.keys.run_index(), &entry)
-                .ignore()
-                .zrem(self.keys.tenant_run_index(&tenant), &entry)
-                .ignore()
-                .query_async(&mut conn)
-                .await;
             let info = ExecutionInfo::new(
-                Some(run),
+                Some(run.clone()),
                 request.processor.clone(),
                 tenant,
                 request.session.clone(),
@@ -179,7 +169,11 @@ impl Distributed {
                     )
                 ),
             );
-            return Ok(Err(failed(input, error, info)));
+            // Nothing runs: the run ends here, failed, as every process of the fleet (and
+            // its run index) sees it; it no longer counts as going.
+            let result = failed(input, error, info);
+            self.finish_run(&run, &result).await?;
+            return Ok(Err(result));
         }
         // A request's timeout lowers each attempt's limit (in `limits`), as locally; the
         // run's deadline bounds them all.
