@@ -149,14 +149,35 @@ struct Step {
     retries: Vec<Value>,
     /// The process that ran it (its id among the fleet's), when another one did.
     origin: Option<String>,
+    /// The bytes of JSON its error and its retries hold (details included), counted as
+    /// they are recorded.
+    #[serde(skip)]
+    error_bytes: usize,
+    #[serde(skip)]
+    retries_bytes: usize,
 }
 
 impl Step {
     fn bytes(&self) -> usize {
-        STEP_BYTES
-            + self.error.as_ref().map_or(0, |e| e.message.len())
-            + self.retries.len() * STEP_BYTES
+        STEP_BYTES + self.error_bytes + self.retries_bytes
     }
+}
+
+/// The size of `value` as JSON text, without writing it anywhere.
+fn json_bytes(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 impl Job {
@@ -487,6 +508,8 @@ impl Jobs {
             error: None,
             retries: Vec::new(),
             origin: event.origin.clone(),
+            error_bytes: 0,
+            retries_bytes: 0,
         });
         job.open_steps.send_modify(|open| *open += 1);
     }
@@ -513,6 +536,7 @@ impl Jobs {
                 step.duration_us = event.duration_us;
                 step.attempts = event.attempts;
                 step.error = event.error.clone();
+                step.error_bytes = step.error.as_ref().map_or(0, json_bytes);
                 // The end of a finished job's step: nothing more to follow for it.
                 if finished {
                     drop(outcome);
@@ -520,12 +544,14 @@ impl Jobs {
                 }
             }
             EventKind::ProcessorRetrying if step.retries.len() < MAX_RETRIES => {
-                step.retries.push(json!({
+                let retry = json!({
                     "attempt": event.attempt,
                     "atMs": event.timestamp_ms,
                     "error": event.error,
                     "delayMs": event.data.as_ref().and_then(|d| d.get("delayMs")),
-                }));
+                });
+                step.retries_bytes += json_bytes(&retry);
+                step.retries.push(retry);
             }
             // A second start of an execution followed already: nothing new.
             _ => {}
@@ -1136,6 +1162,24 @@ mod tests {
         assert_eq!(s2.error.as_ref().map(|e| e.message.as_str()), Some("down"));
         drop(outcome);
         assert_eq!(jobs.lock().trace.len(), 3, "x is not followed");
+    }
+
+    #[test]
+    fn a_steps_error_details_and_retries_count_in_the_byte_budget() {
+        let jobs = Jobs::new(1 << 30, 10);
+        let root = job("root", "a");
+        jobs.insert(root.clone()).unwrap();
+        jobs.follow(&event(EventKind::ProcessorStarted, "root", None, "p"));
+        let error = weir::ExecutionError::host(ErrorKind::Execution, "boom", "boom")
+            .with_details(json!({ "blob": "x".repeat(32 << 10) }));
+        let mut retry = event(EventKind::ProcessorRetrying, "root", None, "p");
+        retry.error = Some(error.clone());
+        jobs.follow(&retry);
+        let mut failed = event(EventKind::ProcessorFailed, "root", None, "p");
+        failed.error = Some(error);
+        jobs.follow(&failed);
+        // The details are held twice (the retry's and the end's): both count.
+        assert!(root.held_bytes() > 64 << 10, "{}", root.held_bytes());
     }
 
     #[test]
