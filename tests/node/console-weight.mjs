@@ -5,7 +5,7 @@
 // jobs list and charts are filled. A measurement, not a test.
 //
 // Usage: node console-weight.mjs URL [JOBS]   (CHROMIUM names the browser).
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const [url, count = "10000"] = process.argv.slice(2);
 if (!url) {
@@ -30,10 +30,7 @@ await Promise.all(Array.from({ length: 16 }, submitter));
 const listed = await fetch(new URL("/v1/jobs?limit=1", url)).then((r) => r.json());
 console.log(`submitted ${jobs} jobs in ${((performance.now() - started) / 1000).toFixed(1)} s`);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 const runs = [];
 try {
   for (let i = 0; i < 5; i++) {

@@ -9,21 +9,16 @@
 // Usage: node dashboard.mjs URL SCREENSHOT INCREMENT_WASM   (CHROMIUM names the browser, default
 // /usr/bin/chromium). Prints `dashboard ok` on success; exits non-zero otherwise.
 import { dirname, join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch, openPage } from "./browser.mjs";
 
 const [url, screenshot, component] = process.argv.slice(2);
 if (!url || !screenshot || !component) {
   console.error("usage: node dashboard.mjs URL SCREENSHOT INCREMENT_WASM");
   process.exit(2);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  const errors = [];
-  page.on("pageerror", (error) => errors.push(error.message));
+  const { page, errors } = await openPage(browser);
   await page.goto(url);
   // The plugins arrive from the API.
   const hello = page.locator('#plugins tr[data-plugin="hello"]');

@@ -8,22 +8,19 @@
 // Prints `runs ok` on success; exits non-zero otherwise.
 import { renameSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch, openPage } from "./browser.mjs";
 
 const [url, screenshot, manifest] = process.argv.slice(2);
 if (!url || !screenshot || !manifest) {
   console.error("usage: node runs.mjs URL SCREENSHOT FLAKY_MANIFEST");
   process.exit(2);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 let page;
 try {
-  page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  const errors = [];
-  page.on("pageerror", (error) => errors.push(error.message));
+  const opened = await openPage(browser);
+  page = opened.page;
+  const errors = opened.errors;
   await page.goto(url);
   await page.locator("#status.ok").waitFor({ timeout: 30000 });
   await page.locator('#workflows tr[data-workflow="shaky"]').waitFor({ timeout: 30000 });

@@ -5,7 +5,7 @@
 //
 // Usage: node tenants.mjs URL SCREENSHOT   (CHROMIUM names the browser).
 // Prints `tenants ok` on success; exits non-zero otherwise.
-import { chromium } from "playwright-core";
+import { launch, openPage } from "./browser.mjs";
 
 const [url, screenshot] = process.argv.slice(2);
 if (!url || !screenshot) {
@@ -32,14 +32,9 @@ async function submit(token, processor, input) {
 const acmeJob = await submit(TOKENS.acme, "hello", { user: "acme" });
 const betaJob = await submit(TOKENS.beta, "increment", { count: 1 });
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  const errors = [];
-  page.on("pageerror", (error) => errors.push(error.message));
+  const { page, errors } = await openPage(browser);
   await page.goto(url);
   const login = async (token) => {
     await page.fill("#token", token);
