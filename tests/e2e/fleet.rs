@@ -42,15 +42,10 @@ pub(crate) fn two_tenants(folder: &PluginFolder) -> String {
 
 /// Asks `base` for `path` with `token`; the body as JSON (or as text in `"text"`).
 async fn get(client: &reqwest::Client, base: &str, path: &str, token: &str) -> Value {
-    let response = client
-        .get(format!("{base}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200, "GET {path}");
-    let text = response.text().await.unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|_| json!({ "text": text }))
+    let url = format!("{base}{path}");
+    let (status, body) = send(client, reqwest::Method::GET, url, token, None).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
 }
 
 /// Asks both servers until `check` holds on both answers (up to 20 s); the answers.
@@ -99,31 +94,29 @@ async fn stats_sessions_and_metrics_agree_on_two_servers_and_keep_tenants_apart(
 
     // acme runs the chain twice in one session, once through each server.
     for server in [&a, &b] {
-        let response = client
-            .post(format!("{server}/v1/run/bump?session=s1"))
-            .bearer_auth(ACME)
-            .json(&json!({ "count": 0 }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        let result: Value = response.json().await.unwrap();
+        let (status, result) = send(
+            &client,
+            reqwest::Method::POST,
+            format!("{server}/v1/run/bump?session=s1"),
+            ACME,
+            Some(json!({ "count": 0 })),
+        )
+        .await;
+        assert_eq!(status, 200, "{result}");
         assert_eq!(result["ok"], true, "{result}");
         // Without `metadata` the input continues from the session's revision.
         assert_eq!(result["state"]["count"], 1, "{result}");
     }
     // beta submits three jobs through the second server and waits for each.
     for _ in 0..3 {
-        let job: Value = client
-            .post(format!("{b}/v1/jobs"))
-            .bearer_auth(BETA)
-            .json(&json!({ "processor": "increment", "input": { "count": 1 } }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, job) = send(
+            &client,
+            reqwest::Method::POST,
+            format!("{b}/v1/jobs"),
+            BETA,
+            Some(json!({ "processor": "increment", "input": { "count": 1 } })),
+        )
+        .await;
         let id = job["id"].as_str().unwrap_or_else(|| panic!("{job}"));
         let done = get(&client, &b, &format!("/v1/jobs/{id}?waitMs=20000"), BETA).await;
         assert_eq!(done["status"], "completed", "{done}");
@@ -233,15 +226,14 @@ async fn what_runs_counts_while_its_worker_lives_and_stops_counting_when_it_dies
     let mut worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
     let (_server, api) = WeirProcess::serve(folder.path(), &["--redis", &url]);
     let client = reqwest::Client::new();
-    let job: Value = client
-        .post(format!("{api}/v1/jobs"))
-        .json(&json!({ "processor": "sleep", "session": "nap", "input": { "ms": 60000 } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, job) = send(
+        &client,
+        reqwest::Method::POST,
+        format!("{api}/v1/jobs"),
+        "",
+        Some(json!({ "processor": "sleep", "session": "nap", "input": { "ms": 60000 } })),
+    )
+    .await;
     assert!(job["id"].is_string(), "{job}");
     let servers = [api.as_str(), api.as_str()];
     let [stats, _] = agreed(&client, servers, "/v1/stats", "", |s| s["running"] == 1).await;
@@ -272,16 +264,14 @@ async fn the_operator_sees_each_queues_counts_and_a_tenant_does_not() {
     let (_server, api) = WeirProcess::serve(folder.path(), &["--redis", &url, "--config", config]);
     let client = reqwest::Client::new();
     for _ in 0..2 {
-        let result: Value = client
-            .post(format!("{api}/v1/run/hello"))
-            .bearer_auth(ACME)
-            .json(&json!({ "user": "queue" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, result) = send(
+            &client,
+            reqwest::Method::POST,
+            format!("{api}/v1/run/hello"),
+            ACME,
+            Some(json!({ "user": "queue" })),
+        )
+        .await;
         assert_eq!(result["ok"], true, "{result}");
     }
     // A run's outcome is announced before BullMQ files its job as completed: wait for it.
@@ -312,16 +302,13 @@ async fn the_operator_sees_each_queues_counts_and_a_tenant_does_not() {
         (&json!(0), &json!(0))
     );
     assert!(list.iter().any(|q| q["queue"] == "_join"), "{queues}");
-    let refused = client
-        .get(format!("{api}/v1/queues"))
-        .bearer_auth(ACME)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status().as_u16(), 403);
+    let url = format!("{api}/v1/queues");
+    let (status, refused) = send(&client, reqwest::Method::GET, url, ACME, None).await;
+    assert_eq!(status, 403, "{refused}");
 }
 
-/// Sends `method path` with `token` and `body` to `base`; the status and the body as JSON.
+/// Sends `method url` with `token` and `body`; the status and the body as JSON (or as text
+/// in `"text"`).
 async fn send(
     client: &reqwest::Client,
     method: reqwest::Method,
