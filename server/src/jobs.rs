@@ -791,10 +791,7 @@ fn fleet_job(run: &weir::RunStatus) -> Value {
         .as_deref()
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or_else(|| json!({}));
-    let result = run
-        .result
-        .as_ref()
-        .and_then(|r| serde_json::to_string(&r.document()).ok());
+    let result = run.result.as_ref().map(|r| r.document());
     let steps = annex["steps"].take();
     let mut job = json!({
         "id": run.id,
@@ -805,14 +802,14 @@ fn fleet_job(run: &weir::RunStatus) -> Value {
         "progress": null,
         "submittedAtMs": run.submitted_ms,
         "finishedAtMs": run.finished_ms,
-        "resultBytes": result.as_ref().map(String::len),
+        "resultBytes": result.as_ref().map(json_bytes),
         "stepCount": steps.as_array().map(Vec::len),
         "stepsDropped": annex["stepsDropped"].take(),
         "input": annex["input"].take(),
         "inputBytes": annex["inputBytes"].take(),
         "steps": if steps.is_array() { steps } else { json!([]) },
     });
-    if let Some(result) = result.and_then(|r| serde_json::from_str::<Value>(&r).ok()) {
+    if let Some(result) = result.and_then(|r| serde_json::to_value(r).ok()) {
         job["result"] = result;
     }
     job
