@@ -122,6 +122,25 @@ pub(crate) struct PluginArgs {
     /// Compile every plugin afresh and cache nothing.
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
+    /// Longest one plugin's compile may take, in milliseconds: each compile runs in a
+    /// child process, killed past it, and the plugin is refused. 0 compiles in this process
+    /// instead, with no clock.
+    #[arg(
+        long,
+        env = "WEIR_COMPILE_TIMEOUT_MS",
+        default_value_t = 60_000,
+        value_name = "MS"
+    )]
+    pub compile_timeout_ms: u64,
+    /// Most memory (address space, in MiB) a compiling child process may map; a compile
+    /// that needs more fails and the plugin is refused.
+    #[arg(
+        long,
+        env = "WEIR_COMPILE_MEMORY_MIB",
+        default_value_t = 4096,
+        value_name = "MIB"
+    )]
+    pub compile_memory_mib: u64,
 }
 
 /// Arguments of the `list` commands.
@@ -307,6 +326,34 @@ impl PluginArgs {
             .await
     }
 
+    /// Where this command compiles plugins: in a child process (this binary again) under
+    /// `--compile-timeout-ms` and `--compile-memory-mib`, unless the timeout is 0.
+    fn compiler(&self) -> Result<weir::Compiler, Failure> {
+        if self.compile_timeout_ms == 0 {
+            return Ok(weir::Compiler::InProcess);
+        }
+        let memory = self
+            .compile_memory_mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| {
+                Failure::Usage(format!(
+                    "--compile-memory-mib {} is too large",
+                    self.compile_memory_mib
+                ))
+            })?;
+        weir::CompileProcess::current_exe(
+            std::time::Duration::from_millis(self.compile_timeout_ms),
+            Some(memory),
+        )
+        .map(weir::Compiler::Process)
+        .map_err(|e| {
+            Failure::Infrastructure(format!(
+                "cannot find this program to compile plugins with ({e}); pass \
+                 --compile-timeout-ms 0 to compile in this process"
+            ))
+        })
+    }
+
     async fn build(
         &self,
         redis: Option<weir::RedisConfig>,
@@ -329,6 +376,7 @@ impl PluginArgs {
         };
         let mut builder = weir::Runtime::builder()
             .cache_dir(cache_dir)
+            .compiler(self.compiler()?)
             .host_config(host);
         if has_folder {
             builder = builder.plugins_dir(&self.plugins);
@@ -364,6 +412,10 @@ pub(crate) fn fleet(runtime: &weir::Runtime) -> Result<weir::Fleet, Failure> {
 
 /// Parses the command line, runs the command and returns its exit code.
 fn main() -> ExitCode {
+    // Started by itself to compile one plugin, under a clock and a memory bound.
+    if std::env::args_os().nth(1).as_deref() == Some(weir::COMPILE_PROCESS_ARG.as_ref()) {
+        return weir::compile_process_main();
+    }
     let cli = Cli::parse();
     if let Err(message) = logging::init(&cli.logging) {
         eprintln!("weir: {message}");

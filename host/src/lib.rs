@@ -99,6 +99,7 @@ pub use runtime::{
 };
 pub use sandbox::bindings::WORLD;
 pub use sandbox::cache::CompileCache;
+pub use sandbox::compiler::{COMPILE_PROCESS_ARG, CompileProcess, Compiler, compile_process_main};
 pub use sandbox::engine::{Engine, EngineConfig};
 pub use sandbox::events::{Event, EventKind, Notice, Subscription};
 pub use sandbox::guest_log::LogRate;

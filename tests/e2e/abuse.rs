@@ -1017,6 +1017,87 @@ async fn a_plugin_file_over_the_size_cap_is_refused_unread() {
     assert!(reason.contains("at most 67108864"), "{reason}");
 }
 
+/// A component that is cheap to send and slow to compile: `functions` functions of 2,000
+/// nested `if`s each (about 0.1 s of compiling apiece), with a constant of its own so that no
+/// compile cache holds it.
+fn slow_to_compile(functions: usize) -> Vec<u8> {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let body = format!("{}{}", "i32.const 0 if ".repeat(2000), "end ".repeat(2000));
+    let functions = format!("(func {body})").repeat(functions);
+    let wat = format!(
+        "(component (core module {functions} (func (export \"nonce\") (result i64) i64.const {nonce})))"
+    );
+    wat::parse_str(&wat).unwrap()
+}
+
+/// The processes `pid` started that are still running.
+fn children_of(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .map(|child| {
+            let command = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            format!(
+                "{child}: {}",
+                String::from_utf8_lossy(&command).replace('\0', " ")
+            )
+        })
+        .collect()
+}
+
+/// M7: an uploaded component whose compile runs past the compile clock is stopped: the
+/// process compiling it is killed, the upload refused with the bound in its reason (`422`),
+/// and the server keeps serving its other plugins.
+#[tokio::test]
+async fn a_compile_past_its_clock_is_stopped_and_the_upload_refused() {
+    let folder = PluginFolder::with(&["hello"]);
+    let (server, url) = weir_tests::WeirProcess::serve(
+        folder.path(),
+        &["--allow-plugin-install", "--compile-timeout-ms", "300"],
+    );
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let response = client
+        .put(format!("{url}/v1/plugins/slow"))
+        .body(slow_to_compile(40))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("longer than 300 ms") && message.contains("--compile-timeout-ms"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "refused after {:?}",
+        started.elapsed()
+    );
+    // The process compiling it is gone, and a second load of the same bytes (the folder's
+    // watcher sees the upload's file before it is removed) compiles nothing.
+    assert_eq!(children_of(server.pid()), Vec::<String>::new());
+    let hello = client
+        .post(format!("{url}/v1/run/hello"))
+        .header("content-type", "application/json")
+        .body(r#"{"user":"Ada"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hello.status(), 200);
+}
+
 /// M10: a file grant that covers the plugins folder (a plugin could rewrite its own
 /// manifest) or lies inside it is refused when the manifest loads, and the plugin with it.
 #[tokio::test]

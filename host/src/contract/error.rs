@@ -261,6 +261,24 @@ pub enum LoadError {
         /// What the compiler said.
         reason: String,
     },
+    /// Compiling the component took longer than the host's compile clock allows
+    /// ([`crate::CompileProcess::timeout`]): the compiling process was killed.
+    #[error(
+        "compiling it took longer than {limit_ms} ms (the host's compile timeout, \
+         `--compile-timeout-ms`): it was stopped and not loaded; make the component smaller or \
+         ask the operator to raise the timeout"
+    )]
+    CompileTimeout {
+        /// The clock bound, in milliseconds.
+        limit_ms: u64,
+    },
+    /// The process compiling the component failed without a compiler's reason: it could not
+    /// start, it crashed, or it ran out of its memory bound.
+    #[error("it could not be compiled: {reason}")]
+    CompilerFailed {
+        /// What went wrong.
+        reason: String,
+    },
     /// The component was built for another world.
     #[error("built for another world: {reason}; rebuild it against the `processor` world in wit/")]
     WrongWorld {

@@ -72,6 +72,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Sets where components are compiled (see [`EngineConfig::compiler`]).
+    pub fn compiler(mut self, compiler: crate::sandbox::compiler::Compiler) -> Self {
+        self.engine.compiler = compiler;
+        self
+    }
+
     /// Sets the compile cache directory (`None` disables the cache).
     pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.engine.cache_dir = dir;

@@ -24,6 +24,7 @@ use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig, component::C
 
 use crate::contract::error::{Error, LoadError};
 use crate::sandbox::cache::CompileCache;
+use crate::sandbox::compiler::{ChildSettings, CompileTurns, Compiler, compile_in_child};
 use crate::sandbox::warm::WarmBudget;
 
 /// How the engine is set up. The defaults suit a server; tests lower the pool size.
@@ -84,6 +85,11 @@ pub struct EngineConfig {
     /// 7.6 million (SpiderMonkey); the worst component measured within the defaults
     /// compiled in about 25 s on this project's 2-core machine (docs/bounds.md).
     pub max_compile_cost: u64,
+    /// Where components are compiled: on a thread of this process (the default), or in a
+    /// child process with a clock and a memory bound ([`Compiler::Process`], what `weir`'s
+    /// commands use). A compile in this process cannot be stopped once started: it is
+    /// bounded only through the code bounds above.
+    pub compiler: Compiler,
 }
 
 impl Default for EngineConfig {
@@ -101,6 +107,7 @@ impl Default for EngineConfig {
             max_functions: 200_000,
             max_function_bytes: 2 << 20,
             max_compile_cost: 100_000_000,
+            compiler: Compiler::InProcess,
         }
     }
 }
@@ -117,6 +124,7 @@ struct EngineInner {
     pooling: bool,
     cache: Option<CompileCache>,
     warm: Arc<WarmBudget>,
+    turns: CompileTurns,
     _ticker: EpochTicker,
 }
 
@@ -168,6 +176,7 @@ impl Engine {
                 pooling,
                 cache,
                 warm,
+                turns: CompileTurns::default(),
                 _ticker: ticker,
             }),
         })
@@ -199,12 +208,22 @@ impl Engine {
     }
 
     /// Compiles `bytes` (whose SHA-256 is `digest`), using the cache when it has a verified
-    /// entry. Compilation runs on a blocking thread, off the async executor.
+    /// entry. Compilation runs on a blocking thread, off the async executor, and in a child
+    /// process when [`EngineConfig::compiler`] says so.
+    /// Compiles of one digest take turns (the second finds the first's in the cache), and a
+    /// digest whose compile ran past the clock is refused at once afterwards.
     pub(crate) async fn compile(
         &self,
         bytes: Arc<Vec<u8>>,
         digest: &str,
     ) -> Result<Compiled, LoadError> {
+        self.inner
+            .turns
+            .take(digest, self.compile_now(bytes, digest))
+            .await
+    }
+
+    async fn compile_now(&self, bytes: Arc<Vec<u8>>, digest: &str) -> Result<Compiled, LoadError> {
         let started = Instant::now();
         let engine = self.inner.wasmtime.clone();
         let cache = self.inner.cache.clone();
@@ -215,6 +234,11 @@ impl Engine {
             max_function_bytes: config.max_function_bytes,
             max_compile_cost: config.max_compile_cost,
         };
+        let compiler = config.compiler.clone();
+        let settings = match &compiler {
+            Compiler::Process(process) => Some(ChildSettings::new(config, process.memory_bytes)),
+            Compiler::InProcess => None,
+        };
         let (component, from_cache) = tokio::task::spawn_blocking(move || {
             // The counts are checked even when the cache has the code (the bounds may have
             // been lowered since); the cost only before compiling.
@@ -223,9 +247,23 @@ impl Engine {
                 return Ok((component, true));
             }
             check_code(&bytes, bounds, true)?;
-            let component = Component::new(&engine, &*bytes).map_err(|e| LoadError::Compile {
-                reason: format!("{e:#}"),
-            })?;
+            let component = match (&compiler, &settings) {
+                (Compiler::Process(process), Some(settings)) => {
+                    let code = compile_in_child(process, settings, bytes)?;
+                    // SAFETY: the code comes from the program the embedder chose as its
+                    // compiler (for `weir`, its own binary) through a pipe only this process
+                    // holds: the trust the compile cache's entries get too. Loading refuses
+                    // code compiled for an engine that differs from this one.
+                    unsafe { Component::deserialize(&engine, &code) }.map_err(|e| {
+                        LoadError::CompilerFailed {
+                            reason: format!("the compiler process's code does not load: {e:#}"),
+                        }
+                    })?
+                }
+                _ => Component::new(&engine, &*bytes).map_err(|e| LoadError::Compile {
+                    reason: format!("{e:#}"),
+                })?,
+            };
             if let Some(cache) = &cache {
                 cache.store(&digest, &component);
             }
@@ -362,7 +400,7 @@ fn new_engine(config: &EngineConfig, pooling: bool) -> Result<wasmtime::Engine, 
         .map_err(|e| Error::Engine(e.to_string()))
 }
 
-fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
+pub(crate) fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
     let mut c = wasmtime::Config::new();
     c.wasm_component_model(true)
         .epoch_interruption(true)

@@ -19,6 +19,7 @@
 
 pub(crate) mod bindings;
 pub(crate) mod cache;
+pub(crate) mod compiler;
 pub(crate) mod engine;
 pub(crate) mod events;
 pub(crate) mod guest_log;
