@@ -2,6 +2,11 @@
 //! headers and body) sent to the router in process, in open mode and with tenants. Every
 //! answer must come within a few seconds, never be a `500`, and, when it is an error, be the
 //! API's JSON error document.
+//!
+//! With `WEIR_FUZZ_PLUGINS` naming a folder of the test plugins (`cargo xtask fuzz` builds
+//! one, with the example `workflows.toml`), the router serves some of them, so requests run
+//! processors and workflows, some of which fail, trap or answer large; without it, the
+//! folder is empty and the target covers parsing and routing only.
 
 use std::time::{Duration, Instant};
 
@@ -20,10 +25,41 @@ use weir_fuzzing::{fuzz, json_near, toml_near, word};
 const OPERATOR_TOKEN: &str = "operator-token";
 const TENANT_TOKEN: &str = "acme-token";
 
+/// The test plugins the target serves from `WEIR_FUZZ_PLUGINS`: ones that succeed, and
+/// ones that fail, trap, log or emit much, or answer large; none that only waits for its
+/// timeout (an answer must come within 10 s).
+const FUZZ_PLUGINS: &[&str] = &[
+    "hello",
+    "increment",
+    "double",
+    "add-ten",
+    "classify",
+    "sum-counts",
+    "validate-email",
+    "word-count",
+    "stamp",
+    "panic",
+    "flaky",
+    "huge-output",
+    "abuse",
+    "log-flood",
+];
+
 const WORDS: &[&str] = &[
     "hello",
     "increment",
     "calc",
+    "panic",
+    "flaky",
+    "huge-output",
+    "abuse",
+    "fan",
+    "pick",
+    "size",
+    "sum-then-greet",
+    "pipeline",
+    "check-emails",
+    "polyglot",
     "default",
     "acme",
     "s",
@@ -81,6 +117,16 @@ const BODY_WORDS: &[&str] = &[
     "limits",
     "fuel",
     "memoryBytes",
+    "kind",
+    "inc",
+    "greet",
+    "needsReview",
+    "user",
+    "email",
+    "text",
+    "fail",
+    "emit",
+    "bytes",
 ];
 
 const HEADERS: &[&str] = &[
@@ -163,15 +209,83 @@ fn path() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Any request: near the routes, its parts from the API's vocabulary or anything; and, a
+/// third of the time, one meant to run something ([`execution`]), since few of the others
+/// get as far as a sandbox.
 fn request() -> impl Strategy<Value = Fuzzed> {
-    let seeds = vec![
+    prop_oneof![2 => any_request(), 1 => execution()]
+}
+
+/// The workflows of the example `workflows.toml`.
+const WORKFLOWS: &[&str] = &[
+    "calc",
+    "fan",
+    "pick",
+    "size",
+    "sum-both",
+    "sum-then-greet",
+    "check-emails",
+    "pipeline",
+    "polyglot",
+];
+
+/// A request a client means to run something with: `POST /v1/run/{name}` or `POST /v1/jobs`,
+/// as JSON, with a token the router knows (or none, in open mode), and a body near a real
+/// input.
+fn execution() -> impl Strategy<Value = Fuzzed> {
+    let names: Vec<&'static str> = FUZZ_PLUGINS.iter().chain(WORKFLOWS).copied().collect();
+    let token = prop::sample::select(vec![
+        None,
+        Some("Bearer acme-token"),
+        Some("Bearer operator-token"),
+    ]);
+    (
+        prop::sample::select(names),
+        any::<bool>(),
+        token,
+        json_near(seeds(), BODY_WORDS),
+        prop::collection::vec((prop::sample::select(QUERY_KEYS), word(WORDS)), 0..2),
+    )
+        .prop_map(|(name, job, token, input, query)| {
+            let (path, body) = match job {
+                true => (
+                    "/v1/jobs".to_string(),
+                    json!({"processor": name, "input": input, "session": "s"}),
+                ),
+                false => (format!("/v1/run/{name}"), input),
+            };
+            let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+            if let Some(token) = token {
+                headers.push(("authorization".to_string(), token.to_string()));
+            }
+            Fuzzed {
+                open: token.is_none(),
+                method: "POST".to_string(),
+                path,
+                query: query.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                headers,
+                body: body.to_string().into_bytes(),
+            }
+        })
+}
+
+/// Inputs near the ones the API documents and the served processors read.
+fn seeds() -> Vec<Value> {
+    vec![
         json!({"count": 1}),
         json!({"processor": "hello", "state": {"count": 1}, "session": "s", "priority": 1}),
         json!({"items": [{"count": 1}, {"count": 2}]}),
         json!({"count": 1, "metadata": {"version": 2, "sessionId": "s"}}),
-    ];
+        json!({"user": "Ada"}),
+        json!({"kind": "inc", "count": 1, "needsReview": true}),
+        json!({"items": [{"email": "a@b.c"}, {"email": "x"}]}),
+        json!({"fail": {"messageBytes": 10, "detailsBytes": 10}, "emit": {"count": 2, "bytes": 10}}),
+    ]
+}
+
+fn any_request() -> impl Strategy<Value = Fuzzed> {
     let body = prop_oneof![
-        3 => json_near(seeds, BODY_WORDS).prop_map(|v| v.to_string().into_bytes()),
+        3 => json_near(seeds(), BODY_WORDS).prop_map(|v| v.to_string().into_bytes()),
         1 => prop::collection::vec(any::<u8>(), 0..256),
         1 => Just(Vec::new()),
     ];
@@ -202,6 +316,28 @@ fn request() -> impl Strategy<Value = Fuzzed> {
         })
 }
 
+/// The target's plugins folder: [`FUZZ_PLUGINS`] and the example workflows copied from
+/// `WEIR_FUZZ_PLUGINS`, or nothing without it. Returns it with the names it serves.
+fn plugins_folder() -> (tempfile::TempDir, &'static [&'static str]) {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let Some(from) = std::env::var_os("WEIR_FUZZ_PLUGINS").map(std::path::PathBuf::from) else {
+        return (folder, &[]);
+    };
+    for file in FUZZ_PLUGINS
+        .iter()
+        .map(|name| format!("{name}.wasm"))
+        .chain(["workflows.toml".to_string()])
+    {
+        if let Err(e) = std::fs::copy(from.join(&file), folder.path().join(&file)) {
+            panic!(
+                "cannot copy {file} from WEIR_FUZZ_PLUGINS ({}): {e}",
+                from.display()
+            );
+        }
+    }
+    (folder, FUZZ_PLUGINS)
+}
+
 #[test]
 fn fuzz_http_requests() {
     let tokio = match tokio::runtime::Builder::new_multi_thread()
@@ -212,7 +348,7 @@ fn fuzz_http_requests() {
         Ok(tokio) => tokio,
         Err(e) => panic!("cannot start tokio: {e}"),
     };
-    let folder = tempfile::tempdir().expect("a temporary folder");
+    let (folder, served) = plugins_folder();
     let config_text = format!(
         "[server]\noperator_token_sha256 = [\"{}\"]\n[tenants.acme]\ntoken_sha256 = [\"{}\"]\n\
          concurrent = 2\nexecutions_per_minute = 1000000\n",
@@ -221,23 +357,29 @@ fn fuzz_http_requests() {
     );
     let file = ServerFile::parse(&config_text, &[]).expect("the configuration parses");
     let shutdown = CancellationToken::new();
-    let (open, configured) = tokio.block_on(async {
+    let (runtime, open, configured) = tokio.block_on(async {
         let runtime = weir::Runtime::builder()
             .plugins_dir(folder.path())
+            .cache_dir(std::env::var_os("WEIR_FUZZ_CACHE").map(std::path::PathBuf::from))
             .build()
             .await
-            .expect("a runtime over an empty folder");
+            .expect("a runtime over the folder");
         runtime.start();
+        let catalog = runtime.catalog();
+        let loaded = catalog.names();
+        for name in served {
+            assert!(loaded.contains(name), "`{name}` did not load: {loaded:?}");
+        }
         let open = router(runtime.clone(), ServerConfig::default(), shutdown.clone());
         let configured = router(
-            runtime,
+            runtime.clone(),
             ServerConfig {
                 access: file.access,
                 ..ServerConfig::default()
             },
             shutdown.clone(),
         );
-        (open, configured)
+        (runtime, open, configured)
     });
     fuzz("HTTP requests", request(), |fuzzed| {
         let mut uri = fuzzed.path.clone();
@@ -315,6 +457,12 @@ fn fuzz_http_requests() {
         }
         Ok(())
     });
+    let stats = runtime.stats();
+    let (started, failed) = stats
+        .processors
+        .values()
+        .fold((0, 0), |(s, f), p| (s + p.started, f + p.failed));
+    eprintln!("fuzz target `HTTP requests`: {started} executions ran, {failed} of them failed");
     shutdown.cancel();
 }
 

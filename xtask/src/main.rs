@@ -322,9 +322,20 @@ fn fuzz(seconds: Option<&str>) -> Result<(), String> {
     if seconds.parse::<f64>().ok().filter(|s| *s > 0.0).is_none() {
         return Err(format!("`{seconds}` is not a number of seconds"));
     }
+    // The HTTP target runs the test plugins (and the example workflows over them), built
+    // as the tests build them; its own compile cache keeps the next run from compiling them.
+    let plugins = target_dir().join("fuzz-plugins");
+    std::fs::create_dir_all(&plugins)
+        .map_err(|e| format!("cannot create {}: {e}", plugins.display()))?;
+    build_plugins(&target_dir().join("wasm-plugins"), &plugins)?;
+    let workflows = repo_root().join("plugins").join("workflows.toml");
+    std::fs::copy(&workflows, plugins.join("workflows.toml"))
+        .map_err(|e| format!("cannot copy {}: {e}", workflows.display()))?;
     eprintln!("== fuzzing: each target for {seconds} s");
     run(
         cargo()
+            .env("WEIR_FUZZ_PLUGINS", &plugins)
+            .env("WEIR_FUZZ_CACHE", target_dir().join("fuzz-cache"))
             // The whole workspace, as `cargo xtask test` builds it: the same features, so
             // nothing is compiled again. Only the host's targets are named `fuzz_`.
             .args(["test", "--locked", "--workspace", "--lib", "fuzz_", "--"])
