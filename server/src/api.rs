@@ -636,6 +636,16 @@ pub(super) async fn stats(
 
 /// The counters a request sees (`tenant`'s only, or every tenant's): the fleet's behind
 /// `--redis`, this process's otherwise.
+/// `GET /v1/stats/history`: the last five minutes of the counters, a reading every 2 s
+/// (see [`crate::history`]): a tenant's own; every tenant's for the operator.
+pub(super) async fn stats_history(State(app): State<AppState>, caller: Caller) -> Json<Value> {
+    let tenant = match &caller {
+        Caller::Tenant(tenant) => Some(tenant.name()),
+        Caller::Operator | Caller::Open => None,
+    };
+    Json(app.history.json(tenant))
+}
+
 async fn runtime_stats(app: &AppState, tenant: Option<&str>) -> Result<RuntimeStats, ApiError> {
     match app.runtime.fleet() {
         Some(fleet) => fleet.stats(tenant).await.map_err(fleet_unavailable),

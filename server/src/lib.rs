@@ -44,6 +44,7 @@ mod events;
 mod foreign;
 #[cfg(test)]
 mod fuzz;
+mod history;
 mod jobs;
 mod metrics;
 mod open;
@@ -138,6 +139,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/plugins/{name}"),
     ("GET", "/v1/workflows"),
     ("GET", "/v1/stats"),
+    ("GET", "/v1/stats/history"),
     ("GET", "/v1/sessions"),
     ("GET", "/v1/sessions/{id}"),
     ("DELETE", "/v1/sessions/{id}"),
@@ -169,6 +171,8 @@ struct AppState {
     shutdown: CancellationToken,
     /// The event streams open now.
     streams: Arc<events::OpenStreams>,
+    /// The last minutes of the counters, for the console's charts.
+    history: Arc<history::History>,
 }
 
 /// The API's routes over `runtime`, for embedding in an application's own axum server.
@@ -194,7 +198,10 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
     {
         fleet.charge_batch_items(foreign::item_admission(&runtime, &config.access));
     }
+    let history = Arc::new(history::History::default());
+    history.sample_until(runtime.clone(), shutdown.clone());
     let state = AppState {
+        history,
         ledger: Arc::new(ledger),
         runtime,
         access: Arc::new(config.access.clone()),
@@ -221,6 +228,7 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
         )
         .route("/v1/workflows", get(api::workflows))
         .route("/v1/stats", get(api::stats))
+        .route("/v1/stats/history", get(api::stats_history))
         .route("/v1/sessions", get(api::sessions))
         .route(
             "/v1/sessions/{id}",

@@ -155,6 +155,20 @@ async fn stats_sessions_and_metrics_agree_on_two_servers_and_keep_tenants_apart(
     .await;
     assert!(beta["processors"].get("bump").is_none(), "{beta}");
     assert!(beta["processors"].get("stamp").is_none(), "{beta}");
+    // The charts' history, read every 2 s by each server, is the fleet's too: a tenant's own.
+    let [history, _] = agreed(&client, servers, "/v1/stats/history", BETA, |h| {
+        completed(&h["latest"]["stats"], "increment") == 3
+    })
+    .await;
+    assert!(history["latest"]["stats"].get("tenants").is_none(), "{history}");
+    let changes = history["samples"].as_array().unwrap();
+    assert!(
+        changes
+            .iter()
+            .flat_map(|s| s["changes"].as_array().unwrap())
+            .all(|c| c["processor"] == "increment" && c.get("tenant").is_none()),
+        "{history}"
+    );
 
     // The operator sees both tenants and their sum.
     let [fleet, other] = agreed(&client, servers, "/v1/stats", OPERATOR, |s| {

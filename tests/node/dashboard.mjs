@@ -72,6 +72,14 @@ try {
   // One processor chosen: its own series.
   await page.selectOption("#overview-processor", "hello");
   if (!((await chart("#chart-rate", "peak")) > 0)) throw new Error("hello's own rate is empty");
+  // A page opened afresh starts its charts from the server's readings of the last minutes:
+  // the load shows at once, long before the page could have drawn it from its own samples
+  // (its third rate needs a fourth sample, 6 s after it opens).
+  await page.reload();
+  await page.waitForFunction(() => {
+    const rate = document.getElementById("chart-rate");
+    return Number(rate.dataset.points) >= 3 && Number(rate.dataset.peak) > 0;
+  }, null, { timeout: 4000 });
   // The graph workflow is drawn with every node (and the condition on `review`); a run of
   // it from the page lights up the nodes that ran and marks the skipped one.
   await page.locator('#workflows tr[data-workflow="pipeline"] button.graph').click();
