@@ -35,6 +35,10 @@ pub(crate) struct RunArgs {
     /// which a run whose outcome was lost ends as `run-lost`.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     deadline_ms: Option<u64>,
+    /// Run ahead of queued work with a larger number (lower runs first; default: the
+    /// processor's own).
+    #[arg(long, value_name = "N")]
+    priority: Option<u32>,
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
@@ -71,6 +75,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     }
     if let Some(ms) = args.deadline_ms {
         request = request.deadline(Duration::from_millis(ms));
+    }
+    if let Some(priority) = args.priority {
+        request = request.priority(priority);
     }
     if args.detach {
         let run = super::fleet(&runtime)?.submit(request).await?;

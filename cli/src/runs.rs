@@ -9,7 +9,7 @@ use super::{Failure, Outcome, PluginArgs, RedisArgs, print_json};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum RunsCommand {
-    /// Print a run: `{id, target, tenant, session, submittedMs, deadlineMs, status, result}`
+    /// Print a run: `{id, target, tenant, session, priority, submittedMs, deadlineMs, status, result}`
     /// (a run past its deadline without an outcome reads as failed, `run-lost`). Exit 0
     /// while it runs or when it succeeded, 1 when it failed, 2 when there is no such run.
     Get(GetArgs),
@@ -46,6 +46,12 @@ pub(crate) struct ListArgs {
     /// Only runs in this state.
     #[arg(long, value_enum)]
     status: Option<State>,
+    /// Only runs that asked for this priority or a larger number.
+    #[arg(long, value_name = "N")]
+    min_priority: Option<u32>,
+    /// Only runs that asked for this priority or a smaller number.
+    #[arg(long, value_name = "N")]
+    max_priority: Option<u32>,
     /// Runs listed after this cursor (what the previous page's last line said).
     #[arg(long, value_name = "CURSOR")]
     before: Option<String>,
@@ -93,6 +99,8 @@ async fn list(args: ListArgs) -> Result<Outcome, Failure> {
         }),
         before: args.before,
         limit: usize::try_from(args.limit).unwrap_or(500),
+        min_priority: args.min_priority,
+        max_priority: args.max_priority,
         ..weir::RunQuery::default()
     };
     let page = super::fleet(&runtime)?.runs(&query).await?;
@@ -106,6 +114,7 @@ async fn list(args: ListArgs) -> Result<Outcome, Failure> {
                     "target": run.target,
                     "tenant": run.tenant,
                     "session": run.session,
+                    "priority": run.priority,
                     "status": run.state.as_str(),
                     "submittedMs": run.submitted_ms,
                     "finishedMs": run.finished_ms,
@@ -163,6 +172,7 @@ async fn get(args: GetArgs) -> Result<Outcome, Failure> {
         "target": status.target,
         "tenant": status.tenant,
         "session": status.session,
+        "priority": status.priority,
         "submittedMs": status.submitted_ms,
         "deadlineMs": status.deadline_ms,
         "status": state,

@@ -54,6 +54,9 @@ pub struct Tenant {
     tokens: Vec<[u8; 32]>,
     processors: Vec<String>,
     pub(crate) quota: TenantQuota,
+    /// The most urgent priority its work may ask for (lower numbers run first); `None`:
+    /// it may not ask for one.
+    min_priority: Option<u32>,
 }
 
 /// Who is calling.
@@ -114,6 +117,7 @@ struct RawTenant {
     bytes_per_minute: Option<u64>,
     memory_bytes: Option<u64>,
     timeout_ms: Option<u64>,
+    min_priority: Option<u32>,
 }
 
 fn everything() -> Vec<String> {
@@ -495,6 +499,7 @@ impl ServerFile {
                     tokens,
                     processors: tenant.processors,
                     quota,
+                    min_priority: tenant.min_priority,
                 }),
             );
         }
@@ -699,6 +704,35 @@ impl Caller {
         }
     }
 
+    /// The priority a request may run at, given the one it asked for: lower numbers run
+    /// first, ahead of other tenants' work, so a tenant asks for one only as far as its
+    /// `min_priority` grant goes. The operator's token runs no work; the open API may ask
+    /// for any.
+    pub(crate) fn priority(&self, asked: Option<u32>) -> Result<Option<u32>, ApiError> {
+        let (Caller::Tenant(tenant), Some(asked)) = (self, asked) else {
+            return Ok(asked);
+        };
+        match tenant.min_priority {
+            Some(min) if asked >= min => Ok(Some(asked)),
+            Some(min) => Err(ApiError::forbidden_because(
+                "priority-not-allowed",
+                format!(
+                    "tenant `{}` may ask for priority {min} or a larger number (less urgent), \
+                     not {asked}: its `min_priority` in weir.toml is {min}",
+                    tenant.name
+                ),
+            )),
+            None => Err(ApiError::forbidden_because(
+                "priority-not-allowed",
+                format!(
+                    "tenant `{}` may not choose its work's priority: the operator grants it \
+                     with `min_priority` in its `[tenants.{}]` table of weir.toml",
+                    tenant.name, tenant.name
+                ),
+            )),
+        }
+    }
+
     /// Whether this caller sees fleet-wide facts (rejected files, every tenant).
     pub(crate) fn is_fleet(&self) -> bool {
         matches!(self, Caller::Operator | Caller::Open)
@@ -755,6 +789,26 @@ mod tests {
             !glob_matches("ab*ba", "aba"),
             "the prefix and suffix cannot overlap"
         );
+    }
+
+    #[test]
+    fn a_tenant_asks_for_a_priority_only_within_its_grant() {
+        let text = "[tenants.granted]\nmin_priority = 5\n[tenants.plain]\n";
+        let file = ServerFile::parse(text, &[]).expect("parses");
+        let caller = |name: &str| Caller::Tenant(file.access.tenant(name).unwrap().clone());
+        let granted = caller("granted");
+        assert_eq!(granted.priority(Some(5)).ok(), Some(Some(5)));
+        assert_eq!(granted.priority(Some(9)).ok(), Some(Some(9)));
+        assert_eq!(granted.priority(None).ok(), Some(None));
+        let refused = granted.priority(Some(4)).expect_err("past the grant");
+        assert_eq!(refused.code(), "priority-not-allowed");
+        let refused = caller("plain").priority(Some(9)).expect_err("no grant");
+        assert!(
+            format!("{refused:?}").contains("min_priority"),
+            "{refused:?}"
+        );
+        assert_eq!(caller("plain").priority(None).ok(), Some(None));
+        assert_eq!(Caller::Open.priority(Some(0)).ok(), Some(Some(0)));
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub(super) struct RunQuery {
     /// The whole execution (every step, wait and retry) ends within this, or fails with
     /// `timeout`; on the distributed runtime it replaces the run deadline.
     deadline_ms: Option<u64>,
+    /// Run ahead of queued work with a larger number (a tenant within its `min_priority`).
+    priority: Option<u32>,
 }
 
 /// `POST /v1/run/{name}`: runs a processor or workflow on the body (a JSON object; empty
@@ -125,11 +127,14 @@ pub(super) async fn run(
         return Err(not_found_for(&app, &caller, &name));
     }
     let Query(query) = query.map_err(ApiError::bad_query)?;
+    // A priority past the tenant's grant is refused before its body is read or charged.
+    let priority = caller.priority(query.priority)?;
     let (input, admitted) = admit_then_read(&app, &caller, body).await?;
     let options = Options {
         session: query.session,
         timeout_ms: query.timeout_ms,
         deadline_ms: query.deadline_ms,
+        priority,
         code: "invalid-query",
     };
     let request = prepare(&app, &caller, name, input, options)?;
@@ -153,6 +158,8 @@ pub(super) struct Options {
     pub session: Option<String>,
     pub timeout_ms: Option<u64>,
     pub deadline_ms: Option<u64>,
+    /// Already allowed by [`Caller::priority`].
+    pub priority: Option<u32>,
     pub code: &'static str,
 }
 
@@ -208,6 +215,7 @@ pub(super) fn prepare(
         session,
         timeout_ms,
         deadline_ms,
+        priority,
         code,
     } = options;
     let (tenant, account) = caller.tenant()?;
@@ -218,6 +226,9 @@ pub(super) fn prepare(
     }
     weir::validate_input(&input).map_err(|e| ApiError::bad_request("invalid-input", e.message))?;
     let mut request = ExecutionRequest::new(name, input).tenant(tenant);
+    if let Some(priority) = priority {
+        request = request.priority(priority);
+    }
     if let Some(session) = session {
         open_session(app, tenant, &session)?;
         request = request.session(session);

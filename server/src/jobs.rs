@@ -104,6 +104,8 @@ struct Job {
     tenant: String,
     processor: String,
     session: Option<String>,
+    /// Its priority among queued work, if it asked for one (lower runs first).
+    priority: Option<u32>,
     /// The input state as JSON text (what a retry submits again).
     input: Arc<str>,
     submitted_ms: u64,
@@ -187,6 +189,7 @@ impl Job {
         tenant: String,
         processor: String,
         session: Option<String>,
+        priority: Option<u32>,
         input: Arc<str>,
         cancel: CancelHandle,
     ) -> Job {
@@ -195,6 +198,7 @@ impl Job {
             tenant,
             processor,
             session,
+            priority,
             input,
             submitted_ms: now_ms(),
             cancel,
@@ -223,6 +227,7 @@ impl Job {
             "tenant": self.tenant,
             "processor": self.processor,
             "session": self.session,
+            "priority": self.priority,
             "status": outcome.status.as_str(),
             "progress": outcome.progress.as_ref().map(|(percent, message)| {
                 json!({ "percent": percent, "message": message })
@@ -616,6 +621,8 @@ struct Submission {
     timeout_ms: Option<u64>,
     /// End the whole execution within this.
     deadline_ms: Option<u64>,
+    /// Run ahead of queued work with a larger number (a tenant within its `min_priority`).
+    priority: Option<u32>,
 }
 
 fn empty_object() -> Value {
@@ -634,7 +641,7 @@ pub(super) async fn submit(
             "invalid-input",
             format!(
                 "a job is `{{\"processor\", \"input\", \"session\", \"timeoutMs\", \
-                 \"deadlineMs\"}}`: {e}"
+                 \"deadlineMs\", \"priority\"}}`: {e}"
             ),
         )
     })?;
@@ -651,11 +658,13 @@ pub(super) async fn submit(
             &submission.processor,
         ));
     }
+    let priority = caller.priority(submission.priority)?;
     let input: Arc<str> = submission.input.to_string().into();
     let options = Options {
         session: submission.session,
         timeout_ms: submission.timeout_ms,
         deadline_ms: submission.deadline_ms,
+        priority,
         code: "invalid-input",
     };
     let request = prepare(
@@ -671,6 +680,7 @@ pub(super) async fn submit(
         request.tenant.clone().unwrap_or_default(),
         request.processor.clone(),
         request.session.clone(),
+        request.priority,
         input,
         request.cancel.clone(),
     ));
@@ -798,6 +808,7 @@ fn fleet_job(run: &weir::RunStatus) -> Value {
         "tenant": run.tenant,
         "processor": run.target,
         "session": run.session,
+        "priority": run.priority,
         "status": status.as_str(),
         "progress": null,
         "submittedAtMs": run.submitted_ms,
@@ -822,6 +833,7 @@ fn fleet_row(run: &weir::RunSummary) -> Value {
         "tenant": run.tenant,
         "processor": run.target,
         "session": run.session,
+        "priority": run.priority,
         "status": run.state.as_str(),
         "progress": null,
         "submittedAtMs": run.submitted_ms,
@@ -941,6 +953,43 @@ pub(super) struct ListQuery {
     before: Option<String>,
     /// Page size: default 50, at most 500.
     limit: Option<usize>,
+    /// Jobs that asked for this priority or a larger number (a job that asked for none is
+    /// in no range).
+    min_priority: Option<u32>,
+    /// Jobs that asked for this priority or a smaller number.
+    max_priority: Option<u32>,
+    /// The page's order: `time` (newest first, the default) or `priority` (the most urgent
+    /// first, then newest). Pages always go back in time: `priority` orders each page.
+    sort: Option<Sort>,
+}
+
+/// How a page of jobs is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Sort {
+    Time,
+    Priority,
+}
+
+impl ListQuery {
+    /// Whether a job that asked for `priority` is in the asked range.
+    fn priority_matches(&self, priority: Option<u32>) -> bool {
+        if self.min_priority.is_none() && self.max_priority.is_none() {
+            return true;
+        }
+        priority.is_some_and(|p| {
+            self.min_priority.is_none_or(|min| p >= min)
+                && self.max_priority.is_none_or(|max| p <= max)
+        })
+    }
+}
+
+/// Orders `rows` (newest first) as `sort` asks: by priority, the most urgent first and the
+/// ones that asked for none last, newest first within one priority.
+fn sort_page(rows: &mut [Value], sort: Option<Sort>) {
+    if sort == Some(Sort::Priority) {
+        rows.sort_by_key(|row| row["priority"].as_u64().unwrap_or(u64::MAX));
+    }
 }
 
 /// `GET /v1/jobs`: the caller's jobs, newest first, filtered, a page at a time.
@@ -967,6 +1016,7 @@ pub(super) async fn list(
         .filter(|job| q.since_ms.is_none_or(|t| job.submitted_ms >= t))
         .filter(|job| q.until_ms.is_none_or(|t| job.submitted_ms < t))
         .filter(|job| q.before.as_deref().is_none_or(|b| job.id.as_str() < b))
+        .filter(|job| q.priority_matches(job.priority))
         .cloned()
         .collect();
     if let Some(status) = q.status {
@@ -976,7 +1026,8 @@ pub(super) async fn list(
     jobs.sort_by(|a, b| b.id.cmp(&a.id));
     let next = (jobs.len() > limit).then(|| jobs[limit - 1].id.clone());
     jobs.truncate(limit);
-    let rows: Vec<Value> = jobs.iter().map(|job| job.summary()).collect();
+    let mut rows: Vec<Value> = jobs.iter().map(|job| job.summary()).collect();
+    sort_page(&mut rows, q.sort);
     Ok(Json(json!({ "jobs": rows, "next": next })))
 }
 
@@ -1011,6 +1062,8 @@ async fn fleet_list(
         until_ms: q.until_ms,
         before: q.before,
         limit,
+        min_priority: q.min_priority,
+        max_priority: q.max_priority,
     };
     let page = fleet.runs(&query).await.map_err(runs_unavailable)?;
     let local: Vec<Option<Arc<Job>>> = {
@@ -1029,6 +1082,8 @@ async fn fleet_list(
             None => fleet_row(run),
         })
         .collect();
+    let mut rows = rows;
+    sort_page(&mut rows, q.sort);
     Ok(Json(json!({ "jobs": rows, "next": page.next })))
 }
 
@@ -1041,6 +1096,7 @@ mod tests {
             id.into(),
             tenant.into(),
             "p".into(),
+            None,
             None,
             Arc::from("{}"),
             CancelHandle::new(),

@@ -160,7 +160,10 @@ async fn stats_sessions_and_metrics_agree_on_two_servers_and_keep_tenants_apart(
         completed(&h["latest"]["stats"], "increment") == 3
     })
     .await;
-    assert!(history["latest"]["stats"].get("tenants").is_none(), "{history}");
+    assert!(
+        history["latest"]["stats"].get("tenants").is_none(),
+        "{history}"
+    );
     let changes = history["samples"].as_array().unwrap();
     assert!(
         changes
@@ -695,6 +698,39 @@ async fn the_run_index_keeps_its_bounds_and_lists_only_the_fleets_own_runs() {
         ("nope", weir::RunState::Failed),
         "{page:?}"
     );
+
+    // A run's priority is in its signed record: listed, and filtered by a range.
+    let urgent = fleet
+        .submit(
+            weir::ExecutionRequest::new("increment", json!({}))
+                .tenant("beta")
+                .priority(2),
+        )
+        .await
+        .unwrap();
+    let ranged = |min: Option<u32>, max: Option<u32>| weir::RunQuery {
+        min_priority: min,
+        max_priority: max,
+        ..list(Some("beta"), 10, None)
+    };
+    let page = fleet.runs(&ranged(Some(1), Some(2))).await.unwrap();
+    assert_eq!(ids(&page), [urgent.as_str()], "{page:?}");
+    assert_eq!(page.runs[0].priority, Some(2));
+    let page = fleet.runs(&ranged(Some(3), None)).await.unwrap();
+    assert_eq!(ids(&page), Vec::<String>::new(), "{page:?}");
+    let listed = crate::distributed::weir_json(&[
+        "runs",
+        "list",
+        "--redis",
+        &url,
+        "--tenant",
+        "beta",
+        "--max-priority",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(run_ids(&listed), [urgent.as_str()], "{listed}");
+    assert_eq!(listed["runs"][0]["priority"], 2, "{listed}");
     runtime.stop(Duration::from_secs(1)).await;
 }
 

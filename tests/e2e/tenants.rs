@@ -29,7 +29,8 @@ struct Fleet {
 
 impl Fleet {
     /// A server with three tenants and an operator:
-    /// - acme runs hello, increment and sleep, one execution at a time;
+    /// - acme runs hello, increment and sleep, one execution at a time, and may ask for
+    ///   priority 5 or a larger number;
     /// - globex runs hello and increment, three executions a minute;
     /// - initech runs sleep with a 300 ms ceiling on every execution.
     fn start() -> Fleet {
@@ -44,6 +45,7 @@ operator_token_sha256 = ["{operator}"]
 token_sha256 = ["{acme}"]
 processors = ["hello", "increment", "sle*"]
 concurrent = 1
+min_priority = 5
 
 [tenants.globex]
 token_sha256 = ["{globex}"]
@@ -156,6 +158,100 @@ fn names(body: &Value) -> Vec<String> {
         .iter()
         .map(|p| p["name"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Submits a `hello` job as `token` with `priority` (none if `None`) and waits for its end;
+/// the job, or the refusal's status and body.
+async fn priority_job(fleet: &Fleet, token: &str, priority: Option<u32>) -> (u16, Value) {
+    let mut body = json!({"processor": "hello", "input": {"user": "p"}});
+    if let Some(priority) = priority {
+        body["priority"] = json!(priority);
+    }
+    let response = fleet
+        .request(reqwest::Method::POST, "/v1/jobs", Some(token))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, job) = answer(response).await;
+    if status != 202 {
+        return (status, job);
+    }
+    let id = job["id"].as_str().unwrap();
+    fleet
+        .get(&format!("/v1/jobs/{id}?waitMs=20000"), token)
+        .await
+}
+
+/// A tenant chooses its work's priority only as far as the operator's `min_priority` grant
+/// goes (a tenant without one, not at all), before anything runs; jobs carry it, and their
+/// list filters and orders by it.
+#[tokio::test]
+async fn a_tenant_asks_for_a_priority_within_its_grant_and_lists_its_jobs_by_it() {
+    let fleet = Fleet::start();
+    let mut ids = Vec::new();
+    for priority in [Some(9), Some(5), None] {
+        let (status, job) = priority_job(&fleet, ACME, priority).await;
+        assert_eq!(
+            (status, &job["status"]),
+            (200, &json!("completed")),
+            "{job}"
+        );
+        assert_eq!(job["priority"], json!(priority));
+        ids.push(job["id"].as_str().unwrap().to_string());
+    }
+    // More urgent than the grant: refused, naming the key; so is any priority for globex.
+    let (status, body) = priority_job(&fleet, ACME, Some(4)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("priority-not-allowed"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("min_priority"),
+        "{body}"
+    );
+    let (status, body) = fleet.run("hello?priority=4", json!({}), ACME).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("priority-not-allowed"))
+    );
+    let (status, body) = fleet.run("hello?priority=9", json!({}), GLOBEX).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("priority-not-allowed"))
+    );
+    let (status, body) = fleet
+        .run("hello?priority=6", json!({"user": "p"}), ACME)
+        .await;
+    assert_eq!((status, &body["ok"]), (200, &json!(true)), "{body}");
+    // Filtered by a range (a job that asked for none is in none), ordered by priority.
+    let fleet = &fleet;
+    let listed = |query: &'static str| async move {
+        let (status, body) = fleet.get(&format!("/v1/jobs?{query}"), ACME).await;
+        assert_eq!(status, 200, "{body}");
+        body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|job| job["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed("minPriority=5&maxPriority=6").await,
+        [ids[1].clone()]
+    );
+    assert_eq!(listed("minPriority=6").await, [ids[0].clone()]);
+    assert_eq!(
+        listed("sort=priority").await,
+        [ids[1].clone(), ids[0].clone(), ids[2].clone()]
+    );
+    assert_eq!(
+        listed("").await,
+        [ids[2].clone(), ids[1].clone(), ids[0].clone()]
+    );
 }
 
 #[tokio::test]

@@ -83,6 +83,11 @@ pub struct RunQuery {
     pub before: Option<String>,
     /// Runs per page (at least 1).
     pub limit: usize,
+    /// Runs that asked for this priority or a larger number (one that asked for none is in
+    /// no range).
+    pub min_priority: Option<u32>,
+    /// Runs that asked for this priority or a smaller number.
+    pub max_priority: Option<u32>,
 }
 
 /// A run as the fleet's index lists it: its record without the outcome.
@@ -96,6 +101,8 @@ pub struct RunSummary {
     pub tenant: String,
     /// Its session, if any.
     pub session: Option<String>,
+    /// The priority it asked for, if any (lower runs first).
+    pub priority: Option<u32>,
     /// When it was submitted (Unix ms).
     pub submitted_ms: u64,
     /// When its outcome was recorded (Unix ms).
@@ -167,7 +174,7 @@ pub(super) fn open_args(
 }
 
 /// The fields of a run's record a listing reads.
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 9] = [
     "target",
     "tenant",
     "session",
@@ -176,6 +183,7 @@ const FIELDS: [&str; 8] = [
     "mac",
     "status",
     "finished",
+    "priority",
 ];
 
 impl Distributed {
@@ -296,11 +304,13 @@ impl Distributed {
         let mac = take(5).unwrap_or_default();
         let status = take(6);
         let finished_ms = take(7).and_then(|s| s.parse().ok());
+        let priority = take(8).and_then(|s| s.parse().ok());
         let record = RunStatus {
             id: id.to_string(),
             target,
             tenant,
             session,
+            priority,
             submitted_ms,
             deadline_ms,
             result: None,
@@ -326,6 +336,7 @@ impl Distributed {
             target: record.target,
             tenant: record.tenant,
             session: record.session,
+            priority: record.priority,
             submitted_ms,
             finished_ms,
             state,
@@ -364,6 +375,11 @@ fn matches(query: &RunQuery, run: &RunSummary) -> bool {
         && query.state.is_none_or(|s| run.state == s)
         && query.since_ms.is_none_or(|t| run.submitted_ms >= t)
         && query.until_ms.is_none_or(|t| run.submitted_ms < t)
+        && (query.min_priority.is_none() && query.max_priority.is_none()
+            || run.priority.is_some_and(|p| {
+                query.min_priority.is_none_or(|min| p >= min)
+                    && query.max_priority.is_none_or(|max| p <= max)
+            }))
 }
 
 /// Every run record's fields, as read whole, with the annex checked: its text.

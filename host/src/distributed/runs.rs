@@ -26,6 +26,8 @@ pub struct RunStatus {
     pub tenant: String,
     /// Its session, if any.
     pub session: Option<String>,
+    /// The priority it asked for, if any (lower runs first).
+    pub priority: Option<u32>,
     /// When it was submitted (Unix milliseconds).
     pub submitted_ms: u64,
     /// When it must have ended (Unix milliseconds); `None` for a run submitted before
@@ -229,6 +231,7 @@ pub(super) fn run_status(
         target: fields.remove("target")?,
         tenant: fields.remove("tenant").unwrap_or_else(|| "default".into()),
         session: fields.remove("session"),
+        priority: fields.get("priority").and_then(|s| s.parse().ok()),
         submitted_ms: fields
             .get("submitted")
             .and_then(|s| s.parse().ok())
@@ -256,7 +259,7 @@ pub(super) fn run_status(
 }
 
 /// What a run's record says that decides authority, as signed: what runs, for whom, from
-/// when, until when.
+/// when, until when, and how urgently.
 pub(super) fn record_authority(status: &RunStatus) -> Fields {
     let mut fields = Fields::new();
     fields
@@ -266,6 +269,11 @@ pub(super) fn record_authority(status: &RunStatus) -> Fields {
         .opt_str(status.session.as_deref())
         .u64(status.submitted_ms)
         .opt_u64(status.deadline_ms);
+    // Last, and only when asked for: a record written before runs had priorities reads
+    // (and verifies) as one that asked for none.
+    if let Some(priority) = status.priority {
+        fields.u64(u64::from(priority));
+    }
     fields
 }
 

@@ -76,12 +76,16 @@ impl Distributed {
         if let Some(session) = &request.session {
             record.push(("session", session.clone()));
         }
+        if let Some(priority) = request.priority {
+            record.push(("priority", priority.to_string()));
+        }
         if self.seal.keyed() {
             let opened = RunStatus {
                 id: run.clone(),
                 target: request.processor.clone(),
                 tenant: tenant.clone(),
                 session: request.session.clone(),
+                priority: request.priority,
                 submitted_ms: now,
                 deadline_ms: Some(deadline_ms),
                 result: None,
