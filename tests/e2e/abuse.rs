@@ -394,6 +394,18 @@ fn rss_of(pid: u32) -> u64 {
     weir_tests::rss_of(pid).expect("VmRSS in /proc/PID/status")
 }
 
+/// Everyone else is still served: `hello` runs on the server at `url`.
+async fn assert_still_serves(client: &reqwest::Client, url: &str) {
+    let hello = client
+        .post(format!("{url}/v1/run/hello"))
+        .header("content-type", "application/json")
+        .body(r#"{"user":"Ada"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hello.status(), 200);
+}
+
 /// A `GET /v1/events` client that never reads what it is sent.
 fn stalled_event_client(url: &str) -> std::net::TcpStream {
     use std::io::Write;
@@ -449,15 +461,7 @@ async fn a_stalled_event_stream_does_not_make_the_server_hold_a_guests_events() 
         before >> 20,
         after >> 20
     );
-    // Everyone else is still served.
-    let hello = client
-        .post(format!("{url}/v1/run/hello"))
-        .header("content-type", "application/json")
-        .body(r#"{"user":"Ada"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(hello.status(), 200);
+    assert_still_serves(&client, &url).await;
 }
 
 /// C1: a tenant cannot open event streams without end: past its maximum (8 by default)
@@ -1088,14 +1092,7 @@ async fn a_compile_past_its_clock_is_stopped_and_the_upload_refused() {
     // The process compiling it is gone, and a second load of the same bytes (the folder's
     // watcher sees the upload's file before it is removed) compiles nothing.
     assert_eq!(children_of(server.pid()), Vec::<String>::new());
-    let hello = client
-        .post(format!("{url}/v1/run/hello"))
-        .header("content-type", "application/json")
-        .body(r#"{"user":"Ada"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(hello.status(), 200);
+    assert_still_serves(&client, &url).await;
 }
 
 /// M10: a file grant that covers the plugins folder (a plugin could rewrite its own

@@ -56,9 +56,16 @@ pub struct CompileProcess {
 impl CompileProcess {
     /// The running executable as the compiling child, given [`COMPILE_PROCESS_ARG`]: for a
     /// binary whose `main` hands that argument to [`compile_process_main`], as `weir`'s does.
+    /// On Linux it is started as `/proc/self/exe`, the file this process runs even after an
+    /// upgrade replaced its path: a newer binary would compile code this engine refuses.
     pub fn current_exe(timeout: Duration, memory_bytes: Option<u64>) -> std::io::Result<Self> {
+        let own = std::path::Path::new("/proc/self/exe");
+        let program = match own.exists() {
+            true => own.to_path_buf(),
+            false => std::env::current_exe()?,
+        };
         Ok(CompileProcess {
-            program: std::env::current_exe()?,
+            program,
             args: vec![COMPILE_PROCESS_ARG.into()],
             timeout,
             memory_bytes,
