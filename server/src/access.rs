@@ -100,6 +100,7 @@ struct RawServer {
     allowed_hosts: Vec<String>,
     jobs_bytes_per_tenant: Option<usize>,
     jobs_kept_per_tenant: Option<usize>,
+    job_step_bytes: Option<usize>,
     max_sessions_per_tenant: Option<usize>,
     session_idle_ms: Option<u64>,
 }
@@ -380,6 +381,8 @@ pub struct ServerSettings {
     pub jobs_bytes_per_tenant: Option<usize>,
     /// [`super::ServerConfig::jobs_kept_per_tenant`].
     pub jobs_kept_per_tenant: Option<usize>,
+    /// [`super::ServerConfig::job_step_bytes`].
+    pub job_step_bytes: Option<usize>,
     /// The runtime's [`weir::SessionBounds::max_per_tenant`] (see [`Self::apply_host`]).
     pub max_sessions_per_tenant: Option<usize>,
     /// The runtime's [`weir::SessionBounds::idle_expiry`], in milliseconds.
@@ -416,6 +419,7 @@ impl ServerSettings {
             self.jobs_bytes_per_tenant,
         );
         set(&mut config.jobs_kept_per_tenant, self.jobs_kept_per_tenant);
+        set(&mut config.job_step_bytes, self.job_step_bytes);
     }
 
     /// `host` with the settings that belong to the runtime (sessions), where set: applied
@@ -529,6 +533,7 @@ impl ServerFile {
                 allowed_hosts: raw.server.allowed_hosts,
                 jobs_bytes_per_tenant: raw.server.jobs_bytes_per_tenant,
                 jobs_kept_per_tenant: raw.server.jobs_kept_per_tenant,
+                job_step_bytes: raw.server.job_step_bytes,
                 max_sessions_per_tenant: raw.server.max_sessions_per_tenant,
                 session_idle_ms: raw.server.session_idle_ms,
             },

@@ -488,6 +488,7 @@ const SERVER_WORDS: &[&str] = &[
     "allowed_hosts",
     "jobs_bytes_per_tenant",
     "jobs_kept_per_tenant",
+    "job_step_bytes",
     "max_sessions_per_tenant",
     "session_idle_ms",
     "acme",

@@ -55,6 +55,10 @@ const MAX_RETRIES: usize = 20;
 /// What one step is counted as in the byte budget, beyond its error's message.
 const STEP_BYTES: usize = 256;
 
+/// What is left of an error's message past a job's step bytes
+/// ([`super::ServerConfig::job_step_bytes`]).
+const CLIPPED_MESSAGE_BYTES: usize = 256;
+
 /// The largest input a job keeps in the fleet beside its outcome (a larger one is kept as
 /// its size): what another server's page of the job shows, and retries.
 const ANNEX_INPUT_BYTES: usize = 64 << 10;
@@ -129,6 +133,9 @@ struct Outcome {
     steps: Vec<Step>,
     /// Steps past [`MAX_STEPS`] (or [`MAX_TRACED`]) not kept.
     steps_dropped: u64,
+    /// The bytes of the steps' errors and retries, within
+    /// [`super::ServerConfig::job_step_bytes`].
+    step_bytes: usize,
 }
 
 /// One execution of a job (the job's own, a workflow's step, a nested call), for its
@@ -151,6 +158,12 @@ struct Step {
     retries: Vec<Value>,
     /// The process that ran it (its id among the fleet's), when another one did.
     origin: Option<String>,
+    /// Retries counted but not kept: past [`MAX_RETRIES`], or past the job's step bytes.
+    #[serde(skip_serializing_if = "is_zero")]
+    retries_dropped: u32,
+    /// Its error's details were not kept, past the job's step bytes: their size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details_dropped_bytes: Option<usize>,
     /// The bytes of JSON its error and its retries hold (details included), counted as
     /// they are recorded.
     #[serde(skip)]
@@ -163,6 +176,10 @@ impl Step {
     fn bytes(&self) -> usize {
         STEP_BYTES + self.error_bytes + self.retries_bytes
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The size of `value` as JSON text, without writing it anywhere.
@@ -209,6 +226,7 @@ impl Job {
                 result: None,
                 steps: Vec::new(),
                 steps_dropped: 0,
+                step_bytes: 0,
             }),
             done: tokio::sync::watch::channel(false).0,
             open_steps: tokio::sync::watch::channel(0).0,
@@ -319,6 +337,8 @@ pub(super) struct Jobs {
     max_bytes: usize,
     /// Finished jobs kept per tenant.
     max_kept: usize,
+    /// Bytes of errors one job's steps keep.
+    max_step_bytes: usize,
 }
 
 #[derive(Default)]
@@ -343,12 +363,13 @@ struct Finished {
 
 impl Jobs {
     /// An empty table keeping, per tenant, `max_kept` finished jobs whose results add up to
-    /// at most `max_bytes`.
-    pub(super) fn new(max_bytes: usize, max_kept: usize) -> Self {
+    /// at most `max_bytes`, and in each job at most `max_step_bytes` of its steps' errors.
+    pub(super) fn new(max_bytes: usize, max_kept: usize, max_step_bytes: usize) -> Self {
         Jobs {
             inner: Mutex::default(),
             max_bytes,
             max_kept: max_kept.max(1),
+            max_step_bytes,
         }
     }
 
@@ -513,6 +534,8 @@ impl Jobs {
             error: None,
             retries: Vec::new(),
             origin: event.origin.clone(),
+            retries_dropped: 0,
+            details_dropped_bytes: None,
             error_bytes: 0,
             retries_bytes: 0,
         });
@@ -523,7 +546,10 @@ impl Jobs {
     fn update_step(&self, job: &Job, index: usize, id: &str, event: &Event) {
         let mut outcome = job.lock();
         let finished = outcome.status != Status::Running;
-        let Some(step) = outcome.steps.get_mut(index) else {
+        let Outcome {
+            steps, step_bytes, ..
+        } = &mut *outcome;
+        let Some(step) = steps.get_mut(index) else {
             return;
         };
         match event.event {
@@ -540,22 +566,47 @@ impl Jobs {
                 step.ended_at_ms = Some(event.timestamp_ms);
                 step.duration_us = event.duration_us;
                 step.attempts = event.attempts;
-                step.error = event.error.clone();
-                step.error_bytes = step.error.as_ref().map_or(0, json_bytes);
+                let mut error = event.error.clone();
+                let mut bytes = error.as_ref().map_or(0, json_bytes);
+                // Past the job's bound the error keeps its kind, code and the start of its
+                // message only.
+                if *step_bytes + bytes > self.max_step_bytes
+                    && let Some(error) = error.as_mut()
+                {
+                    step.details_dropped_bytes = error.details.take().as_ref().map(json_bytes);
+                    if error.message.len() > CLIPPED_MESSAGE_BYTES {
+                        let mut end = CLIPPED_MESSAGE_BYTES;
+                        while !error.message.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        error.message.truncate(end);
+                        error.message.push('…');
+                    }
+                    bytes = json_bytes(&*error);
+                }
+                *step_bytes = step_bytes.saturating_sub(step.error_bytes) + bytes;
+                step.error = error;
+                step.error_bytes = bytes;
                 // The end of a finished job's step: nothing more to follow for it.
                 if finished {
                     drop(outcome);
                     self.lock().trace.remove(id);
                 }
             }
-            EventKind::ProcessorRetrying if step.retries.len() < MAX_RETRIES => {
+            EventKind::ProcessorRetrying => {
                 let retry = json!({
                     "attempt": event.attempt,
                     "atMs": event.timestamp_ms,
                     "error": event.error,
                     "delayMs": event.data.as_ref().and_then(|d| d.get("delayMs")),
                 });
-                step.retries_bytes += json_bytes(&retry);
+                let bytes = json_bytes(&retry);
+                if step.retries.len() >= MAX_RETRIES || *step_bytes + bytes > self.max_step_bytes {
+                    step.retries_dropped = step.retries_dropped.saturating_add(1);
+                    return;
+                }
+                *step_bytes += bytes;
+                step.retries_bytes += bytes;
                 step.retries.push(retry);
             }
             // A second start of an execution followed already: nothing new.
@@ -1121,7 +1172,7 @@ mod tests {
 
     #[test]
     fn a_tenants_oldest_finished_jobs_go_past_its_byte_budget() {
-        let jobs = Jobs::new(100, 1000);
+        let jobs = Jobs::new(100, 1000, 4 << 20);
         finish(&jobs, "a1", "a", 40);
         finish(&jobs, "a2", "a", 40);
         finish(&jobs, "b1", "b", 90);
@@ -1134,7 +1185,7 @@ mod tests {
 
     #[test]
     fn a_tenants_oldest_finished_jobs_go_past_its_count() {
-        let jobs = Jobs::new(1 << 20, 2);
+        let jobs = Jobs::new(1 << 20, 2, 4 << 20);
         for id in ["1", "2", "3"] {
             finish(&jobs, id, "a", 10);
         }
@@ -1143,7 +1194,7 @@ mod tests {
 
     #[test]
     fn a_result_over_the_whole_budget_is_kept_as_a_note_of_its_size() {
-        let jobs = Jobs::new(100, 10);
+        let jobs = Jobs::new(100, 10, 4 << 20);
         let note: Value =
             serde_json::from_str(&jobs.kept_result(false, &json!("x".repeat(500)))).unwrap();
         assert_eq!(
@@ -1167,7 +1218,7 @@ mod tests {
 
     #[test]
     fn a_jobs_steps_are_followed_at_any_depth_with_their_retries_and_ends() {
-        let jobs = Jobs::new(1 << 20, 10);
+        let jobs = Jobs::new(1 << 20, 10, 4 << 20);
         let root = job("root", "a");
         jobs.insert(root.clone()).unwrap();
         jobs.follow(&event(EventKind::ProcessorStarted, "root", None, "flow"));
@@ -1219,7 +1270,7 @@ mod tests {
 
     #[test]
     fn a_steps_error_details_and_retries_count_in_the_byte_budget() {
-        let jobs = Jobs::new(1 << 30, 10);
+        let jobs = Jobs::new(1 << 30, 10, 4 << 20);
         let root = job("root", "a");
         jobs.insert(root.clone()).unwrap();
         jobs.follow(&event(EventKind::ProcessorStarted, "root", None, "p"));
@@ -1236,8 +1287,54 @@ mod tests {
     }
 
     #[test]
+    fn a_running_jobs_steps_hold_at_most_their_byte_bound() {
+        let jobs = Jobs::new(1 << 30, 10, 4 << 20);
+        let root = job("root", "a");
+        jobs.insert(root.clone()).unwrap();
+        jobs.follow(&event(EventKind::ProcessorStarted, "root", None, "flow"));
+        // A thousand steps, each retried twice and failing, every error with 64 KiB of
+        // details: about 190 MiB of errors if all were kept.
+        let error = || {
+            let mut error = weir::ExecutionError::host(ErrorKind::Execution, "boom", "failed");
+            error.details = Some(json!("x".repeat(64 << 10)));
+            error
+        };
+        for i in 0..MAX_STEPS - 1 {
+            let id = format!("s{i}");
+            jobs.follow(&event(EventKind::ProcessorStarted, &id, Some("root"), "p"));
+            for _ in 0..2 {
+                let mut retry = event(EventKind::ProcessorRetrying, &id, Some("root"), "p");
+                retry.error = Some(error());
+                jobs.follow(&retry);
+            }
+            let mut failed = event(EventKind::ProcessorFailed, &id, Some("root"), "p");
+            failed.error = Some(error());
+            jobs.follow(&failed);
+        }
+        // Still running, it holds its bound (the errors', and each step's own), and what it
+        // holds is what it counts.
+        let held = root.held_bytes();
+        let past = CLIPPED_MESSAGE_BYTES + 256;
+        assert!(
+            held <= (4 << 20) + MAX_STEPS * (STEP_BYTES + past),
+            "{held}"
+        );
+        let text = serde_json::to_string(&root.lock().steps).unwrap();
+        assert!(text.len() <= held, "{} > {held}", text.len());
+        // Every step is still there, with its status and its error's kind and message.
+        let outcome = root.lock();
+        assert_eq!(outcome.steps.len(), MAX_STEPS);
+        let last = outcome.steps.last().unwrap();
+        assert_eq!(last.status, "failed");
+        assert_eq!(
+            last.error.as_ref().map(|e| e.message.as_str()),
+            Some("failed")
+        );
+    }
+
+    #[test]
     fn a_jobs_annex_in_the_fleet_keeps_its_first_steps_within_its_byte_bound() {
-        let jobs = Jobs::new(1 << 30, 10);
+        let jobs = Jobs::new(1 << 30, 10, 4 << 20);
         let root = job("root", "a");
         jobs.insert(root.clone()).unwrap();
         jobs.follow(&event(EventKind::ProcessorStarted, "root", None, "flow"));
@@ -1271,7 +1368,7 @@ mod tests {
 
     #[test]
     fn a_job_keeps_at_most_its_steps_and_forgets_their_traces_when_it_goes() {
-        let jobs = Jobs::new(1 << 20, 1);
+        let jobs = Jobs::new(1 << 20, 1, 4 << 20);
         let root = job("root", "a");
         jobs.insert(root.clone()).unwrap();
         jobs.follow(&event(EventKind::ProcessorStarted, "root", None, "flow"));

@@ -100,6 +100,10 @@ pub struct ServerConfig {
     pub jobs_bytes_per_tenant: usize,
     /// Finished jobs kept per tenant (default 10,000); past it, likewise.
     pub jobs_kept_per_tenant: usize,
+    /// Bytes of errors (details included) one job's steps keep, running or finished
+    /// (default 4 MiB); past it, a step's error keeps its kind, code and the start of its
+    /// message, and retries are counted, not kept.
+    pub job_step_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +122,7 @@ impl Default for ServerConfig {
             open_plugin_install: false,
             jobs_bytes_per_tenant: 64 << 20,
             jobs_kept_per_tenant: 10_000,
+            job_step_bytes: 4 << 20,
         }
     }
 }
@@ -186,6 +191,7 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
     let jobs = Arc::new(jobs::Jobs::new(
         config.jobs_bytes_per_tenant,
         config.jobs_kept_per_tenant,
+        config.job_step_bytes,
     ));
     jobs.track_progress(&runtime, shutdown.clone());
     let ledger = match runtime.fleet().map(|fleet| fleet.redis_namespace("quota:")) {
