@@ -1064,6 +1064,20 @@ fn children_of(pid: u32) -> Vec<String> {
 #[tokio::test]
 async fn a_compile_past_its_clock_is_stopped_and_the_upload_refused() {
     let folder = PluginFolder::with(&["hello"]);
+    // `hello` compiles into the tests' compile cache under the default clock first: only
+    // the upload is to meet the tight one (a debug build's compile of `hello` can take more).
+    let warmed = std::process::Command::new(weir_tests::weir_bin())
+        .args(["plugins", "list", "--plugins"])
+        .arg(folder.path())
+        .arg("--cache-dir")
+        .arg(weir_tests::cache_dir())
+        .output()
+        .unwrap();
+    assert!(
+        warmed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&warmed.stderr)
+    );
     let (server, url) = weir_tests::WeirProcess::serve(
         folder.path(),
         &["--allow-plugin-install", "--compile-timeout-ms", "300"],
