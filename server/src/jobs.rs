@@ -117,9 +117,19 @@ struct Job {
     outcome: Mutex<Outcome>,
     /// Becomes true when the job has finished: what `?waitMs=` waits on.
     done: tokio::sync::watch::Sender<bool>,
-    /// Its steps that started and have not ended yet (their ends may come after the job's
+    /// Its steps that started and have not ended yet, and whether its own execution's end
+    /// has arrived (on the distributed runtime the events may come after the job's
     /// outcome): what its annex in the fleet waits for.
-    open_steps: tokio::sync::watch::Sender<usize>,
+    open_steps: tokio::sync::watch::Sender<OpenSteps>,
+}
+
+/// What of a job's timeline is still on its way.
+#[derive(Debug, Clone, Copy, Default)]
+struct OpenSteps {
+    /// Steps started and not ended.
+    open: usize,
+    /// The job's own execution has ended.
+    own_ended: bool,
 }
 
 struct Outcome {
@@ -229,7 +239,7 @@ impl Job {
                 step_bytes: 0,
             }),
             done: tokio::sync::watch::channel(false).0,
-            open_steps: tokio::sync::watch::channel(0).0,
+            open_steps: tokio::sync::watch::channel(OpenSteps::default()).0,
         }
     }
 
@@ -319,6 +329,13 @@ impl Job {
             "{{\"input\":{input},\"inputBytes\":{},\"steps\":{steps},\"stepsDropped\":{dropped}}}",
             self.input.len(),
         )
+    }
+
+    /// Waits until the job's own execution has ended and none of its steps is open: its
+    /// timeline is whole (the job's outcome can arrive before the events that make it).
+    async fn timeline_settled(&self) {
+        let mut steps = self.open_steps.subscribe();
+        let _ = steps.wait_for(|s| s.open == 0 && s.own_ended).await;
     }
 
     /// What the job holds, in bytes, for the budget: its input, steps and result.
@@ -539,7 +556,7 @@ impl Jobs {
             error_bytes: 0,
             retries_bytes: 0,
         });
-        job.open_steps.send_modify(|open| *open += 1);
+        job.open_steps.send_modify(|steps| steps.open += 1);
     }
 
     /// Records the end or a retry of step `index` (execution `id`) of `job`.
@@ -554,10 +571,13 @@ impl Jobs {
         };
         match event.event {
             kind @ (EventKind::ProcessorCompleted | EventKind::ProcessorFailed) => {
-                if step.ended_at_ms.is_none() {
-                    job.open_steps
-                        .send_modify(|open| *open = open.saturating_sub(1));
-                }
+                let first_end = step.ended_at_ms.is_none();
+                job.open_steps.send_modify(|steps| {
+                    if first_end {
+                        steps.open = steps.open.saturating_sub(1);
+                    }
+                    steps.own_ended |= id == job.id;
+                });
                 step.status = if kind == EventKind::ProcessorCompleted {
                     "completed"
                 } else {
@@ -796,8 +816,7 @@ fn annex_in_fleet(fleet: weir::Fleet, job: Arc<Job>) {
         return;
     };
     handle.spawn(async move {
-        let mut open = job.open_steps.subscribe();
-        let _ = tokio::time::timeout(ANNEX_WAIT, open.wait_for(|open| *open == 0)).await;
+        let _ = tokio::time::timeout(ANNEX_WAIT, job.timeline_settled()).await;
         let text = job.annex();
         if let Err(error) = fleet.annex_run(&job.id, &text).await {
             tracing::warn!(
@@ -1284,6 +1303,33 @@ mod tests {
         jobs.follow(&failed);
         // The details are held twice (the retry's and the end's): both count.
         assert!(root.held_bytes() > 64 << 10, "{}", root.held_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_jobs_timeline_is_settled_once_its_own_end_and_every_step_end_arrived() {
+        let jobs = Jobs::new(1 << 30, 10, 4 << 20);
+        let root = job("root", "a");
+        jobs.insert(root.clone()).unwrap();
+        let settled = |job: Arc<Job>| tokio::spawn(async move { job.timeline_settled().await });
+        // Nothing arrived yet (the outcome came first): not settled, though nothing is open.
+        let waiting = settled(root.clone());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        jobs.follow(&event(EventKind::ProcessorStarted, "root", None, "flow"));
+        jobs.follow(&event(EventKind::ProcessorStarted, "s1", Some("root"), "p"));
+        jobs.follow(&event(EventKind::ProcessorCompleted, "root", None, "flow"));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a step is still open");
+        jobs.follow(&event(
+            EventKind::ProcessorCompleted,
+            "s1",
+            Some("root"),
+            "p",
+        ));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("settled once the step ended")
+            .expect("joins");
     }
 
     #[test]
