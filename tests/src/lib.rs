@@ -229,18 +229,44 @@ pub fn fleet() -> weir::Trust {
 }
 
 /// The `weir` binary, built from the current sources on first use.
+///
+/// Built as `cargo test --workspace` builds it (for the integration tests in `cli/tests`),
+/// so with the same features as the running tests: after that build this one is a no-op,
+/// where a plain `cargo build -p weir-cli` would compile wasmtime and most of the
+/// dependencies a second time with other features (about 7 minutes on a fresh 2-core
+/// machine).
 pub fn weir_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_weir(false))
+    BIN.get_or_init(|| {
+        build_weir(&[
+            "test",
+            "--locked",
+            "--workspace",
+            "--no-run",
+            "--test",
+            "binary",
+        ])
+    })
 }
 
 /// The `weir` binary built with optimisations (for benchmarks), on first use.
 pub fn weir_release_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_weir(true))
+    BIN.get_or_init(|| {
+        build_weir(&[
+            "build",
+            "--locked",
+            "-p",
+            "weir-cli",
+            "--bin",
+            "weir",
+            "--release",
+        ])
+    })
 }
 
-fn build_weir(release: bool) -> PathBuf {
+/// Runs `cargo ARGS` at the repository's root and returns the `weir` executable it built.
+fn build_weir(args: &[&str]) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ is inside the repository");
@@ -253,11 +279,13 @@ fn build_weir(release: bool) -> PathBuf {
             cargo.env_remove(&name);
         }
     }
-    cargo.args(["build", "--locked", "-p", "weir-cli", "--bin", "weir"]);
-    if release {
-        cargo.arg("--release");
+    // The outer build's compiler wrapper (clippy's, under `cargo xtask test`): without it
+    // cargo would compile the binary once more.
+    if let Some(config) = std::env::var_os(xtask::TESTS_CARGO_CONFIG) {
+        cargo.arg("--config").arg(config);
     }
     let output = cargo
+        .args(args)
         .arg("--message-format=json-render-diagnostics")
         .current_dir(root)
         .stderr(Stdio::inherit())
@@ -267,6 +295,12 @@ fn build_weir(release: bool) -> PathBuf {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| {
+            m["reason"] == "compiler-artifact"
+                && m["target"]["name"] == "weir"
+                && m["target"]["kind"] == serde_json::json!(["bin"])
+                && m["profile"]["test"] == false
+        })
         .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
         .next_back()
         .expect("cargo reported the weir executable")
