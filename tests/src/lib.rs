@@ -279,11 +279,6 @@ fn build_weir(args: &[&str]) -> PathBuf {
             cargo.env_remove(&name);
         }
     }
-    // The outer build's compiler wrapper (clippy's, under `cargo xtask test`): without it
-    // cargo would compile the binary once more.
-    if let Some(config) = std::env::var_os(xtask::TESTS_CARGO_CONFIG) {
-        cargo.arg("--config").arg(config);
-    }
     let output = cargo
         .args(args)
         .arg("--message-format=json-render-diagnostics")

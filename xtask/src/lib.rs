@@ -213,11 +213,6 @@ pub fn set_for_the_running_package(name: &std::ffi::OsStr) -> bool {
     .any(|prefix| name.starts_with(prefix))
 }
 
-/// The environment variable through which `cargo xtask test` hands the tests a `--config`
-/// value for their nested build of the `weir` binary (clippy's driver as the workspace's
-/// compiler wrapper): with the outer build's settings, that build finds everything fresh.
-pub const TESTS_CARGO_CONFIG: &str = "WEIR_TESTS_CARGO_CONFIG";
-
 /// A `cargo` command run from the repository root, with the outer build's flags removed so
 /// that a nested build (from a build script) does not inherit host-only settings, nor the
 /// running package's variables (see [`set_for_the_running_package`]). Callers that build the
