@@ -55,6 +55,11 @@ const MAX_RETRIES: usize = 20;
 /// What one step is counted as in the byte budget, beyond its error's message.
 const STEP_BYTES: usize = 256;
 
+/// The longest place in its workflow (`Event::step`) a step keeps, within [`STEP_BYTES`]:
+/// every place of a graph node or a chain fits; a longer one (a route's key from the
+/// workflows file) is not kept, and the console then matches the step by its processor.
+const MAX_PLACE_BYTES: usize = 80;
+
 /// What is left of an error's message past a job's step bytes
 /// ([`super::ServerConfig::job_step_bytes`]).
 const CLIPPED_MESSAGE_BYTES: usize = 256;
@@ -156,6 +161,9 @@ struct Step {
     execution_id: String,
     parent_id: Option<String>,
     processor: String,
+    /// Where it ran in the workflow that started it (`step:2`, `node:parse`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<String>,
     depth: u32,
     started_at_ms: u64,
     ended_at_ms: Option<u64>,
@@ -542,6 +550,10 @@ impl Jobs {
             execution_id: id.to_string(),
             parent_id: event.parent_id.clone(),
             processor: event.processor.clone().unwrap_or_default(),
+            step: event
+                .step
+                .clone()
+                .filter(|place| place.len() <= MAX_PLACE_BYTES),
             depth: event.depth.unwrap_or(0),
             started_at_ms: event.timestamp_ms,
             ended_at_ms: None,

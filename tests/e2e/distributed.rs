@@ -1257,6 +1257,25 @@ async fn a_workflow_registered_from_code_is_published_and_runs_on_workers() {
 }
 
 #[tokio::test]
+async fn steps_run_on_workers_name_their_place_in_the_workflow() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment"]);
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    let mut events = runtime.subscribe();
+    for (workflow, input, expected) in weir_tests::workflows_with_one_processor_twice() {
+        let name = workflow.name().to_string();
+        runtime.register(workflow).unwrap();
+        let result = runtime.run(&name, input).await.unwrap();
+        assert!(result.ok, "{name}: {:?}", result.error);
+        let places =
+            weir_tests::places_of_steps(&mut events, &result.execution.id, expected.len()).await;
+        assert_eq!(places, expected, "{name}");
+    }
+}
+
+#[tokio::test]
 async fn a_requests_delay_and_cancel_handle_work_as_on_the_local_runtime() {
     let redis = RedisServer::start();
     let url = redis.url();

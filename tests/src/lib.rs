@@ -182,6 +182,70 @@ pub async fn next_event(
         .expect("the awaited event came within 30 s")
 }
 
+/// Workflows of every kind that run `increment` at two places, each with an input and the
+/// places (`Event::step`) its direct steps' events must name, sorted: what tells steps of one
+/// processor apart.
+pub fn workflows_with_one_processor_twice()
+-> Vec<(weir::Workflow, serde_json::Value, Vec<&'static str>)> {
+    use serde_json::json;
+    let node = |name: &str, after: &[&str]| weir::GraphNode {
+        name: name.to_string(),
+        run: "increment".to_string(),
+        after: after.iter().map(|a| a.to_string()).collect(),
+        condition: None,
+    };
+    let route = || {
+        weir::Workflow::route_by_pointer("twice-route", "/kind")
+            .route("a", "increment")
+            .fallback("increment")
+    };
+    vec![
+        (
+            weir::Workflow::chain("twice-chain", ["increment", "increment"]),
+            json!({"count": 1}),
+            vec!["step:0", "step:1"],
+        ),
+        (
+            weir::Workflow::parallel("twice-parallel", ["increment", "increment"]),
+            json!({"count": 1}),
+            vec!["branch:0", "branch:1"],
+        ),
+        (
+            weir::Workflow::graph("twice-graph")
+                .add_node(node("first", &[]))
+                .add_node(node("second", &["first"])),
+            json!({"count": 1}),
+            vec!["node:first", "node:second"],
+        ),
+        (
+            weir::Workflow::batch("twice-batch", "increment"),
+            json!({"items": [{"count": 1}, {"count": 2}]}),
+            vec!["item:0", "item:1"],
+        ),
+        (route(), json!({"kind": "a", "count": 1}), vec!["route:a"]),
+        (route(), json!({"kind": "b", "count": 1}), vec!["fallback"]),
+    ]
+}
+
+/// The places the first `count` steps started directly by execution `parent` name, sorted,
+/// read from `events` as they arrive (within 30 s).
+pub async fn places_of_steps(
+    events: &mut weir::Subscription,
+    parent: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut places = Vec::new();
+    while places.len() < count {
+        let event = next_event(events, |e| {
+            e.event == weir::EventKind::ProcessorStarted && e.parent_id.as_deref() == Some(parent)
+        })
+        .await;
+        places.push(event.step.clone().unwrap_or_else(|| "(none)".to_string()));
+    }
+    places.sort();
+    places
+}
+
 /// Runs processor `name` once on `input`, on a runtime over a folder holding only it.
 pub async fn run_alone(name: &str, input: serde_json::Value) -> weir::ExecutionResult {
     let folder = PluginFolder::with(&[name]);

@@ -121,6 +121,7 @@ impl Inner {
             cancel: CancelHandle::new(),
             limits,
             parent: None,
+            step: None,
             priority: None,
             max_attempts: None,
             progress: Some(progress),

@@ -17,11 +17,13 @@ use super::fanout::JOIN_QUEUE;
 use super::fetch::Unavailable;
 use super::handle::lock_map;
 use super::trust::{Kind, Refused};
-use super::wire::{FORMAT, JoinJob, StepJob, instant_of};
+use super::wire::{At, FORMAT, JoinJob, StepJob, instant_of};
 use super::worker::{Active, Inner, REDIS_RETRY_MS, Running};
 use crate::contract::cancel::{CancelHandle, CancelReason};
 use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::contract::result::ExecutionResult;
+use crate::contract::workflow::Composition;
+use crate::execution::compose::rules::place;
 use crate::execution::executor::{
     Pinned, ProgressSink, Scope, cancelled_unstarted, execute_pinned, execution_event, failed,
 };
@@ -186,6 +188,7 @@ impl Inner {
             return Err(bullmq::Error::Unrecoverable(message_of(&result)));
         }
         let deadline = step.scope.deadline_ms.map(instant_of);
+        let place = self.place_of(step).await;
         let scope = Scope {
             tenant: Arc::from(step.scope.tenant.as_str()),
             session: step.scope.session.as_deref().map(Arc::from),
@@ -194,6 +197,7 @@ impl Inner {
             cancel: cancel.clone(),
             limits: step.scope.limits.into(),
             parent: step.scope.parent.as_deref().map(Arc::from),
+            step: place.as_deref().map(Arc::from),
             priority: step.scope.priority,
             max_attempts: step.scope.max_attempts,
             progress: Some(progress),
@@ -221,7 +225,7 @@ impl Inner {
             let policy = plugin.retry();
             let allowed = policy.attempts_allowed(step.scope.max_attempts);
             if let Some(delay) = policy.retry_after(attempt, allowed, error, &cancel, deadline) {
-                self.retrying(step, &result, error, delay);
+                self.retrying(step, place.as_deref(), &result, error, delay);
                 return Err(bullmq::Error::ProcessingError(error.message.clone()));
             }
         }
@@ -233,10 +237,45 @@ impl Inner {
         }
     }
 
+    /// Where the step runs in its innermost workflow, for its events (`Event::step`): from
+    /// the frame's position, and for a route or a fan-out from the workflow's definition
+    /// (fetched once per process, as carrying the run on needs it anyway). `None` for a run
+    /// of one processor, or when the definition cannot be read: the step runs all the same.
+    async fn place_of(&self, step: &StepJob) -> Option<String> {
+        let frame = step.frames.last()?;
+        match &frame.at {
+            At::Chain { index } => Some(place::chain(*index)),
+            At::Selector { .. } => Some(place::SELECTOR.to_string()),
+            At::Merge { .. } => Some(place::MERGE.to_string()),
+            At::Join => None,
+            At::Route { .. } | At::Branch { .. } => {
+                let workflow = match self.dist.workflow(&frame.digest).await {
+                    Ok(Ok(workflow)) => workflow,
+                    Ok(Err(reason)) => {
+                        tracing::debug!(%reason, "no place for the step's events");
+                        return None;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "no place for the step's events");
+                        return None;
+                    }
+                };
+                match (&frame.at, workflow.composition()) {
+                    (At::Route { key, .. }, Composition::Route { routes, .. }) => {
+                        Some(place::route(routes, key.as_deref()))
+                    }
+                    (At::Branch { node, .. }, composition) => place::fan_out(composition, *node),
+                    _ => None,
+                }
+            }
+        }
+    }
+
     /// Notes the wait before the next attempt (for the backoff strategy) and says so.
     fn retrying(
         &self,
         step: &StepJob,
+        place: Option<&str>,
         result: &ExecutionResult,
         error: &ExecutionError,
         delay: Duration,
@@ -258,6 +297,7 @@ impl Inner {
                 EventKind::ProcessorRetrying,
                 &result.execution,
                 step.scope.parent.as_deref(),
+                place,
                 0,
             );
             event.attempt = Some(result.execution.attempts);

@@ -88,7 +88,7 @@ impl EventKind {
 ///
 /// | kind | payload beyond `event`, `sequence`, `timestampMs`, `tenant`, `session` |
 /// |---|---|
-/// | `processor:started` | `executionId`, `processor`, `parentId`, `depth` |
+/// | `processor:started` | `executionId`, `processor`, `parentId`, `depth`, `step` (a workflow's step) |
 /// | `processor:completed` | … plus `attempts`, `durationUs` |
 /// | `processor:failed` | … plus `attempts`, `durationUs`, `error` |
 /// | `processor:retrying` | … plus `attempt` (the one that failed), `error`, `data: {delayMs}` |
@@ -120,6 +120,12 @@ pub struct Event {
     pub processor: Option<String>,
     /// Guest `call`s above this execution.
     pub depth: Option<u32>,
+    /// Where this execution runs in the workflow that started it (`processor:*` events of a
+    /// workflow's step): `step:2` (a chain's third step), `branch:1`, `merge`, `selector`,
+    /// `route:KEY`, `fallback`, `item:7` (a batch's eighth item) or `node:NAME` (a graph's
+    /// node). Two steps that run the same processor are told apart by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// The attempt concerned (`processor:retrying`).
     pub attempt: Option<u32>,
     /// Attempts made (`processor:completed|failed`).
@@ -152,6 +158,7 @@ impl Event {
             parent_id: None,
             processor: None,
             depth: None,
+            step: None,
             attempt: None,
             attempts: None,
             duration_us: None,

@@ -34,6 +34,8 @@ pub(crate) type Cancelled = (String, Option<CancelReason>);
 pub(crate) struct Fake {
     pub(crate) steps: Arc<BTreeMap<&'static str, Step>>,
     ran: Arc<Mutex<Vec<String>>>,
+    /// Where each step that ran was placed in its workflow (`Scope::step`), in run order.
+    places: Arc<Mutex<Vec<Option<String>>>>,
     cancelled: Arc<Mutex<Vec<Cancelled>>>,
     /// How many steps have started, for a test to wait on.
     pub(crate) started: Arc<tokio::sync::watch::Sender<usize>>,
@@ -48,6 +50,7 @@ impl Fake {
         Fake {
             steps: Arc::new(steps.iter().copied().collect()),
             ran: Arc::default(),
+            places: Arc::default(),
             cancelled: Arc::default(),
             started: Arc::new(tokio::sync::watch::channel(0).0),
             max_items: 100,
@@ -56,6 +59,13 @@ impl Fake {
 
     pub(crate) fn ran(&self) -> Vec<String> {
         self.ran.lock().expect("not poisoned").clone()
+    }
+
+    /// The places of the steps that ran, sorted (`None` for a step placed nowhere).
+    pub(crate) fn places(&self) -> Vec<Option<String>> {
+        let mut places = self.places.lock().expect("not poisoned").clone();
+        places.sort();
+        places
     }
 
     pub(crate) fn cancelled(&self) -> Vec<Cancelled> {
@@ -104,6 +114,10 @@ impl StepRunner for Fake {
                 .lock()
                 .expect("not poisoned")
                 .push(name.to_string());
+            self.places
+                .lock()
+                .expect("not poisoned")
+                .push(scope.step.as_deref().map(str::to_string));
             self.started.send_modify(|n| *n += 1);
             info.fuel_consumed = FUEL;
             match self.steps.get(name).copied() {
@@ -138,6 +152,7 @@ pub(crate) fn scope(cancel: CancelHandle) -> Scope {
         cancel,
         limits: LimitOverrides::default(),
         parent: None,
+        step: None,
         priority: None,
         max_attempts: None,
         progress: None,

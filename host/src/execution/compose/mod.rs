@@ -33,8 +33,8 @@ use crate::execution::context::Context;
 use crate::execution::executor::{Scope, failed, run_boxed};
 use rules::{
     Failure, as_object, batch_outcome, check_batch_size, choose_route, graph_dependencies,
-    graph_dependents, key_of, merge_input, missing_key, parallel_failed, release, route_failed,
-    step_failed, truthy, workflow_result,
+    graph_dependents, key_of, merge_input, missing_key, parallel_failed, place, release,
+    route_failed, step_failed, truthy, workflow_result,
 };
 
 /// What runs a workflow's steps: each a full execution of the processor or workflow `name`
@@ -92,9 +92,10 @@ pub(crate) async fn run<R: StepRunner>(
 ) -> ExecutionResult {
     info.attempts = 1;
     let timeout = workflow.timeout_ms().map(Duration::from_millis);
-    // Steps are children of this workflow's execution.
+    // Steps are children of this workflow's execution, each at its own place in it.
     let scope = Scope {
         parent: Some(Arc::from(info.id.as_str())),
+        step: None,
         ..scope.step(timeout, scope.cancel.clone())
     };
     let mut cost = Cost::default();
@@ -218,7 +219,9 @@ async fn chain<R: StepRunner>(
 ) -> Result<Value, Failure> {
     let mut state = input;
     for (index, step) in steps.iter().enumerate() {
-        let result = shared.run_step(step, state, scope.clone()).await;
+        let result = shared
+            .run_step(step, state, scope.clone().at(place::chain(index)))
+            .await;
         cost.absorb(&result);
         // A failed step's state is its input: the chain's last good state.
         state = result.state;
@@ -251,7 +254,7 @@ async fn parallel<R: StepRunner>(
         let shared = shared.clone();
         let branch = branch.clone();
         let input = input.clone();
-        let step = scope.step(None, siblings.child());
+        let step = scope.step(None, siblings.child()).at(place::branch(index));
         steps.spawn(
             index,
             async move { shared.run_step(&branch, input, step).await },
@@ -293,7 +296,9 @@ async fn parallel<R: StepRunner>(
         }
         Some(merger) => {
             let merge_input = merge_input(&input, branches, &states);
-            let result = shared.run_step(merger, merge_input, scope.clone()).await;
+            let result = shared
+                .run_step(merger, merge_input, scope.clone().at(place::MERGE))
+                .await;
             cost.absorb(&result);
             if let Some(error) = result.error {
                 return Err((input, step_failed(workflow, "merge", merger, None, error)));
@@ -329,7 +334,7 @@ impl Route<'_> {
             ),
             Selector::Processor(selector) => {
                 let result = shared
-                    .run_step(selector, input.clone(), scope.clone())
+                    .run_step(selector, input.clone(), scope.clone().at(place::SELECTOR))
                     .await;
                 cost.absorb(&result);
                 if let Some(error) = result.error {
@@ -348,7 +353,8 @@ impl Route<'_> {
             Ok(target) => target,
             Err(error) => return Err((input, error)),
         };
-        let result = shared.run_step(target, input, scope.clone()).await;
+        let at = place::route(self.routes, key.as_deref());
+        let result = shared.run_step(target, input, scope.clone().at(at)).await;
         cost.absorb(&result);
         match result.error {
             None => Ok(result.state),
@@ -408,7 +414,7 @@ impl Batch<'_> {
         for (index, item) in items.into_iter().enumerate() {
             let shared = shared.clone();
             let processor = self.processor.to_string();
-            let step = scope.step(None, siblings.child());
+            let step = scope.step(None, siblings.child()).at(place::item(index));
             let slots = slots.clone();
             let stop_others = (self.policy == BatchPolicy::AllOrNothing).then(|| siblings.clone());
             steps.spawn(index, async move {
@@ -519,7 +525,9 @@ async fn graph<R: StepRunner>(
                     states[i] = NodeState::Running;
                     let shared = shared.clone();
                     let run = node.run.clone();
-                    let step = scope.step(None, siblings.child());
+                    let step = scope
+                        .step(None, siblings.child())
+                        .at(place::node(&node.name));
                     steps.spawn(
                         i,
                         async move { shared.run_step(&run, node_input, step).await },

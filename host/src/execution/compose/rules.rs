@@ -16,6 +16,63 @@ use crate::execution::executor::failed;
 /// A failed workflow: the last good state and the error.
 pub(crate) type Failure = (Value, ExecutionError);
 
+/// Where a step runs in its workflow, as its events name it (`Event::step`): what tells two
+/// steps of one processor apart. Both drivers name places with these.
+pub(crate) mod place {
+    #[cfg(feature = "redis")]
+    use crate::contract::workflow::Composition;
+
+    /// Step `index` of a chain (from 0).
+    pub(crate) fn chain(index: usize) -> String {
+        format!("step:{index}")
+    }
+
+    /// Branch `index` of a parallel (from 0).
+    pub(crate) fn branch(index: usize) -> String {
+        format!("branch:{index}")
+    }
+
+    /// Item `index` of a batch (from 0).
+    pub(crate) fn item(index: usize) -> String {
+        format!("item:{index}")
+    }
+
+    /// The graph node `name`.
+    pub(crate) fn node(name: &str) -> String {
+        format!("node:{name}")
+    }
+
+    /// Fan-out `index` of `composition`: a parallel's branch, a batch's item or a graph's
+    /// node (by name); `None` for an index the composition does not have. (The distributed
+    /// driver knows a branch by its index only.)
+    #[cfg(feature = "redis")]
+    pub(crate) fn fan_out(composition: &Composition, index: usize) -> Option<String> {
+        match composition {
+            Composition::Parallel { .. } => Some(branch(index)),
+            Composition::Batch { .. } => Some(item(index)),
+            Composition::Graph { nodes } => nodes.get(index).map(|n| node(&n.name)),
+            Composition::Chain { .. } | Composition::Route { .. } => None,
+        }
+    }
+
+    /// A parallel's custom merge.
+    pub(crate) const MERGE: &str = "merge";
+
+    /// A route's selector processor.
+    pub(crate) const SELECTOR: &str = "selector";
+
+    /// The target a route chose for `key`: its route, or the fallback.
+    pub(crate) fn route(
+        routes: &std::collections::BTreeMap<String, String>,
+        key: Option<&str>,
+    ) -> String {
+        match key {
+            Some(key) if routes.contains_key(key) => format!("route:{key}"),
+            _ => "fallback".to_string(),
+        }
+    }
+}
+
 /// A workflow's result: its output (or last good state and error), what ran, and for a
 /// batch every item's result.
 pub(crate) fn workflow_result(

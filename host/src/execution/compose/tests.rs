@@ -119,6 +119,61 @@ async fn a_chain_feeds_each_step_the_last_output_and_sums_their_cost() {
 }
 
 #[tokio::test]
+async fn each_step_runs_at_its_own_place_even_where_two_run_one_processor() {
+    let node = |name: &str, after: &[&str]| crate::contract::workflow::GraphNode {
+        name: name.to_string(),
+        run: "plus-one".to_string(),
+        after: after.iter().map(|a| a.to_string()).collect(),
+        condition: None,
+    };
+    let cases = [
+        (
+            Workflow::chain("c", ["plus-one", "plus-one"]),
+            json!({"n": 1}),
+            vec!["step:0", "step:1"],
+        ),
+        (
+            Workflow::parallel("p", ["plus-one", "plus-one"]).merge("mark-a"),
+            json!({"n": 1}),
+            vec!["branch:0", "branch:1", "merge"],
+        ),
+        (
+            Workflow::route_by_processor("r", "pick-b").route("b", "plus-one"),
+            json!({"n": 1}),
+            vec!["route:b", "selector"],
+        ),
+        (
+            Workflow::route_by_pointer("k", "/kind")
+                .route("b", "plus-one")
+                .fallback("plus-one"),
+            json!({"kind": "z"}),
+            vec!["fallback"],
+        ),
+        (
+            Workflow::batch("b", "plus-one"),
+            json!({"items": [{"n": 1}, {"n": 2}]}),
+            vec!["item:0", "item:1"],
+        ),
+        (
+            Workflow::graph("g")
+                .add_node(node("first", &[]))
+                .add_node(node("second", &["first"])),
+            json!({"n": 1}),
+            vec!["node:first", "node:second"],
+        ),
+    ];
+    for (workflow, input, expected) in cases {
+        let fake = processors();
+        let name = workflow.name().to_string();
+        let result = run_with(&fake, workflow, input).await;
+        assert!(result.ok, "{name}: {:?}", result.error);
+        let expected: Vec<Option<String>> =
+            expected.into_iter().map(|p| Some(p.to_string())).collect();
+        assert_eq!(fake.places(), expected, "{name}");
+    }
+}
+
+#[tokio::test]
 async fn a_chain_stops_at_its_first_failure_with_the_last_good_state() {
     let fake = processors();
     let workflow = Workflow::chain("c", ["plus-one", "boom", "times-ten"]);

@@ -52,6 +52,9 @@ pub(crate) struct Scope {
     pub limits: LimitOverrides,
     /// The execution that started this one (a workflow or a guest's `call`).
     pub parent: Option<Arc<str>>,
+    /// Where this execution runs in the workflow that started it (see
+    /// [`crate::execution::compose::rules::place`]); `None` outside a workflow's steps.
+    pub step: Option<Arc<str>>,
     /// The caller's priority for queued work (the processor's default when `None`).
     pub priority: Option<u32>,
     /// The caller's cap on attempts (lowers, never raises, a retry policy).
@@ -79,7 +82,7 @@ pub(crate) type ProgressSink = Arc<tokio::sync::watch::Sender<Option<(u8, String
 
 impl Scope {
     /// The scope of a step inside this one: same caller, cancelled with it, and bounded by
-    /// `timeout` from now if given.
+    /// `timeout` from now if given. Its place is the caller's to set (`Scope::at`).
     pub(crate) fn step(&self, timeout: Option<Duration>, cancel: CancelHandle) -> Scope {
         let own = timeout.map(|t| Instant::now() + t);
         let deadline = match (self.deadline, own) {
@@ -91,6 +94,12 @@ impl Scope {
             cancel,
             ..self.clone()
         }
+    }
+
+    /// This scope for the step at `place` of its workflow.
+    pub(crate) fn at(mut self, place: impl Into<Arc<str>>) -> Scope {
+        self.step = Some(place.into());
+        self
     }
 }
 
@@ -106,6 +115,7 @@ pub(crate) async fn execute(shared: &Arc<Context>, request: ExecutionRequest) ->
         cancel: request.cancel,
         limits: request.limits,
         parent: None,
+        step: None,
         priority: request.priority,
         max_attempts: request.max_attempts,
         progress: None,
@@ -219,6 +229,8 @@ pub(crate) async fn call_nested(
         deadline: Some(deadline),
         cancel,
         progress: None,
+        // A call is no step of the caller's workflow.
+        step: None,
         ..caller.clone()
     };
     let result = run_boxed(shared, &name, input, scope).await;
@@ -272,6 +284,7 @@ pub(super) async fn run(
     );
     let events = shared.events();
     let parent = scope.parent.clone();
+    let place = scope.step.clone();
     let depth = scope.depth;
     let session_key = scope
         .session
@@ -305,6 +318,7 @@ pub(super) async fn run(
             EventKind::ProcessorStarted,
             &info,
             parent.as_deref(),
+            place.as_deref(),
             depth,
         ));
     }
@@ -325,7 +339,13 @@ pub(super) async fn run(
         } else {
             EventKind::ProcessorFailed
         };
-        let mut event = execution_event(kind, &result.execution, parent.as_deref(), depth);
+        let mut event = execution_event(
+            kind,
+            &result.execution,
+            parent.as_deref(),
+            place.as_deref(),
+            depth,
+        );
         event.attempts = Some(result.execution.attempts);
         event.duration_us = Some(result.execution.duration_us);
         event.error = result.error.clone();
@@ -366,17 +386,20 @@ impl Drop for Recorded<'_> {
     }
 }
 
-/// An event about the execution `info` describes.
+/// An event about the execution `info` describes, started by `parent` (at `step` of it, if
+/// that is a workflow).
 pub(crate) fn execution_event(
     kind: EventKind,
     info: &ExecutionInfo,
     parent: Option<&str>,
+    step: Option<&str>,
     depth: u32,
 ) -> Event {
     let mut event = Event::new(kind, &info.tenant, info.session.as_deref());
     event.execution_id = Some(info.id.clone());
     event.processor = Some(info.processor.clone());
     event.parent_id = parent.map(str::to_string);
+    event.step = step.map(str::to_string);
     event.depth = Some(depth);
     event
 }
@@ -558,6 +581,7 @@ async fn run_in_span(
                 EventKind::ProcessorRetrying,
                 &info,
                 scope.parent.as_deref(),
+                scope.step.as_deref(),
                 scope.depth,
             );
             event.attempt = Some(info.attempts);
