@@ -86,6 +86,7 @@ pub use distributed::{
 };
 pub use execution::activity::{
     DURATION_BUCKETS_US, ProcessorStats, SessionProcessorStats, SessionRefused, SessionStats,
+    VERSION_NAMES, VERSIONS_KEPT, VersionStats,
 };
 pub use execution::context::HostConfig;
 pub use execution::executor::Admission;

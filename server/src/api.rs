@@ -535,6 +535,40 @@ pub(super) async fn push_plugin(
     Ok(Json(plugin.detail_json()).into_response())
 }
 
+/// Each version of plugin `name` that ran (in the fleet, behind `--redis`), newest first:
+/// its digest, its declared version when the plugin's history still knows it, and its
+/// counters with their quantiles and failure rate.
+async fn version_rows(
+    app: &AppState,
+    catalog: &weir::Catalog,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let versions = match app.runtime.fleet() {
+        Some(fleet) => fleet.version_stats(name).await.map_err(fleet_unavailable)?,
+        None => app.runtime.version_stats(name),
+    };
+    let declared = |digest: &str| {
+        catalog.history.get(name).and_then(|changes| {
+            changes
+                .iter()
+                .rev()
+                .find(|c| c.digest.as_deref() == Some(digest))
+                .and_then(|c| c.version.clone())
+        })
+    };
+    let rows: Vec<Value> = versions
+        .iter()
+        .rev()
+        .map(|v| {
+            let mut row = stats_row(&v.stats);
+            row["digest"] = json!(v.digest);
+            row["version"] = json!(declared(&v.digest));
+            row
+        })
+        .collect();
+    Ok(Value::Array(rows))
+}
+
 /// Whether a listing row is for this caller's eyes: names it may run, and rejections (which
 /// name files and say why) for the operator only.
 fn visible(caller: &Caller, row: &Value) -> bool {
@@ -556,6 +590,10 @@ pub(super) async fn plugin(
         if let Some(plugin) = catalog.plugins.get(&name) {
             let mut detail = plugin.detail_json();
             detail["history"] = history;
+            // Counted over every tenant: the operator's to read.
+            if caller.is_fleet() {
+                detail["versions"] = version_rows(&app, &catalog, &name).await?;
+            }
             if !caller.is_fleet()
                 && let Some(detail) = detail.as_object_mut()
             {

@@ -1276,6 +1276,69 @@ async fn steps_run_on_workers_name_their_place_in_the_workflow() {
 }
 
 #[tokio::test]
+async fn the_fleet_counts_each_version_of_a_plugin_its_workers_ran_apart() {
+    use sha2::Digest;
+    let fixture = |name: &str| {
+        std::fs::read(weir_tests::fixtures_dir().join(format!("{name}.wasm")))
+            .expect("fixtures are built")
+    };
+    let (one, two) = (fixture("counter-one"), fixture("counter-two"));
+    let digest = |bytes: &[u8]| hex::encode(sha2::Sha256::digest(bytes));
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::new();
+    folder.write("counter.wasm", &one);
+    let _worker = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    let run = || async {
+        let result = runtime.run("counter", json!({})).await.unwrap();
+        assert!(result.ok, "{:?}", result.error);
+        result.state["servedBy"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(run().await, 1);
+    // A new version, deployed on the worker: runs serve it once it is published.
+    folder.write("counter.wasm.new", &two);
+    std::fs::rename(
+        folder.path().join("counter.wasm.new"),
+        folder.path().join("counter.wasm"),
+    )
+    .unwrap();
+    let mut served = [1u64, 0];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served[1] < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "version 2 never served: {served:?}"
+        );
+        match run().await {
+            1 => served[0] += 1,
+            _ => served[1] += 1,
+        }
+    }
+    // Each version's executions, counted apart, as the worker's next flush writes them.
+    let fleet = runtime.fleet().expect("a distributed runtime");
+    let expected = vec![(digest(&one), served[0]), (digest(&two), served[1])];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counted: Vec<(String, u64)> = fleet
+            .version_stats("counter")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.digest, v.stats.completed))
+            .collect();
+        if counted == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet counted {counted:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_requests_delay_and_cancel_handle_work_as_on_the_local_runtime() {
     let redis = RedisServer::start();
     let url = redis.url();

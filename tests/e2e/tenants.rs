@@ -29,8 +29,8 @@ struct Fleet {
 
 impl Fleet {
     /// A server with three tenants and an operator:
-    /// - acme runs hello, increment and sleep, one execution at a time, and may ask for
-    ///   priority 5 or a larger number;
+    /// - acme runs hello, increment, sleep and counter (when it is installed), one execution
+    ///   at a time, and may ask for priority 5 or a larger number;
     /// - globex runs hello and increment, three executions a minute;
     /// - initech runs sleep with a 300 ms ceiling on every execution.
     fn start() -> Fleet {
@@ -43,7 +43,7 @@ operator_token_sha256 = ["{operator}"]
 
 [tenants.acme]
 token_sha256 = ["{acme}"]
-processors = ["hello", "increment", "sle*"]
+processors = ["hello", "increment", "sle*", "counter"]
 concurrent = 1
 min_priority = 5
 
@@ -642,6 +642,65 @@ async fn a_client_that_disconnects_cancels_its_execution_and_frees_its_place() {
     .await
     .expect("the place came back");
     assert_eq!(freed.0, 200, "{}", freed.1);
+}
+
+#[tokio::test]
+async fn the_operator_reads_each_plugin_versions_latency_and_failures_apart() {
+    let fleet = Fleet::start();
+    let install = |bytes: Vec<u8>| {
+        fleet
+            .request(reqwest::Method::PUT, "/v1/plugins/counter", Some(OPERATOR))
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+    };
+    let fixture = |name: &str| {
+        std::fs::read(weir_tests::fixtures_dir().join(format!("{name}.wasm")))
+            .expect("fixtures are built")
+    };
+    let (one, two) = (fixture("counter-one"), fixture("counter-two"));
+    let (status, body) = answer(install(one.clone()).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = fleet.run("counter", json!({}), ACME).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = answer(install(two.clone()).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..2 {
+        let (status, body) = fleet.run("counter", json!({}), ACME).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, detail) = fleet.get("/v1/plugins/counter", OPERATOR).await;
+    assert_eq!(status, 200, "{detail}");
+    let versions: Vec<(String, String, u64)> = detail["versions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no versions: {detail}"))
+        .iter()
+        .map(|v| {
+            assert!(v["p50Us"].as_u64().is_some_and(|us| us > 0), "{v}");
+            assert_eq!(v["failureRate"], 0.0, "{v}");
+            (
+                v["digest"].as_str().unwrap_or("").to_string(),
+                v["version"].as_str().unwrap_or("").to_string(),
+                v["completed"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    // Newest first, each with its own executions.
+    assert_eq!(
+        versions,
+        [
+            (body_digest(&two), "2.0.0".to_string(), 2),
+            (body_digest(&one), "1.0.0".to_string(), 1),
+        ],
+        "{detail}"
+    );
+    // Counted over every tenant: a tenant's view of a plugin it runs has none.
+    let (status, hello) = fleet.run("hello", json!({"user": "Ada"}), ACME).await;
+    assert_eq!(status, 200, "{hello}");
+    let (_, tenant) = fleet.get("/v1/plugins/hello", ACME).await;
+    assert!(tenant.get("versions").is_none(), "{tenant}");
+    let (_, operator) = fleet.get("/v1/plugins/hello", OPERATOR).await;
+    assert_eq!(operator["versions"][0]["completed"], 1, "{operator}");
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use crate::contract::error::Error;
 use crate::contract::state_store::{SessionBounds, SessionKey};
 use crate::execution::activity::{
     Activity, DURATION_BUCKETS_US, Journal, Live, ProcessorStats, SessionProcessorStats,
-    SessionStats, Tally,
+    SessionStats, Tally, VERSIONS_KEPT, VersionStats,
 };
 use crate::execution::context::Context;
 
@@ -259,6 +259,39 @@ impl Distributed {
         Ok(read.sessions_stats().into_iter().next())
     }
 
+    /// The fleet's counters of each version of `name` (over every tenant): the
+    /// [`VERSIONS_KEPT`] latest, in the order each was first counted.
+    pub(crate) async fn fleet_versions(&self, name: &str) -> Result<Vec<VersionStats>, Error> {
+        let seen = format!("{}versions:{name}", self.activity_prefix());
+        let mut conn = self.conn();
+        let digests: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&seen)
+            .arg(0)
+            .arg(VERSIONS_KEPT.saturating_sub(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for digest in &digests {
+            pipe.cmd("HGETALL").arg(format!("{seen}:{digest}"));
+        }
+        let rows: Vec<Vec<String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(digests
+            .into_iter()
+            .zip(rows)
+            .map(|(digest, fields)| {
+                let stats = processor_rows(&fields).remove(&digest).unwrap_or_default();
+                VersionStats { digest, stats }
+            })
+            .collect())
+    }
+
     /// Forgets a stopped session's counters.
     pub(crate) async fn forget_session_activity(&self, key: &SessionKey) -> Result<(), Error> {
         let prefix = self.activity_prefix();
@@ -287,28 +320,39 @@ fn journal_document(
     live_ttl_ms: u64,
 ) -> Value {
     let mut stats = Vec::new();
+    let mut versions = Vec::new();
     let mut sessions = Vec::new();
+    // A row of counters of `name` (a processor's, or a version's digest) under `owner` (a
+    // tenant, or a processor).
+    let row = |owner: &str, name: &str, s: &ProcessorStats| {
+        let buckets: Vec<u64> = s
+            .duration_buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count > 0)
+            .flat_map(|(i, count)| [i as u64, *count])
+            .collect();
+        json!([
+            owner,
+            name,
+            s.started,
+            s.completed,
+            s.failed,
+            s.total_duration_us,
+            s.fuel_consumed,
+            s.total_peak_memory_bytes,
+            buckets
+        ])
+    };
     if let Some(journal) = journal {
         for (tenant, processors) in &journal.stats {
             for (name, s) in processors {
-                let buckets: Vec<u64> = s
-                    .duration_buckets
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, count)| **count > 0)
-                    .flat_map(|(i, count)| [i as u64, *count])
-                    .collect();
-                stats.push(json!([
-                    &**tenant,
-                    name,
-                    s.started,
-                    s.completed,
-                    s.failed,
-                    s.total_duration_us,
-                    s.fuel_consumed,
-                    s.total_peak_memory_bytes,
-                    buckets
-                ]));
+                stats.push(row(tenant, name, s));
+            }
+        }
+        for (name, kept) in &journal.versions {
+            for version in kept {
+                versions.push(row(name, &version.digest, &version.stats));
             }
         }
         for (key, session) in &journal.sessions {
@@ -338,6 +382,8 @@ fn journal_document(
         "live_ttl": live_ttl_ms.max(1),
         "stats": stats,
         "session_rows": sessions,
+        "versions": versions,
+        "versions_kept": VERSIONS_KEPT,
     });
     if let Some(live) = live {
         document["live"] = Value::String(live.to_string());

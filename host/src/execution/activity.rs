@@ -55,6 +55,44 @@ impl Default for ProcessorStats {
     }
 }
 
+/// Versions whose counters one name keeps ([`VersionStats`]): the latest to run, in the
+/// order each first ran; the oldest makes room for a new one.
+pub const VERSIONS_KEPT: usize = 8;
+
+/// Names whose versions are counted: past it, a new name's versions are not (its counters
+/// by name still are).
+pub const VERSION_NAMES: usize = 1_000;
+
+/// The counters of one version of a processor or workflow, over every tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionStats {
+    /// The version: the SHA-256 of the component, or of the workflow's definition.
+    pub digest: String,
+    /// Its finished executions' counters (`started` counts them too; `running` is 0).
+    #[serde(flatten)]
+    pub stats: ProcessorStats,
+}
+
+/// The row of `digest` among a name's `versions`, added (the oldest dropped past
+/// [`VERSIONS_KEPT`]) if new.
+fn version_row<'a>(versions: &'a mut Vec<VersionStats>, digest: &str) -> &'a mut ProcessorStats {
+    let index = match versions.iter().position(|v| v.digest == digest) {
+        Some(index) => index,
+        None => {
+            if versions.len() >= VERSIONS_KEPT {
+                versions.remove(0);
+            }
+            versions.push(VersionStats {
+                digest: digest.to_string(),
+                stats: ProcessorStats::default(),
+            });
+            versions.len() - 1
+        }
+    };
+    &mut versions[index].stats
+}
+
 /// How many bounds [`DURATION_BUCKETS_US`] has.
 const BOUNDS: usize = 97;
 
@@ -244,6 +282,8 @@ struct Inner {
     swept_ms: u64,
     /// Counters by tenant, then processor.
     tenants: HashMap<Arc<str>, BTreeMap<String, ProcessorStats>>,
+    /// Counters by processor, then version (at most [`VERSION_NAMES`] names).
+    versions: HashMap<String, Vec<VersionStats>>,
     /// What changed since the journal was last taken, when one is kept (on a distributed
     /// runtime, which adds it to the fleet's counters).
     journal: Option<Journal>,
@@ -262,6 +302,8 @@ pub(crate) struct Journal {
     pub(crate) stats: HashMap<Arc<str>, HashMap<String, ProcessorStats>>,
     /// Per session.
     pub(crate) sessions: HashMap<SessionKey, SessionJournal>,
+    /// Per processor, then version: finished executions (`started` counts them too).
+    pub(crate) versions: HashMap<String, Vec<VersionStats>>,
 }
 
 /// What a session's counters gained since the journal was last taken.
@@ -281,7 +323,7 @@ pub(crate) struct SessionJournal {
 impl Journal {
     #[cfg(feature = "redis")]
     fn is_empty(&self) -> bool {
-        self.stats.is_empty() && self.sessions.is_empty()
+        self.stats.is_empty() && self.sessions.is_empty() && self.versions.is_empty()
     }
 
     #[cfg(feature = "redis")]
@@ -291,6 +333,12 @@ impl Journal {
             let mine = self.stats.entry(tenant).or_default();
             for (name, stats) in rows {
                 mine.entry(name).or_default().add(&stats);
+            }
+        }
+        for (name, versions) in older.versions {
+            let mine = self.versions.entry(name).or_default();
+            for version in versions {
+                version_row(mine, &version.digest).add(&version.stats);
             }
         }
         for (key, session) in older.sessions {
@@ -621,9 +669,46 @@ impl Activity {
 
     /// Records that execution `id` finished.
     pub(crate) fn end(&self, id: &str, tenant: &Arc<str>, processor: &str, outcome: Outcome) {
+        self.end_version(id, tenant, processor, None, outcome);
+    }
+
+    /// Records that execution `id` of version `digest` of `processor` finished (the
+    /// version unknown when it ended before its unit was resolved).
+    pub(crate) fn end_version(
+        &self,
+        id: &str,
+        tenant: &Arc<str>,
+        processor: &str,
+        digest: Option<&str>,
+        outcome: Outcome,
+    ) {
         let ok = outcome.ok;
         let mut inner = self.lock();
         inner.live_changed = true;
+        if let Some(digest) = digest {
+            let Inner {
+                versions, journal, ..
+            } = &mut *inner;
+            // A name is allocated once, when it is new (and there is room for it).
+            if !versions.contains_key(processor) && versions.len() < VERSION_NAMES {
+                versions.insert(processor.to_string(), Vec::new());
+            }
+            let versions = versions.get_mut(processor);
+            if let Some(versions) = versions {
+                let row = version_row(versions, digest);
+                row.started += 1;
+                row.finish(outcome);
+                if let Some(journal) = journal.as_mut() {
+                    let kept = match journal.versions.get_mut(processor) {
+                        Some(kept) => kept,
+                        None => journal.versions.entry(processor.to_string()).or_default(),
+                    };
+                    let row = version_row(kept, digest);
+                    row.started += 1;
+                    row.finish(outcome);
+                }
+            }
+        }
         if let Some(stats) = inner
             .tenants
             .get_mut(&**tenant)
@@ -744,6 +829,11 @@ impl Activity {
     }
 
     /// Counters per tenant, then processor.
+    /// The counters of each version of `name` kept, in the order each first ran.
+    pub(crate) fn version_stats(&self, name: &str) -> Vec<VersionStats> {
+        self.lock().versions.get(name).cloned().unwrap_or_default()
+    }
+
     pub(crate) fn tenant_stats(&self) -> BTreeMap<String, BTreeMap<String, ProcessorStats>> {
         self.lock()
             .tenants
@@ -1147,6 +1237,53 @@ mod tests {
             (session.executions, session.running, session.failed),
             (4, 2, 1)
         );
+    }
+
+    #[test]
+    fn each_version_keeps_its_own_counters_within_its_bounds() {
+        let activity = Activity::new(SessionBounds::default());
+        let tenant: Arc<str> = Arc::from("t");
+        let cancel = CancelHandle::new();
+        let end = |id: &str, name: &str, digest: Option<&str>, ok: bool, ms: u64| {
+            activity.begin(id, &tenant, name, None, &cancel);
+            let outcome = Outcome::timed(ok, Duration::from_millis(ms));
+            activity.end_version(id, &tenant, name, digest, outcome);
+        };
+        end("1", "p", Some("aaa"), true, 1);
+        end("2", "p", Some("bbb"), true, 40);
+        end("3", "p", Some("bbb"), false, 40);
+        // Ended before its unit was resolved: counted by name only.
+        end("4", "p", None, false, 0);
+        let versions = activity.version_stats("p");
+        let rows: Vec<(&str, u64, u64, u64)> = versions
+            .iter()
+            .map(|v| {
+                let s = &v.stats;
+                (v.digest.as_str(), s.started, s.completed, s.failed)
+            })
+            .collect();
+        assert_eq!(rows, [("aaa", 1, 1, 0), ("bbb", 2, 1, 1)]);
+        assert_eq!(versions[0].stats.duration_quantile_us(0.5), Some(1_000));
+        assert_eq!(versions[1].stats.duration_quantile_us(0.5), Some(40_000));
+        assert_eq!(activity.processor_stats()["p"].started, 4);
+        // A new version past the bound makes the one that first ran longest ago go.
+        for n in 0..VERSIONS_KEPT {
+            end(&format!("v{n}"), "p", Some(&format!("v{n}")), true, 1);
+        }
+        let digests: Vec<String> = activity
+            .version_stats("p")
+            .into_iter()
+            .map(|v| v.digest)
+            .collect();
+        let expected: Vec<String> = (0..VERSIONS_KEPT).map(|n| format!("v{n}")).collect();
+        assert_eq!(digests, expected);
+        // Names past the bound are counted by name only.
+        for n in 1..VERSION_NAMES {
+            end(&format!("n{n}"), &format!("n{n}"), Some("d"), true, 1);
+        }
+        end("last", "last", Some("d"), true, 1);
+        assert!(activity.version_stats("last").is_empty());
+        assert_eq!(activity.processor_stats()["last"].completed, 1);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::distributed::{
     CancelTarget, DeadJob, Distributed, QueueCounts, RedisConfig, RunPage, RunQuery, RunStatus,
     WorkerConfig, WorkerHandle,
 };
-use crate::execution::activity::{ProcessorStats, SessionStats};
+use crate::execution::activity::{ProcessorStats, SessionStats, VersionStats};
 use crate::execution::request::ExecutionRequest;
 use crate::sandbox::plugin::Plugin;
 
@@ -261,6 +261,13 @@ impl Fleet {
             processors,
             tenants: fleet.tenants,
         })
+    }
+
+    /// The fleet's counters of each version (digest) of processor `name`, over every tenant
+    /// and every process: the [`crate::VERSIONS_KEPT`] latest, in the order each was first
+    /// counted. They lag the work as [`Fleet::stats`] does.
+    pub async fn version_stats(&self, name: &str) -> Result<Vec<VersionStats>, RuntimeError> {
+        self.distributed.fleet_versions(name).await.map_err(refusal)
     }
 
     /// The fleet's sessions that have seen work and not expired or been stopped:

@@ -30,7 +30,7 @@ use crate::contract::state_store::{CasOutcome, SessionKey, StoredState};
 use crate::contract::workflow::{InvalidWorkflow, Workflow};
 #[cfg(feature = "redis")]
 use crate::distributed::Distributed;
-use crate::execution::activity::{ProcessorStats, SessionRefused, SessionStats};
+use crate::execution::activity::{ProcessorStats, SessionRefused, SessionStats, VersionStats};
 use crate::execution::registry::{Catalog, PluginChange};
 use crate::execution::reload::Watcher;
 use crate::sandbox::engine::Engine;
@@ -452,6 +452,13 @@ impl Runtime {
             processors: activity.processor_stats(),
             tenants: activity.tenant_stats(),
         }
+    }
+
+    /// The counters of each version (digest) of processor or workflow `name` this runtime
+    /// ran, over every tenant: the [`crate::VERSIONS_KEPT`] latest, in the order each first
+    /// ran.
+    pub fn version_stats(&self, name: &str) -> Vec<VersionStats> {
+        self.shared.activity().version_stats(name)
     }
 
     /// One session's counters, if it has seen work and not been stopped.

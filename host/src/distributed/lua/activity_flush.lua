@@ -7,6 +7,10 @@
 --   sessions:{tenant}          zset: session -> when it last saw work (ms)
 --   session:{len}:{tenant}:{session}
 --                              hash: created, last, executions, failed, e:{name}, f:{name}
+--   versions:{name}            zset: digest -> when that version of processor `name` was
+--                              first counted (ms); the versions_kept latest
+--   versions:{name}:{digest}   hash: `{counter}:{digest}` -> count, the counters of stats for
+--                              one version, over every tenant
 --   live                       zset: process -> when its snapshot expires (ms)
 --   live:{process}             string: what the process runs now (JSON)
 -- ARGV[2] the journal (JSON): { ttl, tenants, names, idle, max_sessions, process, live_ttl,
@@ -14,6 +18,8 @@
 --             [i, count, ...]], ...],
 --   session_rows = [[tenant, session, first_ms, last_ms, executions, failed,
 --                [[name, executions, failed], ...]], ...],
+--   versions = [[name, digest, started, completed, failed, duration_us, fuel, memory,
+--                [i, count, ...]], ...], versions_kept,
 --   live = snapshot JSON | "" when nothing runs | absent when unchanged,
 --   stopped = the key prefix of sessions' stop markers (`{prefix}:_:stopped:`) }
 -- ARGV[3] now (Unix ms).
@@ -49,26 +55,49 @@ local function touch(tenant)
   redis.call('PEXPIRE', tenants, j.ttl)
 end
 
+-- Adds a row of counters to the hash `key` under `name`, unless the hash already holds
+-- `rows` others; returns whether it did.
+local function add_row(key, name, row, rows)
+  if redis.call('HEXISTS', key, 's:' .. name) == 0
+      and redis.call('HLEN', key) >= rows * ROW then
+    return false
+  end
+  redis.call('HINCRBY', key, 's:' .. name, int(row[3]))
+  if row[4] > 0 then redis.call('HINCRBY', key, 'c:' .. name, int(row[4])) end
+  if row[5] > 0 then redis.call('HINCRBY', key, 'f:' .. name, int(row[5])) end
+  if row[6] > 0 then redis.call('HINCRBY', key, 'd:' .. name, int(row[6])) end
+  if row[7] > 0 then redis.call('HINCRBY', key, 'u:' .. name, int(row[7])) end
+  if row[8] > 0 then redis.call('HINCRBY', key, 'm:' .. name, int(row[8])) end
+  local buckets = row[9]
+  for i = 1, #buckets, 2 do
+    redis.call('HINCRBY', key, 'b' .. int(buckets[i]) .. ':' .. name, int(buckets[i + 1]))
+  end
+  redis.call('PEXPIRE', key, j.ttl)
+  return true
+end
+
 for _, row in ipairs(j.stats) do
   local tenant, name = row[1], row[2]
   touch(tenant)
-  local key = p .. 'stats:' .. tenant
-  if redis.call('HEXISTS', key, 's:' .. name) == 0
-      and redis.call('HLEN', key) >= j.names * ROW then
+  if not add_row(p .. 'stats:' .. tenant, name, row, j.names) then
     dropped_rows = dropped_rows + 1
-  else
-    redis.call('HINCRBY', key, 's:' .. name, int(row[3]))
-    if row[4] > 0 then redis.call('HINCRBY', key, 'c:' .. name, int(row[4])) end
-    if row[5] > 0 then redis.call('HINCRBY', key, 'f:' .. name, int(row[5])) end
-    if row[6] > 0 then redis.call('HINCRBY', key, 'd:' .. name, int(row[6])) end
-    if row[7] > 0 then redis.call('HINCRBY', key, 'u:' .. name, int(row[7])) end
-    if row[8] > 0 then redis.call('HINCRBY', key, 'm:' .. name, int(row[8])) end
-    local buckets = row[9]
-    for i = 1, #buckets, 2 do
-      redis.call('HINCRBY', key, 'b' .. int(buckets[i]) .. ':' .. name, int(buckets[i + 1]))
-    end
-    redis.call('PEXPIRE', key, j.ttl)
   end
+end
+
+-- Per version: only what the fleet ran has rows (each name one a process resolved); a new
+-- version past versions_kept makes room by dropping the one first counted longest ago.
+for _, row in ipairs(j.versions or {}) do
+  local seen, digest = p .. 'versions:' .. row[1], row[2]
+  if not redis.call('ZSCORE', seen, digest) then
+    while redis.call('ZCARD', seen) >= j.versions_kept do
+      local oldest = redis.call('ZPOPMIN', seen)
+      if not oldest[1] then break end
+      redis.call('DEL', seen .. ':' .. oldest[1])
+    end
+    redis.call('ZADD', seen, now, digest)
+  end
+  redis.call('PEXPIRE', seen, j.ttl)
+  add_row(seen .. ':' .. digest, digest, row, 1)
 end
 
 -- A row that only ends work (no execution started) of a session that was stopped and whose

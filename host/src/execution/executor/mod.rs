@@ -327,12 +327,15 @@ pub(super) async fn run(
         .await;
     let elapsed = started.instant.elapsed();
     result.execution.duration_us = elapsed.as_micros().try_into().unwrap_or(u64::MAX);
-    record.finish(Outcome {
-        ok: result.ok,
-        duration: elapsed,
-        fuel: result.execution.fuel_consumed,
-        peak_memory: result.execution.peak_memory_bytes,
-    });
+    record.finish(
+        Outcome {
+            ok: result.ok,
+            duration: elapsed,
+            fuel: result.execution.fuel_consumed,
+            peak_memory: result.execution.peak_memory_bytes,
+        },
+        result.execution.digest.as_deref(),
+    );
     if events.active() {
         let kind = if result.ok {
             EventKind::ProcessorCompleted
@@ -366,10 +369,11 @@ struct Recorded<'a> {
 }
 
 impl Recorded<'_> {
-    fn finish(&mut self, outcome: Outcome) {
+    /// Ends the record: `outcome` of version `digest` (when the unit was resolved).
+    fn finish(&mut self, outcome: Outcome, digest: Option<&str>) {
         self.done = true;
         self.activity
-            .end(&self.id, &self.tenant, &self.processor, outcome);
+            .end_version(&self.id, &self.tenant, &self.processor, digest, outcome);
     }
 }
 
