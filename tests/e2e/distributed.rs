@@ -1263,16 +1263,7 @@ async fn steps_run_on_workers_name_their_place_in_the_workflow() {
     let folder = PluginFolder::with(&["increment"]);
     let _worker = WorkerProcess::start(&url, folder.path(), &[]);
     let runtime = submitter(&url, folder.path()).await;
-    let mut events = runtime.subscribe();
-    for (workflow, input, expected) in weir_tests::workflows_with_one_processor_twice() {
-        let name = workflow.name().to_string();
-        runtime.register(workflow).unwrap();
-        let result = runtime.run(&name, input).await.unwrap();
-        assert!(result.ok, "{name}: {:?}", result.error);
-        let places =
-            weir_tests::places_of_steps(&mut events, &result.execution.id, expected.len()).await;
-        assert_eq!(places, expected, "{name}");
-    }
+    weir_tests::assert_steps_name_their_places(&runtime).await;
 }
 
 #[tokio::test]

@@ -68,17 +68,7 @@ async fn a_chain_announces_itself_and_each_step_in_order() {
 #[tokio::test]
 async fn steps_of_one_processor_are_told_apart_by_their_place_in_the_workflow() {
     let rt = runtime(PluginFolder::with(&["increment"]).path()).await;
-    let mut sub = rt.subscribe();
-    for (workflow, input, expected) in weir_tests::workflows_with_one_processor_twice() {
-        let name = workflow.name().to_string();
-        // A route is registered twice (once per input): the second replaces the first.
-        rt.register(workflow).unwrap();
-        let result = rt.run(&name, input).await.unwrap();
-        assert!(result.ok, "{name}: {:?}", result.error);
-        let places =
-            weir_tests::places_of_steps(&mut sub, &result.execution.id, expected.len()).await;
-        assert_eq!(places, expected, "{name}");
-    }
+    weir_tests::assert_steps_name_their_places(&rt).await;
 }
 
 #[tokio::test]

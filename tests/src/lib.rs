@@ -185,7 +185,7 @@ pub async fn next_event(
 /// Workflows of every kind that run `increment` at two places, each with an input and the
 /// places (`Event::step`) its direct steps' events must name, sorted: what tells steps of one
 /// processor apart.
-pub fn workflows_with_one_processor_twice()
+fn workflows_with_one_processor_twice()
 -> Vec<(weir::Workflow, serde_json::Value, Vec<&'static str>)> {
     use serde_json::json;
     let node = |name: &str, after: &[&str]| weir::GraphNode {
@@ -229,7 +229,7 @@ pub fn workflows_with_one_processor_twice()
 
 /// The places the first `count` steps started directly by execution `parent` name, sorted,
 /// read from `events` as they arrive (within 30 s).
-pub async fn places_of_steps(
+async fn places_of_steps(
     events: &mut weir::Subscription,
     parent: &str,
     count: usize,
@@ -244,6 +244,21 @@ pub async fn places_of_steps(
     }
     places.sort();
     places
+}
+
+/// Runs workflows of every kind that run `increment` at two places on `runtime` (which must
+/// serve `increment`), and checks that each step's events name its place in the workflow.
+pub async fn assert_steps_name_their_places(runtime: &weir::Runtime) {
+    let mut events = runtime.subscribe();
+    for (workflow, input, expected) in workflows_with_one_processor_twice() {
+        let name = workflow.name().to_string();
+        // A route is registered twice (once per input): the second replaces the first.
+        runtime.register(workflow).expect("the workflow is valid");
+        let result = runtime.run(&name, input).await.expect("the workflow runs");
+        assert!(result.ok, "{name}: {:?}", result.error);
+        let places = places_of_steps(&mut events, &result.execution.id, expected.len()).await;
+        assert_eq!(places, expected, "{name}");
+    }
 }
 
 /// Runs processor `name` once on `input`, on a runtime over a folder holding only it.
