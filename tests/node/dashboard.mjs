@@ -115,6 +115,11 @@ try {
   const plugin = page.locator('#plugin[data-plugin="increment"]');
   await plugin.waitFor({ timeout: 30000 });
   await plugin.locator('#plugin-history tr[data-change="loaded"]').waitFor({ timeout: 5000 });
+  // The version that served the runs above, with its executions.
+  const version = plugin.locator("#plugin-versions tbody tr[data-digest]").first();
+  await version.waitFor({ timeout: 5000 });
+  const executions = Number(await version.locator("td").nth(2).textContent());
+  if (!(executions > 0)) throw new Error("the served version shows no executions: " + executions);
   await page.setInputFiles("#plugin-file", { name: "broken.wasm", mimeType: "application/wasm", buffer: Buffer.from("not a component") });
   await page.click("#plugin-upload");
   await page.locator("#plugin-note.bad").waitFor({ timeout: 30000 });
