@@ -1269,11 +1269,10 @@ async fn steps_run_on_workers_name_their_place_in_the_workflow() {
 #[tokio::test]
 async fn the_fleet_counts_each_version_of_a_plugin_its_workers_ran_apart() {
     use sha2::Digest;
-    let fixture = |name: &str| {
-        std::fs::read(weir_tests::fixtures_dir().join(format!("{name}.wasm")))
-            .expect("fixtures are built")
-    };
-    let (one, two) = (fixture("counter-one"), fixture("counter-two"));
+    let (one, two) = (
+        weir_tests::fixture_bytes("counter-one"),
+        weir_tests::fixture_bytes("counter-two"),
+    );
     let digest = |bytes: &[u8]| hex::encode(sha2::Sha256::digest(bytes));
     let redis = RedisServer::start();
     let url = redis.url();

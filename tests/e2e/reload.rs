@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weir::{EventKind, RuntimeError};
-use weir_tests::{PluginFolder, fixtures_dir, next_event, plugin_bytes, runtime};
+use weir_tests::{PluginFolder, next_event, plugin_bytes, runtime};
 
 const DEBOUNCE: Duration = Duration::from_millis(30);
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(fixtures_dir().join(format!("{name}.wasm"))).expect("fixtures are built")
+    weir_tests::fixture_bytes(name)
 }
 
 /// The next `kind` event about `name`.

@@ -654,11 +654,10 @@ async fn the_operator_reads_each_plugin_versions_latency_and_failures_apart() {
             .body(bytes)
             .send()
     };
-    let fixture = |name: &str| {
-        std::fs::read(weir_tests::fixtures_dir().join(format!("{name}.wasm")))
-            .expect("fixtures are built")
-    };
-    let (one, two) = (fixture("counter-one"), fixture("counter-two"));
+    let (one, two) = (
+        weir_tests::fixture_bytes("counter-one"),
+        weir_tests::fixture_bytes("counter-two"),
+    );
     let (status, body) = answer(install(one.clone()).await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = fleet.run("counter", json!({}), ACME).await;

@@ -182,6 +182,11 @@ pub async fn next_event(
         .expect("the awaited event came within 30 s")
 }
 
+/// The bytes of fixture component `name` (`plugins/fixtures`, e.g. `counter-one`).
+pub fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures_dir().join(format!("{name}.wasm"))).expect("fixtures are built")
+}
+
 /// Workflows of every kind that run `increment` at two places, each with an input and the
 /// places (`Event::step`) its direct steps' events must name, sorted: what tells steps of one
 /// processor apart.
