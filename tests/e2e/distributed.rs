@@ -1328,6 +1328,72 @@ async fn the_fleet_counts_each_version_of_a_plugin_its_workers_ran_apart() {
     }
 }
 
+/// Versions first counted within one write of a process's counters keep the order they first
+/// ran in, all of it reaching Redis in the one write the runtime makes at its stop. The
+/// version whose digest sorts last runs first, so an order taken from the digests shows.
+#[tokio::test]
+async fn versions_counted_in_one_write_keep_the_order_they_first_ran_in() {
+    use sha2::Digest;
+    let digest = |bytes: &[u8]| hex::encode(sha2::Sha256::digest(bytes));
+    let mut versions = [
+        weir_tests::fixture_bytes("counter-one"),
+        weir_tests::fixture_bytes("counter-two"),
+    ];
+    versions.sort_by_key(|bytes| std::cmp::Reverse(digest(bytes)));
+    let [first, then] = versions;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::new();
+    folder.write("counter.wasm", &first);
+    let mut config = weir::RedisConfig::new(&url);
+    // Only the write at the stop adds this process's counters to the fleet's.
+    config.activity_interval = Duration::from_secs(3600);
+    let runtime = weir::Runtime::redis(&url)
+        .trust(weir_tests::fleet())
+        .redis_config(config)
+        .plugins_dir(folder.path())
+        .engine_config(engine_config())
+        .build()
+        .await
+        .expect("the distributed runtime connects");
+    runtime.start();
+    let worker = runtime
+        .fleet()
+        .expect("a distributed runtime")
+        .start_worker(weir::WorkerConfig::default())
+        .await
+        .expect("the worker starts");
+    let served = || async {
+        let result = runtime.run("counter", json!({})).await.unwrap();
+        assert!(result.ok, "{:?}", result.error);
+        result.state["servedBy"].as_u64().unwrap_or(0)
+    };
+    let before = served().await;
+    folder.write("counter.wasm", &then);
+    runtime
+        .load_plugin(folder.path().join("counter.wasm"))
+        .await
+        .expect("the new version loads");
+    assert_ne!(served().await, before, "the new version serves");
+    worker.close(Duration::from_secs(5)).await;
+    runtime.stop(Duration::from_secs(5)).await;
+    let reader = submitter(&url, folder.path()).await;
+    let counted: Vec<(String, u64)> = reader
+        .fleet()
+        .expect("a distributed runtime")
+        .version_stats("counter")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.digest, v.stats.completed))
+        .collect();
+    assert_eq!(
+        counted,
+        vec![(digest(&first), 1), (digest(&then), 1)],
+        "the versions, first counted first"
+    );
+}
+
 #[tokio::test]
 async fn a_requests_delay_and_cancel_handle_work_as_on_the_local_runtime() {
     let redis = RedisServer::start();

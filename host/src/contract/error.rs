@@ -302,6 +302,16 @@ pub enum LoadError {
         /// The name `describe` returned.
         declared: String,
     },
+    /// The distributed runtime loaded the plugin but could not publish it to Redis: the
+    /// version before it, if any, keeps serving everywhere.
+    #[error(
+        "it loaded but could not be published to Redis: {reason}; the version before it \
+         keeps serving (load it again once Redis answers)"
+    )]
+    Publish {
+        /// Why it was not published.
+        reason: String,
+    },
     /// The operator manifest beside the plugin is invalid.
     #[error("its manifest {path} is invalid: {reason}")]
     Manifest {

@@ -13,6 +13,7 @@ use super::wire::Binding;
 use crate::contract::error::Error;
 use crate::contract::workflow::Workflow;
 use crate::execution::registry::Catalog;
+use crate::sandbox::plugin::Plugin;
 
 impl Distributed {
     /// What ran (digest and declared version) when `name` runs in a run with `bindings`.
@@ -60,21 +61,14 @@ impl Distributed {
     pub(crate) async fn publish(&self, catalog: &Catalog) -> Result<(), Error> {
         let mut conn = self.conn();
         for plugin in catalog.plugins.values() {
-            let bytes = match tokio::fs::read(plugin.path()).await {
+            let bytes = match validated_bytes(plugin).await {
                 Ok(bytes) => bytes,
-                Err(error) => {
-                    tracing::warn!(plugin = plugin.name(), %error, "cannot publish the plugin");
+                // The reload publishes the new bytes.
+                Err(reason) => {
+                    tracing::warn!(plugin = plugin.name(), %reason, "not published");
                     continue;
                 }
             };
-            if hex::encode(Sha256::digest(&bytes)) != plugin.digest() {
-                // Publish only what was validated; the reload will publish the new bytes.
-                tracing::warn!(
-                    plugin = plugin.name(),
-                    "the plugin's file changed since it loaded; not published"
-                );
-                continue;
-            }
             let (name, version) = (plugin.name(), plugin.version());
             content::publish_plugin(&mut conn, &self.keys, &self.seal, name, version, &bytes)
                 .await
@@ -87,6 +81,16 @@ impl Distributed {
             lock_map(&self.workflows).insert(workflow.digest().to_string(), workflow.clone());
         }
         Ok(())
+    }
+
+    /// Publishes `plugin`, just loaded here, so that new runs anywhere pin it: `Err` with
+    /// the reason when its file changed since it loaded or Redis does not take it.
+    pub(crate) async fn publish_loaded(&self, plugin: &Plugin) -> Result<(), String> {
+        let bytes = validated_bytes(plugin).await?;
+        self.push_plugin(plugin.name(), plugin.version(), &bytes)
+            .await
+            .map(drop)
+            .map_err(|error| error.to_string())
     }
 
     /// Notes that workflow definitions changed here (published before the next submission).
@@ -189,4 +193,19 @@ impl Distributed {
             .await
             .map_err(|e| self.redis_error(e))
     }
+}
+
+/// The bytes of `plugin`'s file, read again, if they are still the ones that were validated
+/// when it loaded: only those are published.
+async fn validated_bytes(plugin: &Plugin) -> Result<Vec<u8>, String> {
+    let bytes = tokio::fs::read(plugin.path())
+        .await
+        .map_err(|error| format!("cannot read {}: {error}", plugin.path().display()))?;
+    if hex::encode(Sha256::digest(&bytes)) != plugin.digest() {
+        return Err(format!(
+            "{} changed since it loaded: load it again",
+            plugin.path().display()
+        ));
+    }
+    Ok(bytes)
 }

@@ -537,6 +537,14 @@ impl Runtime {
                 return Err(error);
             }
         };
+        // Published before it serves here: a version this process runs, the fleet can.
+        #[cfg(feature = "redis")]
+        if let Some(distributed) = &self.distributed {
+            distributed
+                .publish_loaded(&plugin)
+                .await
+                .map_err(|reason| LoadError::Publish { reason })?;
+        }
         shared.registry().update(|catalog| {
             catalog.rejected.remove(plugin.name());
             let reloaded = catalog.plugins.contains_key(plugin.name());

@@ -8,7 +8,8 @@
 --   session:{len}:{tenant}:{session}
 --                              hash: created, last, executions, failed, e:{name}, f:{name}
 --   versions:{name}            zset: digest -> when that version of processor `name` was
---                              first counted (ms); the versions_kept latest
+--                              first counted (ms, made later than every version counted
+--                              before it); the versions_kept latest
 --   versions:{name}:{digest}   hash: `{counter}:{digest}` -> count, the counters of stats for
 --                              one version, over every tenant
 --   live                       zset: process -> when its snapshot expires (ms)
@@ -94,7 +95,12 @@ for _, row in ipairs(j.versions or {}) do
       if not oldest[1] then break end
       redis.call('DEL', seen .. ':' .. oldest[1])
     end
-    redis.call('ZADD', seen, now, digest)
+    -- After every version counted before, even within one write (or from a process whose
+    -- clock is behind): the order is the order the fleet first counted them in.
+    local score = now
+    local newest = redis.call('ZRANGE', seen, -1, -1, 'WITHSCORES')
+    if newest[2] and tonumber(newest[2]) >= score then score = tonumber(newest[2]) + 1 end
+    redis.call('ZADD', seen, score, digest)
   end
   redis.call('PEXPIRE', seen, j.ttl)
   add_row(seen .. ':' .. digest, digest, row, 1)
