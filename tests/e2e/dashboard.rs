@@ -1,7 +1,8 @@
 //! The dashboard at `/`, in headless Chromium: it shows the plugins, runs one with its own
 //! button, and shows the execution completing live; its overview's charts follow a load;
 //! a graph workflow is drawn with every node, and its run lights them up. The screenshot is kept in
-//! `target/screenshots/dashboard.png` (a CI artifact). Needs Debian's `chromium` (CI
+//! `target/screenshots/dashboard.png` (a CI artifact). Behind `serve --redis`, the graph
+//! follows a run whose steps run on a worker. Needs Debian's `chromium` (CI
 //! installs it; `WEIR_CHROMIUM` names another) and the Node packages of `tests/node`.
 
 use std::path::{Path, PathBuf};
@@ -51,16 +52,15 @@ fn browser_test(script: &str, url: &str, shot: &str, extra: &[&Path], ok: &str) 
     );
 }
 
+/// A dependency graph whose `review` node runs only when /needsReview is truthy.
+const PIPELINE: &[u8] = br#"[workflow.pipeline]
+graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "double" }, review = { after = ["parse"], if = "/needsReview", run = "hello" }, store = { after = ["parse"], run = "add-ten" } }
+"#;
+
 #[test]
 fn the_dashboard_shows_plugins_and_an_execution_completing_live() {
     let folder = PluginFolder::with(&["hello", "increment", "double", "add-ten"]);
-    // A dependency graph whose `review` node runs only when /needsReview is truthy.
-    folder.write(
-        "workflows.toml",
-        br#"[workflow.pipeline]
-graph = { fetch = { run = "increment" }, parse = { after = ["fetch"], run = "double" }, review = { after = ["parse"], if = "/needsReview", run = "hello" }, store = { after = ["parse"], run = "add-ten" } }
-"#,
-    );
+    folder.write("workflows.toml", PIPELINE);
     let (_server, url) = WeirProcess::serve(folder.path(), &["--allow-plugin-install"]);
     let component = weir_tests::plugin_path("increment");
     browser_test(
@@ -93,4 +93,17 @@ fn a_tenants_token_shows_only_its_own_jobs_and_counters() {
     let config = crate::fleet::two_tenants(&folder);
     let (_server, url) = WeirProcess::serve(folder.path(), &["--config", &config]);
     browser_test("tenants.mjs", &url, "tenant.png", &[], "tenants ok");
+}
+
+/// Behind `serve --redis` the workflow's steps run on a worker, and the console's graph
+/// follows the run all the same: the run's own start and end reach the server's events.
+#[test]
+fn the_graph_follows_a_run_whose_steps_run_on_the_fleet() {
+    let redis = weir_tests::RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["hello", "increment", "double", "add-ten"]);
+    folder.write("workflows.toml", PIPELINE);
+    let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
+    let (_server, api) = WeirProcess::serve(folder.path(), &["--redis", &url]);
+    browser_test("graph.mjs", &api, "fleet-graph.png", &[], "graph ok");
 }

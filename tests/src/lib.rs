@@ -229,23 +229,45 @@ fn workflows_with_one_processor_twice()
         ),
         (route(), json!({"kind": "a", "count": 1}), vec!["route:a"]),
         (route(), json!({"kind": "b", "count": 1}), vec!["fallback"]),
+        // A workflow's step that is a workflow says where it runs too.
+        (
+            weir::Workflow::chain("twice-nested", ["twice-chain", "increment"]),
+            json!({"count": 1}),
+            vec!["step:0", "step:1"],
+        ),
     ]
 }
 
-/// The places the first `count` steps started directly by execution `parent` name, sorted,
-/// read from `events` as they arrive (within 30 s).
+/// The places the first `count` steps started directly by run `run` of workflow `name`
+/// name, sorted, read from `events` as they arrive (within 30 s); the run's own start and
+/// end must arrive too, as a top-level execution's (no parent, no place).
 async fn places_of_steps(
     events: &mut weir::Subscription,
-    parent: &str,
+    name: &str,
+    run: &str,
     count: usize,
 ) -> Vec<String> {
+    use weir::EventKind::{ProcessorCompleted, ProcessorStarted};
     let mut places = Vec::new();
-    while places.len() < count {
+    let (mut started, mut completed) = (false, false);
+    while places.len() < count || !started || !completed {
         let event = next_event(events, |e| {
-            e.event == weir::EventKind::ProcessorStarted && e.parent_id.as_deref() == Some(parent)
+            let own = e.execution_id.as_deref() == Some(run);
+            let step = e.parent_id.as_deref() == Some(run);
+            (own && matches!(e.event, ProcessorStarted | ProcessorCompleted))
+                || (step && e.event == ProcessorStarted)
         })
         .await;
-        places.push(event.step.clone().unwrap_or_else(|| "(none)".to_string()));
+        if event.execution_id.as_deref() != Some(run) {
+            places.push(event.step.clone().unwrap_or_else(|| "(none)".to_string()));
+            continue;
+        }
+        assert_eq!(event.processor.as_deref(), Some(name), "{event:?}");
+        assert_eq!((&event.parent_id, &event.step), (&None, &None), "{event:?}");
+        match event.event {
+            ProcessorStarted => started = true,
+            _ => completed = true,
+        }
     }
     places.sort();
     places
@@ -261,7 +283,8 @@ pub async fn assert_steps_name_their_places(runtime: &weir::Runtime) {
         runtime.register(workflow).expect("the workflow is valid");
         let result = runtime.run(&name, input).await.expect("the workflow runs");
         assert!(result.ok, "{name}: {:?}", result.error);
-        let places = places_of_steps(&mut events, &result.execution.id, expected.len()).await;
+        let places =
+            places_of_steps(&mut events, &name, &result.execution.id, expected.len()).await;
         assert_eq!(places, expected, "{name}");
     }
 }

@@ -102,12 +102,18 @@ impl Distributed {
     /// Counts a step of a workflow's life (entered, or ended) in this process's counters,
     /// and so in the fleet's.
     pub(crate) fn tally(&self, tenant: &str, name: &str, session: Option<&str>, tally: Tally) {
-        if let Some(shared) = self.context.get().and_then(Weak::upgrade) {
+        if let Some(shared) = self.local() {
             let key = session.map(|session| SessionKey::new(tenant, session));
             shared
                 .activity()
                 .tally(&Arc::from(tenant), name, key.as_ref(), tally);
         }
+    }
+
+    /// This process's runtime, whose event bus the fleet's event stream shares (`None`
+    /// before the runtime is built, or once it is dropped).
+    pub(crate) fn local(&self) -> Option<Arc<Context>> {
+        self.context.get().and_then(Weak::upgrade)
     }
 
     fn activity_prefix(&self) -> String {

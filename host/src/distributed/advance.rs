@@ -18,9 +18,10 @@ use crate::contract::state;
 use crate::contract::workflow::{Composition, Selector, Workflow};
 use crate::execution::activity::{Outcome as Ended, Tally};
 use crate::execution::compose::rules::{
-    Failure, choose_route, key_of, missing_key, route_failed, step_failed, workflow_result,
+    Failure, choose_route, key_of, missing_key, place, route_failed, step_failed, workflow_result,
 };
-use crate::execution::executor::failed;
+use crate::execution::executor::{execution_event, failed};
+use crate::sandbox::events::EventKind;
 
 /// A run between two steps: who it runs for, what its names mean, and the workflows open
 /// around the current step.
@@ -176,7 +177,7 @@ impl Distributed {
                         }
                         Some(frame) => {
                             let next = self.step_done(cursor, frame, *result).await?;
-                            self.ended(cursor, &next);
+                            self.ended(cursor, &next).await;
                             next
                         }
                     },
@@ -227,11 +228,23 @@ impl Distributed {
                     cursor.scope.session.as_deref(),
                     Tally::Started,
                 );
+                if let Some(shared) = self.local().filter(|shared| shared.events().active()) {
+                    let place = self.place_in(&cursor.frames).await;
+                    let info = info_for(cursor, &execution, &name);
+                    let event = execution_event(
+                        EventKind::ProcessorStarted,
+                        &info,
+                        cursor.scope.parent.as_deref(),
+                        place.as_deref(),
+                        0,
+                    );
+                    shared.events().publish(event);
+                }
                 let entered = self
                     .enter_workflow(cursor, name, digest, state, path, execution)
                     .await?;
                 if let Entered::Next(next) = &entered {
-                    self.ended(cursor, next);
+                    self.ended(cursor, next).await;
                 }
                 Ok(entered)
             }
@@ -309,21 +322,78 @@ impl Distributed {
         Ok(Entered::Next(open(cursor, &workflow, &mut frame, state)))
     }
 
-    /// Counts a workflow's end in the activity counters, if `next` is one (a step's end
-    /// that closed its workflow).
-    pub(super) fn ended(&self, cursor: &Cursor, next: &Next) {
-        if let Next::Done(result) = next {
-            self.tally(
-                &cursor.scope.tenant,
-                &result.execution.processor,
-                cursor.scope.session.as_deref(),
-                Tally::Ended(Ended {
-                    ok: result.ok,
-                    duration: std::time::Duration::from_micros(result.execution.duration_us),
-                    fuel: result.execution.fuel_consumed,
-                    peak_memory: result.execution.peak_memory_bytes,
-                }),
-            );
+    /// Counts a workflow's end in the activity counters, and tells it as the local runtime
+    /// does (`processor:completed` or `processor:failed`, with its parent and place), if
+    /// `next` is one (a step's end that closed its workflow).
+    pub(super) async fn ended(&self, cursor: &Cursor, next: &Next) {
+        let Next::Done(result) = next else {
+            return;
+        };
+        self.tally(
+            &cursor.scope.tenant,
+            &result.execution.processor,
+            cursor.scope.session.as_deref(),
+            Tally::Ended(Ended {
+                ok: result.ok,
+                duration: std::time::Duration::from_micros(result.execution.duration_us),
+                fuel: result.execution.fuel_consumed,
+                peak_memory: result.execution.peak_memory_bytes,
+            }),
+        );
+        let Some(shared) = self.local().filter(|shared| shared.events().active()) else {
+            return;
+        };
+        let place = self.place_in(&cursor.frames).await;
+        let kind = if result.ok {
+            EventKind::ProcessorCompleted
+        } else {
+            EventKind::ProcessorFailed
+        };
+        let mut event = execution_event(
+            kind,
+            &result.execution,
+            cursor.scope.parent.as_deref(),
+            place.as_deref(),
+            0,
+        );
+        event.attempts = Some(result.execution.attempts);
+        event.duration_us = Some(result.execution.duration_us);
+        event.error = result.error.clone();
+        shared.events().publish(event);
+    }
+
+    /// Where what runs now runs in the innermost of `frames`, for its events
+    /// (`Event::step`): from the frame's position, and for a route or a fan-out from the
+    /// workflow's definition (fetched once per process, as carrying the run on needs it
+    /// anyway). `None` outside any workflow, or when the definition cannot be read: the run
+    /// goes on all the same.
+    pub(super) async fn place_in(&self, frames: &[Frame]) -> Option<String> {
+        let frame = frames.last()?;
+        match &frame.at {
+            At::Chain { index } => Some(place::chain(*index)),
+            At::Selector { .. } => Some(place::SELECTOR.to_string()),
+            At::Merge { .. } => Some(place::MERGE.to_string()),
+            At::Join => None,
+            At::Route { .. } | At::Branch { .. } => {
+                let workflow = match self.workflow(&frame.digest).await {
+                    Ok(Ok(workflow)) => workflow,
+                    Ok(Err(reason)) => {
+                        tracing::debug!(%reason, "no place for the events");
+                        return None;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "no place for the events");
+                        return None;
+                    }
+                };
+                match (&frame.at, workflow.composition()) {
+                    (At::Route { key, .. }, Composition::Route { routes, .. }) => {
+                        Some(place::route(routes, key.as_deref()))
+                    }
+                    (At::Branch { node, .. }, composition) => place::fan_out(composition, *node),
+                    _ => None,
+                }
+            }
         }
     }
 

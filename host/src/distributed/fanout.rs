@@ -234,7 +234,7 @@ impl Distributed {
                 let error =
                     ExecutionError::host(ErrorKind::Configuration, codes::NOT_AVAILABLE, why);
                 let next = close(&mut cursor, frame, Err((Value::Null, error)));
-                self.ended(&cursor, &next);
+                self.ended(&cursor, &next).await;
                 return self.proceed(cursor, next).await;
             }
         };
@@ -256,7 +256,7 @@ impl Distributed {
                 ),
             );
             let next = close(&mut cursor, frame, Err((Value::Null, error)));
-            self.ended(&cursor, &next);
+            self.ended(&cursor, &next).await;
             return self.proceed(cursor, next).await;
         }
         let Some(Ok(state)) = loaded else {
@@ -270,7 +270,7 @@ impl Distributed {
                 ),
             );
             let next = close(&mut cursor, frame, Err((Value::Null, error)));
-            self.ended(&cursor, &next);
+            self.ended(&cursor, &next).await;
             return self.proceed(cursor, next).await;
         };
         let mut state = state;
@@ -298,7 +298,7 @@ impl Distributed {
                 }
             }
         };
-        self.ended(&cursor, &next);
+        self.ended(&cursor, &next).await;
         self.proceed(cursor, next).await
     }
 

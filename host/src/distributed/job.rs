@@ -17,13 +17,11 @@ use super::fanout::JOIN_QUEUE;
 use super::fetch::Unavailable;
 use super::handle::lock_map;
 use super::trust::{Kind, Refused};
-use super::wire::{At, FORMAT, JoinJob, StepJob, instant_of};
+use super::wire::{FORMAT, JoinJob, StepJob, instant_of};
 use super::worker::{Active, Inner, REDIS_RETRY_MS, Running};
 use crate::contract::cancel::{CancelHandle, CancelReason};
 use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::contract::result::ExecutionResult;
-use crate::contract::workflow::Composition;
-use crate::execution::compose::rules::place;
 use crate::execution::executor::{
     Pinned, ProgressSink, Scope, cancelled_unstarted, execute_pinned, execution_event, failed,
 };
@@ -237,38 +235,9 @@ impl Inner {
         }
     }
 
-    /// Where the step runs in its innermost workflow, for its events (`Event::step`): from
-    /// the frame's position, and for a route or a fan-out from the workflow's definition
-    /// (fetched once per process, as carrying the run on needs it anyway). `None` for a run
-    /// of one processor, or when the definition cannot be read: the step runs all the same.
+    /// Where the step runs in its innermost workflow, for its events (`Event::step`).
     async fn place_of(&self, step: &StepJob) -> Option<String> {
-        let frame = step.frames.last()?;
-        match &frame.at {
-            At::Chain { index } => Some(place::chain(*index)),
-            At::Selector { .. } => Some(place::SELECTOR.to_string()),
-            At::Merge { .. } => Some(place::MERGE.to_string()),
-            At::Join => None,
-            At::Route { .. } | At::Branch { .. } => {
-                let workflow = match self.dist.workflow(&frame.digest).await {
-                    Ok(Ok(workflow)) => workflow,
-                    Ok(Err(reason)) => {
-                        tracing::debug!(%reason, "no place for the step's events");
-                        return None;
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "no place for the step's events");
-                        return None;
-                    }
-                };
-                match (&frame.at, workflow.composition()) {
-                    (At::Route { key, .. }, Composition::Route { routes, .. }) => {
-                        Some(place::route(routes, key.as_deref()))
-                    }
-                    (At::Branch { node, .. }, composition) => place::fan_out(composition, *node),
-                    _ => None,
-                }
-            }
-        }
+        self.dist.place_in(&step.frames).await
     }
 
     /// Notes the wait before the next attempt (for the backoff strategy) and says so.
