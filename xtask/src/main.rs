@@ -270,9 +270,48 @@ fn test() -> Result<(), String> {
     ])?;
     eprintln!("== tests");
     run(cargo().args(["test", "--locked", "--workspace"]), &[0])?;
+    one_build_of_each_dependency()?;
     fuzz(Some(CI_FUZZ_SECONDS))?;
     eprintln!("all checks passed");
     Ok(())
+}
+
+/// Fails when building `weir` alone (as the demo and the README's commands do) compiles
+/// something the tests' build already compiled with other features: a fresh machine would
+/// spend minutes compiling wasmtime and its kin twice. `hack/Cargo.toml` lists the features
+/// that keep the two builds one.
+fn one_build_of_each_dependency() -> Result<(), String> {
+    eprintln!("== one build of each dependency");
+    let output = cargo()
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "weir-cli",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err("`cargo build -p weir-cli` failed".to_string());
+    }
+    let compiled: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["fresh"] == false)
+        .map(|m| m["package_id"].as_str().unwrap_or("?").to_string())
+        .collect();
+    if compiled.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "`cargo build -p weir-cli` compiled again what the tests' build had compiled, with \
+         other features:\n  {}\nadd the features the workspace turns on for them to \
+         hack/Cargo.toml (compare `cargo tree -p weir-cli -e features` with `cargo tree \
+         --workspace -e features`)",
+        compiled.join("\n  ")
+    ))
 }
 
 /// `cargo clippy --locked` over `selection`, every warning an error.
