@@ -20,7 +20,7 @@ use crate::execution::activity::{Outcome as Ended, Tally};
 use crate::execution::compose::rules::{
     Failure, choose_route, key_of, missing_key, place, route_failed, step_failed, workflow_result,
 };
-use crate::execution::executor::{execution_event, failed};
+use crate::execution::executor::{end_event, execution_event, failed};
 use crate::sandbox::events::EventKind;
 
 /// A run between two steps: who it runs for, what its names mean, and the workflows open
@@ -344,22 +344,10 @@ impl Distributed {
             return;
         };
         let place = self.place_in(&cursor.frames).await;
-        let kind = if result.ok {
-            EventKind::ProcessorCompleted
-        } else {
-            EventKind::ProcessorFailed
-        };
-        let mut event = execution_event(
-            kind,
-            &result.execution,
-            cursor.scope.parent.as_deref(),
-            place.as_deref(),
-            0,
-        );
-        event.attempts = Some(result.execution.attempts);
-        event.duration_us = Some(result.execution.duration_us);
-        event.error = result.error.clone();
-        shared.events().publish(event);
+        let parent = cursor.scope.parent.as_deref();
+        shared
+            .events()
+            .publish(end_event(result, parent, place.as_deref(), 0));
     }
 
     /// Where what runs now runs in the innermost of `frames`, for its events

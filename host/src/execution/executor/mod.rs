@@ -337,24 +337,34 @@ pub(super) async fn run(
         result.execution.digest.as_deref(),
     );
     if events.active() {
-        let kind = if result.ok {
-            EventKind::ProcessorCompleted
-        } else {
-            EventKind::ProcessorFailed
-        };
-        let mut event = execution_event(
-            kind,
-            &result.execution,
+        events.publish(end_event(
+            &result,
             parent.as_deref(),
             place.as_deref(),
             depth,
-        );
-        event.attempts = Some(result.execution.attempts);
-        event.duration_us = Some(result.execution.duration_us);
-        event.error = result.error.clone();
-        events.publish(event);
+        ));
     }
     result
+}
+
+/// `processor:completed` or `processor:failed` for the execution that ended with `result`
+/// (started by `parent`, at place `step` of its workflow, `depth` calls deep).
+pub(crate) fn end_event(
+    result: &ExecutionResult,
+    parent: Option<&str>,
+    step: Option<&str>,
+    depth: u32,
+) -> Event {
+    let kind = if result.ok {
+        EventKind::ProcessorCompleted
+    } else {
+        EventKind::ProcessorFailed
+    };
+    let mut event = execution_event(kind, &result.execution, parent, step, depth);
+    event.attempts = Some(result.execution.attempts);
+    event.duration_us = Some(result.execution.duration_us);
+    event.error = result.error.clone();
+    event
 }
 
 /// The activity record of one execution, ended exactly once: by `finish`, or as a failure if
