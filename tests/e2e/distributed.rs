@@ -97,7 +97,13 @@ fn folder() -> PluginFolder {
 
 /// A runtime that submits to the Redis at `url`, publishing `dir`'s plugins and workflows.
 pub(crate) async fn submitter(url: &str, dir: &std::path::Path) -> weir::Runtime {
-    let runtime = weir::Runtime::redis(url)
+    submitter_configured(dir, weir::RedisConfig::new(url)).await
+}
+
+/// [`submitter`] with the distributed runtime's settings `config` (which names the Redis).
+async fn submitter_configured(dir: &std::path::Path, config: weir::RedisConfig) -> weir::Runtime {
+    let runtime = weir::Runtime::builder()
+        .redis_config(config)
         .trust(weir_tests::fleet())
         .plugins_dir(dir)
         .engine_config(engine_config())
@@ -213,16 +219,7 @@ pub(crate) fn two_workers(url: &str, dir: &std::path::Path, args: &[&str]) -> [W
 async fn submitter_with_grace(url: &str, dir: &std::path::Path, grace: Duration) -> weir::Runtime {
     let mut config = weir::RedisConfig::new(url);
     config.lost_grace = grace;
-    let runtime = weir::Runtime::redis(url)
-        .trust(weir_tests::fleet())
-        .redis_config(config)
-        .plugins_dir(dir)
-        .engine_config(engine_config())
-        .build()
-        .await
-        .expect("the distributed runtime connects");
-    runtime.start();
-    runtime
+    submitter_configured(dir, config).await
 }
 
 /// Waits until one job waits in `queue`: in BullMQ's `wait` list, or in its `prioritized`
@@ -1348,15 +1345,7 @@ async fn versions_counted_in_one_write_keep_the_order_they_first_ran_in() {
     let mut config = weir::RedisConfig::new(&url);
     // Only the write at the stop adds this process's counters to the fleet's.
     config.activity_interval = Duration::from_secs(3600);
-    let runtime = weir::Runtime::redis(&url)
-        .trust(weir_tests::fleet())
-        .redis_config(config)
-        .plugins_dir(folder.path())
-        .engine_config(engine_config())
-        .build()
-        .await
-        .expect("the distributed runtime connects");
-    runtime.start();
+    let runtime = submitter_configured(folder.path(), config).await;
     let worker = runtime
         .fleet()
         .expect("a distributed runtime")

@@ -239,8 +239,8 @@ fn workflows_with_one_processor_twice()
 }
 
 /// The places the first `count` steps started directly by run `run` of workflow `name`
-/// name, sorted, read from `events` as they arrive (within 30 s); the run's own start and
-/// end must arrive too, as a top-level execution's (no parent, no place).
+/// say, sorted, as they arrive on `events` (within 30 s each). The run's own start and end
+/// must arrive too, as a top-level execution's (no parent, no place).
 async fn places_of_steps(
     events: &mut weir::Subscription,
     name: &str,
