@@ -65,7 +65,7 @@ pub use contract::manifest::QueueOverrides;
 pub use contract::manifest::{Capabilities, DirGrant, Manifest, NetworkGrant, WarmPolicy};
 pub use contract::merge::merge_branches;
 pub use contract::names::is_valid_name;
-pub use contract::result::{ExecutionInfo, ExecutionResult, ResultDocument};
+pub use contract::result::{ExecutionInfo, ExecutionResult, ResultDocument, StepFailure};
 pub use contract::retry::{Backoff, RetryPolicy};
 pub use contract::state::{MAX_VERSION, StateMetadata, validate_input};
 pub use contract::state_store::{
@@ -74,7 +74,7 @@ pub use contract::state_store::{
 pub use contract::workflow::file::FILE_NAME as WORKFLOWS_FILE;
 pub use contract::workflow::{
     BatchPolicy, Composition, DEFAULT_BATCH_CONCURRENCY, GraphNode, InvalidWorkflow, MAX_NESTING,
-    Selector, Workflow,
+    OnFailure, Selector, Workflow,
 };
 #[cfg(feature = "redis")]
 pub use distributed::state_store::RedisStateStore;

@@ -514,3 +514,13 @@ async fn a_graph_cycle_is_rejected_with_its_line() {
         "{reason}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_policy_fails_ignores_or_continues_past_a_failed_branch() {
+    let (_folder, rt) = with_workflows(
+        &weir_tests::FAILURE_POLICY_PLUGINS,
+        weir_tests::FAILURE_POLICY_WORKFLOWS,
+    )
+    .await;
+    weir_tests::assert_failure_policies(&rt).await;
+}

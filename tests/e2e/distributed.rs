@@ -1264,6 +1264,21 @@ async fn steps_run_on_workers_name_their_place_in_the_workflow() {
 }
 
 #[tokio::test]
+async fn each_failure_policy_works_the_same_across_two_workers() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&weir_tests::FAILURE_POLICY_PLUGINS);
+    folder.write(
+        "workflows.toml",
+        weir_tests::FAILURE_POLICY_WORKFLOWS.as_bytes(),
+    );
+    let _one = WorkerProcess::start(&url, folder.path(), &[]);
+    let _two = WorkerProcess::start(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    weir_tests::assert_failure_policies(&runtime).await;
+}
+
+#[tokio::test]
 async fn the_fleet_counts_each_version_of_a_plugin_its_workers_ran_apart() {
     use sha2::Digest;
     let (one, two) = (

@@ -18,7 +18,17 @@ fn validator() -> jsonschema::Validator {
 async fn every_kind_of_result_matches_the_schema() {
     let folder = PluginFolder::with(&["hello", "validate-email", "panic", "huge-output", "relay"]);
     let rt = runtime(folder.path()).await;
+    // A parallel that goes on past a failed branch lists it in `failures`.
+    rt.register(
+        weir::Workflow::parallel("tolerant", ["hello", "panic"])
+            .on_failure("panic", weir::OnFailure::Ignore),
+    )
+    .expect("registers");
+    let tolerant = rt.run("tolerant", json!({"user": "Ada"})).await.unwrap();
+    assert!(tolerant.ok, "{:?}", tolerant.error);
+    assert_eq!(tolerant.failures.len(), 1);
     let results = [
+        tolerant,
         rt.run("hello", json!({"user": "Ada"})).await.unwrap(),
         rt.run("validate-email", json!({"email": "x"}))
             .await

@@ -198,6 +198,7 @@ fn workflows_with_one_processor_twice()
         run: "increment".to_string(),
         after: after.iter().map(|a| a.to_string()).collect(),
         condition: None,
+        on_failure: Default::default(),
     };
     let route = || {
         weir::Workflow::route_by_pointer("twice-route", "/kind")
@@ -287,6 +288,108 @@ pub async fn assert_steps_name_their_places(runtime: &weir::Runtime) {
             places_of_steps(&mut events, &name, &result.execution.id, expected.len()).await;
         assert_eq!(places, expected, "{name}");
     }
+}
+
+/// The plugins [`FAILURE_POLICY_WORKFLOWS`] run.
+pub const FAILURE_POLICY_PLUGINS: [&str; 4] = ["increment", "double", "panic", "cooperative"];
+
+/// Workflows under each `on_failure` policy, as `workflows.toml` declares them, for
+/// [`assert_failure_policies`]. `panic` always fails; `cooperative` runs until cancelled.
+pub const FAILURE_POLICY_WORKFLOWS: &str = r#"
+[workflow.fan-fails]
+parallel = ["increment", "panic"]
+
+[workflow.fan-ignores]
+parallel = ["increment", "panic"]
+on_failure = { panic = "ignore" }
+
+[workflow.fan-continues]
+parallel = ["cooperative", "panic"]
+on_failure = { panic = "continue" }
+
+[workflow.graph-ignores]
+graph = { a = { run = "increment" }, b = { after = ["a"], run = "panic", on_failure = "ignore" }, c = { after = ["b"], run = "double" } }
+
+[workflow.graph-continues]
+graph = { a = { run = "increment" }, b = { after = ["a"], run = "panic", on_failure = "continue" }, c = { after = ["b"], run = "double" }, d = { run = "cooperative" } }
+"#;
+
+/// Runs each workflow of [`FAILURE_POLICY_WORKFLOWS`] on `runtime` (over a folder holding
+/// them and [`FAILURE_POLICY_PLUGINS`]) and checks what each policy makes of a failure:
+/// `fail` fails the workflow, `ignore` goes on past it, `continue` ends the fan-out at once
+/// (cancelling what runs), and the result lists what it went on past.
+pub async fn assert_failure_policies(runtime: &weir::Runtime) {
+    use serde_json::json;
+    let run = |name: &'static str| async move {
+        runtime
+            .run(name, json!({"count": 1}))
+            .await
+            .expect("the workflow runs")
+    };
+    let set_aside = |result: &weir::ExecutionResult| -> Vec<(String, String, weir::ErrorKind)> {
+        result
+            .failures
+            .iter()
+            .map(|f| (f.place.clone(), f.name.clone(), f.error.kind))
+            .collect()
+    };
+    use weir::ErrorKind::{Cancelled, Execution};
+
+    let fails = run("fan-fails").await;
+    assert!(!fails.ok, "fail (the default) fails the parallel");
+    let error = fails.error.as_ref().expect("an error");
+    assert!(
+        error.message.contains("branch 2 (`panic`)"),
+        "{}",
+        error.message
+    );
+    assert!(fails.failures.is_empty());
+
+    let ignores = run("fan-ignores").await;
+    assert!(ignores.ok, "{:?}", ignores.error);
+    assert_eq!(
+        ignores.state["count"], 2,
+        "the other branch's work is merged"
+    );
+    assert_eq!(
+        set_aside(&ignores),
+        [("branch:1".into(), "panic".into(), Execution)]
+    );
+    let message = &ignores.failures[0].error.message;
+    assert!(message.contains("processor exploded"), "{message}");
+
+    let continues = run("fan-continues").await;
+    assert!(continues.ok, "{:?}", continues.error);
+    assert_eq!(
+        set_aside(&continues),
+        [
+            ("branch:0".into(), "cooperative".into(), Cancelled),
+            ("branch:1".into(), "panic".into(), Execution)
+        ],
+        "the running branch is cut short"
+    );
+
+    let graph = run("graph-ignores").await;
+    assert!(graph.ok, "{:?}", graph.error);
+    assert_eq!(
+        graph.state["count"], 4,
+        "double ran on what reached the failed node"
+    );
+    assert_eq!(
+        set_aside(&graph),
+        [("node:b".into(), "panic".into(), Execution)]
+    );
+
+    let graph = run("graph-continues").await;
+    assert!(graph.ok, "{:?}", graph.error);
+    assert_eq!(graph.state["count"], 2, "the node after it is skipped");
+    assert_eq!(
+        set_aside(&graph),
+        [
+            ("node:b".into(), "panic".into(), Execution),
+            ("node:d".into(), "cooperative".into(), Cancelled)
+        ]
+    );
 }
 
 /// Runs processor `name` once on `input`, on a runtime over a folder holding only it.

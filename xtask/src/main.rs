@@ -181,6 +181,7 @@ fn demo() -> Result<(), String> {
             r#"{"count":1,"needsReview":true,"user":"Ada"}"#,
             0,
         ),
+        ("best-effort", r#"{"count":1,"email":"nope"}"#, 0),
         ("validate-email", r#"{"email":"not-an-email"}"#, 1),
         ("spin", "{}", 1),
         ("escape", "{}", 0),

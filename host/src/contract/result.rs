@@ -24,6 +24,23 @@ pub struct ExecutionResult {
     /// document; [`ExecutionResult::document`] shows a batch as `{ok, items}`.
     #[serde(skip)]
     pub items: Option<Vec<ExecutionResult>>,
+    /// For a parallel or graph that succeeded: the failures it went on past, in declared
+    /// order (branches and nodes whose `on_failure` is `ignore` or `continue`, and those a
+    /// `continue` cut short). Absent from the document when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<StepFailure>,
+}
+
+/// A failure a workflow went on past: which branch or node, what it ran, and its error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepFailure {
+    /// Where it ran in the workflow, as its events say: `branch:1`, `node:fetch`.
+    pub place: String,
+    /// The processor or workflow it ran.
+    pub name: String,
+    /// How it failed (a branch cut short: `cancelled`).
+    pub error: ExecutionError,
 }
 
 /// The document surfaces print (CLI stdout, HTTP bodies, job return values): a result, or

@@ -13,7 +13,7 @@ use bullmq::FlowJob;
 use super::trust::Kind;
 use super::wire::{At, Binding, FORMAT, Frame, StepJob, WireScope, earliest, now_ms, now_us};
 use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
-use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::result::{ExecutionInfo, ExecutionResult, StepFailure};
 use crate::contract::state;
 use crate::contract::workflow::{Composition, Selector, Workflow};
 use crate::execution::activity::{Outcome as Ended, Tally};
@@ -479,7 +479,7 @@ pub(crate) fn resume(
             }
         }
         (
-            At::Merge { input },
+            At::Merge { input, failures },
             Composition::Parallel {
                 merge: Some(merger),
                 ..
@@ -501,7 +501,7 @@ pub(crate) fn resume(
                 _ => serde_json::Map::new(),
             };
             let state = state::with_metadata(merged, &metadata.bumped());
-            close(cursor, frame, Ok(state))
+            close_fan_out(cursor, frame, Ok(state), None, failures)
         }
         (At::Route { key, target }, Composition::Route { routes, .. }) => match result.error {
             Some(error) => {
@@ -529,15 +529,17 @@ pub(crate) fn resume(
 /// Ends the workflow of `frame` with `outcome`: its result, reported to whatever
 /// encloses it.
 pub(crate) fn close(cursor: &mut Cursor, frame: Frame, outcome: Outcome) -> Next {
-    close_with_items(cursor, frame, outcome, None)
+    close_fan_out(cursor, frame, outcome, None, Vec::new())
 }
 
-/// [`close`] for a batch, whose result carries every item's.
-pub(crate) fn close_with_items(
+/// [`close`] for a fan-out, whose result carries a batch's every item's, or the failures a
+/// parallel or graph went on past.
+pub(crate) fn close_fan_out(
     cursor: &mut Cursor,
     frame: Frame,
     outcome: Outcome,
     items: Option<Vec<ExecutionResult>>,
+    failures: Vec<StepFailure>,
 ) -> Next {
     cursor.scope.deadline_ms = frame.outer_deadline_ms;
     cursor.scope.parent = frame.outer_parent.clone();
@@ -547,7 +549,7 @@ pub(crate) fn close_with_items(
     info.duration_us = now_us().saturating_sub(frame.started_us);
     info.fuel_consumed = frame.fuel;
     info.peak_memory_bytes = frame.peak_memory;
-    Next::Done(Box::new(workflow_result(outcome, info, items)))
+    Next::Done(Box::new(workflow_result(outcome, info, items, failures)))
 }
 
 pub(crate) fn info_for(cursor: &Cursor, execution: &str, name: &str) -> ExecutionInfo {

@@ -20,7 +20,7 @@ use crate::contract::cancel::CancelHandle;
 use crate::contract::error::{ErrorKind, ExecutionError};
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state::{self, StateMetadata, with_metadata};
-use crate::contract::workflow::{BatchPolicy, Workflow};
+use crate::contract::workflow::{BatchPolicy, OnFailure, Workflow};
 use crate::execution::compose::fake::{FUEL, Fake, Step, scope};
 
 /// The fake processors both drivers run: Rust functions of the state.
@@ -156,7 +156,7 @@ fn drive(workflow: &Workflow, input: Value, order: Order, twice: bool) -> Driven
 /// The outcome of a driven fan-out: its state, or its last good state and error.
 fn outcome(driven: &Driven) -> Result<Value, (Value, ExecutionError)> {
     match &driven.ending {
-        Ending::Outcome(outcome, _) => outcome.clone(),
+        Ending::Outcome(outcome, _, _) => outcome.clone(),
         Ending::Merge { merger, .. } => panic!("expected an outcome, got a merge by {merger}"),
     }
 }
@@ -326,7 +326,7 @@ fn a_parallel_with_a_merger_hands_it_every_branch_state_in_declared_order() {
     let workflow = Workflow::parallel("p", ["mark-a", "mark-b"]).merge("plus-one");
     for order in [Order::Oldest, Order::Newest] {
         let driven = drive(&workflow, json!({"n": 1}), order, false);
-        let Ending::Merge { merger, input } = &driven.ending else {
+        let Ending::Merge { merger, input, .. } = &driven.ending else {
             panic!("expected the merger to run");
         };
         assert_eq!(merger, "plus-one");
@@ -363,7 +363,7 @@ async fn a_batch_runs_every_item_at_most_concurrency_at_a_time_and_keeps_item_or
         let driven = drive(&workflow, items.clone(), order, true);
         assert_eq!(driven.most_running, 2, "{order:?}: two at a time");
         assert_eq!(driven.ran.len(), 5, "{order:?}: every item ran once");
-        let Ending::Outcome(_, Some(results)) = &driven.ending else {
+        let Ending::Outcome(_, Some(results), _) = &driven.ending else {
             panic!("a batch reports every item");
         };
         assert!(results.iter().all(|r| r.ok));
@@ -382,7 +382,7 @@ async fn an_all_or_nothing_batch_stops_starting_items_after_a_failure() {
     assert_eq!(error.code.as_deref(), Some("boom"));
     let driven = drive(&workflow, items, Order::Oldest, false);
     assert_eq!(driven.ran.len(), 2, "items after the failure never start");
-    let Ending::Outcome(_, Some(results)) = &driven.ending else {
+    let Ending::Outcome(_, Some(results), _) = &driven.ending else {
         panic!("a batch reports every item");
     };
     let kinds: Vec<Option<ErrorKind>> = results
@@ -502,7 +502,8 @@ fn branches_whose_jobs_ended_without_a_result_fail_the_fan_out_when_it_joins() {
     // `mark-a`'s worker died more often than BullMQ allows: its job failed for good.
     state.lose_unfinished(&workflow, "acme");
     assert!(state.doomed());
-    let Ending::Outcome(Err((_, error)), _) = state.ending(&workflow, "acme", &(None, None)) else {
+    let Ending::Outcome(Err((_, error)), _, _) = state.ending(&workflow, "acme", &(None, None))
+    else {
         panic!("the fan-out fails");
     };
     assert_eq!(error.kind, ErrorKind::Execution);
@@ -592,4 +593,132 @@ async fn a_failed_route_target_fails_the_route_naming_its_key() {
     assert!(!result.ok);
     let error = result.error.expect("an error");
     assert!(error.message.contains('x'), "{}", error.message);
+}
+
+/// Where and how each failure a result went on past failed: place, name and code.
+type SetAside = Vec<(String, String, Option<String>)>;
+
+fn places_of(failures: &[crate::contract::result::StepFailure]) -> SetAside {
+    failures
+        .iter()
+        .map(|f| (f.place.clone(), f.name.clone(), f.error.code.clone()))
+        .collect()
+}
+
+/// Both drivers, in both orders and with jobs run twice, agree on `workflow`'s outcome and
+/// on the failures it went on past; returns the distributed outcome and failures.
+async fn both_set_aside(workflow: &Workflow, input: Value) -> (Value, SetAside) {
+    let state = both_agree(workflow, input.clone())
+        .await
+        .expect("the fan-out succeeds");
+    let local = run_locally(workflow, with_created(input.clone())).await;
+    let expected = places_of(&local.failures);
+    for order in [Order::Oldest, Order::Newest] {
+        for twice in [false, true] {
+            let driven = drive(workflow, with_created(input.clone()), order, twice);
+            let Ending::Outcome(_, _, failures) = &driven.ending else {
+                panic!("expected an outcome");
+            };
+            assert_eq!(places_of(failures), expected, "{order:?}, twice: {twice}");
+        }
+    }
+    (state, expected)
+}
+
+#[tokio::test]
+async fn an_ignored_branch_failure_is_set_aside_alike_by_both_drivers() {
+    let workflow = Workflow::parallel("p", ["plus-one", "boom", "mark-a"])
+        .on_failure("boom", OnFailure::Ignore);
+    let (state, failures) = both_set_aside(&workflow, json!({"n": 1})).await;
+    assert_eq!(state["n"], 2);
+    assert_eq!(state["a"], true);
+    assert_eq!(
+        failures,
+        [("branch:1".into(), "boom".into(), Some("boom".into()))]
+    );
+    let driven = drive(&workflow, json!({"n": 1}), Order::Oldest, false);
+    assert!(!driven.state.doomed(), "an ignored failure stops nothing");
+    assert_eq!(driven.ran.len(), 3);
+}
+
+#[tokio::test]
+async fn an_ignored_node_passes_its_state_on_alike_in_both_drivers() {
+    let workflow = Workflow::graph("g")
+        .node("plus-one", [] as [&str; 0])
+        .node("boom", ["plus-one"])
+        .node("times-ten", ["boom"])
+        .node("mark-a", [] as [&str; 0])
+        .on_failure("boom", OnFailure::Ignore);
+    let (state, failures) = both_set_aside(&workflow, json!({"n": 1})).await;
+    assert_eq!(state["n"], 20);
+    assert_eq!(state["a"], true);
+    assert_eq!(
+        failures,
+        [("node:boom".into(), "boom".into(), Some("boom".into()))]
+    );
+}
+
+#[tokio::test]
+async fn a_continued_node_failure_ends_the_graph_early_alike_in_both_drivers() {
+    let workflow = Workflow::graph("g")
+        .node("plus-one", [] as [&str; 0])
+        .node("boom", ["plus-one"])
+        .node("times-ten", ["boom"])
+        .on_failure("boom", OnFailure::Continue);
+    let (state, failures) = both_set_aside(&workflow, json!({"n": 1})).await;
+    assert_eq!(state["n"], 2, "what reached the skipped sink");
+    assert_eq!(failures.len(), 1);
+    let driven = drive(&workflow, json!({"n": 1}), Order::Oldest, false);
+    assert!(driven.state.doomed(), "the others stop");
+    assert!(driven.state.first_failure.is_none(), "without failing it");
+    assert_eq!(driven.state.nodes[2].status, Status::Skipped);
+    assert_eq!(driven.ran, ["plus-one", "boom"]);
+}
+
+#[test]
+fn a_merger_after_an_ignored_branch_hands_its_failures_to_the_parallels_result() {
+    let workflow = Workflow::parallel("p", ["mark-a", "boom"])
+        .merge("plus-one")
+        .on_failure("boom", OnFailure::Ignore);
+    let driven = drive(&workflow, json!({"n": 1}), Order::Newest, false);
+    let Ending::Merge {
+        merger,
+        input,
+        failures,
+    } = driven.ending
+    else {
+        panic!("expected the merger to run");
+    };
+    assert_eq!(input["results"][1]["error"]["code"], "boom");
+    // The merge step runs as a job; the parallel's frame carries the failures to its end.
+    let mut cursor = Cursor {
+        run: "run".to_string(),
+        scope: WireScope::default(),
+        bindings: BTreeMap::new(),
+        frames: Vec::new(),
+    };
+    let frame = Frame {
+        workflow: workflow.name().to_string(),
+        digest: workflow.digest().to_string(),
+        execution: "run".to_string(),
+        path: "0".to_string(),
+        started_us: 0,
+        fuel: 0,
+        peak_memory: 0,
+        outer_deadline_ms: None,
+        outer_parent: None,
+        at: At::Merge {
+            input: driven.state.input.clone(),
+            failures,
+        },
+    };
+    let merged = run_step(&merger, input);
+    let Next::Done(result) = resume(&mut cursor, &workflow, frame, merged) else {
+        panic!("the parallel ends with its merge");
+    };
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(
+        places_of(&result.failures),
+        [("branch:1".into(), "boom".into(), Some("boom".into()))]
+    );
 }

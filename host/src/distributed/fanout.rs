@@ -12,7 +12,7 @@ use bullmq::FlowJob;
 
 use serde_json::Value;
 
-use super::advance::{Cursor, Entered, Next, Plan, Settled, close, close_with_items};
+use super::advance::{Cursor, Entered, Next, Plan, Settled, close, close_fan_out};
 use super::control::Target;
 use super::handle::Distributed;
 use super::join::{Ending, JoinState, Start};
@@ -284,11 +284,18 @@ impl Distributed {
             _ => (None, None),
         };
         let next = match state.ending(&workflow, &cursor.scope.tenant, &identity) {
-            Ending::Outcome(outcome, items) => close_with_items(&mut cursor, frame, outcome, items),
-            Ending::Merge { merger, input } => {
+            Ending::Outcome(outcome, items, failures) => {
+                close_fan_out(&mut cursor, frame, outcome, items, failures)
+            }
+            Ending::Merge {
+                merger,
+                input,
+                failures,
+            } => {
                 let path = format!("{}.m", frame.path);
                 frame.at = At::Merge {
                     input: state.input.clone(),
+                    failures,
                 };
                 cursor.frames.push(frame);
                 Next::Enter {

@@ -11,12 +11,12 @@ use super::trust::Seal;
 use crate::contract::cancel::CancelReason;
 use crate::contract::error::{ErrorKind, ExecutionError, codes};
 use crate::contract::merge::merge_branches;
-use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::result::{ExecutionInfo, ExecutionResult, StepFailure};
 use crate::contract::state::{self, with_metadata};
-use crate::contract::workflow::{BatchPolicy, Composition, GraphNode, Workflow};
+use crate::contract::workflow::{Composition, GraphNode, Workflow};
 use crate::execution::compose::rules::{
-    batch_outcome, check_batch_size, graph_dependencies, graph_dependents, merge_input,
-    parallel_failed, step_failed, truthy,
+    batch_outcome, branch_states, check_batch_size, graph_dependencies, graph_dependents,
+    merge_input, parallel_failed, set_aside, step_failed, truthy, verdict,
 };
 use crate::execution::executor::{cancelled_unstarted, failed};
 
@@ -28,8 +28,12 @@ pub(crate) struct JoinState {
     pub input: Value,
     /// One per branch, item or node, in declared order.
     pub nodes: Vec<NodeState>,
-    /// The first branch to fail, and how.
+    /// The first branch to fail the fan-out, and how.
     pub first_failure: Option<(usize, ExecutionError)>,
+    /// Whether a failure has stopped the fan-out without failing it (`on_failure =
+    /// "continue"`): what runs is cancelled, what waits never starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut_short: bool,
     /// A batch's next item to start.
     pub next_item: usize,
     /// What the finished branches cost.
@@ -77,9 +81,15 @@ pub(crate) enum Ending {
     Outcome(
         Result<Value, (Value, ExecutionError)>,
         Option<Vec<ExecutionResult>>,
+        Vec<StepFailure>,
     ),
-    /// A parallel's custom merge must run on this input first.
-    Merge { merger: String, input: Value },
+    /// A parallel's custom merge must run on this input first; `failures` are those its
+    /// branches went on past, for the parallel's result.
+    Merge {
+        merger: String,
+        input: Value,
+        failures: Vec<StepFailure>,
+    },
 }
 
 impl JoinState {
@@ -125,6 +135,7 @@ impl JoinState {
                 count
             ],
             first_failure: None,
+            cut_short: false,
             next_item: 0,
             fuel: 0,
             peak_memory: 0,
@@ -171,23 +182,25 @@ impl JoinState {
         }
         self.fuel = self.fuel.saturating_add(result.execution.fuel_consumed);
         self.peak_memory = self.peak_memory.max(result.execution.peak_memory_bytes);
-        let failed = result.error.clone();
+        let verdict = result
+            .error
+            .as_ref()
+            .map(|_| verdict(workflow.on_failure_of(node), self.doomed()));
+        if let (Some(verdict), Some(error)) = (verdict, &result.error) {
+            if verdict.fails {
+                self.first_failure = Some((node, error.clone()));
+            } else if verdict.stops {
+                self.cut_short = true;
+            }
+        }
         let entry = &mut self.nodes[node];
         entry.status = Status::Done;
-        if failed.is_none() {
+        // A graph node passes on its output, or (its failure set aside) its last good state.
+        let graph = matches!(workflow.composition(), Composition::Graph { .. });
+        if verdict.is_none_or(|v| graph && v.passes_on) {
             entry.output = Some(result.state.clone());
         }
         entry.result = Some(result);
-        let stops_others = match workflow.composition() {
-            Composition::Batch { policy, .. } => *policy == BatchPolicy::AllOrNothing,
-            _ => true,
-        };
-        if let Some(error) = failed
-            && self.first_failure.is_none()
-            && stops_others
-        {
-            self.first_failure = Some((node, error));
-        }
         match workflow.composition() {
             Composition::Batch { processor, .. } => self
                 .next_batch_item(processor, Some(node))
@@ -267,9 +280,21 @@ impl JoinState {
         Ok(())
     }
 
-    /// Whether the workflow should stop its running branches (the first failure dooms it).
+    /// Whether the workflow should stop its running branches and start no more: a failure
+    /// doomed it, or continued it at once.
     pub(crate) fn doomed(&self) -> bool {
-        self.first_failure.is_some()
+        self.first_failure.is_some() || self.cut_short
+    }
+
+    /// The failures a fan-out that succeeded went on past.
+    fn set_aside(&self, workflow: &Workflow) -> Vec<StepFailure> {
+        set_aside(
+            workflow.composition(),
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| n.result.as_ref().map(|r| (i, r))),
+        )
     }
 
     /// How the fan-out ended. Call once every started branch is done.
@@ -278,7 +303,9 @@ impl JoinState {
     pub(crate) fn ending(&self, workflow: &Workflow, tenant: &str, item: &Identity) -> Ending {
         let metadata = match state::prepare_input(self.input.clone(), None) {
             Ok((_, metadata)) => metadata,
-            Err(error) => return Ending::Outcome(Err((self.input.clone(), error)), None),
+            Err(error) => {
+                return Ending::Outcome(Err((self.input.clone(), error)), None, Vec::new());
+            }
         };
         let session_metadata = state::StateMetadata {
             session_id: self.input["metadata"]["sessionId"]
@@ -288,26 +315,28 @@ impl JoinState {
         };
         let base = self.input.as_object().cloned().unwrap_or_default();
         match workflow.composition() {
-            Composition::Parallel { branches, merge } => {
+            Composition::Parallel {
+                branches, merge, ..
+            } => {
                 if let Some((index, error)) = &self.first_failure {
                     let results = self.nodes.iter().map(|n| n.result.as_ref());
                     let error = parallel_failed(workflow, branches, results, *index, error.clone());
-                    return Ending::Outcome(Err((self.input.clone(), error)), None);
+                    return Ending::Outcome(Err((self.input.clone(), error)), None, Vec::new());
                 }
-                let states: Vec<Value> = self
-                    .nodes
-                    .iter()
-                    .map(|n| n.result.as_ref().map_or(Value::Null, |r| r.state.clone()))
-                    .collect();
+                let failures = self.set_aside(workflow);
+                let results = || self.nodes.iter().map(|n| n.result.as_ref());
                 match merge {
                     None => {
+                        let states = branch_states(results());
                         let objects = states.iter().filter_map(Value::as_object);
                         let merged = merge_branches(&base, objects);
-                        Ending::Outcome(Ok(with_metadata(merged, &session_metadata.bumped())), None)
+                        let state = with_metadata(merged, &session_metadata.bumped());
+                        Ending::Outcome(Ok(state), None, failures)
                     }
                     Some(merger) => Ending::Merge {
                         merger: merger.clone(),
-                        input: merge_input(&self.input, branches, &states),
+                        input: merge_input(&self.input, branches, results()),
+                        failures,
                     },
                 }
             }
@@ -332,21 +361,22 @@ impl JoinState {
                     self.first_failure.clone(),
                     &session_metadata,
                 );
-                Ending::Outcome(outcome, Some(results))
+                Ending::Outcome(outcome, Some(results), Vec::new())
             }
             Composition::Graph { nodes } => {
                 if let Some((i, error)) = &self.first_failure {
                     let error = step_failed(workflow, "node", &nodes[*i].name, None, error.clone());
-                    return Ending::Outcome(Err((self.input.clone(), error)), None);
+                    return Ending::Outcome(Err((self.input.clone(), error)), None, Vec::new());
                 }
                 let dependents = graph_dependents(nodes);
                 let sinks = (0..nodes.len())
                     .filter(|&i| dependents[i].is_empty())
                     .filter_map(|i| self.nodes[i].output.as_ref().and_then(Value::as_object));
                 let merged = merge_branches(&base, sinks);
-                Ending::Outcome(Ok(with_metadata(merged, &session_metadata.bumped())), None)
+                let state = with_metadata(merged, &session_metadata.bumped());
+                Ending::Outcome(Ok(state), None, self.set_aside(workflow))
             }
-            _ => Ending::Outcome(Ok(self.input.clone()), None),
+            _ => Ending::Outcome(Ok(self.input.clone()), None, Vec::new()),
         }
     }
 
@@ -612,6 +642,7 @@ impl JoinState {
             input,
             nodes,
             first_failure,
+            cut_short: false,
             next_item,
             fuel,
             peak_memory,
@@ -622,6 +653,7 @@ impl JoinState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::workflow::BatchPolicy;
     use serde_json::json;
 
     fn result(state: Value, error: Option<ExecutionError>) -> ExecutionResult {
@@ -634,6 +666,7 @@ mod tests {
                 error: None,
                 execution: info,
                 items: None,
+                failures: Vec::new(),
             },
         }
     }

@@ -217,7 +217,7 @@ impl Frame {
             At::Route { key, target } => fields.str("route").opt_str(key.as_deref()).str(target),
             At::Branch { join, node } => fields.str("branch").str(join).u64(*node as u64),
             At::Join => fields.str("join"),
-            At::Merge { input: _ } => fields.str("merge"),
+            At::Merge { .. } => fields.str("merge"),
         };
     }
 }
@@ -319,8 +319,13 @@ pub(crate) enum At {
     Branch { join: String, node: usize },
     /// A fan-out whose branches are running (in its join job).
     Join,
-    /// Running a parallel's custom merge on the results; `input` is the parallel's.
-    Merge { input: Value },
+    /// Running a parallel's custom merge on the results; `input` is the parallel's, and
+    /// `failures` the ones its branches went on past (data, like `input`).
+    Merge {
+        input: Value,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failures: Vec<crate::contract::result::StepFailure>,
+    },
 }
 
 /// A fan-out's join job: runs once every branch has ended, then carries the run on.
@@ -494,6 +499,7 @@ mod tests {
         job.frames[0].outer_parent = Some("p".into());
         job.frames[0].at = At::Merge {
             input: serde_json::json!({"x": 1.0000000000000002}),
+            failures: Vec::new(),
         };
         job.delay_ms = Some(10);
         // As a worker reads it: the job's JSON parsed into a value, then into a job.
@@ -504,7 +510,10 @@ mod tests {
         // Its input is data: another state, or another input kept by a frame, signs the same.
         let mut other = job.clone();
         other.state = serde_json::json!({"anything": true});
-        other.frames[0].at = At::Merge { input: Value::Null };
+        other.frames[0].at = At::Merge {
+            input: Value::Null,
+            failures: Vec::new(),
+        };
         other.delay_ms = None;
         assert_eq!(other.authority().0, job.authority().0);
         // Who it runs for, which code and what comes next are authority.

@@ -9,6 +9,8 @@
 //! [workflow.fan]
 //! parallel = ["increment", "hello"]
 //! merge = "combine"                       # optional: a processor given {input, results}
+//! on_failure = { hello = "ignore" }       # optional, per branch: "fail" (default), "ignore"
+//!                                         # or "continue"; a string applies to every branch
 //!
 //! [workflow.pick]
 //! route = "/kind"                         # a JSON pointer into the state, or instead:
@@ -23,7 +25,8 @@
 //!
 //! [workflow.pipeline]                     # nodes run as soon as their dependencies are done
 //! graph = { fetch = [], parse = ["fetch"], store = ["parse"], review = { after = ["parse"], if = "/needsReview" } }
-//! # a node runs the processor or workflow of its name, or `run = "other"`
+//! # a node runs the processor or workflow of its name, or `run = "other"`; a node table
+//! # may say `on_failure = "ignore"` (or "continue"), as may the workflow for every node
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,7 +37,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::contract::bounds::{Unread, read_text_bounded};
-use crate::contract::workflow::{BatchPolicy, GraphNode, Source, Workflow};
+use crate::contract::workflow::{BatchPolicy, GraphNode, OnFailure, Source, Workflow};
 
 /// The file name weir reads workflow definitions from, inside the plugins folder.
 pub const FILE_NAME: &str = "workflows.toml";
@@ -61,8 +64,39 @@ struct RawWorkflow {
     concurrency: Option<usize>,
     policy: Option<String>,
     graph: Option<Ordered<RawNode>>,
+    on_failure: Option<RawOnFailure>,
     timeout_ms: Option<u64>,
     description: Option<String>,
+}
+
+/// `on_failure = "ignore"` (every branch or node) or `on_failure = { name = "ignore" }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawOnFailure {
+    Every(String),
+    Each(BTreeMap<String, String>),
+}
+
+impl RawOnFailure {
+    /// The policy of each of `names`, in their order (a name without one: none).
+    fn policies(&self, names: &[String]) -> Result<Vec<(String, OnFailure)>, String> {
+        match self {
+            RawOnFailure::Every(policy) => {
+                let policy = on_failure(policy)?;
+                Ok(names.iter().map(|name| (name.clone(), policy)).collect())
+            }
+            RawOnFailure::Each(each) => each
+                .iter()
+                .map(|(name, policy)| Ok((name.clone(), on_failure(policy)?)))
+                .collect(),
+        }
+    }
+}
+
+fn on_failure(text: &str) -> Result<OnFailure, String> {
+    OnFailure::parse(text).ok_or_else(|| {
+        format!("`on_failure` is \"{text}\"; use \"fail\", \"ignore\" or \"continue\"")
+    })
 }
 
 /// A graph node: `name = ["dep", ...]` or `name = { after = [...], if = "/ptr", run = "x" }`.
@@ -81,6 +115,7 @@ struct FullNode {
     #[serde(rename = "if")]
     condition: Option<String>,
     run: Option<String>,
+    on_failure: Option<String>,
 }
 
 /// A table whose entries keep the order they are written in.
@@ -231,6 +266,16 @@ fn build(
             return Err(format!("`{key}` applies only to {owner} workflows"));
         }
     }
+    if raw.on_failure.is_some() && !matches!(kind, "parallel" | "graph") {
+        let instead = if kind == "batch" {
+            " (a batch says `policy`)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "`on_failure` applies only to parallel and graph workflows{instead}"
+        ));
+    }
     let mut workflow = match kind {
         "chain" => {
             let steps: Vec<String> = raw.chain.iter().flatten().map(&mut note).collect();
@@ -238,7 +283,14 @@ fn build(
         }
         "parallel" => {
             let branches: Vec<String> = raw.parallel.iter().flatten().map(&mut note).collect();
-            let workflow = Workflow::parallel(name, branches);
+            let policies = match &raw.on_failure {
+                Some(raw) => raw.policies(&branches)?,
+                None => Vec::new(),
+            };
+            let mut workflow = Workflow::parallel(name, branches);
+            for (branch, policy) in policies {
+                workflow = workflow.on_failure(branch, policy);
+            }
             match &raw.merge {
                 Some(merge) => workflow.merge(note(merge)),
                 None => workflow,
@@ -280,10 +332,30 @@ fn build(
         }
         _ => {
             let mut workflow = Workflow::graph(name);
-            for (node, raw_node) in raw.graph.map(|g| g.0).unwrap_or_default() {
-                let (after, condition, run) = match raw_node {
-                    RawNode::After(after) => (after, None, None),
-                    RawNode::Full(full) => (full.after, full.condition, full.run),
+            let nodes = raw.graph.map(|g| g.0).unwrap_or_default();
+            let names: Vec<String> = nodes.iter().map(|(name, _)| name.clone()).collect();
+            let mut policies: BTreeMap<String, OnFailure> = match &raw.on_failure {
+                Some(raw) => raw.policies(&names)?.into_iter().collect(),
+                None => BTreeMap::new(),
+            };
+            let every = matches!(raw.on_failure, Some(RawOnFailure::Every(_)));
+            for (node, raw_node) in nodes {
+                let (after, condition, run, own) = match raw_node {
+                    RawNode::After(after) => (after, None, None, None),
+                    RawNode::Full(full) => (full.after, full.condition, full.run, full.on_failure),
+                };
+                let listed = policies.remove(&node);
+                let policy = match (own, listed) {
+                    (Some(own), None) => on_failure(&own)?,
+                    // A node's own setting wins over the workflow's `on_failure = "…"`.
+                    (Some(own), Some(_)) if every => on_failure(&own)?,
+                    (Some(_), Some(_)) => {
+                        return Err(format!(
+                            "node `{node}` says `on_failure` in its own table and in the \
+                             workflow's: say it once"
+                        ));
+                    }
+                    (None, listed) => listed.unwrap_or_default(),
                 };
                 let run = run.unwrap_or_else(|| node.clone());
                 refs.entry(run.clone()).or_insert(line);
@@ -292,7 +364,13 @@ fn build(
                     run,
                     after,
                     condition,
+                    on_failure: policy,
                 });
+            }
+            if let Some(name) = policies.keys().next() {
+                return Err(format!(
+                    "`on_failure` names `{name}`, which is not a node of this graph"
+                ));
             }
             workflow
         }
@@ -448,6 +526,95 @@ graph = { fetch = [], parse = ["fetch"], store = ["parse"], review = { after = [
             broken["both"].contains("chain and parallel"),
             "{}",
             broken["both"]
+        );
+    }
+
+    #[test]
+    fn failure_policies_are_read_per_branch_per_node_or_for_every_one() {
+        let parsed = parse_ok(
+            r#"
+[workflow.each]
+parallel = ["a", "b", "c"]
+on_failure = { b = "ignore", c = "continue" }
+
+[workflow.every]
+parallel = ["a", "b"]
+on_failure = "ignore"
+
+[workflow.g]
+graph = { a = [], b = { after = ["a"], on_failure = "continue" }, c = ["a"] }
+on_failure = "ignore"
+"#,
+        );
+        assert!(parsed.broken.is_empty(), "{:?}", parsed.broken);
+        let by_name: BTreeMap<&str, &Workflow> =
+            parsed.workflows.iter().map(|w| (w.name(), w)).collect();
+        let policies = |name: &str| -> Vec<OnFailure> {
+            let workflow = by_name[name];
+            let count = match workflow.composition() {
+                Composition::Parallel { branches, .. } => branches.len(),
+                Composition::Graph { nodes } => nodes.len(),
+                _ => 0,
+            };
+            (0..count).map(|i| workflow.on_failure_of(i)).collect()
+        };
+        use OnFailure::{Continue, Fail, Ignore};
+        assert_eq!(policies("each"), [Fail, Ignore, Continue]);
+        assert_eq!(policies("every"), [Ignore, Ignore]);
+        // A node's own setting wins over the workflow's "every node" one.
+        assert_eq!(policies("g"), [Ignore, Continue, Ignore]);
+    }
+
+    #[test]
+    fn a_failure_policy_that_does_not_fit_is_explained() {
+        let parsed = parse_ok(
+            r#"
+[workflow.word]
+parallel = ["a"]
+on_failure = "shrug"
+
+[workflow.chained]
+chain = ["a"]
+on_failure = "ignore"
+
+[workflow.batched]
+batch = "a"
+on_failure = "ignore"
+
+[workflow.twice]
+graph = { a = { on_failure = "ignore" } }
+on_failure = { a = "continue" }
+
+[workflow.stranger]
+graph = { a = [] }
+on_failure = { b = "ignore" }
+"#,
+        );
+        let broken: BTreeMap<_, _> = parsed.broken.into_iter().collect();
+        assert!(
+            broken["word"].contains("use \"fail\", \"ignore\" or \"continue\""),
+            "{}",
+            broken["word"]
+        );
+        assert!(
+            broken["chained"].contains("only to parallel and graph"),
+            "{}",
+            broken["chained"]
+        );
+        assert!(
+            broken["batched"].contains("a batch says `policy`"),
+            "{}",
+            broken["batched"]
+        );
+        assert!(
+            broken["twice"].contains("say it once"),
+            "{}",
+            broken["twice"]
+        );
+        assert!(
+            broken["stranger"].contains("`b`, which is not a node"),
+            "{}",
+            broken["stranger"]
         );
     }
 }

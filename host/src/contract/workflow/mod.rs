@@ -49,12 +49,17 @@ pub enum Composition {
         /// The steps.
         steps: Vec<String>,
     },
-    /// Every branch on the same input, concurrently; the first failure cancels the others.
+    /// Every branch on the same input, concurrently; the first failure cancels the others
+    /// (unless its branch's [`OnFailure`] says otherwise).
     Parallel {
         /// The branches, in declared (merge) order.
         branches: Vec<String>,
         /// A processor that merges `{input, results}`; the default merge when absent.
         merge: Option<String>,
+        /// What a failure of the branches named here does (the others: [`OnFailure::Fail`]).
+        /// A name listed twice among the branches applies to both.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        on_failure: BTreeMap<String, OnFailure>,
     },
     /// One target chosen by a key taken from the state.
     Route {
@@ -103,6 +108,44 @@ impl BatchPolicy {
     }
 }
 
+/// What a fan-out does when one of its parallel branches or graph nodes fails: the three
+/// choices BullMQ gives a flow's child (`failParentOnFailure`, `ignoreDependencyOnFailure`,
+/// `continueParentOnFailure`). Whatever a fan-out went on past is listed in its result's
+/// `failures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// The failure fails the workflow: the other branches are cancelled and nodes not yet
+    /// started are skipped. The default.
+    #[default]
+    Fail,
+    /// The failure is set aside: the other branches run on as if it had not happened. The
+    /// branch adds nothing to a parallel's merge; a graph node passes its last good state
+    /// on, so the nodes after it run.
+    Ignore,
+    /// The fan-out goes on at once with what it has: the branches still running are
+    /// cancelled, graph nodes not yet started are skipped, and the workflow succeeds with
+    /// the merge of what finished (the failed node passing its last good state on).
+    Continue,
+}
+
+impl OnFailure {
+    /// Reads `fail`, `ignore` or `continue`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "fail" => Some(OnFailure::Fail),
+            "ignore" => Some(OnFailure::Ignore),
+            "continue" => Some(OnFailure::Continue),
+            _ => None,
+        }
+    }
+
+    /// Whether it is the default, [`OnFailure::Fail`].
+    pub fn is_fail(&self) -> bool {
+        *self == OnFailure::Fail
+    }
+}
+
 /// One node of a dependency graph.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -116,6 +159,9 @@ pub struct GraphNode {
     /// A JSON pointer into the node's input: the node (and everything after it) is skipped
     /// unless the value there is truthy (not absent, null, false, 0 or "").
     pub condition: Option<String>,
+    /// What the node's failure does to the graph.
+    #[serde(default, skip_serializing_if = "OnFailure::is_fail")]
+    pub on_failure: OnFailure,
 }
 
 /// Default items in flight for a batch.
@@ -176,6 +222,7 @@ impl Workflow {
             Composition::Parallel {
                 branches: branches.into_iter().map(Into::into).collect(),
                 merge: None,
+                on_failure: BTreeMap::new(),
             },
         )
     }
@@ -270,6 +317,7 @@ impl Workflow {
             name,
             after: after.into_iter().map(Into::into).collect(),
             condition,
+            on_failure: OnFailure::Fail,
         })
     }
 
@@ -309,6 +357,56 @@ impl Workflow {
             _ => self.misuse("`merge` applies only to parallel workflows"),
         }
         self
+    }
+
+    /// Sets what a failure of the parallel branch or graph node `name` does (parallel and
+    /// graph workflows only; for a graph, add the node first). For a parallel, every branch
+    /// named `name` gets the policy.
+    pub fn on_failure(mut self, name: impl Into<String>, policy: OnFailure) -> Self {
+        let name = name.into();
+        match &mut self.composition {
+            Composition::Parallel { on_failure, .. } => {
+                on_failure.insert(name, policy);
+            }
+            Composition::Graph { nodes } => {
+                if let Some(node) = nodes.iter_mut().find(|n| n.name == name) {
+                    node.on_failure = policy;
+                } else {
+                    self.misuse(&format!(
+                        "`on_failure` names `{name}`, which is not a node of this graph (add \
+                         the node first)"
+                    ));
+                }
+            }
+            _ => self.misuse("`on_failure` applies only to parallel and graph workflows"),
+        }
+        self
+    }
+
+    /// What a failure of fan-out branch `index` does: its declared [`OnFailure`] for a
+    /// parallel's branch or a graph's node; for a batch's item, what its policy makes of
+    /// it (`all-or-nothing` fails, `collect` sets it aside).
+    pub(crate) fn on_failure_of(&self, index: usize) -> OnFailure {
+        match &self.composition {
+            Composition::Parallel {
+                branches,
+                on_failure,
+                ..
+            } => branches
+                .get(index)
+                .and_then(|branch| on_failure.get(branch))
+                .copied()
+                .unwrap_or_default(),
+            Composition::Graph { nodes } => nodes
+                .get(index)
+                .map(|node| node.on_failure)
+                .unwrap_or_default(),
+            Composition::Batch { policy, .. } => match policy {
+                BatchPolicy::AllOrNothing => OnFailure::Fail,
+                BatchPolicy::Collect => OnFailure::Ignore,
+            },
+            Composition::Chain { .. } | Composition::Route { .. } => OnFailure::Fail,
+        }
     }
 
     /// Bounds the whole workflow's run time; steps get at most what is left.

@@ -26,7 +26,9 @@ impl Workflow {
                     refs.push((format!("step {}", i + 1), step.as_str()));
                 }
             }
-            Composition::Parallel { branches, merge } => {
+            Composition::Parallel {
+                branches, merge, ..
+            } => {
                 for (i, branch) in branches.iter().enumerate() {
                     refs.push((format!("branch {}", i + 1), branch.as_str()));
                 }
@@ -83,6 +85,18 @@ impl Workflow {
             Composition::Parallel { branches, .. } if branches.is_empty() => {
                 Err("a parallel needs at least one branch".into())
             }
+            Composition::Parallel {
+                branches,
+                on_failure,
+                ..
+            } => match on_failure.keys().find(|name| !branches.contains(name)) {
+                Some(name) => Err(format!(
+                    "`on_failure` names `{name}`, which is not a branch of this parallel \
+                     (branches: {})",
+                    branches.join(", ")
+                )),
+                None => Ok(()),
+            },
             Composition::Route {
                 selector, routes, ..
             } => {
@@ -654,6 +668,36 @@ mod tests {
             checked.invalid["h"]
                 .reason
                 .contains("cycle through `a`, `b`, `c`")
+        );
+        assert!(checked.valid.contains_key("ok"));
+    }
+
+    #[test]
+    fn a_failure_policy_for_a_branch_or_node_that_does_not_exist_is_invalid() {
+        use crate::contract::workflow::OnFailure;
+        let p = processors(&["a", "b"]);
+        let stranger = Workflow::parallel("p", ["a", "b"]).on_failure("c", OnFailure::Ignore);
+        let too_early = Workflow::graph("g")
+            .on_failure("a", OnFailure::Ignore)
+            .node("a", Vec::<String>::new());
+        let chain = Workflow::chain("c", ["a"]).on_failure("a", OnFailure::Ignore);
+        let fine = Workflow::parallel("ok", ["a", "b"]).on_failure("b", OnFailure::Continue);
+        let checked = check(vec![stranger, too_early, chain, fine], &p, MAX_NESTING);
+        let reason = |name: &str| checked.invalid[name].reason.clone();
+        assert!(
+            reason("p").contains("`c`, which is not a branch"),
+            "{}",
+            reason("p")
+        );
+        assert!(
+            reason("g").contains("add the node first"),
+            "{}",
+            reason("g")
+        );
+        assert!(
+            reason("c").contains("only to parallel and graph"),
+            "{}",
+            reason("c")
         );
         assert!(checked.valid.contains_key("ok"));
     }

@@ -88,9 +88,12 @@ impl Fake {
                 ),
                 info,
             ),
-            Some(Step::Map(f)) => {
-                workflow_result(f(input.clone()).map_err(|e| (input, e)), info, None)
-            }
+            Some(Step::Map(f)) => workflow_result(
+                f(input.clone()).map_err(|e| (input, e)),
+                info,
+                None,
+                Vec::new(),
+            ),
             Some(Step::UntilCancelled) => panic!("`{name}` waits for a cancellation"),
         }
     }

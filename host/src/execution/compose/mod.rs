@@ -26,15 +26,15 @@ use tracing::Instrument;
 use crate::contract::cancel::CancelReason;
 use crate::contract::error::{ErrorKind, ExecutionError, codes};
 use crate::contract::merge::merge_branches;
-use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::result::{ExecutionInfo, ExecutionResult, StepFailure};
 use crate::contract::state::{StateMetadata, with_metadata};
 use crate::contract::workflow::{BatchPolicy, Composition, GraphNode, Selector, Workflow};
 use crate::execution::context::Context;
 use crate::execution::executor::{Scope, failed, run_boxed};
 use rules::{
-    Failure, as_object, batch_outcome, check_batch_size, choose_route, graph_dependencies,
-    graph_dependents, key_of, merge_input, missing_key, parallel_failed, place, release,
-    route_failed, step_failed, truthy, workflow_result,
+    Failure, as_object, batch_outcome, branch_states, check_batch_size, choose_route,
+    graph_dependencies, graph_dependents, key_of, merge_input, missing_key, parallel_failed, place,
+    release, route_failed, set_aside, step_failed, truthy, verdict, workflow_result,
 };
 
 /// What runs a workflow's steps: each a full execution of the processor or workflow `name`
@@ -67,11 +67,13 @@ impl StepRunner for Arc<Context> {
     }
 }
 
-/// What the steps of one workflow run cost.
+/// What the steps of one workflow run cost, and the failures it went on past.
 #[derive(Default)]
 struct Cost {
     fuel: u64,
     peak_memory: u64,
+    /// A fan-out's failures set aside by `on_failure` (only kept if it succeeds).
+    failures: Vec<StepFailure>,
 }
 
 impl Cost {
@@ -104,7 +106,9 @@ pub(crate) async fn run<R: StepRunner>(
         Composition::Chain { steps } => {
             chain(shared, workflow, steps, input, &scope, &mut cost).await
         }
-        Composition::Parallel { branches, merge } => {
+        Composition::Parallel {
+            branches, merge, ..
+        } => {
             parallel(
                 shared,
                 workflow,
@@ -151,7 +155,7 @@ pub(crate) async fn run<R: StepRunner>(
     };
     info.fuel_consumed = cost.fuel;
     info.peak_memory_bytes = cost.peak_memory;
-    workflow_result(outcome, info, items)
+    workflow_result(outcome, info, items, cost.failures)
 }
 
 /// Steps running as tasks, each known by its index, so that a step whose task died (which
@@ -262,14 +266,20 @@ async fn parallel<R: StepRunner>(
     }
     let mut results: Vec<Option<ExecutionResult>> = vec![None; branches.len()];
     let mut first_failure: Option<(usize, ExecutionError)> = None;
+    // Whether a failure has stopped the others (failing the parallel, or continuing it).
+    let mut stopped = false;
     while let Some((index, outcome)) = steps.next().await {
         let result = outcome.unwrap_or_else(|why| abnormal(scope, &branches[index], why));
         cost.absorb(&result);
-        if let Some(error) = &result.error
-            && first_failure.is_none()
-        {
-            first_failure = Some((index, error.clone()));
-            siblings.cancel_with(CancelReason::Sibling);
+        if let Some(error) = &result.error {
+            let verdict = verdict(workflow.on_failure_of(index), stopped);
+            if verdict.fails {
+                first_failure = Some((index, error.clone()));
+            }
+            if verdict.stops {
+                stopped = true;
+                siblings.cancel_with(CancelReason::Sibling);
+            }
         }
         results[index] = Some(result);
     }
@@ -284,10 +294,14 @@ async fn parallel<R: StepRunner>(
         );
         return Err((input, error));
     }
-    let states: Vec<Value> = results
-        .into_iter()
-        .map(|r| r.map_or(Value::Null, |r| r.state))
-        .collect();
+    cost.failures = set_aside(
+        workflow.composition(),
+        results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|r| (i, r))),
+    );
+    let states = branch_states(results.iter().map(Option::as_ref));
     let merged = match merge {
         None => {
             let objects: Vec<&Map<String, Value>> =
@@ -295,7 +309,7 @@ async fn parallel<R: StepRunner>(
             merge_branches(as_object(&input), objects)
         }
         Some(merger) => {
-            let merge_input = merge_input(&input, branches, &states);
+            let merge_input = merge_input(&input, branches, results.iter().map(Option::as_ref));
             let result = shared
                 .run_step(merger, merge_input, scope.clone().at(place::MERGE))
                 .await;
@@ -485,6 +499,9 @@ async fn graph<R: StepRunner>(
     let siblings = scope.cancel.child();
     let mut steps = Steps::new();
     let mut first_failure: Option<(usize, ExecutionError)> = None;
+    // Whether a failure has stopped the graph (failing it, or continuing it at once).
+    let mut stopped = false;
+    let mut results: Vec<Option<ExecutionResult>> = vec![None; nodes.len()];
     let empty = Map::new();
     let base = input.as_object().unwrap_or(&empty);
 
@@ -495,7 +512,7 @@ async fn graph<R: StepRunner>(
         while let Some(i) = settled.pop() {
             let node = &nodes[i];
             let deps = graph_dependencies(nodes, i);
-            let failed_before = first_failure.is_some();
+            let failed_before = stopped;
             // Every settled dependency has an output: its result, or for a skipped node
             // its input passed through unchanged, so the work before a skip is kept.
             let dep_outputs: Vec<&Map<String, Value>> = deps
@@ -508,7 +525,7 @@ async fn graph<R: StepRunner>(
                 merge_branches(base, dep_outputs)
             });
             let skip_reason = if failed_before {
-                Some("an earlier node failed")
+                Some("an earlier node's failure stopped the graph")
             } else if deps.iter().any(|&d| states[d] == NodeState::Skipped) {
                 Some("a node it runs after was skipped")
             } else if node
@@ -547,15 +564,23 @@ async fn graph<R: StepRunner>(
         let result = outcome.unwrap_or_else(|why| abnormal(scope, &nodes[i].run, why));
         cost.absorb(&result);
         states[i] = NodeState::Done;
-        match result.error {
+        match &result.error {
             Some(error) => {
-                if first_failure.is_none() {
-                    first_failure = Some((i, error));
+                let verdict = verdict(nodes[i].on_failure, stopped);
+                if verdict.fails {
+                    first_failure = Some((i, error.clone()));
+                }
+                if verdict.stops {
+                    stopped = true;
                     siblings.cancel_with(CancelReason::Sibling);
                 }
+                if verdict.passes_on {
+                    outputs[i] = Some(result.state.clone());
+                }
             }
-            None => outputs[i] = Some(result.state),
+            None => outputs[i] = Some(result.state.clone()),
         }
+        results[i] = Some(result);
         release(&dependents[i], &mut waiting_on, &mut settled);
     }
     if let Some((i, error)) = first_failure {
@@ -564,6 +589,13 @@ async fn graph<R: StepRunner>(
             step_failed(workflow, "node", &nodes[i].name, None, error),
         ));
     }
+    cost.failures = set_aside(
+        workflow.composition(),
+        results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|r| (i, r))),
+    );
     // Sinks, in declared order; a skipped sink contributes what reached it.
     let sinks: Vec<&Map<String, Value>> = (0..nodes.len())
         .filter(|&i| dependents[i].is_empty())

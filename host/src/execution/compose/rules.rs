@@ -8,9 +8,11 @@
 use serde_json::{Map, Value, json};
 
 use crate::contract::error::{ErrorKind, ExecutionError, codes};
-use crate::contract::result::{ExecutionInfo, ExecutionResult};
+use crate::contract::result::{ExecutionInfo, ExecutionResult, StepFailure};
 use crate::contract::state::{StateMetadata, with_metadata};
-use crate::contract::workflow::{BatchPolicy, GraphNode, Selector, Workflow};
+use crate::contract::workflow::{
+    BatchPolicy, Composition, GraphNode, OnFailure, Selector, Workflow,
+};
 use crate::execution::executor::failed;
 
 /// A failed workflow: the last good state and the error.
@@ -19,7 +21,6 @@ pub(crate) type Failure = (Value, ExecutionError);
 /// Where a step runs in its workflow, as its events name it (`Event::step`): what tells two
 /// steps of one processor apart. Both drivers name places with these.
 pub(crate) mod place {
-    #[cfg(feature = "redis")]
     use crate::contract::workflow::Composition;
 
     /// Step `index` of a chain (from 0).
@@ -45,7 +46,6 @@ pub(crate) mod place {
     /// Fan-out `index` of `composition`: a parallel's branch, a batch's item or a graph's
     /// node (by name); `None` for an index the composition does not have. (The distributed
     /// driver knows a branch by its index only.)
-    #[cfg(feature = "redis")]
     pub(crate) fn fan_out(composition: &Composition, index: usize) -> Option<String> {
         match composition {
             Composition::Parallel { .. } => Some(branch(index)),
@@ -73,12 +73,14 @@ pub(crate) mod place {
     }
 }
 
-/// A workflow's result: its output (or last good state and error), what ran, and for a
-/// batch every item's result.
+/// A workflow's result: its output (or last good state and error), what ran, for a
+/// batch every item's result, and for a fan-out that succeeded the failures it went on
+/// past.
 pub(crate) fn workflow_result(
     outcome: Result<Value, Failure>,
     info: ExecutionInfo,
     items: Option<Vec<ExecutionResult>>,
+    failures: Vec<StepFailure>,
 ) -> ExecutionResult {
     let mut result = match outcome {
         Ok(state) => ExecutionResult {
@@ -87,11 +89,64 @@ pub(crate) fn workflow_result(
             error: None,
             execution: info,
             items: None,
+            failures,
         },
         Err((state, error)) => failed(state, error, info),
     };
     result.items = items;
     result
+}
+
+/// What a failed branch or node does to its fan-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// It fails the workflow (it is the first failure that may).
+    pub fails: bool,
+    /// The branches still running stop, and those not started never start.
+    pub stops: bool,
+    /// A graph node passes its last good state on, as if it had succeeded with it.
+    pub passes_on: bool,
+}
+
+/// What the failure of a branch or node under `policy` does, `stopped` saying whether an
+/// earlier failure already stopped the fan-out (then nothing fails or stops it again).
+pub(crate) fn verdict(policy: OnFailure, stopped: bool) -> Verdict {
+    match policy {
+        OnFailure::Fail => Verdict {
+            fails: !stopped,
+            stops: !stopped,
+            passes_on: false,
+        },
+        OnFailure::Ignore => Verdict {
+            fails: false,
+            stops: false,
+            passes_on: true,
+        },
+        OnFailure::Continue => Verdict {
+            fails: false,
+            stops: !stopped,
+            passes_on: true,
+        },
+    }
+}
+
+/// The failures a parallel or graph that succeeded went on past: each of `results` (by
+/// branch or node index, in declared order) that failed, with its place.
+pub(crate) fn set_aside<'a>(
+    composition: &Composition,
+    results: impl IntoIterator<Item = (usize, &'a ExecutionResult)>,
+) -> Vec<StepFailure> {
+    results
+        .into_iter()
+        .filter_map(|(index, result)| {
+            let error = result.error.as_ref()?;
+            Some(StepFailure {
+                place: place::fan_out(composition, index)?,
+                name: result.execution.processor.clone(),
+                error: error.clone(),
+            })
+        })
+        .collect()
 }
 
 /// A parallel's error: the first failing branch's (`index`), reworded, with how every branch
@@ -123,14 +178,40 @@ pub(crate) fn parallel_failed<'a>(
     error
 }
 
-/// What a parallel's custom merge processor receives: `{input, results: [{branch, state}]}`.
-pub(crate) fn merge_input(input: &Value, branches: &[String], states: &[Value]) -> Value {
+/// Each branch's state, for the merge: its output, or `null` for a branch without one
+/// (failed and set aside, or cut short).
+pub(crate) fn branch_states<'a>(
+    results: impl IntoIterator<Item = Option<&'a ExecutionResult>>,
+) -> Vec<Value> {
+    results
+        .into_iter()
+        .map(|result| match result {
+            Some(result) if result.error.is_none() => result.state.clone(),
+            _ => Value::Null,
+        })
+        .collect()
+}
+
+/// What a parallel's custom merge processor receives: `{input, results: [{branch, state}]}`,
+/// where a branch that failed (set aside by its `on_failure`) has a `null` state and its
+/// `error`.
+pub(crate) fn merge_input<'a>(
+    input: &Value,
+    branches: &[String],
+    results: impl IntoIterator<Item = Option<&'a ExecutionResult>>,
+) -> Value {
     json!({
         "input": input,
         "results": branches
             .iter()
-            .zip(states)
-            .map(|(branch, state)| json!({ "branch": branch, "state": state }))
+            .zip(results)
+            .map(|(branch, result)| match result.and_then(|r| r.error.as_ref()) {
+                Some(error) => json!({ "branch": branch, "state": null, "error": error }),
+                None => json!({
+                    "branch": branch,
+                    "state": result.map_or(Value::Null, |r| r.state.clone()),
+                }),
+            })
             .collect::<Vec<_>>(),
     })
 }
@@ -407,7 +488,7 @@ mod tests {
         let workflow = Workflow::parallel("p", ["x", "y", "z"]);
         let branches = ["x", "y", "z"].map(String::from);
         let info = ExecutionInfo::new(None, "x", "t", None);
-        let ok = workflow_result(Ok(json!({})), info.clone(), None);
+        let ok = workflow_result(Ok(json!({})), info.clone(), None, Vec::new());
         let bad = failed(json!({}), boom(), info);
         let error = parallel_failed(
             &workflow,
@@ -425,15 +506,41 @@ mod tests {
 
     #[test]
     fn a_merger_gets_the_input_and_each_branch_state_in_declared_order() {
-        let branches = ["x", "y"].map(String::from);
-        let input = merge_input(&json!({"n": 1}), &branches, &[json!({"a": 1}), json!(null)]);
+        let branches = ["x", "y", "z"].map(String::from);
+        let info = ExecutionInfo::new(None, "p", "t", None);
+        let x = workflow_result(Ok(json!({"a": 1})), info.clone(), None, Vec::new());
+        let y = failed(json!({"n": 1}), boom(), info);
+        let input = merge_input(&json!({"n": 1}), &branches, [Some(&x), Some(&y), None]);
+        let error = serde_json::to_value(boom()).unwrap();
         assert_eq!(
             input,
             json!({"input": {"n": 1}, "results": [
                 {"branch": "x", "state": {"a": 1}},
-                {"branch": "y", "state": null}
+                {"branch": "y", "state": null, "error": error},
+                {"branch": "z", "state": null}
             ]})
         );
+        // The default merge sees no state from a failed branch: its input would undo the
+        // others' changes.
+        assert_eq!(
+            branch_states([Some(&x), Some(&y), None]),
+            [json!({"a": 1}), json!(null), json!(null)]
+        );
+    }
+
+    #[test]
+    fn a_failure_under_each_policy_fails_stops_or_passes_on_its_state() {
+        let v = |fails, stops, passes_on| Verdict {
+            fails,
+            stops,
+            passes_on,
+        };
+        assert_eq!(verdict(OnFailure::Fail, false), v(true, true, false));
+        assert_eq!(verdict(OnFailure::Ignore, false), v(false, false, true));
+        assert_eq!(verdict(OnFailure::Continue, false), v(false, true, true));
+        // Once the fan-out has stopped, no failure fails or stops it again.
+        assert_eq!(verdict(OnFailure::Fail, true), v(false, false, false));
+        assert_eq!(verdict(OnFailure::Continue, true), v(false, false, true));
     }
 
     #[test]
@@ -441,7 +548,7 @@ mod tests {
         let workflow = Workflow::batch("b", "p");
         let info = ExecutionInfo::new(None, "p", "t", None);
         let results = [
-            workflow_result(Ok(json!({"n": 1})), info.clone(), None),
+            workflow_result(Ok(json!({"n": 1})), info.clone(), None, Vec::new()),
             failed(json!({"n": 2}), boom(), info),
         ];
         let metadata = StateMetadata::new(None);

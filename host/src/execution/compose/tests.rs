@@ -13,7 +13,7 @@ use crate::contract::cancel::{CancelHandle, CancelReason};
 use crate::contract::error::{ErrorKind, ExecutionError, codes};
 use crate::contract::result::{ExecutionInfo, ExecutionResult};
 use crate::contract::state::StateMetadata;
-use crate::contract::workflow::{BatchPolicy, Workflow};
+use crate::contract::workflow::{BatchPolicy, OnFailure, Workflow};
 
 /// Runs `workflow` on `input` with `fake`'s processors, uncancelled.
 async fn run_with(fake: &Fake, workflow: Workflow, input: Value) -> ExecutionResult {
@@ -125,6 +125,7 @@ async fn each_step_runs_at_its_own_place_even_where_two_run_one_processor() {
         run: "plus-one".to_string(),
         after: after.iter().map(|a| a.to_string()).collect(),
         condition: None,
+        on_failure: Default::default(),
     };
     let cases = [
         (
@@ -415,4 +416,141 @@ async fn cancelling_a_workflow_cancels_the_step_it_is_running() {
         [("hang".to_string(), Some(CancelReason::Request))]
     );
     assert_eq!(fake.ran(), ["plus-one", "hang"], "nothing ran after it");
+}
+
+/// The places and codes of a result's failures set aside.
+fn set_aside(result: &ExecutionResult) -> Vec<(String, String, Option<String>)> {
+    result
+        .failures
+        .iter()
+        .map(|f| (f.place.clone(), f.name.clone(), f.error.code.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_ignored_branch_failure_leaves_the_others_running_and_merging() {
+    let fake = processors();
+    let workflow = Workflow::parallel("p", ["plus-one", "boom", "mark-a"])
+        .on_failure("boom", OnFailure::Ignore);
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(
+        result.state["n"], 2,
+        "the failed branch's input undoes nothing"
+    );
+    assert_eq!(result.state["a"], true);
+    assert!(fake.cancelled().is_empty(), "{:?}", fake.cancelled());
+    assert_eq!(
+        set_aside(&result),
+        [("branch:1".into(), "boom".into(), Some("boom".into()))]
+    );
+    // In the document, beside the state.
+    let document = serde_json::to_value(result.document()).unwrap();
+    assert_eq!(document["failures"][0]["place"], "branch:1");
+    assert_eq!(document["failures"][0]["error"]["message"], "it went boom");
+}
+
+#[tokio::test]
+async fn a_merger_sees_an_ignored_branch_as_its_error() {
+    fn describe(state: Value) -> Result<Value, ExecutionError> {
+        Ok(json!({"seen": state["results"]}))
+    }
+    let mut fake = processors();
+    Arc::make_mut(&mut fake.steps).insert("describe", Step::Map(describe));
+    let workflow = Workflow::parallel("p", ["mark-a", "boom"])
+        .merge("describe")
+        .on_failure("boom", OnFailure::Ignore);
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(result.ok, "{:?}", result.error);
+    let seen = &result.state["seen"];
+    assert_eq!(seen[0]["state"]["a"], true);
+    assert_eq!(seen[1]["state"], Value::Null);
+    assert_eq!(seen[1]["error"]["code"], "boom");
+    assert_eq!(
+        set_aside(&result).len(),
+        1,
+        "the merged result still lists it"
+    );
+}
+
+#[tokio::test]
+async fn a_continued_branch_failure_cancels_the_others_and_ends_with_what_finished() {
+    let fake = processors();
+    let workflow =
+        Workflow::parallel("p", ["mark-a", "hang", "boom"]).on_failure("boom", OnFailure::Continue);
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(
+        fake.cancelled(),
+        [("hang".to_string(), Some(CancelReason::Sibling))]
+    );
+    assert_eq!(result.state["n"], 1);
+    let failures = set_aside(&result);
+    assert!(
+        failures.contains(&("branch:1".into(), "hang".into(), Some("cancelled".into()))),
+        "{failures:?}"
+    );
+    assert!(
+        failures.contains(&("branch:2".into(), "boom".into(), Some("boom".into()))),
+        "{failures:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_branch_still_fails_a_parallel_whose_other_branches_are_ignored() {
+    let fake = processors();
+    let workflow = Workflow::parallel("p", ["hang", "boom"]).on_failure("hang", OnFailure::Ignore);
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(!result.ok);
+    assert_eq!(failed_step(&result)["name"], "boom");
+    assert!(
+        result.failures.is_empty(),
+        "a failed workflow lists nothing set aside"
+    );
+}
+
+#[tokio::test]
+async fn an_ignored_node_failure_passes_its_state_on_to_the_nodes_after_it() {
+    let fake = processors();
+    let workflow = Workflow::graph("g")
+        .node("plus-one", [] as [&str; 0])
+        .node("boom", ["plus-one"])
+        .node("times-ten", ["boom"])
+        .on_failure("boom", OnFailure::Ignore);
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(result.state["n"], 20, "times-ten ran on what reached boom");
+    assert_eq!(fake.ran(), ["plus-one", "boom", "times-ten"]);
+    assert_eq!(
+        set_aside(&result),
+        [("node:boom".into(), "boom".into(), Some("boom".into()))]
+    );
+}
+
+#[tokio::test]
+async fn a_continued_node_failure_stops_the_graph_and_ends_it_with_what_reached_the_sinks() {
+    let fake = processors();
+    let workflow = Workflow::graph("g")
+        .node("hang", [] as [&str; 0])
+        .node("plus-one", [] as [&str; 0])
+        .node("boom", ["plus-one"])
+        .node("times-ten", ["boom"])
+        .on_failure("boom", OnFailure::Continue);
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert_eq!(
+        fake.cancelled(),
+        [("hang".to_string(), Some(CancelReason::Sibling))]
+    );
+    assert!(
+        !fake.ran().contains(&"times-ten".to_string()),
+        "{:?}",
+        fake.ran()
+    );
+    assert_eq!(
+        result.state["n"], 2,
+        "the skipped sink passes on what reached it"
+    );
+    let places: Vec<String> = set_aside(&result).into_iter().map(|f| f.0).collect();
+    assert_eq!(places, ["node:hang", "node:boom"]);
 }

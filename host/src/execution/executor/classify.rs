@@ -40,6 +40,7 @@ pub(crate) fn failed(state: Value, error: ExecutionError, info: ExecutionInfo) -
         error: Some(error),
         execution: info,
         items: None,
+        failures: Vec::new(),
     }
 }
 

@@ -575,6 +575,7 @@ async fn run_in_span(
                     error: None,
                     execution: info,
                     items: None,
+                    failures: Vec::new(),
                 };
             }
             Err(error) => error,
