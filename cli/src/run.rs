@@ -39,6 +39,11 @@ pub(crate) struct RunArgs {
     /// processor's own).
     #[arg(long, value_name = "N")]
     priority: Option<u32>,
+    /// With --redis: run at most once for this key (of the tenant) within its window (24
+    /// hours): sent again, from here or any process of the fleet, it prints the same run's
+    /// id and outcome instead of running again.
+    #[arg(long, value_name = "KEY", requires = "redis")]
+    idempotency_key: Option<String>,
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
@@ -78,6 +83,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     }
     if let Some(priority) = args.priority {
         request = request.priority(priority);
+    }
+    if let Some(key) = args.idempotency_key {
+        request = request.idempotency_key(key);
     }
     if args.detach {
         let run = super::fleet(&runtime)?.submit(request).await?;

@@ -60,6 +60,7 @@ pub use contract::cancel::{CancelHandle, CancelReason};
 pub use contract::clock::{new_execution_id, now_ms};
 pub use contract::error::{Error, ErrorKind, ExecutionError, LoadError, RuntimeError, codes};
 pub use contract::http_grant::{HttpGrant, HttpRule};
+pub use contract::idempotency::IdempotencyBounds;
 pub use contract::limits::{LimitOverrides, Limits, QueuePolicy, RateLimit};
 pub use contract::manifest::QueueOverrides;
 pub use contract::manifest::{Capabilities, DirGrant, Manifest, NetworkGrant, WarmPolicy};
@@ -92,7 +93,7 @@ pub use execution::context::HostConfig;
 pub use execution::executor::Admission;
 pub use execution::registry::{Catalog, PLUGIN_HISTORY, PluginChange, Registry, Rejection};
 pub use execution::reload::{DEFAULT_DEBOUNCE, Watcher};
-pub use execution::request::ExecutionRequest;
+pub use execution::request::{ExecutionRequest, OnAccept};
 #[cfg(feature = "redis")]
 pub use runtime::Fleet;
 pub use runtime::{

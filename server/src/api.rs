@@ -118,6 +118,7 @@ pub(super) async fn run(
     caller: Caller,
     Path(name): Path<String>,
     query: Result<Query<RunQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     // Who may run what comes first: the operator, or a tenant naming what it may not run,
@@ -137,7 +138,15 @@ pub(super) async fn run(
         priority,
         code: "invalid-query",
     };
-    let request = prepare(&app, &caller, name, input, options)?;
+    let mut request = prepare(&app, &caller, name, input, options)?;
+    let replayed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(key) = idempotency_key(&headers)? {
+        request.idempotency_key = Some(key);
+        let replayed = replayed.clone();
+        request.on_accept = Some(weir::OnAccept::new(move |_, repeat| {
+            replayed.store(repeat, std::sync::atomic::Ordering::Release);
+        }));
+    }
     // If the client goes away, the guard cancels the execution; its task still settles the
     // tenant's account once it has stopped.
     let cancel = request.cancel.clone();
@@ -149,7 +158,37 @@ pub(super) async fn run(
         .map_err(|e| ApiError::unavailable(format!("the execution's task failed: {e}")))?
         .map_err(|e| runtime_error(&app, &caller, e))?;
     let id = result.execution.id.clone();
-    Ok(([("weir-execution-id", id)], Json(result.document())).into_response())
+    let mut response = ([("weir-execution-id", id)], Json(result.document())).into_response();
+    if replayed.load(std::sync::atomic::Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(REPLAYED, axum::http::HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The header an idempotent request's key comes in.
+pub(super) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header that says an answer is an earlier request's run, which the request's
+/// idempotency key named (nothing ran again).
+pub(super) const REPLAYED: &str = "idempotent-replayed";
+
+/// The request's `Idempotency-Key`, if it has one (checked by the runtime; text here).
+pub(super) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .map(|key| Some(key.to_string()))
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid-request",
+                "the `Idempotency-Key` header is not visible ASCII: use up to 255 letters, digits \
+             and punctuation, e.g. a UUID",
+            )
+        })
 }
 
 /// A request's options, and the error code for bad ones (`invalid-query` when they came

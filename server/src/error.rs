@@ -132,6 +132,29 @@ impl ApiError {
         }
     }
 
+    /// 409: the request clashes with an earlier one (an idempotency key sent again with
+    /// another request).
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, "conflict", code, message.into())
+    }
+
+    /// 429 with `code`: a bound of the caller's was hit; try again after `retry_after`.
+    pub(crate) fn bound_hit(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after: Duration,
+    ) -> Self {
+        ApiError {
+            retry_after: Some(retry_after.as_secs().max(1)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource",
+                code,
+                message.into(),
+            )
+        }
+    }
+
     /// 400: the request itself is malformed.
     /// 422: the request was well formed but what it carries cannot be used.
     pub(crate) fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {

@@ -19,6 +19,7 @@
 //! `stepsDropped`. Input and steps count in the tenant's byte budget with the result.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -417,6 +418,20 @@ impl Jobs {
         Ok(())
     }
 
+    /// Takes back `job`, added by [`Jobs::insert`], that never became a run of its own (its
+    /// idempotency key named an earlier run, or it was refused before it ran).
+    fn withdraw(&self, job: &Arc<Job>) {
+        let mut table = self.lock();
+        if table
+            .by_id
+            .get(&job.id)
+            .is_some_and(|held| Arc::ptr_eq(held, job))
+        {
+            table.by_id.remove(&job.id);
+            table.running = table.running.saturating_sub(1);
+        }
+    }
+
     /// Records that `job` finished with a result of `bytes`, and forgets the tenant's oldest
     /// finished jobs past the count or the byte budget.
     fn finish(&self, job: &Job, bytes: usize) {
@@ -716,8 +731,10 @@ fn empty_object() -> Value {
 pub(super) async fn submit(
     State(app): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let key = super::api::idempotency_key(&headers)?;
     let (body, admitted) = admit_then_read(&app, &caller, body).await?;
     let submission: Submission = serde_json::from_value(body).map_err(|e| {
         ApiError::bad_request(
@@ -767,14 +784,46 @@ pub(super) async fn submit(
         input,
         request.cancel.clone(),
     ));
+    // With an idempotency key, the runtime says whether the job is a run of its own (then
+    // 0 → 1) or an earlier request's (0 → 2); until then it is only provisional.
+    const OWN: u8 = 1;
+    const REPEAT: u8 = 2;
+    let accepted = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let mut request = request;
+    request.id = Some(id.clone());
+    let told = match key {
+        Some(key) => {
+            let (tell, told) = tokio::sync::oneshot::channel();
+            let tell = Mutex::new(Some(tell));
+            let accepted = accepted.clone();
+            let cancel = request.cancel.clone();
+            request.idempotency_key = Some(key);
+            request.on_accept = Some(weir::OnAccept::new(move |run, repeat| {
+                accepted.store(if repeat { REPEAT } else { OWN }, Ordering::Release);
+                if repeat {
+                    // Nothing of this job's runs: stop waiting for the other run.
+                    cancel.cancel_with(CancelReason::Request);
+                }
+                if let Some(tell) = tell.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tell.send((run.to_string(), repeat));
+                }
+            }));
+            Some(told)
+        }
+        None => None,
+    };
+    let keyed = told.is_some();
     // Refused (and the quota place given back) if the server runs too many jobs already.
     app.jobs.insert(job.clone())?;
     let jobs = app.jobs.clone();
     let fleet = app.runtime.fleet();
-    let mut request = request;
-    request.id = Some(id.clone());
     let finished = job.clone();
-    drop(spawn_execution(&app, request, admitted, move |outcome| {
+    let own = accepted.clone();
+    let execution = spawn_execution(&app, request, admitted, move |outcome| {
+        if keyed && own.load(Ordering::Acquire) != OWN {
+            jobs.withdraw(&finished);
+            return;
+        }
         let (status, result) = match outcome {
             Ok(result) if result.ok => (
                 Status::Completed,
@@ -816,8 +865,68 @@ pub(super) async fn submit(
         if let Some(fleet) = fleet {
             annex_in_fleet(fleet, finished);
         }
-    }));
-    Ok((StatusCode::ACCEPTED, Json(job.summary())).into_response())
+    });
+    let Some(told) = told else {
+        drop(execution);
+        return Ok((StatusCode::ACCEPTED, Json(job.summary())).into_response());
+    };
+    match told.await {
+        Ok((_, false)) => {
+            drop(execution);
+            Ok((StatusCode::ACCEPTED, Json(job.summary())).into_response())
+        }
+        Ok((run, true)) => {
+            app.jobs.withdraw(&job);
+            drop(execution);
+            let summary = match app.jobs.get(&caller, &run) {
+                Some(earlier) => earlier.summary(),
+                None => match app.runtime.fleet() {
+                    Some(fleet) => match fleet_run(&fleet, &caller, &run).await? {
+                        Some(status) => fleet_job(&status),
+                        None => json!({ "id": run }),
+                    },
+                    None => json!({ "id": run }),
+                },
+            };
+            let mut response = (StatusCode::OK, Json(summary)).into_response();
+            response.headers_mut().insert(
+                super::api::REPLAYED,
+                axum::http::HeaderValue::from_static("true"),
+            );
+            Ok(response)
+        }
+        // Refused before it was taken on: why, as the answer.
+        Err(_) => {
+            app.jobs.withdraw(&job);
+            let outcome = execution
+                .await
+                .map_err(|e| ApiError::unavailable(format!("the execution's task failed: {e}")))?;
+            Err(match outcome {
+                Err(error) => super::api::runtime_error(&app, &caller, error),
+                Ok(result) => refused_job(&result),
+            })
+        }
+    }
+}
+
+/// The answer to a job refused before it ran, from its result's error: `409` for an
+/// idempotency key sent with another request, `429` for too many keys.
+fn refused_job(result: &weir::ExecutionResult) -> ApiError {
+    let Some(error) = &result.error else {
+        return ApiError::unavailable("the job was refused without a reason (a bug)");
+    };
+    let message = error.message.clone();
+    match error.code.as_deref() {
+        Some(weir::codes::IDEMPOTENCY_KEY_REUSED) => {
+            ApiError::conflict(weir::codes::IDEMPOTENCY_KEY_REUSED, message)
+        }
+        Some(weir::codes::TOO_MANY_IDEMPOTENCY_KEYS) => ApiError::bound_hit(
+            weir::codes::TOO_MANY_IDEMPOTENCY_KEYS,
+            message,
+            std::time::Duration::from_secs(60),
+        ),
+        _ => ApiError::unprocessable("refused", message),
+    }
 }
 
 /// Keeps the finished `job`'s input and timeline beside its run's outcome in Redis, so

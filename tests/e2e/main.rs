@@ -10,6 +10,7 @@ mod cli;
 mod compose;
 mod dashboard;
 mod distributed;
+mod durable;
 mod events;
 mod examples;
 mod features;

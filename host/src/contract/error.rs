@@ -136,6 +136,14 @@ pub mod codes {
     pub const RATE_LIMITED: &str = "rate-limited";
     /// A tenant has as many sessions as it may; a new one waits for an idle one to expire.
     pub const TOO_MANY_SESSIONS: &str = "too-many-sessions";
+    /// An idempotency key came again with another request (processor, input or session)
+    /// within its window.
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency-key-reused";
+    /// A tenant holds as many idempotency keys as it may; a new one waits for an old one's
+    /// window to end.
+    pub const TOO_MANY_IDEMPOTENCY_KEYS: &str = "too-many-idempotency-keys";
+    /// An idempotency key's run has ended, but its outcome is no longer kept.
+    pub const IDEMPOTENT_OUTCOME_GONE: &str = "idempotent-outcome-gone";
     /// A batch's input holds more items than a batch may take.
     pub const BATCH_TOO_LARGE: &str = "batch-too-large";
 }

@@ -9,6 +9,7 @@ pub(crate) mod cancel;
 pub(crate) mod clock;
 pub(crate) mod error;
 pub(crate) mod http_grant;
+pub(crate) mod idempotency;
 pub(crate) mod limits;
 pub(crate) mod manifest;
 pub(crate) mod merge;

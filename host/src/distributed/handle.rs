@@ -36,6 +36,9 @@ pub(crate) struct Distributed {
     pub(crate) seal: Seal,
     /// Most items one batch takes ([`crate::HostConfig::max_batch_items`]).
     pub(super) max_batch_items: usize,
+    /// How long an idempotency key stands for its run
+    /// ([`crate::IdempotencyBounds::window`]).
+    pub(super) idempotency_window: std::time::Duration,
     /// What a batch's items cost their tenant, if anyone counts it.
     items: std::sync::Mutex<Option<Arc<dyn ItemAdmission>>>,
     conn: ConnectionManager,
@@ -95,6 +98,7 @@ impl Distributed {
     pub(crate) async fn connect(
         config: RedisConfig,
         max_batch_items: usize,
+        idempotency_window: std::time::Duration,
     ) -> Result<Arc<Self>, Error> {
         let seal = Seal::new(&config.trust)?;
         let conn = connect(&config).await?;
@@ -108,6 +112,7 @@ impl Distributed {
             keys,
             seal,
             max_batch_items,
+            idempotency_window,
             items: std::sync::Mutex::new(None),
             conn,
             queues: Mutex::new(HashMap::new()),

@@ -61,6 +61,7 @@ mod runs;
 pub(crate) mod state_store;
 mod stream;
 mod submit;
+pub(crate) use submit::Submitted;
 mod trust;
 mod wire;
 mod worker;
@@ -321,6 +322,17 @@ impl Keys {
     /// When the session was last stopped (Unix ms): runs submitted before are cancelled.
     pub(crate) fn stopped(&self, tenant: &str, session: &str) -> String {
         self.own(&format!("stopped:{}:{tenant}:{session}", tenant.len()))
+    }
+
+    /// The run idempotency key `key` of `tenant` stands for (`{run} {fingerprint}`, kept
+    /// for the key's window). Hashed: a key is the caller's text.
+    pub(crate) fn idempotency(&self, tenant: &str, key: &str) -> String {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(tenant.as_bytes());
+        hash.update([0]);
+        hash.update(key.as_bytes());
+        self.own(&format!("idem:{}", hex::encode(hash.finalize())))
     }
 
     /// How many of `tenant`'s runs are going (their turns, see `WireScope::turn`).

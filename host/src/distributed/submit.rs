@@ -23,13 +23,22 @@ use crate::execution::request::ExecutionRequest;
 /// long.
 const GOING_KEPT_MS: u64 = 3_600_000;
 
+/// What submitting a run gave.
+#[derive(Debug)]
+pub(crate) enum Submitted {
+    /// The run is on its way: its id.
+    Run(String),
+    /// The request's idempotency key stands for this earlier run of the same request.
+    Repeat(String),
+    /// Nothing runs: the result of a run that could not start (an unknown name), or the
+    /// refusal of a key sent with another request.
+    Ended(Box<ExecutionResult>),
+}
+
 impl Distributed {
-    /// Submits a run of `request`; returns its id, or the result of a run that could not
-    /// start (an unknown name).
-    pub(crate) async fn submit(
-        &self,
-        mut request: ExecutionRequest,
-    ) -> Result<Result<String, ExecutionResult>, Error> {
+    /// Submits a run of `request`; returns its id, the run its idempotency key stands for,
+    /// or the result of a run that could not start (an unknown name).
+    pub(crate) async fn submit(&self, mut request: ExecutionRequest) -> Result<Submitted, Error> {
         // One id for every try: a try that failed half-way is completed by the next.
         let run = request
             .id
@@ -53,9 +62,21 @@ impl Distributed {
         token: &str,
         now: u64,
         input: serde_json::Value,
-    ) -> Result<Result<String, ExecutionResult>, Error> {
+    ) -> Result<Submitted, Error> {
         let run = run.to_string();
         let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
+        // The key's claim: this run, for this request (the key was checked by the caller).
+        let claim = request.idempotency_key.as_ref().map(|key| {
+            let fingerprint = crate::contract::idempotency::fingerprint(
+                &request.processor,
+                &input,
+                request.session.as_deref(),
+            );
+            (
+                self.keys.idempotency(&tenant, key),
+                format!("{run} {fingerprint}"),
+            )
+        });
         let key = self.keys.run(&run);
         let deadline_ms = now
             .saturating_add(crate::contract::clock::millis(
@@ -103,17 +124,24 @@ impl Distributed {
         let mut pipe = redis::pipe();
         content::add_lookup(&mut pipe, &self.keys, &[request.processor.as_str()]);
         let going = self.keys.going(&tenant);
+        let (claim_key, claim_value) = match &claim {
+            Some((key, value)) => (key.clone(), value.as_str()),
+            None => (self.keys.idempotency(&tenant, ""), ""),
+        };
         let open = pipe
             .cmd("EVALSHA")
             .arg(self.open.get_hash())
-            .arg(5)
+            .arg(6)
             .arg(&key)
             .arg(&going)
             .arg(self.keys.run_index())
             .arg(self.keys.tenant_run_index(&tenant))
-            .arg(self.keys.run_index_tenants());
+            .arg(self.keys.run_index_tenants())
+            .arg(&claim_key);
         open.arg(token).arg(unfinished).arg(GOING_KEPT_MS);
         open.arg(&super::index::open_args(self, now, &run, &tenant)[..]);
+        open.arg(claim_value)
+            .arg(crate::contract::clock::millis(self.idempotency_window).max(1));
         for (field, value) in &record {
             open.arg(*field).arg(value);
         }
@@ -132,6 +160,9 @@ impl Distributed {
             other => other,
         };
         let (plugins, workflows, owned) = opened.map_err(|e| self.redis_error(e))?;
+        if owned == -1 {
+            return self.repeated(request, &claim_key, input).await;
+        }
         if owned < 1 {
             return Err(Error::Config(format!(
                 "a run with the id `{run}` exists already: give each execution its own id"
@@ -177,7 +208,7 @@ impl Distributed {
             // its run index) sees it; it no longer counts as going.
             let result = failed(input, error, info);
             self.finish_run(&run, &result).await?;
-            return Ok(Err(result));
+            return Ok(Submitted::Ended(Box::new(result)));
         }
         // A request's timeout lowers each attempt's limit (in `limits`), as locally; the
         // run's deadline bounds them all.
@@ -213,7 +244,53 @@ impl Distributed {
             // A run's bottom frame is never a branch's.
             Settled::Branch { .. } => {}
         }
-        Ok(Ok(run))
+        Ok(Submitted::Run(run))
+    }
+
+    /// The run an idempotency key (whose record is `claim_key`) stands for, or the refusal
+    /// of a key sent with another request than its run's.
+    async fn repeated(
+        &self,
+        request: &ExecutionRequest,
+        claim_key: &str,
+        input: serde_json::Value,
+    ) -> Result<Submitted, Error> {
+        let mut conn = self.conn();
+        let held: Option<String> = redis::cmd("GET")
+            .arg(claim_key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        let fingerprint = crate::contract::idempotency::fingerprint(
+            &request.processor,
+            &input,
+            request.session.as_deref(),
+        );
+        let key = request.idempotency_key.as_deref().unwrap_or_default();
+        let Some((run, theirs)) = held.as_deref().and_then(|held| held.split_once(' ')) else {
+            // Its window ended between the claim and this read: the caller tries again.
+            return Err(self.redis_error(format!(
+                "idempotency key `{key}` changed while it was claimed; send the request again"
+            )));
+        };
+        if theirs == fingerprint {
+            return Ok(Submitted::Repeat(run.to_string()));
+        }
+        let error = ExecutionError::host(
+            ErrorKind::Conflict,
+            codes::IDEMPOTENCY_KEY_REUSED,
+            format!(
+                "idempotency key `{key}` was used for another request (run `{run}`): a key \
+                 stands for one request (processor, input and session) for {} s; use a new key",
+                self.idempotency_window.as_secs()
+            ),
+        )
+        .with_details(serde_json::json!({ "run": run }));
+        let mut refused = request.clone();
+        refused.input = input;
+        Ok(Submitted::Ended(Box::new(
+            crate::execution::executor::refused(refused, error),
+        )))
     }
 
     /// What `target` and everything it may reach mean now.

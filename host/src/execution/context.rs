@@ -46,6 +46,9 @@ pub struct HostConfig {
     pub session_quota: SessionQuota,
     /// Bounds on sessions: id, count per tenant, idle expiry (of counters, state and data).
     pub sessions: SessionBounds,
+    /// Bounds on idempotency keys: length, window, count per tenant and in all, and the
+    /// bytes of outcomes kept for them.
+    pub idempotency: crate::contract::idempotency::IdempotencyBounds,
     /// Deepest static nesting of workflows inside workflows.
     pub max_nesting: usize,
     /// Largest component the host reads and compiles, in bytes (default 64 MiB): a bigger
@@ -80,6 +83,7 @@ impl Default for HostConfig {
             describe_timeout: Duration::from_secs(5),
             session_quota: SessionQuota::default(),
             sessions: SessionBounds::default(),
+            idempotency: Default::default(),
             max_nesting: crate::contract::workflow::MAX_NESTING,
             max_batch_items: 10_000,
             max_component_bytes: 64 << 20,

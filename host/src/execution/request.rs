@@ -44,6 +44,41 @@ pub struct ExecutionRequest {
     /// does not carry it to its workers: there the process that opens a batch charges its
     /// tenant through the fleet's `ItemAdmission` (`Fleet::charge_batch_items`).
     pub admission: Option<Arc<dyn Admission>>,
+    /// Runs the request at most once per key within the key's window (see
+    /// [`crate::IdempotencyBounds`]): the same key again (for the same tenant) returns the
+    /// same run's id and outcome, even from another process of the fleet, and never runs
+    /// the work twice. The same key with another processor, input or session is refused
+    /// (`conflict` / `idempotency-key-reused`).
+    pub idempotency_key: Option<String>,
+    /// Told which run the request became once the runtime has taken it on.
+    pub on_accept: Option<OnAccept>,
+}
+
+/// Told, once the runtime has taken a request on, which run it is: its id, and whether it
+/// is an earlier request's run that this one's idempotency key named (`repeat`: then its
+/// outcome is that run's, and nothing runs again). A server uses it to answer a submission
+/// before the run ends. Not told when the request is refused before it is taken on.
+#[derive(Clone)]
+pub struct OnAccept(Arc<Tell>);
+
+/// What an [`OnAccept`] calls: `(run id, repeat)`.
+type Tell = dyn Fn(&str, bool) + Send + Sync;
+
+impl OnAccept {
+    /// Calls `tell(id, repeat)` once the request is taken on.
+    pub fn new(tell: impl Fn(&str, bool) + Send + Sync + 'static) -> Self {
+        OnAccept(Arc::new(tell))
+    }
+
+    pub(crate) fn tell(&self, id: &str, repeat: bool) {
+        (self.0)(id, repeat);
+    }
+}
+
+impl std::fmt::Debug for OnAccept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnAccept(..)")
+    }
 }
 
 impl ExecutionRequest {
@@ -62,6 +97,8 @@ impl ExecutionRequest {
             max_attempts: None,
             deadline: None,
             admission: None,
+            idempotency_key: None,
+            on_accept: None,
         }
     }
 
@@ -117,6 +154,19 @@ impl ExecutionRequest {
     /// Lowers the processor's limits (never raises them).
     pub fn limits(mut self, limits: LimitOverrides) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Runs the request at most once for `key` within its window (see
+    /// [`ExecutionRequest::idempotency_key`]).
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Tells `on_accept` which run the request became once it is taken on.
+    pub fn on_accept(mut self, on_accept: OnAccept) -> Self {
+        self.on_accept = Some(on_accept);
         self
     }
 

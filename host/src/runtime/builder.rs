@@ -110,8 +110,12 @@ impl RuntimeBuilder {
         #[cfg(feature = "redis")]
         let distributed = match &self.redis {
             Some(config) => {
-                let distributed =
-                    Distributed::connect(config.clone(), self.host.max_batch_items).await?;
+                let distributed = Distributed::connect(
+                    config.clone(),
+                    self.host.max_batch_items,
+                    self.host.idempotency.window,
+                )
+                .await?;
                 distributed.publish(&registry.catalog()).await?;
                 // Events are shared once the runtime exists (below).
                 if self.store.is_none() {
@@ -140,6 +144,7 @@ impl RuntimeBuilder {
             distributed.share_activity(&shared);
         }
         Ok(Runtime {
+            keys: super::idempotency::Keys::new(shared.config().idempotency),
             shared,
             lifecycle: Arc::new(AtomicU8::new(CREATED)),
             #[cfg(feature = "redis")]

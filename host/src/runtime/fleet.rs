@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use crate::contract::cancel::CancelReason;
 use crate::contract::clock::millis;
-use crate::contract::error::{Error, RuntimeError};
+use crate::contract::error::{Error, RuntimeError, codes};
 use crate::contract::result::ExecutionResult;
 use crate::contract::state_store::SessionKey;
 use crate::distributed::{
     CancelTarget, DeadJob, Distributed, QueueCounts, RedisConfig, RunPage, RunQuery, RunStatus,
-    WorkerConfig, WorkerHandle,
+    Submitted, WorkerConfig, WorkerHandle,
 };
 use crate::execution::activity::{ProcessorStats, SessionStats, VersionStats};
 use crate::execution::request::ExecutionRequest;
@@ -78,13 +78,21 @@ impl Runtime {
         &self,
         distributed: &Distributed,
         request: ExecutionRequest,
-    ) -> Result<ExecutionResult, RuntimeError> {
+    ) -> Result<(ExecutionResult, bool), RuntimeError> {
         let unavailable = refusal;
+        if let Some(key) = &request.idempotency_key {
+            self.shared
+                .config()
+                .idempotency
+                .check_key(key)
+                .map_err(RuntimeError::InvalidRequest)?;
+        }
         distributed
             .publish_if_changed(self.shared.registry())
             .await
             .map_err(unavailable)?;
         let cancel = request.cancel.clone();
+        let on_accept = request.on_accept.clone();
         let mut request = request;
         let id = request
             .id
@@ -92,23 +100,52 @@ impl Runtime {
             .clone();
         // Listening before submitting: the outcome cannot come first.
         let receiver = distributed.expect(&id).await.map_err(unavailable)?;
-        let run = match distributed.submit(request).await {
-            Ok(Ok(run)) => run,
-            Ok(Err(refused)) => {
+        let (run, receiver) = match distributed.submit(request).await {
+            Ok(Submitted::Run(run)) => (run, Some(receiver)),
+            Ok(Submitted::Repeat(run)) => {
                 distributed.unexpect(&id);
-                return Err(not_published(refused));
+                (run, None)
+            }
+            Ok(Submitted::Ended(ended)) => {
+                distributed.unexpect(&id);
+                if ended
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.has_code(codes::PROCESSOR_NOT_FOUND))
+                {
+                    return Err(not_published(*ended));
+                }
+                return Ok((*ended, false));
             }
             Err(error) => {
                 distributed.unexpect(&id);
                 return Err(unavailable(error));
             }
         };
+        let repeat = receiver.is_none();
+        if let Some(on_accept) = &on_accept {
+            on_accept.tell(&run, repeat);
+        }
+        if repeat {
+            // Another request's run: its outcome, whoever waits for it. (Cancelling this
+            // request stops waiting; it does not cancel that run.)
+            let wait = distributed.wait(&run);
+            tokio::pin!(wait);
+            return tokio::select! {
+                result = &mut wait => result.map(|r| (r, true)).map_err(unavailable),
+                () = cancel.cancelled() => Err(RuntimeError::InvalidRequest(format!(
+                    "cancelled while waiting for run `{run}`, which the idempotency key names \
+                     (the run goes on)"
+                ))),
+            };
+        }
+        let receiver = receiver.expect("a run of its own has a listener");
         // The caller's cancel handle (e.g. Ctrl-C on `weir run`) cancels the run wherever
         // it is; its outcome (cancelled) still comes back.
         let wait = distributed.outcome(&run, receiver);
         tokio::pin!(wait);
         tokio::select! {
-            result = &mut wait => return result.map_err(unavailable),
+            result = &mut wait => return result.map(|r| (r, false)).map_err(unavailable),
             _ = cancel.cancelled() => {}
         }
         let reason = cancel.reason().unwrap_or(CancelReason::Request);
@@ -117,7 +154,7 @@ impl Runtime {
             .cancel(target, reason)
             .await
             .map_err(unavailable)?;
-        wait.await.map_err(unavailable)
+        wait.await.map(|r| (r, false)).map_err(unavailable)
     }
 }
 
@@ -149,9 +186,18 @@ impl Fleet {
 
     /// Submits an execution to the distributed runtime and returns its run id at once; the
     /// run continues without this process. Read it with [`Fleet::run_status`] or wait for
-    /// it with [`Fleet::wait_run`].
+    /// it with [`Fleet::wait_run`]. With an idempotency key that stands for an earlier run
+    /// of the same request, that run's id.
     pub async fn submit(&self, request: ExecutionRequest) -> Result<String, RuntimeError> {
         self.runtime.accepting()?;
+        if let Some(key) = &request.idempotency_key {
+            self.runtime
+                .shared
+                .config()
+                .idempotency
+                .check_key(key)
+                .map_err(RuntimeError::InvalidRequest)?;
+        }
         let distributed = &self.distributed;
         distributed
             .publish_if_changed(self.runtime.shared.registry())
@@ -160,8 +206,18 @@ impl Fleet {
         // Events of the run reach this process's subscribers from the start.
         distributed.ensure_reader().await.map_err(refusal)?;
         match distributed.submit(request).await {
-            Ok(Ok(run)) => Ok(run),
-            Ok(Err(refused)) => Err(not_published(refused)),
+            Ok(Submitted::Run(run) | Submitted::Repeat(run)) => Ok(run),
+            Ok(Submitted::Ended(ended))
+                if ended
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.has_code(codes::PROCESSOR_NOT_FOUND)) =>
+            {
+                Err(not_published(*ended))
+            }
+            Ok(Submitted::Ended(refused)) => Err(RuntimeError::InvalidRequest(
+                refused.error.map(|e| e.message).unwrap_or_default(),
+            )),
             Err(error) => Err(refusal(error)),
         }
     }

@@ -8,6 +8,7 @@
 mod builder;
 #[cfg(feature = "redis")]
 mod fleet;
+mod idempotency;
 
 pub use builder::RuntimeBuilder;
 #[cfg(feature = "redis")]
@@ -110,6 +111,8 @@ pub struct Runtime {
     shared: Arc<Context>,
     /// Where the runtime is in its life (see [`Runtime::state`]), shared by its clones.
     lifecycle: Arc<AtomicU8>,
+    /// The local runtime's idempotency keys (the distributed one keeps them in Redis).
+    keys: Arc<idempotency::Keys>,
     /// Set when the runtime runs work through Redis ([`Runtime::redis`]).
     #[cfg(feature = "redis")]
     distributed: Option<Arc<Distributed>>,
@@ -159,18 +162,129 @@ impl Runtime {
         }
     }
 
-    /// Runs `request` here, or through Redis and waits for its outcome.
+    /// Runs `request` here, or through Redis and waits for its outcome; `true` beside it
+    /// when that is the outcome of an earlier request its idempotency key named.
     async fn run_request(
         &self,
         request: ExecutionRequest,
-    ) -> Result<ExecutionResult, RuntimeError> {
+    ) -> Result<(ExecutionResult, bool), RuntimeError> {
         #[cfg(feature = "redis")]
         if let Some(distributed) = &self.distributed {
             // Boxed: its futures are large, and the local path's future would otherwise be
             // as large and copied whole at every level of every local execution.
             return Box::pin(self.run_remote(distributed, request)).await;
         }
-        Ok(crate::execution::executor::execute(&self.shared, request).await)
+        Ok((
+            crate::execution::executor::execute(&self.shared, request).await,
+            false,
+        ))
+    }
+
+    /// Runs a request with an idempotency key on the local runtime: at most once per key
+    /// (of its tenant) within the key's window; a repeat gets the first run's outcome.
+    async fn execute_once(
+        &self,
+        key: String,
+        mut request: ExecutionRequest,
+    ) -> Result<ExecutionResult, RuntimeError> {
+        use idempotency::{Claim, Waited};
+        let bounds = self.shared.config().idempotency;
+        bounds
+            .check_key(&key)
+            .map_err(RuntimeError::InvalidRequest)?;
+        let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
+        let fingerprint = crate::contract::idempotency::fingerprint(
+            &request.processor,
+            &request.input,
+            request.session.as_deref(),
+        );
+        let run = request
+            .id
+            .get_or_insert_with(crate::contract::clock::new_execution_id)
+            .clone();
+        // A key whose first request was refused before it ran is free again: claim it
+        // again (a few times: each try follows a refusal).
+        for _ in 0..3 {
+            match self.keys.claim(&tenant, &key, &fingerprint, &run) {
+                Claim::New(ticket) => {
+                    let outcome = Box::pin(self.execute(request)).await;
+                    if let Ok(result) = &outcome {
+                        ticket.finish(result);
+                    }
+                    return outcome;
+                }
+                Claim::Repeat { run, slot } => {
+                    if let Some(on_accept) = &request.on_accept {
+                        on_accept.tell(&run, true);
+                    }
+                    let cancel = request.cancel.clone();
+                    let waited = tokio::select! {
+                        waited = idempotency::wait(slot) => waited,
+                        () = cancel.cancelled() => {
+                            let error = ExecutionError::host(
+                                ErrorKind::Cancelled,
+                                codes::CANCELLED_BY_REQUEST,
+                                format!("cancelled while waiting for run `{run}`, which its \
+                                         idempotency key names (the run goes on)"),
+                            );
+                            return Ok(crate::execution::executor::refused(request, error));
+                        }
+                    };
+                    match waited {
+                        Waited::Done(result) => return Ok((*result).clone()),
+                        Waited::Gone => {
+                            let error = ExecutionError::host(
+                                ErrorKind::Conflict,
+                                codes::IDEMPOTENT_OUTCOME_GONE,
+                                format!(
+                                    "idempotency key `{key}` names run `{run}`, which has \
+                                     ended; its outcome is no longer kept (past the bytes of \
+                                     outcomes kept), and it does not run again"
+                                ),
+                            )
+                            .with_details(serde_json::json!({ "run": run }));
+                            return Ok(crate::execution::executor::refused(request, error));
+                        }
+                        Waited::Free => continue,
+                    }
+                }
+                Claim::Reused { run } => {
+                    let error = ExecutionError::host(
+                        ErrorKind::Conflict,
+                        codes::IDEMPOTENCY_KEY_REUSED,
+                        format!(
+                            "idempotency key `{key}` was used for another request (run \
+                             `{run}`): a key stands for one request (processor, input and \
+                             session) for {} s; use a new key",
+                            bounds.window.as_secs()
+                        ),
+                    )
+                    .with_details(serde_json::json!({ "run": run }));
+                    return Ok(crate::execution::executor::refused(request, error));
+                }
+                Claim::Full { limit, per_tenant } => {
+                    let whose = if per_tenant {
+                        format!("tenant `{tenant}` holds")
+                    } else {
+                        "this runtime holds".to_string()
+                    };
+                    let error = ExecutionError::host(
+                        ErrorKind::Resource,
+                        codes::TOO_MANY_IDEMPOTENCY_KEYS,
+                        format!(
+                            "{whose} {limit} idempotency keys, the most it may; retry once \
+                             older keys' windows end, or send the request without a key"
+                        ),
+                    )
+                    .retryable(true);
+                    return Ok(crate::execution::executor::refused(request, error));
+                }
+            }
+        }
+        Err(RuntimeError::InvalidRequest(format!(
+            "idempotency key `{key}`: the requests sent under it were refused before they ran; \
+             send it again"
+        )))
     }
 
     /// Starts accepting executions. Starting a running runtime is a no-op; a stopped one
@@ -257,8 +371,19 @@ impl Runtime {
                 name: request.processor,
             });
         }
+        if !self.is_distributed() {
+            if let Some(key) = request.idempotency_key.take() {
+                return Box::pin(self.execute_once(key, request)).await;
+            }
+            if let Some(on_accept) = &request.on_accept {
+                let id = request
+                    .id
+                    .get_or_insert_with(crate::contract::clock::new_execution_id);
+                on_accept.tell(id, false);
+            }
+        }
         let Some(session) = request.session.clone() else {
-            return self.run_request(request).await;
+            return self.run_request(request).await.map(|(result, _)| result);
         };
         let key = SessionKey::new(request.tenant.as_deref().unwrap_or("default"), session);
         match self.open_session(&key.tenant, &key.session) {
@@ -278,8 +403,9 @@ impl Runtime {
             Ok(expected) => expected,
             Err(error) => return Ok(crate::execution::executor::refused(request, error)),
         };
-        let mut result = self.run_request(request).await?;
-        if result.ok {
+        let (mut result, repeat) = self.run_request(request).await?;
+        // A repeat's outcome was kept by the run that had it.
+        if result.ok && !repeat {
             self.persist(&key, expected, &mut result).await;
         }
         Ok(result)

@@ -7,12 +7,24 @@
 -- (renewed at each submission), the run's index entry (`{submitted ms, 13 digits}:{id}`),
 -- the tenant, now (Unix ms), milliseconds to keep the index, the oldest entry kept (an
 -- entry of that age, without the id), the fleet's index cap, a tenant's index cap, the
--- tenants cap, the key prefix of a tenant's index, then field/value pairs.
--- Returns 0 when another submission owns the record, else 1 + the run's turn: how many of
--- the tenant's runs were going when it was first submitted.
+-- tenants cap, the key prefix of a tenant's index, the idempotency claim (`{run}
+-- {fingerprint}`, or '' for a run without a key) and its window in milliseconds, then
+-- field/value pairs. KEYS[6] is the idempotency key's record (unused without a claim).
+-- Returns 0 when another submission owns the record, -1 when the idempotency key stands
+-- for another run (read KEYS[6]), else 1 + the run's turn: how many of the tenant's runs
+-- were going when it was first submitted.
 local owner = redis.call('HGET', KEYS[1], 'token')
 if owner and owner ~= ARGV[1] then
   return 0
+end
+if ARGV[13] ~= '' then
+  local held = redis.call('GET', KEYS[6])
+  if held and held ~= ARGV[13] then
+    return -1
+  end
+  if not held then
+    redis.call('SET', KEYS[6], ARGV[13], 'PX', ARGV[14])
+  end
 end
 local turn
 if owner then
@@ -42,6 +54,6 @@ else
   end
   redis.call('PEXPIRE', KEYS[5], ARGV[7])
 end
-redis.call('HSET', KEYS[1], 'token', ARGV[1], 'turn', turn, unpack(ARGV, 13))
+redis.call('HSET', KEYS[1], 'token', ARGV[1], 'turn', turn, unpack(ARGV, 15))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1 + turn
