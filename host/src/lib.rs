@@ -74,8 +74,8 @@ pub use contract::state_store::{
 };
 pub use contract::workflow::file::FILE_NAME as WORKFLOWS_FILE;
 pub use contract::workflow::{
-    BatchPolicy, Composition, DEFAULT_BATCH_CONCURRENCY, GraphNode, InvalidWorkflow, MAX_NESTING,
-    OnFailure, Selector, Workflow,
+    BatchPolicy, Composition, DEFAULT_BATCH_CONCURRENCY, GraphNode, InvalidWorkflow, MAX_DELAY,
+    MAX_NESTING, OnFailure, Selector, Workflow, delay_of, delay_step,
 };
 #[cfg(feature = "redis")]
 pub use distributed::state_store::RedisStateStore;

@@ -187,3 +187,73 @@ async fn one_key_sent_to_two_servers_at_once_runs_once_across_the_fleet() {
         assert_eq!(done["result"]["state"]["count"], 2, "{done}");
     }
 }
+
+/// Polls Redis until `ready` holds of the counts of `keys` (ZCARD each), for up to 30 s.
+async fn until_counted(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &[&str],
+    ready: impl Fn(&[u64]) -> bool,
+    never: &str,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("ZCARD").arg(*key);
+        }
+        let counts: Vec<u64> = pipe.query_async(conn).await.unwrap();
+        if ready(&counts) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{never}: {counts:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The check: a run in a 5 s delay survives killing every worker and starting new
+/// ones, and completes exactly once.
+#[tokio::test]
+async fn a_run_in_a_delay_survives_a_restart_of_every_worker_and_completes_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["tally"]);
+    folder.write(
+        "workflows.toml",
+        b"[workflow.later]\nchain = [\"tally\", \"delay:5s\", \"tally\"]\n",
+    );
+    let mut workers = two_workers(&url, folder.path(), &[]);
+    let runtime = crate::distributed::submitter(&url, folder.path()).await;
+    let fleet = runtime.fleet().expect("distributed");
+    let started = std::time::Instant::now();
+    let run = fleet
+        .submit(ExecutionRequest::new("later", json!({})).session("s1"))
+        .await
+        .unwrap();
+    // The first step has ended for good and the delay waits in Redis: no worker holds it.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    until_counted(
+        &mut conn,
+        &["weir:tally:completed", "weir:_delay:delayed"],
+        |counts| counts == [1, 1],
+        "the first step never completed with its delay waiting",
+    )
+    .await;
+    for worker in &mut workers {
+        worker.kill();
+    }
+    let _again = two_workers(&url, folder.path(), &[]);
+    let result = tokio::time::timeout(std::time::Duration::from_secs(60), fleet.wait_run(&run))
+        .await
+        .expect("the run ends")
+        .unwrap();
+    assert!(result.ok, "{:?}", result.error);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(5));
+    assert_eq!(result.state["tally"], 2, "each tally ran once");
+    // Nothing ran twice: the session's next tally counts 3.
+    let next = runtime
+        .execute_in_session("s1", "tally", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(next.state["tally"], 3, "{next:?}");
+}

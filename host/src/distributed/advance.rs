@@ -200,6 +200,28 @@ impl Distributed {
         } else {
             crate::contract::clock::new_execution_id()
         };
+        // A chain's delay: a job that waits in Redis (BullMQ's delayed set), holding no
+        // worker, and then passes its state on.
+        if let Some(wait) = crate::contract::workflow::delay_of(&name) {
+            let mut job = StepJob {
+                weir: FORMAT,
+                run: cursor.run.clone(),
+                path,
+                execution,
+                processor: name,
+                digest: String::new(),
+                state,
+                scope: cursor.scope.clone(),
+                bindings: cursor.bindings.clone(),
+                frames: cursor.frames.clone(),
+                delay_ms: Some(crate::contract::clock::millis(wait)),
+                mac: String::new(),
+            };
+            if self.seal.keyed() {
+                job.mac = self.seal.sign(Kind::Step, &job.authority());
+            }
+            return Ok(Entered::Plan(Plan::Step(Box::new(job))));
+        }
         match cursor.bindings.get(&name).cloned() {
             Some(Binding::Processor { digest }) => {
                 let mut job = StepJob {

@@ -132,7 +132,7 @@ impl Distributed {
     fn child(&self, plan: Plan) -> Result<FlowJob, Error> {
         match plan {
             Plan::Step(job) => {
-                let mut child = FlowJob::new(job.processor.as_str(), job.processor.as_str(), &*job)
+                let mut child = FlowJob::new(job.processor.as_str(), job.queue(), &*job)
                     .map_err(|e| self.redis_error(e))?;
                 let mut options =
                     self.step_options(&job.job_id(), Some(job.scope.queue_priority()), None);

@@ -280,7 +280,7 @@ impl Distributed {
     /// Adds a step's job to its processor's queue. Adding a job whose id exists already
     /// does nothing, which makes re-running a step harmless.
     pub(crate) async fn enqueue(&self, job: &StepJob) -> Result<(), Error> {
-        let queue = self.queue(&job.processor).await?;
+        let queue = self.queue(job.queue()).await?;
         let mut options = self.step_options(
             &job.job_id(),
             Some(job.scope.queue_priority()),
@@ -292,7 +292,7 @@ impl Distributed {
             .options(options)
             .await
             .map_err(|e| self.redis_error(e))?;
-        self.index_session_job(&job.scope, &job.processor, &job.job_id())
+        self.index_session_job(&job.scope, job.queue(), &job.job_id())
             .await
     }
 }

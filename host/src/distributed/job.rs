@@ -17,11 +17,13 @@ use super::fanout::JOIN_QUEUE;
 use super::fetch::Unavailable;
 use super::handle::lock_map;
 use super::trust::{Kind, Refused};
+use super::wire::DELAY_QUEUE;
 use super::wire::{FORMAT, JoinJob, StepJob, instant_of};
 use super::worker::{Active, Inner, REDIS_RETRY_MS, Running};
 use crate::contract::cancel::{CancelHandle, CancelReason};
 use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::contract::result::ExecutionResult;
+use crate::execution::compose::rules::{delay_past_deadline, delay_result};
 use crate::execution::executor::{
     Pinned, ProgressSink, Scope, cancelled_unstarted, execute_pinned, execution_event, failed,
 };
@@ -73,6 +75,9 @@ impl Inner {
                 return outcome;
             }
         };
+        if queue == DELAY_QUEUE {
+            return self.handle_delay(&queue, &job, &step, attempt).await;
+        }
         if unfinished > 0
             && let Some(crashed) = self.crashed(&queue, job.id(), unfinished).await?
         {
@@ -103,6 +108,50 @@ impl Inner {
                 self.carry_on(&step, &result).await?;
                 Err(bullmq::Error::Unrecoverable(message_of(&result)))
             }
+        }
+    }
+
+    /// A chain's delay step whose wait is over (BullMQ held its job in the delayed set): its
+    /// state goes on to the next step, unless its run was cancelled or its deadline passed
+    /// meanwhile. Runs no sandbox; running it twice enqueues the same next job twice, which
+    /// adds nothing.
+    async fn handle_delay(
+        self: Arc<Self>,
+        queue: &str,
+        job: &Job,
+        step: &StepJob,
+        attempt: u32,
+    ) -> Result<Value, bullmq::Error> {
+        if crate::contract::workflow::delay_of(&step.processor).is_none() {
+            let refused = Refused(format!("`{}` is not a delay step", step.processor));
+            return Err(self.refuse(queue, job, refused));
+        }
+        let joins = joins_of(&step.frames);
+        let reason = match self.cancelled_as_heard(step, &joins) {
+            Some(reason) => reason,
+            None => self
+                .dist
+                .cancelled_before_start(step)
+                .await
+                .map_err(|e| self.retry_later(step, e))?,
+        };
+        let info = step.info(attempt);
+        let result = match reason {
+            Some(reason) => cancelled_unstarted(step.state.clone(), reason, info),
+            None => {
+                let late = step
+                    .scope
+                    .deadline_ms
+                    .is_some_and(|deadline| super::wire::now_ms() > deadline);
+                let error = late.then(|| delay_past_deadline(&step.processor));
+                delay_result(&step.processor, step.state.clone(), info, error)
+            }
+        };
+        self.carry_on(step, &result).await?;
+        if result.ok {
+            Ok(document(&result))
+        } else {
+            Err(bullmq::Error::Unrecoverable(message_of(&result)))
         }
     }
 

@@ -41,7 +41,8 @@ impl Distributed {
         let published = content::published_plugins(&mut conn, &self.keys, &self.seal)
             .await
             .map_err(|e| self.redis_error(e))?;
-        let names = std::iter::once(JOIN_QUEUE)
+        let names = [JOIN_QUEUE, super::wire::DELAY_QUEUE]
+            .into_iter()
             .chain(published.keys().map(String::as_str))
             .take(MAX_QUEUES_COUNTED);
         let mut counts = Vec::new();

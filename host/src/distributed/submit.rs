@@ -338,7 +338,8 @@ fn delayed(plan: Plan, delay: Option<std::time::Duration>) -> Plan {
     let ms = crate::contract::clock::millis(delay);
     match plan {
         Plan::Step(mut job) => {
-            job.delay_ms = Some(ms);
+            // A run that opens with a delay step waits for both.
+            job.delay_ms = Some(job.delay_ms.unwrap_or(0).saturating_add(ms));
             Plan::Step(job)
         }
         Plan::Flow(mut flow) => {

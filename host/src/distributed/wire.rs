@@ -101,6 +101,21 @@ impl StepJob {
     }
 }
 
+/// The name of weir's queue of chains' delay steps (never a processor's: names start with
+/// a letter). Every worker serves it; a delay's job waits in its delayed set.
+pub(crate) const DELAY_QUEUE: &str = "_delay";
+
+impl StepJob {
+    /// The queue its job goes to: its processor's, or for a delay step weir's own.
+    pub(crate) fn queue(&self) -> &str {
+        if crate::contract::workflow::delay_of(&self.processor).is_some() {
+            DELAY_QUEUE
+        } else {
+            &self.processor
+        }
+    }
+}
+
 /// The id of the job at `path` in `run`.
 pub(crate) fn job_id(run: &str, path: &str) -> String {
     format!("{run}-{path}")

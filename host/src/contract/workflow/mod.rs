@@ -164,6 +164,36 @@ pub struct GraphNode {
     pub on_failure: OnFailure,
 }
 
+/// The longest a delay step of a chain may wait: a week. (A run's own deadline still
+/// bounds it: on the distributed runtime an hour by default, `deadline_ms` to change it.)
+pub const MAX_DELAY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The wait a chain step stands for, if it is a delay: `delay:500ms`, `delay:5s`,
+/// `delay:2m` or `delay:1h`. A delay holds no sandbox and no worker while it waits; on the
+/// distributed runtime it is a delayed job in Redis, so it survives a restart of the fleet.
+pub fn delay_of(step: &str) -> Option<Duration> {
+    let spec = step.strip_prefix(DELAY_PREFIX)?;
+    let split = spec.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = spec.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }?;
+    Some(Duration::from_millis(ms))
+}
+
+/// The chain step that waits `wait` (see [`delay_of`]).
+pub fn delay_step(wait: Duration) -> String {
+    format!("{DELAY_PREFIX}{}ms", wait.as_millis())
+}
+
+/// How a delay step starts (no processor's name has a `:`).
+pub(crate) const DELAY_PREFIX: &str = "delay:";
+
 /// Default items in flight for a batch.
 pub const DEFAULT_BATCH_CONCURRENCY: usize = 4;
 

@@ -23,7 +23,10 @@ impl Workflow {
         match &self.composition {
             Composition::Chain { steps } => {
                 for (i, step) in steps.iter().enumerate() {
-                    refs.push((format!("step {}", i + 1), step.as_str()));
+                    // A delay names nothing.
+                    if super::delay_of(step).is_none() {
+                        refs.push((format!("step {}", i + 1), step.as_str()));
+                    }
                 }
             }
             Composition::Parallel {
@@ -78,6 +81,7 @@ impl Workflow {
         if self.timeout_ms == Some(0) {
             return Err("`timeout_ms` must be greater than zero".into());
         }
+        check_delays(self)?;
         match &self.composition {
             Composition::Chain { steps } if steps.is_empty() => {
                 Err("a chain needs at least one step".into())
@@ -129,6 +133,39 @@ impl Workflow {
             (Some(source), None) => format!("{}:{}: ", source.file.display(), source.line),
             _ => String::new(),
         }
+    }
+}
+
+/// Checks the delays a workflow names: only a chain's steps may be delays, each
+/// `delay:N` with a unit and at most [`super::MAX_DELAY`].
+fn check_delays(workflow: &Workflow) -> Result<(), String> {
+    let is_delay = |name: &str| name.starts_with(super::DELAY_PREFIX);
+    if let Composition::Chain { steps } = &workflow.composition {
+        for step in steps.iter().filter(|s| is_delay(s)) {
+            match super::delay_of(step) {
+                Some(wait) if wait <= super::MAX_DELAY => {}
+                Some(_) => {
+                    return Err(format!("`{step}` waits longer than a delay may (a week)"));
+                }
+                None => {
+                    return Err(format!(
+                        "`{step}` is not a delay: write `delay:N` with a unit, e.g. \
+                         `delay:500ms`, `delay:5s`, `delay:2m` or `delay:1h`"
+                    ));
+                }
+            }
+        }
+        return Ok(());
+    }
+    match workflow
+        .references()
+        .into_iter()
+        .find(|(_, name)| is_delay(name))
+    {
+        Some((role, name)) => Err(format!(
+            "{role} is `{name}`: a delay can only be a step of a chain"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -700,6 +737,51 @@ mod tests {
             reason("c")
         );
         assert!(checked.valid.contains_key("ok"));
+    }
+
+    #[test]
+    fn a_delay_is_a_chain_step_with_a_unit_and_at_most_a_week() {
+        use crate::contract::workflow::{delay_of, delay_step};
+        use std::time::Duration;
+        assert_eq!(delay_of("delay:500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(delay_of("delay:5s"), Some(Duration::from_secs(5)));
+        assert_eq!(delay_of("delay:2m"), Some(Duration::from_secs(120)));
+        assert_eq!(delay_of("delay:1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            delay_of(&delay_step(Duration::from_millis(1500))),
+            Some(Duration::from_millis(1500))
+        );
+        for not in ["delay:5", "delay:s", "delay:5d", "delay:-1s", "increment"] {
+            assert_eq!(delay_of(not), None, "{not}");
+        }
+        let p = processors(&["a"]);
+        let checked = check(
+            vec![
+                Workflow::chain("fine", ["a", "delay:5s", "a"]),
+                Workflow::chain("no-unit", ["a", "delay:5"]),
+                Workflow::chain("too-long", ["delay:200h"]),
+                Workflow::parallel("branch", ["a", "delay:5s"]),
+            ],
+            &p,
+            MAX_NESTING,
+        );
+        assert!(checked.valid.contains_key("fine"), "{:?}", checked.invalid);
+        let reason = |name: &str| checked.invalid[name].reason.clone();
+        assert!(
+            reason("no-unit").contains("with a unit"),
+            "{}",
+            reason("no-unit")
+        );
+        assert!(
+            reason("too-long").contains("a week"),
+            "{}",
+            reason("too-long")
+        );
+        assert!(
+            reason("branch").contains("only be a step of a chain"),
+            "{}",
+            reason("branch")
+        );
     }
 
     #[test]

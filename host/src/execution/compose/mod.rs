@@ -223,9 +223,14 @@ async fn chain<R: StepRunner>(
 ) -> Result<Value, Failure> {
     let mut state = input;
     for (index, step) in steps.iter().enumerate() {
-        let result = shared
-            .run_step(step, state, scope.clone().at(place::chain(index)))
-            .await;
+        let result = match crate::contract::workflow::delay_of(step) {
+            Some(wait) => wait_out(step, wait, state, scope).await,
+            None => {
+                shared
+                    .run_step(step, state, scope.clone().at(place::chain(index)))
+                    .await
+            }
+        };
         cost.absorb(&result);
         // A failed step's state is its input: the chain's last good state.
         state = result.state;
@@ -237,6 +242,33 @@ async fn chain<R: StepRunner>(
         }
     }
     Ok(state)
+}
+
+/// A chain's delay step: waits `wait` (holding no sandbox), unless the workflow is
+/// cancelled or its deadline comes first.
+async fn wait_out(step: &str, wait: Duration, state: Value, scope: &Scope) -> ExecutionResult {
+    let info = ExecutionInfo::new(
+        None,
+        step,
+        &*scope.tenant,
+        scope.session.as_deref().map(str::to_string),
+    );
+    let now = tokio::time::Instant::now();
+    let until = now + wait;
+    let deadline = scope
+        .deadline
+        .map(tokio::time::Instant::from_std)
+        .filter(|deadline| *deadline < until);
+    let error = tokio::select! {
+        () = tokio::time::sleep_until(deadline.unwrap_or(until)) => {
+            deadline.map(|_| rules::delay_past_deadline(step))
+        }
+        () = scope.cancel.cancelled() => Some(crate::execution::executor::cancelled_error(
+            &scope.cancel,
+            "while it waited",
+        )),
+    };
+    rules::delay_result(step, state, info, error)
 }
 
 #[allow(clippy::too_many_arguments)]

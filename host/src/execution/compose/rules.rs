@@ -97,6 +97,39 @@ pub(crate) fn workflow_result(
     result
 }
 
+/// The result of a chain's delay step `step`: the state passed on unchanged, or (`error`)
+/// the wait cut short, with the state as the last good one. No sandbox ran: no cost.
+pub(crate) fn delay_result(
+    step: &str,
+    state: Value,
+    info: ExecutionInfo,
+    error: Option<ExecutionError>,
+) -> ExecutionResult {
+    let info = ExecutionInfo {
+        processor: step.to_string(),
+        digest: None,
+        attempts: 1,
+        ..info
+    };
+    match error {
+        None => workflow_result(Ok(state), info, None, Vec::new()),
+        Some(error) => failed(state, error, info),
+    }
+}
+
+/// Why a delay step ended before its time: its run's deadline came first.
+pub(crate) fn delay_past_deadline(step: &str) -> ExecutionError {
+    ExecutionError::host(
+        ErrorKind::Timeout,
+        codes::DEADLINE_EXCEEDED,
+        format!(
+            "the run's deadline came before `{step}` ended (give the run a longer deadline: \
+             `deadline_ms`)"
+        ),
+    )
+    .retryable(true)
+}
+
 /// What a failed branch or node does to its fan-out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Verdict {

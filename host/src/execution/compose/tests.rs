@@ -554,3 +554,51 @@ async fn a_continued_node_failure_stops_the_graph_and_ends_it_with_what_reached_
     let places: Vec<String> = set_aside(&result).into_iter().map(|f| f.0).collect();
     assert_eq!(places, ["node:hang", "node:boom"]);
 }
+
+#[tokio::test]
+async fn a_delay_step_waits_then_passes_the_state_on_without_running_anything() {
+    let fake = processors();
+    let workflow = Workflow::chain("c", ["plus-one", "delay:60ms", "times-ten"]);
+    let started = std::time::Instant::now();
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(result.ok, "{:?}", result.error);
+    assert!(started.elapsed() >= Duration::from_millis(60));
+    assert_eq!(result.state["n"], 20);
+    assert_eq!(
+        fake.ran(),
+        ["plus-one", "times-ten"],
+        "a delay runs no processor"
+    );
+    assert_eq!(result.execution.fuel_consumed, 2 * FUEL);
+}
+
+#[tokio::test]
+async fn a_delay_ends_at_once_when_its_workflow_is_cancelled_or_out_of_time() {
+    let fake = processors();
+    let cancel = CancelHandle::new();
+    let workflow = Workflow::chain("c", ["plus-one", "delay:1h", "times-ten"]);
+    let running = tokio::spawn({
+        let fake = fake.clone();
+        let cancel = cancel.clone();
+        async move { run_cancellable(&fake, workflow, json!({"n": 1}), cancel).await }
+    });
+    // Once plus-one has run, the chain is in its delay.
+    let mut started = fake.started.subscribe();
+    started.wait_for(|n| *n == 1).await.unwrap();
+    cancel.cancel_with(CancelReason::Request);
+    let result = running.await.unwrap();
+    let error = result.error.as_ref().expect("cancelled");
+    assert_eq!(error.kind, ErrorKind::Cancelled);
+    assert_eq!(failed_step(&result)["name"], "delay:1h");
+    assert_eq!(
+        result.state["n"], 2,
+        "the last good state is the delay's input"
+    );
+
+    let workflow =
+        Workflow::chain("c", ["delay:1h", "plus-one"]).timeout(Duration::from_millis(50));
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    let error = result.error.expect("out of time");
+    assert_eq!(error.kind, ErrorKind::Timeout);
+    assert!(error.has_code(codes::DEADLINE_EXCEEDED), "{error:?}");
+}

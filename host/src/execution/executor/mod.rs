@@ -10,6 +10,7 @@ mod classify;
 /// Read by the fuzz targets (`crate::fuzz`).
 #[cfg(test)]
 pub(crate) use attempt::parse_output;
+pub(crate) use classify::cancelled_error;
 #[cfg(feature = "redis")]
 pub(crate) use classify::cancelled_unstarted;
 pub(crate) use classify::failed;
@@ -35,7 +36,7 @@ use crate::execution::scheduler::{Refused, Turn};
 use crate::sandbox::events::{Event, EventKind};
 use crate::sandbox::plugin::Plugin;
 use attempt::{Window, attempt, json_text};
-use classify::{cancelled_error, not_found, out_of_time};
+use classify::{not_found, out_of_time};
 
 /// Who an execution runs for and within what bounds. A workflow passes its own scope to its
 /// steps (same depth, its deadline); a guest's `call` passes one a level deeper.
