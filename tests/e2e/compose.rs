@@ -524,3 +524,9 @@ async fn each_failure_policy_fails_ignores_or_continues_past_a_failed_branch() {
     .await;
     weir_tests::assert_failure_policies(&rt).await;
 }
+
+#[tokio::test]
+async fn a_failed_saga_undoes_its_steps_last_first_and_runs_its_handler() {
+    let (_folder, rt) = with_workflows(&weir_tests::SAGA_PLUGINS, weir_tests::SAGA_WORKFLOWS).await;
+    weir_tests::assert_saga(&rt).await;
+}

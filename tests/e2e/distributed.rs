@@ -1264,6 +1264,17 @@ async fn steps_run_on_workers_name_their_place_in_the_workflow() {
 }
 
 #[tokio::test]
+async fn a_failed_saga_is_undone_the_same_across_two_workers() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&weir_tests::SAGA_PLUGINS);
+    folder.write("workflows.toml", weir_tests::SAGA_WORKFLOWS.as_bytes());
+    let _workers = two_workers(&url, folder.path(), &[]);
+    let runtime = submitter(&url, folder.path()).await;
+    weir_tests::assert_saga(&runtime).await;
+}
+
+#[tokio::test]
 async fn each_failure_policy_works_the_same_across_two_workers() {
     let redis = RedisServer::start();
     let url = redis.url();

@@ -392,6 +392,57 @@ pub async fn assert_failure_policies(runtime: &weir::Runtime) {
     );
 }
 
+/// The plugins [`SAGA_WORKFLOWS`] runs.
+pub const SAGA_PLUGINS: [&str; 5] = ["increment", "double", "panic", "tally", "stamp"];
+
+/// A saga as `workflows.toml` declares it, for [`assert_saga`]: its third step fails, and
+/// both steps before it are undone by `tally`, which counts its runs in the session.
+pub const SAGA_WORKFLOWS: &str = r#"
+[workflow.saga]
+chain = ["increment", "double", "panic"]
+compensate = { increment = "tally", double = "tally" }
+on_failure = "stamp"
+"#;
+
+/// Runs [`SAGA_WORKFLOWS`]' saga on `runtime` (over a folder holding it and
+/// [`SAGA_PLUGINS`]) and checks that its failure undoes the two steps before it, last
+/// first, each on the state it produced, then runs its failure handler.
+pub async fn assert_saga(runtime: &weir::Runtime) {
+    use serde_json::json;
+    let result = runtime
+        .execute_in_session("saga-1", "saga", json!({"count": 1}))
+        .await
+        .expect("the saga runs");
+    assert!(!result.ok, "its third step fails");
+    let error = result.error.as_ref().expect("the original failure");
+    assert!(
+        error.message.starts_with("step 3 (`panic`)"),
+        "{}",
+        error.message
+    );
+    assert_eq!(error.kind, weir::ErrorKind::Execution, "{error:?}");
+    let details = error.details.as_ref().expect("details");
+    let undone = details["compensations"].as_array().expect("compensations");
+    let order: Vec<(u64, u64, u64)> = undone
+        .iter()
+        .map(|c| {
+            assert_eq!(c["ok"], true, "{c}");
+            let n = |v: &serde_json::Value| v.as_u64().unwrap_or(u64::MAX);
+            (
+                n(&c["step"]),
+                n(&c["state"]["count"]),
+                n(&c["state"]["tally"]),
+            )
+        })
+        .collect();
+    // double's (count 4) first, as the first tally of the session; then increment's.
+    assert_eq!(order, [(1, 4, 1), (0, 2, 2)], "{undone:?}");
+    let handler = &details["onFailure"];
+    assert_eq!(handler["ok"], true, "{handler}");
+    assert_eq!(handler["name"], "stamp");
+    assert_eq!(result.state["count"], 4, "the last good state");
+}
+
 /// Runs processor `name` once on `input`, on a runtime over a folder holding only it.
 pub async fn run_alone(name: &str, input: serde_json::Value) -> weir::ExecutionResult {
     let folder = PluginFolder::with(&[name]);

@@ -11,14 +11,15 @@ use super::handle::Distributed;
 use bullmq::FlowJob;
 
 use super::trust::Kind;
-use super::wire::{At, Binding, FORMAT, Frame, StepJob, WireScope, earliest, now_ms, now_us};
+use super::wire::{At, Binding, FORMAT, Frame, StepJob, Undo, WireScope, earliest, now_ms, now_us};
 use crate::contract::error::{Error, ErrorKind, ExecutionError, codes};
 use crate::contract::result::{ExecutionInfo, ExecutionResult, StepFailure};
 use crate::contract::state;
 use crate::contract::workflow::{Composition, Selector, Workflow};
 use crate::execution::activity::{Outcome as Ended, Tally};
 use crate::execution::compose::rules::{
-    Failure, choose_route, key_of, missing_key, place, route_failed, step_failed, workflow_result,
+    Failure, choose_route, compensation_outcome, handler_input, handler_outcome, key_of,
+    missing_key, place, route_failed, step_failed, undone, workflow_result,
 };
 use crate::execution::executor::{end_event, execution_event, failed};
 use crate::sandbox::events::EventKind;
@@ -332,6 +333,7 @@ impl Distributed {
             outer_deadline_ms: cursor.scope.deadline_ms,
             outer_parent: cursor.scope.parent.clone(),
             at: At::Chain { index: 0 },
+            produced: Vec::new(),
         };
         cursor.scope.deadline_ms = earliest(
             cursor.scope.deadline_ms,
@@ -383,6 +385,10 @@ impl Distributed {
             At::Chain { index } => Some(place::chain(*index)),
             At::Selector { .. } => Some(place::SELECTOR.to_string()),
             At::Merge { .. } => Some(place::MERGE.to_string()),
+            At::Undo { undo } => Some(match undo.current {
+                Some(index) => place::compensate(index),
+                None => place::ON_FAILURE.to_string(),
+            }),
             At::Join => None,
             At::Route { .. } | At::Branch { .. } => {
                 let workflow = match self.workflow(&frame.digest).await {
@@ -445,14 +451,30 @@ pub(crate) fn resume(
     absorb(&mut frame, &result);
     let path = frame.path.clone();
     match (frame.at.clone(), workflow.composition()) {
-        (At::Chain { index }, Composition::Chain { steps }) => match result.error {
+        (
+            At::Chain { index },
+            Composition::Chain {
+                steps, compensate, ..
+            },
+        ) => match result.error {
             Some(error) => {
                 // The index comes from job data: out of range names no step.
                 let name = steps.get(index).map_or("", String::as_str);
                 let error = step_failed(workflow, "step", name, Some(index), error);
-                close(cursor, frame, Err((result.state, error)))
+                let undo = Undo {
+                    current: None,
+                    pending: std::mem::take(&mut frame.produced),
+                    failed: index,
+                    error,
+                    state: result.state,
+                    outcomes: Vec::new(),
+                };
+                undo_next(cursor, workflow, frame, undo)
             }
             None if index + 1 < steps.len() => {
+                if compensate.contains_key(&steps[index]) {
+                    frame.produced.push((index, result.state.clone()));
+                }
                 frame.at = At::Chain { index: index + 1 };
                 cursor.frames.push(frame);
                 Next::Enter {
@@ -461,7 +483,32 @@ pub(crate) fn resume(
                     path: format!("{path}.{}", index + 1),
                 }
             }
-            None => close(cursor, frame, Ok(result.state)),
+            None => {
+                frame.produced.clear();
+                close(cursor, frame, Ok(result.state))
+            }
+        },
+        (
+            At::Undo { mut undo },
+            Composition::Chain {
+                steps,
+                on_failure,
+                compensate,
+            },
+        ) => match undo.current {
+            Some(index) => {
+                let step = steps.get(index).map_or("", String::as_str);
+                let compensation = compensate.get(step).map_or("", String::as_str);
+                let outcome = compensation_outcome(index, step, compensation, &result);
+                undo.outcomes.push(outcome);
+                undo_next(cursor, workflow, frame, *undo)
+            }
+            None => {
+                let handler = on_failure.as_deref().unwrap_or_default();
+                let handled = Some(handler_outcome(handler, &result));
+                let error = undone(undo.error, undo.outcomes, handled);
+                close(cursor, frame, Err((undo.state, error)))
+            }
         },
         (
             At::Selector { input },
@@ -548,6 +595,53 @@ pub(crate) fn resume(
     }
 }
 
+/// Undoes a failed chain one step at a time, each a job: the next compensation (of the
+/// last completed step not undone yet), then the failure handler, then the chain's end
+/// with its error and how each of them ended. The same rules as the local driver's `undo`.
+fn undo_next(cursor: &mut Cursor, workflow: &Workflow, mut frame: Frame, mut undo: Undo) -> Next {
+    let Composition::Chain {
+        steps,
+        compensate,
+        on_failure,
+    } = workflow.composition()
+    else {
+        return close(cursor, frame, Err((undo.state, undo.error)));
+    };
+    let path = frame.path.clone();
+    while let Some((index, produced)) = undo.pending.pop() {
+        let Some(compensation) = steps.get(index).and_then(|step| compensate.get(step)) else {
+            continue;
+        };
+        undo.current = Some(index);
+        frame.at = At::Undo {
+            undo: Box::new(undo),
+        };
+        cursor.frames.push(frame);
+        return Next::Enter {
+            name: compensation.clone(),
+            state: produced,
+            path: format!("{path}.c{index}"),
+        };
+    }
+    // (Called before the handler has run: its end closes the chain in `resume`.)
+    if let Some(handler) = on_failure {
+        let step = steps.get(undo.failed).map_or("", String::as_str);
+        let input = handler_input(undo.failed, step, &undo.error, &undo.state);
+        undo.current = None;
+        frame.at = At::Undo {
+            undo: Box::new(undo),
+        };
+        cursor.frames.push(frame);
+        return Next::Enter {
+            name: handler.clone(),
+            state: input,
+            path: format!("{path}.f"),
+        };
+    }
+    let error = undone(undo.error, undo.outcomes, None);
+    close(cursor, frame, Err((undo.state, error)))
+}
+
 /// Ends the workflow of `frame` with `outcome`: its result, reported to whatever
 /// encloses it.
 pub(crate) fn close(cursor: &mut Cursor, frame: Frame, outcome: Outcome) -> Next {
@@ -592,7 +686,7 @@ pub(crate) fn open(
 ) -> Next {
     let path = frame.path.clone();
     match workflow.composition() {
-        Composition::Chain { steps } => {
+        Composition::Chain { steps, .. } => {
             frame.at = At::Chain { index: 0 };
             cursor.frames.push(frame.clone());
             Next::Enter {

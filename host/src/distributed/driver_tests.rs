@@ -186,6 +186,7 @@ fn advance(workflow: &Workflow, input: Value) -> (ExecutionResult, Vec<(String, 
         outer_deadline_ms: None,
         outer_parent: None,
         at: At::Chain { index: 0 },
+        produced: Vec::new(),
     };
     let mut next = open(&mut cursor, workflow, &mut frame, input);
     let mut jobs = Vec::new();
@@ -711,6 +712,7 @@ fn a_merger_after_an_ignored_branch_hands_its_failures_to_the_parallels_result()
             input: driven.state.input.clone(),
             failures,
         },
+        produced: Vec::new(),
     };
     let merged = run_step(&merger, input);
     let Next::Done(result) = resume(&mut cursor, &workflow, frame, merged) else {
@@ -721,4 +723,35 @@ fn a_merger_after_an_ignored_branch_hands_its_failures_to_the_parallels_result()
         places_of(&result.failures),
         [("branch:1".into(), "boom".into(), Some("boom".into()))]
     );
+}
+
+#[tokio::test]
+async fn a_failed_chain_is_undone_alike_by_both_drivers() {
+    let workflow = Workflow::chain("saga", ["mark-a", "plus-one", "mark-b", "boom"])
+        .compensate("mark-a", "times-ten")
+        .compensate("mark-b", "plus-one")
+        .on_failure_run("mark-a");
+    let (result, jobs) = both_advance_alike(&workflow, json!({"n": 1})).await;
+    assert_eq!(
+        paths(&jobs),
+        [
+            ("0.0", "mark-a"),
+            ("0.1", "plus-one"),
+            ("0.2", "mark-b"),
+            ("0.3", "boom"),
+            ("0.c2", "plus-one"),
+            ("0.c0", "times-ten"),
+            ("0.f", "mark-a"),
+        ]
+    );
+    let error = result.error.expect("failed");
+    let details = error.details.expect("details");
+    assert_eq!(details["compensations"][0]["state"]["n"], 3);
+    assert_eq!(details["compensations"][1]["state"]["n"], 10);
+    assert_eq!(details["onFailure"]["state"]["failed"]["index"], 3);
+    // A chain that succeeds undoes nothing and carries no states past its end.
+    let fine = Workflow::chain("fine", ["mark-a", "plus-one"]).compensate("mark-a", "boom");
+    let (result, jobs) = both_advance_alike(&fine, json!({"n": 1})).await;
+    assert!(result.ok);
+    assert_eq!(jobs.len(), 2);
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::trust::Fields;
 pub(crate) use crate::contract::clock::now_ms;
+use crate::contract::error::ExecutionError;
 use crate::contract::limits::LimitOverrides;
 use crate::contract::result::ExecutionInfo;
 
@@ -215,6 +216,7 @@ impl Frame {
             outer_deadline_ms,
             outer_parent,
             at,
+            produced: _,
         } = self;
         fields
             .str(workflow)
@@ -233,6 +235,10 @@ impl Frame {
             At::Branch { join, node } => fields.str("branch").str(join).u64(*node as u64),
             At::Join => fields.str("join"),
             At::Merge { .. } => fields.str("merge"),
+            At::Undo { undo } => fields
+                .str("undo")
+                .opt_u64(undo.current.map(|i| i as u64))
+                .u64(undo.failed as u64),
         };
     }
 }
@@ -318,6 +324,28 @@ pub(crate) struct Frame {
     pub outer_parent: Option<String>,
     /// Where in the workflow the current step is.
     pub at: At,
+    /// A chain's completed steps that name a compensation, with the state each produced
+    /// (data, like a step's input: what undoing the chain runs on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub produced: Vec<(usize, Value)>,
+}
+
+/// A failed chain being undone: its compensations, then its failure handler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Undo {
+    /// The step whose compensation runs now (`None`: the failure handler runs).
+    pub current: Option<usize>,
+    /// The compensations still to run: the steps and the states they produced, in the
+    /// order the steps ran (the last runs first).
+    pub pending: Vec<(usize, Value)>,
+    /// The step that failed, and the chain's error for it.
+    pub failed: usize,
+    pub error: ExecutionError,
+    /// The chain's last good state.
+    pub state: Value,
+    /// How each compensation that ran ended, in order.
+    pub outcomes: Vec<Value>,
 }
 
 /// The position inside a workflow.
@@ -334,6 +362,8 @@ pub(crate) enum At {
     Branch { join: String, node: usize },
     /// A fan-out whose branches are running (in its join job).
     Join,
+    /// Undoing a failed chain: a compensation, or its failure handler.
+    Undo { undo: Box<Undo> },
     /// Running a parallel's custom merge on the results; `input` is the parallel's, and
     /// `failures` the ones its branches went on past (data, like `input`).
     Merge {
@@ -487,6 +517,7 @@ mod tests {
                 outer_deadline_ms: None,
                 outer_parent: None,
                 at: At::Chain { index: 1 },
+                produced: Vec::new(),
             }],
             delay_ms: None,
             mac: String::new(),

@@ -6,6 +6,11 @@
 //! chain = ["increment", "increment", "increment"]
 //! timeout_ms = 5000                       # optional, for any kind: the whole run's budget
 //!
+//! [workflow.order]                       # a saga: a failed step undoes those before it
+//! chain = ["reserve", "charge", "ship"]
+//! compensate = { reserve = "release", charge = "refund" }   # last completed first
+//! on_failure = "notify"                   # optional: runs once the chain has failed
+//!
 //! [workflow.fan]
 //! parallel = ["increment", "hello"]
 //! merge = "combine"                       # optional: a processor given {input, results}
@@ -65,6 +70,7 @@ struct RawWorkflow {
     policy: Option<String>,
     graph: Option<Ordered<RawNode>>,
     on_failure: Option<RawOnFailure>,
+    compensate: Option<BTreeMap<String, Spanned<String>>>,
     timeout_ms: Option<u64>,
     description: Option<String>,
 }
@@ -261,25 +267,39 @@ fn build(
         ("fallback", raw.fallback.is_some(), "route"),
         ("concurrency", raw.concurrency.is_some(), "batch"),
         ("policy", raw.policy.is_some(), "batch"),
+        ("compensate", raw.compensate.is_some(), "chain"),
     ] {
         if present && owner != kind {
             return Err(format!("`{key}` applies only to {owner} workflows"));
         }
     }
-    if raw.on_failure.is_some() && !matches!(kind, "parallel" | "graph") {
+    if raw.on_failure.is_some() && !matches!(kind, "parallel" | "graph" | "chain") {
         let instead = if kind == "batch" {
             " (a batch says `policy`)"
         } else {
             ""
         };
         return Err(format!(
-            "`on_failure` applies only to parallel and graph workflows{instead}"
+            "`on_failure` applies only to chain, parallel and graph workflows{instead}"
         ));
     }
     let mut workflow = match kind {
         "chain" => {
             let steps: Vec<String> = raw.chain.iter().flatten().map(&mut note).collect();
-            Workflow::chain(name, steps)
+            let mut workflow = Workflow::chain(name, steps);
+            for (step, compensation) in raw.compensate.iter().flatten() {
+                workflow = workflow.compensate(step, note(compensation));
+            }
+            match &raw.on_failure {
+                // A chain's `on_failure` names the processor that handles its failure.
+                Some(RawOnFailure::Every(handler)) => workflow.on_failure_run(handler),
+                Some(RawOnFailure::Each(_)) => {
+                    return Err("a chain's `on_failure` names one processor, run once the \
+                                chain has failed: `on_failure = \"notify\"`"
+                        .into());
+                }
+                None => workflow,
+            }
         }
         "parallel" => {
             let branches: Vec<String> = raw.parallel.iter().flatten().map(&mut note).collect();
@@ -457,7 +477,7 @@ graph = { fetch = [], parse = ["fetch"], store = ["parse"], review = { after = [
             .collect();
         assert!(matches!(
             by_name["add-three"].composition(),
-            Composition::Chain { steps } if steps.len() == 3
+            Composition::Chain { steps, .. } if steps.len() == 3
         ));
         assert_eq!(by_name["fan"].timeout_ms(), Some(1000));
         match by_name["pick"].composition() {
@@ -573,9 +593,14 @@ on_failure = "ignore"
 parallel = ["a"]
 on_failure = "shrug"
 
+[workflow.routed]
+route = "/k"
+routes = { a = "a" }
+on_failure = "ignore"
+
 [workflow.chained]
 chain = ["a"]
-on_failure = "ignore"
+on_failure = { a = "ignore" }
 
 [workflow.batched]
 batch = "a"
@@ -615,6 +640,59 @@ on_failure = { b = "ignore" }
             broken["stranger"].contains("`b`, which is not a node"),
             "{}",
             broken["stranger"]
+        );
+    }
+
+    #[test]
+    fn a_saga_names_its_compensations_and_failure_handler() {
+        let parsed = parse_ok(
+            r#"
+[workflow.order]
+chain = ["reserve", "charge", "ship"]
+compensate = { reserve = "release", charge = "refund" }
+on_failure = "notify"
+
+[workflow.stranger]
+chain = ["a"]
+compensate = { b = "undo-b" }
+
+[workflow.misplaced]
+parallel = ["a"]
+compensate = { a = "undo-a" }
+"#,
+        );
+        let order = parsed
+            .workflows
+            .iter()
+            .find(|w| w.name() == "order")
+            .unwrap();
+        let Composition::Chain {
+            compensate,
+            on_failure,
+            ..
+        } = order.composition()
+        else {
+            panic!("a chain");
+        };
+        assert_eq!(compensate["reserve"], "release");
+        assert_eq!(compensate["charge"], "refund");
+        assert_eq!(on_failure.as_deref(), Some("notify"));
+        let refs: Vec<&str> = order.references().into_iter().map(|(_, n)| n).collect();
+        for name in ["release", "refund", "notify"] {
+            assert!(refs.contains(&name), "{refs:?}");
+        }
+        let stranger = parsed
+            .workflows
+            .iter()
+            .find(|w| w.name() == "stranger")
+            .unwrap();
+        let why = stranger.check_shape().unwrap_err();
+        assert!(why.contains("`b`, which is not a step"), "{why}");
+        let broken: BTreeMap<_, _> = parsed.broken.into_iter().collect();
+        assert!(
+            broken["misplaced"].contains("only to chain"),
+            "{}",
+            broken["misplaced"]
         );
     }
 }

@@ -44,10 +44,19 @@ pub struct Workflow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Composition {
-    /// Steps in order, each on the previous step's output; stops at the first failure.
+    /// Steps in order, each on the previous step's output; stops at the first failure
+    /// (then undoes the steps before it that name a compensation, last first).
     Chain {
         /// The steps.
         steps: Vec<String>,
+        /// Step name → the processor that undoes it (a saga's compensation): when a later
+        /// step fails, it runs on the state the step produced.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        compensate: BTreeMap<String, String>,
+        /// A processor run once the chain has failed (after its compensations), on
+        /// `{failed: {index, name}, error, state}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_failure: Option<String>,
     },
     /// Every branch on the same input, concurrently; the first failure cancels the others
     /// (unless its branch's [`OnFailure`] says otherwise).
@@ -238,6 +247,8 @@ impl Workflow {
             name,
             Composition::Chain {
                 steps: steps.into_iter().map(Into::into).collect(),
+                compensate: BTreeMap::new(),
+                on_failure: None,
             },
         )
     }
@@ -385,6 +396,29 @@ impl Workflow {
         match &mut self.composition {
             Composition::Parallel { merge, .. } => *merge = Some(processor.into()),
             _ => self.misuse("`merge` applies only to parallel workflows"),
+        }
+        self
+    }
+
+    /// Names the processor that undoes chain step `step` (a saga's compensation): if a later
+    /// step fails, `compensation` runs on the state `step` produced, the compensations of
+    /// the completed steps last first (chain workflows only).
+    pub fn compensate(mut self, step: impl Into<String>, compensation: impl Into<String>) -> Self {
+        match &mut self.composition {
+            Composition::Chain { compensate, .. } => {
+                compensate.insert(step.into(), compensation.into());
+            }
+            _ => self.misuse("`compensate` applies only to chain workflows"),
+        }
+        self
+    }
+
+    /// Names a processor to run once the chain has failed, after its compensations: it gets
+    /// `{failed: {index, name}, error, state}` (the last good state) (chain workflows only).
+    pub fn on_failure_run(mut self, handler: impl Into<String>) -> Self {
+        match &mut self.composition {
+            Composition::Chain { on_failure, .. } => *on_failure = Some(handler.into()),
+            _ => self.misuse("a failure handler applies only to chain workflows"),
         }
         self
     }

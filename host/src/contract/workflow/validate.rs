@@ -21,12 +21,22 @@ impl Workflow {
     pub fn references(&self) -> Vec<(String, &str)> {
         let mut refs = Vec::new();
         match &self.composition {
-            Composition::Chain { steps } => {
+            Composition::Chain {
+                steps,
+                compensate,
+                on_failure,
+            } => {
                 for (i, step) in steps.iter().enumerate() {
                     // A delay names nothing.
                     if super::delay_of(step).is_none() {
                         refs.push((format!("step {}", i + 1), step.as_str()));
                     }
+                }
+                for (step, compensation) in compensate {
+                    refs.push((format!("compensation of `{step}`"), compensation.as_str()));
+                }
+                if let Some(handler) = on_failure {
+                    refs.push(("on_failure".to_string(), handler.as_str()));
                 }
             }
             Composition::Parallel {
@@ -83,9 +93,17 @@ impl Workflow {
         }
         check_delays(self)?;
         match &self.composition {
-            Composition::Chain { steps } if steps.is_empty() => {
+            Composition::Chain { steps, .. } if steps.is_empty() => {
                 Err("a chain needs at least one step".into())
             }
+            Composition::Chain {
+                steps, compensate, ..
+            } => match compensate.keys().find(|name| !steps.contains(name)) {
+                Some(name) => Err(format!(
+                    "`compensate` names `{name}`, which is not a step of this chain"
+                )),
+                None => Ok(()),
+            },
             Composition::Parallel { branches, .. } if branches.is_empty() => {
                 Err("a parallel needs at least one branch".into())
             }
@@ -140,7 +158,18 @@ impl Workflow {
 /// `delay:N` with a unit and at most [`super::MAX_DELAY`].
 fn check_delays(workflow: &Workflow) -> Result<(), String> {
     let is_delay = |name: &str| name.starts_with(super::DELAY_PREFIX);
-    if let Composition::Chain { steps } = &workflow.composition {
+    if let Composition::Chain {
+        steps,
+        compensate,
+        on_failure,
+    } = &workflow.composition
+    {
+        let others = compensate.values().chain(on_failure);
+        if let Some(name) = others.into_iter().find(|name| is_delay(name)) {
+            return Err(format!(
+                "`{name}` is a delay: a compensation or failure handler is a processor"
+            ));
+        }
         for step in steps.iter().filter(|s| is_delay(s)) {
             match super::delay_of(step) {
                 Some(wait) if wait <= super::MAX_DELAY => {}

@@ -103,7 +103,7 @@ pub(crate) async fn run<R: StepRunner>(
     let mut cost = Cost::default();
     let mut items = None;
     let outcome = match workflow.composition() {
-        Composition::Chain { steps } => {
+        Composition::Chain { steps, .. } => {
             chain(shared, workflow, steps, input, &scope, &mut cost).await
         }
         Composition::Parallel {
@@ -221,6 +221,12 @@ async fn chain<R: StepRunner>(
     scope: &Scope,
     cost: &mut Cost,
 ) -> Result<Value, Failure> {
+    let compensate = match workflow.composition() {
+        Composition::Chain { compensate, .. } => compensate,
+        _ => &std::collections::BTreeMap::new(),
+    };
+    // The completed steps that name a compensation, with the state each produced.
+    let mut done: Vec<(usize, Value)> = Vec::new();
     let mut state = input;
     for (index, step) in steps.iter().enumerate() {
         let result = match crate::contract::workflow::delay_of(step) {
@@ -235,13 +241,83 @@ async fn chain<R: StepRunner>(
         // A failed step's state is its input: the chain's last good state.
         state = result.state;
         if let Some(error) = result.error {
-            return Err((
-                state,
-                step_failed(workflow, "step", step, Some(index), error),
-            ));
+            let error = step_failed(workflow, "step", step, Some(index), error);
+            let error = undo(
+                shared,
+                workflow,
+                steps,
+                done,
+                (index, error),
+                &state,
+                scope,
+                cost,
+            )
+            .await;
+            return Err((state, error));
+        }
+        if compensate.contains_key(step) {
+            done.push((index, state.clone()));
         }
     }
     Ok(state)
+}
+
+/// Undoes a failed chain (a saga): runs the compensations of its completed steps (`done`,
+/// each with the state it produced), the last first, then its failure handler on the
+/// failed step, `error` and the last good `state`. Every one runs whatever the others do;
+/// the chain's error reports how each ended.
+#[allow(clippy::too_many_arguments)]
+async fn undo<R: StepRunner>(
+    shared: &R,
+    workflow: &Workflow,
+    steps: &[String],
+    done: Vec<(usize, Value)>,
+    (failed_at, error): (usize, ExecutionError),
+    state: &Value,
+    scope: &Scope,
+    cost: &mut Cost,
+) -> ExecutionError {
+    let Composition::Chain {
+        compensate,
+        on_failure,
+        ..
+    } = workflow.composition()
+    else {
+        return error;
+    };
+    let mut outcomes = Vec::new();
+    for (index, produced) in done.into_iter().rev() {
+        let step = &steps[index];
+        let Some(compensation) = compensate.get(step) else {
+            continue;
+        };
+        let result = shared
+            .run_step(
+                compensation,
+                produced,
+                scope.clone().at(place::compensate(index)),
+            )
+            .await;
+        cost.absorb(&result);
+        outcomes.push(rules::compensation_outcome(
+            index,
+            step,
+            compensation,
+            &result,
+        ));
+    }
+    let handled = match on_failure {
+        Some(handler) => {
+            let input = rules::handler_input(failed_at, &steps[failed_at], &error, state);
+            let result = shared
+                .run_step(handler, input, scope.clone().at(place::ON_FAILURE))
+                .await;
+            cost.absorb(&result);
+            Some(rules::handler_outcome(handler, &result))
+        }
+        None => None,
+    };
+    rules::undone(error, outcomes, handled)
 }
 
 /// A chain's delay step: waits `wait` (holding no sandbox), unless the workflow is

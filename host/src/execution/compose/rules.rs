@@ -55,6 +55,14 @@ pub(crate) mod place {
         }
     }
 
+    /// The compensation of chain step `index` (from 0).
+    pub(crate) fn compensate(index: usize) -> String {
+        format!("compensate:{index}")
+    }
+
+    /// A chain's failure handler.
+    pub(crate) const ON_FAILURE: &str = "on-failure";
+
     /// A parallel's custom merge.
     pub(crate) const MERGE: &str = "merge";
 
@@ -95,6 +103,74 @@ pub(crate) fn workflow_result(
     };
     result.items = items;
     result
+}
+
+/// How one compensation of a failed chain ended, as the chain's error reports it:
+/// `{step, name, compensate, ok, state | error}` (`step` the index of the step it undid).
+pub(crate) fn compensation_outcome(
+    index: usize,
+    step: &str,
+    compensation: &str,
+    result: &ExecutionResult,
+) -> Value {
+    let mut outcome = json!({
+        "step": index,
+        "name": step,
+        "compensate": compensation,
+        "ok": result.ok,
+    });
+    match &result.error {
+        None => outcome["state"] = result.state.clone(),
+        Some(error) => outcome["error"] = json!(error),
+    }
+    outcome
+}
+
+/// What a chain's failure handler receives: the failed step, its error (as the chain
+/// reports it) and the last good state.
+pub(crate) fn handler_input(
+    index: usize,
+    step: &str,
+    error: &ExecutionError,
+    state: &Value,
+) -> Value {
+    json!({
+        "failed": { "index": index, "name": step },
+        "error": error,
+        "state": state,
+    })
+}
+
+/// How a chain's failure handler ended: `{name, ok, state | error}`.
+pub(crate) fn handler_outcome(handler: &str, result: &ExecutionResult) -> Value {
+    let mut outcome = json!({ "name": handler, "ok": result.ok });
+    match &result.error {
+        None => outcome["state"] = result.state.clone(),
+        Some(error) => outcome["error"] = json!(error),
+    }
+    outcome
+}
+
+/// A failed chain's error once it has been undone: the step's error (`error`, already
+/// naming the step), with each compensation's outcome in the order they ran (the last
+/// completed step's first) and the failure handler's, in its details.
+pub(crate) fn undone(
+    mut error: ExecutionError,
+    compensations: Vec<Value>,
+    handler: Option<Value>,
+) -> ExecutionError {
+    if compensations.is_empty() && handler.is_none() {
+        return error;
+    }
+    if let Some(Value::Object(details)) = &mut error.details {
+        if !compensations.is_empty() {
+            details.insert("compensations".into(), Value::Array(compensations));
+        }
+        if let Some(handler) = handler {
+            details.insert("onFailure".into(), handler);
+        }
+    }
+    error
 }
 
 /// The result of a chain's delay step `step`: the state passed on unchanged, or (`error`)

@@ -602,3 +602,79 @@ async fn a_delay_ends_at_once_when_its_workflow_is_cancelled_or_out_of_time() {
     assert_eq!(error.kind, ErrorKind::Timeout);
     assert!(error.has_code(codes::DEADLINE_EXCEEDED), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_failed_chain_undoes_its_completed_steps_last_first_then_runs_its_handler() {
+    fn undo(mut state: Value) -> Result<Value, ExecutionError> {
+        state["undone"] = json!(true);
+        Ok(state)
+    }
+    fn notify(input: Value) -> Result<Value, ExecutionError> {
+        Ok(json!({"told": input}))
+    }
+    let mut fake = processors();
+    Arc::make_mut(&mut fake.steps).insert("undo-a", Step::Map(undo));
+    Arc::make_mut(&mut fake.steps).insert("undo-b", Step::Map(undo));
+    Arc::make_mut(&mut fake.steps).insert("notify", Step::Map(notify));
+    let workflow = Workflow::chain("saga", ["mark-a", "plus-one", "mark-b", "boom"])
+        .compensate("mark-a", "undo-a")
+        .compensate("mark-b", "undo-b")
+        .on_failure_run("notify");
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    assert!(!result.ok);
+    assert_eq!(
+        fake.ran(),
+        [
+            "mark-a", "plus-one", "mark-b", "boom", "undo-b", "undo-a", "notify"
+        ]
+    );
+    let error = result.error.as_ref().expect("the original failure");
+    assert!(error.has_code("boom"), "{error:?}");
+    assert!(
+        error.message.starts_with("step 4 (`boom`)"),
+        "{}",
+        error.message
+    );
+    let details = error.details.as_ref().expect("details");
+    let undone = details["compensations"].as_array().expect("compensations");
+    assert_eq!(undone.len(), 2);
+    // Each compensation ran on the state its step produced.
+    assert_eq!(
+        (undone[0]["step"].clone(), undone[0]["compensate"].clone()),
+        (json!(2), json!("undo-b"))
+    );
+    assert_eq!(undone[0]["state"]["b"], true);
+    assert_eq!(undone[0]["state"]["n"], 2);
+    assert_eq!(
+        (undone[1]["step"].clone(), undone[1]["compensate"].clone()),
+        (json!(0), json!("undo-a"))
+    );
+    assert_eq!(
+        undone[1]["state"]["n"], 1,
+        "step 1's output, before plus-one"
+    );
+    let told = &details["onFailure"]["state"]["told"];
+    assert_eq!(told["failed"], json!({"index": 3, "name": "boom"}));
+    assert_eq!(told["state"]["b"], true, "the last good state");
+    assert_eq!(told["error"]["code"], "boom");
+    assert_eq!(
+        result.state["b"], true,
+        "the chain's state is still the last good one"
+    );
+    assert_eq!(result.execution.fuel_consumed, 7 * FUEL);
+}
+
+#[tokio::test]
+async fn a_failing_compensation_does_not_stop_the_others() {
+    let fake = processors();
+    let workflow = Workflow::chain("saga", ["mark-a", "mark-b", "boom"])
+        .compensate("mark-a", "plus-one")
+        .compensate("mark-b", "boom");
+    let result = run_with(&fake, workflow, json!({"n": 1})).await;
+    let details = result.error.expect("failed").details.expect("details");
+    let undone = &details["compensations"];
+    assert_eq!(undone[0]["ok"], false);
+    assert_eq!(undone[0]["error"]["code"], "boom");
+    assert_eq!(undone[1]["ok"], true);
+    assert_eq!(fake.ran(), ["mark-a", "mark-b", "boom", "boom", "plus-one"]);
+}
