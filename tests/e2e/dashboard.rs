@@ -79,7 +79,9 @@ fn a_failed_runs_page_shows_its_failed_step_and_its_retry_succeeds() {
     folder.manifest("flaky", "[retry]\nmax_attempts = 1\n");
     folder.write(
         "workflows.toml",
-        b"[workflow.shaky]\nchain = [\"increment\", \"flaky\"]\n",
+        b"[workflow.shaky]\nchain = [\"increment\", \"flaky\"]\n\n\
+          [workflow.tolerant]\nparallel = [\"increment\", \"flaky\"]\n\
+          on_failure = { flaky = \"ignore\" }\n",
     );
     let manifest = folder.path().join("flaky.toml");
     assert!(manifest.exists(), "the manifest sits beside the component");

@@ -257,3 +257,37 @@ async fn a_run_in_a_delay_survives_a_restart_of_every_worker_and_completes_once(
         .unwrap();
     assert_eq!(next.state["tally"], 3, "{next:?}");
 }
+
+/// `weir run --idempotency-key`: a detached submission and a waiting one under one key are
+/// one run, whichever process sends them.
+#[tokio::test]
+async fn the_command_line_runs_a_key_once_across_its_processes() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["increment"]);
+    let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
+    let dir = folder.path().to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "increment",
+            "--redis",
+            &url,
+            "--plugins",
+            dir,
+            "--input",
+            r#"{"count": 1}"#,
+            "--idempotency-key",
+            "cli-1",
+        ];
+        args.extend_from_slice(extra);
+        crate::distributed::weir_json(&args)
+    };
+    let detached = run(&["--detach"]);
+    let id = detached["run"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{detached}"));
+    let waited = run(&[]);
+    assert_eq!(waited["execution"]["id"], id, "{waited}");
+    assert_eq!(waited["state"]["count"], 2, "{waited}");
+}

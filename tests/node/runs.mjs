@@ -2,7 +2,9 @@
 // of the `shaky` chain submitted from the page fails in its `flaky` step; its page shows that
 // step failed in the timeline, with the error; the operator raises `flaky`'s attempts in its
 // manifest (the folder reloads it), and the page's Retry button makes a new job that
-// succeeds, whose timeline shows the retried attempts. Then saves a screenshot.
+// succeeds, whose timeline shows the retried attempts. Before that, a job of the `tolerant`
+// parallel, whose `flaky` branch fails and is ignored (`on_failure`), completes and its page
+// lists the failure it went on past. Then saves a screenshot.
 //
 // Usage: node runs.mjs URL SCREENSHOT FLAKY_MANIFEST   (CHROMIUM names the browser).
 // Prints `runs ok` on success; exits non-zero otherwise.
@@ -24,6 +26,22 @@ try {
   await page.goto(url);
   await page.locator("#status.ok").waitFor({ timeout: 30000 });
   await page.locator('#workflows tr[data-workflow="shaky"]').waitFor({ timeout: 30000 });
+  // A parallel that goes on past its failed branch: completed, and its page says what failed.
+  await page.selectOption("#run-name", "tolerant");
+  await page.fill("#run-input", '{"count": 1}');
+  await page.click("#run-job");
+  const tolerant = page.locator('#jobs tr[data-status="completed"][data-processor="tolerant"]');
+  await tolerant.waitFor({ timeout: 30000 });
+  const tolerantId = await tolerant.getAttribute("data-job");
+  await tolerant.locator("button.open").click();
+  await page.locator(`#run[data-job="${tolerantId}"]`).waitFor({ timeout: 30000 });
+  await page.locator("#run-failures-box:not([hidden])").waitFor({ timeout: 10000 });
+  const wentPast = await page.textContent("#run-failures");
+  if (!wentPast.includes("branch:1 (flaky)") || !wentPast.includes("failed on purpose")) {
+    throw new Error("the failure gone past is not shown: " + wentPast);
+  }
+  const summary = await page.textContent("#run-summary");
+  if (!summary.includes("went on past 1 failure(s)")) throw new Error("no count in the summary: " + summary);
   // Submitted as a job from the page: it fails in its second step.
   await page.selectOption("#run-name", "shaky");
   await page.fill("#run-input", '{"count": 1}');
@@ -33,6 +51,8 @@ try {
   const firstId = await failed.getAttribute("data-job");
   await failed.locator("button.open").click();
   const run = page.locator(`#run[data-job="${firstId}"]`);
+  await run.waitFor({ timeout: 30000 });
+  if (!(await page.locator("#run-failures-box").isHidden())) throw new Error("a failed job lists failures gone past");
   await run.waitFor({ timeout: 30000 });
   const step = run.locator('#timeline g[data-processor="flaky"][data-status="failed"]');
   await step.waitFor({ timeout: 30000 });
