@@ -5,6 +5,7 @@
 //! and so does the test crate's build script, so tests always run against plugins built from
 //! the current sources.
 
+pub mod anchor;
 pub mod layers;
 pub mod links;
 

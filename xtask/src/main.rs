@@ -376,8 +376,21 @@ fn fuzz(seconds: Option<&str>) -> Result<(), String> {
     )
 }
 
-/// `cargo xtask bench [execute|reload|queue|languages|memory|serve|abuse]` (all by default).
+/// `cargo xtask bench [execute|reload|queue|languages|memory|serve|abuse]` (all by default),
+/// or `cargo xtask bench side-by-side [ROUNDS]`: weir's execute bench interleaved with
+/// AM2Z's own (`../shared/anchors/am2z`, or `WEIR_AM2Z_ANCHOR`), 4 rounds by default.
 fn bench(which: &[String]) -> Result<(), String> {
+    if which.first().map(String::as_str) == Some("side-by-side") {
+        let rounds = match which.get(1) {
+            Some(n) => n
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("`{n}` is not a number of rounds"))?,
+            None => 4,
+        };
+        return xtask::anchor::side_by_side(&xtask::repo_root(), rounds);
+    }
     let all = [
         "execute".to_string(),
         "reload".to_string(),

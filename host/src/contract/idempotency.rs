@@ -113,5 +113,11 @@ mod tests {
         assert_ne!(one, fingerprint("q", &json!({"a": 1}), None));
         assert_ne!(one, fingerprint("p", &json!({"a": 2}), None));
         assert_ne!(one, fingerprint("p", &json!({"a": 1}), Some("s")));
+        // The same object with its keys in another order is the same request.
+        let ab: serde_json::Value =
+            serde_json::from_str(r#"{"a": 1, "b": {"c": 2, "d": 3}}"#).unwrap();
+        let ba: serde_json::Value =
+            serde_json::from_str(r#"{"b": {"d": 3, "c": 2}, "a": 1}"#).unwrap();
+        assert_eq!(fingerprint("p", &ab, None), fingerprint("p", &ba, None));
     }
 }

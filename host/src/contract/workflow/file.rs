@@ -622,7 +622,12 @@ on_failure = { b = "ignore" }
             broken["word"]
         );
         assert!(
-            broken["chained"].contains("only to parallel and graph"),
+            broken["routed"].contains("only to chain, parallel and graph"),
+            "{}",
+            broken["routed"]
+        );
+        assert!(
+            broken["chained"].contains("names one processor"),
             "{}",
             broken["chained"]
         );
