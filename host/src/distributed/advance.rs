@@ -204,45 +204,14 @@ impl Distributed {
         // A chain's delay: a job that waits in Redis (BullMQ's delayed set), holding no
         // worker, and then passes its state on.
         if let Some(wait) = crate::contract::workflow::delay_of(&name) {
-            let mut job = StepJob {
-                weir: FORMAT,
-                run: cursor.run.clone(),
-                path,
-                execution,
-                processor: name,
-                digest: String::new(),
-                state,
-                scope: cursor.scope.clone(),
-                bindings: cursor.bindings.clone(),
-                frames: cursor.frames.clone(),
-                delay_ms: Some(crate::contract::clock::millis(wait)),
-                mac: String::new(),
-            };
-            if self.seal.keyed() {
-                job.mac = self.seal.sign(Kind::Step, &job.authority());
-            }
-            return Ok(Entered::Plan(Plan::Step(Box::new(job))));
+            let delay = Some(crate::contract::clock::millis(wait));
+            let step = (name, String::new(), state, path, execution);
+            return Ok(self.step_plan(cursor, step, delay));
         }
         match cursor.bindings.get(&name).cloned() {
             Some(Binding::Processor { digest }) => {
-                let mut job = StepJob {
-                    weir: FORMAT,
-                    run: cursor.run.clone(),
-                    path,
-                    execution,
-                    processor: name,
-                    digest,
-                    state,
-                    scope: cursor.scope.clone(),
-                    bindings: cursor.bindings.clone(),
-                    frames: cursor.frames.clone(),
-                    delay_ms: None,
-                    mac: String::new(),
-                };
-                if self.seal.keyed() {
-                    job.mac = self.seal.sign(Kind::Step, &job.authority());
-                }
-                Ok(Entered::Plan(Plan::Step(Box::new(job))))
+                let step = (name, digest, state, path, execution);
+                Ok(self.step_plan(cursor, step, None))
             }
             Some(Binding::Workflow { digest }) => {
                 self.tally(
@@ -344,6 +313,34 @@ impl Distributed {
             return self.open_fan_out(cursor, &workflow, frame, state).await;
         }
         Ok(Entered::Next(open(cursor, &workflow, &mut frame, state)))
+    }
+
+    /// The job of one step: `(processor, digest, state, path, execution)` in `cursor`'s run,
+    /// waiting `delay_ms` in Redis first (a chain's delay step), signed by this fleet.
+    fn step_plan(
+        &self,
+        cursor: &Cursor,
+        (processor, digest, state, path, execution): (String, String, Value, String, String),
+        delay_ms: Option<u64>,
+    ) -> Entered {
+        let mut job = StepJob {
+            weir: FORMAT,
+            run: cursor.run.clone(),
+            path,
+            execution,
+            processor,
+            digest,
+            state,
+            scope: cursor.scope.clone(),
+            bindings: cursor.bindings.clone(),
+            frames: cursor.frames.clone(),
+            delay_ms,
+            mac: String::new(),
+        };
+        if self.seal.keyed() {
+            job.mac = self.seal.sign(Kind::Step, &job.authority());
+        }
+        Entered::Plan(Plan::Step(Box::new(job)))
     }
 
     /// Counts a workflow's end in the activity counters, and tells it as the local runtime
@@ -598,7 +595,7 @@ pub(crate) fn resume(
 /// Undoes a failed chain one step at a time, each a job: the next compensation (of the
 /// last completed step not undone yet), then the failure handler, then the chain's end
 /// with its error and how each of them ended. The same rules as the local driver's `undo`.
-fn undo_next(cursor: &mut Cursor, workflow: &Workflow, mut frame: Frame, mut undo: Undo) -> Next {
+fn undo_next(cursor: &mut Cursor, workflow: &Workflow, frame: Frame, mut undo: Undo) -> Next {
     let Composition::Chain {
         steps,
         compensate,
@@ -613,33 +610,35 @@ fn undo_next(cursor: &mut Cursor, workflow: &Workflow, mut frame: Frame, mut und
             continue;
         };
         undo.current = Some(index);
-        frame.at = At::Undo {
-            undo: Box::new(undo),
-        };
-        cursor.frames.push(frame);
-        return Next::Enter {
-            name: compensation.clone(),
-            state: produced,
-            path: format!("{path}.c{index}"),
-        };
+        let path = format!("{path}.c{index}");
+        return enter_undo(cursor, frame, undo, compensation.clone(), produced, path);
     }
     // (Called before the handler has run: its end closes the chain in `resume`.)
     if let Some(handler) = on_failure {
         let step = steps.get(undo.failed).map_or("", String::as_str);
         let input = handler_input(undo.failed, step, &undo.error, &undo.state);
         undo.current = None;
-        frame.at = At::Undo {
-            undo: Box::new(undo),
-        };
-        cursor.frames.push(frame);
-        return Next::Enter {
-            name: handler.clone(),
-            state: input,
-            path: format!("{path}.f"),
-        };
+        let path = format!("{path}.f");
+        return enter_undo(cursor, frame, undo, handler.clone(), input, path);
     }
     let error = undone(undo.error, undo.outcomes, None);
     close(cursor, frame, Err((undo.state, error)))
+}
+
+/// Runs `name` on `state` at `path` as the next move of undoing the chain of `frame`.
+fn enter_undo(
+    cursor: &mut Cursor,
+    mut frame: Frame,
+    undo: Undo,
+    name: String,
+    state: Value,
+    path: String,
+) -> Next {
+    frame.at = At::Undo {
+        undo: Box::new(undo),
+    };
+    cursor.frames.push(frame);
+    Next::Enter { name, state, path }
 }
 
 /// Ends the workflow of `frame` with `outcome`: its result, reported to whatever

@@ -175,19 +175,7 @@ fn advance(workflow: &Workflow, input: Value) -> (ExecutionResult, Vec<(String, 
         bindings: BTreeMap::new(),
         frames: Vec::new(),
     };
-    let mut frame = Frame {
-        workflow: workflow.name().to_string(),
-        digest: workflow.digest().to_string(),
-        execution: "run".to_string(),
-        path: "0".to_string(),
-        started_us: 0,
-        fuel: 0,
-        peak_memory: 0,
-        outer_deadline_ms: None,
-        outer_parent: None,
-        at: At::Chain { index: 0 },
-        produced: Vec::new(),
-    };
+    let mut frame = frame_of(workflow, At::Chain { index: 0 });
     let mut next = open(&mut cursor, workflow, &mut frame, input);
     let mut jobs = Vec::new();
     loop {
@@ -201,6 +189,23 @@ fn advance(workflow: &Workflow, input: Value) -> (ExecutionResult, Vec<(String, 
                 Some(frame) => resume(&mut cursor, workflow, frame, *result),
             },
         };
+    }
+}
+
+/// The frame of run `run`'s top workflow `workflow`, at `at`.
+fn frame_of(workflow: &Workflow, at: At) -> Frame {
+    Frame {
+        workflow: workflow.name().to_string(),
+        digest: workflow.digest().to_string(),
+        execution: "run".to_string(),
+        path: "0".to_string(),
+        started_us: 0,
+        fuel: 0,
+        peak_memory: 0,
+        outer_deadline_ms: None,
+        outer_parent: None,
+        at,
+        produced: Vec::new(),
     }
 }
 
@@ -698,22 +703,11 @@ fn a_merger_after_an_ignored_branch_hands_its_failures_to_the_parallels_result()
         bindings: BTreeMap::new(),
         frames: Vec::new(),
     };
-    let frame = Frame {
-        workflow: workflow.name().to_string(),
-        digest: workflow.digest().to_string(),
-        execution: "run".to_string(),
-        path: "0".to_string(),
-        started_us: 0,
-        fuel: 0,
-        peak_memory: 0,
-        outer_deadline_ms: None,
-        outer_parent: None,
-        at: At::Merge {
-            input: driven.state.input.clone(),
-            failures,
-        },
-        produced: Vec::new(),
+    let at = At::Merge {
+        input: driven.state.input.clone(),
+        failures,
     };
+    let frame = frame_of(&workflow, at);
     let merged = run_step(&merger, input);
     let Next::Done(result) = resume(&mut cursor, &workflow, frame, merged) else {
         panic!("the parallel ends with its merge");

@@ -127,14 +127,7 @@ impl Inner {
             return Err(self.refuse(queue, job, refused));
         }
         let joins = joins_of(&step.frames);
-        let reason = match self.cancelled_as_heard(step, &joins) {
-            Some(reason) => reason,
-            None => self
-                .dist
-                .cancelled_before_start(step)
-                .await
-                .map_err(|e| self.retry_later(step, e))?,
-        };
+        let reason = self.cancelled(step, &joins).await?;
         let info = step.info(attempt);
         let result = match reason {
             Some(reason) => cancelled_unstarted(step.state.clone(), reason, info),
@@ -152,6 +145,23 @@ impl Inner {
             Ok(document(&result))
         } else {
             Err(bullmq::Error::Unrecoverable(message_of(&result)))
+        }
+    }
+
+    /// Whether `step` (in the fan-outs `joins`) was cancelled before it started: by what
+    /// this worker heard, else by what Redis keeps.
+    async fn cancelled(
+        &self,
+        step: &StepJob,
+        joins: &[String],
+    ) -> Result<Option<CancelReason>, bullmq::Error> {
+        match self.cancelled_as_heard(step, joins) {
+            Some(reason) => Ok(reason),
+            None => self
+                .dist
+                .cancelled_before_start(step)
+                .await
+                .map_err(|e| self.retry_later(step, e)),
         }
     }
 
@@ -220,14 +230,7 @@ impl Inner {
             inner: &self,
             id: job_id,
         };
-        let reason = match self.cancelled_as_heard(step, &joins) {
-            Some(reason) => reason,
-            None => self
-                .dist
-                .cancelled_before_start(step)
-                .await
-                .map_err(|e| self.retry_later(step, e))?,
-        };
+        let reason = self.cancelled(step, &joins).await?;
         if let Some(reason) = reason.or_else(|| cancel.reason()) {
             let info = step.info(attempt.saturating_sub(1));
             let result = cancelled_unstarted(step.state.clone(), reason, info);

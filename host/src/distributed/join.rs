@@ -290,10 +290,7 @@ impl JoinState {
     fn set_aside(&self, workflow: &Workflow) -> Vec<StepFailure> {
         set_aside(
             workflow.composition(),
-            self.nodes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| n.result.as_ref().map(|r| (i, r))),
+            self.nodes.iter().map(|n| n.result.as_ref()),
         )
     }
 

@@ -402,13 +402,7 @@ async fn parallel<R: StepRunner>(
         );
         return Err((input, error));
     }
-    cost.failures = set_aside(
-        workflow.composition(),
-        results
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.as_ref().map(|r| (i, r))),
-    );
+    cost.failures = set_aside(workflow.composition(), results.iter().map(Option::as_ref));
     let states = branch_states(results.iter().map(Option::as_ref));
     let merged = match merge {
         None => {
@@ -697,13 +691,7 @@ async fn graph<R: StepRunner>(
             step_failed(workflow, "node", &nodes[i].name, None, error),
         ));
     }
-    cost.failures = set_aside(
-        workflow.composition(),
-        results
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.as_ref().map(|r| (i, r))),
-    );
+    cost.failures = set_aside(workflow.composition(), results.iter().map(Option::as_ref));
     // Sinks, in declared order; a skipped sink contributes what reached it.
     let sinks: Vec<&Map<String, Value>> = (0..nodes.len())
         .filter(|&i| dependents[i].is_empty())

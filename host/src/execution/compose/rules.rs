@@ -239,15 +239,18 @@ pub(crate) fn verdict(policy: OnFailure, stopped: bool) -> Verdict {
     }
 }
 
-/// The failures a parallel or graph that succeeded went on past: each of `results` (by
-/// branch or node index, in declared order) that failed, with its place.
+/// The failures a parallel or graph that succeeded went on past: each of `results` (one
+/// per branch or node, in declared order; `None` for one without a result) that failed,
+/// with its place.
 pub(crate) fn set_aside<'a>(
     composition: &Composition,
-    results: impl IntoIterator<Item = (usize, &'a ExecutionResult)>,
+    results: impl IntoIterator<Item = Option<&'a ExecutionResult>>,
 ) -> Vec<StepFailure> {
     results
         .into_iter()
+        .enumerate()
         .filter_map(|(index, result)| {
+            let result = result?;
             let error = result.error.as_ref()?;
             Some(StepFailure {
                 place: place::fan_out(composition, index)?,
