@@ -17,6 +17,11 @@
 //! `WEIR_BENCH_CONCURRENCY=N` passes `--concurrency N` to the `weir worker` processes.
 //! `WEIR_BENCH_WARM=1` grants `increment` warm instances (`[warm]` in its manifest), to
 //! see the queue's cost without a fresh sandbox per job.
+//!
+//! Beside each system's figures it prints what the one Redis spent per job: CPU time (user
+//! and system, from `INFO` before and after) and commands processed, over every job it ran.
+//! A fleet's Redis is shared by all its workers, so 1 s ÷ that CPU time is the ceiling of
+//! jobs/s whatever the number of workers.
 
 #![allow(clippy::unwrap_used)]
 
@@ -49,6 +54,46 @@ struct Figures {
     p50_us: f64,
     p99_us: f64,
     per_second: f64,
+    /// Redis's CPU time (user + system) per job, in µs, and the commands Redis processed
+    /// per job: over every job the system ran (warm-up, round trips and throughput), from
+    /// `INFO` before and after. The one Redis a fleet shares tops out at 1 s ÷ this.
+    redis_cpu_us: f64,
+    redis_commands: f64,
+}
+
+/// Redis's CPU seconds (user + system, main thread and children) and commands processed
+/// so far, from `INFO`.
+fn redis_usage(url: &str) -> (f64, u64) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("everything")
+        .query(&mut conn)
+        .unwrap();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or("0")
+            .to_string()
+    };
+    let cpu = ["used_cpu_sys", "used_cpu_user"]
+        .iter()
+        .map(|name| field(name).parse::<f64>().unwrap_or(0.0))
+        .sum();
+    // This INFO is one more command; noise beside thousands of jobs.
+    (cpu, field("total_commands_processed").parse().unwrap_or(0))
+}
+
+/// What Redis did for `jobs` jobs since `before` (from [`redis_usage`]): CPU µs and
+/// commands per job.
+fn redis_per_job(url: &str, before: (f64, u64), jobs: usize) -> (f64, f64) {
+    let after = redis_usage(url);
+    let jobs = jobs.max(1) as f64;
+    (
+        (after.0 - before.0) * 1e6 / jobs,
+        after.1.saturating_sub(before.1) as f64 / jobs,
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -56,12 +101,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
-/// Times `once` sequentially, then with [`IN_FLIGHT`] at a time.
-async fn measure<F, Fut>(once: F, round_trips: usize, jobs: usize) -> Figures
+/// Times `once` sequentially, then with [`IN_FLIGHT`] at a time, counting what the Redis at
+/// `url` spent on it.
+async fn measure<F, Fut>(url: &str, once: F, round_trips: usize, jobs: usize) -> Figures
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    let before = redis_usage(url);
     for _ in 0..WARM_UP {
         once().await;
     }
@@ -85,10 +132,14 @@ where
         });
     }
     while tasks.join_next().await.is_some() {}
+    let per_second = jobs as f64 / started.elapsed().as_secs_f64();
+    let (redis_cpu_us, redis_commands) = redis_per_job(url, before, WARM_UP + round_trips + jobs);
     Figures {
         p50_us: percentile(&times, 50.0),
         p99_us: percentile(&times, 99.0),
-        per_second: jobs as f64 / started.elapsed().as_secs_f64(),
+        per_second,
+        redis_cpu_us,
+        redis_commands,
     }
 }
 
@@ -166,7 +217,7 @@ async fn raw(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figu
             }
         }
     };
-    let figures = measure(once, round_trips, jobs).await;
+    let figures = measure(url, once, round_trips, jobs).await;
     for worker in &running {
         worker.close(1_000).await.unwrap();
     }
@@ -186,6 +237,7 @@ fn uuid_like() -> String {
 /// Node BullMQ, through `tests/node/bench.mjs`.
 fn node(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
     let dir = weir_tests::node_project();
+    let before = redis_usage(url);
     let output = std::process::Command::new("node")
         .arg(dir.join("bench.mjs"))
         .arg(url)
@@ -197,11 +249,15 @@ fn node(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // bench.mjs warms up with 30 jobs, as `measure` does.
+    let (redis_cpu_us, redis_commands) = redis_per_job(url, before, WARM_UP + round_trips + jobs);
     let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
     Figures {
         p50_us: figures["p50Us"].as_f64().unwrap(),
         p99_us: figures["p99Us"].as_f64().unwrap(),
         per_second: figures["perSecond"].as_f64().unwrap(),
+        redis_cpu_us,
+        redis_commands,
     }
 }
 
@@ -247,7 +303,7 @@ async fn weir(url: &str, workers: usize, round_trips: usize, jobs: usize, signed
             assert!(result.ok, "{:?}", result.error);
         }
     };
-    measure(once, round_trips, jobs).await
+    measure(url, once, round_trips, jobs).await
 }
 
 /// Whether `WEIR_BENCH_WARM=1` asks for warm instances.
@@ -265,8 +321,8 @@ fn ratio(weir: Figures, baseline: Option<Figures>) -> String {
 
 fn row(name: &str, f: Figures) {
     println!(
-        "{name:<34} {:>9.0} {:>9.0} {:>10.0}",
-        f.p50_us, f.p99_us, f.per_second
+        "{name:<34} {:>9.0} {:>9.0} {:>10.0} {:>14.1} {:>14.1}",
+        f.p50_us, f.p99_us, f.per_second, f.redis_cpu_us, f.redis_commands
     );
 }
 
@@ -283,8 +339,8 @@ fn main() {
         "queue round trip (one at a time) and throughput ({IN_FLIGHT} in flight), {jobs} jobs"
     );
     println!(
-        "{:<34} {:>9} {:>9} {:>10}",
-        "", "p50 µs", "p99 µs", "jobs/s"
+        "{:<34} {:>9} {:>9} {:>10} {:>14} {:>14}",
+        "", "p50 µs", "p99 µs", "jobs/s", "Redis CPU µs/job", "commands/job"
     );
     let only = std::env::var("WEIR_BENCH_ONLY").ok();
     let systems = ["raw", "node", "weir", "unsigned"];
@@ -347,5 +403,16 @@ fn main() {
             ratio(weir, node),
             ratio(weir, raw),
         );
+        if let Some(raw) = raw {
+            println!(
+                "{workers} worker(s): Redis CPU per job, weir ÷ raw bullmq-official: {:.2}× \
+                 (goal ≤ 1.25×); commands per job {:.1} against {:.1}; one Redis's ceiling at \
+                 this cost: about {:.0} weir jobs/s",
+                weir.redis_cpu_us / raw.redis_cpu_us,
+                weir.redis_commands,
+                raw.redis_commands,
+                1e6 / weir.redis_cpu_us,
+            );
+        }
     }
 }
