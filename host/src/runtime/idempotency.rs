@@ -147,6 +147,13 @@ impl Keys {
     fn held(&self) -> usize {
         self.lock().entries.len()
     }
+
+    /// How many records the expiry and eviction queues hold.
+    #[cfg(test)]
+    fn queued(&self) -> (usize, usize) {
+        let table = self.lock();
+        (table.order.len(), table.kept.len())
+    }
 }
 
 impl Table {
@@ -179,6 +186,30 @@ impl Table {
                     self.per_tenant.remove(&id.0);
                 }
             }
+        }
+        self.compact();
+    }
+
+    /// Drops the queues' records of entries that are gone (freed, expired, or for `kept`
+    /// forgotten) once they outnumber the live ones twice over: each queue holds at most
+    /// about twice the keys held, and a record is compacted away once, so the work per
+    /// key stays constant.
+    fn compact(&mut self) {
+        let most = self.entries.len() * 2 + 64;
+        let entries = &self.entries;
+        let live = |id: &Id, generation: u64| {
+            entries
+                .get(id)
+                .is_some_and(|entry| entry.generation == generation)
+        };
+        if self.order.len() > most {
+            self.order
+                .retain(|(_, id, generation)| live(id, *generation));
+        }
+        if self.kept.len() > most {
+            self.kept.retain(|(id, generation, _)| {
+                live(id, *generation) && entries.get(id).is_some_and(|entry| entry.bytes > 0)
+            });
         }
     }
 }
@@ -376,6 +407,45 @@ mod tests {
         };
         ticket.finish(&result("a", 0));
         assert!(matches!(keys.claim("t", "a", "f", "again"), Claim::New(_)));
+    }
+
+    #[test]
+    fn keys_freed_or_expired_leave_no_records_behind() {
+        // Nine requests in ten refused before they ran: their keys are freed at once.
+        let keys = keys(IdempotencyBounds::default());
+        for n in 0..10_000 {
+            let key = format!("k{n}");
+            let Claim::New(ticket) = keys.claim("t", &key, "f", &key) else {
+                panic!("new");
+            };
+            if n % 10 == 0 {
+                ticket.finish(&result(&key, 0));
+            }
+        }
+        assert_eq!(keys.held(), 1_000);
+        let (order, _) = keys.queued();
+        assert!(
+            order <= 2 * 1_000 + 64,
+            "claims queued for 1,000 keys: {order}"
+        );
+        // Keys whose window ends at once: each claim expires the ones before it.
+        let keys = Keys::new(IdempotencyBounds {
+            window: Duration::ZERO,
+            ..IdempotencyBounds::default()
+        });
+        for n in 0..10_000 {
+            let key = format!("k{n}");
+            let Claim::New(ticket) = keys.claim("t", &key, "f", &key) else {
+                panic!("new");
+            };
+            ticket.finish(&result(&key, 0));
+        }
+        assert!(keys.held() <= 1);
+        let (order, kept) = keys.queued();
+        assert!(
+            order <= 64 && kept <= 64,
+            "queued for one key: {order}, {kept}"
+        );
     }
 
     #[tokio::test]
