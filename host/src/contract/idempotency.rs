@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::contract::error::{ErrorKind, ExecutionError, codes};
+
 /// The bounds on idempotency keys, with their defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdempotencyBounds {
@@ -58,6 +60,21 @@ impl IdempotencyBounds {
         }
         Ok(())
     }
+}
+
+/// The refusal of `key` sent with another request than that of run `run`, its window
+/// being `window`.
+pub(crate) fn key_reused(key: &str, run: &str, window: Duration) -> ExecutionError {
+    ExecutionError::host(
+        ErrorKind::Conflict,
+        codes::IDEMPOTENCY_KEY_REUSED,
+        format!(
+            "idempotency key `{key}` was used for another request (run `{run}`): a key \
+             stands for one request (processor, input and session) for {} s; use a new key",
+            window.as_secs()
+        ),
+    )
+    .with_details(serde_json::json!({ "run": run }))
 }
 
 /// What makes two requests "the same" for a key: the processor, the input and the session

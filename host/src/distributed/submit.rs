@@ -66,17 +66,23 @@ impl Distributed {
         let run = run.to_string();
         let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
         // The key's claim: this run, for this request (the key was checked by the caller).
-        let claim = request.idempotency_key.as_ref().map(|key| {
-            let fingerprint = crate::contract::idempotency::fingerprint(
+        let fingerprint = request.idempotency_key.as_ref().map(|_| {
+            crate::contract::idempotency::fingerprint(
                 &request.processor,
                 &input,
                 request.session.as_deref(),
-            );
-            (
-                self.keys.idempotency(&tenant, key),
-                format!("{run} {fingerprint}"),
             )
         });
+        let claim = request
+            .idempotency_key
+            .as_ref()
+            .zip(fingerprint.as_deref())
+            .map(|(key, fingerprint)| {
+                (
+                    self.keys.idempotency(&tenant, key),
+                    format!("{run} {fingerprint}"),
+                )
+            });
         let key = self.keys.run(&run);
         let deadline_ms = now
             .saturating_add(crate::contract::clock::millis(
@@ -161,7 +167,10 @@ impl Distributed {
         };
         let (plugins, workflows, owned) = opened.map_err(|e| self.redis_error(e))?;
         if owned == -1 {
-            return self.repeated(request, &claim_key, input).await;
+            let fingerprint = fingerprint.unwrap_or_default();
+            return self
+                .repeated(request, &claim_key, &fingerprint, input)
+                .await;
         }
         if owned < 1 {
             return Err(Error::Config(format!(
@@ -253,6 +262,7 @@ impl Distributed {
         &self,
         request: &ExecutionRequest,
         claim_key: &str,
+        fingerprint: &str,
         input: serde_json::Value,
     ) -> Result<Submitted, Error> {
         let mut conn = self.conn();
@@ -261,11 +271,6 @@ impl Distributed {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
-        let fingerprint = crate::contract::idempotency::fingerprint(
-            &request.processor,
-            &input,
-            request.session.as_deref(),
-        );
         let key = request.idempotency_key.as_deref().unwrap_or_default();
         let Some((run, theirs)) = held.as_deref().and_then(|held| held.split_once(' ')) else {
             // Its window ended between the claim and this read: the caller tries again.
@@ -276,16 +281,7 @@ impl Distributed {
         if theirs == fingerprint {
             return Ok(Submitted::Repeat(run.to_string()));
         }
-        let error = ExecutionError::host(
-            ErrorKind::Conflict,
-            codes::IDEMPOTENCY_KEY_REUSED,
-            format!(
-                "idempotency key `{key}` was used for another request (run `{run}`): a key \
-                 stands for one request (processor, input and session) for {} s; use a new key",
-                self.idempotency_window.as_secs()
-            ),
-        )
-        .with_details(serde_json::json!({ "run": run }));
+        let error = crate::contract::idempotency::key_reused(key, run, self.idempotency_window);
         let mut refused = request.clone();
         refused.input = input;
         Ok(Submitted::Ended(Box::new(

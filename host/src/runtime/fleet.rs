@@ -73,6 +73,22 @@ impl Runtime {
         })
     }
 
+    /// Refuses a request whose idempotency key is not one ([`crate::IdempotencyBounds`]).
+    pub(super) fn check_idempotency_key(
+        &self,
+        request: &ExecutionRequest,
+    ) -> Result<(), RuntimeError> {
+        match &request.idempotency_key {
+            Some(key) => self
+                .shared
+                .config()
+                .idempotency
+                .check_key(key)
+                .map_err(RuntimeError::InvalidRequest),
+            None => Ok(()),
+        }
+    }
+
     /// Submits `request` through Redis and waits for its outcome.
     pub(super) async fn run_remote(
         &self,
@@ -80,13 +96,7 @@ impl Runtime {
         request: ExecutionRequest,
     ) -> Result<(ExecutionResult, bool), RuntimeError> {
         let unavailable = refusal;
-        if let Some(key) = &request.idempotency_key {
-            self.shared
-                .config()
-                .idempotency
-                .check_key(key)
-                .map_err(RuntimeError::InvalidRequest)?;
-        }
+        self.check_idempotency_key(&request)?;
         distributed
             .publish_if_changed(self.shared.registry())
             .await
@@ -100,11 +110,22 @@ impl Runtime {
             .clone();
         // Listening before submitting: the outcome cannot come first.
         let receiver = distributed.expect(&id).await.map_err(unavailable)?;
-        let (run, receiver) = match distributed.submit(request).await {
-            Ok(Submitted::Run(run)) => (run, Some(receiver)),
+        let run = match distributed.submit(request).await {
+            Ok(Submitted::Run(run)) => run,
             Ok(Submitted::Repeat(run)) => {
                 distributed.unexpect(&id);
-                (run, None)
+                if let Some(on_accept) = &on_accept {
+                    on_accept.tell(&run, true);
+                }
+                // Another request's run: its outcome, whoever waits for it. (Cancelling
+                // this request stops waiting; it does not cancel that run.)
+                return tokio::select! {
+                    result = distributed.wait(&run) => result.map(|r| (r, true)).map_err(unavailable),
+                    () = cancel.cancelled() => Err(RuntimeError::InvalidRequest(format!(
+                        "cancelled while waiting for run `{run}`, which the idempotency key \
+                         names (the run goes on)"
+                    ))),
+                };
             }
             Ok(Submitted::Ended(ended)) => {
                 distributed.unexpect(&id);
@@ -122,24 +143,9 @@ impl Runtime {
                 return Err(unavailable(error));
             }
         };
-        let repeat = receiver.is_none();
         if let Some(on_accept) = &on_accept {
-            on_accept.tell(&run, repeat);
+            on_accept.tell(&run, false);
         }
-        if repeat {
-            // Another request's run: its outcome, whoever waits for it. (Cancelling this
-            // request stops waiting; it does not cancel that run.)
-            let wait = distributed.wait(&run);
-            tokio::pin!(wait);
-            return tokio::select! {
-                result = &mut wait => result.map(|r| (r, true)).map_err(unavailable),
-                () = cancel.cancelled() => Err(RuntimeError::InvalidRequest(format!(
-                    "cancelled while waiting for run `{run}`, which the idempotency key names \
-                     (the run goes on)"
-                ))),
-            };
-        }
-        let receiver = receiver.expect("a run of its own has a listener");
         // The caller's cancel handle (e.g. Ctrl-C on `weir run`) cancels the run wherever
         // it is; its outcome (cancelled) still comes back.
         let wait = distributed.outcome(&run, receiver);
@@ -190,14 +196,7 @@ impl Fleet {
     /// of the same request, that run's id.
     pub async fn submit(&self, request: ExecutionRequest) -> Result<String, RuntimeError> {
         self.runtime.accepting()?;
-        if let Some(key) = &request.idempotency_key {
-            self.runtime
-                .shared
-                .config()
-                .idempotency
-                .check_key(key)
-                .map_err(RuntimeError::InvalidRequest)?;
-        }
+        self.runtime.check_idempotency_key(&request)?;
         let distributed = &self.distributed;
         distributed
             .publish_if_changed(self.runtime.shared.registry())

@@ -249,17 +249,7 @@ impl Runtime {
                     }
                 }
                 Claim::Reused { run } => {
-                    let error = ExecutionError::host(
-                        ErrorKind::Conflict,
-                        codes::IDEMPOTENCY_KEY_REUSED,
-                        format!(
-                            "idempotency key `{key}` was used for another request (run \
-                             `{run}`): a key stands for one request (processor, input and \
-                             session) for {} s; use a new key",
-                            bounds.window.as_secs()
-                        ),
-                    )
-                    .with_details(serde_json::json!({ "run": run }));
+                    let error = crate::contract::idempotency::key_reused(&key, &run, bounds.window);
                     return Ok(crate::execution::executor::refused(request, error));
                 }
                 Claim::Full { limit, per_tenant } => {
