@@ -134,28 +134,24 @@ fn am2z_work() -> Result<PathBuf, String> {
 /// Builds weir's `execute` bench and returns its executable.
 fn build_bench(root: &Path) -> Result<PathBuf, String> {
     eprintln!("== building weir's execute bench");
-    let output = crate::cargo()
-        .current_dir(root)
-        .args([
+    let root = root.display().to_string();
+    let artifacts = crate::cargo_artifacts(
+        &[
             "bench",
             "--locked",
+            "--manifest-path",
+            &format!("{root}/Cargo.toml"),
             "-p",
             "weir-tests",
             "--bench",
             "execute",
             "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !output.status.success() {
-        return Err("building the execute bench failed".into());
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "execute")
+        ],
+        "building the execute bench",
+    )?;
+    artifacts
+        .iter()
+        .filter(|m| m["target"]["name"] == "execute")
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
         .ok_or_else(|| "cargo built no `execute` bench executable".to_string())
 }

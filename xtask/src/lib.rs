@@ -214,6 +214,25 @@ pub fn set_for_the_running_package(name: &std::ffi::OsStr) -> bool {
     .any(|prefix| name.starts_with(prefix))
 }
 
+/// Runs `cargo ARGS --message-format=json` (compiler messages to the terminal) and returns
+/// its `compiler-artifact` messages; `Err` names `what` failed.
+pub fn cargo_artifacts(args: &[&str], what: &str) -> Result<Vec<serde_json::Value>, String> {
+    let output = cargo()
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("{what} failed"));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .collect())
+}
+
 /// A `cargo` command run from the repository root, with the outer build's flags removed so
 /// that a nested build (from a build script) does not inherit host-only settings, nor the
 /// running package's variables (see [`set_for_the_running_package`]). Callers that build the

@@ -283,26 +283,14 @@ fn test() -> Result<(), String> {
 /// that keep the two builds one.
 fn one_build_of_each_dependency() -> Result<(), String> {
     eprintln!("== one build of each dependency");
-    let output = cargo()
-        .args([
-            "build",
-            "--locked",
-            "-p",
-            "weir-cli",
-            "--message-format=json",
-        ])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !output.status.success() {
-        return Err("`cargo build -p weir-cli` failed".to_string());
-    }
-    let compiled: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["fresh"] == false)
-        .map(|m| m["package_id"].as_str().unwrap_or("?").to_string())
-        .collect();
+    let compiled: Vec<String> = xtask::cargo_artifacts(
+        &["build", "--locked", "-p", "weir-cli"],
+        "`cargo build -p weir-cli`",
+    )?
+    .into_iter()
+    .filter(|m| m["fresh"] == false)
+    .map(|m| m["package_id"].as_str().unwrap_or("?").to_string())
+    .collect();
     if compiled.is_empty() {
         return Ok(());
     }
