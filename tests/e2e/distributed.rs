@@ -1263,30 +1263,44 @@ async fn steps_run_on_workers_name_their_place_in_the_workflow() {
     weir_tests::assert_steps_name_their_places(&runtime).await;
 }
 
-#[tokio::test]
-async fn a_failed_saga_is_undone_the_same_across_two_workers() {
+/// A fresh Redis, two workers and a submitter over a folder of `plugins` with `workflows`
+/// as its `workflows.toml`: held together, so they live as long as the test needs them.
+struct TwoWorkers {
+    runtime: weir::Runtime,
+    _workers: [WorkerProcess; 2],
+    _folder: PluginFolder,
+    _redis: RedisServer,
+}
+
+async fn two_workers_with(plugins: &[&str], workflows: &str) -> TwoWorkers {
     let redis = RedisServer::start();
     let url = redis.url();
-    let folder = PluginFolder::with(&weir_tests::SAGA_PLUGINS);
-    folder.write("workflows.toml", weir_tests::SAGA_WORKFLOWS.as_bytes());
-    let _workers = two_workers(&url, folder.path(), &[]);
+    let folder = PluginFolder::with(plugins);
+    folder.write("workflows.toml", workflows.as_bytes());
+    let workers = two_workers(&url, folder.path(), &[]);
     let runtime = submitter(&url, folder.path()).await;
-    weir_tests::assert_saga(&runtime).await;
+    TwoWorkers {
+        runtime,
+        _workers: workers,
+        _folder: folder,
+        _redis: redis,
+    }
+}
+
+#[tokio::test]
+async fn a_failed_saga_is_undone_the_same_across_two_workers() {
+    let fleet = two_workers_with(&weir_tests::SAGA_PLUGINS, weir_tests::SAGA_WORKFLOWS).await;
+    weir_tests::assert_saga(&fleet.runtime).await;
 }
 
 #[tokio::test]
 async fn each_failure_policy_works_the_same_across_two_workers() {
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let folder = PluginFolder::with(&weir_tests::FAILURE_POLICY_PLUGINS);
-    folder.write(
-        "workflows.toml",
-        weir_tests::FAILURE_POLICY_WORKFLOWS.as_bytes(),
-    );
-    let _one = WorkerProcess::start(&url, folder.path(), &[]);
-    let _two = WorkerProcess::start(&url, folder.path(), &[]);
-    let runtime = submitter(&url, folder.path()).await;
-    weir_tests::assert_failure_policies(&runtime).await;
+    let fleet = two_workers_with(
+        &weir_tests::FAILURE_POLICY_PLUGINS,
+        weir_tests::FAILURE_POLICY_WORKFLOWS,
+    )
+    .await;
+    weir_tests::assert_failure_policies(&fleet.runtime).await;
 }
 
 #[tokio::test]
