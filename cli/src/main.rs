@@ -14,6 +14,7 @@ mod new;
 mod plugins;
 mod run;
 mod runs;
+mod schedules;
 mod serve;
 mod token;
 mod worker;
@@ -96,6 +97,9 @@ enum Command {
     /// Read runs of the distributed runtime.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// List, add and remove the distributed runtime's schedules.
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
     /// Inspect and redrive the distributed runtime's dead jobs (failed for good).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -441,6 +445,7 @@ fn main() -> ExitCode {
             Command::Workflows(command) => workflows::run(command).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Runs(command) => runs::run(command).await,
+            Command::Schedules(command) => schedules::run(command).await,
             Command::Dlq(command) => dlq::run(command).await,
             Command::New(args) => new::run(args),
             Command::Build(args) => build::run(args).await,

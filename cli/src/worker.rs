@@ -92,6 +92,10 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
     if let Some(file) = &file {
         super::fleet(&runtime)?
             .charge_batch_items(weir_server::item_admission(&runtime, &file.access));
+        // So are the schedules' ticks this worker fires.
+        if file.access.is_configured() {
+            runtime.charge_schedules(weir_server::schedule_admission(&runtime, &file.access));
+        }
     }
     let config = weir::WorkerConfig {
         concurrency: usize::try_from(args.concurrency).unwrap_or(usize::MAX),

@@ -68,6 +68,9 @@ pub use contract::merge::merge_branches;
 pub use contract::names::is_valid_name;
 pub use contract::result::{ExecutionInfo, ExecutionResult, ResultDocument, StepFailure};
 pub use contract::retry::{Backoff, RetryPolicy};
+pub use contract::schedule::{
+    LastTick, Origin as ScheduleOrigin, Overlap, Schedule, ScheduleBounds, ScheduleSpec, When,
+};
 pub use contract::state::{MAX_VERSION, StateMetadata, validate_input};
 pub use contract::state_store::{
     CasOutcome, MemoryStateStore, SessionBounds, SessionKey, SessionQuota, StateStore, StoredState,
@@ -97,7 +100,8 @@ pub use execution::request::{ExecutionRequest, OnAccept};
 #[cfg(feature = "redis")]
 pub use runtime::Fleet;
 pub use runtime::{
-    Runtime, RuntimeBuilder, RuntimeState, RuntimeStats, SessionStopReport, StopReport,
+    Runtime, RuntimeBuilder, RuntimeState, RuntimeStats, ScheduleRefused, ScheduleStatus,
+    SessionStopReport, StopReport, TickAdmission, TickAdmitted, TickPlace,
 };
 pub use sandbox::bindings::WORLD;
 pub use sandbox::cache::CompileCache;

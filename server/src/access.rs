@@ -158,6 +158,14 @@ pub struct HostSettings {
     pub event_capacity: Option<usize>,
     /// [`weir::HostConfig::event_buffer_bytes`].
     pub event_buffer_bytes: Option<usize>,
+    /// [`weir::ScheduleBounds::max_per_tenant`].
+    pub max_schedules_per_tenant: Option<usize>,
+    /// [`weir::ScheduleBounds::max_total`].
+    pub max_schedules: Option<usize>,
+    /// [`weir::ScheduleBounds::min_interval`], in milliseconds.
+    pub min_schedule_interval_ms: Option<u64>,
+    /// [`weir::ScheduleBounds::max_input_bytes`].
+    pub max_schedule_input_bytes: Option<usize>,
 }
 
 impl HostSettings {
@@ -172,6 +180,16 @@ impl HostSettings {
             (
                 "event_buffer_bytes",
                 self.event_buffer_bytes.map(|n| n as u64),
+            ),
+            (
+                "max_schedules_per_tenant",
+                self.max_schedules_per_tenant.map(|n| n as u64),
+            ),
+            ("max_schedules", self.max_schedules.map(|n| n as u64)),
+            ("min_schedule_interval_ms", self.min_schedule_interval_ms),
+            (
+                "max_schedule_input_bytes",
+                self.max_schedule_input_bytes.map(|n| n as u64),
             ),
         ];
         none_zero("host", &counts)
@@ -195,6 +213,20 @@ impl HostSettings {
         set(&mut host.max_manifest_bytes, self.max_manifest_bytes);
         set(&mut host.event_capacity, self.event_capacity);
         set(&mut host.event_buffer_bytes, self.event_buffer_bytes);
+        set(
+            &mut host.schedules.max_per_tenant,
+            self.max_schedules_per_tenant,
+        );
+        set(&mut host.schedules.max_total, self.max_schedules);
+        set(
+            &mut host.schedules.min_interval,
+            self.min_schedule_interval_ms
+                .map(std::time::Duration::from_millis),
+        );
+        set(
+            &mut host.schedules.max_input_bytes,
+            self.max_schedule_input_bytes,
+        );
     }
 }
 

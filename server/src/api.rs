@@ -239,7 +239,7 @@ pub(super) async fn admit_then_read(
 const BLOCKING_PARSE_BYTES: usize = 64 << 10;
 
 /// Why a body could not be read: 413 past `limit`, 408 past its deadline, else 400.
-fn unread_body(error: &axum::Error, limit: usize) -> ApiError {
+pub(super) fn unread_body(error: &axum::Error, limit: usize) -> ApiError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(error) = cause {
         if error.is::<http_body_util::LengthLimitError>() {
@@ -319,7 +319,7 @@ async fn admit(app: &AppState, tenant: &Arc<Tenant>) -> Result<Admitted, ApiErro
 }
 
 /// `tenant`'s rates charged for one request that runs nothing, or the `429` (or `503`).
-async fn charge(app: &AppState, tenant: &Arc<Tenant>) -> Result<Admitted, ApiError> {
+pub(super) async fn charge(app: &AppState, tenant: &Arc<Tenant>) -> Result<Admitted, ApiError> {
     quota_answer(tenant, app.ledger.charge(tenant).await)
 }
 
@@ -781,7 +781,7 @@ pub(super) struct TenantQuery {
     tenant: Option<String>,
 }
 
-fn tenant_query(
+pub(super) fn tenant_query(
     query: Result<Query<TenantQuery>, QueryRejection>,
 ) -> Result<Option<String>, ApiError> {
     query.map(|Query(q)| q.tenant).map_err(ApiError::bad_query)

@@ -1,8 +1,8 @@
 //! What the fleet's workers charge configured tenants for, counted in the fleet's Redis
 //! exactly as their HTTP requests are: foreign jobs (a queue's jobs from another BullMQ
 //! producer, run as the tenant `weir worker --foreign QUEUE=TENANT` names, within what that
-//! tenant may run, its ceilings and its quotas), and the items of the batches their runs
-//! open.
+//! tenant may run, its ceilings and its quotas), the items of the batches their runs
+//! open, and schedules' ticks.
 
 use std::sync::Arc;
 
@@ -138,5 +138,116 @@ impl weir::ItemAdmission for FleetItems {
             .admit_items(account, items)
             .await
             .map_err(|refused| items_refused(account, items, refused))
+    }
+}
+
+/// What schedules' ticks cost their tenants: each tick's run takes a place in its tenant's
+/// quotas (counted in the fleet's Redis on the distributed runtime, as its HTTP requests
+/// are), runs within the tenant's ceilings, and may run only what the tenant may. A tick of
+/// a tenant `access` does not configure is refused when `access` configures any (the open
+/// API's schedules are charged nothing). Install it with [`Runtime::charge_schedules`] on
+/// every server and worker; the server's router does so itself.
+pub fn schedule_admission(runtime: &Runtime, access: &Access) -> Arc<dyn weir::TickAdmission> {
+    let ledger = match runtime.fleet().map(|fleet| fleet.redis_namespace("quota:")) {
+        Some((conn, prefix)) => Ledger::redis(conn, prefix),
+        None => Ledger::local(),
+    };
+    Arc::new(FleetTicks {
+        access: access.clone(),
+        ledger,
+        distributed: runtime.is_distributed(),
+    })
+}
+
+/// Schedules' ticks charged to the tenants of `access`.
+struct FleetTicks {
+    access: Access,
+    ledger: Ledger,
+    distributed: bool,
+}
+
+impl std::fmt::Debug for FleetTicks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetTicks").finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl weir::TickAdmission for FleetTicks {
+    async fn admit(&self, schedule: &weir::Schedule) -> Result<weir::TickAdmitted, ExecutionError> {
+        let unconfigured = || weir::TickAdmitted {
+            limits: LimitOverrides::default(),
+            items: None,
+            place: None,
+        };
+        if !self.access.is_configured() {
+            return Ok(unconfigured());
+        }
+        let Some(account) = self.access.tenant(schedule.tenant()) else {
+            return Err(ExecutionError::host(
+                ErrorKind::Configuration,
+                codes::NOT_AVAILABLE,
+                format!(
+                    "no tenant `{}` is configured: a schedule runs as a configured tenant, \
+                     under its quotas",
+                    schedule.tenant()
+                ),
+            ));
+        };
+        if !account.may_run(schedule.target()) {
+            return Err(ExecutionError::host(
+                ErrorKind::NotFound,
+                codes::PROCESSOR_NOT_FOUND,
+                format!(
+                    "tenant `{}` may not run `{}`",
+                    schedule.tenant(),
+                    schedule.target()
+                ),
+            ));
+        }
+        let admitted = match self.ledger.admit(account).await {
+            Ok(admitted) => admitted,
+            Err(Refused::Over(over)) => {
+                return Err(ExecutionError::host(
+                    ErrorKind::Resource,
+                    codes::QUOTA_EXCEEDED,
+                    format!(
+                        "tenant `{}` is over its quota `{} = {}`",
+                        account.name(),
+                        over.quota,
+                        over.limit
+                    ),
+                ));
+            }
+            Err(Refused::Unavailable(why)) => {
+                return Err(ExecutionError::host(
+                    ErrorKind::Network,
+                    codes::STORE_UNAVAILABLE,
+                    format!("cannot count tenant `{}`'s quotas: {why}", account.name()),
+                ));
+            }
+        };
+        // Locally, batch items are charged in this process (the distributed runtime charges
+        // them in Redis, through `item_admission`).
+        let items: Option<Arc<dyn weir::Admission>> = (!self.distributed
+            && account.quota.quotas().executions_per_minute.is_some())
+        .then(|| Arc::new(super::quota::TenantItems(account.clone())) as _);
+        Ok(weir::TickAdmitted {
+            limits: account.quota.ceilings(),
+            items,
+            place: Some(Box::new(TickPlace(admitted))),
+        })
+    }
+}
+
+/// A tick's place in its tenant's quotas.
+struct TickPlace(Admitted);
+
+#[async_trait::async_trait]
+impl weir::TickPlace for TickPlace {
+    async fn settle(self: Box<Self>, fuel: u64) {
+        let TickPlace(mut admitted) = *self;
+        admitted.charge(fuel);
+        admitted.settle().await;
     }
 }

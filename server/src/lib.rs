@@ -49,9 +49,10 @@ mod jobs;
 mod metrics;
 mod open;
 mod quota;
+mod schedules;
 
 pub use access::{Access, HostSettings, RedisSettings, ServerFile, ServerSettings, Tenant, digest};
-pub use foreign::{foreign_admission, item_admission};
+pub use foreign::{foreign_admission, item_admission, schedule_admission};
 pub use quota::Quotas;
 
 use std::sync::Arc;
@@ -148,6 +149,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sessions"),
     ("GET", "/v1/sessions/{id}"),
     ("DELETE", "/v1/sessions/{id}"),
+    ("GET", "/v1/schedules"),
+    ("GET", "/v1/schedules/{name}"),
+    ("PUT", "/v1/schedules/{name}"),
+    ("DELETE", "/v1/schedules/{name}"),
     ("GET", "/v1/events"),
     ("GET", "/v1/queues"),
     ("GET", "/v1/dlq"),
@@ -204,6 +209,10 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
     {
         fleet.charge_batch_items(foreign::item_admission(&runtime, &config.access));
     }
+    // Schedules' ticks are charged to their tenants, by whichever process fires them.
+    if config.access.is_configured() {
+        runtime.charge_schedules(foreign::schedule_admission(&runtime, &config.access));
+    }
     let history = Arc::new(history::History::default());
     history.sample_until(runtime.clone(), shutdown.clone());
     let state = AppState {
@@ -239,6 +248,13 @@ pub fn router(runtime: Runtime, config: ServerConfig, shutdown: CancellationToke
         .route(
             "/v1/sessions/{id}",
             get(api::session).delete(api::stop_session),
+        )
+        .route("/v1/schedules", get(schedules::list))
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::get)
+                .put(schedules::put)
+                .delete(schedules::remove),
         )
         .route("/v1/events", get(events::stream))
         .route("/v1/queues", get(api::queues))

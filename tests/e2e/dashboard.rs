@@ -109,3 +109,20 @@ fn the_graph_follows_a_run_whose_steps_run_on_the_fleet() {
     let (_server, api) = WeirProcess::serve(folder.path(), &["--redis", &url]);
     browser_test("graph.mjs", &api, "fleet-graph.png", &[], "graph ok");
 }
+
+/// The console's schedules: behind `serve --redis`, a schedule the folder declares shows
+/// its next tick, then its latest tick and the run the fleet's worker started for it; one
+/// added through the API shows and its Remove button removes it.
+#[test]
+fn the_console_shows_each_schedules_next_and_latest_ticks() {
+    let redis = weir_tests::RedisServer::start();
+    let url = redis.url();
+    let folder = PluginFolder::with(&["tally", "increment"]);
+    folder.write(
+        "workflows.toml",
+        b"[schedule.beat]\nrun = \"tally\"\nsession = \"beats\"\nevery_ms = 1000\n",
+    );
+    let _worker = weir_tests::WorkerProcess::start(&url, folder.path(), &[]);
+    let (_server, api) = WeirProcess::serve(folder.path(), &["--redis", &url]);
+    browser_test("schedules.mjs", &api, "schedules.png", &[], "schedules ok");
+}

@@ -24,6 +24,7 @@ mod queues;
 mod redis_store;
 mod reload;
 mod runtime;
+mod schedules;
 mod schema;
 mod server;
 mod tenants;

@@ -46,7 +46,6 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
 }
 
 /// `duration` in whole milliseconds (saturating).
-#[cfg(feature = "redis")]
 pub(crate) fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -16,6 +16,7 @@ pub(crate) mod merge;
 pub(crate) mod names;
 pub(crate) mod result;
 pub(crate) mod retry;
+pub(crate) mod schedule;
 pub(crate) mod state;
 pub(crate) mod state_store;
 pub(crate) mod workflow;

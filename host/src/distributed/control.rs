@@ -97,6 +97,8 @@ fn shared_kind(kind: EventKind) -> bool {
             | EventKind::SessionStopped
             | EventKind::Progress
             | EventKind::Custom
+            | EventKind::ScheduleFired
+            | EventKind::ScheduleSkipped
     )
 }
 

@@ -65,10 +65,14 @@ impl Inner {
         // This worker's own processors are served even if a flooded catalog hid them.
         let catalog = self.shared.registry().catalog();
         let mut workers = self.workers.lock().await;
-        let names = [JOIN_QUEUE, super::wire::DELAY_QUEUE]
-            .into_iter()
-            .chain(published.keys().map(String::as_str))
-            .chain(catalog.names());
+        let names = [
+            JOIN_QUEUE,
+            super::wire::DELAY_QUEUE,
+            super::schedules::SCHEDULE_QUEUE,
+        ]
+        .into_iter()
+        .chain(published.keys().map(String::as_str))
+        .chain(catalog.names());
         for name in names {
             if workers.contains_key(name) {
                 continue;

@@ -56,6 +56,10 @@ pub(crate) struct Distributed {
     /// Adds a journal to the fleet's activity counters; reads them.
     pub(super) activity_flush: redis::Script,
     pub(super) activity_read: redis::Script,
+    /// Keeps a schedule's latest tick unless a later one is kept.
+    pub(super) note_tick: redis::Script,
+    /// Fires schedules' ticks, once the runtime serving the queues installed itself.
+    pub(super) ticks: Mutex<Option<std::sync::Weak<dyn super::schedules::Ticks>>>,
     /// The runtime whose activity this process shares (set once it exists).
     pub(super) context: OnceLock<std::sync::Weak<crate::execution::context::Context>>,
     flows: tokio::sync::OnceCell<FlowProducer>,
@@ -129,6 +133,16 @@ impl Distributed {
             batch_done: redis::Script::new(include_str!("lua/batch_done.lua")),
             activity_flush: redis::Script::new(include_str!("lua/activity_flush.lua")),
             activity_read: redis::Script::new(include_str!("lua/activity_read.lua")),
+            note_tick: redis::Script::new(
+                "local kept = redis.call('HGET', KEYS[1], ARGV[1]) \
+                 if kept then \
+                   local ok, tick = pcall(cjson.decode, kept) \
+                   if ok and type(tick) == 'table' and tonumber(tick.tickMs) \
+                      and tonumber(tick.tickMs) > tonumber(ARGV[2]) then return 0 end \
+                 end \
+                 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1",
+            ),
+            ticks: Mutex::new(None),
             context: OnceLock::new(),
             flows: tokio::sync::OnceCell::new(),
             unpublished: std::sync::atomic::AtomicBool::new(false),

@@ -16,6 +16,7 @@ use super::control::joins_of;
 use super::fanout::JOIN_QUEUE;
 use super::fetch::Unavailable;
 use super::handle::lock_map;
+use super::schedules::SCHEDULE_QUEUE;
 use super::trust::{Kind, Refused};
 use super::wire::DELAY_QUEUE;
 use super::wire::{FORMAT, JoinJob, StepJob, instant_of};
@@ -47,6 +48,9 @@ impl Inner {
         let data = job.data();
         if queue == JOIN_QUEUE {
             return self.handle_join(&job).await;
+        }
+        if queue == SCHEDULE_QUEUE {
+            return self.handle_schedule(&job).await;
         }
         let step = match read_job(data) {
             JobData::Step(step) => {

@@ -58,6 +58,8 @@ mod join;
 mod publish;
 mod queues;
 mod runs;
+mod schedules;
+pub(crate) use schedules::Ticks;
 pub(crate) mod state_store;
 mod stream;
 mod submit;

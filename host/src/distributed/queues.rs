@@ -41,10 +41,14 @@ impl Distributed {
         let published = content::published_plugins(&mut conn, &self.keys, &self.seal)
             .await
             .map_err(|e| self.redis_error(e))?;
-        let names = [JOIN_QUEUE, super::wire::DELAY_QUEUE]
-            .into_iter()
-            .chain(published.keys().map(String::as_str))
-            .take(MAX_QUEUES_COUNTED);
+        let names = [
+            JOIN_QUEUE,
+            super::wire::DELAY_QUEUE,
+            super::schedules::SCHEDULE_QUEUE,
+        ]
+        .into_iter()
+        .chain(published.keys().map(String::as_str))
+        .take(MAX_QUEUES_COUNTED);
         let mut counts = Vec::new();
         for name in names {
             let queue = self.queue(name).await?;

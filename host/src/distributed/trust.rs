@@ -124,6 +124,7 @@ pub(crate) enum Kind {
     Catalog,
     Fanout,
     Fingerprint,
+    Schedule,
 }
 
 impl Kind {
@@ -136,6 +137,7 @@ impl Kind {
             Kind::Catalog => b"weir/catalog/1\n",
             Kind::Fanout => b"weir/fanout/1\n",
             Kind::Fingerprint => b"weir/fingerprint/1\n",
+            Kind::Schedule => b"weir/schedule/1\n",
         }
     }
 
@@ -149,6 +151,7 @@ impl Kind {
             Kind::Catalog => "catalog entry",
             Kind::Fanout => "fan-out record",
             Kind::Fingerprint => "fingerprint",
+            Kind::Schedule => "schedule",
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct HostConfig {
     /// Bounds on idempotency keys: length, window, count per tenant and in all, and the
     /// bytes of outcomes kept for them.
     pub idempotency: crate::contract::idempotency::IdempotencyBounds,
+    /// Bounds on schedules: count per tenant and in all, the shortest interval, the input
+    /// each keeps.
+    pub schedules: crate::contract::schedule::ScheduleBounds,
     /// Deepest static nesting of workflows inside workflows.
     pub max_nesting: usize,
     /// Largest component the host reads and compiles, in bytes (default 64 MiB): a bigger
@@ -84,6 +87,7 @@ impl Default for HostConfig {
             session_quota: SessionQuota::default(),
             sessions: SessionBounds::default(),
             idempotency: Default::default(),
+            schedules: Default::default(),
             max_nesting: crate::contract::workflow::MAX_NESTING,
             max_batch_items: 10_000,
             max_component_bytes: 64 << 20,

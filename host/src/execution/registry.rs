@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use wasmtime::component::Linker;
 
 use crate::contract::error::{Error, LoadError};
+use crate::contract::schedule::{Schedule, ScheduleBounds};
 use crate::contract::workflow::file as workflow_file;
 use crate::contract::workflow::{self, InvalidWorkflow, Workflow};
 use crate::execution::context::HostConfig;
@@ -85,6 +86,11 @@ pub struct Catalog {
     pub invalid_workflows: BTreeMap<String, InvalidWorkflow>,
     /// Why `workflows.toml` as a whole could not be read, if it could not.
     pub workflows_file_error: Option<String>,
+    /// The schedules `workflows.toml` declares that check out, by name (replaced whole at
+    /// each reload, so a change shows as a new map).
+    pub schedules: Arc<BTreeMap<String, Arc<Schedule>>>,
+    /// The schedules it declares that do not, by name, with the reason.
+    pub invalid_schedules: BTreeMap<String, String>,
     /// What happened to each plugin name, oldest first: the last [`PLUGIN_HISTORY`]
     /// versions loaded, reloads and rejections (forgotten when its file is removed).
     pub history: BTreeMap<String, std::collections::VecDeque<PluginChange>>,
@@ -140,14 +146,26 @@ impl Catalog {
     }
 
     /// Replaces the definitions that came from the workflows file, keeping registered ones.
-    pub(crate) fn set_file_workflows(
-        &mut self,
-        definitions: Vec<Workflow>,
-        unreadable: Vec<(String, String)>,
-    ) {
+    /// Takes what `workflows.toml` now says: its workflows (re-checked with the rest) and its
+    /// schedules, each checked against `bounds`.
+    pub(crate) fn set_file(&mut self, parsed: workflow_file::Parsed, bounds: &ScheduleBounds) {
         self.definitions.retain(|w| !w.is_from_file());
-        self.definitions.extend(definitions);
-        self.unreadable = unreadable;
+        self.definitions.extend(parsed.workflows);
+        self.unreadable = parsed.broken;
+        let mut schedules = BTreeMap::new();
+        let mut invalid: BTreeMap<String, String> = parsed.broken_schedules.into_iter().collect();
+        for (name, spec, here) in parsed.schedules {
+            match Schedule::new(&name, spec, bounds) {
+                Ok(schedule) => {
+                    schedules.insert(name, Arc::new(schedule));
+                }
+                Err(reason) => {
+                    invalid.insert(name, format!("{here}{reason}"));
+                }
+            }
+        }
+        self.schedules = Arc::new(schedules);
+        self.invalid_schedules = invalid;
     }
 
     /// Re-checks every workflow definition against the loaded plugins.
@@ -307,15 +325,13 @@ impl Registry {
                 }
             }
         }
-        let (definitions, unreadable, file_error) =
-            match workflow_file::load(dir, host.max_workflows_file_bytes) {
-                Ok(Some(parsed)) => (parsed.workflows, parsed.broken, None),
-                Ok(None) => (Vec::new(), Vec::new(), None),
-                Err(error) => {
-                    tracing::warn!(%error, "workflows file rejected");
-                    (Vec::new(), Vec::new(), Some(error))
-                }
-            };
+        let (parsed, file_error) = match workflow_file::load(dir, host.max_workflows_file_bytes) {
+            Ok(parsed) => (parsed.unwrap_or_default(), None),
+            Err(error) => {
+                tracing::warn!(%error, "workflows file rejected");
+                (workflow_file::Parsed::default(), Some(error))
+            }
+        };
         self.update(|catalog| {
             for plugin in plugins.values() {
                 catalog.note(plugin.name(), PluginChange::loaded(plugin, false));
@@ -325,11 +341,15 @@ impl Registry {
             }
             catalog.plugins = plugins;
             catalog.rejected = rejected;
-            catalog.set_file_workflows(definitions, unreadable);
+            catalog.set_file(parsed, &host.schedules);
             catalog.workflows_file_error = file_error;
         });
-        for invalid in self.catalog().invalid_workflows.values() {
+        let catalog = self.catalog();
+        for invalid in catalog.invalid_workflows.values() {
             tracing::warn!(workflow = %invalid.name, reason = %invalid.reason, "workflow invalid");
+        }
+        for (name, reason) in &catalog.invalid_schedules {
+            tracing::warn!(schedule = %name, %reason, "schedule invalid");
         }
         Ok(())
     }

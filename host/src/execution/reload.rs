@@ -260,12 +260,8 @@ async fn apply_plugin(shared: &Arc<Context>, dir: &Path, name: &str) {
 
 /// Re-reads `workflows.toml` and re-checks every workflow.
 fn apply_workflows(shared: &Context, dir: &Path) {
-    let (definitions, unreadable, file_error) = match workflow_file::load(
-        dir,
-        shared.config().max_workflows_file_bytes,
-    ) {
-        Ok(Some(parsed)) => (parsed.workflows, parsed.broken, None),
-        Ok(None) => (Vec::new(), Vec::new(), None),
+    let parsed = match workflow_file::load(dir, shared.config().max_workflows_file_bytes) {
+        Ok(parsed) => parsed.unwrap_or_default(),
         Err(error) => {
             tracing::warn!(%error, "workflows file rejected; the previous workflows keep serving");
             shared.registry().update(|catalog| {
@@ -276,8 +272,8 @@ fn apply_workflows(shared: &Context, dir: &Path) {
         }
     };
     shared.registry().update(|catalog| {
-        catalog.set_file_workflows(definitions, unreadable);
-        catalog.workflows_file_error = file_error;
+        catalog.set_file(parsed, &shared.config().schedules);
+        catalog.workflows_file_error = None;
     });
     publish_workflows(shared);
 }
@@ -299,6 +295,8 @@ fn publish_workflows(shared: &Context) {
         "valid": catalog.workflows.keys().collect::<Vec<_>>(),
         "invalid": invalid,
         "fileError": catalog.workflows_file_error,
+        "schedules": catalog.schedules.keys().collect::<Vec<_>>(),
+        "invalidSchedules": catalog.invalid_schedules,
     }));
     shared.events().publish(event);
 }

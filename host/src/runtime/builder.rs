@@ -150,6 +150,7 @@ impl RuntimeBuilder {
             #[cfg(feature = "redis")]
             distributed,
             plugins_dir: self.plugins_dir,
+            schedules: Arc::default(),
         })
     }
 }

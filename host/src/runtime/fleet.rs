@@ -370,6 +370,11 @@ impl Fleet {
     /// Makes this process a worker of the fleet: it runs the jobs of every processor
     /// published to Redis until the returned handle is closed.
     pub async fn start_worker(&self, config: WorkerConfig) -> Result<WorkerHandle, Error> {
+        // Schedules' ticks this worker takes run as this runtime's requests.
+        let ticks: Arc<dyn crate::distributed::Ticks> =
+            Arc::new(super::schedules::FleetTicks(self.runtime.downgrade()));
+        self.runtime.schedules.fleet_ticks(ticks.clone());
+        self.distributed.set_ticks(Arc::downgrade(&ticks));
         WorkerHandle::start(
             self.runtime.shared.clone(),
             self.distributed.clone(),
@@ -414,7 +419,7 @@ fn not_published(refused: ExecutionResult) -> RuntimeError {
 }
 
 /// A distributed runtime's error as the caller sees it: the request's fault, or Redis's.
-fn refusal(error: Error) -> RuntimeError {
+pub(super) fn refusal(error: Error) -> RuntimeError {
     match error {
         Error::Config(message) => RuntimeError::InvalidRequest(message),
         other => RuntimeError::Unavailable(other.to_string()),

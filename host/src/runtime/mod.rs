@@ -9,10 +9,12 @@ mod builder;
 #[cfg(feature = "redis")]
 mod fleet;
 mod idempotency;
+mod schedules;
 
 pub use builder::RuntimeBuilder;
 #[cfg(feature = "redis")]
 pub use fleet::Fleet;
+pub use schedules::{ScheduleRefused, ScheduleStatus, TickAdmission, TickAdmitted, TickPlace};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,6 +119,38 @@ pub struct Runtime {
     #[cfg(feature = "redis")]
     distributed: Option<Arc<Distributed>>,
     plugins_dir: Option<PathBuf>,
+    /// Its schedules' ticks and the API's schedules (`schedules.rs`).
+    schedules: Arc<schedules::Schedules>,
+}
+
+/// A [`Runtime`] that does not keep it alive (what its own tasks hold).
+#[derive(Clone)]
+pub(crate) struct WeakRuntime {
+    shared: std::sync::Weak<Context>,
+    lifecycle: std::sync::Weak<AtomicU8>,
+    keys: std::sync::Weak<idempotency::Keys>,
+    #[cfg(feature = "redis")]
+    distributed: Option<std::sync::Weak<Distributed>>,
+    plugins_dir: Option<PathBuf>,
+    schedules: std::sync::Weak<schedules::Schedules>,
+}
+
+impl WeakRuntime {
+    /// The runtime, if anyone still holds it.
+    pub(crate) fn upgrade(&self) -> Option<Runtime> {
+        Some(Runtime {
+            shared: self.shared.upgrade()?,
+            lifecycle: self.lifecycle.upgrade()?,
+            keys: self.keys.upgrade()?,
+            #[cfg(feature = "redis")]
+            distributed: match &self.distributed {
+                Some(weak) => Some(weak.upgrade()?),
+                None => None,
+            },
+            plugins_dir: self.plugins_dir.clone(),
+            schedules: self.schedules.upgrade()?,
+        })
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -138,6 +172,19 @@ impl Runtime {
     /// server. The same as [`Runtime::builder`].
     pub fn local() -> RuntimeBuilder {
         RuntimeBuilder::default()
+    }
+
+    /// A handle on this runtime that does not keep it alive.
+    pub(crate) fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime {
+            shared: Arc::downgrade(&self.shared),
+            lifecycle: Arc::downgrade(&self.lifecycle),
+            keys: Arc::downgrade(&self.keys),
+            #[cfg(feature = "redis")]
+            distributed: self.distributed.as_ref().map(Arc::downgrade),
+            plugins_dir: self.plugins_dir.clone(),
+            schedules: Arc::downgrade(&self.schedules),
+        }
     }
 
     /// The plugins folder this runtime was built over, if any.
@@ -283,6 +330,7 @@ impl Runtime {
         let lifecycle = &self.lifecycle;
         let _ = lifecycle.compare_exchange(CREATED, RUNNING, Ordering::AcqRel, Ordering::Acquire);
         let _ = lifecycle.compare_exchange(STOPPED, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+        self.drive_schedules();
     }
 
     /// Stops accepting executions, lets in-flight work finish for up to `grace`, then
@@ -290,6 +338,7 @@ impl Runtime {
     pub async fn stop(&self, grace: Duration) -> StopReport {
         let shared = &self.shared;
         self.lifecycle.store(STOPPING, Ordering::Release);
+        self.wake_schedules();
         let mut cancelled = 0;
         if !shared.activity().idle(Instant::now() + grace).await {
             cancelled = shared.activity().cancel_all(CancelReason::Shutdown);

@@ -61,6 +61,13 @@ pub enum EventKind {
     /// The workflows file was re-read and every workflow re-checked.
     #[serde(rename = "workflows:reloaded")]
     WorkflowsReloaded,
+    /// A schedule's tick started its run.
+    #[serde(rename = "schedule:fired")]
+    ScheduleFired,
+    /// A schedule's tick started no run: the previous tick's still going, or its tenant
+    /// over a quota.
+    #[serde(rename = "schedule:skipped")]
+    ScheduleSkipped,
 }
 
 impl EventKind {
@@ -80,6 +87,8 @@ impl EventKind {
             EventKind::PluginRejected => "plugin:rejected",
             EventKind::PluginRemoved => "plugin:removed",
             EventKind::WorkflowsReloaded => "workflows:reloaded",
+            EventKind::ScheduleFired => "schedule:fired",
+            EventKind::ScheduleSkipped => "schedule:skipped",
         }
     }
 }
@@ -98,7 +107,9 @@ impl EventKind {
 /// | `plugin:loaded`, `plugin:reloaded` | `processor`, `data: {digest, oldDigest, version, oldVersion, fromCache, compileMs, swapUs, path}` |
 /// | `plugin:rejected` | `processor`, `data: {reason, servingDigest, path}` |
 /// | `plugin:removed` | `processor`, `data: {oldDigest, path}` |
-/// | `workflows:reloaded` | `data: {valid: [names], invalid: {name: reason}, fileError}` |
+/// | `workflows:reloaded` | `data: {valid: [names], invalid: {name: reason}, fileError, schedules: [names], invalidSchedules: {name: reason}}` |
+/// | `schedule:fired` | `executionId` (the run), `processor`, `data: {schedule, tickMs}` |
+/// | `schedule:skipped` | `processor`, `data: {schedule, tickMs, reason}` |
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {

@@ -32,6 +32,13 @@
 //! graph = { fetch = [], parse = ["fetch"], store = ["parse"], review = { after = ["parse"], if = "/needsReview" } }
 //! # a node runs the processor or workflow of its name, or `run = "other"`; a node table
 //! # may say `on_failure = "ignore"` (or "continue"), as may the workflow for every node
+//!
+//! [schedule.nightly]                      # runs a processor or workflow on a timetable
+//! run = "pipeline"
+//! input = { source = "s3://bucket" }      # optional, default {}
+//! cron = "0 2 * * *"                      # seconds optional; or `every_ms = 60000`
+//! tz = "Europe/Paris"                     # optional, default UTC
+//! # start, end (RFC 3339), limit, tenant, session, overlap = "skip" | "allow"
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +49,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::contract::bounds::{Unread, read_text_bounded};
+use crate::contract::schedule::ScheduleSpec;
 use crate::contract::workflow::{BatchPolicy, GraphNode, OnFailure, Source, Workflow};
 
 /// The file name weir reads workflow definitions from, inside the plugins folder.
@@ -53,6 +61,11 @@ pub const FILE_NAME: &str = "workflows.toml";
 pub(crate) struct Parsed {
     pub workflows: Vec<Workflow>,
     pub broken: Vec<(String, String)>,
+    /// `[schedule.NAME]` tables read, each with where it is (`file:line: `), to be checked
+    /// against the host's bounds.
+    pub schedules: Vec<(String, ScheduleSpec, String)>,
+    /// Schedules that cannot even be read, with their line and why.
+    pub broken_schedules: Vec<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -166,9 +179,31 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Parsed, String> {
     })?;
     let mut parsed = Parsed::default();
     for (key, value) in root.get_ref().iter() {
+        if key.get_ref().as_ref() == "schedule" {
+            let DeValue::Table(schedules) = value.get_ref() else {
+                return Err(format!(
+                    "{}`schedule` must be a table of schedules, e.g. `[schedule.NAME]`",
+                    at(Some(key.span().start))
+                ));
+            };
+            for (name, definition) in schedules.iter() {
+                let here = format!("{}:{}: ", file.display(), line_of(text, name.span().start));
+                let name = name.get_ref().to_string();
+                match ScheduleSpec::deserialize(ValueDeserializer::from(definition.clone())) {
+                    Ok(spec) => parsed.schedules.push((name, spec, here)),
+                    Err(e) => {
+                        let where_ = e.span().map_or(here, |s| at(Some(s.start)));
+                        let reason = format!("{where_}{}", first_line(&e.to_string()));
+                        parsed.broken_schedules.push((name, reason));
+                    }
+                }
+            }
+            continue;
+        }
         if key.get_ref().as_ref() != "workflow" {
             return Err(format!(
-                "{}unknown key `{}`: definitions go under `[workflow.NAME]`",
+                "{}unknown key `{}`: definitions go under `[workflow.NAME]` and \
+                 `[schedule.NAME]`",
                 at(Some(key.span().start)),
                 key.get_ref()
             ));
@@ -520,6 +555,51 @@ graph = { fetch = [], parse = ["fetch"], store = ["parse"], review = { after = [
                 .1
                 .contains("use \"collect\" or \"all-or-nothing\"")
         );
+    }
+
+    #[test]
+    fn schedules_are_read_beside_workflows_and_a_broken_one_names_its_line() {
+        let parsed = parse_ok(
+            r#"
+[workflow.add-three]
+chain = ["increment", "increment", "increment"]
+
+[schedule.nightly]
+run = "add-three"
+input = { count = 1 }
+cron = "0 2 * * *"
+tz = "Europe/Paris"
+overlap = "allow"
+
+[schedule.often]
+run = "increment"
+every_ms = 5000
+
+[schedule.typo]
+run = "increment"
+evry_ms = 5000
+"#,
+        );
+        assert_eq!(parsed.workflows.len(), 1);
+        let names: Vec<&str> = parsed
+            .schedules
+            .iter()
+            .map(|(n, _, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["nightly", "often"]);
+        let (_, nightly, here) = &parsed.schedules[0];
+        assert_eq!(nightly.run, "add-three");
+        assert_eq!(nightly.input, Some(serde_json::json!({ "count": 1 })));
+        assert_eq!(
+            nightly.overlap,
+            Some(crate::contract::schedule::Overlap::Allow)
+        );
+        assert_eq!(here, "workflows.toml:5: ");
+        assert_eq!(parsed.schedules[1].1.every_ms, Some(5000));
+        let (name, reason) = &parsed.broken_schedules[0];
+        assert_eq!(name, "typo");
+        assert!(reason.starts_with("workflows.toml:"), "{reason}");
+        assert!(reason.contains("evry_ms"), "{reason}");
     }
 
     #[test]
