@@ -705,6 +705,20 @@ impl Caller {
         }
     }
 
+    /// Whose rows a listing shows: a tenant's own; the operator's (or the open API's)
+    /// `?tenant=`, or every tenant's (`None`). Refuses a tenant naming another.
+    pub(crate) fn listed_tenant<'a>(
+        &'a self,
+        asked: Option<&'a str>,
+    ) -> Result<Option<&'a str>, ApiError> {
+        self.may_ask_for(asked)?;
+        if self.is_fleet() {
+            Ok(asked)
+        } else {
+            Ok(Some(self.tenant()?.0))
+        }
+    }
+
     /// Refuses a `?tenant=` naming a tenant whose data this caller may not see.
     pub(crate) fn may_ask_for(&self, asked: Option<&str>) -> Result<(), ApiError> {
         match asked {

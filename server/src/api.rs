@@ -795,12 +795,8 @@ pub(super) async fn sessions(
     query: Result<Query<TenantQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let asked = tenant_query(query)?;
-    caller.may_ask_for(asked.as_deref())?;
     // Only the sessions asked for are copied: one tenant's many never slow another's list.
-    let tenant = match (caller.is_fleet(), asked.as_deref()) {
-        (true, asked) => asked,
-        (false, _) => Some(caller.tenant()?.0),
-    };
+    let tenant = caller.listed_tenant(asked.as_deref())?;
     let sessions = match (app.runtime.fleet(), tenant) {
         (Some(fleet), tenant) => fleet.sessions(tenant).await.map_err(fleet_unavailable)?,
         (None, None) => app.runtime.active_sessions(),

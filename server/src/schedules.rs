@@ -25,11 +25,7 @@ pub(super) async fn list(
     query: Result<Query<TenantQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let asked = tenant_query(query)?;
-    caller.may_ask_for(asked.as_deref())?;
-    let tenant = match (caller.is_fleet(), asked.as_deref()) {
-        (true, asked) => asked,
-        (false, _) => Some(caller.tenant()?.0),
-    };
+    let tenant = caller.listed_tenant(asked.as_deref())?;
     let schedules = app
         .runtime
         .schedules(tenant)
@@ -122,19 +118,9 @@ pub(super) async fn put(
     if let Some(admitted) = admitted {
         admitted.settle().await;
     }
-    match added {
-        Ok(status) => Ok(Json(json!(status))),
-        Err(ScheduleRefused::Invalid(why)) => Err(ApiError::bad_request("invalid-schedule", why)),
-        Err(ScheduleRefused::Declared(why)) => {
-            Err(ApiError::conflict("schedule-declared-in-folder", why))
-        }
-        Err(ScheduleRefused::TooMany(why)) => Err(ApiError::bound_hit(
-            "too-many-schedules",
-            why,
-            Duration::from_secs(60),
-        )),
-        Err(ScheduleRefused::Runtime(error)) => Err(runtime_error(&app, &caller, error)),
-    }
+    added
+        .map(|status| Json(json!(status)))
+        .map_err(|refused| refusal(&app, &caller, refused))
 }
 
 /// `DELETE /v1/schedules/{name}`: removes a schedule of the caller's tenant that was added
@@ -150,13 +136,19 @@ pub(super) async fn remove(
     match app.runtime.remove_schedule(tenant, &name).await {
         Ok(true) => Ok(Json(json!({ "removed": name, "tenant": tenant }))),
         Ok(false) => Err(not_found(&name)),
-        Err(ScheduleRefused::Declared(why)) => {
-            Err(ApiError::conflict("schedule-declared-in-folder", why))
+        Err(refused) => Err(refusal(&app, &caller, refused)),
+    }
+}
+
+/// What the API answers a refused schedule.
+fn refusal(app: &AppState, caller: &Caller, refused: ScheduleRefused) -> ApiError {
+    match refused {
+        ScheduleRefused::Invalid(why) => ApiError::bad_request("invalid-schedule", why),
+        ScheduleRefused::Declared(why) => ApiError::conflict("schedule-declared-in-folder", why),
+        ScheduleRefused::TooMany(why) => {
+            ApiError::bound_hit("too-many-schedules", why, Duration::from_secs(60))
         }
-        Err(ScheduleRefused::TooMany(why) | ScheduleRefused::Invalid(why)) => {
-            Err(ApiError::bad_request("invalid-schedule", why))
-        }
-        Err(ScheduleRefused::Runtime(error)) => Err(runtime_error(&app, &caller, error)),
+        ScheduleRefused::Runtime(error) => runtime_error(app, caller, error),
     }
 }
 

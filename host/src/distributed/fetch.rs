@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::content;
-use super::fanout::JOIN_QUEUE;
 use super::handle::lock_map;
 use super::wire::Binding;
 use super::worker::Inner;
@@ -65,14 +64,10 @@ impl Inner {
         // This worker's own processors are served even if a flooded catalog hid them.
         let catalog = self.shared.registry().catalog();
         let mut workers = self.workers.lock().await;
-        let names = [
-            JOIN_QUEUE,
-            super::wire::DELAY_QUEUE,
-            super::schedules::SCHEDULE_QUEUE,
-        ]
-        .into_iter()
-        .chain(published.keys().map(String::as_str))
-        .chain(catalog.names());
+        let names = super::OWN_QUEUES
+            .into_iter()
+            .chain(published.keys().map(String::as_str))
+            .chain(catalog.names());
         for name in names {
             if workers.contains_key(name) {
                 continue;

@@ -250,6 +250,14 @@ impl RedisConfig {
     }
 }
 
+/// The queues of weir's own jobs, which every worker serves: fan-outs' joins, chains'
+/// delays and schedules' ticks.
+pub(crate) const OWN_QUEUES: [&str; 3] = [
+    fanout::JOIN_QUEUE,
+    wire::DELAY_QUEUE,
+    schedules::SCHEDULE_QUEUE,
+];
+
 /// Names of the keys weir owns.
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {

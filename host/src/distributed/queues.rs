@@ -4,7 +4,6 @@
 use serde::Serialize;
 
 use super::content;
-use super::fanout::JOIN_QUEUE;
 use super::handle::Distributed;
 use crate::contract::error::Error;
 
@@ -41,14 +40,10 @@ impl Distributed {
         let published = content::published_plugins(&mut conn, &self.keys, &self.seal)
             .await
             .map_err(|e| self.redis_error(e))?;
-        let names = [
-            JOIN_QUEUE,
-            super::wire::DELAY_QUEUE,
-            super::schedules::SCHEDULE_QUEUE,
-        ]
-        .into_iter()
-        .chain(published.keys().map(String::as_str))
-        .take(MAX_QUEUES_COUNTED);
+        let names = super::OWN_QUEUES
+            .into_iter()
+            .chain(published.keys().map(String::as_str))
+            .take(MAX_QUEUES_COUNTED);
         let mut counts = Vec::new();
         for name in names {
             let queue = self.queue(name).await?;
