@@ -290,10 +290,11 @@ async fn the_api_adds_lists_and_removes_schedules_and_says_what_it_refuses() {
 }
 
 /// The runs of `target` in `session` the fleet knows of, oldest first.
+/// (Every session's, when `session` is empty.)
 async fn runs_of(fleet: &weir::Fleet, target: &str, session: &str) -> Vec<weir::RunSummary> {
     let query = RunQuery {
         target: Some(target.into()),
-        session: Some(session.into()),
+        session: (!session.is_empty()).then(|| session.into()),
         limit: 500,
         ..RunQuery::default()
     };
@@ -587,5 +588,51 @@ async fn a_folders_schedule_comes_and_goes_with_its_table() {
             let tick = e.data.as_ref().unwrap()["tickMs"].as_u64().unwrap();
             assert!(tick <= removed, "a removed schedule fired at {tick}");
         }
+    }
+}
+
+/// Across the fleet, a tick while the previous tick's run goes is skipped, however many
+/// ticks have been skipped since that run started: runs never overlap.
+#[tokio::test]
+async fn the_fleets_ticks_never_start_a_run_while_the_last_run_goes() {
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let folder = PluginFolder::with(&["sleep"]);
+    folder.write(
+        "workflows.toml",
+        b"[schedule.slow]\nrun = \"sleep\"\ninput = { ms = 250 }\nevery_ms = 100\n",
+    );
+    // Ticks a tenth of a second apart, so that each run outlasts two of them.
+    let config = folder.path().join("weir.toml");
+    std::fs::write(&config, "[host]\nmin_schedule_interval_ms = 50\n").unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let _worker = WorkerProcess::start(&redis_url, folder.path(), &["--config", &config]);
+    let nothing = PluginFolder::new();
+    let observer = submitter(&redis_url, nothing.path()).await;
+    let fleet = observer.fleet().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let runs = loop {
+        let runs = runs_of(&fleet, "sleep", "").await;
+        let done: Vec<_> = runs
+            .iter()
+            .filter(|r| r.finished_ms.is_some())
+            .cloned()
+            .collect();
+        if done.len() >= 4 {
+            break done;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 4 runs within 60 s: {runs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for pair in runs.windows(2) {
+        let ended = pair[0].finished_ms.unwrap();
+        assert!(
+            pair[1].submitted_ms >= ended,
+            "a run started {} ms before the one before it ended: {runs:#?}",
+            ended - pair[1].submitted_ms
+        );
     }
 }

@@ -56,7 +56,7 @@ pub(crate) struct Distributed {
     /// Adds a journal to the fleet's activity counters; reads them.
     pub(super) activity_flush: redis::Script,
     pub(super) activity_read: redis::Script,
-    /// Keeps a schedule's latest tick unless a later one is kept.
+    /// Keeps a schedule's latest tick unless a later one is kept, and its latest run.
     pub(super) note_tick: redis::Script,
     /// Fires schedules' ticks, once the runtime serving the queues installed itself.
     pub(super) ticks: Mutex<Option<std::sync::Weak<dyn super::schedules::Ticks>>>,
@@ -134,7 +134,8 @@ impl Distributed {
             activity_flush: redis::Script::new(include_str!("lua/activity_flush.lua")),
             activity_read: redis::Script::new(include_str!("lua/activity_read.lua")),
             note_tick: redis::Script::new(
-                "local kept = redis.call('HGET', KEYS[1], ARGV[1]) \
+                "if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[4]) end \
+                 local kept = redis.call('HGET', KEYS[1], ARGV[1]) \
                  if kept then \
                    local ok, tick = pcall(cjson.decode, kept) \
                    if ok and type(tick) == 'table' and tonumber(tick.tickMs) \

@@ -39,14 +39,14 @@ fn kept() -> RemoveOnFinish {
 /// charged to the schedule's tenant). Installed on the runtime that serves the queues.
 #[async_trait::async_trait]
 pub(crate) trait Ticks: Send + Sync {
-    /// Fires the tick at `tick_ms` of `schedule`, whose previous tick did `last`: starts its
-    /// run (or says why it started none). An `Err` is a failure to reach what it needs
-    /// (the tick is tried again).
+    /// Fires the tick at `tick_ms` of `schedule`, whose latest run (of any earlier tick)
+    /// is `previous_run`: starts its run (or says why it started none). An `Err` is a
+    /// failure to reach what it needs (the tick is tried again).
     async fn fire(
         &self,
         schedule: Schedule,
         tick_ms: u64,
-        last: Option<LastTick>,
+        previous_run: Option<String>,
     ) -> Result<LastTick, String>;
 }
 
@@ -146,9 +146,15 @@ impl Distributed {
             .await
             .map_err(|e| self.redis_error(e))?;
         let mut conn = self.conn();
-        let _: () = redis::cmd("HDEL")
+        let _: () = redis::pipe()
+            .cmd("HDEL")
             .arg(self.keys.own("schedules:last"))
             .arg(id)
+            .ignore()
+            .cmd("HDEL")
+            .arg(self.keys.own("schedules:run"))
+            .arg(id)
+            .ignore()
             .query_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
@@ -249,28 +255,31 @@ impl Distributed {
         Ok((schedule, envelope.origin))
     }
 
-    /// What the latest tick of the schedule `id` did, if anything.
-    pub(crate) async fn last_tick(&self, id: &str) -> Result<Option<LastTick>, Error> {
+    /// The latest run a tick of the schedule `id` started, if any (later ticks may have
+    /// been skipped since).
+    async fn latest_run(&self, id: &str) -> Result<Option<String>, Error> {
         let mut conn = self.conn();
-        let text: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.own("schedules:last"))
+        redis::cmd("HGET")
+            .arg(self.keys.own("schedules:run"))
             .arg(id)
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.redis_error(e))?;
-        Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
+            .map_err(|e| self.redis_error(e))
     }
 
-    /// Keeps what the tick of schedule `id` did, unless a later tick is kept already.
+    /// Keeps what the tick of schedule `id` did, unless a later tick is kept already, and
+    /// the run it started as the schedule's latest.
     async fn note_tick(&self, id: &str, tick: &LastTick) -> Result<(), Error> {
         let text = serde_json::to_string(tick).map_err(|e| Error::Config(e.to_string()))?;
         let mut conn = self.conn();
         let _: i64 = self
             .note_tick
             .key(self.keys.own("schedules:last"))
+            .key(self.keys.own("schedules:run"))
             .arg(id)
             .arg(tick.tick_ms)
             .arg(text)
+            .arg(tick.run.as_deref().unwrap_or_default())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
@@ -322,12 +331,12 @@ impl Inner {
             ));
         };
         let id = schedule.id();
-        let last = self
+        let previous_run = self
             .dist
-            .last_tick(&id)
+            .latest_run(&id)
             .await
             .map_err(|e| bullmq::Error::ProcessingError(e.to_string()))?;
-        let done = fire(ticks, schedule, tick_ms, last)
+        let done = fire(ticks, schedule, tick_ms, previous_run)
             .await
             .map_err(bullmq::Error::ProcessingError)?;
         self.dist
@@ -343,9 +352,9 @@ async fn fire(
     ticks: Arc<dyn Ticks>,
     schedule: Schedule,
     tick_ms: u64,
-    last: Option<LastTick>,
+    previous_run: Option<String>,
 ) -> Result<LastTick, String> {
-    tokio::spawn(async move { ticks.fire(schedule, tick_ms, last).await })
+    tokio::spawn(async move { ticks.fire(schedule, tick_ms, previous_run).await })
         .await
         .map_err(|panic| format!("firing the tick failed: {panic}"))?
 }

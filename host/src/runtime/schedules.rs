@@ -652,7 +652,7 @@ impl crate::distributed::Ticks for FleetTicks {
         &self,
         schedule: Schedule,
         tick_ms: u64,
-        last: Option<LastTick>,
+        previous_run: Option<String>,
     ) -> Result<LastTick, String> {
         let Some(runtime) = self.0.upgrade() else {
             return Err("the runtime has stopped".into());
@@ -663,7 +663,7 @@ impl crate::distributed::Ticks for FleetTicks {
         // The previous tick's run, if it goes on (only asked when it matters).
         let mut going = None;
         if schedule.overlap() == Overlap::Skip
-            && let Some(run) = last.and_then(|l| l.run)
+            && let Some(run) = previous_run
             && distributed
                 .run_going(&run)
                 .await
