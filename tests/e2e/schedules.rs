@@ -636,3 +636,37 @@ async fn the_fleets_ticks_never_start_a_run_while_the_last_run_goes() {
         );
     }
 }
+
+/// A fleet's schedule follows its table in a worker's watched folder: put in Redis when the
+/// table is written, removed from it when the table goes.
+#[tokio::test]
+async fn a_fleets_folder_schedule_comes_and_goes_with_its_table() {
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let folder = PluginFolder::with(&["increment"]);
+    let _worker = WorkerProcess::start(&redis_url, folder.path(), &[]);
+    let nothing = PluginFolder::new();
+    let observer = submitter(&redis_url, nothing.path()).await;
+    let listed = || async { observer.schedules(None).await.unwrap() };
+    assert!(listed().await.is_empty());
+    folder.write(
+        "workflows.toml",
+        b"[schedule.hourly]\nrun = \"increment\"\ncron = \"0 * * * *\"\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while listed().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the schedule never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hourly = listed().await;
+    assert_eq!(hourly[0].origin, weir::ScheduleOrigin::Folder);
+    assert_eq!(hourly[0].next_ms.unwrap() % 3_600_000, 0, "{hourly:?}");
+    folder.write("workflows.toml", b"# none\n");
+    while !listed().await.is_empty() {
+        assert!(Instant::now() < deadline, "the schedule stayed in Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
