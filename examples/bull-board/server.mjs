@@ -27,10 +27,14 @@ serverAdapter.setBasePath('/');
 const board = createBullBoard({ queues: [], serverAdapter });
 const shown = new Map();
 
-// Every processor weir has published gets its queue on the board.
+// weir's own queues: fan-outs' joins, chains' delays, and schedules' ticks (each schedule
+// is a job scheduler of `_schedule`, its next tick a delayed job there).
+const own = ['_join', '_delay', '_schedule'];
+
+// Every processor weir has published gets its queue on the board, after weir's own.
 async function addPublishedQueues() {
-  const names = await connection.hkeys(`${prefix}:_:plugins`);
-  for (const name of names.sort()) {
+  const names = [...own, ...(await connection.hkeys(`${prefix}:_:plugins`)).sort()];
+  for (const name of names) {
     if (shown.has(name)) continue;
     const queue = new Queue(name, { connection, prefix });
     shown.set(name, queue);

@@ -1795,6 +1795,11 @@ async fn bull_board_shows_weirs_queues_and_their_jobs() {
     let redis = RedisServer::start();
     let url = redis.url();
     let folder = PluginFolder::with(&["hello"]);
+    // A schedule's ticks are jobs of weir's `_schedule` queue.
+    folder.write(
+        "workflows.toml",
+        b"[schedule.greet]\nrun = \"hello\"\ninput = { user = \"tick\" }\ncron = \"0 0 1 1 *\"\n",
+    );
     let _worker = WorkerProcess::start(&url, folder.path(), &[]);
     let runtime = submitter(&url, folder.path()).await;
     let done = runtime
@@ -1802,6 +1807,14 @@ async fn bull_board_shows_weirs_queues_and_their_jobs() {
         .await
         .unwrap();
     assert!(done.ok, "{:?}", done.error);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while runtime.schedules(None).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the schedule never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let example = weir_tests::bull_board_example();
     let mut board = Command::new("node")
@@ -1839,6 +1852,16 @@ async fn bull_board_shows_weirs_queues_and_their_jobs() {
     assert!(
         hello["counts"]["completed"].as_u64().unwrap() >= 1,
         "{hello}"
+    );
+    let ticks = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "_schedule")
+        .unwrap_or_else(|| panic!("no `_schedule` queue on the board: {queues}"));
+    assert_eq!(
+        ticks["counts"]["delayed"], 1,
+        "the next tick waits: {ticks}"
     );
 }
 
