@@ -22,6 +22,14 @@
 //! and system, from `INFO` before and after) and commands processed, over every job it ran.
 //! A fleet's Redis is shared by all its workers, so 1 s ÷ that CPU time is the ceiling of
 //! jobs/s whatever the number of workers.
+//!
+//! Each system runs three shapes of work (`WEIR_BENCH_SHAPES=single,chain3,par3`, any of
+//! them): a single job; a chain of three (weir: a chain workflow of three `increment`
+//! steps; BullMQ: a flow of three jobs, each the parent of the next, as BullMQ chains
+//! jobs); and a parallel of three (weir: a parallel workflow of three branches; BullMQ: a
+//! flow of three children and their parent, which runs once they are done). A chain's or
+//! a parallel's figures are per run (of three steps), over a third as many runs as
+//! `WEIR_BENCH_JOBS` says.
 
 #![allow(clippy::unwrap_used)]
 
@@ -40,6 +48,66 @@ use tokio::sync::oneshot;
 
 const IN_FLIGHT: usize = 50;
 const WARM_UP: usize = 30;
+
+/// What one unit of work is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// One job.
+    Single,
+    /// Three jobs, one after another.
+    Chain3,
+    /// Three jobs at once, then what joins them.
+    Par3,
+}
+
+impl Shape {
+    const ALL: [Shape; 3] = [Shape::Single, Shape::Chain3, Shape::Par3];
+
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Single => "single",
+            Shape::Chain3 => "chain3",
+            Shape::Par3 => "par3",
+        }
+    }
+
+    /// What the report calls one unit.
+    fn unit(self) -> &'static str {
+        match self {
+            Shape::Single => "job",
+            Shape::Chain3 => "chain of 3",
+            Shape::Par3 => "parallel of 3",
+        }
+    }
+
+    /// The units a run of `jobs` jobs makes of this shape.
+    fn units(self, jobs: usize) -> usize {
+        match self {
+            Shape::Single => jobs,
+            Shape::Chain3 | Shape::Par3 => (jobs / 3).max(1),
+        }
+    }
+
+    /// A BullMQ flow of this shape on `queue` whose root job is `id`: a chain nests each
+    /// job as the parent of the one before it; a parallel is a parent of three children.
+    fn flow(self, queue: &str, id: String) -> bullmq::FlowJob {
+        let job = |id: Option<String>| {
+            let mut options = JobOptions::new().remove_on_complete(RemoveOnFinish::Count(1000));
+            options.job_id = id;
+            bullmq::FlowJob::new("t", queue, json!({}))
+                .unwrap()
+                .options(options)
+        };
+        match self {
+            Shape::Single => job(Some(id)),
+            Shape::Chain3 => job(Some(id)).add_child(job(None).add_child(job(None))),
+            Shape::Par3 => job(Some(id))
+                .add_child(job(None))
+                .add_child(job(None))
+                .add_child(job(None)),
+        }
+    }
+}
 
 fn size(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -145,9 +213,18 @@ where
 
 /// bullmq-official alone: a closure returning `{}`, completions read from the queue's
 /// event stream by one reader that hands them to waiters.
-async fn raw(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
+async fn raw(url: &str, workers: usize, round_trips: usize, jobs: usize, shape: Shape) -> Figures {
     let connection = RedisConnectionOptions::new().url(url);
-    let prefix = format!("rawbench{workers}");
+    let prefix = format!("rawbench{workers}{}", shape.name());
+    let flows = Arc::new(
+        bullmq::FlowProducer::with_options(
+            bullmq::FlowProducerOptions::new()
+                .connection(connection.clone())
+                .prefix(prefix.clone()),
+        )
+        .await
+        .unwrap(),
+    );
     let queue = Arc::new(
         Queue::with_options(
             "trivial",
@@ -202,14 +279,20 @@ async fn raw(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figu
         let queue = queue.clone();
         move || {
             let queue = queue.clone();
+            let flows = flows.clone();
             let waiters = waiters.clone();
             async move {
                 let id = uuid_like();
                 let (done, wait) = oneshot::channel();
                 waiters.lock().unwrap().insert(id.clone(), done);
-                let mut options = JobOptions::new().remove_on_complete(RemoveOnFinish::Count(1000));
-                options.job_id = Some(id);
-                queue.add("t", json!({})).options(options).await.unwrap();
+                if shape == Shape::Single {
+                    let mut options =
+                        JobOptions::new().remove_on_complete(RemoveOnFinish::Count(1000));
+                    options.job_id = Some(id);
+                    queue.add("t", json!({})).options(options).await.unwrap();
+                } else {
+                    flows.add(shape.flow("trivial", id)).await.unwrap();
+                }
                 tokio::time::timeout(Duration::from_secs(30), wait)
                     .await
                     .unwrap()
@@ -235,13 +318,14 @@ fn uuid_like() -> String {
 }
 
 /// Node BullMQ, through `tests/node/bench.mjs`.
-fn node(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
+fn node(url: &str, workers: usize, round_trips: usize, jobs: usize, shape: Shape) -> Figures {
     let dir = weir_tests::node_project();
     let before = redis_usage(url);
     let output = std::process::Command::new("node")
         .arg(dir.join("bench.mjs"))
         .arg(url)
         .args([workers, round_trips, jobs, IN_FLIGHT].map(|n| n.to_string()))
+        .arg(shape.name())
         .output()
         .expect("node runs");
     assert!(
@@ -263,8 +347,25 @@ fn node(url: &str, workers: usize, round_trips: usize, jobs: usize) -> Figures {
 
 /// weir: `weir worker` processes running `increment`, a runtime submitting and waiting;
 /// with the tests' fleet key when `signed`, else with none (`--insecure-redis`).
-async fn weir(url: &str, workers: usize, round_trips: usize, jobs: usize, signed: bool) -> Figures {
+async fn weir(
+    url: &str,
+    workers: usize,
+    round_trips: usize,
+    jobs: usize,
+    signed: bool,
+    shape: Shape,
+) -> Figures {
     let folder = weir_tests::PluginFolder::with(&["increment"]);
+    folder.write(
+        "workflows.toml",
+        b"[workflow.chain3]\nchain = [\"increment\", \"increment\", \"increment\"]\n\n\
+          [workflow.par3]\nparallel = [\"increment\", \"increment\", \"increment\"]\n",
+    );
+    let target = match shape {
+        Shape::Single => "increment",
+        Shape::Chain3 => "chain3",
+        Shape::Par3 => "par3",
+    };
     if warm_mode() {
         // Idle instances for every job a worker may run at once, so none is dropped.
         folder.manifest(
@@ -299,7 +400,7 @@ async fn weir(url: &str, workers: usize, round_trips: usize, jobs: usize, signed
     let once = move || {
         let runtime = runtime.clone();
         async move {
-            let result = runtime.run("increment", json!({"count": 1})).await.unwrap();
+            let result = runtime.run(target, json!({"count": 1})).await.unwrap();
             assert!(result.ok, "{:?}", result.error);
         }
     };
@@ -356,62 +457,100 @@ fn main() {
         Some(only) => only.split(',').any(|o| o.trim() == name),
         None => name != "unsigned",
     };
+    let shapes: Vec<Shape> = match std::env::var("WEIR_BENCH_SHAPES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|name| {
+                let shape = Shape::ALL.into_iter().find(|s| s.name() == name.trim());
+                if shape.is_none() {
+                    eprintln!("WEIR_BENCH_SHAPES: `{name}` is not one of single, chain3, par3");
+                }
+                shape
+            })
+            .collect(),
+        Err(_) => Shape::ALL.to_vec(),
+    };
     let mode = if warm_mode() {
         "warm instances"
     } else {
         "fresh sandbox"
     };
     let mut all = Vec::new();
-    for workers in [1, 2] {
-        let raw = wanted("raw").then(|| {
-            let figures = runtime.block_on(raw(&url, workers, round_trips, jobs));
-            row(&format!("bullmq-official, {workers} worker(s)"), figures);
-            figures
-        });
-        let node = wanted("node").then(|| {
-            let figures = node(&url, workers, round_trips, jobs);
-            row(&format!("Node BullMQ 6.5.1, {workers} worker(s)"), figures);
-            figures
-        });
-        let unsigned = wanted("unsigned").then(|| {
-            let figures = runtime.block_on(weir(&url, workers, round_trips, jobs, false));
-            row(&format!("weir unsigned, {workers} worker(s)"), figures);
-            figures
-        });
-        let weir = wanted("weir").then(|| {
-            let figures = runtime.block_on(weir(&url, workers, round_trips, jobs, true));
-            row(&format!("weir ({mode}), {workers} worker(s)"), figures);
-            figures
-        });
-        all.push((workers, raw, node, weir, unsigned));
+    for shape in shapes {
+        let units = shape.units(jobs);
+        if shape != Shape::Single {
+            println!("{} ({units} runs; figures per run)", shape.unit());
+        }
+        for workers in [1, 2] {
+            let raw = wanted("raw").then(|| {
+                let figures = runtime.block_on(raw(&url, workers, round_trips, units, shape));
+                row(&format!("bullmq-official, {workers} worker(s)"), figures);
+                figures
+            });
+            let node = wanted("node").then(|| {
+                let figures = node(&url, workers, round_trips, units, shape);
+                row(&format!("Node BullMQ 6.5.1, {workers} worker(s)"), figures);
+                figures
+            });
+            let unsigned = wanted("unsigned").then(|| {
+                let figures =
+                    runtime.block_on(weir(&url, workers, round_trips, units, false, shape));
+                row(&format!("weir unsigned, {workers} worker(s)"), figures);
+                figures
+            });
+            let weir = wanted("weir").then(|| {
+                let figures =
+                    runtime.block_on(weir(&url, workers, round_trips, units, true, shape));
+                row(&format!("weir ({mode}), {workers} worker(s)"), figures);
+                figures
+            });
+            all.push((shape, workers, raw, node, weir, unsigned));
+        }
     }
     println!();
-    for (workers, raw, node, weir, unsigned) in all {
+    for (shape, workers, raw, node, weir, unsigned) in all {
         let Some(weir) = weir else { continue };
+        let unit = shape.unit();
         if let Some(unsigned) = unsigned {
             println!(
-                "{workers} worker(s): signed ÷ unsigned: throughput {:.2}×, round trip p50 \
-                 {:.2}×",
+                "{unit}, {workers} worker(s): signed ÷ unsigned: throughput {:.2}×, round \
+                 trip p50 {:.2}×",
                 weir.per_second / unsigned.per_second,
                 weir.p50_us / unsigned.p50_us,
             );
         }
-        println!(
-            "{workers} worker(s): weir p50 {:.2} ms (goal ≤ 1 ms); throughput {}× Node \
-             BullMQ (goal ≥ 1.5×), {}× raw bullmq-official (goal ≥ 0.67×)",
-            weir.p50_us / 1000.0,
-            ratio(weir, node),
-            ratio(weir, raw),
-        );
+        if shape == Shape::Single {
+            println!(
+                "{unit}, {workers} worker(s): weir p50 {:.2} ms (goal ≤ 1 ms); throughput {}× \
+                 Node BullMQ (goal ≥ 1.5×), {}× raw bullmq-official (goal ≥ 0.67×)",
+                weir.p50_us / 1000.0,
+                ratio(weir, node),
+                ratio(weir, raw),
+            );
+        } else {
+            println!(
+                "{unit}, {workers} worker(s): weir p50 {:.2} ms; throughput {}× Node BullMQ, \
+                 {}× raw bullmq-official",
+                weir.p50_us / 1000.0,
+                ratio(weir, node),
+                ratio(weir, raw),
+            );
+        }
         if let Some(raw) = raw {
             println!(
-                "{workers} worker(s): Redis CPU per job, weir ÷ raw bullmq-official: {:.2}× \
-                 (goal ≤ 1.25×); commands per job {:.1} against {:.1}; one Redis's ceiling at \
-                 this cost: about {:.0} weir jobs/s",
+                "{unit}, {workers} worker(s): Redis CPU per {unit}, weir ÷ raw \
+                 bullmq-official: {:.2}× (goal ≤ 1.25×); commands {:.1} against {:.1}; one \
+                 Redis's ceiling at this cost: about {:.0} weir runs/s",
                 weir.redis_cpu_us / raw.redis_cpu_us,
                 weir.redis_commands,
                 raw.redis_commands,
                 1e6 / weir.redis_cpu_us,
+            );
+        }
+        if let Some(node) = node {
+            println!(
+                "{unit}, {workers} worker(s): Redis CPU per {unit}, weir ÷ Node BullMQ: {:.2}×",
+                weir.redis_cpu_us / node.redis_cpu_us,
             );
         }
     }

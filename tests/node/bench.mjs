@@ -1,14 +1,19 @@
 // The queue benchmark's Node baseline: BullMQ running a trivial JS job, on the Redis given.
 //
-//   node bench.mjs redis://127.0.0.1:6379 WORKERS ROUND_TRIPS JOBS IN_FLIGHT
+//   node bench.mjs redis://127.0.0.1:6379 WORKERS ROUND_TRIPS JOBS IN_FLIGHT [SHAPE]
 //
 // Prints one JSON line: {"p50Us", "p99Us", "perSecond"}: the round trip of one job (added,
 // processed, its completion seen by the producer) one at a time, and the jobs completed per
 // second with IN_FLIGHT in flight. Workers run in this process, 8 jobs at a time each.
-import { Queue, QueueEvents, Worker } from 'bullmq';
+// SHAPE is `single` (the default), `chain3` (a flow of three jobs, each the parent of the
+// one before) or `par3` (a flow of three children and their parent): then a "job" is the
+// whole flow, done when its root is.
+import { FlowProducer, Queue, QueueEvents, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 
-const [url, workersArg, roundTripsArg, jobsArg, inFlightArg] = process.argv.slice(2);
+const [url, workersArg, roundTripsArg, jobsArg, inFlightArg, shapeArg] = process.argv.slice(2);
+const shape = shapeArg || 'single';
+if (!['single', 'chain3', 'par3'].includes(shape)) throw new Error(`unknown shape ${shape}`);
 const [workerCount, roundTrips, jobs, inFlight] = [workersArg, roundTripsArg, jobsArg, inFlightArg].map(Number);
 const connections = [];
 const connect = () => {
@@ -27,8 +32,17 @@ for (let i = 0; i < workerCount; i++) {
 await events.waitUntilReady();
 await Promise.all(workers.map((w) => w.waitUntilReady()));
 
+const flows = new FlowProducer({ connection: connect(), prefix });
+const opts = { removeOnComplete: 1000 };
+const leaf = () => ({ name: 't', queueName: name, data: {}, opts });
+const tree = {
+  chain3: () => ({ ...leaf(), children: [{ ...leaf(), children: [leaf()] }] }),
+  par3: () => ({ ...leaf(), children: [leaf(), leaf(), leaf()] }),
+};
 const once = async () => {
-  const job = await queue.add('t', {}, { removeOnComplete: 1000 });
+  const job = shape === 'single'
+    ? await queue.add('t', {}, opts)
+    : (await flows.add(tree[shape]())).job;
   await job.waitUntilFinished(events, 30_000);
 };
 for (let i = 0; i < 30; i++) await once();
@@ -55,5 +69,6 @@ const seconds = Number(process.hrtime.bigint() - started) / 1e9;
 console.log(JSON.stringify({ p50Us: pct(50), p99Us: pct(99), perSecond: jobs / seconds }));
 await Promise.all(workers.map((w) => w.close()));
 await events.close();
+await flows.close();
 await queue.close();
 await Promise.all(connections.map((c) => c.quit()));

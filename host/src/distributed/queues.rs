@@ -14,7 +14,8 @@ pub(crate) const MAX_QUEUES_COUNTED: usize = 1_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueCounts {
-    /// The queue: a processor's name, or `_join` (fan-outs' joins).
+    /// The queue: a processor's name, or one of weir's own: `_join` (fan-outs' joins),
+    /// `_delay` (chains' delays), `_schedule` (schedules' ticks).
     pub queue: String,
     /// Waiting for a worker (prioritised jobs included).
     pub waiting: u64,
