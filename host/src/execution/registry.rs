@@ -154,9 +154,26 @@ impl Catalog {
         self.unreadable = parsed.broken;
         let mut schedules = BTreeMap::new();
         let mut invalid: BTreeMap<String, String> = parsed.broken_schedules.into_iter().collect();
+        let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
         for (name, spec, here) in parsed.schedules {
             match Schedule::new(&name, spec, bounds) {
                 Ok(schedule) => {
+                    let of_tenant = per_tenant.entry(schedule.tenant().to_string()).or_default();
+                    if *of_tenant >= bounds.max_per_tenant || schedules.len() >= bounds.max_total {
+                        let reason = format!(
+                            "{here}tenant `{}` has {} schedules before this one, or the file \
+                             {} in all: past the host's schedule bounds (max_schedules_per_tenant \
+                             {}, max_schedules {})",
+                            schedule.tenant(),
+                            of_tenant,
+                            schedules.len(),
+                            bounds.max_per_tenant,
+                            bounds.max_total
+                        );
+                        invalid.insert(name, reason);
+                        continue;
+                    }
+                    *of_tenant += 1;
                     schedules.insert(name, Arc::new(schedule));
                 }
                 Err(reason) => {
@@ -382,5 +399,24 @@ mod tests {
         let last = history.back().and_then(|c| c.reason.as_deref());
         assert_eq!(last, Some(format!("try {}", PLUGIN_HISTORY + 2)).as_deref());
         assert!(!catalog.history.contains_key("q"));
+    }
+
+    #[test]
+    fn the_files_schedules_past_a_tenants_bound_do_not_tick() {
+        let text = "[schedule.a]\nrun = \"x\"\nevery_ms = 1000\n\
+                    [schedule.b]\nrun = \"x\"\nevery_ms = 1000\n\
+                    [schedule.c]\nrun = \"x\"\nevery_ms = 1000\n\
+                    [schedule.d]\nrun = \"x\"\nevery_ms = 1000\ntenant = \"acme\"\n";
+        let parsed = workflow_file::parse(text, Path::new("workflows.toml")).unwrap();
+        let bounds = ScheduleBounds {
+            max_per_tenant: 2,
+            ..ScheduleBounds::default()
+        };
+        let mut catalog = Catalog::default();
+        catalog.set_file(parsed, &bounds);
+        let valid: Vec<&str> = catalog.schedules.keys().map(String::as_str).collect();
+        assert_eq!(valid, ["a", "b", "d"]);
+        let reason = &catalog.invalid_schedules["c"];
+        assert!(reason.contains("max_schedules_per_tenant 2"), "{reason}");
     }
 }
