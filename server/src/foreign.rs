@@ -63,28 +63,32 @@ impl ForeignAdmission for TenantAdmission {
     async fn admit(&self) -> Result<Box<dyn ForeignPlace>, ExecutionError> {
         match self.ledger.admit(&self.tenant).await {
             Ok(admitted) => Ok(Box::new(Place(admitted))),
-            Err(Refused::Over(over)) => Err(ExecutionError::host(
-                ErrorKind::Resource,
-                codes::QUOTA_EXCEEDED,
-                format!(
-                    "tenant `{}` is over its quota `{} = {}`; retry after {} s",
-                    self.tenant.name(),
-                    over.quota,
-                    over.limit,
-                    over.retry_after.as_secs().max(1)
-                ),
-            )
-            .retryable(true)),
-            Err(Refused::Unavailable(why)) => Err(ExecutionError::host(
-                ErrorKind::Network,
-                codes::STORE_UNAVAILABLE,
-                format!(
-                    "cannot count tenant `{}`'s quotas: {why}",
-                    self.tenant.name()
-                ),
-            )
-            .retryable(true)),
+            Err(refused) => Err(admission_refused(&self.tenant, refused)),
         }
+    }
+}
+
+/// The error of work that `tenant`'s quotas refused (or could not be counted for).
+fn admission_refused(tenant: &Tenant, refused: Refused) -> ExecutionError {
+    match refused {
+        Refused::Over(over) => ExecutionError::host(
+            ErrorKind::Resource,
+            codes::QUOTA_EXCEEDED,
+            format!(
+                "tenant `{}` is over its quota `{} = {}`; retry after {} s",
+                tenant.name(),
+                over.quota,
+                over.limit,
+                over.retry_after.as_secs().max(1)
+            ),
+        )
+        .retryable(true),
+        Refused::Unavailable(why) => ExecutionError::host(
+            ErrorKind::Network,
+            codes::STORE_UNAVAILABLE,
+            format!("cannot count tenant `{}`'s quotas: {why}", tenant.name()),
+        )
+        .retryable(true),
     }
 }
 
@@ -205,28 +209,11 @@ impl weir::TickAdmission for FleetTicks {
                 ),
             ));
         }
-        let admitted = match self.ledger.admit(account).await {
-            Ok(admitted) => admitted,
-            Err(Refused::Over(over)) => {
-                return Err(ExecutionError::host(
-                    ErrorKind::Resource,
-                    codes::QUOTA_EXCEEDED,
-                    format!(
-                        "tenant `{}` is over its quota `{} = {}`",
-                        account.name(),
-                        over.quota,
-                        over.limit
-                    ),
-                ));
-            }
-            Err(Refused::Unavailable(why)) => {
-                return Err(ExecutionError::host(
-                    ErrorKind::Network,
-                    codes::STORE_UNAVAILABLE,
-                    format!("cannot count tenant `{}`'s quotas: {why}", account.name()),
-                ));
-            }
-        };
+        let admitted = self
+            .ledger
+            .admit(account)
+            .await
+            .map_err(|refused| admission_refused(account, refused))?;
         // Locally, batch items are charged in this process (the distributed runtime charges
         // them in Redis, through `item_admission`).
         let items: Option<Arc<dyn weir::Admission>> = (!self.distributed
@@ -235,19 +222,15 @@ impl weir::TickAdmission for FleetTicks {
         Ok(weir::TickAdmitted {
             limits: account.quota.ceilings(),
             items,
-            place: Some(Box::new(TickPlace(admitted))),
+            place: Some(Box::new(Place(admitted))),
         })
     }
 }
 
-/// A tick's place in its tenant's quotas.
-struct TickPlace(Admitted);
-
+/// A tick's place in its tenant's quotas: a foreign job's kind of place.
 #[async_trait::async_trait]
-impl weir::TickPlace for TickPlace {
+impl weir::TickPlace for Place {
     async fn settle(self: Box<Self>, fuel: u64) {
-        let TickPlace(mut admitted) = *self;
-        admitted.charge(fuel);
-        admitted.settle().await;
+        ForeignPlace::settle(self, fuel).await;
     }
 }

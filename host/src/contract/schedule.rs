@@ -170,6 +170,12 @@ impl Default for ScheduleBounds {
     }
 }
 
+/// The id of `tenant`'s schedule `name` in the fleet: `TENANT.NAME` (names and tenants
+/// have no dots).
+pub(crate) fn schedule_id(tenant: &str, name: &str) -> String {
+    format!("{tenant}.{name}")
+}
+
 /// The tenant of a schedule that names none.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -337,9 +343,9 @@ impl Schedule {
         &self.spec
     }
 
-    /// The schedule's id in the fleet: `TENANT.NAME` (names and tenants have no dots).
+    /// The schedule's id in the fleet (see [`schedule_id`]).
     pub fn id(&self) -> String {
-        format!("{}.{}", self.tenant, self.name)
+        schedule_id(&self.tenant, &self.name)
     }
 
     /// The idempotency key of its tick at `tick_ms`: a tick delivered twice runs once.

@@ -295,7 +295,7 @@ impl Runtime {
                  remove its table there"
             )));
         }
-        let id = format!("{tenant}.{name}");
+        let id = crate::contract::schedule::schedule_id(tenant, name);
         #[cfg(feature = "redis")]
         if let Some(distributed) = &self.distributed {
             return distributed
@@ -379,8 +379,7 @@ impl Runtime {
             return;
         }
         state.seen = Some(folder);
-        let ticks = std::mem::take(&mut state.ticks);
-        let mut ticks = ticks;
+        let mut ticks = std::mem::take(&mut state.ticks);
         for (id, (schedule, origin)) in wanted {
             let ticking = match ticks.remove(&id) {
                 Some(mut old) if old.schedule == schedule => {
